@@ -1,0 +1,115 @@
+//! ingest: the edge where providers' clients send messages.
+//!
+//! Serves the client protocol (`proto/interop/v1/client.proto`) on
+//! `GET /v1/ws` (WebSocket, one binary protobuf frame per message). A
+//! connection authenticates with `Hello` (provider id + token), then sends
+//! `Send` and `SetConsent` frames, pipelined. Each `Send` is validated,
+//! checked against the recipient's consent, given a server message id
+//! (idempotent per sender and client message id), and published to
+//! `interop.v1.ingest.accepted`. `Accepted` is answered only after JetStream
+//! acknowledged the publish; every failure is a typed `Rejected`.
+
+mod send;
+mod session;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{State, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use interop_bus::{BusError, StreamSettings};
+use interop_proto::limits::HARD_MAX_FRAME_BYTES;
+use interop_providers::Registry;
+use interop_service::Deps;
+
+/// Configuration of ingest.
+pub struct Config {
+    /// Where providers connect (bound by the caller, so tests can use port 0).
+    pub listener: TcpListener,
+    pub providers: Arc<Registry>,
+    pub streams: StreamSettings,
+    /// How long a send may wait for JetStream before it is refused as
+    /// `UNAVAILABLE` (retryable).
+    pub store_timeout: Duration,
+    /// How long a client message id maps to the same server message id.
+    pub idempotency_window: Duration,
+}
+
+impl Config {
+    pub fn new(listener: TcpListener, providers: Arc<Registry>) -> Self {
+        Self {
+            listener,
+            providers,
+            streams: StreamSettings::default(),
+            store_timeout: Duration::from_secs(2),
+            idempotency_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("cannot serve WebSockets: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What every connection shares.
+pub(crate) struct Shared {
+    pub providers: Arc<Registry>,
+    pub js: async_nats::jetstream::Context,
+    pub redis: redis::aio::ConnectionManager,
+    pub store_timeout: Duration,
+    pub idempotency_secs: u64,
+    pub shutdown: CancellationToken,
+    pub sessions: TaskTracker,
+}
+
+/// Runs ingest until `shutdown`, then closes connections after their
+/// in-flight sends are answered.
+pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
+    let js = async_nats::jetstream::new(deps.nats.clone());
+    interop_bus::ensure_streams(&js, &config.streams).await?;
+    let addr: Option<SocketAddr> = config.listener.local_addr().ok();
+    let shared = Arc::new(Shared {
+        providers: config.providers,
+        js,
+        redis: deps.redis.clone(),
+        store_timeout: config.store_timeout,
+        idempotency_secs: config.idempotency_window.as_secs().max(1),
+        shutdown: shutdown.clone(),
+        sessions: TaskTracker::new(),
+    });
+    let app = Router::new()
+        .route("/v1/ws", get(upgrade))
+        .with_state(shared.clone());
+    deps.health.set_bound();
+    info!(?addr, "ingest is listening.");
+    let stop = shutdown.clone();
+    axum::serve(config.listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .map_err(Error::Serve)?;
+    shared.sessions.close();
+    shared.sessions.wait().await;
+    Ok(())
+}
+
+async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(HARD_MAX_FRAME_BYTES)
+        .max_frame_size(HARD_MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| {
+            let tracker = shared.sessions.clone();
+            tracker.track_future(session::serve(socket, shared))
+        })
+}

@@ -1,0 +1,217 @@
+//! Handling of frames after `Hello`.
+//!
+//! `Send` (wire: `ClientFrame{request_id, send: Send{envelope}}`): validate;
+//! one Redis round trip reads the recipient's consent and claims the
+//! idempotency key `interop:idem:<from>:<client_message_id>` (`SET NX GET`:
+//! a re-send gets the server message id of the first try); publish to
+//! `interop.v1.ingest.accepted` with `Nats-Msg-Id` = server message id;
+//! answer `Accepted` once JetStream acked, else `Rejected{UNAVAILABLE}`.
+//!
+//! `SetConsent`: validate, write the consent record, answer
+//! `ConsentUpdated`.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use prost::Message as _;
+use tracing::{debug, warn, Instrument};
+
+use interop_bus::subjects::INGEST_ACCEPTED;
+use interop_proto::v1::{
+    client_frame, server_frame, Accepted, ClientFrame, ConsentUpdated, PipelineMessage, RejectCode,
+    ServerFrame,
+};
+use interop_service::ws::rejected;
+use interop_state::consent::{self, Consent};
+use interop_state::ConsentStore;
+
+use crate::validate::{validate_consent, validate_send, Rejection};
+use crate::Shared;
+
+/// Retry advice when a dependency is down.
+const UNAVAILABLE_RETRY_MS: u32 = 1000;
+
+/// A frame ready to publish.
+pub(crate) struct ToPublish {
+    request_id: u64,
+    client_message_id: String,
+    message_id: String,
+    accepted_at_ms: i64,
+    payload: Bytes,
+    span: tracing::Span,
+}
+
+pub(crate) enum Prepared {
+    /// Answer right away (rejections, consent updates).
+    Answer(ServerFrame),
+    Publish(ToPublish),
+}
+
+fn reject(request_id: u64, client_message_id: &str, r: Rejection) -> Prepared {
+    Prepared::Answer(rejected(request_id, client_message_id, r.code, r.detail, r.retry_after_ms))
+}
+
+fn unavailable(what: &str) -> Rejection {
+    Rejection::retryable(RejectCode::Unavailable, format!("{what} is unavailable; retry"), UNAVAILABLE_RETRY_MS)
+}
+
+/// Everything up to the publish; runs concurrently with other frames.
+pub(crate) async fn prepare(shared: Arc<Shared>, provider: String, frame: ClientFrame) -> Prepared {
+    let ClientFrame { request_id, frame } = frame;
+    match frame {
+        Some(client_frame::Frame::Send(send)) => prepare_send(&shared, &provider, request_id, send.envelope).await,
+        Some(client_frame::Frame::SetConsent(sc)) => {
+            let user = match validate_consent(&provider, &sc) {
+                Ok(u) => u,
+                Err(r) => return reject(request_id, "", r),
+            };
+            let record = Consent {
+                opted_in: sc.opted_in,
+                allowed_providers: sc.allowed_providers.clone(),
+            };
+            match ConsentStore::new(shared.redis.clone()).set(user.as_str(), &record).await {
+                Ok(()) => {
+                    debug!(user = %user.redacted(), opted_in = sc.opted_in, "Consent updated.");
+                    Prepared::Answer(ServerFrame {
+                        request_id,
+                        frame: Some(server_frame::Frame::ConsentUpdated(ConsentUpdated {
+                            user: sc.user,
+                            opted_in: sc.opted_in,
+                            allowed_providers: sc.allowed_providers,
+                        })),
+                    })
+                }
+                Err(e) => {
+                    warn!(error = %e, "Cannot store consent.");
+                    reject(request_id, "", unavailable("the consent registry"))
+                }
+            }
+        }
+        Some(client_frame::Frame::Hello(_)) => reject(
+            request_id,
+            "",
+            Rejection::new(RejectCode::AlreadyAuthenticated, "this connection is authenticated already"),
+        ),
+        Some(client_frame::Frame::Ack(_)) => reject(
+            request_id,
+            "",
+            Rejection::new(RejectCode::UnsupportedFrame, "acks go to the delivery endpoint"),
+        ),
+        None => reject(request_id, "", Rejection::new(RejectCode::MalformedFrame, "no frame set")),
+    }
+}
+
+async fn prepare_send(
+    shared: &Shared,
+    provider: &str,
+    request_id: u64,
+    envelope: Option<interop_proto::v1::Envelope>,
+) -> Prepared {
+    let cmid = envelope.as_ref().map(|e| e.client_message_id.clone()).unwrap_or_default();
+    let (from, to) = match validate_send(provider, envelope.as_ref()) {
+        Ok(a) => a,
+        Err(r) => {
+            debug!(%provider, code = r.code.as_str_name(), "Rejected a send.");
+            return reject(request_id, &cmid, r);
+        }
+    };
+    let Some(mut envelope) = envelope else {
+        // validate_send refuses a missing envelope.
+        return reject(request_id, &cmid, Rejection::new(RejectCode::MissingField, "envelope"));
+    };
+    let fresh_id = uuid::Uuid::now_v7().to_string();
+    let idem_key = format!("interop:idem:{}:{}", from.as_str(), cmid);
+    let mut conn = shared.redis.clone();
+    let reply: Result<((Option<String>, Option<String>), Option<String>), _> = redis::pipe()
+        .cmd("HMGET")
+        .arg(consent::key(to.as_str()))
+        .arg("opted_in")
+        .arg("allowed")
+        .cmd("SET")
+        .arg(&idem_key)
+        .arg(&fresh_id)
+        .arg("NX")
+        .arg("GET")
+        .arg("EX")
+        .arg(shared.idempotency_secs)
+        .query_async(&mut conn)
+        .await;
+    let ((opted_in, allowed), existing) = match reply {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "Redis unavailable; refusing sends.");
+            return reject(request_id, &cmid, unavailable("state storage"));
+        }
+    };
+    let consent = Consent::from_fields(opted_in.as_deref(), allowed.as_deref());
+    if !consent.admits(provider) {
+        debug!(%provider, to = %to.redacted(), "Recipient unavailable.");
+        return reject(
+            request_id,
+            &cmid,
+            Rejection::new(RejectCode::RecipientUnavailable, "recipient unavailable"),
+        );
+    }
+    let message_id = existing.unwrap_or(fresh_id);
+    let accepted_at_ms = interop_proto::now_ms();
+    envelope.message_id.clone_from(&message_id);
+    envelope.accepted_at_ms = accepted_at_ms;
+    envelope.sender_info = None;
+    let pm = PipelineMessage {
+        envelope: Some(envelope),
+        sender_provider: provider.to_owned(),
+        ..Default::default()
+    };
+    let span = tracing::info_span!("ingest.send", %provider, message_id = %message_id);
+    Prepared::Publish(ToPublish {
+        request_id,
+        client_message_id: cmid,
+        message_id,
+        accepted_at_ms,
+        payload: Bytes::from(pm.encode_to_vec()),
+        span,
+    })
+}
+
+/// Publishes (called in arrival order) and returns a future that answers
+/// once JetStream acked.
+pub(crate) fn publish(shared: Arc<Shared>, p: ToPublish) -> impl std::future::Future<Output = ServerFrame> + Send {
+    let span = p.span.clone();
+    async move {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", p.message_id.as_str());
+        interop_bus::trace::inject_current(&mut headers);
+        let publish = async_nats::jetstream::message::PublishMessage::build()
+            .payload(p.payload)
+            .headers(headers);
+        let result = tokio::time::timeout(shared.store_timeout, async {
+            let ack: PublishAckFuture = shared.js.send_publish(INGEST_ACCEPTED, publish).await?;
+            ack.await.map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+        })
+        .await;
+        match result {
+            Ok(Ok(ack)) => ServerFrame {
+                request_id: p.request_id,
+                frame: Some(server_frame::Frame::Accepted(Accepted {
+                    client_message_id: p.client_message_id,
+                    message_id: p.message_id,
+                    accepted_at_ms: p.accepted_at_ms,
+                    duplicate: ack.duplicate,
+                })),
+            },
+            Ok(Err(e)) => {
+                warn!(error = %e, "JetStream refused a publish.");
+                let r = unavailable("message storage");
+                rejected(p.request_id, &p.client_message_id, r.code, r.detail, r.retry_after_ms)
+            }
+            Err(_) => {
+                warn!("JetStream did not ack in time.");
+                let r = unavailable("message storage");
+                rejected(p.request_id, &p.client_message_id, r.code, r.detail, r.retry_after_ms)
+            }
+        }
+    }
+    .instrument(span)
+}

@@ -1,0 +1,182 @@
+//! One provider connection: `Hello` first, then pipelined frames.
+//!
+//! Frames are prepared concurrently (validation, one Redis round trip),
+//! published in the order they arrived, and answered as their JetStream acks
+//! come back. At most `MAX_IN_FLIGHT` frames are in progress; past that the
+//! connection is not read, which pushes back on the client through TCP.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocket;
+use futures_util::stream::{FuturesOrdered, FuturesUnordered};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use interop_proto::limits::{HELLO_TIMEOUT_SECS, MAX_CIPHERTEXT_BYTES, MAX_FRAME_BYTES, MAX_TEXT_BYTES};
+use interop_proto::v1::{client_frame, server_frame, ClientFrame, RejectCode, ServerFrame, Welcome};
+use interop_proto::PROTOCOL_VERSION;
+use interop_service::ws::{self, close, Incoming, Outbound};
+
+use crate::send::{self, Prepared};
+use crate::Shared;
+
+/// Frames of one connection in progress at once.
+pub const MAX_IN_FLIGHT: usize = 512;
+
+pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
+    let (sink, mut stream) = socket.split();
+    let (out, writer) = ws::spawn_writer(sink);
+    let Some(provider) = hello(&mut stream, &out, &shared).await else {
+        drop(out);
+        let _ = writer.await;
+        return;
+    };
+    info!(%provider, "Provider connected to ingest.");
+    frames(&mut stream, &out, &shared, &provider).await;
+    drop(out);
+    let _ = writer.await;
+    debug!(%provider, "Provider disconnected from ingest.");
+}
+
+async fn send_out(out: &mpsc::Sender<Outbound>, frame: ServerFrame) {
+    let _ = out.send(Outbound::Frame(frame)).await;
+}
+
+/// Reads frames until a successful `Hello`; returns the provider id.
+async fn hello(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    out: &mpsc::Sender<Outbound>,
+    shared: &Shared,
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(HELLO_TIMEOUT_SECS);
+    loop {
+        let next = tokio::select! {
+            n = tokio::time::timeout_at(deadline, stream.next()) => n,
+            () = shared.shutdown.cancelled() => {
+                let _ = out.send(Outbound::Close(close::GOING_AWAY, "server shutting down")).await;
+                return None;
+            }
+        };
+        let Ok(msg) = next else {
+            let _ = out.send(Outbound::Close(close::POLICY_VIOLATION, "no hello in time")).await;
+            return None;
+        };
+        let frame = match ws::classify(msg) {
+            Incoming::Frame(f) => f,
+            Incoming::Reject(r) => {
+                send_out(out, r).await;
+                continue;
+            }
+            Incoming::Close(code, reason) => {
+                let _ = out.send(Outbound::Close(code, reason)).await;
+                return None;
+            }
+            Incoming::End => return None,
+            Incoming::Ignore => continue,
+        };
+        let ClientFrame { request_id, frame } = frame;
+        let Some(client_frame::Frame::Hello(h)) = frame else {
+            send_out(
+                out,
+                ws::rejected(request_id, "", RejectCode::NotAuthenticated, "send Hello first", 0),
+            )
+            .await;
+            continue;
+        };
+        if h.protocol_version != PROTOCOL_VERSION {
+            send_out(
+                out,
+                ws::rejected(
+                    request_id,
+                    "",
+                    RejectCode::UnsupportedVersion,
+                    format!("this gateway speaks protocol version {PROTOCOL_VERSION}"),
+                    0,
+                ),
+            )
+            .await;
+            let _ = out.send(Outbound::Close(close::POLICY_VIOLATION, "unsupported protocol version")).await;
+            return None;
+        }
+        if shared.providers.authenticate(&h.provider, &h.token).is_none() {
+            debug!("Authentication failed.");
+            send_out(
+                out,
+                ws::rejected(request_id, "", RejectCode::AuthFailed, "unknown provider or wrong token", 0),
+            )
+            .await;
+            let _ = out.send(Outbound::Close(close::POLICY_VIOLATION, "authentication failed")).await;
+            return None;
+        }
+        let welcome = ServerFrame {
+            request_id,
+            frame: Some(server_frame::Frame::Welcome(Welcome {
+                session_id: uuid::Uuid::now_v7().to_string(),
+                max_frame_bytes: MAX_FRAME_BYTES as u32,
+                max_text_bytes: MAX_TEXT_BYTES as u32,
+                max_ciphertext_bytes: MAX_CIPHERTEXT_BYTES as u32,
+                max_unacked: 0,
+            })),
+        };
+        send_out(out, welcome).await;
+        return Some(h.provider);
+    }
+}
+
+type PrepareFuture = Pin<Box<dyn Future<Output = Prepared> + Send>>;
+type AnswerFuture = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+
+/// Serves frames after `Hello` until the peer leaves or shutdown.
+async fn frames(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    out: &mpsc::Sender<Outbound>,
+    shared: &Arc<Shared>,
+    provider: &str,
+) {
+    let mut preparing: FuturesOrdered<PrepareFuture> = FuturesOrdered::new();
+    let mut storing: FuturesUnordered<AnswerFuture> = FuturesUnordered::new();
+    let mut reading = true;
+    let mut close_with: Option<(u16, &'static str)> = None;
+    loop {
+        if !reading && preparing.is_empty() && storing.is_empty() {
+            break;
+        }
+        let can_read = reading && preparing.len() + storing.len() < MAX_IN_FLIGHT;
+        tokio::select! {
+            biased;
+            Some(prepared) = preparing.next(), if !preparing.is_empty() => {
+                // Published here, in arrival order.
+                match prepared {
+                    Prepared::Answer(frame) => send_out(out, frame).await,
+                    Prepared::Publish(p) => storing.push(Box::pin(send::publish(shared.clone(), p))),
+                }
+            }
+            Some(answer) = storing.next(), if !storing.is_empty() => send_out(out, answer).await,
+            () = shared.shutdown.cancelled(), if reading => {
+                reading = false;
+                close_with = Some((close::GOING_AWAY, "server shutting down"));
+            }
+            msg = stream.next(), if can_read => {
+                match ws::classify(msg) {
+                    Incoming::Frame(frame) => {
+                        preparing.push_back(Box::pin(send::prepare(shared.clone(), provider.to_owned(), frame)));
+                    }
+                    Incoming::Reject(r) => preparing.push_back(Box::pin(async move { Prepared::Answer(r) })),
+                    Incoming::Close(code, reason) => {
+                        reading = false;
+                        close_with = Some((code, reason));
+                    }
+                    Incoming::End => reading = false,
+                    Incoming::Ignore => {}
+                }
+            }
+        }
+    }
+    if let Some((code, reason)) = close_with {
+        let _ = out.send(Outbound::Close(code, reason)).await;
+    }
+}

@@ -1,0 +1,49 @@
+//! routing: decides where each scored message goes.
+//!
+//! Consumes `interop.v1.spam-scoring.scored` (durable consumer `routing`).
+//! For each message:
+//! 1. Is the recipient reachable? They must have opted in and allow the
+//!    sender's provider (the consent registry in Redis). If not, the sender
+//!    gets a FAILED receipt with `RECIPIENT_UNAVAILABLE` — the same code ingest
+//!    gives for a user who does not exist.
+//! 2. Media goes to media-transcoding (`interop.v1.routing.media-requested`);
+//!    everything else goes straight into the recipient's store
+//!    (`interop.v1.delivery.queued.<key>`), where delivery sessions read it
+//!    whether the recipient is online now or connects later.
+
+mod handler;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use interop_bus::subjects::{CONSUMER_ROUTING, SPAM_SCORED, STREAM_SCORED};
+use interop_bus::{BusError, StageOptions, StreamSettings};
+use interop_service::Deps;
+
+pub use handler::Router;
+
+/// Configuration of routing.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub streams: StreamSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// Runs routing until `shutdown`.
+pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
+    let js = async_nats::jetstream::new(deps.nats.clone());
+    interop_bus::ensure_streams(&js, &config.streams).await?;
+    let consumer = interop_bus::streams::stage_consumer(&js, STREAM_SCORED, CONSUMER_ROUTING, SPAM_SCORED).await?;
+    let router = Arc::new(Router::new(deps.redis.clone()));
+    deps.health.set_bound();
+    info!("routing is consuming.");
+    interop_bus::run_stage(js, consumer, router, StageOptions::new("routing"), shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! Handler of `interop.v1.ingest.accepted`.
+//!
+//! Input: a `PipelineMessage` with the envelope. Output: the same message
+//! with `verdict` set, on `interop.v1.spam-scoring.scored` (Nats-Msg-Id = the
+//! server message id), or a FAILED receipt to the sender when rejected.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message as _;
+
+use interop_bus::subjects::SPAM_SCORED;
+use interop_bus::{pipeline, HandleError, Handler, Input, Outgoing};
+use interop_proto::v1::{ReceiptStatus, RejectCode, Signal, SpamVerdict, Verdict};
+use interop_state::RateCounter;
+
+/// Scores messages.
+pub struct Scorer {
+    sender_rate: RateCounter,
+    max_sender_per_minute: u64,
+}
+
+impl Scorer {
+    pub fn new(redis: redis::aio::ConnectionManager, max_sender_per_minute: u64) -> Self {
+        Self {
+            sender_rate: RateCounter::new(redis, "sender", 60),
+            max_sender_per_minute,
+        }
+    }
+
+    /// The verdict for a sender who sent `count` messages this minute.
+    pub fn verdict_for_rate(&self, count: u64) -> SpamVerdict {
+        if count > self.max_sender_per_minute {
+            SpamVerdict {
+                verdict: Verdict::Reject as i32,
+                score: 1.0,
+                signals: vec![Signal {
+                    name: "SENDER_RATE".into(),
+                    weight: 1.0,
+                    detail: format!("{count} messages this minute, limit {}", self.max_sender_per_minute),
+                }],
+            }
+        } else {
+            SpamVerdict {
+                verdict: Verdict::Allow as i32,
+                score: 0.0,
+                signals: Vec::new(),
+            }
+        }
+    }
+}
+
+impl Handler for Scorer {
+    async fn handle(&self, input: Input<'_>) -> Result<Vec<Outgoing>, HandleError> {
+        let mut pm = pipeline::decode(input.payload)?;
+        let env = pm.envelope.as_ref().ok_or_else(|| HandleError::Permanent("no envelope".into()))?;
+        let count = self.sender_rate.hit(&env.from).await.map_err(|e| HandleError::Retry {
+            reason: e.to_string(),
+            after: Duration::from_millis(500),
+        })?;
+        let verdict = self.verdict_for_rate(count);
+        if verdict.verdict == Verdict::Reject as i32 {
+            let detail = verdict.signals.first().map(|s| s.detail.clone()).unwrap_or_default();
+            return Ok(vec![pipeline::receipt_to_sender(
+                env,
+                ReceiptStatus::Failed,
+                RejectCode::Spam,
+                &detail,
+            )]);
+        }
+        let msg_id = env.message_id.clone();
+        pm.verdict = Some(verdict);
+        Ok(vec![Outgoing {
+            subject: SPAM_SCORED.to_owned(),
+            msg_id,
+            payload: Bytes::from(pm.encode_to_vec()),
+        }])
+    }
+}

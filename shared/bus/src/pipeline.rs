@@ -1,0 +1,77 @@
+//! Helpers for pipeline events: decoding, routing a message to a recipient's
+//! store, and the receipts the gateway itself writes.
+
+use bytes::Bytes;
+use prost::Message as _;
+
+use interop_proto::v1::{envelope, Envelope, PipelineMessage, Receipt, ReceiptStatus, RejectCode};
+
+use crate::stage::{HandleError, Outgoing};
+use crate::subjects::delivery_queued;
+use crate::recipient_key;
+
+/// Decodes a pipeline event. A payload that does not decode can never be
+/// handled, so it is a permanent failure.
+pub fn decode(payload: &[u8]) -> Result<PipelineMessage, HandleError> {
+    let pm = PipelineMessage::decode(payload)
+        .map_err(|e| HandleError::Permanent(format!("undecodable pipeline message: {e}")))?;
+    if pm.envelope.is_none() {
+        return Err(HandleError::Permanent("pipeline message without envelope".into()));
+    }
+    Ok(pm)
+}
+
+/// Publishes `pm` into its recipient's store, deduplicated by message id.
+pub fn to_recipient_store(pm: &PipelineMessage) -> Outgoing {
+    let env = pm.envelope.as_ref();
+    let to = env.map_or("", |e| e.to.as_str());
+    let message_id = env.map_or("", |e| e.message_id.as_str());
+    Outgoing {
+        subject: delivery_queued(&recipient_key(to)),
+        msg_id: message_id.to_owned(),
+        payload: Bytes::from(pm.encode_to_vec()),
+    }
+}
+
+/// A receipt about `original`, addressed to its sender: "from" the original
+/// recipient, with the original's encryption level. `dedup` distinguishes
+/// receipts of different kinds about the same message.
+pub fn receipt_to_sender(
+    original: &Envelope,
+    status: ReceiptStatus,
+    code: RejectCode,
+    detail: &str,
+) -> Outgoing {
+    let receipt = Envelope {
+        message_id: uuid::Uuid::now_v7().to_string(),
+        client_message_id: String::new(),
+        from: original.to.clone(),
+        to: original.from.clone(),
+        encryption: original.encryption,
+        sent_at_ms: 0,
+        accepted_at_ms: interop_proto::now_ms(),
+        in_reply_to: String::new(),
+        sender_info: None,
+        content: Some(envelope::Content::Receipt(Receipt {
+            message_id: original.message_id.clone(),
+            client_message_id: original.client_message_id.clone(),
+            status: status as i32,
+            code: code as i32,
+            detail: detail.to_owned(),
+        })),
+    };
+    let pm = PipelineMessage {
+        envelope: Some(receipt),
+        ..Default::default()
+    };
+    Outgoing {
+        subject: delivery_queued(&recipient_key(&original.from)),
+        msg_id: format!("receipt-{}-{}", status.as_str_name(), original.message_id),
+        payload: Bytes::from(pm.encode_to_vec()),
+    }
+}
+
+/// Whether the envelope is itself a receipt (receipts get no receipts).
+pub fn is_receipt(env: &Envelope) -> bool {
+    matches!(env.content, Some(envelope::Content::Receipt(_)))
+}

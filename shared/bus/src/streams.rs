@@ -1,0 +1,125 @@
+//! The JetStream streams and durable consumers. Every service creates the
+//! ones it touches at start-up, idempotently (create, or update to this
+//! config), so any start order works.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+
+use crate::subjects::*;
+use crate::BusError;
+
+/// Settings an operator may change (flags on every service).
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// Replicas of every stream: 1 for development, 3 in production.
+    pub replicas: usize,
+    /// How long a pipeline message may wait for its next stage.
+    pub pipeline_max_age: Duration,
+    /// How long the offline store keeps a message for a recipient.
+    pub inbox_max_age: Duration,
+    /// How many messages the offline store keeps per recipient; the oldest
+    /// goes first.
+    pub inbox_max_per_recipient: i64,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            pipeline_max_age: Duration::from_secs(7 * 24 * 3600),
+            inbox_max_age: Duration::from_secs(30 * 24 * 3600),
+            inbox_max_per_recipient: 10_000,
+        }
+    }
+}
+
+/// Window in which a re-published `Nats-Msg-Id` is dropped as a duplicate.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+fn pipeline_stream(name: &str, subject: &str, s: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: name.to_owned(),
+        subjects: vec![subject.to_owned()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        // When the stream is full, refuse new messages (ingest answers
+        // UNAVAILABLE) rather than drop accepted ones.
+        discard: stream::DiscardPolicy::New,
+        max_age: s.pipeline_max_age,
+        storage: stream::StorageType::File,
+        num_replicas: s.replicas,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    }
+}
+
+/// The stream config of each pipeline stage and the store.
+pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
+    vec![
+        pipeline_stream(STREAM_INGEST, INGEST_ACCEPTED, s),
+        pipeline_stream(STREAM_SCORED, SPAM_SCORED, s),
+        pipeline_stream(STREAM_MEDIA, ROUTING_MEDIA_REQUESTED, s),
+        stream::Config {
+            name: STREAM_INBOX.to_owned(),
+            subjects: vec![DELIVERY_QUEUED_ALL.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_age: s.inbox_max_age,
+            max_messages_per_subject: s.inbox_max_per_recipient,
+            storage: stream::StorageType::File,
+            num_replicas: s.replicas,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        },
+    ]
+}
+
+/// Creates every stream, or updates it to this config.
+pub async fn ensure_streams(js: &jetstream::Context, s: &StreamSettings) -> Result<(), BusError> {
+    for config in stream_configs(s) {
+        let name = config.name.clone();
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|e| BusError::Stream { name, source: Box::new(e) })?;
+    }
+    Ok(())
+}
+
+/// The durable pull consumer that all replicas of a service share.
+pub fn stage_consumer_config(name: &str, subject: &str) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(name.to_owned()),
+        description: Some(format!("interop {name} stage")),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_deliver: MAX_DELIVER,
+        filter_subject: subject.to_owned(),
+        // Moderate: very large values stalled consumers (ENVIRONMENT.md).
+        max_ack_pending: 4096,
+        ..Default::default()
+    }
+}
+
+/// Deliveries before a message is dead-lettered (the server emits the
+/// MAX_DELIVERIES advisory and stops redelivering).
+pub const MAX_DELIVER: i64 = 20;
+
+/// Binds (creating if needed) the durable consumer of a stage.
+pub async fn stage_consumer(
+    js: &jetstream::Context,
+    stream_name: &str,
+    name: &str,
+    subject: &str,
+) -> Result<consumer::PullConsumer, BusError> {
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| BusError::Stream { name: stream_name.to_owned(), source: Box::new(e) })?;
+    let config = stage_consumer_config(name, subject);
+    // create_consumer is idempotent for an identical config and updates the
+    // updatable fields otherwise.
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| BusError::Consumer { name: name.to_owned(), source: Box::new(e) })
+}

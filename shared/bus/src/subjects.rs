@@ -1,0 +1,71 @@
+//! Every NATS subject, stream and consumer name the gateway uses. None is
+//! written inline anywhere else.
+//!
+//! Events are `interop.v1.<service>.<past-tense-verb>`. The per-recipient
+//! store subjects end in a recipient key (see [`crate::recipient_key`]).
+
+/// ingest → spam-scoring: a message was durably accepted from a provider.
+pub const INGEST_ACCEPTED: &str = "interop.v1.ingest.accepted";
+/// spam-scoring → routing: the message was scored (and not rejected).
+pub const SPAM_SCORED: &str = "interop.v1.spam-scoring.scored";
+/// routing → media-transcoding: the message carries media to process.
+pub const ROUTING_MEDIA_REQUESTED: &str = "interop.v1.routing.media-requested";
+/// Prefix of the per-recipient store: `interop.v1.delivery.queued.<key>`.
+/// Written by routing, media-transcoding and delivery (receipts); read by
+/// delivery sessions.
+pub const DELIVERY_QUEUED_PREFIX: &str = "interop.v1.delivery.queued";
+/// All per-recipient store subjects.
+pub const DELIVERY_QUEUED_ALL: &str = "interop.v1.delivery.queued.*";
+
+/// Stream holding [`INGEST_ACCEPTED`] (work queue).
+pub const STREAM_INGEST: &str = "INTEROP_INGEST";
+/// Stream holding [`SPAM_SCORED`] (work queue).
+pub const STREAM_SCORED: &str = "INTEROP_SCORED";
+/// Stream holding [`ROUTING_MEDIA_REQUESTED`] (work queue).
+pub const STREAM_MEDIA: &str = "INTEROP_MEDIA";
+/// Stream holding the per-recipient store (limits: age and count).
+pub const STREAM_INBOX: &str = "INTEROP_INBOX";
+
+/// Durable consumer names = queue groups = service names.
+pub const CONSUMER_SPAM_SCORING: &str = "spam-scoring";
+pub const CONSUMER_ROUTING: &str = "routing";
+pub const CONSUMER_MEDIA_TRANSCODING: &str = "media-transcoding";
+
+/// Key-value bucket holding each device's delivery cursor.
+pub const KV_CURSORS: &str = "interop_cursors";
+
+/// The store subject of one recipient.
+pub fn delivery_queued(recipient_key: &str) -> String {
+    format!("{DELIVERY_QUEUED_PREFIX}.{recipient_key}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid_subject(s: &str) -> bool {
+        !s.starts_with('$')
+            && s.split('.').all(|t| {
+                !t.is_empty()
+                    && (t == "*"
+                        || t.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+            })
+    }
+
+    #[test]
+    fn subjects_follow_the_naming_rule() {
+        for s in [
+            INGEST_ACCEPTED,
+            SPAM_SCORED,
+            ROUTING_MEDIA_REQUESTED,
+            DELIVERY_QUEUED_PREFIX,
+            DELIVERY_QUEUED_ALL,
+        ] {
+            assert!(valid_subject(s), "{s}");
+            assert!(s.starts_with("interop.v1."), "{s}");
+        }
+        let key = crate::recipient_key("home:+4915112345678");
+        assert!(valid_subject(&delivery_queued(&key)));
+    }
+}

@@ -1,0 +1,17 @@
+//! Compiles `proto/interop/v1/*.proto` with protox (pure Rust), so building
+//! never needs a system `protoc`.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = ["interop/v1/envelope.proto", "interop/v1/client.proto", "interop/v1/pipeline.proto"];
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", root.join(file).display());
+    }
+    let descriptors = protox::compile(files, [&root])?;
+    prost_build::Config::new()
+        .bytes(["."])
+        .compile_fds(descriptors)?;
+    Ok(())
+}

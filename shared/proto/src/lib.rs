@@ -1,0 +1,32 @@
+//! Protocol v1 of the interop gateway.
+//!
+//! The types are generated at build time from `proto/interop/v1/*.proto`
+//! (see `build.rs`); `docs/protocol.md` explains them to providers. This crate
+//! adds what the `.proto` files cannot say: address syntax and the limits
+//! every endpoint enforces.
+
+pub mod address;
+pub mod limits;
+
+/// Generated protobuf types, package `interop.v1`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/interop.v1.rs"));
+}
+
+pub use address::{Address, AddressError};
+pub use prost::Message;
+
+/// The protocol major version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The provider id of the gatekeeper's own users.
+pub const HOME_PROVIDER: &str = "home";
+
+/// Current time as Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

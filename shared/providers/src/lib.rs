@@ -1,0 +1,219 @@
+//! The provider registry: which providers may connect, what they guarantee,
+//! and their credentials.
+//!
+//! The registry is a TOML file (mounted from a Secret in Kubernetes):
+//!
+//! ```toml
+//! [[providers]]
+//! id = "signal"
+//! display_name = "Signal"
+//! privacy_policy_url = "https://signal.org/legal/"
+//! encryption = "e2ee"            # or "transport-only"
+//! token_sha256 = ["<hex sha-256 of a token>"]   # several = rotation
+//! ```
+//!
+//! Tokens are never stored, only their SHA-256. Tokens are random secrets of
+//! at least 128 bits, so a plain hash (no salt, no stretching) is enough and
+//! lets every connection be checked in constant time.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use interop_proto::address::is_provider_id;
+use interop_proto::v1::Encryption;
+
+/// Why a registry could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot read providers file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("providers file is not valid TOML: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("provider id {0:?} is not [a-z][a-z0-9-]{{0,31}}")]
+    BadId(String),
+    #[error("provider {0:?} is listed twice")]
+    Duplicate(String),
+    #[error("provider {id:?} has a token_sha256 that is not 64 hex digits")]
+    BadTokenHash { id: String },
+}
+
+/// What a provider guarantees about message content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderEncryption {
+    /// End-to-end encryption (Signal Protocol, MLS): may also send
+    /// transport-only messages, e.g. to users whose app has no E2EE with it.
+    E2ee,
+    /// Transport encryption only.
+    TransportOnly,
+}
+
+impl ProviderEncryption {
+    pub fn as_proto(self) -> Encryption {
+        match self {
+            Self::E2ee => Encryption::E2ee,
+            Self::TransportOnly => Encryption::TransportOnly,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    pub id: String,
+    pub display_name: String,
+    #[serde(default)]
+    pub privacy_policy_url: String,
+    pub encryption: ProviderEncryption,
+    #[serde(default)]
+    pub token_sha256: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    providers: Vec<Provider>,
+}
+
+/// The loaded registry.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    providers: HashMap<String, Provider>,
+    hashes: HashMap<String, Vec<[u8; 32]>>,
+}
+
+impl Registry {
+    pub fn load(path: &Path) -> Result<Self, RegistryError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, RegistryError> {
+        let file: File = toml::from_str(text)?;
+        let mut registry = Self::default();
+        for p in file.providers {
+            if !is_provider_id(&p.id) {
+                return Err(RegistryError::BadId(p.id));
+            }
+            let mut hashes = Vec::with_capacity(p.token_sha256.len());
+            for h in &p.token_sha256 {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(h.trim(), &mut out)
+                    .map_err(|_| RegistryError::BadTokenHash { id: p.id.clone() })?;
+                hashes.push(out);
+            }
+            if registry.providers.contains_key(&p.id) {
+                return Err(RegistryError::Duplicate(p.id));
+            }
+            registry.hashes.insert(p.id.clone(), hashes);
+            registry.providers.insert(p.id.clone(), p);
+        }
+        Ok(registry)
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Provider> {
+        self.providers.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.providers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.providers.is_empty()
+    }
+
+    /// Whether `token` is an active credential of `provider`. Compares the
+    /// token's hash against every active hash in constant time.
+    pub fn authenticate(&self, provider: &str, token: &str) -> Option<&Provider> {
+        let hashes = self.hashes.get(provider)?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut ok = false;
+        for h in hashes {
+            ok |= constant_time_eq(h, &digest);
+        }
+        if ok {
+            self.providers.get(provider)
+        } else {
+            None
+        }
+    }
+}
+
+/// Hex SHA-256 of a token, as stored in the registry.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        let text = format!(
+            r#"
+            [[providers]]
+            id = "signal"
+            display_name = "Signal"
+            privacy_policy_url = "https://signal.org/legal/"
+            encryption = "e2ee"
+            token_sha256 = ["{}", "{}"]
+
+            [[providers]]
+            id = "home"
+            display_name = "Home"
+            encryption = "transport-only"
+            "#,
+            hash_token("old-token"),
+            hash_token("new-token")
+        );
+        Registry::from_toml(&text).unwrap()
+    }
+
+    #[test]
+    fn authenticates_any_active_token() {
+        let r = registry();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.authenticate("signal", "old-token").unwrap().id, "signal");
+        assert_eq!(r.authenticate("signal", "new-token").unwrap().id, "signal");
+        assert!(r.authenticate("signal", "other").is_none());
+        assert!(r.authenticate("signal", "").is_none());
+        assert!(r.authenticate("nobody", "old-token").is_none());
+        // A provider without credentials cannot connect.
+        assert!(r.authenticate("home", "").is_none());
+    }
+
+    #[test]
+    fn rejects_bad_files() {
+        let bad_id = "[[providers]]\nid = \"Sig\"\ndisplay_name = \"x\"\nencryption = \"e2ee\"\n";
+        assert!(matches!(Registry::from_toml(bad_id), Err(RegistryError::BadId(_))));
+        let bad_hash = "[[providers]]\nid = \"sig\"\ndisplay_name = \"x\"\nencryption = \"e2ee\"\ntoken_sha256 = [\"abc\"]\n";
+        assert!(matches!(Registry::from_toml(bad_hash), Err(RegistryError::BadTokenHash { .. })));
+        let dup = "[[providers]]\nid = \"a\"\ndisplay_name = \"x\"\nencryption = \"e2ee\"\n[[providers]]\nid = \"a\"\ndisplay_name = \"y\"\nencryption = \"e2ee\"\n";
+        assert!(matches!(Registry::from_toml(dup), Err(RegistryError::Duplicate(_))));
+        let unknown = "[[providers]]\nid = \"a\"\ndisplay_name = \"x\"\nencryption = \"none\"\n";
+        assert!(matches!(Registry::from_toml(unknown), Err(RegistryError::Parse(_))));
+        assert!(matches!(
+            Registry::load(Path::new("/nonexistent/providers.toml")),
+            Err(RegistryError::Read { .. })
+        ));
+    }
+}

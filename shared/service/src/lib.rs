@@ -1,0 +1,319 @@
+//! Service lifecycle shared by the five services: common flags, connecting
+//! to NATS and Redis, the admin HTTP port (`/healthz`, `/readyz`), signals,
+//! and a graceful drain.
+//!
+//! A service's `main.rs` parses its flags, builds its `Config`, and hands a
+//! closure running the service to [`run_main`].
+
+pub mod admin;
+pub mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use interop_bus::StreamSettings;
+use interop_telemetry::LogFormat;
+
+/// Flags every service takes. Each is also read from the environment
+/// variable named in its help, so a Helm chart sets them once for all.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// NATS server URL (comma-separated for a cluster).
+    #[arg(long, env = "INTEROP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Redis URL.
+    #[arg(long, env = "INTEROP_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Log filter, e.g. `info` or `interop_ingest=debug,info`.
+    #[arg(long, env = "INTEROP_LOG", default_value = "info")]
+    pub log: String,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "INTEROP_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// Address of the admin HTTP port (`/healthz`, `/readyz`).
+    #[arg(long, env = "INTEROP_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+    /// Replicas of each JetStream stream (1 for development, 3 in production).
+    #[arg(long, env = "INTEROP_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+    /// How long the offline store keeps an undelivered message, in seconds.
+    #[arg(long, env = "INTEROP_INBOX_MAX_AGE_SECS", default_value_t = 30 * 24 * 3600)]
+    pub inbox_max_age_secs: u64,
+    /// How many messages the offline store keeps per recipient.
+    #[arg(long, env = "INTEROP_INBOX_MAX_PER_RECIPIENT", default_value_t = 10_000)]
+    pub inbox_max_per_recipient: i64,
+    /// Seconds to finish in-flight work after SIGTERM before exiting.
+    #[arg(long, env = "INTEROP_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// A configuration error: the binary prints it and exits with code 64.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl CommonArgs {
+    /// The stream settings these flags describe.
+    pub fn stream_settings(&self) -> Result<StreamSettings, ConfigError> {
+        if !(1..=5).contains(&self.stream_replicas) {
+            return Err(ConfigError(format!(
+                "--stream-replicas must be 1 to 5, got {}",
+                self.stream_replicas
+            )));
+        }
+        if self.inbox_max_age_secs == 0 || self.inbox_max_per_recipient < 1 {
+            return Err(ConfigError(
+                "--inbox-max-age-secs and --inbox-max-per-recipient must be positive".into(),
+            ));
+        }
+        Ok(StreamSettings {
+            replicas: self.stream_replicas,
+            inbox_max_age: Duration::from_secs(self.inbox_max_age_secs),
+            inbox_max_per_recipient: self.inbox_max_per_recipient,
+            ..StreamSettings::default()
+        })
+    }
+
+    pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
+        self.log_format.parse().map_err(|e: interop_telemetry::TelemetryError| ConfigError(e.to_string()))
+    }
+}
+
+/// Connections a service runs on.
+#[derive(Clone)]
+pub struct Deps {
+    pub nats: async_nats::Client,
+    pub redis: redis::aio::ConnectionManager,
+    /// What `/readyz` reports; the service marks itself bound when ready.
+    pub health: Arc<Health>,
+}
+
+/// Why the dependencies could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum DepsError {
+    #[error(transparent)]
+    Nats(#[from] interop_bus::BusError),
+    #[error("cannot connect to Redis at {url}: {source}")]
+    Redis { url: String, source: redis::RedisError },
+}
+
+impl Deps {
+    /// Connects to NATS and Redis. Both clients reconnect by themselves
+    /// afterwards.
+    pub async fn connect(
+        nats_url: &str,
+        redis_url: &str,
+        name: &str,
+        health: Arc<Health>,
+    ) -> Result<Self, DepsError> {
+        let nats = interop_bus::connect(nats_url, name).await?;
+        let redis_err = |source| DepsError::Redis { url: redact_url(redis_url), source };
+        let client = redis::Client::open(redis_url).map_err(redis_err)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2);
+        let redis = redis::aio::ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(redis_err)?;
+        let deps = Self { nats, redis, health };
+        deps.health.watch(&deps);
+        Ok(deps)
+    }
+}
+
+/// A URL with any password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// What `/readyz` reports. Services flip `bound` once their consumers and
+/// listeners are up; `draining` is set on shutdown.
+#[derive(Default)]
+pub struct Health {
+    bound: AtomicBool,
+    draining: AtomicBool,
+    deps: std::sync::OnceLock<(async_nats::Client, redis::aio::ConnectionManager)>,
+}
+
+impl Health {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Watch these connections for readiness.
+    pub fn watch(&self, deps: &Deps) {
+        let _ = self.deps.set((deps.nats.clone(), deps.redis.clone()));
+    }
+
+    pub fn set_bound(&self) {
+        self.bound.store(true, Ordering::Release);
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Ready: bound, not draining, NATS connected, Redis answering PING.
+    /// Returns the reason when not ready.
+    pub async fn ready(&self) -> Result<(), &'static str> {
+        if self.is_draining() {
+            return Err("draining");
+        }
+        if !self.bound.load(Ordering::Acquire) {
+            return Err("starting");
+        }
+        let Some((nats, redis)) = self.deps.get() else {
+            return Err("starting");
+        };
+        if nats.connection_state() != async_nats::connection::State::Connected {
+            return Err("nats disconnected");
+        }
+        let mut redis = redis.clone();
+        let ping = tokio::time::timeout(
+            Duration::from_millis(500),
+            redis::cmd("PING").query_async::<String>(&mut redis),
+        )
+        .await;
+        match ping {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err("redis unavailable"),
+        }
+    }
+}
+
+/// A token cancelled on SIGTERM or SIGINT.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "Cannot listen for SIGTERM; only Ctrl-C stops the service.");
+                    let _ = ctrl_c.await;
+                    t.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        info!("Shutdown requested; draining.");
+        t.cancel();
+    });
+    token
+}
+
+/// The whole life of a service binary: telemetry, connections, the admin
+/// port, running until a signal, draining with a grace timeout. Returns the
+/// process exit code.
+pub async fn run_main<F, Fut, E>(name: &'static str, common: &CommonArgs, service: F) -> i32
+where
+    F: FnOnce(Deps, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let format = match common.log_format() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return 64;
+        }
+    };
+    let _guard = match interop_telemetry::init(name, format, &common.log) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return 64;
+        }
+    };
+    let health = Health::new();
+    let shutdown = shutdown_on_signal();
+    let admin = match tokio::net::TcpListener::bind(common.admin_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!(addr = %common.admin_listen, error = %e, "Cannot bind the admin port.");
+            return 1;
+        }
+    };
+    let admin_task = tokio::spawn(admin::serve(admin, health.clone(), shutdown.child_token()));
+    let deps = tokio::select! {
+        d = Deps::connect(&common.nats_url, &common.redis_url, name, health.clone()) => d,
+        () = shutdown.cancelled() => return 0,
+    };
+    let deps = match deps {
+        Ok(d) => d,
+        Err(e) => {
+            error!(error = %e, "Cannot reach a dependency.");
+            return 1;
+        }
+    };
+    let nats = deps.nats.clone();
+    let service_shutdown = shutdown.clone();
+    let mut task = tokio::spawn(service(deps, service_shutdown));
+    let result = tokio::select! {
+        r = &mut task => r,
+        () = shutdown.cancelled() => {
+            health.set_draining();
+            let grace = Duration::from_secs(common.shutdown_grace_secs);
+            match tokio::time::timeout(grace, &mut task).await {
+                Ok(r) => r,
+                Err(_) => {
+                    warn!(?grace, "In-flight work did not finish within the grace period; exiting.");
+                    task.abort();
+                    return 1;
+                }
+            }
+        }
+    };
+    health.set_draining();
+    // Push out any buffered publishes and acks before exiting.
+    let _ = tokio::time::timeout(Duration::from_secs(5), nats.flush()).await;
+    admin_task.abort();
+    match result {
+        Ok(Ok(())) => {
+            info!("Stopped.");
+            0
+        }
+        Ok(Err(e)) => {
+            error!(error = %e, "The service failed.");
+            1
+        }
+        Err(e) => {
+            error!(error = %e, "The service panicked.");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_in_urls() {
+        assert_eq!(redact_url("redis://:secret@host:6379"), "redis://***@host:6379");
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+    }
+}

@@ -1,0 +1,136 @@
+//! WebSocket framing shared by the two provider-facing endpoints (ingest and
+//! delivery): one protobuf frame per binary WebSocket message, size checked
+//! before decoding, and a writer task so handlers never block on a slow
+//! socket.
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::SplitSink;
+use futures_util::SinkExt;
+use prost::Message as _;
+use tokio::sync::mpsc;
+
+use interop_proto::limits::MAX_FRAME_BYTES;
+use interop_proto::v1::{server_frame, ClientFrame, Rejected, RejectCode, ServerFrame};
+
+/// WebSocket close codes the gateway uses (RFC 6455).
+pub mod close {
+    /// The server is shutting down; reconnect elsewhere or later.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A text frame arrived: the protocol is binary only.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// Authentication failed, or the connection broke the protocol's rules.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A frame larger than the hard limit.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+}
+
+/// Something for the writer task to send.
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(ServerFrame),
+    /// Send a close frame and stop writing.
+    Close(u16, &'static str),
+}
+
+/// Frames the writer may hold before handlers wait (backpressure).
+pub const OUTBOUND_QUEUE: usize = 1024;
+
+/// Starts the task that writes frames to the socket. It ends when every
+/// sender is dropped, after a `Close`, or when the socket fails.
+pub fn spawn_writer(mut sink: SplitSink<WebSocket, Message>) -> (mpsc::Sender<Outbound>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
+    let task = tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            let result = match out {
+                Outbound::Frame(frame) => sink.send(Message::Binary(frame.encode_to_vec().into())).await,
+                Outbound::Close(code, reason) => {
+                    let _ = sink
+                        .send(Message::Close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        })))
+                        .await;
+                    break;
+                }
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    (tx, task)
+}
+
+/// What one incoming WebSocket message turned out to be.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A well-formed frame.
+    Frame(ClientFrame),
+    /// A bad frame: answer with this rejection and keep serving.
+    Reject(ServerFrame),
+    /// A protocol violation: close with this code and reason.
+    Close(u16, &'static str),
+    /// The peer closed the connection, or it failed.
+    End,
+    /// Ping/pong: nothing to do.
+    Ignore,
+}
+
+/// A `Rejected` server frame.
+pub fn rejected(request_id: u64, client_message_id: &str, code: RejectCode, detail: impl Into<String>, retry_after_ms: u32) -> ServerFrame {
+    ServerFrame {
+        request_id,
+        frame: Some(server_frame::Frame::Rejected(Rejected {
+            client_message_id: client_message_id.to_owned(),
+            code: code as i32,
+            detail: detail.into(),
+            retry_after_ms,
+        })),
+    }
+}
+
+/// Classifies one message read from the socket.
+pub fn classify(msg: Option<Result<Message, axum::Error>>) -> Incoming {
+    match msg {
+        None | Some(Ok(Message::Close(_))) => Incoming::End,
+        Some(Err(e)) => {
+            // tungstenite reports frames over the hard limit as an error.
+            if e.to_string().contains("too long") || e.to_string().contains("Space limit") {
+                Incoming::Close(close::MESSAGE_TOO_BIG, "frame exceeds the hard size limit")
+            } else {
+                Incoming::End
+            }
+        }
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Incoming::Ignore,
+        Some(Ok(Message::Text(_))) => Incoming::Close(close::UNSUPPORTED_DATA, "binary protobuf frames only"),
+        Some(Ok(Message::Binary(bytes))) => {
+            if bytes.len() > MAX_FRAME_BYTES {
+                return Incoming::Reject(rejected(
+                    0,
+                    "",
+                    RejectCode::FrameTooLarge,
+                    format!("frame is {} bytes; the limit is {MAX_FRAME_BYTES}", bytes.len()),
+                    0,
+                ));
+            }
+            match ClientFrame::decode(bytes) {
+                Ok(frame) if frame.frame.is_some() => Incoming::Frame(frame),
+                Ok(frame) => Incoming::Reject(rejected(
+                    frame.request_id,
+                    "",
+                    RejectCode::MalformedFrame,
+                    "no frame set (unknown frame type?)",
+                    0,
+                )),
+                Err(e) => Incoming::Reject(rejected(
+                    0,
+                    "",
+                    RejectCode::MalformedFrame,
+                    format!("not a ClientFrame: {e}"),
+                    0,
+                )),
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The opt-in and consent registry.
+
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands as _;
+
+use crate::StateError;
+
+/// A user's interoperability settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Consent {
+    pub opted_in: bool,
+    /// Provider ids allowed to reach the user.
+    pub allowed_providers: Vec<String>,
+}
+
+impl Consent {
+    /// Builds a record from the `opted_in` and `allowed` hash fields.
+    pub fn from_fields(opted_in: Option<&str>, allowed: Option<&str>) -> Self {
+        Self {
+            opted_in: opted_in == Some("1"),
+            allowed_providers: allowed
+                .unwrap_or_default()
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+
+    /// Whether a message from `sender_provider` may reach this user.
+    pub fn admits(&self, sender_provider: &str) -> bool {
+        self.opted_in && self.allowed_providers.iter().any(|p| p == sender_provider)
+    }
+}
+
+/// The Redis key of a user's consent record.
+pub fn key(address: &str) -> String {
+    format!("interop:consent:{address}")
+}
+
+/// Reads and writes consent records.
+#[derive(Clone)]
+pub struct ConsentStore {
+    redis: ConnectionManager,
+}
+
+impl ConsentStore {
+    pub fn new(redis: ConnectionManager) -> Self {
+        Self { redis }
+    }
+
+    /// The user's settings; a user never seen is not opted in.
+    pub async fn get(&self, address: &str) -> Result<Consent, StateError> {
+        let mut conn = self.redis.clone();
+        let (opted_in, allowed): (Option<String>, Option<String>) =
+            redis::cmd("HMGET").arg(key(address)).arg("opted_in").arg("allowed").query_async(&mut conn).await?;
+        Ok(Consent::from_fields(opted_in.as_deref(), allowed.as_deref()))
+    }
+
+    /// Replaces the user's settings.
+    pub async fn set(&self, address: &str, consent: &Consent) -> Result<(), StateError> {
+        let mut conn = self.redis.clone();
+        let allowed = consent.allowed_providers.join(",");
+        let now = interop_proto::now_ms().to_string();
+        let _: () = conn
+            .hset_multiple(
+                key(address),
+                &[
+                    ("opted_in", if consent.opted_in { "1" } else { "0" }),
+                    ("allowed", allowed.as_str()),
+                    ("updated_at_ms", now.as_str()),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Whether a message from `sender_provider` may reach `recipient`.
+    pub async fn admits(&self, recipient: &str, sender_provider: &str) -> Result<bool, StateError> {
+        Ok(self.get(recipient).await?.admits(sender_provider))
+    }
+}

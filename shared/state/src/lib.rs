@@ -1,0 +1,20 @@
+//! Redis state of the gateway: things that can be rebuilt or lost without
+//! losing a message (see docs/architecture.md). Messages themselves live in
+//! NATS JetStream, never here.
+//!
+//! Keys (all under `interop:`):
+//! - `interop:consent:<address>` — hash: `opted_in` (`0`/`1`), `allowed`
+//!   (comma-separated provider ids), `updated_at_ms`.
+//! - `interop:rate:<scope>:<id>:<window>` — counter with a TTL of two windows.
+
+pub mod consent;
+pub mod rate;
+
+pub use consent::{Consent, ConsentStore};
+pub use rate::RateCounter;
+
+/// A Redis failure. Callers treat every one as retryable: the pipeline
+/// pauses and retries, it never drops a message because Redis is down.
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct StateError(#[from] pub redis::RedisError);

@@ -1,0 +1,308 @@
+//! Starts the real `nats-server` (with JetStream) and `redis-server` for
+//! tests, each on a free loopback port with its data in a temp dir, and kills
+//! and cleans them up on drop.
+//!
+//! ```no_run
+//! let nats = interop_test_support::NatsServer::start();
+//! let redis = interop_test_support::RedisServer::start();
+//! println!("{} {}", nats.url(), redis.url());
+//! ```
+//!
+//! A missing binary panics with the command that installs it: these are test
+//! helpers, and a panic with a clear message is the right failure there.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn spawn(binary: &str, package: &str, args: &[String]) -> Child {
+    Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                panic!("`{binary}` is not installed: run `sudo apt-get install -y {package}` (or `scripts/test`, which installs it)")
+            }
+            panic!("cannot start `{binary}`: {e}")
+        })
+}
+
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited during start-up with {status}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not listen on port {port} within {START_TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A free TCP port on loopback (the OS picks it; there is a small window in
+/// which another process could take it, which start-up detects).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding port 0 on loopback");
+    listener.local_addr().expect("bound listener has an address").port()
+}
+
+/// A `nats-server -js` on a free port. Stop and start it again with
+/// [`NatsServer::stop`] / [`NatsServer::restart`]: it keeps its port and its
+/// JetStream store, like a restarted production node.
+pub struct NatsServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("interop-nats-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let mut server = Self {
+            dir,
+            port: 0,
+            child: None,
+        };
+        server.spawn_on_port(None);
+        server
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats.log")
+    }
+
+    fn spawn_on_port(&mut self, port: Option<u16>) {
+        let log = self.log_path();
+        let _ = std::fs::remove_file(&log);
+        let store = self.dir.path().join("jetstream");
+        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        let args: Vec<String> = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port_arg,
+            "-js".into(),
+            "-sd".into(),
+            store.display().to_string(),
+            "-l".into(),
+            log.display().to_string(),
+        ];
+        let mut child = spawn("nats-server", "nats-server", &args);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let port = loop {
+            if let Some(p) = read_nats_port(&log) {
+                break p;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("nats-server exited during start-up with {status}; log: {}", read_file(&log));
+            }
+            assert!(Instant::now() < deadline, "nats-server did not start; log: {}", read_file(&log));
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        wait_for_port(port, &mut child, "nats-server");
+        // JetStream is ready once the server says so.
+        while !read_file(&log).contains("Server is ready") {
+            assert!(Instant::now() < deadline, "nats-server not ready; log: {}", read_file(&log));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.port = port;
+        self.child = Some(child);
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL), keeping its store.
+    pub fn stop(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.port;
+        self.spawn_on_port(Some(port));
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+fn read_file(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    s
+}
+
+fn read_nats_port(log: &Path) -> Option<u16> {
+    let text = read_file(log);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Listening for client connections on"))?;
+    line.rsplit(':').next()?.trim().parse().ok()
+}
+
+/// A `redis-server` on a free port, without persistence unless asked.
+pub struct RedisServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    persistence: bool,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Redis with persistence off (state is rebuildable; see DESIGN).
+    pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Redis with append-only-file persistence (fsync every write).
+    pub fn start_persistent() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistence: bool) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("interop-redis-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let mut server = Self {
+            dir,
+            port: 0,
+            persistence,
+            child: None,
+        };
+        for attempt in 0.. {
+            let port = free_port();
+            if server.spawn_on_port(port) {
+                break;
+            }
+            assert!(attempt < 5, "redis-server failed to start five times");
+        }
+        server
+    }
+
+    fn spawn_on_port(&mut self, port: u16) -> bool {
+        let aof = if self.persistence { "yes" } else { "no" };
+        let args: Vec<String> = [
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--dir",
+            &self.dir.path().display().to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            aof,
+            "--appendfsync",
+            "always",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "redis.log",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let mut child = spawn("redis-server", "redis-server", &args);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                self.port = port;
+                self.child = Some(child);
+                return true;
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                return false; // Most likely the port was taken meanwhile.
+            }
+            assert!(Instant::now() < deadline, "redis-server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL).
+    pub fn stop(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Starts it again on the same port and dir (with the AOF, if persistent).
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.port;
+        assert!(self.spawn_on_port(port), "redis-server did not restart on port {port}");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn nats_starts_and_restarts_on_the_same_port() {
+        let mut nats = NatsServer::start();
+        let port = nats.port();
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+        nats.stop();
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+        nats.restart();
+        assert_eq!(nats.port(), port);
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+    }
+
+    #[test]
+    fn redis_answers_ping() {
+        let redis = RedisServer::start();
+        let mut s = TcpStream::connect(("127.0.0.1", redis.port())).unwrap();
+        s.write_all(b"PING\r\n").unwrap();
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"+PONG\r\n");
+    }
+}
