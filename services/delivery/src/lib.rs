@@ -1,1 +1,116 @@
+//! delivery: holds recipients' WebSocket sessions and delivers their
+//! messages.
+//!
+//! Every message for a recipient sits in their store: the subject
+//! `interop.v1.delivery.queued.<key>` of the `INTEROP_INBOX` stream, written
+//! by routing, media-transcoding and delivery itself (receipts). A session
+//! (`Hello` with `user` and `device_id`) reads the store with an ordered
+//! consumer from the device's cursor, so messages that arrived while the
+//! user was offline come first, then live ones, in store order, with no gap.
+//! The client acks each `Deliver`; the device's cursor (the last message on
+//! `interop.v1.delivery.acked.<key>.<device>` in `INTEROP_CURSORS`) moves past a message only once it and
+//! everything before it was acked, so a crash or disconnect re-delivers
+//! rather than loses. The first ack of a message sends a `delivered` receipt
+//! into the sender's store.
 
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use interop_bus::subjects::{STREAM_CURSORS, STREAM_INBOX};
+use interop_bus::{BusError, StreamSettings};
+use interop_proto::limits::HARD_MAX_FRAME_BYTES;
+use interop_providers::Registry;
+use interop_service::Deps;
+
+/// Configuration of delivery.
+pub struct Config {
+    /// Where recipients' clients connect (bound by the caller).
+    pub listener: TcpListener,
+    pub providers: Arc<Registry>,
+    pub streams: StreamSettings,
+}
+
+impl Config {
+    pub fn new(listener: TcpListener, providers: Arc<Registry>) -> Self {
+        Self {
+            listener,
+            providers,
+            streams: StreamSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("cannot serve WebSockets: {0}")]
+    Serve(std::io::Error),
+}
+
+pub(crate) struct Shared {
+    pub providers: Arc<Registry>,
+    pub js: jetstream::Context,
+    pub inbox: jetstream::stream::Stream,
+    pub cursors: jetstream::stream::Stream,
+    pub shutdown: CancellationToken,
+    pub sessions: TaskTracker,
+}
+
+/// Runs delivery until `shutdown`, then closes sessions (un-acked messages
+/// are re-delivered on the next connection).
+pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
+    let js = jetstream::new(deps.nats.clone());
+    interop_bus::ensure_streams(&js, &config.streams).await?;
+    let inbox = js.get_stream(STREAM_INBOX).await.map_err(|e| BusError::Stream {
+        name: STREAM_INBOX.to_owned(),
+        source: Box::new(e),
+    })?;
+    let cursors = js.get_stream(STREAM_CURSORS).await.map_err(|e| BusError::Stream {
+        name: STREAM_CURSORS.to_owned(),
+        source: Box::new(e),
+    })?;
+    let addr: Option<SocketAddr> = config.listener.local_addr().ok();
+    let shared = Arc::new(Shared {
+        providers: config.providers,
+        js,
+        inbox,
+        cursors,
+        shutdown: shutdown.clone(),
+        sessions: TaskTracker::new(),
+    });
+    let app = Router::new()
+        .route("/v1/ws", get(upgrade))
+        .with_state(shared.clone());
+    deps.health.set_bound();
+    info!(?addr, "delivery is listening.");
+    let stop = shutdown.clone();
+    axum::serve(config.listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .map_err(Error::Serve)?;
+    shared.sessions.close();
+    shared.sessions.wait().await;
+    Ok(())
+}
+
+async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(HARD_MAX_FRAME_BYTES)
+        .max_frame_size(HARD_MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| {
+            let tracker = shared.sessions.clone();
+            tracker.track_future(session::serve(socket, shared))
+        })
+}

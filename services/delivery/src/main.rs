@@ -1,1 +1,44 @@
-fn main() {}
+//! The delivery binary: wiring only; see the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+use interop_service::CommonArgs;
+
+/// Holds recipients' WebSocket sessions and delivers their messages.
+#[derive(Parser)]
+#[command(name = "delivery", version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Address recipients' clients connect to (WebSocket at /v1/ws).
+    #[arg(long, env = "INTEROP_DELIVERY_LISTEN", default_value = "0.0.0.0:8081")]
+    listen: SocketAddr,
+    /// The provider registry (TOML; see docs/protocol.md).
+    #[arg(long, env = "INTEROP_PROVIDERS_FILE")]
+    providers_file: PathBuf,
+}
+
+fn exit_config(e: impl std::fmt::Display) -> ! {
+    eprintln!("delivery: {e}");
+    std::process::exit(64);
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let streams = args.common.stream_settings().unwrap_or_else(|e| exit_config(e));
+    let providers = interop_providers::Registry::load(&args.providers_file).unwrap_or_else(|e| exit_config(e));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .unwrap_or_else(|e| exit_config(format!("cannot listen on {}: {e}", args.listen)));
+    let mut config = interop_delivery::Config::new(listener, Arc::new(providers));
+    config.streams = streams;
+    let code = interop_service::run_main("delivery", &args.common, |deps, shutdown| {
+        interop_delivery::run(config, deps, shutdown)
+    })
+    .await;
+    std::process::exit(code);
+}

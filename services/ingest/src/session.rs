@@ -8,7 +8,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::ws::WebSocket;
 use futures_util::stream::{FuturesOrdered, FuturesUnordered};
@@ -16,9 +15,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use interop_proto::limits::{HELLO_TIMEOUT_SECS, MAX_CIPHERTEXT_BYTES, MAX_FRAME_BYTES, MAX_TEXT_BYTES};
-use interop_proto::v1::{client_frame, server_frame, ClientFrame, RejectCode, ServerFrame, Welcome};
-use interop_proto::PROTOCOL_VERSION;
+use interop_proto::limits::{MAX_CIPHERTEXT_BYTES, MAX_FRAME_BYTES, MAX_TEXT_BYTES};
+use interop_proto::v1::{server_frame, RejectCode, ServerFrame, Welcome};
 use interop_service::ws::{self, close, Incoming, Outbound};
 
 use crate::send::{self, Prepared};
@@ -46,85 +44,30 @@ async fn send_out(out: &mpsc::Sender<Outbound>, frame: ServerFrame) {
     let _ = out.send(Outbound::Frame(frame)).await;
 }
 
-/// Reads frames until a successful `Hello`; returns the provider id.
+/// Waits for a successful `Hello`; returns the provider id.
 async fn hello(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     out: &mpsc::Sender<Outbound>,
     shared: &Shared,
 ) -> Option<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(HELLO_TIMEOUT_SECS);
-    loop {
-        let next = tokio::select! {
-            n = tokio::time::timeout_at(deadline, stream.next()) => n,
-            () = shared.shutdown.cancelled() => {
-                let _ = out.send(Outbound::Close(close::GOING_AWAY, "server shutting down")).await;
-                return None;
-            }
-        };
-        let Ok(msg) = next else {
-            let _ = out.send(Outbound::Close(close::POLICY_VIOLATION, "no hello in time")).await;
-            return None;
-        };
-        let frame = match ws::classify(msg) {
-            Incoming::Frame(f) => f,
-            Incoming::Reject(r) => {
-                send_out(out, r).await;
-                continue;
-            }
-            Incoming::Close(code, reason) => {
-                let _ = out.send(Outbound::Close(code, reason)).await;
-                return None;
-            }
-            Incoming::End => return None,
-            Incoming::Ignore => continue,
-        };
-        let ClientFrame { request_id, frame } = frame;
-        let Some(client_frame::Frame::Hello(h)) = frame else {
-            send_out(
-                out,
-                ws::rejected(request_id, "", RejectCode::NotAuthenticated, "send Hello first", 0),
-            )
-            .await;
-            continue;
-        };
-        if h.protocol_version != PROTOCOL_VERSION {
-            send_out(
-                out,
-                ws::rejected(
-                    request_id,
-                    "",
-                    RejectCode::UnsupportedVersion,
-                    format!("this gateway speaks protocol version {PROTOCOL_VERSION}"),
-                    0,
-                ),
-            )
-            .await;
-            let _ = out.send(Outbound::Close(close::POLICY_VIOLATION, "unsupported protocol version")).await;
-            return None;
-        }
-        if shared.providers.authenticate(&h.provider, &h.token).is_none() {
-            debug!("Authentication failed.");
-            send_out(
-                out,
-                ws::rejected(request_id, "", RejectCode::AuthFailed, "unknown provider or wrong token", 0),
-            )
-            .await;
-            let _ = out.send(Outbound::Close(close::POLICY_VIOLATION, "authentication failed")).await;
-            return None;
-        }
-        let welcome = ServerFrame {
-            request_id,
-            frame: Some(server_frame::Frame::Welcome(Welcome {
-                session_id: uuid::Uuid::now_v7().to_string(),
-                max_frame_bytes: MAX_FRAME_BYTES as u32,
-                max_text_bytes: MAX_TEXT_BYTES as u32,
-                max_ciphertext_bytes: MAX_CIPHERTEXT_BYTES as u32,
-                max_unacked: 0,
-            })),
-        };
-        send_out(out, welcome).await;
-        return Some(h.provider);
+    let (request_id, h) = ws::read_hello(stream, out, &shared.shutdown).await?;
+    if shared.providers.authenticate(&h.provider, &h.token).is_none() {
+        debug!("Authentication failed.");
+        ws::refuse_hello(out, request_id, RejectCode::AuthFailed, "unknown provider or wrong token").await;
+        return None;
     }
+    let welcome = ServerFrame {
+        request_id,
+        frame: Some(server_frame::Frame::Welcome(Welcome {
+            session_id: uuid::Uuid::now_v7().to_string(),
+            max_frame_bytes: MAX_FRAME_BYTES as u32,
+            max_text_bytes: MAX_TEXT_BYTES as u32,
+            max_ciphertext_bytes: MAX_CIPHERTEXT_BYTES as u32,
+            max_unacked: 0,
+        })),
+    };
+    send_out(out, welcome).await;
+    Some(h.provider)
 }
 
 type PrepareFuture = Pin<Box<dyn Future<Output = Prepared> + Send>>;

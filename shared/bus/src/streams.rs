@@ -71,6 +71,18 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         },
+        stream::Config {
+            name: STREAM_CURSORS.to_owned(),
+            subjects: vec![DELIVERY_ACKED_ALL.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_messages_per_subject: 1,
+            // A cursor outlives the messages it points past.
+            max_age: s.inbox_max_age * 2,
+            storage: stream::StorageType::File,
+            num_replicas: s.replicas,
+            ..Default::default()
+        },
     ]
 }
 

@@ -31,8 +31,19 @@ pub const CONSUMER_SPAM_SCORING: &str = "spam-scoring";
 pub const CONSUMER_ROUTING: &str = "routing";
 pub const CONSUMER_MEDIA_TRANSCODING: &str = "media-transcoding";
 
-/// Key-value bucket holding each device's delivery cursor.
-pub const KV_CURSORS: &str = "interop_cursors";
+/// Prefix of device cursors: `interop.v1.delivery.acked.<key>.<device>`
+/// holds the last store sequence the device acked with nothing un-acked
+/// before it (one message per subject is kept).
+pub const DELIVERY_ACKED_PREFIX: &str = "interop.v1.delivery.acked";
+/// All device cursor subjects.
+pub const DELIVERY_ACKED_ALL: &str = "interop.v1.delivery.acked.>";
+/// Stream holding the device cursors (last value per subject).
+pub const STREAM_CURSORS: &str = "INTEROP_CURSORS";
+
+/// The cursor subject of one device of one recipient.
+pub fn delivery_acked(recipient_key: &str, device_id: &str) -> String {
+    format!("{DELIVERY_ACKED_PREFIX}.{recipient_key}.{device_id}")
+}
 
 /// The store subject of one recipient.
 pub fn delivery_queued(recipient_key: &str) -> String {
@@ -61,6 +72,7 @@ mod tests {
             ROUTING_MEDIA_REQUESTED,
             DELIVERY_QUEUED_PREFIX,
             DELIVERY_QUEUED_ALL,
+            DELIVERY_ACKED_PREFIX,
         ] {
             assert!(valid_subject(s), "{s}");
             assert!(s.starts_with("interop.v1."), "{s}");

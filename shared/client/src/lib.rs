@@ -1,1 +1,397 @@
+//! Client library for providers: speaks protocol v1 to the gateway.
+//!
+//! - [`Sender`] connects to ingest and sends messages (pipelined: many
+//!   sends may be in flight on one connection) and consent changes.
+//! - [`Receiver`] opens a delivery session for one user's device, yields
+//!   each message once (it de-duplicates by server message id, as the
+//!   protocol asks clients to) and acks it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), interop_client::ClientError> {
+//! use interop_client::{Sender, Receiver, text_envelope};
+//! let sender = Sender::connect("ws://127.0.0.1:8080/v1/ws", "signal", "signal-token").await?;
+//! let outcome = sender.send(text_envelope("c-1", "signal:alice", "home:+4915112345678", "hi")).await?;
+//! let mut rx = Receiver::connect("ws://127.0.0.1:8081/v1/ws", "home", "home-token",
+//!     "home:+4915112345678", "phone").await?;
+//! let delivered = rx.next().await?;
+//! rx.ack(&[delivered.delivery_tag]).await?;
+//! # Ok(()) }
+//! ```
 
+pub mod config;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use interop_proto::v1::{
+    client_frame, envelope, server_frame, Accepted, Ack, ClientFrame, ConsentUpdated, Encryption, Envelope,
+    Hello, Rejected, Send, ServerFrame, SetConsent, Text, Welcome,
+};
+use interop_proto::PROTOCOL_VERSION;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Errors of the client library.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+    #[error("the gateway refused the hello: {}: {}", .0.code().as_str_name(), .0.detail)]
+    HelloRefused(Rejected),
+    #[error("the connection closed{}", .0.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Closed(Option<String>),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("websocket: {0}")]
+    WebSocket(#[from] Box<tokio_tungstenite::tungstenite::Error>),
+}
+
+/// The answer to a send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendOutcome {
+    Accepted(Accepted),
+    Rejected(Rejected),
+}
+
+/// The answer to a consent change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConsentOutcome {
+    Updated(ConsentUpdated),
+    Rejected(Rejected),
+}
+
+/// A server-visible text envelope (TRANSPORT_ONLY).
+pub fn text_envelope(client_message_id: &str, from: &str, to: &str, body: &str) -> Envelope {
+    Envelope {
+        client_message_id: client_message_id.to_owned(),
+        from: from.to_owned(),
+        to: to.to_owned(),
+        encryption: Encryption::TransportOnly as i32,
+        sent_at_ms: interop_proto::now_ms(),
+        content: Some(envelope::Content::Text(Text { body: body.to_owned() })),
+        ..Default::default()
+    }
+}
+
+async fn connect_ws(url: &str) -> Result<Ws, ClientError> {
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .map_err(|e| ClientError::Connect {
+            url: url.to_owned(),
+            source: Box::new(e),
+        })?;
+    Ok(ws)
+}
+
+fn encode(frame: &ClientFrame) -> Message {
+    Message::Binary(frame.encode_to_vec().into())
+}
+
+/// Reads the next server frame, skipping pings.
+async fn read_frame(stream: &mut SplitStream<Ws>) -> Result<ServerFrame, ClientError> {
+    loop {
+        match stream.next().await {
+            None => return Err(ClientError::Closed(None)),
+            Some(Err(e)) => return Err(ClientError::WebSocket(Box::new(e))),
+            Some(Ok(Message::Binary(b))) => {
+                return ServerFrame::decode(b).map_err(|e| ClientError::Protocol(format!("bad server frame: {e}")))
+            }
+            Some(Ok(Message::Close(c))) => {
+                return Err(ClientError::Closed(c.map(|c| format!("{} {}", u16::from(c.code), c.reason))))
+            }
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+async fn hello(
+    sink: &mut SplitSink<Ws, Message>,
+    stream: &mut SplitStream<Ws>,
+    hello: Hello,
+) -> Result<Welcome, ClientError> {
+    let frame = ClientFrame {
+        request_id: 1,
+        frame: Some(client_frame::Frame::Hello(hello)),
+    };
+    sink.send(encode(&frame)).await.map_err(|e| ClientError::WebSocket(Box::new(e)))?;
+    match read_frame(stream).await?.frame {
+        Some(server_frame::Frame::Welcome(w)) => Ok(w),
+        Some(server_frame::Frame::Rejected(r)) => Err(ClientError::HelloRefused(r)),
+        other => Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerFrame>>>>;
+
+/// A connection to ingest. Cheap to share (`&self` methods); sends on one
+/// connection are pipelined and answered in any order.
+pub struct Sender {
+    out: mpsc::Sender<Message>,
+    pending: Pending,
+    next_id: AtomicU64,
+    welcome: Welcome,
+    closed: Arc<Mutex<Option<String>>>,
+}
+
+impl Sender {
+    /// Connects and authenticates as `provider`.
+    pub async fn connect(url: &str, provider: &str, token: &str) -> Result<Self, ClientError> {
+        let ws = connect_ws(url).await?;
+        let (mut sink, mut stream) = ws.split();
+        let welcome = hello(
+            &mut sink,
+            &mut stream,
+            Hello {
+                protocol_version: PROTOCOL_VERSION,
+                provider: provider.to_owned(),
+                token: token.to_owned(),
+                client_name: concat!("interop-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let (out, mut out_rx) = mpsc::channel::<Message>(1024);
+        tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                if sink.send(m).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let pending: Pending = Arc::default();
+        let closed: Arc<Mutex<Option<String>>> = Arc::default();
+        let (p, c) = (pending.clone(), closed.clone());
+        tokio::spawn(async move {
+            let reason = loop {
+                match read_frame(&mut stream).await {
+                    Ok(frame) => {
+                        // The lock is never held across an await.
+                        let waiter = p.lock().map(|mut m| m.remove(&frame.request_id)).ok().flatten();
+                        if let Some(w) = waiter {
+                            let _ = w.send(frame);
+                        }
+                    }
+                    Err(e) => break e.to_string(),
+                }
+            };
+            if let Ok(mut c) = c.lock() {
+                *c = Some(reason);
+            }
+            // Dropping the waiters tells them the connection is gone.
+            if let Ok(mut m) = p.lock() {
+                m.clear();
+            }
+        });
+        Ok(Self {
+            out,
+            pending,
+            next_id: AtomicU64::new(2),
+            welcome,
+            closed,
+        })
+    }
+
+    /// The limits the gateway announced.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    async fn request(&self, frame: client_frame::Frame) -> Result<ServerFrame, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut m) = self.pending.lock() {
+            m.insert(id, tx);
+        }
+        let msg = encode(&ClientFrame {
+            request_id: id,
+            frame: Some(frame),
+        });
+        if self.out.send(msg).await.is_err() {
+            return Err(self.closed_error());
+        }
+        rx.await.map_err(|_| self.closed_error())
+    }
+
+    fn closed_error(&self) -> ClientError {
+        ClientError::Closed(self.closed.lock().ok().and_then(|c| c.clone()))
+    }
+
+    /// Sends one message and waits for `Accepted` or `Rejected`.
+    pub async fn send(&self, envelope: Envelope) -> Result<SendOutcome, ClientError> {
+        let frame = self
+            .request(client_frame::Frame::Send(Send {
+                envelope: Some(envelope),
+            }))
+            .await?;
+        match frame.frame {
+            Some(server_frame::Frame::Accepted(a)) => Ok(SendOutcome::Accepted(a)),
+            Some(server_frame::Frame::Rejected(r)) => Ok(SendOutcome::Rejected(r)),
+            other => Err(ClientError::Protocol(format!("unexpected answer to Send: {other:?}"))),
+        }
+    }
+
+    /// Sends a raw frame and returns the answer (for tests of bad input).
+    pub async fn send_frame(&self, frame: client_frame::Frame) -> Result<ServerFrame, ClientError> {
+        self.request(frame).await
+    }
+
+    /// Changes a user's consent.
+    pub async fn set_consent(
+        &self,
+        user: &str,
+        opted_in: bool,
+        allowed_providers: &[&str],
+    ) -> Result<ConsentOutcome, ClientError> {
+        let frame = self
+            .request(client_frame::Frame::SetConsent(SetConsent {
+                user: user.to_owned(),
+                opted_in,
+                allowed_providers: allowed_providers.iter().map(|s| (*s).to_owned()).collect(),
+            }))
+            .await?;
+        match frame.frame {
+            Some(server_frame::Frame::ConsentUpdated(c)) => Ok(ConsentOutcome::Updated(c)),
+            Some(server_frame::Frame::Rejected(r)) => Ok(ConsentOutcome::Rejected(r)),
+            other => Err(ClientError::Protocol(format!("unexpected answer to SetConsent: {other:?}"))),
+        }
+    }
+}
+
+/// One message handed to the application.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub delivery_tag: u64,
+    pub envelope: Envelope,
+}
+
+/// How many server message ids a receiver remembers for de-duplication.
+pub const DEDUP_MEMORY: usize = 65_536;
+
+/// A delivery session for one user's device.
+pub struct Receiver {
+    sink: SplitSink<Ws, Message>,
+    stream: SplitStream<Ws>,
+    welcome: Welcome,
+    seen: HashSet<String>,
+    seen_order: VecDeque<String>,
+    duplicates: u64,
+}
+
+impl Receiver {
+    /// Connects and opens a session for `user` on `device_id`.
+    pub async fn connect(
+        url: &str,
+        provider: &str,
+        token: &str,
+        user: &str,
+        device_id: &str,
+    ) -> Result<Self, ClientError> {
+        let ws = connect_ws(url).await?;
+        let (mut sink, mut stream) = ws.split();
+        let welcome = hello(
+            &mut sink,
+            &mut stream,
+            Hello {
+                protocol_version: PROTOCOL_VERSION,
+                provider: provider.to_owned(),
+                token: token.to_owned(),
+                user: user.to_owned(),
+                device_id: device_id.to_owned(),
+                client_name: concat!("interop-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+            },
+        )
+        .await?;
+        Ok(Self {
+            sink,
+            stream,
+            welcome,
+            seen: HashSet::new(),
+            seen_order: VecDeque::new(),
+            duplicates: 0,
+        })
+    }
+
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// Duplicates received and suppressed so far (a redelivery after a lost
+    /// ack or a crash; the protocol is at-least-once on the wire).
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
+    /// The next new message. Duplicates are acked and skipped. The caller
+    /// acks the result with [`Receiver::ack`] once it is stored.
+    pub async fn next(&mut self) -> Result<Delivered, ClientError> {
+        loop {
+            let frame = read_frame(&mut self.stream).await?;
+            let Some(server_frame::Frame::Deliver(d)) = frame.frame else {
+                continue;
+            };
+            let Some(envelope) = d.envelope else {
+                return Err(ClientError::Protocol("Deliver without envelope".into()));
+            };
+            if !self.remember(&envelope.message_id) {
+                self.duplicates += 1;
+                self.ack(&[d.delivery_tag]).await?;
+                continue;
+            }
+            return Ok(Delivered {
+                delivery_tag: d.delivery_tag,
+                envelope,
+            });
+        }
+    }
+
+    fn remember(&mut self, id: &str) -> bool {
+        if !self.seen.insert(id.to_owned()) {
+            return false;
+        }
+        self.seen_order.push_back(id.to_owned());
+        if self.seen_order.len() > DEDUP_MEMORY {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// Acknowledges delivered messages.
+    pub async fn ack(&mut self, tags: &[u64]) -> Result<(), ClientError> {
+        let frame = ClientFrame {
+            request_id: 0,
+            frame: Some(client_frame::Frame::Ack(Ack {
+                delivery_tags: tags.to_vec(),
+            })),
+        };
+        self.sink
+            .send(encode(&frame))
+            .await
+            .map_err(|e| ClientError::WebSocket(Box::new(e)))
+    }
+
+    /// Closes the session cleanly: the gateway finishes processing the acks
+    /// sent before the close (so the device's position is saved) before it
+    /// answers the close, and this waits for that answer (at most 5 s).
+    pub async fn close(mut self) {
+        let _ = self.sink.close().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while let Some(Ok(_)) = self.stream.next().await {}
+        })
+        .await;
+    }
+}

@@ -1,1 +1,289 @@
-fn main() {}
+//! `interop`: the command-line client of the gateway. One JSON object per
+//! line on stdout; diagnostics on stderr.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use base64::Engine as _;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use interop_client::config::ClientConfig;
+use interop_client::{text_envelope, ConsentOutcome, Receiver, SendOutcome, Sender};
+use interop_proto::v1::{envelope::Content, Ciphertext, Encryption, Envelope, ReceiptStatus};
+use interop_proto::Address;
+
+#[derive(Parser)]
+#[command(name = "interop", version, about = "Command-line client of the interop gateway")]
+struct Cli {
+    /// Client config file (default: .run/client.toml here or in a parent).
+    #[arg(long, env = "INTEROP_CLIENT_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// The provider's token (default: from the client config).
+    #[arg(long, env = "INTEROP_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Provider id to authenticate as (default: the provider of --as).
+    #[arg(long, env = "INTEROP_PROVIDER", global = true)]
+    provider: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Opt a user in to interoperability and choose who may reach them.
+    OptIn {
+        /// The user, e.g. home:+4915112345678.
+        #[arg(long = "as")]
+        user: String,
+        /// Provider allowed to reach the user (repeat, or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        allow: Vec<String>,
+        #[arg(long, env = "INTEROP_INGEST_URL")]
+        ingest_url: Option<String>,
+    },
+    /// Opt a user out: nothing from third parties reaches them any more.
+    OptOut {
+        #[arg(long = "as")]
+        user: String,
+        #[arg(long, env = "INTEROP_INGEST_URL")]
+        ingest_url: Option<String>,
+    },
+    /// Send a message and print the gateway's answer.
+    Send {
+        /// The sender, e.g. signal:alice.
+        #[arg(long = "as")]
+        from: String,
+        /// The recipient, e.g. home:+4915112345678.
+        #[arg(long)]
+        to: String,
+        /// Server-visible text (sent TRANSPORT_ONLY).
+        #[arg(long, conflicts_with = "ciphertext_b64", required_unless_present = "ciphertext_b64")]
+        text: Option<String>,
+        /// End-to-end-encrypted payload, base64 (sent E2EE).
+        #[arg(long)]
+        ciphertext_b64: Option<String>,
+        /// Client message id (default: a fresh UUID). Re-use it to retry.
+        #[arg(long)]
+        client_message_id: Option<String>,
+        #[arg(long, env = "INTEROP_INGEST_URL")]
+        ingest_url: Option<String>,
+    },
+    /// Receive messages for a user, print each as JSON and ack it.
+    Listen {
+        #[arg(long = "as")]
+        user: String,
+        /// Device id of this session.
+        #[arg(long, default_value = "cli")]
+        device: String,
+        /// Exit after this many messages (exit code 3 if the timeout came first).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        #[arg(long, env = "INTEROP_DELIVERY_URL")]
+        delivery_url: Option<String>,
+    },
+}
+
+struct Ctx {
+    file: ClientConfig,
+    token: Option<String>,
+    provider: Option<String>,
+}
+
+impl Ctx {
+    fn creds(&self, user: &str) -> anyhow::Result<(String, String)> {
+        let address = Address::parse(user).with_context(|| format!("{user:?} is not an address"))?;
+        let provider = self.provider.clone().unwrap_or_else(|| address.provider().to_owned());
+        let token = match &self.token {
+            Some(t) => t.clone(),
+            None => self.file.tokens.get(&provider).cloned().with_context(|| {
+                format!("no token for provider {provider:?}: pass --token or run scripts/up")
+            })?,
+        };
+        Ok((provider, token))
+    }
+
+    fn url(&self, flag: Option<String>, from_file: Option<&String>, what: &str) -> anyhow::Result<String> {
+        flag.or_else(|| from_file.cloned())
+            .with_context(|| format!("no {what} URL: pass --{what}-url or run scripts/up"))
+    }
+}
+
+fn encryption_name(e: i32) -> &'static str {
+    match Encryption::try_from(e).unwrap_or(Encryption::Unspecified) {
+        Encryption::E2ee => "E2EE",
+        Encryption::TransportOnly => "TRANSPORT_ONLY",
+        Encryption::Unspecified => "UNSPECIFIED",
+    }
+}
+
+fn describe(env: &Envelope) -> serde_json::Value {
+    let mut v = json!({
+        "message_id": env.message_id,
+        "from": env.from,
+        "to": env.to,
+        "encryption": encryption_name(env.encryption),
+    });
+    if let Some(info) = &env.sender_info {
+        v["sender_provider"] = json!(info.display_name);
+        v["privacy_policy_url"] = json!(info.privacy_policy_url);
+    }
+    match &env.content {
+        Some(Content::Text(t)) => v["text"] = json!(t.body),
+        Some(Content::Ciphertext(c)) => {
+            v["ciphertext_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(&c.payload))
+        }
+        Some(Content::Media(m)) => v["media"] = json!({"media_id": m.media_id, "content_type": m.content_type, "size": m.size}),
+        Some(Content::Receipt(r)) => {
+            let status = ReceiptStatus::try_from(r.status).unwrap_or(ReceiptStatus::Unspecified);
+            v["receipt"] = json!({
+                "message_id": r.message_id,
+                "client_message_id": r.client_message_id,
+                "status": status.as_str_name().trim_start_matches("RECEIPT_STATUS_"),
+                "code": interop_proto::v1::RejectCode::try_from(r.code).map(|c| c.as_str_name()).unwrap_or("UNKNOWN"),
+            });
+        }
+        _ => v["content"] = json!("other"),
+    }
+    v
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("interop: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let file = match ClientConfig::locate(cli.config.as_deref()) {
+        Some(path) => ClientConfig::load(&path)?,
+        None => ClientConfig::default(),
+    };
+    let ctx = Ctx {
+        file,
+        token: cli.token,
+        provider: cli.provider,
+    };
+    match cli.command {
+        Command::OptIn { user, allow, ingest_url } => consent(&ctx, &user, true, &allow, ingest_url).await,
+        Command::OptOut { user, ingest_url } => consent(&ctx, &user, false, &[], ingest_url).await,
+        Command::Send {
+            from,
+            to,
+            text,
+            ciphertext_b64,
+            client_message_id,
+            ingest_url,
+        } => {
+            let (provider, token) = ctx.creds(&from)?;
+            let url = ctx.url(ingest_url, ctx.file.ingest_url.as_ref(), "ingest")?;
+            let cmid = client_message_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            let envelope = match (text, ciphertext_b64) {
+                (Some(t), _) => text_envelope(&cmid, &from, &to, &t),
+                (None, Some(b64)) => {
+                    let payload = base64::engine::general_purpose::STANDARD
+                        .decode(b64.trim())
+                        .context("--ciphertext-b64 is not base64")?;
+                    Envelope {
+                        client_message_id: cmid.clone(),
+                        from: from.clone(),
+                        to: to.clone(),
+                        encryption: Encryption::E2ee as i32,
+                        sent_at_ms: interop_proto::now_ms(),
+                        content: Some(Content::Ciphertext(Ciphertext {
+                            scheme: "opaque".into(),
+                            payload: payload.into(),
+                        })),
+                        ..Default::default()
+                    }
+                }
+                (None, None) => bail!("pass --text or --ciphertext-b64"),
+            };
+            let sender = Sender::connect(&url, &provider, &token).await?;
+            match sender.send(envelope).await? {
+                SendOutcome::Accepted(a) => {
+                    println!(
+                        "{}",
+                        json!({"accepted": {"client_message_id": a.client_message_id, "message_id": a.message_id, "accepted_at_ms": a.accepted_at_ms, "duplicate": a.duplicate}})
+                    );
+                    Ok(0)
+                }
+                SendOutcome::Rejected(r) => {
+                    println!(
+                        "{}",
+                        json!({"rejected": {"client_message_id": r.client_message_id, "code": r.code().as_str_name().trim_start_matches("REJECT_CODE_"), "detail": r.detail, "retry_after_ms": r.retry_after_ms}})
+                    );
+                    Ok(2)
+                }
+            }
+        }
+        Command::Listen {
+            user,
+            device,
+            count,
+            timeout,
+            delivery_url,
+        } => {
+            let (provider, token) = ctx.creds(&user)?;
+            let url = ctx.url(delivery_url, ctx.file.delivery_url.as_ref(), "delivery")?;
+            let mut rx = Receiver::connect(&url, &provider, &token, &user, &device).await?;
+            eprintln!("interop: listening as {user}");
+            let deadline = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+            let mut received = 0u64;
+            while count.is_none_or(|c| received < c) {
+                let next = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, rx.next()).await {
+                        Ok(n) => n,
+                        Err(_) => break,
+                    },
+                    None => rx.next().await,
+                };
+                let d = next?;
+                println!("{}", describe(&d.envelope));
+                rx.ack(&[d.delivery_tag]).await?;
+                received += 1;
+            }
+            rx.close().await;
+            Ok(if count.is_some_and(|c| received < c) { 3 } else { 0 })
+        }
+    }
+}
+
+async fn consent(
+    ctx: &Ctx,
+    user: &str,
+    opted_in: bool,
+    allow: &[String],
+    ingest_url: Option<String>,
+) -> anyhow::Result<i32> {
+    let (provider, token) = ctx.creds(user)?;
+    let url = ctx.url(ingest_url, ctx.file.ingest_url.as_ref(), "ingest")?;
+    let sender = Sender::connect(&url, &provider, &token).await?;
+    let allow: Vec<&str> = allow.iter().map(String::as_str).collect();
+    match sender.set_consent(user, opted_in, &allow).await? {
+        ConsentOutcome::Updated(c) => {
+            println!(
+                "{}",
+                json!({"consent": {"user": c.user, "opted_in": c.opted_in, "allowed_providers": c.allowed_providers}})
+            );
+            Ok(0)
+        }
+        ConsentOutcome::Rejected(r) => {
+            println!(
+                "{}",
+                json!({"rejected": {"code": r.code().as_str_name().trim_start_matches("REJECT_CODE_"), "detail": r.detail}})
+            );
+            Ok(2)
+        }
+    }
+}

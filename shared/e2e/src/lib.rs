@@ -1,1 +1,196 @@
+//! Test-only: the whole gateway in one process, against real `nats-server`
+//! and `redis-server` binaries started on free ports.
+//!
+//! This crate is the one place that depends on the service crates; it holds
+//! no product code, only the harness the end-to-end tests use.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use interop_providers::{hash_token, Registry};
+use interop_service::{Deps, Health};
+use interop_test_support::{NatsServer, RedisServer};
+
+/// Demo providers and their tokens.
+pub const HOME_TOKEN: &str = "home-test-token-0123456789abcdef";
+pub const SIGNAL_TOKEN: &str = "signal-test-token-0123456789abcdef";
+pub const TELEGRAM_TOKEN: &str = "telegram-test-token-0123456789abcdef";
+
+/// The registry the harness runs with: `home` (the gatekeeper), `signal`
+/// (E2EE) and `telegram` (transport-only).
+pub fn registry() -> Registry {
+    let text = format!(
+        r#"
+        [[providers]]
+        id = "home"
+        display_name = "Home Messenger"
+        privacy_policy_url = "https://home.example/privacy"
+        encryption = "e2ee"
+        token_sha256 = ["{}"]
+
+        [[providers]]
+        id = "signal"
+        display_name = "Signal"
+        privacy_policy_url = "https://signal.example/privacy"
+        encryption = "e2ee"
+        token_sha256 = ["{}"]
+
+        [[providers]]
+        id = "telegram"
+        display_name = "Telegram"
+        privacy_policy_url = "https://telegram.example/privacy"
+        encryption = "transport-only"
+        token_sha256 = ["{}"]
+        "#,
+        hash_token(HOME_TOKEN),
+        hash_token(SIGNAL_TOKEN),
+        hash_token(TELEGRAM_TOKEN)
+    );
+    // The text above is a fixed, valid registry.
+    Registry::from_toml(&text).expect("the harness registry is valid")
+}
+
+/// The five services, running.
+pub struct Gateway {
+    pub ingest_url: String,
+    pub delivery_url: String,
+    shutdown: CancellationToken,
+    healths: Vec<Arc<Health>>,
+    tasks: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
+}
+
+async fn deps(nats_url: &str, redis_url: &str, name: &str, healths: &mut Vec<Arc<Health>>) -> Deps {
+    let health = Health::new();
+    healths.push(health.clone());
+    Deps::connect(nats_url, redis_url, name, health)
+        .await
+        .expect("connecting a service to the test servers")
+}
+
+impl Gateway {
+    /// Starts ingest, spam-scoring, routing, media-transcoding and delivery
+    /// in this process.
+    pub async fn start(nats_url: &str, redis_url: &str) -> Self {
+        Self::start_with(nats_url, redis_url, interop_spam_scoring::Config::default()).await
+    }
+
+    pub async fn start_with(nats_url: &str, redis_url: &str, spam: interop_spam_scoring::Config) -> Self {
+        let providers = Arc::new(registry());
+        let shutdown = CancellationToken::new();
+        let ingest_listener = TcpListener::bind("127.0.0.1:0").await.expect("binding ingest");
+        let delivery_listener = TcpListener::bind("127.0.0.1:0").await.expect("binding delivery");
+        let ingest_url = format!("ws://{}/v1/ws", ingest_listener.local_addr().expect("bound").to_string());
+        let delivery_url = format!("ws://{}/v1/ws", delivery_listener.local_addr().expect("bound").to_string());
+        let mut tasks: Vec<(&'static str, JoinHandle<Result<(), String>>)> = Vec::new();
+        let mut healths = Vec::new();
+
+        let d = deps(nats_url, redis_url, "ingest", &mut healths).await;
+        let config = interop_ingest::Config::new(ingest_listener, providers.clone());
+        let s = shutdown.clone();
+        tasks.push(("ingest", tokio::spawn(async move { interop_ingest::run(config, d, s).await.map_err(|e| e.to_string()) })));
+
+        let d = deps(nats_url, redis_url, "spam-scoring", &mut healths).await;
+        let s = shutdown.clone();
+        tasks.push((
+            "spam-scoring",
+            tokio::spawn(async move { interop_spam_scoring::run(spam, d, s).await.map_err(|e| e.to_string()) }),
+        ));
+
+        let d = deps(nats_url, redis_url, "routing", &mut healths).await;
+        let s = shutdown.clone();
+        tasks.push((
+            "routing",
+            tokio::spawn(async move {
+                interop_routing::run(interop_routing::Config::default(), d, s)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
+        ));
+
+        let d = deps(nats_url, redis_url, "media-transcoding", &mut healths).await;
+        let s = shutdown.clone();
+        tasks.push((
+            "media-transcoding",
+            tokio::spawn(async move {
+                interop_media_transcoding::run(interop_media_transcoding::Config::default(), d, s)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
+        ));
+
+        let d = deps(nats_url, redis_url, "delivery", &mut healths).await;
+        let config = interop_delivery::Config::new(delivery_listener, providers);
+        let s = shutdown.clone();
+        tasks.push((
+            "delivery",
+            tokio::spawn(async move { interop_delivery::run(config, d, s).await.map_err(|e| e.to_string()) }),
+        ));
+
+        let mut gateway = Self {
+            ingest_url,
+            delivery_url,
+            shutdown,
+            tasks,
+            healths,
+        };
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    /// Waits until every service reports ready (what `/readyz` says).
+    async fn wait_ready(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            for (name, task) in &mut self.tasks {
+                if task.is_finished() {
+                    let result = task.await;
+                    panic!("{name} stopped during start-up: {result:?}");
+                }
+            }
+            let mut all = true;
+            for h in &self.healths {
+                all &= h.ready().await.is_ok();
+            }
+            if all {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the gateway was not ready within 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops every service and returns their results.
+    pub async fn stop(self) -> Vec<(&'static str, Result<(), String>)> {
+        self.shutdown.cancel();
+        let mut results = Vec::new();
+        for (name, task) in self.tasks {
+            let r = match tokio::time::timeout(Duration::from_secs(30), task).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Err(format!("panicked: {e}")),
+                Err(_) => Err("did not stop within 30 s".into()),
+            };
+            results.push((name, r));
+        }
+        results
+    }
+}
+
+/// Real servers plus the gateway.
+pub struct Cluster {
+    pub nats: NatsServer,
+    pub redis: RedisServer,
+    pub gateway: Gateway,
+}
+
+impl Cluster {
+    pub async fn start() -> Self {
+        let nats = NatsServer::start();
+        let redis = RedisServer::start();
+        let gateway = Gateway::start(&nats.url(), &redis.url()).await;
+        Self { nats, redis, gateway }
+    }
+}

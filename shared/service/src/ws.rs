@@ -134,3 +134,83 @@ pub fn classify(msg: Option<Result<Message, axum::Error>>) -> Incoming {
         }
     }
 }
+
+/// Reads frames until a `Hello` arrives, answering anything else with
+/// `NOT_AUTHENTICATED`. Returns `None` (after sending a close where one is
+/// due) when the peer leaves, breaks the protocol, takes longer than
+/// `HELLO_TIMEOUT_SECS`, or the server shuts down.
+pub async fn read_hello(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    out: &mpsc::Sender<Outbound>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<(u64, interop_proto::v1::Hello)> {
+    use futures_util::StreamExt;
+    use interop_proto::v1::client_frame;
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_secs(interop_proto::limits::HELLO_TIMEOUT_SECS);
+    loop {
+        let next = tokio::select! {
+            n = tokio::time::timeout_at(deadline, stream.next()) => n,
+            () = shutdown.cancelled() => {
+                let _ = out.send(Outbound::Close(close::GOING_AWAY, "server shutting down")).await;
+                return None;
+            }
+        };
+        let Ok(msg) = next else {
+            let _ = out.send(Outbound::Close(close::POLICY_VIOLATION, "no hello in time")).await;
+            return None;
+        };
+        match classify(msg) {
+            Incoming::Frame(ClientFrame {
+                request_id,
+                frame: Some(client_frame::Frame::Hello(h)),
+            }) => {
+                if h.protocol_version != interop_proto::PROTOCOL_VERSION {
+                    let _ = out
+                        .send(Outbound::Frame(rejected(
+                            request_id,
+                            "",
+                            RejectCode::UnsupportedVersion,
+                            format!("this gateway speaks protocol version {}", interop_proto::PROTOCOL_VERSION),
+                            0,
+                        )))
+                        .await;
+                    let _ = out.send(Outbound::Close(close::POLICY_VIOLATION, "unsupported protocol version")).await;
+                    return None;
+                }
+                return Some((request_id, h));
+            }
+            Incoming::Frame(f) => {
+                let _ = out
+                    .send(Outbound::Frame(rejected(
+                        f.request_id,
+                        "",
+                        RejectCode::NotAuthenticated,
+                        "send Hello first",
+                        0,
+                    )))
+                    .await;
+            }
+            Incoming::Reject(r) => {
+                let _ = out.send(Outbound::Frame(r)).await;
+            }
+            Incoming::Close(code, reason) => {
+                let _ = out.send(Outbound::Close(code, reason)).await;
+                return None;
+            }
+            Incoming::End => return None,
+            Incoming::Ignore => {}
+        }
+    }
+}
+
+/// Refuses a `Hello` with `code` and closes the connection.
+pub async fn refuse_hello(out: &mpsc::Sender<Outbound>, request_id: u64, code: RejectCode, detail: &str) {
+    let _ = out.send(Outbound::Frame(rejected(request_id, "", code, detail, 0))).await;
+    let reason = if code == RejectCode::AuthFailed {
+        "authentication failed"
+    } else {
+        "hello refused"
+    };
+    let _ = out.send(Outbound::Close(close::POLICY_VIOLATION, reason)).await;
+}
