@@ -74,14 +74,20 @@ pub(crate) struct Shared {
 pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
     let js = jetstream::new(deps.nats.clone());
     interop_bus::ensure_streams(&js, &config.streams).await?;
-    let inbox = js.get_stream(STREAM_INBOX).await.map_err(|e| BusError::Stream {
-        name: STREAM_INBOX.to_owned(),
-        source: Box::new(e),
-    })?;
-    let cursors = js.get_stream(STREAM_CURSORS).await.map_err(|e| BusError::Stream {
-        name: STREAM_CURSORS.to_owned(),
-        source: Box::new(e),
-    })?;
+    let inbox = js
+        .get_stream(STREAM_INBOX)
+        .await
+        .map_err(|e| BusError::Stream {
+            name: STREAM_INBOX.to_owned(),
+            source: Box::new(e),
+        })?;
+    let cursors = js
+        .get_stream(STREAM_CURSORS)
+        .await
+        .map_err(|e| BusError::Stream {
+            name: STREAM_CURSORS.to_owned(),
+            source: Box::new(e),
+        })?;
     let addr: Option<SocketAddr> = config.listener.local_addr().ok();
     let shared = Arc::new(Shared {
         providers: config.providers,

@@ -29,8 +29,12 @@ fn exit_config(e: impl std::fmt::Display) -> ! {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let streams = args.common.stream_settings().unwrap_or_else(|e| exit_config(e));
-    let providers = interop_providers::Registry::load(&args.providers_file).unwrap_or_else(|e| exit_config(e));
+    let streams = args
+        .common
+        .stream_settings()
+        .unwrap_or_else(|e| exit_config(e));
+    let providers =
+        interop_providers::Registry::load(&args.providers_file).unwrap_or_else(|e| exit_config(e));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .unwrap_or_else(|e| exit_config(format!("cannot listen on {}: {e}", args.listen)));

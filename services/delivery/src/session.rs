@@ -20,7 +20,8 @@ use interop_bus::subjects::{delivery_acked, delivery_queued};
 use interop_bus::{pipeline, recipient_key};
 use interop_proto::limits::{MAX_DEVICE_ID_BYTES, MAX_FRAME_BYTES, MAX_UNACKED};
 use interop_proto::v1::{
-    client_frame, server_frame, Deliver, Envelope, ReceiptStatus, RejectCode, SenderInfo, ServerFrame, Welcome,
+    client_frame, server_frame, Deliver, Envelope, ReceiptStatus, RejectCode, SenderInfo,
+    ServerFrame, Welcome,
 };
 use interop_proto::Address;
 use interop_service::ws::{self, close, Incoming, Outbound};
@@ -30,7 +31,8 @@ use crate::Shared;
 fn valid_device_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_DEVICE_ID_BYTES
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 struct Session {
@@ -53,12 +55,16 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
         info!(%user, "Recipient connected to delivery.");
         if let Err(e) = deliver(session, &mut stream, &out, &shared).await {
             warn!(%user, error = %e, "Session ended by an error.");
-            let _ = out.send(Outbound::Close(close::GOING_AWAY, "temporary server error; reconnect")).await;
+            ws::push(
+                &out,
+                Outbound::Close(close::GOING_AWAY, "temporary server error; reconnect"),
+            )
+            .await;
         }
         debug!(%user, "Recipient disconnected from delivery.");
     }
     drop(out);
-    let _ = writer.await;
+    writer.await.ok();
 }
 
 async fn hello(
@@ -67,18 +73,40 @@ async fn hello(
     shared: &Shared,
 ) -> Option<Session> {
     let (request_id, h) = ws::read_hello(stream, out, &shared.shutdown).await?;
-    if shared.providers.authenticate(&h.provider, &h.token).is_none() {
-        ws::refuse_hello(out, request_id, RejectCode::AuthFailed, "unknown provider or wrong token").await;
+    if shared
+        .providers
+        .authenticate(&h.provider, &h.token)
+        .is_none()
+    {
+        ws::refuse_hello(
+            out,
+            request_id,
+            RejectCode::AuthFailed,
+            "unknown provider or wrong token",
+        )
+        .await;
         return None;
     }
     if h.user.is_empty() {
-        ws::refuse_hello(out, request_id, RejectCode::MissingField, "hello.user is required for delivery").await;
+        ws::refuse_hello(
+            out,
+            request_id,
+            RejectCode::MissingField,
+            "hello.user is required for delivery",
+        )
+        .await;
         return None;
     }
     let user = match Address::parse(&h.user) {
         Ok(u) => u,
         Err(e) => {
-            ws::refuse_hello(out, request_id, RejectCode::InvalidAddress, &format!("user: {e}")).await;
+            ws::refuse_hello(
+                out,
+                request_id,
+                RejectCode::InvalidAddress,
+                &format!("user: {e}"),
+            )
+            .await;
             return None;
         }
     };
@@ -92,28 +120,50 @@ async fn hello(
         .await;
         return None;
     }
-    let device = if h.device_id.is_empty() { "default".to_owned() } else { h.device_id };
+    let device = if h.device_id.is_empty() {
+        "default".to_owned()
+    } else {
+        h.device_id
+    };
     if !valid_device_id(&device) {
-        ws::refuse_hello(out, request_id, RejectCode::MalformedFrame, "device_id must be 1-64 of [A-Za-z0-9_-]")
-            .await;
+        ws::refuse_hello(
+            out,
+            request_id,
+            RejectCode::MalformedFrame,
+            "device_id must be 1-64 of [A-Za-z0-9_-]",
+        )
+        .await;
         return None;
     }
     let cursor_key = delivery_acked(&recipient_key(user.as_str()), &device);
-    let cursor = match shared.cursors.get_last_raw_message_by_subject(&cursor_key).await {
-        Ok(m) => std::str::from_utf8(&m.payload).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+    let cursor = match shared
+        .cursors
+        .get_last_raw_message_by_subject(&cursor_key)
+        .await
+    {
+        Ok(m) => std::str::from_utf8(&m.payload)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
         Err(e) => {
             warn!(error = %e, "Cannot read a delivery cursor.");
-            let _ = out
-                .send(Outbound::Frame(ws::rejected(
+            ws::push(
+                out,
+                Outbound::frame(ws::rejected(
                     request_id,
                     "",
                     RejectCode::Unavailable,
                     "storage unavailable; retry",
                     1000,
-                )))
-                .await;
-            let _ = out.send(Outbound::Close(close::GOING_AWAY, "storage unavailable")).await;
+                )),
+            )
+            .await;
+            ws::push(
+                out,
+                Outbound::Close(close::GOING_AWAY, "storage unavailable"),
+            )
+            .await;
             return None;
         }
     };
@@ -127,7 +177,7 @@ async fn hello(
             max_unacked: MAX_UNACKED as u32,
         })),
     };
-    let _ = out.send(Outbound::Frame(welcome)).await;
+    ws::push(out, Outbound::frame(welcome)).await;
     Some(Session {
         user,
         cursor_key,
@@ -165,14 +215,14 @@ async fn deliver(
         let can_deliver = s.unacked.len() < MAX_UNACKED;
         tokio::select! {
             () = shared.shutdown.cancelled() => {
-                let _ = out.send(Outbound::Close(close::GOING_AWAY, "server shutting down")).await;
+                ws::push(out, Outbound::Close(close::GOING_AWAY, "server shutting down")).await;
                 return Ok(());
             }
             msg = stream.next() => match ws::classify(msg) {
                 Incoming::Frame(frame) => match frame.frame {
                     Some(client_frame::Frame::Ack(ack)) => on_ack(&mut s, &ack.delivery_tags, shared).await?,
                     _ => {
-                        let _ = out.send(Outbound::Frame(ws::rejected(
+                        ws::push(out, Outbound::frame(ws::rejected(
                             frame.request_id,
                             "",
                             RejectCode::UnsupportedFrame,
@@ -181,9 +231,9 @@ async fn deliver(
                         ))).await;
                     }
                 },
-                Incoming::Reject(r) => { let _ = out.send(Outbound::Frame(r)).await; }
+                Incoming::Reject(r) => { ws::push(out, Outbound::frame(r)).await; }
                 Incoming::Close(code, reason) => {
-                    let _ = out.send(Outbound::Close(code, reason)).await;
+                    ws::push(out, Outbound::Close(code, reason)).await;
                     return Ok(());
                 }
                 Incoming::End => return Ok(()),
@@ -212,7 +262,7 @@ async fn deliver(
                     request_id: 0,
                     frame: Some(server_frame::Frame::Deliver(Deliver { delivery_tag: seq, envelope: Some(env) })),
                 };
-                if out.send(Outbound::Frame(frame)).await.is_err() {
+                if out.send(Outbound::frame(frame)).await.is_err() {
                     return Ok(());
                 }
             }
@@ -233,10 +283,13 @@ async fn on_ack(s: &mut Session, tags: &[u64], shared: &Shared) -> Result<(), Bo
     let mut receipts = Vec::new();
     for tag in tags {
         // Unknown tags (acked twice, or never delivered) are ignored.
-        if let Some(original) = s.unacked.remove(tag) {
-            if let Some(original) = original {
-                receipts.push(pipeline::receipt_to_sender(&original, ReceiptStatus::Delivered, RejectCode::Unspecified, ""));
-            }
+        if let Some(Some(original)) = s.unacked.remove(tag) {
+            receipts.push(pipeline::receipt_to_sender(
+                &original,
+                ReceiptStatus::Delivered,
+                RejectCode::Unspecified,
+                "",
+            ));
         }
     }
     for r in receipts {

@@ -45,23 +45,36 @@ pub(crate) struct ToPublish {
 
 pub(crate) enum Prepared {
     /// Answer right away (rejections, consent updates).
-    Answer(ServerFrame),
+    Answer(Box<ServerFrame>),
     Publish(ToPublish),
 }
 
 fn reject(request_id: u64, client_message_id: &str, r: Rejection) -> Prepared {
-    Prepared::Answer(rejected(request_id, client_message_id, r.code, r.detail, r.retry_after_ms))
+    let frame = rejected(
+        request_id,
+        client_message_id,
+        r.code,
+        r.detail,
+        r.retry_after_ms,
+    );
+    Prepared::Answer(Box::new(frame))
 }
 
 fn unavailable(what: &str) -> Rejection {
-    Rejection::retryable(RejectCode::Unavailable, format!("{what} is unavailable; retry"), UNAVAILABLE_RETRY_MS)
+    Rejection::retryable(
+        RejectCode::Unavailable,
+        format!("{what} is unavailable; retry"),
+        UNAVAILABLE_RETRY_MS,
+    )
 }
 
 /// Everything up to the publish; runs concurrently with other frames.
 pub(crate) async fn prepare(shared: Arc<Shared>, provider: String, frame: ClientFrame) -> Prepared {
     let ClientFrame { request_id, frame } = frame;
     match frame {
-        Some(client_frame::Frame::Send(send)) => prepare_send(&shared, &provider, request_id, send.envelope).await,
+        Some(client_frame::Frame::Send(send)) => {
+            prepare_send(&shared, &provider, request_id, send.envelope).await
+        }
         Some(client_frame::Frame::SetConsent(sc)) => {
             let user = match validate_consent(&provider, &sc) {
                 Ok(u) => u,
@@ -71,17 +84,20 @@ pub(crate) async fn prepare(shared: Arc<Shared>, provider: String, frame: Client
                 opted_in: sc.opted_in,
                 allowed_providers: sc.allowed_providers.clone(),
             };
-            match ConsentStore::new(shared.redis.clone()).set(user.as_str(), &record).await {
+            match ConsentStore::new(shared.redis.clone())
+                .set(user.as_str(), &record)
+                .await
+            {
                 Ok(()) => {
                     debug!(user = %user.redacted(), opted_in = sc.opted_in, "Consent updated.");
-                    Prepared::Answer(ServerFrame {
+                    Prepared::Answer(Box::new(ServerFrame {
                         request_id,
                         frame: Some(server_frame::Frame::ConsentUpdated(ConsentUpdated {
                             user: sc.user,
                             opted_in: sc.opted_in,
                             allowed_providers: sc.allowed_providers,
                         })),
-                    })
+                    }))
                 }
                 Err(e) => {
                     warn!(error = %e, "Cannot store consent.");
@@ -92,14 +108,24 @@ pub(crate) async fn prepare(shared: Arc<Shared>, provider: String, frame: Client
         Some(client_frame::Frame::Hello(_)) => reject(
             request_id,
             "",
-            Rejection::new(RejectCode::AlreadyAuthenticated, "this connection is authenticated already"),
+            Rejection::new(
+                RejectCode::AlreadyAuthenticated,
+                "this connection is authenticated already",
+            ),
         ),
         Some(client_frame::Frame::Ack(_)) => reject(
             request_id,
             "",
-            Rejection::new(RejectCode::UnsupportedFrame, "acks go to the delivery endpoint"),
+            Rejection::new(
+                RejectCode::UnsupportedFrame,
+                "acks go to the delivery endpoint",
+            ),
         ),
-        None => reject(request_id, "", Rejection::new(RejectCode::MalformedFrame, "no frame set")),
+        None => reject(
+            request_id,
+            "",
+            Rejection::new(RejectCode::MalformedFrame, "no frame set"),
+        ),
     }
 }
 
@@ -109,7 +135,10 @@ async fn prepare_send(
     request_id: u64,
     envelope: Option<interop_proto::v1::Envelope>,
 ) -> Prepared {
-    let cmid = envelope.as_ref().map(|e| e.client_message_id.clone()).unwrap_or_default();
+    let cmid = envelope
+        .as_ref()
+        .map(|e| e.client_message_id.clone())
+        .unwrap_or_default();
     let (from, to) = match validate_send(provider, envelope.as_ref()) {
         Ok(a) => a,
         Err(r) => {
@@ -119,12 +148,18 @@ async fn prepare_send(
     };
     let Some(mut envelope) = envelope else {
         // validate_send refuses a missing envelope.
-        return reject(request_id, &cmid, Rejection::new(RejectCode::MissingField, "envelope"));
+        return reject(
+            request_id,
+            &cmid,
+            Rejection::new(RejectCode::MissingField, "envelope"),
+        );
     };
     let fresh_id = uuid::Uuid::now_v7().to_string();
     let idem_key = format!("interop:idem:{}:{}", from.as_str(), cmid);
     let mut conn = shared.redis.clone();
-    let reply: Result<((Option<String>, Option<String>), Option<String>), _> = redis::pipe()
+    // (consent fields, previous server id for this client message id)
+    type Reply = ((Option<String>, Option<String>), Option<String>);
+    let reply: Result<Reply, _> = redis::pipe()
         .cmd("HMGET")
         .arg(consent::key(to.as_str()))
         .arg("opted_in")
@@ -177,7 +212,10 @@ async fn prepare_send(
 
 /// Publishes (called in arrival order) and returns a future that answers
 /// once JetStream acked.
-pub(crate) fn publish(shared: Arc<Shared>, p: ToPublish) -> impl std::future::Future<Output = ServerFrame> + Send {
+pub(crate) fn publish(
+    shared: Arc<Shared>,
+    p: ToPublish,
+) -> impl std::future::Future<Output = ServerFrame> + Send {
     let span = p.span.clone();
     async move {
         let mut headers = HeaderMap::new();
@@ -188,7 +226,8 @@ pub(crate) fn publish(shared: Arc<Shared>, p: ToPublish) -> impl std::future::Fu
             .headers(headers);
         let result = tokio::time::timeout(shared.store_timeout, async {
             let ack: PublishAckFuture = shared.js.send_publish(INGEST_ACCEPTED, publish).await?;
-            ack.await.map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+            ack.await
+                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
         })
         .await;
         match result {
@@ -204,12 +243,24 @@ pub(crate) fn publish(shared: Arc<Shared>, p: ToPublish) -> impl std::future::Fu
             Ok(Err(e)) => {
                 warn!(error = %e, "JetStream refused a publish.");
                 let r = unavailable("message storage");
-                rejected(p.request_id, &p.client_message_id, r.code, r.detail, r.retry_after_ms)
+                rejected(
+                    p.request_id,
+                    &p.client_message_id,
+                    r.code,
+                    r.detail,
+                    r.retry_after_ms,
+                )
             }
             Err(_) => {
                 warn!("JetStream did not ack in time.");
                 let r = unavailable("message storage");
-                rejected(p.request_id, &p.client_message_id, r.code, r.detail, r.retry_after_ms)
+                rejected(
+                    p.request_id,
+                    &p.client_message_id,
+                    r.code,
+                    r.detail,
+                    r.retry_after_ms,
+                )
             }
         }
     }

@@ -30,18 +30,18 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
     let (out, writer) = ws::spawn_writer(sink);
     let Some(provider) = hello(&mut stream, &out, &shared).await else {
         drop(out);
-        let _ = writer.await;
+        writer.await.ok();
         return;
     };
     info!(%provider, "Provider connected to ingest.");
     frames(&mut stream, &out, &shared, &provider).await;
     drop(out);
-    let _ = writer.await;
+    writer.await.ok();
     debug!(%provider, "Provider disconnected from ingest.");
 }
 
 async fn send_out(out: &mpsc::Sender<Outbound>, frame: ServerFrame) {
-    let _ = out.send(Outbound::Frame(frame)).await;
+    ws::push(out, Outbound::frame(frame)).await;
 }
 
 /// Waits for a successful `Hello`; returns the provider id.
@@ -51,9 +51,19 @@ async fn hello(
     shared: &Shared,
 ) -> Option<String> {
     let (request_id, h) = ws::read_hello(stream, out, &shared.shutdown).await?;
-    if shared.providers.authenticate(&h.provider, &h.token).is_none() {
+    if shared
+        .providers
+        .authenticate(&h.provider, &h.token)
+        .is_none()
+    {
         debug!("Authentication failed.");
-        ws::refuse_hello(out, request_id, RejectCode::AuthFailed, "unknown provider or wrong token").await;
+        ws::refuse_hello(
+            out,
+            request_id,
+            RejectCode::AuthFailed,
+            "unknown provider or wrong token",
+        )
+        .await;
         return None;
     }
     let welcome = ServerFrame {
@@ -94,7 +104,7 @@ async fn frames(
             Some(prepared) = preparing.next(), if !preparing.is_empty() => {
                 // Published here, in arrival order.
                 match prepared {
-                    Prepared::Answer(frame) => send_out(out, frame).await,
+                    Prepared::Answer(frame) => send_out(out, *frame).await,
                     Prepared::Publish(p) => storing.push(Box::pin(send::publish(shared.clone(), p))),
                 }
             }
@@ -108,7 +118,7 @@ async fn frames(
                     Incoming::Frame(frame) => {
                         preparing.push_back(Box::pin(send::prepare(shared.clone(), provider.to_owned(), frame)));
                     }
-                    Incoming::Reject(r) => preparing.push_back(Box::pin(async move { Prepared::Answer(r) })),
+                    Incoming::Reject(r) => preparing.push_back(Box::pin(async move { Prepared::Answer(Box::new(r)) })),
                     Incoming::Close(code, reason) => {
                         reading = false;
                         close_with = Some((code, reason));
@@ -120,6 +130,6 @@ async fn frames(
         }
     }
     if let Some((code, reason)) = close_with {
-        let _ = out.send(Outbound::Close(code, reason)).await;
+        ws::push(out, Outbound::Close(code, reason)).await;
     }
 }

@@ -45,7 +45,10 @@ fn is_client_message_id(s: &str) -> bool {
 
 /// Checks a `Send` envelope from `provider` and returns the parsed
 /// addresses.
-pub fn validate_send(provider: &str, env: Option<&Envelope>) -> Result<(Address, Address), Rejection> {
+pub fn validate_send(
+    provider: &str,
+    env: Option<&Envelope>,
+) -> Result<(Address, Address), Rejection> {
     use RejectCode::*;
     let env = env.ok_or_else(|| Rejection::new(MissingField, "send.envelope is required"))?;
     if !env.message_id.is_empty() || env.accepted_at_ms != 0 {
@@ -55,7 +58,10 @@ pub fn validate_send(provider: &str, env: Option<&Envelope>) -> Result<(Address,
         ));
     }
     if env.client_message_id.is_empty() {
-        return Err(Rejection::new(MissingField, "client_message_id is required"));
+        return Err(Rejection::new(
+            MissingField,
+            "client_message_id is required",
+        ));
     }
     if env.client_message_id.len() > MAX_CLIENT_MESSAGE_ID_BYTES {
         return Err(Rejection::new(
@@ -64,13 +70,18 @@ pub fn validate_send(provider: &str, env: Option<&Envelope>) -> Result<(Address,
         ));
     }
     if !is_client_message_id(&env.client_message_id) {
-        return Err(Rejection::new(MalformedFrame, "client_message_id must be [A-Za-z0-9._:-]"));
+        return Err(Rejection::new(
+            MalformedFrame,
+            "client_message_id must be [A-Za-z0-9._:-]",
+        ));
     }
     if env.from.is_empty() || env.to.is_empty() {
         return Err(Rejection::new(MissingField, "from and to are required"));
     }
-    let from = Address::parse(&env.from).map_err(|e| Rejection::new(InvalidAddress, format!("from: {e}")))?;
-    let to = Address::parse(&env.to).map_err(|e| Rejection::new(InvalidAddress, format!("to: {e}")))?;
+    let from = Address::parse(&env.from)
+        .map_err(|e| Rejection::new(InvalidAddress, format!("from: {e}")))?;
+    let to =
+        Address::parse(&env.to).map_err(|e| Rejection::new(InvalidAddress, format!("to: {e}")))?;
     if from.provider() != provider {
         return Err(Rejection::new(
             SenderNotOwned,
@@ -82,7 +93,10 @@ pub fn validate_send(provider: &str, env: Option<&Envelope>) -> Result<(Address,
     }
     let encryption = Encryption::try_from(env.encryption).unwrap_or(Encryption::Unspecified);
     if encryption == Encryption::Unspecified {
-        return Err(Rejection::new(EncryptionMismatch, "encryption must be E2EE or TRANSPORT_ONLY"));
+        return Err(Rejection::new(
+            EncryptionMismatch,
+            "encryption must be E2EE or TRANSPORT_ONLY",
+        ));
     }
     match &env.content {
         None => return Err(Rejection::new(EmptyContent, "content is required")),
@@ -91,7 +105,10 @@ pub fn validate_send(provider: &str, env: Option<&Envelope>) -> Result<(Address,
                 return Err(Rejection::new(EmptyContent, "text body is empty"));
             }
             if t.body.len() > MAX_TEXT_BYTES {
-                return Err(Rejection::new(TooLong, format!("text is longer than {MAX_TEXT_BYTES} bytes")));
+                return Err(Rejection::new(
+                    TooLong,
+                    format!("text is longer than {MAX_TEXT_BYTES} bytes"),
+                ));
             }
             if encryption != Encryption::TransportOnly {
                 return Err(Rejection::new(
@@ -111,21 +128,35 @@ pub fn validate_send(provider: &str, env: Option<&Envelope>) -> Result<(Address,
                 ));
             }
             if encryption != Encryption::E2ee {
-                return Err(Rejection::new(EncryptionMismatch, "ciphertext must be E2EE"));
+                return Err(Rejection::new(
+                    EncryptionMismatch,
+                    "ciphertext must be E2EE",
+                ));
             }
         }
         Some(Content::Media(m)) => {
             if m.media_id.is_empty() || m.content_type.is_empty() {
-                return Err(Rejection::new(MissingField, "media needs media_id and content_type"));
+                return Err(Rejection::new(
+                    MissingField,
+                    "media needs media_id and content_type",
+                ));
             }
-            if m.media_id.len() > MAX_MEDIA_FIELD_BYTES || m.content_type.len() > MAX_MEDIA_FIELD_BYTES {
-                return Err(Rejection::new(TooLong, "media_id or content_type is too long"));
+            if m.media_id.len() > MAX_MEDIA_FIELD_BYTES
+                || m.content_type.len() > MAX_MEDIA_FIELD_BYTES
+            {
+                return Err(Rejection::new(
+                    TooLong,
+                    "media_id or content_type is too long",
+                ));
             }
             if m.size == 0 {
                 return Err(Rejection::new(EmptyContent, "media size is 0"));
             }
             if m.size > MAX_MEDIA_BYTES {
-                return Err(Rejection::new(TooLong, format!("media is larger than {MAX_MEDIA_BYTES} bytes")));
+                return Err(Rejection::new(
+                    TooLong,
+                    format!("media is larger than {MAX_MEDIA_BYTES} bytes"),
+                ));
             }
         }
         Some(_) => {
@@ -144,15 +175,25 @@ pub fn validate_consent(provider: &str, sc: &SetConsent) -> Result<Address, Reje
     if sc.user.is_empty() {
         return Err(Rejection::new(MissingField, "user is required"));
     }
-    let user = Address::parse(&sc.user).map_err(|e| Rejection::new(InvalidAddress, format!("user: {e}")))?;
+    let user = Address::parse(&sc.user)
+        .map_err(|e| Rejection::new(InvalidAddress, format!("user: {e}")))?;
     if user.provider() != provider {
-        return Err(Rejection::new(SenderNotOwned, "user must be a user of the authenticated provider"));
+        return Err(Rejection::new(
+            SenderNotOwned,
+            "user must be a user of the authenticated provider",
+        ));
     }
     if sc.allowed_providers.len() > MAX_ALLOWED_PROVIDERS {
-        return Err(Rejection::new(TooLong, format!("at most {MAX_ALLOWED_PROVIDERS} allowed providers")));
+        return Err(Rejection::new(
+            TooLong,
+            format!("at most {MAX_ALLOWED_PROVIDERS} allowed providers"),
+        ));
     }
     if let Some(bad) = sc.allowed_providers.iter().find(|p| !is_provider_id(p)) {
-        return Err(Rejection::new(InvalidAddress, format!("{bad:?} is not a provider id")));
+        return Err(Rejection::new(
+            InvalidAddress,
+            format!("{bad:?} is not a provider id"),
+        ));
     }
     Ok(user)
 }
@@ -181,33 +222,49 @@ mod tests {
     fn text_limits_at_the_edge() {
         assert!(validate_send("signal", Some(&text_env(&"a".repeat(MAX_TEXT_BYTES)))).is_ok());
         assert_eq!(
-            code(validate_send("signal", Some(&text_env(&"a".repeat(MAX_TEXT_BYTES + 1))))),
+            code(validate_send(
+                "signal",
+                Some(&text_env(&"a".repeat(MAX_TEXT_BYTES + 1)))
+            )),
             RejectCode::TooLong
         );
-        assert_eq!(code(validate_send("signal", Some(&text_env("")))), RejectCode::EmptyContent);
+        assert_eq!(
+            code(validate_send("signal", Some(&text_env("")))),
+            RejectCode::EmptyContent
+        );
         // Multi-byte characters count in bytes.
         let emoji = "😀".repeat(MAX_TEXT_BYTES / 4);
         assert!(validate_send("signal", Some(&text_env(&emoji))).is_ok());
         let emoji = "😀".repeat(MAX_TEXT_BYTES / 4 + 1);
-        assert_eq!(code(validate_send("signal", Some(&text_env(&emoji)))), RejectCode::TooLong);
+        assert_eq!(
+            code(validate_send("signal", Some(&text_env(&emoji)))),
+            RejectCode::TooLong
+        );
     }
 
     #[test]
     fn each_field_is_checked() {
         use RejectCode::*;
         let base = text_env("hi");
-        let cases: Vec<(Box<dyn Fn(&mut Envelope)>, RejectCode)> = vec![
+        type Mutation = Box<dyn Fn(&mut Envelope)>;
+        let cases: Vec<(Mutation, RejectCode)> = vec![
             (Box::new(|e| e.message_id = "x".into()), MalformedFrame),
             (Box::new(|e| e.client_message_id.clear()), MissingField),
             (Box::new(|e| e.client_message_id = "x".repeat(65)), TooLong),
-            (Box::new(|e| e.client_message_id = "a b".into()), MalformedFrame),
+            (
+                Box::new(|e| e.client_message_id = "a b".into()),
+                MalformedFrame,
+            ),
             (Box::new(|e| e.from = "signal".into()), InvalidAddress),
             (Box::new(|e| e.to = "home:12345".into()), InvalidAddress),
             (Box::new(|e| e.to.clear()), MissingField),
             (Box::new(|e| e.from = "telegram:bob".into()), SenderNotOwned),
             (Box::new(|e| e.encryption = 0), EncryptionMismatch),
             (Box::new(|e| e.encryption = 99), EncryptionMismatch),
-            (Box::new(|e| e.encryption = Encryption::E2ee as i32), EncryptionMismatch),
+            (
+                Box::new(|e| e.encryption = Encryption::E2ee as i32),
+                EncryptionMismatch,
+            ),
             (Box::new(|e| e.content = None), EmptyContent),
             (
                 Box::new(|e| {
@@ -260,16 +317,25 @@ mod tests {
             allowed_providers: vec!["signal".into()],
         };
         assert!(validate_consent("home", &ok).is_ok());
-        assert_eq!(validate_consent("signal", &ok).unwrap_err().code, RejectCode::SenderNotOwned);
+        assert_eq!(
+            validate_consent("signal", &ok).unwrap_err().code,
+            RejectCode::SenderNotOwned
+        );
         let bad = SetConsent {
             allowed_providers: vec!["Signal!".into()],
             ..ok.clone()
         };
-        assert_eq!(validate_consent("home", &bad).unwrap_err().code, RejectCode::InvalidAddress);
+        assert_eq!(
+            validate_consent("home", &bad).unwrap_err().code,
+            RejectCode::InvalidAddress
+        );
         let many = SetConsent {
             allowed_providers: vec!["p".into(); MAX_ALLOWED_PROVIDERS + 1],
             ..ok
         };
-        assert_eq!(validate_consent("home", &many).unwrap_err().code, RejectCode::TooLong);
+        assert_eq!(
+            validate_consent("home", &many).unwrap_err().code,
+            RejectCode::TooLong
+        );
     }
 }

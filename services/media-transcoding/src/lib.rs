@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use interop_bus::subjects::{CONSUMER_MEDIA_TRANSCODING, ROUTING_MEDIA_REQUESTED, STREAM_MEDIA};
-use interop_bus::{pipeline, BusError, HandleError, Handler, Input, Outgoing, StageOptions, StreamSettings};
+use interop_bus::{
+    pipeline, BusError, HandleError, Handler, Input, Outgoing, StageOptions, StreamSettings,
+};
 use interop_service::Deps;
 
 /// Configuration of media-transcoding.

@@ -32,7 +32,10 @@ impl Router {
 impl Handler for Router {
     async fn handle(&self, input: Input<'_>) -> Result<Vec<Outgoing>, HandleError> {
         let mut pm = pipeline::decode(input.payload)?;
-        let env = pm.envelope.as_ref().ok_or_else(|| HandleError::Permanent("no envelope".into()))?;
+        let env = pm
+            .envelope
+            .as_ref()
+            .ok_or_else(|| HandleError::Permanent("no envelope".into()))?;
         let admitted = self
             .consent
             .admits(&env.to, &pm.sender_provider)

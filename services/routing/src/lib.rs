@@ -40,7 +40,9 @@ pub enum Error {
 pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
     let js = async_nats::jetstream::new(deps.nats.clone());
     interop_bus::ensure_streams(&js, &config.streams).await?;
-    let consumer = interop_bus::streams::stage_consumer(&js, STREAM_SCORED, CONSUMER_ROUTING, SPAM_SCORED).await?;
+    let consumer =
+        interop_bus::streams::stage_consumer(&js, STREAM_SCORED, CONSUMER_ROUTING, SPAM_SCORED)
+            .await?;
     let router = Arc::new(Router::new(deps.redis.clone()));
     deps.health.set_bound();
     info!("routing is consuming.");

@@ -37,7 +37,10 @@ impl Scorer {
                 signals: vec![Signal {
                     name: "SENDER_RATE".into(),
                     weight: 1.0,
-                    detail: format!("{count} messages this minute, limit {}", self.max_sender_per_minute),
+                    detail: format!(
+                        "{count} messages this minute, limit {}",
+                        self.max_sender_per_minute
+                    ),
                 }],
             }
         } else {
@@ -53,14 +56,25 @@ impl Scorer {
 impl Handler for Scorer {
     async fn handle(&self, input: Input<'_>) -> Result<Vec<Outgoing>, HandleError> {
         let mut pm = pipeline::decode(input.payload)?;
-        let env = pm.envelope.as_ref().ok_or_else(|| HandleError::Permanent("no envelope".into()))?;
-        let count = self.sender_rate.hit(&env.from).await.map_err(|e| HandleError::Retry {
-            reason: e.to_string(),
-            after: Duration::from_millis(500),
-        })?;
+        let env = pm
+            .envelope
+            .as_ref()
+            .ok_or_else(|| HandleError::Permanent("no envelope".into()))?;
+        let count = self
+            .sender_rate
+            .hit(&env.from)
+            .await
+            .map_err(|e| HandleError::Retry {
+                reason: e.to_string(),
+                after: Duration::from_millis(500),
+            })?;
         let verdict = self.verdict_for_rate(count);
         if verdict.verdict == Verdict::Reject as i32 {
-            let detail = verdict.signals.first().map(|s| s.detail.clone()).unwrap_or_default();
+            let detail = verdict
+                .signals
+                .first()
+                .map(|s| s.detail.clone())
+                .unwrap_or_default();
             return Ok(vec![pipeline::receipt_to_sender(
                 env,
                 ReceiptStatus::Failed,

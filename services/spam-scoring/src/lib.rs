@@ -49,11 +49,26 @@ pub enum Error {
 pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
     let js = async_nats::jetstream::new(deps.nats.clone());
     interop_bus::ensure_streams(&js, &config.streams).await?;
-    let consumer =
-        interop_bus::streams::stage_consumer(&js, STREAM_INGEST, CONSUMER_SPAM_SCORING, INGEST_ACCEPTED).await?;
-    let scorer = Arc::new(Scorer::new(deps.redis.clone(), config.max_sender_per_minute));
+    let consumer = interop_bus::streams::stage_consumer(
+        &js,
+        STREAM_INGEST,
+        CONSUMER_SPAM_SCORING,
+        INGEST_ACCEPTED,
+    )
+    .await?;
+    let scorer = Arc::new(Scorer::new(
+        deps.redis.clone(),
+        config.max_sender_per_minute,
+    ));
     deps.health.set_bound();
     info!("spam-scoring is consuming.");
-    interop_bus::run_stage(js, consumer, scorer, StageOptions::new("spam-scoring"), shutdown).await?;
+    interop_bus::run_stage(
+        js,
+        consumer,
+        scorer,
+        StageOptions::new("spam-scoring"),
+        shutdown,
+    )
+    .await?;
     Ok(())
 }

@@ -10,7 +10,11 @@ struct Args {
     #[command(flatten)]
     common: CommonArgs,
     /// Messages a sender may send per minute before they are rejected as spam.
-    #[arg(long, env = "INTEROP_SPAM_SCORING_MAX_SENDER_PER_MINUTE", default_value_t = 600)]
+    #[arg(
+        long,
+        env = "INTEROP_SPAM_SCORING_MAX_SENDER_PER_MINUTE",
+        default_value_t = 600
+    )]
     max_sender_per_minute: u64,
 }
 

@@ -50,7 +50,10 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusErr
         .connection_timeout(std::time::Duration::from_secs(5))
         .connect(url)
         .await
-        .map_err(|source| BusError::Connect { url: url.to_owned(), source })?;
+        .map_err(|source| BusError::Connect {
+            url: url.to_owned(),
+            source,
+        })?;
     // With retry_on_initial_connect, wait for the first connection so the
     // version can be read.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -72,7 +75,9 @@ pub fn check_version(version: &str) -> Result<(), BusError> {
     if version.is_empty() || (major, minor) >= (2, 9) {
         Ok(())
     } else {
-        Err(BusError::ServerTooOld { found: version.to_owned() })
+        Err(BusError::ServerTooOld {
+            found: version.to_owned(),
+        })
     }
 }
 
@@ -102,6 +107,9 @@ mod tests {
         assert!(check_version("2.9.10").is_ok());
         assert!(check_version("2.10.4").is_ok());
         assert!(check_version("3.0.0").is_ok());
-        assert!(matches!(check_version("2.8.4"), Err(BusError::ServerTooOld { .. })));
+        assert!(matches!(
+            check_version("2.8.4"),
+            Err(BusError::ServerTooOld { .. })
+        ));
     }
 }

@@ -6,9 +6,9 @@ use prost::Message as _;
 
 use interop_proto::v1::{envelope, Envelope, PipelineMessage, Receipt, ReceiptStatus, RejectCode};
 
+use crate::recipient_key;
 use crate::stage::{HandleError, Outgoing};
 use crate::subjects::delivery_queued;
-use crate::recipient_key;
 
 /// Decodes a pipeline event. A payload that does not decode can never be
 /// handled, so it is a permanent failure.
@@ -16,7 +16,9 @@ pub fn decode(payload: &[u8]) -> Result<PipelineMessage, HandleError> {
     let pm = PipelineMessage::decode(payload)
         .map_err(|e| HandleError::Permanent(format!("undecodable pipeline message: {e}")))?;
     if pm.envelope.is_none() {
-        return Err(HandleError::Permanent("pipeline message without envelope".into()));
+        return Err(HandleError::Permanent(
+            "pipeline message without envelope".into(),
+        ));
     }
     Ok(pm)
 }

@@ -54,7 +54,10 @@ pub struct Input<'a> {
 
 /// The logic of one stage.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, input: Input<'_>) -> impl Future<Output = Result<Vec<Outgoing>, HandleError>> + Send;
+    fn handle(
+        &self,
+        input: Input<'_>,
+    ) -> impl Future<Output = Result<Vec<Outgoing>, HandleError>> + Send;
 }
 
 /// Tuning of the stage loop.
@@ -90,7 +93,11 @@ pub async fn run_stage<H: Handler>(
     options: StageOptions,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
-    type Handled = (jetstream::Message, tracing::Span, Result<Vec<Outgoing>, HandleError>);
+    type Handled = (
+        jetstream::Message,
+        tracing::Span,
+        Result<Vec<Outgoing>, HandleError>,
+    );
     let name = options.name;
     while !shutdown.is_cancelled() {
         let messages = consumer
@@ -111,9 +118,11 @@ pub async fn run_stage<H: Handler>(
             }
         };
         // Handler futures, yielding in input order.
-        let mut handling: FuturesOrdered<Pin<Box<dyn Future<Output = Handled> + Send>>> = FuturesOrdered::new();
+        let mut handling: FuturesOrdered<Pin<Box<dyn Future<Output = Handled> + Send>>> =
+            FuturesOrdered::new();
         // Publish-ack waits and settles, in any order.
-        let mut settling: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> = FuturesUnordered::new();
+        let mut settling: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
+            FuturesUnordered::new();
         let mut stopping = false;
         let mut source_done = false;
         loop {
@@ -193,10 +202,13 @@ async fn publish_all(
         let publish = jetstream::message::PublishMessage::build()
             .payload(out.payload)
             .headers(headers);
-        let ack = js.send_publish(out.subject, publish).await.map_err(|e| HandleError::Retry {
-            reason: format!("publish failed: {e}"),
-            after: Duration::from_secs(1),
-        })?;
+        let ack = js
+            .send_publish(out.subject, publish)
+            .await
+            .map_err(|e| HandleError::Retry {
+                reason: format!("publish failed: {e}"),
+                after: Duration::from_secs(1),
+            })?;
         acks.push(ack);
     }
     Ok(acks)

@@ -92,7 +92,10 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &StreamSettings) -> Resu
         let name = config.name.clone();
         js.create_or_update_stream(config)
             .await
-            .map_err(|e| BusError::Stream { name, source: Box::new(e) })?;
+            .map_err(|e| BusError::Stream {
+                name,
+                source: Box::new(e),
+            })?;
     }
     Ok(())
 }
@@ -126,12 +129,18 @@ pub async fn stage_consumer(
     let stream = js
         .get_stream(stream_name)
         .await
-        .map_err(|e| BusError::Stream { name: stream_name.to_owned(), source: Box::new(e) })?;
+        .map_err(|e| BusError::Stream {
+            name: stream_name.to_owned(),
+            source: Box::new(e),
+        })?;
     let config = stage_consumer_config(name, subject);
     // create_consumer is idempotent for an identical config and updates the
     // updatable fields otherwise.
     stream
         .create_consumer(config)
         .await
-        .map_err(|e| BusError::Consumer { name: name.to_owned(), source: Box::new(e) })
+        .map_err(|e| BusError::Consumer {
+            name: name.to_owned(),
+            source: Box::new(e),
+        })
 }

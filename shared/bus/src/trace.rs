@@ -38,7 +38,8 @@ pub fn inject_current(headers: &mut HeaderMap) {
 /// Makes `span` a child of the trace context carried in `headers`, if any.
 pub fn set_parent_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
     let Some(headers) = headers else { return };
-    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    let cx =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     // Fails only when the span is disabled; then there is nothing to link.
-    let _ = span.set_parent(cx);
+    span.set_parent(cx).ok();
 }

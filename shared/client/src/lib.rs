@@ -33,8 +33,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use interop_proto::v1::{
-    client_frame, envelope, server_frame, Accepted, Ack, ClientFrame, ConsentUpdated, Encryption, Envelope,
-    Hello, Rejected, Send, ServerFrame, SetConsent, Text, Welcome,
+    client_frame, envelope, server_frame, Accepted, Ack, ClientFrame, ConsentUpdated, Encryption,
+    Envelope, Hello, Rejected, Send, ServerFrame, SetConsent, Text, Welcome,
 };
 use interop_proto::PROTOCOL_VERSION;
 
@@ -80,18 +80,21 @@ pub fn text_envelope(client_message_id: &str, from: &str, to: &str, body: &str) 
         to: to.to_owned(),
         encryption: Encryption::TransportOnly as i32,
         sent_at_ms: interop_proto::now_ms(),
-        content: Some(envelope::Content::Text(Text { body: body.to_owned() })),
+        content: Some(envelope::Content::Text(Text {
+            body: body.to_owned(),
+        })),
         ..Default::default()
     }
 }
 
 async fn connect_ws(url: &str) -> Result<Ws, ClientError> {
-    let (ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .map_err(|e| ClientError::Connect {
-            url: url.to_owned(),
-            source: Box::new(e),
-        })?;
+    let (ws, _) =
+        tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| ClientError::Connect {
+                url: url.to_owned(),
+                source: Box::new(e),
+            })?;
     Ok(ws)
 }
 
@@ -106,10 +109,13 @@ async fn read_frame(stream: &mut SplitStream<Ws>) -> Result<ServerFrame, ClientE
             None => return Err(ClientError::Closed(None)),
             Some(Err(e)) => return Err(ClientError::WebSocket(Box::new(e))),
             Some(Ok(Message::Binary(b))) => {
-                return ServerFrame::decode(b).map_err(|e| ClientError::Protocol(format!("bad server frame: {e}")))
+                return ServerFrame::decode(b)
+                    .map_err(|e| ClientError::Protocol(format!("bad server frame: {e}")))
             }
             Some(Ok(Message::Close(c))) => {
-                return Err(ClientError::Closed(c.map(|c| format!("{} {}", u16::from(c.code), c.reason))))
+                return Err(ClientError::Closed(
+                    c.map(|c| format!("{} {}", u16::from(c.code), c.reason)),
+                ))
             }
             Some(Ok(_)) => continue,
         }
@@ -125,11 +131,15 @@ async fn hello(
         request_id: 1,
         frame: Some(client_frame::Frame::Hello(hello)),
     };
-    sink.send(encode(&frame)).await.map_err(|e| ClientError::WebSocket(Box::new(e)))?;
+    sink.send(encode(&frame))
+        .await
+        .map_err(|e| ClientError::WebSocket(Box::new(e)))?;
     match read_frame(stream).await?.frame {
         Some(server_frame::Frame::Welcome(w)) => Ok(w),
         Some(server_frame::Frame::Rejected(r)) => Err(ClientError::HelloRefused(r)),
-        other => Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
+        other => Err(ClientError::Protocol(format!(
+            "expected Welcome, got {other:?}"
+        ))),
     }
 }
 
@@ -169,7 +179,7 @@ impl Sender {
                     break;
                 }
             }
-            let _ = sink.close().await;
+            sink.close().await.ok();
         });
         let pending: Pending = Arc::default();
         let closed: Arc<Mutex<Option<String>>> = Arc::default();
@@ -179,9 +189,14 @@ impl Sender {
                 match read_frame(&mut stream).await {
                     Ok(frame) => {
                         // The lock is never held across an await.
-                        let waiter = p.lock().map(|mut m| m.remove(&frame.request_id)).ok().flatten();
+                        let waiter = p
+                            .lock()
+                            .map(|mut m| m.remove(&frame.request_id))
+                            .ok()
+                            .flatten();
                         if let Some(w) = waiter {
-                            let _ = w.send(frame);
+                            // The caller may have given up waiting.
+                            w.send(frame).ok();
                         }
                     }
                     Err(e) => break e.to_string(),
@@ -239,7 +254,9 @@ impl Sender {
         match frame.frame {
             Some(server_frame::Frame::Accepted(a)) => Ok(SendOutcome::Accepted(a)),
             Some(server_frame::Frame::Rejected(r)) => Ok(SendOutcome::Rejected(r)),
-            other => Err(ClientError::Protocol(format!("unexpected answer to Send: {other:?}"))),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer to Send: {other:?}"
+            ))),
         }
     }
 
@@ -265,7 +282,9 @@ impl Sender {
         match frame.frame {
             Some(server_frame::Frame::ConsentUpdated(c)) => Ok(ConsentOutcome::Updated(c)),
             Some(server_frame::Frame::Rejected(r)) => Ok(ConsentOutcome::Rejected(r)),
-            other => Err(ClientError::Protocol(format!("unexpected answer to SetConsent: {other:?}"))),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer to SetConsent: {other:?}"
+            ))),
         }
     }
 }
@@ -388,10 +407,11 @@ impl Receiver {
     /// sent before the close (so the device's position is saved) before it
     /// answers the close, and this waits for that answer (at most 5 s).
     pub async fn close(mut self) {
-        let _ = self.sink.close().await;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        self.sink.close().await.ok();
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
             while let Some(Ok(_)) = self.stream.next().await {}
         })
-        .await;
+        .await
+        .ok();
     }
 }

@@ -15,7 +15,11 @@ use interop_proto::v1::{envelope::Content, Ciphertext, Encryption, Envelope, Rec
 use interop_proto::Address;
 
 #[derive(Parser)]
-#[command(name = "interop", version, about = "Command-line client of the interop gateway")]
+#[command(
+    name = "interop",
+    version,
+    about = "Command-line client of the interop gateway"
+)]
 struct Cli {
     /// Client config file (default: .run/client.toml here or in a parent).
     #[arg(long, env = "INTEROP_CLIENT_CONFIG", global = true)]
@@ -59,7 +63,11 @@ enum Command {
         #[arg(long)]
         to: String,
         /// Server-visible text (sent TRANSPORT_ONLY).
-        #[arg(long, conflicts_with = "ciphertext_b64", required_unless_present = "ciphertext_b64")]
+        #[arg(
+            long,
+            conflicts_with = "ciphertext_b64",
+            required_unless_present = "ciphertext_b64"
+        )]
         text: Option<String>,
         /// End-to-end-encrypted payload, base64 (sent E2EE).
         #[arg(long)]
@@ -96,8 +104,12 @@ struct Ctx {
 
 impl Ctx {
     fn creds(&self, user: &str) -> anyhow::Result<(String, String)> {
-        let address = Address::parse(user).with_context(|| format!("{user:?} is not an address"))?;
-        let provider = self.provider.clone().unwrap_or_else(|| address.provider().to_owned());
+        let address =
+            Address::parse(user).with_context(|| format!("{user:?} is not an address"))?;
+        let provider = self
+            .provider
+            .clone()
+            .unwrap_or_else(|| address.provider().to_owned());
         let token = match &self.token {
             Some(t) => t.clone(),
             None => self.file.tokens.get(&provider).cloned().with_context(|| {
@@ -107,7 +119,12 @@ impl Ctx {
         Ok((provider, token))
     }
 
-    fn url(&self, flag: Option<String>, from_file: Option<&String>, what: &str) -> anyhow::Result<String> {
+    fn url(
+        &self,
+        flag: Option<String>,
+        from_file: Option<&String>,
+        what: &str,
+    ) -> anyhow::Result<String> {
         flag.or_else(|| from_file.cloned())
             .with_context(|| format!("no {what} URL: pass --{what}-url or run scripts/up"))
     }
@@ -135,9 +152,13 @@ fn describe(env: &Envelope) -> serde_json::Value {
     match &env.content {
         Some(Content::Text(t)) => v["text"] = json!(t.body),
         Some(Content::Ciphertext(c)) => {
-            v["ciphertext_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(&c.payload))
+            v["ciphertext_b64"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(&c.payload))
         }
-        Some(Content::Media(m)) => v["media"] = json!({"media_id": m.media_id, "content_type": m.content_type, "size": m.size}),
+        Some(Content::Media(m)) => {
+            v["media"] =
+                json!({"media_id": m.media_id, "content_type": m.content_type, "size": m.size})
+        }
         Some(Content::Receipt(r)) => {
             let status = ReceiptStatus::try_from(r.status).unwrap_or(ReceiptStatus::Unspecified);
             v["receipt"] = json!({
@@ -175,7 +196,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         provider: cli.provider,
     };
     match cli.command {
-        Command::OptIn { user, allow, ingest_url } => consent(&ctx, &user, true, &allow, ingest_url).await,
+        Command::OptIn {
+            user,
+            allow,
+            ingest_url,
+        } => consent(&ctx, &user, true, &allow, ingest_url).await,
         Command::OptOut { user, ingest_url } => consent(&ctx, &user, false, &[], ingest_url).await,
         Command::Send {
             from,
@@ -254,7 +279,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 received += 1;
             }
             rx.close().await;
-            Ok(if count.is_some_and(|c| received < c) { 3 } else { 0 })
+            Ok(if count.is_some_and(|c| received < c) {
+                3
+            } else {
+                0
+            })
         }
     }
 }

@@ -78,26 +78,51 @@ impl Gateway {
         Self::start_with(nats_url, redis_url, interop_spam_scoring::Config::default()).await
     }
 
-    pub async fn start_with(nats_url: &str, redis_url: &str, spam: interop_spam_scoring::Config) -> Self {
+    pub async fn start_with(
+        nats_url: &str,
+        redis_url: &str,
+        spam: interop_spam_scoring::Config,
+    ) -> Self {
         let providers = Arc::new(registry());
         let shutdown = CancellationToken::new();
-        let ingest_listener = TcpListener::bind("127.0.0.1:0").await.expect("binding ingest");
-        let delivery_listener = TcpListener::bind("127.0.0.1:0").await.expect("binding delivery");
-        let ingest_url = format!("ws://{}/v1/ws", ingest_listener.local_addr().expect("bound").to_string());
-        let delivery_url = format!("ws://{}/v1/ws", delivery_listener.local_addr().expect("bound").to_string());
+        let ingest_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding ingest");
+        let delivery_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding delivery");
+        let ingest_url = format!(
+            "ws://{}/v1/ws",
+            ingest_listener.local_addr().expect("bound")
+        );
+        let delivery_url = format!(
+            "ws://{}/v1/ws",
+            delivery_listener.local_addr().expect("bound")
+        );
         let mut tasks: Vec<(&'static str, JoinHandle<Result<(), String>>)> = Vec::new();
         let mut healths = Vec::new();
 
         let d = deps(nats_url, redis_url, "ingest", &mut healths).await;
         let config = interop_ingest::Config::new(ingest_listener, providers.clone());
         let s = shutdown.clone();
-        tasks.push(("ingest", tokio::spawn(async move { interop_ingest::run(config, d, s).await.map_err(|e| e.to_string()) })));
+        tasks.push((
+            "ingest",
+            tokio::spawn(async move {
+                interop_ingest::run(config, d, s)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
+        ));
 
         let d = deps(nats_url, redis_url, "spam-scoring", &mut healths).await;
         let s = shutdown.clone();
         tasks.push((
             "spam-scoring",
-            tokio::spawn(async move { interop_spam_scoring::run(spam, d, s).await.map_err(|e| e.to_string()) }),
+            tokio::spawn(async move {
+                interop_spam_scoring::run(spam, d, s)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
         ));
 
         let d = deps(nats_url, redis_url, "routing", &mut healths).await;
@@ -127,7 +152,11 @@ impl Gateway {
         let s = shutdown.clone();
         tasks.push((
             "delivery",
-            tokio::spawn(async move { interop_delivery::run(config, d, s).await.map_err(|e| e.to_string()) }),
+            tokio::spawn(async move {
+                interop_delivery::run(config, d, s)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
         ));
 
         let mut gateway = Self {
@@ -158,7 +187,10 @@ impl Gateway {
             if all {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "the gateway was not ready within 30 s");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway was not ready within 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -191,6 +223,10 @@ impl Cluster {
         let nats = NatsServer::start();
         let redis = RedisServer::start();
         let gateway = Gateway::start(&nats.url(), &redis.url()).await;
-        Self { nats, redis, gateway }
+        Self {
+            nats,
+            redis,
+            gateway,
+        }
     }
 }

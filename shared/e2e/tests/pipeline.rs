@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use interop_client::{text_envelope, ConsentOutcome, Delivered, Receiver, SendOutcome, Sender};
 use interop_e2e::{Cluster, HOME_TOKEN, SIGNAL_TOKEN, TELEGRAM_TOKEN};
-use interop_proto::v1::{envelope::Content, Ciphertext, Encryption, Envelope, Media, ReceiptStatus, RejectCode};
+use interop_proto::v1::{
+    envelope::Content, Ciphertext, Encryption, Envelope, Media, ReceiptStatus, RejectCode,
+};
 
 const BOB: &str = "home:+4915112345678";
 const CAROL: &str = "home:+4915112345679";
@@ -18,9 +20,14 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 }
 
 async fn opt_in(c: &Cluster, user: &str, allow: &[&str]) {
-    let home = Sender::connect(&c.gateway.ingest_url, "home", HOME_TOKEN).await.unwrap();
+    let home = Sender::connect(&c.gateway.ingest_url, "home", HOME_TOKEN)
+        .await
+        .unwrap();
     let out = home.set_consent(user, true, allow).await.unwrap();
-    assert!(matches!(out, ConsentOutcome::Updated(ref u) if u.opted_in), "{out:?}");
+    assert!(
+        matches!(out, ConsentOutcome::Updated(ref u) if u.opted_in),
+        "{out:?}"
+    );
 }
 
 async fn receiver(c: &Cluster, provider: &str, token: &str, user: &str, device: &str) -> Receiver {
@@ -55,9 +62,16 @@ async fn text_reaches_an_opted_in_recipient_and_the_sender_gets_a_delivered_rece
     opt_in(&c, BOB, &["signal"]).await;
     let mut bob = receiver(&c, "home", HOME_TOKEN, BOB, "phone").await;
     let mut alice_inbox = receiver(&c, "signal", SIGNAL_TOKEN, ALICE, "laptop").await;
-    let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN).await.unwrap();
+    let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN)
+        .await
+        .unwrap();
 
-    let a = accepted(alice.send(text_envelope("c-1", ALICE, BOB, "hello bob")).await.unwrap());
+    let a = accepted(
+        alice
+            .send(text_envelope("c-1", ALICE, BOB, "hello bob"))
+            .await
+            .unwrap(),
+    );
     assert_eq!(a.client_message_id, "c-1");
     assert!(!a.message_id.is_empty());
     assert!(!a.duplicate);
@@ -74,36 +88,64 @@ async fn text_reaches_an_opted_in_recipient_and_the_sender_gets_a_delivered_rece
     assert_eq!(info.privacy_policy_url, "https://signal.example/privacy");
 
     let r = next_acked(&mut alice_inbox).await.envelope;
-    let Some(Content::Receipt(receipt)) = r.content else { panic!("expected a receipt, got {r:?}") };
+    let Some(Content::Receipt(receipt)) = r.content else {
+        panic!("expected a receipt, got {r:?}")
+    };
     assert_eq!(receipt.message_id, a.message_id);
     assert_eq!(receipt.client_message_id, "c-1");
     assert_eq!(receipt.status, ReceiptStatus::Delivered as i32);
     assert_eq!(r.from, BOB);
-    c.gateway.stop().await.into_iter().for_each(|(n, r)| assert!(r.is_ok(), "{n}: {r:?}"));
+    c.gateway
+        .stop()
+        .await
+        .into_iter()
+        .for_each(|(n, r)| assert!(r.is_ok(), "{n}: {r:?}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_recipient_gets_the_message_when_they_connect_and_not_twice() {
     let c = Cluster::start().await;
     opt_in(&c, BOB, &["signal", "telegram"]).await;
-    let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN).await.unwrap();
+    let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN)
+        .await
+        .unwrap();
     let mut ids = Vec::new();
     for i in 0..5 {
-        let a = accepted(alice.send(text_envelope(&format!("m{i}"), ALICE, BOB, &format!("offline {i}"))).await.unwrap());
+        let a = accepted(
+            alice
+                .send(text_envelope(
+                    &format!("m{i}"),
+                    ALICE,
+                    BOB,
+                    &format!("offline {i}"),
+                ))
+                .await
+                .unwrap(),
+        );
         ids.push(a.message_id);
     }
     // Nobody is connected; give the pipeline time to store them.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut bob = receiver(&c, "home", HOME_TOKEN, BOB, "phone").await;
     for id in &ids {
-        assert_eq!(&next_acked(&mut bob).await.envelope.message_id, id, "in send order");
+        assert_eq!(
+            &next_acked(&mut bob).await.envelope.message_id,
+            id,
+            "in send order"
+        );
     }
     bob.close().await;
     // A later live message arrives after the backlog, on a new connection,
     // and the acked backlog is not delivered again.
     let mut bob = receiver(&c, "home", HOME_TOKEN, BOB, "phone").await;
-    let t = Sender::connect(&c.gateway.ingest_url, "telegram", TELEGRAM_TOKEN).await.unwrap();
-    let live = accepted(t.send(text_envelope("t1", "telegram:tom", BOB, "live")).await.unwrap());
+    let t = Sender::connect(&c.gateway.ingest_url, "telegram", TELEGRAM_TOKEN)
+        .await
+        .unwrap();
+    let live = accepted(
+        t.send(text_envelope("t1", "telegram:tom", BOB, "live"))
+            .await
+            .unwrap(),
+    );
     let d = next_acked(&mut bob).await;
     assert_eq!(d.envelope.message_id, live.message_id);
     assert_eq!(bob.duplicates(), 0);
@@ -120,23 +162,54 @@ async fn an_offline_recipient_gets_the_message_when_they_connect_and_not_twice()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recipient_who_has_not_opted_in_gets_nothing_and_looks_like_a_stranger() {
     let c = Cluster::start().await;
-    let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN).await.unwrap();
+    let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN)
+        .await
+        .unwrap();
     // CAROL exists in the home app but has not opted in; 491700000000 has
     // never been seen at all.
     let mut carol = receiver(&c, "home", HOME_TOKEN, CAROL, "phone").await;
-    let not_opted = rejected(alice.send(text_envelope("x1", ALICE, CAROL, "hi carol")).await.unwrap());
-    let unknown = rejected(alice.send(text_envelope("x2", ALICE, "home:+491700000000", "hi?")).await.unwrap());
+    let not_opted = rejected(
+        alice
+            .send(text_envelope("x1", ALICE, CAROL, "hi carol"))
+            .await
+            .unwrap(),
+    );
+    let unknown = rejected(
+        alice
+            .send(text_envelope("x2", ALICE, "home:+491700000000", "hi?"))
+            .await
+            .unwrap(),
+    );
     assert_eq!(not_opted.code, RejectCode::RecipientUnavailable as i32);
-    assert_eq!((not_opted.code, &not_opted.detail), (unknown.code, &unknown.detail));
+    assert_eq!(
+        (not_opted.code, &not_opted.detail),
+        (unknown.code, &unknown.detail)
+    );
     // Opted in but signal not allowed: the same answer.
     opt_in(&c, CAROL, &["telegram"]).await;
-    let not_allowed = rejected(alice.send(text_envelope("x3", ALICE, CAROL, "hi carol")).await.unwrap());
-    assert_eq!((not_allowed.code, &not_allowed.detail), (unknown.code, &unknown.detail));
+    let not_allowed = rejected(
+        alice
+            .send(text_envelope("x3", ALICE, CAROL, "hi carol"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (not_allowed.code, &not_allowed.detail),
+        (unknown.code, &unknown.detail)
+    );
     // Opting out stops everything at once.
-    let home = Sender::connect(&c.gateway.ingest_url, "home", HOME_TOKEN).await.unwrap();
+    let home = Sender::connect(&c.gateway.ingest_url, "home", HOME_TOKEN)
+        .await
+        .unwrap();
     home.set_consent(CAROL, false, &["telegram"]).await.unwrap();
-    let t = Sender::connect(&c.gateway.ingest_url, "telegram", TELEGRAM_TOKEN).await.unwrap();
-    let opted_out = rejected(t.send(text_envelope("x4", "telegram:tom", CAROL, "hi")).await.unwrap());
+    let t = Sender::connect(&c.gateway.ingest_url, "telegram", TELEGRAM_TOKEN)
+        .await
+        .unwrap();
+    let opted_out = rejected(
+        t.send(text_envelope("x4", "telegram:tom", CAROL, "hi"))
+            .await
+            .unwrap(),
+    );
     assert_eq!(opted_out.code, RejectCode::RecipientUnavailable as i32);
     // Carol received nothing.
     let got = tokio::time::timeout(Duration::from_millis(800), carol.next()).await;
@@ -147,13 +220,28 @@ async fn a_recipient_who_has_not_opted_in_gets_nothing_and_looks_like_a_stranger
 async fn a_resent_client_message_id_gets_the_same_server_id_and_is_delivered_once() {
     let c = Cluster::start().await;
     opt_in(&c, BOB, &["signal"]).await;
-    let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN).await.unwrap();
-    let first = accepted(alice.send(text_envelope("same", ALICE, BOB, "once")).await.unwrap());
-    let again = accepted(alice.send(text_envelope("same", ALICE, BOB, "once")).await.unwrap());
+    let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN)
+        .await
+        .unwrap();
+    let first = accepted(
+        alice
+            .send(text_envelope("same", ALICE, BOB, "once"))
+            .await
+            .unwrap(),
+    );
+    let again = accepted(
+        alice
+            .send(text_envelope("same", ALICE, BOB, "once"))
+            .await
+            .unwrap(),
+    );
     assert_eq!(first.message_id, again.message_id);
     assert!(again.duplicate, "JetStream saw the re-send as a duplicate");
     let mut bob = receiver(&c, "home", HOME_TOKEN, BOB, "phone").await;
-    assert_eq!(next_acked(&mut bob).await.envelope.message_id, first.message_id);
+    assert_eq!(
+        next_acked(&mut bob).await.envelope.message_id,
+        first.message_id
+    );
     let more = tokio::time::timeout(Duration::from_millis(800), bob.next()).await;
     assert!(more.is_err(), "delivered twice: {more:?}");
 }
@@ -163,14 +251,19 @@ async fn ciphertext_and_media_pass_through_byte_for_byte() {
     let c = Cluster::start().await;
     opt_in(&c, BOB, &["signal"]).await;
     let mut bob = receiver(&c, "home", HOME_TOKEN, BOB, "phone").await;
-    let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN).await.unwrap();
+    let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN)
+        .await
+        .unwrap();
     let payload: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
     let e2ee = Envelope {
         client_message_id: "e1".into(),
         from: ALICE.into(),
         to: BOB.into(),
         encryption: Encryption::E2ee as i32,
-        content: Some(Content::Ciphertext(Ciphertext { scheme: "signal".into(), payload: payload.clone().into() })),
+        content: Some(Content::Ciphertext(Ciphertext {
+            scheme: "signal".into(),
+            payload: payload.clone().into(),
+        })),
         ..Default::default()
     };
     accepted(alice.send(e2ee).await.unwrap());
@@ -187,29 +280,49 @@ async fn ciphertext_and_media_pass_through_byte_for_byte() {
     accepted(alice.send(media).await.unwrap());
     let d1 = next_acked(&mut bob).await.envelope;
     assert_eq!(d1.encryption, Encryption::E2ee as i32);
-    assert!(matches!(d1.content, Some(Content::Ciphertext(ref c)) if c.payload.as_ref() == payload.as_slice()));
+    assert!(
+        matches!(d1.content, Some(Content::Ciphertext(ref c)) if c.payload.as_ref() == payload.as_slice())
+    );
     // The media message went through media-transcoding.
     let d2 = next_acked(&mut bob).await.envelope;
-    assert!(matches!(d2.content, Some(Content::Media(ref m)) if m.media_id == "obj-1" && m.size == 1234));
+    assert!(
+        matches!(d2.content, Some(Content::Media(ref m)) if m.media_id == "obj-1" && m.size == 1234)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_over_the_rate_limit_gets_a_failed_receipt() {
     let nats = interop_test_support::NatsServer::start();
     let redis = interop_test_support::RedisServer::start();
-    let spam = interop_spam_scoring::Config { max_sender_per_minute: 3, ..Default::default() };
+    let spam = interop_spam_scoring::Config {
+        max_sender_per_minute: 3,
+        ..Default::default()
+    };
     let gw = interop_e2e::Gateway::start_with(&nats.url(), &redis.url(), spam).await;
-    let home = Sender::connect(&gw.ingest_url, "home", HOME_TOKEN).await.unwrap();
+    let home = Sender::connect(&gw.ingest_url, "home", HOME_TOKEN)
+        .await
+        .unwrap();
     home.set_consent(BOB, true, &["signal"]).await.unwrap();
-    let alice = Sender::connect(&gw.ingest_url, "signal", SIGNAL_TOKEN).await.unwrap();
+    let alice = Sender::connect(&gw.ingest_url, "signal", SIGNAL_TOKEN)
+        .await
+        .unwrap();
     for i in 0..4 {
-        accepted(alice.send(text_envelope(&format!("r{i}"), ALICE, BOB, "spam?")).await.unwrap());
+        accepted(
+            alice
+                .send(text_envelope(&format!("r{i}"), ALICE, BOB, "spam?"))
+                .await
+                .unwrap(),
+        );
     }
-    let mut bob = Receiver::connect(&gw.delivery_url, "home", HOME_TOKEN, BOB, "p").await.unwrap();
+    let mut bob = Receiver::connect(&gw.delivery_url, "home", HOME_TOKEN, BOB, "p")
+        .await
+        .unwrap();
     for _ in 0..3 {
         next_acked(&mut bob).await;
     }
-    let mut alice_inbox = Receiver::connect(&gw.delivery_url, "signal", SIGNAL_TOKEN, ALICE, "p").await.unwrap();
+    let mut alice_inbox = Receiver::connect(&gw.delivery_url, "signal", SIGNAL_TOKEN, ALICE, "p")
+        .await
+        .unwrap();
     let mut failed = 0;
     for _ in 0..4 {
         let e = next_acked(&mut alice_inbox).await.envelope;

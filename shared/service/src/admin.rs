@@ -23,7 +23,10 @@ pub fn router(health: Arc<Health>) -> Router {
 async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
     match health.ready().await {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
     }
 }
 

@@ -25,10 +25,18 @@ use interop_telemetry::LogFormat;
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
     /// NATS server URL (comma-separated for a cluster).
-    #[arg(long, env = "INTEROP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "INTEROP_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// Redis URL.
-    #[arg(long, env = "INTEROP_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "INTEROP_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
     /// Log filter, e.g. `info` or `interop_ingest=debug,info`.
     #[arg(long, env = "INTEROP_LOG", default_value = "info")]
@@ -46,7 +54,11 @@ pub struct CommonArgs {
     #[arg(long, env = "INTEROP_INBOX_MAX_AGE_SECS", default_value_t = 30 * 24 * 3600)]
     pub inbox_max_age_secs: u64,
     /// How many messages the offline store keeps per recipient.
-    #[arg(long, env = "INTEROP_INBOX_MAX_PER_RECIPIENT", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "INTEROP_INBOX_MAX_PER_RECIPIENT",
+        default_value_t = 10_000
+    )]
     pub inbox_max_per_recipient: i64,
     /// Seconds to finish in-flight work after SIGTERM before exiting.
     #[arg(long, env = "INTEROP_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
@@ -81,7 +93,9 @@ impl CommonArgs {
     }
 
     pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
-        self.log_format.parse().map_err(|e: interop_telemetry::TelemetryError| ConfigError(e.to_string()))
+        self.log_format
+            .parse()
+            .map_err(|e: interop_telemetry::TelemetryError| ConfigError(e.to_string()))
     }
 }
 
@@ -100,7 +114,10 @@ pub enum DepsError {
     #[error(transparent)]
     Nats(#[from] interop_bus::BusError),
     #[error("cannot connect to Redis at {url}: {source}")]
-    Redis { url: String, source: redis::RedisError },
+    Redis {
+        url: String,
+        source: redis::RedisError,
+    },
 }
 
 impl Deps {
@@ -113,7 +130,10 @@ impl Deps {
         health: Arc<Health>,
     ) -> Result<Self, DepsError> {
         let nats = interop_bus::connect(nats_url, name).await?;
-        let redis_err = |source| DepsError::Redis { url: redact_url(redis_url), source };
+        let redis_err = |source| DepsError::Redis {
+            url: redact_url(redis_url),
+            source,
+        };
         let client = redis::Client::open(redis_url).map_err(redis_err)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -122,7 +142,11 @@ impl Deps {
         let redis = redis::aio::ConnectionManager::new_with_config(client, config)
             .await
             .map_err(redis_err)?;
-        let deps = Self { nats, redis, health };
+        let deps = Self {
+            nats,
+            redis,
+            health,
+        };
         deps.health.watch(&deps);
         Ok(deps)
     }
@@ -131,7 +155,9 @@ impl Deps {
 /// A URL with any password replaced, for logs and errors.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => url.to_owned(),
     }
 }
@@ -152,7 +178,8 @@ impl Health {
 
     /// Watch these connections for readiness.
     pub fn watch(&self, deps: &Deps) {
-        let _ = self.deps.set((deps.nats.clone(), deps.redis.clone()));
+        // Only the first set counts: a Health watches one set of connections.
+        self.deps.set((deps.nats.clone(), deps.redis.clone())).ok();
     }
 
     pub fn set_bound(&self) {
@@ -203,11 +230,13 @@ pub fn shutdown_on_signal() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            let mut term = match tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::terminate(),
+            ) {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(error = %e, "Cannot listen for SIGTERM; only Ctrl-C stops the service.");
-                    let _ = ctrl_c.await;
+                    ctrl_c.await.ok();
                     t.cancel();
                     return;
                 }
@@ -218,7 +247,7 @@ pub fn shutdown_on_signal() -> CancellationToken {
             }
         }
         #[cfg(not(unix))]
-        let _ = ctrl_c.await;
+        ctrl_c.await.ok();
         info!("Shutdown requested; draining.");
         t.cancel();
     });
@@ -289,7 +318,13 @@ where
     };
     health.set_draining();
     // Push out any buffered publishes and acks before exiting.
-    let _ = tokio::time::timeout(Duration::from_secs(5), nats.flush()).await;
+    if let Ok(Err(e)) | Err(e) = tokio::time::timeout(Duration::from_secs(5), nats.flush())
+        .await
+        .map_err(|_| "timed out".to_string())
+        .map(|r| r.map_err(|e| e.to_string()))
+    {
+        warn!(error = %e, "Could not flush NATS before exiting.");
+    }
     admin_task.abort();
     match result {
         Ok(Ok(())) => {
@@ -313,7 +348,10 @@ mod tests {
 
     #[test]
     fn redacts_passwords_in_urls() {
-        assert_eq!(redact_url("redis://:secret@host:6379"), "redis://***@host:6379");
+        assert_eq!(
+            redact_url("redis://:secret@host:6379"),
+            "redis://***@host:6379"
+        );
         assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
     }
 }

@@ -10,7 +10,7 @@ use prost::Message as _;
 use tokio::sync::mpsc;
 
 use interop_proto::limits::MAX_FRAME_BYTES;
-use interop_proto::v1::{server_frame, ClientFrame, Rejected, RejectCode, ServerFrame};
+use interop_proto::v1::{server_frame, ClientFrame, RejectCode, Rejected, ServerFrame};
 
 /// WebSocket close codes the gateway uses (RFC 6455).
 pub mod close {
@@ -27,9 +27,22 @@ pub mod close {
 /// Something for the writer task to send.
 #[derive(Debug)]
 pub enum Outbound {
-    Frame(ServerFrame),
+    /// An encoded `ServerFrame` (encoded by the sender, off the writer task).
+    Frame(bytes::Bytes),
     /// Send a close frame and stop writing.
     Close(u16, &'static str),
+}
+
+impl Outbound {
+    pub fn frame(frame: ServerFrame) -> Self {
+        Self::Frame(frame.encode_to_vec().into())
+    }
+}
+
+/// Queues `out` for the writer; false when the connection is gone (then
+/// there is nobody left to tell, so callers may ignore it).
+pub async fn push(out: &mpsc::Sender<Outbound>, item: Outbound) -> bool {
+    out.send(item).await.is_ok()
 }
 
 /// Frames the writer may hold before handlers wait (backpressure).
@@ -37,19 +50,22 @@ pub const OUTBOUND_QUEUE: usize = 1024;
 
 /// Starts the task that writes frames to the socket. It ends when every
 /// sender is dropped, after a `Close`, or when the socket fails.
-pub fn spawn_writer(mut sink: SplitSink<WebSocket, Message>) -> (mpsc::Sender<Outbound>, tokio::task::JoinHandle<()>) {
+pub fn spawn_writer(
+    mut sink: SplitSink<WebSocket, Message>,
+) -> (mpsc::Sender<Outbound>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     let task = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
             let result = match out {
-                Outbound::Frame(frame) => sink.send(Message::Binary(frame.encode_to_vec().into())).await,
+                Outbound::Frame(bytes) => sink.send(Message::Binary(bytes)).await,
                 Outbound::Close(code, reason) => {
-                    let _ = sink
-                        .send(Message::Close(Some(CloseFrame {
-                            code,
-                            reason: reason.into(),
-                        })))
-                        .await;
+                    // The socket ends either way.
+                    sink.send(Message::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    })))
+                    .await
+                    .ok();
                     break;
                 }
             };
@@ -57,7 +73,7 @@ pub fn spawn_writer(mut sink: SplitSink<WebSocket, Message>) -> (mpsc::Sender<Ou
                 break;
             }
         }
-        let _ = sink.close().await;
+        sink.close().await.ok();
     });
     (tx, task)
 }
@@ -78,7 +94,13 @@ pub enum Incoming {
 }
 
 /// A `Rejected` server frame.
-pub fn rejected(request_id: u64, client_message_id: &str, code: RejectCode, detail: impl Into<String>, retry_after_ms: u32) -> ServerFrame {
+pub fn rejected(
+    request_id: u64,
+    client_message_id: &str,
+    code: RejectCode,
+    detail: impl Into<String>,
+    retry_after_ms: u32,
+) -> ServerFrame {
     ServerFrame {
         request_id,
         frame: Some(server_frame::Frame::Rejected(Rejected {
@@ -103,14 +125,19 @@ pub fn classify(msg: Option<Result<Message, axum::Error>>) -> Incoming {
             }
         }
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Incoming::Ignore,
-        Some(Ok(Message::Text(_))) => Incoming::Close(close::UNSUPPORTED_DATA, "binary protobuf frames only"),
+        Some(Ok(Message::Text(_))) => {
+            Incoming::Close(close::UNSUPPORTED_DATA, "binary protobuf frames only")
+        }
         Some(Ok(Message::Binary(bytes))) => {
             if bytes.len() > MAX_FRAME_BYTES {
                 return Incoming::Reject(rejected(
                     0,
                     "",
                     RejectCode::FrameTooLarge,
-                    format!("frame is {} bytes; the limit is {MAX_FRAME_BYTES}", bytes.len()),
+                    format!(
+                        "frame is {} bytes; the limit is {MAX_FRAME_BYTES}",
+                        bytes.len()
+                    ),
                     0,
                 ));
             }
@@ -152,12 +179,16 @@ pub async fn read_hello(
         let next = tokio::select! {
             n = tokio::time::timeout_at(deadline, stream.next()) => n,
             () = shutdown.cancelled() => {
-                let _ = out.send(Outbound::Close(close::GOING_AWAY, "server shutting down")).await;
+                push(out, Outbound::Close(close::GOING_AWAY, "server shutting down")).await;
                 return None;
             }
         };
         let Ok(msg) = next else {
-            let _ = out.send(Outbound::Close(close::POLICY_VIOLATION, "no hello in time")).await;
+            push(
+                out,
+                Outbound::Close(close::POLICY_VIOLATION, "no hello in time"),
+            )
+            .await;
             return None;
         };
         match classify(msg) {
@@ -166,36 +197,47 @@ pub async fn read_hello(
                 frame: Some(client_frame::Frame::Hello(h)),
             }) => {
                 if h.protocol_version != interop_proto::PROTOCOL_VERSION {
-                    let _ = out
-                        .send(Outbound::Frame(rejected(
+                    push(
+                        out,
+                        Outbound::frame(rejected(
                             request_id,
                             "",
                             RejectCode::UnsupportedVersion,
-                            format!("this gateway speaks protocol version {}", interop_proto::PROTOCOL_VERSION),
+                            format!(
+                                "this gateway speaks protocol version {}",
+                                interop_proto::PROTOCOL_VERSION
+                            ),
                             0,
-                        )))
-                        .await;
-                    let _ = out.send(Outbound::Close(close::POLICY_VIOLATION, "unsupported protocol version")).await;
+                        )),
+                    )
+                    .await;
+                    push(
+                        out,
+                        Outbound::Close(close::POLICY_VIOLATION, "unsupported protocol version"),
+                    )
+                    .await;
                     return None;
                 }
                 return Some((request_id, h));
             }
             Incoming::Frame(f) => {
-                let _ = out
-                    .send(Outbound::Frame(rejected(
+                push(
+                    out,
+                    Outbound::frame(rejected(
                         f.request_id,
                         "",
                         RejectCode::NotAuthenticated,
                         "send Hello first",
                         0,
-                    )))
-                    .await;
+                    )),
+                )
+                .await;
             }
             Incoming::Reject(r) => {
-                let _ = out.send(Outbound::Frame(r)).await;
+                push(out, Outbound::frame(r)).await;
             }
             Incoming::Close(code, reason) => {
-                let _ = out.send(Outbound::Close(code, reason)).await;
+                push(out, Outbound::Close(code, reason)).await;
                 return None;
             }
             Incoming::End => return None,
@@ -205,12 +247,21 @@ pub async fn read_hello(
 }
 
 /// Refuses a `Hello` with `code` and closes the connection.
-pub async fn refuse_hello(out: &mpsc::Sender<Outbound>, request_id: u64, code: RejectCode, detail: &str) {
-    let _ = out.send(Outbound::Frame(rejected(request_id, "", code, detail, 0))).await;
+pub async fn refuse_hello(
+    out: &mpsc::Sender<Outbound>,
+    request_id: u64,
+    code: RejectCode,
+    detail: &str,
+) {
+    push(
+        out,
+        Outbound::frame(rejected(request_id, "", code, detail, 0)),
+    )
+    .await;
     let reason = if code == RejectCode::AuthFailed {
         "authentication failed"
     } else {
         "hello refused"
     };
-    let _ = out.send(Outbound::Close(close::POLICY_VIOLATION, reason)).await;
+    push(out, Outbound::Close(close::POLICY_VIOLATION, reason)).await;
 }

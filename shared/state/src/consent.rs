@@ -52,9 +52,16 @@ impl ConsentStore {
     /// The user's settings; a user never seen is not opted in.
     pub async fn get(&self, address: &str) -> Result<Consent, StateError> {
         let mut conn = self.redis.clone();
-        let (opted_in, allowed): (Option<String>, Option<String>) =
-            redis::cmd("HMGET").arg(key(address)).arg("opted_in").arg("allowed").query_async(&mut conn).await?;
-        Ok(Consent::from_fields(opted_in.as_deref(), allowed.as_deref()))
+        let (opted_in, allowed): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(key(address))
+            .arg("opted_in")
+            .arg("allowed")
+            .query_async(&mut conn)
+            .await?;
+        Ok(Consent::from_fields(
+            opted_in.as_deref(),
+            allowed.as_deref(),
+        ))
     }
 
     /// Replaces the user's settings.

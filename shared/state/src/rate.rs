@@ -30,7 +30,10 @@ impl RateCounter {
         let mut conn = self.redis.clone();
         let (count,): (u64,) = redis::pipe()
             .incr(&key, 1)
-            .expire(&key, i64::try_from(self.window_secs * 2).unwrap_or(i64::MAX))
+            .expire(
+                &key,
+                i64::try_from(self.window_secs * 2).unwrap_or(i64::MAX),
+            )
             .ignore()
             .query_async(&mut conn)
             .await?;

@@ -53,7 +53,11 @@ pub struct Guard {
 
 /// Installs the global subscriber and propagator. A second call in the same
 /// process (tests running several services) keeps the first subscriber.
-pub fn init(service: &'static str, format: LogFormat, filter: &str) -> Result<Guard, TelemetryError> {
+pub fn init(
+    service: &'static str,
+    format: LogFormat,
+    filter: &str,
+) -> Result<Guard, TelemetryError> {
     let env_filter = EnvFilter::try_new(filter).map_err(|e| TelemetryError::BadFilter {
         filter: filter.to_owned(),
         message: e.to_string(),
@@ -71,7 +75,11 @@ pub fn init(service: &'static str, format: LogFormat, filter: &str) -> Result<Gu
             .boxed(),
     };
     // Already initialised in this process: keep the first one.
-    let _ = tracing_subscriber::registry().with(env_filter).with(fmt).try_init();
+    tracing_subscriber::registry()
+        .with(env_filter)
+        .with(fmt)
+        .try_init()
+        .ok();
     tracing::debug!(service, "Telemetry initialised.");
     Ok(Guard { _private: () })
 }
@@ -80,7 +88,9 @@ pub fn init(service: &'static str, format: LogFormat, filter: &str) -> Result<Gu
 mod tests {
     use super::*;
     use opentelemetry::propagation::TextMapPropagator;
-    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
     use std::collections::HashMap;
 
     #[test]
@@ -103,7 +113,11 @@ mod tests {
         assert_eq!(back.span().span_context().trace_id(), sc.trace_id());
         let mut bad: HashMap<String, String> = HashMap::new();
         bad.insert("traceparent".into(), "garbage".into());
-        assert!(!TraceContextPropagator::new().extract(&bad).span().span_context().is_valid());
+        assert!(!TraceContextPropagator::new()
+            .extract(&bad)
+            .span()
+            .span_context()
+            .is_valid());
     }
 
     #[test]

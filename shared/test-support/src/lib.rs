@@ -36,8 +36,9 @@ fn spawn(binary: &str, package: &str, args: &[String]) -> Child {
 
 fn kill(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
-        let _ = c.kill();
-        let _ = c.wait();
+        // Already exited is fine: the point is that it is gone.
+        c.kill().ok();
+        c.wait().ok();
     }
 }
 
@@ -50,7 +51,10 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("{what} exited during start-up with {status}");
         }
-        assert!(Instant::now() < deadline, "{what} did not listen on port {port} within {START_TIMEOUT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port} within {START_TIMEOUT:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -59,7 +63,10 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) {
 /// which another process could take it, which start-up detects).
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding port 0 on loopback");
-    listener.local_addr().expect("bound listener has an address").port()
+    listener
+        .local_addr()
+        .expect("bound listener has an address")
+        .port()
 }
 
 /// A `nats-server -js` on a free port. Stop and start it again with
@@ -92,7 +99,7 @@ impl NatsServer {
 
     fn spawn_on_port(&mut self, port: Option<u16>) {
         let log = self.log_path();
-        let _ = std::fs::remove_file(&log);
+        std::fs::remove_file(&log).ok();
         let store = self.dir.path().join("jetstream");
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let args: Vec<String> = vec![
@@ -113,15 +120,26 @@ impl NatsServer {
                 break p;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("nats-server exited during start-up with {status}; log: {}", read_file(&log));
+                panic!(
+                    "nats-server exited during start-up with {status}; log: {}",
+                    read_file(&log)
+                );
             }
-            assert!(Instant::now() < deadline, "nats-server did not start; log: {}", read_file(&log));
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start; log: {}",
+                read_file(&log)
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         wait_for_port(port, &mut child, "nats-server");
         // JetStream is ready once the server says so.
         while !read_file(&log).contains("Server is ready") {
-            assert!(Instant::now() < deadline, "nats-server not ready; log: {}", read_file(&log));
+            assert!(
+                Instant::now() < deadline,
+                "nats-server not ready; log: {}",
+                read_file(&log)
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         self.port = port;
@@ -159,7 +177,7 @@ impl Drop for NatsServer {
 fn read_file(path: &Path) -> String {
     let mut s = String::new();
     if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f.read_to_string(&mut s);
+        f.read_to_string(&mut s).ok();
     }
     s
 }
@@ -246,7 +264,10 @@ impl RedisServer {
             if let Ok(Some(_)) = child.try_wait() {
                 return false; // Most likely the port was taken meanwhile.
             }
-            assert!(Instant::now() < deadline, "redis-server did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -269,7 +290,10 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.stop();
         let port = self.port;
-        assert!(self.spawn_on_port(port), "redis-server did not restart on port {port}");
+        assert!(
+            self.spawn_on_port(port),
+            "redis-server did not restart on port {port}"
+        );
     }
 }
 

@@ -1,0 +1,34 @@
+# Shared helpers for scripts/up, scripts/test and scripts/down. Sourced, not run.
+
+# Installs the Debian packages the gateway needs when a command is missing.
+# As root it runs apt-get; otherwise it prints the command and fails.
+ensure_packages() {
+  local missing=()
+  command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  if ((${#missing[@]} == 0)); then
+    return 0
+  fi
+  if [[ $(id -u) -eq 0 ]]; then
+    echo "Installing ${missing[*]} with apt-get..." >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "Missing: ${missing[*]}. Install them with:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    if [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+      export PATH="$HOME/.cargo/bin:$PATH"
+    else
+      echo "cargo is missing: install Rust from https://rustup.rs (rustup), then run this again." >&2
+      exit 1
+    fi
+  fi
+}
