@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["interop/v1/envelope.proto", "interop/v1/client.proto", "interop/v1/pipeline.proto"];
+    let files = [
+        "interop/v1/envelope.proto",
+        "interop/v1/client.proto",
+        "interop/v1/pipeline.proto",
+    ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }

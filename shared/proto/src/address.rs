@@ -107,8 +107,7 @@ pub fn is_provider_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_PROVIDER_ID_BYTES
         && s.as_bytes()[0].is_ascii_lowercase()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 

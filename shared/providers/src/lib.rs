@@ -204,13 +204,25 @@ mod tests {
     #[test]
     fn rejects_bad_files() {
         let bad_id = "[[providers]]\nid = \"Sig\"\ndisplay_name = \"x\"\nencryption = \"e2ee\"\n";
-        assert!(matches!(Registry::from_toml(bad_id), Err(RegistryError::BadId(_))));
+        assert!(matches!(
+            Registry::from_toml(bad_id),
+            Err(RegistryError::BadId(_))
+        ));
         let bad_hash = "[[providers]]\nid = \"sig\"\ndisplay_name = \"x\"\nencryption = \"e2ee\"\ntoken_sha256 = [\"abc\"]\n";
-        assert!(matches!(Registry::from_toml(bad_hash), Err(RegistryError::BadTokenHash { .. })));
+        assert!(matches!(
+            Registry::from_toml(bad_hash),
+            Err(RegistryError::BadTokenHash { .. })
+        ));
         let dup = "[[providers]]\nid = \"a\"\ndisplay_name = \"x\"\nencryption = \"e2ee\"\n[[providers]]\nid = \"a\"\ndisplay_name = \"y\"\nencryption = \"e2ee\"\n";
-        assert!(matches!(Registry::from_toml(dup), Err(RegistryError::Duplicate(_))));
+        assert!(matches!(
+            Registry::from_toml(dup),
+            Err(RegistryError::Duplicate(_))
+        ));
         let unknown = "[[providers]]\nid = \"a\"\ndisplay_name = \"x\"\nencryption = \"none\"\n";
-        assert!(matches!(Registry::from_toml(unknown), Err(RegistryError::Parse(_))));
+        assert!(matches!(
+            Registry::from_toml(unknown),
+            Err(RegistryError::Parse(_))
+        ));
         assert!(matches!(
             Registry::load(Path::new("/nonexistent/providers.toml")),
             Err(RegistryError::Read { .. })
