@@ -1,1 +1,1 @@
-
+//! The load generator (issue 9). Empty until that issue lands.
