@@ -54,21 +54,57 @@ impl ClientConfig {
         })
     }
 
-    /// The file to use: `explicit` if given, else `.run/client.toml` here or
-    /// in a parent directory.
+    /// The file to use: `explicit` if given, else `.run/client.toml` in the
+    /// current directory or a parent, else beside the binary's checkout (the
+    /// binary built in `target/release` finds the `.run/` of its repository,
+    /// wherever it is run from).
     pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
         if let Some(p) = explicit {
             return Some(p.to_owned());
         }
-        let mut dir = std::env::current_dir().ok()?;
-        loop {
-            let candidate = dir.join(".run/client.toml");
-            if candidate.is_file() {
-                return Some(candidate);
-            }
-            if !dir.pop() {
-                return None;
-            }
-        }
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.canonicalize().ok())
+            .and_then(|p| p.parent().map(Path::to_owned));
+        [std::env::current_dir().ok(), exe_dir]
+            .into_iter()
+            .flatten()
+            .find_map(|start| find_upwards(&start))
+    }
+}
+
+fn find_upwards(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .map(|dir| dir.join(".run/client.toml"))
+        .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_file_in_a_parent_and_reads_it() {
+        let root =
+            std::env::temp_dir().join(format!("interop-client-config-{}", std::process::id()));
+        std::fs::create_dir_all(root.join(".run")).unwrap();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        let file = root.join(".run/client.toml");
+        std::fs::write(
+            &file,
+            "ingest_url = \"ws://x/v1/ws\"\n[tokens]\nhome = \"t\"\n",
+        )
+        .unwrap();
+        assert_eq!(find_upwards(&root.join("a/b")), Some(file.clone()));
+        let config = ClientConfig::load(&file).unwrap();
+        assert_eq!(config.ingest_url.as_deref(), Some("ws://x/v1/ws"));
+        assert_eq!(config.tokens["home"], "t");
+        std::fs::write(&file, "bogus = 1\n").unwrap();
+        assert!(matches!(
+            ClientConfig::load(&file),
+            Err(ConfigError::Parse { .. })
+        ));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -11,7 +11,9 @@ use serde_json::json;
 
 use interop_client::config::ClientConfig;
 use interop_client::{text_envelope, ConsentOutcome, Receiver, SendOutcome, Sender};
-use interop_proto::v1::{envelope::Content, Ciphertext, Encryption, Envelope, ReceiptStatus};
+use interop_proto::v1::{
+    envelope::Content, Ciphertext, Encryption, Envelope, ReceiptStatus, RejectCode,
+};
 use interop_proto::Address;
 
 #[derive(Parser)]
@@ -165,8 +167,15 @@ fn describe(env: &Envelope) -> serde_json::Value {
                 "message_id": r.message_id,
                 "client_message_id": r.client_message_id,
                 "status": status.as_str_name().trim_start_matches("RECEIPT_STATUS_"),
-                "code": interop_proto::v1::RejectCode::try_from(r.code).map(|c| c.as_str_name()).unwrap_or("UNKNOWN"),
             });
+            match RejectCode::try_from(r.code) {
+                Ok(RejectCode::Unspecified) => {}
+                Ok(code) => {
+                    v["receipt"]["code"] =
+                        json!(code.as_str_name().trim_start_matches("REJECT_CODE_"))
+                }
+                Err(_) => v["receipt"]["code"] = json!(r.code),
+            }
         }
         _ => v["content"] = json!("other"),
     }
