@@ -13,6 +13,7 @@
 //! rather than loses. The first ack of a message sends a `delivered` receipt
 //! into the sender's store.
 
+mod metrics;
 mod session;
 
 use std::net::SocketAddr;
@@ -67,6 +68,7 @@ pub(crate) struct Shared {
     pub cursors: jetstream::stream::Stream,
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
+    pub metrics: metrics::DeliveryMetrics,
 }
 
 /// Runs delivery until `shutdown`, then closes sessions (un-acked messages
@@ -96,6 +98,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         cursors,
         shutdown: shutdown.clone(),
         sessions: TaskTracker::new(),
+        metrics: metrics::DeliveryMetrics::register(&deps.metrics),
     });
     let app = Router::new()
         .route("/v1/ws", get(upgrade))

@@ -53,6 +53,7 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
     if let Some(session) = hello(&mut stream, &out, &shared).await {
         let user = session.user.redacted().to_string();
         info!(%user, "Recipient connected to delivery.");
+        shared.metrics.sessions.inc();
         if let Err(e) = deliver(session, &mut stream, &out, &shared).await {
             warn!(%user, error = %e, "Session ended by an error.");
             ws::push(
@@ -61,6 +62,7 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
             )
             .await;
         }
+        shared.metrics.sessions.dec();
         debug!(%user, "Recipient disconnected from delivery.");
     }
     drop(out);
@@ -250,6 +252,14 @@ async fn deliver(
                     continue;
                 };
                 let Some(mut env) = pm.envelope.take() else { continue };
+                let span = tracing::info_span!("deliver", otel.name = "delivery deliver", stream_seq = seq);
+                interop_bus::trace::set_parent_from(&span, msg.headers.as_ref());
+                span.in_scope(|| tracing::debug!(seq, "Delivering a message."));
+                if env.accepted_at_ms > 0 {
+                    let age_ms = interop_proto::now_ms().saturating_sub(env.accepted_at_ms).max(0);
+                    shared.metrics.end_to_end_seconds.observe(age_ms as f64 / 1000.0);
+                }
+                shared.metrics.delivered.inc();
                 env.sender_info = sender_info(shared, &env.from);
                 let receipt_for = (!pipeline::is_receipt(&env)).then(|| Envelope {
                     content: None,
@@ -283,7 +293,11 @@ async fn on_ack(s: &mut Session, tags: &[u64], shared: &Shared) -> Result<(), Bo
     let mut receipts = Vec::new();
     for tag in tags {
         // Unknown tags (acked twice, or never delivered) are ignored.
-        if let Some(Some(original)) = s.unacked.remove(tag) {
+        let Some(entry) = s.unacked.remove(tag) else {
+            continue;
+        };
+        shared.metrics.acked.inc();
+        if let Some(original) = entry {
             receipts.push(pipeline::receipt_to_sender(
                 &original,
                 ReceiptStatus::Delivered,
@@ -300,6 +314,7 @@ async fn on_ack(s: &mut Session, tags: &[u64], shared: &Shared) -> Result<(), Bo
             .payload(r.payload)
             .headers(headers);
         let ack = shared.js.send_publish(r.subject, publish).await?;
+        shared.metrics.receipts.inc();
         tokio::spawn(async move {
             if let Err(e) = ack.await {
                 warn!(error = %e, "A delivered receipt was not stored.");

@@ -9,6 +9,7 @@
 //! `interop.v1.ingest.accepted`. `Accepted` is answered only after JetStream
 //! acknowledged the publish; every failure is a typed `Rejected`.
 
+mod metrics;
 mod send;
 mod session;
 pub mod validate;
@@ -73,6 +74,7 @@ pub(crate) struct Shared {
     pub idempotency_secs: u64,
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
+    pub metrics: metrics::IngestMetrics,
 }
 
 /// Runs ingest until `shutdown`, then closes connections after their
@@ -89,6 +91,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         idempotency_secs: config.idempotency_window.as_secs().max(1),
         shutdown: shutdown.clone(),
         sessions: TaskTracker::new(),
+        metrics: metrics::IngestMetrics::register(&deps.metrics),
     });
     let app = Router::new()
         .route("/v1/ws", get(upgrade))

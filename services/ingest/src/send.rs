@@ -199,7 +199,8 @@ async fn prepare_send(
         sender_provider: provider.to_owned(),
         ..Default::default()
     };
-    let span = tracing::info_span!("ingest.send", %provider, message_id = %message_id);
+    let span =
+        tracing::info_span!("send", otel.name = "ingest send", %provider, message_id = %message_id);
     Prepared::Publish(ToPublish {
         request_id,
         client_message_id: cmid,
@@ -224,12 +225,17 @@ pub(crate) fn publish(
         let publish = async_nats::jetstream::message::PublishMessage::build()
             .payload(p.payload)
             .headers(headers);
+        let started = std::time::Instant::now();
         let result = tokio::time::timeout(shared.store_timeout, async {
             let ack: PublishAckFuture = shared.js.send_publish(INGEST_ACCEPTED, publish).await?;
             ack.await
                 .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
         })
         .await;
+        shared
+            .metrics
+            .store_seconds
+            .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(ack)) => ServerFrame {
                 request_id: p.request_id,

@@ -26,21 +26,28 @@ use crate::Shared;
 pub const MAX_IN_FLIGHT: usize = 512;
 
 pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
+    shared.metrics.connections.inc();
+    serve_inner(socket, &shared).await;
+    shared.metrics.connections.dec();
+}
+
+async fn serve_inner(socket: WebSocket, shared: &Arc<Shared>) {
     let (sink, mut stream) = socket.split();
     let (out, writer) = ws::spawn_writer(sink);
-    let Some(provider) = hello(&mut stream, &out, &shared).await else {
+    let Some(provider) = hello(&mut stream, &out, shared).await else {
         drop(out);
         writer.await.ok();
         return;
     };
     info!(%provider, "Provider connected to ingest.");
-    frames(&mut stream, &out, &shared, &provider).await;
+    frames(&mut stream, &out, shared, &provider).await;
     drop(out);
     writer.await.ok();
     debug!(%provider, "Provider disconnected from ingest.");
 }
 
-async fn send_out(out: &mpsc::Sender<Outbound>, frame: ServerFrame) {
+async fn send_out(shared: &Shared, out: &mpsc::Sender<Outbound>, frame: ServerFrame) {
+    shared.metrics.count(&frame);
     ws::push(out, Outbound::frame(frame)).await;
 }
 
@@ -76,7 +83,7 @@ async fn hello(
             max_unacked: 0,
         })),
     };
-    send_out(out, welcome).await;
+    send_out(shared, out, welcome).await;
     Some(h.provider)
 }
 
@@ -104,11 +111,11 @@ async fn frames(
             Some(prepared) = preparing.next(), if !preparing.is_empty() => {
                 // Published here, in arrival order.
                 match prepared {
-                    Prepared::Answer(frame) => send_out(out, *frame).await,
+                    Prepared::Answer(frame) => send_out(shared, out, *frame).await,
                     Prepared::Publish(p) => storing.push(Box::pin(send::publish(shared.clone(), p))),
                 }
             }
-            Some(answer) = storing.next(), if !storing.is_empty() => send_out(out, answer).await,
+            Some(answer) = storing.next(), if !storing.is_empty() => send_out(shared, out, answer).await,
             () = shared.shutdown.cancelled(), if reading => {
                 reading = false;
                 close_with = Some((close::GOING_AWAY, "server shutting down"));

@@ -15,6 +15,10 @@ use interop_bus::{
     pipeline, BusError, HandleError, Handler, Input, Outgoing, StageOptions, StreamSettings,
 };
 use interop_service::Deps;
+use interop_telemetry::metrics::Metrics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// Configuration of media-transcoding.
 #[derive(Debug, Clone, Default)]
@@ -31,11 +35,38 @@ pub enum Error {
 /// Handler of `interop.v1.routing.media-requested`: input `PipelineMessage`
 /// with media content; output the same message on
 /// `interop.v1.delivery.queued.<key>` (Nats-Msg-Id = server message id).
-pub struct PassThrough;
+pub struct PassThrough {
+    transcodes: Family<TranscodeLabel, Counter>,
+}
+
+/// Kind of media work and its result (fixed sets: bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TranscodeLabel {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+impl PassThrough {
+    pub fn new(metrics: &Metrics) -> Self {
+        let transcodes = Family::<TranscodeLabel, Counter>::default();
+        metrics.register(
+            "interop_media_transcoding_transcodes",
+            "Media processed, by kind and result.",
+            transcodes.clone(),
+        );
+        Self { transcodes }
+    }
+}
 
 impl Handler for PassThrough {
     async fn handle(&self, input: Input<'_>) -> Result<Vec<Outgoing>, HandleError> {
         let pm = pipeline::decode(input.payload)?;
+        self.transcodes
+            .get_or_create(&TranscodeLabel {
+                kind: "passthrough",
+                result: "ok",
+            })
+            .inc();
         Ok(vec![pipeline::to_recipient_store(&pm)])
     }
 }
@@ -56,8 +87,8 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     interop_bus::run_stage(
         js,
         consumer,
-        Arc::new(PassThrough),
-        StageOptions::new("media-transcoding"),
+        Arc::new(PassThrough::new(&deps.metrics)),
+        StageOptions::new("media-transcoding", &deps.metrics),
         shutdown,
     )
     .await?;

@@ -46,6 +46,13 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let router = Arc::new(Router::new(deps.redis.clone()));
     deps.health.set_bound();
     info!("routing is consuming.");
-    interop_bus::run_stage(js, consumer, router, StageOptions::new("routing"), shutdown).await?;
+    interop_bus::run_stage(
+        js,
+        consumer,
+        router,
+        StageOptions::new("routing", &deps.metrics),
+        shutdown,
+    )
+    .await?;
     Ok(())
 }

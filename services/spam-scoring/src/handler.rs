@@ -13,18 +13,40 @@ use interop_bus::subjects::SPAM_SCORED;
 use interop_bus::{pipeline, HandleError, Handler, Input, Outgoing};
 use interop_proto::v1::{ReceiptStatus, RejectCode, Signal, SpamVerdict, Verdict};
 use interop_state::RateCounter;
+use interop_telemetry::metrics::Metrics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+/// A verdict name (a fixed set: bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    pub verdict: &'static str,
+}
 
 /// Scores messages.
 pub struct Scorer {
     sender_rate: RateCounter,
     max_sender_per_minute: u64,
+    verdicts: Family<VerdictLabel, Counter>,
 }
 
 impl Scorer {
-    pub fn new(redis: redis::aio::ConnectionManager, max_sender_per_minute: u64) -> Self {
+    pub fn new(
+        redis: redis::aio::ConnectionManager,
+        max_sender_per_minute: u64,
+        metrics: &Metrics,
+    ) -> Self {
+        let verdicts = Family::<VerdictLabel, Counter>::default();
+        metrics.register(
+            "interop_spam_scoring_verdicts",
+            "Verdicts, by verdict.",
+            verdicts.clone(),
+        );
         Self {
             sender_rate: RateCounter::new(redis, "sender", 60),
             max_sender_per_minute,
+            verdicts,
         }
     }
 
@@ -69,6 +91,12 @@ impl Handler for Scorer {
                 after: Duration::from_millis(500),
             })?;
         let verdict = self.verdict_for_rate(count);
+        let name = Verdict::try_from(verdict.verdict)
+            .unwrap_or(Verdict::Unspecified)
+            .as_str_name();
+        self.verdicts
+            .get_or_create(&VerdictLabel { verdict: name })
+            .inc();
         if verdict.verdict == Verdict::Reject as i32 {
             let detail = verdict
                 .signals

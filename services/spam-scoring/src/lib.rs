@@ -59,6 +59,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let scorer = Arc::new(Scorer::new(
         deps.redis.clone(),
         config.max_sender_per_minute,
+        &deps.metrics,
     ));
     deps.health.set_bound();
     info!("spam-scoring is consuming.");
@@ -66,7 +67,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         js,
         consumer,
         scorer,
-        StageOptions::new("spam-scoring"),
+        StageOptions::new("spam-scoring", &deps.metrics),
         shutdown,
     )
     .await?;

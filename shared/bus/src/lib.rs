@@ -1,6 +1,7 @@
 //! The NATS bus of the interop gateway: subject and stream names, stream and
 //! consumer set-up, the pipeline stage loop, and trace context in headers.
 
+pub mod metrics;
 pub mod pipeline;
 pub mod stage;
 pub mod streams;

@@ -18,7 +18,10 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn, Instrument};
 
+use crate::metrics::StageMetrics;
 use crate::BusError;
+use interop_telemetry::metrics::Metrics;
+use tokio::time::Instant;
 
 /// One message a handler wants published.
 #[derive(Debug, Clone)]
@@ -61,7 +64,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Tuning of the stage loop.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StageOptions {
     /// Stage name for logs and spans.
     pub name: &'static str,
@@ -71,15 +74,18 @@ pub struct StageOptions {
     pub publish_window: usize,
     /// Messages requested from the server per pull.
     pub batch: usize,
+    pub metrics: StageMetrics,
 }
 
 impl StageOptions {
-    pub fn new(name: &'static str) -> Self {
+    /// Defaults for stage `name`, registering its metrics.
+    pub fn new(name: &'static str, metrics: &Metrics) -> Self {
         Self {
             name,
             concurrency: 64,
             publish_window: 1024,
             batch: 512,
+            metrics: StageMetrics::register(metrics, name),
         }
     }
 }
@@ -96,9 +102,17 @@ pub async fn run_stage<H: Handler>(
     type Handled = (
         jetstream::Message,
         tracing::Span,
+        Instant,
         Result<Vec<Outgoing>, HandleError>,
     );
     let name = options.name;
+    let metrics = options.metrics.clone();
+    metrics.watch(
+        js.client(),
+        consumer.clone(),
+        Duration::from_secs(5),
+        shutdown.clone(),
+    );
     while !shutdown.is_cancelled() {
         let messages = consumer
             .stream()
@@ -135,16 +149,25 @@ pub async fn run_stage<H: Handler>(
                 && settling.len() < options.publish_window;
             tokio::select! {
                 biased;
-                Some((msg, span, result)) = handling.next(), if !handling.is_empty() => {
+                Some((msg, span, started, result)) = handling.next(), if !handling.is_empty() => {
                     // Outputs are published here, one message at a time, in
                     // input order.
                     let acks = publish_all(&js, &span, result).await;
+                    let metrics = metrics.clone();
                     settling.push(Box::pin(async move {
                         let outcome = match acks {
-                            Ok(acks) => await_acks(acks).await,
+                            Ok(acks) => {
+                                let n = acks.len() as u64;
+                                let r = await_acks(acks).await;
+                                if r.is_ok() {
+                                    metrics.messages_out.inc_by(n);
+                                }
+                                r
+                            }
                             Err(e) => Err(e),
                         };
-                        settle(name, &msg, outcome).await;
+                        settle(name, &msg, outcome, &metrics).await;
+                        metrics.handle_seconds.observe(started.elapsed().as_secs_f64());
                     }));
                 }
                 Some(()) = settling.next(), if !settling.is_empty() => {}
@@ -155,14 +178,18 @@ pub async fn run_stage<H: Handler>(
                     match next {
                         Some(Ok(msg)) => {
                             let handler = handler.clone();
+                            let metrics = metrics.clone();
                             handling.push_back(Box::pin(async move {
+                                let started = Instant::now();
+                                metrics.messages_in.inc();
                                 let (delivered, seq) = msg
                                     .info()
                                     .map(|i| (i.delivered, i.stream_sequence))
                                     .unwrap_or((1, 0));
-                                let span = tracing::info_span!("handle", stage = name, stream_seq = seq, delivered);
+                                let span = tracing::info_span!("handle", otel.name = %format!("{name} handle"), stage = name, stream_seq = seq, delivered);
                                 crate::trace::set_parent_from(&span, msg.headers.as_ref());
                                 if delivered > 1 {
+                                    metrics.redeliveries.inc();
                                     debug!(stage = name, seq, delivered, "Handling a redelivered message.");
                                 }
                                 let input = Input {
@@ -173,7 +200,7 @@ pub async fn run_stage<H: Handler>(
                                     stream_sequence: seq,
                                 };
                                 let result = handler.handle(input).instrument(span.clone()).await;
-                                (msg, span, result)
+                                (msg, span, started, result)
                             }));
                         }
                         Some(Err(e)) => {
@@ -224,15 +251,22 @@ async fn await_acks(acks: Vec<jetstream::context::PublishAckFuture>) -> Result<(
     Ok(())
 }
 
-async fn settle(name: &str, msg: &jetstream::Message, outcome: Result<(), HandleError>) {
+async fn settle(
+    name: &str,
+    msg: &jetstream::Message,
+    outcome: Result<(), HandleError>,
+    metrics: &StageMetrics,
+) {
     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let kind = match outcome {
         Ok(()) => AckKind::Ack,
         Err(HandleError::Retry { reason, after }) => {
+            metrics.retries.inc();
             warn!(stage = name, seq, %reason, "Will retry the message.");
             AckKind::Nak(Some(after))
         }
         Err(HandleError::Permanent(reason)) => {
+            metrics.dead_lettered.inc();
             error!(stage = name, seq, %reason, "Dead-lettered a message that can never be handled.");
             AckKind::Term
         }

@@ -60,13 +60,37 @@ pub struct Gateway {
     pub delivery_url: String,
     shutdown: CancellationToken,
     healths: Vec<Arc<Health>>,
+    /// Each service's admin base URL (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: Vec<(&'static str, String)>,
     tasks: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
 }
 
-async fn deps(nats_url: &str, redis_url: &str, name: &str, healths: &mut Vec<Arc<Health>>) -> Deps {
+/// Connects one service and serves its admin port on a free port.
+async fn deps(
+    nats_url: &str,
+    redis_url: &str,
+    name: &'static str,
+    healths: &mut Vec<Arc<Health>>,
+    admin: &mut Vec<(&'static str, String)>,
+    shutdown: &CancellationToken,
+) -> Deps {
     let health = Health::new();
+    let metrics = Arc::new(interop_service::Metrics::default());
     healths.push(health.clone());
-    Deps::connect(nats_url, redis_url, name, health)
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding an admin port");
+    admin.push((
+        name,
+        format!("http://{}", listener.local_addr().expect("bound")),
+    ));
+    tokio::spawn(interop_service::admin::serve(
+        listener,
+        health.clone(),
+        metrics.clone(),
+        shutdown.child_token(),
+    ));
+    Deps::connect(nats_url, redis_url, name, health, metrics)
         .await
         .expect("connecting a service to the test servers")
 }
@@ -101,8 +125,17 @@ impl Gateway {
         );
         let mut tasks: Vec<(&'static str, JoinHandle<Result<(), String>>)> = Vec::new();
         let mut healths = Vec::new();
+        let mut admin = Vec::new();
 
-        let d = deps(nats_url, redis_url, "ingest", &mut healths).await;
+        let d = deps(
+            nats_url,
+            redis_url,
+            "ingest",
+            &mut healths,
+            &mut admin,
+            &shutdown,
+        )
+        .await;
         let config = interop_ingest::Config::new(ingest_listener, providers.clone());
         let s = shutdown.clone();
         tasks.push((
@@ -114,7 +147,15 @@ impl Gateway {
             }),
         ));
 
-        let d = deps(nats_url, redis_url, "spam-scoring", &mut healths).await;
+        let d = deps(
+            nats_url,
+            redis_url,
+            "spam-scoring",
+            &mut healths,
+            &mut admin,
+            &shutdown,
+        )
+        .await;
         let s = shutdown.clone();
         tasks.push((
             "spam-scoring",
@@ -125,7 +166,15 @@ impl Gateway {
             }),
         ));
 
-        let d = deps(nats_url, redis_url, "routing", &mut healths).await;
+        let d = deps(
+            nats_url,
+            redis_url,
+            "routing",
+            &mut healths,
+            &mut admin,
+            &shutdown,
+        )
+        .await;
         let s = shutdown.clone();
         tasks.push((
             "routing",
@@ -136,7 +185,15 @@ impl Gateway {
             }),
         ));
 
-        let d = deps(nats_url, redis_url, "media-transcoding", &mut healths).await;
+        let d = deps(
+            nats_url,
+            redis_url,
+            "media-transcoding",
+            &mut healths,
+            &mut admin,
+            &shutdown,
+        )
+        .await;
         let s = shutdown.clone();
         tasks.push((
             "media-transcoding",
@@ -147,7 +204,15 @@ impl Gateway {
             }),
         ));
 
-        let d = deps(nats_url, redis_url, "delivery", &mut healths).await;
+        let d = deps(
+            nats_url,
+            redis_url,
+            "delivery",
+            &mut healths,
+            &mut admin,
+            &shutdown,
+        )
+        .await;
         let config = interop_delivery::Config::new(delivery_listener, providers);
         let s = shutdown.clone();
         tasks.push((
@@ -165,6 +230,7 @@ impl Gateway {
             shutdown,
             tasks,
             healths,
+            admin,
         };
         gateway.wait_ready().await;
         gateway
@@ -193,6 +259,15 @@ impl Gateway {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The admin base URL of `service`.
+    pub fn admin_url(&self, service: &str) -> &str {
+        self.admin
+            .iter()
+            .find(|(n, _)| *n == service)
+            .map(|(_, u)| u.as_str())
+            .unwrap_or_else(|| panic!("no service {service}"))
     }
 
     /// Stops every service and returns their results.
@@ -229,4 +304,41 @@ impl Cluster {
             gateway,
         }
     }
+}
+
+/// A plain HTTP/1.0 GET (admin ports only): the status code and body.
+pub async fn http_get(url: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of one sample (`name{labels} value`) in a Prometheus text
+/// exposition, if present.
+pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use interop_bus::StreamSettings;
+pub use interop_telemetry::metrics::Metrics;
 use interop_telemetry::LogFormat;
 
 /// Flags every service takes. Each is also read from the environment
@@ -60,6 +61,12 @@ pub struct CommonArgs {
         default_value_t = 10_000
     )]
     pub inbox_max_per_recipient: i64,
+    /// OTLP/HTTP collector base URL for traces, e.g. http://otel-collector:4318.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces recorded when exporting (0.0 to 1.0).
+    #[arg(long, env = "INTEROP_TRACE_SAMPLE_RATIO", default_value_t = 0.1)]
+    pub trace_sample_ratio: f64,
     /// Seconds to finish in-flight work after SIGTERM before exiting.
     #[arg(long, env = "INTEROP_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
@@ -106,6 +113,8 @@ pub struct Deps {
     pub redis: redis::aio::ConnectionManager,
     /// What `/readyz` reports; the service marks itself bound when ready.
     pub health: Arc<Health>,
+    /// What `/metrics` reports; the service registers its metrics here.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why the dependencies could not be reached.
@@ -128,6 +137,7 @@ impl Deps {
         redis_url: &str,
         name: &str,
         health: Arc<Health>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, DepsError> {
         let nats = interop_bus::connect(nats_url, name).await?;
         let redis_err = |source| DepsError::Redis {
@@ -146,6 +156,7 @@ impl Deps {
             nats,
             redis,
             health,
+            metrics,
         };
         deps.health.watch(&deps);
         Ok(deps)
@@ -270,7 +281,18 @@ where
             return 64;
         }
     };
-    let _guard = match interop_telemetry::init(name, format, &common.log) {
+    if !(0.0..=1.0).contains(&common.trace_sample_ratio) {
+        eprintln!("{name}: --trace-sample-ratio must be between 0 and 1");
+        return 64;
+    }
+    let options = interop_telemetry::Options {
+        format,
+        filter: common.log.clone(),
+        otlp_endpoint: common.otlp_endpoint.clone(),
+        sample_ratio: common.trace_sample_ratio,
+        ..interop_telemetry::Options::new(name)
+    };
+    let _guard = match interop_telemetry::init(options) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("{name}: {e}");
@@ -278,6 +300,7 @@ where
         }
     };
     let health = Health::new();
+    let metrics = Arc::new(Metrics::default());
     let shutdown = shutdown_on_signal();
     let admin = match tokio::net::TcpListener::bind(common.admin_listen).await {
         Ok(l) => l,
@@ -286,9 +309,14 @@ where
             return 1;
         }
     };
-    let admin_task = tokio::spawn(admin::serve(admin, health.clone(), shutdown.child_token()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin,
+        health.clone(),
+        metrics.clone(),
+        shutdown.child_token(),
+    ));
     let deps = tokio::select! {
-        d = Deps::connect(&common.nats_url, &common.redis_url, name, health.clone()) => d,
+        d = Deps::connect(&common.nats_url, &common.redis_url, name, health.clone(), metrics) => d,
         () = shutdown.cancelled() => return 0,
     };
     let deps = match deps {

@@ -8,10 +8,13 @@
 //! Log lines never carry message bodies, media, tokens or full phone numbers:
 //! addresses are logged through `Address::redacted`.
 
+pub mod metrics;
+
 use std::str::FromStr;
 
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
+use opentelemetry::trace::TracerProvider as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -28,6 +31,8 @@ pub enum LogFormat {
 pub enum TelemetryError {
     #[error("unknown log format {0:?}: expected `text` or `json`")]
     UnknownFormat(String),
+    #[error("cannot set up the OTLP exporter: {0}")]
+    Exporter(String),
     #[error("invalid log filter {filter:?}: {message}")]
     BadFilter { filter: String, message: String },
 }
@@ -44,44 +49,137 @@ impl FromStr for LogFormat {
     }
 }
 
-/// Keeps telemetry running; drop it last, after the service stopped, to
-/// flush what is buffered.
-#[must_use = "dropping the guard stops telemetry"]
-pub struct Guard {
-    _private: (),
+/// What [`init`] sets up.
+pub struct Options {
+    pub service: &'static str,
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `interop_ingest=debug,info`.
+    pub filter: String,
+    /// Base URL of an OTLP/HTTP collector (`OTEL_EXPORTER_OTLP_ENDPOINT`,
+    /// e.g. `http://otel-collector:4318`); traces go to `<base>/v1/traces`.
+    /// No export (and no trace context on the bus) when `None`.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces to record, 0.0 to 1.0 (children follow their
+    /// parent's decision).
+    pub sample_ratio: f64,
+    /// Where log lines go; stderr when `None` (tests capture them here).
+    pub writer: Option<tracing_subscriber::fmt::writer::BoxMakeWriter>,
 }
 
-/// Installs the global subscriber and propagator. A second call in the same
-/// process (tests running several services) keeps the first subscriber.
-pub fn init(
-    service: &'static str,
-    format: LogFormat,
-    filter: &str,
-) -> Result<Guard, TelemetryError> {
-    let env_filter = EnvFilter::try_new(filter).map_err(|e| TelemetryError::BadFilter {
-        filter: filter.to_owned(),
-        message: e.to_string(),
-    })?;
+impl Options {
+    pub fn new(service: &'static str) -> Self {
+        Self {
+            service,
+            format: LogFormat::Text,
+            filter: "info".into(),
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+            writer: None,
+        }
+    }
+}
+
+/// Keeps telemetry running; drop it last, after the service stopped, to
+/// flush spans still buffered.
+#[must_use = "dropping the guard stops telemetry"]
+pub struct Guard {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            // Nothing useful to do if the collector is gone at exit.
+            p.shutdown().ok();
+        }
+    }
+}
+
+impl Guard {
+    /// Exports buffered spans now.
+    pub fn flush(&self) {
+        if let Some(p) = &self.provider {
+            p.force_flush().ok();
+        }
+    }
+}
+
+/// Installs the global subscriber, the W3C propagator and, when an OTLP
+/// endpoint is set, the span exporter. Must run inside a Tokio runtime when
+/// exporting. A second call in the same process keeps the first subscriber.
+pub fn init(options: Options) -> Result<Guard, TelemetryError> {
+    let env_filter =
+        EnvFilter::try_new(&options.filter).map_err(|e| TelemetryError::BadFilter {
+            filter: options.filter.clone(),
+            message: e.to_string(),
+        })?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let fmt = match format {
+    let writer = options
+        .writer
+        .unwrap_or_else(|| tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr));
+    let fmt = match options.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_target(false)
+            .with_filter(env_filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_current_span(false)
+            .with_filter(env_filter)
             .boxed(),
     };
-    // Already initialised in this process: keep the first one.
+    let (provider, otel) = match options.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        Some(endpoint) => {
+            let provider = tracer_provider(options.service, endpoint, options.sample_ratio)?;
+            let tracer = provider.tracer(options.service);
+            // Spans are exported at INFO whatever the log filter says.
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+                .boxed();
+            (Some(provider), Some(layer))
+        }
+        None => (None, None),
+    };
     tracing_subscriber::registry()
-        .with(env_filter)
         .with(fmt)
+        .with(otel)
         .try_init()
         .ok();
-    tracing::debug!(service, "Telemetry initialised.");
-    Ok(Guard { _private: () })
+    tracing::debug!(service = options.service, "Telemetry initialised.");
+    Ok(Guard { provider })
+}
+
+fn tracer_provider(
+    service: &'static str,
+    endpoint: &str,
+    ratio: f64,
+) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, TelemetryError> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    use opentelemetry_sdk::trace::{
+        span_processor_with_async_runtime::BatchSpanProcessor, Sampler,
+    };
+    let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(url)
+        .build()
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    let processor =
+        BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            ratio.clamp(0.0, 1.0),
+        ))))
+        .with_resource(resource)
+        .build())
 }
 
 #[cfg(test)]

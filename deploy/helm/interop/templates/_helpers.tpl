@@ -1,0 +1,346 @@
+{{/*
+Names, labels and the shared pieces of every workload.
+*/}}
+
+{{- define "interop.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name: <release>-<chart>, or the release name when it already contains the chart name. */}}
+{{- define "interop.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of one component's objects: (dict "root" $ "component" "routing") */}}
+{{- define "interop.componentName" -}}
+{{- printf "%s-%s" (include "interop.fullname" .root | trunc (int (sub 62 (len .component))) | trimSuffix "-") .component -}}
+{{- end -}}
+
+{{- define "interop.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "interop.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "interop.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "interop.labels" -}}
+helm.sh/chart: {{ include "interop.chart" . }}
+{{ include "interop.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: interop
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels of one component: (dict "root" $ "component" "routing") */}}
+{{- define "interop.componentLabels" -}}
+{{ include "interop.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "interop.componentSelectorLabels" -}}
+{{ include "interop.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/*
+The five services: component name -> values key, and whether the service
+has a WebSocket port and reads the provider registry.
+*/}}
+{{- define "interop.components" -}}
+ingest:
+  key: ingest
+  edge: true
+  listenEnv: INTEROP_INGEST_LISTEN
+spam-scoring:
+  key: spamScoring
+  edge: false
+routing:
+  key: routing
+  edge: false
+media-transcoding:
+  key: mediaTranscoding
+  edge: false
+delivery:
+  key: delivery
+  edge: true
+  listenEnv: INTEROP_DELIVERY_LISTEN
+{{- end -}}
+
+{{- define "interop.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "interop.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "interop.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Full name a subchart gives itself (standard helper logic of both the nats and bitnami charts). */}}
+{{- define "interop.subchartFullname" -}}
+{{- $values := index .root.Values .chart -}}
+{{- if $values.fullnameOverride -}}
+{{- $values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .chart $values.nameOverride -}}
+{{- if contains $name .root.Release.Name -}}
+{{- .root.Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .root.Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "interop.natsUrl" -}}
+{{- if .Values.nats.enabled -}}
+{{- printf "nats://%s.%s.svc:4222" (include "interop.subchartFullname" (dict "root" . "chart" "nats")) .Release.Namespace -}}
+{{- else -}}
+{{- required "externalNats.url is required when nats.enabled is false" .Values.externalNats.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* host:port of the NATS monitoring endpoint for KEDA. With the subchart, the
+headless Service, so KEDA can reach each clustered server by pod name. */}}
+{{- define "interop.natsMonitoringEndpoint" -}}
+{{- if .Values.nats.enabled -}}
+{{- printf "%s-headless.%s.svc:8222" (include "interop.subchartFullname" (dict "root" . "chart" "nats")) .Release.Namespace -}}
+{{- else -}}
+{{- required "externalNats.monitoringEndpoint is required for KEDA when nats.enabled is false" .Values.externalNats.monitoringEndpoint -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Redis URL without a password. */}}
+{{- define "interop.redisUrl" -}}
+{{- if .Values.redis.enabled -}}
+{{- printf "redis://%s-master.%s.svc:6379" (include "interop.subchartFullname" (dict "root" . "chart" "redis")) .Release.Namespace -}}
+{{- else -}}
+{{- required "externalRedis.url is required when redis.enabled is false" .Values.externalRedis.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the Redis password lives, as YAML {name, key}; empty when there is none. */}}
+{{- define "interop.redisPasswordSecret" -}}
+{{- if .Values.redis.enabled -}}
+{{- $auth := default dict .Values.redis.auth -}}
+{{- if ne (toString (default "true" (toString $auth.enabled))) "false" -}}
+name: {{ default (include "interop.subchartFullname" (dict "root" . "chart" "redis")) $auth.existingSecret }}
+key: {{ default "redis-password" $auth.existingSecretPasswordKey }}
+{{- end -}}
+{{- else if .Values.externalRedis.existingSecret -}}
+name: {{ .Values.externalRedis.existingSecret }}
+key: {{ .Values.externalRedis.existingSecretPasswordKey }}
+{{- end -}}
+{{- end -}}
+
+{{/* Port in a URL such as nats://host:4222, or the default given. (list url default) */}}
+{{- define "interop.urlPort" -}}
+{{- $url := index . 0 -}}
+{{- $hostport := regexReplaceAll "^[a-z+]+://([^@/]*@)?([^/?]*).*$" $url "${2}" -}}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $hostport) -}}
+{{- default (index . 1) $port -}}
+{{- end -}}
+
+{{- define "interop.providersSecretName" -}}
+{{- if .Values.providers.existingSecret -}}
+{{- .Values.providers.existingSecret -}}
+{{- else -}}
+{{- printf "%s-providers" (include "interop.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "interop.providersSecretKey" -}}
+{{- if .Values.providers.existingSecret -}}
+{{- .Values.providers.existingSecretKey -}}
+{{- else -}}
+providers.toml
+{{- end -}}
+{{- end -}}
+
+{{/* Fails rendering unless exactly one source of the provider registry is set. */}}
+{{- define "interop.validateProviders" -}}
+{{- if and .Values.providers.existingSecret .Values.providers.registry -}}
+{{- fail "providers: set either providers.existingSecret or providers.registry, not both" -}}
+{{- end -}}
+{{- if not .Values.providers.registry -}}
+{{- $_ := required "providers.existingSecret (a Secret holding the provider registry TOML) or providers.registry is required: the chart ships no default credentials. See docs/deploy.md, \"Configure providers\"." .Values.providers.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "interop.testSecretName" -}}
+{{- if .Values.tests.existingSecret -}}
+{{- .Values.tests.existingSecret -}}
+{{- else -}}
+{{- printf "%s-test-credentials" (include "interop.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* True when the helm test Pod has credentials and is rendered. */}}
+{{- define "interop.testsActive" -}}
+{{- if and .Values.tests.enabled .Values.ingest.enabled .Values.delivery.enabled (or .Values.tests.existingSecret .Values.tests.generateCredentials) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+The generated test tokens, as YAML {sender, recipient}. Kept across upgrades
+by reading the existing Secret (lookup is empty in `helm template`).
+*/}}
+{{- define "interop.generatedTestTokens" -}}
+{{- if not (hasKey .Values.tests "__generatedTokens") -}}
+{{- $name := printf "%s-test-credentials" (include "interop.fullname" .) -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace $name -}}
+{{- $tokens := dict "sender" (randAlphaNum 48) "recipient" (randAlphaNum 48) -}}
+{{- $data := dict -}}
+{{- if $existing -}}{{- $data = default dict $existing.data -}}{{- end -}}
+{{- $sk := .Values.tests.senderTokenKey -}}
+{{- $rk := .Values.tests.recipientTokenKey -}}
+{{- if and (hasKey $data $sk) (hasKey $data $rk) -}}
+{{- $tokens = dict "sender" (index $data $sk | b64dec) "recipient" (index $data $rk | b64dec) -}}
+{{- end -}}
+{{- /* Memoised: every template of this render must see the same tokens. */ -}}
+{{- $_ := set .Values.tests "__generatedTokens" $tokens -}}
+{{- end -}}
+{{- toYaml (index .Values.tests "__generatedTokens") -}}
+{{- end -}}
+
+{{/* The common configuration every service reads (ConfigMap data). */}}
+{{- define "interop.configData" -}}
+INTEROP_NATS_URL: {{ include "interop.natsUrl" . | quote }}
+INTEROP_REDIS_URL: {{ include "interop.redisUrl" . | quote }}
+INTEROP_LOG: {{ .Values.log.level | quote }}
+INTEROP_LOG_FORMAT: {{ .Values.log.format | quote }}
+INTEROP_ADMIN_LISTEN: {{ printf "0.0.0.0:%d" (int .Values.adminPort) | quote }}
+INTEROP_STREAM_REPLICAS: {{ .Values.jetstream.replicas | toString | quote }}
+INTEROP_INBOX_MAX_AGE_SECS: {{ .Values.jetstream.inboxMaxAgeSeconds | int64 | toString | quote }}
+INTEROP_INBOX_MAX_PER_RECIPIENT: {{ .Values.jetstream.inboxMaxPerRecipient | int64 | toString | quote }}
+{{- with .Values.otel.endpoint }}
+OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
+INTEROP_TRACE_SAMPLE_RATIO: {{ $.Values.otel.sampleRatio | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Environment of a service container beyond the ConfigMap: (dict "root" $ "component" name "c" componentInfo "v" values) */}}
+{{- define "interop.serviceEnv" -}}
+{{- $root := .root -}}
+- name: OTEL_SERVICE_NAME
+  value: {{ .component | quote }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- if not (hasKey (default dict .v.env) "INTEROP_SHUTDOWN_GRACE_SECS") }}
+{{- /* Finish in-flight work 5 s before Kubernetes kills the container. */}}
+- name: INTEROP_SHUTDOWN_GRACE_SECS
+  value: {{ max 1 (sub (int .v.terminationGracePeriodSeconds) 5) | toString | quote }}
+{{- end }}
+{{- $pw := include "interop.redisPasswordSecret" $root | fromYaml -}}
+{{- if $pw.name }}
+- name: INTEROP_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $pw.name }}
+      key: {{ $pw.key }}
+{{- /* Kubernetes expands $(VAR) from variables defined earlier in this list. */}}
+- name: INTEROP_REDIS_URL
+  value: {{ regexReplaceAll "^(rediss?://)" (include "interop.redisUrl" $root) "${1}:$(INTEROP_REDIS_PASSWORD)@" | quote }}
+{{- end }}
+{{- if .c.edge }}
+- name: {{ .c.listenEnv }}
+  value: {{ printf "0.0.0.0:%d" (int .v.containerPort) | quote }}
+- name: INTEROP_PROVIDERS_FILE
+  value: /etc/interop/providers/providers.toml
+{{- end }}
+{{- range $name, $value := .v.env }}
+- name: {{ $name }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod-level checksums that roll the pods when their configuration changes. */}}
+{{- define "interop.checksums" -}}
+checksum/config: {{ include "interop.configData" .root | sha256sum }}
+{{- if and .c.edge (not .root.Values.providers.existingSecret) }}
+checksum/providers: {{ include "interop.providersToml" .root | sha256sum }}
+{{- end }}
+{{- end -}}
+
+{{/* The registry TOML rendered from providers.registry (plus generated test credentials). */}}
+{{- define "interop.providersToml" -}}
+{{- $root := . -}}
+{{- $generated := dict -}}
+{{- if and .Values.tests.generateCredentials (include "interop.testsActive" .) -}}
+{{- $generated = include "interop.generatedTestTokens" . | fromYaml -}}
+{{- end -}}
+{{- $homeSeen := false -}}
+# Rendered by the interop chart from providers.registry.
+{{- range .Values.providers.registry }}
+{{- if and $generated.sender (eq .id $root.Values.tests.senderProvider) }}
+{{- fail (printf "tests.generateCredentials: providers.registry already has a provider %q; choose another tests.senderProvider" .id) }}
+{{- end }}
+{{- $hashes := default list .tokenSha256 }}
+{{- if and $generated.recipient (eq .id "home") }}
+{{- $homeSeen = true }}
+{{- $hashes = append $hashes ($generated.recipient | sha256sum) }}
+{{- end }}
+
+[[providers]]
+id = {{ .id | quote }}
+display_name = {{ .displayName | quote }}
+privacy_policy_url = {{ default "" .privacyPolicyUrl | quote }}
+encryption = {{ .encryption | quote }}
+token_sha256 = [{{ range $i, $h := $hashes }}{{ if $i }}, {{ end }}{{ $h | quote }}{{ end }}]
+{{- end }}
+{{- if $generated.sender }}
+{{- if not $homeSeen }}
+{{- fail "tests.generateCredentials needs a provider with id \"home\" in providers.registry (the test recipient is a home user)" }}
+{{- end }}
+
+# helm test sender (tests.generateCredentials)
+[[providers]]
+id = {{ .Values.tests.senderProvider | quote }}
+display_name = "helm test"
+privacy_policy_url = ""
+encryption = "transport-only"
+token_sha256 = [{{ $generated.sender | sha256sum | quote }}]
+{{- end }}
+{{- end -}}
+
+{{/* Volume mounts every service container gets. */}}
+{{- define "interop.volumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .edge }}
+- name: providers
+  mountPath: /etc/interop/providers
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "interop.ingestUrl" -}}
+{{- printf "ws://%s.%s.svc:%d/v1/ws" (include "interop.componentName" (dict "root" . "component" "ingest")) .Release.Namespace (int .Values.ingest.service.port) -}}
+{{- end -}}
+
+{{- define "interop.deliveryUrl" -}}
+{{- printf "ws://%s.%s.svc:%d/v1/ws" (include "interop.componentName" (dict "root" . "component" "delivery")) .Release.Namespace (int .Values.delivery.service.port) -}}
+{{- end -}}

@@ -1,0 +1,204 @@
+"""Rendering helpers for the chart tests.
+
+Charts are rendered offline through Helm's own Go SDK (helm-python-sdk), so
+what is checked here is what `helm template` / `helm install` would produce.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "interop"
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+KUBE_VERSION = "1.31"
+RELEASE = "rel"
+NAMESPACE = "ns"
+
+# The five services: component label -> values key.
+SERVICES = {
+    "ingest": "ingest",
+    "spam-scoring": "spamScoring",
+    "routing": "routing",
+    "media-transcoding": "mediaTranscoding",
+    "delivery": "delivery",
+}
+EDGE = {"ingest", "delivery"}
+
+# The least a user must give: the provider registry.
+REQUIRED = {"providers": {"existingSecret": "interop-providers"}}
+
+HASH_A = "a" * 64
+HASH_B = "b" * 64
+
+
+def merge(*parts: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merges values dicts, later ones winning."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+def everything_on() -> dict[str, Any]:
+    """Values turning on every optional object the chart can render."""
+    values: dict[str, Any] = {
+        "providers": {"existingSecret": "interop-providers"},
+        "otel": {"endpoint": "http://otel-collector.observability:4318"},
+        "jetstream": {"replicas": 3},
+        "externalRedis": {"existingSecret": "redis-auth"},
+        "networkPolicy": {
+            "enabled": True,
+            "restrictEgress": True,
+            "clientsFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}}],
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+            "extraEgress": [{"ports": [{"port": 443, "protocol": "TCP"}]}],
+        },
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+            "prometheusRule": {"enabled": True},
+            "dashboard": {"enabled": True},
+        },
+        "tests": {"existingSecret": "interop-test-tokens"},
+        "loadtest": {
+            "enabled": True,
+            "scenario": 'duration = "60s"\nrate = 1000\n',
+            "existingSecret": "loadtest-tokens",
+            "env": {"RUST_BACKTRACE": "1"},
+            "extraArgs": ["--progress"],
+        },
+    }
+    for component, key in SERVICES.items():
+        block: dict[str, Any] = {
+            "autoscaling": {"enabled": True, "targetMemoryUtilizationPercentage": 80},
+            "nodeSelector": {"pool": "gateway"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gateway", "effect": "NoSchedule"}],
+            "topologySpreadConstraints": [
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": {"app.kubernetes.io/component": component}},
+                }
+            ],
+            "env": {"INTEROP_EXTRA": "1"},
+            "pdb": {"minAvailable": "50%"},
+        }
+        if key != "ingest":
+            block["keda"] = {"enabled": True}
+        values[key] = block
+    # delivery has no shared durable consumer: scale it on CPU through KEDA.
+    values["delivery"]["keda"]["extraTriggers"] = [
+        {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "70"}}
+    ]
+    # ingest keeps a plain HPA.
+    return values
+
+
+class Rendered:
+    """The objects of one render, with lookups by kind and component."""
+
+    def __init__(self, files: dict[str, str]):
+        self.files = files
+        self.notes = ""
+        self.objects: list[dict[str, Any]] = []
+        for path, text in sorted(files.items()):
+            if path.endswith("NOTES.txt"):
+                self.notes = text
+                continue
+            for obj in yaml.safe_load_all(text):
+                if obj:
+                    obj.setdefault("__source", path)
+                    self.objects.append(obj)
+
+    def kind(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def one(self, kind: str, component: str | None = None) -> dict[str, Any]:
+        found = [
+            o
+            for o in self.kind(kind)
+            if component is None
+            or o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component
+        ]
+        assert len(found) == 1, f"expected one {kind} for {component}, found {len(found)}"
+        return found[0]
+
+    def deployment(self, component: str) -> dict[str, Any]:
+        return self.one("Deployment", component)
+
+    def container(self, component: str) -> dict[str, Any]:
+        containers = self.deployment(component)["spec"]["template"]["spec"]["containers"]
+        assert len(containers) == 1
+        return containers[0]
+
+    def env(self, component: str) -> dict[str, Any]:
+        """The container's explicit env, name -> entry."""
+        return {e["name"]: e for e in self.container(component).get("env", [])}
+
+    def clean(self) -> list[dict[str, Any]]:
+        return [{k: v for k, v in o.items() if k != "__source"} for o in self.objects]
+
+
+@pytest.fixture(scope="session")
+def chart():
+    with helm.Chart.load(str(CHART)) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="session")
+def render(chart):
+    def _render(values: dict[str, Any] | None = None, **opts: Any) -> Rendered:
+        opts.setdefault("name", RELEASE)
+        opts.setdefault("namespace", NAMESPACE)
+        return Rendered(chart.render(values or {}, **opts))
+
+    return _render
+
+
+def _crd_validators() -> dict[tuple[str, str], jsonschema.Draft7Validator]:
+    validators = {}
+    for path in SCHEMAS.glob("*.json"):
+        schema = json.loads(path.read_text())
+        jsonschema.Draft7Validator.check_schema(schema)
+        api_version = schema["properties"]["apiVersion"]["const"]
+        kind = schema["properties"]["kind"]["const"]
+        validators[(api_version, kind)] = jsonschema.Draft7Validator(schema)
+    return validators
+
+
+CRD_VALIDATORS = _crd_validators()
+
+
+def validate_object(obj: dict[str, Any]) -> None:
+    """Validates one object strictly: Kubernetes 1.31 schemas, or ours for CRDs."""
+    key = (obj.get("apiVersion"), obj.get("kind"))
+    if key in CRD_VALIDATORS:
+        errors = sorted(CRD_VALIDATORS[key].iter_errors(obj), key=lambda e: list(e.path))
+        if errors:
+            raise AssertionError(
+                f"{key[1]} {obj['metadata'].get('name')}: "
+                + "; ".join(f"{list(e.path)}: {e.message}" for e in errors)
+            )
+        return
+    try:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        raise AssertionError(
+            f"{key[1]} {obj['metadata'].get('name')} at {list(e.path)}: {e.message}"
+        ) from None
+    except kubernetes_validate.SchemaNotFoundError:
+        raise AssertionError(f"no schema for {key}: add one under deploy/tests/schemas") from None

@@ -1,0 +1,716 @@
+"""Tests of the interop Helm chart (deploy/helm/interop), run offline.
+
+Run with scripts/test-chart. Every test renders the chart through Helm's Go
+SDK and asserts what a cluster would receive.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import tomllib
+from base64 import b64decode
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+
+from conftest import (
+    CHART,
+    EDGE,
+    HASH_A,
+    HASH_B,
+    NAMESPACE,
+    RELEASE,
+    REQUIRED,
+    SERVICES,
+    everything_on,
+    merge,
+    validate_object,
+)
+
+DEPLOY_DOC = (CHART.parents[2] / "docs" / "deploy.md").read_text() if (CHART.parents[2] / "docs" / "deploy.md").exists() else ""
+MISSING_DEPS = "chart directory is missing these dependencies: nats,redis"
+LINT_INFO_ALLOWED = {"icon is recommended"}
+
+
+def _lint_findings(report: dict[str, Any]) -> list[str]:
+    """Lint messages other than the expected ones (deps are not vendored)."""
+    out = []
+    for m in report["messages"]:
+        if m["severity"] == 1 and m["error"] in LINT_INFO_ALLOWED:
+            continue
+        if m["error"] == MISSING_DEPS and not (CHART / "charts").exists():
+            continue
+        out.append(f"{m['severity']}:{m['path']}: {m['error']}")
+    return out
+
+
+# --- lint -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, REQUIRED, "everything"], ids=["no-values", "required", "everything-on"])
+def test_lint_is_clean(values):
+    if values == "everything":
+        values = everything_on()
+    report = helm.lint(str(CHART), values, kube_version="v1.31.0")
+    assert report["errors"] == []
+    assert _lint_findings(report) == []
+
+
+def test_lint_strict_flags_only_the_missing_dependency_tarballs():
+    report = helm.lint(str(CHART), REQUIRED, strict=True, kube_version="v1.31.0")
+    if (CHART / "charts").exists():
+        assert report["errors"] == []
+    else:
+        # The subcharts are downloaded by `helm dependency update`; nothing else may be flagged.
+        assert report["errors"] == [MISSING_DEPS]
+
+
+# --- every object is valid Kubernetes ---------------------------------------
+
+
+def test_default_render_validates_and_has_one_of_each_per_service(render):
+    r = render(REQUIRED)
+    for obj in r.clean():
+        validate_object(obj)
+    for kind in ("Deployment", "Service", "PodDisruptionBudget"):
+        assert sorted(o["metadata"]["labels"]["app.kubernetes.io/component"] for o in r.kind(kind)) == sorted(SERVICES)
+    # Off by default.
+    for kind in ("HorizontalPodAutoscaler", "ScaledObject", "NetworkPolicy", "ServiceMonitor",
+                 "PrometheusRule", "Job", "Pod", "Secret"):
+        assert r.kind(kind) == [], kind
+
+
+def test_everything_on_render_validates(render):
+    r = render(everything_on())
+    for obj in r.clean():
+        validate_object(obj)
+    kinds = {o["kind"] for o in r.objects}
+    assert {
+        "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ScaledObject",
+        "NetworkPolicy", "ServiceMonitor", "PrometheusRule", "ConfigMap", "Job", "Pod", "ServiceAccount",
+    } <= kinds
+    assert len(r.kind("NetworkPolicy")) == 5
+    assert len(r.kind("ScaledObject")) == 4
+    # KEDA replaces the HPA; ingest has no KEDA and keeps its HPA.
+    assert [h["metadata"]["labels"]["app.kubernetes.io/component"] for h in r.kind("HorizontalPodAutoscaler")] == ["ingest"]
+
+
+def test_validator_rejects_an_invalid_object():
+    """The validation used above can fail (guards against a no-op validator)."""
+    bad = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+           "spec": {"replicas": "two", "selector": {}, "template": {}}}
+    with pytest.raises(AssertionError):
+        validate_object(bad)
+    bad_so = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "x"},
+              "spec": {"scaleTargetRef": {"name": "x"}, "triggers": [], "bogus": 1}}
+    with pytest.raises(AssertionError):
+        validate_object(bad_so)
+
+
+# --- per-service settings ---------------------------------------------------
+
+
+@pytest.mark.parametrize("component", SERVICES)
+def test_replica_count_changes_only_that_deployment(render, component):
+    base = render(REQUIRED).clean()
+    changed = render(merge(REQUIRED, {SERVICES[component]: {"replicaCount": 7}})).clean()
+    assert len(base) == len(changed)
+    diffs = [(a, b) for a, b in zip(base, changed) if a != b]
+    assert len(diffs) == 1
+    before, after = diffs[0]
+    assert after["kind"] == "Deployment"
+    assert after["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    assert after["spec"]["replicas"] == 7
+    before["spec"]["replicas"] = 7
+    assert before == after, "only spec.replicas may change"
+
+
+@pytest.mark.parametrize("component", SERVICES)
+def test_scheduling_values_apply_only_to_that_service(render, component):
+    values = merge(REQUIRED, {SERVICES[component]: {
+        "nodeSelector": {"pool": "x"},
+        "tolerations": [{"key": "k", "operator": "Exists"}],
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+        "resources": {"requests": {"cpu": "3"}},
+        "env": {"INTEROP_FOO": "bar"},
+    }})
+    r = render(values)
+    for other in SERVICES:
+        spec = r.deployment(other)["spec"]["template"]["spec"]
+        env = r.env(other)
+        if other == component:
+            assert spec["nodeSelector"] == {"pool": "x"}
+            assert spec["tolerations"] == [{"key": "k", "operator": "Exists"}]
+            assert "podAntiAffinity" in spec["affinity"]
+            assert r.container(other)["resources"]["requests"]["cpu"] == "3"
+            assert env["INTEROP_FOO"]["value"] == "bar"
+        else:
+            assert "nodeSelector" not in spec and "tolerations" not in spec and "affinity" not in spec
+            assert "INTEROP_FOO" not in env
+
+
+@pytest.mark.parametrize("component", SERVICES)
+def test_disabling_a_service_removes_all_its_objects(render, component):
+    r = render(merge(REQUIRED, everything_on(), {SERVICES[component]: {"enabled": False}}))
+    for obj in r.objects:
+        assert obj["metadata"]["labels"].get("app.kubernetes.io/component") != component, obj["kind"]
+    if component in EDGE:
+        assert r.kind("Pod") == [], "helm test needs both ingest and delivery"
+
+
+def test_autoscaling_creates_hpa_and_drops_fixed_replicas(render):
+    r = render(merge(REQUIRED, {"routing": {"autoscaling": {
+        "enabled": True, "minReplicas": 2, "maxReplicas": 9, "targetCPUUtilizationPercentage": 60}}}))
+    hpa = r.one("HorizontalPodAutoscaler", "routing")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"{RELEASE}-interop-routing"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 9)
+    assert hpa["spec"]["metrics"] == [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}]
+    assert "replicas" not in r.deployment("routing")["spec"]
+    assert r.deployment("spam-scoring")["spec"]["replicas"] == 1
+
+
+def test_autoscaling_without_any_target_fails(chart):
+    with pytest.raises(helm.HelmError, match="routing.autoscaling: set targetCPUUtilizationPercentage"):
+        chart.render(merge(REQUIRED, {"routing": {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": 0}}}),
+                     name=RELEASE, namespace=NAMESPACE)
+
+
+@pytest.mark.parametrize("component,stream,consumer", [
+    ("spam-scoring", "INTEROP_INGEST", "spam-scoring"),
+    ("routing", "INTEROP_SCORED", "routing"),
+    ("media-transcoding", "INTEROP_MEDIA", "media-transcoding"),
+])
+def test_keda_scales_on_the_stage_consumer(render, component, stream, consumer):
+    r = render(merge(REQUIRED, {SERVICES[component]: {"keda": {"enabled": True, "lagThreshold": 2500000}}}))
+    so = r.one("ScaledObject", component)
+    validate_object({k: v for k, v in so.items() if k != "__source"})
+    assert so["spec"]["scaleTargetRef"]["name"] == f"{RELEASE}-interop-{component}"
+    [trigger] = so["spec"]["triggers"]
+    assert trigger["type"] == "nats-jetstream"
+    assert trigger["metadata"]["stream"] == stream
+    assert trigger["metadata"]["consumer"] == consumer
+    assert trigger["metadata"]["lagThreshold"] == "2500000"  # not 2.5e+06
+    assert trigger["metadata"]["natsServerMonitoringEndpoint"] == "nats:8222"
+    assert "replicas" not in r.deployment(component)["spec"]
+    assert r.kind("HorizontalPodAutoscaler") == []
+
+
+def test_keda_uses_the_subchart_monitoring_endpoint(render):
+    r = render(merge(REQUIRED, {"nats": {"enabled": True}, "routing": {"keda": {"enabled": True}}}))
+    trigger = r.one("ScaledObject", "routing")["spec"]["triggers"][0]
+    assert trigger["metadata"]["natsServerMonitoringEndpoint"] == f"{RELEASE}-nats-headless.{NAMESPACE}.svc:8222"
+
+
+def test_keda_for_delivery_needs_a_trigger(chart, render):
+    with pytest.raises(helm.HelmError, match=r"delivery.keda.enabled needs delivery.keda.stream"):
+        chart.render(merge(REQUIRED, {"delivery": {"keda": {"enabled": True}}}), name=RELEASE, namespace=NAMESPACE)
+    r = render(merge(REQUIRED, {"delivery": {"keda": {"enabled": True, "extraTriggers": [
+        {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "60"}}]}}}))
+    assert r.one("ScaledObject", "delivery")["spec"]["triggers"] == [
+        {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "60"}}]
+
+
+def test_pdb_min_available_wins_over_max_unavailable(render):
+    r = render(merge(REQUIRED, {"ingest": {"pdb": {"minAvailable": 1}}, "routing": {"pdb": {"enabled": False}}}))
+    assert r.one("PodDisruptionBudget", "ingest")["spec"]["minAvailable"] == 1
+    assert "maxUnavailable" not in r.one("PodDisruptionBudget", "ingest")["spec"]
+    assert r.one("PodDisruptionBudget", "delivery")["spec"]["maxUnavailable"] == 1
+    assert not [p for p in r.kind("PodDisruptionBudget") if p["metadata"]["labels"]["app.kubernetes.io/component"] == "routing"]
+
+
+# --- configuration ----------------------------------------------------------
+
+
+def test_config_map_carries_the_common_environment(render):
+    r = render(merge(REQUIRED, {"jetstream": {"replicas": 3}, "log": {"level": "debug"},
+                                "otel": {"endpoint": "http://otel:4318", "sampleRatio": 0.5}}))
+    [cm] = [c for c in r.kind("ConfigMap") if c["metadata"]["name"] == f"{RELEASE}-interop-config"]
+    assert cm["data"] == {
+        "INTEROP_NATS_URL": "nats://nats:4222",
+        "INTEROP_REDIS_URL": "redis://redis-master:6379",
+        "INTEROP_LOG": "debug",
+        "INTEROP_LOG_FORMAT": "json",
+        "INTEROP_ADMIN_LISTEN": "0.0.0.0:9090",
+        "INTEROP_STREAM_REPLICAS": "3",
+        "INTEROP_INBOX_MAX_AGE_SECS": "2592000",
+        "INTEROP_INBOX_MAX_PER_RECIPIENT": "10000",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318",
+        "INTEROP_TRACE_SAMPLE_RATIO": "0.5",
+    }
+    for component in SERVICES:
+        c = r.container(component)
+        assert c["command"] == [component]
+        assert c["envFrom"] == [{"configMapRef": {"name": f"{RELEASE}-interop-config"}}]
+        assert r.env(component)["OTEL_SERVICE_NAME"]["value"] == component
+
+
+def test_shutdown_grace_fits_inside_the_termination_grace_period(render):
+    r = render(merge(REQUIRED, {"routing": {"terminationGracePeriodSeconds": 90},
+                                "ingest": {"env": {"INTEROP_SHUTDOWN_GRACE_SECS": "7"}}}))
+    expected = {"ingest": "7", "spam-scoring": "25", "routing": "85", "media-transcoding": "55", "delivery": "55"}
+    for component, grace in expected.items():
+        names = [e["name"] for e in r.container(component)["env"]]
+        assert names.count("INTEROP_SHUTDOWN_GRACE_SECS") == 1, component
+        assert r.env(component)["INTEROP_SHUTDOWN_GRACE_SECS"]["value"] == grace, component
+        spec = r.deployment(component)["spec"]["template"]["spec"]
+        assert int(grace) < spec["terminationGracePeriodSeconds"]
+
+
+def test_edge_services_listen_and_mount_the_provider_registry(render):
+    r = render(merge(REQUIRED, {"ingest": {"containerPort": 18080}}))
+    for component, env_name, port in [("ingest", "INTEROP_INGEST_LISTEN", 18080), ("delivery", "INTEROP_DELIVERY_LISTEN", 8081)]:
+        env = r.env(component)
+        assert env[env_name]["value"] == f"0.0.0.0:{port}"
+        assert env["INTEROP_PROVIDERS_FILE"]["value"] == "/etc/interop/providers/providers.toml"
+        spec = r.deployment(component)["spec"]["template"]["spec"]
+        [vol] = [v for v in spec["volumes"] if v["name"] == "providers"]
+        assert vol["secret"]["secretName"] == "interop-providers"
+        assert vol["secret"]["items"] == [{"key": "providers.toml", "path": "providers.toml"}]
+        assert {"name": "providers", "mountPath": "/etc/interop/providers", "readOnly": True} in r.container(component)["volumeMounts"]
+        ports = {p["name"]: p["containerPort"] for p in r.container(component)["ports"]}
+        assert ports == {"ws": port, "admin": 9090}
+        svc_ports = {p["name"]: p["targetPort"] for p in r.one("Service", component)["spec"]["ports"]}
+        assert svc_ports == {"ws": "ws", "admin": "admin"}
+    for component in SERVICES.keys() - EDGE:
+        assert "INTEROP_PROVIDERS_FILE" not in r.env(component)
+        assert [p["name"] for p in r.one("Service", component)["spec"]["ports"]] == ["admin"]
+
+
+def _checksums(r) -> dict[str, dict[str, str]]:
+    return {c: r.deployment(c)["spec"]["template"]["metadata"]["annotations"] for c in SERVICES}
+
+
+def test_checksum_config_changes_with_config_values_only(render):
+    base = _checksums(render(REQUIRED))
+    for sums in base.values():
+        assert re.fullmatch(r"[0-9a-f]{64}", sums["checksum/config"])
+    for change in ({"log": {"level": "debug"}}, {"jetstream": {"replicas": 3}},
+                   {"externalNats": {"url": "nats://other:4222"}}, {"otel": {"endpoint": "http://otel:4318"}},
+                   {"jetstream": {"inboxMaxAgeSeconds": 86400}}):
+        changed = _checksums(render(merge(REQUIRED, change)))
+        for c in SERVICES:
+            assert changed[c]["checksum/config"] != base[c]["checksum/config"], (change, c)
+    # Scaling is not configuration: no rollout of the other pods.
+    scaled = _checksums(render(merge(REQUIRED, {"routing": {"replicaCount": 4}})))
+    assert scaled == base
+
+
+def test_checksum_providers_rolls_only_the_edge_services(render):
+    def values(hashes):
+        return {"providers": {"registry": [
+            {"id": "signal", "displayName": "Signal", "encryption": "e2ee", "tokenSha256": hashes}]}}
+    one = _checksums(render(values([HASH_A])))
+    two = _checksums(render(values([HASH_A, HASH_B])))
+    for c in SERVICES:
+        if c in EDGE:
+            assert one[c]["checksum/providers"] != two[c]["checksum/providers"]
+        else:
+            assert "checksum/providers" not in one[c]
+        assert one[c]["checksum/config"] == two[c]["checksum/config"]
+
+
+def test_jetstream_replicas_reach_the_services_and_are_bounded_by_the_nats_cluster(chart, render):
+    r = render(merge(REQUIRED, {"nats": {"enabled": True}, "jetstream": {"replicas": 3}}))
+    [cm] = [c for c in r.kind("ConfigMap") if c["metadata"]["name"].endswith("-config")]
+    assert cm["data"]["INTEROP_STREAM_REPLICAS"] == "3"
+    assert cm["data"]["INTEROP_NATS_URL"] == f"nats://{RELEASE}-nats.{NAMESPACE}.svc:4222"
+    assert "WARNING: jetstream.replicas" not in r.notes
+    assert "WARNING: jetstream.replicas=1" in render(REQUIRED).notes
+    with pytest.raises(helm.HelmError, match=r"jetstream.replicas \(5\) exceeds the NATS servers of the nats subchart \(3\)"):
+        chart.render(merge(REQUIRED, {"nats": {"enabled": True}, "jetstream": {"replicas": 5}}), name=RELEASE, namespace=NAMESPACE)
+
+
+def test_redis_subchart_url_and_password(render):
+    r = render(merge(REQUIRED, {"redis": {"enabled": True}}))
+    env_list = r.container("routing")["env"]
+    names = [e["name"] for e in env_list]
+    # $(INTEROP_REDIS_PASSWORD) only expands if the password is defined first.
+    assert names.index("INTEROP_REDIS_PASSWORD") < names.index("INTEROP_REDIS_URL")
+    env = r.env("routing")
+    assert env["INTEROP_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{RELEASE}-redis", "key": "redis-password"}
+    assert env["INTEROP_REDIS_URL"]["value"] == f"redis://:$(INTEROP_REDIS_PASSWORD)@{RELEASE}-redis-master.{NAMESPACE}.svc:6379"
+    no_auth = render(merge(REQUIRED, {"redis": {"enabled": True, "auth": {"enabled": False}}}))
+    assert "INTEROP_REDIS_PASSWORD" not in no_auth.env("routing")
+
+
+def test_external_redis_password_from_a_secret(render):
+    r = render(merge(REQUIRED, {"externalRedis": {"url": "rediss://cache.example:6380/2", "existingSecret": "redis-auth",
+                                                   "existingSecretPasswordKey": "pw"}}))
+    env = r.env("ingest")
+    assert env["INTEROP_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "pw"}
+    assert env["INTEROP_REDIS_URL"]["value"] == "rediss://:$(INTEROP_REDIS_PASSWORD)@cache.example:6380/2"
+    assert "INTEROP_REDIS_PASSWORD" not in render(REQUIRED).env("ingest")
+
+
+# --- security ---------------------------------------------------------------
+
+
+def _pod_specs(r):
+    for obj in r.objects:
+        if obj["kind"] == "Pod":
+            yield obj["metadata"]["name"], obj["spec"]
+        elif obj["kind"] in ("Deployment", "Job"):
+            yield obj["metadata"]["name"], obj["spec"]["template"]["spec"]
+
+
+def test_security_context_on_every_container(render):
+    r = render(everything_on())
+    specs = list(_pod_specs(r))
+    assert len(specs) == 7  # five services, the test Pod, the load-test Job
+    for name, spec in specs:
+        pod_sc = spec["securityContext"]
+        assert pod_sc["runAsNonRoot"] is True, name
+        assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert spec.get("automountServiceAccountToken") is False, name
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c["securityContext"]
+            where = f"{name}/{c['name']}"
+            assert sc["runAsNonRoot"] is True, where
+            assert sc["runAsUser"] == 10001, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["privileged"] is False, where
+            assert sc["capabilities"] == {"drop": ["ALL"]}, where
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            # A read-only root needs a writable /tmp.
+            assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), where
+
+
+def test_media_transcoding_gets_a_large_tmp_for_ffmpeg(render):
+    r = render(merge(REQUIRED, {"mediaTranscoding": {"tmpSizeLimit": "5Gi"}}))
+    [tmp] = [v for v in r.deployment("media-transcoding")["spec"]["template"]["spec"]["volumes"] if v["name"] == "tmp"]
+    assert tmp == {"name": "tmp", "emptyDir": {"sizeLimit": "5Gi"}}
+
+
+def test_probes_use_the_admin_port(render):
+    r = render(REQUIRED)
+    for component in SERVICES:
+        c = r.container(component)
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+        assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+
+
+def test_rendering_without_provider_credentials_fails_with_the_required_message(chart):
+    with pytest.raises(helm.HelmError) as err:
+        chart.render({}, name=RELEASE, namespace=NAMESPACE)
+    assert "providers.existingSecret (a Secret holding the provider registry TOML) or providers.registry is required" in str(err.value)
+
+
+def test_both_provider_sources_are_refused(chart):
+    with pytest.raises(helm.HelmError, match="either providers.existingSecret or providers.registry, not both"):
+        chart.render({"providers": {"existingSecret": "x", "registry": [
+            {"id": "signal", "displayName": "Signal", "encryption": "e2ee", "tokenSha256": [HASH_A]}]}},
+            name=RELEASE, namespace=NAMESPACE)
+
+
+def test_provider_registry_renders_the_toml_the_services_parse(render):
+    r = render({"providers": {"registry": [
+        {"id": "signal", "displayName": "Signal \"Messenger\"", "privacyPolicyUrl": "https://signal.org/legal/",
+         "encryption": "e2ee", "tokenSha256": [HASH_A, HASH_B]},
+        {"id": "home", "displayName": "Home", "encryption": "transport-only", "tokenSha256": []},
+    ]}})
+    [secret] = r.kind("Secret")
+    assert secret["metadata"]["name"] == f"{RELEASE}-interop-providers"
+    registry = tomllib.loads(b64decode(secret["data"]["providers.toml"]).decode())
+    assert registry == {"providers": [
+        {"id": "signal", "display_name": "Signal \"Messenger\"", "privacy_policy_url": "https://signal.org/legal/",
+         "encryption": "e2ee", "token_sha256": [HASH_A, HASH_B]},
+        {"id": "home", "display_name": "Home", "privacy_policy_url": "", "encryption": "transport-only", "token_sha256": []},
+    ]}
+
+
+# --- values: schema and documentation --------------------------------------
+
+
+@pytest.mark.parametrize("bad,message", [
+    ({"routing": {"replicaCount": "three"}}, "/routing/replicaCount"),
+    ({"ingest": {"autoscaling": {"enabled": "yes"}}}, "/ingest/autoscaling/enabled"),
+    ({"jetstream": {"replicas": 0}}, "/jetstream/replicas"),
+    ({"log": {"format": "xml"}}, "/log/format"),
+    ({"routing": {"replicas": 3}}, "additional properties 'replicas' not allowed"),
+    ({"unknownTopLevel": True}, "additional properties 'unknownTopLevel' not allowed"),
+    ({"ingest": {"keda": {"enabled": True}}}, "additional properties 'keda' not allowed"),
+    ({"providers": {"registry": [{"id": "Signal!", "displayName": "S", "encryption": "e2ee", "tokenSha256": []}]}}, "/providers/registry/0/id"),
+    ({"providers": {"registry": [{"id": "s", "displayName": "S", "encryption": "e2ee", "tokenSha256": ["not-a-hash"]}]}}, "/providers/registry/0/tokenSha256/0"),
+    ({"externalRedis": {"url": "redis://:secret@redis:6379"}}, "/externalRedis/url"),
+    ({"tests": {"recipientNumberPrefix": "4915"}}, "/tests/recipientNumberPrefix"),
+])
+def test_schema_rejects_bad_values(chart, bad, message):
+    with pytest.raises(helm.HelmValuesError) as err:
+        chart.validate_schema(merge(REQUIRED, bad))
+    assert message in str(err.value)
+
+
+def test_schema_accepts_the_defaults_and_everything_on(chart):
+    chart.validate_schema(REQUIRED)
+    chart.validate_schema(everything_on())
+
+
+def _values_tree() -> dict[str, Any]:
+    return yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def _paths(tree: Any, prefix: str = ""):
+    """Every path in values.yaml, dicts included."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            path = f"{prefix}.{key}" if prefix else key
+            yield path, value
+            yield from _paths(value, path)
+
+
+def test_every_value_is_documented():
+    text = (CHART / "values.yaml").read_text()
+    documented = set(re.findall(r"^\s*## @param ([A-Za-z0-9_.]+)", text, re.M))
+    paths = dict(_paths(_values_tree()))
+    assert documented - paths.keys() == set(), "@param for a value that does not exist"
+    undocumented = []
+    for path, value in paths.items():
+        if isinstance(value, dict) and value:
+            continue  # a section; its children are checked
+        parts = path.split(".")
+        if not any(".".join(parts[:i]) in documented for i in range(1, len(parts) + 1)):
+            undocumented.append(path)
+    assert undocumented == []
+
+
+def test_schema_covers_every_value():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    missing = []
+    for path, _ in _paths(_values_tree()):
+        node = schema
+        for part in path.split("."):
+            props = node.get("properties")
+            if props is None:
+                break  # a free-form object (subchart values, resources, ...)
+            if part not in props:
+                if node.get("additionalProperties", True) is False:
+                    missing.append(path)
+                break  # an open object: subchart values pass through
+            node = props[part]
+    assert missing == []
+
+
+def test_no_secret_has_a_default_value(render):
+    # Nothing secret in values.yaml: every password/token/secret-like value is empty or names a key.
+    for path, value in _paths(_values_tree()):
+        leaf = path.rsplit(".", 1)[-1]
+        if re.search(r"(?i)password|token|secret|credential", leaf) and not isinstance(value, (dict, bool)):
+            assert value in ("", [], None) or leaf.endswith("Key"), f"{path} has a default: {value!r}"
+    # The defaults (with the one required value) render no Secret at all.
+    assert render(REQUIRED).kind("Secret") == []
+    # A chart-made registry holds only the hashes the user gave.
+    r = render({"providers": {"registry": [{"id": "signal", "displayName": "Signal", "encryption": "e2ee", "tokenSha256": [HASH_A]}]}})
+    [secret] = r.kind("Secret")
+    assert HASH_A in b64decode(secret["data"]["providers.toml"]).decode()
+
+
+# --- names and labels -------------------------------------------------------
+
+
+def test_labels_include_the_component(render):
+    r = render(everything_on())
+    per_component = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+                     "ScaledObject", "NetworkPolicy", "Pod", "Job"}
+    seen = set()
+    for obj in r.objects:
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/name"] == "interop"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        if obj["kind"] in per_component:
+            component = labels["app.kubernetes.io/component"]
+            seen.add(component)
+            assert obj["metadata"]["name"] == f"{RELEASE}-interop-{component}" or obj["kind"] == "Job"
+    assert seen == set(SERVICES) | {"tests", "loadtest"}
+    for component in SERVICES:
+        d = r.deployment(component)
+        selector = d["spec"]["selector"]["matchLabels"]
+        assert selector["app.kubernetes.io/component"] == component
+        pod_labels = d["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= pod_labels.items()
+        assert r.one("Service", component)["spec"]["selector"] == selector
+        assert r.one("PodDisruptionBudget", component)["spec"]["selector"]["matchLabels"] == selector
+
+
+def test_names_go_through_fullname(render):
+    r = render(merge(REQUIRED, {"fullnameOverride": "gw"}))
+    for obj in r.objects:
+        assert obj["metadata"]["name"].startswith("gw"), obj["metadata"]["name"]
+    r = render(REQUIRED, name="interop-prod")
+    assert r.deployment("routing")["metadata"]["name"] == "interop-prod-routing"
+
+
+# --- network policy ---------------------------------------------------------
+
+
+def test_network_policy_opens_only_the_needed_ports(render):
+    r = render(merge(everything_on(), {"externalNats": {"url": "nats://nats.messaging:14222"}}))
+    for component in SERVICES:
+        np = r.one("NetworkPolicy", component)
+        assert np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
+        ingress_ports = [p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]]
+        assert ingress_ports == (["ws", "admin"] if component in EDGE else ["admin"])
+        egress_ports = {p["port"] for rule in np["spec"]["egress"] for p in rule.get("ports", [])}
+        assert egress_ports == {53, 14222, 6379, 4318, 443}
+    ws_rule = r.one("NetworkPolicy", "ingest")["spec"]["ingress"][0]
+    assert {"ipBlock": {"cidr": "10.0.0.0/8"}} in ws_rule["from"]
+    # The release's own test and load-test pods may always connect.
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "interop", "app.kubernetes.io/instance": RELEASE}}} in ws_rule["from"]
+
+
+# --- monitoring -------------------------------------------------------------
+
+
+def test_service_monitor_scrapes_every_admin_port(render):
+    r = render(merge(REQUIRED, {"metrics": {"serviceMonitor": {"enabled": True, "interval": "15s"}}, "routing": {"enabled": False}}))
+    sm = r.one("ServiceMonitor")
+    assert sm["spec"]["endpoints"][0]["port"] == "admin"
+    assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert sm["spec"]["endpoints"][0]["interval"] == "15s"
+    [expr] = sm["spec"]["selector"]["matchExpressions"]
+    assert sorted(expr["values"]) == sorted(set(SERVICES) - {"routing"})
+    for component in set(SERVICES) - {"routing"}:
+        svc = r.one("Service", component)
+        assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+
+
+# The metrics the services register (see services/*/src/metrics.rs and
+# shared/bus/src/metrics.rs); names as exposed, with the `_total` of counters.
+_STAGES = ["spam_scoring", "routing", "media_transcoding"]
+EMITTED_METRICS = {
+    "interop_ingest_accepted_total", "interop_ingest_rejected_total", "interop_ingest_consent_updates_total",
+    "interop_ingest_store_seconds", "interop_ingest_connections",
+    "interop_spam_scoring_verdicts_total", "interop_media_transcoding_transcodes_total",
+    "interop_delivery_sessions", "interop_delivery_delivered_total", "interop_delivery_acked_total",
+    "interop_delivery_receipts_total", "interop_delivery_end_to_end_seconds",
+} | {
+    f"interop_{s}_{m}" for s in _STAGES for m in [
+        "messages_in_total", "messages_out_total", "retries_total", "redeliveries_total",
+        "dead_lettered_total", "handle_seconds", "consumer_pending_messages", "consumer_ack_pending_messages",
+    ]
+}
+
+
+def test_dashboard_and_alerts_query_interop_metrics(render):
+    r = render(merge(REQUIRED, {"metrics": {"prometheusRule": {"enabled": True}, "dashboard": {"enabled": True}}}))
+    [cm] = [c for c in r.kind("ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(cm["data"]["interop-gateway.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 8
+    rule = r.one("PrometheusRule")
+    alert_exprs = [x["expr"] for x in rule["spec"]["groups"][0]["rules"]]
+    alerts = {x["alert"] for x in rule["spec"]["groups"][0]["rules"]}
+    assert {"InteropDeadLetters", "InteropConsumerLagGrowing", "InteropIngestRejectRatioHigh",
+            "InteropNoReadyReplicas", "InteropTargetDown"} <= alerts
+    # Every metric a query names is one the services emit (docs/deploy.md).
+    for expr in exprs + alert_exprs:
+        literal = re.findall(r"\b(interop_[a-z_]+)\b(?![^{]*\")", expr)
+        patterns = re.findall(r'__name__=~\\?"([^"\\]+)', expr)
+        assert literal or patterns or "up{" in expr, expr
+        for name in literal:
+            base = re.sub(r"_(bucket|count|sum)$", "", name)
+            assert base in EMITTED_METRICS, name
+        for pattern in patterns:
+            series = EMITTED_METRICS | {m + "_bucket" for m in EMITTED_METRICS if m.endswith("_seconds")}
+            assert any(re.fullmatch(pattern, m) for m in series), pattern
+
+
+# --- helm test and load test ------------------------------------------------
+
+
+def test_helm_test_needs_credentials(render):
+    r = render(REQUIRED)
+    assert r.kind("Pod") == []
+    assert "helm test` is not set up" in r.notes
+
+
+def test_helm_test_pod_sends_and_receives_one_message(render):
+    r = render(merge(REQUIRED, {"tests": {"existingSecret": "tokens", "senderProvider": "signal"}}))
+    pod = r.one("Pod", "tests")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    [c] = pod["spec"]["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["INTEROP_INGEST_URL"]["value"] == f"ws://{RELEASE}-interop-ingest.{NAMESPACE}.svc:8080/v1/ws"
+    assert env["INTEROP_DELIVERY_URL"]["value"] == f"ws://{RELEASE}-interop-delivery.{NAMESPACE}.svc:8081/v1/ws"
+    assert env["SENDER_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "tokens", "key": "sender-token"}
+    assert env["RECIPIENT_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "tokens", "key": "recipient-token"}
+    assert env["SENDER_PROVIDER"]["value"] == "signal"
+    script = c["command"][2]
+    # opt in, listen in the background, send, then require the listener to succeed.
+    order = [script.index(s) for s in ("interop opt-in", "interop listen", "&\n", "interop send", 'wait "$listener"')]
+    assert order == sorted(order)
+    assert "--allow \"$SENDER_PROVIDER\"" in script
+    # Tokens stay out of argv.
+    assert "--token" not in script
+    assert "helm test rel -n ns" in r.notes
+
+
+def test_generated_test_credentials_match_the_registry(render):
+    r = render({
+        "providers": {"registry": [
+            {"id": "home", "displayName": "Home", "encryption": "e2ee", "tokenSha256": [HASH_A]},
+            {"id": "signal", "displayName": "Signal", "encryption": "e2ee", "tokenSha256": [HASH_B]},
+        ]},
+        "tests": {"generateCredentials": True},
+    })
+    secrets = {s["metadata"]["name"]: s for s in r.kind("Secret")}
+    creds = secrets[f"{RELEASE}-interop-test-credentials"]["data"]
+    sender = b64decode(creds["sender-token"]).decode()
+    recipient = b64decode(creds["recipient-token"]).decode()
+    assert len(sender) == 48 and len(recipient) == 48 and sender != recipient
+    registry = tomllib.loads(b64decode(secrets[f"{RELEASE}-interop-providers"]["data"]["providers.toml"]).decode())
+    by_id = {p["id"]: p for p in registry["providers"]}
+    assert by_id["home"]["token_sha256"] == [HASH_A, hashlib.sha256(recipient.encode()).hexdigest()]
+    assert by_id["signal"]["token_sha256"] == [HASH_B]
+    assert by_id["helm-test"]["token_sha256"] == [hashlib.sha256(sender.encode()).hexdigest()]
+    pod = r.one("Pod", "tests")
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["SENDER_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == f"{RELEASE}-interop-test-credentials"
+
+
+def test_generated_test_credentials_need_a_home_provider_and_the_chart_registry(chart):
+    with pytest.raises(helm.HelmError, match='needs a provider with id \\\\?"home\\\\?"|needs a provider with id "home"'):
+        chart.render({"providers": {"registry": [{"id": "signal", "displayName": "S", "encryption": "e2ee", "tokenSha256": []}]},
+                      "tests": {"generateCredentials": True}}, name=RELEASE, namespace=NAMESPACE)
+    with pytest.raises(helm.HelmError, match="needs the chart-managed registry"):
+        chart.render(merge(REQUIRED, {"tests": {"generateCredentials": True}}), name=RELEASE, namespace=NAMESPACE)
+
+
+def test_loadtest_job(chart, render):
+    assert render(REQUIRED).kind("Job") == []
+    with pytest.raises(helm.HelmError, match="loadtest.scenario .* is required"):
+        chart.render(merge(REQUIRED, {"loadtest": {"enabled": True}}), name=RELEASE, namespace=NAMESPACE)
+    scenario = '[[phase]]\nrate = 500\nduration = "5m"\n'
+    r = render(merge(REQUIRED, {"loadtest": {"enabled": True, "scenario": scenario, "extraArgs": ["--seed", "7"],
+                                             "activeDeadlineSeconds": 7200000}}), revision=4)
+    [cm] = [c for c in r.kind("ConfigMap") if c["metadata"]["name"] == f"{RELEASE}-interop-loadtest"]
+    assert cm["data"]["scenario.toml"] == scenario
+    job = r.one("Job", "loadtest")
+    assert job["metadata"]["name"] == f"{RELEASE}-interop-loadtest-4"
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 7200000
+    assert job["spec"]["ttlSecondsAfterFinished"] == 86400
+    spec = job["spec"]["template"]["spec"]
+    [c] = spec["containers"]
+    assert "loadtest run --scenario /etc/interop/loadtest/scenario.toml --json /tmp/out.json" in c["command"][2]
+    assert c["command"][3:] == ["loadtest", "--seed", "7"]
+    assert {"name": "scenario", "mountPath": "/etc/interop/loadtest", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "scenario", "configMap": {"name": f"{RELEASE}-interop-loadtest"}} in spec["volumes"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["INTEROP_INGEST_URL"] == f"ws://{RELEASE}-interop-ingest.{NAMESPACE}.svc:8080/v1/ws"
+
+
+def test_notes_list_the_services(render):
+    notes = render(merge(REQUIRED, {"routing": {"enabled": False}})).notes
+    assert "routing            disabled" in notes
+    assert f"ws://{RELEASE}-interop-ingest.{NAMESPACE}.svc:8080/v1/ws" in notes

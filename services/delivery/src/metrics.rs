@@ -1,0 +1,59 @@
+//! delivery's metrics: `interop_delivery_*`.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use interop_telemetry::metrics::{latency_histogram, Metrics};
+
+#[derive(Clone)]
+pub struct DeliveryMetrics {
+    /// Open recipient sessions.
+    pub sessions: Gauge,
+    /// Deliver frames sent (including redeliveries to a new session).
+    pub delivered: Counter,
+    /// Deliveries acknowledged by a device.
+    pub acked: Counter,
+    /// `delivered` receipts written into senders' stores.
+    pub receipts: Counter,
+    /// Time from ingest accepting a message to its delivery to a device.
+    pub end_to_end_seconds: Histogram,
+}
+
+impl DeliveryMetrics {
+    pub fn register(metrics: &Metrics) -> Self {
+        let m = Self {
+            sessions: Gauge::default(),
+            delivered: Counter::default(),
+            acked: Counter::default(),
+            receipts: Counter::default(),
+            end_to_end_seconds: latency_histogram(),
+        };
+        metrics.register(
+            "interop_delivery_sessions",
+            "Open recipient sessions.",
+            m.sessions.clone(),
+        );
+        metrics.register(
+            "interop_delivery_delivered",
+            "Messages pushed to devices.",
+            m.delivered.clone(),
+        );
+        metrics.register(
+            "interop_delivery_acked",
+            "Deliveries acknowledged by devices.",
+            m.acked.clone(),
+        );
+        metrics.register(
+            "interop_delivery_receipts",
+            "Delivered receipts written.",
+            m.receipts.clone(),
+        );
+        metrics.register(
+            "interop_delivery_end_to_end_seconds",
+            "Time from acceptance at ingest to the push to a device.",
+            m.end_to_end_seconds.clone(),
+        );
+        m
+    }
+}

@@ -1,0 +1,83 @@
+//! ingest's metrics: `interop_ingest_*`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use interop_proto::v1::{server_frame, ServerFrame};
+use interop_telemetry::metrics::{latency_histogram, Metrics};
+
+/// A reject code, e.g. `REJECT_CODE_TOO_LONG` (a fixed set: bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+#[derive(Clone)]
+pub struct IngestMetrics {
+    pub connections: Gauge,
+    pub accepted: Counter,
+    pub rejected: Family<CodeLabel, Counter>,
+    pub consent_updates: Counter,
+    pub store_seconds: Histogram,
+}
+
+impl IngestMetrics {
+    pub fn register(metrics: &Metrics) -> Self {
+        let m = Self {
+            connections: Gauge::default(),
+            accepted: Counter::default(),
+            rejected: Family::default(),
+            consent_updates: Counter::default(),
+            store_seconds: latency_histogram(),
+        };
+        metrics.register(
+            "interop_ingest_connections",
+            "Open provider connections.",
+            m.connections.clone(),
+        );
+        metrics.register(
+            "interop_ingest_accepted",
+            "Messages accepted (stored).",
+            m.accepted.clone(),
+        );
+        metrics.register(
+            "interop_ingest_rejected",
+            "Frames rejected, by code.",
+            m.rejected.clone(),
+        );
+        metrics.register(
+            "interop_ingest_consent_updates",
+            "Consent changes stored.",
+            m.consent_updates.clone(),
+        );
+        metrics.register(
+            "interop_ingest_store_seconds",
+            "Time from publishing a message to JetStream's ack.",
+            m.store_seconds.clone(),
+        );
+        m
+    }
+
+    /// Counts an answer on its way to a provider.
+    pub fn count(&self, frame: &ServerFrame) {
+        match &frame.frame {
+            Some(server_frame::Frame::Accepted(_)) => {
+                self.accepted.inc();
+            }
+            Some(server_frame::Frame::Rejected(r)) => {
+                self.rejected
+                    .get_or_create(&CodeLabel {
+                        code: r.code().as_str_name(),
+                    })
+                    .inc();
+            }
+            Some(server_frame::Frame::ConsentUpdated(_)) => {
+                self.consent_updates.inc();
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! One message is one trace across all five services: the services export
+//! spans over OTLP/HTTP to an in-process receiver, and the trace context
+//! rides in NATS headers.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
+
+use interop_client::{text_envelope, Receiver, SendOutcome, Sender};
+use interop_e2e::{Cluster, HOME_TOKEN, SIGNAL_TOKEN};
+use interop_proto::v1::{envelope::Content, Media};
+
+const BOB: &str = "home:+4915112345678";
+
+type Spans = Arc<Mutex<Vec<(Vec<u8>, String)>>>;
+
+/// An OTLP/HTTP receiver: records (trace id, span name) of every span.
+async fn receiver() -> (String, Spans) {
+    let spans: Spans = Arc::default();
+    let s = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: bytes::Bytes| {
+            let s = s.clone();
+            async move {
+                let req =
+                    ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf request");
+                let mut s = s.lock().unwrap();
+                for rs in req.resource_spans {
+                    for ss in rs.scope_spans {
+                        for span in ss.spans {
+                            s.push((span.trace_id, span.name));
+                        }
+                    }
+                }
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, spans)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_message_is_one_trace_through_all_five_services() {
+    let (endpoint, spans) = receiver().await;
+    let options = interop_telemetry::Options {
+        filter: "warn".into(),
+        otlp_endpoint: Some(endpoint),
+        sample_ratio: 1.0,
+        ..interop_telemetry::Options::new("interop-e2e")
+    };
+    let guard = interop_telemetry::init(options).unwrap();
+    let c = Cluster::start().await;
+    let home = Sender::connect(&c.gateway.ingest_url, "home", HOME_TOKEN)
+        .await
+        .unwrap();
+    home.set_consent(BOB, true, &["signal"]).await.unwrap();
+    let mut bob = Receiver::connect(&c.gateway.delivery_url, "home", HOME_TOKEN, BOB, "p")
+        .await
+        .unwrap();
+    let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN)
+        .await
+        .unwrap();
+    let mut env = text_envelope("pic", "signal:alice", BOB, "");
+    env.content = Some(Content::Media(Media {
+        media_id: "m-1".into(),
+        content_type: "image/png".into(),
+        size: 10,
+        ..Default::default()
+    }));
+    assert!(matches!(
+        alice.send(env).await.unwrap(),
+        SendOutcome::Accepted(_)
+    ));
+    let d = tokio::time::timeout(Duration::from_secs(10), bob.next())
+        .await
+        .unwrap()
+        .unwrap();
+    bob.ack(&[d.delivery_tag]).await.unwrap();
+
+    let want = [
+        "ingest send",
+        "spam-scoring handle",
+        "routing handle",
+        "media-transcoding handle",
+        "delivery deliver",
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        guard.flush();
+        let spans = spans.lock().unwrap().clone();
+        let ingest_traces: Vec<&Vec<u8>> = spans
+            .iter()
+            .filter(|(_, n)| n == "ingest send")
+            .map(|(t, _)| t)
+            .collect();
+        let complete = ingest_traces.iter().any(|trace| {
+            want.iter()
+                .all(|name| spans.iter().any(|(t, n)| t == *trace && n == name))
+        });
+        if complete {
+            assert_eq!(ingest_traces.len(), 1, "one send, one trace");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "spans received: {spans:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
