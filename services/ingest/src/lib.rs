@@ -31,6 +31,7 @@ use interop_bus::{BusError, StreamSettings};
 use interop_proto::limits::HARD_MAX_FRAME_BYTES;
 use interop_providers::Registry;
 use interop_service::Deps;
+pub use interop_state::gcra::RateLimit;
 
 /// Configuration of ingest.
 pub struct Config {
@@ -43,6 +44,10 @@ pub struct Config {
     pub store_timeout: Duration,
     /// How long a client message id maps to the same server message id.
     pub idempotency_window: Duration,
+    /// A provider's limit when its registry entry sets none.
+    pub default_provider_limit: RateLimit,
+    /// Every sender's limit.
+    pub sender_limit: RateLimit,
 }
 
 impl Config {
@@ -53,6 +58,14 @@ impl Config {
             streams: StreamSettings::default(),
             store_timeout: Duration::from_secs(2),
             idempotency_window: Duration::from_secs(24 * 3600),
+            default_provider_limit: RateLimit {
+                per_second: 1000.0,
+                burst: 2000,
+            },
+            sender_limit: RateLimit {
+                per_second: 20.0,
+                burst: 40,
+            },
         }
     }
 }
@@ -72,6 +85,8 @@ pub(crate) struct Shared {
     pub redis: redis::aio::ConnectionManager,
     pub store_timeout: Duration,
     pub idempotency_secs: u64,
+    pub default_provider_limit: RateLimit,
+    pub sender_limit: RateLimit,
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
     pub metrics: metrics::IngestMetrics,
@@ -89,6 +104,8 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         redis: deps.redis.clone(),
         store_timeout: config.store_timeout,
         idempotency_secs: config.idempotency_window.as_secs().max(1),
+        default_provider_limit: config.default_provider_limit,
+        sender_limit: config.sender_limit,
         shutdown: shutdown.clone(),
         sessions: TaskTracker::new(),
         metrics: metrics::IngestMetrics::register(&deps.metrics),
@@ -96,6 +113,11 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let app = Router::new()
         .route("/v1/ws", get(upgrade))
         .with_state(shared.clone());
+    // The rate-limit script; reloaded on demand if Redis restarts.
+    let mut redis = deps.redis.clone();
+    if let Err(e) = interop_state::gcra::load(&mut redis).await {
+        tracing::warn!(error = %e, "Cannot load the rate-limit script yet; will retry on first use.");
+    }
     deps.health.set_bound();
     info!(?addr, "ingest is listening.");
     let stop = shutdown.clone();

@@ -23,6 +23,26 @@ struct Args {
     /// Milliseconds a send may wait for JetStream before UNAVAILABLE.
     #[arg(long, env = "INTEROP_INGEST_STORE_TIMEOUT_MS", default_value_t = 2000)]
     store_timeout_ms: u64,
+    /// Messages per second a provider may send when its registry entry sets no limit.
+    #[arg(
+        long,
+        env = "INTEROP_INGEST_PROVIDER_MAX_PER_SECOND",
+        default_value_t = 1000.0
+    )]
+    provider_max_per_second: f64,
+    /// Burst above that rate a provider may send.
+    #[arg(long, env = "INTEROP_INGEST_PROVIDER_BURST", default_value_t = 2000)]
+    provider_burst: u32,
+    /// Messages per second one sender may send.
+    #[arg(
+        long,
+        env = "INTEROP_INGEST_SENDER_MAX_PER_SECOND",
+        default_value_t = 20.0
+    )]
+    sender_max_per_second: f64,
+    /// Burst above that rate one sender may send.
+    #[arg(long, env = "INTEROP_INGEST_SENDER_BURST", default_value_t = 40)]
+    sender_burst: u32,
 }
 
 fn exit_config(e: impl std::fmt::Display) -> ! {
@@ -45,6 +65,22 @@ async fn main() {
     let mut config = interop_ingest::Config::new(listener, Arc::new(providers));
     config.streams = streams;
     config.store_timeout = Duration::from_millis(args.store_timeout_ms.max(1));
+    for (rate, burst) in [
+        (args.provider_max_per_second, args.provider_burst),
+        (args.sender_max_per_second, args.sender_burst),
+    ] {
+        if !(rate > 0.0 && rate.is_finite()) || burst == 0 {
+            exit_config("rate limits must be positive");
+        }
+    }
+    config.default_provider_limit = interop_ingest::RateLimit {
+        per_second: args.provider_max_per_second,
+        burst: args.provider_burst,
+    };
+    config.sender_limit = interop_ingest::RateLimit {
+        per_second: args.sender_max_per_second,
+        burst: args.sender_burst,
+    };
     let code = interop_service::run_main("ingest", &args.common, |deps, shutdown| {
         interop_ingest::run(config, deps, shutdown)
     })

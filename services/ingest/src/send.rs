@@ -25,6 +25,7 @@ use interop_proto::v1::{
 };
 use interop_service::ws::rejected;
 use interop_state::consent::{self, Consent};
+use interop_state::gcra::{self, RateLimit};
 use interop_state::ConsentStore;
 
 use crate::validate::{validate_consent, validate_send, Rejection};
@@ -156,11 +157,26 @@ async fn prepare_send(
     };
     let fresh_id = uuid::Uuid::now_v7().to_string();
     let idem_key = format!("interop:idem:{}:{}", from.as_str(), cmid);
-    let mut conn = shared.redis.clone();
-    // (consent fields, previous server id for this client message id)
-    type Reply = ((Option<String>, Option<String>), Option<String>);
-    let reply: Result<Reply, _> = redis::pipe()
-        .cmd("HMGET")
+    let provider_limit = shared
+        .providers
+        .get(provider)
+        .map(|p| RateLimit {
+            per_second: p
+                .max_per_second
+                .unwrap_or(shared.default_provider_limit.per_second),
+            burst: p.burst.unwrap_or(shared.default_provider_limit.burst),
+        })
+        .unwrap_or(shared.default_provider_limit);
+    // One round trip: rate limits, consent, and the idempotency claim.
+    let mut pipe = redis::pipe();
+    gcra::add_check(
+        &mut pipe,
+        provider,
+        from.as_str(),
+        provider_limit,
+        shared.sender_limit,
+    );
+    pipe.cmd("HMGET")
         .arg(consent::key(to.as_str()))
         .arg("opted_in")
         .arg("allowed")
@@ -170,16 +186,41 @@ async fn prepare_send(
         .arg("NX")
         .arg("GET")
         .arg("EX")
-        .arg(shared.idempotency_secs)
-        .query_async(&mut conn)
-        .await;
-    let ((opted_in, allowed), existing) = match reply {
+        .arg(shared.idempotency_secs);
+    // (rate decision, consent fields, previous server id for this client id)
+    type Reply = (
+        (i64, i64, i64),
+        (Option<String>, Option<String>),
+        Option<String>,
+    );
+    let mut conn = shared.redis.clone();
+    let mut reply: Result<Reply, redis::RedisError> = pipe.query_async(&mut conn).await;
+    if reply.as_ref().err().is_some_and(gcra::is_noscript) {
+        // Redis restarted and lost its script cache: load and try again.
+        reply = match gcra::load(&mut conn).await {
+            Ok(()) => pipe.query_async(&mut conn).await,
+            Err(e) => Err(e.0),
+        };
+    }
+    let (rate, (opted_in, allowed), existing) = match reply {
         Ok(r) => r,
         Err(e) => {
             warn!(error = %e, "Redis unavailable; refusing sends.");
             return reject(request_id, &cmid, unavailable("state storage"));
         }
     };
+    if let gcra::Decision::Limited { by, retry_after_ms } = gcra::decision(rate) {
+        let detail = match by {
+            gcra::LimitedBy::Provider => "provider rate limit reached",
+            gcra::LimitedBy::Sender => "sender rate limit reached",
+        };
+        debug!(%provider, detail, retry_after_ms, "Rate-limited a send.");
+        return reject(
+            request_id,
+            &cmid,
+            Rejection::retryable(RejectCode::RateLimited, detail, retry_after_ms),
+        );
+    }
     let consent = Consent::from_fields(opted_in.as_deref(), allowed.as_deref());
     if !consent.admits(provider) {
         debug!(%provider, to = %to.redacted(), "Recipient unavailable.");

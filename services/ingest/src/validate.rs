@@ -88,6 +88,15 @@ pub fn validate_send(
             "from must be a user of the authenticated provider",
         ));
     }
+    if env.sent_at_ms != 0 {
+        let now = interop_proto::now_ms();
+        if env.sent_at_ms < now - MAX_SENT_AT_AGE_MS || env.sent_at_ms > now + MAX_SENT_AT_SKEW_MS {
+            return Err(Rejection::new(
+                TimestampOutOfRange,
+                "sent_at_ms must be within 7 days before and 10 minutes after the gateway's clock",
+            ));
+        }
+    }
     if env.in_reply_to.len() > MAX_CLIENT_MESSAGE_ID_BYTES {
         return Err(Rejection::new(TooLong, "in_reply_to is too long"));
     }
@@ -266,6 +275,12 @@ mod tests {
                 EncryptionMismatch,
             ),
             (Box::new(|e| e.content = None), EmptyContent),
+            (Box::new(|e| e.sent_at_ms = 1), TimestampOutOfRange),
+            (
+                Box::new(|e| e.sent_at_ms = interop_proto::now_ms() + 3_600_000),
+                TimestampOutOfRange,
+            ),
+            (Box::new(|e| e.sent_at_ms = -5), TimestampOutOfRange),
             (
                 Box::new(|e| {
                     e.content = Some(Content::Reaction(Reaction {
@@ -337,5 +352,44 @@ mod tests {
             validate_consent("home", &many).unwrap_err().code,
             RejectCode::TooLong
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use interop_proto::v1::Text;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        /// Whatever the fields hold, validation answers without panicking,
+        /// and what it accepts is well-formed and owned by the provider.
+        #[test]
+        fn validation_is_total_and_sound(
+            cmid in ".{0,80}",
+            from in ".{0,40}",
+            to in ".{0,40}",
+            encryption in -3i32..5,
+            body in ".{0,64}",
+            sent_at in any::<i64>(),
+        ) {
+            let env = Envelope {
+                client_message_id: cmid,
+                from,
+                to,
+                encryption,
+                sent_at_ms: sent_at,
+                content: Some(Content::Text(Text { body })),
+                ..Default::default()
+            };
+            if let Ok((from, _to)) = validate_send("signal", Some(&env)) {
+                prop_assert_eq!(from.provider(), "signal");
+                prop_assert!(!env.client_message_id.is_empty());
+                prop_assert!(env.client_message_id.len() <= MAX_CLIENT_MESSAGE_ID_BYTES);
+                prop_assert_eq!(env.encryption, Encryption::TransportOnly as i32);
+            }
+        }
     }
 }

@@ -25,3 +25,8 @@ pub const MAX_ALLOWED_PROVIDERS: usize = 64;
 pub const MAX_UNACKED: usize = 256;
 /// Seconds a connection may take to send its `Hello`.
 pub const HELLO_TIMEOUT_SECS: u64 = 10;
+/// How far in the past a message's `sent_at_ms` may be (a phone that was
+/// offline for days still delivers its queue).
+pub const MAX_SENT_AT_AGE_MS: i64 = 7 * 24 * 3600 * 1000;
+/// How far in the future a message's `sent_at_ms` may be (clock skew).
+pub const MAX_SENT_AT_SKEW_MS: i64 = 10 * 60 * 1000;

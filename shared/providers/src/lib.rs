@@ -39,6 +39,8 @@ pub enum RegistryError {
     BadId(String),
     #[error("provider {0:?} is listed twice")]
     Duplicate(String),
+    #[error("provider {id:?} has a max_per_second or burst that is not positive")]
+    BadLimit { id: String },
     #[error("provider {id:?} has a token_sha256 that is not 64 hex digits")]
     BadTokenHash { id: String },
 }
@@ -73,6 +75,13 @@ pub struct Provider {
     pub encryption: ProviderEncryption,
     #[serde(default)]
     pub token_sha256: Vec<String>,
+    /// Sustained messages per second the provider may send (all its users
+    /// together, across every ingest replica). Default: the gateway's.
+    #[serde(default)]
+    pub max_per_second: Option<f64>,
+    /// Messages the provider may send at once above the sustained rate.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +120,12 @@ impl Registry {
                 hex::decode_to_slice(h.trim(), &mut out)
                     .map_err(|_| RegistryError::BadTokenHash { id: p.id.clone() })?;
                 hashes.push(out);
+            }
+            if p.max_per_second
+                .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+                || p.burst == Some(0)
+            {
+                return Err(RegistryError::BadLimit { id: p.id });
             }
             if registry.providers.contains_key(&p.id) {
                 return Err(RegistryError::Duplicate(p.id));
@@ -217,6 +232,11 @@ mod tests {
         assert!(matches!(
             Registry::from_toml(dup),
             Err(RegistryError::Duplicate(_))
+        ));
+        let zero = "[[providers]]\nid = \"a\"\ndisplay_name = \"x\"\nencryption = \"e2ee\"\nmax_per_second = 0.0\n";
+        assert!(matches!(
+            Registry::from_toml(zero),
+            Err(RegistryError::BadLimit { .. })
         ));
         let unknown = "[[providers]]\nid = \"a\"\ndisplay_name = \"x\"\nencryption = \"none\"\n";
         assert!(matches!(

@@ -8,6 +8,7 @@
 //! - `interop:rate:<scope>:<id>:<window>` — counter with a TTL of two windows.
 
 pub mod consent;
+pub mod gcra;
 pub mod rate;
 
 pub use consent::{Consent, ConsentStore};
