@@ -32,6 +32,7 @@ use tracing::info;
 use interop_bus::subjects::{STREAM_CURSORS, STREAM_INBOX};
 use interop_bus::{BusError, StreamSettings};
 use interop_proto::limits::HARD_MAX_FRAME_BYTES;
+use interop_providers::store::RegistryStore;
 use interop_providers::Registry;
 use interop_service::Deps;
 
@@ -57,12 +58,15 @@ impl Config {
 pub enum Error {
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error("provider registry: {0}")]
+    Registry(#[from] interop_providers::store::StoreError),
     #[error("cannot serve WebSockets: {0}")]
     Serve(std::io::Error),
 }
 
 pub(crate) struct Shared {
-    pub providers: Arc<Registry>,
+    /// The live registry (updated from the registry stream).
+    pub providers: tokio::sync::watch::Receiver<Arc<Registry>>,
     pub js: jetstream::Context,
     pub inbox: jetstream::stream::Stream,
     pub cursors: jetstream::stream::Stream,
@@ -91,8 +95,17 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
             source: Box::new(e),
         })?;
     let addr: Option<SocketAddr> = config.listener.local_addr().ok();
+    let store = RegistryStore::new(js.clone());
+    let seeded = store.seed(&config.providers).await?;
+    if seeded > 0 {
+        info!(
+            seeded,
+            "Seeded the provider registry from the providers file."
+        );
+    }
+    let providers = store.watch(shutdown.clone()).await?;
     let shared = Arc::new(Shared {
-        providers: config.providers,
+        providers,
         js,
         inbox,
         cursors,

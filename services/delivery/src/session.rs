@@ -36,6 +36,10 @@ fn valid_device_id(s: &str) -> bool {
 }
 
 struct Session {
+    provider: String,
+    /// The credential the session authenticated with; revoking it closes
+    /// the session.
+    credential: String,
     user: Address,
     cursor_key: String,
     /// Last acked store sequence with nothing un-acked before it.
@@ -75,11 +79,12 @@ async fn hello(
     shared: &Shared,
 ) -> Option<Session> {
     let (request_id, h) = ws::read_hello(stream, out, &shared.shutdown).await?;
-    if shared
+    let credential = shared
         .providers
-        .authenticate(&h.provider, &h.token)
-        .is_none()
-    {
+        .borrow()
+        .authenticate_credential(&h.provider, &h.token)
+        .map(|(_, credential)| credential);
+    let Some(credential) = credential else {
         ws::refuse_hello(
             out,
             request_id,
@@ -88,7 +93,7 @@ async fn hello(
         )
         .await;
         return None;
-    }
+    };
     if h.user.is_empty() {
         ws::refuse_hello(
             out,
@@ -181,6 +186,8 @@ async fn hello(
     };
     ws::push(out, Outbound::frame(welcome)).await;
     Some(Session {
+        provider: h.provider,
+        credential,
         user,
         cursor_key,
         cursor,
@@ -213,12 +220,20 @@ async fn deliver(
         })
         .await?;
     let mut messages = consumer.messages().await?;
+    let mut registry = shared.providers.clone();
     loop {
         let can_deliver = s.unacked.len() < MAX_UNACKED;
         tokio::select! {
             () = shared.shutdown.cancelled() => {
                 ws::push(out, Outbound::Close(close::GOING_AWAY, "server shutting down")).await;
                 return Ok(());
+            }
+            changed = registry.changed() => {
+                if changed.is_err() || !registry.borrow().has_credential(&s.provider, &s.credential) {
+                    info!(provider = %s.provider, credential = %s.credential, "Closing a session whose credential was revoked.");
+                    ws::push(out, Outbound::Close(close::POLICY_VIOLATION, "credential revoked")).await;
+                    return Ok(());
+                }
             }
             msg = stream.next() => match ws::classify(msg) {
                 Incoming::Frame(frame) => match frame.frame {
@@ -282,7 +297,7 @@ async fn deliver(
 
 fn sender_info(shared: &Shared, from: &str) -> Option<SenderInfo> {
     let provider = from.split(':').next().unwrap_or_default();
-    shared.providers.get(provider).map(|p| SenderInfo {
+    shared.providers.borrow().get(provider).map(|p| SenderInfo {
         provider: p.id.clone(),
         display_name: p.display_name.clone(),
         privacy_policy_url: p.privacy_policy_url.clone(),

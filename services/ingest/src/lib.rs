@@ -9,6 +9,7 @@
 //! `interop.v1.ingest.accepted`. `Accepted` is answered only after JetStream
 //! acknowledged the publish; every failure is a typed `Rejected`.
 
+pub mod admin;
 mod metrics;
 mod send;
 mod session;
@@ -29,6 +30,7 @@ use tracing::info;
 
 use interop_bus::{BusError, StreamSettings};
 use interop_proto::limits::HARD_MAX_FRAME_BYTES;
+use interop_providers::store::RegistryStore;
 use interop_providers::Registry;
 use interop_service::Deps;
 pub use interop_state::gcra::RateLimit;
@@ -48,6 +50,8 @@ pub struct Config {
     pub default_provider_limit: RateLimit,
     /// Every sender's limit.
     pub sender_limit: RateLimit,
+    /// The provider admin API; not served when `None`.
+    pub admin_api: Option<admin::AdminApi>,
 }
 
 impl Config {
@@ -66,6 +70,7 @@ impl Config {
                 per_second: 20.0,
                 burst: 40,
             },
+            admin_api: None,
         }
     }
 }
@@ -74,13 +79,16 @@ impl Config {
 pub enum Error {
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error("provider registry: {0}")]
+    Registry(#[from] interop_providers::store::StoreError),
     #[error("cannot serve WebSockets: {0}")]
     Serve(std::io::Error),
 }
 
 /// What every connection shares.
 pub(crate) struct Shared {
-    pub providers: Arc<Registry>,
+    /// The live registry (updated from the registry stream).
+    pub providers: tokio::sync::watch::Receiver<Arc<Registry>>,
     pub js: async_nats::jetstream::Context,
     pub redis: redis::aio::ConnectionManager,
     pub store_timeout: Duration,
@@ -98,8 +106,22 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let js = async_nats::jetstream::new(deps.nats.clone());
     interop_bus::ensure_streams(&js, &config.streams).await?;
     let addr: Option<SocketAddr> = config.listener.local_addr().ok();
+    let store = RegistryStore::new(js.clone());
+    let seeded = store.seed(&config.providers).await?;
+    if seeded > 0 {
+        info!(
+            seeded,
+            "Seeded the provider registry from the providers file."
+        );
+    }
+    let providers = store.watch(shutdown.clone()).await?;
+    let admin_task = config.admin_api.map(|api| {
+        let addr = api.listener.local_addr().ok();
+        info!(?addr, "Provider admin API is listening.");
+        tokio::spawn(admin::serve(api, store.clone(), shutdown.clone()))
+    });
     let shared = Arc::new(Shared {
-        providers: config.providers,
+        providers,
         js,
         redis: deps.redis.clone(),
         store_timeout: config.store_timeout,
@@ -127,6 +149,10 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         .map_err(Error::Serve)?;
     shared.sessions.close();
     shared.sessions.wait().await;
+    if let Some(task) = admin_task {
+        // It stops with the same shutdown token.
+        task.await.ok();
+    }
     Ok(())
 }
 

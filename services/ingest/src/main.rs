@@ -23,6 +23,16 @@ struct Args {
     /// Milliseconds a send may wait for JetStream before UNAVAILABLE.
     #[arg(long, env = "INTEROP_INGEST_STORE_TIMEOUT_MS", default_value_t = 2000)]
     store_timeout_ms: u64,
+    /// Address of the provider admin API (served only with --admin-token-file).
+    #[arg(
+        long,
+        env = "INTEROP_INGEST_ADMIN_API_LISTEN",
+        default_value = "0.0.0.0:8090"
+    )]
+    admin_api_listen: SocketAddr,
+    /// File holding the admin API's bearer token; without it the API is off.
+    #[arg(long, env = "INTEROP_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Messages per second a provider may send when its registry entry sets no limit.
     #[arg(
         long,
@@ -81,6 +91,19 @@ async fn main() {
         per_second: args.sender_max_per_second,
         burst: args.sender_burst,
     };
+    if let Some(path) = &args.admin_token_file {
+        let token = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| exit_config(format!("cannot read {}: {e}", path.display())));
+        if token.trim().len() < 16 {
+            exit_config("the admin token must be at least 16 characters");
+        }
+        let listener = tokio::net::TcpListener::bind(args.admin_api_listen)
+            .await
+            .unwrap_or_else(|e| {
+                exit_config(format!("cannot listen on {}: {e}", args.admin_api_listen))
+            });
+        config.admin_api = Some(interop_ingest::admin::AdminApi::new(listener, &token));
+    }
     let code = interop_service::run_main("ingest", &args.common, |deps, shutdown| {
         interop_ingest::run(config, deps, shutdown)
     })

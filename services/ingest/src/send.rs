@@ -159,6 +159,7 @@ async fn prepare_send(
     let idem_key = format!("interop:idem:{}:{}", from.as_str(), cmid);
     let provider_limit = shared
         .providers
+        .borrow()
         .get(provider)
         .map(|p| RateLimit {
             per_second: p

@@ -34,13 +34,13 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
 async fn serve_inner(socket: WebSocket, shared: &Arc<Shared>) {
     let (sink, mut stream) = socket.split();
     let (out, writer) = ws::spawn_writer(sink);
-    let Some(provider) = hello(&mut stream, &out, shared).await else {
+    let Some((provider, credential)) = hello(&mut stream, &out, shared).await else {
         drop(out);
         writer.await.ok();
         return;
     };
-    info!(%provider, "Provider connected to ingest.");
-    frames(&mut stream, &out, shared, &provider).await;
+    info!(%provider, %credential, "Provider connected to ingest.");
+    frames(&mut stream, &out, shared, &provider, &credential).await;
     drop(out);
     writer.await.ok();
     debug!(%provider, "Provider disconnected from ingest.");
@@ -56,13 +56,14 @@ async fn hello(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     out: &mpsc::Sender<Outbound>,
     shared: &Shared,
-) -> Option<String> {
+) -> Option<(String, String)> {
     let (request_id, h) = ws::read_hello(stream, out, &shared.shutdown).await?;
-    if shared
+    let credential = shared
         .providers
-        .authenticate(&h.provider, &h.token)
-        .is_none()
-    {
+        .borrow()
+        .authenticate_credential(&h.provider, &h.token)
+        .map(|(_, credential)| credential);
+    let Some(credential) = credential else {
         debug!("Authentication failed.");
         ws::refuse_hello(
             out,
@@ -72,7 +73,7 @@ async fn hello(
         )
         .await;
         return None;
-    }
+    };
     let welcome = ServerFrame {
         request_id,
         frame: Some(server_frame::Frame::Welcome(Welcome {
@@ -84,7 +85,7 @@ async fn hello(
         })),
     };
     send_out(shared, out, welcome).await;
-    Some(h.provider)
+    Some((h.provider, credential))
 }
 
 type PrepareFuture = Pin<Box<dyn Future<Output = Prepared> + Send>>;
@@ -96,7 +97,9 @@ async fn frames(
     out: &mpsc::Sender<Outbound>,
     shared: &Arc<Shared>,
     provider: &str,
+    credential: &str,
 ) {
+    let mut registry = shared.providers.clone();
     let mut preparing: FuturesOrdered<PrepareFuture> = FuturesOrdered::new();
     let mut storing: FuturesUnordered<AnswerFuture> = FuturesUnordered::new();
     let mut reading = true;
@@ -119,6 +122,14 @@ async fn frames(
             () = shared.shutdown.cancelled(), if reading => {
                 reading = false;
                 close_with = Some((close::GOING_AWAY, "server shutting down"));
+            }
+            changed = registry.changed(), if reading => {
+                let revoked = changed.is_err() || !registry.borrow().has_credential(provider, credential);
+                if revoked {
+                    info!(%provider, %credential, "Closing a connection whose credential was revoked.");
+                    reading = false;
+                    close_with = Some((close::POLICY_VIOLATION, "credential revoked"));
+                }
             }
             msg = stream.next(), if can_read => {
                 match ws::classify(msg) {

@@ -83,6 +83,16 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             num_replicas: s.replicas,
             ..Default::default()
         },
+        stream::Config {
+            name: STREAM_PROVIDERS.to_owned(),
+            subjects: vec![PROVIDERS_ALL.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_messages_per_subject: 1,
+            storage: stream::StorageType::File,
+            num_replicas: s.replicas,
+            ..Default::default()
+        },
     ]
 }
 

@@ -40,6 +40,19 @@ pub const DELIVERY_ACKED_ALL: &str = "interop.v1.delivery.acked.>";
 /// Stream holding the device cursors (last value per subject).
 pub const STREAM_CURSORS: &str = "INTEROP_CURSORS";
 
+/// Prefix of the provider registry: `interop.v1.providers.<id>` holds the
+/// provider's current record (JSON; one message kept per subject).
+pub const PROVIDERS_PREFIX: &str = "interop.v1.providers";
+/// All provider records.
+pub const PROVIDERS_ALL: &str = "interop.v1.providers.*";
+/// Stream holding the provider registry.
+pub const STREAM_PROVIDERS: &str = "INTEROP_PROVIDERS";
+
+/// The record subject of one provider.
+pub fn provider_record(id: &str) -> String {
+    format!("{PROVIDERS_PREFIX}.{id}")
+}
+
 /// The cursor subject of one device of one recipient.
 pub fn delivery_acked(recipient_key: &str, device_id: &str) -> String {
     format!("{DELIVERY_ACKED_PREFIX}.{recipient_key}.{device_id}")
@@ -73,6 +86,7 @@ mod tests {
             DELIVERY_QUEUED_PREFIX,
             DELIVERY_QUEUED_ALL,
             DELIVERY_ACKED_PREFIX,
+            PROVIDERS_ALL,
         ] {
             assert!(valid_subject(s), "{s}");
             assert!(s.starts_with("interop.v1."), "{s}");

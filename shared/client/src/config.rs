@@ -24,6 +24,9 @@ use serde::Deserialize;
 pub struct ClientConfig {
     pub ingest_url: Option<String>,
     pub delivery_url: Option<String>,
+    /// The provider admin API, e.g. `http://127.0.0.1:8090`.
+    pub admin_url: Option<String>,
+    pub admin_token: Option<String>,
     #[serde(default)]
     pub tokens: HashMap<String, String>,
 }

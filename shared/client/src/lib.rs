@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod config;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -229,6 +230,14 @@ impl Sender {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut m) = self.pending.lock() {
             m.insert(id, tx);
+        }
+        // The reader marks the connection closed before it drops the
+        // waiters; checking after inserting ours means it cannot be missed.
+        if self.closed.lock().map(|c| c.is_some()).unwrap_or(true) {
+            if let Ok(mut m) = self.pending.lock() {
+                m.remove(&id);
+            }
+            return Err(self.closed_error());
         }
         let msg = encode(&ClientFrame {
             request_id: id,

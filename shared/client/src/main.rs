@@ -80,6 +80,22 @@ enum Command {
         #[arg(long, env = "INTEROP_INGEST_URL")]
         ingest_url: Option<String>,
     },
+    /// Manage providers (platform team): add, list, rotate, revoke, remove.
+    Provider {
+        #[command(subcommand)]
+        command: ProviderCommand,
+        /// The provider admin API, e.g. http://127.0.0.1:8090.
+        #[arg(long, env = "INTEROP_ADMIN_URL", global = true)]
+        admin_url: Option<String>,
+        /// The admin API's bearer token.
+        #[arg(
+            long,
+            env = "INTEROP_ADMIN_TOKEN",
+            global = true,
+            hide_env_values = true
+        )]
+        admin_token: Option<String>,
+    },
     /// Receive messages for a user, print each as JSON and ack it.
     Listen {
         #[arg(long = "as")]
@@ -96,6 +112,38 @@ enum Command {
         #[arg(long, env = "INTEROP_DELIVERY_URL")]
         delivery_url: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum ProviderCommand {
+    /// Register a provider; prints its first token (shown once).
+    Add {
+        /// Provider id: [a-z][a-z0-9-]{0,31}.
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        privacy_policy_url: String,
+        /// e2ee or transport-only.
+        #[arg(long)]
+        encryption: String,
+        #[arg(long)]
+        max_per_second: Option<f64>,
+        #[arg(long)]
+        burst: Option<u32>,
+    },
+    /// List providers and their credential ids.
+    List,
+    /// Add a credential (the old ones keep working until revoked); prints the token.
+    Rotate { id: String },
+    /// Revoke a credential: connections using it are closed.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        credential: String,
+    },
+    /// Remove a provider and all its credentials.
+    Remove { id: String },
 }
 
 struct Ctx {
@@ -259,6 +307,75 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     );
                     Ok(2)
                 }
+            }
+        }
+        Command::Provider {
+            command,
+            admin_url,
+            admin_token,
+        } => {
+            let url = admin_url
+                .or_else(|| ctx.file.admin_url.clone())
+                .context("no admin URL: pass --admin-url or run scripts/up")?;
+            let token = admin_token
+                .or_else(|| ctx.file.admin_token.clone())
+                .context("no admin token: pass --admin-token or run scripts/up")?;
+            let admin = interop_client::admin::AdminClient::new(&url, &token)?;
+            let answer = match command {
+                ProviderCommand::Add {
+                    id,
+                    name,
+                    privacy_policy_url,
+                    encryption,
+                    max_per_second,
+                    burst,
+                } => {
+                    let body = json!({"id": id, "display_name": name, "privacy_policy_url": privacy_policy_url,
+                        "encryption": encryption, "max_per_second": max_per_second, "burst": burst});
+                    admin.call("POST", "/admin/v1/providers", Some(&body)).await
+                }
+                ProviderCommand::List => admin.call("GET", "/admin/v1/providers", None).await,
+                ProviderCommand::Rotate { id } => {
+                    admin
+                        .call(
+                            "POST",
+                            &format!("/admin/v1/providers/{id}/credentials"),
+                            None,
+                        )
+                        .await
+                }
+                ProviderCommand::Revoke { id, credential } => {
+                    admin
+                        .call(
+                            "DELETE",
+                            &format!("/admin/v1/providers/{id}/credentials/{credential}"),
+                            None,
+                        )
+                        .await
+                }
+                ProviderCommand::Remove { id } => {
+                    admin
+                        .call("DELETE", &format!("/admin/v1/providers/{id}"), None)
+                        .await
+                }
+            };
+            match answer {
+                Ok(v) => {
+                    println!("{v}");
+                    Ok(0)
+                }
+                Err(interop_client::admin::AdminError::Refused {
+                    status,
+                    code,
+                    detail,
+                }) => {
+                    println!(
+                        "{}",
+                        json!({"rejected": {"status": status, "code": code, "detail": detail}})
+                    );
+                    Ok(2)
+                }
+                Err(e) => Err(e.into()),
             }
         }
         Command::Listen {

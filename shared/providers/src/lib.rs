@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use interop_proto::address::is_provider_id;
@@ -46,7 +46,7 @@ pub enum RegistryError {
 }
 
 /// What a provider guarantees about message content.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProviderEncryption {
     /// End-to-end encryption (Signal Protocol, MLS): may also send
@@ -65,7 +65,9 @@ impl ProviderEncryption {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One provider. The same shape is the TOML file's entry and the JSON
+/// record in the registry stream.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Provider {
     pub id: String,
@@ -73,6 +75,8 @@ pub struct Provider {
     #[serde(default)]
     pub privacy_policy_url: String,
     pub encryption: ProviderEncryption,
+    /// SHA-256 (hex) of each active token. Several = rotation in progress.
+    /// A credential's id is the first 12 hex digits of its hash.
     #[serde(default)]
     pub token_sha256: Vec<String>,
     /// Sustained messages per second the provider may send (all its users
@@ -82,6 +86,22 @@ pub struct Provider {
     /// Messages the provider may send at once above the sustained rate.
     #[serde(default)]
     pub burst: Option<u32>,
+    /// A removed provider (a tombstone in the registry stream).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
+}
+
+/// The id of a credential: the first 12 hex digits of its token's SHA-256.
+/// Safe to show and log; it does not reveal the token.
+pub fn credential_id(token_sha256: &str) -> String {
+    token_sha256.trim().chars().take(12).collect()
+}
+
+impl Provider {
+    /// Ids of the active credentials.
+    pub fn credential_ids(&self) -> Vec<String> {
+        self.token_sha256.iter().map(|h| credential_id(h)).collect()
+    }
 }
 
 #[derive(Deserialize)]
@@ -109,8 +129,13 @@ impl Registry {
 
     pub fn from_toml(text: &str) -> Result<Self, RegistryError> {
         let file: File = toml::from_str(text)?;
+        Self::from_providers(file.providers)
+    }
+
+    /// Validates and indexes providers; removed ones are left out.
+    pub fn from_providers(providers: Vec<Provider>) -> Result<Self, RegistryError> {
         let mut registry = Self::default();
-        for p in file.providers {
+        for p in providers.into_iter().filter(|p| !p.removed) {
             if !is_provider_id(&p.id) {
                 return Err(RegistryError::BadId(p.id));
             }
@@ -138,6 +163,38 @@ impl Registry {
 
     pub fn get(&self, id: &str) -> Option<&Provider> {
         self.providers.get(id)
+    }
+
+    /// Every provider, in no particular order.
+    pub fn providers(&self) -> impl Iterator<Item = &Provider> {
+        self.providers.values()
+    }
+
+    /// Whether `provider` still has the credential `credential_id` (it was
+    /// not revoked and the provider not removed).
+    pub fn has_credential(&self, provider: &str, credential_id: &str) -> bool {
+        self.providers
+            .get(provider)
+            .is_some_and(|p| p.credential_ids().iter().any(|c| c == credential_id))
+    }
+
+    /// Like [`Registry::authenticate`], also returning which credential
+    /// matched, so a connection can be closed when it is revoked.
+    pub fn authenticate_credential(
+        &self,
+        provider: &str,
+        token: &str,
+    ) -> Option<(&Provider, String)> {
+        let hashes = self.hashes.get(provider)?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut matched = None;
+        for h in hashes {
+            if constant_time_eq(h, &digest) {
+                matched = Some(credential_id(&hex::encode(h)));
+            }
+        }
+        let id = matched?;
+        self.providers.get(provider).map(|p| (p, id))
     }
 
     pub fn len(&self) -> usize {
@@ -178,6 +235,8 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     diff == 0
 }
 
+pub mod store;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +271,12 @@ mod tests {
         assert!(r.authenticate("signal", "other").is_none());
         assert!(r.authenticate("signal", "").is_none());
         assert!(r.authenticate("nobody", "old-token").is_none());
+        let (_, cred) = r.authenticate_credential("signal", "new-token").unwrap();
+        assert_eq!(cred, credential_id(&hash_token("new-token")));
+        assert_eq!(cred.len(), 12);
+        assert!(r.has_credential("signal", &cred));
+        assert!(!r.has_credential("signal", "000000000000"));
+        assert!(!r.has_credential("home", &cred));
         // A provider without credentials cannot connect.
         assert!(r.authenticate("home", "").is_none());
     }

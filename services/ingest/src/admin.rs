@@ -1,0 +1,307 @@
+//! The provider admin API, for the platform team (the `interop provider`
+//! commands call it). Served on its own listener, only when an admin token
+//! is configured; keep it inside the cluster.
+//!
+//! Every request carries `Authorization: Bearer <admin token>`. Bodies and
+//! answers are JSON; errors are `{"code": "...", "detail": "..."}`.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /admin/v1/providers` | 200, the providers with their credential ids |
+//! | `POST /admin/v1/providers` `{id, display_name, privacy_policy_url?, encryption, max_per_second?, burst?}` | 201 `{provider, credential_id, token}` |
+//! | `POST /admin/v1/providers/{id}/credentials` (rotate: add one) | 201 `{credential_id, token}` |
+//! | `DELETE /admin/v1/providers/{id}/credentials/{credential_id}` (revoke) | 200 `{revoked}` |
+//! | `DELETE /admin/v1/providers/{id}` (remove) | 200 `{removed}` |
+//!
+//! Tokens are shown once, in the answer that creates them; only their
+//! SHA-256 is stored. Revoking a credential closes the connections that use
+//! it within moments, on every replica.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::Router;
+use bytes::Bytes;
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use interop_providers::store::{RegistryStore, StoreError};
+use interop_providers::{credential_id, hash_token, Provider, ProviderEncryption};
+
+/// The admin API's listener and the hash of its token.
+pub struct AdminApi {
+    pub listener: TcpListener,
+    pub token_sha256: [u8; 32],
+}
+
+impl AdminApi {
+    pub fn new(listener: TcpListener, token: &str) -> Self {
+        Self {
+            listener,
+            token_sha256: Sha256::digest(token.trim().as_bytes()).into(),
+        }
+    }
+}
+
+struct AdminState {
+    store: RegistryStore,
+    token_sha256: [u8; 32],
+}
+
+/// A typed admin error.
+enum AdminError {
+    Unauthorized,
+    NotFound(String),
+    Conflict(String),
+    Invalid(String),
+    Unavailable(String),
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let (status, code, detail) = match self {
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "a valid admin token is required".to_owned(),
+            ),
+            Self::NotFound(d) => (StatusCode::NOT_FOUND, "NOT_FOUND", d),
+            Self::Conflict(d) => (StatusCode::CONFLICT, "CONFLICT", d),
+            Self::Invalid(d) => (StatusCode::BAD_REQUEST, "INVALID", d),
+            Self::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", d),
+        };
+        json_response(status, &json!({"code": code, "detail": detail}))
+    }
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(e) => Self::Invalid(e.to_string()),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// What the API shows of a provider: never hashes, only credential ids.
+#[derive(Serialize)]
+struct ProviderView {
+    id: String,
+    display_name: String,
+    privacy_policy_url: String,
+    encryption: ProviderEncryption,
+    max_per_second: Option<f64>,
+    burst: Option<u32>,
+    credentials: Vec<String>,
+}
+
+impl From<&Provider> for ProviderView {
+    fn from(p: &Provider) -> Self {
+        Self {
+            id: p.id.clone(),
+            display_name: p.display_name.clone(),
+            privacy_policy_url: p.privacy_policy_url.clone(),
+            encryption: p.encryption,
+            max_per_second: p.max_per_second,
+            burst: p.burst,
+            credentials: p.credential_ids(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewProvider {
+    id: String,
+    display_name: String,
+    #[serde(default)]
+    privacy_policy_url: String,
+    encryption: ProviderEncryption,
+    max_per_second: Option<f64>,
+    burst: Option<u32>,
+}
+
+fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), AdminError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(AdminError::Unauthorized)?;
+    let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+    let mut diff = 0u8;
+    for (a, b) in digest.iter().zip(&state.token_sha256) {
+        diff |= a ^ b;
+    }
+    if diff == 0 {
+        Ok(())
+    } else {
+        Err(AdminError::Unauthorized)
+    }
+}
+
+/// A new random token: 256 bits, hex.
+fn new_token() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+async fn current(state: &AdminState, id: &str) -> Result<Provider, AdminError> {
+    match state.store.get(id).await? {
+        Some(p) if !p.removed => Ok(p),
+        _ => Err(AdminError::NotFound(format!("no provider {id:?}"))),
+    }
+}
+
+async fn list(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+) -> Result<Response, AdminError> {
+    authorize(&state, &headers)?;
+    let mut providers: Vec<ProviderView> = state
+        .store
+        .list()
+        .await?
+        .iter()
+        .filter(|p| !p.removed)
+        .map(ProviderView::from)
+        .collect();
+    providers.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "providers": providers }),
+    ))
+}
+
+async fn add(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    authorize(&state, &headers)?;
+    let new: NewProvider =
+        serde_json::from_slice(&body).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    if matches!(state.store.get(&new.id).await?, Some(p) if !p.removed) {
+        return Err(AdminError::Conflict(format!(
+            "provider {:?} exists; rotate its credentials instead",
+            new.id
+        )));
+    }
+    let token = new_token();
+    let hash = hash_token(&token);
+    let provider = Provider {
+        id: new.id,
+        display_name: new.display_name,
+        privacy_policy_url: new.privacy_policy_url,
+        encryption: new.encryption,
+        token_sha256: vec![hash.clone()],
+        max_per_second: new.max_per_second,
+        burst: new.burst,
+        removed: false,
+    };
+    state.store.put(&provider).await?;
+    info!(provider = %provider.id, credential = %credential_id(&hash), "Provider added.");
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"provider": ProviderView::from(&provider), "credential_id": credential_id(&hash), "token": token}),
+    ))
+}
+
+async fn rotate(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AdminError> {
+    authorize(&state, &headers)?;
+    let mut provider = current(&state, &id).await?;
+    let token = new_token();
+    let hash = hash_token(&token);
+    provider.token_sha256.push(hash.clone());
+    state.store.put(&provider).await?;
+    info!(provider = %id, credential = %credential_id(&hash), "Credential added.");
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"credential_id": credential_id(&hash), "token": token}),
+    ))
+}
+
+async fn revoke(
+    State(state): State<Arc<AdminState>>,
+    Path((id, credential)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, AdminError> {
+    authorize(&state, &headers)?;
+    let mut provider = current(&state, &id).await?;
+    let before = provider.token_sha256.len();
+    provider
+        .token_sha256
+        .retain(|h| credential_id(h) != credential);
+    if provider.token_sha256.len() == before {
+        return Err(AdminError::NotFound(format!(
+            "provider {id:?} has no credential {credential:?}"
+        )));
+    }
+    state.store.put(&provider).await?;
+    warn!(provider = %id, %credential, "Credential revoked.");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "revoked": credential }),
+    ))
+}
+
+async fn remove(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AdminError> {
+    authorize(&state, &headers)?;
+    let mut provider = current(&state, &id).await?;
+    provider.removed = true;
+    provider.token_sha256.clear();
+    state.store.put(&provider).await?;
+    warn!(provider = %id, "Provider removed.");
+    Ok(json_response(StatusCode::OK, &json!({ "removed": id })))
+}
+
+/// Serves the admin API until `shutdown`.
+pub async fn serve(
+    api: AdminApi,
+    store: RegistryStore,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let state = Arc::new(AdminState {
+        store,
+        token_sha256: api.token_sha256,
+    });
+    let app = Router::new()
+        .route("/admin/v1/providers", get(list).post(add))
+        .route("/admin/v1/providers/{id}", delete(remove))
+        .route(
+            "/admin/v1/providers/{id}/credentials",
+            axum::routing::post(rotate),
+        )
+        .route(
+            "/admin/v1/providers/{id}/credentials/{credential}",
+            delete(revoke),
+        )
+        .with_state(state);
+    axum::serve(api.listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
