@@ -6,8 +6,13 @@
 //! A rejected message is not passed on: its sender gets a FAILED receipt
 //! with code `SPAM` in their store.
 //!
-//! The first scorer has one signal, `SENDER_RATE`: messages per sender per
-//! minute, counted in Redis across all replicas.
+//! Signals so far: `SENDER_RATE` (messages per sender per minute, counted in
+//! Redis across all replicas; over the limit the message is rejected) and,
+//! for server-visible text, `CONTENT_CLASSIFIER` (the SMS-spam model of
+//! `interop-spam-classifier`, with the features that weighed most). The
+//! verdict policy that acts on content (message requests, quarantine) comes
+//! with the consent issue; today the classifier's signal and score are
+//! recorded in the verdict for explanation and metrics.
 
 mod handler;
 
@@ -20,14 +25,16 @@ use interop_bus::subjects::{CONSUMER_SPAM_SCORING, INGEST_ACCEPTED, STREAM_INGES
 use interop_bus::{BusError, StageOptions, StreamSettings};
 use interop_service::Deps;
 
-pub use handler::Scorer;
+pub use handler::{content_signal, Scorer};
 
 /// Configuration of spam-scoring.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub streams: StreamSettings,
     /// Messages a sender may send per minute before they are rejected.
     pub max_sender_per_minute: u64,
+    /// The content classifier for server-visible text.
+    pub model: Arc<interop_spam_classifier::Model>,
 }
 
 impl Default for Config {
@@ -35,6 +42,10 @@ impl Default for Config {
         Self {
             streams: StreamSettings::default(),
             max_sender_per_minute: 600,
+            // The embedded model is checked by the classifier's tests.
+            model: Arc::new(
+                interop_spam_classifier::embedded_model().expect("the embedded model decodes"),
+            ),
         }
     }
 }
@@ -59,6 +70,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let scorer = Arc::new(Scorer::new(
         deps.redis.clone(),
         config.max_sender_per_minute,
+        config.model.clone(),
         &deps.metrics,
     ));
     deps.health.set_bound();

@@ -1,7 +1,11 @@
-//! The spam-scoring binary: wiring only; see the library.
+//! The spam-scoring binary: the service (no subcommand), or the content
+//! classifier's `train` and `eval` tools. Wiring only; see the library.
 
-use clap::Parser;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
 use interop_service::CommonArgs;
+use interop_spam_classifier::{cli, corpus, eval, Model};
 
 /// Scores every accepted message.
 #[derive(Parser)]
@@ -16,21 +20,81 @@ struct Args {
         default_value_t = 600
     )]
     max_sender_per_minute: u64,
+    /// Content classifier model file (default: the model built into the binary).
+    #[arg(long, env = "INTEROP_SPAM_SCORING_MODEL", global = true)]
+    model: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train the content classifier on a labeled corpus (`ham|spam<TAB>text`).
+    Train {
+        #[arg(long)]
+        corpus: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Evaluate the model (or, with --cv K, K-fold cross-validation of
+    /// training) on a labeled corpus; prints one JSON object.
+    Eval {
+        #[arg(long)]
+        corpus: PathBuf,
+        #[arg(long)]
+        cv: Option<usize>,
+    },
+}
+
+fn fail(e: impl std::fmt::Display, code: i32) -> ! {
+    eprintln!("spam-scoring: {e}");
+    std::process::exit(code);
+}
+
+fn model(path: Option<&PathBuf>) -> Model {
+    match path {
+        Some(p) => cli::load_model(p).unwrap_or_else(|e| fail(e, 64)),
+        None => interop_spam_classifier::embedded_model().unwrap_or_else(|e| fail(e, 70)),
+    }
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let streams = match args.common.stream_settings() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("spam-scoring: {e}");
-            std::process::exit(64);
+    match args.command {
+        Some(Command::Train { corpus, out }) => {
+            let report = cli::train(&corpus, &out).unwrap_or_else(|e| fail(e, 1));
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            return;
         }
-    };
+        Some(Command::Eval {
+            corpus,
+            cv: Some(k),
+        }) => {
+            let metrics = cli::cross_validate(&corpus, k).unwrap_or_else(|e| fail(e, 1));
+            println!("{}", serde_json::to_string(&metrics).unwrap_or_default());
+            return;
+        }
+        Some(Command::Eval {
+            corpus: path,
+            cv: None,
+        }) => {
+            let model = model(args.model.as_ref());
+            let corpus = corpus::load_tsv(&path).unwrap_or_else(|e| fail(e, 1));
+            let metrics = eval::evaluate(&model, &corpus);
+            println!("{}", serde_json::to_string(&metrics).unwrap_or_default());
+            return;
+        }
+        None => {}
+    }
+    let streams = args
+        .common
+        .stream_settings()
+        .unwrap_or_else(|e| fail(e, 64));
     let config = interop_spam_scoring::Config {
         streams,
         max_sender_per_minute: args.max_sender_per_minute,
+        model: std::sync::Arc::new(model(args.model.as_ref())),
     };
     let code = interop_service::run_main("spam-scoring", &args.common, |deps, shutdown| {
         interop_spam_scoring::run(config, deps, shutdown)
