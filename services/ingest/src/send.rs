@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use prost::Message as _;
@@ -253,33 +253,43 @@ async fn prepare_send(
     })
 }
 
-/// Publishes (called in arrival order) and returns a future that answers
-/// once JetStream acked.
-pub(crate) fn publish(
+/// Publishes `p`: writes it to JetStream now (the caller calls this in
+/// arrival order, so per-connection order is kept) and returns a future
+/// that answers once JetStream acked, or with `UNAVAILABLE` when the store
+/// does not answer within the store timeout.
+pub(crate) async fn publish(
     shared: Arc<Shared>,
     p: ToPublish,
 ) -> impl std::future::Future<Output = ServerFrame> + Send {
     let span = p.span.clone();
+    let started = tokio::time::Instant::now();
+    let deadline = started + shared.store_timeout;
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", p.message_id.as_str());
+    span.in_scope(|| interop_bus::trace::inject_current(&mut headers));
+    let publish = async_nats::jetstream::message::PublishMessage::build()
+        .payload(p.payload.clone())
+        .headers(headers);
+    // Writing waits only when the client's buffer is full (NATS slow or
+    // down); bounded by the same deadline.
+    let sent =
+        tokio::time::timeout_at(deadline, shared.js.send_publish(INGEST_ACCEPTED, publish)).await;
     async move {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", p.message_id.as_str());
-        interop_bus::trace::inject_current(&mut headers);
-        let publish = async_nats::jetstream::message::PublishMessage::build()
-            .payload(p.payload)
-            .headers(headers);
-        let started = std::time::Instant::now();
-        let result = tokio::time::timeout(shared.store_timeout, async {
-            let ack: PublishAckFuture = shared.js.send_publish(INGEST_ACCEPTED, publish).await?;
-            ack.await
-                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
-        })
-        .await;
+        let acked: Result<PublishAck, String> = match sent {
+            Ok(Ok(ack)) => match tokio::time::timeout_at(deadline, ack).await {
+                Ok(Ok(ack)) => Ok(ack),
+                Ok(Err(e)) => Err(format!("JetStream refused a publish: {e}")),
+                Err(_) => Err("JetStream did not ack in time".to_owned()),
+            },
+            Ok(Err(e)) => Err(format!("cannot publish: {e}")),
+            Err(_) => Err("the NATS connection did not take the publish in time".to_owned()),
+        };
         shared
             .metrics
             .store_seconds
             .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(Ok(ack)) => ServerFrame {
+        match acked {
+            Ok(ack) => ServerFrame {
                 request_id: p.request_id,
                 frame: Some(server_frame::Frame::Accepted(Accepted {
                     client_message_id: p.client_message_id,
@@ -288,19 +298,8 @@ pub(crate) fn publish(
                     duplicate: ack.duplicate,
                 })),
             },
-            Ok(Err(e)) => {
-                warn!(error = %e, "JetStream refused a publish.");
-                let r = unavailable("message storage");
-                rejected(
-                    p.request_id,
-                    &p.client_message_id,
-                    r.code,
-                    r.detail,
-                    r.retry_after_ms,
-                )
-            }
-            Err(_) => {
-                warn!("JetStream did not ack in time.");
+            Err(reason) => {
+                warn!(%reason, "Refusing a send: message storage unavailable.");
                 let r = unavailable("message storage");
                 rejected(
                     p.request_id,

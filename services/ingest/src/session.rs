@@ -115,7 +115,10 @@ async fn frames(
                 // Published here, in arrival order.
                 match prepared {
                     Prepared::Answer(frame) => send_out(shared, out, *frame).await,
-                    Prepared::Publish(p) => storing.push(Box::pin(send::publish(shared.clone(), p))),
+                    Prepared::Publish(p) => {
+                        let answer = send::publish(shared.clone(), p).await;
+                        storing.push(Box::pin(answer));
+                    }
                 }
             }
             Some(answer) = storing.next(), if !storing.is_empty() => send_out(shared, out, answer).await,

@@ -225,7 +225,11 @@ impl Sender {
         &self.welcome
     }
 
-    async fn request(&self, frame: client_frame::Frame) -> Result<ServerFrame, ClientError> {
+    /// Writes a frame (in call order) and returns the receiver of its answer.
+    async fn enqueue(
+        &self,
+        frame: client_frame::Frame,
+    ) -> Result<oneshot::Receiver<ServerFrame>, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut m) = self.pending.lock() {
@@ -246,7 +250,24 @@ impl Sender {
         if self.out.send(msg).await.is_err() {
             return Err(self.closed_error());
         }
+        Ok(rx)
+    }
+
+    async fn request(&self, frame: client_frame::Frame) -> Result<ServerFrame, ClientError> {
+        let rx = self.enqueue(frame).await?;
         rx.await.map_err(|_| self.closed_error())
+    }
+
+    /// Writes a send now and returns its pending answer: call it for several
+    /// messages in a row, then await the answers, and the gateway receives
+    /// them in call order (pipelining without losing order).
+    pub async fn submit(&self, envelope: Envelope) -> Result<PendingSend<'_>, ClientError> {
+        let rx = self
+            .enqueue(client_frame::Frame::Send(Send {
+                envelope: Some(envelope),
+            }))
+            .await?;
+        Ok(PendingSend { sender: self, rx })
     }
 
     fn closed_error(&self) -> ClientError {
@@ -293,6 +314,26 @@ impl Sender {
             Some(server_frame::Frame::Rejected(r)) => Ok(ConsentOutcome::Rejected(r)),
             other => Err(ClientError::Protocol(format!(
                 "unexpected answer to SetConsent: {other:?}"
+            ))),
+        }
+    }
+}
+
+/// The answer to a [`Sender::submit`], still to come.
+pub struct PendingSend<'a> {
+    sender: &'a Sender,
+    rx: oneshot::Receiver<ServerFrame>,
+}
+
+impl PendingSend<'_> {
+    /// Waits for `Accepted` or `Rejected`.
+    pub async fn outcome(self) -> Result<SendOutcome, ClientError> {
+        let frame = self.rx.await.map_err(|_| self.sender.closed_error())?;
+        match frame.frame {
+            Some(server_frame::Frame::Accepted(a)) => Ok(SendOutcome::Accepted(a)),
+            Some(server_frame::Frame::Rejected(r)) => Ok(SendOutcome::Rejected(r)),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer to Send: {other:?}"
             ))),
         }
     }
