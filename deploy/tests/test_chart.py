@@ -690,8 +690,9 @@ def test_loadtest_job(chart, render):
     assert render(REQUIRED).kind("Job") == []
     with pytest.raises(helm.HelmError, match="loadtest.scenario .* is required"):
         chart.render(merge(REQUIRED, {"loadtest": {"enabled": True}}), name=RELEASE, namespace=NAMESPACE)
-    scenario = '[[phase]]\nrate = 500\nduration = "5m"\n'
-    r = render(merge(REQUIRED, {"loadtest": {"enabled": True, "scenario": scenario, "extraArgs": ["--seed", "7"],
+    # A real scenario: the file in the repository must go through unchanged.
+    scenario = (CHART.parents[2] / "loadtest" / "scenarios" / "smoke.toml").read_text()
+    r = render(merge(REQUIRED, {"loadtest": {"enabled": True, "scenario": scenario, "extraArgs": ["--strict"],
                                              "activeDeadlineSeconds": 7200000}}), revision=4)
     [cm] = [c for c in r.kind("ConfigMap") if c["metadata"]["name"] == f"{RELEASE}-interop-loadtest"]
     assert cm["data"]["scenario.toml"] == scenario
@@ -703,7 +704,7 @@ def test_loadtest_job(chart, render):
     spec = job["spec"]["template"]["spec"]
     [c] = spec["containers"]
     assert "loadtest run --scenario /etc/interop/loadtest/scenario.toml --json /tmp/out.json" in c["command"][2]
-    assert c["command"][3:] == ["loadtest", "--seed", "7"]
+    assert c["command"][3:] == ["loadtest", "--strict"]
     assert {"name": "scenario", "mountPath": "/etc/interop/loadtest", "readOnly": True} in c["volumeMounts"]
     assert {"name": "scenario", "configMap": {"name": f"{RELEASE}-interop-loadtest"}} in spec["volumes"]
     env = {e["name"]: e.get("value") for e in c["env"]}

@@ -1,7 +1,266 @@
-//! `loadtest`: the open-loop load generator (issue 9). Not built yet: this
-//! binary only says so, so nobody mistakes it for a working tool.
+//! `loadtest`: runs a scenario against a gateway, or measures the NATS
+//! reference ceiling. See docs/loadtest.md.
 
-fn main() {
-    eprintln!("loadtest: not implemented yet (see docs/architecture.md, \"Not built yet\")");
-    std::process::exit(2);
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use interop_client::config::ClientConfig;
+use interop_loadtest::ceiling::{self, CeilingOptions, CeilingReport};
+use interop_loadtest::plan::RunId;
+use interop_loadtest::{html, run, Progress, Scenario, Target};
+
+#[derive(Parser)]
+#[command(
+    name = "loadtest",
+    version,
+    about = "Open-loop load generator for the interop gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario against a running gateway and report.
+    Run(RunArgs),
+    /// Measure only the reference ceiling: JetStream hops with no logic.
+    Ceiling {
+        #[command(flatten)]
+        nats: NatsArgs,
+        /// Write the result as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Check scenario files and print what each would do.
+    Check {
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum When {
+    Before,
+    After,
+}
+
+#[derive(Args)]
+struct NatsArgs {
+    /// The NATS server the gateway uses.
+    #[arg(
+        long,
+        env = "INTEROP_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
+    /// Messages pushed through the ceiling's chain.
+    #[arg(long, default_value_t = 100_000)]
+    ceiling_messages: u64,
+    /// Hops of the ceiling's chain.
+    #[arg(long, default_value_t = 4)]
+    ceiling_hops: usize,
+    /// Publish with Nats-Msg-Id (server de-duplication) in the ceiling, as
+    /// the pipeline's stages do.
+    #[arg(long)]
+    ceiling_msg_id: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The scenario file (TOML).
+    #[arg(long, short)]
+    scenario: PathBuf,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the report as a self-contained HTML page here.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Also measure the NATS ceiling, before or after the run (default after).
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "after")]
+    ceiling: Option<When>,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Client config with the URLs and tokens (default: .run/client.toml
+    /// here or in a parent, as scripts/up writes it).
+    #[arg(long, env = "INTEROP_CLIENT_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "INTEROP_INGEST_URL")]
+    ingest_url: Option<String>,
+    #[arg(long, env = "INTEROP_DELIVERY_URL")]
+    delivery_url: Option<String>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+    /// Exit with 3 if anything was lost, duplicated or unanswered.
+    #[arg(long)]
+    strict: bool,
+}
+
+/// Tokens come from the client config's `[tokens]`, and
+/// `INTEROP_TOKEN_<PROVIDER>` (upper case, `-` as `_`) overrides them.
+fn target(args: &RunArgs, scenario: &Scenario) -> anyhow::Result<Target> {
+    let file = match ClientConfig::locate(args.config.as_deref()) {
+        Some(path) => ClientConfig::load(&path)?,
+        None => ClientConfig::default(),
+    };
+    let mut tokens: HashMap<String, String> = file.tokens;
+    let u = &scenario.file.users;
+    for provider in [&u.sender_provider, &u.recipient_provider] {
+        let var = format!(
+            "INTEROP_TOKEN_{}",
+            provider.to_uppercase().replace('-', "_")
+        );
+        if let Ok(t) = std::env::var(&var) {
+            tokens.insert(provider.clone(), t);
+        }
+    }
+    Ok(Target {
+        ingest_url: args
+            .ingest_url
+            .clone()
+            .or(file.ingest_url)
+            .context("no ingest URL: pass --ingest-url or run scripts/up")?,
+        delivery_url: args
+            .delivery_url
+            .clone()
+            .or(file.delivery_url)
+            .context("no delivery URL: pass --delivery-url or run scripts/up")?,
+        tokens,
+    })
+}
+
+fn load(path: &Path) -> Result<Scenario, ExitCode> {
+    Scenario::load(path).map_err(|e| {
+        eprintln!("loadtest: {}: {e}", path.display());
+        ExitCode::from(64)
+    })
+}
+
+async fn measure_ceiling(nats: &NatsArgs) -> anyhow::Result<CeilingReport> {
+    let mut options = CeilingOptions::new(&nats.nats_url);
+    options.messages = nats.ceiling_messages;
+    options.hops = nats.ceiling_hops;
+    options.msg_id = nats.ceiling_msg_id;
+    eprintln!(
+        "loadtest: measuring the ceiling ({} JetStream hops, {} messages)...",
+        options.hops, options.messages
+    );
+    let tag = format!("{}_{}", RunId::fresh(), std::process::id());
+    let report = ceiling::measure(&options, &tag).await?;
+    eprintln!("loadtest: ceiling {:.0} msgs/s", report.msgs_per_s);
+    Ok(report)
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let scenario = match load(&args.scenario) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let target = target(&args, &scenario)?;
+    for u in &scenario.unsupported {
+        eprintln!("loadtest: {} is not sent: {}", u.feature, u.reason);
+    }
+    let mut ceiling = None;
+    if args.ceiling == Some(When::Before) {
+        ceiling = Some(measure_ceiling(&args.nats).await?);
+    }
+    let (stop, abort) = (CancellationToken::new(), CancellationToken::new());
+    let (s, a) = (stop.clone(), abort.clone());
+    tokio::spawn(async move {
+        // The first Ctrl-C ends the send phase, the second the drain.
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nloadtest: stopping; Ctrl-C again to skip the drain");
+            s.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                a.cancel();
+            }
+        }
+    });
+    eprintln!(
+        "loadtest: {}: {} messages over {:.0} s against {}",
+        scenario.file.name,
+        scenario.schedule.total(),
+        scenario.schedule.end_us() as f64 / 1e6,
+        target.ingest_url
+    );
+    let progress = if args.quiet {
+        Progress::Off
+    } else {
+        Progress::Stderr
+    };
+    let finished = run::run(&scenario, &target, progress, stop, abort).await?;
+    if args.ceiling == Some(When::After) {
+        ceiling = Some(measure_ceiling(&args.nats).await?);
+    }
+    let report = finished.report(&scenario, ceiling);
+    print!("{}", report.to_table());
+    if let Some(path) = &args.json {
+        write(path, &report.to_json())?;
+    }
+    if let Some(path) = &args.html {
+        write(path, &html::render(&report))?;
+    }
+    let bad =
+        report.lost > 0 || report.duplicates > 0 || report.unanswered > 0 || report.interrupted;
+    Ok(if args.strict && bad {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn check_command(paths: &[PathBuf]) -> ExitCode {
+    let mut code = ExitCode::SUCCESS;
+    for path in paths {
+        match load(path) {
+            Ok(s) => println!(
+                "{}: ok: {} messages over {:.0} s (highest rate {:.0}/s), {} senders ({} with receipts), {} spammers, {} recipients",
+                path.display(),
+                s.schedule.total(),
+                s.schedule.end_us() as f64 / 1e6,
+                s.max_rate(),
+                s.senders,
+                s.receipt_senders,
+                s.spammers,
+                s.file.users.recipients
+            ),
+            Err(c) => code = c,
+        }
+    }
+    code
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    // Two workers at most: the load generator shares the machine with the
+    // gateway it measures.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run_command(args).await,
+            Command::Ceiling { nats, json } => {
+                let report = measure_ceiling(&nats).await?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                if let Some(path) = json {
+                    write(&path, &serde_json::to_string_pretty(&report)?)?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Check { scenarios } => Ok(check_command(&scenarios)),
+        }
+    })
 }

@@ -1,0 +1,423 @@
+//! Who sends what to whom: a pure function of the sequence number, so the
+//! sending side and the receiving side agree without sharing state.
+//!
+//! Every message carries its run id, sequence number and actual send time in
+//! its client message id, `lt.<run>.<seq>.<sent_us>`, which the gateway
+//! passes through to the recipient and into receipts.
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+
+use interop_proto::v1::{envelope, Ciphertext, Encryption, Envelope, Text};
+use interop_proto::HOME_PROVIDER;
+
+use crate::scenario::{Scenario, SizeWeight};
+
+/// A run's id: six digits, so it fits in E.164 numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(transparent)]
+pub struct RunId(pub u32);
+
+impl RunId {
+    /// A fresh id from the clock and the process id.
+    pub fn fresh() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self((mix64(nanos ^ u64::from(std::process::id()) << 32) % 1_000_000) as u32)
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:06}", self.0)
+    }
+}
+
+/// splitmix64's finalizer: a cheap, well-mixed hash of a u64.
+pub fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Which sender sends a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Normal(u32),
+    Spammer(u32),
+}
+
+/// What a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planned {
+    pub from: Origin,
+    pub to: u32,
+    pub e2ee: bool,
+    /// Index into the text or ciphertext size table.
+    pub size: usize,
+}
+
+/// The parsed client message id of one of our messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tag {
+    pub run: RunId,
+    pub seq: u64,
+    pub sent_us: u64,
+}
+
+/// Writes `lt.<run>.<seq>.<sent_us>` (at most 40 bytes of the allowed set).
+pub fn client_message_id(run: RunId, seq: u64, sent_us: u64) -> String {
+    let mut s = String::with_capacity(40);
+    // Writing into a String cannot fail.
+    w!(s, "lt.{run}.{seq}.{sent_us}");
+    s
+}
+
+/// Reads a client message id written by [`client_message_id`].
+pub fn parse_client_message_id(s: &str) -> Option<Tag> {
+    let mut parts = s.strip_prefix("lt.")?.splitn(3, '.');
+    let run = parts.next()?;
+    if run.len() != 6 {
+        return None;
+    }
+    Some(Tag {
+        run: RunId(run.parse().ok()?),
+        seq: parts.next()?.parse().ok()?,
+        sent_us: parts.next()?.parse().ok()?,
+    })
+}
+
+/// A weighted choice among sizes, by a number in 0..total weight.
+#[derive(Debug, Clone)]
+struct Sizes {
+    /// Cumulative weights.
+    cumulative: Vec<u64>,
+    total: u64,
+}
+
+impl Sizes {
+    fn new(sizes: &[SizeWeight]) -> Self {
+        let mut acc = 0;
+        let cumulative = sizes
+            .iter()
+            .map(|s| {
+                acc += u64::from(s.weight);
+                acc
+            })
+            .collect();
+        Self {
+            cumulative,
+            total: acc,
+        }
+    }
+
+    fn pick(&self, r: u64) -> usize {
+        if self.total == 0 {
+            return 0;
+        }
+        let x = r % self.total;
+        self.cumulative.partition_point(|&c| c <= x)
+    }
+}
+
+const PPM: u64 = 1_000_000;
+
+/// The message plan of one run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub run: RunId,
+    senders: Vec<String>,
+    spammers: Vec<String>,
+    recipients: Vec<String>,
+    receipt_senders: u32,
+    spam_ppm: u64,
+    e2ee_ppm: u64,
+    text_sizes: Sizes,
+    cipher_sizes: Sizes,
+    /// Prepared content of each size (cloning `Bytes` copies nothing).
+    texts: Vec<String>,
+    ciphertexts: Vec<Bytes>,
+}
+
+/// An address of a user of `provider` made for this run: home users need
+/// E.164 numbers (`+49` then a digit for the role, the six-digit run id
+/// and a five-digit index: 14 digits), others get readable ids.
+fn address(provider: &str, run: RunId, role: u8, index: u32) -> String {
+    if provider == HOME_PROVIDER {
+        format!("{provider}:+49{role}{run}{index:05}")
+    } else {
+        let name = match role {
+            1 => "r",
+            2 => "s",
+            _ => "x",
+        };
+        format!("{provider}:lt-{run}-{name}{index}")
+    }
+}
+
+fn filler_text(bytes: usize) -> String {
+    const WORDS: &str = "the quick brown fox jumps over the lazy dog and keeps on running ";
+    WORDS.chars().cycle().take(bytes).collect()
+}
+
+fn filler_bytes(bytes: usize, seed: u64) -> Bytes {
+    let mut out = Vec::with_capacity(bytes + 8);
+    let mut i = seed;
+    while out.len() < bytes {
+        i += 1;
+        out.extend_from_slice(&mix64(i).to_le_bytes());
+    }
+    out.truncate(bytes);
+    Bytes::from(out)
+}
+
+impl Plan {
+    pub fn new(scenario: &Scenario, run: RunId) -> Self {
+        let u = &scenario.file.users;
+        let m = &scenario.file.mix;
+        Self {
+            run,
+            senders: (0..scenario.senders)
+                .map(|i| address(&u.sender_provider, run, 2, i))
+                .collect(),
+            spammers: (0..scenario.spammers)
+                .map(|i| address(&u.sender_provider, run, 3, i))
+                .collect(),
+            recipients: (0..u.recipients)
+                .map(|i| address(&u.recipient_provider, run, 1, i))
+                .collect(),
+            receipt_senders: scenario.receipt_senders,
+            spam_ppm: (scenario.spam_share * PPM as f64).round() as u64,
+            e2ee_ppm: (m.e2ee_share * PPM as f64).round() as u64,
+            text_sizes: Sizes::new(&m.text_sizes),
+            cipher_sizes: Sizes::new(&m.ciphertext_sizes),
+            texts: m
+                .text_sizes
+                .iter()
+                .map(|s| filler_text(s.bytes as usize))
+                .collect(),
+            ciphertexts: m
+                .ciphertext_sizes
+                .iter()
+                .map(|s| filler_bytes(s.bytes as usize, u64::from(s.bytes)))
+                .collect(),
+        }
+    }
+
+    pub fn recipients(&self) -> &[String] {
+        &self.recipients
+    }
+
+    pub fn senders(&self) -> &[String] {
+        &self.senders
+    }
+
+    pub fn spammers(&self) -> &[String] {
+        &self.spammers
+    }
+
+    /// Senders that hold a receipt session: the first normal ones, and every
+    /// spammer.
+    pub fn receipt_sessions(&self) -> impl Iterator<Item = &str> {
+        self.senders[..self.receipt_senders as usize]
+            .iter()
+            .chain(&self.spammers)
+            .map(String::as_str)
+    }
+
+    /// Whether the sender of `seq` has a receipt session.
+    pub fn has_receipts(&self, planned: &Planned) -> bool {
+        match planned.from {
+            Origin::Normal(i) => i < self.receipt_senders,
+            Origin::Spammer(_) => true,
+        }
+    }
+
+    /// The message `seq`: spam is spread evenly through the run (exactly
+    /// `share` of every stretch), each kind of sender takes its turn round
+    /// robin, so every sender's rate is the same; recipient, encryption and
+    /// size are drawn from a hash of `seq`.
+    pub fn at(&self, seq: u64) -> Planned {
+        let spam_through = (seq + 1) * self.spam_ppm / PPM;
+        let spam_before = seq * self.spam_ppm / PPM;
+        let from = if spam_through > spam_before && !self.spammers.is_empty() {
+            Origin::Spammer((spam_before % self.spammers.len() as u64) as u32)
+        } else if self.senders.is_empty() {
+            Origin::Spammer((seq % self.spammers.len().max(1) as u64) as u32)
+        } else {
+            let normal_index = seq - spam_through;
+            Origin::Normal((normal_index % self.senders.len() as u64) as u32)
+        };
+        let h = mix64(seq ^ (u64::from(self.run.0) << 40));
+        let to = ((h & 0xFFFF_FFFF) % self.recipients.len().max(1) as u64) as u32;
+        let e2ee = ((((h >> 32) & 0xF_FFFF) * PPM) >> 20) < self.e2ee_ppm;
+        let size_draw = h >> 52;
+        let size = if e2ee {
+            self.cipher_sizes.pick(size_draw)
+        } else {
+            self.text_sizes.pick(size_draw)
+        };
+        Planned {
+            from,
+            to,
+            e2ee,
+            size,
+        }
+    }
+
+    pub fn sender_address(&self, from: Origin) -> &str {
+        match from {
+            Origin::Normal(i) => &self.senders[i as usize],
+            Origin::Spammer(i) => &self.spammers[i as usize],
+        }
+    }
+
+    /// The envelope of message `seq`, stamped with its actual send time.
+    pub fn envelope(&self, seq: u64, planned: &Planned, sent_us: u64) -> Envelope {
+        let content = if planned.e2ee {
+            envelope::Content::Ciphertext(Ciphertext {
+                scheme: "loadtest".into(),
+                payload: self.ciphertexts[planned.size].clone(),
+            })
+        } else {
+            envelope::Content::Text(Text {
+                body: self.texts[planned.size].clone(),
+            })
+        };
+        Envelope {
+            client_message_id: client_message_id(self.run, seq, sent_us),
+            from: self.sender_address(planned.from).to_owned(),
+            to: self.recipients[planned.to as usize].clone(),
+            sent_at_ms: interop_proto::now_ms(),
+            encryption: if planned.e2ee {
+                Encryption::E2ee
+            } else {
+                Encryption::TransportOnly
+            } as i32,
+            content: Some(content),
+            ..Default::default()
+        }
+    }
+
+    /// Content bytes of a planned message.
+    pub fn content_bytes(&self, planned: &Planned) -> usize {
+        if planned.e2ee {
+            self.ciphertexts[planned.size].len()
+        } else {
+            self.texts[planned.size].len()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use interop_proto::Address;
+
+    fn scenario(extra: &str) -> Scenario {
+        Scenario::from_toml(&format!(
+            "name='t'\n[rate]\nmsgs_per_s=100\nduration_s=10\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn client_message_ids_round_trip_and_foreign_ids_are_ignored() {
+        let run = RunId(42);
+        let id = client_message_id(run, 123_456_789, 987_654_321_000);
+        assert_eq!(id, "lt.000042.123456789.987654321000");
+        assert!(id.len() <= interop_proto::limits::MAX_CLIENT_MESSAGE_ID_BYTES);
+        assert_eq!(
+            parse_client_message_id(&id),
+            Some(Tag {
+                run,
+                seq: 123_456_789,
+                sent_us: 987_654_321_000
+            })
+        );
+        for bad in ["c-1", "lt.42.1.2", "lt.000042.x.2", "lt.000042.1", ""] {
+            assert_eq!(parse_client_message_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn addresses_are_valid_for_their_providers() {
+        let s = scenario("[users]\nrecipients = 3\n[spammers]\ncount=1\nshare=0.5");
+        let plan = Plan::new(&s, RunId(7));
+        let all = plan
+            .recipients()
+            .iter()
+            .chain(plan.senders())
+            .chain(plan.spammers());
+        for a in all {
+            Address::parse(a).unwrap_or_else(|e| panic!("{a}: {e}"));
+        }
+        assert_eq!(plan.recipients()[2], "home:+49100000700002");
+        assert_eq!(plan.spammers()[0], "signal:lt-000007-x0");
+        let reversed = scenario("[users]\nsender_provider='home'\nrecipient_provider='signal'");
+        let plan = Plan::new(&reversed, RunId(999_999));
+        Address::parse(&plan.senders()[0]).unwrap();
+        Address::parse(&plan.recipients()[0]).unwrap();
+    }
+
+    #[test]
+    fn the_mix_follows_the_scenario() {
+        let s = scenario(
+            "[mix]\ne2ee_share=0.3\nreceipt_share=0.5\n\
+             text_sizes=[{bytes=10,weight=3},{bytes=100,weight=1}]\n\
+             [users]\nspam_limit_per_min=100\nsender_budget_per_min=60\n\
+             [spammers]\ncount=2\nshare=0.1",
+        );
+        let plan = Plan::new(&s, RunId(1));
+        let n = 100_000u64;
+        let (mut spam, mut e2ee, mut big_text, mut text) = (0, 0, 0, 0);
+        let mut per_sender = vec![0u64; plan.senders().len()];
+        let mut per_spammer = [0u64; 2];
+        for seq in 0..n {
+            let p = plan.at(seq);
+            match p.from {
+                Origin::Normal(i) => per_sender[i as usize] += 1,
+                Origin::Spammer(i) => {
+                    spam += 1;
+                    per_spammer[i as usize] += 1;
+                }
+            }
+            if p.e2ee {
+                e2ee += 1;
+            } else {
+                text += 1;
+                big_text += u64::from(plan.content_bytes(&p) == 100);
+            }
+            let env = plan.envelope(seq, &p, 5);
+            assert_eq!(
+                parse_client_message_id(&env.client_message_id).unwrap().seq,
+                seq
+            );
+        }
+        // Exactly a tenth is spam, split evenly; normal senders are even.
+        assert_eq!(spam, 10_000);
+        assert_eq!(per_spammer, [5_000, 5_000]);
+        let (min, max) = (
+            per_sender.iter().min().unwrap(),
+            per_sender.iter().max().unwrap(),
+        );
+        assert!(max - min <= 1, "{min}..{max}");
+        let share = e2ee as f64 / n as f64;
+        assert!((share - 0.3).abs() < 0.01, "{share}");
+        let big = big_text as f64 / text as f64;
+        assert!((big - 0.25).abs() < 0.01, "{big}");
+        assert_eq!(
+            plan.receipt_sessions().count(),
+            s.receipt_senders as usize + 2
+        );
+        assert!(plan.has_receipts(&Planned {
+            from: Origin::Spammer(1),
+            to: 0,
+            e2ee: false,
+            size: 0
+        }));
+    }
+}

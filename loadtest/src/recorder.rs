@@ -1,0 +1,450 @@
+//! Records what happens to every message: sends, answers, deliveries and
+//! receipts, into HdrHistograms and per-second buckets.
+//!
+//! Latency is from the message's **intended** send time (the open-loop
+//! schedule) to its arrival at the recipient's session. The same deliveries
+//! are also recorded from the **actual** send time (stamped into the client
+//! message id) as "uncorrected" latency, which is what a naive tester would
+//! report; the difference between the two shows the generator or the
+//! gateway holding messages back.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hdrhistogram::Histogram;
+
+use interop_proto::v1::RejectCode;
+
+use crate::ledger::{Ledger, Mark};
+use crate::plan::{Origin, Plan};
+use crate::schedule::Schedule;
+
+/// Largest latency recorded exactly (larger values are clamped): 1 hour.
+pub const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// A latency histogram in µs, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    // Constant bounds that satisfy the crate's rules (low >= 1, high >= 2 *
+    // low, sigfig <= 5).
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid constant bounds")
+}
+
+fn second_histogram() -> Histogram<u32> {
+    // As above, with 2 significant digits to keep one per second small.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("valid constant bounds")
+}
+
+/// How the gateway answered a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Accepted,
+    Rejected(RejectCode),
+    /// No answer: the connection failed first.
+    Unanswered,
+}
+
+/// A receipt's status, as far as the load test cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptKind {
+    Delivered,
+    Failed(RejectCode),
+    Other,
+}
+
+/// One second of the run (by offset from the start).
+#[derive(Debug, Clone, Default)]
+pub struct Second {
+    /// Messages actually sent in this second.
+    pub sent: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    /// First deliveries received in this second.
+    pub delivered: u64,
+    /// Latency of messages *intended* in this second (measured ones).
+    pub latency: Option<Histogram<u32>>,
+}
+
+/// Per measured step.
+#[derive(Debug, Clone)]
+pub struct StepStats {
+    pub latency: Histogram<u64>,
+    /// First deliveries received while the step ran.
+    pub delivered_in_window: u64,
+}
+
+/// Everything counted, behind one lock.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub corrected: Histogram<u64>,
+    pub uncorrected: Histogram<u64>,
+    /// Intended send time to `Accepted`.
+    pub accept: Histogram<u64>,
+    /// Intended send time to the sender's `DELIVERED` receipt.
+    pub receipt: Histogram<u64>,
+    pub steps: Vec<StepStats>,
+    pub seconds: Vec<Second>,
+    pub sent: u64,
+    pub rejected: BTreeMap<&'static str, u64>,
+    pub unanswered: u64,
+    pub failed: BTreeMap<&'static str, u64>,
+    pub receipts_delivered: u64,
+    /// First deliveries of messages whose sender has a receipt session.
+    pub tracked_delivered: u64,
+    /// Deliveries that are not messages of this run.
+    pub foreign: u64,
+    /// Receipts for messages that were already receipted.
+    pub duplicate_receipts: u64,
+    pub spam: SpamStats,
+    /// Session or connection failures (each reconnected).
+    pub connection_errors: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SpamStats {
+    pub sent: u64,
+    pub accepted: u64,
+    /// Reached a recipient's inbox.
+    pub reached_inboxes: u64,
+    /// Refused with a `FAILED`/`SPAM` receipt.
+    pub refused_as_spam: u64,
+}
+
+/// A short summary for the progress line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Snapshot {
+    pub now_us: u64,
+    pub sent: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub delivered: u64,
+    /// Delivered in the last full second.
+    pub delivered_last_s: u64,
+    pub sent_last_s: u64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+/// The shared recorder of one run.
+#[derive(Debug)]
+pub struct Recorder {
+    schedule: Schedule,
+    plan: Arc<Plan>,
+    pub ledger: Ledger,
+    stats: Mutex<Stats>,
+}
+
+fn code_name(code: RejectCode) -> &'static str {
+    code.as_str_name().trim_start_matches("REJECT_CODE_")
+}
+
+fn second_of(us: u64) -> usize {
+    (us / 1_000_000) as usize
+}
+
+impl Stats {
+    fn second(&mut self, us: u64) -> &mut Second {
+        let i = second_of(us);
+        if self.seconds.len() <= i {
+            self.seconds.resize_with(i + 1, Second::default);
+        }
+        &mut self.seconds[i]
+    }
+}
+
+impl Recorder {
+    pub fn new(schedule: Schedule, plan: Arc<Plan>) -> Self {
+        let steps = schedule
+            .steps()
+            .map(|_| StepStats {
+                latency: latency_histogram(),
+                delivered_in_window: 0,
+            })
+            .collect();
+        let seconds = (0..=second_of(schedule.end_us()))
+            .map(|_| Second::default())
+            .collect();
+        Self {
+            ledger: Ledger::new(schedule.total()),
+            schedule,
+            plan,
+            stats: Mutex::new(Stats {
+                corrected: latency_histogram(),
+                uncorrected: latency_histogram(),
+                accept: latency_histogram(),
+                receipt: latency_histogram(),
+                steps,
+                seconds,
+                sent: 0,
+                rejected: BTreeMap::new(),
+                unanswered: 0,
+                failed: BTreeMap::new(),
+                receipts_delivered: 0,
+                tracked_delivered: 0,
+                foreign: 0,
+                duplicate_receipts: 0,
+                spam: SpamStats::default(),
+                connection_errors: 0,
+            }),
+        }
+    }
+
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Stats> {
+        // A panic while holding the lock only happens in a bug of ours; the
+        // counts are still usable, so take them.
+        self.stats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn is_spam(&self, seq: u64) -> bool {
+        matches!(self.plan.at(seq).from, Origin::Spammer(_))
+    }
+
+    /// A copy of the counts so far.
+    pub fn stats(&self) -> Stats {
+        self.lock().clone()
+    }
+
+    /// Message `seq` went on the wire at `now_us`.
+    pub fn sent(&self, seq: u64, now_us: u64) {
+        let spam = self.is_spam(seq);
+        let mut s = self.lock();
+        s.sent += 1;
+        s.spam.sent += u64::from(spam);
+        s.second(now_us).sent += 1;
+    }
+
+    /// The gateway answered the send of `seq` at `now_us`.
+    pub fn answered(&self, seq: u64, answer: Answer, now_us: u64) {
+        let measured = self.schedule.is_measured(seq);
+        let intended = self.schedule.offset_us(seq).unwrap_or(now_us);
+        let spam = self.is_spam(seq);
+        if answer == Answer::Accepted && self.ledger.accepted.mark(seq) != Mark::New {
+            return;
+        }
+        let mut s = self.lock();
+        match answer {
+            Answer::Accepted => {
+                s.second(now_us).accepted += 1;
+                s.spam.accepted += u64::from(spam);
+                if measured {
+                    s.accept.saturating_record(now_us.saturating_sub(intended));
+                }
+            }
+            Answer::Rejected(code) => {
+                s.second(now_us).rejected += 1;
+                *s.rejected.entry(code_name(code)).or_default() += 1;
+            }
+            Answer::Unanswered => s.unanswered += 1,
+        }
+    }
+
+    /// Recipients' sessions received these messages (`(seq, actual send
+    /// offset)`, as read from their client message ids) at `now_us`.
+    /// Returns how many were duplicates.
+    pub fn delivered(&self, batch: &[(u64, u64)], now_us: u64) -> u64 {
+        let mut s = self.lock();
+        let mut duplicates = 0;
+        for &(seq, sent_us) in batch {
+            match self.ledger.deliver(seq) {
+                Mark::OutOfRange => {
+                    s.foreign += 1;
+                    continue;
+                }
+                Mark::Duplicate => {
+                    duplicates += 1;
+                    continue;
+                }
+                Mark::New => {}
+            }
+            s.second(now_us).delivered += 1;
+            let planned = self.plan.at(seq);
+            if matches!(planned.from, Origin::Spammer(_)) {
+                s.spam.reached_inboxes += 1;
+            }
+            if self.plan.has_receipts(&planned) {
+                s.tracked_delivered += 1;
+            }
+            for (i, step) in self.schedule.steps().enumerate() {
+                if now_us >= step.start_us && now_us < step.end_us() {
+                    s.steps[i].delivered_in_window += 1;
+                }
+            }
+            let Some(step) = self.schedule.step_of(seq) else {
+                continue;
+            };
+            // In range: step_of found it.
+            let intended = self.schedule.offset_us(seq).unwrap_or(now_us);
+            let corrected = now_us.saturating_sub(intended);
+            s.corrected.saturating_record(corrected);
+            s.uncorrected
+                .saturating_record(now_us.saturating_sub(sent_us));
+            s.steps[step].latency.saturating_record(corrected);
+            s.second(intended)
+                .latency
+                .get_or_insert_with(second_histogram)
+                .saturating_record(corrected);
+        }
+        duplicates
+    }
+
+    /// A sender's session received a receipt about `seq` at `now_us`.
+    pub fn receipt(&self, seq: u64, kind: ReceiptKind, now_us: u64) {
+        let mut s = self.lock();
+        match kind {
+            ReceiptKind::Delivered => match self.ledger.receipted.mark(seq) {
+                Mark::New => {
+                    s.receipts_delivered += 1;
+                    if let (true, Some(intended)) =
+                        (self.schedule.is_measured(seq), self.schedule.offset_us(seq))
+                    {
+                        s.receipt.saturating_record(now_us.saturating_sub(intended));
+                    }
+                }
+                Mark::Duplicate => s.duplicate_receipts += 1,
+                Mark::OutOfRange => s.foreign += 1,
+            },
+            ReceiptKind::Failed(code) => match self.ledger.failed.mark(seq) {
+                Mark::New => {
+                    *s.failed.entry(code_name(code)).or_default() += 1;
+                    if code == RejectCode::Spam && self.is_spam(seq) {
+                        s.spam.refused_as_spam += 1;
+                    }
+                }
+                Mark::Duplicate => s.duplicate_receipts += 1,
+                Mark::OutOfRange => s.foreign += 1,
+            },
+            ReceiptKind::Other => {}
+        }
+    }
+
+    /// Messages whose delivery is known but whose `DELIVERED` receipt has
+    /// not arrived yet (senders with a receipt session only).
+    pub fn pending_receipts(&self) -> u64 {
+        let s = self.lock();
+        s.tracked_delivered.saturating_sub(s.receipts_delivered)
+    }
+
+    /// A connection or session failed (and is being re-opened).
+    pub fn connection_error(&self) {
+        self.lock().connection_errors += 1;
+    }
+
+    /// Counts for the progress line.
+    pub fn snapshot(&self, now_us: u64) -> Snapshot {
+        let s = self.lock();
+        let last = second_of(now_us).checked_sub(1);
+        let get = |f: fn(&Second) -> u64| last.and_then(|i| s.seconds.get(i)).map_or(0, f);
+        let (delivered_last_s, sent_last_s) = (get(|x| x.delivered), get(|x| x.sent));
+        Snapshot {
+            now_us,
+            sent: s.sent,
+            accepted: s.seconds.iter().map(|x| x.accepted).sum(),
+            rejected: s.rejected.values().sum(),
+            delivered: s.seconds.iter().map(|x| x.delivered).sum(),
+            delivered_last_s,
+            sent_last_s,
+            p99_ms: s.corrected.value_at_quantile(0.99) as f64 / 1000.0,
+            errors: s.unanswered + s.connection_errors,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::RunId;
+    use crate::scenario::Scenario;
+
+    fn recorder(extra: &str) -> Recorder {
+        let s = Scenario::from_toml(&format!(
+            "name='t'\n[rate]\nmsgs_per_s=10\nduration_s=2\nwarmup_s=1\n{extra}"
+        ))
+        .unwrap();
+        let plan = Arc::new(Plan::new(&s, RunId(1)));
+        Recorder::new(s.schedule, plan)
+    }
+
+    #[test]
+    fn latency_is_measured_from_the_intended_time_and_warmup_is_left_out() {
+        let r = recorder("");
+        assert_eq!(r.schedule().total(), 30);
+        // seq 12 is meant for 1.2 s, actually sent at 1.5 s, delivered at 1.6 s.
+        r.sent(12, 1_500_000);
+        r.answered(12, Answer::Accepted, 1_550_000);
+        assert_eq!(r.delivered(&[(12, 1_500_000)], 1_600_000), 0);
+        // A warm-up message: counted, not measured.
+        r.answered(3, Answer::Accepted, 350_000);
+        r.delivered(&[(3, 300_000)], 400_000);
+        // A duplicate and a foreign number.
+        assert_eq!(r.delivered(&[(12, 1_500_000), (99, 0)], 1_700_000), 1);
+        let s = r.stats();
+        assert_eq!(s.corrected.len(), 1);
+        assert_eq!(s.corrected.max(), s.corrected.highest_equivalent(400_000));
+        assert_eq!(
+            s.uncorrected.max(),
+            s.uncorrected.highest_equivalent(100_000)
+        );
+        assert_eq!(s.accept.len(), 1);
+        assert_eq!(s.foreign, 1);
+        assert_eq!(r.ledger.duplicates(), 1);
+        assert_eq!(s.steps[0].latency.len(), 1);
+        assert_eq!(s.steps[0].delivered_in_window, 1);
+        assert_eq!(s.seconds[1].delivered, 1);
+        assert_eq!(s.seconds[0].delivered, 1);
+        assert_eq!(s.seconds[1].latency.as_ref().map(|h| h.len()), Some(1));
+        let t = r.ledger.tally();
+        assert_eq!((t.accepted, t.delivered, t.lost), (2, 2, 0));
+        let snap = r.snapshot(2_000_000);
+        assert_eq!(
+            (snap.delivered, snap.delivered_last_s, snap.sent_last_s),
+            (2, 1, 1)
+        );
+        assert!((snap.p99_ms - 400.0).abs() < 1.0, "{snap:?}");
+    }
+
+    #[test]
+    fn rejections_failures_and_spam_are_counted_by_code() {
+        let r = recorder(
+            "[users]\nspam_limit_per_min=100\nsender_budget_per_min=50\n[spammers]\ncount=1\nshare=0.5",
+        );
+        // With half spam, odd numbers are the spammer's.
+        assert!(r.is_spam(1) && !r.is_spam(0));
+        r.sent(0, 0);
+        r.sent(1, 0);
+        r.answered(0, Answer::Rejected(RejectCode::RecipientUnavailable), 10);
+        r.answered(1, Answer::Accepted, 10);
+        r.answered(2, Answer::Unanswered, 10);
+        r.receipt(1, ReceiptKind::Failed(RejectCode::Spam), 20);
+        r.receipt(1, ReceiptKind::Failed(RejectCode::Spam), 30);
+        r.answered(3, Answer::Accepted, 10);
+        r.delivered(&[(3, 0)], 40);
+        r.receipt(3, ReceiptKind::Delivered, 50);
+        let s = r.stats();
+        assert_eq!(s.rejected.get("RECIPIENT_UNAVAILABLE"), Some(&1));
+        assert_eq!(s.failed.get("SPAM"), Some(&1));
+        assert_eq!(s.unanswered, 1);
+        assert_eq!(s.duplicate_receipts, 1);
+        assert_eq!(
+            s.spam,
+            SpamStats {
+                sent: 1,
+                accepted: 2,
+                reached_inboxes: 1,
+                refused_as_spam: 1
+            }
+        );
+        assert_eq!(s.receipts_delivered, 1);
+        // Warm-up: no receipt latency recorded.
+        assert_eq!(s.receipt.len(), 0);
+        assert_eq!(r.ledger.tally().lost, 0);
+    }
+}

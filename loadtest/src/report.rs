@@ -1,0 +1,754 @@
+//! The report of a run: JSON (`--json`), a table for the terminal, and the
+//! data behind the HTML charts (`--html`, see `html.rs`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::ceiling::CeilingReport;
+use crate::ledger::Tally;
+use crate::plan::RunId;
+use crate::recorder::{SpamStats, Stats};
+use crate::scenario::{Scenario, ScenarioFile, Unsupported};
+use crate::schedule::Schedule;
+
+/// Percentiles of a latency histogram, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Default)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+    /// Samples behind these figures.
+    pub count: u64,
+}
+
+/// Microseconds as milliseconds (exact to the µs: three decimals).
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+impl Latency {
+    pub fn of<T: hdrhistogram::Counter>(h: &Histogram<T>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: round3(h.mean() / 1000.0),
+            count: h.len(),
+        }
+    }
+}
+
+/// One point of the latency-by-percentile curve.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct PercentilePoint {
+    pub percentile: f64,
+    pub corrected_ms: f64,
+    pub uncorrected_ms: f64,
+}
+
+/// Percentiles drawn in the chart: up to 99.999 and the maximum.
+pub const CURVE_PERCENTILES: [f64; 14] = [
+    0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999, 100.0,
+];
+
+/// One second of the run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SecondReport {
+    /// Seconds since the start of the schedule.
+    pub t_s: u64,
+    /// Offered rate in this second (the schedule).
+    pub offered: f64,
+    pub sent: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub delivered: u64,
+    /// Latency of the measured messages *intended* in this second.
+    pub latency_ms: Option<Latency>,
+}
+
+/// One measured step (a constant-rate run has one).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StepReport {
+    pub index: usize,
+    pub offered_msgs_per_s: f64,
+    /// First deliveries received while the step ran, per second.
+    pub delivered_msgs_per_s: f64,
+    pub start_s: f64,
+    pub duration_s: f64,
+    pub planned: u64,
+    pub accepted: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub latency_ms: Latency,
+    /// Within the knee criteria (`[knee]` in the scenario).
+    pub healthy: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TargetInfo {
+    pub ingest_url: String,
+    pub delivery_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Derived {
+    pub senders: u32,
+    pub receipt_senders: u32,
+    pub spammers: u32,
+    pub recipients: u32,
+    pub ingest_connections: u32,
+    pub planned_messages: u64,
+    pub warmup_s: f64,
+    pub measured_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Receipts {
+    /// Normal senders with a receipt session (spammers always have one).
+    pub tracked_senders: u32,
+    pub delivered: u64,
+    pub duplicate: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Generator {
+    /// How far the pacer fell behind its schedule at worst.
+    pub max_lag_ms: f64,
+    pub connection_errors: u64,
+    /// Deliveries that were not messages of this run.
+    pub foreign_deliveries: u64,
+    pub cores: usize,
+    pub drain_s: f64,
+    /// Everything was resolved (delivered or failed) before the drain ended.
+    pub drained: bool,
+}
+
+/// Everything a run produced.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub run_id: RunId,
+    pub started_at_unix_ms: i64,
+    pub scenario: ScenarioFile,
+    pub derived: Derived,
+    pub target: TargetInfo,
+    pub sent: u64,
+    pub accepted: u64,
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// Sends that got no answer (the connection failed first).
+    pub unanswered: u64,
+    pub delivered: u64,
+    /// `FAILED` receipts seen, by code (only senders with a receipt session).
+    pub failed: BTreeMap<&'static str, u64>,
+    /// Accepted, and after the drain neither delivered nor failed.
+    pub lost: u64,
+    /// Sequence numbers of some lost messages, to look for in the logs.
+    pub lost_sample: Vec<u64>,
+    /// Deliveries of a message already delivered, before any de-duplication.
+    pub duplicates: u64,
+    /// Delivered although its `Accepted` never arrived.
+    pub delivered_unacknowledged: u64,
+    /// First deliveries per second over the measured window (stepped runs:
+    /// the best step's).
+    pub throughput_msgs_per_s: f64,
+    /// The highest offered rate.
+    pub offered_msgs_per_s: f64,
+    /// From the intended send time to delivery (corrected for coordinated omission).
+    pub latency_ms: Latency,
+    /// From the actual send time to delivery (what a naive tester reports).
+    pub latency_uncorrected_ms: Latency,
+    /// From the intended send time to `Accepted`.
+    pub accept_latency_ms: Latency,
+    /// From the intended send time to the sender's `DELIVERED` receipt.
+    pub receipt_latency_ms: Latency,
+    pub receipts: Receipts,
+    pub spam: SpamStats,
+    pub steps: Vec<StepReport>,
+    /// Stepped runs: the highest healthy rate before the first unhealthy step.
+    pub knee_msgs_per_s: Option<f64>,
+    pub ceiling_msgs_per_s: Option<f64>,
+    pub ratio_to_ceiling: Option<f64>,
+    pub ceiling: Option<CeilingReport>,
+    pub percentiles: Vec<PercentilePoint>,
+    pub timeline: Vec<SecondReport>,
+    pub unsupported: Vec<Unsupported>,
+    pub generator: Generator,
+    pub interrupted: bool,
+    pub warnings: Vec<String>,
+}
+
+/// What the runner knows beyond the recorder.
+#[derive(Debug, Clone)]
+pub struct RunFacts {
+    pub run_id: RunId,
+    pub started_at_unix_ms: i64,
+    pub target: TargetInfo,
+    pub max_lag_us: u64,
+    pub drain_s: f64,
+    pub drained: bool,
+    pub interrupted: bool,
+    pub duplicates_suppressed_by_client: u64,
+}
+
+fn percentile_curve(stats: &Stats) -> Vec<PercentilePoint> {
+    if stats.corrected.is_empty() {
+        return Vec::new();
+    }
+    CURVE_PERCENTILES
+        .iter()
+        .map(|&p| PercentilePoint {
+            percentile: p,
+            corrected_ms: ms(stats.corrected.value_at_percentile(p)),
+            uncorrected_ms: ms(stats.uncorrected.value_at_percentile(p)),
+        })
+        .collect()
+}
+
+fn step_reports(
+    scenario: &Scenario,
+    stats: &Stats,
+    tally_of: &dyn Fn(u64, u64) -> Tally,
+) -> Vec<StepReport> {
+    let k = &scenario.file.knee;
+    scenario
+        .schedule
+        .steps()
+        .zip(&stats.steps)
+        .enumerate()
+        .map(|(index, (phase, st))| {
+            let t = tally_of(phase.first_seq, phase.first_seq + phase.count);
+            let duration_s = phase.duration_us as f64 / 1e6;
+            let delivered_msgs_per_s = st.delivered_in_window as f64 / duration_s;
+            let latency_ms = Latency::of(&st.latency);
+            let healthy = t.lost == 0
+                && delivered_msgs_per_s >= k.min_delivered_ratio * phase.rate * (1.0 - 1e-9)
+                && latency_ms.p99 <= k.max_p99_ms;
+            StepReport {
+                index,
+                offered_msgs_per_s: phase.rate,
+                delivered_msgs_per_s: round3(delivered_msgs_per_s),
+                start_s: phase.start_us as f64 / 1e6,
+                duration_s,
+                planned: phase.count,
+                accepted: t.accepted,
+                delivered: t.delivered,
+                lost: t.lost,
+                latency_ms,
+                healthy,
+            }
+        })
+        .collect()
+}
+
+/// The knee: the offered rate of the last healthy step before the first
+/// unhealthy one; `None` if the first step is unhealthy or none is (the
+/// knee is then above the highest step).
+pub fn knee(steps: &[StepReport]) -> Option<f64> {
+    let first_bad = steps.iter().position(|s| !s.healthy)?;
+    first_bad
+        .checked_sub(1)
+        .map(|i| steps[i].offered_msgs_per_s)
+}
+
+fn timeline(schedule: &Schedule, stats: &Stats) -> Vec<SecondReport> {
+    // Up to the last second in which anything happened.
+    let used = stats
+        .seconds
+        .iter()
+        .rposition(|s| s.sent + s.accepted + s.rejected + s.delivered > 0)
+        .map_or(0, |i| i + 1);
+    stats.seconds[..used]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| SecondReport {
+            t_s: i as u64,
+            offered: schedule.rate_at_us(i as u64 * 1_000_000 + 500_000),
+            sent: s.sent,
+            accepted: s.accepted,
+            rejected: s.rejected,
+            delivered: s.delivered,
+            latency_ms: s.latency.as_ref().map(Latency::of),
+        })
+        .collect()
+}
+
+impl Report {
+    pub fn build(
+        scenario: &Scenario,
+        stats: &Stats,
+        ledger: &crate::ledger::Ledger,
+        facts: &RunFacts,
+        ceiling: Option<CeilingReport>,
+    ) -> Self {
+        let mut tally = ledger.tally();
+        tally.duplicates += facts.duplicates_suppressed_by_client;
+        let steps = step_reports(scenario, stats, &|a, b| ledger.tally_range(a, b));
+        let measured_s: f64 = scenario
+            .schedule
+            .steps()
+            .map(|p| p.duration_us as f64 / 1e6)
+            .sum();
+        let delivered_in_windows: u64 = stats.steps.iter().map(|s| s.delivered_in_window).sum();
+        // A stepped run's throughput is its best step (what the gateway can
+        // sustain); a constant run's is its measured window.
+        let throughput = if scenario.is_stepped() {
+            steps
+                .iter()
+                .map(|s| s.delivered_msgs_per_s)
+                .fold(0.0, f64::max)
+        } else if measured_s > 0.0 {
+            round3(delivered_in_windows as f64 / measured_s)
+        } else {
+            0.0
+        };
+        let ceiling_msgs_per_s = ceiling.as_ref().map(|c| round3(c.msgs_per_s));
+        let ratio_to_ceiling = ceiling_msgs_per_s
+            .filter(|c| *c > 0.0)
+            .map(|c| (throughput / c * 10_000.0).round() / 10_000.0);
+        let u = &scenario.file.users;
+        let mut report = Self {
+            tool: "interop-loadtest",
+            version: env!("CARGO_PKG_VERSION"),
+            run_id: facts.run_id,
+            started_at_unix_ms: facts.started_at_unix_ms,
+            scenario: scenario.file.clone(),
+            derived: Derived {
+                senders: scenario.senders,
+                receipt_senders: scenario.receipt_senders,
+                spammers: scenario.spammers,
+                recipients: u.recipients,
+                ingest_connections: u.ingest_connections,
+                planned_messages: scenario.schedule.total(),
+                warmup_s: scenario.schedule.measured_start_us() as f64 / 1e6,
+                measured_s,
+            },
+            target: facts.target.clone(),
+            sent: stats.sent,
+            accepted: tally.accepted,
+            rejected: stats.rejected.clone(),
+            unanswered: stats.unanswered,
+            delivered: tally.delivered,
+            failed: stats.failed.clone(),
+            lost: tally.lost,
+            lost_sample: ledger.lost_sample(20),
+            duplicates: tally.duplicates,
+            delivered_unacknowledged: tally.delivered_unacknowledged,
+            throughput_msgs_per_s: throughput,
+            offered_msgs_per_s: scenario.max_rate(),
+            latency_ms: Latency::of(&stats.corrected),
+            latency_uncorrected_ms: Latency::of(&stats.uncorrected),
+            accept_latency_ms: Latency::of(&stats.accept),
+            receipt_latency_ms: Latency::of(&stats.receipt),
+            receipts: Receipts {
+                tracked_senders: scenario.receipt_senders,
+                delivered: stats.receipts_delivered,
+                duplicate: stats.duplicate_receipts,
+            },
+            spam: stats.spam,
+            knee_msgs_per_s: if scenario.is_stepped() {
+                knee(&steps)
+            } else {
+                None
+            },
+            steps,
+            ceiling_msgs_per_s,
+            ratio_to_ceiling,
+            ceiling,
+            percentiles: percentile_curve(stats),
+            timeline: timeline(&scenario.schedule, stats),
+            unsupported: scenario.unsupported.clone(),
+            generator: Generator {
+                max_lag_ms: ms(facts.max_lag_us),
+                connection_errors: stats.connection_errors,
+                foreign_deliveries: stats.foreign,
+                cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                drain_s: round3(facts.drain_s),
+                drained: facts.drained,
+            },
+            interrupted: facts.interrupted,
+            warnings: Vec::new(),
+        };
+        report.warnings = report.find_warnings(scenario);
+        report
+    }
+
+    fn find_warnings(&self, scenario: &Scenario) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.interrupted {
+            w.push("The run was interrupted before the schedule ended.".to_owned());
+        }
+        if self.lost > 0 {
+            w.push(format!(
+                "{} accepted messages were neither delivered nor failed within the {:.0} s drain.",
+                self.lost, self.generator.drain_s
+            ));
+        }
+        if self.duplicates > 0 {
+            w.push(format!("{} duplicate deliveries.", self.duplicates));
+        }
+        if let Some(n) = self.rejected.get("RATE_LIMITED") {
+            w.push(format!(
+                "{n} sends were RATE_LIMITED: the gateway's edge limits (ingest \
+                 --provider-max-per-second / --sender-max-per-second) are below the offered load."
+            ));
+        }
+        if self.unanswered > 0 {
+            w.push(format!(
+                "{} sends got no answer (connection failures).",
+                self.unanswered
+            ));
+        }
+        let normal_spam_failures = self
+            .failed
+            .get("SPAM")
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(self.spam.refused_as_spam);
+        if normal_spam_failures > 0 {
+            w.push(format!(
+                "{normal_spam_failures} messages of normal senders were refused as spam: use more senders."
+            ));
+        }
+        if self.generator.max_lag_ms > 100.0 {
+            w.push(format!(
+                "The load generator fell up to {:.0} ms behind its schedule; the corrected latency \
+                 includes that wait (the generator itself may be the bottleneck).",
+                self.generator.max_lag_ms
+            ));
+        }
+        // Spam is expected to be refused, not delivered.
+        let deliverable = self.offered_msgs_per_s * (1.0 - scenario.spam_share);
+        if !scenario.is_stepped()
+            && !self.interrupted
+            && self.throughput_msgs_per_s < 0.95 * deliverable
+        {
+            w.push(format!(
+                "Delivered {:.0} msgs/s of {:.0} offered (not counting spam): the gateway did not keep up.",
+                self.throughput_msgs_per_s, deliverable
+            ));
+        }
+        for u in &self.unsupported {
+            w.push(format!(
+                "{} ({:.0}% of the mix) not sent: {}.",
+                u.feature,
+                u.share * 100.0,
+                u.reason
+            ));
+        }
+        if self.spam.sent > 0 && self.spam.refused_as_spam == 0 {
+            w.push("Spammers were not refused at all: is spam-scoring's limit higher than users.spam_limit_per_min?".to_owned());
+        }
+        w
+    }
+
+    pub fn to_json(&self) -> String {
+        // Plain data (strings, numbers, maps with string keys): serializing
+        // it cannot fail.
+        serde_json::to_string_pretty(self).expect("the report serializes")
+    }
+
+    /// The summary printed at the end of a run.
+    pub fn to_table(&self) -> String {
+        let mut o = String::new();
+        // Writing into a String cannot fail (here and below).
+        wln!(
+            o,
+            "\ninterop loadtest: {} (run {}, {} cores)",
+            self.scenario.name,
+            self.run_id,
+            self.generator.cores
+        );
+        wln!(
+            o,
+            "offered {} msgs/s{} for {} s after {} s warm-up; {} senders, {} spammers, {} recipients",
+            fmt_num(self.offered_msgs_per_s),
+            if self.steps.len() > 1 { " (highest step)" } else { "" },
+            fmt_num(self.derived.measured_s),
+            fmt_num(self.derived.warmup_s),
+            self.derived.senders,
+            self.derived.spammers,
+            self.derived.recipients,
+        );
+        wln!(o);
+        let rejected: u64 = self.rejected.values().sum();
+        let failed: u64 = self.failed.values().sum();
+        let rows = [
+            ("sent", self.sent),
+            ("accepted", self.accepted),
+            ("rejected", rejected),
+            ("unanswered", self.unanswered),
+            ("delivered", self.delivered),
+            ("failed (receipt)", failed),
+            ("lost", self.lost),
+            ("duplicates", self.duplicates),
+        ];
+        for (name, v) in rows {
+            wln!(o, "  {name:<18}{v:>12}");
+        }
+        for (code, n) in self
+            .rejected
+            .iter()
+            .map(|(c, n)| ("rejected ", (c, n)))
+            .chain(self.failed.iter().map(|(c, n)| ("failed ", (c, n))))
+        {
+            wln!(o, "    {}{:<22}{:>8}", code, n.0, n.1);
+        }
+        if self.spam.sent > 0 {
+            wln!(
+                o,
+                "  spam: {} sent, {} accepted, {} refused as SPAM, {} reached inboxes",
+                self.spam.sent,
+                self.spam.accepted,
+                self.spam.refused_as_spam,
+                self.spam.reached_inboxes
+            );
+        }
+        wln!(o);
+        let ceiling = match (self.ceiling_msgs_per_s, self.ratio_to_ceiling) {
+            (Some(c), Some(r)) => {
+                format!(", ceiling {} msgs/s: {:.1}% of it", fmt_num(c), r * 100.0)
+            }
+            _ => String::new(),
+        };
+        wln!(
+            o,
+            "  throughput        {} msgs/s delivered{ceiling}",
+            fmt_num(self.throughput_msgs_per_s)
+        );
+        wln!(o);
+        wln!(
+            o,
+            "  latency (ms)          p50       p90       p99     p99.9       max     count"
+        );
+        for (name, l) in [
+            ("to delivery", &self.latency_ms),
+            ("  uncorrected", &self.latency_uncorrected_ms),
+            ("to accepted", &self.accept_latency_ms),
+            ("to receipt", &self.receipt_latency_ms),
+        ] {
+            wln!(
+                o,
+                "  {name:<16}{:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9}",
+                l.p50,
+                l.p90,
+                l.p99,
+                l.p999,
+                l.max,
+                l.count
+            );
+        }
+        if self.steps.len() > 1 {
+            wln!(o);
+            wln!(
+                o,
+                "  step   offered  delivered/s      p50      p99      max   lost  healthy"
+            );
+            for s in &self.steps {
+                wln!(
+                    o,
+                    "  {:>4} {:>9} {:>12} {:>8.1} {:>8.1} {:>8.1} {:>6}  {}",
+                    s.index + 1,
+                    fmt_num(s.offered_msgs_per_s),
+                    fmt_num(s.delivered_msgs_per_s),
+                    s.latency_ms.p50,
+                    s.latency_ms.p99,
+                    s.latency_ms.max,
+                    s.lost,
+                    if s.healthy { "yes" } else { "NO" }
+                );
+            }
+            match self.knee_msgs_per_s {
+                Some(k) => wln!(o, "  knee: {} msgs/s (last healthy step)", fmt_num(k)),
+                None if self.steps.iter().all(|s| s.healthy) => {
+                    wln!(o, "  knee: above the highest step")
+                }
+                None => wln!(o, "  knee: below the first step"),
+            };
+        }
+        for w in &self.warnings {
+            wln!(o, "  ! {w}");
+        }
+        o
+    }
+}
+
+/// A number with thousands separators, no decimals above 100.
+pub fn fmt_num(x: f64) -> String {
+    if x.abs() < 100.0 && x.fract() != 0.0 {
+        return format!("{x:.1}");
+    }
+    let n = x.round() as i64;
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        out.insert(0, '-');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ceiling::CeilingReport;
+    use crate::plan::Plan;
+    use crate::recorder::{Answer, Recorder};
+    use std::sync::Arc;
+
+    fn sample_report(toml_extra: &str, ceiling: bool) -> Report {
+        let s = Scenario::from_toml(&format!(
+            "name='t'\n[rate]\nmsgs_per_s=10\nduration_s=2\nwarmup_s=1\n{toml_extra}"
+        ))
+        .unwrap();
+        let plan = Arc::new(Plan::new(&s, RunId(5)));
+        let r = Recorder::new(s.schedule.clone(), plan);
+        for seq in 0..30 {
+            let at = s.schedule.offset_us(seq).unwrap();
+            r.sent(seq, at);
+            r.answered(seq, Answer::Accepted, at + 1_000);
+            if seq != 17 {
+                r.delivered(&[(seq, at)], at + 20_000);
+            }
+        }
+        r.delivered(&[(3, 0)], 2_500_000);
+        let facts = RunFacts {
+            run_id: RunId(5),
+            started_at_unix_ms: 1,
+            target: TargetInfo {
+                ingest_url: "ws://i".into(),
+                delivery_url: "ws://d".into(),
+            },
+            max_lag_us: 0,
+            drain_s: 1.0,
+            drained: false,
+            interrupted: false,
+            duplicates_suppressed_by_client: 2,
+        };
+        let c = ceiling.then(|| CeilingReport {
+            msgs_per_s: 1000.0,
+            messages: 1,
+            hops: 4,
+            payload_bytes: 256,
+            elapsed_s: 1.0,
+            msg_id: false,
+            nats_server_version: "2.9.10".into(),
+        });
+        Report::build(&s, &r.stats(), &r.ledger, &facts, c)
+    }
+
+    #[test]
+    fn the_json_has_the_documented_shape() {
+        let report = sample_report("", true);
+        let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        for key in [
+            "sent",
+            "accepted",
+            "delivered",
+            "lost",
+            "duplicates",
+            "throughput_msgs_per_s",
+            "ceiling_msgs_per_s",
+            "ratio_to_ceiling",
+            "rejected",
+            "failed",
+            "scenario",
+            "steps",
+            "timeline",
+            "percentiles",
+            "spam",
+            "warnings",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        for key in ["p50", "p90", "p99", "p999", "max"] {
+            assert!(v["latency_ms"][key].is_number(), "latency_ms.{key}");
+        }
+        assert_eq!(v["sent"], 30);
+        assert_eq!(v["accepted"], 30);
+        assert_eq!(v["delivered"], 29);
+        assert_eq!(v["lost"], 1);
+        assert_eq!(v["lost_sample"], serde_json::json!([17]));
+        assert_eq!(v["duplicates"], 3);
+        // 19 of the 20 measured messages arrived within the 2 s window.
+        assert_eq!(v["throughput_msgs_per_s"], 9.5);
+        assert_eq!(v["ratio_to_ceiling"], 0.0095);
+        let p50 = v["latency_ms"]["p50"].as_f64().unwrap();
+        assert!((p50 - 20.0).abs() < 0.05, "{p50}");
+        assert_eq!(v["scenario"]["rate"]["msgs_per_s"], 10.0);
+        assert_eq!(v["scenario"]["name"], "t");
+        assert_eq!(v["target"]["ingest_url"], "ws://i");
+        assert!(v["timeline"].as_array().unwrap().len() >= 3);
+        assert!(report
+            .warnings
+            .iter()
+            .any(|w| w.contains("1 accepted messages")));
+        // Nothing secret or personal: no tokens, no full addresses.
+        let text = report.to_json();
+        assert!(!text.contains("token") && !text.contains("+49"), "{text}");
+        let table = report.to_table();
+        assert!(
+            table.contains("lost") && table.contains("ceiling 1,000 msgs/s"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn without_a_ceiling_the_ratio_is_null() {
+        let v: serde_json::Value =
+            serde_json::from_str(&sample_report("", false).to_json()).unwrap();
+        assert!(v["ceiling_msgs_per_s"].is_null());
+        assert!(v["ratio_to_ceiling"].is_null());
+    }
+
+    #[test]
+    fn the_knee_is_the_last_healthy_step_before_the_first_bad_one() {
+        let step = |rate: f64, healthy: bool| StepReport {
+            index: 0,
+            offered_msgs_per_s: rate,
+            delivered_msgs_per_s: rate,
+            start_s: 0.0,
+            duration_s: 1.0,
+            planned: 0,
+            accepted: 0,
+            delivered: 0,
+            lost: 0,
+            latency_ms: Latency::default(),
+            healthy,
+        };
+        assert_eq!(
+            knee(&[
+                step(1.0, true),
+                step(2.0, true),
+                step(3.0, false),
+                step(4.0, true)
+            ]),
+            Some(2.0)
+        );
+        assert_eq!(knee(&[step(1.0, false)]), None);
+        assert_eq!(knee(&[step(1.0, true)]), None);
+        assert_eq!(fmt_num(1234567.0), "1,234,567");
+        assert_eq!(fmt_num(12.5), "12.5");
+        assert_eq!(fmt_num(100.0), "100");
+    }
+}

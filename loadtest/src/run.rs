@@ -1,0 +1,596 @@
+//! A run against a real gateway: set-up (consent, sessions, connections),
+//! the open-loop send phase, the drain, and tear-down.
+//!
+//! Shape, kept cheap for a 2-core machine:
+//! - a few ingest connections per run (`users.ingest_connections`), each
+//!   with many sends in flight (pipelined, answered in any order);
+//! - one pacer task submitting messages at their intended times;
+//! - one delivery session per recipient, and one per sender that tracks
+//!   receipts; each acks what it read in one `Ack` per batch.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use interop_client::{ClientError, ConsentOutcome, Delivered, Receiver, SendOutcome, Sender};
+use interop_proto::v1::{envelope, ReceiptStatus, RejectCode};
+
+use crate::ceiling::CeilingReport;
+use crate::plan::{parse_client_message_id, Plan, RunId};
+use crate::recorder::{Answer, ReceiptKind, Recorder};
+use crate::report::{Report, RunFacts, TargetInfo};
+use crate::scenario::Scenario;
+use crate::schedule::{pace, Clock, Job, Sink};
+
+/// Where the gateway is and the providers' tokens.
+#[derive(Clone)]
+pub struct Target {
+    pub ingest_url: String,
+    pub delivery_url: String,
+    /// Provider id → token. Never logged.
+    pub tokens: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("ingest_url", &self.ingest_url)
+            .field("delivery_url", &self.delivery_url)
+            .field("tokens", &self.tokens.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// How to show progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    Off,
+    /// A live line on stderr (rewritten in place on a terminal).
+    Stderr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no token for provider {0:?} (client config [tokens], or INTEROP_TOKEN_<PROVIDER>)")]
+    MissingToken(String),
+    #[error("cannot open {what}")]
+    Connect {
+        what: &'static str,
+        source: ClientError,
+    },
+    #[error("the gateway refused to opt a recipient in: {0}")]
+    Consent(String),
+}
+
+/// Sends on one ingest connection may be outstanding at most this many;
+/// past it the connection stops taking messages and the pacer falls behind
+/// (which the latency then shows).
+pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 4096;
+/// Deliveries acked together at most.
+const ACK_BATCH: usize = 256;
+/// Sessions opened at once during set-up.
+const SETUP_CONCURRENCY: usize = 16;
+
+/// The outcome of [`run`], before the report is made.
+pub struct Finished {
+    pub recorder: Arc<Recorder>,
+    pub facts: RunFacts,
+}
+
+impl Finished {
+    pub fn report(&self, scenario: &Scenario, ceiling: Option<CeilingReport>) -> Report {
+        Report::build(
+            scenario,
+            &self.recorder.stats(),
+            &self.recorder.ledger,
+            &self.facts,
+            ceiling,
+        )
+    }
+}
+
+fn token<'a>(target: &'a Target, provider: &str) -> Result<&'a str, RunError> {
+    target
+        .tokens
+        .get(provider)
+        .map(String::as_str)
+        .ok_or_else(|| RunError::MissingToken(provider.to_owned()))
+}
+
+/// The sink the pacer feeds: one channel per ingest connection, chosen by
+/// sender so each sender's messages keep their order on the wire.
+struct Dispatch {
+    plan: Arc<Plan>,
+    lanes: Vec<mpsc::Sender<Job>>,
+}
+
+impl Sink for Dispatch {
+    async fn submit(&mut self, job: Job) -> bool {
+        let lane = match self.plan.at(job.seq).from {
+            crate::plan::Origin::Normal(i) => i as usize,
+            crate::plan::Origin::Spammer(i) => i as usize + 7,
+        } % self.lanes.len();
+        self.lanes[lane].send(job).await.is_ok()
+    }
+}
+
+/// Connection details to re-open a lost ingest connection.
+#[derive(Clone)]
+struct IngestLogin {
+    url: String,
+    provider: String,
+    token: String,
+}
+
+async fn send_one(
+    sender: Arc<Sender>,
+    seq: u64,
+    envelope: interop_proto::v1::Envelope,
+) -> (u64, Result<SendOutcome, ClientError>) {
+    (seq, sender.send(envelope).await)
+}
+
+/// One ingest connection: takes jobs, stamps and sends them, records the
+/// answers. Ends when the pacer is done and every send is answered.
+async fn connection(
+    login: IngestLogin,
+    first: Sender,
+    mut jobs: mpsc::Receiver<Job>,
+    recorder: Arc<Recorder>,
+    clock: Clock,
+) {
+    let plan = recorder.plan().clone();
+    let mut sender = Some(Arc::new(first));
+    let mut retry_at = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            Some((seq, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                let now = clock.now_us();
+                let answer = match result {
+                    Ok(SendOutcome::Accepted(_)) => Answer::Accepted,
+                    Ok(SendOutcome::Rejected(r)) => {
+                        Answer::Rejected(RejectCode::try_from(r.code).unwrap_or(RejectCode::Unspecified))
+                    }
+                    Err(_) => {
+                        if sender.take().is_some() {
+                            recorder.connection_error();
+                        }
+                        Answer::Unanswered
+                    }
+                };
+                recorder.answered(seq, answer, now);
+            }
+            job = jobs.recv(), if open && in_flight.len() < MAX_IN_FLIGHT_PER_CONNECTION => {
+                let Some(job) = job else {
+                    open = false;
+                    continue;
+                };
+                if sender.is_none() && Instant::now() >= retry_at {
+                    match Sender::connect(&login.url, &login.provider, &login.token).await {
+                        Ok(s) => sender = Some(Arc::new(s)),
+                        Err(_) => {
+                            recorder.connection_error();
+                            retry_at = Instant::now() + Duration::from_secs(1);
+                        }
+                    }
+                }
+                let now = clock.now_us();
+                let Some(s) = &sender else {
+                    recorder.answered(job.seq, Answer::Unanswered, now);
+                    continue;
+                };
+                let planned = plan.at(job.seq);
+                let envelope = plan.envelope(job.seq, &planned, now);
+                recorder.sent(job.seq, now);
+                in_flight.push(send_one(s.clone(), job.seq, envelope));
+            }
+            else => break,
+        }
+    }
+}
+
+/// Reads a delivered envelope into the recorder's terms.
+enum Seen {
+    Message(u64, u64),
+    Receipt(u64, ReceiptKind),
+    Foreign,
+}
+
+fn classify(run: RunId, d: &Delivered) -> Seen {
+    let env = &d.envelope;
+    if let Some(envelope::Content::Receipt(r)) = &env.content {
+        return match parse_client_message_id(&r.client_message_id) {
+            Some(tag) if tag.run == run => {
+                let kind = match ReceiptStatus::try_from(r.status) {
+                    Ok(ReceiptStatus::Delivered) => ReceiptKind::Delivered,
+                    Ok(ReceiptStatus::Failed) => ReceiptKind::Failed(
+                        RejectCode::try_from(r.code).unwrap_or(RejectCode::Unspecified),
+                    ),
+                    _ => ReceiptKind::Other,
+                };
+                Seen::Receipt(tag.seq, kind)
+            }
+            _ => Seen::Foreign,
+        };
+    }
+    match parse_client_message_id(&env.client_message_id) {
+        Some(tag) if tag.run == run => Seen::Message(tag.seq, tag.sent_us),
+        _ => Seen::Foreign,
+    }
+}
+
+/// Who a delivery session is for.
+#[derive(Clone)]
+struct SessionLogin {
+    url: String,
+    provider: String,
+    token: String,
+    user: String,
+    device: String,
+}
+
+impl SessionLogin {
+    async fn connect(&self) -> Result<Receiver, ClientError> {
+        Receiver::connect(
+            &self.url,
+            &self.provider,
+            &self.token,
+            &self.user,
+            &self.device,
+        )
+        .await
+    }
+}
+
+/// One delivery session (a recipient's, or a sender's for receipts): reads,
+/// records and acks in batches until `stop`; re-opens itself if it fails.
+/// Returns the duplicates the client library dropped (same server id).
+async fn session(
+    login: SessionLogin,
+    first: Receiver,
+    recorder: Arc<Recorder>,
+    clock: Clock,
+    stop: CancellationToken,
+) -> u64 {
+    let run = recorder.plan().run;
+    let mut rx = Some(first);
+    let mut suppressed = 0;
+    let mut messages = Vec::with_capacity(ACK_BATCH);
+    let mut tags = Vec::with_capacity(ACK_BATCH);
+    while !stop.is_cancelled() {
+        let Some(r) = rx.as_mut() else {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                () = stop.cancelled() => break,
+            }
+            match login.connect().await {
+                Ok(r) => rx = Some(r),
+                Err(_) => recorder.connection_error(),
+            }
+            continue;
+        };
+        let first = tokio::select! {
+            d = r.next() => d,
+            () = stop.cancelled() => break,
+        };
+        let mut failed = first.is_err();
+        let mut batch: Vec<Delivered> = first.into_iter().collect();
+        // Take what has already arrived, to ack it in one frame.
+        while !failed && batch.len() < ACK_BATCH {
+            match r.next().now_or_never() {
+                Some(Ok(d)) => batch.push(d),
+                Some(Err(_)) => failed = true,
+                None => break,
+            }
+        }
+        let now = clock.now_us();
+        messages.clear();
+        tags.clear();
+        for d in &batch {
+            tags.push(d.delivery_tag);
+            match classify(run, d) {
+                Seen::Message(seq, sent_us) => messages.push((seq, sent_us)),
+                Seen::Receipt(seq, kind) => recorder.receipt(seq, kind, now),
+                Seen::Foreign => messages.push((u64::MAX, 0)),
+            }
+        }
+        if !messages.is_empty() {
+            recorder.delivered(&messages, now);
+        }
+        if !tags.is_empty() && r.ack(&tags).await.is_err() {
+            failed = true;
+        }
+        if failed {
+            recorder.connection_error();
+            if let Some(old) = rx.take() {
+                suppressed += old.duplicates();
+            }
+        }
+    }
+    if let Some(r) = rx {
+        suppressed += r.duplicates();
+        r.close().await;
+    }
+    suppressed
+}
+
+async fn opt_in(scenario: &Scenario, plan: &Plan, target: &Target) -> Result<(), RunError> {
+    let u = &scenario.file.users;
+    let home = Sender::connect(
+        &target.ingest_url,
+        &u.recipient_provider,
+        token(target, &u.recipient_provider)?,
+    )
+    .await
+    .map_err(|source| RunError::Connect {
+        what: "the recipients' ingest connection",
+        source,
+    })?;
+    let allow = [u.sender_provider.as_str()];
+    let mut answers = futures_util::stream::iter(plan.recipients())
+        .map(|user| home.set_consent(user, true, &allow))
+        .buffer_unordered(64);
+    while let Some(answer) = answers.next().await {
+        match answer {
+            Ok(ConsentOutcome::Updated(_)) => {}
+            Ok(ConsentOutcome::Rejected(r)) => {
+                let code = RejectCode::try_from(r.code).unwrap_or(RejectCode::Unspecified);
+                return Err(RunError::Consent(code.as_str_name().to_owned()));
+            }
+            Err(source) => {
+                return Err(RunError::Connect {
+                    what: "the recipients' ingest connection",
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn open_sessions(
+    logins: Vec<SessionLogin>,
+    what: &'static str,
+) -> Result<Vec<(SessionLogin, Receiver)>, RunError> {
+    futures_util::stream::iter(logins)
+        .map(|login| async move {
+            let rx = login
+                .connect()
+                .await
+                .map_err(|source| RunError::Connect { what, source })?;
+            Ok((login, rx))
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .collect::<Vec<Result<_, RunError>>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+fn progress_line(recorder: &Recorder, clock: Clock, draining: bool) -> String {
+    let now = clock.now_us();
+    let s = recorder.snapshot(now);
+    let schedule = recorder.schedule();
+    let phase = if draining {
+        format!(
+            "drain  {:>4.0}s  waiting for {}",
+            now.saturating_sub(schedule.end_us()) as f64 / 1e6,
+            recorder.ledger.unresolved()
+        )
+    } else {
+        let warm = if now < schedule.measured_start_us() {
+            " warm-up"
+        } else {
+            ""
+        };
+        format!(
+            "{:>4.0}s/{:.0}s{warm}  offered {:.0}/s",
+            now as f64 / 1e6,
+            schedule.end_us() as f64 / 1e6,
+            schedule.rate_at_us(now)
+        )
+    };
+    format!(
+        "[{phase}]  sent {}/s  delivered {}/s ({} total)  p99 {:.1} ms  rejected {}  errors {}",
+        s.sent_last_s, s.delivered_last_s, s.delivered, s.p99_ms, s.rejected, s.errors
+    )
+}
+
+fn spawn_progress(
+    recorder: Arc<Recorder>,
+    clock: Clock,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let tty = std::io::stderr().is_terminal();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => break,
+            }
+            n += 1;
+            let line = progress_line(
+                &recorder,
+                clock,
+                draining.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            let mut err = std::io::stderr().lock();
+            // Progress output is best effort.
+            if tty {
+                write!(err, "\r\x1b[2K{line}").ok();
+            } else if n.is_multiple_of(5) {
+                writeln!(err, "{line}").ok();
+            }
+            err.flush().ok();
+        }
+        if tty {
+            eprintln!();
+        }
+    })
+}
+
+/// Runs a scenario against the gateway at `target`. `stop` ends the send
+/// phase early (what was sent is still drained); `abort` also cuts the
+/// drain short.
+pub async fn run(
+    scenario: &Scenario,
+    target: &Target,
+    progress: Progress,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) -> Result<Finished, RunError> {
+    let run_id = RunId::fresh();
+    let started_at_unix_ms = interop_proto::now_ms();
+    let plan = Arc::new(Plan::new(scenario, run_id));
+    let recorder = Arc::new(Recorder::new(scenario.schedule.clone(), plan.clone()));
+    let u = &scenario.file.users;
+    let sender_token = token(target, &u.sender_provider)?.to_owned();
+    let recipient_token = token(target, &u.recipient_provider)?.to_owned();
+    let device = format!("lt-{run_id}");
+
+    // Set-up: consent, sessions, connections.
+    opt_in(scenario, &plan, target).await?;
+    let login = |provider: &str, token: &str, user: &str| SessionLogin {
+        url: target.delivery_url.clone(),
+        provider: provider.to_owned(),
+        token: token.to_owned(),
+        user: user.to_owned(),
+        device: device.clone(),
+    };
+    let mut logins: Vec<SessionLogin> = plan
+        .recipients()
+        .iter()
+        .map(|r| login(&u.recipient_provider, &recipient_token, r))
+        .collect();
+    logins.extend(
+        plan.receipt_sessions()
+            .map(|s| login(&u.sender_provider, &sender_token, s)),
+    );
+    let sessions = open_sessions(logins, "a delivery session").await?;
+    let ingest = IngestLogin {
+        url: target.ingest_url.clone(),
+        provider: u.sender_provider.clone(),
+        token: sender_token.clone(),
+    };
+    let mut senders = Vec::new();
+    for _ in 0..u.ingest_connections {
+        senders.push(
+            Sender::connect(&ingest.url, &ingest.provider, &ingest.token)
+                .await
+                .map_err(|source| RunError::Connect {
+                    what: "an ingest connection",
+                    source,
+                })?,
+        );
+    }
+
+    // Start shortly after now, so every task is waiting when it begins.
+    let clock = Clock::starting_at(Instant::now() + Duration::from_millis(100));
+    let sessions_stop = CancellationToken::new();
+    let session_tasks: Vec<JoinHandle<u64>> = sessions
+        .into_iter()
+        .map(|(login, rx)| {
+            tokio::spawn(session(
+                login,
+                rx,
+                recorder.clone(),
+                clock,
+                sessions_stop.clone(),
+            ))
+        })
+        .collect();
+    let mut lanes = Vec::new();
+    let mut connection_tasks = Vec::new();
+    for s in senders {
+        let (tx, rx) = mpsc::channel(1024);
+        lanes.push(tx);
+        connection_tasks.push(tokio::spawn(connection(
+            ingest.clone(),
+            s,
+            rx,
+            recorder.clone(),
+            clock,
+        )));
+    }
+    let progress_stop = CancellationToken::new();
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress_task = (progress == Progress::Stderr).then(|| {
+        spawn_progress(
+            recorder.clone(),
+            clock,
+            draining.clone(),
+            progress_stop.clone(),
+        )
+    });
+
+    // Send phase.
+    let mut dispatch = Dispatch {
+        plan: plan.clone(),
+        lanes,
+    };
+    let paced = pace(&scenario.schedule, clock, &mut dispatch, &stop).await;
+    drop(dispatch);
+    draining.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    // Drain: every send answered, every accepted message delivered or
+    // failed, every tracked receipt in; or the drain time is up.
+    let drain_start = Instant::now();
+    let deadline = drain_start + scenario.drain();
+    let mut drained = false;
+    for task in connection_tasks {
+        tokio::select! {
+            _ = task => {}
+            () = tokio::time::sleep_until(deadline) => break,
+            () = abort.cancelled() => break,
+        }
+    }
+    while Instant::now() < deadline && !abort.is_cancelled() {
+        if recorder.ledger.unresolved() == 0 && recorder.pending_receipts() == 0 {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drain_s = drain_start.elapsed().as_secs_f64();
+
+    // Tear-down.
+    sessions_stop.cancel();
+    let mut suppressed = 0;
+    for t in session_tasks {
+        suppressed += t.await.unwrap_or(0);
+    }
+    progress_stop.cancel();
+    if let Some(t) = progress_task {
+        t.await.ok();
+    }
+    Ok(Finished {
+        facts: RunFacts {
+            run_id,
+            started_at_unix_ms,
+            target: TargetInfo {
+                ingest_url: target.ingest_url.clone(),
+                delivery_url: target.delivery_url.clone(),
+            },
+            max_lag_us: paced.max_lag_us,
+            drain_s,
+            drained,
+            interrupted: paced.interrupted,
+            duplicates_suppressed_by_client: suppressed,
+        },
+        recorder,
+    })
+}

@@ -1,0 +1,765 @@
+//! Scenario files: the offered load and its mix, in TOML.
+//!
+//! ```toml
+//! name = "smoke"
+//! [rate]
+//! msgs_per_s = 200        # or: steps = [250, 500, 1000] with step_s = 10
+//! duration_s = 10
+//! warmup_s = 2
+//! drain_s = 15
+//! [users]
+//! sender_provider = "signal"
+//! recipient_provider = "home"
+//! recipients = 20
+//! [mix]
+//! e2ee_share = 0.5
+//! text_sizes = [{ bytes = 64, weight = 6 }, { bytes = 512, weight = 4 }]
+//! [spammers]
+//! count = 2
+//! share = 0.1
+//! ```
+//!
+//! Every table rejects unknown keys, so a typo fails loudly instead of
+//! silently running the default. `docs/loadtest.md` describes every key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use interop_proto::address::is_provider_id;
+use interop_proto::limits::{MAX_CIPHERTEXT_BYTES, MAX_TEXT_BYTES};
+
+use crate::schedule::Schedule;
+
+/// The gateway's default spam limit: messages per sender per minute.
+pub const DEFAULT_SPAM_LIMIT_PER_MIN: u32 = 600;
+/// Most messages one run may plan (the ledger holds 4 bits per message).
+pub const MAX_MESSAGES: u64 = 200_000_000;
+/// Longest phase or drain.
+pub const MAX_SECONDS: f64 = 24.0 * 3600.0;
+/// Most sessions (recipients plus receipt sessions) a scenario may open.
+pub const MAX_SESSIONS: u32 = 5_000;
+
+/// A scenario file as written.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub rate: RateSection,
+    #[serde(default)]
+    pub users: UsersSection,
+    #[serde(default)]
+    pub mix: MixSection,
+    #[serde(default)]
+    pub spammers: Option<SpammersSection>,
+    #[serde(default)]
+    pub knee: KneeSection,
+}
+
+/// The offered rate: `msgs_per_s` + `duration_s`, or `steps` + `step_s`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateSection {
+    pub msgs_per_s: Option<f64>,
+    pub duration_s: Option<f64>,
+    pub steps: Option<Vec<f64>>,
+    pub step_s: Option<f64>,
+    /// Sent at the first rate before measuring; not in latency figures.
+    #[serde(default)]
+    pub warmup_s: f64,
+    /// Longest wait, after the last send, for outstanding deliveries; what
+    /// is still missing then is lost.
+    #[serde(default = "default_drain_s")]
+    pub drain_s: f64,
+}
+
+fn default_drain_s() -> f64 {
+    15.0
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsersSection {
+    pub sender_provider: String,
+    pub recipient_provider: String,
+    /// Normal senders; 0 = as many as needed to keep each within
+    /// `sender_budget_per_min` at the highest rate.
+    pub senders: u32,
+    /// Recipients; each holds one delivery session.
+    pub recipients: u32,
+    /// WebSocket connections to ingest (sends are pipelined on each).
+    pub ingest_connections: u32,
+    /// What one normal sender may send per minute (auto-sizing target).
+    pub sender_budget_per_min: u32,
+    /// The gateway's spam limit (spam-scoring `--max-sender-per-minute`).
+    pub spam_limit_per_min: u32,
+}
+
+impl Default for UsersSection {
+    fn default() -> Self {
+        Self {
+            sender_provider: "signal".into(),
+            recipient_provider: interop_proto::HOME_PROVIDER.into(),
+            senders: 0,
+            recipients: 20,
+            ingest_connections: 2,
+            sender_budget_per_min: 300,
+            spam_limit_per_min: DEFAULT_SPAM_LIMIT_PER_MIN,
+        }
+    }
+}
+
+/// One content size and how often it is picked.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SizeWeight {
+    pub bytes: u32,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MixSection {
+    /// Share of messages sent as E2EE ciphertext; the rest is
+    /// TRANSPORT_ONLY text.
+    pub e2ee_share: f64,
+    pub text_sizes: Vec<SizeWeight>,
+    pub ciphertext_sizes: Vec<SizeWeight>,
+    /// Share of normal senders that hold a delivery session and count
+    /// their `DELIVERED`/`FAILED` receipts (spammers always do).
+    pub receipt_share: f64,
+    /// Declared but not sent: the gateway has no media upload yet (issue 6).
+    pub media_share: f64,
+    /// Declared but not sent: the gateway has no groups yet (issue 5).
+    pub group_share: f64,
+}
+
+impl Default for MixSection {
+    fn default() -> Self {
+        Self {
+            e2ee_share: 0.5,
+            text_sizes: vec![
+                SizeWeight {
+                    bytes: 64,
+                    weight: 60,
+                },
+                SizeWeight {
+                    bytes: 256,
+                    weight: 30,
+                },
+                SizeWeight {
+                    bytes: 2048,
+                    weight: 10,
+                },
+            ],
+            ciphertext_sizes: vec![
+                SizeWeight {
+                    bytes: 160,
+                    weight: 60,
+                },
+                SizeWeight {
+                    bytes: 1024,
+                    weight: 30,
+                },
+                SizeWeight {
+                    bytes: 8192,
+                    weight: 10,
+                },
+            ],
+            receipt_share: 0.1,
+            media_share: 0.0,
+            group_share: 0.0,
+        }
+    }
+}
+
+/// Senders that deliberately exceed the spam limit.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpammersSection {
+    pub count: u32,
+    /// Share of the offered rate they send.
+    pub share: f64,
+}
+
+/// How a stepped run decides where the knee is.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KneeSection {
+    /// A step is healthy while its p99 stays under this.
+    pub max_p99_ms: f64,
+    /// … and it delivers at least this share of the offered rate.
+    pub min_delivered_ratio: f64,
+}
+
+impl Default for KneeSection {
+    fn default() -> Self {
+        Self {
+            max_p99_ms: 1000.0,
+            min_delivered_ratio: 0.95,
+        }
+    }
+}
+
+/// Why a scenario cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// Not TOML, a wrong type, a missing key or an unknown key.
+    #[error("not a valid scenario: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("name must not be empty")]
+    EmptyName,
+    #[error("[rate] needs either msgs_per_s with duration_s, or steps with step_s")]
+    RateShape,
+    #[error("{field} is required with {with}")]
+    Missing {
+        field: &'static str,
+        with: &'static str,
+    },
+    #[error("{field} must be a positive number of messages per second, not {value}")]
+    NonPositiveRate { field: &'static str, value: f64 },
+    #[error("{field} must be between 0 and {max} seconds, not {value}")]
+    BadDuration {
+        field: &'static str,
+        value: f64,
+        max: f64,
+    },
+    #[error("{field} must be a share between 0 and 1, not {value}")]
+    BadShare { field: &'static str, value: f64 },
+    #[error("{field} must list at least one size with a weight above 0")]
+    NoSizes { field: &'static str },
+    #[error("{field}: {bytes} bytes is outside 1..={max}")]
+    BadSize {
+        field: &'static str,
+        bytes: u32,
+        max: usize,
+    },
+    #[error("{field} {value:?} is not a provider id")]
+    BadProvider { field: &'static str, value: String },
+    #[error("{field} must be between 1 and {max}, not {value}")]
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        max: u64,
+    },
+    #[error(
+        "{senders} senders would each send {per_min:.0} messages per minute at the highest rate, \
+         over the spam limit of {limit}: use at least {needed} senders (or senders = 0 for auto)"
+    )]
+    TooFewSenders {
+        senders: u32,
+        per_min: f64,
+        limit: u32,
+        needed: u32,
+    },
+    #[error(
+        "each spammer sends only {per_min:.0} messages per minute at the lowest rate, not over \
+         the spam limit of {limit}: raise spammers.share or lower spammers.count"
+    )]
+    SpammersUnderLimit { per_min: f64, limit: u32 },
+    #[error("the scenario plans {planned} messages, more than {max}")]
+    TooManyMessages { planned: u64, max: u64 },
+    #[error("{sessions} sessions (recipients + receipt sessions) are more than {max}")]
+    TooManySessions { sessions: u32, max: u32 },
+}
+
+/// A checked scenario and what follows from it.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub file: ScenarioFile,
+    pub schedule: Schedule,
+    /// Normal senders (after auto-sizing).
+    pub senders: u32,
+    /// Normal senders with a receipt session (the first ones).
+    pub receipt_senders: u32,
+    pub spammers: u32,
+    pub spam_share: f64,
+    /// Declared parts of the mix this gateway cannot take yet.
+    pub unsupported: Vec<Unsupported>,
+}
+
+/// A declared part of the mix that is not sent.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Unsupported {
+    pub feature: &'static str,
+    pub share: f64,
+    pub reason: &'static str,
+}
+
+fn check_share(field: &'static str, value: f64) -> Result<f64, ScenarioError> {
+    if value.is_finite() && (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ScenarioError::BadShare { field, value })
+    }
+}
+
+fn check_seconds(
+    field: &'static str,
+    value: f64,
+    zero_ok: bool,
+) -> Result<Duration, ScenarioError> {
+    let ok =
+        value.is_finite() && value <= MAX_SECONDS && (value > 0.0 || (zero_ok && value == 0.0));
+    if ok {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(ScenarioError::BadDuration {
+            field,
+            value,
+            max: MAX_SECONDS,
+        })
+    }
+}
+
+fn check_rate(field: &'static str, value: f64) -> Result<f64, ScenarioError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(ScenarioError::NonPositiveRate { field, value })
+    }
+}
+
+fn check_sizes(field: &'static str, sizes: &[SizeWeight], max: usize) -> Result<(), ScenarioError> {
+    if sizes.iter().all(|s| s.weight == 0) {
+        return Err(ScenarioError::NoSizes { field });
+    }
+    match sizes
+        .iter()
+        .find(|s| s.bytes == 0 || s.bytes as usize > max)
+    {
+        Some(s) => Err(ScenarioError::BadSize {
+            field,
+            bytes: s.bytes,
+            max,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn check_range(field: &'static str, value: u32, max: u32) -> Result<u32, ScenarioError> {
+    if value >= 1 && value <= max {
+        Ok(value)
+    } else {
+        Err(ScenarioError::OutOfRange {
+            field,
+            value: value.into(),
+            max: max.into(),
+        })
+    }
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, ScenarioError> {
+        Self::check(toml::from_str(text)?)
+    }
+
+    /// Checks a parsed file and derives the schedule and user counts.
+    pub fn check(file: ScenarioFile) -> Result<Self, ScenarioError> {
+        use ScenarioError::*;
+        if file.name.trim().is_empty() {
+            return Err(EmptyName);
+        }
+        let r = &file.rate;
+        let warmup = check_seconds("rate.warmup_s", r.warmup_s, true)?;
+        check_seconds("rate.drain_s", r.drain_s, true)?;
+        let (rates, step) = match (r.msgs_per_s, &r.steps) {
+            (Some(rate), None) => {
+                if r.step_s.is_some() {
+                    return Err(RateShape);
+                }
+                let d = r.duration_s.ok_or(Missing {
+                    field: "rate.duration_s",
+                    with: "rate.msgs_per_s",
+                })?;
+                (
+                    vec![check_rate("rate.msgs_per_s", rate)?],
+                    check_seconds("rate.duration_s", d, false)?,
+                )
+            }
+            (None, Some(steps)) if !steps.is_empty() => {
+                if r.duration_s.is_some() {
+                    return Err(RateShape);
+                }
+                let s = r.step_s.ok_or(Missing {
+                    field: "rate.step_s",
+                    with: "rate.steps",
+                })?;
+                let rates = steps
+                    .iter()
+                    .map(|&v| check_rate("rate.steps", v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (rates, check_seconds("rate.step_s", s, false)?)
+            }
+            _ => return Err(RateShape),
+        };
+        let schedule = Schedule::stepped(&rates, warmup, step);
+        if schedule.total() > MAX_MESSAGES {
+            return Err(TooManyMessages {
+                planned: schedule.total(),
+                max: MAX_MESSAGES,
+            });
+        }
+
+        let u = &file.users;
+        for (field, value) in [
+            ("users.sender_provider", &u.sender_provider),
+            ("users.recipient_provider", &u.recipient_provider),
+        ] {
+            if !is_provider_id(value) {
+                return Err(BadProvider {
+                    field,
+                    value: value.clone(),
+                });
+            }
+        }
+        check_range("users.recipients", u.recipients, MAX_SESSIONS)?;
+        check_range("users.ingest_connections", u.ingest_connections, 64)?;
+        check_range("users.spam_limit_per_min", u.spam_limit_per_min, u32::MAX)?;
+        check_range(
+            "users.sender_budget_per_min",
+            u.sender_budget_per_min,
+            u.spam_limit_per_min,
+        )?;
+
+        let m = &file.mix;
+        check_share("mix.e2ee_share", m.e2ee_share)?;
+        check_share("mix.receipt_share", m.receipt_share)?;
+        check_share("mix.media_share", m.media_share)?;
+        check_share("mix.group_share", m.group_share)?;
+        if m.e2ee_share < 1.0 {
+            check_sizes("mix.text_sizes", &m.text_sizes, MAX_TEXT_BYTES)?;
+        }
+        if m.e2ee_share > 0.0 {
+            check_sizes(
+                "mix.ciphertext_sizes",
+                &m.ciphertext_sizes,
+                MAX_CIPHERTEXT_BYTES,
+            )?;
+        }
+
+        let (spammers, spam_share) = match &file.spammers {
+            None => (0, 0.0),
+            Some(s) => {
+                let share = check_share("spammers.share", s.share)?;
+                if share >= 1.0 {
+                    return Err(BadShare {
+                        field: "spammers.share",
+                        value: share,
+                    });
+                }
+                check_range("spammers.count", s.count, 10_000)?;
+                let min_rate = rates.iter().copied().fold(f64::INFINITY, f64::min);
+                let per_min = min_rate * share * 60.0 / f64::from(s.count);
+                if per_min <= f64::from(u.spam_limit_per_min) {
+                    return Err(SpammersUnderLimit {
+                        per_min,
+                        limit: u.spam_limit_per_min,
+                    });
+                }
+                (s.count, share)
+            }
+        };
+
+        let max_rate = rates.iter().copied().fold(0.0, f64::max);
+        let normal_per_min = max_rate * (1.0 - spam_share) * 60.0;
+        let senders = if u.senders == 0 {
+            ((normal_per_min / f64::from(u.sender_budget_per_min)).ceil() as u32).max(1)
+        } else {
+            let per_min = normal_per_min / f64::from(u.senders);
+            // The gateway refuses a sender's messages over the limit; keep
+            // one message of margin for the minute boundary.
+            if per_min + 1.0 > f64::from(u.spam_limit_per_min) {
+                return Err(TooFewSenders {
+                    senders: u.senders,
+                    per_min,
+                    limit: u.spam_limit_per_min,
+                    needed: ((normal_per_min / f64::from(u.spam_limit_per_min - 1)).ceil() as u32)
+                        .max(1),
+                });
+            }
+            u.senders
+        };
+        let receipt_senders = (f64::from(senders) * m.receipt_share).ceil() as u32;
+        let sessions = u
+            .recipients
+            .saturating_add(receipt_senders)
+            .saturating_add(spammers);
+        if sessions > MAX_SESSIONS {
+            return Err(TooManySessions {
+                sessions,
+                max: MAX_SESSIONS,
+            });
+        }
+        let k = &file.knee;
+        if !(k.max_p99_ms.is_finite() && k.max_p99_ms > 0.0) {
+            return Err(BadDuration {
+                field: "knee.max_p99_ms",
+                value: k.max_p99_ms,
+                max: MAX_SECONDS * 1000.0,
+            });
+        }
+        check_share("knee.min_delivered_ratio", k.min_delivered_ratio)?;
+
+        let mut unsupported = Vec::new();
+        if m.media_share > 0.0 {
+            unsupported.push(Unsupported {
+                feature: "media",
+                share: m.media_share,
+                reason:
+                    "the gateway has no media upload yet (issue 6); these messages are not sent",
+            });
+        }
+        if m.group_share > 0.0 {
+            unsupported.push(Unsupported {
+                feature: "groups",
+                share: m.group_share,
+                reason: "the gateway has no groups yet (issue 5); these messages are not sent",
+            });
+        }
+        Ok(Self {
+            file,
+            schedule,
+            senders,
+            receipt_senders,
+            spammers,
+            spam_share,
+            unsupported,
+        })
+    }
+
+    /// The highest offered rate.
+    pub fn max_rate(&self) -> f64 {
+        self.schedule.steps().map(|p| p.rate).fold(0.0, f64::max)
+    }
+
+    pub fn drain(&self) -> Duration {
+        // Checked finite and in range by `check`.
+        Duration::from_secs_f64(self.file.rate.drain_s)
+    }
+
+    pub fn is_stepped(&self) -> bool {
+        self.file.rate.steps.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMOKE: &str = r#"
+        name = "smoke"
+        [rate]
+        msgs_per_s = 200
+        duration_s = 10
+        warmup_s = 2
+    "#;
+
+    fn err(text: &str) -> ScenarioError {
+        Scenario::from_toml(text).expect_err("should be refused")
+    }
+
+    #[test]
+    fn a_minimal_file_gets_defaults_and_auto_sized_senders() {
+        let s = Scenario::from_toml(SMOKE).unwrap();
+        assert_eq!(s.schedule.total(), 2400);
+        // 200/s = 12,000/min over a 300/min budget each.
+        assert_eq!(s.senders, 40);
+        assert_eq!(s.receipt_senders, 4);
+        assert_eq!(s.spammers, 0);
+        assert_eq!(s.file.users.recipient_provider, "home");
+        assert_eq!(s.drain(), Duration::from_secs(15));
+        assert!(s.unsupported.is_empty());
+        assert!(!s.is_stepped());
+    }
+
+    #[test]
+    fn the_shipped_scenarios_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+        assert!(n >= 3);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_in_every_table() {
+        for text in [
+            format!("{SMOKE}\nbogus = 1"),
+            SMOKE.replace("warmup_s", "warm_up_s"),
+            format!("{SMOKE}\n[users]\nrecipient = 3"),
+            format!("{SMOKE}\n[mix]\ntext_sizes = [{{ bytes = 1, weight = 1, x = 2 }}]"),
+            format!("{SMOKE}\n[spammers]\ncount = 1\nshare = 0.5\nrate = 3"),
+        ] {
+            match err(&text) {
+                ScenarioError::Parse(e) => assert!(e.to_string().contains("unknown field"), "{e}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn rates_and_durations_must_make_sense() {
+        assert!(matches!(
+            err(&SMOKE.replace("200", "0")),
+            ScenarioError::NonPositiveRate {
+                field: "rate.msgs_per_s",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(&SMOKE.replace("200", "-5")),
+            ScenarioError::NonPositiveRate { .. }
+        ));
+        assert!(matches!(
+            err("name='x'\n[rate]\nsteps=[100, 0]\nstep_s=5"),
+            ScenarioError::NonPositiveRate {
+                field: "rate.steps",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err("name='x'\n[rate]\nmsgs_per_s=10"),
+            ScenarioError::Missing {
+                field: "rate.duration_s",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err("name='x'\n[rate]\nsteps=[10]"),
+            ScenarioError::Missing {
+                field: "rate.step_s",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err("name='x'\n[rate]\nmsgs_per_s=10\nduration_s=5\nsteps=[10]"),
+            ScenarioError::RateShape
+        ));
+        assert!(matches!(
+            err("name='x'\n[rate]\nsteps=[]\nstep_s=1"),
+            ScenarioError::RateShape
+        ));
+        assert!(matches!(
+            err(&SMOKE.replace("duration_s = 10", "duration_s = 0")),
+            ScenarioError::BadDuration {
+                field: "rate.duration_s",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(&SMOKE.replace("warmup_s = 2", "warmup_s = -1")),
+            ScenarioError::BadDuration {
+                field: "rate.warmup_s",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(&SMOKE.replace("200", "1e9").replace("= 10", "= 86000")),
+            ScenarioError::TooManyMessages { .. }
+        ));
+        assert!(matches!(
+            err("[rate]\nmsgs_per_s=1\nduration_s=1"),
+            ScenarioError::Parse(_)
+        ));
+        assert!(matches!(
+            err(&SMOKE.replace("smoke", " ")),
+            ScenarioError::EmptyName
+        ));
+    }
+
+    #[test]
+    fn the_mix_is_checked() {
+        assert!(matches!(
+            err(&format!("{SMOKE}\n[mix]\ne2ee_share = 1.5")),
+            ScenarioError::BadShare {
+                field: "mix.e2ee_share",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(&format!(
+                "{SMOKE}\n[mix]\ntext_sizes = [{{ bytes = 5000, weight = 1 }}]"
+            )),
+            ScenarioError::BadSize {
+                field: "mix.text_sizes",
+                bytes: 5000,
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(&format!("{SMOKE}\n[mix]\ntext_sizes = []")),
+            ScenarioError::NoSizes {
+                field: "mix.text_sizes"
+            }
+        ));
+        // Text sizes do not matter when everything is ciphertext.
+        Scenario::from_toml(&format!(
+            "{SMOKE}\n[mix]\ne2ee_share = 1.0\ntext_sizes = []"
+        ))
+        .unwrap();
+        assert!(matches!(
+            err(&format!("{SMOKE}\n[users]\nsender_provider = \"Signal!\"")),
+            ScenarioError::BadProvider { .. }
+        ));
+        assert!(matches!(
+            err(&format!("{SMOKE}\n[users]\nrecipients = 0")),
+            ScenarioError::OutOfRange {
+                field: "users.recipients",
+                ..
+            }
+        ));
+        let s = Scenario::from_toml(&format!(
+            "{SMOKE}\n[mix]\nmedia_share = 0.2\ngroup_share = 0.1"
+        ))
+        .unwrap();
+        assert_eq!(
+            s.unsupported.iter().map(|u| u.feature).collect::<Vec<_>>(),
+            ["media", "groups"]
+        );
+    }
+
+    #[test]
+    fn senders_and_spammers_are_sized_against_the_spam_limit() {
+        // 200/s from 10 senders = 1,200/min each: over 600.
+        match err(&format!("{SMOKE}\n[users]\nsenders = 10")) {
+            ScenarioError::TooFewSenders { needed, .. } => assert_eq!(needed, 21),
+            other => panic!("{other:?}"),
+        }
+        Scenario::from_toml(&format!("{SMOKE}\n[users]\nsenders = 25")).unwrap();
+        // 10% of 200/s over 10 spammers = 120/min each: under 600.
+        assert!(matches!(
+            err(&format!("{SMOKE}\n[spammers]\ncount = 10\nshare = 0.1")),
+            ScenarioError::SpammersUnderLimit { .. }
+        ));
+        let s =
+            Scenario::from_toml(&format!("{SMOKE}\n[spammers]\ncount = 1\nshare = 0.1")).unwrap();
+        assert_eq!((s.spammers, s.senders), (1, 36));
+        // Stepped: spammers are checked at the lowest rate, senders at the highest.
+        let stepped =
+            "name='k'\n[rate]\nsteps=[100, 1000]\nstep_s=5\n[spammers]\ncount=1\nshare=0.2";
+        let s = Scenario::from_toml(stepped).unwrap();
+        assert_eq!(s.senders, 160);
+        assert_eq!(s.max_rate(), 1000.0);
+        assert!(s.is_stepped());
+    }
+}

@@ -1,0 +1,184 @@
+//! Short runs against a real gateway: the five services in-process against
+//! real nats-server and redis-server (interop-e2e).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+
+use interop_e2e::{Cluster, Gateway, HOME_TOKEN, SIGNAL_TOKEN};
+use interop_loadtest::ceiling::{self, CeilingOptions, STREAM_PREFIX};
+use interop_loadtest::{html, run, Progress, Scenario, Target};
+use interop_test_support::{NatsServer, RedisServer};
+
+fn target(gateway: &Gateway) -> Target {
+    Target {
+        ingest_url: gateway.ingest_url.clone(),
+        delivery_url: gateway.delivery_url.clone(),
+        tokens: HashMap::from([
+            ("home".to_owned(), HOME_TOKEN.to_owned()),
+            ("signal".to_owned(), SIGNAL_TOKEN.to_owned()),
+        ]),
+    }
+}
+
+async fn ceiling_streams(nats_url: &str) -> Vec<String> {
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.stream_names()
+        .filter_map(|n| async move { n.ok() })
+        .filter(|n| std::future::ready(n.starts_with(STREAM_PREFIX)))
+        .collect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_delivers_everything_once_and_writes_the_reports() {
+    let started = Instant::now();
+    let cluster = Cluster::start().await;
+    let scenario = Scenario::from_toml(
+        r#"
+        name = "integration"
+        [rate]
+        msgs_per_s = 100
+        duration_s = 2
+        warmup_s = 0.5
+        drain_s = 15
+        [users]
+        recipients = 5
+        [mix]
+        e2ee_share = 0.5
+        receipt_share = 0.5
+        "#,
+    )
+    .unwrap();
+    let finished = run::run(
+        &scenario,
+        &target(&cluster.gateway),
+        Progress::Off,
+        CancellationToken::new(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let mut options = CeilingOptions::new(cluster.nats.url());
+    options.messages = 2_000;
+    let ceiling = ceiling::measure(&options, "itest").await.unwrap();
+    assert!(ceiling.msgs_per_s > 0.0);
+    assert!(
+        ceiling_streams(&cluster.nats.url()).await.is_empty(),
+        "the ceiling's streams are deleted"
+    );
+    let report = finished.report(&scenario, Some(ceiling));
+    eprintln!("{}", report.to_table());
+
+    assert_eq!(report.sent, 250);
+    assert_eq!(report.accepted, 250);
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert_eq!(report.unanswered, 0);
+    assert_eq!(report.lost, 0, "lost: {:?}", report.lost_sample);
+    assert_eq!(report.duplicates, 0);
+    assert_eq!(report.delivered, report.accepted);
+    assert!(report.generator.drained);
+    // Every message of a sender with a receipt session got its receipt.
+    assert!(report.receipts.delivered > 0);
+    assert_eq!(report.receipts.duplicate, 0);
+    assert_eq!(report.latency_ms.count, 200, "the warm-up is not measured");
+    assert!(report.latency_ms.p50 > 0.0 && report.latency_ms.p99 < 5_000.0);
+    assert!(
+        report.throughput_msgs_per_s > 50.0,
+        "{}",
+        report.throughput_msgs_per_s
+    );
+    assert!(report.ratio_to_ceiling.is_some());
+
+    let dir = tempfile::tempdir().unwrap();
+    let (json_path, html_path) = (dir.path().join("out.json"), dir.path().join("out.html"));
+    std::fs::write(&json_path, report.to_json()).unwrap();
+    std::fs::write(&html_path, html::render(&report)).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(v["lost"], 0);
+    assert_eq!(v["delivered"], 250);
+    assert!(v["latency_ms"]["p99"].is_number());
+    assert!(v["ceiling_msgs_per_s"].is_number());
+    let page = std::fs::read_to_string(&html_path).unwrap();
+    assert!(page.starts_with("<!doctype html>") && page.ends_with("</html>"));
+    assert_eq!(
+        page.matches("<svg").count(),
+        3,
+        "percentiles, throughput, latency over time"
+    );
+    assert!(!page.contains(HOME_TOKEN) && !page.contains(SIGNAL_TOKEN));
+    eprintln!("took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spammers_over_the_limit_are_refused_and_counted() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    // A low limit, so a 2 s run can exceed it.
+    let spam = interop_spam_scoring::Config {
+        max_sender_per_minute: 10,
+        ..Default::default()
+    };
+    let gateway = Gateway::start_with(&nats.url(), &redis.url(), spam).await;
+    let scenario = Scenario::from_toml(
+        r#"
+        name = "spam"
+        [rate]
+        msgs_per_s = 100
+        duration_s = 2
+        drain_s = 15
+        [users]
+        recipients = 5
+        spam_limit_per_min = 10
+        sender_budget_per_min = 5
+        [mix]
+        receipt_share = 0.0
+        [spammers]
+        count = 1
+        share = 0.15
+        "#,
+    )
+    .unwrap();
+    let finished = tokio::time::timeout(
+        Duration::from_secs(60),
+        run::run(
+            &scenario,
+            &target(&gateway),
+            Progress::Off,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let report = finished.report(&scenario, None);
+    eprintln!("{}", report.to_table());
+    // 30 spam messages from one sender (15/s, under ingest's per-sender
+    // edge limit), 10 allowed per minute: at least 10 are refused even if
+    // the run straddles a minute boundary.
+    assert_eq!(report.spam.sent, 30);
+    assert_eq!(report.spam.accepted, 30);
+    assert!(report.spam.refused_as_spam >= 10, "{:?}", report.spam);
+    assert_eq!(
+        report.spam.refused_as_spam + report.spam.reached_inboxes,
+        report.spam.accepted,
+        "every spam message is either refused or delivered"
+    );
+    assert_eq!(
+        report.failed.get("SPAM"),
+        Some(&report.spam.refused_as_spam)
+    );
+    // Normal senders stayed under the limit: all delivered; nothing lost.
+    assert_eq!(report.lost, 0);
+    assert_eq!(
+        report.delivered,
+        report.accepted - report.spam.refused_as_spam
+    );
+    assert_eq!(report.duplicates, 0);
+    gateway.stop().await;
+}
