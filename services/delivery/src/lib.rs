@@ -96,14 +96,9 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         })?;
     let addr: Option<SocketAddr> = config.listener.local_addr().ok();
     let store = RegistryStore::new(js.clone());
-    let seeded = store.seed(&config.providers).await?;
-    if seeded > 0 {
-        info!(
-            seeded,
-            "Seeded the provider registry from the providers file."
-        );
-    }
-    let providers = store.watch(shutdown.clone()).await?;
+    let providers = store
+        .seed_and_watch(&config.providers, shutdown.clone())
+        .await?;
     let shared = Arc::new(Shared {
         providers,
         js,

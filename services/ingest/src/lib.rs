@@ -107,14 +107,9 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     interop_bus::ensure_streams(&js, &config.streams).await?;
     let addr: Option<SocketAddr> = config.listener.local_addr().ok();
     let store = RegistryStore::new(js.clone());
-    let seeded = store.seed(&config.providers).await?;
-    if seeded > 0 {
-        info!(
-            seeded,
-            "Seeded the provider registry from the providers file."
-        );
-    }
-    let providers = store.watch(shutdown.clone()).await?;
+    let providers = store
+        .seed_and_watch(&config.providers, shutdown.clone())
+        .await?;
     let admin_task = config.admin_api.map(|api| {
         let addr = api.listener.local_addr().ok();
         info!(?addr, "Provider admin API is listening.");

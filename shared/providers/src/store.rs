@@ -139,6 +139,23 @@ impl RegistryStore {
         Ok((records, messages))
     }
 
+    /// What ingest and delivery do at start: seed from the providers file,
+    /// then watch.
+    pub async fn seed_and_watch(
+        &self,
+        seed: &Registry,
+        shutdown: CancellationToken,
+    ) -> Result<watch::Receiver<Arc<Registry>>, StoreError> {
+        let seeded = self.seed(seed).await?;
+        if seeded > 0 {
+            info!(
+                seeded,
+                "Seeded the provider registry from the providers file."
+            );
+        }
+        self.watch(shutdown).await
+    }
+
     /// Loads the registry and keeps it current until `shutdown`: the
     /// receiver always holds the latest registry.
     pub async fn watch(
