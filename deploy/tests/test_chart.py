@@ -240,6 +240,7 @@ def test_config_map_carries_the_common_environment(render):
         "INTEROP_STREAM_REPLICAS": "3",
         "INTEROP_INBOX_MAX_AGE_SECS": "2592000",
         "INTEROP_INBOX_MAX_PER_RECIPIENT": "10000",
+        "INTEROP_ALLOW_PLAINTEXT": "true",
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318",
         "INTEROP_TRACE_SAMPLE_RATIO": "0.5",
     }
@@ -715,3 +716,11 @@ def test_notes_list_the_services(render):
     notes = render(merge(REQUIRED, {"routing": {"enabled": False}})).notes
     assert "routing            disabled" in notes
     assert f"ws://{RELEASE}-interop-ingest.{NAMESPACE}.svc:8080/v1/ws" in notes
+
+
+def test_provider_endpoints_allow_plaintext_only_when_tls_ends_in_front(render):
+    cm = [c for c in render(REQUIRED).kind("ConfigMap") if c["metadata"]["name"].endswith("-config")][0]
+    assert cm["data"]["INTEROP_ALLOW_PLAINTEXT"] == "true"
+    cm = [c for c in render(merge(REQUIRED, {"tls": {"terminatedInFront": False}})).kind("ConfigMap")
+          if c["metadata"]["name"].endswith("-config")][0]
+    assert cm["data"]["INTEROP_ALLOW_PLAINTEXT"] == "false"

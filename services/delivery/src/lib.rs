@@ -41,6 +41,8 @@ pub struct Config {
     /// Where recipients' clients connect (bound by the caller).
     pub listener: TcpListener,
     pub providers: Arc<Registry>,
+    /// TLS for the endpoint; plaintext when `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub streams: StreamSettings,
 }
 
@@ -49,6 +51,7 @@ impl Config {
         Self {
             listener,
             providers,
+            tls: None,
             streams: StreamSettings::default(),
         }
     }
@@ -113,9 +116,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         .with_state(shared.clone());
     deps.health.set_bound();
     info!(?addr, "delivery is listening.");
-    let stop = shutdown.clone();
-    axum::serve(config.listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
+    interop_service::tls::serve(config.listener, config.tls, app, shutdown.clone())
         .await
         .map_err(Error::Serve)?;
     shared.sessions.close();

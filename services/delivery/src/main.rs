@@ -13,6 +13,8 @@ use interop_service::CommonArgs;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    tls: interop_service::tls::TlsArgs,
     /// Address recipients' clients connect to (WebSocket at /v1/ws).
     #[arg(long, env = "INTEROP_DELIVERY_LISTEN", default_value = "0.0.0.0:8081")]
     listen: SocketAddr,
@@ -35,11 +37,16 @@ async fn main() {
         .unwrap_or_else(|e| exit_config(e));
     let providers =
         interop_providers::Registry::load(&args.providers_file).unwrap_or_else(|e| exit_config(e));
+    let tls = args
+        .tls
+        .server_config(args.listen)
+        .unwrap_or_else(|e| exit_config(e));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .unwrap_or_else(|e| exit_config(format!("cannot listen on {}: {e}", args.listen)));
     let mut config = interop_delivery::Config::new(listener, Arc::new(providers));
     config.streams = streams;
+    config.tls = tls;
     let code = interop_service::run_main("delivery", &args.common, |deps, shutdown| {
         interop_delivery::run(config, deps, shutdown)
     })

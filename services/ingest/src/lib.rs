@@ -40,6 +40,8 @@ pub struct Config {
     /// Where providers connect (bound by the caller, so tests can use port 0).
     pub listener: TcpListener,
     pub providers: Arc<Registry>,
+    /// TLS for the endpoint; plaintext when `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub streams: StreamSettings,
     /// How long a send may wait for JetStream before it is refused as
     /// `UNAVAILABLE` (retryable).
@@ -59,6 +61,7 @@ impl Config {
         Self {
             listener,
             providers,
+            tls: None,
             streams: StreamSettings::default(),
             store_timeout: Duration::from_secs(2),
             idempotency_window: Duration::from_secs(24 * 3600),
@@ -137,9 +140,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     }
     deps.health.set_bound();
     info!(?addr, "ingest is listening.");
-    let stop = shutdown.clone();
-    axum::serve(config.listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
+    interop_service::tls::serve(config.listener, config.tls, app, shutdown.clone())
         .await
         .map_err(Error::Serve)?;
     shared.sessions.close();

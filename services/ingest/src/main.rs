@@ -14,6 +14,8 @@ use interop_service::CommonArgs;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    tls: interop_service::tls::TlsArgs,
     /// Address providers connect to (WebSocket at /v1/ws).
     #[arg(long, env = "INTEROP_INGEST_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -69,11 +71,16 @@ async fn main() {
         .unwrap_or_else(|e| exit_config(e));
     let providers =
         interop_providers::Registry::load(&args.providers_file).unwrap_or_else(|e| exit_config(e));
+    let tls = args
+        .tls
+        .server_config(args.listen)
+        .unwrap_or_else(|e| exit_config(e));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .unwrap_or_else(|e| exit_config(format!("cannot listen on {}: {e}", args.listen)));
     let mut config = interop_ingest::Config::new(listener, Arc::new(providers));
     config.streams = streams;
+    config.tls = tls;
     config.store_timeout = Duration::from_millis(args.store_timeout_ms.max(1));
     for (rate, burst) in [
         (args.provider_max_per_second, args.provider_burst),

@@ -53,6 +53,8 @@ pub enum ClientError {
     HelloRefused(Rejected),
     #[error("the connection closed{}", .0.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
     Closed(Option<String>),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("websocket: {0}")]
@@ -88,15 +90,38 @@ pub fn text_envelope(client_message_id: &str, from: &str, to: &str, body: &str) 
     }
 }
 
-async fn connect_ws(url: &str) -> Result<Ws, ClientError> {
-    let (ws, _) =
-        tokio_tungstenite::connect_async(url)
-            .await
-            .map_err(|e| ClientError::Connect {
-                url: url.to_owned(),
-                source: Box::new(e),
-            })?;
+async fn connect_ws(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Ws, ClientError> {
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector)
+        .await
+        .map_err(|e| ClientError::Connect {
+            url: url.to_owned(),
+            source: Box::new(e),
+        })?;
     Ok(ws)
+}
+
+/// A TLS client config trusting the CA certificates in a PEM file, for
+/// `wss://` endpoints.
+pub fn tls_config(ca_pem: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca_pem)
+        .map_err(|e| ClientError::Tls(format!("{}: {e}", ca_pem.display())))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| ClientError::Tls(format!("{}: {e}", ca_pem.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ClientError::Tls(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 fn encode(frame: &ClientFrame) -> Message {
@@ -159,7 +184,17 @@ pub struct Sender {
 impl Sender {
     /// Connects and authenticates as `provider`.
     pub async fn connect(url: &str, provider: &str, token: &str) -> Result<Self, ClientError> {
-        let ws = connect_ws(url).await?;
+        Self::connect_with(url, provider, token, None).await
+    }
+
+    /// Like [`Sender::connect`], with a TLS config for `wss://` (see [`tls_config`]).
+    pub async fn connect_with(
+        url: &str,
+        provider: &str,
+        token: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, ClientError> {
+        let ws = connect_ws(url, tls).await?;
         let (mut sink, mut stream) = ws.split();
         let welcome = hello(
             &mut sink,
@@ -368,7 +403,19 @@ impl Receiver {
         user: &str,
         device_id: &str,
     ) -> Result<Self, ClientError> {
-        let ws = connect_ws(url).await?;
+        Self::connect_with(url, provider, token, user, device_id, None).await
+    }
+
+    /// Like [`Receiver::connect`], with a TLS config for `wss://`.
+    pub async fn connect_with(
+        url: &str,
+        provider: &str,
+        token: &str,
+        user: &str,
+        device_id: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, ClientError> {
+        let ws = connect_ws(url, tls).await?;
         let (mut sink, mut stream) = ws.split();
         let welcome = hello(
             &mut sink,

@@ -29,6 +29,9 @@ struct Cli {
     /// The provider's token (default: from the client config).
     #[arg(long, env = "INTEROP_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// CA certificates (PEM) to trust for wss:// endpoints.
+    #[arg(long, env = "INTEROP_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
     /// Provider id to authenticate as (default: the provider of --as).
     #[arg(long, env = "INTEROP_PROVIDER", global = true)]
     provider: Option<String>,
@@ -148,6 +151,7 @@ enum ProviderCommand {
 
 struct Ctx {
     file: ClientConfig,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     token: Option<String>,
     provider: Option<String>,
 }
@@ -247,8 +251,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(path) => ClientConfig::load(&path)?,
         None => ClientConfig::default(),
     };
+    let tls = match &cli.ca_file {
+        Some(path) => Some(interop_client::tls_config(path)?),
+        None => None,
+    };
     let ctx = Ctx {
         file,
+        tls,
         token: cli.token,
         provider: cli.provider,
     };
@@ -291,7 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 (None, None) => bail!("pass --text or --ciphertext-b64"),
             };
-            let sender = Sender::connect(&url, &provider, &token).await?;
+            let sender = Sender::connect_with(&url, &provider, &token, ctx.tls.clone()).await?;
             match sender.send(envelope).await? {
                 SendOutcome::Accepted(a) => {
                     println!(
@@ -387,7 +396,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => {
             let (provider, token) = ctx.creds(&user)?;
             let url = ctx.url(delivery_url, ctx.file.delivery_url.as_ref(), "delivery")?;
-            let mut rx = Receiver::connect(&url, &provider, &token, &user, &device).await?;
+            let mut rx =
+                Receiver::connect_with(&url, &provider, &token, &user, &device, ctx.tls.clone())
+                    .await?;
             eprintln!("interop: listening as {user}");
             let deadline = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
             let mut received = 0u64;
@@ -423,7 +434,7 @@ async fn consent(
 ) -> anyhow::Result<i32> {
     let (provider, token) = ctx.creds(user)?;
     let url = ctx.url(ingest_url, ctx.file.ingest_url.as_ref(), "ingest")?;
-    let sender = Sender::connect(&url, &provider, &token).await?;
+    let sender = Sender::connect_with(&url, &provider, &token, ctx.tls.clone()).await?;
     let allow: Vec<&str> = allow.iter().map(String::as_str).collect();
     match sender.set_consent(user, opted_in, &allow).await? {
         ConsentOutcome::Updated(c) => {

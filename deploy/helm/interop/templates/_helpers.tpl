@@ -234,6 +234,7 @@ INTEROP_ADMIN_LISTEN: {{ printf "0.0.0.0:%d" (int .Values.adminPort) | quote }}
 INTEROP_STREAM_REPLICAS: {{ .Values.jetstream.replicas | toString | quote }}
 INTEROP_INBOX_MAX_AGE_SECS: {{ .Values.jetstream.inboxMaxAgeSeconds | int64 | toString | quote }}
 INTEROP_INBOX_MAX_PER_RECIPIENT: {{ .Values.jetstream.inboxMaxPerRecipient | int64 | toString | quote }}
+INTEROP_ALLOW_PLAINTEXT: {{ .Values.tls.terminatedInFront | toString | quote }}
 {{- with .Values.otel.endpoint }}
 OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
 INTEROP_TRACE_SAMPLE_RATIO: {{ $.Values.otel.sampleRatio | toString | quote }}
