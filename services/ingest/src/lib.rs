@@ -63,7 +63,7 @@ impl Config {
             providers,
             tls: None,
             streams: StreamSettings::default(),
-            store_timeout: Duration::from_secs(2),
+            store_timeout: Duration::from_millis(1500),
             idempotency_window: Duration::from_secs(24 * 3600),
             default_provider_limit: RateLimit {
                 per_second: 1000.0,

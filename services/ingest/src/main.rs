@@ -23,7 +23,7 @@ struct Args {
     #[arg(long, env = "INTEROP_PROVIDERS_FILE")]
     providers_file: PathBuf,
     /// Milliseconds a send may wait for JetStream before UNAVAILABLE.
-    #[arg(long, env = "INTEROP_INGEST_STORE_TIMEOUT_MS", default_value_t = 2000)]
+    #[arg(long, env = "INTEROP_INGEST_STORE_TIMEOUT_MS", default_value_t = 1500)]
     store_timeout_ms: u64,
     /// Address of the provider admin API (served only with --admin-token-file).
     #[arg(

@@ -195,14 +195,22 @@ async fn prepare_send(
         Option<String>,
     );
     let mut conn = shared.redis.clone();
-    let mut reply: Result<Reply, redis::RedisError> = pipe.query_async(&mut conn).await;
-    if reply.as_ref().err().is_some_and(gcra::is_noscript) {
-        // Redis restarted and lost its script cache: load and try again.
-        reply = match gcra::load(&mut conn).await {
-            Ok(()) => pipe.query_async(&mut conn).await,
-            Err(e) => Err(e.0),
-        };
-    }
+    // Bounded like the store: a slow or absent Redis means UNAVAILABLE, fast.
+    let query = async {
+        let mut reply: Result<Reply, redis::RedisError> = pipe.query_async(&mut conn).await;
+        if reply.as_ref().err().is_some_and(gcra::is_noscript) {
+            // Redis restarted and lost its script cache: load and try again.
+            reply = match gcra::load(&mut conn).await {
+                Ok(()) => pipe.query_async(&mut conn).await,
+                Err(e) => Err(e.0),
+            };
+        }
+        reply.map_err(|e| e.to_string())
+    };
+    let reply = match tokio::time::timeout(shared.store_timeout, query).await {
+        Ok(r) => r,
+        Err(_) => Err("timed out".to_owned()),
+    };
     let (rate, (opted_in, allowed), existing) = match reply {
         Ok(r) => r,
         Err(e) => {
