@@ -58,6 +58,8 @@ pub fn registry() -> Registry {
 pub struct Gateway {
     pub ingest_url: String,
     pub delivery_url: String,
+    /// Base URL of the media API (`POST /v1/media`, `GET /v1/media/{id}`).
+    pub media_url: String,
     shutdown: CancellationToken,
     healths: Vec<Arc<Health>>,
     /// Each service's admin base URL (`/healthz`, `/readyz`, `/metrics`).
@@ -194,11 +196,16 @@ impl Gateway {
             &shutdown,
         )
         .await;
+        let media_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding media-transcoding");
+        let media_url = format!("http://{}", media_listener.local_addr().expect("bound"));
+        let config = interop_media_transcoding::Config::new(media_listener, providers.clone());
         let s = shutdown.clone();
         tasks.push((
             "media-transcoding",
             tokio::spawn(async move {
-                interop_media_transcoding::run(interop_media_transcoding::Config::default(), d, s)
+                interop_media_transcoding::run(config, d, s)
                     .await
                     .map_err(|e| e.to_string())
             }),
@@ -227,6 +234,7 @@ impl Gateway {
         let mut gateway = Self {
             ingest_url,
             delivery_url,
+            media_url,
             shutdown,
             tasks,
             healths,

@@ -61,9 +61,17 @@ async fn a_media_message_is_one_trace_through_all_five_services() {
         .await
         .unwrap();
     home.set_consent(BOB, true, &["signal"]).await.unwrap();
-    let mut bob = Receiver::connect(&c.gateway.delivery_url, "home", HOME_TOKEN, BOB, "p")
-        .await
-        .unwrap();
+    // The media id is not an upload, so media-transcoding answers with a
+    // FAILED receipt, which delivery pushes to Alice: the same trace.
+    let mut alice_inbox = Receiver::connect(
+        &c.gateway.delivery_url,
+        "signal",
+        SIGNAL_TOKEN,
+        "signal:alice",
+        "p",
+    )
+    .await
+    .unwrap();
     let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN)
         .await
         .unwrap();
@@ -78,11 +86,12 @@ async fn a_media_message_is_one_trace_through_all_five_services() {
         alice.send(env).await.unwrap(),
         SendOutcome::Accepted(_)
     ));
-    let d = tokio::time::timeout(Duration::from_secs(10), bob.next())
+    let d = tokio::time::timeout(Duration::from_secs(10), alice_inbox.next())
         .await
         .unwrap()
         .unwrap();
-    bob.ack(&[d.delivery_tag]).await.unwrap();
+    assert!(matches!(d.envelope.content, Some(Content::Receipt(_))));
+    alice_inbox.ack(&[d.delivery_tag]).await.unwrap();
 
     let want = [
         "ingest send",

@@ -1,0 +1,171 @@
+//! The media HTTP API (its own listener, default port 8082):
+//!
+//! - `POST /v1/media` — upload ([`upload`]);
+//! - `GET /v1/media/{media_id}` — download ([`download`]).
+//!
+//! Both authenticate the provider with `Authorization: Bearer <token>` and
+//! `X-Interop-Provider: <id>`. Errors are JSON `{"code", "detail"}` with the
+//! HTTP status of [`ApiError`]; docs/protocol.md ("Media") lists them.
+
+pub mod download;
+pub mod upload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::Semaphore;
+
+use interop_providers::{Provider, Registry};
+
+use crate::formats::AcceptFormats;
+use crate::grants::Grants;
+use crate::metrics::{MediaMetrics, ResultLabel};
+use crate::store::MediaStore;
+
+/// What the handlers share.
+pub struct ApiState {
+    pub providers: Arc<Registry>,
+    pub store: MediaStore,
+    pub grants: Grants,
+    pub metrics: MediaMetrics,
+    pub accept: AcceptFormats,
+    /// Uploads in progress at once (more are refused with `UNAVAILABLE`).
+    pub uploads: Arc<Semaphore>,
+    /// Longest pause while an upload body streams in.
+    pub idle_timeout: Duration,
+    /// How long uploads are kept (reported to the uploader).
+    pub retention: Duration,
+}
+
+/// An API error: a stable code, an HTTP status and a detail for the
+/// provider's engineers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn auth_failed() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "AUTH_FAILED",
+            "unknown provider or wrong token (Authorization: Bearer <token>, X-Interop-Provider: <id>)",
+        )
+    }
+
+    pub fn malformed(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "MALFORMED_REQUEST", detail)
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", detail)
+    }
+
+    /// The metrics label of this error: its code in lower case.
+    pub fn label(&self) -> &'static str {
+        match self.code {
+            "AUTH_FAILED" => "auth_failed",
+            "MALFORMED_REQUEST" => "malformed_request",
+            "LENGTH_REQUIRED" => "length_required",
+            "EMPTY" => "empty",
+            "TOO_LARGE" => "too_large",
+            "UNSUPPORTED_TYPE" => "unsupported_type",
+            "HASH_MISMATCH" => "hash_mismatch",
+            "INCOMPLETE_BODY" => "incomplete_body",
+            "UPLOAD_TIMEOUT" => "upload_timeout",
+            "NOT_FOUND" => "not_found",
+            "FORBIDDEN" => "forbidden",
+            "UNAVAILABLE" => "unavailable",
+            _ => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"code": self.code, "detail": self.detail}).to_string();
+        let mut response = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response();
+        match self.status {
+            StatusCode::UNAUTHORIZED => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// The header's value as text, if present and visible ASCII.
+pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// The authenticated provider.
+pub(crate) fn authenticate<'a>(
+    providers: &'a Registry,
+    headers: &HeaderMap,
+) -> Result<&'a Provider, ApiError> {
+    let provider = header_str(headers, "x-interop-provider").ok_or_else(ApiError::auth_failed)?;
+    let token = header_str(headers, header::AUTHORIZATION.as_str())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(ApiError::auth_failed)?;
+    providers
+        .authenticate(provider, token)
+        .ok_or_else(ApiError::auth_failed)
+}
+
+pub(crate) fn count(metrics: &MediaMetrics, family: Family, result: &'static str) {
+    let f = match family {
+        Family::Upload => &metrics.uploads,
+        Family::Download => &metrics.downloads,
+    };
+    f.get_or_create(&ResultLabel { result }).inc();
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Family {
+    Upload,
+    Download,
+}
+
+/// The API's routes.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/v1/media", post(upload::upload))
+        .route("/v1/media/{media_id}", get(download::download))
+        .with_state(state)
+}
