@@ -2,9 +2,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Parser;
+use interop_service::tls::ProviderEndpoint;
 use interop_service::CommonArgs;
 
 /// Holds recipients' WebSocket sessions and delivers their messages.
@@ -35,18 +35,12 @@ async fn main() {
         .common
         .stream_settings()
         .unwrap_or_else(|e| exit_config(e));
-    let providers =
-        interop_providers::Registry::load(&args.providers_file).unwrap_or_else(|e| exit_config(e));
-    let tls = args
-        .tls
-        .server_config(args.listen)
-        .unwrap_or_else(|e| exit_config(e));
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let endpoint = ProviderEndpoint::open(args.listen, &args.providers_file, &args.tls)
         .await
-        .unwrap_or_else(|e| exit_config(format!("cannot listen on {}: {e}", args.listen)));
-    let mut config = interop_delivery::Config::new(listener, Arc::new(providers));
+        .unwrap_or_else(|e| exit_config(e));
+    let mut config = interop_delivery::Config::new(endpoint.listener, endpoint.providers);
     config.streams = streams;
-    config.tls = tls;
+    config.tls = endpoint.tls;
     let code = interop_service::run_main("delivery", &args.common, |deps, shutdown| {
         interop_delivery::run(config, deps, shutdown)
     })

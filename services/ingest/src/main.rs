@@ -2,10 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use interop_service::tls::ProviderEndpoint;
 use interop_service::CommonArgs;
 
 /// The WebSocket edge where providers send messages.
@@ -69,18 +69,12 @@ async fn main() {
         .common
         .stream_settings()
         .unwrap_or_else(|e| exit_config(e));
-    let providers =
-        interop_providers::Registry::load(&args.providers_file).unwrap_or_else(|e| exit_config(e));
-    let tls = args
-        .tls
-        .server_config(args.listen)
-        .unwrap_or_else(|e| exit_config(e));
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let endpoint = ProviderEndpoint::open(args.listen, &args.providers_file, &args.tls)
         .await
-        .unwrap_or_else(|e| exit_config(format!("cannot listen on {}: {e}", args.listen)));
-    let mut config = interop_ingest::Config::new(listener, Arc::new(providers));
+        .unwrap_or_else(|e| exit_config(e));
+    let mut config = interop_ingest::Config::new(endpoint.listener, endpoint.providers);
     config.streams = streams;
-    config.tls = tls;
+    config.tls = endpoint.tls;
     config.store_timeout = Duration::from_millis(args.store_timeout_ms.max(1));
     for (rate, burst) in [
         (args.provider_max_per_second, args.provider_burst),

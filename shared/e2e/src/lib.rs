@@ -350,3 +350,86 @@ pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
         })
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// Connects one service to the test servers with its own health and metrics
+/// (for tests that start services by hand).
+pub async fn connect_service(nats_url: &str, redis_url: &str, name: &str) -> Deps {
+    Deps::connect(
+        nats_url,
+        redis_url,
+        name,
+        Health::new(),
+        Arc::new(interop_service::Metrics::default()),
+    )
+    .await
+    .expect("connecting a service to the test servers")
+}
+
+/// Waits until something accepts TCP connections on `addr` (`host:port`).
+pub async fn wait_listening(addr: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How many messages were ever published to the ingest stream (its last
+/// sequence): what reached the pipeline.
+pub async fn ingest_published(nats_url: &str) -> u64 {
+    let client = async_nats::connect(nats_url)
+        .await
+        .expect("connecting to NATS");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js
+        .get_stream(interop_bus::subjects::STREAM_INGEST)
+        .await
+        .expect("the ingest stream exists");
+    stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence
+}
+
+/// A raw WebSocket to an endpoint, for tests of the wire format.
+pub type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next server frame on a raw WebSocket (within 10 s), or the close
+/// frame's code and reason when the gateway closed it.
+pub async fn read_server_frame(
+    ws: &mut RawWs,
+) -> Result<
+    interop_proto::v1::ServerFrame,
+    (
+        Option<tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode>,
+        String,
+    ),
+> {
+    use futures_util::StreamExt;
+    use prost::Message as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an answer within 10 s");
+        match msg {
+            Some(Ok(Message::Binary(b))) => {
+                return Ok(interop_proto::v1::ServerFrame::decode(b).expect("a valid ServerFrame"))
+            }
+            Some(Ok(Message::Close(c))) => {
+                return Err((
+                    c.as_ref().map(|c| c.code),
+                    c.map(|c| c.reason.to_string()).unwrap_or_default(),
+                ))
+            }
+            Some(Ok(_)) => continue,
+            None | Some(Err(_)) => return Err((None, String::new())),
+        }
+    }
+}

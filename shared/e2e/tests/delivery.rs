@@ -11,8 +11,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use interop_client::{text_envelope, Receiver, SendOutcome, Sender};
-use interop_e2e::{registry, HOME_TOKEN, SIGNAL_TOKEN, TELEGRAM_TOKEN};
-use interop_service::{Deps, Health, Metrics};
+use interop_e2e::{
+    connect_service, registry, wait_listening, HOME_TOKEN, SIGNAL_TOKEN, TELEGRAM_TOKEN,
+};
 use interop_test_support::{NatsServer, RedisServer};
 
 const BOB: &str = "home:+4915112345678";
@@ -23,24 +24,6 @@ struct Pipeline {
     redis_url: String,
     ingest: String,
     shutdown: CancellationToken,
-}
-
-async fn deps(nats: &str, redis: &str, name: &str) -> Deps {
-    Deps::connect(
-        nats,
-        redis,
-        name,
-        Health::new(),
-        Arc::new(Metrics::default()),
-    )
-    .await
-    .unwrap()
-}
-
-async fn listening(addr: std::net::SocketAddr) {
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// ingest, spam-scoring and routing, with limits high enough for volume.
@@ -60,20 +43,20 @@ async fn pipeline() -> Pipeline {
         per_second: 100_000.0,
         burst: 100_000,
     };
-    let d = deps(&n, &r, "ingest").await;
+    let d = connect_service(&n, &r, "ingest").await;
     let s = shutdown.clone();
     tokio::spawn(async move { interop_ingest::run(config, d, s).await });
     let spam = interop_spam_scoring::Config {
         max_sender_per_minute: 1_000_000,
         ..Default::default()
     };
-    let d = deps(&n, &r, "spam-scoring").await;
+    let d = connect_service(&n, &r, "spam-scoring").await;
     let s = shutdown.clone();
     tokio::spawn(async move { interop_spam_scoring::run(spam, d, s).await });
-    let d = deps(&n, &r, "routing").await;
+    let d = connect_service(&n, &r, "routing").await;
     let s = shutdown.clone();
     tokio::spawn(async move { interop_routing::run(Default::default(), d, s).await });
-    listening(addr).await;
+    wait_listening(&addr.to_string()).await;
     Pipeline {
         nats,
         _redis: redis,
@@ -88,13 +71,13 @@ async fn delivery(p: &Pipeline) -> (String, CancellationToken, JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let config = interop_delivery::Config::new(l, Arc::new(registry()));
-    let d = deps(&p.nats.url(), &p.redis_url, "delivery").await;
+    let d = connect_service(&p.nats.url(), &p.redis_url, "delivery").await;
     let own = p.shutdown.child_token();
     let s = own.clone();
     let task = tokio::spawn(async move {
         interop_delivery::run(config, d, s).await.ok();
     });
-    listening(addr).await;
+    wait_listening(&addr.to_string()).await;
     (format!("ws://{addr}/v1/ws"), own, task)
 }
 

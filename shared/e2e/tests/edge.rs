@@ -2,22 +2,19 @@
 //! reason), nothing of it is published, and other connections keep being
 //! served.
 
-use std::time::Duration;
-
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use prost::Message as _;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use interop_client::{text_envelope, Receiver, SendOutcome, Sender};
-use interop_e2e::{Cluster, HOME_TOKEN, SIGNAL_TOKEN};
+use interop_e2e::{ingest_published, read_server_frame, Cluster, HOME_TOKEN, SIGNAL_TOKEN};
 use interop_proto::limits::{HARD_MAX_FRAME_BYTES, MAX_FRAME_BYTES, MAX_TEXT_BYTES};
 use interop_proto::v1::{
     client_frame, server_frame, ClientFrame, Hello, RejectCode, Send, ServerFrame,
 };
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = interop_e2e::RawWs;
 
 const BOB: &str = "home:+4915112345678";
 
@@ -46,22 +43,7 @@ async fn send_frame(ws: &mut Ws, f: &ClientFrame) {
 
 /// The next server frame, or the close frame's code and reason.
 async fn read(ws: &mut Ws) -> Result<ServerFrame, (Option<CloseCode>, String)> {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("an answer within 10 s");
-        match msg {
-            Some(Ok(Message::Binary(b))) => return Ok(ServerFrame::decode(b).unwrap()),
-            Some(Ok(Message::Close(c))) => {
-                return Err((
-                    c.as_ref().map(|c| c.code),
-                    c.map(|c| c.reason.to_string()).unwrap_or_default(),
-                ))
-            }
-            Some(Ok(_)) => continue,
-            None | Some(Err(_)) => return Err((None, String::new())),
-        }
-    }
+    read_server_frame(ws).await
 }
 
 fn code_of(frame: &ServerFrame) -> RejectCode {
@@ -91,13 +73,7 @@ fn send(request_id: u64, env: interop_proto::v1::Envelope) -> ClientFrame {
 }
 
 async fn published(c: &Cluster) -> u64 {
-    let client = async_nats::connect(c.nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let mut stream = js
-        .get_stream(interop_bus::subjects::STREAM_INGEST)
-        .await
-        .unwrap();
-    stream.info().await.unwrap().state.last_sequence
+    ingest_published(&c.nats.url()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

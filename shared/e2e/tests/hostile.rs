@@ -2,22 +2,20 @@
 //! answer, nothing of it is published, and other connections keep being
 //! served throughout.
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use prost::Message as _;
-use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use interop_client::{text_envelope, SendOutcome, Sender};
-use interop_e2e::{Cluster, HOME_TOKEN, SIGNAL_TOKEN};
+use interop_e2e::{ingest_published, read_server_frame, Cluster, HOME_TOKEN, SIGNAL_TOKEN};
 use interop_proto::limits::*;
 use interop_proto::v1::{
     client_frame, envelope::Content, server_frame, Ack, Ciphertext, ClientFrame, Encryption,
     Envelope, Hello, Media, Reaction, RejectCode, Send, ServerFrame, SetConsent,
 };
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = interop_e2e::RawWs;
 
 const BOB: &str = "home:+4915112345678";
 
@@ -382,17 +380,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Want)> {
 }
 
 async fn read(ws: &mut Ws) -> Result<ServerFrame, Option<CloseCode>> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("an answer in time")
-        {
-            Some(Ok(Message::Binary(b))) => return Ok(ServerFrame::decode(b).unwrap()),
-            Some(Ok(Message::Close(c))) => return Err(c.map(|c| c.code)),
-            Some(Ok(_)) => continue,
-            _ => return Err(None),
-        }
-    }
+    read_server_frame(ws).await.map_err(|(code, _)| code)
 }
 
 async fn connect(url: &str, provider: &str, token: &str) -> (Ws, ServerFrame) {
@@ -409,13 +397,7 @@ async fn connect(url: &str, provider: &str, token: &str) -> (Ws, ServerFrame) {
 }
 
 async fn published(c: &Cluster) -> u64 {
-    let client = async_nats::connect(c.nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let mut stream = js
-        .get_stream(interop_bus::subjects::STREAM_INGEST)
-        .await
-        .unwrap();
-    stream.info().await.unwrap().state.last_sequence
+    ingest_published(&c.nats.url()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use interop_client::{text_envelope, SendOutcome, Sender};
-use interop_e2e::{registry, Cluster, HOME_TOKEN, SIGNAL_TOKEN};
+use interop_e2e::{connect_service, registry, wait_listening, Cluster, HOME_TOKEN, SIGNAL_TOKEN};
 use interop_proto::v1::RejectCode;
-use interop_service::{Deps, Health, Metrics};
 use interop_test_support::{NatsServer, RedisServer};
 use tokio_util::sync::CancellationToken;
 
@@ -19,15 +18,7 @@ async fn ingest(
 ) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/v1/ws", listener.local_addr().unwrap());
-    let deps = Deps::connect(
-        nats,
-        redis,
-        "ingest",
-        Health::new(),
-        Arc::new(Metrics::default()),
-    )
-    .await
-    .unwrap();
+    let deps = connect_service(nats, redis, "ingest").await;
     let mut config = interop_ingest::Config::new(listener, Arc::new(registry()));
     config.default_provider_limit = limit;
     config.sender_limit = interop_ingest::RateLimit {
@@ -36,14 +27,7 @@ async fn ingest(
     };
     let s = shutdown.clone();
     tokio::spawn(async move { interop_ingest::run(config, deps, s).await });
-    // Wait until it listens.
-    let addr = url
-        .trim_start_matches("ws://")
-        .trim_end_matches("/v1/ws")
-        .to_owned();
-    while tokio::net::TcpStream::connect(&addr).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_listening(url.trim_start_matches("ws://").trim_end_matches("/v1/ws")).await;
     url
 }
 

@@ -10,8 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use interop_client::admin::{AdminClient, AdminError};
 use interop_client::{text_envelope, ClientError, Receiver, SendOutcome, Sender};
-use interop_e2e::{registry, HOME_TOKEN};
-use interop_service::{Deps, Health, Metrics};
+use interop_e2e::{connect_service, registry, wait_listening, HOME_TOKEN};
 use interop_test_support::{NatsServer, RedisServer};
 
 const ADMIN_TOKEN: &str = "admin-test-token-0123456789";
@@ -22,24 +21,6 @@ struct Edge {
     admin: AdminClient,
     admin_url: String,
     shutdown: CancellationToken,
-}
-
-async fn deps(nats: &NatsServer, redis: &RedisServer, name: &str) -> Deps {
-    Deps::connect(
-        &nats.url(),
-        &redis.url(),
-        name,
-        Health::new(),
-        Arc::new(Metrics::default()),
-    )
-    .await
-    .unwrap()
-}
-
-async fn wait_listening(addr: &str) {
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn start(nats: &NatsServer, redis: &RedisServer) -> Edge {
@@ -55,10 +36,10 @@ async fn start(nats: &NatsServer, redis: &RedisServer) -> Edge {
     );
     let mut config = interop_ingest::Config::new(ingest_l, seed.clone());
     config.admin_api = Some(interop_ingest::admin::AdminApi::new(admin_l, ADMIN_TOKEN));
-    let d = deps(nats, redis, "ingest").await;
+    let d = connect_service(&nats.url(), &redis.url(), "ingest").await;
     let s = shutdown.clone();
     tokio::spawn(async move { interop_ingest::run(config, d, s).await });
-    let d = deps(nats, redis, "delivery").await;
+    let d = connect_service(&nats.url(), &redis.url(), "delivery").await;
     let s = shutdown.clone();
     let config = interop_delivery::Config::new(delivery_l, seed);
     tokio::spawn(async move { interop_delivery::run(config, d, s).await });

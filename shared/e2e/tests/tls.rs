@@ -9,9 +9,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use interop_client::{text_envelope, Receiver, SendOutcome, Sender};
-use interop_e2e::{registry, HOME_TOKEN, SIGNAL_TOKEN};
+use interop_e2e::{connect_service, registry, HOME_TOKEN, SIGNAL_TOKEN};
 use interop_service::tls::TlsArgs;
-use interop_service::{Deps, Health, Metrics};
 use interop_test_support::{NatsServer, RedisServer};
 
 const BOB: &str = "home:+4915112345678";
@@ -31,11 +30,7 @@ async fn ingest_and_delivery_speak_tls() {
     let shutdown = CancellationToken::new();
     let deps = |name: &'static str| {
         let (n, r) = (nats.url(), redis.url());
-        async move {
-            Deps::connect(&n, &r, name, Health::new(), Arc::new(Metrics::default()))
-                .await
-                .unwrap()
-        }
+        async move { connect_service(&n, &r, name).await }
     };
     let il = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dl = TcpListener::bind("127.0.0.1:0").await.unwrap();

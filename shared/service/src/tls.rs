@@ -165,3 +165,33 @@ pub async fn serve(
         }
     }
 }
+
+/// What a provider endpoint (ingest, delivery) needs before it runs.
+pub struct ProviderEndpoint {
+    pub listener: TcpListener,
+    /// The providers file: it seeds the registry stream.
+    pub providers: Arc<interop_providers::Registry>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl ProviderEndpoint {
+    /// Loads the providers file and the TLS config (refusing plaintext off
+    /// loopback unless allowed) and binds `listen`.
+    pub async fn open(
+        listen: SocketAddr,
+        providers_file: &std::path::Path,
+        tls: &TlsArgs,
+    ) -> Result<Self, ConfigError> {
+        let providers = interop_providers::Registry::load(providers_file)
+            .map_err(|e| ConfigError(e.to_string()))?;
+        let tls = tls.server_config(listen)?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| ConfigError(format!("cannot listen on {listen}: {e}")))?;
+        Ok(Self {
+            listener,
+            providers: Arc::new(providers),
+            tls,
+        })
+    }
+}
