@@ -109,6 +109,7 @@ struct ProviderView {
     encryption: ProviderEncryption,
     max_per_second: Option<f64>,
     burst: Option<u32>,
+    capabilities: interop_providers::Capabilities,
     credentials: Vec<String>,
 }
 
@@ -121,6 +122,7 @@ impl From<&Provider> for ProviderView {
             encryption: p.encryption,
             max_per_second: p.max_per_second,
             burst: p.burst,
+            capabilities: p.capabilities.clone(),
             credentials: p.credential_ids(),
         }
     }
@@ -136,6 +138,8 @@ struct NewProvider {
     encryption: ProviderEncryption,
     max_per_second: Option<f64>,
     burst: Option<u32>,
+    #[serde(default)]
+    capabilities: interop_providers::Capabilities,
 }
 
 fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), AdminError> {
@@ -213,6 +217,7 @@ async fn add(
         token_sha256: vec![hash.clone()],
         max_per_second: new.max_per_second,
         burst: new.burst,
+        capabilities: new.capabilities,
         removed: false,
     };
     state.store.put(&provider).await?;

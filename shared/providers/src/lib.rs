@@ -10,6 +10,10 @@
 //! privacy_policy_url = "https://signal.org/legal/"
 //! encryption = "e2ee"            # or "transport-only"
 //! token_sha256 = ["<hex sha-256 of a token>"]   # several = rotation
+//!
+//! [providers.capabilities]       # optional; default: everything
+//! content = ["text", "ciphertext", "media", "reply", "reaction"]
+//! media_formats = ["image/jpeg", "audio/ogg"]  # empty: any
 //! ```
 //!
 //! Tokens are never stored, only their SHA-256. Tokens are random secrets of
@@ -65,6 +69,78 @@ impl ProviderEncryption {
     }
 }
 
+/// A kind of content or event a provider's clients can show. A recipient
+/// whose provider does not declare a kind gets a visible fallback instead
+/// (e.g. a reaction as text), never a silent drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContentKind {
+    Text,
+    Ciphertext,
+    Media,
+    /// `in_reply_to` shown as a reply.
+    Reply,
+    Reaction,
+    Edit,
+    Delete,
+    /// Receipts with status `READ`.
+    ReadReceipt,
+    Typing,
+    Group,
+}
+
+impl ContentKind {
+    pub const ALL: [ContentKind; 10] = [
+        Self::Text,
+        Self::Ciphertext,
+        Self::Media,
+        Self::Reply,
+        Self::Reaction,
+        Self::Edit,
+        Self::Delete,
+        Self::ReadReceipt,
+        Self::Typing,
+        Self::Group,
+    ];
+}
+
+/// What a provider's clients support. The default (no `capabilities` in the
+/// record) is everything, so existing registries keep working.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capabilities {
+    /// Content kinds the clients can show.
+    pub content: Vec<ContentKind>,
+    /// MIME types of media the clients can show or play; empty means any
+    /// format the gateway produces.
+    pub media_formats: Vec<String>,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            content: ContentKind::ALL.to_vec(),
+            media_formats: Vec::new(),
+        }
+    }
+}
+
+impl Capabilities {
+    pub fn supports(&self, kind: ContentKind) -> bool {
+        self.content.contains(&kind)
+    }
+
+    /// Whether the clients can take media of `content_type`.
+    pub fn accepts_media_format(&self, content_type: &str) -> bool {
+        self.supports(ContentKind::Media)
+            && (self.media_formats.is_empty()
+                || self
+                    .media_formats
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(content_type)))
+    }
+}
+
 /// One provider. The same shape is the TOML file's entry and the JSON
 /// record in the registry stream.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -86,6 +162,9 @@ pub struct Provider {
     /// Messages the provider may send at once above the sustained rate.
     #[serde(default)]
     pub burst: Option<u32>,
+    /// What the provider's clients support.
+    #[serde(default)]
+    pub capabilities: Capabilities,
     /// A removed provider (a tombstone in the registry stream).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
@@ -279,6 +358,28 @@ mod tests {
         assert!(!r.has_credential("home", &cred));
         // A provider without credentials cannot connect.
         assert!(r.authenticate("home", "").is_none());
+    }
+
+    #[test]
+    fn capabilities_default_to_everything_and_parse() {
+        let r = registry();
+        let home = r.get("home").unwrap();
+        assert!(ContentKind::ALL
+            .iter()
+            .all(|k| home.capabilities.supports(*k)));
+        assert!(home.capabilities.accepts_media_format("video/mp4"));
+        let text = "[[providers]]\nid = \"a\"\ndisplay_name = \"x\"\nencryption = \"e2ee\"\n[providers.capabilities]\ncontent = [\"text\", \"media\", \"read-receipt\"]\nmedia_formats = [\"image/jpeg\"]\n";
+        let r = Registry::from_toml(text).unwrap();
+        let caps = &r.get("a").unwrap().capabilities;
+        assert!(caps.supports(ContentKind::ReadReceipt));
+        assert!(!caps.supports(ContentKind::Reaction));
+        assert!(caps.accepts_media_format("IMAGE/JPEG"));
+        assert!(!caps.accepts_media_format("video/mp4"));
+        let bad = "[[providers]]\nid = \"a\"\ndisplay_name = \"x\"\nencryption = \"e2ee\"\n[providers.capabilities]\ncontent = [\"hologram\"]\n";
+        assert!(matches!(
+            Registry::from_toml(bad),
+            Err(RegistryError::Parse(_))
+        ));
     }
 
     #[test]

@@ -16,6 +16,7 @@ fn provider(id: &str, tokens: &[&str]) -> Provider {
         token_sha256: tokens.iter().map(|t| hash_token(t)).collect(),
         max_per_second: None,
         burst: None,
+        capabilities: Default::default(),
         removed: false,
     }
 }
