@@ -11,9 +11,15 @@
 //! `interop.v1.delivery.acked.<key>.<device>` in `INTEROP_CURSORS`) moves past a message only once it and
 //! everything before it was acked, so a crash or disconnect re-delivers
 //! rather than loses. The first ack of a message sends a `delivered` receipt
-//! into the sender's store.
+//! into the sender's store; `MarkRead` sends `read` receipts; typing
+//! indicators reach open sessions over core NATS, never stored; rich content
+//! the recipient's app does not support becomes a visible text fallback
+//! ([`rich`]); the expiry sweeper sends `expired` receipts for messages that
+//! aged out undelivered.
 
+mod expiry;
 mod metrics;
+pub mod rich;
 mod session;
 
 use std::net::SocketAddr;
@@ -76,6 +82,9 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
     pub metrics: metrics::DeliveryMetrics,
+    /// The offline retention: older messages are not delivered, and their
+    /// senders get `EXPIRED`.
+    pub retention: std::time::Duration,
 }
 
 /// Runs delivery until `shutdown`, then closes sessions (un-acked messages
@@ -110,7 +119,13 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         shutdown: shutdown.clone(),
         sessions: TaskTracker::new(),
         metrics: metrics::DeliveryMetrics::register(&deps.metrics),
+        retention: config.streams.inbox_max_age,
     });
+    let sweeper = tokio::spawn(expiry::run(
+        shared.clone(),
+        expiry::consumer(&shared.inbox).await?,
+        shutdown.clone(),
+    ));
     let app = Router::new()
         .route("/v1/ws", get(upgrade))
         .with_state(shared.clone());
@@ -121,6 +136,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         .map_err(Error::Serve)?;
     shared.sessions.close();
     shared.sessions.wait().await;
+    sweeper.await.ok();
     Ok(())
 }
 

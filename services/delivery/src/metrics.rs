@@ -18,6 +18,12 @@ pub struct DeliveryMetrics {
     pub receipts: Counter,
     /// Time from ingest accepting a message to its delivery to a device.
     pub end_to_end_seconds: Histogram,
+    /// Times a session stopped reading its store at the un-acked limit.
+    pub pauses: Counter,
+    /// Ephemeral events (typing) pushed to sessions.
+    pub ephemeral: Counter,
+    /// `expired` receipts written by the expiry sweeper.
+    pub expired: Counter,
 }
 
 impl DeliveryMetrics {
@@ -28,7 +34,25 @@ impl DeliveryMetrics {
             acked: Counter::default(),
             receipts: Counter::default(),
             end_to_end_seconds: latency_histogram(),
+            pauses: Counter::default(),
+            ephemeral: Counter::default(),
+            expired: Counter::default(),
         };
+        metrics.register(
+            "interop_delivery_pauses",
+            "Times a session stopped reading at the un-acked limit.",
+            m.pauses.clone(),
+        );
+        metrics.register(
+            "interop_delivery_ephemeral",
+            "Ephemeral events (typing) pushed to sessions.",
+            m.ephemeral.clone(),
+        );
+        metrics.register(
+            "interop_delivery_expired",
+            "Expired receipts written for messages that aged out undelivered.",
+            m.expired.clone(),
+        );
         metrics.register(
             "interop_delivery_sessions",
             "Open recipient sessions.",

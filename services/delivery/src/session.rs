@@ -4,6 +4,9 @@
 //! `Welcome{max_unacked}`; the server pushes `Deliver{delivery_tag,
 //! envelope}` (the tag is the store sequence); the client answers
 //! `Ack{delivery_tags}`. At most `MAX_UNACKED` deliveries are outstanding.
+//! `MarkRead{delivery_tags}` sends READ receipts to the senders. Typing
+//! indicators arrive on core NATS (`interop.v1.ingest.ephemeral-sent.<key>`)
+//! and are pushed with delivery tag 0 while the session is open.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,11 +19,15 @@ use tracing::{debug, info, warn};
 
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 
-use interop_bus::subjects::{delivery_acked, delivery_queued};
+use async_nats::jetstream::consumer::pull::Ordered;
+
+use interop_bus::subjects::{delivery_acked, delivery_queued, ephemeral_sent};
 use interop_bus::{pipeline, recipient_key};
-use interop_proto::limits::{MAX_DEVICE_ID_BYTES, MAX_FRAME_BYTES, MAX_UNACKED};
+use interop_proto::limits::{
+    MAX_DEVICE_ID_BYTES, MAX_FRAME_BYTES, MAX_MARK_READ_TAGS, MAX_UNACKED,
+};
 use interop_proto::v1::{
-    client_frame, server_frame, Deliver, Envelope, ReceiptStatus, RejectCode, SenderInfo,
+    client_frame, envelope, server_frame, Deliver, Envelope, ReceiptStatus, RejectCode, SenderInfo,
     ServerFrame, Welcome,
 };
 use interop_proto::Address;
@@ -182,6 +189,7 @@ async fn hello(
             max_text_bytes: 0,
             max_ciphertext_bytes: 0,
             max_unacked: MAX_UNACKED as u32,
+            max_group_members: 0,
         })),
     };
     ws::push(out, Outbound::frame(welcome)).await;
@@ -198,31 +206,68 @@ async fn hello(
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// After a pause at `MAX_UNACKED` outstanding deliveries, reading resumes
+/// once acks bring them down to this many.
+pub(crate) const RESUME_AT: usize = MAX_UNACKED * 3 / 4;
+
+/// Opens an ordered consumer on the user's store, starting after `after`
+/// (a store sequence; 0 = from the start).
+async fn open_store(shared: &Shared, subject: &str, after: u64) -> Result<Ordered, BoxError> {
+    let deliver_policy = if after == 0 {
+        DeliverPolicy::All
+    } else {
+        DeliverPolicy::ByStartSequence {
+            start_sequence: after + 1,
+        }
+    };
+    let consumer = shared
+        .inbox
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
+}
+
+/// The next stored message, or never while the store is not being read.
+async fn next_stored(
+    messages: &mut Option<Ordered>,
+) -> Option<Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>>
+{
+    match messages {
+        Some(m) => m.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn deliver(
     mut s: Session,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     out: &mpsc::Sender<Outbound>,
     shared: &Shared,
 ) -> Result<(), BoxError> {
-    let deliver_policy = if s.cursor == 0 {
-        DeliverPolicy::All
-    } else {
-        DeliverPolicy::ByStartSequence {
-            start_sequence: s.cursor + 1,
-        }
-    };
-    let consumer = shared
-        .inbox
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: delivery_queued(&recipient_key(s.user.as_str())),
-            deliver_policy,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
+    let key = recipient_key(s.user.as_str());
+    let store_subject = delivery_queued(&key);
+    // Ephemeral events (typing) for this user, while the session is open.
+    let mut ephemeral = shared.js.client().subscribe(ephemeral_sent(&key)).await?;
+    let mut messages = Some(open_store(shared, &store_subject, s.last_delivered).await?);
     let mut registry = shared.providers.clone();
     loop {
-        let can_deliver = s.unacked.len() < MAX_UNACKED;
+        // Flow control. At MAX_UNACKED outstanding deliveries the store is
+        // not read; the consumer is dropped rather than left unpolled (an
+        // unpolled ordered consumer misses its idle heartbeats and, polled
+        // again, resets itself: a stall of seconds). It is reopened right
+        // after the last delivered message, so there is no gap and no
+        // duplicate.
+        if messages.is_some() && s.unacked.len() >= MAX_UNACKED {
+            messages = None;
+            shared.metrics.pauses.inc();
+        }
+        if messages.is_none() && s.unacked.len() <= RESUME_AT {
+            messages = Some(open_store(shared, &store_subject, s.last_delivered).await?);
+        }
         tokio::select! {
             () = shared.shutdown.cancelled() => {
                 ws::push(out, Outbound::Close(close::GOING_AWAY, "server shutting down")).await;
@@ -238,12 +283,17 @@ async fn deliver(
             msg = stream.next() => match ws::classify(msg) {
                 Incoming::Frame(frame) => match frame.frame {
                     Some(client_frame::Frame::Ack(ack)) => on_ack(&mut s, &ack.delivery_tags, shared).await?,
+                    Some(client_frame::Frame::MarkRead(m)) => {
+                        if let Some(r) = on_mark_read(&store_subject, frame.request_id, &m.delivery_tags, shared).await {
+                            ws::push(out, Outbound::frame(r)).await;
+                        }
+                    }
                     _ => {
                         ws::push(out, Outbound::frame(ws::rejected(
                             frame.request_id,
                             "",
                             RejectCode::UnsupportedFrame,
-                            "delivery accepts Ack frames only",
+                            "delivery accepts Ack and MarkRead frames only",
                             0,
                         ))).await;
                     }
@@ -256,17 +306,40 @@ async fn deliver(
                 Incoming::End => return Ok(()),
                 Incoming::Ignore => {}
             },
-            next = messages.next(), if can_deliver => {
+            event = ephemeral.next() => {
+                let Some(event) = event else { return Err("ephemeral subscription ended".into()) };
+                push_ephemeral(&s, &event.payload, out, shared);
+            }
+            next = next_stored(&mut messages) => {
                 let Some(next) = next else { return Err("store consumer ended".into()) };
                 let msg = next?;
-                let seq = msg.info()?.stream_sequence;
+                let info = msg.info()?;
+                let seq = info.stream_sequence;
+                let stored_ms = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+                s.last_delivered = s.last_delivered.max(seq);
                 let Ok(mut pm) = pipeline::decode(&msg.payload) else {
                     warn!(seq, "Skipping an undecodable stored message.");
-                    s.unacked.insert(seq, None);
-                    on_ack(&mut s, &[seq], shared).await?;
+                    skip(&mut s, seq, shared).await?;
                     continue;
                 };
-                let Some(mut env) = pm.envelope.take() else { continue };
+                let Some(env) = pm.envelope.take() else { continue };
+                // Past retention: the sender got (or gets) EXPIRED from the
+                // sweeper, so it is not delivered any more.
+                let age_ms = interop_proto::now_ms().saturating_sub(stored_ms);
+                if u128::try_from(age_ms).unwrap_or(0) > shared.retention.as_millis() {
+                    skip(&mut s, seq, shared).await?;
+                    continue;
+                }
+                let receipt_for = needs_delivered_receipt(&env).then(|| Envelope {
+                    content: None,
+                    sender_info: None,
+                    ..env.clone()
+                });
+                let caps = shared.providers.borrow().get(&s.provider).map(|p| p.capabilities.clone()).unwrap_or_default();
+                let Some(mut env) = crate::rich::adapt(env, &caps) else {
+                    skip(&mut s, seq, shared).await?;
+                    continue;
+                };
                 let span = tracing::info_span!("deliver", otel.name = "delivery deliver", stream_seq = seq);
                 interop_bus::trace::set_parent_from(&span, msg.headers.as_ref());
                 span.in_scope(|| tracing::debug!(seq, "Delivering a message."));
@@ -276,13 +349,7 @@ async fn deliver(
                 }
                 shared.metrics.delivered.inc();
                 env.sender_info = sender_info(shared, &env.from);
-                let receipt_for = (!pipeline::is_receipt(&env)).then(|| Envelope {
-                    content: None,
-                    sender_info: None,
-                    ..env.clone()
-                });
                 s.unacked.insert(seq, receipt_for);
-                s.last_delivered = s.last_delivered.max(seq);
                 let frame = ServerFrame {
                     request_id: 0,
                     frame: Some(server_frame::Frame::Deliver(Deliver { delivery_tag: seq, envelope: Some(env) })),
@@ -293,6 +360,167 @@ async fn deliver(
             }
         }
     }
+}
+
+/// Receipts get no receipts; a call attempt is answered by routing.
+fn needs_delivered_receipt(env: &Envelope) -> bool {
+    !matches!(
+        env.content,
+        Some(envelope::Content::Receipt(_)) | Some(envelope::Content::Call(_))
+    )
+}
+
+/// Moves past a stored message that is not shown (undecodable, expired, or
+/// nothing the app takes) as if the device had acked it.
+async fn skip(s: &mut Session, seq: u64, shared: &Shared) -> Result<(), BoxError> {
+    s.unacked.insert(seq, None);
+    on_ack(s, &[seq], shared).await
+}
+
+/// Pushes an ephemeral event (typing) with delivery tag 0 (nothing to ack).
+/// Dropped when the session's outgoing queue is full: it is ephemeral.
+fn push_ephemeral(s: &Session, payload: &[u8], out: &mpsc::Sender<Outbound>, shared: &Shared) {
+    let Ok(pm) = pipeline::decode(payload) else {
+        return;
+    };
+    let Some(env) = pm.envelope else { return };
+    if env.to != s.user.as_str() {
+        return;
+    }
+    let caps = shared
+        .providers
+        .borrow()
+        .get(&s.provider)
+        .map(|p| p.capabilities.clone())
+        .unwrap_or_default();
+    let Some(mut env) = crate::rich::adapt(env, &caps) else {
+        return;
+    };
+    env.sender_info = sender_info(shared, &env.from);
+    let frame = ServerFrame {
+        request_id: 0,
+        frame: Some(server_frame::Frame::Deliver(Deliver {
+            delivery_tag: 0,
+            envelope: Some(env),
+        })),
+    };
+    if out.try_send(Outbound::frame(frame)).is_ok() {
+        shared.metrics.ephemeral.inc();
+    }
+}
+
+/// `MarkRead{delivery_tags}`: each tag is a store sequence of this user's
+/// store; its sender gets one READ receipt (deduplicated per message, so
+/// several devices reading it send one). Answers only on refusal.
+async fn on_mark_read(
+    store_subject: &str,
+    request_id: u64,
+    tags: &[u64],
+    shared: &Shared,
+) -> Option<ServerFrame> {
+    if tags.is_empty() {
+        return Some(ws::rejected(
+            request_id,
+            "",
+            RejectCode::MissingField,
+            "mark_read.delivery_tags is empty",
+            0,
+        ));
+    }
+    if tags.len() > MAX_MARK_READ_TAGS {
+        return Some(ws::rejected(
+            request_id,
+            "",
+            RejectCode::TooLong,
+            format!("at most {MAX_MARK_READ_TAGS} delivery tags per MarkRead"),
+            0,
+        ));
+    }
+    let mut unknown = 0usize;
+    for &tag in tags {
+        let stored = match shared.inbox.get_raw_message(tag).await {
+            Ok(m) if m.subject.as_str() == store_subject => m,
+            Ok(_) => {
+                unknown += 1;
+                continue;
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                unknown += 1;
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "Cannot read a stored message for a read receipt.");
+                return Some(ws::rejected(
+                    request_id,
+                    "",
+                    RejectCode::Unavailable,
+                    "storage unavailable; retry",
+                    1000,
+                ));
+            }
+        };
+        let Some(env) = pipeline::decode(&stored.payload)
+            .ok()
+            .and_then(|pm| pm.envelope)
+        else {
+            unknown += 1;
+            continue;
+        };
+        if !needs_delivered_receipt(&env) {
+            continue;
+        }
+        let original = Envelope {
+            content: None,
+            ..env
+        };
+        let r = pipeline::receipt_to_sender(
+            &original,
+            ReceiptStatus::Read,
+            RejectCode::Unspecified,
+            "",
+        );
+        if let Err(e) = publish_receipt(shared, r).await {
+            warn!(error = %e, "Cannot publish a read receipt.");
+            return Some(ws::rejected(
+                request_id,
+                "",
+                RejectCode::Unavailable,
+                "storage unavailable; retry",
+                1000,
+            ));
+        }
+    }
+    (unknown > 0).then(|| {
+        ws::rejected(
+            request_id,
+            "",
+            RejectCode::UnknownMessage,
+            format!(
+                "{unknown} of {} delivery tags name no stored message of this user (aged out?)",
+                tags.len()
+            ),
+            0,
+        )
+    })
+}
+
+/// Writes a receipt into its recipient's store; the publish ack is awaited
+/// in the background (a lost receipt is logged).
+async fn publish_receipt(shared: &Shared, r: interop_bus::Outgoing) -> Result<(), BoxError> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", r.msg_id.as_str());
+    interop_bus::trace::inject_current(&mut headers);
+    let publish = async_nats::jetstream::message::PublishMessage::build()
+        .payload(r.payload)
+        .headers(headers);
+    let ack = shared.js.send_publish(r.subject, publish).await?;
+    shared.metrics.receipts.inc();
+    tokio::spawn(async move {
+        if let Err(e) = ack.await {
+            warn!(error = %e, "A receipt was not stored.");
+        }
+    });
+    Ok(())
 }
 
 fn sender_info(shared: &Shared, from: &str) -> Option<SenderInfo> {
@@ -322,19 +550,7 @@ async fn on_ack(s: &mut Session, tags: &[u64], shared: &Shared) -> Result<(), Bo
         }
     }
     for r in receipts {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", r.msg_id.as_str());
-        interop_bus::trace::inject_current(&mut headers);
-        let publish = async_nats::jetstream::message::PublishMessage::build()
-            .payload(r.payload)
-            .headers(headers);
-        let ack = shared.js.send_publish(r.subject, publish).await?;
-        shared.metrics.receipts.inc();
-        tokio::spawn(async move {
-            if let Err(e) = ack.await {
-                warn!(error = %e, "A delivered receipt was not stored.");
-            }
-        });
+        publish_receipt(shared, r).await?;
     }
     let new_cursor = match s.unacked.keys().next() {
         Some(first) => first.saturating_sub(1).max(s.cursor),

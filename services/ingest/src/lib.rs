@@ -10,6 +10,7 @@
 //! acknowledged the publish; every failure is a typed `Rejected`.
 
 pub mod admin;
+mod group;
 mod metrics;
 mod send;
 mod session;

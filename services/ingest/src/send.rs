@@ -36,12 +36,15 @@ const UNAVAILABLE_RETRY_MS: u32 = 1000;
 
 /// A frame ready to publish.
 pub(crate) struct ToPublish {
-    request_id: u64,
-    client_message_id: String,
-    message_id: String,
-    accepted_at_ms: i64,
-    payload: Bytes,
-    span: tracing::Span,
+    pub(crate) request_id: u64,
+    pub(crate) client_message_id: String,
+    pub(crate) message_id: String,
+    pub(crate) accepted_at_ms: i64,
+    pub(crate) payload: Bytes,
+    pub(crate) span: tracing::Span,
+    /// Ephemeral content (typing): published on this core NATS subject to
+    /// the recipient's open sessions instead of being stored.
+    pub(crate) ephemeral_subject: Option<String>,
 }
 
 pub(crate) enum Prepared {
@@ -50,7 +53,7 @@ pub(crate) enum Prepared {
     Publish(ToPublish),
 }
 
-fn reject(request_id: u64, client_message_id: &str, r: Rejection) -> Prepared {
+pub(crate) fn reject(request_id: u64, client_message_id: &str, r: Rejection) -> Prepared {
     let frame = rejected(
         request_id,
         client_message_id,
@@ -61,7 +64,7 @@ fn reject(request_id: u64, client_message_id: &str, r: Rejection) -> Prepared {
     Prepared::Answer(Box::new(frame))
 }
 
-fn unavailable(what: &str) -> Rejection {
+pub(crate) fn unavailable(what: &str) -> Rejection {
     Rejection::retryable(
         RejectCode::Unavailable,
         format!("{what} is unavailable; retry"),
@@ -106,6 +109,20 @@ pub(crate) async fn prepare(shared: Arc<Shared>, provider: String, frame: Client
                 }
             }
         }
+        Some(client_frame::Frame::CreateGroup(c)) => {
+            crate::group::create(&shared, &provider, request_id, c).await
+        }
+        Some(client_frame::Frame::ChangeGroup(c)) => {
+            crate::group::change(&shared, &provider, request_id, c).await
+        }
+        Some(client_frame::Frame::MarkRead(_)) => reject(
+            request_id,
+            "",
+            Rejection::new(
+                RejectCode::UnsupportedFrame,
+                "MarkRead goes to the delivery endpoint",
+            ),
+        ),
         Some(client_frame::Frame::Hello(_)) => reject(
             request_id,
             "",
@@ -140,6 +157,10 @@ async fn prepare_send(
         .as_ref()
         .map(|e| e.client_message_id.clone())
         .unwrap_or_default();
+    if let Some(env) = envelope.as_ref().filter(|e| !e.group_id.is_empty() && e.to.is_empty()) {
+        let env = env.clone();
+        return crate::group::prepare_group_send(shared, provider, request_id, env).await;
+    }
     let (from, to) = match validate_send(provider, envelope.as_ref()) {
         Ok(a) => a,
         Err(r) => {
@@ -244,6 +265,11 @@ async fn prepare_send(
     envelope.message_id.clone_from(&message_id);
     envelope.accepted_at_ms = accepted_at_ms;
     envelope.sender_info = None;
+    let ephemeral_subject = matches!(
+        envelope.content,
+        Some(interop_proto::v1::envelope::Content::Typing(_))
+    )
+    .then(|| interop_bus::subjects::ephemeral_sent(&interop_bus::recipient_key(to.as_str())));
     let pm = PipelineMessage {
         envelope: Some(envelope),
         sender_provider: provider.to_owned(),
@@ -258,6 +284,7 @@ async fn prepare_send(
         accepted_at_ms,
         payload: Bytes::from(pm.encode_to_vec()),
         span,
+        ephemeral_subject,
     })
 }
 
@@ -270,6 +297,9 @@ pub(crate) async fn publish(
     p: ToPublish,
 ) -> impl std::future::Future<Output = ServerFrame> + Send {
     let span = p.span.clone();
+    if let Some(subject) = p.ephemeral_subject.clone() {
+        return futures_util::future::Either::Left(publish_ephemeral(shared, p, subject));
+    }
     let started = tokio::time::Instant::now();
     let deadline = started + shared.store_timeout;
     let mut headers = HeaderMap::new();
@@ -282,7 +312,7 @@ pub(crate) async fn publish(
     // down); bounded by the same deadline.
     let sent =
         tokio::time::timeout_at(deadline, shared.js.send_publish(INGEST_ACCEPTED, publish)).await;
-    async move {
+    futures_util::future::Either::Right(async move {
         let acked: Result<PublishAck, String> = match sent {
             Ok(Ok(ack)) => match tokio::time::timeout_at(deadline, ack).await {
                 Ok(Ok(ack)) => Ok(ack),
@@ -319,5 +349,33 @@ pub(crate) async fn publish(
             }
         }
     }
-    .instrument(span)
+    .instrument(span))
+}
+
+/// Typing indicators: core NATS to the recipient's open sessions, never
+/// stored. `Accepted` means handed to the bus; with no session open it is
+/// dropped, as an ephemeral event should be.
+async fn publish_ephemeral(shared: Arc<Shared>, p: ToPublish, subject: String) -> ServerFrame {
+    match shared.js.client().publish(subject, p.payload).await {
+        Ok(()) => ServerFrame {
+            request_id: p.request_id,
+            frame: Some(server_frame::Frame::Accepted(Accepted {
+                client_message_id: p.client_message_id,
+                message_id: p.message_id,
+                accepted_at_ms: p.accepted_at_ms,
+                duplicate: false,
+            })),
+        },
+        Err(e) => {
+            warn!(error = %e, "Cannot publish an ephemeral event.");
+            let r = unavailable("the message bus");
+            rejected(
+                p.request_id,
+                &p.client_message_id,
+                r.code,
+                r.detail,
+                r.retry_after_ms,
+            )
+        }
+    }
 }

@@ -82,6 +82,7 @@ async fn hello(
             max_text_bytes: MAX_TEXT_BYTES as u32,
             max_ciphertext_bytes: MAX_CIPHERTEXT_BYTES as u32,
             max_unacked: 0,
+            max_group_members: interop_proto::limits::MAX_GROUP_MEMBERS as u32,
         })),
     };
     send_out(shared, out, welcome).await;

@@ -2,8 +2,11 @@
 //! rejection; nothing that fails here is ever published.
 
 use interop_proto::address::is_provider_id;
+use interop_proto::limits::is_group_id;
 use interop_proto::limits::*;
-use interop_proto::v1::{envelope::Content, Encryption, Envelope, RejectCode, SetConsent};
+use interop_proto::v1::{
+    envelope::Content, Ciphertext, Encryption, Envelope, RejectCode, SetConsent, Text,
+};
 use interop_proto::Address;
 
 /// A refused frame: its code and a detail for the provider's engineers.
@@ -43,14 +46,62 @@ fn is_client_message_id(s: &str) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// Checks a `Send` envelope from `provider` and returns the parsed
-/// addresses.
+/// Checks a one-to-one `Send` envelope from `provider` and returns the
+/// parsed sender and recipient. Group sends (`group_id` set) are checked by
+/// [`validate_group_send`].
 pub fn validate_send(
     provider: &str,
     env: Option<&Envelope>,
 ) -> Result<(Address, Address), Rejection> {
     use RejectCode::*;
     let env = env.ok_or_else(|| Rejection::new(MissingField, "send.envelope is required"))?;
+    let from = validate_common(provider, env)?;
+    if env.to.is_empty() {
+        return Err(Rejection::new(MissingField, "from and to are required"));
+    }
+    let to =
+        Address::parse(&env.to).map_err(|e| Rejection::new(InvalidAddress, format!("to: {e}")))?;
+    if !env.group_id.is_empty() {
+        return Err(Rejection::new(
+            MalformedFrame,
+            "a group send leaves `to` empty and sets group_id",
+        ));
+    }
+    validate_content(env)?;
+    Ok((from, to))
+}
+
+/// Checks a `Send` to a group (`group_id` set, `to` empty) and returns the
+/// sender. Typing indicators are not sent to groups.
+pub fn validate_group_send(provider: &str, env: &Envelope) -> Result<Address, Rejection> {
+    use RejectCode::*;
+    let from = validate_common(provider, env)?;
+    if !env.to.is_empty() {
+        return Err(Rejection::new(
+            MalformedFrame,
+            "a group send leaves `to` empty and sets group_id",
+        ));
+    }
+    if !is_group_id(&env.group_id) {
+        return Err(Rejection::new(
+            MalformedFrame,
+            "group_id must be `g-` and 32 lowercase hex digits",
+        ));
+    }
+    if matches!(env.content, Some(Content::Typing(_))) {
+        return Err(Rejection::new(
+            UnsupportedContent,
+            "typing indicators are not sent to groups",
+        ));
+    }
+    validate_content(env)?;
+    Ok(from)
+}
+
+/// What every `Send` must satisfy, one-to-one or group: ids, the sender,
+/// the timestamp, the reply reference and the encryption.
+fn validate_common(provider: &str, env: &Envelope) -> Result<Address, Rejection> {
+    use RejectCode::*;
     if !env.message_id.is_empty() || env.accepted_at_ms != 0 {
         return Err(Rejection::new(
             MalformedFrame,
@@ -75,13 +126,11 @@ pub fn validate_send(
             "client_message_id must be [A-Za-z0-9._:-]",
         ));
     }
-    if env.from.is_empty() || env.to.is_empty() {
+    if env.from.is_empty() {
         return Err(Rejection::new(MissingField, "from and to are required"));
     }
     let from = Address::parse(&env.from)
         .map_err(|e| Rejection::new(InvalidAddress, format!("from: {e}")))?;
-    let to =
-        Address::parse(&env.to).map_err(|e| Rejection::new(InvalidAddress, format!("to: {e}")))?;
     if from.provider() != provider {
         return Err(Rejection::new(
             SenderNotOwned,
@@ -97,8 +146,8 @@ pub fn validate_send(
             ));
         }
     }
-    if env.in_reply_to.len() > MAX_CLIENT_MESSAGE_ID_BYTES {
-        return Err(Rejection::new(TooLong, "in_reply_to is too long"));
+    if !env.in_reply_to.is_empty() {
+        check_message_id("in_reply_to", &env.in_reply_to)?;
     }
     let encryption = Encryption::try_from(env.encryption).unwrap_or(Encryption::Unspecified);
     if encryption == Encryption::Unspecified {
@@ -107,42 +156,79 @@ pub fn validate_send(
             "encryption must be E2EE or TRANSPORT_ONLY",
         ));
     }
+    Ok(from)
+}
+
+/// A reference to a server message id (reply, reaction, edit, delete
+/// targets): 1-64 bytes of [A-Za-z0-9._:-].
+fn check_message_id(what: &str, id: &str) -> Result<(), Rejection> {
+    use RejectCode::*;
+    if id.is_empty() {
+        return Err(Rejection::new(MissingField, format!("{what} is required")));
+    }
+    if id.len() > MAX_MESSAGE_ID_BYTES {
+        return Err(Rejection::new(
+            TooLong,
+            format!("{what} is longer than {MAX_MESSAGE_ID_BYTES} bytes"),
+        ));
+    }
+    if !is_client_message_id(id) {
+        return Err(Rejection::new(
+            MalformedFrame,
+            format!("{what} must be [A-Za-z0-9._:-]"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_text(t: &Text, encryption: Encryption) -> Result<(), Rejection> {
+    use RejectCode::*;
+    if t.body.is_empty() {
+        return Err(Rejection::new(EmptyContent, "text body is empty"));
+    }
+    if t.body.len() > MAX_TEXT_BYTES {
+        return Err(Rejection::new(
+            TooLong,
+            format!("text is longer than {MAX_TEXT_BYTES} bytes"),
+        ));
+    }
+    if encryption != Encryption::TransportOnly {
+        return Err(Rejection::new(
+            EncryptionMismatch,
+            "server-visible text must be TRANSPORT_ONLY; send E2EE content as ciphertext",
+        ));
+    }
+    Ok(())
+}
+
+fn check_ciphertext(c: &Ciphertext, encryption: Encryption) -> Result<(), Rejection> {
+    use RejectCode::*;
+    if c.payload.is_empty() {
+        return Err(Rejection::new(EmptyContent, "ciphertext payload is empty"));
+    }
+    if c.payload.len() > MAX_CIPHERTEXT_BYTES {
+        return Err(Rejection::new(
+            TooLong,
+            format!("ciphertext is longer than {MAX_CIPHERTEXT_BYTES} bytes"),
+        ));
+    }
+    if encryption != Encryption::E2ee {
+        return Err(Rejection::new(
+            EncryptionMismatch,
+            "ciphertext must be E2EE",
+        ));
+    }
+    Ok(())
+}
+
+/// The content and its fit with the declared encryption.
+fn validate_content(env: &Envelope) -> Result<(), Rejection> {
+    use RejectCode::*;
+    let encryption = Encryption::try_from(env.encryption).unwrap_or(Encryption::Unspecified);
     match &env.content {
         None => return Err(Rejection::new(EmptyContent, "content is required")),
-        Some(Content::Text(t)) => {
-            if t.body.is_empty() {
-                return Err(Rejection::new(EmptyContent, "text body is empty"));
-            }
-            if t.body.len() > MAX_TEXT_BYTES {
-                return Err(Rejection::new(
-                    TooLong,
-                    format!("text is longer than {MAX_TEXT_BYTES} bytes"),
-                ));
-            }
-            if encryption != Encryption::TransportOnly {
-                return Err(Rejection::new(
-                    EncryptionMismatch,
-                    "server-visible text must be TRANSPORT_ONLY; send E2EE content as ciphertext",
-                ));
-            }
-        }
-        Some(Content::Ciphertext(c)) => {
-            if c.payload.is_empty() {
-                return Err(Rejection::new(EmptyContent, "ciphertext payload is empty"));
-            }
-            if c.payload.len() > MAX_CIPHERTEXT_BYTES {
-                return Err(Rejection::new(
-                    TooLong,
-                    format!("ciphertext is longer than {MAX_CIPHERTEXT_BYTES} bytes"),
-                ));
-            }
-            if encryption != Encryption::E2ee {
-                return Err(Rejection::new(
-                    EncryptionMismatch,
-                    "ciphertext must be E2EE",
-                ));
-            }
-        }
+        Some(Content::Text(t)) => check_text(t, encryption)?,
+        Some(Content::Ciphertext(c)) => check_ciphertext(c, encryption)?,
         Some(Content::Media(m)) => {
             if m.media_id.is_empty() || m.content_type.is_empty() {
                 return Err(Rejection::new(
@@ -168,14 +254,52 @@ pub fn validate_send(
                 ));
             }
         }
-        Some(_) => {
+        Some(Content::Reaction(r)) => {
+            check_message_id("reaction.target_message_id", &r.target_message_id)?;
+            if r.emoji.len() > MAX_REACTION_BYTES {
+                return Err(Rejection::new(
+                    TooLong,
+                    format!("reaction emoji is longer than {MAX_REACTION_BYTES} bytes"),
+                ));
+            }
+            if encryption != Encryption::TransportOnly {
+                return Err(Rejection::new(
+                    EncryptionMismatch,
+                    "a reaction is server-visible: TRANSPORT_ONLY; E2EE reactions go inside ciphertext",
+                ));
+            }
+        }
+        Some(Content::Edit(e)) => {
+            check_message_id("edit.target_message_id", &e.target_message_id)?;
+            match (&e.text, &e.ciphertext) {
+                (Some(t), None) => check_text(t, encryption)?,
+                (None, Some(c)) => check_ciphertext(c, encryption)?,
+                (None, None) => {
+                    return Err(Rejection::new(
+                        EmptyContent,
+                        "an edit needs text or ciphertext",
+                    ))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(Rejection::new(
+                        MalformedFrame,
+                        "an edit has text or ciphertext, not both",
+                    ))
+                }
+            }
+        }
+        Some(Content::Delete(d)) => {
+            check_message_id("delete.target_message_id", &d.target_message_id)?;
+        }
+        Some(Content::Typing(_)) | Some(Content::Call(_)) => {}
+        Some(Content::Receipt(_)) => {
             return Err(Rejection::new(
                 UnsupportedContent,
-                "this gateway accepts text, ciphertext and media for now",
+                "receipts are written by the gateway; report reads with MarkRead on the delivery connection",
             ))
         }
     }
-    Ok((from, to))
+    Ok(())
 }
 
 /// Checks a `SetConsent` from `provider` and returns the user's address.
@@ -210,7 +334,7 @@ pub fn validate_consent(provider: &str, sc: &SetConsent) -> Result<Address, Reje
 #[cfg(test)]
 mod tests {
     use super::*;
-    use interop_proto::v1::{Ciphertext, Reaction, Text};
+    use interop_proto::v1::{CallAttempt, Delete, Edit, Reaction, Typing};
 
     fn text_env(body: &str) -> Envelope {
         Envelope {
@@ -283,10 +407,7 @@ mod tests {
             (Box::new(|e| e.sent_at_ms = -5), TimestampOutOfRange),
             (
                 Box::new(|e| {
-                    e.content = Some(Content::Reaction(Reaction {
-                        target_message_id: "m".into(),
-                        emoji: "👍".into(),
-                    }))
+                    e.content = Some(Content::Receipt(Default::default()));
                 }),
                 UnsupportedContent,
             ),
@@ -322,6 +443,112 @@ mod tests {
             payload: vec![7u8; MAX_CIPHERTEXT_BYTES + 1].into(),
         }));
         assert_eq!(code(validate_send("signal", Some(&e))), RejectCode::TooLong);
+    }
+
+    fn with(content: Content, encryption: Encryption) -> Envelope {
+        Envelope {
+            encryption: encryption as i32,
+            content: Some(content),
+            ..text_env("x")
+        }
+    }
+
+    fn reaction(target: &str, emoji: &str) -> Content {
+        Content::Reaction(Reaction {
+            target_message_id: target.into(),
+            emoji: emoji.into(),
+        })
+    }
+
+    #[test]
+    fn reactions_at_their_limits() {
+        use Encryption::*;
+        let ok = |e: Envelope| validate_send("signal", Some(&e)).is_ok();
+        assert!(ok(with(reaction("m1", "👍"), TransportOnly)));
+        // An empty emoji removes a reaction.
+        assert!(ok(with(reaction("m1", ""), TransportOnly)));
+        assert!(ok(with(reaction("m1", &"a".repeat(MAX_REACTION_BYTES)), TransportOnly)));
+        assert_eq!(
+            code(validate_send("signal", Some(&with(reaction("m1", &"a".repeat(MAX_REACTION_BYTES + 1)), TransportOnly)))),
+            RejectCode::TooLong
+        );
+        assert!(ok(with(reaction(&"m".repeat(MAX_MESSAGE_ID_BYTES), "👍"), TransportOnly)));
+        assert_eq!(
+            code(validate_send("signal", Some(&with(reaction(&"m".repeat(MAX_MESSAGE_ID_BYTES + 1), "👍"), TransportOnly)))),
+            RejectCode::TooLong
+        );
+        assert_eq!(
+            code(validate_send("signal", Some(&with(reaction("", "👍"), TransportOnly)))),
+            RejectCode::MissingField
+        );
+        assert_eq!(
+            code(validate_send("signal", Some(&with(reaction("a b", "👍"), TransportOnly)))),
+            RejectCode::MalformedFrame
+        );
+        assert_eq!(
+            code(validate_send("signal", Some(&with(reaction("m1", "👍"), E2ee)))),
+            RejectCode::EncryptionMismatch
+        );
+    }
+
+    #[test]
+    fn edits_deletes_replies_typing_calls() {
+        use Encryption::*;
+        let check = |e: Envelope| code(validate_send("signal", Some(&e)));
+        let edit = |text: Option<&str>, ct: Option<usize>| {
+            Content::Edit(Edit {
+                target_message_id: "m1".into(),
+                text: text.map(|b| Text { body: b.into() }),
+                ciphertext: ct.map(|n| Ciphertext {
+                    scheme: "mls".into(),
+                    payload: vec![1u8; n].into(),
+                }),
+            })
+        };
+        let max = "a".repeat(MAX_TEXT_BYTES);
+        let over = "a".repeat(MAX_TEXT_BYTES + 1);
+        assert_eq!(check(with(edit(Some(&max), None), TransportOnly)), RejectCode::Unspecified);
+        assert_eq!(check(with(edit(Some(&over), None), TransportOnly)), RejectCode::TooLong);
+        assert_eq!(check(with(edit(Some(""), None), TransportOnly)), RejectCode::EmptyContent);
+        assert_eq!(check(with(edit(Some("x"), None), E2ee)), RejectCode::EncryptionMismatch);
+        assert_eq!(check(with(edit(None, Some(MAX_CIPHERTEXT_BYTES)), E2ee)), RejectCode::Unspecified);
+        assert_eq!(check(with(edit(None, Some(MAX_CIPHERTEXT_BYTES + 1)), E2ee)), RejectCode::TooLong);
+        assert_eq!(check(with(edit(None, None), E2ee)), RejectCode::EmptyContent);
+        assert_eq!(check(with(edit(Some("x"), Some(3)), E2ee)), RejectCode::MalformedFrame);
+        let delete = |t: &str| Content::Delete(Delete { target_message_id: t.into() });
+        assert_eq!(check(with(delete("m1"), E2ee)), RejectCode::Unspecified);
+        assert_eq!(check(with(delete("m1"), TransportOnly)), RejectCode::Unspecified);
+        assert_eq!(check(with(delete(""), E2ee)), RejectCode::MissingField);
+        assert_eq!(check(with(Content::Typing(Typing { active: true }), E2ee)), RejectCode::Unspecified);
+        assert_eq!(check(with(Content::Call(CallAttempt { video: true }), E2ee)), RejectCode::Unspecified);
+        let mut reply = text_env("re");
+        reply.in_reply_to = "m".repeat(MAX_MESSAGE_ID_BYTES);
+        assert_eq!(check(reply.clone()), RejectCode::Unspecified);
+        reply.in_reply_to = "m".repeat(MAX_MESSAGE_ID_BYTES + 1);
+        assert_eq!(check(reply.clone()), RejectCode::TooLong);
+        reply.in_reply_to = "a/b".into();
+        assert_eq!(check(reply), RejectCode::MalformedFrame);
+    }
+
+    #[test]
+    fn group_sends() {
+        let mut e = text_env("hi");
+        e.to.clear();
+        e.group_id = format!("g-{}", "0a".repeat(16));
+        assert!(validate_group_send("signal", &e).is_ok());
+        let mut bad = e.clone();
+        bad.group_id = format!("g-{}", "0A".repeat(16));
+        assert_eq!(validate_group_send("signal", &bad).unwrap_err().code, RejectCode::MalformedFrame);
+        let mut bad = e.clone();
+        bad.to = "home:+4915112345678".into();
+        assert_eq!(validate_group_send("signal", &bad).unwrap_err().code, RejectCode::MalformedFrame);
+        let mut bad = e.clone();
+        bad.content = Some(Content::Typing(Typing { active: true }));
+        assert_eq!(validate_group_send("signal", &bad).unwrap_err().code, RejectCode::UnsupportedContent);
+        // A one-to-one send may not name a group.
+        let mut bad = text_env("hi");
+        bad.group_id.clone_from(&e.group_id);
+        assert_eq!(code(validate_send("signal", Some(&bad))), RejectCode::MalformedFrame);
     }
 
     #[test]

@@ -19,31 +19,45 @@ use interop_state::ConsentStore;
 
 pub struct Router {
     consent: ConsentStore,
+    pub(crate) groups: interop_state::GroupStore,
 }
 
 impl Router {
     pub fn new(redis: redis::aio::ConnectionManager) -> Self {
         Self {
-            consent: ConsentStore::new(redis),
+            consent: ConsentStore::new(redis.clone()),
+            groups: interop_state::GroupStore::new(redis),
         }
+    }
+
+    /// Per-recipient admission: may this message reach `to`? Used for
+    /// one-to-one messages and for each member of a group.
+    pub(crate) async fn admits(
+        &self,
+        to: &str,
+        pm: &interop_proto::v1::PipelineMessage,
+    ) -> Result<bool, HandleError> {
+        self.consent
+            .admits(to, &pm.sender_provider)
+            .await
+            .map_err(|e| HandleError::Retry {
+                reason: e.to_string(),
+                after: Duration::from_millis(500),
+            })
     }
 }
 
 impl Handler for Router {
     async fn handle(&self, input: Input<'_>) -> Result<Vec<Outgoing>, HandleError> {
         let mut pm = pipeline::decode(input.payload)?;
+        if pm.envelope.as_ref().is_some_and(|e| !e.group_id.is_empty()) {
+            return crate::group::fan_out(self, pm).await;
+        }
         let env = pm
             .envelope
             .as_ref()
             .ok_or_else(|| HandleError::Permanent("no envelope".into()))?;
-        let admitted = self
-            .consent
-            .admits(&env.to, &pm.sender_provider)
-            .await
-            .map_err(|e| HandleError::Retry {
-                reason: e.to_string(),
-                after: Duration::from_millis(500),
-            })?;
+        let admitted = self.admits(&env.to, &pm).await?;
         if !admitted {
             return Ok(vec![pipeline::receipt_to_sender(
                 env,
@@ -52,6 +66,7 @@ impl Handler for Router {
                 "recipient unavailable",
             )]);
         }
+        let call_answer = crate::group::call_answer(env);
         let is_media = matches!(env.content, Some(envelope::Content::Media(_)));
         let msg_id = env.message_id.clone();
         pm.route = Some(Route {
@@ -65,7 +80,9 @@ impl Handler for Router {
                 payload: Bytes::from(pm.encode_to_vec()),
             }])
         } else {
-            Ok(vec![pipeline::to_recipient_store(&pm)])
+            let mut out = vec![pipeline::to_recipient_store(&pm)];
+            out.extend(call_answer);
+            Ok(out)
         }
     }
 }

@@ -10,7 +10,10 @@
 //!    everything else goes straight into the recipient's store
 //!    (`interop.v1.delivery.queued.<key>`), where delivery sessions read it
 //!    whether the recipient is online now or connects later.
+//! 3. A group message (`group_id`) is fanned out: one copy per member, each
+//!    admitted like a one-to-one message (see `group.rs`).
 
+mod group;
 mod handler;
 
 use std::sync::Arc;

@@ -23,21 +23,33 @@ pub fn decode(payload: &[u8]) -> Result<PipelineMessage, HandleError> {
     Ok(pm)
 }
 
-/// Publishes `pm` into its recipient's store, deduplicated by message id.
+/// Publishes `pm` into its recipient's store, deduplicated by message id
+/// (per member for a group message: see [`copy_id`]).
 pub fn to_recipient_store(pm: &PipelineMessage) -> Outgoing {
     let env = pm.envelope.as_ref();
     let to = env.map_or("", |e| e.to.as_str());
-    let message_id = env.map_or("", |e| e.message_id.as_str());
     Outgoing {
         subject: delivery_queued(&recipient_key(to)),
-        msg_id: message_id.to_owned(),
+        msg_id: env.map(copy_id).unwrap_or_default(),
         payload: Bytes::from(pm.encode_to_vec()),
     }
 }
 
+/// The deduplication id of one recipient's copy of a message: the message
+/// id, and for a group message (one message id, one copy per member) the
+/// member's key after it.
+pub fn copy_id(env: &Envelope) -> String {
+    if env.group_id.is_empty() {
+        env.message_id.clone()
+    } else {
+        format!("{}:{}", env.message_id, recipient_key(&env.to))
+    }
+}
+
 /// A receipt about `original`, addressed to its sender: "from" the original
-/// recipient, with the original's encryption level. `dedup` distinguishes
-/// receipts of different kinds about the same message.
+/// recipient, with the original's encryption level. Deduplicated per status
+/// and copy (`receipt-<STATUS>-<copy id>`): one receipt of each status per
+/// recipient, however many devices or retries.
 pub fn receipt_to_sender(
     original: &Envelope,
     status: ReceiptStatus,
@@ -54,6 +66,7 @@ pub fn receipt_to_sender(
         accepted_at_ms: interop_proto::now_ms(),
         in_reply_to: String::new(),
         sender_info: None,
+        group_id: original.group_id.clone(),
         content: Some(envelope::Content::Receipt(Receipt {
             message_id: original.message_id.clone(),
             client_message_id: original.client_message_id.clone(),
@@ -68,7 +81,7 @@ pub fn receipt_to_sender(
     };
     Outgoing {
         subject: delivery_queued(&recipient_key(&original.from)),
-        msg_id: format!("receipt-{}-{}", status.as_str_name(), original.message_id),
+        msg_id: format!("receipt-{}-{}", status.as_str_name(), copy_id(original)),
         payload: Bytes::from(pm.encode_to_vec()),
     }
 }

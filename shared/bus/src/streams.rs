@@ -34,6 +34,14 @@ impl Default for StreamSettings {
     }
 }
 
+/// How much longer than the offline retention the store keeps a message: a
+/// tenth of the retention, at least 2 s and at most 1 hour. Past the
+/// retention a message is no longer delivered and its sender gets
+/// `EXPIRED`; the grace gives the expiry sweeper time to see it.
+pub fn inbox_grace(retention: Duration) -> Duration {
+    (retention / 10).clamp(Duration::from_secs(2), Duration::from_secs(3600))
+}
+
 /// Window in which a re-published `Nats-Msg-Id` is dropped as a duplicate.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -64,11 +72,14 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             subjects: vec![DELIVERY_QUEUED_ALL.to_owned()],
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::Old,
-            max_age: s.inbox_max_age,
+            // Kept a grace period past the retention, so delivery's expiry
+            // sweeper sees every message before JetStream deletes it.
+            max_age: s.inbox_max_age + inbox_grace(s.inbox_max_age),
             max_messages_per_subject: s.inbox_max_per_recipient,
             storage: stream::StorageType::File,
             num_replicas: s.replicas,
-            duplicate_window: DUPLICATE_WINDOW,
+            // JetStream refuses a duplicate window longer than max_age.
+            duplicate_window: DUPLICATE_WINDOW.min(s.inbox_max_age),
             ..Default::default()
         },
         stream::Config {

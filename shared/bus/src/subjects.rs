@@ -48,6 +48,19 @@ pub const PROVIDERS_ALL: &str = "interop.v1.providers.*";
 /// Stream holding the provider registry.
 pub const STREAM_PROVIDERS: &str = "INTEROP_PROVIDERS";
 
+/// Prefix of ephemeral events (typing): `interop.v1.ingest.ephemeral-sent.<key>`,
+/// published by ingest on core NATS (never stored) and read by the
+/// recipient's open delivery sessions; nobody listening = dropped.
+pub const EPHEMERAL_SENT_PREFIX: &str = "interop.v1.ingest.ephemeral-sent";
+
+/// Durable consumer of delivery's expiry sweeper on [`STREAM_INBOX`].
+pub const CONSUMER_EXPIRY: &str = "delivery-expiry";
+
+/// The ephemeral subject of one recipient.
+pub fn ephemeral_sent(recipient_key: &str) -> String {
+    format!("{EPHEMERAL_SENT_PREFIX}.{recipient_key}")
+}
+
 /// The record subject of one provider.
 pub fn provider_record(id: &str) -> String {
     format!("{PROVIDERS_PREFIX}.{id}")
@@ -87,6 +100,7 @@ mod tests {
             DELIVERY_QUEUED_ALL,
             DELIVERY_ACKED_PREFIX,
             PROVIDERS_ALL,
+            EPHEMERAL_SENT_PREFIX,
         ] {
             assert!(valid_subject(s), "{s}");
             assert!(s.starts_with("interop.v1."), "{s}");

@@ -34,8 +34,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use interop_proto::v1::{
-    client_frame, envelope, server_frame, Accepted, Ack, ClientFrame, ConsentUpdated, Encryption,
-    Envelope, Hello, Rejected, Send, ServerFrame, SetConsent, Text, Welcome,
+    client_frame, envelope, server_frame, Accepted, Ack, ChangeGroup, ClientFrame, ConsentUpdated,
+    CreateGroup, Encryption, Envelope, GroupUpdated, Hello, MarkRead, Reaction, Rejected, Send,
+    ServerFrame, SetConsent, Text, Welcome,
 };
 use interop_proto::PROTOCOL_VERSION;
 
@@ -73,6 +74,44 @@ pub enum SendOutcome {
 pub enum ConsentOutcome {
     Updated(ConsentUpdated),
     Rejected(Rejected),
+}
+
+/// The answer to a group change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GroupOutcome {
+    Updated(GroupUpdated),
+    Rejected(Rejected),
+}
+
+/// A reaction to `target_message_id` (TRANSPORT_ONLY); an empty emoji
+/// removes the sender's reaction.
+pub fn reaction_envelope(
+    client_message_id: &str,
+    from: &str,
+    to: &str,
+    target_message_id: &str,
+    emoji: &str,
+) -> Envelope {
+    Envelope {
+        content: Some(envelope::Content::Reaction(Reaction {
+            target_message_id: target_message_id.to_owned(),
+            emoji: emoji.to_owned(),
+        })),
+        ..text_envelope(client_message_id, from, to, "")
+    }
+}
+
+/// A text envelope to a group (`to` empty, `group_id` set).
+pub fn group_text_envelope(
+    client_message_id: &str,
+    from: &str,
+    group_id: &str,
+    body: &str,
+) -> Envelope {
+    Envelope {
+        group_id: group_id.to_owned(),
+        ..text_envelope(client_message_id, from, "", body)
+    }
 }
 
 /// A server-visible text envelope (TRANSPORT_ONLY).
@@ -354,6 +393,38 @@ impl Sender {
     }
 }
 
+impl Sender {
+    async fn group_request(&self, frame: client_frame::Frame) -> Result<GroupOutcome, ClientError> {
+        match self.request(frame).await?.frame {
+            Some(server_frame::Frame::GroupUpdated(g)) => Ok(GroupOutcome::Updated(g)),
+            Some(server_frame::Frame::Rejected(r)) => Ok(GroupOutcome::Rejected(r)),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer to a group change: {other:?}"
+            ))),
+        }
+    }
+
+    /// Creates a group; `creator` (one of this provider's users) is its
+    /// first admin.
+    pub async fn create_group(
+        &self,
+        creator: &str,
+        members: &[String],
+    ) -> Result<GroupOutcome, ClientError> {
+        self.group_request(client_frame::Frame::CreateGroup(CreateGroup {
+            creator: creator.to_owned(),
+            members: members.to_vec(),
+        }))
+        .await
+    }
+
+    /// Adds and removes members (as `change.actor`, an admin).
+    pub async fn change_group(&self, change: ChangeGroup) -> Result<GroupOutcome, ClientError> {
+        self.group_request(client_frame::Frame::ChangeGroup(change))
+            .await
+    }
+}
+
 /// The answer to a [`Sender::submit`], still to come.
 pub struct PendingSend<'a> {
     sender: &'a Sender,
@@ -392,6 +463,7 @@ pub struct Receiver {
     seen: HashSet<String>,
     seen_order: VecDeque<String>,
     duplicates: u64,
+    rejections: Vec<Rejected>,
 }
 
 impl Receiver {
@@ -437,6 +509,7 @@ impl Receiver {
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
             duplicates: 0,
+            rejections: Vec::new(),
         })
     }
 
@@ -451,12 +524,18 @@ impl Receiver {
     }
 
     /// The next new message. Duplicates are acked and skipped. The caller
-    /// acks the result with [`Receiver::ack`] once it is stored.
+    /// acks the result with [`Receiver::ack`] once it is stored. Ephemeral
+    /// events (typing) come with delivery tag 0 and need no ack.
     pub async fn next(&mut self) -> Result<Delivered, ClientError> {
         loop {
             let frame = read_frame(&mut self.stream).await?;
-            let Some(server_frame::Frame::Deliver(d)) = frame.frame else {
-                continue;
+            let d = match frame.frame {
+                Some(server_frame::Frame::Deliver(d)) => d,
+                Some(server_frame::Frame::Rejected(r)) => {
+                    self.rejections.push(r);
+                    continue;
+                }
+                _ => continue,
             };
             let Some(envelope) = d.envelope else {
                 return Err(ClientError::Protocol("Deliver without envelope".into()));
@@ -484,6 +563,28 @@ impl Receiver {
             }
         }
         true
+    }
+
+    /// Refusals the gateway sent on this session so far (e.g. for a
+    /// `MarkRead` naming an unknown message), taken out.
+    pub fn take_rejections(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.rejections)
+    }
+
+    /// Reports messages as read (their delivery tags): each sender gets a
+    /// READ receipt. The gateway answers only a refusal (see
+    /// [`Receiver::take_rejections`]).
+    pub async fn mark_read(&mut self, tags: &[u64]) -> Result<(), ClientError> {
+        let frame = ClientFrame {
+            request_id: 0,
+            frame: Some(client_frame::Frame::MarkRead(MarkRead {
+                delivery_tags: tags.to_vec(),
+            })),
+        };
+        self.sink
+            .send(encode(&frame))
+            .await
+            .map_err(|e| ClientError::WebSocket(Box::new(e)))
     }
 
     /// Acknowledges delivered messages.

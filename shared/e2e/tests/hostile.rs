@@ -12,7 +12,7 @@ use interop_e2e::{ingest_published, read_server_frame, Cluster, HOME_TOKEN, SIGN
 use interop_proto::limits::*;
 use interop_proto::v1::{
     client_frame, envelope::Content, server_frame, Ack, Ciphertext, ClientFrame, Encryption,
-    Envelope, Hello, Media, Reaction, RejectCode, Send, ServerFrame, SetConsent,
+    Envelope, Hello, Media, RejectCode, Send, ServerFrame, SetConsent,
 };
 
 type Ws = interop_e2e::RawWs;
@@ -277,12 +277,9 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Want)> {
             Code(EmptyContent),
         ),
         (
-            "reaction (not yet supported)",
+            "a receipt written by a client",
             send(with(text("x"), |e| {
-                e.content = Some(Content::Reaction(Reaction {
-                    target_message_id: "m".into(),
-                    emoji: "+".into(),
-                }))
+                e.content = Some(Content::Receipt(Default::default()))
             })),
             Code(UnsupportedContent),
         ),

@@ -30,3 +30,22 @@ pub const HELLO_TIMEOUT_SECS: u64 = 10;
 pub const MAX_SENT_AT_AGE_MS: i64 = 7 * 24 * 3600 * 1000;
 /// How far in the future a message's `sent_at_ms` may be (clock skew).
 pub const MAX_SENT_AT_SKEW_MS: i64 = 10 * 60 * 1000;
+/// Longest reaction emoji, in UTF-8 bytes (a flag or a ZWJ family sequence
+/// fits; an empty emoji removes a reaction).
+pub const MAX_REACTION_BYTES: usize = 64;
+/// Longest server message id a reply, reaction, edit or delete may name.
+pub const MAX_MESSAGE_ID_BYTES: usize = 64;
+/// Most members of a group, admins included.
+pub const MAX_GROUP_MEMBERS: usize = 256;
+/// Most delivery tags in one `MarkRead`.
+pub const MAX_MARK_READ_TAGS: usize = 256;
+
+/// Whether `s` is a group id as the gateway makes them: `g-` and 32
+/// lowercase hex digits.
+pub fn is_group_id(s: &str) -> bool {
+    s.len() == 34
+        && s.starts_with("g-")
+        && s[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}

@@ -5,13 +5,17 @@
 //! Keys (all under `interop:`):
 //! - `interop:consent:<address>` — hash: `opted_in` (`0`/`1`), `allowed`
 //!   (comma-separated provider ids), `updated_at_ms`.
+//! - `interop:group:<id>:members`, `interop:group:<id>:admins` — sets of
+//!   addresses (see [`group`]).
 //! - `interop:rate:<scope>:<id>:<window>` — counter with a TTL of two windows.
 
 pub mod consent;
 pub mod gcra;
+pub mod group;
 pub mod rate;
 
 pub use consent::{Consent, ConsentStore};
+pub use group::{Group, GroupStore};
 pub use rate::RateCounter;
 
 /// A Redis failure. Callers treat every one as retryable: the pipeline

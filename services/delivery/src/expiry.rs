@@ -1,0 +1,198 @@
+//! The expiry sweeper: when a message ages past the offline retention
+//! (`--inbox-max-age-secs`) and no device of its recipient has acked it, the
+//! sender gets an `EXPIRED` receipt.
+//!
+//! Every delivery instance runs it on one shared durable consumer
+//! (`delivery-expiry`) over the whole store, so each stored message is
+//! looked at by one instance. A message that is not due yet is handed back
+//! with a delay until it is (`nak` with delay), so the consumer holds at most
+//! `max_ack_pending` messages, the oldest, at a time. A due message is
+//! checked against its recipient's device cursors (`INTEROP_CURSORS`): if no
+//! cursor is at or past it, the `EXPIRED` receipt is published
+//! (`Nats-Msg-Id` `receipt-EXPIRED-…`), and only after JetStream acked that
+//! publish is the message acked: at least once, deduplicated. The store
+//! keeps messages a grace period longer than the retention
+//! ([`interop_bus::streams::inbox_grace`]) so the sweeper sees them before
+//! JetStream deletes them; delivery sessions stop delivering a message once
+//! it is past the retention, so a message ends either delivered or expired.
+//!
+//! Not covered: a message pushed out early by the per-recipient count limit
+//! (`--inbox-max-per-recipient`) is deleted by JetStream at once, without
+//! an `EXPIRED` receipt (see docs/adr/0011).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::{self, AckKind};
+use futures_util::{StreamExt, TryStreamExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use interop_bus::subjects::{CONSUMER_EXPIRY, DELIVERY_ACKED_PREFIX, DELIVERY_QUEUED_ALL, DELIVERY_QUEUED_PREFIX};
+use interop_bus::{pipeline, BusError};
+use interop_proto::v1::{envelope, ReceiptStatus, RejectCode};
+
+use crate::Shared;
+
+/// Messages the sweeper holds at once (all not yet due, or being handled).
+const MAX_IN_HAND: i64 = 1024;
+
+pub(crate) async fn consumer(
+    inbox: &jetstream::stream::Stream,
+) -> Result<async_nats::jetstream::consumer::PullConsumer, BusError> {
+    inbox
+        .create_consumer(pull::Config {
+            durable_name: Some(CONSUMER_EXPIRY.to_owned()),
+            description: Some("interop delivery expiry sweeper".to_owned()),
+            filter_subject: DELIVERY_QUEUED_ALL.to_owned(),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            // A message is handed back until it is due: no delivery limit.
+            max_deliver: -1,
+            max_ack_pending: MAX_IN_HAND,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BusError::Consumer {
+            name: CONSUMER_EXPIRY.to_owned(),
+            source: Box::new(e),
+        })
+}
+
+/// Runs the sweeper until `shutdown`.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(256)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "Expiry sweeper cannot pull; retrying.");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => return,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    let kind = match handle(&shared, &msg).await {
+                        Ok(kind) => kind,
+                        Err(e) => {
+                            warn!(error = %e, "Expiry check failed; will retry.");
+                            AckKind::Nak(Some(Duration::from_secs(1)))
+                        }
+                    };
+                    if let Err(e) = msg.ack_with(kind).await {
+                        debug!(error = %e, "Expiry ack not sent; the message comes back.");
+                    }
+                }
+                Some(Err(e)) => debug!(error = %e, "Expiry pull reported an error."),
+                None => break,
+            }
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn handle(shared: &Shared, msg: &jetstream::Message) -> Result<AckKind, BoxError> {
+    let info = msg.info()?;
+    let seq = info.stream_sequence;
+    let stored_ms = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let retention_ms = i64::try_from(shared.retention.as_millis()).unwrap_or(i64::MAX);
+    let due_ms = stored_ms.saturating_add(retention_ms);
+    let now = interop_proto::now_ms();
+    if now < due_ms {
+        // Back when it is due (plus a little, for clock granularity).
+        let wait = Duration::from_millis(u64::try_from(due_ms - now).unwrap_or(0) + 50);
+        return Ok(AckKind::Nak(Some(wait)));
+    }
+    let Ok(pm) = pipeline::decode(&msg.payload) else {
+        return Ok(AckKind::Ack);
+    };
+    let Some(env) = pm.envelope else {
+        return Ok(AckKind::Ack);
+    };
+    // Receipts get no receipts; call attempts were answered by routing.
+    if matches!(
+        env.content,
+        Some(envelope::Content::Receipt(_)) | Some(envelope::Content::Call(_))
+    ) {
+        return Ok(AckKind::Ack);
+    }
+    let key = msg
+        .subject
+        .as_str()
+        .strip_prefix(DELIVERY_QUEUED_PREFIX)
+        .and_then(|k| k.strip_prefix('.'))
+        .unwrap_or_default();
+    if highest_cursor(shared, key).await? >= seq {
+        return Ok(AckKind::Ack);
+    }
+    let original = interop_proto::v1::Envelope {
+        content: None,
+        ..env
+    };
+    let r = pipeline::receipt_to_sender(
+        &original,
+        ReceiptStatus::Expired,
+        RejectCode::Unspecified,
+        "not delivered within the offline retention",
+    );
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", r.msg_id.as_str());
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(r.payload)
+        .headers(headers);
+    // Awaited: the input is acked only once the receipt is stored.
+    shared.js.send_publish(r.subject, publish).await?.await?;
+    shared.metrics.expired.inc();
+    debug!(seq, "A message expired undelivered; the sender was told.");
+    Ok(AckKind::Ack)
+}
+
+/// The furthest cursor of any device of the recipient `key` (0 = none).
+async fn highest_cursor(shared: &Shared, key: &str) -> Result<u64, BoxError> {
+    let filter = format!("{DELIVERY_ACKED_PREFIX}.{key}.*");
+    let subjects: HashMap<String, usize> = shared
+        .cursors
+        .info_with_subjects(&filter)
+        .await?
+        .try_collect()
+        .await?;
+    let mut highest = 0;
+    for subject in subjects.keys() {
+        match shared.cursors.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => {
+                let cursor = std::str::from_utf8(&m.payload)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                highest = highest.max(cursor);
+            }
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(highest)
+}

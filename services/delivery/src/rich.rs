@@ -1,0 +1,240 @@
+//! What a recipient's app can show: rich content is delivered as is when the
+//! recipient's provider declares the kind in its registry record
+//! (`capabilities.content`), and as a visible text fallback when it does not
+//! — never dropped silently. Decisions in docs/adr/0010.
+//!
+//! | content | not supported → delivered as |
+//! |---|---|
+//! | reaction | text "👍 reacted to your message" / "removed a reaction", `in_reply_to` = target |
+//! | edit with text | text "edited: <new text>", `in_reply_to` = target |
+//! | edit with ciphertext (E2EE) | the new ciphertext as an ordinary message, `in_reply_to` = target: the gateway cannot read it to write a fallback, and the recipient's app can decrypt and show it |
+//! | delete | text "deleted a message", `in_reply_to` = target |
+//! | text with `in_reply_to` (reply) | text prefixed "↩ " |
+//! | text in a group (`group_id`) | text prefixed "[group] " |
+//! | call attempt | always a notice (no provider can take a call across apps) |
+//! | READ receipt | not shown (auto-acked): a status, not content |
+//! | typing | not shown: ephemeral |
+//!
+//! Gateway-written text is marked `TRANSPORT_ONLY`: the gateway wrote it.
+
+use interop_proto::limits::MAX_TEXT_BYTES;
+use interop_proto::v1::{envelope::Content, Encryption, Envelope, ReceiptStatus, Text};
+use interop_providers::{Capabilities, ContentKind};
+
+/// The notice a call attempt becomes.
+pub const CALL_NOTICE: &str =
+    "tried to call you. Calls don't work between different messaging apps yet; reply with a message instead.";
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+fn notice(env: &mut Envelope, body: String) {
+    env.encryption = Encryption::TransportOnly as i32;
+    env.content = Some(Content::Text(Text {
+        body: truncate(body, MAX_TEXT_BYTES),
+    }));
+}
+
+/// Adapts `env` to what the recipient's provider supports; `None` when there
+/// is nothing to show (a READ receipt or typing the app does not take).
+pub fn adapt(mut env: Envelope, caps: &Capabilities) -> Option<Envelope> {
+    let supports = |k| caps.supports(k);
+    let was_text = matches!(env.content, Some(Content::Text(_)));
+    match env.content.take() {
+        Some(Content::Receipt(r))
+            if r.status == ReceiptStatus::Read as i32 && !supports(ContentKind::ReadReceipt) =>
+        {
+            return None
+        }
+        Some(Content::Typing(_)) if !supports(ContentKind::Typing) => return None,
+        Some(Content::Call(c)) => {
+            let kind = if c.video { "📹" } else { "📞" };
+            notice(&mut env, format!("{kind} {CALL_NOTICE}"));
+        }
+        Some(Content::Reaction(r)) if !supports(ContentKind::Reaction) => {
+            env.in_reply_to = r.target_message_id;
+            let body = if r.emoji.is_empty() {
+                "removed a reaction from your message".to_owned()
+            } else {
+                format!("{} reacted to your message", r.emoji)
+            };
+            notice(&mut env, body);
+        }
+        Some(Content::Edit(e)) if !supports(ContentKind::Edit) => {
+            env.in_reply_to = e.target_message_id;
+            match (e.text, e.ciphertext) {
+                (Some(t), _) => notice(&mut env, format!("edited: {}", t.body)),
+                (None, Some(c)) => env.content = Some(Content::Ciphertext(c)),
+                (None, None) => notice(&mut env, "edited a message".to_owned()),
+            }
+        }
+        Some(Content::Delete(d)) if !supports(ContentKind::Delete) => {
+            env.in_reply_to = d.target_message_id;
+            notice(&mut env, "deleted a message".to_owned());
+        }
+        other => env.content = other,
+    }
+    if let Some(Content::Text(t)) = env.content.as_mut().filter(|_| was_text) {
+        if !env.group_id.is_empty() && !supports(ContentKind::Group) {
+            t.body = truncate(format!("[group] {}", t.body), MAX_TEXT_BYTES);
+        }
+        if !env.in_reply_to.is_empty() && !supports(ContentKind::Reply) {
+            t.body = truncate(format!("↩ {}", t.body), MAX_TEXT_BYTES);
+        }
+    }
+    Some(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use interop_proto::v1::{CallAttempt, Ciphertext, Delete, Edit, Reaction, Receipt, Typing};
+
+    fn caps(kinds: &[ContentKind]) -> Capabilities {
+        Capabilities {
+            content: kinds.to_vec(),
+            media_formats: Vec::new(),
+        }
+    }
+
+    fn env(content: Content) -> Envelope {
+        Envelope {
+            message_id: "m2".into(),
+            from: "signal:alice".into(),
+            to: "telegram:tom".into(),
+            encryption: Encryption::TransportOnly as i32,
+            content: Some(content),
+            ..Default::default()
+        }
+    }
+
+    fn text(e: &Envelope) -> &str {
+        match &e.content {
+            Some(Content::Text(t)) => &t.body,
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn supported_kinds_pass_unchanged() {
+        let all = Capabilities::default();
+        let r = env(Content::Reaction(Reaction {
+            target_message_id: "m1".into(),
+            emoji: "👍".into(),
+        }));
+        assert_eq!(adapt(r.clone(), &all), Some(r));
+    }
+
+    #[test]
+    fn fallbacks_are_visible_text() {
+        let plain = caps(&[ContentKind::Text]);
+        let r = adapt(
+            env(Content::Reaction(Reaction {
+                target_message_id: "m1".into(),
+                emoji: "👍".into(),
+            })),
+            &plain,
+        )
+        .unwrap();
+        assert_eq!(text(&r), "👍 reacted to your message");
+        assert_eq!(r.in_reply_to, "m1");
+        let un = adapt(
+            env(Content::Reaction(Reaction {
+                target_message_id: "m1".into(),
+                emoji: String::new(),
+            })),
+            &plain,
+        )
+        .unwrap();
+        assert_eq!(text(&un), "removed a reaction from your message");
+        let e = adapt(
+            env(Content::Edit(Edit {
+                target_message_id: "m1".into(),
+                text: Some(Text { body: "fixed".into() }),
+                ciphertext: None,
+            })),
+            &plain,
+        )
+        .unwrap();
+        assert_eq!(text(&e), "edited: fixed");
+        let d = adapt(
+            env(Content::Delete(Delete {
+                target_message_id: "m1".into(),
+            })),
+            &plain,
+        )
+        .unwrap();
+        assert_eq!(text(&d), "deleted a message");
+        let c = adapt(env(Content::Call(CallAttempt { video: false })), &Capabilities::default())
+            .unwrap();
+        assert!(text(&c).contains("Calls don't work"));
+    }
+
+    #[test]
+    fn an_edit_at_the_text_limit_stays_within_it() {
+        let e = adapt(
+            env(Content::Edit(Edit {
+                target_message_id: "m1".into(),
+                text: Some(Text {
+                    body: "é".repeat(MAX_TEXT_BYTES / 2),
+                }),
+                ciphertext: None,
+            })),
+            &caps(&[ContentKind::Text]),
+        )
+        .unwrap();
+        assert!(text(&e).len() <= MAX_TEXT_BYTES);
+        assert!(text(&e).starts_with("edited: é"));
+    }
+
+    #[test]
+    fn e2ee_edits_fall_back_to_the_new_ciphertext() {
+        let mut m = env(Content::Edit(Edit {
+            target_message_id: "m1".into(),
+            text: None,
+            ciphertext: Some(Ciphertext {
+                scheme: "mls".into(),
+                payload: vec![9u8; 8].into(),
+            }),
+        }));
+        m.encryption = Encryption::E2ee as i32;
+        let out = adapt(m, &caps(&[ContentKind::Ciphertext])).unwrap();
+        assert!(matches!(out.content, Some(Content::Ciphertext(ref c)) if c.payload.len() == 8));
+        assert_eq!(out.encryption, Encryption::E2ee as i32);
+        assert_eq!(out.in_reply_to, "m1");
+    }
+
+    #[test]
+    fn statuses_and_typing_are_skipped_when_unsupported() {
+        let plain = caps(&[ContentKind::Text]);
+        let read = env(Content::Receipt(Receipt {
+            status: ReceiptStatus::Read as i32,
+            ..Default::default()
+        }));
+        assert_eq!(adapt(read, &plain), None);
+        let delivered = env(Content::Receipt(Receipt {
+            status: ReceiptStatus::Delivered as i32,
+            ..Default::default()
+        }));
+        assert!(adapt(delivered, &plain).is_some());
+        assert_eq!(adapt(env(Content::Typing(Typing { active: true })), &plain), None);
+    }
+
+    #[test]
+    fn replies_and_groups_are_marked_in_text() {
+        let mut m = env(Content::Text(Text { body: "hi".into() }));
+        m.in_reply_to = "m1".into();
+        m.group_id = "g-0".into();
+        let out = adapt(m, &caps(&[ContentKind::Text])).unwrap();
+        assert_eq!(text(&out), "↩ [group] hi");
+    }
+}

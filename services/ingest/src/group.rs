@@ -1,0 +1,353 @@
+//! Groups at the edge: `CreateGroup`, `ChangeGroup` and sends to a group.
+//!
+//! `CreateGroup{creator, members}` → `GroupUpdated{group_id, admins, members}`:
+//! the creator (a user of the authenticated provider) is the first admin.
+//! `ChangeGroup{group_id, actor, add, remove, add_admins}` → `GroupUpdated`,
+//! only by an admin (`NOT_GROUP_ADMIN`), within `MAX_GROUP_MEMBERS`
+//! (`GROUP_FULL`). A `Send` with `group_id` (and no `to`) is accepted only
+//! from a member (`GROUP_NOT_FOUND` otherwise, the same code as for no
+//! group); routing fans it out to every other member, each checked like a
+//! one-to-one recipient.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use prost::Message as _;
+use tracing::{debug, warn};
+
+use interop_proto::limits::{is_group_id, MAX_GROUP_MEMBERS};
+use interop_proto::v1::{
+    server_frame, ChangeGroup, CreateGroup, Envelope, GroupUpdated, PipelineMessage, RejectCode,
+    ServerFrame,
+};
+use interop_proto::Address;
+use interop_state::gcra::{self, RateLimit};
+use interop_state::group::{members_key, Change, ChangeRefused, Group, GroupStore};
+
+use crate::send::{reject, unavailable, Prepared, ToPublish};
+use crate::validate::{validate_group_send, Rejection};
+use crate::Shared;
+
+fn updated(request_id: u64, g: Group) -> Prepared {
+    Prepared::Answer(Box::new(ServerFrame {
+        request_id,
+        frame: Some(server_frame::Frame::GroupUpdated(GroupUpdated {
+            group_id: g.id,
+            admins: g.admins,
+            members: g.members,
+        })),
+    }))
+}
+
+/// Parses a list of addresses, without duplicates.
+fn addresses(what: &str, list: &[String]) -> Result<Vec<String>, Rejection> {
+    let mut out = BTreeSet::new();
+    for a in list {
+        let parsed = Address::parse(a)
+            .map_err(|e| Rejection::new(RejectCode::InvalidAddress, format!("{what}: {e}")))?;
+        out.insert(parsed.as_str().to_owned());
+    }
+    Ok(out.into_iter().collect())
+}
+
+fn own_user(provider: &str, what: &str, a: &str) -> Result<Address, Rejection> {
+    if a.is_empty() {
+        return Err(Rejection::new(
+            RejectCode::MissingField,
+            format!("{what} is required"),
+        ));
+    }
+    let parsed = Address::parse(a)
+        .map_err(|e| Rejection::new(RejectCode::InvalidAddress, format!("{what}: {e}")))?;
+    if parsed.provider() != provider {
+        return Err(Rejection::new(
+            RejectCode::SenderNotOwned,
+            format!("{what} must be a user of the authenticated provider"),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// Checks a `CreateGroup` and returns (creator, members without the creator).
+pub fn validate_create(
+    provider: &str,
+    c: &CreateGroup,
+) -> Result<(Address, Vec<String>), Rejection> {
+    let creator = own_user(provider, "creator", &c.creator)?;
+    if c.members.len() > MAX_GROUP_MEMBERS {
+        return Err(full());
+    }
+    let mut members = addresses("members", &c.members)?;
+    members.retain(|m| m != creator.as_str());
+    if members.len() + 1 > MAX_GROUP_MEMBERS {
+        return Err(full());
+    }
+    Ok((creator, members))
+}
+
+fn full() -> Rejection {
+    Rejection::new(
+        RejectCode::GroupFull,
+        format!("a group has at most {MAX_GROUP_MEMBERS} members"),
+    )
+}
+
+pub(crate) async fn create(
+    shared: &Shared,
+    provider: &str,
+    request_id: u64,
+    c: CreateGroup,
+) -> Prepared {
+    let (creator, members) = match validate_create(provider, &c) {
+        Ok(v) => v,
+        Err(r) => return reject(request_id, "", r),
+    };
+    let id = format!("g-{}", uuid::Uuid::now_v7().simple());
+    match GroupStore::new(shared.redis.clone())
+        .create(&id, creator.as_str(), &members)
+        .await
+    {
+        Ok(g) => {
+            debug!(%provider, members = g.members.len(), "Group created.");
+            updated(request_id, g)
+        }
+        Err(e) => {
+            warn!(error = %e, "Cannot store a group.");
+            reject(request_id, "", unavailable("the group registry"))
+        }
+    }
+}
+
+pub(crate) async fn change(
+    shared: &Shared,
+    provider: &str,
+    request_id: u64,
+    c: ChangeGroup,
+) -> Prepared {
+    let checked = (|| {
+        if !is_group_id(&c.group_id) {
+            return Err(Rejection::new(
+                RejectCode::MalformedFrame,
+                "group_id must be `g-` and 32 lowercase hex digits",
+            ));
+        }
+        let actor = own_user(provider, "actor", &c.actor)?;
+        if c.add.len() > MAX_GROUP_MEMBERS {
+            return Err(full());
+        }
+        let add = addresses("add", &c.add)?;
+        let remove = addresses("remove", &c.remove)?;
+        let add_admins = addresses("add_admins", &c.add_admins)?;
+        if add.iter().any(|a| remove.contains(a)) {
+            return Err(Rejection::new(
+                RejectCode::MalformedFrame,
+                "an address is both added and removed",
+            ));
+        }
+        Ok((actor, add, remove, add_admins))
+    })();
+    let (actor, add, remove, add_admins) = match checked {
+        Ok(v) => v,
+        Err(r) => return reject(request_id, "", r),
+    };
+    let change = Change {
+        actor: actor.as_str(),
+        add: &add,
+        remove: &remove,
+        add_admins: &add_admins,
+    };
+    let result = GroupStore::new(shared.redis.clone())
+        .change(&c.group_id, &change, MAX_GROUP_MEMBERS)
+        .await;
+    match result {
+        Ok(Ok(Some(g))) => updated(request_id, g),
+        Ok(Ok(None)) => updated(
+            request_id,
+            Group {
+                id: c.group_id,
+                ..Default::default()
+            },
+        ),
+        Ok(Err(refused)) => {
+            let r = match refused {
+                ChangeRefused::NotFound => {
+                    Rejection::new(RejectCode::GroupNotFound, "no such group")
+                }
+                ChangeRefused::NotAdmin => Rejection::new(
+                    RejectCode::NotGroupAdmin,
+                    "only the group's admins may change it",
+                ),
+                ChangeRefused::Full => full(),
+                ChangeRefused::AdminNotMember => Rejection::new(
+                    RejectCode::MalformedFrame,
+                    "add_admins must be members of the group",
+                ),
+            };
+            reject(request_id, "", r)
+        }
+        Err(e) => {
+            warn!(error = %e, "Cannot change a group.");
+            reject(request_id, "", unavailable("the group registry"))
+        }
+    }
+}
+
+/// A `Send` to a group: validated, rate-limited like any send, accepted only
+/// from a member, idempotent by client message id, then published like a
+/// one-to-one message (routing fans it out).
+pub(crate) async fn prepare_group_send(
+    shared: &Shared,
+    provider: &str,
+    request_id: u64,
+    mut envelope: Envelope,
+) -> Prepared {
+    let cmid = envelope.client_message_id.clone();
+    let from = match validate_group_send(provider, &envelope) {
+        Ok(a) => a,
+        Err(r) => {
+            debug!(%provider, code = r.code.as_str_name(), "Rejected a group send.");
+            return reject(request_id, &cmid, r);
+        }
+    };
+    let fresh_id = uuid::Uuid::now_v7().to_string();
+    let idem_key = format!("interop:idem:{}:{}", from.as_str(), cmid);
+    let provider_limit = shared
+        .providers
+        .borrow()
+        .get(provider)
+        .map(|p| RateLimit {
+            per_second: p
+                .max_per_second
+                .unwrap_or(shared.default_provider_limit.per_second),
+            burst: p.burst.unwrap_or(shared.default_provider_limit.burst),
+        })
+        .unwrap_or(shared.default_provider_limit);
+    let mut pipe = redis::pipe();
+    gcra::add_check(
+        &mut pipe,
+        provider,
+        from.as_str(),
+        provider_limit,
+        shared.sender_limit,
+    );
+    pipe.cmd("SISMEMBER")
+        .arg(members_key(&envelope.group_id))
+        .arg(from.as_str())
+        .cmd("SET")
+        .arg(&idem_key)
+        .arg(&fresh_id)
+        .arg("NX")
+        .arg("GET")
+        .arg("EX")
+        .arg(shared.idempotency_secs);
+    type Reply = ((i64, i64, i64), bool, Option<String>);
+    let mut conn = shared.redis.clone();
+    let query = async {
+        let mut reply: Result<Reply, redis::RedisError> = pipe.query_async(&mut conn).await;
+        if reply.as_ref().err().is_some_and(gcra::is_noscript) {
+            reply = match gcra::load(&mut conn).await {
+                Ok(()) => pipe.query_async(&mut conn).await,
+                Err(e) => Err(e.0),
+            };
+        }
+        reply.map_err(|e| e.to_string())
+    };
+    let reply = match tokio::time::timeout(shared.store_timeout, query).await {
+        Ok(r) => r,
+        Err(_) => Err("timed out".to_owned()),
+    };
+    let (rate, member, existing) = match reply {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "Redis unavailable; refusing group sends.");
+            return reject(request_id, &cmid, unavailable("state storage"));
+        }
+    };
+    if let gcra::Decision::Limited { by, retry_after_ms } = gcra::decision(rate) {
+        let detail = match by {
+            gcra::LimitedBy::Provider => "provider rate limit reached",
+            gcra::LimitedBy::Sender => "sender rate limit reached",
+        };
+        return reject(
+            request_id,
+            &cmid,
+            Rejection::retryable(RejectCode::RateLimited, detail, retry_after_ms),
+        );
+    }
+    if !member {
+        return reject(
+            request_id,
+            &cmid,
+            Rejection::new(RejectCode::GroupNotFound, "no such group"),
+        );
+    }
+    let message_id = existing.unwrap_or(fresh_id);
+    let accepted_at_ms = interop_proto::now_ms();
+    envelope.message_id.clone_from(&message_id);
+    envelope.accepted_at_ms = accepted_at_ms;
+    envelope.sender_info = None;
+    let pm = PipelineMessage {
+        envelope: Some(envelope),
+        sender_provider: provider.to_owned(),
+        ..Default::default()
+    };
+    let span = tracing::info_span!("send", otel.name = "ingest group send", %provider, message_id = %message_id);
+    Prepared::Publish(ToPublish {
+        request_id,
+        client_message_id: cmid,
+        message_id,
+        accepted_at_ms,
+        payload: Bytes::from(pm.encode_to_vec()),
+        span,
+        ephemeral_subject: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(i: usize) -> String {
+        format!("telegram:user{i}")
+    }
+
+    #[test]
+    fn group_size_at_the_edge() {
+        let mut c = CreateGroup {
+            creator: "signal:alice".into(),
+            members: (1..MAX_GROUP_MEMBERS).map(member).collect(),
+        };
+        // The creator plus 255 others: exactly the limit.
+        let (_, members) = validate_create("signal", &c).unwrap();
+        assert_eq!(members.len() + 1, MAX_GROUP_MEMBERS);
+        // Naming the creator again does not count twice.
+        c.members.push("signal:alice".into());
+        assert!(validate_create("signal", &c).is_ok());
+        c.members.pop();
+        c.members.push(member(MAX_GROUP_MEMBERS));
+        assert_eq!(
+            validate_create("signal", &c).unwrap_err().code,
+            RejectCode::GroupFull
+        );
+    }
+
+    #[test]
+    fn creator_must_be_own_user_and_members_addresses() {
+        let c = CreateGroup {
+            creator: "home:+4915112345678".into(),
+            members: vec![],
+        };
+        assert_eq!(
+            validate_create("signal", &c).unwrap_err().code,
+            RejectCode::SenderNotOwned
+        );
+        let c = CreateGroup {
+            creator: "signal:alice".into(),
+            members: vec!["nope".into()],
+        };
+        assert_eq!(
+            validate_create("signal", &c).unwrap_err().code,
+            RejectCode::InvalidAddress
+        );
+    }
+}

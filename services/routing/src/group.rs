@@ -1,0 +1,89 @@
+//! Group fan-out and call attempts.
+//!
+//! A message with `group_id` goes to every member but the sender: each copy
+//! has `to` = the member, passes the same per-recipient admission as a
+//! one-to-one message ([`Router::admits`]: consent, and whatever else that
+//! check grows), and is published with a per-member deduplication id
+//! (`<message id>:<member key>`), so a redelivered input stores nothing
+//! twice. A member who is not admitted gets nothing, and the sender gets no
+//! receipt about it (that would tell who blocked them).
+//!
+//! A call attempt reaches the recipient (delivery shows it as a notice) and
+//! the caller gets a `FAILED` receipt with `CALLS_NOT_SUPPORTED`.
+
+use bytes::Bytes;
+use prost::Message as _;
+
+use interop_bus::subjects::ROUTING_MEDIA_REQUESTED;
+use interop_bus::{pipeline, recipient_key, HandleError, Outgoing};
+use interop_proto::v1::{envelope, Envelope, Inbox, PipelineMessage, ReceiptStatus, RejectCode, Route};
+
+use crate::Router;
+
+/// The caller's answer to a call attempt, if `env` is one.
+pub(crate) fn call_answer(env: &Envelope) -> Option<Outgoing> {
+    matches!(env.content, Some(envelope::Content::Call(_))).then(|| {
+        pipeline::receipt_to_sender(
+            env,
+            ReceiptStatus::Failed,
+            RejectCode::CallsNotSupported,
+            "calls don't work across providers; the recipient was told",
+        )
+    })
+}
+
+pub(crate) async fn fan_out(
+    router: &Router,
+    pm: PipelineMessage,
+) -> Result<Vec<Outgoing>, HandleError> {
+    let env = pm
+        .envelope
+        .as_ref()
+        .ok_or_else(|| HandleError::Permanent("no envelope".into()))?;
+    let members = router
+        .groups
+        .members(&env.group_id)
+        .await
+        .map_err(|e| HandleError::Retry {
+            reason: e.to_string(),
+            after: std::time::Duration::from_millis(500),
+        })?;
+    let is_media = matches!(env.content, Some(envelope::Content::Media(_)));
+    let members: Vec<String> = members.into_iter().filter(|m| *m != env.from).collect();
+    // The checks run concurrently (their Redis calls share one pipelined
+    // connection); the copies are published in member order.
+    let admitted =
+        futures_util::future::try_join_all(members.iter().map(|m| router.admits(m, &pm))).await?;
+    let mut out = Vec::with_capacity(members.len());
+    let mut calls_answered = false;
+    for (member, admitted) in members.into_iter().zip(admitted) {
+        if !admitted {
+            continue;
+        }
+        let mut copy = pm.clone();
+        let Some(e) = copy.envelope.as_mut() else {
+            continue;
+        };
+        e.to = member;
+        copy.route = Some(Route {
+            inbox: Inbox::ThirdParty as i32,
+            recipient_key: recipient_key(&e.to),
+        });
+        if is_media {
+            out.push(Outgoing {
+                subject: ROUTING_MEDIA_REQUESTED.to_owned(),
+                msg_id: pipeline::copy_id(e),
+                payload: Bytes::from(copy.encode_to_vec()),
+            });
+        } else {
+            if !calls_answered {
+                if let Some(answer) = call_answer(e) {
+                    out.push(answer);
+                    calls_answered = true;
+                }
+            }
+            out.push(pipeline::to_recipient_store(&copy));
+        }
+    }
+    Ok(out)
+}
