@@ -433,3 +433,98 @@ pub async fn read_server_frame(
         }
     }
 }
+
+/// ingest, spam-scoring and routing with limits high enough for volume, on
+/// their own servers, plus as many delivery instances as a test starts
+/// (each with its own shutdown, to kill one alone). Every service gets the
+/// same registry and stream settings.
+pub struct Stack {
+    pub nats: NatsServer,
+    pub redis: RedisServer,
+    pub ingest_url: String,
+    pub registry: Arc<Registry>,
+    pub streams: interop_bus::StreamSettings,
+    pub shutdown: CancellationToken,
+}
+
+/// One delivery instance of a [`Stack`].
+pub struct DeliveryInstance {
+    pub url: String,
+    /// Cancels this instance only.
+    pub kill: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl Stack {
+    pub async fn start(registry: Registry, streams: interop_bus::StreamSettings) -> Self {
+        let nats = NatsServer::start();
+        let redis = RedisServer::start();
+        let (n, r) = (nats.url(), redis.url());
+        let registry = Arc::new(registry);
+        let shutdown = CancellationToken::new();
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("binding ingest");
+        let addr = l.local_addr().expect("bound");
+        let mut config = interop_ingest::Config::new(l, registry.clone());
+        let unlimited = interop_ingest::RateLimit {
+            per_second: 100_000.0,
+            burst: 100_000,
+        };
+        config.sender_limit = unlimited;
+        config.default_provider_limit = unlimited;
+        config.streams = streams.clone();
+        let d = connect_service(&n, &r, "ingest").await;
+        let s = shutdown.clone();
+        tokio::spawn(async move { interop_ingest::run(config, d, s).await });
+        let spam = interop_spam_scoring::Config {
+            max_sender_per_minute: 1_000_000,
+            streams: streams.clone(),
+            ..Default::default()
+        };
+        let d = connect_service(&n, &r, "spam-scoring").await;
+        let s = shutdown.clone();
+        tokio::spawn(async move { interop_spam_scoring::run(spam, d, s).await });
+        let d = connect_service(&n, &r, "routing").await;
+        let s = shutdown.clone();
+        let routing = interop_routing::Config {
+            streams: streams.clone(),
+        };
+        tokio::spawn(async move { interop_routing::run(routing, d, s).await });
+        wait_listening(&addr.to_string()).await;
+        Self {
+            nats,
+            redis,
+            ingest_url: format!("ws://{addr}/v1/ws"),
+            registry,
+            streams,
+            shutdown,
+        }
+    }
+
+    /// Starts one more delivery instance.
+    pub async fn delivery(&self) -> DeliveryInstance {
+        let l = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding delivery");
+        let addr = l.local_addr().expect("bound");
+        let mut config = interop_delivery::Config::new(l, self.registry.clone());
+        config.streams = self.streams.clone();
+        let d = connect_service(&self.nats.url(), &self.redis.url(), "delivery").await;
+        let kill = self.shutdown.child_token();
+        let s = kill.clone();
+        let task = tokio::spawn(async move {
+            interop_delivery::run(config, d, s).await.ok();
+        });
+        wait_listening(&addr.to_string()).await;
+        DeliveryInstance {
+            url: format!("ws://{addr}/v1/ws"),
+            kill,
+            task,
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
