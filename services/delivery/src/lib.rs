@@ -42,6 +42,9 @@ use interop_providers::store::RegistryStore;
 use interop_providers::Registry;
 use interop_service::Deps;
 
+/// Initial read buffer of a session's WebSocket (it grows for a larger frame).
+const READ_BUFFER_BYTES: usize = 4096;
+
 /// Configuration of delivery.
 pub struct Config {
     /// Where recipients' clients connect (bound by the caller).
@@ -143,6 +146,9 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
 async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
     ws.max_message_size(HARD_MAX_FRAME_BYTES)
         .max_frame_size(HARD_MAX_FRAME_BYTES)
+        // Clients send small frames (acks); a large read buffer per idle
+        // session is most of its memory (docs/adr/0011).
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| {
             let tracker = shared.sessions.clone();
             tracker.track_future(session::serve(socket, shared))

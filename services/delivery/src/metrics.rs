@@ -24,6 +24,8 @@ pub struct DeliveryMetrics {
     pub ephemeral: Counter,
     /// `expired` receipts written by the expiry sweeper.
     pub expired: Counter,
+    /// Store consumers opened (at connect with a backlog, on a wake-up, after a pause).
+    pub consumers_opened: Counter,
 }
 
 impl DeliveryMetrics {
@@ -37,7 +39,13 @@ impl DeliveryMetrics {
             pauses: Counter::default(),
             ephemeral: Counter::default(),
             expired: Counter::default(),
+            consumers_opened: Counter::default(),
         };
+        metrics.register(
+            "interop_delivery_consumers_opened",
+            "Store consumers opened by sessions.",
+            m.consumers_opened.clone(),
+        );
         metrics.register(
             "interop_delivery_pauses",
             "Times a session stopped reading at the un-acked limit.",

@@ -210,6 +210,19 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// once acks bring them down to this many.
 pub(crate) const RESUME_AT: usize = MAX_UNACKED * 3 / 4;
 
+/// An open store consumer that has caught up is closed after this long
+/// without a new message.
+pub(crate) const CLOSE_IDLE_CONSUMER_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The last store sequence of `subject` (0 = none stored).
+async fn last_stored(shared: &Shared, subject: &str) -> Result<u64, BoxError> {
+    match shared.inbox.get_last_raw_message_by_subject(subject).await {
+        Ok(m) => Ok(m.sequence),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Opens an ordered consumer on the user's store, starting after `after`
 /// (a store sequence; 0 = from the start).
 async fn open_store(shared: &Shared, subject: &str, after: u64) -> Result<Ordered, BoxError> {
@@ -250,9 +263,20 @@ async fn deliver(
 ) -> Result<(), BoxError> {
     let key = recipient_key(s.user.as_str());
     let store_subject = delivery_queued(&key);
+    // Wake-ups: every message stored for this user is also seen on core
+    // NATS by subscribers of its store subject. Subscribed before the store
+    // is first looked at, so nothing stored after that goes unnoticed.
+    let mut wake = shared.js.client().subscribe(store_subject.clone()).await?;
     // Ephemeral events (typing) for this user, while the session is open.
     let mut ephemeral = shared.js.client().subscribe(ephemeral_sent(&key)).await?;
-    let mut messages = Some(open_store(shared, &store_subject, s.last_delivered).await?);
+    // The store consumer is open only while there is something to read
+    // (docs/adr/0011): an idle session holds two core subscriptions and no
+    // JetStream consumer.
+    let mut messages: Option<Ordered> = None;
+    // Whether the store may hold messages past `last_delivered`.
+    let mut maybe_more = true;
+    // When an open consumer that has caught up is closed if nothing comes.
+    let mut idle_at: Option<tokio::time::Instant> = None;
     let mut registry = shared.providers.clone();
     loop {
         // Flow control. At MAX_UNACKED outstanding deliveries the store is
@@ -263,11 +287,23 @@ async fn deliver(
         // duplicate.
         if messages.is_some() && s.unacked.len() >= MAX_UNACKED {
             messages = None;
+            idle_at = None;
+            maybe_more = true;
             shared.metrics.pauses.inc();
         }
-        if messages.is_none() && s.unacked.len() <= RESUME_AT {
-            messages = Some(open_store(shared, &store_subject, s.last_delivered).await?);
+        if messages.is_none() && maybe_more && s.unacked.len() <= RESUME_AT {
+            maybe_more = false;
+            if last_stored(shared, &store_subject).await? > s.last_delivered {
+                messages = Some(open_store(shared, &store_subject, s.last_delivered).await?);
+                shared.metrics.consumers_opened.inc();
+            }
         }
+        let idle = async {
+            match idle_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = shared.shutdown.cancelled() => {
                 ws::push(out, Outbound::Close(close::GOING_AWAY, "server shutting down")).await;
@@ -306,6 +342,19 @@ async fn deliver(
                 Incoming::End => return Ok(()),
                 Incoming::Ignore => {}
             },
+            () = idle => {
+                // Caught up and quiet: close the consumer; a wake-up (or the
+                // check right after) reopens it.
+                messages = None;
+                idle_at = None;
+                maybe_more = true;
+            }
+            notice = wake.next() => {
+                if notice.is_none() { return Err("store notifications ended".into()) }
+                if messages.is_none() {
+                    maybe_more = true;
+                }
+            }
             event = ephemeral.next() => {
                 let Some(event) = event else { return Err("ephemeral subscription ended".into()) };
                 push_ephemeral(&s, &event.payload, out, shared);
@@ -315,6 +364,7 @@ async fn deliver(
                 let msg = next?;
                 let info = msg.info()?;
                 let seq = info.stream_sequence;
+                idle_at = (info.pending == 0).then(|| tokio::time::Instant::now() + CLOSE_IDLE_CONSUMER_AFTER);
                 let stored_ms = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
                 s.last_delivered = s.last_delivered.max(seq);
                 let Ok(mut pm) = pipeline::decode(&msg.payload) else {

@@ -541,3 +541,39 @@ async fn a_session_paused_at_its_unacked_limit_resumes_without_gap_or_duplicate(
     assert_eq!(bob.duplicates(), 0);
     nothing_within(&mut bob, 500).await;
 }
+
+async fn inbox_consumers(stack: &Stack) -> usize {
+    let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.unwrap());
+    let mut inbox = js
+        .get_stream(interop_bus::subjects::STREAM_INBOX)
+        .await
+        .unwrap();
+    inbox.info().await.unwrap().state.consumer_count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_hold_no_store_consumer_and_wake_on_a_new_message() {
+    let stack = Stack::start(registry(), Default::default()).await;
+    let d = stack.delivery().await;
+    opt_in(&stack, BOB, &["signal"]).await;
+    let signal = sender(&stack, "signal").await;
+    let mut sessions = Vec::new();
+    for i in 0..20 {
+        sessions.push(receiver(&d.url, BOB, &format!("device{i}")).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Only the expiry sweeper's durable consumer: idle sessions open none.
+    assert_eq!(inbox_consumers(&stack).await, 1);
+    send_ok(&signal, text_envelope("m1", ALICE, BOB, "one")).await;
+    for rx in &mut sessions {
+        assert_eq!(text(&next(rx).await.envelope), "one");
+    }
+    // Past the time a caught-up consumer is kept open: the next message
+    // arrives through a wake-up.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    send_ok(&signal, text_envelope("m2", ALICE, BOB, "two")).await;
+    for rx in &mut sessions {
+        assert_eq!(text(&next(rx).await.envelope), "two");
+        assert_eq!(rx.duplicates(), 0);
+    }
+}
