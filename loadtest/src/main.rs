@@ -42,6 +42,106 @@ enum Command {
         #[arg(required = true)]
         scenarios: Vec<PathBuf>,
     },
+    /// Open idle delivery sessions and measure the delivery process's memory.
+    IdleSessions(IdleArgs),
+    /// Fan-out latency to a group whose members all have open sessions.
+    GroupFanout(FanoutArgs),
+}
+
+#[derive(Args)]
+struct BenchTarget {
+    /// Client config with the URLs and tokens (default: .run/client.toml).
+    #[arg(long, env = "INTEROP_CLIENT_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "INTEROP_INGEST_URL")]
+    ingest_url: Option<String>,
+    #[arg(long, env = "INTEROP_DELIVERY_URL")]
+    delivery_url: Option<String>,
+}
+
+impl BenchTarget {
+    fn resolve(&self) -> anyhow::Result<(String, String, HashMap<String, String>)> {
+        let file = match ClientConfig::locate(self.config.as_deref()) {
+            Some(path) => ClientConfig::load(&path)?,
+            None => ClientConfig::default(),
+        };
+        Ok((
+            self.ingest_url.clone().or(file.ingest_url).context("no ingest URL")?,
+            self.delivery_url.clone().or(file.delivery_url).context("no delivery URL")?,
+            file.tokens,
+        ))
+    }
+}
+
+#[derive(Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    target: BenchTarget,
+    /// The delivery process to measure.
+    #[arg(long)]
+    delivery_pid: u32,
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    #[arg(long, default_value = "home")]
+    provider: String,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds to wait after the last session opened, before measuring.
+    #[arg(long, default_value_t = 10)]
+    settle_secs: u64,
+}
+
+#[derive(Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    target: BenchTarget,
+    #[arg(long, default_value_t = 256)]
+    members: usize,
+    #[arg(long, default_value_t = 200)]
+    messages: usize,
+    /// Messages per second sent to the group.
+    #[arg(long, default_value_t = 5.0)]
+    rate: f64,
+    #[arg(long, default_value = "signal")]
+    sender_provider: String,
+    #[arg(long, default_value = "home")]
+    member_provider: String,
+}
+
+async fn idle_command(args: IdleArgs) -> anyhow::Result<ExitCode> {
+    let (_, delivery_url, tokens) = args.target.resolve()?;
+    let token = tokens.get(&args.provider).context("no token for the provider")?;
+    let report = interop_loadtest::delivery_bench::idle_sessions(
+        &delivery_url,
+        &args.provider,
+        token,
+        args.sessions,
+        args.concurrency,
+        args.delivery_pid,
+        std::time::Duration::from_secs(args.settle_secs),
+    )
+    .await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn fanout_command(args: FanoutArgs) -> anyhow::Result<ExitCode> {
+    let (ingest_url, delivery_url, tokens) = args.target.resolve()?;
+    let token = |p: &str| tokens.get(p).cloned().context("no token for a provider");
+    let report = interop_loadtest::delivery_bench::group_fanout(
+        &ingest_url,
+        &delivery_url,
+        &args.sender_provider,
+        &token(&args.sender_provider)?,
+        &args.member_provider,
+        &token(&args.member_provider)?,
+        args.members,
+        args.messages,
+        args.rate,
+    )
+    .await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -261,6 +361,8 @@ fn main() -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Check { scenarios } => Ok(check_command(&scenarios)),
+            Command::IdleSessions(args) => idle_command(args).await,
+            Command::GroupFanout(args) => fanout_command(args).await,
         }
     })
 }
