@@ -63,7 +63,11 @@ pub async fn idle_sessions(
     while sessions.len() < count {
         while next < count && connecting.len() < concurrency {
             let user = user(provider, next);
-            let (url, provider, token) = (delivery_url.to_owned(), provider.to_owned(), token.to_owned());
+            let (url, provider, token) = (
+                delivery_url.to_owned(),
+                provider.to_owned(),
+                token.to_owned(),
+            );
             connecting.push(async move {
                 Receiver::connect(&url, &provider, &token, &user, "idle").await
             });
@@ -151,9 +155,10 @@ pub async fn group_fanout(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     let mut tasks = Vec::new();
     for m in &others {
-        let mut session = Receiver::connect(delivery_url, member_provider, member_token, m, "bench")
-            .await
-            .with_context(|| "opening a member session")?;
+        let mut session =
+            Receiver::connect(delivery_url, member_provider, member_token, m, "bench")
+                .await
+                .with_context(|| "opening a member session")?;
         let tx = tx.clone();
         tasks.push(tokio::spawn(async move {
             while let Ok(d) = session.next().await {

@@ -66,8 +66,14 @@ impl BenchTarget {
             None => ClientConfig::default(),
         };
         Ok((
-            self.ingest_url.clone().or(file.ingest_url).context("no ingest URL")?,
-            self.delivery_url.clone().or(file.delivery_url).context("no delivery URL")?,
+            self.ingest_url
+                .clone()
+                .or(file.ingest_url)
+                .context("no ingest URL")?,
+            self.delivery_url
+                .clone()
+                .or(file.delivery_url)
+                .context("no delivery URL")?,
             file.tokens,
         ))
     }
@@ -110,7 +116,9 @@ struct FanoutArgs {
 
 async fn idle_command(args: IdleArgs) -> anyhow::Result<ExitCode> {
     let (_, delivery_url, tokens) = args.target.resolve()?;
-    let token = tokens.get(&args.provider).context("no token for the provider")?;
+    let token = tokens
+        .get(&args.provider)
+        .context("no token for the provider")?;
     let report = interop_loadtest::delivery_bench::idle_sessions(
         &delivery_url,
         &args.provider,

@@ -30,7 +30,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use interop_bus::subjects::{CONSUMER_EXPIRY, DELIVERY_ACKED_PREFIX, DELIVERY_QUEUED_ALL, DELIVERY_QUEUED_PREFIX};
+use interop_bus::subjects::{
+    CONSUMER_EXPIRY, DELIVERY_ACKED_PREFIX, DELIVERY_QUEUED_ALL, DELIVERY_QUEUED_PREFIX,
+};
 use interop_bus::{pipeline, BusError};
 use interop_proto::v1::{envelope, ReceiptStatus, RejectCode};
 
@@ -180,7 +182,11 @@ async fn highest_cursor(shared: &Shared, key: &str) -> Result<u64, BoxError> {
         .await?;
     let mut highest = 0;
     for subject in subjects.keys() {
-        match shared.cursors.get_last_raw_message_by_subject(subject).await {
+        match shared
+            .cursors
+            .get_last_raw_message_by_subject(subject)
+            .await
+        {
             Ok(m) => {
                 let cursor = std::str::from_utf8(&m.payload)
                     .ok()

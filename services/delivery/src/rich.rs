@@ -159,7 +159,9 @@ mod tests {
         let e = adapt(
             env(Content::Edit(Edit {
                 target_message_id: "m1".into(),
-                text: Some(Text { body: "fixed".into() }),
+                text: Some(Text {
+                    body: "fixed".into(),
+                }),
                 ciphertext: None,
             })),
             &plain,
@@ -174,8 +176,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(text(&d), "deleted a message");
-        let c = adapt(env(Content::Call(CallAttempt { video: false })), &Capabilities::default())
-            .unwrap();
+        let c = adapt(
+            env(Content::Call(CallAttempt { video: false })),
+            &Capabilities::default(),
+        )
+        .unwrap();
         assert!(text(&c).contains("Calls don't work"));
     }
 
@@ -226,7 +231,10 @@ mod tests {
             ..Default::default()
         }));
         assert!(adapt(delivered, &plain).is_some());
-        assert_eq!(adapt(env(Content::Typing(Typing { active: true })), &plain), None);
+        assert_eq!(
+            adapt(env(Content::Typing(Typing { active: true })), &plain),
+            None
+        );
     }
 
     #[test]

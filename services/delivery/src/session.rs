@@ -212,7 +212,8 @@ pub(crate) const RESUME_AT: usize = MAX_UNACKED * 3 / 4;
 
 /// An open store consumer that has caught up is closed after this long
 /// without a new message.
-pub(crate) const CLOSE_IDLE_CONSUMER_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const CLOSE_IDLE_CONSUMER_AFTER: std::time::Duration =
+    std::time::Duration::from_secs(10);
 
 /// The last store sequence of `subject` (0 = none stored).
 async fn last_stored(shared: &Shared, subject: &str) -> Result<u64, BoxError> {
@@ -247,8 +248,9 @@ async fn open_store(shared: &Shared, subject: &str, after: u64) -> Result<Ordere
 /// The next stored message, or never while the store is not being read.
 async fn next_stored(
     messages: &mut Option<Ordered>,
-) -> Option<Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>>
-{
+) -> Option<
+    Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>,
+> {
     match messages {
         Some(m) => m.next().await,
         None => std::future::pending().await,

@@ -157,7 +157,10 @@ async fn prepare_send(
         .as_ref()
         .map(|e| e.client_message_id.clone())
         .unwrap_or_default();
-    if let Some(env) = envelope.as_ref().filter(|e| !e.group_id.is_empty() && e.to.is_empty()) {
+    if let Some(env) = envelope
+        .as_ref()
+        .filter(|e| !e.group_id.is_empty() && e.to.is_empty())
+    {
         let env = env.clone();
         return crate::group::prepare_group_send(shared, provider, request_id, env).await;
     }
@@ -312,44 +315,46 @@ pub(crate) async fn publish(
     // down); bounded by the same deadline.
     let sent =
         tokio::time::timeout_at(deadline, shared.js.send_publish(INGEST_ACCEPTED, publish)).await;
-    futures_util::future::Either::Right(async move {
-        let acked: Result<PublishAck, String> = match sent {
-            Ok(Ok(ack)) => match tokio::time::timeout_at(deadline, ack).await {
-                Ok(Ok(ack)) => Ok(ack),
-                Ok(Err(e)) => Err(format!("JetStream refused a publish: {e}")),
-                Err(_) => Err("JetStream did not ack in time".to_owned()),
-            },
-            Ok(Err(e)) => Err(format!("cannot publish: {e}")),
-            Err(_) => Err("the NATS connection did not take the publish in time".to_owned()),
-        };
-        shared
-            .metrics
-            .store_seconds
-            .observe(started.elapsed().as_secs_f64());
-        match acked {
-            Ok(ack) => ServerFrame {
-                request_id: p.request_id,
-                frame: Some(server_frame::Frame::Accepted(Accepted {
-                    client_message_id: p.client_message_id,
-                    message_id: p.message_id,
-                    accepted_at_ms: p.accepted_at_ms,
-                    duplicate: ack.duplicate,
-                })),
-            },
-            Err(reason) => {
-                warn!(%reason, "Refusing a send: message storage unavailable.");
-                let r = unavailable("message storage");
-                rejected(
-                    p.request_id,
-                    &p.client_message_id,
-                    r.code,
-                    r.detail,
-                    r.retry_after_ms,
-                )
+    futures_util::future::Either::Right(
+        async move {
+            let acked: Result<PublishAck, String> = match sent {
+                Ok(Ok(ack)) => match tokio::time::timeout_at(deadline, ack).await {
+                    Ok(Ok(ack)) => Ok(ack),
+                    Ok(Err(e)) => Err(format!("JetStream refused a publish: {e}")),
+                    Err(_) => Err("JetStream did not ack in time".to_owned()),
+                },
+                Ok(Err(e)) => Err(format!("cannot publish: {e}")),
+                Err(_) => Err("the NATS connection did not take the publish in time".to_owned()),
+            };
+            shared
+                .metrics
+                .store_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match acked {
+                Ok(ack) => ServerFrame {
+                    request_id: p.request_id,
+                    frame: Some(server_frame::Frame::Accepted(Accepted {
+                        client_message_id: p.client_message_id,
+                        message_id: p.message_id,
+                        accepted_at_ms: p.accepted_at_ms,
+                        duplicate: ack.duplicate,
+                    })),
+                },
+                Err(reason) => {
+                    warn!(%reason, "Refusing a send: message storage unavailable.");
+                    let r = unavailable("message storage");
+                    rejected(
+                        p.request_id,
+                        &p.client_message_id,
+                        r.code,
+                        r.detail,
+                        r.retry_after_ms,
+                    )
+                }
             }
         }
-    }
-    .instrument(span))
+        .instrument(span),
+    )
 }
 
 /// Typing indicators: core NATS to the recipient's open sessions, never

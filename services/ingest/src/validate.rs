@@ -467,26 +467,53 @@ mod tests {
         assert!(ok(with(reaction("m1", "👍"), TransportOnly)));
         // An empty emoji removes a reaction.
         assert!(ok(with(reaction("m1", ""), TransportOnly)));
-        assert!(ok(with(reaction("m1", &"a".repeat(MAX_REACTION_BYTES)), TransportOnly)));
+        assert!(ok(with(
+            reaction("m1", &"a".repeat(MAX_REACTION_BYTES)),
+            TransportOnly
+        )));
         assert_eq!(
-            code(validate_send("signal", Some(&with(reaction("m1", &"a".repeat(MAX_REACTION_BYTES + 1)), TransportOnly)))),
+            code(validate_send(
+                "signal",
+                Some(&with(
+                    reaction("m1", &"a".repeat(MAX_REACTION_BYTES + 1)),
+                    TransportOnly
+                ))
+            )),
             RejectCode::TooLong
         );
-        assert!(ok(with(reaction(&"m".repeat(MAX_MESSAGE_ID_BYTES), "👍"), TransportOnly)));
+        assert!(ok(with(
+            reaction(&"m".repeat(MAX_MESSAGE_ID_BYTES), "👍"),
+            TransportOnly
+        )));
         assert_eq!(
-            code(validate_send("signal", Some(&with(reaction(&"m".repeat(MAX_MESSAGE_ID_BYTES + 1), "👍"), TransportOnly)))),
+            code(validate_send(
+                "signal",
+                Some(&with(
+                    reaction(&"m".repeat(MAX_MESSAGE_ID_BYTES + 1), "👍"),
+                    TransportOnly
+                ))
+            )),
             RejectCode::TooLong
         );
         assert_eq!(
-            code(validate_send("signal", Some(&with(reaction("", "👍"), TransportOnly)))),
+            code(validate_send(
+                "signal",
+                Some(&with(reaction("", "👍"), TransportOnly))
+            )),
             RejectCode::MissingField
         );
         assert_eq!(
-            code(validate_send("signal", Some(&with(reaction("a b", "👍"), TransportOnly)))),
+            code(validate_send(
+                "signal",
+                Some(&with(reaction("a b", "👍"), TransportOnly))
+            )),
             RejectCode::MalformedFrame
         );
         assert_eq!(
-            code(validate_send("signal", Some(&with(reaction("m1", "👍"), E2ee)))),
+            code(validate_send(
+                "signal",
+                Some(&with(reaction("m1", "👍"), E2ee))
+            )),
             RejectCode::EncryptionMismatch
         );
     }
@@ -507,20 +534,57 @@ mod tests {
         };
         let max = "a".repeat(MAX_TEXT_BYTES);
         let over = "a".repeat(MAX_TEXT_BYTES + 1);
-        assert_eq!(check(with(edit(Some(&max), None), TransportOnly)), RejectCode::Unspecified);
-        assert_eq!(check(with(edit(Some(&over), None), TransportOnly)), RejectCode::TooLong);
-        assert_eq!(check(with(edit(Some(""), None), TransportOnly)), RejectCode::EmptyContent);
-        assert_eq!(check(with(edit(Some("x"), None), E2ee)), RejectCode::EncryptionMismatch);
-        assert_eq!(check(with(edit(None, Some(MAX_CIPHERTEXT_BYTES)), E2ee)), RejectCode::Unspecified);
-        assert_eq!(check(with(edit(None, Some(MAX_CIPHERTEXT_BYTES + 1)), E2ee)), RejectCode::TooLong);
-        assert_eq!(check(with(edit(None, None), E2ee)), RejectCode::EmptyContent);
-        assert_eq!(check(with(edit(Some("x"), Some(3)), E2ee)), RejectCode::MalformedFrame);
-        let delete = |t: &str| Content::Delete(Delete { target_message_id: t.into() });
+        assert_eq!(
+            check(with(edit(Some(&max), None), TransportOnly)),
+            RejectCode::Unspecified
+        );
+        assert_eq!(
+            check(with(edit(Some(&over), None), TransportOnly)),
+            RejectCode::TooLong
+        );
+        assert_eq!(
+            check(with(edit(Some(""), None), TransportOnly)),
+            RejectCode::EmptyContent
+        );
+        assert_eq!(
+            check(with(edit(Some("x"), None), E2ee)),
+            RejectCode::EncryptionMismatch
+        );
+        assert_eq!(
+            check(with(edit(None, Some(MAX_CIPHERTEXT_BYTES)), E2ee)),
+            RejectCode::Unspecified
+        );
+        assert_eq!(
+            check(with(edit(None, Some(MAX_CIPHERTEXT_BYTES + 1)), E2ee)),
+            RejectCode::TooLong
+        );
+        assert_eq!(
+            check(with(edit(None, None), E2ee)),
+            RejectCode::EmptyContent
+        );
+        assert_eq!(
+            check(with(edit(Some("x"), Some(3)), E2ee)),
+            RejectCode::MalformedFrame
+        );
+        let delete = |t: &str| {
+            Content::Delete(Delete {
+                target_message_id: t.into(),
+            })
+        };
         assert_eq!(check(with(delete("m1"), E2ee)), RejectCode::Unspecified);
-        assert_eq!(check(with(delete("m1"), TransportOnly)), RejectCode::Unspecified);
+        assert_eq!(
+            check(with(delete("m1"), TransportOnly)),
+            RejectCode::Unspecified
+        );
         assert_eq!(check(with(delete(""), E2ee)), RejectCode::MissingField);
-        assert_eq!(check(with(Content::Typing(Typing { active: true }), E2ee)), RejectCode::Unspecified);
-        assert_eq!(check(with(Content::Call(CallAttempt { video: true }), E2ee)), RejectCode::Unspecified);
+        assert_eq!(
+            check(with(Content::Typing(Typing { active: true }), E2ee)),
+            RejectCode::Unspecified
+        );
+        assert_eq!(
+            check(with(Content::Call(CallAttempt { video: true }), E2ee)),
+            RejectCode::Unspecified
+        );
         let mut reply = text_env("re");
         reply.in_reply_to = "m".repeat(MAX_MESSAGE_ID_BYTES);
         assert_eq!(check(reply.clone()), RejectCode::Unspecified);
@@ -538,17 +602,29 @@ mod tests {
         assert!(validate_group_send("signal", &e).is_ok());
         let mut bad = e.clone();
         bad.group_id = format!("g-{}", "0A".repeat(16));
-        assert_eq!(validate_group_send("signal", &bad).unwrap_err().code, RejectCode::MalformedFrame);
+        assert_eq!(
+            validate_group_send("signal", &bad).unwrap_err().code,
+            RejectCode::MalformedFrame
+        );
         let mut bad = e.clone();
         bad.to = "home:+4915112345678".into();
-        assert_eq!(validate_group_send("signal", &bad).unwrap_err().code, RejectCode::MalformedFrame);
+        assert_eq!(
+            validate_group_send("signal", &bad).unwrap_err().code,
+            RejectCode::MalformedFrame
+        );
         let mut bad = e.clone();
         bad.content = Some(Content::Typing(Typing { active: true }));
-        assert_eq!(validate_group_send("signal", &bad).unwrap_err().code, RejectCode::UnsupportedContent);
+        assert_eq!(
+            validate_group_send("signal", &bad).unwrap_err().code,
+            RejectCode::UnsupportedContent
+        );
         // A one-to-one send may not name a group.
         let mut bad = text_env("hi");
         bad.group_id.clone_from(&e.group_id);
-        assert_eq!(code(validate_send("signal", Some(&bad))), RejectCode::MalformedFrame);
+        assert_eq!(
+            code(validate_send("signal", Some(&bad))),
+            RejectCode::MalformedFrame
+        );
     }
 
     #[test]

@@ -16,7 +16,9 @@ use prost::Message as _;
 
 use interop_bus::subjects::ROUTING_MEDIA_REQUESTED;
 use interop_bus::{pipeline, recipient_key, HandleError, Outgoing};
-use interop_proto::v1::{envelope, Envelope, Inbox, PipelineMessage, ReceiptStatus, RejectCode, Route};
+use interop_proto::v1::{
+    envelope, Envelope, Inbox, PipelineMessage, ReceiptStatus, RejectCode, Route,
+};
 
 use crate::Router;
 

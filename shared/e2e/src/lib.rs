@@ -462,7 +462,9 @@ impl Stack {
         let (n, r) = (nats.url(), redis.url());
         let registry = Arc::new(registry);
         let shutdown = CancellationToken::new();
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("binding ingest");
+        let l = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding ingest");
         let addr = l.local_addr().expect("bound");
         let mut config = interop_ingest::Config::new(l, registry.clone());
         let unlimited = interop_ingest::RateLimit {

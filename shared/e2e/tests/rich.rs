@@ -12,8 +12,8 @@ use interop_client::{
 use interop_e2e::{registry, Stack, HOME_TOKEN, SIGNAL_TOKEN, TELEGRAM_TOKEN};
 use interop_proto::v1::envelope::Content;
 use interop_proto::v1::{
-    Accepted, CallAttempt, ChangeGroup, Delete, Edit, Envelope, Receipt, ReceiptStatus,
-    RejectCode, Text, Typing,
+    Accepted, CallAttempt, ChangeGroup, Delete, Edit, Envelope, Receipt, ReceiptStatus, RejectCode,
+    Text, Typing,
 };
 use interop_providers::{Capabilities, ContentKind, Provider, Registry};
 
@@ -136,8 +136,16 @@ async fn read_receipts_and_reactions_round_trip_between_two_providers() {
     assert_eq!(statuses, [ReceiptStatus::Delivered, ReceiptStatus::Read]);
 
     // Bob reacts, then takes the reaction back.
-    let r1 = send_ok(&home, reaction_envelope("r1", BOB, ALICE, &a1.message_id, "👍")).await;
-    let r2 = send_ok(&home, reaction_envelope("r2", BOB, ALICE, &a1.message_id, "")).await;
+    let r1 = send_ok(
+        &home,
+        reaction_envelope("r1", BOB, ALICE, &a1.message_id, "👍"),
+    )
+    .await;
+    let r2 = send_ok(
+        &home,
+        reaction_envelope("r2", BOB, ALICE, &a1.message_id, ""),
+    )
+    .await;
     for (id, emoji) in [(&r1.message_id, "👍"), (&r2.message_id, "")] {
         let got = next(&mut alice).await;
         if emoji == "👍" {
@@ -364,7 +372,11 @@ async fn a_group_of_fifty_across_three_providers_gets_one_copy_each() {
     let members: Vec<String> = (1..50).map(member).collect();
     let excluded = members[10].clone();
     for m in &members {
-        let allow: &[&str] = if *m == excluded { &["telegram"] } else { &["signal"] };
+        let allow: &[&str] = if *m == excluded {
+            &["telegram"]
+        } else {
+            &["signal"]
+        };
         opt_in(&stack, m, allow).await;
     }
     let group = match signal.create_group(ALICE, &members).await.unwrap() {
@@ -404,7 +416,11 @@ async fn a_group_of_fifty_across_three_providers_gets_one_copy_each() {
         let got = next(&mut alice).await.envelope;
         let r = receipt(&got).expect("a receipt");
         assert_eq!(r.status(), ReceiptStatus::Delivered);
-        assert!(from.insert(got.from.clone()), "two receipts from {}", got.from);
+        assert!(
+            from.insert(got.from.clone()),
+            "two receipts from {}",
+            got.from
+        );
     }
     assert!(!from.contains(&excluded));
     nothing_within(&mut alice, 500).await;
@@ -416,11 +432,7 @@ async fn group_membership_is_changed_by_admins_within_the_size_limit() {
     let stack = Stack::start(registry(), Default::default()).await;
     let signal = sender(&stack, "signal").await;
     let telegram = sender(&stack, "telegram").await;
-    let group = match signal
-        .create_group(ALICE, &[TOM.to_owned()])
-        .await
-        .unwrap()
-    {
+    let group = match signal.create_group(ALICE, &[TOM.to_owned()]).await.unwrap() {
         GroupOutcome::Updated(g) => g,
         other => panic!("{other:?}"),
     };
@@ -445,7 +457,11 @@ async fn group_membership_is_changed_by_admins_within_the_size_limit() {
     let fill: Vec<String> = (0..MAX_GROUP_MEMBERS - 2)
         .map(|i| format!("signal:fill{i}"))
         .collect();
-    match signal.change_group(change(ALICE, fill, vec![])).await.unwrap() {
+    match signal
+        .change_group(change(ALICE, fill, vec![]))
+        .await
+        .unwrap()
+    {
         GroupOutcome::Updated(g) => assert_eq!(g.members.len(), MAX_GROUP_MEMBERS),
         other => panic!("{other:?}"),
     }
