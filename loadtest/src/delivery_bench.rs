@@ -120,8 +120,8 @@ pub struct FanoutReport {
 
 /// Creates a group of `members` (the sender `<sender_provider>:bench-sender`
 /// plus `members - 1` users of `member_provider`, all opted in), opens a
-/// session per member, then sends `messages` at `rate` per second and
-/// measures.
+/// session per member, sends `warmup` messages (not measured), then sends
+/// `messages` at `rate` per second and measures.
 #[allow(clippy::too_many_arguments)]
 pub async fn group_fanout(
     ingest_url: &str,
@@ -133,6 +133,7 @@ pub async fn group_fanout(
     members: usize,
     messages: usize,
     rate: f64,
+    warmup: usize,
 ) -> anyhow::Result<FanoutReport> {
     let sender = Sender::connect(ingest_url, sender_provider, sender_token).await?;
     let member_admin = Sender::connect(ingest_url, member_provider, member_token).await?;
@@ -173,8 +174,16 @@ pub async fn group_fanout(
         }));
     }
     drop(tx);
-    // Let every session settle before the first send.
+    // Let every session settle, then warm up (not measured): the first
+    // message wakes every idle session, which opens its store consumer.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 0..warmup {
+        sender
+            .send(group_text_envelope(&format!("warm{i}"), &from, &group.group_id, "warm-up"))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(if warmup > 0 { 3 } else { 0 })).await;
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let start = tokio::time::Instant::now();
     for i in 0..messages {

@@ -112,6 +112,9 @@ struct FanoutArgs {
     sender_provider: String,
     #[arg(long, default_value = "home")]
     member_provider: String,
+    /// Messages sent first and not measured (they wake the idle sessions).
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
 }
 
 async fn idle_command(args: IdleArgs) -> anyhow::Result<ExitCode> {
@@ -146,6 +149,7 @@ async fn fanout_command(args: FanoutArgs) -> anyhow::Result<ExitCode> {
         args.members,
         args.messages,
         args.rate,
+        args.warmup,
     )
     .await?;
     println!("{}", serde_json::to_string_pretty(&report)?);

@@ -42,8 +42,9 @@ use interop_providers::store::RegistryStore;
 use interop_providers::Registry;
 use interop_service::Deps;
 
-/// Initial read buffer of a session's WebSocket (it grows for a larger frame).
-const READ_BUFFER_BYTES: usize = 4096;
+/// Initial read buffer of a session's WebSocket: clients send small frames
+/// (acks); a larger frame grows it to fit.
+const READ_BUFFER_BYTES: usize = 256;
 
 /// Configuration of delivery.
 pub struct Config {
@@ -151,6 +152,11 @@ async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Res
         .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| {
             let tracker = shared.sessions.clone();
-            tracker.track_future(session::serve(socket, shared))
+            let session = session::serve(socket, shared);
+            tracing::trace!(
+                bytes = std::mem::size_of_val(&session),
+                "Session future size."
+            );
+            tracker.track_future(session)
         })
 }

@@ -21,7 +21,9 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 
 use async_nats::jetstream::consumer::pull::Ordered;
 
-use interop_bus::subjects::{delivery_acked, delivery_queued, ephemeral_sent};
+use interop_bus::subjects::{
+    delivery_acked, delivery_queued, session_events, EPHEMERAL_SENT_PREFIX,
+};
 use interop_bus::{pipeline, recipient_key};
 use interop_proto::limits::{
     MAX_DEVICE_ID_BYTES, MAX_FRAME_BYTES, MAX_MARK_READ_TAGS, MAX_UNACKED,
@@ -61,11 +63,11 @@ struct Session {
 pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
     let (sink, mut stream) = socket.split();
     let (out, writer) = ws::spawn_writer(sink);
-    if let Some(session) = hello(&mut stream, &out, &shared).await {
+    if let Some(session) = Box::pin(hello(&mut stream, &out, &shared)).await {
         let user = session.user.redacted().to_string();
         info!(%user, "Recipient connected to delivery.");
         shared.metrics.sessions.inc();
-        if let Err(e) = deliver(session, &mut stream, &out, &shared).await {
+        if let Err(e) = Box::pin(deliver(session, &mut stream, &out, &shared)).await {
             warn!(%user, error = %e, "Session ended by an error.");
             ws::push(
                 &out,
@@ -265,12 +267,11 @@ async fn deliver(
 ) -> Result<(), BoxError> {
     let key = recipient_key(s.user.as_str());
     let store_subject = delivery_queued(&key);
-    // Wake-ups: every message stored for this user is also seen on core
-    // NATS by subscribers of its store subject. Subscribed before the store
-    // is first looked at, so nothing stored after that goes unnoticed.
-    let mut wake = shared.js.client().subscribe(store_subject.clone()).await?;
-    // Ephemeral events (typing) for this user, while the session is open.
-    let mut ephemeral = shared.js.client().subscribe(ephemeral_sent(&key)).await?;
+    // One core subscription for both: wake-ups (every message stored for
+    // this user is also seen on core NATS by subscribers of its store
+    // subject) and ephemeral events (typing). Subscribed before the store is
+    // first looked at, so nothing stored after that goes unnoticed.
+    let mut events = shared.js.client().subscribe(session_events(&key)).await?;
     // The store consumer is open only while there is something to read
     // (docs/adr/0011): an idle session holds two core subscriptions and no
     // JetStream consumer.
@@ -295,8 +296,9 @@ async fn deliver(
         }
         if messages.is_none() && maybe_more && s.unacked.len() <= RESUME_AT {
             maybe_more = false;
-            if last_stored(shared, &store_subject).await? > s.last_delivered {
-                messages = Some(open_store(shared, &store_subject, s.last_delivered).await?);
+            // Boxed: large futures, so they do not size every idle session.
+            if Box::pin(last_stored(shared, &store_subject)).await? > s.last_delivered {
+                messages = Some(Box::pin(open_store(shared, &store_subject, s.last_delivered)).await?);
                 shared.metrics.consumers_opened.inc();
             }
         }
@@ -320,9 +322,9 @@ async fn deliver(
             }
             msg = stream.next() => match ws::classify(msg) {
                 Incoming::Frame(frame) => match frame.frame {
-                    Some(client_frame::Frame::Ack(ack)) => on_ack(&mut s, &ack.delivery_tags, shared).await?,
+                    Some(client_frame::Frame::Ack(ack)) => Box::pin(on_ack(&mut s, &ack.delivery_tags, shared)).await?,
                     Some(client_frame::Frame::MarkRead(m)) => {
-                        if let Some(r) = on_mark_read(&store_subject, frame.request_id, &m.delivery_tags, shared).await {
+                        if let Some(r) = Box::pin(on_mark_read(&store_subject, frame.request_id, &m.delivery_tags, shared)).await {
                             ws::push(out, Outbound::frame(r)).await;
                         }
                     }
@@ -351,15 +353,15 @@ async fn deliver(
                 idle_at = None;
                 maybe_more = true;
             }
-            notice = wake.next() => {
-                if notice.is_none() { return Err("store notifications ended".into()) }
-                if messages.is_none() {
-                    maybe_more = true;
+            event = events.next() => {
+                let Some(event) = event else { return Err("session subscription ended".into()) };
+                if event.subject.as_str() == store_subject {
+                    if messages.is_none() {
+                        maybe_more = true;
+                    }
+                } else if event.subject.starts_with(EPHEMERAL_SENT_PREFIX) {
+                    push_ephemeral(&s, &event.payload, out, shared);
                 }
-            }
-            event = ephemeral.next() => {
-                let Some(event) = event else { return Err("ephemeral subscription ended".into()) };
-                push_ephemeral(&s, &event.payload, out, shared);
             }
             next = next_stored(&mut messages) => {
                 let Some(next) = next else { return Err("store consumer ended".into()) };
@@ -371,7 +373,7 @@ async fn deliver(
                 s.last_delivered = s.last_delivered.max(seq);
                 let Ok(mut pm) = pipeline::decode(&msg.payload) else {
                     warn!(seq, "Skipping an undecodable stored message.");
-                    skip(&mut s, seq, shared).await?;
+                    Box::pin(skip(&mut s, seq, shared)).await?;
                     continue;
                 };
                 let Some(env) = pm.envelope.take() else { continue };
@@ -379,7 +381,7 @@ async fn deliver(
                 // sweeper, so it is not delivered any more.
                 let age_ms = interop_proto::now_ms().saturating_sub(stored_ms);
                 if u128::try_from(age_ms).unwrap_or(0) > shared.retention.as_millis() {
-                    skip(&mut s, seq, shared).await?;
+                    Box::pin(skip(&mut s, seq, shared)).await?;
                     continue;
                 }
                 let receipt_for = needs_delivered_receipt(&env).then(|| Envelope {
@@ -389,7 +391,7 @@ async fn deliver(
                 });
                 let caps = shared.providers.borrow().get(&s.provider).map(|p| p.capabilities.clone()).unwrap_or_default();
                 let Some(mut env) = crate::rich::adapt(env, &caps) else {
-                    skip(&mut s, seq, shared).await?;
+                    Box::pin(skip(&mut s, seq, shared)).await?;
                     continue;
                 };
                 let span = tracing::info_span!("deliver", otel.name = "delivery deliver", stream_seq = seq);

@@ -61,6 +61,13 @@ pub fn ephemeral_sent(recipient_key: &str) -> String {
     format!("{EPHEMERAL_SENT_PREFIX}.{recipient_key}")
 }
 
+/// Everything a delivery session of one recipient listens to on core NATS,
+/// in one subscription: its store subject (a wake-up per stored message) and
+/// its ephemeral subject. Both are `interop.v1.<service>.<verb>.<key>`.
+pub fn session_events(recipient_key: &str) -> String {
+    format!("interop.v1.*.*.{recipient_key}")
+}
+
 /// The record subject of one provider.
 pub fn provider_record(id: &str) -> String {
     format!("{PROVIDERS_PREFIX}.{id}")
@@ -107,5 +114,13 @@ mod tests {
         }
         let key = crate::recipient_key("home:+4915112345678");
         assert!(valid_subject(&delivery_queued(&key)));
+        // One session subscription covers both of a recipient's subjects.
+        let events = session_events(&key);
+        for subject in [delivery_queued(&key), ephemeral_sent(&key)] {
+            let t: Vec<&str> = subject.split('.').collect();
+            let p: Vec<&str> = events.split('.').collect();
+            assert_eq!(t.len(), p.len());
+            assert!(t.iter().zip(&p).all(|(t, p)| *p == "*" || p == t));
+        }
     }
 }
