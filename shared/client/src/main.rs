@@ -134,8 +134,45 @@ enum ProviderCommand {
         max_per_second: Option<f64>,
         #[arg(long)]
         burst: Option<u32>,
+        /// Content kinds its clients show (comma-separated: text, ciphertext,
+        /// media, reply, reaction, edit, delete, read-receipt, typing, group).
+        /// Default: all.
+        #[arg(long, value_delimiter = ',')]
+        content: Option<Vec<String>>,
+        /// Media MIME types its clients take (comma-separated). Default: any.
+        #[arg(long, value_delimiter = ',')]
+        media_formats: Option<Vec<String>>,
+        /// SHA-256 (hex) of a client certificate that authenticates as it
+        /// over mutual TLS (repeat, or comma-separate).
+        #[arg(long = "client-cert-sha256", value_delimiter = ',')]
+        client_cert_sha256: Vec<String>,
+        /// Refuse its token alone: it must present one of its client certificates.
+        #[arg(long)]
+        require_client_cert: bool,
     },
-    /// List providers and their credential ids.
+    /// Change what a provider's clients support (replaces both lists).
+    Capabilities {
+        id: String,
+        /// Content kinds (comma-separated; see `add`). Default: all.
+        #[arg(long, value_delimiter = ',')]
+        content: Option<Vec<String>>,
+        /// Media MIME types (comma-separated). Default: any.
+        #[arg(long, value_delimiter = ',')]
+        media_formats: Option<Vec<String>>,
+    },
+    /// Set a provider's client certificates (replaces the list; connections
+    /// using a certificate no longer listed are closed).
+    ClientCerts {
+        id: String,
+        /// SHA-256 (hex) of a client certificate (repeat, or comma-separate;
+        /// none: token only).
+        #[arg(long = "sha256", value_delimiter = ',')]
+        sha256: Vec<String>,
+        /// Refuse its token alone.
+        #[arg(long)]
+        require: bool,
+    },
+    /// List providers: capabilities, client certificates, credential ids.
     List,
     /// Add a credential (the old ones keep working until revoked); prints the token.
     Rotate { id: String },
@@ -147,6 +184,32 @@ enum ProviderCommand {
     },
     /// Remove a provider and all its credentials.
     Remove { id: String },
+}
+
+/// The `capabilities` JSON of the admin API; a list not given is left out
+/// so the gateway's default (everything) applies.
+fn capabilities(
+    content: Option<Vec<String>>,
+    media_formats: Option<Vec<String>>,
+) -> serde_json::Value {
+    let mut caps = serde_json::Map::new();
+    if let Some(c) = content {
+        let c: Vec<String> = c
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        caps.insert("content".into(), json!(c));
+    }
+    if let Some(m) = media_formats {
+        let m: Vec<String> = m
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        caps.insert("media_formats".into(), json!(m));
+    }
+    serde_json::Value::Object(caps)
 }
 
 struct Ctx {
@@ -338,11 +401,43 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     encryption,
                     max_per_second,
                     burst,
+                    content,
+                    media_formats,
+                    client_cert_sha256,
+                    require_client_cert,
                 } => {
                     let body = json!({"id": id, "display_name": name, "privacy_policy_url": privacy_policy_url,
-                        "encryption": encryption, "max_per_second": max_per_second, "burst": burst});
+                        "encryption": encryption, "max_per_second": max_per_second, "burst": burst,
+                        "capabilities": capabilities(content, media_formats),
+                        "client_cert_sha256": client_cert_sha256, "require_client_cert": require_client_cert});
                     admin.call("POST", "/admin/v1/providers", Some(&body)).await
                 }
+                ProviderCommand::Capabilities {
+                    id,
+                    content,
+                    media_formats,
+                } => {
+                    admin
+                        .call(
+                            "PUT",
+                            &format!("/admin/v1/providers/{id}/capabilities"),
+                            Some(&capabilities(content, media_formats)),
+                        )
+                        .await
+                }
+                ProviderCommand::ClientCerts {
+                    id,
+                    sha256,
+                    require,
+                } => admin
+                    .call(
+                        "PUT",
+                        &format!("/admin/v1/providers/{id}/client-certs"),
+                        Some(
+                            &json!({"client_cert_sha256": sha256, "require_client_cert": require}),
+                        ),
+                    )
+                    .await,
                 ProviderCommand::List => admin.call("GET", "/admin/v1/providers", None).await,
                 ProviderCommand::Rotate { id } => {
                     admin

@@ -17,6 +17,8 @@ fn provider(id: &str, tokens: &[&str]) -> Provider {
         max_per_second: None,
         burst: None,
         capabilities: Default::default(),
+        client_cert_sha256: Vec::new(),
+        require_client_cert: false,
         removed: false,
     }
 }
