@@ -548,3 +548,89 @@ async fn consent(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_commands_carry_capabilities_and_client_certificates() {
+        let cli = Cli::try_parse_from([
+            "interop",
+            "provider",
+            "add",
+            "matrix",
+            "--name",
+            "Matrix",
+            "--encryption",
+            "e2ee",
+            "--content",
+            "text, media,reaction",
+            "--media-formats",
+            "image/jpeg,video/mp4",
+            "--client-cert-sha256",
+            "ab,cd",
+            "--require-client-cert",
+        ])
+        .unwrap();
+        let Command::Provider {
+            command:
+                ProviderCommand::Add {
+                    content,
+                    media_formats,
+                    client_cert_sha256,
+                    require_client_cert,
+                    ..
+                },
+            ..
+        } = cli.command
+        else {
+            panic!("not provider add");
+        };
+        assert_eq!(
+            capabilities(content, media_formats),
+            json!({"content": ["text", "media", "reaction"], "media_formats": ["image/jpeg", "video/mp4"]})
+        );
+        assert_eq!(client_cert_sha256, ["ab", "cd"]);
+        assert!(require_client_cert);
+        // Lists not given are left out: the gateway's default applies.
+        assert_eq!(capabilities(None, None), json!({}));
+        assert_eq!(
+            capabilities(Some(vec!["text".into()]), None),
+            json!({"content": ["text"]})
+        );
+        let cli = Cli::try_parse_from([
+            "interop",
+            "provider",
+            "capabilities",
+            "matrix",
+            "--content",
+            "text",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Provider {
+                command: ProviderCommand::Capabilities { .. },
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from([
+            "interop",
+            "provider",
+            "client-certs",
+            "matrix",
+            "--sha256",
+            "ab",
+            "--require",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Provider {
+                command: ProviderCommand::ClientCerts { require: true, .. },
+                ..
+            }
+        ));
+    }
+}
