@@ -95,6 +95,8 @@ pub enum Error {
     Ffmpeg(#[from] transcode::ffmpeg::FfmpegSetupError),
     #[error("cannot serve the media API: {0}")]
     Serve(std::io::Error),
+    #[error("provider registry: {0}")]
+    Registry(#[from] interop_providers::store::StoreError),
 }
 
 /// Messages handled at once per transcoding slot.
@@ -157,8 +159,13 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         metrics.clone(),
         config.store.retention,
     );
+    // The live registry, as ingest and delivery see it: rotations and
+    // revocations apply to the media API too.
+    let providers = interop_providers::store::RegistryStore::new(js.clone())
+        .seed_and_watch(&config.providers, shutdown.clone())
+        .await?;
     let api = Arc::new(api::ApiState {
-        providers: config.providers,
+        providers,
         store,
         grants,
         metrics,

@@ -566,3 +566,71 @@ async fn oversized_and_malformed_frames_at_full_rate_do_not_exhaust_memory() {
     ));
     c.gateway.stop().await;
 }
+
+/// A plain HTTP/1.1 request to the media API: the status code.
+async fn media_status(base: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_media_api_serves_only_a_providers_own_users_and_honours_revocation() {
+    let c = Cluster::start().await;
+    let media = &c.gateway.media_url;
+    let path = "/v1/media/x-0123456789abcdef0123456789abcdef";
+    let signal_auth = format!("Bearer {SIGNAL_TOKEN}");
+    // Another provider's user: refused before any media is looked up.
+    let as_bob = [
+        ("Authorization", signal_auth.as_str()),
+        ("X-Interop-Provider", "signal"),
+        ("X-Interop-As", BOB),
+    ];
+    assert_eq!(media_status(media, path, &as_bob).await, 403);
+    // Its own user, media not granted to them: the same answer as unknown.
+    let as_alice = [
+        ("Authorization", signal_auth.as_str()),
+        ("X-Interop-Provider", "signal"),
+        ("X-Interop-As", "signal:alice"),
+    ];
+    assert_eq!(media_status(media, path, &as_alice).await, 404);
+    // A wrong token.
+    let wrong = [
+        ("Authorization", "Bearer wrong"),
+        ("X-Interop-Provider", "signal"),
+        ("X-Interop-As", "signal:alice"),
+    ];
+    assert_eq!(media_status(media, path, &wrong).await, 401);
+
+    // Revoking signal's token in the registry stream (what `interop provider
+    // revoke` does) shuts the media API to it within seconds too.
+    let js = async_nats::jetstream::new(async_nats::connect(c.nats.url()).await.unwrap());
+    let store = interop_providers::store::RegistryStore::new(js);
+    let mut record = store.get("signal").await.unwrap().unwrap();
+    record.token_sha256.clear();
+    store.put(&record).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while media_status(media, path, &as_alice).await != 401 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the media API still takes a revoked token"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.gateway.stop().await;
+}

@@ -28,7 +28,9 @@ use crate::store::MediaStore;
 
 /// What the handlers share.
 pub struct ApiState {
-    pub providers: Arc<Registry>,
+    /// The live registry (updated from the registry stream, so a revoked
+    /// token stops working here too).
+    pub providers: tokio::sync::watch::Receiver<Arc<Registry>>,
     pub store: MediaStore,
     pub grants: Grants,
     pub metrics: MediaMetrics,
@@ -134,17 +136,19 @@ pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a s
 }
 
 /// The authenticated provider.
-pub(crate) fn authenticate<'a>(
-    providers: &'a Registry,
+pub(crate) fn authenticate(
+    providers: &tokio::sync::watch::Receiver<Arc<Registry>>,
     headers: &HeaderMap,
-) -> Result<&'a Provider, ApiError> {
+) -> Result<Provider, ApiError> {
     let provider = header_str(headers, "x-interop-provider").ok_or_else(ApiError::auth_failed)?;
     let token = header_str(headers, header::AUTHORIZATION.as_str())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or_else(ApiError::auth_failed)?;
     providers
+        .borrow()
         .authenticate(provider, token)
+        .cloned()
         .ok_or_else(ApiError::auth_failed)
 }
 
