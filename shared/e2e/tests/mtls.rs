@@ -388,8 +388,8 @@ async fn a_client_certificate_authenticates_its_provider_and_no_other() {
     );
     // Token connections were not touched.
     assert!(matches!(
-        home.set_consent(BOB, true, &["signal"]).await,
-        Ok(_)
+        home.set_consent(BOB, true, &["signal"]).await.unwrap(),
+        interop_client::ConsentOutcome::Updated(_)
     ));
 
     shutdown.cancel();
