@@ -270,48 +270,62 @@ impl Registry {
     /// Validates and indexes providers; removed ones are left out.
     pub fn from_providers(providers: Vec<Provider>) -> Result<Self, RegistryError> {
         let mut registry = Self::default();
-        for p in providers.into_iter().filter(|p| !p.removed) {
-            if !is_provider_id(&p.id) {
-                return Err(RegistryError::BadId(p.id));
-            }
-            let mut hashes = Vec::with_capacity(p.token_sha256.len());
-            for h in &p.token_sha256 {
-                let mut out = [0u8; 32];
-                hex::decode_to_slice(h.trim(), &mut out)
-                    .map_err(|_| RegistryError::BadTokenHash { id: p.id.clone() })?;
-                hashes.push(out);
-            }
-            if p.max_per_second
-                .is_some_and(|r| !(r > 0.0 && r.is_finite()))
-                || p.burst == Some(0)
-            {
-                return Err(RegistryError::BadLimit { id: p.id });
-            }
-            if registry.providers.contains_key(&p.id) {
-                return Err(RegistryError::Duplicate(p.id));
-            }
-            if p.require_client_cert && p.client_cert_sha256.is_empty() {
-                return Err(RegistryError::RequiresCertWithoutCert { id: p.id });
-            }
-            for c in &p.client_cert_sha256 {
-                let c = c.trim().to_ascii_lowercase();
-                if c.len() != 64 || hex::decode(&c).is_err() {
-                    return Err(RegistryError::BadCertHash { id: p.id });
-                }
-                if let Some(first) = registry.certs.insert(c.clone(), p.id.clone()) {
-                    if first != p.id {
-                        return Err(RegistryError::DuplicateCert {
-                            fingerprint: c,
-                            first,
-                            second: p.id,
-                        });
-                    }
-                }
-            }
-            registry.hashes.insert(p.id.clone(), hashes);
-            registry.providers.insert(p.id.clone(), p);
+        for p in providers {
+            registry.try_add(p)?;
         }
         Ok(registry)
+    }
+
+    /// Validates `p` against itself and the providers already here, and
+    /// adds it; on error the registry is unchanged. A removed provider is
+    /// left out.
+    pub fn try_add(&mut self, p: Provider) -> Result<(), RegistryError> {
+        if p.removed {
+            return Ok(());
+        }
+        if !is_provider_id(&p.id) {
+            return Err(RegistryError::BadId(p.id));
+        }
+        let mut hashes = Vec::with_capacity(p.token_sha256.len());
+        for h in &p.token_sha256 {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(h.trim(), &mut out)
+                .map_err(|_| RegistryError::BadTokenHash { id: p.id.clone() })?;
+            hashes.push(out);
+        }
+        if p.max_per_second
+            .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+            || p.burst == Some(0)
+        {
+            return Err(RegistryError::BadLimit { id: p.id });
+        }
+        if self.providers.contains_key(&p.id) {
+            return Err(RegistryError::Duplicate(p.id));
+        }
+        if p.require_client_cert && p.client_cert_sha256.is_empty() {
+            return Err(RegistryError::RequiresCertWithoutCert { id: p.id });
+        }
+        let mut certs = Vec::with_capacity(p.client_cert_sha256.len());
+        for c in &p.client_cert_sha256 {
+            let c = c.trim().to_ascii_lowercase();
+            if c.len() != 64 || hex::decode(&c).is_err() {
+                return Err(RegistryError::BadCertHash { id: p.id });
+            }
+            if let Some(first) = self.certs.get(&c) {
+                return Err(RegistryError::DuplicateCert {
+                    fingerprint: c,
+                    first: first.clone(),
+                    second: p.id,
+                });
+            }
+            certs.push(c);
+        }
+        for c in certs {
+            self.certs.insert(c, p.id.clone());
+        }
+        self.hashes.insert(p.id.clone(), hashes);
+        self.providers.insert(p.id.clone(), p);
+        Ok(())
     }
 
     pub fn get(&self, id: &str) -> Option<&Provider> {

@@ -210,17 +210,12 @@ impl RegistryStore {
 fn build(records: &HashMap<String, Provider>) -> Registry {
     let mut ids: Vec<&String> = records.keys().collect();
     ids.sort();
-    let mut valid: Vec<Provider> = Vec::with_capacity(records.len());
+    let mut registry = Registry::default();
     for id in ids {
         let p = &records[id];
-        valid.push(p.clone());
-        if let Err(e) = Registry::from_providers(valid.clone()) {
-            valid.pop();
-            if !p.removed {
-                warn!(provider = %p.id, error = %e, "Skipping an invalid provider record.");
-            }
+        if let Err(e) = registry.try_add(p.clone()) {
+            warn!(provider = %p.id, error = %e, "Skipping an invalid provider record.");
         }
     }
-    // Every prefix of `valid` was checked together, the last one included.
-    Registry::from_providers(valid).unwrap_or_default()
+    registry
 }
