@@ -73,6 +73,13 @@ async fn hello(
         Ok(a) => a,
         Err(refusal) => {
             debug!(code = ?refusal.code, "Hello refused.");
+            shared
+                .metrics
+                .rejected
+                .get_or_create(&crate::metrics::CodeLabel {
+                    code: refusal.code.as_str_name(),
+                })
+                .inc();
             ws::refuse(out, request_id, &refusal).await;
             return None;
         }

@@ -32,6 +32,18 @@ struct Cli {
     /// CA certificates (PEM) to trust for wss:// endpoints.
     #[arg(long, env = "INTEROP_CA_FILE", global = true)]
     ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) to present for mutual TLS; with it, the
+    /// token may be left out. Needs --ca-file and --client-key.
+    #[arg(long, env = "INTEROP_CLIENT_CERT", global = true, requires_all = ["ca_file", "client_key"])]
+    client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        env = "INTEROP_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
     /// Provider id to authenticate as (default: the provider of --as).
     #[arg(long, env = "INTEROP_PROVIDER", global = true)]
     provider: Option<String>,
@@ -215,6 +227,8 @@ fn capabilities(
 struct Ctx {
     file: ClientConfig,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// A client certificate authenticates: no token needed.
+    cert_auth: bool,
     token: Option<String>,
     provider: Option<String>,
 }
@@ -227,11 +241,13 @@ impl Ctx {
             .provider
             .clone()
             .unwrap_or_else(|| address.provider().to_owned());
-        let token = match &self.token {
-            Some(t) => t.clone(),
-            None => self.file.tokens.get(&provider).cloned().with_context(|| {
-                format!("no token for provider {provider:?}: pass --token or run scripts/up")
-            })?,
+        let token = match (&self.token, self.file.tokens.get(&provider)) {
+            (Some(t), _) | (None, Some(t)) => t.clone(),
+            // The client certificate authenticates the provider.
+            (None, None) if self.cert_auth => String::new(),
+            (None, None) => anyhow::bail!(
+                "no token for provider {provider:?}: pass --token (or --client-cert) or run scripts/up"
+            ),
         };
         Ok((provider, token))
     }
@@ -314,13 +330,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(path) => ClientConfig::load(&path)?,
         None => ClientConfig::default(),
     };
-    let tls = match &cli.ca_file {
-        Some(path) => Some(interop_client::tls_config(path)?),
-        None => None,
+    let tls = match (&cli.ca_file, &cli.client_cert, &cli.client_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            Some(interop_client::tls_config_with_client_cert(ca, cert, key)?)
+        }
+        (Some(ca), _, _) => Some(interop_client::tls_config(ca)?),
+        _ => None,
     };
     let ctx = Ctx {
         file,
         tls,
+        cert_auth: cli.client_cert.is_some(),
         token: cli.token,
         provider: cli.provider,
     };

@@ -251,13 +251,20 @@ async fn a_client_certificate_authenticates_its_provider_and_no_other() {
         .unwrap()
         .unwrap();
     assert_eq!(d.envelope.message_id, accepted.message_id);
+    // The client library (what `interop --client-cert` uses) loads the
+    // certificate and key from PEM files.
+    let (cert_pem, key_pem) = (pki.dir.join("signal.pem"), pki.dir.join("signal.key"));
+    std::fs::write(&cert_pem, pem_cert(&pki.signal.0)).unwrap();
+    std::fs::write(&key_pem, pki.signal.1.serialize_pem()).unwrap();
+    let from_files =
+        interop_client::tls_config_with_client_cert(&pki.ca_pem, &cert_pem, &key_pem).unwrap();
     let _alice_inbox = Receiver::connect_with(
         &delivery,
         "signal",
         "",
         "signal:alice",
         "m",
-        Some(signal_cert.clone()),
+        Some(from_files),
     )
     .await
     .unwrap();
