@@ -184,9 +184,10 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         let local = local.clone();
         async move {
             let stop = local.clone();
-            let r = axum::serve(config.listener, api::router(api))
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
+            // The provider endpoints' HTTP loop: a 10 s limit on each
+            // request header, so slow-loris clients are dropped.
+            let r =
+                interop_service::tls::serve(config.listener, None, api::router(api), stop).await;
             local.cancel();
             r
         }

@@ -387,6 +387,10 @@ async fn slow_loris_connections_are_dropped_after_their_timeouts() {
     });
     // 3. Opens TLS and never sends a ClientHello.
     let mut no_handshake = TcpStream::connect(tls_addr).await.unwrap();
+    // 3b. Connects to the media API and says nothing.
+    let mut silent_media = TcpStream::connect(c.gateway.media_url.trim_start_matches("http://"))
+        .await
+        .unwrap();
     // 4. Upgrades to a WebSocket and never sends Hello.
     let (mut no_hello, _) = tokio_tungstenite::connect_async(&c.gateway.ingest_url)
         .await
@@ -406,6 +410,10 @@ async fn slow_loris_connections_are_dropped_after_their_timeouts() {
     assert!(
         closed_within(&mut no_handshake, within).await,
         "a stalled TLS handshake stayed open"
+    );
+    assert!(
+        closed_within(&mut silent_media, within).await,
+        "a silent media API connection stayed open"
     );
     let (code, reason) = read_server_frame(&mut no_hello).await.unwrap_err();
     assert_eq!(

@@ -260,9 +260,11 @@ async fn serve_connection<IO>(
             }
         }
         () = shutdown.cancelled() => {
+            // A request in progress (an upload to the media API) finishes;
+            // idle connections close now. The service's shutdown grace
+            // bounds the wait.
             conn.as_mut().graceful_shutdown();
-            // A request in progress gets the upgrade timeout to finish.
-            tokio::time::timeout(UPGRADE_TIMEOUT, conn).await.ok();
+            conn.await.ok();
         }
     }
 }
