@@ -353,3 +353,34 @@ impl EdgeGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(connections: Option<usize>, window: u64) -> EdgeArgs {
+        EdgeArgs {
+            max_connections_per_provider: connections,
+            auth_max_failures_per_address: 0,
+            auth_max_failures_per_provider: 5,
+            auth_failure_window_secs: window,
+        }
+    }
+
+    #[test]
+    fn limits_take_the_service_default_and_refuse_zero() {
+        let l = args(None, 60).limits(1000).unwrap();
+        assert_eq!(l.max_connections_per_provider, 1000);
+        assert_eq!(l.auth_max_failures_per_address, 0, "0 turns it off");
+        assert_eq!(l.auth_failure_window, Duration::from_secs(60));
+        assert_eq!(
+            args(Some(7), 60)
+                .limits(1000)
+                .unwrap()
+                .max_connections_per_provider,
+            7
+        );
+        assert!(args(Some(0), 60).limits(1000).is_err());
+        assert!(args(None, 0).limits(1000).is_err());
+    }
+}
