@@ -67,6 +67,9 @@ pub struct Config {
     pub max_concurrent_uploads: usize,
     /// Longest pause while an upload body streams in.
     pub upload_idle_timeout: Duration,
+    /// The failed-authentication throttle (the connection cap in it is not
+    /// used here).
+    pub auth_limits: interop_service::edge::EdgeLimits,
 }
 
 impl Config {
@@ -81,6 +84,7 @@ impl Config {
             transcode: TranscodeSettings::default(),
             max_concurrent_uploads: 64,
             upload_idle_timeout: Duration::from_secs(30),
+            auth_limits: interop_service::edge::EdgeLimits::with_connections(usize::MAX),
         }
     }
 }
@@ -166,6 +170,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         .await?;
     let api = Arc::new(api::ApiState {
         providers,
+        edge: interop_service::edge::EdgeGuard::new(deps.redis.clone(), config.auth_limits),
         store,
         grants,
         metrics,

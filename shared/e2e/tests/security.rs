@@ -603,8 +603,23 @@ async fn oversized_and_malformed_frames_at_full_rate_do_not_exhaust_memory() {
 
 /// A plain HTTP/1.1 request to the media API: the status code.
 async fn media_status(base: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
+    media_answer(base, path, headers, "127.0.0.1").await.0
+}
+
+/// A plain HTTP/1.1 request to the media API from a chosen loopback
+/// address: the status code and the whole answer.
+async fn media_answer(
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    from: &str,
+) -> (u16, String) {
     let addr = base.trim_start_matches("http://");
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    let mut tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
     let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -616,15 +631,18 @@ async fn media_status(base: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
         .await
         .unwrap()
         .unwrap();
-    String::from_utf8_lossy(&buf)
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap()
+        .unwrap();
+    (status, text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_media_api_serves_only_a_providers_own_users_and_honours_revocation() {
+async fn the_media_api_serves_only_a_providers_own_users_honours_revocation_and_throttles_guessing()
+{
     let c = Cluster::start().await;
     let media = &c.gateway.media_url;
     let path = "/v1/media/x-0123456789abcdef0123456789abcdef";
@@ -666,5 +684,41 @@ async fn the_media_api_serves_only_a_providers_own_users_and_honours_revocation(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // Guessing tokens on the media API is throttled like Hellos, and counts
+    // with them: 20 failures from one address are answered 401, then that
+    // address gets 429 with Retry-After, even with a right token, on the
+    // media API and on ingest alike.
+    let home_auth = format!("Bearer {HOME_TOKEN}");
+    let guess = [
+        ("Authorization", "Bearer guess"),
+        ("X-Interop-Provider", "home"),
+        ("X-Interop-As", BOB),
+    ];
+    for i in 0..20 {
+        let (status, _) = media_answer(media, path, &guess, "127.0.3.1").await;
+        assert_eq!(status, 401, "guess {i}");
+    }
+    let right = [
+        ("Authorization", home_auth.as_str()),
+        ("X-Interop-Provider", "home"),
+        ("X-Interop-As", BOB),
+    ];
+    let (status, answer) = media_answer(media, path, &right, "127.0.3.1").await;
+    assert_eq!(status, 429, "{answer}");
+    let retry: u32 = answer
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("retry-after: ")
+                .or_else(|| l.strip_prefix("Retry-After: "))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After in {answer}"));
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    let (a, _) = hello_from("127.0.3.1", &c.gateway.ingest_url, "home", HOME_TOKEN, "").await;
+    assert_eq!(outcome(&a).0, RejectCode::RateLimited);
+    // Another address is served.
+    let (status, _) = media_answer(media, path, &right, "127.0.3.2").await;
+    assert_eq!(status, 404);
     c.gateway.stop().await;
 }

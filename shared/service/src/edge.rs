@@ -44,16 +44,26 @@ pub struct EdgeArgs {
     /// 1,000 on ingest, 50,000 on delivery).
     #[arg(long, env = "INTEROP_MAX_CONNECTIONS_PER_PROVIDER")]
     pub max_connections_per_provider: Option<usize>,
-    /// Failed `Hello`s from one address per window before that address is
-    /// refused (0: off, e.g. when every client arrives through one proxy).
+    #[command(flatten)]
+    pub auth: AuthThrottleArgs,
+}
+
+/// Flags of the failed-authentication throttle (ingest, delivery and the
+/// media API).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthThrottleArgs {
+    /// Failed authentications from one address per window before that
+    /// address is refused (0: off, e.g. when every client arrives through
+    /// one proxy).
     #[arg(
         long,
         env = "INTEROP_AUTH_MAX_FAILURES_PER_ADDRESS",
         default_value_t = 20
     )]
     pub auth_max_failures_per_address: u32,
-    /// Failed `Hello`s for one provider id per window before token `Hello`s
-    /// for it are refused from addresses it has not authenticated from.
+    /// Failed authentications for one provider id per window before token
+    /// authentications for it are refused from addresses it has not
+    /// authenticated from.
     #[arg(
         long,
         env = "INTEROP_AUTH_MAX_FAILURES_PER_PROVIDER",
@@ -71,10 +81,24 @@ impl EdgeArgs {
         let max_connections_per_provider = self
             .max_connections_per_provider
             .unwrap_or(default_connections);
-        if max_connections_per_provider == 0 || self.auth_failure_window_secs == 0 {
+        if max_connections_per_provider == 0 {
             return Err(crate::ConfigError(
-                "--max-connections-per-provider and --auth-failure-window-secs must be positive"
-                    .into(),
+                "--max-connections-per-provider must be positive".into(),
+            ));
+        }
+        self.auth.limits(max_connections_per_provider)
+    }
+}
+
+impl AuthThrottleArgs {
+    /// The limits, with this connection cap.
+    pub fn limits(
+        &self,
+        max_connections_per_provider: usize,
+    ) -> Result<EdgeLimits, crate::ConfigError> {
+        if self.auth_failure_window_secs == 0 {
+            return Err(crate::ConfigError(
+                "--auth-failure-window-secs must be positive".into(),
             ));
         }
         Ok(EdgeLimits {
@@ -258,6 +282,31 @@ impl EdgeGuard {
         })
     }
 
+    /// The throttle and token check of an HTTP request (the media API): like
+    /// [`EdgeGuard::admit`] without client certificates or a connection slot.
+    pub async fn check_token(
+        &self,
+        registry: &Registry,
+        ip: IpAddr,
+        provider: &str,
+        token: &str,
+    ) -> Result<(), Refusal> {
+        let provider_exists = registry.get(provider).is_some();
+        if let Some(refusal) = self.throttled(ip, provider, provider_exists, false).await {
+            return Err(refusal);
+        }
+        if registry.authenticate(provider, token).is_none() {
+            self.count_failure(ip, provider, provider_exists).await;
+            return Err(Refusal {
+                code: RejectCode::AuthFailed,
+                detail: "unknown provider or wrong token",
+                retry_after_ms: 0,
+            });
+        }
+        self.remember(provider, ip).await;
+        Ok(())
+    }
+
     async fn throttled(
         &self,
         ip: IpAddr,
@@ -361,9 +410,11 @@ mod tests {
     fn args(connections: Option<usize>, window: u64) -> EdgeArgs {
         EdgeArgs {
             max_connections_per_provider: connections,
-            auth_max_failures_per_address: 0,
-            auth_max_failures_per_provider: 5,
-            auth_failure_window_secs: window,
+            auth: AuthThrottleArgs {
+                auth_max_failures_per_address: 0,
+                auth_max_failures_per_provider: 5,
+                auth_failure_window_secs: window,
+            },
         }
     }
 
