@@ -242,6 +242,9 @@ def test_config_map_carries_the_common_environment(render):
         "INTEROP_INBOX_MAX_AGE_SECS": "2592000",
         "INTEROP_INBOX_MAX_PER_RECIPIENT": "10000",
         "INTEROP_ALLOW_PLAINTEXT": "true",
+        "INTEROP_AUTH_MAX_FAILURES_PER_ADDRESS": "0",
+        "INTEROP_AUTH_MAX_FAILURES_PER_PROVIDER": "100",
+        "INTEROP_AUTH_FAILURE_WINDOW_SECS": "60",
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318",
         "INTEROP_TRACE_SAMPLE_RATIO": "0.5",
     }
@@ -538,6 +541,8 @@ def test_provider_registry_renders_the_toml_the_services_parse(render):
     ({"ingest": {"adminApi": {"enabled": "yes"}}}, "/ingest/adminApi/enabled"),
     ({"tls": {"clientCa": {"existingSecretKey": ""}}}, "/tls/clientCa/existingSecretKey"),
     ({"mediaTranscoding": {"containerPort": 70000}}, "/mediaTranscoding/containerPort"),
+    ({"authThrottle": {"maxFailuresPerAddress": -2}}, "/authThrottle/maxFailuresPerAddress"),
+    ({"authThrottle": {"windowSeconds": 0}}, "/authThrottle/windowSeconds"),
     ({"providers": {"registry": [{"id": "s", "displayName": "S", "encryption": "e2ee", "tokenSha256": [],
                                   "capabilities": {"content": ["hologram"]}}]}}, "/providers/registry/0/capabilities/content/0"),
     ({"providers": {"registry": [{"id": "s", "displayName": "S", "encryption": "e2ee", "tokenSha256": [],
@@ -830,3 +835,20 @@ def test_provider_endpoints_allow_plaintext_only_when_tls_ends_in_front(render):
     cm = [c for c in render(merge(REQUIRED, {"tls": {"terminatedInFront": False}})).kind("ConfigMap")
           if c["metadata"]["name"].endswith("-config")][0]
     assert cm["data"]["INTEROP_ALLOW_PLAINTEXT"] == "false"
+
+
+def test_auth_throttle_per_address_is_off_behind_a_tls_proxy_unless_set(render):
+    def config(values):
+        return [c for c in render(merge(REQUIRED, values)).kind("ConfigMap")
+                if c["metadata"]["name"].endswith("-config")][0]["data"]
+    # TLS ends in front (the default): every client has the proxy's address.
+    data = config({})
+    assert data["INTEROP_AUTH_MAX_FAILURES_PER_ADDRESS"] == "0"
+    assert data["INTEROP_AUTH_MAX_FAILURES_PER_PROVIDER"] == "100"
+    assert data["INTEROP_AUTH_FAILURE_WINDOW_SECS"] == "60"
+    # TLS in the pods: clients' own addresses, so the limit is on.
+    assert config({"tls": {"existingSecret": "gw-tls"}})["INTEROP_AUTH_MAX_FAILURES_PER_ADDRESS"] == "20"
+    # Set explicitly, it wins either way.
+    data = config({"authThrottle": {"maxFailuresPerAddress": 5, "maxFailuresPerProvider": 0, "windowSeconds": 120}})
+    assert (data["INTEROP_AUTH_MAX_FAILURES_PER_ADDRESS"], data["INTEROP_AUTH_MAX_FAILURES_PER_PROVIDER"],
+            data["INTEROP_AUTH_FAILURE_WINDOW_SECS"]) == ("5", "0", "120")

@@ -248,6 +248,11 @@ INTEROP_STREAM_REPLICAS: {{ .Values.jetstream.replicas | toString | quote }}
 INTEROP_INBOX_MAX_AGE_SECS: {{ .Values.jetstream.inboxMaxAgeSeconds | int64 | toString | quote }}
 INTEROP_INBOX_MAX_PER_RECIPIENT: {{ .Values.jetstream.inboxMaxPerRecipient | int64 | toString | quote }}
 INTEROP_ALLOW_PLAINTEXT: {{ .Values.tls.terminatedInFront | toString | quote }}
+{{- $perAddress := int .Values.authThrottle.maxFailuresPerAddress }}
+{{- if lt $perAddress 0 }}{{ $perAddress = ternary 20 0 (not (empty .Values.tls.existingSecret)) }}{{ end }}
+INTEROP_AUTH_MAX_FAILURES_PER_ADDRESS: {{ $perAddress | toString | quote }}
+INTEROP_AUTH_MAX_FAILURES_PER_PROVIDER: {{ .Values.authThrottle.maxFailuresPerProvider | int | toString | quote }}
+INTEROP_AUTH_FAILURE_WINDOW_SECS: {{ .Values.authThrottle.windowSeconds | int | toString | quote }}
 {{- with .Values.otel.endpoint }}
 OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
 INTEROP_TRACE_SAMPLE_RATIO: {{ $.Values.otel.sampleRatio | toString | quote }}
