@@ -17,6 +17,7 @@
 //! ([`rich`]); the expiry sweeper sends `expired` receipts for messages that
 //! aged out undelivered.
 
+mod auth;
 mod expiry;
 mod metrics;
 pub mod rich;
@@ -29,7 +30,7 @@ use async_nats::jetstream;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,9 +38,10 @@ use tracing::info;
 
 use interop_bus::subjects::{STREAM_CURSORS, STREAM_INBOX};
 use interop_bus::{BusError, StreamSettings};
-use interop_proto::limits::HARD_MAX_FRAME_BYTES;
 use interop_providers::store::RegistryStore;
 use interop_providers::Registry;
+use interop_service::edge::{EdgeGuard, EdgeLimits};
+use interop_service::tls::Peer;
 use interop_service::Deps;
 
 /// Initial read buffer of a session's WebSocket: clients send small frames
@@ -54,7 +56,14 @@ pub struct Config {
     /// TLS for the endpoint; plaintext when `None`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub streams: StreamSettings,
+    /// Connection cap and authentication throttle (see
+    /// `interop_service::edge`).
+    pub edge: EdgeLimits,
 }
+
+/// Open delivery sessions a provider may have per replica by default (one
+/// per user device).
+pub const DEFAULT_MAX_CONNECTIONS_PER_PROVIDER: usize = 50_000;
 
 impl Config {
     pub fn new(listener: TcpListener, providers: Arc<Registry>) -> Self {
@@ -63,6 +72,7 @@ impl Config {
             providers,
             tls: None,
             streams: StreamSettings::default(),
+            edge: EdgeLimits::with_connections(DEFAULT_MAX_CONNECTIONS_PER_PROVIDER),
         }
     }
 }
@@ -89,6 +99,7 @@ pub(crate) struct Shared {
     /// The offline retention: older messages are not delivered, and their
     /// senders get `EXPIRED`.
     pub retention: std::time::Duration,
+    pub edge: EdgeGuard,
 }
 
 /// Runs delivery until `shutdown`, then closes sessions (un-acked messages
@@ -124,6 +135,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         sessions: TaskTracker::new(),
         metrics: metrics::DeliveryMetrics::register(&deps.metrics),
         retention: config.streams.inbox_max_age,
+        edge: EdgeGuard::new(deps.redis.clone(), config.edge),
     });
     let sweeper = tokio::spawn(expiry::run(
         shared.clone(),
@@ -144,19 +156,17 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     Ok(())
 }
 
-async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(HARD_MAX_FRAME_BYTES)
-        .max_frame_size(HARD_MAX_FRAME_BYTES)
+async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    interop_service::ws::configure(ws)
         // Clients send small frames (acks); a large read buffer per idle
         // session is most of its memory (docs/adr/0011).
         .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| {
             let tracker = shared.sessions.clone();
-            let session = session::serve(socket, shared);
-            tracing::trace!(
-                bytes = std::mem::size_of_val(&session),
-                "Session future size."
-            );
-            tracker.track_future(session)
+            tracker.track_future(session::serve(socket, shared, peer))
         })
 }
