@@ -179,7 +179,12 @@ pub async fn group_fanout(
     tokio::time::sleep(Duration::from_secs(2)).await;
     for i in 0..warmup {
         sender
-            .send(group_text_envelope(&format!("warm{i}"), &from, &group.group_id, "warm-up"))
+            .send(group_text_envelope(
+                &format!("warm{i}"),
+                &from,
+                &group.group_id,
+                "warm-up",
+            ))
             .await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -293,7 +293,8 @@ async fn deliver(
             maybe_more = false;
             // Boxed: large futures, so they do not size every idle session.
             if Box::pin(last_stored(shared, &store_subject)).await? > s.last_delivered {
-                messages = Some(Box::pin(open_store(shared, &store_subject, s.last_delivered)).await?);
+                messages =
+                    Some(Box::pin(open_store(shared, &store_subject, s.last_delivered)).await?);
                 shared.metrics.consumers_opened.inc();
             }
         }
