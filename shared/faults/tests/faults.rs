@@ -13,7 +13,7 @@
 //! appended there too.
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use interop_client::{ConsentOutcome, Sender};
 use interop_faults::gateway::HOME_TOKEN;
@@ -54,8 +54,12 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-fn record(name: &str, outcome: &Outcome) {
-    let line = outcome.summary(name);
+fn record(name: &str, outcome: &Outcome, started: Instant) {
+    let line = format!(
+        "{} | scenario took {:.1} s",
+        outcome.summary(name),
+        started.elapsed().as_secs_f64()
+    );
     eprintln!("{line}");
     if let Some(path) = std::env::var_os("INTEROP_FAULTS_REPORT") {
         use std::io::Write as _;
@@ -113,6 +117,7 @@ fn each_service_killed_and_restarted_loses_nothing() {
             Gateway::start(binaries(), &GatewayOptions::new(nats.url(), redis.url())).await;
         for service in SERVICES {
             let name = format!("kill -9 {service}");
+            let started = Instant::now();
             let load = Load::start(&gateway.target(), scenario(&name, RATE, RECIPIENTS, 0.1, 300)).await;
             load.steady(BEFORE).await;
             gateway.kill(service);
@@ -123,7 +128,7 @@ fn each_service_killed_and_restarted_loses_nothing() {
             gateway.wait_ready(service, RECOVERY_BOUND).await;
             load.steady(AFTER).await;
             let outcome = load.finish(vec![recovery]).await;
-            record(&name, &outcome);
+            record(&name, &outcome, started);
             assert_nothing_lost(&name, &outcome, &[]);
             assert_all_ready(&mut gateway, &name).await;
         }
@@ -152,6 +157,7 @@ fn nats_killed_and_redis_restarted_empty_lose_nothing() {
             Gateway::start(binaries(), &GatewayOptions::new(nats.url(), redis.url())).await;
 
         let name = "kill -9 nats-server (JetStream store kept)";
+        let started = Instant::now();
         let load = Load::start(&gateway.target(), scenario(name, RATE, RECIPIENTS, 0.1, 300)).await;
         load.steady(BEFORE).await;
         nats.stop();
@@ -161,7 +167,7 @@ fn nats_killed_and_redis_restarted_empty_lose_nothing() {
         let recovery = load.recovery(fault_end, RECOVERY_BOUND, name).await;
         load.steady(AFTER).await;
         let outcome = load.finish(vec![recovery]).await;
-        record(name, &outcome);
+        record(name, &outcome, started);
         assert_nothing_lost(name, &outcome, &[]);
         assert_all_ready(&mut gateway, name).await;
 
@@ -171,6 +177,7 @@ fn nats_killed_and_redis_restarted_empty_lose_nothing() {
         // is seen); none vanishes. Flow resumes once the provider sends its
         // users' consent again, which it does right away here.
         let name = "restart redis-server without persistence";
+        let started = Instant::now();
         let load = Load::start(&gateway.target(), scenario(name, RATE, RECIPIENTS, 1.0, 300)).await;
         load.steady(BEFORE).await;
         redis.stop();
@@ -181,7 +188,7 @@ fn nats_killed_and_redis_restarted_empty_lose_nothing() {
         let recovery = load.recovery(fault_end, RECOVERY_BOUND, name).await;
         load.steady(AFTER).await;
         let outcome = load.finish(vec![recovery]).await;
-        record(name, &outcome);
+        record(name, &outcome, started);
         assert_nothing_lost(name, &outcome, &["RECIPIENT_UNAVAILABLE"]);
         assert_all_ready(&mut gateway, name).await;
     });
@@ -202,6 +209,7 @@ fn persistent_redis_restart_and_chaos_proxy_lose_nothing() {
         .await;
 
         let name = "restart redis-server with persistence (AOF)";
+        let started = Instant::now();
         let load = Load::start(&gateway.target(), scenario(name, RATE, RECIPIENTS, 0.1, 300)).await;
         load.steady(BEFORE).await;
         redis.stop();
@@ -211,7 +219,7 @@ fn persistent_redis_restart_and_chaos_proxy_lose_nothing() {
         let recovery = load.recovery(fault_end, RECOVERY_BOUND, name).await;
         load.steady(AFTER).await;
         let outcome = load.finish(vec![recovery]).await;
-        record(name, &outcome);
+        record(name, &outcome, started);
         // Consent survived the restart: nothing may fail.
         assert_nothing_lost(name, &outcome, &[]);
         assert_all_ready(&mut gateway, name).await;
@@ -223,6 +231,7 @@ fn persistent_redis_restart_and_chaos_proxy_lose_nothing() {
                 Mode::Cut,
             ] {
                 let name = format!("chaos proxy to {what}: {mode:?} for {CHAOS:?}");
+                let started = Instant::now();
                 let load =
                     Load::start(&gateway.target(), scenario(&name, RATE, RECIPIENTS, 0.1, 300)).await;
                 load.steady(BEFORE).await;
@@ -234,7 +243,7 @@ fn persistent_redis_restart_and_chaos_proxy_lose_nothing() {
                 let recovery = load.recovery(fault_end, RECOVERY_BOUND, &name).await;
                 load.steady(AFTER).await;
                 let outcome = load.finish(vec![recovery]).await;
-                record(&name, &outcome);
+                record(&name, &outcome, started);
                 assert_nothing_lost(&name, &outcome, &[]);
                 assert_all_ready(&mut gateway, &name).await;
                 if mode == Mode::Cut {
@@ -271,6 +280,7 @@ fn nats_cluster_with_r3_streams_loses_a_node_and_loses_nothing() {
         let mut gateway = Gateway::start(binaries(), &options).await;
 
         let name = "3-node NATS cluster, R3 streams: kill -9 the INTEROP_INGEST leader";
+        let started = Instant::now();
         let load = Load::start(&gateway.target(), scenario(name, RATE, RECIPIENTS, 0.1, 300)).await;
         load.steady(BEFORE).await;
         let leader = stream_leader(&cluster.urls(), "INTEROP_INGEST").await;
@@ -287,7 +297,7 @@ fn nats_cluster_with_r3_streams_loses_a_node_and_loses_nothing() {
         let after_rejoin = load.recovery(back, RECOVERY_BOUND, name).await;
         load.steady(AFTER).await;
         let outcome = load.finish(vec![without_node, after_rejoin]).await;
-        record(name, &outcome);
+        record(name, &outcome, started);
         assert_nothing_lost(name, &outcome, &[]);
         assert_all_ready(&mut gateway, name).await;
     });
