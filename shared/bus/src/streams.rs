@@ -96,16 +96,45 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
     ]
 }
 
+/// Attempts at creating or updating one stream when JetStream does not
+/// answer in time or is not available yet.
+const ENSURE_ATTEMPTS: u32 = 5;
+
 /// Creates every stream, or updates it to this config.
+///
+/// A request that times out, or finds JetStream not available, is repeated
+/// (it is idempotent): on a NATS 2.9 cluster, services starting together
+/// that create the same replicated stream at once can all go unanswered
+/// although the stream was created, and a cluster that is still electing
+/// its leaders answers "unavailable". Without the retry every service
+/// exited at start-up against a fresh cluster (found by the fault suite).
 pub async fn ensure_streams(js: &jetstream::Context, s: &StreamSettings) -> Result<(), BusError> {
     for config in stream_configs(s) {
         let name = config.name.clone();
-        js.create_or_update_stream(config)
-            .await
-            .map_err(|e| BusError::Stream {
-                name,
-                source: Box::new(e),
-            })?;
+        let mut attempt = 1;
+        loop {
+            match js.create_or_update_stream(config.clone()).await {
+                Ok(_) => break,
+                Err(e)
+                    if attempt < ENSURE_ATTEMPTS
+                        && matches!(
+                            e.kind(),
+                            jetstream::context::CreateStreamErrorKind::TimedOut
+                                | jetstream::context::CreateStreamErrorKind::JetStreamUnavailable
+                        ) =>
+                {
+                    tracing::warn!(stream = %name, attempt, error = %e, "Cannot create or update the stream yet; retrying.");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    return Err(BusError::Stream {
+                        name,
+                        source: Box::new(e),
+                    })
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -18,3 +18,25 @@ async fn a_cluster_url_list_connects() {
     let client = interop_bus::connect(&cluster.urls(), "test").await.unwrap();
     client.flush().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_starting_together_create_replicated_streams() {
+    // Regression: on a fresh 3-node cluster, two services creating the
+    // same R3 streams at once both got no answer and exited.
+    let cluster = NatsCluster::start(3);
+    let settings = interop_bus::streams::StreamSettings {
+        replicas: 3,
+        ..Default::default()
+    };
+    let starts = (0..3).map(|i| {
+        let (urls, settings) = (cluster.urls(), settings.clone());
+        tokio::spawn(async move {
+            let client = interop_bus::connect(&urls, &format!("svc-{i}")).await?;
+            let js = async_nats::jetstream::new(client);
+            interop_bus::streams::ensure_streams(&js, &settings).await
+        })
+    });
+    for start in starts.collect::<Vec<_>>() {
+        start.await.unwrap().unwrap();
+    }
+}

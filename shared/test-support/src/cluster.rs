@@ -121,7 +121,9 @@ impl NatsCluster {
     fn wait_for_meta_leader(&self) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            let elected = (0..self.nodes.len()).any(|i| {
+            // Every node knows the leader: API requests to any node are
+            // answered.
+            let elected = (0..self.nodes.len()).all(|i| {
                 let log = read_file(&self.log_path(i));
                 log.contains("JetStream cluster new metadata leader")
                     || log.contains("Self is new JetStream cluster metadata leader")
