@@ -259,7 +259,9 @@ fn persistent_redis_restart_and_chaos_proxy_lose_nothing() {
 
 /// The node that leads `stream`'s replica group, by server name.
 async fn stream_leader(nats_urls: &str, stream: &str) -> String {
-    let client = async_nats::connect(nats_urls).await.expect("connecting to the cluster");
+    let client = interop_bus::connect(nats_urls, "faults-test")
+        .await
+        .expect("connecting to the cluster");
     let js = async_nats::jetstream::new(client);
     let mut s = js.get_stream(stream).await.expect("the stream exists");
     let info = s.info().await.expect("stream info");
@@ -283,7 +285,7 @@ fn nats_cluster_with_r3_streams_loses_a_node_and_loses_nothing() {
         let started = Instant::now();
         let load = Load::start(&gateway.target(), scenario(name, RATE, RECIPIENTS, 0.1, 300)).await;
         load.steady(BEFORE).await;
-        let leader = stream_leader(&cluster.urls(), "INTEROP_INGEST").await;
+        let leader = stream_leader(&cluster.urls(), interop_bus::subjects::STREAM_INGEST).await;
         let node = (0..cluster.len())
             .find(|&i| cluster.name(i) == leader)
             .expect("the leader is one of the nodes");
