@@ -106,10 +106,9 @@ impl Binaries {
             let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
             };
-            let (Some(name), Some(exe)) = (
-                msg["target"]["name"].as_str(),
-                msg["executable"].as_str(),
-            ) else {
+            let (Some(name), Some(exe)) =
+                (msg["target"]["name"].as_str(), msg["executable"].as_str())
+            else {
                 continue;
             };
             if let Some(s) = SERVICES.iter().find(|s| **s == name) {

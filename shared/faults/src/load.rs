@@ -12,7 +12,7 @@
 //!   de-duplication: a second delivery of a sequence number, plus the
 //!   re-sent server ids the client library dropped.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -27,7 +27,13 @@ use interop_loadtest::{Progress, Report, Scenario, Target};
 /// A fault scenario's load: `rate` msgs/s from auto-sized senders of
 /// provider `signal` to `recipients` users of `home`, half E2EE, a tenth
 /// of senders tracking receipts. Sent until stopped (at most `max_s`).
-pub fn scenario(name: &str, rate: u32, recipients: u32, receipt_share: f64, max_s: u32) -> Scenario {
+pub fn scenario(
+    name: &str,
+    rate: u32,
+    recipients: u32,
+    receipt_share: f64,
+    max_s: u32,
+) -> Scenario {
     let text = format!(
         r#"
         name = "{name}"
@@ -109,10 +115,9 @@ impl Load {
     /// was seen), so a fault hits a system in steady state.
     pub async fn start(target: &Target, scenario: Scenario) -> Self {
         let stop = CancellationToken::new();
-        let observed: Arc<Mutex<Option<(Arc<Recorder>, Clock)>>> = Arc::default();
-        let task = {
-            let (scenario, target, stop, observed) =
-                (scenario.clone(), target.clone(), stop.clone(), observed.clone());
+        let (observed, mut started) = tokio::sync::oneshot::channel::<(Arc<Recorder>, Clock)>();
+        let mut task = {
+            let (scenario, target, stop) = (scenario.clone(), target.clone(), stop.clone());
             // The run's future is not `Send` (a higher-ranked lifetime in
             // its set-up), so it is driven on a blocking thread; the tasks it
             // spawns run on this runtime as usual.
@@ -125,25 +130,22 @@ impl Load {
                     stop,
                     CancellationToken::new(),
                     move |recorder, clock| {
-                        *observed.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some((recorder, clock));
+                        // The receiver waits below unless the test gave up.
+                        observed.send((recorder, clock)).ok();
                     },
                 ))
             })
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let (recorder, clock) = loop {
-            if let Some(o) = observed.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                break o;
-            }
-            if task.is_finished() {
-                match task.await {
+        // The sender is dropped without a value if the run ends first.
+        let (recorder, clock) = tokio::select! {
+            o = &mut started => match o {
+                Ok(o) => o,
+                Err(_) => match (&mut task).await {
                     Ok(Err(e)) => panic!("the load could not start: {e}"),
                     other => panic!("the load ended before it started: {:?}", other.err()),
-                }
-            }
-            assert!(Instant::now() < deadline, "the load did not start in 60 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+                },
+            },
+            () = tokio::time::sleep(Duration::from_secs(60)) => panic!("the load did not start in 60 s"),
         };
         let load = Self {
             recorder,
@@ -152,9 +154,7 @@ impl Load {
             task,
             scenario,
         };
-        let first = load
-            .first_delivery_after(0, Duration::from_secs(60))
-            .await;
+        let first = load.first_delivery_after(0, Duration::from_secs(60)).await;
         assert!(first.is_some(), "no message was delivered in 60 s of load");
         load
     }
@@ -211,7 +211,9 @@ impl Load {
         let start = self.clock.instant_at(fault_end_us);
         match self.first_delivery_after(fault_end_us, timeout).await {
             Some(at) => at.saturating_duration_since(start),
-            None => panic!("{what}: no message sent after the fault was delivered within {timeout:?}"),
+            None => {
+                panic!("{what}: no message sent after the fault was delivered within {timeout:?}")
+            }
         }
     }
 

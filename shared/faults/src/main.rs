@@ -94,7 +94,8 @@ async fn main() -> anyhow::Result<()> {
     let binaries = Binaries::beside_current_exe()?;
     let mut nats = NatsServer::start();
     let mut redis = RedisServer::start_persistent();
-    let mut gateway = Gateway::start(&binaries, &GatewayOptions::new(nats.url(), redis.url())).await;
+    let mut gateway =
+        Gateway::start(&binaries, &GatewayOptions::new(nats.url(), redis.url())).await;
     eprintln!(
         "soak: gateway up (logs in {}); load for {:?}, a fault every {:?}",
         gateway.dir().display(),
@@ -109,7 +110,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut header = vec!["t_s".to_owned()];
     header.extend(SERVICES.iter().map(|s| format!("{s}_rss_kib")));
-    header.extend(["nats_rss_kib".into(), "redis_rss_kib".into(), "event".into()]);
+    header.extend([
+        "nats_rss_kib".into(),
+        "redis_rss_kib".into(),
+        "event".into(),
+    ]);
     println!("{}", header.join("\t"));
     if let Some(f) = &mut csv {
         writeln!(f, "{}", header.join(","))?;
@@ -123,7 +128,10 @@ async fn main() -> anyhow::Result<()> {
     let mut recoveries = Vec::new();
     let mut event = String::new();
     while Instant::now() < end {
-        if next_fault.is_some_and(|t| Instant::now() >= t) {
+        // No fault in the last 30 s: recovery is measured on messages sent
+        // after the fault, so the load must still be running.
+        let room = end.saturating_duration_since(Instant::now()) > Duration::from_secs(30);
+        if room && next_fault.is_some_and(|t| Instant::now() >= t) {
             let what = match fault_index % FAULTS {
                 i if i < SERVICES.len() => {
                     let s = SERVICES[i];
@@ -164,10 +172,24 @@ async fn main() -> anyhow::Result<()> {
         if Instant::now() >= next_sample {
             let mut row = vec![format!("{:.0}", start.elapsed().as_secs_f64())];
             for s in SERVICES {
-                row.push(gateway.pid(s).and_then(rss_kib).map_or("-".into(), |k| k.to_string()));
+                row.push(
+                    gateway
+                        .pid(s)
+                        .and_then(rss_kib)
+                        .map_or("-".into(), |k| k.to_string()),
+                );
             }
-            row.push(nats.pid().and_then(rss_kib).map_or("-".into(), |k| k.to_string()));
-            row.push(redis.pid().and_then(rss_kib).map_or("-".into(), |k| k.to_string()));
+            row.push(
+                nats.pid()
+                    .and_then(rss_kib)
+                    .map_or("-".into(), |k| k.to_string()),
+            );
+            row.push(
+                redis
+                    .pid()
+                    .and_then(rss_kib)
+                    .map_or("-".into(), |k| k.to_string()),
+            );
             row.push(std::mem::take(&mut event));
             println!("{}", row.join("\t"));
             if let Some(f) = &mut csv {

@@ -99,7 +99,11 @@ fn assert_nothing_lost(name: &str, outcome: &Outcome, allowed_failures: &[&str])
 
 async fn assert_all_ready(gateway: &mut Gateway, name: &str) {
     for s in SERVICES {
-        assert!(gateway.exited(s).is_none(), "{name}: {s} crashed:\n{}", gateway.log_tail(s, 30));
+        assert!(
+            gateway.exited(s).is_none(),
+            "{name}: {s} crashed:\n{}",
+            gateway.log_tail(s, 30)
+        );
     }
     // Ready again without anyone doing anything (bounded wait).
     for s in SERVICES {
@@ -113,12 +117,18 @@ fn each_service_killed_and_restarted_loses_nothing() {
     block_on(async {
         let nats = NatsServer::start();
         let redis = RedisServer::start();
+        let up = Instant::now();
         let mut gateway =
             Gateway::start(binaries(), &GatewayOptions::new(nats.url(), redis.url())).await;
+        eprintln!("gateway up in {:.1} s", up.elapsed().as_secs_f64());
         for service in SERVICES {
             let name = format!("kill -9 {service}");
             let started = Instant::now();
-            let load = Load::start(&gateway.target(), scenario(&name, RATE, RECIPIENTS, 0.1, 300)).await;
+            let load = Load::start(
+                &gateway.target(),
+                scenario(&name, RATE, RECIPIENTS, 0.1, 300),
+            )
+            .await;
             load.steady(BEFORE).await;
             gateway.kill(service);
             tokio::time::sleep(DOWN).await;
@@ -153,12 +163,18 @@ fn nats_killed_and_redis_restarted_empty_lose_nothing() {
     block_on(async {
         let mut nats = NatsServer::start();
         let mut redis = RedisServer::start();
+        let up = Instant::now();
         let mut gateway =
             Gateway::start(binaries(), &GatewayOptions::new(nats.url(), redis.url())).await;
+        eprintln!("gateway up in {:.1} s", up.elapsed().as_secs_f64());
 
         let name = "kill -9 nats-server (JetStream store kept)";
         let started = Instant::now();
-        let load = Load::start(&gateway.target(), scenario(name, RATE, RECIPIENTS, 0.1, 300)).await;
+        let load = Load::start(
+            &gateway.target(),
+            scenario(name, RATE, RECIPIENTS, 0.1, 300),
+        )
+        .await;
         load.steady(BEFORE).await;
         nats.stop();
         tokio::time::sleep(DOWN).await;
@@ -178,7 +194,11 @@ fn nats_killed_and_redis_restarted_empty_lose_nothing() {
         // users' consent again, which it does right away here.
         let name = "restart redis-server without persistence";
         let started = Instant::now();
-        let load = Load::start(&gateway.target(), scenario(name, RATE, RECIPIENTS, 1.0, 300)).await;
+        let load = Load::start(
+            &gateway.target(),
+            scenario(name, RATE, RECIPIENTS, 1.0, 300),
+        )
+        .await;
         load.steady(BEFORE).await;
         redis.stop();
         tokio::time::sleep(DOWN).await;
@@ -202,15 +222,21 @@ fn persistent_redis_restart_and_chaos_proxy_lose_nothing() {
         let mut redis = RedisServer::start_persistent();
         let nats_proxy = ChaosProxy::start(nats.port());
         let redis_proxy = ChaosProxy::start(redis.port());
+        let up = Instant::now();
         let mut gateway = Gateway::start(
             binaries(),
             &GatewayOptions::new(nats_proxy.url("nats"), redis_proxy.url("redis")),
         )
         .await;
+        eprintln!("gateway up in {:.1} s", up.elapsed().as_secs_f64());
 
         let name = "restart redis-server with persistence (AOF)";
         let started = Instant::now();
-        let load = Load::start(&gateway.target(), scenario(name, RATE, RECIPIENTS, 0.1, 300)).await;
+        let load = Load::start(
+            &gateway.target(),
+            scenario(name, RATE, RECIPIENTS, 0.1, 300),
+        )
+        .await;
         load.steady(BEFORE).await;
         redis.stop();
         tokio::time::sleep(DOWN).await;
@@ -232,8 +258,11 @@ fn persistent_redis_restart_and_chaos_proxy_lose_nothing() {
             ] {
                 let name = format!("chaos proxy to {what}: {mode:?} for {CHAOS:?}");
                 let started = Instant::now();
-                let load =
-                    Load::start(&gateway.target(), scenario(&name, RATE, RECIPIENTS, 0.1, 300)).await;
+                let load = Load::start(
+                    &gateway.target(),
+                    scenario(&name, RATE, RECIPIENTS, 0.1, 300),
+                )
+                .await;
                 load.steady(BEFORE).await;
                 let connections = proxy.connections_accepted();
                 proxy.set_mode(mode);
@@ -279,11 +308,17 @@ fn nats_cluster_with_r3_streams_loses_a_node_and_loses_nothing() {
         let redis = RedisServer::start();
         let mut options = GatewayOptions::new(cluster.urls(), redis.url());
         options.stream_replicas = 3;
+        let up = Instant::now();
         let mut gateway = Gateway::start(binaries(), &options).await;
+        eprintln!("gateway up in {:.1} s", up.elapsed().as_secs_f64());
 
         let name = "3-node NATS cluster, R3 streams: kill -9 the INTEROP_INGEST leader";
         let started = Instant::now();
-        let load = Load::start(&gateway.target(), scenario(name, RATE, RECIPIENTS, 0.1, 300)).await;
+        let load = Load::start(
+            &gateway.target(),
+            scenario(name, RATE, RECIPIENTS, 0.1, 300),
+        )
+        .await;
         load.steady(BEFORE).await;
         let leader = stream_leader(&cluster.urls(), interop_bus::subjects::STREAM_INGEST).await;
         let node = (0..cluster.len())

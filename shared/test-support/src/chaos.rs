@@ -193,7 +193,12 @@ async fn accept_loop(
     }
 }
 
-async fn connection(client: TcpStream, upstream: SocketAddr, state: watch::Receiver<State>, generation: u64) {
+async fn connection(
+    client: TcpStream,
+    upstream: SocketAddr,
+    state: watch::Receiver<State>,
+    generation: u64,
+) {
     let mut waiting = state.clone();
     // Connecting waits out a blackhole too (a SYN that gets no answer).
     let server = tokio::select! {
@@ -247,7 +252,12 @@ async fn passable(state: &mut watch::Receiver<State>, generation: u64) -> Option
 
 /// One direction: a reader stamps each chunk with when it may be written,
 /// a writer writes it then. Ends when either side closes or fails.
-async fn pump(mut rd: OwnedReadHalf, mut wr: OwnedWriteHalf, state: watch::Receiver<State>, generation: u64) {
+async fn pump(
+    mut rd: OwnedReadHalf,
+    mut wr: OwnedWriteHalf,
+    state: watch::Receiver<State>,
+    generation: u64,
+) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(QUEUE);
     let mut read_state = state.clone();
     let reader = async move {
@@ -264,7 +274,11 @@ async fn pump(mut rd: OwnedReadHalf, mut wr: OwnedWriteHalf, state: watch::Recei
                 Mode::Delay(d) => d,
                 _ => Duration::ZERO,
             };
-            if tx.send((Instant::now() + delay, buf[..n].to_vec())).await.is_err() {
+            if tx
+                .send((Instant::now() + delay, buf[..n].to_vec()))
+                .await
+                .is_err()
+            {
                 return;
             }
         }

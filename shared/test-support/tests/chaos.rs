@@ -34,26 +34,38 @@ fn the_proxy_passes_delays_blackholes_and_cuts() {
     proxy.set_mode(Mode::Delay(Duration::from_millis(150)));
     let t = Instant::now();
     ping(&mut s).unwrap();
-    assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
 
     // Blackhole: nothing comes back while it lasts; the bytes wait and
     // arrive once traffic passes again (the stream is intact).
     proxy.set_mode(Mode::Blackhole);
-    s.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
     s.write_all(b"PING\r\n").unwrap();
     let mut buf = [0u8; 7];
     let err = s.read_exact(&mut buf).unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut), "{err:?}");
+    assert!(
+        matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{err:?}"
+    );
     // A new connection is accepted but gets nothing either.
     let mut fresh = connect(proxy.port());
-    fresh.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    fresh
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     fresh.write_all(b"PING\r\n").unwrap();
     assert!(fresh.read_exact(&mut buf).is_err());
     proxy.set_mode(Mode::Pass);
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"+PONG\r\n");
-    fresh.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     fresh.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"+PONG\r\n");
 
