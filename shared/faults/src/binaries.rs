@@ -4,11 +4,12 @@
 //! executables, built with the same profile as the test. [`Binaries::build`]
 //! asks Cargo for them (`cargo build --bins -p <each service>
 //! --message-format=json`, same target dir and profile as the running test)
-//! and takes the paths Cargo reports: after `cargo test --workspace`, which
-//! builds every binary of the workspace, that is a no-op of about a second,
-//! and when the test runs alone (`cargo test -p interop-faults`) it builds
-//! what is missing instead of running stale binaries. Cargo releases its
-//! build lock before it runs tests, so the nested call does not wait.
+//! and takes the paths Cargo reports. `cargo test` builds the binaries of
+//! only those packages that have integration tests, so the first run in a
+//! target dir builds the rest (their dependencies are already built); later
+//! runs are a no-op of about a second, and a stale binary is never run.
+//! Cargo releases its build lock before it runs tests, so the nested call
+//! does not wait.
 //! [`Binaries::beside_current_exe`] is for the soak binary, which
 //! `scripts/soak` builds together with the services.
 
@@ -25,6 +26,19 @@ pub const SERVICES: [&str; 5] = [
     "routing",
     "media-transcoding",
     "delivery",
+];
+
+/// Variables Cargo sets for the test process that a nested `cargo build`
+/// must not inherit.
+const TEST_PROCESS_VARS: [&str; 8] = [
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
 ];
 
 /// Each service's executable.
@@ -82,6 +96,19 @@ impl Binaries {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
+        // Cargo gives a test process the variables of the test's own
+        // package (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...). Passed on, some
+        // build scripts see them as changed and everything above them is
+        // rebuilt, and rebuilt again by the next plain `cargo` command.
+        for (key, _) in std::env::vars_os() {
+            let Some(key) = key.to_str() else { continue };
+            if TEST_PROCESS_VARS.contains(&key)
+                || key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_BIN_EXE_")
+            {
+                cmd.env_remove(key);
+            }
+        }
         cmd.current_dir(&workspace)
             .args(["build", "--bins", "--message-format=json", "--profile"])
             .arg(&profile);
