@@ -453,6 +453,21 @@ pub async fn run(
     stop: CancellationToken,
     abort: CancellationToken,
 ) -> Result<Finished, RunError> {
+    run_observed(scenario, target, progress, stop, abort, |_, _| {}).await
+}
+
+/// [`run`], handing the live recorder and the run's clock to `observe`
+/// once set-up is done and just before the first send, so a caller can
+/// watch deliveries while the run goes on (the fault-injection suite
+/// measures recovery this way).
+pub async fn run_observed(
+    scenario: &Scenario,
+    target: &Target,
+    progress: Progress,
+    stop: CancellationToken,
+    abort: CancellationToken,
+    observe: impl FnOnce(Arc<Recorder>, Clock),
+) -> Result<Finished, RunError> {
     let run_id = RunId::fresh();
     let started_at_unix_ms = interop_proto::now_ms();
     let plan = Arc::new(Plan::new(scenario, run_id));
@@ -500,6 +515,7 @@ pub async fn run(
 
     // Start shortly after now, so every task is waiting when it begins.
     let clock = Clock::starting_at(Instant::now() + Duration::from_millis(100));
+    observe(recorder.clone(), clock);
     let sessions_stop = CancellationToken::new();
     let session_tasks: Vec<JoinHandle<u64>> = sessions
         .into_iter()
