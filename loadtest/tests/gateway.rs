@@ -120,7 +120,11 @@ async fn spammers_over_the_limit_are_refused_and_counted() {
     let redis = RedisServer::start();
     // A low limit, so a 2 s run can exceed it.
     let spam = interop_spam_scoring::Config {
-        max_sender_per_minute: 10,
+        policy: {
+            let mut p = interop_spam_scoring::Policy::default();
+            p.sender_rate.max_per_minute = 10;
+            p
+        },
         ..Default::default()
     };
     let gateway = Gateway::start_with(&nats.url(), &redis.url(), spam).await;
