@@ -483,3 +483,55 @@ async fn a_fan_out_to_strangers_is_quarantined_without_a_receipt() {
     assert_eq!(q.info().await.unwrap().state.messages, 1);
     stop(gw).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_consent_and_request_frames_get_typed_answers() {
+    let c = Cluster::start().await;
+    let gw = &c.gateway;
+    let home = home(gw).await;
+    let code = |out: ConsentOutcome| match out {
+        ConsentOutcome::Rejected(r) => r.code,
+        ConsentOutcome::Updated(u) => panic!("updated: {u:?}"),
+    };
+    assert_eq!(
+        code(
+            home.set_consent_with(BOB, true, &["signal"], Inbox::Requests)
+                .await
+                .unwrap()
+        ),
+        RejectCode::InvalidSetting as i32
+    );
+    let rcode = |out: RequestOutcome| match out {
+        RequestOutcome::Rejected(r) => r.code,
+        RequestOutcome::Responded(r) => panic!("responded: {r:?}"),
+    };
+    let cases = [
+        (BOB, ALICE, RequestAction::Unspecified, RejectCode::InvalidSetting),
+        (BOB, BOB, RequestAction::Block, RejectCode::InvalidSetting),
+        (BOB, "not an address", RequestAction::Block, RejectCode::InvalidAddress),
+        (BOB, "", RequestAction::Block, RejectCode::MissingField),
+        (ALICE, BOB, RequestAction::Block, RejectCode::SenderNotOwned),
+    ];
+    for (user, sender, action, want) in cases {
+        let got = rcode(home.respond_to_request(user, sender, action).await.unwrap());
+        assert_eq!(got, want as i32, "{user} {sender} {action:?}");
+    }
+    // Another provider cannot read or answer for a home user.
+    let s = signal(gw).await;
+    assert!(matches!(
+        s.get_consent(BOB).await.unwrap(),
+        ConsentStateOutcome::Rejected(ref r) if r.code == RejectCode::SenderNotOwned as i32
+    ));
+    assert_eq!(
+        rcode(s.respond_to_request(BOB, ALICE, RequestAction::Accept).await.unwrap()),
+        RejectCode::SenderNotOwned as i32
+    );
+    // A provider may not claim an account age in the future.
+    let mut env = text_envelope("age", ALICE, BOB, "hi");
+    env.sender_account_created_at_ms = interop_proto::now_ms() + 3_600_000;
+    assert_eq!(
+        rejected(s.send(env).await.unwrap()).code,
+        RejectCode::TimestampOutOfRange as i32
+    );
+    stop(c.gateway).await;
+}
