@@ -306,7 +306,8 @@ impl Plan {
         let first_contact = matches!(from, Origin::Normal(_))
             && self.strangers > 0
             && (h2 >> 44) * PPM >> 20 < self.first_contact_ppm;
-        let to_stranger = first_contact || (self.strangers > 0 && matches!(from, Origin::Spammer(_)));
+        let to_stranger =
+            first_contact || (self.strangers > 0 && matches!(from, Origin::Spammer(_)));
         let to = if to_stranger {
             self.contacts + ((h2 & 0xFFFF_FFFF) % u64::from(self.strangers)) as u32
         } else {
@@ -545,11 +546,27 @@ mod tests {
         // Near-identical: same letters, different numbers.
         let letters = |t: &str| t.chars().filter(|c| c.is_alphabetic()).collect::<String>();
         assert!(spam_texts.len() > 100);
-        assert!(spam_texts.iter().all(|t| letters(t) == letters(&spam_texts[0])));
+        assert!(spam_texts
+            .iter()
+            .all(|t| letters(t) == letters(&spam_texts[0])));
         assert_ne!(spam_texts[0], spam_texts[1]);
         // First-contact texts differ in their letters.
-        let a = plan.envelope(1, &Planned { first_contact: true, ..plan.at(1) }, 0);
-        let b = plan.envelope(2, &Planned { first_contact: true, ..plan.at(2) }, 0);
+        let a = plan.envelope(
+            1,
+            &Planned {
+                first_contact: true,
+                ..plan.at(1)
+            },
+            0,
+        );
+        let b = plan.envelope(
+            2,
+            &Planned {
+                first_contact: true,
+                ..plan.at(2)
+            },
+            0,
+        );
         assert_ne!(a.content, b.content);
     }
 }

@@ -392,9 +392,8 @@ impl Report {
             },
             spam: stats.spam,
             spam_held,
-            spam_reached_share: (stats.spam.accepted > 0).then(|| {
-                round4(stats.spam.reached_inboxes as f64 / stats.spam.accepted as f64)
-            }),
+            spam_reached_share: (stats.spam.accepted > 0)
+                .then(|| round4(stats.spam.reached_inboxes as f64 / stats.spam.accepted as f64)),
             first_contacts: FirstContactReport {
                 sent: fc.sent,
                 accepted: fc.accepted,

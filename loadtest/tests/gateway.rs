@@ -228,7 +228,10 @@ async fn fan_out_spam_to_strangers_is_held_and_first_contacts_are_requests() {
         spam.reached_inboxes + spam.refused_as_spam + report.spam_held,
         spam.accepted
     );
-    assert_eq!(spam.reached_requests, spam.reached_inboxes, "never the inbox");
+    assert_eq!(
+        spam.reached_requests, spam.reached_inboxes,
+        "never the inbox"
+    );
     // Once a spammer has written to more than 20 strangers (the default
     // STRANGER_FANOUT limit), each further message scores at least
     // NEW_ACCOUNT + FIRST_CONTACT_RATIO + STRANGER_FANOUT = 7.5: quarantine

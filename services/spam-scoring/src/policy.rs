@@ -234,7 +234,10 @@ pub enum PolicyError {
         source: std::io::Error,
     },
     #[error("{path}: {source}")]
-    Parse { path: String, source: toml::de::Error },
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
     #[error("invalid policy: {0}")]
     Invalid(String),
 }
@@ -303,10 +306,9 @@ mod tests {
     #[test]
     fn the_defaults_are_valid_and_a_file_overrides_only_what_it_names() {
         Policy::default().validate().unwrap();
-        let p: Policy = toml::from_str(
-            "[verdict]\nrequest = 2.5\n[stranger_fanout]\nmax_per_hour = 30\n",
-        )
-        .unwrap();
+        let p: Policy =
+            toml::from_str("[verdict]\nrequest = 2.5\n[stranger_fanout]\nmax_per_hour = 30\n")
+                .unwrap();
         assert_eq!(p.verdict.request, 2.5);
         assert_eq!(p.verdict.quarantine, 6.0);
         assert_eq!(p.stranger_fanout.max_per_hour, 30);

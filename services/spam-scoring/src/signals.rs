@@ -95,10 +95,7 @@ pub fn stranger_fanout(p: &Policy, o: &Observation) -> Option<Signal> {
         signal(
             STRANGER_FANOUT,
             p.stranger_fanout.weight,
-            format!(
-                "{} strangers this hour, limit {max}",
-                o.strangers_this_hour
-            ),
+            format!("{} strangers this hour, limit {max}", o.strangers_this_hour),
         )
     })
 }
@@ -332,7 +329,10 @@ mod tests {
         let mut o = stranger();
         o.recipients_this_hour = 9;
         o.strangers_this_hour = 9;
-        assert!(first_contact_ratio(&p(), &o).is_none(), "too few recipients");
+        assert!(
+            first_contact_ratio(&p(), &o).is_none(),
+            "too few recipients"
+        );
         o.recipients_this_hour = 10;
         o.strangers_this_hour = 8;
         assert!(first_contact_ratio(&p(), &o).is_none(), "0.8 is the limit");
@@ -372,8 +372,14 @@ mod tests {
             content: Some(Content::Text(interop_proto::v1::Text { body: body.into() })),
             ..Default::default()
         };
-        let a = payload_hash(&env("You WON 500 EUR! Claim your prize now at our site"), 20);
-        let b = payload_hash(&env("you won 9000 eur claim your prize now at our site!!"), 20);
+        let a = payload_hash(
+            &env("You WON 500 EUR! Claim your prize now at our site"),
+            20,
+        );
+        let b = payload_hash(
+            &env("you won 9000 eur claim your prize now at our site!!"),
+            20,
+        );
         assert!(a.is_some());
         assert_eq!(a, b);
         assert_ne!(
@@ -409,11 +415,17 @@ mod tests {
         let today = 20_000;
         let mut o = stranger();
         o.provider_reputation = vec![("report:20000".into(), 30), ("msgs:20000".into(), 10_000)];
-        assert!(provider_reputation(&p(), &o, today).is_none(), "3 per 1,000");
+        assert!(
+            provider_reputation(&p(), &o, today).is_none(),
+            "3 per 1,000"
+        );
         o.provider_reputation = vec![("report:20000".into(), 30), ("msgs:20000".into(), 4_000)];
         assert_eq!(provider_reputation(&p(), &o, today).unwrap().weight, 2.0);
         o.provider_reputation = vec![("report:20000".into(), 10), ("msgs:20000".into(), 100)];
-        assert!(provider_reputation(&p(), &o, today).is_none(), "too few points");
+        assert!(
+            provider_reputation(&p(), &o, today).is_none(),
+            "too few points"
+        );
     }
 
     #[test]
@@ -428,7 +440,10 @@ mod tests {
         o.payload_recipients_this_hour = 50;
         let v = evaluate(&p(), &o, 0, 1, Vec::new());
         let names: Vec<&str> = v.signals.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, [STRANGER_FANOUT, FIRST_CONTACT_RATIO, IDENTICAL_PAYLOAD]);
+        assert_eq!(
+            names,
+            [STRANGER_FANOUT, FIRST_CONTACT_RATIO, IDENTICAL_PAYLOAD]
+        );
         assert_eq!(v.score, 9.0);
         assert_eq!(v.verdict, Verdict::Quarantine as i32);
         let v = evaluate(&p(), &Observation::default(), 0, 1, Vec::new());

@@ -15,8 +15,8 @@ use interop_client::{
     Sender,
 };
 use interop_proto::v1::{
-    envelope::Content, Ciphertext, Encryption, Envelope, Inbox, ReceiptStatus, Rejected,
-    RejectCode, RequestAction,
+    envelope::Content, Ciphertext, Encryption, Envelope, Inbox, ReceiptStatus, RejectCode,
+    Rejected, RequestAction,
 };
 use interop_proto::Address;
 

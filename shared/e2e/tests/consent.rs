@@ -280,12 +280,22 @@ async fn decline_and_block_stop_delivery_and_blocks_are_per_user_across_provider
     let mut tom_rx = receiver(gw, "telegram", TELEGRAM_TOKEN, TOM).await;
     let alice = signal(gw).await;
     let tom = telegram(gw).await;
-    accepted(alice.send(text_envelope("a0", ALICE, BOB, "hi")).await.unwrap());
+    accepted(
+        alice
+            .send(text_envelope("a0", ALICE, BOB, "hi"))
+            .await
+            .unwrap(),
+    );
     assert_eq!(next_acked(&mut bob).await.inbox, Inbox::Requests);
     // Decline alice: her next message is not delivered and she gets the
     // same code as for a user who does not exist.
     respond(gw, BOB, ALICE, RequestAction::Decline).await;
-    accepted(alice.send(text_envelope("a1", ALICE, BOB, "hello?")).await.unwrap());
+    accepted(
+        alice
+            .send(text_envelope("a1", ALICE, BOB, "hello?"))
+            .await
+            .unwrap(),
+    );
     let (status, code, _, cmid) = next_receipt(&mut alice_rx).await;
     let (status, code) = if cmid == "a0" {
         // The delivered receipt of the first message came first.
@@ -305,7 +315,11 @@ async fn decline_and_block_stop_delivery_and_blocks_are_per_user_across_provider
     );
     // Block tom (another provider): same.
     respond(gw, BOB, TOM, RequestAction::Block).await;
-    accepted(tom.send(text_envelope("t1", TOM, BOB, "hello")).await.unwrap());
+    accepted(
+        tom.send(text_envelope("t1", TOM, BOB, "hello"))
+            .await
+            .unwrap(),
+    );
     let (status, code, _, cmid) = next_receipt(&mut tom_rx).await;
     assert_eq!(cmid, "t1");
     assert_eq!(
@@ -319,7 +333,11 @@ async fn decline_and_block_stop_delivery_and_blocks_are_per_user_across_provider
     // The block is bob's: tom still reaches dave.
     set(gw, DAVE, true, &["telegram"], Inbox::ThirdParty).await;
     let mut dave = receiver(gw, "home", HOME_TOKEN, DAVE).await;
-    accepted(tom.send(text_envelope("t2", TOM, DAVE, "hi dave")).await.unwrap());
+    accepted(
+        tom.send(text_envelope("t2", TOM, DAVE, "hi dave"))
+            .await
+            .unwrap(),
+    );
     assert_eq!(next_acked(&mut dave).await.envelope.from, TOM);
     // The app can show the lists, and every answer can be changed.
     let ConsentStateOutcome::State(state) = home(gw).await.get_consent(BOB).await.unwrap() else {
@@ -329,7 +347,11 @@ async fn decline_and_block_stop_delivery_and_blocks_are_per_user_across_provider
     assert_eq!(state.declined, vec![ALICE.to_owned()]);
     assert_eq!(state.inbox, Inbox::ThirdParty as i32);
     respond(gw, BOB, TOM, RequestAction::Reset).await;
-    accepted(tom.send(text_envelope("t3", TOM, BOB, "again")).await.unwrap());
+    accepted(
+        tom.send(text_envelope("t3", TOM, BOB, "again"))
+            .await
+            .unwrap(),
+    );
     let d = next_acked(&mut bob).await;
     assert_eq!((d.envelope.from.as_str(), d.inbox), (TOM, Inbox::Requests));
     stop(c.gateway).await;
@@ -355,7 +377,12 @@ async fn a_report_feeds_the_senders_reputation() {
     let mut alice_rx = receiver(&gw, "signal", SIGNAL_TOKEN, ALICE).await;
     let alice = signal(&gw).await;
     // Before any report, alice reaches dave.
-    accepted(alice.send(text_envelope("a0", ALICE, DAVE, "hi dave")).await.unwrap());
+    accepted(
+        alice
+            .send(text_envelope("a0", ALICE, DAVE, "hi dave"))
+            .await
+            .unwrap(),
+    );
     assert_eq!(next_acked(&mut dave).await.envelope.from, ALICE);
     respond(&gw, BOB, ALICE, RequestAction::Report).await;
     // Reporting twice does not count twice.
@@ -371,13 +398,21 @@ async fn a_report_feeds_the_senders_reputation() {
         .await
         .unwrap();
     assert_eq!(fields.len(), 1, "{fields:?}");
-    assert!(fields[0].0.starts_with("report:") && fields[0].1 == 1, "{fields:?}");
+    assert!(
+        fields[0].0.starts_with("report:") && fields[0].1 == 1,
+        "{fields:?}"
+    );
     let provider: Vec<(String, i64)> = redis::cmd("HGETALL")
         .arg("interop:spam:rep:provider:signal")
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(provider.iter().any(|(f, n)| f.starts_with("report:") && *n == 1), "{provider:?}");
+    assert!(
+        provider
+            .iter()
+            .any(|(f, n)| f.starts_with("report:") && *n == 1),
+        "{provider:?}"
+    );
     let ttl: i64 = redis::cmd("TTL")
         .arg("interop:spam:rep:sender:signal:alice")
         .query_async(&mut conn)
@@ -386,7 +421,12 @@ async fn a_report_feeds_the_senders_reputation() {
     assert!(ttl > 0, "reputation keys expire");
     // Now alice's message to dave (who accepted nothing either way) is
     // refused as spam, and the receipt names the signal.
-    accepted(alice.send(text_envelope("a1", ALICE, DAVE, "hi again")).await.unwrap());
+    accepted(
+        alice
+            .send(text_envelope("a1", ALICE, DAVE, "hi again"))
+            .await
+            .unwrap(),
+    );
     let mut failed = None;
     for _ in 0..2 {
         let (status, code, detail, cmid) = next_receipt(&mut alice_rx).await;
@@ -414,20 +454,35 @@ async fn opting_out_stops_every_third_party_at_once() {
     let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
     let alice = signal(gw).await;
     let tom = telegram(gw).await;
-    accepted(alice.send(text_envelope("a0", ALICE, BOB, "hi")).await.unwrap());
+    accepted(
+        alice
+            .send(text_envelope("a0", ALICE, BOB, "hi"))
+            .await
+            .unwrap(),
+    );
     accepted(tom.send(text_envelope("t0", TOM, BOB, "hi")).await.unwrap());
     next_acked(&mut bob).await;
     next_acked(&mut bob).await;
     // One change: nothing from any provider reaches bob, accepted or not.
     set(gw, BOB, false, &["signal", "telegram"], Inbox::ThirdParty).await;
     for (sender, from) in [(&alice, ALICE), (&tom, TOM)] {
-        let r = rejected(sender.send(text_envelope("x1", from, BOB, "still there?")).await.unwrap());
+        let r = rejected(
+            sender
+                .send(text_envelope("x1", from, BOB, "still there?"))
+                .await
+                .unwrap(),
+        );
         assert_eq!(r.code, RejectCode::RecipientUnavailable as i32);
     }
     nothing_more(&mut bob).await;
     // And opting in again restores it, with the earlier answers kept.
     set(gw, BOB, true, &["signal", "telegram"], Inbox::ThirdParty).await;
-    accepted(alice.send(text_envelope("a2", ALICE, BOB, "back?")).await.unwrap());
+    accepted(
+        alice
+            .send(text_envelope("a2", ALICE, BOB, "back?"))
+            .await
+            .unwrap(),
+    );
     assert_eq!(next_acked(&mut bob).await.inbox, Inbox::ThirdParty);
     stop(c.gateway).await;
 }
@@ -506,9 +561,19 @@ async fn bad_consent_and_request_frames_get_typed_answers() {
         RequestOutcome::Responded(r) => panic!("responded: {r:?}"),
     };
     let cases = [
-        (BOB, ALICE, RequestAction::Unspecified, RejectCode::InvalidSetting),
+        (
+            BOB,
+            ALICE,
+            RequestAction::Unspecified,
+            RejectCode::InvalidSetting,
+        ),
         (BOB, BOB, RequestAction::Block, RejectCode::InvalidSetting),
-        (BOB, "not an address", RequestAction::Block, RejectCode::InvalidAddress),
+        (
+            BOB,
+            "not an address",
+            RequestAction::Block,
+            RejectCode::InvalidAddress,
+        ),
         (BOB, "", RequestAction::Block, RejectCode::MissingField),
         (ALICE, BOB, RequestAction::Block, RejectCode::SenderNotOwned),
     ];
@@ -523,7 +588,11 @@ async fn bad_consent_and_request_frames_get_typed_answers() {
         ConsentStateOutcome::Rejected(ref r) if r.code == RejectCode::SenderNotOwned as i32
     ));
     assert_eq!(
-        rcode(s.respond_to_request(BOB, ALICE, RequestAction::Accept).await.unwrap()),
+        rcode(
+            s.respond_to_request(BOB, ALICE, RequestAction::Accept)
+                .await
+                .unwrap()
+        ),
         RejectCode::SenderNotOwned as i32
     );
     // A provider may not claim an account age in the future.

@@ -90,7 +90,11 @@ pub enum Admission {
 
 /// The pure rule: consent first (opted in, provider allowed), then the
 /// recipient's answer about this sender.
-pub fn decide(consent: &Consent, contact: Option<ContactState>, sender_provider: &str) -> Admission {
+pub fn decide(
+    consent: &Consent,
+    contact: Option<ContactState>,
+    sender_provider: &str,
+) -> Admission {
     if !consent.opted_in {
         return Admission::Refused(Refusal::NotOptedIn);
     }
@@ -153,7 +157,10 @@ impl ContactStore {
         sender_provider: &str,
     ) -> Result<Admission, StateError> {
         let mut conn = self.redis.clone();
-        type Reply = ((Option<String>, Option<String>, Option<String>), Option<String>);
+        type Reply = (
+            (Option<String>, Option<String>, Option<String>),
+            Option<String>,
+        );
         let ((opted_in, allowed, inbox), contact): Reply = redis::pipe()
             .cmd("HMGET")
             .arg(consent::key(recipient))
@@ -171,7 +178,11 @@ impl ContactStore {
     }
 
     /// The recipient's answer about `sender`, if any.
-    pub async fn get(&self, recipient: &str, sender: &str) -> Result<Option<ContactState>, StateError> {
+    pub async fn get(
+        &self,
+        recipient: &str,
+        sender: &str,
+    ) -> Result<Option<ContactState>, StateError> {
         let mut conn = self.redis.clone();
         let v: Option<String> = redis::cmd("HGET")
             .arg(key(recipient))
@@ -193,7 +204,11 @@ impl ContactStore {
 
     /// Records that `recipient` accepts `sender` unless they answered about
     /// them already (a user who writes to someone accepts their replies).
-    pub async fn accept_if_unknown(&self, recipient: &str, sender: &str) -> Result<SetOutcome, StateError> {
+    pub async fn accept_if_unknown(
+        &self,
+        recipient: &str,
+        sender: &str,
+    ) -> Result<SetOutcome, StateError> {
         self.set_inner(recipient, sender, ContactState::Accepted, true)
             .await
     }

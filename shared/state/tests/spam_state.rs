@@ -76,7 +76,10 @@ async fn implicit_acceptance_never_overrides_an_answer_and_admission_reads_both_
         Admission::Request
     );
     assert_eq!(
-        store.admission(bob, "telegram:t", "telegram").await.unwrap(),
+        store
+            .admission(bob, "telegram:t", "telegram")
+            .await
+            .unwrap(),
         Admission::Refused(Refusal::ProviderNotAllowed)
     );
     store
@@ -174,7 +177,10 @@ async fn observe_counts_strangers_recipients_and_payloads_with_ttls() {
         .await
         .unwrap();
     assert_eq!(
-        (again.recipients_this_hour, again.payload_recipients_this_hour),
+        (
+            again.recipients_this_hour,
+            again.payload_recipients_this_hour
+        ),
         (5, 0)
     );
     // The provider's message count feeds its reputation.
