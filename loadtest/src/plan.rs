@@ -305,7 +305,7 @@ impl Plan {
         let h2 = mix64(h);
         let first_contact = matches!(from, Origin::Normal(_))
             && self.strangers > 0
-            && (h2 >> 44) * PPM >> 20 < self.first_contact_ppm;
+            && ((h2 >> 44) * PPM) >> 20 < self.first_contact_ppm;
         let to_stranger =
             first_contact || (self.strangers > 0 && matches!(from, Origin::Spammer(_)));
         let to = if to_stranger {

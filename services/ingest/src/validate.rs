@@ -396,8 +396,26 @@ mod tests {
             user: "home:+4915112345678".into(),
             opted_in: true,
             allowed_providers: vec!["signal".into()],
+            inbox: Inbox::Combined as i32,
         };
         assert!(validate_consent("home", &ok).is_ok());
+        for inbox in [Inbox::Unspecified, Inbox::ThirdParty] {
+            let fine = SetConsent {
+                inbox: inbox as i32,
+                ..ok.clone()
+            };
+            assert!(validate_consent("home", &fine).is_ok());
+        }
+        for inbox in [Inbox::Requests as i32, 99] {
+            let bad = SetConsent {
+                inbox,
+                ..ok.clone()
+            };
+            assert_eq!(
+                validate_consent("home", &bad).unwrap_err().code,
+                RejectCode::InvalidSetting
+            );
+        }
         assert_eq!(
             validate_consent("signal", &ok).unwrap_err().code,
             RejectCode::SenderNotOwned
@@ -410,6 +428,11 @@ mod tests {
             validate_consent("home", &bad).unwrap_err().code,
             RejectCode::InvalidAddress
         );
+        let at_limit = SetConsent {
+            allowed_providers: vec!["p".into(); MAX_ALLOWED_PROVIDERS],
+            ..ok.clone()
+        };
+        assert!(validate_consent("home", &at_limit).is_ok());
         let many = SetConsent {
             allowed_providers: vec!["p".into(); MAX_ALLOWED_PROVIDERS + 1],
             ..ok
