@@ -33,6 +33,8 @@ SERVICES = {
     "delivery": "delivery",
 }
 EDGE = {"ingest", "delivery"}
+# Services that read the provider registry file: the edge and the media API.
+PROVIDER_READERS = EDGE | {"media-transcoding"}
 
 # The least a user must give: the provider registry.
 REQUIRED = {"providers": {"existingSecret": "interop-providers"}}
@@ -104,7 +106,13 @@ def everything_on() -> dict[str, Any]:
     values["delivery"]["keda"]["extraTriggers"] = [
         {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "70"}}
     ]
-    # ingest keeps a plain HPA.
+    # ingest keeps a plain HPA, and serves the provider admin API.
+    values["ingest"]["adminApi"] = {"enabled": True, "existingSecret": "interop-admin-token"}
+    values["networkPolicy"]["adminApiFrom"] = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "platform"}}}
+    ]
+    # The edge serves TLS itself, with optional mutual TLS.
+    values["tls"] = {"existingSecret": "interop-tls", "clientCa": {"existingSecret": "interop-client-ca"}}
     return values
 
 

@@ -24,6 +24,7 @@ from conftest import (
     HASH_A,
     HASH_B,
     NAMESPACE,
+    PROVIDER_READERS,
     RELEASE,
     REQUIRED,
     SERVICES,
@@ -241,6 +242,9 @@ def test_config_map_carries_the_common_environment(render):
         "INTEROP_INBOX_MAX_AGE_SECS": "2592000",
         "INTEROP_INBOX_MAX_PER_RECIPIENT": "10000",
         "INTEROP_ALLOW_PLAINTEXT": "true",
+        "INTEROP_AUTH_MAX_FAILURES_PER_ADDRESS": "0",
+        "INTEROP_AUTH_MAX_FAILURES_PER_PROVIDER": "100",
+        "INTEROP_AUTH_FAILURE_WINDOW_SECS": "60",
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318",
         "INTEROP_TRACE_SAMPLE_RATIO": "0.5",
     }
@@ -278,9 +282,100 @@ def test_edge_services_listen_and_mount_the_provider_registry(render):
         assert ports == {"ws": port, "admin": 9090}
         svc_ports = {p["name"]: p["targetPort"] for p in r.one("Service", component)["spec"]["ports"]}
         assert svc_ports == {"ws": "ws", "admin": "admin"}
-    for component in SERVICES.keys() - EDGE:
+    for component in SERVICES.keys() - PROVIDER_READERS:
         assert "INTEROP_PROVIDERS_FILE" not in r.env(component)
         assert [p["name"] for p in r.one("Service", component)["spec"]["ports"]] == ["admin"]
+
+
+def test_media_transcoding_exposes_its_media_api_and_reads_the_provider_registry(render):
+    r = render(merge(REQUIRED, {"mediaTranscoding": {"containerPort": 18082, "service": {"port": 80}}}))
+    env = r.env("media-transcoding")
+    assert env["INTEROP_MEDIA_TRANSCODING_LISTEN"]["value"] == "0.0.0.0:18082"
+    assert env["INTEROP_PROVIDERS_FILE"]["value"] == "/etc/interop/providers/providers.toml"
+    assert {"name": "providers", "mountPath": "/etc/interop/providers", "readOnly": True} in r.container("media-transcoding")["volumeMounts"]
+    ports = {p["name"]: p["containerPort"] for p in r.container("media-transcoding")["ports"]}
+    assert ports == {"media": 18082, "admin": 9090}
+    svc = {p["name"]: (p["port"], p["targetPort"]) for p in r.one("Service", "media-transcoding")["spec"]["ports"]}
+    assert svc == {"media": (80, "media"), "admin": (9090, "admin")}
+    # Not an edge service: no TLS mounts even when the edge has them.
+    r = render(merge(REQUIRED, {"tls": {"existingSecret": "gw-tls"}}))
+    assert "INTEROP_TLS_CERT" not in r.env("media-transcoding")
+
+
+def test_provider_admin_api_port_and_token(chart, render):
+    assert "INTEROP_ADMIN_TOKEN_FILE" not in render(REQUIRED).env("ingest")
+    r = render(merge(REQUIRED, {"ingest": {"adminApi": {"enabled": True, "port": 18090, "existingSecret": "admin-token",
+                                                         "existingSecretKey": "token"}}}))
+    env = r.env("ingest")
+    assert env["INTEROP_INGEST_ADMIN_API_LISTEN"]["value"] == "0.0.0.0:18090"
+    assert env["INTEROP_ADMIN_TOKEN_FILE"]["value"] == "/etc/interop/admin-api/admin-token"
+    spec = r.deployment("ingest")["spec"]["template"]["spec"]
+    [vol] = [v for v in spec["volumes"] if v["name"] == "admin-api"]
+    assert vol["secret"]["secretName"] == "admin-token"
+    assert vol["secret"]["items"] == [{"key": "token", "path": "admin-token"}]
+    assert {"name": "admin-api", "mountPath": "/etc/interop/admin-api", "readOnly": True} in r.container("ingest")["volumeMounts"]
+    assert {"name": "provider-admin", "containerPort": 18090, "protocol": "TCP"} in r.container("ingest")["ports"]
+    svc = {p["name"]: p["port"] for p in r.one("Service", "ingest")["spec"]["ports"]}
+    assert svc["provider-admin"] == 18090
+    for other in SERVICES.keys() - {"ingest"}:
+        assert "INTEROP_ADMIN_TOKEN_FILE" not in r.env(other)
+        assert "provider-admin" not in {p["name"] for p in r.container(other)["ports"]}
+    for obj in r.clean():
+        validate_object(obj)
+    # The token has no default: enabling without a Secret fails, saying what to set.
+    with pytest.raises(helm.HelmError) as err:
+        chart.render(merge(REQUIRED, {"ingest": {"adminApi": {"enabled": True}}}), name=RELEASE, namespace=NAMESPACE)
+    assert "ingest.adminApi.existingSecret" in str(err.value)
+
+
+def test_edge_tls_certificate_and_client_ca_are_mounted_into_ingest_and_delivery(chart, render):
+    assert "INTEROP_TLS_CERT" not in render(REQUIRED).env("ingest")
+    r = render(merge(REQUIRED, {"tls": {"existingSecret": "gw-tls",
+                                        "clientCa": {"existingSecret": "providers-ca", "existingSecretKey": "bundle.pem"}}}))
+    for component in EDGE:
+        env = r.env(component)
+        assert env["INTEROP_TLS_CERT"]["value"] == "/etc/interop/tls/tls.crt"
+        assert env["INTEROP_TLS_KEY"]["value"] == "/etc/interop/tls/tls.key"
+        assert env["INTEROP_TLS_CLIENT_CA"]["value"] == "/etc/interop/client-ca/ca.crt"
+        vols = {v["name"]: v["secret"] for v in r.deployment(component)["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+        assert vols["tls"]["secretName"] == "gw-tls"
+        assert vols["tls"]["items"] == [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]
+        assert vols["client-ca"] == {"secretName": "providers-ca", "defaultMode": 0o440,
+                                     "items": [{"key": "bundle.pem", "path": "ca.crt"}]}
+        mounts = r.container(component)["volumeMounts"]
+        assert {"name": "tls", "mountPath": "/etc/interop/tls", "readOnly": True} in mounts
+        assert {"name": "client-ca", "mountPath": "/etc/interop/client-ca", "readOnly": True} in mounts
+    for component in SERVICES.keys() - EDGE:
+        assert "INTEROP_TLS_CERT" not in r.env(component)
+    for obj in r.clean():
+        validate_object(obj)
+    # A certificate without a client CA: TLS, no mutual TLS.
+    r = render(merge(REQUIRED, {"tls": {"existingSecret": "gw-tls"}}))
+    assert "INTEROP_TLS_CERT" in r.env("ingest") and "INTEROP_TLS_CLIENT_CA" not in r.env("ingest")
+    # A client CA needs the endpoints to serve TLS themselves.
+    with pytest.raises(helm.HelmError) as err:
+        chart.render(merge(REQUIRED, {"tls": {"clientCa": {"existingSecret": "providers-ca"}}}), name=RELEASE, namespace=NAMESPACE)
+    assert "tls.existingSecret" in str(err.value)
+
+
+def test_provider_registry_renders_capabilities_and_client_certificates(render):
+    r = render({"providers": {"registry": [
+        {"id": "signal", "displayName": "Signal", "encryption": "e2ee", "tokenSha256": [HASH_A],
+         "capabilities": {"content": ["text", "media", "read-receipt"], "mediaFormats": ["image/jpeg"]},
+         "clientCertSha256": [HASH_B.upper()], "requireClientCert": True},
+        {"id": "home", "displayName": "Home", "encryption": "e2ee", "tokenSha256": [],
+         "capabilities": {"content": ["text"]}},
+        {"id": "xmpp", "displayName": "XMPP", "encryption": "transport-only", "tokenSha256": [HASH_B]},
+    ]}})
+    [secret] = r.kind("Secret")
+    registry = tomllib.loads(b64decode(secret["data"]["providers.toml"]).decode())
+    signal, home, xmpp = registry["providers"]
+    assert signal["capabilities"] == {"content": ["text", "media", "read-receipt"], "media_formats": ["image/jpeg"]}
+    assert signal["client_cert_sha256"] == [HASH_B]
+    assert signal["require_client_cert"] is True
+    # Lists not given are left out, so the services' defaults apply.
+    assert home["capabilities"] == {"content": ["text"]}
+    assert "capabilities" not in xmpp and "client_cert_sha256" not in xmpp and "require_client_cert" not in xmpp
 
 
 def _checksums(r) -> dict[str, dict[str, str]]:
@@ -302,14 +397,14 @@ def test_checksum_config_changes_with_config_values_only(render):
     assert scaled == base
 
 
-def test_checksum_providers_rolls_only_the_edge_services(render):
+def test_checksum_providers_rolls_only_the_services_reading_the_registry(render):
     def values(hashes):
         return {"providers": {"registry": [
             {"id": "signal", "displayName": "Signal", "encryption": "e2ee", "tokenSha256": hashes}]}}
     one = _checksums(render(values([HASH_A])))
     two = _checksums(render(values([HASH_A, HASH_B])))
     for c in SERVICES:
-        if c in EDGE:
+        if c in PROVIDER_READERS:
             assert one[c]["checksum/providers"] != two[c]["checksum/providers"]
         else:
             assert "checksum/providers" not in one[c]
@@ -442,6 +537,16 @@ def test_provider_registry_renders_the_toml_the_services_parse(render):
     ({"providers": {"registry": [{"id": "s", "displayName": "S", "encryption": "e2ee", "tokenSha256": ["not-a-hash"]}]}}, "/providers/registry/0/tokenSha256/0"),
     ({"externalRedis": {"url": "redis://:secret@redis:6379"}}, "/externalRedis/url"),
     ({"tests": {"recipientNumberPrefix": "4915"}}, "/tests/recipientNumberPrefix"),
+    ({"ingest": {"adminApi": {"port": 0}}}, "/ingest/adminApi/port"),
+    ({"ingest": {"adminApi": {"enabled": "yes"}}}, "/ingest/adminApi/enabled"),
+    ({"tls": {"clientCa": {"existingSecretKey": ""}}}, "/tls/clientCa/existingSecretKey"),
+    ({"mediaTranscoding": {"containerPort": 70000}}, "/mediaTranscoding/containerPort"),
+    ({"authThrottle": {"maxFailuresPerAddress": -2}}, "/authThrottle/maxFailuresPerAddress"),
+    ({"authThrottle": {"windowSeconds": 0}}, "/authThrottle/windowSeconds"),
+    ({"providers": {"registry": [{"id": "s", "displayName": "S", "encryption": "e2ee", "tokenSha256": [],
+                                  "capabilities": {"content": ["hologram"]}}]}}, "/providers/registry/0/capabilities/content/0"),
+    ({"providers": {"registry": [{"id": "s", "displayName": "S", "encryption": "e2ee", "tokenSha256": [],
+                                  "clientCertSha256": ["abc"]}]}}, "/providers/registry/0/clientCertSha256/0"),
 ])
 def test_schema_rejects_bad_values(chart, bad, message):
     with pytest.raises(helm.HelmValuesError) as err:
@@ -558,13 +663,19 @@ def test_network_policy_opens_only_the_needed_ports(render):
         np = r.one("NetworkPolicy", component)
         assert np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
         ingress_ports = [p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]]
-        assert ingress_ports == (["ws", "admin"] if component in EDGE else ["admin"])
+        expected = {"ingest": ["ws", "provider-admin", "admin"], "delivery": ["ws", "admin"],
+                    "media-transcoding": ["media", "admin"]}.get(component, ["admin"])
+        assert ingress_ports == expected
         egress_ports = {p["port"] for rule in np["spec"]["egress"] for p in rule.get("ports", [])}
         assert egress_ports == {53, 14222, 6379, 4318, 443}
     ws_rule = r.one("NetworkPolicy", "ingest")["spec"]["ingress"][0]
     assert {"ipBlock": {"cidr": "10.0.0.0/8"}} in ws_rule["from"]
     # The release's own test and load-test pods may always connect.
     assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "interop", "app.kubernetes.io/instance": RELEASE}}} in ws_rule["from"]
+    # The provider admin API only from where adminApiFrom says.
+    admin_rule = r.one("NetworkPolicy", "ingest")["spec"]["ingress"][1]
+    assert admin_rule["ports"] == [{"port": "provider-admin", "protocol": "TCP"}]
+    assert admin_rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "platform"}}}]
 
 
 # --- monitoring -------------------------------------------------------------
@@ -724,3 +835,20 @@ def test_provider_endpoints_allow_plaintext_only_when_tls_ends_in_front(render):
     cm = [c for c in render(merge(REQUIRED, {"tls": {"terminatedInFront": False}})).kind("ConfigMap")
           if c["metadata"]["name"].endswith("-config")][0]
     assert cm["data"]["INTEROP_ALLOW_PLAINTEXT"] == "false"
+
+
+def test_auth_throttle_per_address_is_off_behind_a_tls_proxy_unless_set(render):
+    def config(values):
+        return [c for c in render(merge(REQUIRED, values)).kind("ConfigMap")
+                if c["metadata"]["name"].endswith("-config")][0]["data"]
+    # TLS ends in front (the default): every client has the proxy's address.
+    data = config({})
+    assert data["INTEROP_AUTH_MAX_FAILURES_PER_ADDRESS"] == "0"
+    assert data["INTEROP_AUTH_MAX_FAILURES_PER_PROVIDER"] == "100"
+    assert data["INTEROP_AUTH_FAILURE_WINDOW_SECS"] == "60"
+    # TLS in the pods: clients' own addresses, so the limit is on.
+    assert config({"tls": {"existingSecret": "gw-tls"}})["INTEROP_AUTH_MAX_FAILURES_PER_ADDRESS"] == "20"
+    # Set explicitly, it wins either way.
+    data = config({"authThrottle": {"maxFailuresPerAddress": 5, "maxFailuresPerProvider": 0, "windowSeconds": 120}})
+    assert (data["INTEROP_AUTH_MAX_FAILURES_PER_ADDRESS"], data["INTEROP_AUTH_MAX_FAILURES_PER_PROVIDER"],
+            data["INTEROP_AUTH_FAILURE_WINDOW_SECS"]) == ("5", "0", "120")

@@ -13,6 +13,7 @@
 //! rather than loses. The first ack of a message sends a `delivered` receipt
 //! into the sender's store.
 
+mod auth;
 mod metrics;
 mod session;
 
@@ -23,7 +24,7 @@ use async_nats::jetstream;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,9 +32,10 @@ use tracing::info;
 
 use interop_bus::subjects::{STREAM_CURSORS, STREAM_INBOX};
 use interop_bus::{BusError, StreamSettings};
-use interop_proto::limits::HARD_MAX_FRAME_BYTES;
 use interop_providers::store::RegistryStore;
 use interop_providers::Registry;
+use interop_service::edge::{EdgeGuard, EdgeLimits};
+use interop_service::tls::Peer;
 use interop_service::Deps;
 
 /// Configuration of delivery.
@@ -44,7 +46,14 @@ pub struct Config {
     /// TLS for the endpoint; plaintext when `None`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub streams: StreamSettings,
+    /// Connection cap and authentication throttle (see
+    /// `interop_service::edge`).
+    pub edge: EdgeLimits,
 }
+
+/// Open delivery sessions a provider may have per replica by default (one
+/// per user device).
+pub const DEFAULT_MAX_CONNECTIONS_PER_PROVIDER: usize = 50_000;
 
 impl Config {
     pub fn new(listener: TcpListener, providers: Arc<Registry>) -> Self {
@@ -53,6 +62,7 @@ impl Config {
             providers,
             tls: None,
             streams: StreamSettings::default(),
+            edge: EdgeLimits::with_connections(DEFAULT_MAX_CONNECTIONS_PER_PROVIDER),
         }
     }
 }
@@ -76,6 +86,7 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
     pub metrics: metrics::DeliveryMetrics,
+    pub edge: EdgeGuard,
 }
 
 /// Runs delivery until `shutdown`, then closes sessions (un-acked messages
@@ -110,6 +121,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         shutdown: shutdown.clone(),
         sessions: TaskTracker::new(),
         metrics: metrics::DeliveryMetrics::register(&deps.metrics),
+        edge: EdgeGuard::new(deps.redis.clone(), config.edge),
     });
     let app = Router::new()
         .route("/v1/ws", get(upgrade))
@@ -124,11 +136,13 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     Ok(())
 }
 
-async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(HARD_MAX_FRAME_BYTES)
-        .max_frame_size(HARD_MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| {
-            let tracker = shared.sessions.clone();
-            tracker.track_future(session::serve(socket, shared))
-        })
+async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    interop_service::ws::configure(ws).on_upgrade(move |socket| {
+        let tracker = shared.sessions.clone();
+        tracker.track_future(session::serve(socket, shared, peer))
+    })
 }

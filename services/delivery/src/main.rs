@@ -15,6 +15,8 @@ struct Args {
     common: CommonArgs,
     #[command(flatten)]
     tls: interop_service::tls::TlsArgs,
+    #[command(flatten)]
+    edge: interop_service::edge::EdgeArgs,
     /// Address recipients' clients connect to (WebSocket at /v1/ws).
     #[arg(long, env = "INTEROP_DELIVERY_LISTEN", default_value = "0.0.0.0:8081")]
     listen: SocketAddr,
@@ -41,6 +43,10 @@ async fn main() {
     let mut config = interop_delivery::Config::new(endpoint.listener, endpoint.providers);
     config.streams = streams;
     config.tls = endpoint.tls;
+    config.edge = args
+        .edge
+        .limits(interop_delivery::DEFAULT_MAX_CONNECTIONS_PER_PROVIDER)
+        .unwrap_or_else(|e| exit_config(e));
     let code = interop_service::run_main("delivery", &args.common, |deps, shutdown| {
         interop_delivery::run(config, deps, shutdown)
     })

@@ -49,12 +49,18 @@ struct Session {
     unacked: BTreeMap<u64, Option<Envelope>>,
     /// Highest sequence delivered in this session.
     last_delivered: u64,
+    /// The session's place among its provider's connections.
+    _slot: interop_service::edge::ConnectionSlot,
 }
 
-pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
+pub(crate) async fn serve(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    peer: interop_service::tls::Peer,
+) {
     let (sink, mut stream) = socket.split();
     let (out, writer) = ws::spawn_writer(sink);
-    if let Some(session) = hello(&mut stream, &out, &shared).await {
+    if let Some(session) = hello(&mut stream, &out, &shared, &peer).await {
         let user = session.user.redacted().to_string();
         info!(%user, "Recipient connected to delivery.");
         shared.metrics.sessions.inc();
@@ -77,23 +83,11 @@ async fn hello(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     out: &mpsc::Sender<Outbound>,
     shared: &Shared,
+    peer: &interop_service::tls::Peer,
 ) -> Option<Session> {
     let (request_id, h) = ws::read_hello(stream, out, &shared.shutdown).await?;
-    let credential = shared
-        .providers
-        .borrow()
-        .authenticate_credential(&h.provider, &h.token)
-        .map(|(_, credential)| credential);
-    let Some(credential) = credential else {
-        ws::refuse_hello(
-            out,
-            request_id,
-            RejectCode::AuthFailed,
-            "unknown provider or wrong token",
-        )
-        .await;
-        return None;
-    };
+    let admitted = crate::auth::admit(shared, peer, request_id, &h, out).await?;
+    let credential = admitted.credential;
     if h.user.is_empty() {
         ws::refuse_hello(
             out,
@@ -193,6 +187,7 @@ async fn hello(
         cursor,
         unacked: BTreeMap::new(),
         last_delivered: cursor,
+        _slot: admitted.slot,
     })
 }
 

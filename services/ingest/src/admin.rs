@@ -8,7 +8,9 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /admin/v1/providers` | 200, the providers with their credential ids |
-//! | `POST /admin/v1/providers` `{id, display_name, privacy_policy_url?, encryption, max_per_second?, burst?}` | 201 `{provider, credential_id, token}` |
+//! | `POST /admin/v1/providers` `{id, display_name, privacy_policy_url?, encryption, max_per_second?, burst?, capabilities?, client_cert_sha256?, require_client_cert?}` | 201 `{provider, credential_id, token}` |
+//! | `PUT /admin/v1/providers/{id}/capabilities` `{content, media_formats}` | 200 `{provider}` |
+//! | `PUT /admin/v1/providers/{id}/client-certs` `{client_cert_sha256, require_client_cert}` | 200 `{provider}` |
 //! | `POST /admin/v1/providers/{id}/credentials` (rotate: add one) | 201 `{credential_id, token}` |
 //! | `DELETE /admin/v1/providers/{id}/credentials/{credential_id}` (revoke) | 200 `{revoked}` |
 //! | `DELETE /admin/v1/providers/{id}` (remove) | 200 `{removed}` |
@@ -110,6 +112,9 @@ struct ProviderView {
     max_per_second: Option<f64>,
     burst: Option<u32>,
     capabilities: interop_providers::Capabilities,
+    /// Client-certificate fingerprints (public, not secrets).
+    client_cert_sha256: Vec<String>,
+    require_client_cert: bool,
     credentials: Vec<String>,
 }
 
@@ -123,6 +128,8 @@ impl From<&Provider> for ProviderView {
             max_per_second: p.max_per_second,
             burst: p.burst,
             capabilities: p.capabilities.clone(),
+            client_cert_sha256: p.client_cert_sha256.clone(),
+            require_client_cert: p.require_client_cert,
             credentials: p.credential_ids(),
         }
     }
@@ -140,6 +147,51 @@ struct NewProvider {
     burst: Option<u32>,
     #[serde(default)]
     capabilities: interop_providers::Capabilities,
+    #[serde(default)]
+    client_cert_sha256: Vec<String>,
+    #[serde(default)]
+    require_client_cert: bool,
+}
+
+/// The body of `PUT .../client-certs`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientCerts {
+    client_cert_sha256: Vec<String>,
+    #[serde(default)]
+    require_client_cert: bool,
+}
+
+/// Normalised fingerprints (lowercase, trimmed), refused when another
+/// provider already lists one of them.
+async fn check_certs(
+    state: &AdminState,
+    id: &str,
+    certs: &[String],
+) -> Result<Vec<String>, AdminError> {
+    let certs: Vec<String> = certs
+        .iter()
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
+    if certs.is_empty() {
+        return Ok(certs);
+    }
+    for other in state.store.list().await? {
+        if other.removed || other.id == id {
+            continue;
+        }
+        if let Some(c) = other
+            .client_cert_sha256
+            .iter()
+            .find(|c| certs.contains(&c.trim().to_ascii_lowercase()))
+        {
+            return Err(AdminError::Conflict(format!(
+                "client certificate {c} belongs to provider {:?}",
+                other.id
+            )));
+        }
+    }
+    Ok(certs)
 }
 
 fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), AdminError> {
@@ -207,6 +259,7 @@ async fn add(
             new.id
         )));
     }
+    let client_cert_sha256 = check_certs(&state, &new.id, &new.client_cert_sha256).await?;
     let token = new_token();
     let hash = hash_token(&token);
     let provider = Provider {
@@ -218,6 +271,8 @@ async fn add(
         max_per_second: new.max_per_second,
         burst: new.burst,
         capabilities: new.capabilities,
+        client_cert_sha256,
+        require_client_cert: new.require_client_cert,
         removed: false,
     };
     state.store.put(&provider).await?;
@@ -270,6 +325,47 @@ async fn revoke(
     ))
 }
 
+async fn set_capabilities(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    authorize(&state, &headers)?;
+    let capabilities: interop_providers::Capabilities =
+        serde_json::from_slice(&body).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let mut provider = current(&state, &id).await?;
+    provider.capabilities = capabilities;
+    state.store.put(&provider).await?;
+    info!(provider = %id, "Capabilities changed.");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "provider": ProviderView::from(&provider) }),
+    ))
+}
+
+async fn set_client_certs(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    authorize(&state, &headers)?;
+    let certs: ClientCerts =
+        serde_json::from_slice(&body).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let mut provider = current(&state, &id).await?;
+    provider.client_cert_sha256 = check_certs(&state, &id, &certs.client_cert_sha256).await?;
+    provider.require_client_cert = certs.require_client_cert;
+    state.store.put(&provider).await?;
+    // Connections authenticated by a certificate no longer listed close, as
+    // on revocation.
+    warn!(provider = %id, certs = provider.client_cert_sha256.len(), required = provider.require_client_cert, "Client certificates changed.");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "provider": ProviderView::from(&provider) }),
+    ))
+}
+
 async fn remove(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
@@ -297,6 +393,14 @@ pub async fn serve(
     let app = Router::new()
         .route("/admin/v1/providers", get(list).post(add))
         .route("/admin/v1/providers/{id}", delete(remove))
+        .route(
+            "/admin/v1/providers/{id}/capabilities",
+            axum::routing::put(set_capabilities),
+        )
+        .route(
+            "/admin/v1/providers/{id}/client-certs",
+            axum::routing::put(set_client_certs),
+        )
         .route(
             "/admin/v1/providers/{id}/credentials",
             axum::routing::post(rotate),

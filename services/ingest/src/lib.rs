@@ -23,16 +23,17 @@ use std::time::Duration;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use interop_bus::{BusError, StreamSettings};
-use interop_proto::limits::HARD_MAX_FRAME_BYTES;
 use interop_providers::store::RegistryStore;
 use interop_providers::Registry;
+use interop_service::edge::{EdgeGuard, EdgeLimits};
+use interop_service::tls::Peer;
 use interop_service::Deps;
 pub use interop_state::gcra::RateLimit;
 
@@ -55,7 +56,13 @@ pub struct Config {
     pub sender_limit: RateLimit,
     /// The provider admin API; not served when `None`.
     pub admin_api: Option<admin::AdminApi>,
+    /// Connection cap and authentication throttle (see
+    /// `interop_service::edge`).
+    pub edge: EdgeLimits,
 }
+
+/// Open ingest connections a provider may have per replica by default.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PROVIDER: usize = 1000;
 
 impl Config {
     pub fn new(listener: TcpListener, providers: Arc<Registry>) -> Self {
@@ -75,6 +82,7 @@ impl Config {
                 burst: 40,
             },
             admin_api: None,
+            edge: EdgeLimits::with_connections(DEFAULT_MAX_CONNECTIONS_PER_PROVIDER),
         }
     }
 }
@@ -102,6 +110,7 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
     pub metrics: metrics::IngestMetrics,
+    pub edge: EdgeGuard,
 }
 
 /// Runs ingest until `shutdown`, then closes connections after their
@@ -130,6 +139,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         shutdown: shutdown.clone(),
         sessions: TaskTracker::new(),
         metrics: metrics::IngestMetrics::register(&deps.metrics),
+        edge: EdgeGuard::new(deps.redis.clone(), config.edge),
     });
     let app = Router::new()
         .route("/v1/ws", get(upgrade))
@@ -153,11 +163,13 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     Ok(())
 }
 
-async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(HARD_MAX_FRAME_BYTES)
-        .max_frame_size(HARD_MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| {
-            let tracker = shared.sessions.clone();
-            tracker.track_future(session::serve(socket, shared))
-        })
+async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    interop_service::ws::configure(ws).on_upgrade(move |socket| {
+        let tracker = shared.sessions.clone();
+        tracker.track_future(session::serve(socket, shared, peer))
+    })
 }

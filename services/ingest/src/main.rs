@@ -16,6 +16,8 @@ struct Args {
     common: CommonArgs,
     #[command(flatten)]
     tls: interop_service::tls::TlsArgs,
+    #[command(flatten)]
+    edge: interop_service::edge::EdgeArgs,
     /// Address providers connect to (WebSocket at /v1/ws).
     #[arg(long, env = "INTEROP_INGEST_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -75,6 +77,10 @@ async fn main() {
     let mut config = interop_ingest::Config::new(endpoint.listener, endpoint.providers);
     config.streams = streams;
     config.tls = endpoint.tls;
+    config.edge = args
+        .edge
+        .limits(interop_ingest::DEFAULT_MAX_CONNECTIONS_PER_PROVIDER)
+        .unwrap_or_else(|e| exit_config(e));
     config.store_timeout = Duration::from_millis(args.store_timeout_ms.max(1));
     for (rate, burst) in [
         (args.provider_max_per_second, args.provider_burst),

@@ -12,11 +12,14 @@ use std::sync::Arc;
 use axum::extract::ws::WebSocket;
 use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use futures_util::StreamExt;
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use interop_proto::limits::{MAX_CIPHERTEXT_BYTES, MAX_FRAME_BYTES, MAX_TEXT_BYTES};
-use interop_proto::v1::{server_frame, RejectCode, ServerFrame, Welcome};
+use interop_proto::v1::{server_frame, ServerFrame, Welcome};
+use interop_service::edge::Admitted;
+use interop_service::tls::Peer;
 use interop_service::ws::{self, close, Incoming, Outbound};
 
 use crate::send::{self, Prepared};
@@ -24,23 +27,28 @@ use crate::Shared;
 
 /// Frames of one connection in progress at once.
 pub const MAX_IN_FLIGHT: usize = 512;
+/// Bytes of frames of one connection in progress at once (their encoded
+/// size); past it the connection is not read until answers go out. With
+/// [`MAX_IN_FLIGHT`] this bounds what a connection holds in memory.
+pub const MAX_IN_FLIGHT_BYTES: usize = 4 * 1024 * 1024;
 
-pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
+pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: Peer) {
     shared.metrics.connections.inc();
-    serve_inner(socket, &shared).await;
+    serve_inner(socket, &shared, &peer).await;
     shared.metrics.connections.dec();
 }
 
-async fn serve_inner(socket: WebSocket, shared: &Arc<Shared>) {
+async fn serve_inner(socket: WebSocket, shared: &Arc<Shared>, peer: &Peer) {
     let (sink, mut stream) = socket.split();
     let (out, writer) = ws::spawn_writer(sink);
-    let Some((provider, credential)) = hello(&mut stream, &out, shared).await else {
+    let Some(admitted) = hello(&mut stream, &out, shared, peer).await else {
         drop(out);
         writer.await.ok();
         return;
     };
+    let (provider, credential) = (&admitted.provider, &admitted.credential);
     info!(%provider, %credential, "Provider connected to ingest.");
-    frames(&mut stream, &out, shared, &provider, &credential).await;
+    frames(&mut stream, &out, shared, provider, credential).await;
     drop(out);
     writer.await.ok();
     debug!(%provider, "Provider disconnected from ingest.");
@@ -51,28 +59,30 @@ async fn send_out(shared: &Shared, out: &mpsc::Sender<Outbound>, frame: ServerFr
     ws::push(out, Outbound::frame(frame)).await;
 }
 
-/// Waits for a successful `Hello`; returns the provider id.
+/// Waits for a successful `Hello`; returns who it authenticated and its
+/// connection slot.
 async fn hello(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     out: &mpsc::Sender<Outbound>,
     shared: &Shared,
-) -> Option<(String, String)> {
+    peer: &Peer,
+) -> Option<Admitted> {
     let (request_id, h) = ws::read_hello(stream, out, &shared.shutdown).await?;
-    let credential = shared
-        .providers
-        .borrow()
-        .authenticate_credential(&h.provider, &h.token)
-        .map(|(_, credential)| credential);
-    let Some(credential) = credential else {
-        debug!("Authentication failed.");
-        ws::refuse_hello(
-            out,
-            request_id,
-            RejectCode::AuthFailed,
-            "unknown provider or wrong token",
-        )
-        .await;
-        return None;
+    let registry = shared.providers.borrow().clone();
+    let admitted = match shared.edge.admit(&registry, peer, &h).await {
+        Ok(a) => a,
+        Err(refusal) => {
+            debug!(code = ?refusal.code, "Hello refused.");
+            shared
+                .metrics
+                .rejected
+                .get_or_create(&crate::metrics::CodeLabel {
+                    code: refusal.code.as_str_name(),
+                })
+                .inc();
+            ws::refuse(out, request_id, &refusal).await;
+            return None;
+        }
     };
     let welcome = ServerFrame {
         request_id,
@@ -85,11 +95,12 @@ async fn hello(
         })),
     };
     send_out(shared, out, welcome).await;
-    Some((h.provider, credential))
+    Some(admitted)
 }
 
-type PrepareFuture = Pin<Box<dyn Future<Output = Prepared> + Send>>;
-type AnswerFuture = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+/// A frame being prepared or stored, with its size (for the byte budget).
+type PrepareFuture = Pin<Box<dyn Future<Output = (usize, Prepared)> + Send>>;
+type AnswerFuture = Pin<Box<dyn Future<Output = (usize, ServerFrame)> + Send>>;
 
 /// Serves frames after `Hello` until the peer leaves or shutdown.
 async fn frames(
@@ -103,25 +114,34 @@ async fn frames(
     let mut preparing: FuturesOrdered<PrepareFuture> = FuturesOrdered::new();
     let mut storing: FuturesUnordered<AnswerFuture> = FuturesUnordered::new();
     let mut reading = true;
+    let mut in_flight_bytes = 0usize;
     let mut close_with: Option<(u16, &'static str)> = None;
     loop {
         if !reading && preparing.is_empty() && storing.is_empty() {
             break;
         }
-        let can_read = reading && preparing.len() + storing.len() < MAX_IN_FLIGHT;
+        let can_read = reading
+            && preparing.len() + storing.len() < MAX_IN_FLIGHT
+            && in_flight_bytes < MAX_IN_FLIGHT_BYTES;
         tokio::select! {
             biased;
-            Some(prepared) = preparing.next(), if !preparing.is_empty() => {
+            Some((size, prepared)) = preparing.next(), if !preparing.is_empty() => {
                 // Published here, in arrival order.
                 match prepared {
-                    Prepared::Answer(frame) => send_out(shared, out, *frame).await,
+                    Prepared::Answer(frame) => {
+                        in_flight_bytes -= size;
+                        send_out(shared, out, *frame).await;
+                    }
                     Prepared::Publish(p) => {
                         let answer = send::publish(shared.clone(), p).await;
-                        storing.push(Box::pin(answer));
+                        storing.push(Box::pin(async move { (size, answer.await) }));
                     }
                 }
             }
-            Some(answer) = storing.next(), if !storing.is_empty() => send_out(shared, out, answer).await,
+            Some((size, answer)) = storing.next(), if !storing.is_empty() => {
+                in_flight_bytes -= size;
+                send_out(shared, out, answer).await;
+            }
             () = shared.shutdown.cancelled(), if reading => {
                 reading = false;
                 close_with = Some((close::GOING_AWAY, "server shutting down"));
@@ -137,9 +157,12 @@ async fn frames(
             msg = stream.next(), if can_read => {
                 match ws::classify(msg) {
                     Incoming::Frame(frame) => {
-                        preparing.push_back(Box::pin(send::prepare(shared.clone(), provider.to_owned(), frame)));
+                        let size = frame.encoded_len();
+                        in_flight_bytes += size;
+                        let prepare = send::prepare(shared.clone(), provider.to_owned(), frame);
+                        preparing.push_back(Box::pin(async move { (size, prepare.await) }));
                     }
-                    Incoming::Reject(r) => preparing.push_back(Box::pin(async move { Prepared::Answer(Box::new(r)) })),
+                    Incoming::Reject(r) => preparing.push_back(Box::pin(async move { (0, Prepared::Answer(Box::new(r))) })),
                     Incoming::Close(code, reason) => {
                         reading = false;
                         close_with = Some((code, reason));

@@ -67,6 +67,9 @@ pub struct Config {
     pub max_concurrent_uploads: usize,
     /// Longest pause while an upload body streams in.
     pub upload_idle_timeout: Duration,
+    /// The failed-authentication throttle (the connection cap in it is not
+    /// used here).
+    pub auth_limits: interop_service::edge::EdgeLimits,
 }
 
 impl Config {
@@ -81,6 +84,7 @@ impl Config {
             transcode: TranscodeSettings::default(),
             max_concurrent_uploads: 64,
             upload_idle_timeout: Duration::from_secs(30),
+            auth_limits: interop_service::edge::EdgeLimits::with_connections(usize::MAX),
         }
     }
 }
@@ -95,6 +99,8 @@ pub enum Error {
     Ffmpeg(#[from] transcode::ffmpeg::FfmpegSetupError),
     #[error("cannot serve the media API: {0}")]
     Serve(std::io::Error),
+    #[error("provider registry: {0}")]
+    Registry(#[from] interop_providers::store::StoreError),
 }
 
 /// Messages handled at once per transcoding slot.
@@ -157,8 +163,14 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         metrics.clone(),
         config.store.retention,
     );
+    // The live registry, as ingest and delivery see it: rotations and
+    // revocations apply to the media API too.
+    let providers = interop_providers::store::RegistryStore::new(js.clone())
+        .seed_and_watch(&config.providers, shutdown.clone())
+        .await?;
     let api = Arc::new(api::ApiState {
-        providers: config.providers,
+        providers,
+        edge: interop_service::edge::EdgeGuard::new(deps.redis.clone(), config.auth_limits),
         store,
         grants,
         metrics,
@@ -177,9 +189,10 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         let local = local.clone();
         async move {
             let stop = local.clone();
-            let r = axum::serve(config.listener, api::router(api))
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
+            // The provider endpoints' HTTP loop: a 10 s limit on each
+            // request header, so slow-loris clients are dropped.
+            let r =
+                interop_service::tls::serve(config.listener, None, api::router(api), stop).await;
             local.cancel();
             r
         }

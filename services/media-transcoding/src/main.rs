@@ -15,6 +15,8 @@ use interop_service::CommonArgs;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    auth: interop_service::edge::AuthThrottleArgs,
     /// Address of the media API (POST /v1/media, GET /v1/media/{id}).
     #[arg(
         long,
@@ -119,6 +121,10 @@ async fn main() {
         config.transcode.ffmpeg.work_dir = dir;
     }
     config.max_concurrent_uploads = args.max_uploads.max(1);
+    config.auth_limits = args
+        .auth
+        .limits(usize::MAX)
+        .unwrap_or_else(|e| exit_config(e));
     let code = interop_service::run_main("media-transcoding", &args.common, |deps, shutdown| {
         interop_media_transcoding::run(config, deps, shutdown)
     })

@@ -119,6 +119,41 @@ async fn connect_ws(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result
 /// A TLS client config trusting the CA certificates in a PEM file, for
 /// `wss://` endpoints.
 pub fn tls_config(ca_pem: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    Ok(Arc::new(tls_builder(ca_pem)?.with_no_client_auth()))
+}
+
+/// Like [`tls_config`], also presenting a client certificate (PEM chain and
+/// key) for mutual TLS: a gateway that has the certificate registered for a
+/// provider authenticates that provider's `Hello` by it (the token may then
+/// be empty).
+pub fn tls_config_with_client_cert(
+    ca_pem: &std::path::Path,
+    cert_pem: &std::path::Path,
+    key_pem: &std::path::Path,
+) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = |p: &std::path::Path, e: &dyn std::fmt::Display| {
+        ClientError::Tls(format!("{}: {e}", p.display()))
+    };
+    let chain = rustls_pki_types::CertificateDer::pem_file_iter(cert_pem)
+        .map_err(|e| bad(cert_pem, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert_pem, &e))?;
+    if chain.is_empty() {
+        return Err(bad(cert_pem, &"no certificate"));
+    }
+    let key =
+        rustls_pki_types::PrivateKeyDer::from_pem_file(key_pem).map_err(|e| bad(key_pem, &e))?;
+    let config = tls_builder(ca_pem)?
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| ClientError::Tls(format!("the client certificate and key do not fit: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+fn tls_builder(
+    ca_pem: &std::path::Path,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, ClientError>
+{
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca_pem)
@@ -129,14 +164,12 @@ pub fn tls_config(ca_pem: &std::path::Path) -> Result<Arc<rustls::ClientConfig>,
             .add(cert)
             .map_err(|e| ClientError::Tls(e.to_string()))?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| ClientError::Tls(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
+    .with_root_certificates(roots))
 }
 
 fn encode(frame: &ClientFrame) -> Message {

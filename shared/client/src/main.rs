@@ -36,6 +36,18 @@ struct Cli {
     /// CA certificates (PEM) to trust for wss:// endpoints.
     #[arg(long, env = "INTEROP_CA_FILE", global = true)]
     ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) to present for mutual TLS; with it, the
+    /// token may be left out. Needs --ca-file and --client-key.
+    #[arg(long, env = "INTEROP_CLIENT_CERT", global = true, requires_all = ["ca_file", "client_key"])]
+    client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        env = "INTEROP_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
     /// Provider id to authenticate as (default: the provider of --as).
     #[arg(long, env = "INTEROP_PROVIDER", global = true)]
     provider: Option<String>,
@@ -172,8 +184,45 @@ enum ProviderCommand {
         max_per_second: Option<f64>,
         #[arg(long)]
         burst: Option<u32>,
+        /// Content kinds its clients show (comma-separated: text, ciphertext,
+        /// media, reply, reaction, edit, delete, read-receipt, typing, group).
+        /// Default: all.
+        #[arg(long, value_delimiter = ',')]
+        content: Option<Vec<String>>,
+        /// Media MIME types its clients take (comma-separated). Default: any.
+        #[arg(long, value_delimiter = ',')]
+        media_formats: Option<Vec<String>>,
+        /// SHA-256 (hex) of a client certificate that authenticates as it
+        /// over mutual TLS (repeat, or comma-separate).
+        #[arg(long = "client-cert-sha256", value_delimiter = ',')]
+        client_cert_sha256: Vec<String>,
+        /// Refuse its token alone: it must present one of its client certificates.
+        #[arg(long)]
+        require_client_cert: bool,
     },
-    /// List providers and their credential ids.
+    /// Change what a provider's clients support (replaces both lists).
+    Capabilities {
+        id: String,
+        /// Content kinds (comma-separated; see `add`). Default: all.
+        #[arg(long, value_delimiter = ',')]
+        content: Option<Vec<String>>,
+        /// Media MIME types (comma-separated). Default: any.
+        #[arg(long, value_delimiter = ',')]
+        media_formats: Option<Vec<String>>,
+    },
+    /// Set a provider's client certificates (replaces the list; connections
+    /// using a certificate no longer listed are closed).
+    ClientCerts {
+        id: String,
+        /// SHA-256 (hex) of a client certificate (repeat, or comma-separate;
+        /// none: token only).
+        #[arg(long = "sha256", value_delimiter = ',')]
+        sha256: Vec<String>,
+        /// Refuse its token alone.
+        #[arg(long)]
+        require: bool,
+    },
+    /// List providers: capabilities, client certificates, credential ids.
     List,
     /// Add a credential (the old ones keep working until revoked); prints the token.
     Rotate { id: String },
@@ -187,9 +236,37 @@ enum ProviderCommand {
     Remove { id: String },
 }
 
+/// The `capabilities` JSON of the admin API; a list not given is left out
+/// so the gateway's default (everything) applies.
+fn capabilities(
+    content: Option<Vec<String>>,
+    media_formats: Option<Vec<String>>,
+) -> serde_json::Value {
+    let mut caps = serde_json::Map::new();
+    if let Some(c) = content {
+        let c: Vec<String> = c
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        caps.insert("content".into(), json!(c));
+    }
+    if let Some(m) = media_formats {
+        let m: Vec<String> = m
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        caps.insert("media_formats".into(), json!(m));
+    }
+    serde_json::Value::Object(caps)
+}
+
 struct Ctx {
     file: ClientConfig,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// A client certificate authenticates: no token needed.
+    cert_auth: bool,
     token: Option<String>,
     provider: Option<String>,
 }
@@ -202,11 +279,13 @@ impl Ctx {
             .provider
             .clone()
             .unwrap_or_else(|| address.provider().to_owned());
-        let token = match &self.token {
-            Some(t) => t.clone(),
-            None => self.file.tokens.get(&provider).cloned().with_context(|| {
-                format!("no token for provider {provider:?}: pass --token or run scripts/up")
-            })?,
+        let token = match (&self.token, self.file.tokens.get(&provider)) {
+            (Some(t), _) | (None, Some(t)) => t.clone(),
+            // The client certificate authenticates the provider.
+            (None, None) if self.cert_auth => String::new(),
+            (None, None) => anyhow::bail!(
+                "no token for provider {provider:?}: pass --token (or --client-cert) or run scripts/up"
+            ),
         };
         Ok((provider, token))
     }
@@ -291,13 +370,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(path) => ClientConfig::load(&path)?,
         None => ClientConfig::default(),
     };
-    let tls = match &cli.ca_file {
-        Some(path) => Some(interop_client::tls_config(path)?),
-        None => None,
+    let tls = match (&cli.ca_file, &cli.client_cert, &cli.client_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            Some(interop_client::tls_config_with_client_cert(ca, cert, key)?)
+        }
+        (Some(ca), _, _) => Some(interop_client::tls_config(ca)?),
+        _ => None,
     };
     let ctx = Ctx {
         file,
         tls,
+        cert_auth: cli.client_cert.is_some(),
         token: cli.token,
         provider: cli.provider,
     };
@@ -391,11 +474,43 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     encryption,
                     max_per_second,
                     burst,
+                    content,
+                    media_formats,
+                    client_cert_sha256,
+                    require_client_cert,
                 } => {
                     let body = json!({"id": id, "display_name": name, "privacy_policy_url": privacy_policy_url,
-                        "encryption": encryption, "max_per_second": max_per_second, "burst": burst});
+                        "encryption": encryption, "max_per_second": max_per_second, "burst": burst,
+                        "capabilities": capabilities(content, media_formats),
+                        "client_cert_sha256": client_cert_sha256, "require_client_cert": require_client_cert});
                     admin.call("POST", "/admin/v1/providers", Some(&body)).await
                 }
+                ProviderCommand::Capabilities {
+                    id,
+                    content,
+                    media_formats,
+                } => {
+                    admin
+                        .call(
+                            "PUT",
+                            &format!("/admin/v1/providers/{id}/capabilities"),
+                            Some(&capabilities(content, media_formats)),
+                        )
+                        .await
+                }
+                ProviderCommand::ClientCerts {
+                    id,
+                    sha256,
+                    require,
+                } => admin
+                    .call(
+                        "PUT",
+                        &format!("/admin/v1/providers/{id}/client-certs"),
+                        Some(
+                            &json!({"client_cert_sha256": sha256, "require_client_cert": require}),
+                        ),
+                    )
+                    .await,
                 ProviderCommand::List => admin.call("GET", "/admin/v1/providers", None).await,
                 ProviderCommand::Rotate { id } => {
                     admin
@@ -610,5 +725,91 @@ async fn request(
             Ok(0)
         }
         RequestOutcome::Rejected(r) => Ok(print_rejected(&r)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_commands_carry_capabilities_and_client_certificates() {
+        let cli = Cli::try_parse_from([
+            "interop",
+            "provider",
+            "add",
+            "matrix",
+            "--name",
+            "Matrix",
+            "--encryption",
+            "e2ee",
+            "--content",
+            "text, media,reaction",
+            "--media-formats",
+            "image/jpeg,video/mp4",
+            "--client-cert-sha256",
+            "ab,cd",
+            "--require-client-cert",
+        ])
+        .unwrap();
+        let Command::Provider {
+            command:
+                ProviderCommand::Add {
+                    content,
+                    media_formats,
+                    client_cert_sha256,
+                    require_client_cert,
+                    ..
+                },
+            ..
+        } = cli.command
+        else {
+            panic!("not provider add");
+        };
+        assert_eq!(
+            capabilities(content, media_formats),
+            json!({"content": ["text", "media", "reaction"], "media_formats": ["image/jpeg", "video/mp4"]})
+        );
+        assert_eq!(client_cert_sha256, ["ab", "cd"]);
+        assert!(require_client_cert);
+        // Lists not given are left out: the gateway's default applies.
+        assert_eq!(capabilities(None, None), json!({}));
+        assert_eq!(
+            capabilities(Some(vec!["text".into()]), None),
+            json!({"content": ["text"]})
+        );
+        let cli = Cli::try_parse_from([
+            "interop",
+            "provider",
+            "capabilities",
+            "matrix",
+            "--content",
+            "text",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Provider {
+                command: ProviderCommand::Capabilities { .. },
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from([
+            "interop",
+            "provider",
+            "client-certs",
+            "matrix",
+            "--sha256",
+            "ab",
+            "--require",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Provider {
+                command: ProviderCommand::ClientCerts { require: true, .. },
+                ..
+            }
+        ));
     }
 }

@@ -245,3 +245,175 @@ async fn rotation_keeps_both_tokens_until_revocation_closes_the_old_ones_connect
         .is_err());
     edge.shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_and_client_certificates_are_set_on_add_and_changed_later() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let edge = start(&nats, &redis).await;
+    let (cert_a, cert_b) = ("ab".repeat(32), "cd".repeat(32));
+
+    // Set on add; shown by list.
+    let added = edge
+        .admin
+        .call(
+            "POST",
+            "/admin/v1/providers",
+            Some(
+                &json!({"id": "matrix", "display_name": "Matrix", "encryption": "e2ee",
+                "capabilities": {"content": ["text", "media"], "media_formats": ["image/jpeg"]},
+                "client_cert_sha256": [cert_a.to_uppercase()]}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        added["provider"]["capabilities"],
+        json!({"content": ["text", "media"], "media_formats": ["image/jpeg"]})
+    );
+    assert_eq!(added["provider"]["client_cert_sha256"], json!([cert_a]));
+    assert_eq!(added["provider"]["require_client_cert"], json!(false));
+    let matrix = |list: &serde_json::Value| {
+        list["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == "matrix")
+            .cloned()
+            .unwrap()
+    };
+    let listed = matrix(
+        &edge
+            .admin
+            .call("GET", "/admin/v1/providers", None)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(listed["capabilities"]["content"], json!(["text", "media"]));
+    // A provider added without capabilities gets everything.
+    let plain = edge
+        .admin
+        .call(
+            "POST",
+            "/admin/v1/providers",
+            Some(&json!({"id": "xmpp", "display_name": "XMPP", "encryption": "transport-only"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        plain["provider"]["capabilities"]["content"]
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
+
+    // Changed later: the record (what every replica watches) follows.
+    let changed = edge
+        .admin
+        .call(
+            "PUT",
+            "/admin/v1/providers/matrix/capabilities",
+            Some(&json!({"content": ["text", "reaction", "read-receipt"]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        changed["provider"]["capabilities"],
+        json!({"content": ["text", "reaction", "read-receipt"], "media_formats": []})
+    );
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let record = interop_providers::store::RegistryStore::new(js.clone())
+        .get("matrix")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(record
+        .capabilities
+        .supports(interop_providers::ContentKind::Reaction));
+    assert!(!record
+        .capabilities
+        .supports(interop_providers::ContentKind::Media));
+    // Unknown kinds and fields are refused, typed; unknown providers too.
+    for body in [json!({"content": ["hologram"]}), json!({"colour": "red"})] {
+        let r = edge
+            .admin
+            .call(
+                "PUT",
+                "/admin/v1/providers/matrix/capabilities",
+                Some(&body),
+            )
+            .await;
+        assert!(
+            matches!(r, Err(AdminError::Refused { status: 400, ref code, .. }) if code == "INVALID"),
+            "{r:?}"
+        );
+    }
+    let r = edge
+        .admin
+        .call(
+            "PUT",
+            "/admin/v1/providers/nobody/capabilities",
+            Some(&json!({})),
+        )
+        .await;
+    assert!(
+        matches!(r, Err(AdminError::Refused { status: 404, .. })),
+        "{r:?}"
+    );
+
+    // Client certificates: replaced, required; one certificate cannot serve
+    // two providers; requiring one without any is refused.
+    let certs = edge
+        .admin
+        .call(
+            "PUT",
+            "/admin/v1/providers/matrix/client-certs",
+            Some(&json!({"client_cert_sha256": [cert_b], "require_client_cert": true})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(certs["provider"]["client_cert_sha256"], json!([cert_b]));
+    assert_eq!(certs["provider"]["require_client_cert"], json!(true));
+    assert!(certs["provider"]["credentials"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(interop_providers::cert_credential_id(&cert_b))));
+    let r = edge
+        .admin
+        .call(
+            "PUT",
+            "/admin/v1/providers/xmpp/client-certs",
+            Some(&json!({"client_cert_sha256": [cert_b]})),
+        )
+        .await;
+    assert!(
+        matches!(r, Err(AdminError::Refused { status: 409, .. })),
+        "{r:?}"
+    );
+    let r = edge
+        .admin
+        .call(
+            "PUT",
+            "/admin/v1/providers/xmpp/client-certs",
+            Some(&json!({"client_cert_sha256": [], "require_client_cert": true})),
+        )
+        .await;
+    assert!(
+        matches!(r, Err(AdminError::Refused { status: 400, .. })),
+        "{r:?}"
+    );
+    let r = edge
+        .admin
+        .call(
+            "PUT",
+            "/admin/v1/providers/xmpp/client-certs",
+            Some(&json!({"client_cert_sha256": ["abc"]})),
+        )
+        .await;
+    assert!(
+        matches!(r, Err(AdminError::Refused { status: 400, .. })),
+        "{r:?}"
+    );
+    edge.shutdown.cancel();
+}

@@ -121,6 +121,7 @@ fn plaintext_is_refused_off_loopback_unless_allowed() {
         tls_cert: None,
         tls_key: None,
         allow_plaintext: allow,
+        tls_client_ca: None,
     };
     let lan: std::net::SocketAddr = "0.0.0.0:8080".parse().unwrap();
     let lo: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
@@ -131,6 +132,7 @@ fn plaintext_is_refused_off_loopback_unless_allowed() {
         tls_cert: Some("/nonexistent/cert.pem".into()),
         tls_key: Some("/nonexistent/key.pem".into()),
         allow_plaintext: false,
+        tls_client_ca: None,
     };
     let err = missing.server_config(lan).unwrap_err().to_string();
     assert!(err.contains("/nonexistent/cert.pem"), "{err}");

@@ -16,6 +16,12 @@
 //! media_formats = ["image/jpeg", "audio/ogg"]  # empty: any
 //! ```
 //!
+//! Optional mutual TLS: `client_cert_sha256` lists the SHA-256 (hex) of the
+//! DER client certificates that authenticate as this provider (the endpoint
+//! must trust their CA, `--tls-client-ca`); with `require_client_cert = true`
+//! a token alone no longer authenticates it. A fingerprint belongs to one
+//! provider only.
+//!
 //! Tokens are never stored, only their SHA-256. Tokens are random secrets of
 //! at least 128 bits, so a plain hash (no salt, no stretching) is enough and
 //! lets every connection be checked in constant time.
@@ -47,6 +53,16 @@ pub enum RegistryError {
     BadLimit { id: String },
     #[error("provider {id:?} has a token_sha256 that is not 64 hex digits")]
     BadTokenHash { id: String },
+    #[error("provider {id:?} has a client_cert_sha256 that is not 64 hex digits")]
+    BadCertHash { id: String },
+    #[error("client certificate {fingerprint} is listed for both {first:?} and {second:?}")]
+    DuplicateCert {
+        fingerprint: String,
+        first: String,
+        second: String,
+    },
+    #[error("provider {id:?} requires a client certificate but lists none")]
+    RequiresCertWithoutCert { id: String },
 }
 
 /// What a provider guarantees about message content.
@@ -165,6 +181,15 @@ pub struct Provider {
     /// What the provider's clients support.
     #[serde(default)]
     pub capabilities: Capabilities,
+    /// SHA-256 (hex) of each DER client certificate that authenticates as
+    /// this provider over mutual TLS. Its credential id is `cert-` and the
+    /// first 12 hex digits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_cert_sha256: Vec<String>,
+    /// Refuse a `Hello` for this provider unless the connection presented
+    /// one of its client certificates (a token alone is not enough).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_client_cert: bool,
     /// A removed provider (a tombstone in the registry stream).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
@@ -176,10 +201,28 @@ pub fn credential_id(token_sha256: &str) -> String {
     token_sha256.trim().chars().take(12).collect()
 }
 
+/// The credential id of a client certificate (by its SHA-256, hex).
+pub fn cert_credential_id(cert_sha256: &str) -> String {
+    format!("cert-{}", credential_id(&cert_sha256.to_ascii_lowercase()))
+}
+
+/// Hex SHA-256 of a DER certificate: the fingerprint the registry lists.
+pub fn cert_fingerprint(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
 impl Provider {
-    /// Ids of the active credentials.
+    /// Ids of the active credentials: tokens, then client certificates.
     pub fn credential_ids(&self) -> Vec<String> {
-        self.token_sha256.iter().map(|h| credential_id(h)).collect()
+        self.token_sha256
+            .iter()
+            .map(|h| credential_id(h))
+            .chain(
+                self.client_cert_sha256
+                    .iter()
+                    .map(|h| cert_credential_id(h)),
+            )
+            .collect()
     }
 }
 
@@ -195,6 +238,19 @@ struct File {
 pub struct Registry {
     providers: HashMap<String, Provider>,
     hashes: HashMap<String, Vec<[u8; 32]>>,
+    /// Client-certificate fingerprint (lowercase hex) → provider id.
+    certs: HashMap<String, String>,
+}
+
+/// How a `Hello` was authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// Unknown provider, wrong token, or no token where one is needed.
+    Failed,
+    /// The connection's client certificate belongs to another provider.
+    CertOfOtherProvider,
+    /// The provider requires its client certificate and none was presented.
+    CertRequired,
 }
 
 impl Registry {
@@ -214,30 +270,62 @@ impl Registry {
     /// Validates and indexes providers; removed ones are left out.
     pub fn from_providers(providers: Vec<Provider>) -> Result<Self, RegistryError> {
         let mut registry = Self::default();
-        for p in providers.into_iter().filter(|p| !p.removed) {
-            if !is_provider_id(&p.id) {
-                return Err(RegistryError::BadId(p.id));
-            }
-            let mut hashes = Vec::with_capacity(p.token_sha256.len());
-            for h in &p.token_sha256 {
-                let mut out = [0u8; 32];
-                hex::decode_to_slice(h.trim(), &mut out)
-                    .map_err(|_| RegistryError::BadTokenHash { id: p.id.clone() })?;
-                hashes.push(out);
-            }
-            if p.max_per_second
-                .is_some_and(|r| !(r > 0.0 && r.is_finite()))
-                || p.burst == Some(0)
-            {
-                return Err(RegistryError::BadLimit { id: p.id });
-            }
-            if registry.providers.contains_key(&p.id) {
-                return Err(RegistryError::Duplicate(p.id));
-            }
-            registry.hashes.insert(p.id.clone(), hashes);
-            registry.providers.insert(p.id.clone(), p);
+        for p in providers {
+            registry.try_add(p)?;
         }
         Ok(registry)
+    }
+
+    /// Validates `p` against itself and the providers already here, and
+    /// adds it; on error the registry is unchanged. A removed provider is
+    /// left out.
+    pub fn try_add(&mut self, p: Provider) -> Result<(), RegistryError> {
+        if p.removed {
+            return Ok(());
+        }
+        if !is_provider_id(&p.id) {
+            return Err(RegistryError::BadId(p.id));
+        }
+        let mut hashes = Vec::with_capacity(p.token_sha256.len());
+        for h in &p.token_sha256 {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(h.trim(), &mut out)
+                .map_err(|_| RegistryError::BadTokenHash { id: p.id.clone() })?;
+            hashes.push(out);
+        }
+        if p.max_per_second
+            .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+            || p.burst == Some(0)
+        {
+            return Err(RegistryError::BadLimit { id: p.id });
+        }
+        if self.providers.contains_key(&p.id) {
+            return Err(RegistryError::Duplicate(p.id));
+        }
+        if p.require_client_cert && p.client_cert_sha256.is_empty() {
+            return Err(RegistryError::RequiresCertWithoutCert { id: p.id });
+        }
+        let mut certs = Vec::with_capacity(p.client_cert_sha256.len());
+        for c in &p.client_cert_sha256 {
+            let c = c.trim().to_ascii_lowercase();
+            if c.len() != 64 || hex::decode(&c).is_err() {
+                return Err(RegistryError::BadCertHash { id: p.id });
+            }
+            if let Some(first) = self.certs.get(&c) {
+                return Err(RegistryError::DuplicateCert {
+                    fingerprint: c,
+                    first: first.clone(),
+                    second: p.id,
+                });
+            }
+            certs.push(c);
+        }
+        for c in certs {
+            self.certs.insert(c, p.id.clone());
+        }
+        self.hashes.insert(p.id.clone(), hashes);
+        self.providers.insert(p.id.clone(), p);
+        Ok(())
     }
 
     pub fn get(&self, id: &str) -> Option<&Provider> {
@@ -274,6 +362,54 @@ impl Registry {
         }
         let id = matched?;
         self.providers.get(provider).map(|p| (p, id))
+    }
+
+    /// Authenticates a `Hello` for `provider` on a connection that
+    /// presented the verified client certificate `cert_sha256` (if any).
+    ///
+    /// A certificate listed for provider P authenticates a `Hello` for P
+    /// without a token; a token, if sent as well, must be valid too. It never
+    /// authenticates any other provider, not even with that provider's
+    /// valid token. Without a listed certificate the token decides, unless
+    /// the provider requires its certificate. Returns the provider and the
+    /// credential id that matched.
+    pub fn authenticate_hello(
+        &self,
+        provider: &str,
+        token: &str,
+        cert_sha256: Option<&str>,
+    ) -> Result<(&Provider, String), AuthError> {
+        let cert_owner = cert_sha256.and_then(|c| {
+            self.certs
+                .get(&c.to_ascii_lowercase())
+                .map(|owner| (owner, c))
+        });
+        match cert_owner {
+            Some((owner, _)) if owner != provider => Err(AuthError::CertOfOtherProvider),
+            Some((_, cert)) => {
+                let p = self.providers.get(provider).ok_or(AuthError::Failed)?;
+                if !token.is_empty() && self.authenticate(provider, token).is_none() {
+                    return Err(AuthError::Failed);
+                }
+                Ok((p, cert_credential_id(cert)))
+            }
+            None => {
+                let (p, id) = self
+                    .authenticate_credential(provider, token)
+                    .ok_or(AuthError::Failed)?;
+                if p.require_client_cert {
+                    return Err(AuthError::CertRequired);
+                }
+                Ok((p, id))
+            }
+        }
+    }
+
+    /// The provider a client certificate (SHA-256, hex) is listed for.
+    pub fn cert_owner(&self, cert_sha256: &str) -> Option<&str> {
+        self.certs
+            .get(&cert_sha256.to_ascii_lowercase())
+            .map(String::as_str)
     }
 
     pub fn len(&self) -> usize {
@@ -379,6 +515,88 @@ mod tests {
         assert!(matches!(
             Registry::from_toml(bad),
             Err(RegistryError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn a_client_certificate_authenticates_only_its_own_provider() {
+        let (p_cert, q_cert) = ("a".repeat(64), "b".repeat(64));
+        let text = format!(
+            r#"
+            [[providers]]
+            id = "p"
+            display_name = "P"
+            encryption = "e2ee"
+            token_sha256 = ["{}"]
+            client_cert_sha256 = ["{}"]
+
+            [[providers]]
+            id = "q"
+            display_name = "Q"
+            encryption = "e2ee"
+            token_sha256 = ["{}"]
+            client_cert_sha256 = ["{}"]
+            require_client_cert = true
+            "#,
+            hash_token("p-token"),
+            p_cert.to_uppercase(),
+            hash_token("q-token"),
+            q_cert
+        );
+        let r = Registry::from_toml(&text).unwrap();
+        // The certificate alone authenticates its provider (any hex case).
+        let (p, cred) = r.authenticate_hello("p", "", Some(&p_cert)).unwrap();
+        assert_eq!(p.id, "p");
+        assert_eq!(cred, cert_credential_id(&p_cert));
+        assert!(r.has_credential("p", &cred));
+        // With a token as well, the token must be right too.
+        assert!(r.authenticate_hello("p", "p-token", Some(&p_cert)).is_ok());
+        assert_eq!(
+            r.authenticate_hello("p", "wrong", Some(&p_cert))
+                .unwrap_err(),
+            AuthError::Failed
+        );
+        // P's certificate never authenticates Q, not even with Q's token.
+        assert_eq!(
+            r.authenticate_hello("q", "q-token", Some(&p_cert))
+                .unwrap_err(),
+            AuthError::CertOfOtherProvider
+        );
+        // Q requires its certificate: its token alone is not enough.
+        assert_eq!(
+            r.authenticate_hello("q", "q-token", None).unwrap_err(),
+            AuthError::CertRequired
+        );
+        assert!(r.authenticate_hello("q", "", Some(&q_cert)).is_ok());
+        // P does not require one: the token alone works; no token does not.
+        assert!(r.authenticate_hello("p", "p-token", None).is_ok());
+        assert_eq!(
+            r.authenticate_hello("p", "", None).unwrap_err(),
+            AuthError::Failed
+        );
+        // A certificate no provider lists counts as none.
+        assert!(r
+            .authenticate_hello("p", "p-token", Some(&"c".repeat(64)))
+            .is_ok());
+        assert_eq!(r.cert_owner(&q_cert.to_uppercase()), Some("q"));
+
+        // One certificate, two providers: refused.
+        let dup = format!(
+            "[[providers]]\nid = \"a\"\ndisplay_name = \"x\"\nencryption = \"e2ee\"\nclient_cert_sha256 = [\"{p_cert}\"]\n[[providers]]\nid = \"b\"\ndisplay_name = \"y\"\nencryption = \"e2ee\"\nclient_cert_sha256 = [\"{p_cert}\"]\n"
+        );
+        assert!(matches!(
+            Registry::from_toml(&dup),
+            Err(RegistryError::DuplicateCert { .. })
+        ));
+        let short = "[[providers]]\nid = \"a\"\ndisplay_name = \"x\"\nencryption = \"e2ee\"\nclient_cert_sha256 = [\"abcd\"]\n";
+        assert!(matches!(
+            Registry::from_toml(short),
+            Err(RegistryError::BadCertHash { .. })
+        ));
+        let required = "[[providers]]\nid = \"a\"\ndisplay_name = \"x\"\nencryption = \"e2ee\"\nrequire_client_cert = true\n";
+        assert!(matches!(
+            Registry::from_toml(required),
+            Err(RegistryError::RequiresCertWithoutCert { .. })
         ));
     }
 

@@ -203,16 +203,19 @@ impl RegistryStore {
     }
 }
 
-/// The registry of the valid records; an invalid record is skipped (and
-/// logged) rather than taking every provider down.
+/// The registry of the valid records; an invalid record (or one whose
+/// client certificate another provider already lists) is skipped and logged
+/// rather than taking every provider down. Records are taken in id order so
+/// every replica skips the same one.
 fn build(records: &HashMap<String, Provider>) -> Registry {
-    let mut valid = Vec::with_capacity(records.len());
-    for p in records.values() {
-        match Registry::from_providers(vec![p.clone()]) {
-            Ok(_) => valid.push(p.clone()),
-            Err(e) => warn!(provider = %p.id, error = %e, "Skipping an invalid provider record."),
+    let mut ids: Vec<&String> = records.keys().collect();
+    ids.sort();
+    let mut registry = Registry::default();
+    for id in ids {
+        let p = &records[id];
+        if let Err(e) = registry.try_add(p.clone()) {
+            warn!(provider = %p.id, error = %e, "Skipping an invalid provider record.");
         }
     }
-    // Each was valid alone and ids are unique keys, so together they are.
-    Registry::from_providers(valid).unwrap_or_default()
+    registry
 }

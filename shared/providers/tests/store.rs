@@ -17,6 +17,8 @@ fn provider(id: &str, tokens: &[&str]) -> Provider {
         max_per_second: None,
         burst: None,
         capabilities: Default::default(),
+        client_cert_sha256: Vec::new(),
+        require_client_cert: false,
         removed: false,
     }
 }
@@ -107,4 +109,28 @@ async fn invalid_records_are_refused_on_write() {
     // An empty stream loads as an empty registry.
     let rx = store.watch(CancellationToken::new()).await.unwrap();
     assert!(rx.borrow().is_empty());
+}
+
+#[tokio::test]
+async fn a_client_certificate_listed_twice_skips_only_the_second_record() {
+    let nats = NatsServer::start();
+    let store = store(&nats).await;
+    let cert = "ab".repeat(32);
+    // Each record is valid alone (admin writes check across providers, a
+    // hand-written stream record might not).
+    let mut a = provider("alpha", &["ta"]);
+    a.client_cert_sha256 = vec![cert.clone()];
+    let mut b = provider("beta", &["tb"]);
+    b.client_cert_sha256 = vec![cert.to_uppercase()];
+    store.put(&a).await.unwrap();
+    store.put(&b).await.unwrap();
+    store.put(&provider("gamma", &["tc"])).await.unwrap();
+    let rx = store.watch(CancellationToken::new()).await.unwrap();
+    let registry = rx.borrow().clone();
+    // The first by id keeps the certificate; the clashing one is left out,
+    // everyone else is unaffected.
+    assert_eq!(registry.cert_owner(&cert), Some("alpha"));
+    assert!(registry.get("beta").is_none());
+    assert!(registry.authenticate("gamma", "tc").is_some());
+    assert!(registry.authenticate("alpha", "ta").is_some());
 }

@@ -6,6 +6,7 @@
 //! closure running the service to [`run_main`].
 
 pub mod admin;
+pub mod edge;
 pub mod tls;
 pub mod ws;
 

@@ -4,6 +4,19 @@
 //! (rustls, TLS 1.2 and 1.3). Without them it speaks plaintext, which is
 //! allowed only on a loopback address, or when `--allow-plaintext` says TLS
 //! is terminated in front of the gateway (an ingress or a service mesh).
+//!
+//! With `--tls-client-ca` the endpoint also asks for a client certificate
+//! (mutual TLS): one that does not chain to that CA fails the handshake; a
+//! verified one is fingerprinted (SHA-256 of its DER) and handed to the
+//! `Hello` check as [`Peer::client_cert_sha256`], which maps it to the
+//! provider that lists it (see `interop_providers::Registry::authenticate_hello`).
+//! A client without a certificate still connects and authenticates by token,
+//! unless its provider requires its certificate.
+//!
+//! [`serve`] bounds the time a connection may take before it is a WebSocket:
+//! [`HANDSHAKE_TIMEOUT`] for TLS, [`UPGRADE_TIMEOUT`] for the HTTP upgrade
+//! request header (also while a kept-alive connection waits for its next
+//! request).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,9 +25,7 @@ use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::ConfigError;
@@ -31,6 +42,9 @@ pub struct TlsArgs {
     /// Serve plaintext on a non-loopback address (TLS terminated in front).
     #[arg(long, env = "INTEROP_ALLOW_PLAINTEXT", default_value_t = false)]
     pub allow_plaintext: bool,
+    /// CA bundle (PEM) for client certificates: turns on optional mutual TLS.
+    #[arg(long, env = "INTEROP_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl TlsArgs {
@@ -40,7 +54,12 @@ impl TlsArgs {
         listen: SocketAddr,
     ) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
         match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => server_config(cert, key).map(Some),
+            (Some(cert), Some(key)) => {
+                server_config_with_client_ca(cert, key, self.tls_client_ca.as_deref()).map(Some)
+            }
+            _ if self.tls_client_ca.is_some() => Err(ConfigError(
+                "--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS)".into(),
+            )),
             _ if listen.ip().is_loopback() || self.allow_plaintext => Ok(None),
             _ => Err(ConfigError(format!(
                 "refusing plaintext on {listen}: give --tls-cert and --tls-key, or --allow-plaintext when TLS is terminated in front"
@@ -49,10 +68,21 @@ impl TlsArgs {
     }
 }
 
-/// A rustls server config from PEM files.
+/// A rustls server config from PEM files, without client certificates.
 pub fn server_config(
     cert: &std::path::Path,
     key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    server_config_with_client_ca(cert, key, None)
+}
+
+/// A rustls server config from PEM files. With `client_ca`, clients may
+/// present a certificate, which must chain to one of its CAs (optional
+/// mutual TLS: clients without one still connect).
+pub fn server_config_with_client_ca(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
 ) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
     let bad = |what: &str, p: &std::path::Path, e: &dyn std::fmt::Display| {
         ConfigError(format!("cannot read the TLS {what} {}: {e}", p.display()))
@@ -65,103 +95,176 @@ pub fn server_config(
         return Err(ConfigError(format!("no certificate in {}", cert.display())));
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("key", key, &e))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ConfigError(format!("TLS set-up: {e}")))?
-    .with_no_client_auth()
-    .with_single_cert(chain, key_der)
-    .map_err(|e| ConfigError(format!("TLS certificate and key do not fit: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError(format!("TLS set-up: {e}")))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad("client CA", ca, &e))? {
+                roots
+                    .add(c.map_err(|e| bad("client CA", ca, &e))?)
+                    .map_err(|e| bad("client CA", ca, &e))?;
+            }
+            if roots.is_empty() {
+                return Err(ConfigError(format!("no certificate in {}", ca.display())));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| bad("client CA", ca, &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(chain, key_der)
+        .map_err(|e| ConfigError(format!("TLS certificate and key do not fit: {e}")))?;
     Ok(Arc::new(config))
 }
 
 /// How long a client may take for the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; past that, new connections wait.
+/// Handshakes in progress at once; past that, new connections wait (within
+/// their own [`HANDSHAKE_TIMEOUT`]).
 pub const MAX_HANDSHAKES: usize = 256;
+/// How long a client may take, once connected (and past TLS), to send the
+/// HTTP upgrade request's header.
+pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A listener that hands out TLS streams. Handshakes run concurrently in the
-/// background, each under [`HANDSHAKE_TIMEOUT`], so a slow client cannot hold
-/// up the others.
-pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let acceptor = TlsAcceptor::from(config);
-        let (tx, rx) = mpsc::channel(64);
-        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, addr)) = tcp.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
-                };
-                if tx.is_closed() {
-                    return;
-                }
-                let (acceptor, conn_tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            // The server is gone when the receiver is dropped.
-                            conn_tx.send((tls, addr)).await.ok();
-                        }
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed."),
-                        Err(_) => tracing::debug!("TLS handshake timed out."),
-                    }
-                });
-            }
-        });
-        Ok(Self { rx, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => conn,
-            // The accept task only ends with the process; wait forever.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
+/// Who is on the other end of a connection: handlers read it as the
+/// request extension `axum::Extension<Peer>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// SHA-256 (hex) of the client certificate the TLS handshake verified.
+    pub client_cert_sha256: Option<String>,
 }
 
 /// Serves `app` on `listener` until `shutdown`: over TLS when `tls` is set,
 /// plaintext otherwise (see [`TlsArgs::server_config`] for when that is
-/// allowed).
+/// allowed). Each connection may take [`HANDSHAKE_TIMEOUT`] for TLS and
+/// [`UPGRADE_TIMEOUT`] for each request header (idle time included), and
+/// carries its [`Peer`] as a request extension.
+/// Returns once the listener stops; upgraded WebSockets live on under the
+/// handlers' own shutdown handling.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: axum::Router,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    let stop = async move { shutdown.cancelled().await };
-    match tls {
-        Some(config) => {
-            axum::serve(TlsListener::new(listener, config)?, app)
-                .with_graceful_shutdown(stop)
-                .await
+    let acceptor = tls.map(TlsAcceptor::from);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let conns = tokio_util::task::TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => break,
+        };
+        let (tcp, addr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly.
+                tracing::debug!(error = %e, "Accept failed.");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        tcp.set_nodelay(true).ok();
+        let (acceptor, permits, app, stop) = (
+            acceptor.clone(),
+            permits.clone(),
+            app.clone(),
+            shutdown.clone(),
+        );
+        conns.spawn(async move {
+            match acceptor {
+                None => {
+                    let peer = Peer {
+                        addr,
+                        client_cert_sha256: None,
+                    };
+                    serve_connection(tcp, peer, app, stop).await;
+                }
+                Some(acceptor) => {
+                    let handshake = async {
+                        let _permit = permits.acquire_owned().await.ok()?;
+                        acceptor.accept(tcp).await.ok()
+                    };
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                        Ok(Some(tls)) => tls,
+                        Ok(None) => {
+                            tracing::debug!("TLS handshake failed.");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out.");
+                            return;
+                        }
+                    };
+                    let client_cert_sha256 = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| interop_providers::cert_fingerprint(c.as_ref()));
+                    let peer = Peer {
+                        addr,
+                        client_cert_sha256,
+                    };
+                    serve_connection(tls, peer, app, stop).await;
+                }
+            }
+        });
+    }
+    conns.close();
+    // Connections still reading their request stop at shutdown; upgraded
+    // ones were handed to the handlers.
+    conns.wait().await;
+    Ok(())
+}
+
+/// One HTTP/1.1 connection: each request header within [`UPGRADE_TIMEOUT`].
+/// (Keep-alive stays on: hyper would otherwise answer the upgrade with
+/// `Connection: close`.)
+async fn serve_connection<IO>(
+    io: IO,
+    peer: Peer,
+    app: axum::Router,
+    shutdown: tokio_util::sync::CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tower_service::Service as _;
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(peer.clone());
+            let mut app = app.clone();
+            async move { app.call(req.map(axum::body::Body::new)).await }
+        });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(UPGRADE_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "HTTP connection ended with an error.");
+            }
         }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
+        () = shutdown.cancelled() => {
+            // A request in progress (an upload to the media API) finishes;
+            // idle connections close now. The service's shutdown grace
+            // bounds the wait.
+            conn.as_mut().graceful_shutdown();
+            conn.await.ok();
         }
     }
 }

@@ -9,7 +9,7 @@ use futures_util::SinkExt;
 use prost::Message as _;
 use tokio::sync::mpsc;
 
-use interop_proto::limits::MAX_FRAME_BYTES;
+use interop_proto::limits::{HARD_MAX_FRAME_BYTES, MAX_FRAME_BYTES};
 use interop_proto::v1::{server_frame, ClientFrame, RejectCode, Rejected, ServerFrame};
 
 /// WebSocket close codes the gateway uses (RFC 6455).
@@ -47,6 +47,24 @@ pub async fn push(out: &mpsc::Sender<Outbound>, item: Outbound) -> bool {
 
 /// Frames the writer may hold before handlers wait (backpressure).
 pub const OUTBOUND_QUEUE: usize = 1024;
+
+/// Bytes the WebSocket layer collects before writing to the socket.
+pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// Most bytes a connection's WebSocket write buffer may hold while the peer
+/// does not read: the buffer plus one largest message. Past it the write
+/// fails and the connection ends.
+pub const MAX_WRITE_BUFFER_BYTES: usize = WRITE_BUFFER_BYTES + 2 * HARD_MAX_FRAME_BYTES;
+
+/// The WebSocket settings of both provider endpoints: incoming messages and
+/// frames over [`HARD_MAX_FRAME_BYTES`] are refused from their header,
+/// before their payload is read (close 1009), and the write buffer is
+/// bounded by [`MAX_WRITE_BUFFER_BYTES`].
+pub fn configure(ws: axum::extract::WebSocketUpgrade) -> axum::extract::WebSocketUpgrade {
+    ws.max_message_size(HARD_MAX_FRAME_BYTES)
+        .max_frame_size(HARD_MAX_FRAME_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
+}
 
 /// Starts the task that writes frames to the socket. It ends when every
 /// sender is dropped, after a `Close`, or when the socket fails.
@@ -262,6 +280,29 @@ pub async fn refuse_hello(
         "authentication failed"
     } else {
         "hello refused"
+    };
+    push(out, Outbound::Close(close::POLICY_VIOLATION, reason)).await;
+}
+
+/// Refuses a `Hello` as the edge checks decided (see
+/// [`crate::edge::EdgeGuard::admit`]) and closes the connection.
+pub async fn refuse(out: &mpsc::Sender<Outbound>, request_id: u64, refusal: &crate::edge::Refusal) {
+    push(
+        out,
+        Outbound::frame(rejected(
+            request_id,
+            "",
+            refusal.code,
+            refusal.detail,
+            refusal.retry_after_ms,
+        )),
+    )
+    .await;
+    let reason = match refusal.code {
+        RejectCode::AuthFailed => "authentication failed",
+        RejectCode::RateLimited => "too many failed authentications",
+        RejectCode::TooManyConnections => "too many connections",
+        _ => "hello refused",
     };
     push(out, Outbound::Close(close::POLICY_VIOLATION, reason)).await;
 }

@@ -64,6 +64,8 @@ has a WebSocket port and reads the provider registry.
 ingest:
   key: ingest
   edge: true
+  providers: true
+  portName: ws
   listenEnv: INTEROP_INGEST_LISTEN
 spam-scoring:
   key: spamScoring
@@ -74,9 +76,14 @@ routing:
 media-transcoding:
   key: mediaTranscoding
   edge: false
+  providers: true
+  portName: media
+  listenEnv: INTEROP_MEDIA_TRANSCODING_LISTEN
 delivery:
   key: delivery
   edge: true
+  providers: true
+  portName: ws
   listenEnv: INTEROP_DELIVERY_LISTEN
 {{- end -}}
 
@@ -178,6 +185,12 @@ providers.toml
 {{- end -}}
 
 {{/* Fails rendering unless exactly one source of the provider registry is set. */}}
+{{- define "interop.validateTls" -}}
+{{- if and .Values.tls.clientCa.existingSecret (not .Values.tls.existingSecret) -}}
+{{- fail "tls.clientCa.existingSecret (mutual TLS) needs tls.existingSecret: ingest and delivery must serve TLS themselves to see client certificates" -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "interop.validateProviders" -}}
 {{- if and .Values.providers.existingSecret .Values.providers.registry -}}
 {{- fail "providers: set either providers.existingSecret or providers.registry, not both" -}}
@@ -235,6 +248,11 @@ INTEROP_STREAM_REPLICAS: {{ .Values.jetstream.replicas | toString | quote }}
 INTEROP_INBOX_MAX_AGE_SECS: {{ .Values.jetstream.inboxMaxAgeSeconds | int64 | toString | quote }}
 INTEROP_INBOX_MAX_PER_RECIPIENT: {{ .Values.jetstream.inboxMaxPerRecipient | int64 | toString | quote }}
 INTEROP_ALLOW_PLAINTEXT: {{ .Values.tls.terminatedInFront | toString | quote }}
+{{- $perAddress := int .Values.authThrottle.maxFailuresPerAddress }}
+{{- if lt $perAddress 0 }}{{ $perAddress = ternary 20 0 (not (empty .Values.tls.existingSecret)) }}{{ end }}
+INTEROP_AUTH_MAX_FAILURES_PER_ADDRESS: {{ $perAddress | toString | quote }}
+INTEROP_AUTH_MAX_FAILURES_PER_PROVIDER: {{ .Values.authThrottle.maxFailuresPerProvider | int | toString | quote }}
+INTEROP_AUTH_FAILURE_WINDOW_SECS: {{ .Values.authThrottle.windowSeconds | int | toString | quote }}
 {{- with .Values.otel.endpoint }}
 OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
 INTEROP_TRACE_SAMPLE_RATIO: {{ $.Values.otel.sampleRatio | toString | quote }}
@@ -266,11 +284,29 @@ INTEROP_TRACE_SAMPLE_RATIO: {{ $.Values.otel.sampleRatio | toString | quote }}
 - name: INTEROP_REDIS_URL
   value: {{ regexReplaceAll "^(rediss?://)" (include "interop.redisUrl" $root) "${1}:$(INTEROP_REDIS_PASSWORD)@" | quote }}
 {{- end }}
-{{- if .c.edge }}
+{{- if .c.listenEnv }}
 - name: {{ .c.listenEnv }}
   value: {{ printf "0.0.0.0:%d" (int .v.containerPort) | quote }}
+{{- end }}
+{{- if .c.providers }}
 - name: INTEROP_PROVIDERS_FILE
   value: /etc/interop/providers/providers.toml
+{{- end }}
+{{- if and .c.edge $root.Values.tls.existingSecret }}
+- name: INTEROP_TLS_CERT
+  value: /etc/interop/tls/tls.crt
+- name: INTEROP_TLS_KEY
+  value: /etc/interop/tls/tls.key
+{{- if $root.Values.tls.clientCa.existingSecret }}
+- name: INTEROP_TLS_CLIENT_CA
+  value: /etc/interop/client-ca/ca.crt
+{{- end }}
+{{- end }}
+{{- if and (eq .component "ingest") .v.adminApi.enabled }}
+- name: INTEROP_INGEST_ADMIN_API_LISTEN
+  value: {{ printf "0.0.0.0:%d" (int .v.adminApi.port) | quote }}
+- name: INTEROP_ADMIN_TOKEN_FILE
+  value: /etc/interop/admin-api/admin-token
 {{- end }}
 {{- range $name, $value := .v.env }}
 - name: {{ $name }}
@@ -281,7 +317,7 @@ INTEROP_TRACE_SAMPLE_RATIO: {{ $.Values.otel.sampleRatio | toString | quote }}
 {{/* Pod-level checksums that roll the pods when their configuration changes. */}}
 {{- define "interop.checksums" -}}
 checksum/config: {{ include "interop.configData" .root | sha256sum }}
-{{- if and .c.edge (not .root.Values.providers.existingSecret) }}
+{{- if and .c.providers (not .root.Values.providers.existingSecret) }}
 checksum/providers: {{ include "interop.providersToml" .root | sha256sum }}
 {{- end }}
 {{- end -}}
@@ -311,6 +347,22 @@ display_name = {{ .displayName | quote }}
 privacy_policy_url = {{ default "" .privacyPolicyUrl | quote }}
 encryption = {{ .encryption | quote }}
 token_sha256 = [{{ range $i, $h := $hashes }}{{ if $i }}, {{ end }}{{ $h | quote }}{{ end }}]
+{{- with .clientCertSha256 }}
+client_cert_sha256 = [{{ range $i, $h := . }}{{ if $i }}, {{ end }}{{ $h | lower | quote }}{{ end }}]
+{{- end }}
+{{- if .requireClientCert }}
+require_client_cert = true
+{{- end }}
+{{- with .capabilities }}
+
+[providers.capabilities]
+{{- if hasKey . "content" }}
+content = [{{ range $i, $k := .content }}{{ if $i }}, {{ end }}{{ $k | quote }}{{ end }}]
+{{- end }}
+{{- if hasKey . "mediaFormats" }}
+media_formats = [{{ range $i, $f := .mediaFormats }}{{ if $i }}, {{ end }}{{ $f | quote }}{{ end }}]
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if $generated.sender }}
 {{- if not $homeSeen }}
@@ -327,14 +379,71 @@ token_sha256 = [{{ $generated.sender | sha256sum | quote }}]
 {{- end }}
 {{- end -}}
 
-{{/* Volume mounts every service container gets. */}}
+{{/* Volume mounts of a service container: (dict "root" $ "component" name "c" componentInfo "v" values) */}}
 {{- define "interop.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
-{{- if .edge }}
+{{- if .c.providers }}
 - name: providers
   mountPath: /etc/interop/providers
   readOnly: true
+{{- end }}
+{{- if and .c.edge .root.Values.tls.existingSecret }}
+- name: tls
+  mountPath: /etc/interop/tls
+  readOnly: true
+{{- if .root.Values.tls.clientCa.existingSecret }}
+- name: client-ca
+  mountPath: /etc/interop/client-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- if and (eq .component "ingest") .v.adminApi.enabled }}
+- name: admin-api
+  mountPath: /etc/interop/admin-api
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* Volumes of a service pod beyond /tmp: (dict "root" $ "component" name "c" componentInfo "v" values) */}}
+{{- define "interop.volumes" -}}
+{{- if .c.providers }}
+- name: providers
+  secret:
+    secretName: {{ include "interop.providersSecretName" .root }}
+    defaultMode: 0440
+    items:
+      - key: {{ include "interop.providersSecretKey" .root }}
+        path: providers.toml
+{{- end }}
+{{- if and .c.edge .root.Values.tls.existingSecret }}
+- name: tls
+  secret:
+    secretName: {{ .root.Values.tls.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- if .root.Values.tls.clientCa.existingSecret }}
+- name: client-ca
+  secret:
+    secretName: {{ .root.Values.tls.clientCa.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .root.Values.tls.clientCa.existingSecretKey }}
+        path: ca.crt
+{{- end }}
+{{- end }}
+{{- if and (eq .component "ingest") .v.adminApi.enabled }}
+- name: admin-api
+  secret:
+    secretName: {{ required "ingest.adminApi.existingSecret (a Secret holding the admin API's bearer token) is required when ingest.adminApi.enabled is true" .v.adminApi.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .v.adminApi.existingSecretKey }}
+        path: admin-token
 {{- end }}
 {{- end -}}
 

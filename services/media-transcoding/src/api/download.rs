@@ -20,10 +20,12 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use tokio_util::io::ReaderStream;
 use tracing::{debug, warn};
 
 use interop_proto::Address;
+use interop_service::tls::Peer;
 
 use super::{authenticate, count, header_str, ApiError, ApiState, Family};
 use crate::store::is_media_id;
@@ -32,9 +34,10 @@ use crate::store::is_media_id;
 pub async fn download(
     State(s): State<Arc<ApiState>>,
     Path(media_id): Path<String>,
+    Extension(peer): Extension<Peer>,
     headers: HeaderMap,
 ) -> Response {
-    match serve(&s, &media_id, &headers).await {
+    match serve(&s, &peer, &media_id, &headers).await {
         Ok((size, response)) => {
             count(&s.metrics, Family::Download, "ok");
             s.metrics.download_bytes.inc_by(size);
@@ -58,10 +61,11 @@ fn not_found() -> ApiError {
 
 async fn serve(
     s: &ApiState,
+    peer: &Peer,
     media_id: &str,
     headers: &HeaderMap,
 ) -> Result<(u64, Response), ApiError> {
-    let provider = authenticate(&s.providers, headers)?;
+    let provider = authenticate(s, peer, headers).await?;
     let user = header_str(headers, "x-interop-as")
         .ok_or_else(|| ApiError::malformed("X-Interop-As: <provider>:<user> is required"))?;
     let user =

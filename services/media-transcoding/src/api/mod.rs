@@ -28,7 +28,11 @@ use crate::store::MediaStore;
 
 /// What the handlers share.
 pub struct ApiState {
-    pub providers: Arc<Registry>,
+    /// The live registry (updated from the registry stream, so a revoked
+    /// token stops working here too).
+    pub providers: tokio::sync::watch::Receiver<Arc<Registry>>,
+    /// The failed-authentication throttle shared with ingest and delivery.
+    pub edge: interop_service::edge::EdgeGuard,
     pub store: MediaStore,
     pub grants: Grants,
     pub metrics: MediaMetrics,
@@ -49,6 +53,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub detail: String,
+    /// Seconds for `Retry-After` (rate limiting), when set.
+    pub retry_after_secs: Option<u32>,
 }
 
 impl ApiError {
@@ -57,6 +63,7 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            retry_after_secs: None,
         }
     }
 
@@ -70,6 +77,20 @@ impl ApiError {
 
     pub fn malformed(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "MALFORMED_REQUEST", detail)
+    }
+
+    /// Too many failed authentications; the detail carries the wait in
+    /// seconds, also sent as `Retry-After`.
+    pub fn rate_limited(detail: &str, retry_after_ms: u32) -> Self {
+        let secs = retry_after_ms.div_ceil(1000).max(1);
+        Self {
+            retry_after_secs: Some(secs),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                format!("{detail}; retry after {secs} s"),
+            )
+        }
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
@@ -91,6 +112,7 @@ impl ApiError {
             "NOT_FOUND" => "not_found",
             "FORBIDDEN" => "forbidden",
             "UNAVAILABLE" => "unavailable",
+            "RATE_LIMITED" => "rate_limited",
             _ => "internal",
         }
     }
@@ -121,6 +143,11 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }
@@ -133,19 +160,35 @@ pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a s
         .map(str::trim)
 }
 
-/// The authenticated provider.
-pub(crate) fn authenticate<'a>(
-    providers: &'a Registry,
+/// The authenticated provider. Failed attempts count against the peer's
+/// address and the provider id, in Redis, together with failed `Hello`s on
+/// ingest and delivery (`interop_service::edge`); past the limits the
+/// answer is `429 RATE_LIMITED` with `Retry-After`.
+pub(crate) async fn authenticate(
+    s: &ApiState,
+    peer: &interop_service::tls::Peer,
     headers: &HeaderMap,
-) -> Result<&'a Provider, ApiError> {
+) -> Result<Provider, ApiError> {
     let provider = header_str(headers, "x-interop-provider").ok_or_else(ApiError::auth_failed)?;
     let token = header_str(headers, header::AUTHORIZATION.as_str())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or_else(ApiError::auth_failed)?;
-    providers
-        .authenticate(provider, token)
-        .ok_or_else(ApiError::auth_failed)
+    let registry = s.providers.borrow().clone();
+    match s
+        .edge
+        .check_token(&registry, peer.addr.ip(), provider, token)
+        .await
+    {
+        Ok(()) => registry
+            .get(provider)
+            .cloned()
+            .ok_or_else(ApiError::auth_failed),
+        Err(r) if r.code == interop_proto::v1::RejectCode::RateLimited => {
+            Err(ApiError::rate_limited(r.detail, r.retry_after_ms))
+        }
+        Err(_) => Err(ApiError::auth_failed()),
+    }
 }
 
 pub(crate) fn count(metrics: &MediaMetrics, family: Family, result: &'static str) {

@@ -26,10 +26,12 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures_util::StreamExt;
 use tracing::{debug, warn};
 
 use interop_proto::v1::Encryption;
+use interop_service::tls::Peer;
 
 use super::{authenticate, count, header_str, ApiError, ApiState, Family};
 use crate::error::MediaError;
@@ -55,8 +57,13 @@ pub struct Uploaded {
 }
 
 /// The handler.
-pub async fn upload(State(s): State<Arc<ApiState>>, headers: HeaderMap, body: Body) -> Response {
-    match receive(&s, &headers, body).await {
+pub async fn upload(
+    State(s): State<Arc<ApiState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match receive(&s, &peer, &headers, body).await {
         Ok(up) => {
             count(&s.metrics, Family::Upload, "ok");
             s.metrics.upload_bytes.inc_by(up.size);
@@ -163,8 +170,13 @@ fn too_large(detail: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE", detail)
 }
 
-async fn receive(s: &ApiState, headers: &HeaderMap, body: Body) -> Result<Uploaded, ApiError> {
-    let provider = authenticate(&s.providers, headers)?;
+async fn receive(
+    s: &ApiState,
+    peer: &Peer,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Uploaded, ApiError> {
+    let provider = authenticate(s, peer, headers).await?;
     let a = announced(headers)?;
     let e2ee = a.encryption == Encryption::E2ee;
     if !e2ee && !a.content_type.processable() {
