@@ -812,4 +812,41 @@ mod tests {
             }
         ));
     }
+
+    #[test]
+    fn consent_and_request_commands_parse_and_refuse_unknown_values() {
+        let cli = Cli::try_parse_from([
+            "interop",
+            "consent",
+            "--as",
+            "home:+4915112345678",
+            "--opted-in",
+            "false",
+            "--allow",
+            "signal,telegram",
+            "--inbox",
+            "combined",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Consent { opted_in: Some(false), allow: Some(ref a), inbox: Some(ref i), .. }
+                if a == &["signal", "telegram"] && i == "combined"
+        ));
+        assert!(Cli::try_parse_from([
+            "interop", "consent", "--as", "home:+1", "--inbox", "requests"
+        ])
+        .is_err());
+        for action in ["accept", "decline", "block", "report", "reset"] {
+            let cli = Cli::try_parse_from([
+                "interop", "request", action, "--as", "home:+1", "--sender", "signal:a",
+            ])
+            .unwrap();
+            assert!(matches!(cli.command, Command::Request { action: ref a, .. } if a == action));
+        }
+        assert!(Cli::try_parse_from([
+            "interop", "request", "ignore", "--as", "home:+1", "--sender", "signal:a"
+        ])
+        .is_err());
+    }
 }
