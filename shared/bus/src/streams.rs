@@ -34,6 +34,10 @@ impl Default for StreamSettings {
     }
 }
 
+/// Most messages the quarantine holds (the oldest go first); they also age
+/// out with the store's max age.
+pub const QUARANTINE_MAX_MESSAGES: i64 = 1_000_000;
+
 /// Window in which a re-published `Nats-Msg-Id` is dropped as a duplicate.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -66,6 +70,18 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             discard: stream::DiscardPolicy::Old,
             max_age: s.inbox_max_age,
             max_messages_per_subject: s.inbox_max_per_recipient,
+            storage: stream::StorageType::File,
+            num_replicas: s.replicas,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        },
+        stream::Config {
+            name: STREAM_QUARANTINE.to_owned(),
+            subjects: vec![ROUTING_QUARANTINED.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_age: s.inbox_max_age,
+            max_messages: QUARANTINE_MAX_MESSAGES,
             storage: stream::StorageType::File,
             num_replicas: s.replicas,
             duplicate_window: DUPLICATE_WINDOW,
