@@ -726,7 +726,23 @@ pub fn render(r: &Report) -> String {
             ("spam sent", r.spam.sent),
             ("accepted", r.spam.accepted),
             ("refused as SPAM", r.spam.refused_as_spam),
+            ("held in quarantine", r.spam_held),
             ("reached inboxes", r.spam.reached_inboxes),
+            ("… of them as requests", r.spam.reached_requests),
+        ] {
+            w!(o, "<tr><th>{name}</th><td>{}</td></tr>", fmt_num(n as f64));
+        }
+        o.push_str("</tbody></table>");
+    }
+    if r.first_contacts.sent > 0 {
+        let fc = &r.first_contacts;
+        o.push_str("<h2>First contacts</h2><table><tbody>");
+        for (name, n) in [
+            ("sent", fc.sent),
+            ("accepted", fc.accepted),
+            ("delivered", fc.delivered),
+            ("… as requests", fc.as_requests),
+            ("held beyond the request", fc.held),
         ] {
             w!(o, "<tr><th>{name}</th><td>{}</td></tr>", fmt_num(n as f64));
         }

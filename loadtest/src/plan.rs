@@ -58,6 +58,8 @@ pub struct Planned {
     pub e2ee: bool,
     /// Index into the text or ciphertext size table.
     pub size: usize,
+    /// A normal sender's message to a stranger (`users.strangers`).
+    pub first_contact: bool,
 }
 
 /// The parsed client message id of one of our messages.
@@ -133,6 +135,11 @@ pub struct Plan {
     spammers: Vec<String>,
     recipients: Vec<String>,
     receipt_senders: u32,
+    /// The first `contacts` recipients accept every normal sender; the rest
+    /// are strangers.
+    contacts: u32,
+    strangers: u32,
+    first_contact_ppm: u64,
     spam_ppm: u64,
     e2ee_ppm: u64,
     text_sizes: Sizes,
@@ -152,6 +159,7 @@ fn address(provider: &str, run: RunId, role: u8, index: u32) -> String {
         let name = match role {
             1 => "r",
             2 => "s",
+            4 => "n",
             _ => "x",
         };
         format!("{provider}:lt-{run}-{name}{index}")
@@ -161,6 +169,33 @@ fn address(provider: &str, run: RunId, role: u8, index: u32) -> String {
 fn filler_text(bytes: usize) -> String {
     const WORDS: &str = "the quick brown fox jumps over the lazy dog and keeps on running ";
     WORDS.chars().cycle().take(bytes).collect()
+}
+
+/// A text that starts with words unique to `seq` (letters, since the
+/// gateway's payload fingerprint ignores digits), padded to `bytes`.
+fn unique_text(seq: u64, bytes: usize) -> String {
+    let mut out = String::with_capacity(bytes.max(40));
+    for part in [seq, mix64(seq)] {
+        let mut x = part;
+        for _ in 0..8 {
+            out.push(char::from(b'a' + (x % 26) as u8));
+            x /= 26;
+        }
+        out.push(' ');
+    }
+    out.push_str(&filler_text(bytes.saturating_sub(out.len())));
+    out
+}
+
+/// A scam text: the same words every time, only the numbers change.
+fn spam_text(seq: u64) -> String {
+    let h = mix64(seq);
+    format!(
+        "WINNER!! You have been selected for a {} EUR cash prize. Call 0906{:07} now or claim at http://bit.ly/{} T&C apply",
+        500 + h % 1000,
+        (h >> 10) % 10_000_000,
+        (h >> 40) % 100_000
+    )
 }
 
 fn filler_bytes(bytes: usize, seed: u64) -> Bytes {
@@ -188,8 +223,12 @@ impl Plan {
                 .collect(),
             recipients: (0..u.recipients)
                 .map(|i| address(&u.recipient_provider, run, 1, i))
+                .chain((0..u.strangers).map(|i| address(&u.recipient_provider, run, 4, i)))
                 .collect(),
             receipt_senders: scenario.receipt_senders,
+            contacts: u.recipients,
+            strangers: u.strangers,
+            first_contact_ppm: (m.first_contact_share * PPM as f64).round() as u64,
             spam_ppm: (scenario.spam_share * PPM as f64).round() as u64,
             e2ee_ppm: (m.e2ee_share * PPM as f64).round() as u64,
             text_sizes: Sizes::new(&m.text_sizes),
@@ -207,8 +246,19 @@ impl Plan {
         }
     }
 
+    /// Every recipient: the contacts, then the strangers.
     pub fn recipients(&self) -> &[String] {
         &self.recipients
+    }
+
+    /// The recipients who accept every normal sender before the run.
+    pub fn contacts(&self) -> &[String] {
+        &self.recipients[..self.contacts as usize]
+    }
+
+    /// Whether spammers fan out to strangers (rather than flood the contacts).
+    pub fn spam_to_strangers(&self) -> bool {
+        self.strangers > 0
     }
 
     pub fn senders(&self) -> &[String] {
@@ -252,7 +302,17 @@ impl Plan {
             Origin::Normal((normal_index % self.senders.len() as u64) as u32)
         };
         let h = mix64(seq ^ (u64::from(self.run.0) << 40));
-        let to = ((h & 0xFFFF_FFFF) % self.recipients.len().max(1) as u64) as u32;
+        let h2 = mix64(h);
+        let first_contact = matches!(from, Origin::Normal(_))
+            && self.strangers > 0
+            && ((h2 >> 44) * PPM) >> 20 < self.first_contact_ppm;
+        let to_stranger =
+            first_contact || (self.strangers > 0 && matches!(from, Origin::Spammer(_)));
+        let to = if to_stranger {
+            self.contacts + ((h2 & 0xFFFF_FFFF) % u64::from(self.strangers)) as u32
+        } else {
+            ((h & 0xFFFF_FFFF) % u64::from(self.contacts).max(1)) as u32
+        };
         let e2ee = ((((h >> 32) & 0xF_FFFF) * PPM) >> 20) < self.e2ee_ppm;
         let size_draw = h >> 52;
         let size = if e2ee {
@@ -265,6 +325,7 @@ impl Plan {
             to,
             e2ee,
             size,
+            first_contact,
         }
     }
 
@@ -276,7 +337,37 @@ impl Plan {
     }
 
     /// The envelope of message `seq`, stamped with its actual send time.
+    /// First contacts carry content unique to the message; fan-out spam is
+    /// a near-identical text (only its numbers change) or a ciphertext
+    /// unique to the message (as real E2EE spam would be), from an account
+    /// a day old.
     pub fn envelope(&self, seq: u64, planned: &Planned, sent_us: u64) -> Envelope {
+        let fanout_spam = self.spam_to_strangers() && matches!(planned.from, Origin::Spammer(_));
+        let mut env = self.base_envelope(seq, planned, sent_us);
+        if fanout_spam || planned.first_contact {
+            let size = self.content_bytes(planned);
+            env.content = Some(if planned.e2ee {
+                envelope::Content::Ciphertext(Ciphertext {
+                    scheme: "loadtest".into(),
+                    payload: filler_bytes(size, mix64(seq ^ 0x5eed)),
+                })
+            } else if fanout_spam {
+                envelope::Content::Text(Text {
+                    body: spam_text(seq),
+                })
+            } else {
+                envelope::Content::Text(Text {
+                    body: unique_text(seq, size),
+                })
+            });
+        }
+        if fanout_spam {
+            env.sender_account_created_at_ms = interop_proto::now_ms() - 86_400_000;
+        }
+        env
+    }
+
+    fn base_envelope(&self, seq: u64, planned: &Planned, sent_us: u64) -> Envelope {
         let content = if planned.e2ee {
             envelope::Content::Ciphertext(Ciphertext {
                 scheme: "loadtest".into(),
@@ -417,7 +508,65 @@ mod tests {
             from: Origin::Spammer(1),
             to: 0,
             e2ee: false,
-            size: 0
+            size: 0,
+            first_contact: false,
         }));
+    }
+
+    #[test]
+    fn first_contacts_and_fan_out_spam_go_to_strangers_with_their_own_content() {
+        let s = scenario(
+            "[users]\nrecipients = 4\nstrangers = 50\n[mix]\nfirst_contact_share = 0.1\ne2ee_share = 0.5\n[spammers]\ncount=1\nshare=0.2",
+        );
+        let plan = Plan::new(&s, RunId(7));
+        assert_eq!(plan.recipients().len(), 54);
+        assert_eq!(plan.contacts().len(), 4);
+        let (mut firsts, mut normal, mut spam_texts) = (0u64, 0u64, Vec::new());
+        for seq in 0..20_000 {
+            let p = plan.at(seq);
+            let env = plan.envelope(seq, &p, 0);
+            match p.from {
+                Origin::Spammer(_) => {
+                    assert!(p.to >= 4, "spam goes to strangers");
+                    assert!(env.sender_account_created_at_ms > 0);
+                    if let Some(envelope::Content::Text(t)) = env.content {
+                        spam_texts.push(t.body);
+                    }
+                }
+                Origin::Normal(_) => {
+                    normal += 1;
+                    assert_eq!(p.first_contact, p.to >= 4);
+                    firsts += u64::from(p.first_contact);
+                    assert_eq!(env.sender_account_created_at_ms, 0);
+                }
+            }
+        }
+        let share = firsts as f64 / normal as f64;
+        assert!((0.09..0.11).contains(&share), "{share}");
+        // Near-identical: same letters, different numbers.
+        let letters = |t: &str| t.chars().filter(|c| c.is_alphabetic()).collect::<String>();
+        assert!(spam_texts.len() > 100);
+        assert!(spam_texts
+            .iter()
+            .all(|t| letters(t) == letters(&spam_texts[0])));
+        assert_ne!(spam_texts[0], spam_texts[1]);
+        // First-contact texts differ in their letters.
+        let a = plan.envelope(
+            1,
+            &Planned {
+                first_contact: true,
+                ..plan.at(1)
+            },
+            0,
+        );
+        let b = plan.envelope(
+            2,
+            &Planned {
+                first_contact: true,
+                ..plan.at(2)
+            },
+            0,
+        );
+        assert_ne!(a.content, b.content);
     }
 }

@@ -95,6 +95,7 @@ pub struct Stats {
     /// Receipts for messages that were already receipted.
     pub duplicate_receipts: u64,
     pub spam: SpamStats,
+    pub first_contacts: FirstContactStats,
     /// Session or connection failures (each reconnected).
     pub connection_errors: u64,
 }
@@ -107,6 +108,18 @@ pub struct SpamStats {
     pub reached_inboxes: u64,
     /// Refused with a `FAILED`/`SPAM` receipt.
     pub refused_as_spam: u64,
+    /// Of `reached_inboxes`: filed as message requests.
+    pub reached_requests: u64,
+}
+
+/// Normal senders' first messages to strangers (`mix.first_contact_share`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FirstContactStats {
+    pub sent: u64,
+    pub accepted: u64,
+    pub delivered: u64,
+    /// Of `delivered`: filed as message requests (the usual for a first contact).
+    pub as_requests: u64,
 }
 
 /// A short summary for the progress line.
@@ -183,6 +196,7 @@ impl Recorder {
                 foreign: 0,
                 duplicate_receipts: 0,
                 spam: SpamStats::default(),
+                first_contacts: FirstContactStats::default(),
                 connection_errors: 0,
             }),
         }
@@ -215,10 +229,12 @@ impl Recorder {
 
     /// Message `seq` went on the wire at `now_us`.
     pub fn sent(&self, seq: u64, now_us: u64) {
-        let spam = self.is_spam(seq);
+        let planned = self.plan.at(seq);
+        let spam = matches!(planned.from, Origin::Spammer(_));
         let mut s = self.lock();
         s.sent += 1;
         s.spam.sent += u64::from(spam);
+        s.first_contacts.sent += u64::from(planned.first_contact);
         s.second(now_us).sent += 1;
     }
 
@@ -226,7 +242,8 @@ impl Recorder {
     pub fn answered(&self, seq: u64, answer: Answer, now_us: u64) {
         let measured = self.schedule.is_measured(seq);
         let intended = self.schedule.offset_us(seq).unwrap_or(now_us);
-        let spam = self.is_spam(seq);
+        let planned = self.plan.at(seq);
+        let spam = matches!(planned.from, Origin::Spammer(_));
         if answer == Answer::Accepted && self.ledger.accepted.mark(seq) != Mark::New {
             return;
         }
@@ -235,6 +252,7 @@ impl Recorder {
             Answer::Accepted => {
                 s.second(now_us).accepted += 1;
                 s.spam.accepted += u64::from(spam);
+                s.first_contacts.accepted += u64::from(planned.first_contact);
                 if measured {
                     s.accept.saturating_record(now_us.saturating_sub(intended));
                 }
@@ -251,9 +269,16 @@ impl Recorder {
     /// offset)`, as read from their client message ids) at `now_us`.
     /// Returns how many were duplicates.
     pub fn delivered(&self, batch: &[(u64, u64)], now_us: u64) -> u64 {
+        self.delivered_filed(batch, &[], now_us)
+    }
+
+    /// Like [`Recorder::delivered`]; `requests[i]` says whether `batch[i]`
+    /// was filed as a message request (missing entries: it was not).
+    pub fn delivered_filed(&self, batch: &[(u64, u64)], requests: &[bool], now_us: u64) -> u64 {
         let mut s = self.lock();
         let mut duplicates = 0;
-        for &(seq, sent_us) in batch {
+        for (i, &(seq, sent_us)) in batch.iter().enumerate() {
+            let as_request = requests.get(i).copied().unwrap_or(false);
             match self.ledger.deliver(seq) {
                 Mark::OutOfRange => {
                     s.foreign += 1;
@@ -269,6 +294,11 @@ impl Recorder {
             let planned = self.plan.at(seq);
             if matches!(planned.from, Origin::Spammer(_)) {
                 s.spam.reached_inboxes += 1;
+                s.spam.reached_requests += u64::from(as_request);
+            }
+            if planned.first_contact {
+                s.first_contacts.delivered += 1;
+                s.first_contacts.as_requests += u64::from(as_request);
             }
             if self.plan.has_receipts(&planned) {
                 s.tracked_delivered += 1;
@@ -439,7 +469,8 @@ mod tests {
                 sent: 1,
                 accepted: 2,
                 reached_inboxes: 1,
-                refused_as_spam: 1
+                refused_as_spam: 1,
+                reached_requests: 0,
             }
         );
         assert_eq!(s.receipts_delivered, 1);

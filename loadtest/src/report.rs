@@ -32,6 +32,10 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}
+
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
@@ -179,6 +183,12 @@ pub struct Report {
     pub receipt_latency_ms: Latency,
     pub receipts: Receipts,
     pub spam: SpamStats,
+    /// Spam accepted but neither delivered nor refused: held in the
+    /// gateway's quarantine (not counted as lost).
+    pub spam_held: u64,
+    /// Share of accepted spam that reached a recipient (inbox or requests).
+    pub spam_reached_share: Option<f64>,
+    pub first_contacts: FirstContactReport,
     pub steps: Vec<StepReport>,
     /// Stepped runs: the highest healthy rate before the first unhealthy step.
     pub knee_msgs_per_s: Option<f64>,
@@ -191,6 +201,20 @@ pub struct Report {
     pub generator: Generator,
     pub interrupted: bool,
     pub warnings: Vec<String>,
+}
+
+/// Normal senders' first contacts: how many were held beyond the usual
+/// message request (accepted, never delivered: quarantined or refused).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FirstContactReport {
+    pub sent: u64,
+    pub accepted: u64,
+    pub delivered: u64,
+    /// Of `delivered`: filed as message requests.
+    pub as_requests: u64,
+    /// Accepted and not delivered (not counted as lost).
+    pub held: u64,
+    pub held_share: Option<f64>,
 }
 
 /// What the runner knows beyond the recorder.
@@ -322,6 +346,12 @@ impl Report {
             .filter(|c| *c > 0.0)
             .map(|c| (throughput / c * 10_000.0).round() / 10_000.0);
         let u = &scenario.file.users;
+        let fc = stats.first_contacts;
+        let spam_held = stats
+            .spam
+            .accepted
+            .saturating_sub(stats.spam.reached_inboxes + stats.spam.refused_as_spam);
+        let first_contacts_held = fc.accepted.saturating_sub(fc.delivered);
         let mut report = Self {
             tool: "interop-loadtest",
             version: env!("CARGO_PKG_VERSION"),
@@ -345,7 +375,7 @@ impl Report {
             unanswered: stats.unanswered,
             delivered: tally.delivered,
             failed: stats.failed.clone(),
-            lost: tally.lost,
+            lost: tally.lost.saturating_sub(spam_held + first_contacts_held),
             lost_sample: ledger.lost_sample(20),
             duplicates: tally.duplicates,
             delivered_unacknowledged: tally.delivered_unacknowledged,
@@ -361,6 +391,18 @@ impl Report {
                 duplicate: stats.duplicate_receipts,
             },
             spam: stats.spam,
+            spam_held,
+            spam_reached_share: (stats.spam.accepted > 0)
+                .then(|| round4(stats.spam.reached_inboxes as f64 / stats.spam.accepted as f64)),
+            first_contacts: FirstContactReport {
+                sent: fc.sent,
+                accepted: fc.accepted,
+                delivered: fc.delivered,
+                as_requests: fc.as_requests,
+                held: first_contacts_held,
+                held_share: (fc.accepted > 0)
+                    .then(|| round4(first_contacts_held as f64 / fc.accepted as f64)),
+            },
             knee_msgs_per_s: if scenario.is_stepped() {
                 knee(&steps)
             } else {
@@ -451,7 +493,13 @@ impl Report {
                 u.reason
             ));
         }
-        if self.spam.sent > 0 && self.spam.refused_as_spam == 0 {
+        if self.first_contacts.held > 0 {
+            w.push(format!(
+                "{} first contacts of normal senders were held beyond the usual message request.",
+                self.first_contacts.held
+            ));
+        }
+        if self.spam.sent > 0 && self.spam.refused_as_spam == 0 && self.spam_held == 0 {
             w.push("Spammers were not refused at all: is spam-scoring's limit higher than users.spam_limit_per_min?".to_owned());
         }
         w
@@ -512,11 +560,26 @@ impl Report {
         if self.spam.sent > 0 {
             wln!(
                 o,
-                "  spam: {} sent, {} accepted, {} refused as SPAM, {} reached inboxes",
+                "  spam: {} sent, {} accepted, {} refused as SPAM, {} held in quarantine, {} reached inboxes ({} of them as requests)",
                 self.spam.sent,
                 self.spam.accepted,
                 self.spam.refused_as_spam,
-                self.spam.reached_inboxes
+                self.spam_held,
+                self.spam.reached_inboxes,
+                self.spam.reached_requests
+            );
+        }
+        if self.first_contacts.sent > 0 {
+            let fc = &self.first_contacts;
+            wln!(
+                o,
+                "  first contacts: {} sent, {} accepted, {} delivered ({} as requests), {} held beyond the request ({:.2}%)",
+                fc.sent,
+                fc.accepted,
+                fc.delivered,
+                fc.as_requests,
+                fc.held,
+                fc.held_share.unwrap_or(0.0) * 100.0
             );
         }
         wln!(o);

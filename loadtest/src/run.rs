@@ -20,8 +20,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use interop_client::{ClientError, ConsentOutcome, Delivered, Receiver, SendOutcome, Sender};
-use interop_proto::v1::{envelope, ReceiptStatus, RejectCode};
+use interop_client::{
+    ClientError, ConsentOutcome, Delivered, Receiver, RequestOutcome, SendOutcome, Sender,
+};
+use interop_proto::v1::{envelope, Inbox, ReceiptStatus, RejectCode, RequestAction};
 
 use crate::ceiling::CeilingReport;
 use crate::plan::{parse_client_message_id, Plan, RunId};
@@ -267,6 +269,7 @@ async fn session(
     let mut rx = Some(first);
     let mut suppressed = 0;
     let mut messages = Vec::with_capacity(ACK_BATCH);
+    let mut requests = Vec::with_capacity(ACK_BATCH);
     let mut tags = Vec::with_capacity(ACK_BATCH);
     while !stop.is_cancelled() {
         let Some(r) = rx.as_mut() else {
@@ -296,17 +299,23 @@ async fn session(
         }
         let now = clock.now_us();
         messages.clear();
+        requests.clear();
         tags.clear();
         for d in &batch {
             tags.push(d.delivery_tag);
-            match classify(run, d) {
-                Seen::Message(seq, sent_us) => messages.push((seq, sent_us)),
-                Seen::Receipt(seq, kind) => recorder.receipt(seq, kind, now),
-                Seen::Foreign => messages.push((u64::MAX, 0)),
-            }
+            let message = match classify(run, d) {
+                Seen::Message(seq, sent_us) => (seq, sent_us),
+                Seen::Receipt(seq, kind) => {
+                    recorder.receipt(seq, kind, now);
+                    continue;
+                }
+                Seen::Foreign => (u64::MAX, 0),
+            };
+            messages.push(message);
+            requests.push(d.inbox == Inbox::Requests);
         }
         if !messages.is_empty() {
-            recorder.delivered(&messages, now);
+            recorder.delivered_filed(&messages, &requests, now);
         }
         if !tags.is_empty() && r.ack(&tags).await.is_err() {
             failed = true;
@@ -345,6 +354,30 @@ async fn opt_in(scenario: &Scenario, plan: &Plan, target: &Target) -> Result<(),
         match answer {
             Ok(ConsentOutcome::Updated(_)) => {}
             Ok(ConsentOutcome::Rejected(r)) => {
+                let code = RejectCode::try_from(r.code).unwrap_or(RejectCode::Unspecified);
+                return Err(RunError::Consent(code.as_str_name().to_owned()));
+            }
+            Err(source) => {
+                return Err(RunError::Connect {
+                    what: "the recipients' ingest connection",
+                    source,
+                })
+            }
+        }
+    }
+    // The contacts accept every normal sender (they talk already); the
+    // strangers accept nobody, so first contacts and spam are requests.
+    let pairs = plan
+        .contacts()
+        .iter()
+        .flat_map(|r| plan.senders().iter().map(move |s| (r, s)));
+    let mut answers = futures_util::stream::iter(pairs)
+        .map(|(r, s)| home.respond_to_request(r, s, RequestAction::Accept))
+        .buffer_unordered(256);
+    while let Some(answer) = answers.next().await {
+        match answer {
+            Ok(RequestOutcome::Responded(_)) => {}
+            Ok(RequestOutcome::Rejected(r)) => {
                 let code = RejectCode::try_from(r.code).unwrap_or(RejectCode::Unspecified);
                 return Err(RunError::Consent(code.as_str_name().to_owned()));
             }
@@ -453,6 +486,21 @@ pub async fn run(
     stop: CancellationToken,
     abort: CancellationToken,
 ) -> Result<Finished, RunError> {
+    run_observed(scenario, target, progress, stop, abort, |_, _| {}).await
+}
+
+/// [`run`], handing the live recorder and the run's clock to `observe`
+/// once set-up is done and just before the first send, so a caller can
+/// watch deliveries while the run goes on (the fault-injection suite
+/// measures recovery this way).
+pub async fn run_observed(
+    scenario: &Scenario,
+    target: &Target,
+    progress: Progress,
+    stop: CancellationToken,
+    abort: CancellationToken,
+    observe: impl FnOnce(Arc<Recorder>, Clock),
+) -> Result<Finished, RunError> {
     let run_id = RunId::fresh();
     let started_at_unix_ms = interop_proto::now_ms();
     let plan = Arc::new(Plan::new(scenario, run_id));
@@ -500,6 +548,7 @@ pub async fn run(
 
     // Start shortly after now, so every task is waiting when it begins.
     let clock = Clock::starting_at(Instant::now() + Duration::from_millis(100));
+    observe(recorder.clone(), clock);
     let sessions_stop = CancellationToken::new();
     let session_tasks: Vec<JoinHandle<u64>> = sessions
         .into_iter()

@@ -96,6 +96,11 @@ pub struct UsersSection {
     pub sender_budget_per_min: u32,
     /// The gateway's spam limit (spam-scoring `--max-sender-per-minute`).
     pub spam_limit_per_min: u32,
+    /// Recipients who have accepted no sender (each holds a delivery
+    /// session too): the targets of first contacts (`mix.first_contact_share`)
+    /// and, when above 0, of every spammer message. The `recipients` accept
+    /// every normal sender before the run (their contacts).
+    pub strangers: u32,
 }
 
 impl Default for UsersSection {
@@ -108,6 +113,7 @@ impl Default for UsersSection {
             ingest_connections: 2,
             sender_budget_per_min: 300,
             spam_limit_per_min: DEFAULT_SPAM_LIMIT_PER_MIN,
+            strangers: 0,
         }
     }
 }
@@ -131,6 +137,10 @@ pub struct MixSection {
     /// Share of normal senders that hold a delivery session and count
     /// their `DELIVERED`/`FAILED` receipts (spammers always do).
     pub receipt_share: f64,
+    /// Share of normal messages that are first contacts: to a stranger
+    /// (`users.strangers`, required when above 0), with content unique to
+    /// the message.
+    pub first_contact_share: f64,
     /// Declared but not sent: the gateway has no media upload yet (issue 6).
     pub media_share: f64,
     /// Declared but not sent: the gateway has no groups yet (issue 5).
@@ -170,13 +180,17 @@ impl Default for MixSection {
                 },
             ],
             receipt_share: 0.1,
+            first_contact_share: 0.0,
             media_share: 0.0,
             group_share: 0.0,
         }
     }
 }
 
-/// Senders that deliberately exceed the spam limit.
+/// Spammers: without `users.strangers`, senders that deliberately exceed
+/// the spam limit; with strangers, senders that fan out near-identical
+/// messages to the strangers, from accounts their provider says are a day
+/// old (at any rate).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SpammersSection {
@@ -267,7 +281,7 @@ pub enum ScenarioError {
     SpammersUnderLimit { per_min: f64, limit: u32 },
     #[error("the scenario plans {planned} messages, more than {max}")]
     TooManyMessages { planned: u64, max: u64 },
-    #[error("{sessions} sessions (recipients + receipt sessions) are more than {max}")]
+    #[error("{sessions} sessions (recipients + strangers + receipt sessions) are more than {max}")]
     TooManySessions { sessions: u32, max: u32 },
 }
 
@@ -443,6 +457,13 @@ impl Scenario {
         check_share("mix.receipt_share", m.receipt_share)?;
         check_share("mix.media_share", m.media_share)?;
         check_share("mix.group_share", m.group_share)?;
+        check_share("mix.first_contact_share", m.first_contact_share)?;
+        if m.first_contact_share > 0.0 && u.strangers == 0 {
+            return Err(Missing {
+                field: "users.strangers",
+                with: "mix.first_contact_share",
+            });
+        }
         if m.e2ee_share < 1.0 {
             check_sizes("mix.text_sizes", &m.text_sizes, MAX_TEXT_BYTES)?;
         }
@@ -467,7 +488,7 @@ impl Scenario {
                 check_range("spammers.count", s.count, 10_000)?;
                 let min_rate = rates.iter().copied().fold(f64::INFINITY, f64::min);
                 let per_min = min_rate * share * 60.0 / f64::from(s.count);
-                if per_min <= f64::from(u.spam_limit_per_min) {
+                if u.strangers == 0 && per_min <= f64::from(u.spam_limit_per_min) {
                     return Err(SpammersUnderLimit {
                         per_min,
                         limit: u.spam_limit_per_min,
@@ -499,6 +520,7 @@ impl Scenario {
         let receipt_senders = (f64::from(senders) * m.receipt_share).ceil() as u32;
         let sessions = u
             .recipients
+            .saturating_add(u.strangers)
             .saturating_add(receipt_senders)
             .saturating_add(spammers);
         if sessions > MAX_SESSIONS {

@@ -120,7 +120,11 @@ async fn spammers_over_the_limit_are_refused_and_counted() {
     let redis = RedisServer::start();
     // A low limit, so a 2 s run can exceed it.
     let spam = interop_spam_scoring::Config {
-        max_sender_per_minute: 10,
+        policy: {
+            let mut p = interop_spam_scoring::Policy::default();
+            p.sender_rate.max_per_minute = 10;
+            p
+        },
         ..Default::default()
     };
     let gateway = Gateway::start_with(&nats.url(), &redis.url(), spam).await;
@@ -181,4 +185,69 @@ async fn spammers_over_the_limit_are_refused_and_counted() {
     );
     assert_eq!(report.duplicates, 0);
     gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_spam_to_strangers_is_held_and_first_contacts_are_requests() {
+    let cluster = Cluster::start().await;
+    // The shipped scenario, shortened: 6 s at 100 msgs/s.
+    let mut text = include_str!("../scenarios/spammer.toml").to_owned();
+    for (from, to) in [
+        ("duration_s = 180", "duration_s = 6"),
+        ("warmup_s = 2", "warmup_s = 0"),
+        ("senders = 200", "senders = 40"),
+        ("strangers = 300", "strangers = 60"),
+        ("recipients = 40", "recipients = 10"),
+    ] {
+        assert!(text.contains(from), "{from}");
+        text = text.replace(from, to);
+    }
+    let scenario = Scenario::from_toml(&text).unwrap();
+    let finished = tokio::time::timeout(
+        Duration::from_secs(90),
+        run::run(
+            &scenario,
+            &target(&cluster.gateway),
+            Progress::Off,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let report = finished.report(&scenario, None);
+    eprintln!("{}", report.to_table());
+    let spam = report.spam;
+    assert_eq!(spam.sent, 120);
+    assert_eq!(spam.accepted, 120);
+    // Every spam message is accounted for, and most never reach anyone:
+    // only each spammer's first few E2EE messages, before the fan-out
+    // signals have enough to go on, land in message requests.
+    assert_eq!(
+        spam.reached_inboxes + spam.refused_as_spam + report.spam_held,
+        spam.accepted
+    );
+    assert_eq!(
+        spam.reached_requests, spam.reached_inboxes,
+        "never the inbox"
+    );
+    // Once a spammer has written to more than 20 strangers (the default
+    // STRANGER_FANOUT limit), each further message scores at least
+    // NEW_ACCOUNT + FIRST_CONTACT_RATIO + STRANGER_FANOUT = 7.5: quarantine
+    // or worse. So at most 21 per spammer can reach anyone.
+    assert!(spam.reached_inboxes <= 42, "{spam:?}");
+    assert!(
+        report.spam_held + spam.refused_as_spam >= 78,
+        "{spam:?} held {}",
+        report.spam_held
+    );
+    // Normal first contacts are all delivered, as requests.
+    let fc = &report.first_contacts;
+    assert!(fc.sent > 5, "{fc:?}");
+    assert_eq!(fc.held, 0, "{fc:?}");
+    assert_eq!(fc.delivered, fc.accepted);
+    assert_eq!(fc.as_requests, fc.delivered);
+    assert_eq!(report.lost, 0);
+    cluster.gateway.stop().await;
 }

@@ -402,7 +402,12 @@ async fn deliver(
                 s.unacked.insert(seq, receipt_for);
                 let frame = ServerFrame {
                     request_id: 0,
-                    frame: Some(server_frame::Frame::Deliver(Deliver { delivery_tag: seq, envelope: Some(env) })),
+                    frame: Some(server_frame::Frame::Deliver(Deliver {
+                        delivery_tag: seq,
+                        envelope: Some(env),
+                        // Where routing filed it (requests, or the user's inbox).
+                        inbox: pm.route.as_ref().map_or(0, |r| r.inbox),
+                    })),
                 };
                 if out.send(Outbound::frame(frame)).await.is_err() {
                     return Ok(());
@@ -452,6 +457,7 @@ fn push_ephemeral(s: &Session, payload: &[u8], out: &mpsc::Sender<Outbound>, sha
         frame: Some(server_frame::Frame::Deliver(Deliver {
             delivery_tag: 0,
             envelope: Some(env),
+            inbox: 0,
         })),
     };
     if out.try_send(Outbound::frame(frame)).is_ok() {
@@ -573,13 +579,21 @@ async fn publish_receipt(shared: &Shared, r: interop_bus::Outgoing) -> Result<()
     Ok(())
 }
 
+/// Always filled: from the registry, or (a provider removed since) with
+/// the provider id alone and encryption UNSPECIFIED.
 fn sender_info(shared: &Shared, from: &str) -> Option<SenderInfo> {
     let provider = from.split(':').next().unwrap_or_default();
-    shared.providers.borrow().get(provider).map(|p| SenderInfo {
+    let info = shared.providers.borrow().get(provider).map(|p| SenderInfo {
         provider: p.id.clone(),
         display_name: p.display_name.clone(),
         privacy_policy_url: p.privacy_policy_url.clone(),
-    })
+        provider_encryption: p.encryption.as_proto() as i32,
+    });
+    Some(info.unwrap_or_else(|| SenderInfo {
+        provider: provider.to_owned(),
+        display_name: provider.to_owned(),
+        ..Default::default()
+    }))
 }
 
 async fn on_ack(s: &mut Session, tags: &[u64], shared: &Shared) -> Result<(), BoxError> {

@@ -3,13 +3,14 @@
 //! Serves the client protocol (`proto/interop/v1/client.proto`) on
 //! `GET /v1/ws` (WebSocket, one binary protobuf frame per message). A
 //! connection authenticates with `Hello` (provider id + token), then sends
-//! `Send` and `SetConsent` frames, pipelined. Each `Send` is validated,
+//! `Send`, `SetConsent`, `RespondToRequest` and `GetConsent` frames, pipelined. Each `Send` is validated,
 //! checked against the recipient's consent, given a server message id
 //! (idempotent per sender and client message id), and published to
 //! `interop.v1.ingest.accepted`. `Accepted` is answered only after JetStream
 //! acknowledged the publish; every failure is a typed `Rejected`.
 
 pub mod admin;
+mod consent_frames;
 mod group;
 mod metrics;
 mod send;

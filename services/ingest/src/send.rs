@@ -7,8 +7,7 @@
 //! `interop.v1.ingest.accepted` with `Nats-Msg-Id` = server message id;
 //! answer `Accepted` once JetStream acked, else `Rejected{UNAVAILABLE}`.
 //!
-//! `SetConsent`: validate, write the consent record, answer
-//! `ConsentUpdated`.
+//! `SetConsent`, `RespondToRequest`, `GetConsent`: see `consent_frames`.
 
 use std::sync::Arc;
 
@@ -20,15 +19,13 @@ use tracing::{debug, warn, Instrument};
 
 use interop_bus::subjects::INGEST_ACCEPTED;
 use interop_proto::v1::{
-    client_frame, server_frame, Accepted, ClientFrame, ConsentUpdated, PipelineMessage, RejectCode,
-    ServerFrame,
+    client_frame, server_frame, Accepted, ClientFrame, PipelineMessage, RejectCode, ServerFrame,
 };
 use interop_service::ws::rejected;
 use interop_state::consent::{self, Consent};
 use interop_state::gcra::{self, RateLimit};
-use interop_state::ConsentStore;
 
-use crate::validate::{validate_consent, validate_send, Rejection};
+use crate::validate::{validate_send, Rejection};
 use crate::Shared;
 
 /// Retry advice when a dependency is down.
@@ -80,34 +77,13 @@ pub(crate) async fn prepare(shared: Arc<Shared>, provider: String, frame: Client
             prepare_send(&shared, &provider, request_id, send.envelope).await
         }
         Some(client_frame::Frame::SetConsent(sc)) => {
-            let user = match validate_consent(&provider, &sc) {
-                Ok(u) => u,
-                Err(r) => return reject(request_id, "", r),
-            };
-            let record = Consent {
-                opted_in: sc.opted_in,
-                allowed_providers: sc.allowed_providers.clone(),
-            };
-            match ConsentStore::new(shared.redis.clone())
-                .set(user.as_str(), &record)
-                .await
-            {
-                Ok(()) => {
-                    debug!(user = %user.redacted(), opted_in = sc.opted_in, "Consent updated.");
-                    Prepared::Answer(Box::new(ServerFrame {
-                        request_id,
-                        frame: Some(server_frame::Frame::ConsentUpdated(ConsentUpdated {
-                            user: sc.user,
-                            opted_in: sc.opted_in,
-                            allowed_providers: sc.allowed_providers,
-                        })),
-                    }))
-                }
-                Err(e) => {
-                    warn!(error = %e, "Cannot store consent.");
-                    reject(request_id, "", unavailable("the consent registry"))
-                }
-            }
+            crate::consent_frames::set_consent(&shared, &provider, request_id, sc).await
+        }
+        Some(client_frame::Frame::RespondToRequest(r)) => {
+            crate::consent_frames::respond_to_request(&shared, &provider, request_id, r).await
+        }
+        Some(client_frame::Frame::GetConsent(g)) => {
+            crate::consent_frames::get_consent(&shared, &provider, request_id, g).await
         }
         Some(client_frame::Frame::CreateGroup(c)) => {
             crate::group::create(&shared, &provider, request_id, c).await

@@ -5,7 +5,8 @@ use interop_proto::address::is_provider_id;
 use interop_proto::limits::is_group_id;
 use interop_proto::limits::*;
 use interop_proto::v1::{
-    envelope::Content, Ciphertext, Encryption, Envelope, RejectCode, SetConsent, Text,
+    envelope::Content, Ciphertext, Encryption, Envelope, Inbox, RejectCode, RequestAction,
+    RespondToRequest, SetConsent, Text,
 };
 use interop_proto::Address;
 
@@ -145,6 +146,14 @@ fn validate_common(provider: &str, env: &Envelope) -> Result<Address, Rejection>
                 "sent_at_ms must be within 7 days before and 10 minutes after the gateway's clock",
             ));
         }
+    }
+    if env.sender_account_created_at_ms < 0
+        || env.sender_account_created_at_ms > interop_proto::now_ms() + MAX_SENT_AT_SKEW_MS
+    {
+        return Err(Rejection::new(
+            TimestampOutOfRange,
+            "sender_account_created_at_ms must not be negative or in the future",
+        ));
     }
     if !env.in_reply_to.is_empty() {
         check_message_id("in_reply_to", &env.in_reply_to)?;
@@ -328,7 +337,62 @@ pub fn validate_consent(provider: &str, sc: &SetConsent) -> Result<Address, Reje
             format!("{bad:?} is not a provider id"),
         ));
     }
+    match Inbox::try_from(sc.inbox) {
+        Ok(Inbox::Unspecified | Inbox::ThirdParty | Inbox::Combined) => {}
+        _ => {
+            return Err(Rejection::new(
+                InvalidSetting,
+                "inbox must be INBOX_THIRD_PARTY or INBOX_COMBINED",
+            ))
+        }
+    }
     Ok(user)
+}
+
+/// Checks that `user` is an address of `provider` (the recipient of a
+/// `RespondToRequest` or the subject of a `GetConsent`).
+pub fn validate_own_user(provider: &str, user: &str) -> Result<Address, Rejection> {
+    use RejectCode::*;
+    if user.is_empty() {
+        return Err(Rejection::new(MissingField, "user is required"));
+    }
+    let user =
+        Address::parse(user).map_err(|e| Rejection::new(InvalidAddress, format!("user: {e}")))?;
+    if user.provider() != provider {
+        return Err(Rejection::new(
+            SenderNotOwned,
+            "user must be a user of the authenticated provider",
+        ));
+    }
+    Ok(user)
+}
+
+/// Checks a `RespondToRequest` from `provider`: returns the recipient, the
+/// sender and the action.
+pub fn validate_respond(
+    provider: &str,
+    r: &RespondToRequest,
+) -> Result<(Address, Address, RequestAction), Rejection> {
+    use RejectCode::*;
+    let user = validate_own_user(provider, &r.user)?;
+    if r.sender.is_empty() {
+        return Err(Rejection::new(MissingField, "sender is required"));
+    }
+    let sender = Address::parse(&r.sender)
+        .map_err(|e| Rejection::new(InvalidAddress, format!("sender: {e}")))?;
+    if sender == user {
+        return Err(Rejection::new(
+            InvalidSetting,
+            "a user cannot answer about themselves",
+        ));
+    }
+    match RequestAction::try_from(r.action) {
+        Ok(RequestAction::Unspecified) | Err(_) => Err(Rejection::new(
+            InvalidSetting,
+            "action must be ACCEPT, DECLINE, BLOCK, REPORT or RESET",
+        )),
+        Ok(action) => Ok((user, sender, action)),
+    }
 }
 
 #[cfg(test)]
@@ -633,8 +697,26 @@ mod tests {
             user: "home:+4915112345678".into(),
             opted_in: true,
             allowed_providers: vec!["signal".into()],
+            inbox: Inbox::Combined as i32,
         };
         assert!(validate_consent("home", &ok).is_ok());
+        for inbox in [Inbox::Unspecified, Inbox::ThirdParty] {
+            let fine = SetConsent {
+                inbox: inbox as i32,
+                ..ok.clone()
+            };
+            assert!(validate_consent("home", &fine).is_ok());
+        }
+        for inbox in [Inbox::Requests as i32, 99] {
+            let bad = SetConsent {
+                inbox,
+                ..ok.clone()
+            };
+            assert_eq!(
+                validate_consent("home", &bad).unwrap_err().code,
+                RejectCode::InvalidSetting
+            );
+        }
         assert_eq!(
             validate_consent("signal", &ok).unwrap_err().code,
             RejectCode::SenderNotOwned
@@ -647,6 +729,11 @@ mod tests {
             validate_consent("home", &bad).unwrap_err().code,
             RejectCode::InvalidAddress
         );
+        let at_limit = SetConsent {
+            allowed_providers: vec!["p".into(); MAX_ALLOWED_PROVIDERS],
+            ..ok.clone()
+        };
+        assert!(validate_consent("home", &at_limit).is_ok());
         let many = SetConsent {
             allowed_providers: vec!["p".into(); MAX_ALLOWED_PROVIDERS + 1],
             ..ok

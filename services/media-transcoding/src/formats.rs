@@ -173,9 +173,8 @@ impl fmt::Display for MediaType {
 /// The formats a recipient's client can play: `type/subtype`, `type/*` or
 /// `*/*`, in order of preference.
 ///
-/// There is no capability registry yet: one list (`--accept-formats`) applies
-/// to every recipient. Per-provider capabilities come with issue 3's provider
-/// registry.
+/// Built from the recipient provider's `capabilities.media_formats` in the
+/// registry, or from `--accept-formats` when the provider declares none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcceptFormats(Vec<String>);
 

@@ -59,8 +59,8 @@ pub struct Config {
     /// Retention and size of the media bucket (its replicas follow
     /// `streams.replicas`).
     pub store: StoreSettings,
-    /// What recipients' apps play (one list for all recipients until
-    /// issue 3's registry says it per provider).
+    /// What recipients' apps play when their provider's registry record
+    /// declares no media formats (`capabilities.media_formats`).
     pub accept: AcceptFormats,
     pub transcode: TranscodeSettings,
     /// Uploads in progress at once per replica.
@@ -155,19 +155,21 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let mut options = StageOptions::new("media-transcoding", &deps.metrics);
     options.concurrency = slots * HANDLED_PER_SLOT;
     options.batch = slots * PULLED_PER_SLOT;
+    // The live registry, as ingest and delivery see it: rotations and
+    // revocations apply to the media API too, and each recipient provider's
+    // declared media formats to the stage.
+    let providers = interop_providers::store::RegistryStore::new(js.clone())
+        .seed_and_watch(&config.providers, shutdown.clone())
+        .await?;
     let stage = media_requested::MediaRequested::new(
         store.clone(),
         grants.clone(),
         transcoder,
         config.accept.clone(),
+        providers.clone(),
         metrics.clone(),
         config.store.retention,
     );
-    // The live registry, as ingest and delivery see it: rotations and
-    // revocations apply to the media API too.
-    let providers = interop_providers::store::RegistryStore::new(js.clone())
-        .seed_and_watch(&config.providers, shutdown.clone())
-        .await?;
     let api = Arc::new(api::ApiState {
         providers,
         edge: interop_service::edge::EdgeGuard::new(deps.redis.clone(), config.auth_limits),

@@ -27,9 +27,8 @@ struct Args {
     /// The provider registry (TOML; see docs/protocol.md).
     #[arg(long, env = "INTEROP_PROVIDERS_FILE")]
     providers_file: PathBuf,
-    /// Formats recipients' apps play (type/subtype, type/* or */*). Applies
-    /// to every recipient until per-provider capabilities arrive with the
-    /// provider registry (issue 3).
+    /// Formats recipients' apps play (type/subtype, type/* or */*) when their
+    /// provider's registry record declares no `media_formats`.
     #[arg(
         long,
         env = "INTEROP_MEDIA_TRANSCODING_ACCEPT_FORMATS",

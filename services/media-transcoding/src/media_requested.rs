@@ -19,10 +19,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use interop_bus::{pipeline, HandleError, Handler, Input, Outgoing};
 use interop_proto::v1::{envelope::Content, Encryption, Envelope, Media, ReceiptStatus};
+use interop_providers::{ContentKind, Registry};
 
 use crate::error::MediaError;
 use crate::formats::{AcceptFormats, Kind, MediaType};
@@ -40,7 +42,11 @@ pub struct MediaRequested {
     store: MediaStore,
     grants: Grants,
     transcoder: Transcoder,
+    /// What a recipient plays when its provider's registry record names no
+    /// media formats (`--accept-formats`).
     accept: AcceptFormats,
+    /// The live registry: each recipient provider's capabilities.
+    providers: watch::Receiver<Arc<Registry>>,
     metrics: MediaMetrics,
     /// Cached results older than this are made again, so a recipient always
     /// has most of the retention period to download.
@@ -131,6 +137,7 @@ impl MediaRequested {
         grants: Grants,
         transcoder: Transcoder,
         accept: AcceptFormats,
+        providers: watch::Receiver<Arc<Registry>>,
         metrics: MediaMetrics,
         retention: Duration,
     ) -> Self {
@@ -139,6 +146,7 @@ impl MediaRequested {
             grants,
             transcoder,
             accept,
+            providers,
             metrics,
             refresh_after: retention / 2,
         }
@@ -196,6 +204,32 @@ impl MediaRequested {
         Ok((info, declared))
     }
 
+    /// The formats `recipient`'s app plays: its provider's declared media
+    /// formats, or the operator's default list when it declares none. A
+    /// provider whose clients take no media at all gets none.
+    fn accept_for(&self, recipient: &str) -> Result<AcceptFormats, MediaError> {
+        let provider = recipient.split(':').next().unwrap_or("");
+        let registry = self.providers.borrow().clone();
+        let Some(caps) = registry.get(provider).map(|p| &p.capabilities) else {
+            return Ok(self.accept.clone());
+        };
+        if !caps.supports(ContentKind::Media) {
+            return Err(MediaError::Unsupported(format!(
+                "the recipient's app ({provider}) does not take media"
+            )));
+        }
+        if caps.media_formats.is_empty() {
+            return Ok(self.accept.clone());
+        }
+        match AcceptFormats::parse(&caps.media_formats.join(",")) {
+            Ok(a) => Ok(a),
+            Err(e) => {
+                warn!(provider, error = %e, "A provider's media formats do not parse; using the default list.");
+                Ok(self.accept.clone())
+            }
+        }
+    }
+
     /// E2EE: nothing to decode; check the recipient can play the declared
     /// format, and pass the blob through.
     fn e2ee(
@@ -203,16 +237,17 @@ impl MediaRequested {
         media: &Media,
         info: &MediaInfo,
         declared: &MediaType,
+        accept: &AcceptFormats,
     ) -> Result<Done, MediaError> {
         let kind = Kind::of(declared, info.sticker);
         if info.size > kind.max_bytes() {
             return Err(too_large(kind, info.size));
         }
-        if !self.accept.accepts(declared.as_str()) {
+        if !accept.accepts(declared.as_str()) {
             return Err(MediaError::Unsupported(format!(
                 "the recipient's app cannot play {declared}, and the gateway cannot convert \
                  end-to-end-encrypted media; send a format it plays ({})",
-                self.accept_summary()
+                accept_summary(accept)
             )));
         }
         let mut out = media.clone();
@@ -225,23 +260,20 @@ impl MediaRequested {
         })
     }
 
-    fn accept_summary(&self) -> String {
-        ["image/jpeg", "image/webp", "audio/ogg", "video/mp4"]
-            .into_iter()
-            .filter(|t| self.accept.accepts(t))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
     fn unsupported(&self, declared: &MediaType, needs: &str) -> MediaError {
         MediaError::Unsupported(format!(
             "the recipient's app cannot play {needs}, which {declared} is converted to"
         ))
     }
 
-    fn image_target(&self, kind: Kind, declared: &MediaType) -> Result<ImageTarget, MediaError> {
-        let jpeg = self.accept.accepts("image/jpeg");
-        let webp = self.accept.accepts("image/webp");
+    fn image_target(
+        &self,
+        kind: Kind,
+        declared: &MediaType,
+        accept: &AcceptFormats,
+    ) -> Result<ImageTarget, MediaError> {
+        let jpeg = accept.accepts("image/jpeg");
+        let webp = accept.accepts("image/webp");
         match kind {
             Kind::Sticker if webp => Ok(ImageTarget::STICKER_WEBP),
             Kind::Sticker if jpeg => Ok(ImageTarget {
@@ -312,8 +344,9 @@ impl MediaRequested {
         media: &Media,
         info: &MediaInfo,
         declared: &MediaType,
+        accept: &AcceptFormats,
     ) -> Result<Done, MediaError> {
-        if !self.accept.accepts(declared.as_str()) {
+        if !accept.accepts(declared.as_str()) {
             return Err(MediaError::Unsupported(format!(
                 "the recipient's app does not accept {declared} files"
             )));
@@ -336,12 +369,13 @@ impl MediaRequested {
         info: &MediaInfo,
         declared: &MediaType,
         kind: &mut Kind,
+        accept: &AcceptFormats,
     ) -> Result<Done, MediaError> {
         if info.size > kind.max_bytes() {
             return Err(too_large(*kind, info.size));
         }
         if *kind == Kind::File {
-            return self.file(media, info, declared);
+            return self.file(media, info, declared, accept);
         }
         if !declared.processable() {
             return Err(MediaError::Unsupported(format!(
@@ -385,7 +419,7 @@ impl MediaRequested {
                 poster: true,
                 needs: "video/mp4",
             },
-            _ => Job::Image(self.image_target(*kind, declared)?),
+            _ => Job::Image(self.image_target(*kind, declared, accept)?),
         };
         let (tag, thumb_tag, needs) = match &job {
             Job::Av { tag, poster, needs } => (
@@ -395,7 +429,7 @@ impl MediaRequested {
             ),
             Job::Image(t) => (t.tag(), Some(t.thumbnail_tag()), t.encoding.content_type()),
         };
-        if !self.accept.accepts(needs) {
+        if !accept.accepts(needs) {
             return Err(self.unsupported(declared, needs));
         }
         let id = output_id(&info.sha256, &tag);
@@ -469,18 +503,27 @@ impl MediaRequested {
             .map(|t| Kind::of(&t, false))
             .unwrap_or(Kind::File);
         let result = async {
+            let accept = self.accept_for(&env.to)?;
             let (info, declared) = self.source(env, sender_provider, media).await?;
             if e2ee {
-                return self.e2ee(media, &info, &declared);
+                return self.e2ee(media, &info, &declared, &accept);
             }
             kind = Kind::of(&declared, info.sticker);
-            self.transport_only(media, &info, &declared, &mut kind)
+            self.transport_only(media, &info, &declared, &mut kind, &accept)
                 .await
         }
         .await;
         let label = if e2ee { "e2ee" } else { kind.label() };
         (label, result)
     }
+}
+
+fn accept_summary(accept: &AcceptFormats) -> String {
+    ["image/jpeg", "image/webp", "audio/ogg", "video/mp4"]
+        .into_iter()
+        .filter(|t| accept.accepts(t))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn too_large(kind: Kind, size: u64) -> MediaError {

@@ -365,6 +365,61 @@ async fn a_recipient_that_plays_no_offered_format_gets_nothing_and_the_sender_is
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_recipient_gets_the_formats_its_provider_declares() {
+    // Home's clients show WebP only: a JPEG photo to BOB becomes WebP, though
+    // the operator's default list would have made it JPEG.
+    let s = Service::start_with(|c| {
+        c.providers = std::sync::Arc::new(registry_with_home_capabilities(
+            "[providers.capabilities]\nmedia_formats = [\"image/webp\"]",
+        ));
+    })
+    .await;
+    let mut bob = s.inbox(BOB).await;
+    let mut alice = s.inbox(ALICE).await;
+    let data = photo_jpeg(400, 300);
+    let id = uploaded(&s, "image/jpeg", "transport-only", &data, &[]).await;
+    s.send_media("webp", false, media_ref(&id, "image/jpeg", &data))
+        .await;
+    let m = media_of(&bob.next().await).clone();
+    assert_eq!(m.content_type, "image/webp");
+    assert_eq!(
+        m.thumbnail.as_deref().map(|t| t.content_type.as_str()),
+        Some("image/webp")
+    );
+    // Voice is not in its list, and cannot be made WebP: the sender is told.
+    let voice = voice_m4a("2");
+    let id = uploaded(&s, "audio/mp4", "transport-only", &voice, &[]).await;
+    s.send_media("voice", false, media_ref(&id, "audio/mp4", &voice))
+        .await;
+    let r = receipt_of(&alice.next().await).clone();
+    assert_eq!(
+        (r.message_id.as_str(), r.code),
+        ("voice", RejectCode::UnsupportedContent as i32)
+    );
+    s.stop().await;
+
+    // Home's clients take no media at all: even E2EE media is refused
+    // before anything is read, with a typed receipt.
+    let s = Service::start_with(|c| {
+        c.providers = std::sync::Arc::new(registry_with_home_capabilities(
+            "[providers.capabilities]\ncontent = [\"text\", \"ciphertext\"]",
+        ));
+    })
+    .await;
+    let mut bob = s.inbox(BOB).await;
+    let mut alice = s.inbox(ALICE).await;
+    let blob = vec![7u8; 500];
+    let id = uploaded(&s, "image/jpeg", "e2ee", &blob, &[]).await;
+    s.send_media("none", true, media_ref(&id, "image/jpeg", &blob))
+        .await;
+    let r = receipt_of(&alice.next().await).clone();
+    assert_eq!(r.code, RejectCode::UnsupportedContent as i32);
+    assert!(r.detail.contains("does not take media"), "{}", r.detail);
+    bob.assert_empty(Duration::from_millis(300)).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_consumer_gets_an_ack_wait_longer_than_a_transcode() {
     // The consumer exists from an earlier version with the default 30 s.
     let nats = interop_test_support::NatsServer::start();

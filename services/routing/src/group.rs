@@ -2,10 +2,10 @@
 //!
 //! A message with `group_id` goes to every member but the sender: each copy
 //! has `to` = the member, passes the same per-recipient admission as a
-//! one-to-one message ([`Router::admits`]: consent, and whatever else that
-//! check grows), and is published with a per-member deduplication id
+//! one-to-one message ([`Router::admit`]), and is published with a per-member deduplication id
 //! (`<message id>:<member key>`), so a redelivered input stores nothing
-//! twice. A member who is not admitted gets nothing, and the sender gets no
+//! twice. Blocks, declines and message requests apply per member through
+//! [`Router::admit`]; a REJECT verdict answers the sender once (`SPAM`). A member who is not admitted gets nothing, and the sender gets no
 //! receipt about it (that would tell who blocked them).
 //!
 //! A call attempt reaches the recipient (delivery shows it as a notice) and
@@ -17,9 +17,10 @@ use prost::Message as _;
 use interop_bus::subjects::ROUTING_MEDIA_REQUESTED;
 use interop_bus::{pipeline, recipient_key, HandleError, Outgoing};
 use interop_proto::v1::{
-    envelope, Envelope, Inbox, PipelineMessage, ReceiptStatus, RejectCode, Route,
+    envelope, Envelope, PipelineMessage, ReceiptStatus, RejectCode, Route, Verdict,
 };
 
+use crate::handler::Placement;
 use crate::Router;
 
 /// The caller's answer to a call attempt, if `env` is one.
@@ -51,24 +52,51 @@ pub(crate) async fn fan_out(
             after: std::time::Duration::from_millis(500),
         })?;
     let is_media = matches!(env.content, Some(envelope::Content::Media(_)));
+    let verdict = pm
+        .verdict
+        .as_ref()
+        .and_then(|v| Verdict::try_from(v.verdict).ok())
+        .unwrap_or(Verdict::Allow);
     let members: Vec<String> = members.into_iter().filter(|m| *m != env.from).collect();
     // The checks run concurrently (their Redis calls share one pipelined
     // connection); the copies are published in member order.
-    let admitted =
-        futures_util::future::try_join_all(members.iter().map(|m| router.admits(m, &pm))).await?;
+    let placements = futures_util::future::try_join_all(
+        members
+            .iter()
+            .map(|m| router.admit(m, &env.from, &pm.sender_provider, verdict)),
+    )
+    .await
+    .map_err(crate::handler::retry)?;
     let mut out = Vec::with_capacity(members.len());
     let mut calls_answered = false;
-    for (member, admitted) in members.into_iter().zip(admitted) {
-        if !admitted {
-            continue;
-        }
+    let mut spam_answered = false;
+    for (member, placement) in members.into_iter().zip(placements) {
+        let inbox = match placement {
+            Placement::Deliver(inbox) => inbox,
+            Placement::RejectAsSpam => {
+                // The verdict is about the message: one answer, not one per member.
+                if !spam_answered {
+                    out.push(pipeline::receipt_to_sender(
+                        env,
+                        ReceiptStatus::Failed,
+                        RejectCode::Spam,
+                        "refused as spam",
+                    ));
+                    spam_answered = true;
+                }
+                continue;
+            }
+            // Refused (consent, declined, blocked) or held: nothing, and no
+            // receipt that would tell the sender who refused them.
+            Placement::Refuse(_) | Placement::Quarantine => continue,
+        };
         let mut copy = pm.clone();
         let Some(e) = copy.envelope.as_mut() else {
             continue;
         };
         e.to = member;
         copy.route = Some(Route {
-            inbox: Inbox::ThirdParty as i32,
+            inbox: inbox as i32,
             recipient_key: recipient_key(&e.to),
         });
         if is_media {

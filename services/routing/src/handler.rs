@@ -1,9 +1,15 @@
 //! Handler of `interop.v1.spam-scoring.scored`.
 //!
-//! Input: `PipelineMessage` {envelope, verdict}. Output, one of:
-//! - `interop.v1.delivery.queued.<key>`: the message with `route` set;
+//! Input: `PipelineMessage` {envelope, verdict}. For the recipient,
+//! [`Router::admit`] makes the one per-recipient decision (consent, the
+//! recipient's answer about the sender, the spam verdict). Output, one of:
+//! - `interop.v1.delivery.queued.<key>`: the message with `route` set
+//!   (`inbox` = REQUESTS for a message request, else the recipient's inbox);
 //! - `interop.v1.routing.media-requested`: the same, for media content;
-//! - a FAILED receipt (`RECIPIENT_UNAVAILABLE`) into the sender's store.
+//! - `interop.v1.routing.quarantined`: held, in no inbox (verdict QUARANTINE);
+//! - a FAILED receipt into the sender's store: `RECIPIENT_UNAVAILABLE`
+//!   (not opted in, provider not allowed, declined or blocked — one code, so
+//!   the sender cannot tell which) or `SPAM` (verdict REJECT).
 //!
 //! Nats-Msg-Id is the server message id, so a redelivered input is stored once.
 
@@ -12,38 +18,114 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message as _;
 
-use interop_bus::subjects::ROUTING_MEDIA_REQUESTED;
+use interop_bus::subjects::{ROUTING_MEDIA_REQUESTED, ROUTING_QUARANTINED};
 use interop_bus::{pipeline, recipient_key, HandleError, Handler, Input, Outgoing};
-use interop_proto::v1::{envelope, Inbox, ReceiptStatus, RejectCode, Route};
-use interop_state::ConsentStore;
+use interop_proto::v1::{envelope, Inbox, ReceiptStatus, RejectCode, Route, Verdict};
+use interop_state::{Admission, ContactStore, Refusal, StateError};
+use interop_telemetry::metrics::Metrics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+/// Where one message goes for one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Not delivered; the sender gets FAILED with `RECIPIENT_UNAVAILABLE`.
+    Refuse(Refusal),
+    /// Not delivered; the sender gets FAILED with `SPAM`.
+    RejectAsSpam,
+    /// Held in the quarantine stream, in no inbox; no receipt.
+    Quarantine,
+    /// Into the recipient's store, filed in this inbox.
+    Deliver(Inbox),
+}
+
+impl Placement {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Refuse(r) => r.as_str(),
+            Self::RejectAsSpam => "spam",
+            Self::Quarantine => "quarantine",
+            Self::Deliver(Inbox::Requests) => "requests",
+            Self::Deliver(_) => "inbox",
+        }
+    }
+}
+
+/// The pure rule: consent and the recipient's answers first (a blocked
+/// sender is refused whatever their score), then the verdict: REJECT
+/// refuses, QUARANTINE holds, REQUEST files even an accepted sender's
+/// message as a request, ALLOW leaves the admission as it is.
+pub fn place(admission: Admission, verdict: Verdict) -> Placement {
+    match admission {
+        Admission::Refused(r) => Placement::Refuse(r),
+        Admission::Request | Admission::Inbox(_) if verdict == Verdict::Reject => {
+            Placement::RejectAsSpam
+        }
+        Admission::Request | Admission::Inbox(_) if verdict == Verdict::Quarantine => {
+            Placement::Quarantine
+        }
+        Admission::Request => Placement::Deliver(Inbox::Requests),
+        Admission::Inbox(_) if verdict == Verdict::Request => Placement::Deliver(Inbox::Requests),
+        Admission::Inbox(inbox) => Placement::Deliver(inbox),
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlacementLabel {
+    placement: &'static str,
+}
 
 pub struct Router {
-    consent: ConsentStore,
+    contacts: ContactStore,
+    placements: Family<PlacementLabel, Counter>,
     pub(crate) groups: interop_state::GroupStore,
 }
 
 impl Router {
-    pub fn new(redis: redis::aio::ConnectionManager) -> Self {
+    pub fn new(redis: redis::aio::ConnectionManager, metrics: &Metrics) -> Self {
+        let placements = Family::<PlacementLabel, Counter>::default();
+        metrics.register(
+            "interop_routing_placements",
+            "Where routed messages went, by placement (inbox, requests, quarantine, spam, or why refused).",
+            placements.clone(),
+        );
         Self {
-            consent: ConsentStore::new(redis.clone()),
+            contacts: ContactStore::new(redis.clone()),
             groups: interop_state::GroupStore::new(redis),
+            placements,
         }
     }
 
-    /// Per-recipient admission: may this message reach `to`? Used for
-    /// one-to-one messages and for each member of a group.
-    pub(crate) async fn admits(
+    /// The per-recipient admission path, for 1:1 messages and for each
+    /// member of a group: may a message from `sender` (a user of
+    /// `sender_provider`) with this spam `verdict` reach `recipient`, and
+    /// where? One Redis round trip (consent record and contact record).
+    pub async fn admit(
         &self,
-        to: &str,
-        pm: &interop_proto::v1::PipelineMessage,
-    ) -> Result<bool, HandleError> {
-        self.consent
-            .admits(to, &pm.sender_provider)
-            .await
-            .map_err(|e| HandleError::Retry {
-                reason: e.to_string(),
-                after: Duration::from_millis(500),
+        recipient: &str,
+        sender: &str,
+        sender_provider: &str,
+        verdict: Verdict,
+    ) -> Result<Placement, StateError> {
+        let admission = self
+            .contacts
+            .admission(recipient, sender, sender_provider)
+            .await?;
+        let placement = place(admission, verdict);
+        self.placements
+            .get_or_create(&PlacementLabel {
+                placement: placement.label(),
             })
+            .inc();
+        Ok(placement)
+    }
+}
+
+pub(crate) fn retry(e: StateError) -> HandleError {
+    HandleError::Retry {
+        reason: e.to_string(),
+        after: Duration::from_millis(500),
     }
 }
 
@@ -57,20 +139,56 @@ impl Handler for Router {
             .envelope
             .as_ref()
             .ok_or_else(|| HandleError::Permanent("no envelope".into()))?;
-        let admitted = self.admits(&env.to, &pm).await?;
-        if !admitted {
-            return Ok(vec![pipeline::receipt_to_sender(
-                env,
-                ReceiptStatus::Failed,
-                RejectCode::RecipientUnavailable,
-                "recipient unavailable",
-            )]);
-        }
+        let verdict = pm
+            .verdict
+            .as_ref()
+            .and_then(|v| Verdict::try_from(v.verdict).ok())
+            .unwrap_or(Verdict::Allow);
+        let placement = self
+            .admit(&env.to, &env.from, &pm.sender_provider, verdict)
+            .await
+            .map_err(retry)?;
         let call_answer = crate::group::call_answer(env);
-        let is_media = matches!(env.content, Some(envelope::Content::Media(_)));
         let msg_id = env.message_id.clone();
+        let inbox = match placement {
+            Placement::Refuse(_) => {
+                return Ok(vec![pipeline::receipt_to_sender(
+                    env,
+                    ReceiptStatus::Failed,
+                    RejectCode::RecipientUnavailable,
+                    "recipient unavailable",
+                )]);
+            }
+            Placement::RejectAsSpam => {
+                return Ok(vec![pipeline::receipt_to_sender(
+                    env,
+                    ReceiptStatus::Failed,
+                    RejectCode::Spam,
+                    "refused as spam",
+                )]);
+            }
+            Placement::Quarantine => {
+                pm.route = Some(Route {
+                    inbox: Inbox::Unspecified as i32,
+                    recipient_key: recipient_key(&env.to),
+                });
+                return Ok(vec![Outgoing {
+                    subject: ROUTING_QUARANTINED.to_owned(),
+                    msg_id,
+                    payload: Bytes::from(pm.encode_to_vec()),
+                }]);
+            }
+            Placement::Deliver(inbox) => inbox,
+        };
+        // Whoever writes to someone accepts their replies (unless they
+        // answered about them already, e.g. blocked them).
+        self.contacts
+            .accept_if_unknown(&env.from, &env.to)
+            .await
+            .map_err(retry)?;
+        let is_media = matches!(env.content, Some(envelope::Content::Media(_)));
         pm.route = Some(Route {
-            inbox: Inbox::ThirdParty as i32,
+            inbox: inbox as i32,
             recipient_key: recipient_key(&env.to),
         });
         if is_media {
@@ -84,5 +202,46 @@ impl Handler for Router {
             out.extend(call_answer);
             Ok(out)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_win_then_the_verdict_then_the_admission() {
+        let blocked = Admission::Refused(Refusal::Blocked);
+        assert_eq!(
+            place(blocked, Verdict::Allow),
+            Placement::Refuse(Refusal::Blocked)
+        );
+        assert_eq!(
+            place(blocked, Verdict::Reject),
+            Placement::Refuse(Refusal::Blocked)
+        );
+        let accepted = Admission::Inbox(Inbox::Combined);
+        assert_eq!(
+            place(accepted, Verdict::Allow),
+            Placement::Deliver(Inbox::Combined)
+        );
+        assert_eq!(
+            place(accepted, Verdict::Request),
+            Placement::Deliver(Inbox::Requests)
+        );
+        assert_eq!(place(accepted, Verdict::Quarantine), Placement::Quarantine);
+        assert_eq!(place(accepted, Verdict::Reject), Placement::RejectAsSpam);
+        assert_eq!(
+            place(Admission::Request, Verdict::Allow),
+            Placement::Deliver(Inbox::Requests)
+        );
+        assert_eq!(
+            place(Admission::Request, Verdict::Quarantine),
+            Placement::Quarantine
+        );
+        assert_eq!(
+            place(Admission::Request, Verdict::Unspecified),
+            Placement::Deliver(Inbox::Requests)
+        );
     }
 }

@@ -2,10 +2,14 @@
 //!
 //! Consumes `interop.v1.spam-scoring.scored` (durable consumer `routing`).
 //! For each message:
-//! 1. Is the recipient reachable? They must have opted in and allow the
-//!    sender's provider (the consent registry in Redis). If not, the sender
-//!    gets a FAILED receipt with `RECIPIENT_UNAVAILABLE` — the same code ingest
-//!    gives for a user who does not exist.
+//! 1. Is the recipient reachable ([`Router::admit`], the per-recipient
+//!    admission path)? They must have opted in and allow the sender's
+//!    provider (the consent registry in Redis), and not have declined or
+//!    blocked the sender. If not, the sender gets a FAILED receipt with
+//!    `RECIPIENT_UNAVAILABLE` — the same code ingest gives for a user who does
+//!    not exist. A sender the recipient has not accepted is a message
+//!    request (`Route.inbox = INBOX_REQUESTS`). The spam verdict then may
+//!    file it as a request, hold it in the quarantine, or refuse it as spam.
 //! 2. Media goes to media-transcoding (`interop.v1.routing.media-requested`);
 //!    everything else goes straight into the recipient's store
 //!    (`interop.v1.delivery.queued.<key>`), where delivery sessions read it
@@ -25,7 +29,7 @@ use interop_bus::subjects::{CONSUMER_ROUTING, SPAM_SCORED, STREAM_SCORED};
 use interop_bus::{BusError, StageOptions, StreamSettings};
 use interop_service::Deps;
 
-pub use handler::Router;
+pub use handler::{place, Placement, Router};
 
 /// Configuration of routing.
 #[derive(Debug, Clone, Default)]
@@ -46,7 +50,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let consumer =
         interop_bus::streams::stage_consumer(&js, STREAM_SCORED, CONSUMER_ROUTING, SPAM_SCORED)
             .await?;
-    let router = Arc::new(Router::new(deps.redis.clone()));
+    let router = Arc::new(Router::new(deps.redis.clone(), &deps.metrics));
     deps.health.set_bound();
     info!("routing is consuming.");
     interop_bus::run_stage(

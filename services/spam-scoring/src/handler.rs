@@ -1,9 +1,14 @@
 //! Handler of `interop.v1.ingest.accepted`.
 //!
-//! Input: a `PipelineMessage` with the envelope. Output: the same message
-//! with `verdict` set, on `interop.v1.spam-scoring.scored` (Nats-Msg-Id = the
-//! server message id), or a FAILED receipt to the sender when rejected.
+//! Input: a `PipelineMessage` with the envelope. One Redis round trip counts
+//! the message in spam-scoring's counters ([`interop_state::spam`]); the
+//! signals ([`crate::signals`]) turn them into a verdict. Output: the same
+//! message with `verdict` set, on `interop.v1.spam-scoring.scored`
+//! (Nats-Msg-Id = the server message id) — routing acts on ALLOW, REQUEST and
+//! QUARANTINE — or, for REJECT, a FAILED receipt with code `SPAM` to the
+//! sender.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,12 +16,14 @@ use prost::Message as _;
 
 use interop_bus::subjects::SPAM_SCORED;
 use interop_bus::{pipeline, HandleError, Handler, Input, Outgoing};
-use interop_proto::v1::{ReceiptStatus, RejectCode, Signal, SpamVerdict, Verdict};
-use interop_state::RateCounter;
+use interop_proto::v1::{envelope, ReceiptStatus, RejectCode, Verdict};
 use interop_telemetry::metrics::Metrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+
+use crate::policy::Policy;
+use crate::signals;
 
 /// A verdict name (a fixed set: bounded).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,64 +31,46 @@ pub struct VerdictLabel {
     pub verdict: &'static str,
 }
 
+/// A signal name (a fixed set: bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabel {
+    pub signal: String,
+}
+
 /// Scores messages.
 pub struct Scorer {
-    sender_rate: RateCounter,
-    max_sender_per_minute: u64,
-    model: std::sync::Arc<interop_spam_classifier::Model>,
+    redis: redis::aio::ConnectionManager,
+    policy: Arc<Policy>,
+    model: Arc<interop_spam_classifier::Model>,
     verdicts: Family<VerdictLabel, Counter>,
-    classifier_spam: Counter,
+    signals_fired: Family<SignalLabel, Counter>,
 }
 
 impl Scorer {
     pub fn new(
         redis: redis::aio::ConnectionManager,
-        max_sender_per_minute: u64,
-        model: std::sync::Arc<interop_spam_classifier::Model>,
+        policy: Arc<Policy>,
+        model: Arc<interop_spam_classifier::Model>,
         metrics: &Metrics,
     ) -> Self {
         let verdicts = Family::<VerdictLabel, Counter>::default();
-        let classifier_spam = Counter::default();
+        let signals_fired = Family::<SignalLabel, Counter>::default();
         metrics.register(
             "interop_spam_scoring_verdicts",
             "Verdicts, by verdict.",
             verdicts.clone(),
         );
         metrics.register(
-            "interop_spam_scoring_classifier_spam",
-            "Server-visible texts the content classifier called spam.",
-            classifier_spam.clone(),
+            "interop_spam_scoring_signals",
+            "Signals that fired, by signal name.",
+            signals_fired.clone(),
         );
         Self {
-            sender_rate: RateCounter::new(redis, "sender", 60),
-            max_sender_per_minute,
+            redis,
+            policy,
             model,
             verdicts,
-            classifier_spam,
-        }
-    }
-
-    /// The verdict for a sender who sent `count` messages this minute.
-    pub fn verdict_for_rate(&self, count: u64) -> SpamVerdict {
-        if count > self.max_sender_per_minute {
-            SpamVerdict {
-                verdict: Verdict::Reject as i32,
-                score: 1.0,
-                signals: vec![Signal {
-                    name: "SENDER_RATE".into(),
-                    weight: 1.0,
-                    detail: format!(
-                        "{count} messages this minute, limit {}",
-                        self.max_sender_per_minute
-                    ),
-                }],
-            }
-        } else {
-            SpamVerdict {
-                verdict: Verdict::Allow as i32,
-                score: 0.0,
-                signals: Vec::new(),
-            }
+            signals_fired,
         }
     }
 }
@@ -93,34 +82,48 @@ impl Handler for Scorer {
             .envelope
             .as_ref()
             .ok_or_else(|| HandleError::Permanent("no envelope".into()))?;
-        let count = self
-            .sender_rate
-            .hit(&env.from)
-            .await
-            .map_err(|e| HandleError::Retry {
-                reason: e.to_string(),
-                after: Duration::from_millis(500),
-            })?;
-        let mut verdict = self.verdict_for_rate(count);
-        if let Some(interop_proto::v1::envelope::Content::Text(t)) = &env.content {
-            if let Some(signal) = content_signal(&self.model, &t.body) {
-                self.classifier_spam.inc();
-                verdict.score = verdict.score.max(signal.weight);
-                verdict.signals.push(signal);
-            }
+        let p = &self.policy;
+        let hash = signals::payload_hash(env, p.identical_payload.min_text_chars);
+        let observation = interop_state::spam::observe(
+            &self.redis,
+            &env.from,
+            &pm.sender_provider,
+            &env.to,
+            hash.as_deref(),
+        )
+        .await
+        .map_err(|e| HandleError::Retry {
+            reason: e.to_string(),
+            after: Duration::from_millis(500),
+        })?;
+        let mut content = Vec::new();
+        if let Some(envelope::Content::Text(t)) = &env.content {
+            content.extend(signals::content_signal(p, &self.model, &t.body));
+            content.extend(signals::link_signal(p, &t.body));
         }
-        let name = Verdict::try_from(verdict.verdict)
-            .unwrap_or(Verdict::Unspecified)
-            .as_str_name();
+        let verdict = signals::evaluate(
+            p,
+            &observation,
+            env.sender_account_created_at_ms,
+            interop_proto::now_ms(),
+            content,
+        );
+        let v = Verdict::try_from(verdict.verdict).unwrap_or(Verdict::Unspecified);
         self.verdicts
-            .get_or_create(&VerdictLabel { verdict: name })
+            .get_or_create(&VerdictLabel {
+                verdict: v.as_str_name(),
+            })
             .inc();
-        if verdict.verdict == Verdict::Reject as i32 {
-            let detail = verdict
-                .signals
-                .first()
-                .map(|s| s.detail.clone())
-                .unwrap_or_default();
+        for s in &verdict.signals {
+            self.signals_fired
+                .get_or_create(&SignalLabel {
+                    signal: s.name.clone(),
+                })
+                .inc();
+        }
+        if v == Verdict::Reject {
+            let names: Vec<&str> = verdict.signals.iter().map(|s| s.name.as_str()).collect();
+            let detail = format!("score {:.1}: {}", verdict.score, names.join(", "));
             return Ok(vec![pipeline::receipt_to_sender(
                 env,
                 ReceiptStatus::Failed,
@@ -135,46 +138,5 @@ impl Handler for Scorer {
             msg_id,
             payload: Bytes::from(pm.encode_to_vec()),
         }])
-    }
-}
-
-/// The content classifier's signal for a server-visible text, if it calls
-/// it spam: the probability and the features that weighed most (words of the
-/// message can appear, so the detail stays in the verdict and never goes to
-/// logs).
-pub fn content_signal(model: &interop_spam_classifier::Model, text: &str) -> Option<Signal> {
-    let score = model.score(text);
-    if score < model.threshold() {
-        return None;
-    }
-    let top: Vec<String> = model
-        .explain(text, 3)
-        .into_iter()
-        .map(|(feature, weight)| format!("{feature} {weight:+.2}"))
-        .collect();
-    Some(Signal {
-        name: "CONTENT_CLASSIFIER".into(),
-        weight: score,
-        detail: top.join("; "),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_classifier_signal_fires_on_spam_and_explains_itself() {
-        let model = interop_spam_classifier::embedded_model().unwrap();
-        let spam = "WINNER!! You have won a FREE prize of 1000 GBP cash. Call 09061701461 now to claim, T&C apply";
-        let signal = content_signal(&model, spam).expect("obvious spam");
-        assert_eq!(signal.name, "CONTENT_CLASSIFIER");
-        assert!(signal.weight >= model.threshold() && signal.weight <= 1.0);
-        assert_eq!(signal.detail.split("; ").count(), 3, "{}", signal.detail);
-        assert!(content_signal(
-            &model,
-            "Are we still on for lunch tomorrow? I can pick you up at noon"
-        )
-        .is_none());
     }
 }

@@ -6,15 +6,17 @@
 //! A rejected message is not passed on: its sender gets a FAILED receipt
 //! with code `SPAM` in their store.
 //!
-//! Signals so far: `SENDER_RATE` (messages per sender per minute, counted in
-//! Redis across all replicas; over the limit the message is rejected) and,
-//! for server-visible text, `CONTENT_CLASSIFIER` (the SMS-spam model of
-//! `interop-spam-classifier`, with the features that weighed most). The
-//! verdict policy that acts on content (message requests, quarantine) comes
-//! with the consent issue; today the classifier's signal and score are
-//! recorded in the verdict for explanation and metrics.
+//! Signals ([`signals`]; weights and thresholds in [`policy::Policy`], all
+//! documented in docs/spam.md): `SENDER_RATE`, `STRANGER_FANOUT`,
+//! `FIRST_CONTACT_RATIO`, `NEW_ACCOUNT`, `IDENTICAL_PAYLOAD`,
+//! `SENDER_REPUTATION`, `PROVIDER_REPUTATION`, and for server-visible text
+//! `CONTENT_CLASSIFIER` and `SUSPICIOUS_LINK`. The score is the sum of the
+//! weights that fired; the verdict (allow, request, quarantine, reject) is
+//! the highest threshold it reaches, and records every signal that fired.
 
 mod handler;
+pub mod policy;
+pub mod signals;
 
 use std::sync::Arc;
 
@@ -25,14 +27,15 @@ use interop_bus::subjects::{CONSUMER_SPAM_SCORING, INGEST_ACCEPTED, STREAM_INGES
 use interop_bus::{BusError, StageOptions, StreamSettings};
 use interop_service::Deps;
 
-pub use handler::{content_signal, Scorer};
+pub use handler::Scorer;
+pub use policy::Policy;
 
 /// Configuration of spam-scoring.
 #[derive(Clone)]
 pub struct Config {
     pub streams: StreamSettings,
-    /// Messages a sender may send per minute before they are rejected.
-    pub max_sender_per_minute: u64,
+    /// Every signal's threshold and weight, and the verdict thresholds.
+    pub policy: Policy,
     /// The content classifier for server-visible text.
     pub model: Arc<interop_spam_classifier::Model>,
 }
@@ -41,7 +44,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             streams: StreamSettings::default(),
-            max_sender_per_minute: 600,
+            policy: Policy::default(),
             // The embedded model is checked by the classifier's tests.
             model: Arc::new(
                 interop_spam_classifier::embedded_model().expect("the embedded model decodes"),
@@ -69,7 +72,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     .await?;
     let scorer = Arc::new(Scorer::new(
         deps.redis.clone(),
-        config.max_sender_per_minute,
+        Arc::new(config.policy.clone()),
         config.model.clone(),
         &deps.metrics,
     ));

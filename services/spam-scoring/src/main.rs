@@ -13,13 +13,14 @@ use interop_spam_classifier::{cli, corpus, eval, Model};
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
-    /// Messages a sender may send per minute before they are rejected as spam.
-    #[arg(
-        long,
-        env = "INTEROP_SPAM_SCORING_MAX_SENDER_PER_MINUTE",
-        default_value_t = 600
-    )]
-    max_sender_per_minute: u64,
+    /// Messages a sender may send per minute before SENDER_RATE fires
+    /// (overrides the policy file's `sender_rate.max_per_minute`; default 600).
+    #[arg(long, env = "INTEROP_SPAM_SCORING_MAX_SENDER_PER_MINUTE")]
+    max_sender_per_minute: Option<u64>,
+    /// Signal weights and verdict thresholds (TOML; docs/spam.md). Keys not
+    /// in the file keep their defaults.
+    #[arg(long, env = "INTEROP_SPAM_SCORING_POLICY")]
+    policy: Option<PathBuf>,
     /// Content classifier model file (default: the model built into the binary).
     #[arg(long, env = "INTEROP_SPAM_SCORING_MODEL", global = true)]
     model: Option<PathBuf>,
@@ -91,9 +92,16 @@ async fn main() {
         .common
         .stream_settings()
         .unwrap_or_else(|e| fail(e, 64));
+    let mut policy = match &args.policy {
+        Some(path) => interop_spam_scoring::Policy::load(path).unwrap_or_else(|e| fail(e, 64)),
+        None => interop_spam_scoring::Policy::default(),
+    };
+    if let Some(max) = args.max_sender_per_minute {
+        policy.sender_rate.max_per_minute = max;
+    }
     let config = interop_spam_scoring::Config {
         streams,
-        max_sender_per_minute: args.max_sender_per_minute,
+        policy,
         model: std::sync::Arc::new(model(args.model.as_ref())),
     };
     let code = interop_service::run_main("spam-scoring", &args.common, |deps, shutdown| {

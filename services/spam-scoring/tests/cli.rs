@@ -91,3 +91,42 @@ fn eval_prints_one_json_object_with_the_metrics() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_bad_policy_file_refuses_to_start_with_exit_64() {
+    let dir = std::env::temp_dir().join(format!("spam-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text, says) in [
+        ("typo.toml", "[verdict]\nrequets = 2.0\n", "requets"),
+        (
+            "order.toml",
+            "[verdict]\nrequest = 8.0\nquarantine = 6.0\n",
+            "request <= quarantine",
+        ),
+        (
+            "halflife.toml",
+            "[sender_reputation]\nhalf_life_days = 30.0\n",
+            "half_life_days",
+        ),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(BIN)
+            .arg("--policy")
+            .arg(&path)
+            // Never reached: the policy is checked before connecting.
+            .args(["--nats-url", "nats://127.0.0.1:1"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{name}: {stderr}");
+        assert!(stderr.contains(says), "{name}: {stderr}");
+    }
+    let out = Command::new(BIN)
+        .arg("--policy")
+        .arg(dir.join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -41,15 +41,26 @@ pub enum BusError {
     },
 }
 
-/// Connects to NATS, retrying forever in the background after the first
-/// success, and checks the server version.
+/// The servers in a `--nats-url` value: one URL, or several separated by
+/// commas (a cluster). async-nats parses a `&str` as one URL, so a list has
+/// to be split first.
+pub fn server_list(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Connects to NATS (`url` may list several servers, comma-separated),
+/// retrying forever in the background after the first success, and checks
+/// the server version.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
     let client = async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(url)
+        .connect(server_list(url))
         .await
         .map_err(|source| BusError::Connect {
             url: url.to_owned(),
@@ -101,6 +112,16 @@ mod tests {
         assert_eq!(k, recipient_key("home:+4915112345678"));
         assert_ne!(k, recipient_key("home:+4915112345679"));
         assert!(!k.contains("4915112345678"));
+    }
+
+    #[test]
+    fn a_comma_separated_url_is_a_server_list() {
+        assert_eq!(server_list("nats://a:4222"), vec!["nats://a:4222"]);
+        assert_eq!(
+            server_list("nats://a:4222, nats://b:4222,nats://c:4222"),
+            vec!["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+        assert_eq!(server_list("nats://a:4222,"), vec!["nats://a:4222"]);
     }
 
     #[test]

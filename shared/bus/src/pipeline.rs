@@ -74,6 +74,7 @@ pub fn receipt_to_sender(
             code: code as i32,
             detail: detail.to_owned(),
         })),
+        ..Default::default()
     };
     let pm = PipelineMessage {
         envelope: Some(receipt),

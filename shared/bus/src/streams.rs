@@ -41,6 +41,9 @@ impl Default for StreamSettings {
 pub fn inbox_grace(retention: Duration) -> Duration {
     (retention / 10).clamp(Duration::from_secs(2), Duration::from_secs(3600))
 }
+/// Most messages the quarantine holds (the oldest go first); they also age
+/// out with the store's max age.
+pub const QUARANTINE_MAX_MESSAGES: i64 = 1_000_000;
 
 /// Window in which a re-published `Nats-Msg-Id` is dropped as a duplicate.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -83,6 +86,19 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             ..Default::default()
         },
         stream::Config {
+            name: STREAM_QUARANTINE.to_owned(),
+            subjects: vec![ROUTING_QUARANTINED.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_age: s.inbox_max_age,
+            max_messages: QUARANTINE_MAX_MESSAGES,
+            storage: stream::StorageType::File,
+            num_replicas: s.replicas,
+            // JetStream refuses a duplicate window longer than max_age.
+            duplicate_window: DUPLICATE_WINDOW.min(s.inbox_max_age),
+            ..Default::default()
+        },
+        stream::Config {
             name: STREAM_CURSORS.to_owned(),
             subjects: vec![DELIVERY_ACKED_ALL.to_owned()],
             retention: stream::RetentionPolicy::Limits,
@@ -107,16 +123,53 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
     ]
 }
 
+/// How long each attempt at creating or updating one stream waits for an
+/// answer; after the last, the error is returned.
+const ENSURE_TIMEOUTS: [Duration; 5] = [
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(10),
+    Duration::from_secs(10),
+];
+
 /// Creates every stream, or updates it to this config.
+///
+/// A request that times out, or finds JetStream not available, is repeated
+/// with a longer wait each time (it is idempotent): on a NATS 2.9 cluster, services starting together
+/// that create the same replicated stream at once can all go unanswered
+/// although the stream was created, and a cluster that is still electing
+/// its leaders answers "unavailable". Without the retry every service
+/// exited at start-up against a fresh cluster (found by the fault suite).
 pub async fn ensure_streams(js: &jetstream::Context, s: &StreamSettings) -> Result<(), BusError> {
+    let mut js = js.clone();
     for config in stream_configs(s) {
         let name = config.name.clone();
-        js.create_or_update_stream(config)
-            .await
-            .map_err(|e| BusError::Stream {
-                name,
-                source: Box::new(e),
-            })?;
+        let mut attempt = 1;
+        loop {
+            js.set_timeout(ENSURE_TIMEOUTS[attempt - 1]);
+            match js.create_or_update_stream(config.clone()).await {
+                Ok(_) => break,
+                Err(e)
+                    if attempt < ENSURE_TIMEOUTS.len()
+                        && matches!(
+                            e.kind(),
+                            jetstream::context::CreateStreamErrorKind::TimedOut
+                                | jetstream::context::CreateStreamErrorKind::JetStreamUnavailable
+                        ) =>
+                {
+                    tracing::warn!(stream = %name, attempt, error = %e, "Cannot create or update the stream yet; retrying.");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    return Err(BusError::Stream {
+                        name,
+                        source: Box::new(e),
+                    })
+                }
+            }
+        }
     }
     Ok(())
 }

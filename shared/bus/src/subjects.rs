@@ -10,6 +10,9 @@ pub const INGEST_ACCEPTED: &str = "interop.v1.ingest.accepted";
 pub const SPAM_SCORED: &str = "interop.v1.spam-scoring.scored";
 /// routing → media-transcoding: the message carries media to process.
 pub const ROUTING_MEDIA_REQUESTED: &str = "interop.v1.routing.media-requested";
+/// routing → the quarantine: a message spam-scoring scored as quarantine,
+/// held out of every inbox for review (stream [`STREAM_QUARANTINE`]).
+pub const ROUTING_QUARANTINED: &str = "interop.v1.routing.quarantined";
 /// Prefix of the per-recipient store: `interop.v1.delivery.queued.<key>`.
 /// Written by routing, media-transcoding and delivery (receipts); read by
 /// delivery sessions.
@@ -23,6 +26,8 @@ pub const STREAM_INGEST: &str = "INTEROP_INGEST";
 pub const STREAM_SCORED: &str = "INTEROP_SCORED";
 /// Stream holding [`ROUTING_MEDIA_REQUESTED`] (work queue).
 pub const STREAM_MEDIA: &str = "INTEROP_MEDIA";
+/// Stream holding [`ROUTING_QUARANTINED`] (limits: age and count).
+pub const STREAM_QUARANTINE: &str = "INTEROP_QUARANTINE";
 /// Stream holding the per-recipient store (limits: age and count).
 pub const STREAM_INBOX: &str = "INTEROP_INBOX";
 
@@ -103,6 +108,7 @@ mod tests {
             INGEST_ACCEPTED,
             SPAM_SCORED,
             ROUTING_MEDIA_REQUESTED,
+            ROUTING_QUARANTINED,
             DELIVERY_QUEUED_PREFIX,
             DELIVERY_QUEUED_ALL,
             DELIVERY_ACKED_PREFIX,

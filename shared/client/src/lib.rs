@@ -34,8 +34,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use interop_proto::v1::{
-    client_frame, envelope, server_frame, Accepted, Ack, ChangeGroup, ClientFrame, ConsentUpdated,
-    CreateGroup, Encryption, Envelope, GroupUpdated, Hello, MarkRead, Reaction, Rejected, Send,
+    client_frame, envelope, server_frame, Accepted, Ack, ChangeGroup, ClientFrame, ConsentState,
+    ConsentUpdated, CreateGroup, Encryption, Envelope, GetConsent, GroupUpdated, Hello, Inbox,
+    MarkRead, Reaction, Rejected, RequestAction, RequestResponded, RespondToRequest, Send,
     ServerFrame, SetConsent, Text, Welcome,
 };
 use interop_proto::PROTOCOL_VERSION;
@@ -112,6 +113,20 @@ pub fn group_text_envelope(
         group_id: group_id.to_owned(),
         ..text_envelope(client_message_id, from, "", body)
     }
+}
+
+/// The answer to a [`Sender::respond_to_request`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestOutcome {
+    Responded(RequestResponded),
+    Rejected(Rejected),
+}
+
+/// The answer to a [`Sender::get_consent`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConsentStateOutcome {
+    State(ConsentState),
+    Rejected(Rejected),
 }
 
 /// A server-visible text envelope (TRANSPORT_ONLY).
@@ -402,18 +417,31 @@ impl Sender {
         self.request(frame).await
     }
 
-    /// Changes a user's consent.
+    /// Changes a user's consent (with a separate third-party inbox).
     pub async fn set_consent(
         &self,
         user: &str,
         opted_in: bool,
         allowed_providers: &[&str],
     ) -> Result<ConsentOutcome, ClientError> {
+        self.set_consent_with(user, opted_in, allowed_providers, Inbox::ThirdParty)
+            .await
+    }
+
+    /// Changes all of a user's settings: opt-in, allowed providers, inbox.
+    pub async fn set_consent_with(
+        &self,
+        user: &str,
+        opted_in: bool,
+        allowed_providers: &[&str],
+        inbox: Inbox,
+    ) -> Result<ConsentOutcome, ClientError> {
         let frame = self
             .request(client_frame::Frame::SetConsent(SetConsent {
                 user: user.to_owned(),
                 opted_in,
                 allowed_providers: allowed_providers.iter().map(|s| (*s).to_owned()).collect(),
+                inbox: inbox as i32,
             }))
             .await?;
         match frame.frame {
@@ -437,6 +465,30 @@ impl Sender {
         }
     }
 
+    /// Answers a message request (or changes an earlier answer) for `user`
+    /// about `sender`.
+    pub async fn respond_to_request(
+        &self,
+        user: &str,
+        sender: &str,
+        action: RequestAction,
+    ) -> Result<RequestOutcome, ClientError> {
+        let frame = self
+            .request(client_frame::Frame::RespondToRequest(RespondToRequest {
+                user: user.to_owned(),
+                sender: sender.to_owned(),
+                action: action as i32,
+            }))
+            .await?;
+        match frame.frame {
+            Some(server_frame::Frame::RequestResponded(r)) => Ok(RequestOutcome::Responded(r)),
+            Some(server_frame::Frame::Rejected(r)) => Ok(RequestOutcome::Rejected(r)),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer to RespondToRequest: {other:?}"
+            ))),
+        }
+    }
+
     /// Creates a group; `creator` (one of this provider's users) is its
     /// first admin.
     pub async fn create_group(
@@ -455,6 +507,22 @@ impl Sender {
     pub async fn change_group(&self, change: ChangeGroup) -> Result<GroupOutcome, ClientError> {
         self.group_request(client_frame::Frame::ChangeGroup(change))
             .await
+    }
+
+    /// Reads a user's settings and the senders they blocked or declined.
+    pub async fn get_consent(&self, user: &str) -> Result<ConsentStateOutcome, ClientError> {
+        let frame = self
+            .request(client_frame::Frame::GetConsent(GetConsent {
+                user: user.to_owned(),
+            }))
+            .await?;
+        match frame.frame {
+            Some(server_frame::Frame::ConsentState(c)) => Ok(ConsentStateOutcome::State(c)),
+            Some(server_frame::Frame::Rejected(r)) => Ok(ConsentStateOutcome::Rejected(r)),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer to GetConsent: {other:?}"
+            ))),
+        }
     }
 }
 
@@ -483,6 +551,9 @@ impl PendingSend<'_> {
 pub struct Delivered {
     pub delivery_tag: u64,
     pub envelope: Envelope,
+    /// Where the app files it: `Requests` for a message request, else the
+    /// inbox the user chose; `Unspecified` on receipts.
+    pub inbox: Inbox,
 }
 
 /// How many server message ids a receiver remembers for de-duplication.
@@ -581,6 +652,7 @@ impl Receiver {
             return Ok(Delivered {
                 delivery_tag: d.delivery_tag,
                 envelope,
+                inbox: Inbox::try_from(d.inbox).unwrap_or(Inbox::Unspecified),
             });
         }
     }

@@ -10,9 +10,13 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use interop_client::config::ClientConfig;
-use interop_client::{text_envelope, ConsentOutcome, Receiver, SendOutcome, Sender};
+use interop_client::{
+    text_envelope, ConsentOutcome, ConsentStateOutcome, Receiver, RequestOutcome, SendOutcome,
+    Sender,
+};
 use interop_proto::v1::{
-    envelope::Content, Ciphertext, Encryption, Envelope, ReceiptStatus, RejectCode,
+    envelope::Content, Ciphertext, Encryption, Envelope, Inbox, ReceiptStatus, RejectCode,
+    Rejected, RequestAction,
 };
 use interop_proto::Address;
 
@@ -68,6 +72,40 @@ enum Command {
     OptOut {
         #[arg(long = "as")]
         user: String,
+        #[arg(long, env = "INTEROP_INGEST_URL")]
+        ingest_url: Option<String>,
+    },
+    /// A user's settings: show them, or change opt-in, allowed providers
+    /// and inbox (any not given keep their current value).
+    Consent {
+        /// The user, e.g. home:+4915112345678.
+        #[arg(long = "as")]
+        user: String,
+        /// Opt in (true) or out (false): out stops all third-party delivery at once.
+        #[arg(long)]
+        opted_in: Option<bool>,
+        /// Providers allowed to reach the user (repeat, or comma-separate);
+        /// `--allow ''` allows none.
+        #[arg(long, value_delimiter = ',')]
+        allow: Option<Vec<String>>,
+        /// `separate` (a third-party inbox) or `combined` (with other chats).
+        #[arg(long, value_parser = ["separate", "combined"])]
+        inbox: Option<String>,
+        #[arg(long, env = "INTEROP_INGEST_URL")]
+        ingest_url: Option<String>,
+    },
+    /// Answer a message request, or change an earlier answer.
+    Request {
+        /// accept, decline, block, report (block and report as spam) or
+        /// reset (the next message is a request again).
+        #[arg(value_parser = ["accept", "decline", "block", "report", "reset"])]
+        action: String,
+        /// The recipient answering, e.g. home:+4915112345678.
+        #[arg(long = "as")]
+        user: String,
+        /// The sender, e.g. signal:alice.
+        #[arg(long)]
+        sender: String,
         #[arg(long, env = "INTEROP_INGEST_URL")]
         ingest_url: Option<String>,
     },
@@ -280,6 +318,8 @@ fn describe(env: &Envelope) -> serde_json::Value {
     });
     if let Some(info) = &env.sender_info {
         v["sender_provider"] = json!(info.display_name);
+        v["sender_provider_id"] = json!(info.provider);
+        v["sender_provider_encryption"] = json!(encryption_name(info.provider_encryption));
         v["privacy_policy_url"] = json!(info.privacy_policy_url);
     }
     match &env.content {
@@ -351,6 +391,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             ingest_url,
         } => consent(&ctx, &user, true, &allow, ingest_url).await,
         Command::OptOut { user, ingest_url } => consent(&ctx, &user, false, &[], ingest_url).await,
+        Command::Consent {
+            user,
+            opted_in,
+            allow,
+            inbox,
+            ingest_url,
+        } => consent_settings(&ctx, &user, opted_in, allow, inbox, ingest_url).await,
+        Command::Request {
+            action,
+            user,
+            sender,
+            ingest_url,
+        } => request(&ctx, &action, &user, &sender, ingest_url).await,
         Command::Send {
             from,
             to,
@@ -526,7 +579,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     None => rx.next().await,
                 };
                 let d = next?;
-                println!("{}", describe(&d.envelope));
+                let mut v = describe(&d.envelope);
+                if d.inbox != Inbox::Unspecified {
+                    v["inbox"] = json!(inbox_name(d.inbox));
+                }
+                println!("{v}");
                 rx.ack(&[d.delivery_tag]).await?;
                 received += 1;
             }
@@ -566,6 +623,108 @@ async fn consent(
             );
             Ok(2)
         }
+    }
+}
+
+fn inbox_name(inbox: Inbox) -> &'static str {
+    match inbox {
+        Inbox::ThirdParty => "separate",
+        Inbox::Combined => "combined",
+        Inbox::Requests => "requests",
+        Inbox::Unspecified => "unspecified",
+    }
+}
+
+fn print_rejected(r: &Rejected) -> i32 {
+    println!(
+        "{}",
+        json!({"rejected": {"code": r.code().as_str_name().trim_start_matches("REJECT_CODE_"), "detail": r.detail}})
+    );
+    2
+}
+
+/// `interop consent`: reads the settings, changes what was given, and
+/// prints the settings in force.
+async fn consent_settings(
+    ctx: &Ctx,
+    user: &str,
+    opted_in: Option<bool>,
+    allow: Option<Vec<String>>,
+    inbox: Option<String>,
+    ingest_url: Option<String>,
+) -> anyhow::Result<i32> {
+    let (provider, token) = ctx.creds(user)?;
+    let url = ctx.url(ingest_url, ctx.file.ingest_url.as_ref(), "ingest")?;
+    let sender = Sender::connect_with(&url, &provider, &token, ctx.tls.clone()).await?;
+    let mut state = match sender.get_consent(user).await? {
+        ConsentStateOutcome::State(s) => s,
+        ConsentStateOutcome::Rejected(r) => return Ok(print_rejected(&r)),
+    };
+    if opted_in.is_some() || allow.is_some() || inbox.is_some() {
+        let opted_in = opted_in.unwrap_or(state.opted_in);
+        let allow: Vec<String> = allow
+            .map(|a| a.into_iter().filter(|p| !p.is_empty()).collect())
+            .unwrap_or_else(|| state.allowed_providers.clone());
+        let inbox = match inbox.as_deref() {
+            Some("combined") => Inbox::Combined,
+            Some(_) => Inbox::ThirdParty,
+            None => Inbox::try_from(state.inbox).unwrap_or(Inbox::ThirdParty),
+        };
+        let allow_refs: Vec<&str> = allow.iter().map(String::as_str).collect();
+        match sender
+            .set_consent_with(user, opted_in, &allow_refs, inbox)
+            .await?
+        {
+            ConsentOutcome::Updated(c) => {
+                state.opted_in = c.opted_in;
+                state.allowed_providers = c.allowed_providers;
+                state.inbox = c.inbox;
+            }
+            ConsentOutcome::Rejected(r) => return Ok(print_rejected(&r)),
+        }
+    }
+    let inbox = Inbox::try_from(state.inbox).unwrap_or(Inbox::Unspecified);
+    println!(
+        "{}",
+        json!({"consent": {"user": state.user, "opted_in": state.opted_in,
+            "allowed_providers": state.allowed_providers, "inbox": inbox_name(inbox),
+            "blocked": state.blocked, "declined": state.declined}})
+    );
+    Ok(0)
+}
+
+/// `interop request ACTION`.
+async fn request(
+    ctx: &Ctx,
+    action: &str,
+    user: &str,
+    sender_address: &str,
+    ingest_url: Option<String>,
+) -> anyhow::Result<i32> {
+    let action = match action {
+        "accept" => RequestAction::Accept,
+        "decline" => RequestAction::Decline,
+        "block" => RequestAction::Block,
+        "report" => RequestAction::Report,
+        "reset" => RequestAction::Reset,
+        other => bail!("unknown action {other:?}"),
+    };
+    let (provider, token) = ctx.creds(user)?;
+    let url = ctx.url(ingest_url, ctx.file.ingest_url.as_ref(), "ingest")?;
+    let sender = Sender::connect_with(&url, &provider, &token, ctx.tls.clone()).await?;
+    match sender
+        .respond_to_request(user, sender_address, action)
+        .await?
+    {
+        RequestOutcome::Responded(r) => {
+            println!(
+                "{}",
+                json!({"request": {"user": r.user, "sender": r.sender,
+                    "action": action.as_str_name().trim_start_matches("REQUEST_ACTION_").to_lowercase()}})
+            );
+            Ok(0)
+        }
+        RequestOutcome::Rejected(r) => Ok(print_rejected(&r)),
     }
 }
 
@@ -652,5 +811,42 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn consent_and_request_commands_parse_and_refuse_unknown_values() {
+        let cli = Cli::try_parse_from([
+            "interop",
+            "consent",
+            "--as",
+            "home:+4915112345678",
+            "--opted-in",
+            "false",
+            "--allow",
+            "signal,telegram",
+            "--inbox",
+            "combined",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Consent { opted_in: Some(false), allow: Some(ref a), inbox: Some(ref i), .. }
+                if a == &["signal", "telegram"] && i == "combined"
+        ));
+        assert!(Cli::try_parse_from([
+            "interop", "consent", "--as", "home:+1", "--inbox", "requests"
+        ])
+        .is_err());
+        for action in ["accept", "decline", "block", "report", "reset"] {
+            let cli = Cli::try_parse_from([
+                "interop", "request", action, "--as", "home:+1", "--sender", "signal:a",
+            ])
+            .unwrap();
+            assert!(matches!(cli.command, Command::Request { action: ref a, .. } if a == action));
+        }
+        assert!(Cli::try_parse_from([
+            "interop", "request", "ignore", "--as", "home:+1", "--sender", "signal:a"
+        ])
+        .is_err());
     }
 }

@@ -47,7 +47,11 @@ async fn pipeline() -> Pipeline {
     let s = shutdown.clone();
     tokio::spawn(async move { interop_ingest::run(config, d, s).await });
     let spam = interop_spam_scoring::Config {
-        max_sender_per_minute: 1_000_000,
+        policy: {
+            let mut p = interop_spam_scoring::Policy::default();
+            p.sender_rate.max_per_minute = 1_000_000;
+            p
+        },
         ..Default::default()
     };
     let d = connect_service(&n, &r, "spam-scoring").await;

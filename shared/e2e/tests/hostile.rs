@@ -66,6 +66,7 @@ fn consent(user: &str, allowed: Vec<String>) -> Vec<u8> {
         user: user.into(),
         opted_in: true,
         allowed_providers: allowed,
+        ..Default::default()
     }))
 }
 

@@ -274,12 +274,18 @@ async fn ciphertext_passes_through_byte_for_byte() {
     );
 }
 
+fn policy_with_rate_limit(max_per_minute: u64) -> interop_spam_scoring::Policy {
+    let mut p = interop_spam_scoring::Policy::default();
+    p.sender_rate.max_per_minute = max_per_minute;
+    p
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_over_the_rate_limit_gets_a_failed_receipt() {
     let nats = interop_test_support::NatsServer::start();
     let redis = interop_test_support::RedisServer::start();
     let spam = interop_spam_scoring::Config {
-        max_sender_per_minute: 3,
+        policy: policy_with_rate_limit(3),
         ..Default::default()
     };
     let gw = interop_e2e::Gateway::start_with(&nats.url(), &redis.url(), spam).await;

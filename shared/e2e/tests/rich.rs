@@ -362,23 +362,27 @@ fn member(i: usize) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_of_fifty_across_three_providers_gets_one_copy_each() {
+async fn a_group_of_fifty_across_three_providers_gets_one_copy_each_except_who_blocked_the_sender()
+{
     let stack = Stack::start(registry(), Default::default()).await;
     let d = stack.delivery().await;
     let signal = sender(&stack, "signal").await;
-    // 49 members besides alice, from home, signal and telegram. All allow
-    // signal except one, who stands for a member who does not accept the
-    // sender (consent refused; issue 4's blocks use the same admission).
+    // 49 members besides alice, from home, signal and telegram, all opted
+    // in and allowing signal; one of them blocked alice.
     let members: Vec<String> = (1..50).map(member).collect();
     let excluded = members[10].clone();
     for m in &members {
-        let allow: &[&str] = if *m == excluded {
-            &["telegram"]
-        } else {
-            &["signal"]
-        };
-        opt_in(&stack, m, allow).await;
+        opt_in(&stack, m, &["signal"]).await;
     }
+    let blocked = sender(&stack, excluded.split(':').next().unwrap_or_default())
+        .await
+        .respond_to_request(&excluded, ALICE, interop_proto::v1::RequestAction::Block)
+        .await
+        .unwrap();
+    assert!(
+        matches!(blocked, interop_client::RequestOutcome::Responded(_)),
+        "{blocked:?}"
+    );
     let group = match signal.create_group(ALICE, &members).await.unwrap() {
         GroupOutcome::Updated(g) => g,
         GroupOutcome::Rejected(r) => panic!("{r:?}"),

@@ -13,7 +13,7 @@
 //!
 //! [providers.capabilities]       # optional; default: everything
 //! content = ["text", "ciphertext", "media", "reply", "reaction"]
-//! media_formats = ["image/jpeg", "audio/ogg"]  # empty: any
+//! media_formats = ["image/jpeg", "audio/ogg"]  # empty: media-transcoding's --accept-formats
 //! ```
 //!
 //! Optional mutual TLS: `client_cert_sha256` lists the SHA-256 (hex) of the
@@ -127,8 +127,9 @@ impl ContentKind {
 pub struct Capabilities {
     /// Content kinds the clients can show.
     pub content: Vec<ContentKind>,
-    /// MIME types of media the clients can show or play; empty means any
-    /// format the gateway produces.
+    /// MIME types (`type/subtype`, `type/*`, `*/*`) of media the clients can
+    /// show or play; empty means the operator's default list
+    /// (media-transcoding's `--accept-formats`).
     pub media_formats: Vec<String>,
 }
 

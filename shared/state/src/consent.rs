@@ -3,6 +3,8 @@
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands as _;
 
+use interop_proto::v1::Inbox;
+
 use crate::StateError;
 
 /// A user's interoperability settings.
@@ -11,12 +13,38 @@ pub struct Consent {
     pub opted_in: bool,
     /// Provider ids allowed to reach the user.
     pub allowed_providers: Vec<String>,
+    /// One inbox with the user's other chats, instead of a separate
+    /// third-party inbox (the default).
+    pub combined_inbox: bool,
 }
 
+/// The `inbox` hash field's value for a combined inbox.
+pub const INBOX_COMBINED: &str = "combined";
+/// The `inbox` hash field's value for a separate third-party inbox.
+pub const INBOX_THIRD_PARTY: &str = "third-party";
+
 impl Consent {
+    /// The inbox messages from accepted senders go to.
+    pub fn inbox(&self) -> Inbox {
+        if self.combined_inbox {
+            Inbox::Combined
+        } else {
+            Inbox::ThirdParty
+        }
+    }
+
+    /// Builds a record from the `opted_in`, `allowed` and `inbox` hash fields.
+    pub fn from_hash(opted_in: Option<&str>, allowed: Option<&str>, inbox: Option<&str>) -> Self {
+        Self {
+            combined_inbox: inbox == Some(INBOX_COMBINED),
+            ..Self::from_fields(opted_in, allowed)
+        }
+    }
+
     /// Builds a record from the `opted_in` and `allowed` hash fields.
     pub fn from_fields(opted_in: Option<&str>, allowed: Option<&str>) -> Self {
         Self {
+            combined_inbox: false,
             opted_in: opted_in == Some("1"),
             allowed_providers: allowed
                 .unwrap_or_default()
@@ -52,15 +80,18 @@ impl ConsentStore {
     /// The user's settings; a user never seen is not opted in.
     pub async fn get(&self, address: &str) -> Result<Consent, StateError> {
         let mut conn = self.redis.clone();
-        let (opted_in, allowed): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(key(address))
-            .arg("opted_in")
-            .arg("allowed")
-            .query_async(&mut conn)
-            .await?;
-        Ok(Consent::from_fields(
+        let (opted_in, allowed, inbox): (Option<String>, Option<String>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(key(address))
+                .arg("opted_in")
+                .arg("allowed")
+                .arg("inbox")
+                .query_async(&mut conn)
+                .await?;
+        Ok(Consent::from_hash(
             opted_in.as_deref(),
             allowed.as_deref(),
+            inbox.as_deref(),
         ))
     }
 
@@ -75,6 +106,14 @@ impl ConsentStore {
                 &[
                     ("opted_in", if consent.opted_in { "1" } else { "0" }),
                     ("allowed", allowed.as_str()),
+                    (
+                        "inbox",
+                        if consent.combined_inbox {
+                            INBOX_COMBINED
+                        } else {
+                            INBOX_THIRD_PARTY
+                        },
+                    ),
                     ("updated_at_ms", now.as_str()),
                 ],
             )

@@ -4,17 +4,26 @@
 //!
 //! Keys (all under `interop:`):
 //! - `interop:consent:<address>` — hash: `opted_in` (`0`/`1`), `allowed`
-//!   (comma-separated provider ids), `updated_at_ms`.
+//!   (comma-separated provider ids),
+//!   `inbox` (`third-party`/`combined`), `updated_at_ms`.
 //! - `interop:group:<id>:members`, `interop:group:<id>:admins` — sets of
 //!   addresses (see [`group`]).
 //! - `interop:rate:<scope>:<id>:<window>` — counter with a TTL of two windows.
+//! - `interop:contacts:<recipient>` — accepted/declined/blocked senders
+//!   ([`contacts`]).
+//! - `interop:spam:*` — spam-scoring's counters ([`spam`]) and reputation
+//!   ([`reputation`]).
 
 pub mod consent;
+pub mod contacts;
 pub mod gcra;
 pub mod group;
 pub mod rate;
+pub mod reputation;
+pub mod spam;
 
 pub use consent::{Consent, ConsentStore};
+pub use contacts::{Admission, ContactState, ContactStore, Refusal};
 pub use group::{Group, GroupStore};
 pub use rate::RateCounter;
 

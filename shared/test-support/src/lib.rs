@@ -10,6 +10,16 @@
 //!
 //! A missing binary panics with the command that installs it: these are test
 //! helpers, and a panic with a clear message is the right failure there.
+//!
+//! For fault tests: [`NatsCluster`] (clustered JetStream nodes that can be
+//! killed and restarted one at a time) and [`ChaosProxy`] (a TCP proxy that
+//! delays, blackholes or cuts connections on demand).
+
+mod chaos;
+mod cluster;
+
+pub use chaos::{ChaosProxy, Mode};
+pub use cluster::{NatsCluster, CLUSTER_NAME};
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -155,6 +165,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server (SIGKILL), keeping its store.
     pub fn stop(&mut self) {
         kill(&mut self.child);
@@ -279,6 +294,11 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the server (SIGKILL).

@@ -37,6 +37,12 @@ pub const BOB: &str = "home:+4915112345678";
 pub const ALICE: &str = "signal:alice";
 
 pub fn registry() -> Registry {
+    registry_with_home_capabilities("")
+}
+
+/// The test registry, with `capabilities` (TOML lines) for "home", BOB's
+/// provider: the recipient in `Service::send_media`.
+pub fn registry_with_home_capabilities(capabilities: &str) -> Registry {
     Registry::from_toml(&format!(
         r#"
         [[providers]]
@@ -44,6 +50,7 @@ pub fn registry() -> Registry {
         display_name = "Home"
         encryption = "e2ee"
         token_sha256 = ["{}"]
+        {capabilities}
 
         [[providers]]
         id = "signal"

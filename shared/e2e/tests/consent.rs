@@ -1,0 +1,606 @@
+//! Consent, message requests, blocks and reports, end to end through all
+//! five services against real nats-server and redis-server: one test per
+//! consent path of issue 4.
+
+use std::time::Duration;
+
+use interop_client::{
+    text_envelope, ConsentOutcome, ConsentStateOutcome, Delivered, Receiver, RequestOutcome,
+    SendOutcome, Sender,
+};
+use interop_e2e::{Cluster, Gateway, HOME_TOKEN, SIGNAL_TOKEN, TELEGRAM_TOKEN};
+use interop_proto::v1::{
+    envelope::Content, Encryption, Inbox, ReceiptStatus, RejectCode, RequestAction,
+};
+use interop_test_support::{NatsServer, RedisServer};
+
+const BOB: &str = "home:+4915112345678";
+const DAVE: &str = "home:+4915112345670";
+const ALICE: &str = "signal:alice";
+const TOM: &str = "telegram:tom";
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(15), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+async fn home(gw: &Gateway) -> Sender {
+    Sender::connect(&gw.ingest_url, "home", HOME_TOKEN)
+        .await
+        .unwrap()
+}
+
+async fn signal(gw: &Gateway) -> Sender {
+    Sender::connect(&gw.ingest_url, "signal", SIGNAL_TOKEN)
+        .await
+        .unwrap()
+}
+
+async fn telegram(gw: &Gateway) -> Sender {
+    Sender::connect(&gw.ingest_url, "telegram", TELEGRAM_TOKEN)
+        .await
+        .unwrap()
+}
+
+async fn set(gw: &Gateway, user: &str, opted_in: bool, allow: &[&str], inbox: Inbox) {
+    let out = home(gw)
+        .await
+        .set_consent_with(user, opted_in, allow, inbox)
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, ConsentOutcome::Updated(ref u) if u.opted_in == opted_in),
+        "{out:?}"
+    );
+}
+
+async fn respond(gw: &Gateway, user: &str, sender: &str, action: RequestAction) {
+    let out = home(gw)
+        .await
+        .respond_to_request(user, sender, action)
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, RequestOutcome::Responded(ref r) if r.action == action as i32),
+        "{out:?}"
+    );
+}
+
+async fn receiver(gw: &Gateway, provider: &str, token: &str, user: &str) -> Receiver {
+    Receiver::connect(&gw.delivery_url, provider, token, user, "phone")
+        .await
+        .unwrap()
+}
+
+async fn next_acked(rx: &mut Receiver) -> Delivered {
+    let d = within("a delivery", rx.next()).await.unwrap();
+    rx.ack(&[d.delivery_tag]).await.unwrap();
+    d
+}
+
+async fn nothing_more(rx: &mut Receiver) {
+    let got = tokio::time::timeout(Duration::from_millis(1500), rx.next()).await;
+    assert!(got.is_err(), "unexpected delivery: {got:?}");
+}
+
+fn accepted(out: SendOutcome) -> interop_proto::v1::Accepted {
+    match out {
+        SendOutcome::Accepted(a) => a,
+        SendOutcome::Rejected(r) => panic!("rejected: {r:?}"),
+    }
+}
+
+fn rejected(out: SendOutcome) -> interop_proto::v1::Rejected {
+    match out {
+        SendOutcome::Rejected(r) => r,
+        SendOutcome::Accepted(a) => panic!("accepted: {a:?}"),
+    }
+}
+
+/// The next receipt in a sender's store: (status, code, detail, client id).
+async fn next_receipt(rx: &mut Receiver) -> (i32, i32, String, String) {
+    loop {
+        let e = next_acked(rx).await.envelope;
+        if let Some(Content::Receipt(r)) = e.content {
+            return (r.status, r.code, r.detail, r.client_message_id);
+        }
+    }
+}
+
+async fn stop(gw: Gateway) {
+    for (name, r) in gw.stop().await {
+        assert!(r.is_ok(), "{name}: {r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_opted_in_delivers_nothing_and_answers_like_an_unknown_user() {
+    let c = Cluster::start().await;
+    let gw = &c.gateway;
+    let alice = signal(gw).await;
+    let unknown = rejected(
+        alice
+            .send(text_envelope("u1", ALICE, "home:+491700000001", "hello"))
+            .await
+            .unwrap(),
+    );
+    // Bob has a record, but is not opted in (allowing signal changes nothing).
+    set(gw, BOB, false, &["signal"], Inbox::ThirdParty).await;
+    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    let not_opted = rejected(
+        alice
+            .send(text_envelope("u2", ALICE, BOB, "hello"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(unknown.code, RejectCode::RecipientUnavailable as i32);
+    assert_eq!(
+        (not_opted.code, &not_opted.detail),
+        (unknown.code, &unknown.detail)
+    );
+    nothing_more(&mut bob).await;
+    stop(c.gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_not_allowed_is_refused_and_others_are_not() {
+    let c = Cluster::start().await;
+    let gw = &c.gateway;
+    set(gw, BOB, true, &["telegram"], Inbox::ThirdParty).await;
+    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    let r = rejected(
+        signal(gw)
+            .await
+            .send(text_envelope("p1", ALICE, BOB, "hello"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(r.code, RejectCode::RecipientUnavailable as i32);
+    accepted(
+        telegram(gw)
+            .await
+            .send(text_envelope("p2", TOM, BOB, "hello from telegram"))
+            .await
+            .unwrap(),
+    );
+    let d = next_acked(&mut bob).await;
+    assert_eq!(d.envelope.from, TOM);
+    nothing_more(&mut bob).await;
+    stop(c.gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_contact_is_a_request_until_accepted_then_later_messages_reach_the_inbox() {
+    let c = Cluster::start().await;
+    let gw = &c.gateway;
+    set(gw, BOB, true, &["signal", "telegram"], Inbox::ThirdParty).await;
+    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    let alice = signal(gw).await;
+    for (i, body) in ["hi bob, it's alice", "are you there?"].iter().enumerate() {
+        accepted(
+            alice
+                .send(text_envelope(&format!("r{i}"), ALICE, BOB, body))
+                .await
+                .unwrap(),
+        );
+        let d = next_acked(&mut bob).await;
+        assert_eq!(d.inbox, Inbox::Requests, "message {i} before accepting");
+        // A request says who it is from, like every message.
+        let info = d.envelope.sender_info.expect("sender info on a request");
+        assert_eq!(info.provider, "signal");
+        assert_eq!(info.privacy_policy_url, "https://signal.example/privacy");
+        assert_eq!(info.provider_encryption, Encryption::E2ee as i32);
+    }
+    respond(gw, BOB, ALICE, RequestAction::Accept).await;
+    accepted(
+        alice
+            .send(text_envelope("r2", ALICE, BOB, "great, talk soon"))
+            .await
+            .unwrap(),
+    );
+    let d = next_acked(&mut bob).await;
+    assert_eq!(d.inbox, Inbox::ThirdParty);
+    assert_eq!(d.envelope.sender_info.unwrap().provider, "signal");
+    // The inbox choice can change at any time: combined from now on.
+    set(gw, BOB, true, &["signal", "telegram"], Inbox::Combined).await;
+    accepted(
+        alice
+            .send(text_envelope("r3", ALICE, BOB, "one more"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(next_acked(&mut bob).await.inbox, Inbox::Combined);
+    // Another sender is still a stranger.
+    accepted(
+        telegram(gw)
+            .await
+            .send(text_envelope("t1", TOM, BOB, "hello from tom"))
+            .await
+            .unwrap(),
+    );
+    let d = next_acked(&mut bob).await;
+    assert_eq!((d.envelope.from.as_str(), d.inbox), (TOM, Inbox::Requests));
+    let info = d.envelope.sender_info.unwrap();
+    assert_eq!(info.provider_encryption, Encryption::TransportOnly as i32);
+    stop(c.gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_to_someone_accepts_their_replies() {
+    let c = Cluster::start().await;
+    let gw = &c.gateway;
+    set(gw, BOB, true, &["signal"], Inbox::ThirdParty).await;
+    let alice_consent = signal(gw)
+        .await
+        .set_consent(ALICE, true, &["home"])
+        .await
+        .unwrap();
+    assert!(matches!(alice_consent, ConsentOutcome::Updated(_)));
+    let mut alice_rx = receiver(gw, "signal", SIGNAL_TOKEN, ALICE).await;
+    let mut bob_rx = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    accepted(
+        home(gw)
+            .await
+            .send(text_envelope("b1", BOB, ALICE, "hi alice, bob here"))
+            .await
+            .unwrap(),
+    );
+    loop {
+        let d = next_acked(&mut alice_rx).await;
+        if d.envelope.from == BOB && !matches!(d.envelope.content, Some(Content::Receipt(_))) {
+            assert_eq!(d.inbox, Inbox::Requests, "bob is new to alice");
+            break;
+        }
+    }
+    accepted(
+        signal(gw)
+            .await
+            .send(text_envelope("a1", ALICE, BOB, "hi bob"))
+            .await
+            .unwrap(),
+    );
+    loop {
+        let d = next_acked(&mut bob_rx).await;
+        if d.envelope.from == ALICE && !matches!(d.envelope.content, Some(Content::Receipt(_))) {
+            assert_eq!(d.inbox, Inbox::ThirdParty, "bob wrote first");
+            break;
+        }
+    }
+    stop(c.gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decline_and_block_stop_delivery_and_blocks_are_per_user_across_providers() {
+    let c = Cluster::start().await;
+    let gw = &c.gateway;
+    set(gw, BOB, true, &["signal", "telegram"], Inbox::ThirdParty).await;
+    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    let mut alice_rx = receiver(gw, "signal", SIGNAL_TOKEN, ALICE).await;
+    let mut tom_rx = receiver(gw, "telegram", TELEGRAM_TOKEN, TOM).await;
+    let alice = signal(gw).await;
+    let tom = telegram(gw).await;
+    accepted(
+        alice
+            .send(text_envelope("a0", ALICE, BOB, "hi"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(next_acked(&mut bob).await.inbox, Inbox::Requests);
+    // Decline alice: her next message is not delivered and she gets the
+    // same code as for a user who does not exist.
+    respond(gw, BOB, ALICE, RequestAction::Decline).await;
+    accepted(
+        alice
+            .send(text_envelope("a1", ALICE, BOB, "hello?"))
+            .await
+            .unwrap(),
+    );
+    let (status, code, _, cmid) = next_receipt(&mut alice_rx).await;
+    let (status, code) = if cmid == "a0" {
+        // The delivered receipt of the first message came first.
+        assert_eq!(status, ReceiptStatus::Delivered as i32);
+        let (s, c, _, cmid) = next_receipt(&mut alice_rx).await;
+        assert_eq!(cmid, "a1");
+        (s, c)
+    } else {
+        (status, code)
+    };
+    assert_eq!(
+        (status, code),
+        (
+            ReceiptStatus::Failed as i32,
+            RejectCode::RecipientUnavailable as i32
+        )
+    );
+    // Block tom (another provider): same.
+    respond(gw, BOB, TOM, RequestAction::Block).await;
+    accepted(
+        tom.send(text_envelope("t1", TOM, BOB, "hello"))
+            .await
+            .unwrap(),
+    );
+    let (status, code, _, cmid) = next_receipt(&mut tom_rx).await;
+    assert_eq!(cmid, "t1");
+    assert_eq!(
+        (status, code),
+        (
+            ReceiptStatus::Failed as i32,
+            RejectCode::RecipientUnavailable as i32
+        )
+    );
+    nothing_more(&mut bob).await;
+    // The block is bob's: tom still reaches dave.
+    set(gw, DAVE, true, &["telegram"], Inbox::ThirdParty).await;
+    let mut dave = receiver(gw, "home", HOME_TOKEN, DAVE).await;
+    accepted(
+        tom.send(text_envelope("t2", TOM, DAVE, "hi dave"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(next_acked(&mut dave).await.envelope.from, TOM);
+    // The app can show the lists, and every answer can be changed.
+    let ConsentStateOutcome::State(state) = home(gw).await.get_consent(BOB).await.unwrap() else {
+        panic!("no state")
+    };
+    assert_eq!(state.blocked, vec![TOM.to_owned()]);
+    assert_eq!(state.declined, vec![ALICE.to_owned()]);
+    assert_eq!(state.inbox, Inbox::ThirdParty as i32);
+    respond(gw, BOB, TOM, RequestAction::Reset).await;
+    accepted(
+        tom.send(text_envelope("t3", TOM, BOB, "again"))
+            .await
+            .unwrap(),
+    );
+    let d = next_acked(&mut bob).await;
+    assert_eq!((d.envelope.from.as_str(), d.inbox), (TOM, Inbox::Requests));
+    stop(c.gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_feeds_the_senders_reputation() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    // A strict policy: one report is enough to refuse the sender's messages.
+    let mut policy = interop_spam_scoring::Policy::default();
+    policy.sender_reputation.min_points = 0.5;
+    policy.sender_reputation.weight_per_point = 20.0;
+    policy.sender_reputation.max_weight = 20.0;
+    let spam = interop_spam_scoring::Config {
+        policy,
+        ..Default::default()
+    };
+    let gw = Gateway::start_with(&nats.url(), &redis.url(), spam).await;
+    set(&gw, BOB, true, &["signal"], Inbox::ThirdParty).await;
+    set(&gw, DAVE, true, &["signal"], Inbox::ThirdParty).await;
+    let mut dave = receiver(&gw, "home", HOME_TOKEN, DAVE).await;
+    let mut alice_rx = receiver(&gw, "signal", SIGNAL_TOKEN, ALICE).await;
+    let alice = signal(&gw).await;
+    // Before any report, alice reaches dave.
+    accepted(
+        alice
+            .send(text_envelope("a0", ALICE, DAVE, "hi dave"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(next_acked(&mut dave).await.envelope.from, ALICE);
+    respond(&gw, BOB, ALICE, RequestAction::Report).await;
+    // Reporting twice does not count twice.
+    respond(&gw, BOB, ALICE, RequestAction::Report).await;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let fields: Vec<(String, i64)> = redis::cmd("HGETALL")
+        .arg("interop:spam:rep:sender:signal:alice")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(fields.len(), 1, "{fields:?}");
+    assert!(
+        fields[0].0.starts_with("report:") && fields[0].1 == 1,
+        "{fields:?}"
+    );
+    let provider: Vec<(String, i64)> = redis::cmd("HGETALL")
+        .arg("interop:spam:rep:provider:signal")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        provider
+            .iter()
+            .any(|(f, n)| f.starts_with("report:") && *n == 1),
+        "{provider:?}"
+    );
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("interop:spam:rep:sender:signal:alice")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "reputation keys expire");
+    // Now alice's message to dave (who accepted nothing either way) is
+    // refused as spam, and the receipt names the signal.
+    accepted(
+        alice
+            .send(text_envelope("a1", ALICE, DAVE, "hi again"))
+            .await
+            .unwrap(),
+    );
+    let mut failed = None;
+    for _ in 0..2 {
+        let (status, code, detail, cmid) = next_receipt(&mut alice_rx).await;
+        if cmid == "a1" {
+            failed = Some((status, code, detail));
+            break;
+        }
+    }
+    let (status, code, detail) = failed.expect("a receipt for a1");
+    assert_eq!(
+        (status, code),
+        (ReceiptStatus::Failed as i32, RejectCode::Spam as i32)
+    );
+    assert!(detail.contains("SENDER_REPUTATION"), "{detail}");
+    nothing_more(&mut dave).await;
+    stop(gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opting_out_stops_every_third_party_at_once() {
+    let c = Cluster::start().await;
+    let gw = &c.gateway;
+    set(gw, BOB, true, &["signal", "telegram"], Inbox::ThirdParty).await;
+    respond(gw, BOB, ALICE, RequestAction::Accept).await;
+    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    let alice = signal(gw).await;
+    let tom = telegram(gw).await;
+    accepted(
+        alice
+            .send(text_envelope("a0", ALICE, BOB, "hi"))
+            .await
+            .unwrap(),
+    );
+    accepted(tom.send(text_envelope("t0", TOM, BOB, "hi")).await.unwrap());
+    next_acked(&mut bob).await;
+    next_acked(&mut bob).await;
+    // One change: nothing from any provider reaches bob, accepted or not.
+    set(gw, BOB, false, &["signal", "telegram"], Inbox::ThirdParty).await;
+    for (sender, from) in [(&alice, ALICE), (&tom, TOM)] {
+        let r = rejected(
+            sender
+                .send(text_envelope("x1", from, BOB, "still there?"))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(r.code, RejectCode::RecipientUnavailable as i32);
+    }
+    nothing_more(&mut bob).await;
+    // And opting in again restores it, with the earlier answers kept.
+    set(gw, BOB, true, &["signal", "telegram"], Inbox::ThirdParty).await;
+    accepted(
+        alice
+            .send(text_envelope("a2", ALICE, BOB, "back?"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(next_acked(&mut bob).await.inbox, Inbox::ThirdParty);
+    stop(c.gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_to_strangers_is_quarantined_without_a_receipt() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let mut policy = interop_spam_scoring::Policy::default();
+    policy.stranger_fanout.max_per_hour = 2;
+    policy.stranger_fanout.weight = 6.0;
+    let spam = interop_spam_scoring::Config {
+        policy,
+        ..Default::default()
+    };
+    let gw = Gateway::start_with(&nats.url(), &redis.url(), spam).await;
+    let users: Vec<String> = (0..3).map(|i| format!("home:+491510000000{i}")).collect();
+    let mut rxs = Vec::new();
+    for u in &users {
+        set(&gw, u, true, &["signal"], Inbox::ThirdParty).await;
+        rxs.push(receiver(&gw, "home", HOME_TOKEN, u).await);
+    }
+    let mut alice_rx = receiver(&gw, "signal", SIGNAL_TOKEN, ALICE).await;
+    let alice = signal(&gw).await;
+    for (i, u) in users.iter().enumerate() {
+        accepted(
+            alice
+                .send(text_envelope(&format!("f{i}"), ALICE, u, "hello stranger"))
+                .await
+                .unwrap(),
+        );
+    }
+    // The first two strangers get requests; the third is held.
+    for rx in &mut rxs[..2] {
+        assert_eq!(next_acked(rx).await.inbox, Inbox::Requests);
+    }
+    nothing_more(&mut rxs[2]).await;
+    // Alice gets delivered receipts for two, and nothing about the third.
+    let mut receipts = Vec::new();
+    for _ in 0..2 {
+        receipts.push(next_receipt(&mut alice_rx).await);
+    }
+    assert!(receipts
+        .iter()
+        .all(|r| r.0 == ReceiptStatus::Delivered as i32 && r.3 != "f2"));
+    nothing_more(&mut alice_rx).await;
+    // It is held in the quarantine stream.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut q = js
+        .get_stream(interop_bus::subjects::STREAM_QUARANTINE)
+        .await
+        .unwrap();
+    assert_eq!(q.info().await.unwrap().state.messages, 1);
+    stop(gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_consent_and_request_frames_get_typed_answers() {
+    let c = Cluster::start().await;
+    let gw = &c.gateway;
+    let home = home(gw).await;
+    let code = |out: ConsentOutcome| match out {
+        ConsentOutcome::Rejected(r) => r.code,
+        ConsentOutcome::Updated(u) => panic!("updated: {u:?}"),
+    };
+    assert_eq!(
+        code(
+            home.set_consent_with(BOB, true, &["signal"], Inbox::Requests)
+                .await
+                .unwrap()
+        ),
+        RejectCode::InvalidSetting as i32
+    );
+    let rcode = |out: RequestOutcome| match out {
+        RequestOutcome::Rejected(r) => r.code,
+        RequestOutcome::Responded(r) => panic!("responded: {r:?}"),
+    };
+    let cases = [
+        (
+            BOB,
+            ALICE,
+            RequestAction::Unspecified,
+            RejectCode::InvalidSetting,
+        ),
+        (BOB, BOB, RequestAction::Block, RejectCode::InvalidSetting),
+        (
+            BOB,
+            "not an address",
+            RequestAction::Block,
+            RejectCode::InvalidAddress,
+        ),
+        (BOB, "", RequestAction::Block, RejectCode::MissingField),
+        (ALICE, BOB, RequestAction::Block, RejectCode::SenderNotOwned),
+    ];
+    for (user, sender, action, want) in cases {
+        let got = rcode(home.respond_to_request(user, sender, action).await.unwrap());
+        assert_eq!(got, want as i32, "{user} {sender} {action:?}");
+    }
+    // Another provider cannot read or answer for a home user.
+    let s = signal(gw).await;
+    assert!(matches!(
+        s.get_consent(BOB).await.unwrap(),
+        ConsentStateOutcome::Rejected(ref r) if r.code == RejectCode::SenderNotOwned as i32
+    ));
+    assert_eq!(
+        rcode(
+            s.respond_to_request(BOB, ALICE, RequestAction::Accept)
+                .await
+                .unwrap()
+        ),
+        RejectCode::SenderNotOwned as i32
+    );
+    // A provider may not claim an account age in the future.
+    let mut env = text_envelope("age", ALICE, BOB, "hi");
+    env.sender_account_created_at_ms = interop_proto::now_ms() + 3_600_000;
+    assert_eq!(
+        rejected(s.send(env).await.unwrap()).code,
+        RejectCode::TimestampOutOfRange as i32
+    );
+    stop(c.gateway).await;
+}

@@ -1,0 +1,315 @@
+//! The five services as real processes (the binaries `scripts/up` runs,
+//! with the flags it passes), each on free loopback ports, killable with
+//! SIGKILL and restartable with the same flags.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::time::Instant;
+
+use interop_loadtest::Target;
+use interop_test_support::free_port;
+
+use crate::binaries::{Binaries, SERVICES};
+
+/// Demo providers' tokens (test-only secrets).
+pub const HOME_TOKEN: &str = "faults-home-token-0123456789abcdef";
+pub const SIGNAL_TOKEN: &str = "faults-signal-token-0123456789abcdef";
+
+/// How long a service may take to become ready after it was (re)started.
+/// Generous: on 2 shared cores a debug binary under load starts slowly.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the services find NATS and Redis, and how streams are replicated.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// One URL, or several comma-separated (a cluster).
+    pub nats_url: String,
+    pub redis_url: String,
+    pub stream_replicas: usize,
+    /// `--log` filter for every service.
+    pub log: String,
+}
+
+impl GatewayOptions {
+    pub fn new(nats_url: impl Into<String>, redis_url: impl Into<String>) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            redis_url: redis_url.into(),
+            stream_replicas: 1,
+            log: "info".into(),
+        }
+    }
+}
+
+struct Service {
+    name: &'static str,
+    exe: PathBuf,
+    args: Vec<String>,
+    admin_port: u16,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// The running services; all are killed on drop.
+pub struct Gateway {
+    dir: tempfile::TempDir,
+    services: Vec<Service>,
+    pub ingest_url: String,
+    pub delivery_url: String,
+}
+
+fn providers_toml() -> String {
+    let hash = interop_providers::hash_token;
+    format!(
+        r#"
+[[providers]]
+id = "home"
+display_name = "Home Messenger"
+privacy_policy_url = "https://home.example/privacy"
+encryption = "e2ee"
+token_sha256 = ["{}"]
+
+[[providers]]
+id = "signal"
+display_name = "Signal"
+privacy_policy_url = "https://signal.example/privacy"
+encryption = "e2ee"
+token_sha256 = ["{}"]
+"#,
+        hash(HOME_TOKEN),
+        hash(SIGNAL_TOKEN)
+    )
+}
+
+impl Gateway {
+    /// Starts the five services and returns once each answers `/readyz`.
+    pub async fn start(binaries: &Binaries, options: &GatewayOptions) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("interop-faults-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let providers = dir.path().join("providers.toml");
+        std::fs::write(&providers, providers_toml()).expect("writing the providers file");
+        let listen: HashMap<&str, u16> = ["ingest", "delivery", "media-transcoding"]
+            .into_iter()
+            .map(|s| (s, free_port()))
+            .collect();
+        let services = SERVICES
+            .iter()
+            .map(|&name| {
+                let admin_port = free_port();
+                let mut args: Vec<String> = vec![
+                    "--nats-url".into(),
+                    options.nats_url.clone(),
+                    "--redis-url".into(),
+                    options.redis_url.clone(),
+                    "--admin-listen".into(),
+                    format!("127.0.0.1:{admin_port}"),
+                    "--stream-replicas".into(),
+                    options.stream_replicas.to_string(),
+                    "--log".into(),
+                    options.log.clone(),
+                    "--shutdown-grace-secs".into(),
+                    "5".into(),
+                ];
+                if let Some(port) = listen.get(name) {
+                    args.extend([
+                        "--listen".into(),
+                        format!("127.0.0.1:{port}"),
+                        "--providers-file".into(),
+                        providers.display().to_string(),
+                    ]);
+                }
+                Service {
+                    name,
+                    exe: binaries.path(name).to_path_buf(),
+                    args,
+                    admin_port,
+                    log: dir.path().join(format!("{name}.log")),
+                    child: None,
+                }
+            })
+            .collect();
+        let mut gateway = Self {
+            ingest_url: format!("ws://127.0.0.1:{}/v1/ws", listen["ingest"]),
+            delivery_url: format!("ws://127.0.0.1:{}/v1/ws", listen["delivery"]),
+            dir,
+            services,
+        };
+        for s in SERVICES {
+            gateway.spawn(s);
+        }
+        for s in SERVICES {
+            gateway.wait_ready(s, READY_TIMEOUT).await;
+        }
+        gateway
+    }
+
+    /// What the load generator needs to reach this gateway.
+    pub fn target(&self) -> Target {
+        Target {
+            ingest_url: self.ingest_url.clone(),
+            delivery_url: self.delivery_url.clone(),
+            tokens: HashMap::from([
+                ("home".to_owned(), HOME_TOKEN.to_owned()),
+                ("signal".to_owned(), SIGNAL_TOKEN.to_owned()),
+            ]),
+        }
+    }
+
+    fn service(&mut self, name: &str) -> &mut Service {
+        self.services
+            .iter_mut()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("{name:?} is not one of {SERVICES:?}"))
+    }
+
+    /// Starts `name` (with the flags it had) if it is not running.
+    pub fn spawn(&mut self, name: &str) {
+        let s = self.service(name);
+        if s.child.is_some() {
+            return;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&s.log)
+            .expect("opening a service log");
+        let err = log.try_clone().expect("cloning a file handle");
+        let child = Command::new(&s.exe)
+            .args(&s.args)
+            // Only what we pass: no INTEROP_* from the caller's environment.
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", s.exe.display()));
+        s.child = Some(child);
+    }
+
+    /// Kills `name` with SIGKILL (no drain, no flush) and reaps it.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut c) = self.service(name).child.take() {
+            // Already exited is fine: the point is that it is gone.
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    /// The process id of `name`, if running.
+    pub fn pid(&mut self, name: &str) -> Option<u32> {
+        self.service(name).child.as_ref().map(Child::id)
+    }
+
+    /// Whether `name` exited by itself (a crash); its status if so.
+    pub fn exited(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        self.service(name)
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The last `lines` lines of `name`'s log (for failure messages).
+    pub fn log_tail(&mut self, name: &str, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.service(name).log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Log lines at ERROR level of every service so far.
+    pub fn error_lines(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .flat_map(|s| {
+                std::fs::read_to_string(&s.log)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("ERROR"))
+                    .map(|l| format!("{}: {l}", s.name))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Waits until `name` answers `/readyz` with 200; panics with its log
+    /// after `timeout` or if it exits.
+    pub async fn wait_ready(&mut self, name: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let port = self.service(name).admin_port;
+        loop {
+            if http_status(port, "/readyz").await == Some(200) {
+                return;
+            }
+            if let Some(status) = self.exited(name) {
+                panic!(
+                    "{name} exited with {status}; its log:\n{}",
+                    self.log_tail(name, 30)
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{name} was not ready within {timeout:?}; its log:\n{}",
+                    self.log_tail(name, 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether every service answers `/readyz` with 200 right now.
+    pub async fn all_ready(&self) -> bool {
+        for s in &self.services {
+            if http_status(s.admin_port, "/readyz").await != Some(200) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Where the logs are (kept until the gateway is dropped).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        for s in &mut self.services {
+            if let Some(mut c) = s.child.take() {
+                c.kill().ok();
+                c.wait().ok();
+            }
+        }
+    }
+}
+
+/// The status code of `GET <path>` on the loopback port, or `None` if it
+/// does not answer within a second.
+pub async fn http_status(port: u16, path: &str) -> Option<u16> {
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        // "HTTP/1.1 200"
+        std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(1), ask)
+        .await
+        .ok()
+        .flatten()
+}

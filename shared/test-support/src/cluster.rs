@@ -1,0 +1,195 @@
+//! A NATS cluster with JetStream: `n` `nats-server` processes on loopback,
+//! each with its own store, routed to each other.
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use crate::{free_port, kill, read_file, spawn, wait_for_port, START_TIMEOUT};
+
+/// The name every node gives its cluster.
+pub const CLUSTER_NAME: &str = "interop-test";
+
+struct Node {
+    name: String,
+    port: u16,
+    cluster_port: u16,
+    child: Option<Child>,
+}
+
+/// `n` clustered `nats-server -js` nodes. Each keeps its ports and store
+/// across [`NatsCluster::stop_node`] / [`NatsCluster::restart_node`], like a
+/// restarted production node; all are killed on drop.
+///
+/// ```no_run
+/// let mut cluster = interop_test_support::NatsCluster::start(3);
+/// let urls = cluster.urls(); // "nats://127.0.0.1:a,nats://127.0.0.1:b,..."
+/// cluster.stop_node(1);
+/// cluster.restart_node(1);
+/// # drop(urls);
+/// ```
+pub struct NatsCluster {
+    dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+}
+
+impl NatsCluster {
+    /// Starts `n` nodes (at least 1) and returns once every node is ready and
+    /// the JetStream meta group has a leader (streams can be created).
+    pub fn start(n: usize) -> Self {
+        assert!(n >= 1, "a cluster needs a node");
+        let dir = tempfile::Builder::new()
+            .prefix("interop-nats-cluster-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let nodes = (0..n)
+            .map(|i| Node {
+                name: format!("n{i}"),
+                port: free_port(),
+                cluster_port: free_port(),
+                child: None,
+            })
+            .collect();
+        let mut cluster = Self { dir, nodes };
+        for i in 0..n {
+            cluster.spawn_node(i);
+        }
+        for i in 0..n {
+            cluster.wait_ready(i);
+        }
+        cluster.wait_for_meta_leader();
+        cluster
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("{}.log", self.nodes[i].name))
+    }
+
+    fn spawn_node(&mut self, i: usize) {
+        let log = self.log_path(i);
+        std::fs::remove_file(&log).ok();
+        let routes = self
+            .nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.cluster_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let node = &self.nodes[i];
+        let store = self.dir.path().join(&node.name);
+        let args: Vec<String> = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            node.port.to_string(),
+            "-n".into(),
+            node.name.clone(),
+            "-js".into(),
+            "-sd".into(),
+            store.display().to_string(),
+            "--cluster_name".into(),
+            CLUSTER_NAME.into(),
+            "--cluster".into(),
+            format!("nats://127.0.0.1:{}", node.cluster_port),
+            "--routes".into(),
+            routes,
+            "-l".into(),
+            log.display().to_string(),
+        ];
+        self.nodes[i].child = Some(spawn("nats-server", "nats-server", &args));
+    }
+
+    fn wait_ready(&mut self, i: usize) {
+        let log = self.log_path(i);
+        let port = self.nodes[i].port;
+        let what = format!("nats-server node {}", self.nodes[i].name);
+        let child = self.nodes[i]
+            .child
+            .as_mut()
+            .expect("the node was just spawned");
+        wait_for_port(port, child, &what);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !read_file(&log).contains("Server is ready") {
+            assert!(
+                Instant::now() < deadline,
+                "{what} not ready; log: {}",
+                read_file(&log)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_for_meta_leader(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            // Every node knows the leader: API requests to any node are
+            // answered.
+            let elected = (0..self.nodes.len()).all(|i| {
+                let log = read_file(&self.log_path(i));
+                log.contains("JetStream cluster new metadata leader")
+                    || log.contains("Self is new JetStream cluster metadata leader")
+            });
+            if elected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the NATS cluster elected no JetStream leader; log of n0: {}",
+                read_file(&self.log_path(0))
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// `nats://127.0.0.1:<port>` of node `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    /// Every node's URL, comma-separated (what `--nats-url` takes).
+    pub fn urls(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node's server name (`n0`, `n1`, ...), as JetStream reports leaders.
+    pub fn name(&self, i: usize) -> &str {
+        &self.nodes[i].name
+    }
+
+    /// Node `i`'s log so far (for failure messages).
+    pub fn log(&self, i: usize) -> String {
+        read_file(&self.log_path(i))
+    }
+
+    /// Kills node `i` (SIGKILL), keeping its store.
+    pub fn stop_node(&mut self, i: usize) {
+        kill(&mut self.nodes[i].child);
+    }
+
+    /// Starts node `i` again on the same ports with the same store; returns
+    /// once it listens and says it is ready (it then catches up with the
+    /// others by itself).
+    pub fn restart_node(&mut self, i: usize) {
+        self.stop_node(i);
+        self.spawn_node(i);
+        self.wait_ready(i);
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            kill(&mut node.child);
+        }
+    }
+}
