@@ -249,6 +249,33 @@ async fn prepare_send(
         Some(interop_proto::v1::envelope::Content::Typing(_))
     )
     .then(|| interop_bus::subjects::ephemeral_sent(&interop_bus::recipient_key(to.as_str())));
+    if ephemeral_subject.is_some() {
+        // Typing skips routing, so routing's admission is applied here: only
+        // a sender the recipient accepted may show typing. Otherwise it is
+        // answered like a typing with nobody listening (dropped), so a
+        // blocked sender learns nothing.
+        let admission = interop_state::ContactStore::new(shared.redis.clone())
+            .admission(to.as_str(), from.as_str(), provider)
+            .await;
+        match admission {
+            Ok(interop_state::Admission::Inbox(_)) => {}
+            Ok(_) => {
+                return Prepared::Answer(Box::new(ServerFrame {
+                    request_id,
+                    frame: Some(server_frame::Frame::Accepted(Accepted {
+                        client_message_id: cmid,
+                        message_id,
+                        accepted_at_ms,
+                        duplicate: false,
+                    })),
+                }))
+            }
+            Err(e) => {
+                warn!(error = %e, "Redis unavailable; refusing a typing indicator.");
+                return reject(request_id, &cmid, unavailable("state storage"));
+            }
+        }
+    }
     let pm = PipelineMessage {
         envelope: Some(envelope),
         sender_provider: provider.to_owned(),

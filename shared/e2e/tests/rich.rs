@@ -289,17 +289,26 @@ async fn typing_reaches_open_sessions_only_and_is_never_stored() {
     let d = stack.delivery().await;
     opt_in(&stack, BOB, &["signal"]).await;
     let signal = sender(&stack, "signal").await;
-    let typing = |id: &str| {
-        let mut e = text_envelope(id, ALICE, BOB, "");
+    // Only a sender bob accepted may show typing (typing skips routing, so
+    // ingest applies the same admission).
+    sender(&stack, "home")
+        .await
+        .respond_to_request(BOB, ALICE, interop_proto::v1::RequestAction::Accept)
+        .await
+        .unwrap();
+    let typing = |id: &str, from: &str| {
+        let mut e = text_envelope(id, from, BOB, "");
         e.content = Some(Content::Typing(Typing { active: true }));
         e
     };
     // Nobody is listening: accepted, and dropped.
-    send_ok(&signal, typing("t0")).await;
+    send_ok(&signal, typing("t0", ALICE)).await;
     let mut bob = receiver(&d.url, BOB, "phone").await;
     // Give the session's subscription time to be in place.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    send_ok(&signal, typing("t1")).await;
+    // A stranger's typing is answered the same and dropped.
+    send_ok(&signal, typing("s1", "signal:stranger")).await;
+    send_ok(&signal, typing("t1", ALICE)).await;
     send_ok(&signal, text_envelope("m1", ALICE, BOB, "hi")).await;
     let first = next(&mut bob).await;
     assert_eq!(first.delivery_tag, 0, "typing has no tag");
