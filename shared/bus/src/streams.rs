@@ -135,7 +135,8 @@ const ENSURE_TIMEOUTS: [Duration; 5] = [
 
 /// Creates every stream, or updates it to this config.
 ///
-/// A request that times out, or finds JetStream not available, is repeated
+/// A request that times out, finds JetStream not available, or loses the
+/// race with another service creating the same stream, is repeated
 /// with a longer wait each time (it is idempotent): on a NATS 2.9 cluster, services starting together
 /// that create the same replicated stream at once can all go unanswered
 /// although the stream was created, and a cluster that is still electing
@@ -150,14 +151,7 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &StreamSettings) -> Resu
             js.set_timeout(ENSURE_TIMEOUTS[attempt - 1]);
             match js.create_or_update_stream(config.clone()).await {
                 Ok(_) => break,
-                Err(e)
-                    if attempt < ENSURE_TIMEOUTS.len()
-                        && matches!(
-                            e.kind(),
-                            jetstream::context::CreateStreamErrorKind::TimedOut
-                                | jetstream::context::CreateStreamErrorKind::JetStreamUnavailable
-                        ) =>
-                {
+                Err(e) if attempt < ENSURE_TIMEOUTS.len() && is_transient(&e.kind()) => {
                     tracing::warn!(stream = %name, attempt, error = %e, "Cannot create or update the stream yet; retrying.");
                     attempt += 1;
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -172,6 +166,24 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &StreamSettings) -> Resu
         }
     }
     Ok(())
+}
+
+/// Whether a failed create-or-update is worth repeating: a timeout, JetStream
+/// not available yet, or the race of two services creating the same stream
+/// at once (the loser's create finds the name taken, or, on a NATS 2.9
+/// cluster while the winner's stream is still being placed, "subjects
+/// overlap"; the next attempt finds the stream and updates it).
+fn is_transient(kind: &jetstream::context::CreateStreamErrorKind) -> bool {
+    use jetstream::context::CreateStreamErrorKind as K;
+    use jetstream::ErrorCode;
+    match kind {
+        K::TimedOut | K::JetStreamUnavailable => true,
+        K::JetStream(e) => matches!(
+            e.error_code(),
+            ErrorCode::STREAM_NAME_EXIST | ErrorCode::STREAM_SUBJECT_OVERLAP
+        ),
+        _ => false,
+    }
 }
 
 /// The durable pull consumer that all replicas of a service share.
