@@ -100,6 +100,8 @@ pub(crate) struct Shared {
     /// senders get `EXPIRED`.
     pub retention: std::time::Duration,
     pub edge: EdgeGuard,
+    /// Consent and the recipient's answers, checked again before each push.
+    pub contacts: interop_state::ContactStore,
 }
 
 /// Runs delivery until `shutdown`, then closes sessions (un-acked messages
@@ -136,6 +138,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         metrics: metrics::DeliveryMetrics::register(&deps.metrics),
         retention: config.streams.inbox_max_age,
         edge: EdgeGuard::new(deps.redis.clone(), config.edge),
+        contacts: interop_state::ContactStore::new(deps.redis.clone()),
     });
     let sweeper = tokio::spawn(expiry::run(
         shared.clone(),

@@ -24,6 +24,9 @@ pub struct DeliveryMetrics {
     pub ephemeral: Counter,
     /// `expired` receipts written by the expiry sweeper.
     pub expired: Counter,
+    /// Stored messages not shown because the user no longer admits the
+    /// sender (opted out, provider removed, declined, blocked).
+    pub withheld: Counter,
     /// Store consumers opened (at connect with a backlog, on a wake-up, after a pause).
     pub consumers_opened: Counter,
 }
@@ -40,7 +43,13 @@ impl DeliveryMetrics {
             ephemeral: Counter::default(),
             expired: Counter::default(),
             consumers_opened: Counter::default(),
+            withheld: Counter::default(),
         };
+        metrics.register(
+            "interop_delivery_withheld",
+            "Stored messages not shown because the user no longer admits the sender.",
+            m.withheld.clone(),
+        );
         metrics.register(
             "interop_delivery_consumers_opened",
             "Store consumers opened by sessions.",

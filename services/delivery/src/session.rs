@@ -380,6 +380,14 @@ async fn deliver(
                     Box::pin(skip(&mut s, seq, shared)).await?;
                     continue;
                 }
+                // Consent again, now: an opt-out, a provider no longer
+                // allowed, a decline or a block also stops what was stored
+                // before it; an acceptance files later pushes in the inbox.
+                let Some(inbox) = Box::pin(still_admitted(shared, s.user.as_str(), &env, &pm)).await else {
+                    shared.metrics.withheld.inc();
+                    Box::pin(skip(&mut s, seq, shared)).await?;
+                    continue;
+                };
                 let receipt_for = needs_delivered_receipt(&env).then(|| Envelope {
                     content: None,
                     sender_info: None,
@@ -405,14 +413,64 @@ async fn deliver(
                     frame: Some(server_frame::Frame::Deliver(Deliver {
                         delivery_tag: seq,
                         envelope: Some(env),
-                        // Where routing filed it (requests, or the user's inbox).
-                        inbox: pm.route.as_ref().map_or(0, |r| r.inbox),
+                        // Where it belongs now (requests, or the user's inbox).
+                        inbox,
                     })),
                 };
                 if out.send(Outbound::frame(frame)).await.is_err() {
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// How long the consent re-check may take before the message is pushed as
+/// routing filed it.
+const RECHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether a stored message may still be shown to `user`, and in which
+/// inbox (`Inbox` as i32). Routing decided when it stored the message; the
+/// user may have opted out, removed the sender's provider, declined or
+/// blocked the sender since, and none of that may reach the device. Receipts
+/// about the user's own messages are always shown. When Redis does not
+/// answer in time the message is shown as routing filed it: it was admitted
+/// then, and holding every session on a Redis outage would stop delivery.
+async fn still_admitted(
+    shared: &Shared,
+    user: &str,
+    env: &Envelope,
+    pm: &interop_proto::v1::PipelineMessage,
+) -> Option<i32> {
+    let stored = pm.route.as_ref().map_or(0, |r| r.inbox);
+    if matches!(env.content, Some(envelope::Content::Receipt(_))) {
+        return Some(stored);
+    }
+    let sender_provider = if pm.sender_provider.is_empty() {
+        env.from.split(':').next().unwrap_or("")
+    } else {
+        pm.sender_provider.as_str()
+    };
+    let check = shared.contacts.admission(user, &env.from, sender_provider);
+    match tokio::time::timeout(RECHECK_TIMEOUT, check).await {
+        Ok(Ok(interop_state::Admission::Refused(why))) => {
+            debug!(
+                reason = why.as_str(),
+                "Withholding a stored message the user no longer admits."
+            );
+            None
+        }
+        Ok(Ok(interop_state::Admission::Inbox(inbox))) => Some(inbox as i32),
+        Ok(Ok(interop_state::Admission::Request)) => {
+            Some(interop_proto::v1::Inbox::Requests as i32)
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "Cannot re-check consent; delivering as routing filed it.");
+            Some(stored)
+        }
+        Err(_) => {
+            warn!("Consent re-check timed out; delivering as routing filed it.");
+            Some(stored)
         }
     }
 }

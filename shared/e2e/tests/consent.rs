@@ -487,6 +487,89 @@ async fn opting_out_stops_every_third_party_at_once() {
     stop(c.gateway).await;
 }
 
+/// The next delivery, not acknowledged: it stays in the store and comes
+/// again on the next connection, unless it is withheld by then.
+async fn next_unacked(rx: &mut Receiver) -> Delivered {
+    within("a delivery", rx.next()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_given_after_a_message_was_stored_apply_to_it_too() {
+    const CAROL: &str = "signal:carol";
+    let c = Cluster::start().await;
+    let gw = &c.gateway;
+    set(gw, BOB, true, &["signal", "telegram"], Inbox::ThirdParty).await;
+    respond(gw, BOB, ALICE, RequestAction::Accept).await;
+    let alice = signal(gw).await;
+    let tom = telegram(gw).await;
+    accepted(
+        alice
+            .send(text_envelope("a1", ALICE, BOB, "one"))
+            .await
+            .unwrap(),
+    );
+    accepted(
+        tom.send(text_envelope("t1", TOM, BOB, "one"))
+            .await
+            .unwrap(),
+    );
+    accepted(
+        alice
+            .send(text_envelope("c1", CAROL, BOB, "one"))
+            .await
+            .unwrap(),
+    );
+    // Seen once, not acknowledged: all three are in bob's store.
+    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        let d = next_unacked(&mut bob).await;
+        first.push((d.envelope.from.clone(), d.inbox));
+    }
+    first.sort();
+    assert_eq!(
+        first,
+        vec![
+            (ALICE.to_owned(), Inbox::ThirdParty),
+            (CAROL.to_owned(), Inbox::Requests),
+            (TOM.to_owned(), Inbox::Requests),
+        ]
+    );
+    bob.close().await;
+
+    // Bob accepts tom and blocks carol: on the next connection tom's stored
+    // request comes as an inbox message and carol's does not come at all.
+    respond(gw, BOB, TOM, RequestAction::Accept).await;
+    respond(gw, BOB, CAROL, RequestAction::Block).await;
+    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    let mut second = Vec::new();
+    for _ in 0..2 {
+        let d = next_unacked(&mut bob).await;
+        second.push((d.envelope.from.clone(), d.inbox));
+    }
+    second.sort();
+    assert_eq!(
+        second,
+        vec![
+            (ALICE.to_owned(), Inbox::ThirdParty),
+            (TOM.to_owned(), Inbox::ThirdParty),
+        ]
+    );
+    nothing_more(&mut bob).await;
+    bob.close().await;
+
+    // Opting out withholds everything still stored, at once.
+    set(gw, BOB, false, &["signal", "telegram"], Inbox::ThirdParty).await;
+    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    nothing_more(&mut bob).await;
+    bob.close().await;
+    // Withheld means gone: opting in again does not bring them back.
+    set(gw, BOB, true, &["signal", "telegram"], Inbox::ThirdParty).await;
+    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    nothing_more(&mut bob).await;
+    stop(c.gateway).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fan_out_to_strangers_is_quarantined_without_a_receipt() {
     let nats = NatsServer::start();
