@@ -852,3 +852,25 @@ def test_auth_throttle_per_address_is_off_behind_a_tls_proxy_unless_set(render):
     data = config({"authThrottle": {"maxFailuresPerAddress": 5, "maxFailuresPerProvider": 0, "windowSeconds": 120}})
     assert (data["INTEROP_AUTH_MAX_FAILURES_PER_ADDRESS"], data["INTEROP_AUTH_MAX_FAILURES_PER_PROVIDER"],
             data["INTEROP_AUTH_FAILURE_WINDOW_SECS"]) == ("5", "0", "120")
+
+
+def test_spam_policy_is_mounted_from_a_configmap_and_rolls_the_pods(render):
+    plain = render(REQUIRED)
+    assert "INTEROP_SPAM_SCORING_POLICY" not in plain.env("spam-scoring")
+    assert not [c for c in plain.kind("ConfigMap") if c["metadata"]["name"].endswith("-spam-policy")]
+    policy = "[verdict]\nrequest = 2.5\nquarantine = 5.0\nreject = 10.0\n"
+    r = render(merge(REQUIRED, {"spamScoring": {"policy": policy}}))
+    assert r.env("spam-scoring")["INTEROP_SPAM_SCORING_POLICY"]["value"] == "/etc/interop/spam-policy/policy.toml"
+    assert {"name": "spam-policy", "mountPath": "/etc/interop/spam-policy", "readOnly": True} in r.container(
+        "spam-scoring")["volumeMounts"]
+    spec = r.deployment("spam-scoring")["spec"]["template"]["spec"]
+    [vol] = [v for v in spec["volumes"] if v["name"] == "spam-policy"]
+    [cm] = [c for c in r.kind("ConfigMap") if c["metadata"]["name"].endswith("-spam-policy")]
+    assert vol["configMap"]["name"] == cm["metadata"]["name"]
+    assert cm["data"]["policy.toml"] == policy
+    # Only spam-scoring reads it; a changed policy changes its pod template.
+    assert "INTEROP_SPAM_SCORING_POLICY" not in r.env("routing")
+    annotations = r.deployment("spam-scoring")["spec"]["template"]["metadata"]["annotations"]
+    other = render(merge(REQUIRED, {"spamScoring": {"policy": policy.replace("2.5", "3.5")}}))
+    assert annotations["checksum/spam-policy"] != other.deployment("spam-scoring")["spec"]["template"]["metadata"][
+        "annotations"]["checksum/spam-policy"]

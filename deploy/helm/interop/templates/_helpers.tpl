@@ -292,6 +292,10 @@ INTEROP_TRACE_SAMPLE_RATIO: {{ $.Values.otel.sampleRatio | toString | quote }}
 - name: INTEROP_PROVIDERS_FILE
   value: /etc/interop/providers/providers.toml
 {{- end }}
+{{- if and (eq .component "spam-scoring") .v.policy }}
+- name: INTEROP_SPAM_SCORING_POLICY
+  value: /etc/interop/spam-policy/policy.toml
+{{- end }}
 {{- if and .c.edge $root.Values.tls.existingSecret }}
 - name: INTEROP_TLS_CERT
   value: /etc/interop/tls/tls.crt
@@ -317,6 +321,9 @@ INTEROP_TRACE_SAMPLE_RATIO: {{ $.Values.otel.sampleRatio | toString | quote }}
 {{/* Pod-level checksums that roll the pods when their configuration changes. */}}
 {{- define "interop.checksums" -}}
 checksum/config: {{ include "interop.configData" .root | sha256sum }}
+{{- if and (eq .c.key "spamScoring") .root.Values.spamScoring.policy }}
+checksum/spam-policy: {{ .root.Values.spamScoring.policy | sha256sum }}
+{{- end }}
 {{- if and .c.providers (not .root.Values.providers.existingSecret) }}
 checksum/providers: {{ include "interop.providersToml" .root | sha256sum }}
 {{- end }}
@@ -403,6 +410,11 @@ token_sha256 = [{{ $generated.sender | sha256sum | quote }}]
   mountPath: /etc/interop/admin-api
   readOnly: true
 {{- end }}
+{{- if and (eq .component "spam-scoring") .v.policy }}
+- name: spam-policy
+  mountPath: /etc/interop/spam-policy
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* Volumes of a service pod beyond /tmp: (dict "root" $ "component" name "c" componentInfo "v" values) */}}
@@ -444,6 +456,14 @@ token_sha256 = [{{ $generated.sender | sha256sum | quote }}]
     items:
       - key: {{ .v.adminApi.existingSecretKey }}
         path: admin-token
+{{- end }}
+{{- if and (eq .component "spam-scoring") .v.policy }}
+- name: spam-policy
+  configMap:
+    name: {{ include "interop.fullname" .root }}-spam-policy
+    items:
+      - key: policy.toml
+        path: policy.toml
 {{- end }}
 {{- end -}}
 
