@@ -69,9 +69,40 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     }
 }
 
-/// A free TCP port on loopback (the OS picks it; there is a small window in
-/// which another process could take it, which start-up detects).
+/// A free TCP port on loopback, from below the kernel's ephemeral range.
+///
+/// Ports the OS hands out for port 0 come from the ephemeral range, the same
+/// range every outgoing connection takes its local port from: a port picked
+/// that way and bound a moment later by a service (or re-bound by a service
+/// restarted after kill -9) could meanwhile be the local end of some client's
+/// connection. The fault suite saw exactly that ("Address already in use" on
+/// an admin port). Ports below the ephemeral range are never used for
+/// outgoing connections, and a process-wide counter keeps picks distinct
+/// within a test binary. Falls back to port 0 when there is no room below.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if high > LOW + 1_000 {
+        let span = high - LOW;
+        // Spread test binaries (run one after another) over the range.
+        let seed = std::process::id() % span + 1;
+        // Losing this race means another thread seeded the counter: fine.
+        let _seeded = NEXT.compare_exchange(0, seed, Ordering::Relaxed, Ordering::Relaxed);
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = LOW + n % span;
+            if let Ok(port) = u16::try_from(port) {
+                if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                    return port;
+                }
+            }
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding port 0 on loopback");
     listener
         .local_addr()
