@@ -39,6 +39,10 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// How many times a service tries its first read of the registry before it
+/// gives up (each read waits up to 10 s for a record).
+const START_ATTEMPTS: u32 = 3;
+
 /// Reads and writes provider records.
 #[derive(Clone)]
 pub struct RegistryStore {
@@ -139,6 +143,32 @@ impl RegistryStore {
         Ok((records, messages))
     }
 
+    /// [`Self::read_all`], tried up to [`START_ATTEMPTS`] times: a service
+    /// restarted under load (kill -9, then a busy NATS) could time out its
+    /// first read and exit, where waiting a little longer would have done
+    /// (found by the fault suite).
+    async fn read_all_at_start(
+        &self,
+    ) -> Result<
+        (
+            HashMap<String, Provider>,
+            jetstream::consumer::pull::Ordered,
+        ),
+        StoreError,
+    > {
+        let mut attempt = 1;
+        loop {
+            match self.read_all().await {
+                Err(StoreError::Unavailable(e)) if attempt < START_ATTEMPTS => {
+                    warn!(attempt, error = %e, "Cannot read the provider registry yet; retrying.");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// What ingest and delivery do at start: seed from the providers file,
     /// then watch.
     pub async fn seed_and_watch(
@@ -162,7 +192,7 @@ impl RegistryStore {
         &self,
         shutdown: CancellationToken,
     ) -> Result<watch::Receiver<Arc<Registry>>, StoreError> {
-        let (records, mut messages) = self.read_all().await?;
+        let (records, mut messages) = self.read_all_at_start().await?;
         let registry = build(&records);
         info!(providers = registry.len(), "Provider registry loaded.");
         let (tx, rx) = watch::channel(Arc::new(registry));
