@@ -21,10 +21,10 @@ use interop_proto::v1::{
     ServerFrame,
 };
 use interop_proto::Address;
-use interop_state::gcra::{self, RateLimit};
+use interop_state::gcra;
 use interop_state::group::{members_key, Change, ChangeRefused, Group, GroupStore};
 
-use crate::send::{reject, unavailable, Prepared, ToPublish};
+use crate::send::{provider_limit, reject, unavailable, Prepared, ToPublish};
 use crate::validate::{validate_group_send, Rejection};
 use crate::Shared;
 
@@ -211,17 +211,7 @@ pub(crate) async fn prepare_group_send(
     };
     let fresh_id = uuid::Uuid::now_v7().to_string();
     let idem_key = format!("interop:idem:{}:{}", from.as_str(), cmid);
-    let provider_limit = shared
-        .providers
-        .borrow()
-        .get(provider)
-        .map(|p| RateLimit {
-            per_second: p
-                .max_per_second
-                .unwrap_or(shared.default_provider_limit.per_second),
-            burst: p.burst.unwrap_or(shared.default_provider_limit.burst),
-        })
-        .unwrap_or(shared.default_provider_limit);
+    let provider_limit = provider_limit(shared, provider);
     let mut pipe = redis::pipe();
     gcra::add_check(
         &mut pipe,

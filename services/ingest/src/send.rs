@@ -61,6 +61,22 @@ pub(crate) fn reject(request_id: u64, client_message_id: &str, r: Rejection) -> 
     Prepared::Answer(Box::new(frame))
 }
 
+/// The provider's rate limit: its registry record's, or the gateway's
+/// default for what the record leaves out.
+pub(crate) fn provider_limit(shared: &Shared, provider: &str) -> RateLimit {
+    shared
+        .providers
+        .borrow()
+        .get(provider)
+        .map(|p| RateLimit {
+            per_second: p
+                .max_per_second
+                .unwrap_or(shared.default_provider_limit.per_second),
+            burst: p.burst.unwrap_or(shared.default_provider_limit.burst),
+        })
+        .unwrap_or(shared.default_provider_limit)
+}
+
 pub(crate) fn unavailable(what: &str) -> Rejection {
     Rejection::retryable(
         RejectCode::Unavailable,
@@ -157,17 +173,7 @@ async fn prepare_send(
     };
     let fresh_id = uuid::Uuid::now_v7().to_string();
     let idem_key = format!("interop:idem:{}:{}", from.as_str(), cmid);
-    let provider_limit = shared
-        .providers
-        .borrow()
-        .get(provider)
-        .map(|p| RateLimit {
-            per_second: p
-                .max_per_second
-                .unwrap_or(shared.default_provider_limit.per_second),
-            burst: p.burst.unwrap_or(shared.default_provider_limit.burst),
-        })
-        .unwrap_or(shared.default_provider_limit);
+    let provider_limit = provider_limit(shared, provider);
     // One round trip: rate limits, consent, and the idempotency claim.
     let mut pipe = redis::pipe();
     gcra::add_check(
