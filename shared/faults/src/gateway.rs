@@ -223,6 +223,24 @@ impl Gateway {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Log lines at WARN or ERROR level of every service so far, the last
+    /// `max` of each service (for failure messages).
+    pub fn warn_lines(&self, max: usize) -> Vec<String> {
+        self.services
+            .iter()
+            .flat_map(|s| {
+                let text = std::fs::read_to_string(&s.log).unwrap_or_default();
+                let lines: Vec<String> = text
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .map(|l| format!("{}: {l}", s.name))
+                    .collect();
+                let from = lines.len().saturating_sub(max);
+                lines[from..].to_vec()
+            })
+            .collect()
+    }
+
     /// Log lines at ERROR level of every service so far.
     pub fn error_lines(&self) -> Vec<String> {
         self.services

@@ -8,6 +8,8 @@
 //!   killed with SIGKILL and started again with the same flags.
 //! - [`load`]: the load generator (`interop-loadtest`) running while a
 //!   fault happens, recovery measured, and its loss/duplicate ledger.
+//! - [`inspect`]: where lost messages are (which stream), for failure
+//!   messages.
 //! - [`rss`]: resident memory of a process, from `/proc`.
 //!
 //! NATS (single node or a cluster), Redis and the TCP chaos proxy come from
@@ -16,6 +18,7 @@
 
 pub mod binaries;
 pub mod gateway;
+pub mod inspect;
 pub mod load;
 pub mod rss;
 

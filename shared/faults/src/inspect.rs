@@ -1,0 +1,153 @@
+//! When a scenario loses a message, where it went: every pipeline stream
+//! and the offline store are searched for the lost sequence numbers (the
+//! load generator's client message id `lt.<run>.<seq>.<sent_us>` is in
+//! every copy of the message, in clear, E2EE or not), and the stage
+//! consumers' state is read, so a failure explains itself: still in
+//! `INTEROP_INGEST` (never scored, or scored and its ack lost), in
+//! `INTEROP_SCORED`, in the store but not pushed, or nowhere (never stored).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+use interop_bus::subjects::{
+    CONSUMER_MEDIA_TRANSCODING, CONSUMER_ROUTING, CONSUMER_SPAM_SCORING, STREAM_INBOX,
+    STREAM_INGEST, STREAM_MEDIA, STREAM_QUARANTINE, STREAM_SCORED,
+};
+use interop_loadtest::plan::RunId;
+
+/// Most messages read from one stream (the inspection is for a failure
+/// message; a bigger stream is reported as not searched through).
+const MAX_SCAN: u64 = 50_000;
+
+/// A report of where the messages `seqs` of load run `run` are in the
+/// streams behind `nats_urls` (comma-separated), and of the stage
+/// consumers' state. Never panics: what cannot be read is said so.
+pub async fn where_are(nats_urls: &str, run: RunId, seqs: &[u64]) -> String {
+    match tokio::time::timeout(Duration::from_secs(120), inspect(nats_urls, run, seqs)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => format!("(cannot inspect the streams: {e})"),
+        Err(_) => "(inspecting the streams took over 120 s; gave up)".to_owned(),
+    }
+}
+
+async fn inspect(nats_urls: &str, run: RunId, seqs: &[u64]) -> anyhow::Result<String> {
+    let client = async_nats::ConnectOptions::new()
+        .name("faults-inspect")
+        .connect(interop_bus::server_list(nats_urls))
+        .await?;
+    let js = jetstream::new(client);
+    let needles: Vec<(u64, Vec<u8>)> = seqs
+        .iter()
+        .map(|s| (*s, format!("lt.{run}.{s}.").into_bytes()))
+        .collect();
+    let mut out = String::new();
+    let mut found: Vec<(u64, String)> = Vec::new();
+    for name in [
+        STREAM_INGEST,
+        STREAM_SCORED,
+        STREAM_MEDIA,
+        STREAM_QUARANTINE,
+        STREAM_INBOX,
+    ] {
+        let mut stream = match js.get_stream(name).await {
+            Ok(s) => s,
+            Err(e) => {
+                writeln!(out, "  {name}: cannot read ({e})")?;
+                continue;
+            }
+        };
+        let info = stream.info().await?.clone();
+        let st = &info.state;
+        let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
+        writeln!(
+            out,
+            "  {name}: {} messages, seq {}..={}, leader {leader:?}",
+            st.messages, st.first_sequence, st.last_sequence
+        )?;
+        if st.messages == 0 {
+            continue;
+        }
+        if st.last_sequence - st.first_sequence >= MAX_SCAN {
+            writeln!(out, "    (too many to search)")?;
+            continue;
+        }
+        // The last message seen on each subject: (seq, stored at).
+        let mut previous: HashMap<String, (u64, String)> = HashMap::new();
+        for seq in st.first_sequence..=st.last_sequence {
+            // Deleted (acked from a work queue) sequences are gaps.
+            let Ok(m) = stream.get_raw_message(seq).await else {
+                continue;
+            };
+            let at = m.time.to_string();
+            for (lost, needle) in &needles {
+                if contains(&m.payload, needle) {
+                    let before = previous
+                        .get(m.subject.as_str())
+                        .map_or_else(|| "none".to_owned(), |(s, t)| format!("seq {s} at {t}"));
+                    found.push((
+                        *lost,
+                        format!(
+                            "{name} seq {seq} stored at {at} (subject {}; the message before on it: {before})",
+                            m.subject
+                        ),
+                    ));
+                }
+            }
+            previous.insert(m.subject.to_string(), (seq, at));
+        }
+    }
+    writeln!(out, "  where the lost messages are:")?;
+    for (lost, _) in &needles {
+        let at: Vec<&str> = found
+            .iter()
+            .filter(|(s, _)| s == lost)
+            .map(|(_, w)| w.as_str())
+            .collect();
+        if at.is_empty() {
+            writeln!(out, "    seq {lost}: in no stream")?;
+        } else {
+            writeln!(out, "    seq {lost}: {}", at.join("; "))?;
+        }
+    }
+    for (stream, consumer) in [
+        (STREAM_INGEST, CONSUMER_SPAM_SCORING),
+        (STREAM_SCORED, CONSUMER_ROUTING),
+        (STREAM_MEDIA, CONSUMER_MEDIA_TRANSCODING),
+    ] {
+        let s = js.get_stream(stream).await?;
+        match s.consumer_info(consumer).await {
+            Ok(c) => writeln!(
+                out,
+                "  consumer {consumer}: delivered stream seq {}, ack floor stream seq {}, ack pending {}, redelivered {}, pending {}, waiting pulls {}, leader {:?}",
+                c.delivered.stream_sequence,
+                c.ack_floor.stream_sequence,
+                c.num_ack_pending,
+                c.num_redelivered,
+                c.num_pending,
+                c.num_waiting,
+                c.cluster.as_ref().and_then(|c| c.leader.clone()),
+            )?,
+            Err(e) => writeln!(out, "  consumer {consumer}: cannot read ({e})")?,
+        }
+    }
+    Ok(out)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains;
+
+    #[test]
+    fn finds_a_client_message_id_in_bytes() {
+        assert!(contains(b"\x0a\x10lt.000042.17.123", b"lt.000042.17."));
+        assert!(!contains(b"lt.000042.171.123", b"lt.000042.17."));
+        assert!(!contains(b"", b"lt."));
+    }
+}
