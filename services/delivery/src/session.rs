@@ -343,6 +343,8 @@ async fn deliver(
     let mut messages: Option<Ordered> = None;
     // Whether the store may hold messages past `last_delivered`.
     let mut maybe_more = true;
+    // Whether a wake-up came while no consumer was open.
+    let mut woken = false;
     // When an open consumer that has caught up is closed if nothing comes.
     let mut idle_at: Option<tokio::time::Instant> = None;
     let mut registry = shared.providers.clone();
@@ -365,12 +367,25 @@ async fn deliver(
         }
         if messages.is_none() && maybe_more && s.unacked.len() <= RESUME_AT {
             maybe_more = false;
+            // A wake-up is the publish itself, seen on core NATS: with
+            // replicated streams it can come before the store has committed
+            // the message, and a look at the store's last message then finds
+            // nothing new while no second wake-up comes (found by the fault
+            // suite: a recipient's last messages were stored and never
+            // pushed). So a wake-up opens the consumer without that look; the
+            // consumer gets the message once it is stored, and the idle timer
+            // closes it if nothing comes (a publish JetStream dropped as a
+            // duplicate or refused).
             // Boxed: large futures, so they do not size every idle session.
-            if Box::pin(last_stored(shared, &store_subject)).await? > s.last_delivered {
+            if woken || Box::pin(last_stored(shared, &store_subject)).await? > s.last_delivered {
                 messages =
                     Some(Box::pin(open_store(shared, &store_subject, s.last_delivered)).await?);
                 shared.metrics.consumers_opened.inc();
+                if woken {
+                    idle_at = Some(tokio::time::Instant::now() + CLOSE_IDLE_CONSUMER_AFTER);
+                }
             }
+            woken = false;
         }
         start_cursor_write(s, shared).await?;
         let idle = async {
@@ -433,6 +448,7 @@ async fn deliver(
                 if event.subject.as_str() == store_subject {
                     if messages.is_none() {
                         maybe_more = true;
+                        woken = true;
                     }
                 } else if event.subject.starts_with(EPHEMERAL_SENT_PREFIX) {
                     push_ephemeral(s, &event.payload, out, shared);

@@ -8,6 +8,10 @@ pub mod streams;
 pub mod subjects;
 pub mod trace;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use sha2::{Digest, Sha256};
 
 pub use async_nats;
@@ -17,7 +21,8 @@ pub use streams::{ensure_streams, StreamSettings};
 /// Errors of bus set-up.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("cannot connect to NATS at {url}: {source}")]
+    /// The URL is malformed (a configuration error: nothing to wait for).
+    #[error("invalid NATS URL {url}: {source}")]
     Connect {
         url: String,
         source: async_nats::ConnectError,
@@ -51,29 +56,99 @@ pub fn server_list(url: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Connects to NATS (`url` may list several servers, comma-separated),
-/// retrying forever in the background after the first success, and checks
-/// the server version.
+/// How often a service still waiting for a dependency at start-up says so
+/// again in its log.
+pub const STILL_WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// `url` (or a comma-separated list) with any user and password replaced,
+/// for logs.
+pub fn redact_urls(url: &str) -> String {
+    server_list(url)
+        .into_iter()
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***@{}", &u[..scheme], &u[at + 1..])
+            }
+            _ => u.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Connects to NATS (`url` may list several servers, comma-separated) and
+/// checks the server version.
+///
+/// It waits for the first connection **as long as it takes**: a NATS that is
+/// down, partitioned away or still starting only delays the caller (a
+/// service stays not ready meanwhile), it is never a reason to exit. While
+/// waiting it logs a warning with the last connection error every
+/// [`STILL_WAITING_LOG_EVERY`]. Afterwards the client reconnects by itself
+/// forever; losing and regaining the connection is logged. Only a
+/// malformed `url` fails at once ([`BusError::Connect`]), and a server older
+/// than 2.9 once reached ([`BusError::ServerTooOld`]). Cancel the future to
+/// stop waiting.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
-    let client = async_nats::ConnectOptions::new()
-        .name(name)
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(server_list(url))
-        .await
-        .map_err(|source| BusError::Connect {
-            url: url.to_owned(),
-            source,
-        })?;
-    // With retry_on_initial_connect, wait for the first connection so the
-    // version can be read.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let last_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let ever_connected = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (last_error, ever_connected) = (last_error.clone(), ever_connected.clone());
+        async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(move |event| {
+                match event {
+                    async_nats::Event::Connected => {
+                        let again = ever_connected.swap(true, Ordering::AcqRel);
+                        if again {
+                            tracing::info!("Reconnected to NATS.");
+                        }
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("Lost the NATS connection; reconnecting.");
+                    }
+                    async_nats::Event::ClientError(e) => {
+                        *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    }
+                    async_nats::Event::ServerError(e) => {
+                        tracing::warn!(error = %e, "NATS server error.");
+                    }
+                    _ => {}
+                }
+                async {}
+            })
+            .connect(server_list(url))
+            .await
+            .map_err(|source| BusError::Connect {
+                url: redact_urls(url),
+                source,
+            })?
+    };
+    // With retry_on_initial_connect the client connects in the background:
+    // wait for the first connection, so the version can be read.
+    let started = tokio::time::Instant::now();
+    let mut next_log = started + Duration::from_secs(2);
     while client.connection_state() != async_nats::connection::State::Connected {
-        if tokio::time::Instant::now() > deadline {
-            break;
+        let now = tokio::time::Instant::now();
+        if now >= next_log {
+            let error = last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "no answer yet".to_owned());
+            tracing::warn!(
+                url = %redact_urls(url),
+                waited_s = started.elapsed().as_secs(),
+                %error,
+                "NATS is not reachable yet; still trying (not ready until it is)."
+            );
+            next_log = now + STILL_WAITING_LOG_EVERY;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if started.elapsed() >= Duration::from_secs(2) {
+        tracing::info!(waited_s = started.elapsed().as_secs(), "Connected to NATS.");
     }
     check_version(&client.server_info().version)?;
     Ok(client)
@@ -122,6 +197,14 @@ mod tests {
             vec!["nats://a:4222", "nats://b:4222", "nats://c:4222"]
         );
         assert_eq!(server_list("nats://a:4222,"), vec!["nats://a:4222"]);
+    }
+
+    #[test]
+    fn credentials_are_redacted_in_url_lists() {
+        assert_eq!(
+            redact_urls("nats://u:p@a:4222,nats://b:4222"),
+            "nats://***@a:4222,nats://b:4222"
+        );
     }
 
     #[test]

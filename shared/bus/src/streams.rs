@@ -124,37 +124,44 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
 }
 
 /// How long each attempt at creating or updating one stream waits for an
-/// answer; after the last, the error is returned.
-const ENSURE_TIMEOUTS: [Duration; 5] = [
+/// answer; attempts after the last wait as long as the last.
+const ENSURE_TIMEOUTS: [Duration; 4] = [
     Duration::from_secs(2),
     Duration::from_secs(4),
     Duration::from_secs(8),
     Duration::from_secs(10),
-    Duration::from_secs(10),
 ];
+
+/// The pause between two attempts at a start-up request.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Creates every stream, or updates it to this config.
 ///
 /// A request that times out, finds JetStream not available, or loses the
-/// race with another service creating the same stream, is repeated
-/// with a longer wait each time (it is idempotent): on a NATS 2.9 cluster, services starting together
-/// that create the same replicated stream at once can all go unanswered
-/// although the stream was created, and a cluster that is still electing
-/// its leaders answers "unavailable". Without the retry every service
-/// exited at start-up against a fresh cluster (found by the fault suite).
+/// race with another service creating the same stream is repeated **until
+/// it succeeds** (it is idempotent), each attempt waiting longer for its
+/// answer (2, 4, 8, then 10 s) with a pause of 1 s between, and a warning
+/// logged for each: a NATS that is unreachable, restarting or electing its
+/// leaders only delays the service, which stays not ready meanwhile (ADR
+/// 14). On a NATS 2.9 cluster, services starting together that create the
+/// same replicated stream at once can all go unanswered although the stream
+/// was created, and a cluster still electing its leaders answers
+/// "unavailable"; both were found by the fault suite. Any other answer (an
+/// invalid config, replicas a single server cannot have) is returned at once.
+/// Cancel the future to stop.
 pub async fn ensure_streams(js: &jetstream::Context, s: &StreamSettings) -> Result<(), BusError> {
     let mut js = js.clone();
     for config in stream_configs(s) {
         let name = config.name.clone();
         let mut attempt = 1;
         loop {
-            js.set_timeout(ENSURE_TIMEOUTS[attempt - 1]);
+            js.set_timeout(ENSURE_TIMEOUTS[(attempt - 1).min(ENSURE_TIMEOUTS.len() - 1)]);
             match js.create_or_update_stream(config.clone()).await {
                 Ok(_) => break,
-                Err(e) if attempt < ENSURE_TIMEOUTS.len() && is_transient(&e.kind()) => {
-                    tracing::warn!(stream = %name, attempt, error = %e, "Cannot create or update the stream yet; retrying.");
+                Err(e) if is_transient(&e.kind()) => {
+                    tracing::warn!(stream = %name, attempt, error = %e, "Cannot create or update the stream yet; retrying (not ready until it is done).");
                     attempt += 1;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Err(e) => {
                     return Err(BusError::Stream {
@@ -169,21 +176,43 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &StreamSettings) -> Resu
 }
 
 /// Whether a failed create-or-update is worth repeating: a timeout, JetStream
-/// not available yet, or the race of two services creating the same stream
-/// at once (the loser's create finds the name taken, or, on a NATS 2.9
-/// cluster while the winner's stream is still being placed, "subjects
+/// not available yet, a failed request, a cluster answer that passes (see
+/// [`is_transient_code`]), or the race of two services creating the same
+/// stream at once (the loser's create finds the name taken, or, on a NATS
+/// 2.9 cluster while the winner's stream is still being placed, "subjects
 /// overlap"; the next attempt finds the stream and updates it).
 fn is_transient(kind: &jetstream::context::CreateStreamErrorKind) -> bool {
     use jetstream::context::CreateStreamErrorKind as K;
     use jetstream::ErrorCode;
     match kind {
-        K::TimedOut | K::JetStreamUnavailable => true,
-        K::JetStream(e) => matches!(
-            e.error_code(),
-            ErrorCode::STREAM_NAME_EXIST | ErrorCode::STREAM_SUBJECT_OVERLAP
-        ),
+        K::TimedOut | K::JetStreamUnavailable | K::Response => true,
+        K::JetStream(e) => {
+            is_transient_code(e.error_code())
+                || matches!(
+                    e.error_code(),
+                    ErrorCode::STREAM_NAME_EXIST | ErrorCode::STREAM_SUBJECT_OVERLAP
+                )
+        }
         _ => false,
     }
+}
+
+/// JetStream answers that pass by themselves: the cluster has no leader or
+/// quorum yet, or too few servers are up to place the replicas (a node is
+/// restarting).
+pub fn is_transient_code(code: jetstream::ErrorCode) -> bool {
+    use jetstream::ErrorCode;
+    matches!(
+        code,
+        ErrorCode::CLUSTER_NOT_AVAILABLE
+            | ErrorCode::CLUSTER_NOT_ACTIVE
+            | ErrorCode::CLUSTER_INCOMPLETE
+            | ErrorCode::CLUSTER_NO_PEERS
+            | ErrorCode::CLUSTER_NOT_LEADER
+            | ErrorCode::CLUSTER_NOT_ASSIGNED
+            | ErrorCode::INSUFFICIENT_RESOURCES
+            | ErrorCode::JETSTREAM_NOT_ENABLED
+    )
 }
 
 /// The durable pull consumer that all replicas of a service share.
@@ -205,28 +234,61 @@ pub fn stage_consumer_config(name: &str, subject: &str) -> consumer::pull::Confi
 /// MAX_DELIVERIES advisory and stops redelivering).
 pub const MAX_DELIVER: i64 = 20;
 
-/// Binds (creating if needed) the durable consumer of a stage.
+/// Binds (creating if needed) the durable consumer of a stage. Like
+/// [`ensure_streams`], a request that fails for a reason that passes (a
+/// timeout, no answer, a cluster without a leader) is repeated until it
+/// succeeds, with a warning each time; any other answer is returned.
 pub async fn stage_consumer(
     js: &jetstream::Context,
     stream_name: &str,
     name: &str,
     subject: &str,
 ) -> Result<consumer::PullConsumer, BusError> {
-    let stream = js
-        .get_stream(stream_name)
-        .await
-        .map_err(|e| BusError::Stream {
-            name: stream_name.to_owned(),
-            source: Box::new(e),
-        })?;
+    use jetstream::context::GetStreamErrorKind as G;
+    use jetstream::stream::ConsumerErrorKind as C;
     let config = stage_consumer_config(name, subject);
-    // create_consumer is idempotent for an identical config and updates the
-    // updatable fields otherwise.
-    stream
-        .create_consumer(config)
-        .await
-        .map_err(|e| BusError::Consumer {
-            name: name.to_owned(),
-            source: Box::new(e),
-        })
+    let mut attempt = 1u32;
+    loop {
+        let stream = match js.get_stream(stream_name).await {
+            Ok(s) => s,
+            Err(e) => {
+                let transient = match e.kind() {
+                    G::Request => true,
+                    G::JetStream(j) => is_transient_code(j.error_code()),
+                    _ => false,
+                };
+                if !transient {
+                    return Err(BusError::Stream {
+                        name: stream_name.to_owned(),
+                        source: Box::new(e),
+                    });
+                }
+                tracing::warn!(stream = stream_name, attempt, error = %e, "Cannot read the stream yet; retrying (not ready until it is done).");
+                attempt += 1;
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        // create_consumer is idempotent for an identical config and updates
+        // the updatable fields otherwise.
+        match stream.create_consumer(config.clone()).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                let transient = match e.kind() {
+                    C::TimedOut | C::Request => true,
+                    C::JetStream(j) => is_transient_code(j.error_code()),
+                    _ => false,
+                };
+                if !transient {
+                    return Err(BusError::Consumer {
+                        name: name.to_owned(),
+                        source: Box::new(e),
+                    });
+                }
+                tracing::warn!(consumer = name, attempt, error = %e, "Cannot create or bind the consumer yet; retrying (not ready until it is done).");
+                attempt += 1;
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
 }

@@ -13,6 +13,32 @@ async fn a_server_list_connects_even_when_the_first_server_is_down() {
 }
 
 #[tokio::test]
+async fn connect_waits_for_a_server_that_is_not_there_yet() {
+    // Regression: connect gave up waiting after 30 s and the service exited
+    // soon after; now an unreachable NATS only delays the caller.
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let connecting = tokio::spawn(async move { interop_bus::connect(&url, "test").await });
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(!connecting.is_finished(), "connect returned with no server");
+    let _nats = NatsServer::start_on(port);
+    let client = tokio::time::timeout(std::time::Duration::from_secs(30), connecting)
+        .await
+        .expect("connected soon after the server started")
+        .unwrap()
+        .unwrap();
+    client.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_malformed_url_fails_at_once() {
+    let e = interop_bus::connect("nats://127.0.0.1:notaport", "test")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, interop_bus::BusError::Connect { .. }), "{e}");
+}
+
+#[tokio::test]
 async fn a_cluster_url_list_connects() {
     let cluster = NatsCluster::start(3);
     let client = interop_bus::connect(&cluster.urls(), "test").await.unwrap();

@@ -88,6 +88,15 @@ token_sha256 = ["{}"]
 impl Gateway {
     /// Starts the five services and returns once each answers `/readyz`.
     pub async fn start(binaries: &Binaries, options: &GatewayOptions) -> Self {
+        let mut gateway = Self::spawn_all(binaries, options);
+        for s in SERVICES {
+            gateway.wait_ready(s, READY_TIMEOUT).await;
+        }
+        gateway
+    }
+
+    /// Starts the five services without waiting for them to be ready.
+    pub fn spawn_all(binaries: &Binaries, options: &GatewayOptions) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("interop-faults-")
             .tempdir()
@@ -142,9 +151,6 @@ impl Gateway {
         };
         for s in SERVICES {
             gateway.spawn(s);
-        }
-        for s in SERVICES {
-            gateway.wait_ready(s, READY_TIMEOUT).await;
         }
         gateway
     }
@@ -281,6 +287,12 @@ impl Gateway {
         }
     }
 
+    /// `name`'s answer to `GET /readyz` (status and body), if it answers.
+    pub async fn readyz(&mut self, name: &str) -> Option<(u16, String)> {
+        let port = self.service(name).admin_port;
+        http_get(port, "/readyz").await
+    }
+
     /// Whether every service answers `/readyz` with 200 right now.
     pub async fn all_ready(&self) -> bool {
         for s in &self.services {
@@ -311,6 +323,12 @@ impl Drop for Gateway {
 /// The status code of `GET <path>` on the loopback port, or `None` if it
 /// does not answer within a second.
 pub async fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_get(port, path).await.map(|(status, _)| status)
+}
+
+/// The status code and body of `GET <path>` on the loopback port, or `None`
+/// if it does not answer within a second.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let ask = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -321,10 +339,13 @@ pub async fn http_status(port: u16, path: &str) -> Option<u16> {
         )
         .await
         .ok()?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await.ok()?;
-        // "HTTP/1.1 200"
-        std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+        let mut response = Vec::new();
+        s.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response);
+        // "HTTP/1.1 200 OK\r\n...\r\n\r\nbody"
+        let status = text.get(9..12)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Some((status, body.to_owned()))
     };
     tokio::time::timeout(Duration::from_secs(1), ask)
         .await

@@ -39,9 +39,8 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// How many times a service tries its first read of the registry before it
-/// gives up (each read waits up to 10 s for a record).
-const START_ATTEMPTS: u32 = 3;
+/// The longest pause between two attempts at the start-up read.
+const START_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Reads and writes provider records.
 #[derive(Clone)]
@@ -143,10 +142,12 @@ impl RegistryStore {
         Ok((records, messages))
     }
 
-    /// [`Self::read_all`], tried up to [`START_ATTEMPTS`] times: a service
-    /// restarted under load (kill -9, then a busy NATS) could time out its
-    /// first read and exit, where waiting a little longer would have done
-    /// (found by the fault suite).
+    /// [`Self::read_all`], repeated **until it succeeds** while the stream
+    /// is unavailable (with a warning each time and a pause growing to 5 s):
+    /// a service restarted under load (kill -9, then a busy NATS) timed out
+    /// its first read and exited, and a NATS that is unreachable at start
+    /// must only delay the service (ADR 14; both found by the fault suite).
+    /// An invalid record is returned at once.
     async fn read_all_at_start(
         &self,
     ) -> Result<
@@ -156,17 +157,7 @@ impl RegistryStore {
         ),
         StoreError,
     > {
-        let mut attempt = 1;
-        loop {
-            match self.read_all().await {
-                Err(StoreError::Unavailable(e)) if attempt < START_ATTEMPTS => {
-                    warn!(attempt, error = %e, "Cannot read the provider registry yet; retrying.");
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                other => return other,
-            }
-        }
+        until_available("read the provider registry", || self.read_all()).await
     }
 
     /// What ingest and delivery do at start: seed from the providers file,
@@ -176,7 +167,7 @@ impl RegistryStore {
         seed: &Registry,
         shutdown: CancellationToken,
     ) -> Result<watch::Receiver<Arc<Registry>>, StoreError> {
-        let seeded = self.seed(seed).await?;
+        let seeded = until_available("seed the provider registry", || self.seed(seed)).await?;
         if seeded > 0 {
             info!(
                 seeded,
@@ -230,6 +221,29 @@ impl RegistryStore {
             }
         });
         Ok(rx)
+    }
+}
+
+/// Runs `attempt` until it returns anything but [`StoreError::Unavailable`],
+/// pausing between tries (250 ms, doubling up to [`START_RETRY_MAX`]) and
+/// logging a warning for each failure. Cancel the future to stop.
+async fn until_available<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut pause = Duration::from_millis(250);
+    let mut n = 1u32;
+    loop {
+        match attempt().await {
+            Err(StoreError::Unavailable(e)) => {
+                warn!(attempt = n, error = %e, "Cannot {what} yet; retrying (not ready until it is done).");
+                n += 1;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(START_RETRY_MAX);
+            }
+            other => return other,
+        }
     }
 }
 

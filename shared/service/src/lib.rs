@@ -12,7 +12,7 @@ pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,21 +119,39 @@ pub struct Deps {
     pub metrics: Arc<Metrics>,
 }
 
-/// Why the dependencies could not be reached.
+/// Why the service cannot start on these dependencies. Unreachable NATS or
+/// Redis is not among them: [`Deps::connect`] waits for both.
 #[derive(Debug, thiserror::Error)]
 pub enum DepsError {
     #[error(transparent)]
     Nats(#[from] interop_bus::BusError),
-    #[error("cannot connect to Redis at {url}: {source}")]
+    #[error("invalid Redis URL {url}: {source}")]
     Redis {
         url: String,
         source: redis::RedisError,
     },
 }
 
+impl DepsError {
+    /// A configuration error (a malformed URL): nothing to wait for.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Self::Redis { .. } | Self::Nats(interop_bus::BusError::Connect { .. })
+        )
+    }
+}
+
+/// The longest pause between two attempts at reaching Redis at start-up.
+const REDIS_RETRY_MAX: Duration = Duration::from_secs(5);
+
 impl Deps {
-    /// Connects to NATS and Redis. Both clients reconnect by themselves
-    /// afterwards.
+    /// Connects to NATS and Redis, waiting **as long as it takes** for each
+    /// to answer (ADR 14): an unreachable dependency at start only delays
+    /// readiness (`/readyz` says which one is awaited, the log repeats a
+    /// warning with the last error), it never makes the service exit. Only
+    /// a malformed URL or a NATS older than 2.9 fails. Both clients
+    /// reconnect by themselves afterwards. Cancel the future to stop.
     pub async fn connect(
         nats_url: &str,
         redis_url: &str,
@@ -141,19 +159,49 @@ impl Deps {
         health: Arc<Health>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, DepsError> {
-        let nats = interop_bus::connect(nats_url, name).await?;
-        let redis_err = |source| DepsError::Redis {
+        // A malformed Redis URL fails before anything is waited for.
+        let client = redis::Client::open(redis_url).map_err(|source| DepsError::Redis {
             url: redact_url(redis_url),
             source,
-        };
-        let client = redis::Client::open(redis_url).map_err(redis_err)?;
+        })?;
+        health.set_phase(Phase::Nats);
+        let nats = interop_bus::connect(nats_url, name).await?;
+        health.set_phase(Phase::Redis);
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(2);
-        let redis = redis::aio::ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(redis_err)?;
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(250);
+        let mut next_log = started;
+        let redis = loop {
+            match redis::aio::ConnectionManager::new_with_config(client.clone(), config.clone())
+                .await
+            {
+                Ok(r) => break r,
+                Err(e) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= next_log {
+                        warn!(
+                            url = %redact_url(redis_url),
+                            waited_s = started.elapsed().as_secs(),
+                            error = %e,
+                            "Redis is not reachable yet; still trying (not ready until it is)."
+                        );
+                        next_log = now + interop_bus::STILL_WAITING_LOG_EVERY;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(REDIS_RETRY_MAX);
+                }
+            }
+        };
+        if started.elapsed() >= Duration::from_secs(2) {
+            info!(
+                waited_s = started.elapsed().as_secs(),
+                "Connected to Redis."
+            );
+        }
+        health.set_phase(Phase::Service);
         let deps = Self {
             nats,
             redis,
@@ -175,18 +223,61 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// What a starting service is waiting for (`/readyz` names it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Reaching NATS.
+    Nats = 0,
+    /// Reaching Redis.
+    Redis = 1,
+    /// The service's own start: streams, consumers, the provider registry
+    /// (each retried until it succeeds; the log says which).
+    Service = 2,
+}
+
+impl Phase {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Nats => "starting: waiting for NATS",
+            Self::Redis => "starting: waiting for Redis",
+            Self::Service => "starting: creating streams and consumers, loading the registry",
+        }
+    }
+}
+
 /// What `/readyz` reports. Services flip `bound` once their consumers and
-/// listeners are up; `draining` is set on shutdown.
+/// listeners are up; `draining` is set on shutdown; until bound, the start-up
+/// [`Phase`] says what the service waits for.
 #[derive(Default)]
 pub struct Health {
     bound: AtomicBool,
     draining: AtomicBool,
+    phase: AtomicU8,
     deps: std::sync::OnceLock<(async_nats::Client, redis::aio::ConnectionManager)>,
 }
 
 impl Health {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// What start-up waits for now.
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Nats,
+            1 => Phase::Redis,
+            _ => Phase::Service,
+        }
+    }
+
+    /// Whether the service finished starting (see [`Health::set_bound`]).
+    pub fn is_bound(&self) -> bool {
+        self.bound.load(Ordering::Acquire)
     }
 
     /// Watch these connections for readiness.
@@ -213,8 +304,8 @@ impl Health {
         if self.is_draining() {
             return Err("draining");
         }
-        if !self.bound.load(Ordering::Acquire) {
-            return Err("starting");
+        if !self.is_bound() {
+            return Err(self.phase().reason());
         }
         let Some((nats, redis)) = self.deps.get() else {
             return Err("starting");
@@ -317,14 +408,19 @@ where
         metrics.clone(),
         shutdown.child_token(),
     ));
+    info!("Starting; waiting for NATS and Redis.");
     let deps = tokio::select! {
         d = Deps::connect(&common.nats_url, &common.redis_url, name, health.clone(), metrics) => d,
         () = shutdown.cancelled() => return 0,
     };
     let deps = match deps {
         Ok(d) => d,
+        Err(e) if e.is_config() => {
+            error!(error = %e, "Invalid configuration.");
+            return 64;
+        }
         Err(e) => {
-            error!(error = %e, "Cannot reach a dependency.");
+            error!(error = %e, "Cannot use a dependency.");
             return 1;
         }
     };
@@ -334,6 +430,13 @@ where
     let result = tokio::select! {
         r = &mut task => r,
         () = shutdown.cancelled() => {
+            if !health.is_bound() {
+                // Still starting (waiting for streams, consumers, the
+                // registry): nothing in flight to finish.
+                info!("Shutdown requested while starting; stopping.");
+                task.abort();
+                return 0;
+            }
             health.set_draining();
             let grace = Duration::from_secs(common.shutdown_grace_secs);
             match tokio::time::timeout(grace, &mut task).await {
@@ -375,6 +478,20 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn readyz_says_what_start_up_waits_for() {
+        let health = Health::new();
+        assert_eq!(health.ready().await, Err("starting: waiting for NATS"));
+        health.set_phase(Phase::Redis);
+        assert_eq!(health.ready().await, Err("starting: waiting for Redis"));
+        health.set_phase(Phase::Service);
+        assert!(health
+            .ready()
+            .await
+            .unwrap_err()
+            .starts_with("starting: creating"));
+    }
 
     #[test]
     fn redacts_passwords_in_urls() {

@@ -113,6 +113,13 @@ pub fn free_port() -> u16 {
 /// A `nats-server -js` on a free port. Stop and start it again with
 /// [`NatsServer::stop`] / [`NatsServer::restart`]: it keeps its port and its
 /// JetStream store, like a restarted production node.
+///
+/// The port comes from [`free_port`] (below the kernel's ephemeral range),
+/// not from the server's own random pick: while a killed server is down,
+/// clients keep connecting to its port, and a connect to a loopback port in
+/// the ephemeral range where nothing listens can get that very port as its
+/// own local port and connect to itself (TCP simultaneous open), which then
+/// holds the port the restarted server needs.
 pub struct NatsServer {
     dir: tempfile::TempDir,
     port: u16,
@@ -130,7 +137,30 @@ impl NatsServer {
             port: 0,
             child: None,
         };
-        server.spawn_on_port(None);
+        for attempt in 0.. {
+            match server.spawn_on_port(free_port()) {
+                Ok(()) => break,
+                // Most likely the port was taken meanwhile: take another.
+                Err(e) => assert!(attempt < 5, "nats-server failed to start five times: {e}"),
+            }
+        }
+        server
+    }
+
+    /// A `nats-server -js` on `port`, which must be free.
+    pub fn start_on(port: u16) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("interop-nats-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let mut server = Self {
+            dir,
+            port: 0,
+            child: None,
+        };
+        if let Err(e) = server.spawn_on_port(port) {
+            panic!("nats-server did not start on port {port}: {e}");
+        }
         server
     }
 
@@ -138,16 +168,15 @@ impl NatsServer {
         self.dir.path().join("nats.log")
     }
 
-    fn spawn_on_port(&mut self, port: Option<u16>) {
+    fn spawn_on_port(&mut self, port: u16) -> Result<(), String> {
         let log = self.log_path();
         std::fs::remove_file(&log).ok();
         let store = self.dir.path().join("jetstream");
-        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let args: Vec<String> = vec![
             "-a".into(),
             "127.0.0.1".into(),
             "-p".into(),
-            port_arg,
+            port.to_string(),
             "-js".into(),
             "-sd".into(),
             store.display().to_string(),
@@ -156,35 +185,24 @@ impl NatsServer {
         ];
         let mut child = spawn("nats-server", "nats-server", &args);
         let deadline = Instant::now() + START_TIMEOUT;
-        let port = loop {
-            if let Some(p) = read_nats_port(&log) {
-                break p;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "nats-server exited during start-up with {status}; log: {}",
-                    read_file(&log)
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start; log: {}",
-                read_file(&log)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        wait_for_port(port, &mut child, "nats-server");
         // JetStream is ready once the server says so.
         while !read_file(&log).contains("Server is ready") {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server not ready; log: {}",
-                read_file(&log)
-            );
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "nats-server exited during start-up with {status}; log: {}",
+                    read_file(&log)
+                ));
+            }
+            if Instant::now() > deadline {
+                kill(&mut Some(child));
+                return Err(format!("nats-server not ready; log: {}", read_file(&log)));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        wait_for_port(port, &mut child, "nats-server");
         self.port = port;
         self.child = Some(child);
+        Ok(())
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -210,7 +228,9 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.stop();
         let port = self.port;
-        self.spawn_on_port(Some(port));
+        if let Err(e) = self.spawn_on_port(port) {
+            panic!("nats-server did not restart on port {port}: {e}");
+        }
     }
 }
 
@@ -226,14 +246,6 @@ fn read_file(path: &Path) -> String {
         f.read_to_string(&mut s).ok();
     }
     s
-}
-
-fn read_nats_port(log: &Path) -> Option<u16> {
-    let text = read_file(log);
-    let line = text
-        .lines()
-        .find(|l| l.contains("Listening for client connections on"))?;
-    line.rsplit(':').next()?.trim().parse().ok()
 }
 
 /// A `redis-server` on a free port, without persistence unless asked.
