@@ -60,6 +60,8 @@ struct Session {
     /// writes land in order, and acks arriving meanwhile are coalesced into
     /// the next write (docs/adr/0015).
     cursor_write: Option<CursorWrite>,
+    /// When the next cursor write starts (set when the cursor moves).
+    cursor_due: Option<tokio::time::Instant>,
     /// Delivered, not yet acked: sequence → the envelope (without content)
     /// if it needs a `delivered` receipt.
     unacked: BTreeMap<u64, Option<Envelope>>,
@@ -211,6 +213,7 @@ async fn hello(
         cursor,
         cursor_stored: cursor,
         cursor_write: None,
+        cursor_due: None,
         unacked: BTreeMap::new(),
         last_delivered: cursor,
         _slot: admitted.slot,
@@ -222,6 +225,12 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A cursor write waiting for its JetStream ack; yields the stored value.
 type CursorWrite =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, BoxError>> + Send>>;
+
+/// How long after the cursor moves it is written: acks within that time
+/// share one write. A delivery instance killed in between makes the device
+/// get those messages again on reconnect (same server ids: the client drops
+/// them).
+pub(crate) const CURSOR_WRITE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long the last cursor write of an ending session may take.
 const FINAL_CURSOR_WRITE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -372,7 +381,16 @@ async fn deliver(
                 shared.metrics.consumers_opened.inc();
             }
         }
-        start_cursor_write(s, shared).await?;
+        if s.cursor > s.cursor_stored && s.cursor_write.is_none() && s.cursor_due.is_none() {
+            s.cursor_due = Some(tokio::time::Instant::now() + CURSOR_WRITE_AFTER);
+        }
+        let cursor_due = s.cursor_due;
+        let write_cursor = async {
+            match cursor_due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let idle = async {
             match idle_at {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -417,6 +435,10 @@ async fn deliver(
                 Incoming::End => return Ok(()),
                 Incoming::Ignore => {}
             },
+            () = write_cursor => {
+                s.cursor_due = None;
+                start_cursor_write(s, shared).await?;
+            }
             written = cursor_written(&mut s.cursor_write) => {
                 s.cursor_write = None;
                 s.cursor_stored = written?;
