@@ -23,7 +23,7 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::consumer::pull::Ordered;
 
 use interop_bus::subjects::{
-    delivery_acked, delivery_queued, session_events, EPHEMERAL_SENT_PREFIX,
+    delivery_acked, delivery_queued, ephemeral_sent, session_events, EPHEMERAL_SENT_PREFIX,
 };
 use interop_bus::{pipeline, recipient_key};
 use interop_proto::limits::{
@@ -346,6 +346,11 @@ async fn deliver(
     // subject) and ephemeral events (typing). Subscribed before the store is
     // first looked at, so nothing stored after that goes unnoticed.
     let mut events = shared.js.client().subscribe(session_events(&key)).await?;
+    // Whether `events` covers the store subject. While the store consumer
+    // is open it reads every stored message anyway, so the subscription is
+    // narrowed to ephemeral events: each stored message then crosses from
+    // NATS to delivery once, not twice (docs/adr/0015).
+    let mut waking = true;
     // The store consumer is open only while there is something to read
     // (docs/adr/0011): an idle session holds two core subscriptions and no
     // JetStream consumer.
@@ -380,6 +385,17 @@ async fn deliver(
                     Some(Box::pin(open_store(shared, &store_subject, s.last_delivered)).await?);
                 shared.metrics.consumers_opened.inc();
             }
+        }
+        if messages.is_some() && waking {
+            events = shared.js.client().subscribe(ephemeral_sent(&key)).await?;
+            waking = false;
+        } else if messages.is_none() && !waking {
+            // Wake-ups again before the store is looked at again, so
+            // nothing stored in between goes unnoticed.
+            events = shared.js.client().subscribe(session_events(&key)).await?;
+            waking = true;
+            maybe_more = true;
+            continue;
         }
         if s.cursor > s.cursor_stored && s.cursor_write.is_none() && s.cursor_due.is_none() {
             s.cursor_due = Some(tokio::time::Instant::now() + CURSOR_WRITE_AFTER);
