@@ -17,7 +17,7 @@ use tracing::debug;
 
 use interop_bus::subjects::SPAM_SCORE;
 use interop_bus::HandleError;
-use interop_proto::v1::{PipelineMessage, ScoreReply, ScoreRequest, SpamVerdict};
+use interop_proto::v1::{PipelineMessage, ScoreReply, ScoreRequest, SpamVerdict, TraceContext};
 
 /// Messages per score request (spam-scoring accepts up to 256).
 pub const MAX_BATCH: usize = 64;
@@ -30,17 +30,18 @@ pub const SCORE_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 type Waiter = oneshot::Sender<Result<SpamVerdict, HandleError>>;
+type Queued = (PipelineMessage, TraceContext, Waiter);
 
 /// A handle to the batcher; cheap to clone.
 #[derive(Clone)]
 pub struct ScoreClient {
-    queue: mpsc::Sender<(PipelineMessage, Waiter)>,
+    queue: mpsc::Sender<Queued>,
 }
 
 impl ScoreClient {
     /// Starts the batcher on `client`'s connection.
     pub fn start(client: async_nats::Client, timeout: Duration) -> Self {
-        let (queue, mut rx) = mpsc::channel::<(PipelineMessage, Waiter)>(4 * MAX_BATCH);
+        let (queue, mut rx) = mpsc::channel::<Queued>(4 * MAX_BATCH);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
@@ -56,11 +57,15 @@ impl ScoreClient {
         Self { queue }
     }
 
-    /// The verdict on `pm` (its envelope set).
+    /// The verdict on `pm` (its envelope set). spam-scoring's span joins the
+    /// current span's trace.
     pub async fn score(&self, pm: PipelineMessage) -> Result<SpamVerdict, HandleError> {
         let (tx, rx) = oneshot::channel();
+        let trace = TraceContext {
+            fields: interop_bus::trace::current_fields(),
+        };
         self.queue
-            .send((pm, tx))
+            .send((pm, trace, tx))
             .await
             .map_err(|_| retry("the score batcher stopped".into()))?;
         rx.await
@@ -75,14 +80,17 @@ fn retry(reason: String) -> HandleError {
     }
 }
 
-async fn request(
-    client: async_nats::Client,
-    batch: Vec<(PipelineMessage, Waiter)>,
-    timeout: Duration,
-) {
-    let (messages, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-    let n = messages.len();
-    let body = ScoreRequest { messages }.encode_to_vec();
+async fn request(client: async_nats::Client, batch: Vec<Queued>, timeout: Duration) {
+    let n = batch.len();
+    let mut messages = Vec::with_capacity(n);
+    let mut traces = Vec::with_capacity(n);
+    let mut waiters = Vec::with_capacity(n);
+    for (pm, trace, waiter) in batch {
+        messages.push(pm);
+        traces.push(trace);
+        waiters.push(waiter);
+    }
+    let body = ScoreRequest { messages, traces }.encode_to_vec();
     let answer = tokio::time::timeout(timeout, client.request(SPAM_SCORE, body.into())).await;
     let results = match answer {
         Ok(Ok(reply)) => match ScoreReply::decode(reply.payload.as_ref()) {

@@ -90,6 +90,7 @@ async fn a_request_over_the_batch_limit_is_refused_whole_and_one_at_it_is_scored
     let request = |n: usize| {
         prost::Message::encode_to_vec(&interop_proto::v1::ScoreRequest {
             messages: (0..n).map(message).collect(),
+            traces: Vec::new(),
         })
     };
     let at_limit = interop_spam_scoring::serve::answer(&scorer, &request(MAX_SCORE_BATCH)).await;

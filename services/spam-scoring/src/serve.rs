@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use prost::Message as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use interop_bus::subjects::{QUEUE_SPAM_SCORING, SPAM_SCORE};
 use interop_proto::v1::{ScoreReply, ScoreRequest, ScoreResult};
@@ -56,7 +56,14 @@ pub async fn answer(scorer: &Scorer, request: &[u8]) -> ScoreReply {
                 .collect(),
         };
     }
-    let scored = futures_util::future::join_all(request.messages.iter().map(|pm| scorer.score(pm)));
+    let scored =
+        futures_util::future::join_all(request.messages.iter().enumerate().map(|(i, pm)| {
+            let span = tracing::info_span!("score", otel.name = "spam-scoring score");
+            if let Some(t) = request.traces.get(i) {
+                interop_bus::trace::set_parent_from_fields(&span, &t.fields);
+            }
+            scorer.score(pm).instrument(span)
+        }));
     ScoreReply {
         results: scored
             .await
