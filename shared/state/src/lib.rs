@@ -8,6 +8,7 @@
 //!   `inbox` (`third-party`/`combined`), `updated_at_ms`.
 //! - `interop:group:<id>:members`, `interop:group:<id>:admins` — sets of
 //!   addresses (see [`group`]).
+//! - `interop:media:grant:<id>`, `interop:media:sent:<key>` ([`media`]).
 //! - `interop:rate:<scope>:<id>:<window>` — counter with a TTL of two windows.
 //! - `interop:contacts:<recipient>` — accepted/declined/blocked senders
 //!   ([`contacts`]).
@@ -18,6 +19,7 @@ pub mod consent;
 pub mod contacts;
 pub mod gcra;
 pub mod group;
+pub mod media;
 pub mod rate;
 pub mod reputation;
 pub mod spam;
