@@ -18,6 +18,7 @@
 
 pub mod consent;
 pub mod contacts;
+pub mod erase;
 pub mod gcra;
 pub mod group;
 pub mod media;
