@@ -19,6 +19,8 @@ use interop_test_support::{NatsServer, RedisServer};
 pub const HOME_TOKEN: &str = "home-test-token-0123456789abcdef";
 pub const SIGNAL_TOKEN: &str = "signal-test-token-0123456789abcdef";
 pub const TELEGRAM_TOKEN: &str = "telegram-test-token-0123456789abcdef";
+/// The bearer token of the [`Gateway`]'s admin API.
+pub const ADMIN_TOKEN: &str = "admin-test-token-0123456789abcdef";
 
 /// The registry the harness runs with: `home` (the gatekeeper), `signal`
 /// (E2EE) and `telegram` (transport-only).
@@ -60,6 +62,9 @@ pub struct Gateway {
     pub delivery_url: String,
     /// Base URL of the media API (`POST /v1/media`, `GET /v1/media/{id}`).
     pub media_url: String,
+    /// Base URL of ingest's admin API (providers, erasure), token
+    /// [`ADMIN_TOKEN`].
+    pub admin_api_url: String,
     shutdown: CancellationToken,
     healths: Vec<Arc<Health>>,
     /// Each service's admin base URL (`/healthz`, `/readyz`, `/metrics`).
@@ -138,7 +143,15 @@ impl Gateway {
             &shutdown,
         )
         .await;
-        let config = interop_ingest::Config::new(ingest_listener, providers.clone());
+        let mut config = interop_ingest::Config::new(ingest_listener, providers.clone());
+        let admin_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the admin API");
+        let admin_api_url = format!("http://{}", admin_listener.local_addr().expect("bound"));
+        config.admin_api = Some(interop_ingest::admin::AdminApi::new(
+            admin_listener,
+            ADMIN_TOKEN,
+        ));
         let s = shutdown.clone();
         tasks.push((
             "ingest",
@@ -235,6 +248,7 @@ impl Gateway {
             ingest_url,
             delivery_url,
             media_url,
+            admin_api_url,
             shutdown,
             tasks,
             healths,
