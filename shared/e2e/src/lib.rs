@@ -292,6 +292,35 @@ impl Gateway {
             .unwrap_or_else(|| panic!("no service {service}"))
     }
 
+    /// Uploads `data` through the media API as `provider` (E2EE, declared
+    /// `image/jpeg`: stored and passed on byte for byte) and returns its
+    /// media id.
+    pub async fn upload_e2ee(&self, provider: &str, token: &str, data: &[u8]) -> String {
+        use sha2::Digest as _;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.media_url.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connecting to the media API");
+        let head = format!(
+            "POST /v1/media HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Authorization: Bearer {token}\r\nX-Interop-Provider: {provider}\r\n\
+             Content-Type: image/jpeg\r\nContent-Length: {}\r\nX-Interop-Sha256: {}\r\n\
+             X-Interop-Encryption: e2ee\r\n\r\n",
+            data.len(),
+            hex::encode(sha2::Sha256::digest(data))
+        );
+        stream.write_all(head.as_bytes()).await.expect("writing");
+        stream.write_all(data).await.expect("writing");
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await.expect("reading");
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        assert!(text.starts_with("HTTP/1.1 201"), "upload refused: {text}");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let v: serde_json::Value = serde_json::from_str(body.trim()).expect("a JSON answer");
+        v["media_id"].as_str().expect("a media id").to_owned()
+    }
+
     /// Stops every service and returns their results.
     pub async fn stop(self) -> Vec<(&'static str, Result<(), String>)> {
         self.shutdown.cancel();

@@ -11,8 +11,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use prost::Message as _;
 use serde_json::json;
-use sha2::Digest as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use interop_client::admin::AdminClient;
 use interop_client::{
@@ -61,28 +59,6 @@ async fn receive_until(rx: &mut Receiver, want: impl Fn(&Envelope) -> bool) -> E
             return d.envelope;
         }
     }
-}
-
-/// Uploads `data` as E2EE media through the media API as `provider`.
-async fn upload(c: &Cluster, provider: &str, token: &str, data: &[u8]) -> String {
-    let addr = c.gateway.media_url.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST /v1/media HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
-         X-Interop-Provider: {provider}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\
-         X-Interop-Sha256: {}\r\nX-Interop-Encryption: e2ee\r\n\r\n",
-        data.len(),
-        hex::encode(sha2::Sha256::digest(data))
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(data).await.unwrap();
-    let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
-    let body = text.split_once("\r\n\r\n").unwrap().1;
-    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
-    v["media_id"].as_str().unwrap().to_owned()
 }
 
 fn media_envelope(cmid: &str, from: &str, to: &str, media_id: &str, data: &[u8]) -> Envelope {
@@ -301,11 +277,11 @@ async fn an_erased_user_leaves_nothing_behind_and_others_keep_their_data() {
 
     // Media both ways (E2EE: the same blob reaches the recipient).
     let bob_photo: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let mb = upload(&c, "home", HOME_TOKEN, &bob_photo).await;
+    let mb = g.upload_e2ee("home", HOME_TOKEN, &bob_photo).await;
     let bm = send_ok(&home, media_envelope("bm", BOB, ALICE, &mb, &bob_photo)).await;
     receive_until(&mut alice, |e| e.message_id == bm).await;
     let alice_photo: Vec<u8> = (0..2000u32).map(|i| (i * 13 % 241) as u8).collect();
-    let ma = upload(&c, "signal", SIGNAL_TOKEN, &alice_photo).await;
+    let ma = g.upload_e2ee("signal", SIGNAL_TOKEN, &alice_photo).await;
     let am = send_ok(&signal, media_envelope("am", ALICE, BOB, &ma, &alice_photo)).await;
     receive_until(&mut bob, |e| e.message_id == am).await;
 
