@@ -26,9 +26,9 @@ async fn interop(args: &[&str]) -> (i32, serde_json::Value) {
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
-        serde_json::json!({"stdout": stdout, "stderr": String::from_utf8_lossy(&out.stderr)})
-    });
+    let json = serde_json::from_str(stdout.trim()).unwrap_or_else(
+        |_| serde_json::json!({"stdout": stdout, "stderr": String::from_utf8_lossy(&out.stderr)}),
+    );
     (out.status.code().unwrap_or(-1), json)
 }
 
