@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use axum::extract::ws::WebSocket;
+use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -53,6 +54,14 @@ struct Session {
     cursor_key: String,
     /// Last acked store sequence with nothing un-acked before it.
     cursor: u64,
+    /// The cursor as last stored in `INTEROP_CURSORS`.
+    cursor_stored: u64,
+    /// The cursor write in flight, if any: at most one at a time, so
+    /// writes land in order, and acks arriving meanwhile are coalesced into
+    /// the next write (docs/adr/0015).
+    cursor_write: Option<CursorWrite>,
+    /// When the next cursor write starts (set when the cursor moves).
+    cursor_due: Option<tokio::time::Instant>,
     /// Delivered, not yet acked: sequence → the envelope (without content)
     /// if it needs a `delivered` receipt.
     unacked: BTreeMap<u64, Option<Envelope>>,
@@ -73,7 +82,14 @@ pub(crate) async fn serve(
         let user = session.user.redacted().to_string();
         info!(%user, "Recipient connected to delivery.");
         shared.metrics.sessions.inc();
-        if let Err(e) = Box::pin(deliver(session, &mut stream, &out, &shared)).await {
+        let mut session = session;
+        let ended = Box::pin(deliver(&mut session, &mut stream, &out, &shared)).await;
+        // What the device acked is stored before the session is gone, so a
+        // reconnect does not replay it.
+        if let Err(e) = Box::pin(flush_cursor(&mut session, &shared)).await {
+            debug!(%user, error = %e, "The last cursor of a session was not stored.");
+        }
+        if let Err(e) = ended {
             warn!(%user, error = %e, "Session ended by an error.");
             ws::push(
                 &out,
@@ -195,6 +211,9 @@ async fn hello(
         user,
         cursor_key,
         cursor,
+        cursor_stored: cursor,
+        cursor_write: None,
+        cursor_due: None,
         unacked: BTreeMap::new(),
         last_delivered: cursor,
         _slot: admitted.slot,
@@ -202,6 +221,66 @@ async fn hello(
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A cursor write waiting for its JetStream ack; yields the stored value.
+type CursorWrite =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, BoxError>> + Send>>;
+
+/// How long after the cursor moves it is written: acks within that time
+/// share one write. A delivery instance killed in between makes the device
+/// get those messages again on reconnect (same server ids: the client drops
+/// them).
+pub(crate) const CURSOR_WRITE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long the last cursor write of an ending session may take.
+const FINAL_CURSOR_WRITE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Starts storing `s.cursor` when it moved past what is stored and no write
+/// is in flight.
+async fn start_cursor_write(s: &mut Session, shared: &Shared) -> Result<(), BoxError> {
+    if s.cursor_write.is_some() || s.cursor <= s.cursor_stored {
+        return Ok(());
+    }
+    let value = s.cursor;
+    let ack = shared
+        .js
+        .send_publish(
+            s.cursor_key.clone(),
+            async_nats::jetstream::message::PublishMessage::build()
+                .payload(value.to_string().into()),
+        )
+        .await?;
+    s.cursor_write = Some(Box::pin(async move {
+        ack.await?;
+        Ok(value)
+    }));
+    Ok(())
+}
+
+/// The cursor write in flight, or never.
+async fn cursor_written(write: &mut Option<CursorWrite>) -> Result<u64, BoxError> {
+    match write {
+        Some(w) => w.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the write in flight and stores the latest cursor, within
+/// `FINAL_CURSOR_WRITE`.
+async fn flush_cursor(s: &mut Session, shared: &Shared) -> Result<(), BoxError> {
+    tokio::time::timeout(FINAL_CURSOR_WRITE, async {
+        if let Some(w) = s.cursor_write.take() {
+            s.cursor_stored = w.await?;
+        }
+        start_cursor_write(s, shared).await?;
+        if let Some(w) = s.cursor_write.take() {
+            s.cursor_stored = w.await?;
+        }
+        Ok::<(), BoxError>(())
+    })
+    .await
+    .map_err(|_| BoxError::from("timed out"))?
+}
 
 /// After a pause at `MAX_UNACKED` outstanding deliveries, reading resumes
 /// once acks bring them down to this many.
@@ -263,7 +342,7 @@ async fn next_stored(
 }
 
 async fn deliver(
-    mut s: Session,
+    s: &mut Session,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     out: &mpsc::Sender<Outbound>,
     shared: &Shared,
@@ -284,6 +363,10 @@ async fn deliver(
     // When an open consumer that has caught up is closed if nothing comes.
     let mut idle_at: Option<tokio::time::Instant> = None;
     let mut registry = shared.providers.clone();
+    // Stored messages whose consent re-check is running, in store order.
+    let mut checking: FuturesOrdered<
+        std::pin::Pin<Box<dyn std::future::Future<Output = Checked> + Send + '_>>,
+    > = FuturesOrdered::new();
     loop {
         // Flow control. At MAX_UNACKED outstanding deliveries the store is
         // not read; the consumer is dropped rather than left unpolled (an
@@ -306,6 +389,16 @@ async fn deliver(
                 shared.metrics.consumers_opened.inc();
             }
         }
+        if s.cursor > s.cursor_stored && s.cursor_write.is_none() && s.cursor_due.is_none() {
+            s.cursor_due = Some(tokio::time::Instant::now() + CURSOR_WRITE_AFTER);
+        }
+        let cursor_due = s.cursor_due;
+        let write_cursor = async {
+            match cursor_due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let idle = async {
             match idle_at {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -326,7 +419,7 @@ async fn deliver(
             }
             msg = stream.next() => match ws::classify(msg) {
                 Incoming::Frame(frame) => match frame.frame {
-                    Some(client_frame::Frame::Ack(ack)) => Box::pin(on_ack(&mut s, &ack.delivery_tags, shared)).await?,
+                    Some(client_frame::Frame::Ack(ack)) => Box::pin(on_ack(s, &ack.delivery_tags, shared)).await?,
                     Some(client_frame::Frame::MarkRead(m)) => {
                         if let Some(r) = Box::pin(on_mark_read(&store_subject, frame.request_id, &m.delivery_tags, shared)).await {
                             ws::push(out, Outbound::frame(r)).await;
@@ -350,6 +443,14 @@ async fn deliver(
                 Incoming::End => return Ok(()),
                 Incoming::Ignore => {}
             },
+            () = write_cursor => {
+                s.cursor_due = None;
+                start_cursor_write(s, shared).await?;
+            }
+            written = cursor_written(&mut s.cursor_write) => {
+                s.cursor_write = None;
+                s.cursor_stored = written?;
+            }
             () = idle => {
                 // Caught up and quiet: close the consumer; a wake-up (or the
                 // check right after) reopens it.
@@ -364,10 +465,10 @@ async fn deliver(
                         maybe_more = true;
                     }
                 } else if event.subject.starts_with(EPHEMERAL_SENT_PREFIX) {
-                    push_ephemeral(&s, &event.payload, out, shared);
+                    push_ephemeral(s, &event.payload, out, shared);
                 }
             }
-            next = next_stored(&mut messages) => {
+            next = next_stored(&mut messages), if checking.len() < CHECK_DEPTH => {
                 let Some(next) = next else { return Err("store consumer ended".into()) };
                 let msg = next?;
                 let info = msg.info()?;
@@ -377,7 +478,7 @@ async fn deliver(
                 s.last_delivered = s.last_delivered.max(seq);
                 let Ok(mut pm) = pipeline::decode(&msg.payload) else {
                     warn!(seq, "Skipping an undecodable stored message.");
-                    Box::pin(skip(&mut s, seq, shared)).await?;
+                    Box::pin(skip(s, seq, shared)).await?;
                     continue;
                 };
                 let Some(env) = pm.envelope.take() else { continue };
@@ -385,15 +486,28 @@ async fn deliver(
                 // sweeper, so it is not delivered any more.
                 let age_ms = interop_proto::now_ms().saturating_sub(stored_ms);
                 if u128::try_from(age_ms).unwrap_or(0) > shared.retention.as_millis() {
-                    Box::pin(skip(&mut s, seq, shared)).await?;
+                    Box::pin(skip(s, seq, shared)).await?;
                     continue;
                 }
+                // Held as un-acked from here, so the cursor cannot pass it
+                // while its consent re-check runs.
+                s.unacked.insert(seq, None);
+                let headers = msg.headers.clone();
                 // Consent again, now: an opt-out, a provider no longer
                 // allowed, a decline or a block also stops what was stored
                 // before it; an acceptance files later pushes in the inbox.
-                let Some(inbox) = Box::pin(still_admitted(shared, s.user.as_str(), &env, &pm)).await else {
+                // Up to CHECK_DEPTH re-checks overlap; pushes stay in order.
+                let user = s.user.as_str().to_owned();
+                checking.push_back(Box::pin(async move {
+                    let inbox = still_admitted(shared, &user, &env, &pm).await;
+                    Checked { seq, env, inbox, headers }
+                }));
+            }
+            Some(checked) = checking.next(), if !checking.is_empty() => {
+                let Checked { seq, env, inbox, headers } = checked;
+                let Some(inbox) = inbox else {
                     shared.metrics.withheld.inc();
-                    Box::pin(skip(&mut s, seq, shared)).await?;
+                    Box::pin(skip(s, seq, shared)).await?;
                     continue;
                 };
                 let receipt_for = needs_delivered_receipt(&env).then(|| Envelope {
@@ -403,11 +517,11 @@ async fn deliver(
                 });
                 let caps = shared.providers.borrow().get(&s.provider).map(|p| p.capabilities.clone()).unwrap_or_default();
                 let Some(mut env) = crate::rich::adapt(env, &caps) else {
-                    Box::pin(skip(&mut s, seq, shared)).await?;
+                    Box::pin(skip(s, seq, shared)).await?;
                     continue;
                 };
                 let span = tracing::info_span!("deliver", otel.name = "delivery deliver", stream_seq = seq);
-                interop_bus::trace::set_parent_from(&span, msg.headers.as_ref());
+                interop_bus::trace::set_parent_from(&span, headers.as_ref());
                 span.in_scope(|| tracing::debug!(seq, "Delivering a message."));
                 if env.accepted_at_ms > 0 {
                     let age_ms = interop_proto::now_ms().saturating_sub(env.accepted_at_ms).max(0);
@@ -432,6 +546,18 @@ async fn deliver(
         }
     }
 }
+
+/// A stored message whose consent re-check is done: `inbox` is `None` when
+/// it is withheld.
+struct Checked {
+    seq: u64,
+    env: Envelope,
+    inbox: Option<i32>,
+    headers: Option<async_nats::HeaderMap>,
+}
+
+/// Consent re-checks of one session that may run at once.
+const CHECK_DEPTH: usize = 32;
 
 /// How long the consent re-check may take before the message is pushed as
 /// routing filed it.
@@ -686,14 +812,7 @@ async fn on_ack(s: &mut Session, tags: &[u64], shared: &Shared) -> Result<(), Bo
         Some(first) => first.saturating_sub(1).max(s.cursor),
         None => s.last_delivered,
     };
-    if new_cursor > s.cursor {
-        s.cursor = new_cursor;
-        // Awaited: the cursor must be stored before more acks move it on.
-        shared
-            .js
-            .publish(s.cursor_key.clone(), new_cursor.to_string().into())
-            .await?
-            .await?;
-    }
+    // Stored by the session loop, coalesced (`start_cursor_write`).
+    s.cursor = s.cursor.max(new_cursor);
     Ok(())
 }

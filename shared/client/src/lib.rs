@@ -297,8 +297,20 @@ impl Sender {
         .await?;
         let (out, mut out_rx) = mpsc::channel::<Message>(1024);
         tokio::spawn(async move {
-            while let Some(m) = out_rx.recv().await {
-                if sink.send(m).await.is_err() {
+            // Frames queued together are flushed together (one write).
+            'outer: while let Some(m) = out_rx.recv().await {
+                let mut queued = Some(m);
+                let mut fed = 0usize;
+                while let Some(m) = queued.take() {
+                    if sink.feed(m).await.is_err() {
+                        break 'outer;
+                    }
+                    fed += 1;
+                    if fed < 64 {
+                        queued = out_rx.try_recv().ok();
+                    }
+                }
+                if sink.flush().await.is_err() {
                     break;
                 }
             }

@@ -73,28 +73,48 @@ pub fn spawn_writer(
 ) -> (mpsc::Sender<Outbound>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     let task = tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
-            let result = match out {
-                Outbound::Frame(bytes) => sink.send(Message::Binary(bytes)).await,
-                Outbound::Close(code, reason) => {
-                    // The socket ends either way.
-                    sink.send(Message::Close(Some(CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    })))
-                    .await
-                    .ok();
-                    break;
+        // Frames queued together are written together: fed into the
+        // socket's write buffer and flushed once (one write, not one per
+        // frame, when a session is busy), at most WRITE_BATCH at a time.
+        let mut next = rx.recv().await;
+        'outer: while let Some(out) = next.take() {
+            let mut queued = Some(out);
+            let mut fed = 0usize;
+            while let Some(out) = queued.take() {
+                match out {
+                    Outbound::Frame(bytes) => {
+                        if sink.feed(Message::Binary(bytes)).await.is_err() {
+                            break 'outer;
+                        }
+                        fed += 1;
+                    }
+                    Outbound::Close(code, reason) => {
+                        // The socket ends either way.
+                        sink.send(Message::Close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        })))
+                        .await
+                        .ok();
+                        break 'outer;
+                    }
                 }
-            };
-            if result.is_err() {
+                if fed < WRITE_BATCH {
+                    queued = rx.try_recv().ok();
+                }
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
+            next = rx.recv().await;
         }
         sink.close().await.ok();
     });
     (tx, task)
 }
+
+/// Frames written with one flush at most.
+const WRITE_BATCH: usize = 64;
 
 /// What one incoming WebSocket message turned out to be.
 #[derive(Debug)]
