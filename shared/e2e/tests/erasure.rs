@@ -166,7 +166,7 @@ async fn stream_leftovers(nats_url: &str, needles: &[String]) -> Vec<String> {
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    assert!(names.len() >= 8, "{names:?}");
+    assert!(names.len() >= 7, "{names:?}");
     let b64: Vec<String> = needles
         .iter()
         .map(|n| base64::engine::general_purpose::URL_SAFE.encode(n))

@@ -225,7 +225,6 @@ async fn every_redis_key_and_every_stream_has_a_bounded_lifetime_after_real_traf
         .await;
     for required in [
         "INTEROP_INGEST",
-        "INTEROP_SCORED",
         "INTEROP_MEDIA",
         "INTEROP_QUARANTINE",
         "INTEROP_INBOX",

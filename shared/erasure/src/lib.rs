@@ -9,7 +9,7 @@
 //!    admitted to them: fail closed), contacts, reputation, counters,
 //!    idempotency and rate-limit keys, group memberships; other users'
 //!    accepted/declined answers about them (their blocks stay).
-//! 2. The pipeline streams (`INTEROP_INGEST`, `_SCORED`, `_MEDIA`): messages
+//! 2. The pipeline streams (`INTEROP_INGEST`, `INTEROP_MEDIA`): messages
 //!    from or to them that are still on their way.
 //! 3. The offline store (`INTEROP_INBOX`): their own store subject
 //!    (`interop.v1.delivery.queued.<key>`: what they received, receipts about
@@ -46,7 +46,7 @@ use tracing::info;
 use interop_bus::recipient_key;
 use interop_bus::subjects::{
     delivery_queued, DELIVERY_ACKED_PREFIX, MEDIA_BUCKET, STREAM_CURSORS, STREAM_INBOX,
-    STREAM_INGEST, STREAM_MEDIA, STREAM_QUARANTINE, STREAM_SCORED,
+    STREAM_INGEST, STREAM_MEDIA, STREAM_QUARANTINE,
 };
 use interop_proto::v1::{envelope::Content, Envelope, PipelineMessage};
 use interop_proto::Address;
@@ -256,7 +256,7 @@ pub async fn erase_user(
     let mut media_refs = MediaRefs::new();
 
     // 2. The pipeline streams.
-    for name in [STREAM_INGEST, STREAM_SCORED, STREAM_MEDIA] {
+    for name in [STREAM_INGEST, STREAM_MEDIA] {
         let mut doomed = Vec::new();
         scan_work_queue(js, name, |m| {
             if m.env.as_ref().is_some_and(involves) {
