@@ -291,11 +291,19 @@ pub(crate) const RESUME_AT: usize = MAX_UNACKED * 3 / 4;
 pub(crate) const CLOSE_IDLE_CONSUMER_AFTER: std::time::Duration =
     std::time::Duration::from_secs(10);
 
-/// The last store sequence of `subject` (0 = none stored).
-async fn last_stored(shared: &Shared, subject: &str) -> Result<u64, BoxError> {
-    match shared.inbox.get_last_raw_message_by_subject(subject).await {
-        Ok(m) => Ok(m.sequence),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+/// Whether `subject` holds a message after store sequence `after`. Asks
+/// for the next message rather than the last: on nats-server 2.9, once the
+/// last message of a subject was deleted (a user erasure removes an erased
+/// sender's messages from other users' stores), "last by subject" answers
+/// "none" although earlier messages remain.
+async fn stored_after(shared: &Shared, subject: &str, after: u64) -> Result<bool, BoxError> {
+    match shared
+        .inbox
+        .get_first_raw_message_by_subject(subject, after + 1)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -380,7 +388,7 @@ async fn deliver(
         if messages.is_none() && maybe_more && s.unacked.len() <= RESUME_AT {
             maybe_more = false;
             // Boxed: large futures, so they do not size every idle session.
-            if Box::pin(last_stored(shared, &store_subject)).await? > s.last_delivered {
+            if Box::pin(stored_after(shared, &store_subject, s.last_delivered)).await? {
                 messages =
                     Some(Box::pin(open_store(shared, &store_subject, s.last_delivered)).await?);
                 shared.metrics.consumers_opened.inc();

@@ -58,6 +58,10 @@ pub const STREAM_PROVIDERS: &str = "INTEROP_PROVIDERS";
 /// recipient's open delivery sessions; nobody listening = dropped.
 pub const EPHEMERAL_SENT_PREFIX: &str = "interop.v1.ingest.ephemeral-sent";
 
+/// The JetStream object store bucket holding media blobs (its stream is
+/// `OBJ_INTEROP_MEDIA_BLOBS`; written by media-transcoding).
+pub const MEDIA_BUCKET: &str = "INTEROP_MEDIA_BLOBS";
+
 /// Durable consumer of delivery's expiry sweeper on [`STREAM_INBOX`].
 pub const CONSUMER_EXPIRY: &str = "delivery-expiry";
 
