@@ -183,8 +183,8 @@ def test_autoscaling_without_any_target_fails(chart):
 
 
 @pytest.mark.parametrize("component,stream,consumer", [
-    ("spam-scoring", "INTEROP_INGEST", "spam-scoring"),
-    ("routing", "INTEROP_SCORED", "routing"),
+    ("spam-scoring", "INTEROP_INGEST", "routing"),
+    ("routing", "INTEROP_INGEST", "routing"),
     ("media-transcoding", "INTEROP_MEDIA", "media-transcoding"),
 ])
 def test_keda_scales_on_the_stage_consumer(render, component, stream, consumer):
@@ -696,11 +696,13 @@ def test_service_monitor_scrapes_every_admin_port(render):
 
 # The metrics the services register (see services/*/src/metrics.rs and
 # shared/bus/src/metrics.rs); names as exposed, with the `_total` of counters.
-_STAGES = ["spam_scoring", "routing", "media_transcoding"]
+_STAGES = ["routing", "media_transcoding"]
 EMITTED_METRICS = {
     "interop_ingest_accepted_total", "interop_ingest_rejected_total", "interop_ingest_consent_updates_total",
     "interop_ingest_store_seconds", "interop_ingest_connections",
-    "interop_spam_scoring_verdicts_total", "interop_media_transcoding_transcodes_total",
+    "interop_spam_scoring_verdicts_total", "interop_spam_scoring_signals_total",
+    "interop_spam_scoring_requests_total", "interop_spam_scoring_messages_total",
+    "interop_spam_scoring_request_seconds", "interop_media_transcoding_transcodes_total",
     "interop_delivery_sessions", "interop_delivery_delivered_total", "interop_delivery_acked_total",
     "interop_delivery_receipts_total", "interop_delivery_end_to_end_seconds",
 } | {

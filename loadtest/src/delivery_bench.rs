@@ -177,10 +177,14 @@ pub async fn group_fanout(
     // Let every session settle, then warm up (not measured): the first
     // message wakes every idle session, which opens its store consumer.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Client message ids unique to this run (and group): the same sender
+    // re-using an id within 24 h gets the first message's server id back,
+    // and nothing new is sent (idempotency).
+    let run = group.group_id.clone();
     for i in 0..warmup {
         sender
             .send(group_text_envelope(
-                &format!("warm{i}"),
+                &format!("{run}-warm{i}"),
                 &from,
                 &group.group_id,
                 "warm-up",
@@ -193,7 +197,7 @@ pub async fn group_fanout(
     let start = tokio::time::Instant::now();
     for i in 0..messages {
         tokio::time::sleep_until(start + interval * i as u32).await;
-        let id = format!("fan{i}");
+        let id = format!("{run}-fan{i}");
         sent.lock().await.insert(id.clone(), Instant::now());
         match sender
             .send(group_text_envelope(&id, &from, &group.group_id, "fan-out"))

@@ -23,7 +23,7 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::consumer::pull::Ordered;
 
 use interop_bus::subjects::{
-    delivery_acked, delivery_queued, session_events, EPHEMERAL_SENT_PREFIX,
+    delivery_acked, delivery_queued, ephemeral_sent, session_events, EPHEMERAL_SENT_PREFIX,
 };
 use interop_bus::{pipeline, recipient_key};
 use interop_proto::limits::{
@@ -60,6 +60,8 @@ struct Session {
     /// writes land in order, and acks arriving meanwhile are coalesced into
     /// the next write (docs/adr/0015).
     cursor_write: Option<CursorWrite>,
+    /// When the next cursor write starts (set when the cursor moves).
+    cursor_due: Option<tokio::time::Instant>,
     /// Delivered, not yet acked: sequence → the envelope (without content)
     /// if it needs a `delivered` receipt.
     unacked: BTreeMap<u64, Option<Envelope>>,
@@ -211,6 +213,7 @@ async fn hello(
         cursor,
         cursor_stored: cursor,
         cursor_write: None,
+        cursor_due: None,
         unacked: BTreeMap::new(),
         last_delivered: cursor,
         _slot: admitted.slot,
@@ -222,6 +225,12 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A cursor write waiting for its JetStream ack; yields the stored value.
 type CursorWrite =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, BoxError>> + Send>>;
+
+/// How long after the cursor moves it is written: acks within that time
+/// share one write. A delivery instance killed in between makes the device
+/// get those messages again on reconnect (same server ids: the client drops
+/// them).
+pub(crate) const CURSOR_WRITE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long the last cursor write of an ending session may take.
 const FINAL_CURSOR_WRITE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -282,11 +291,19 @@ pub(crate) const RESUME_AT: usize = MAX_UNACKED * 3 / 4;
 pub(crate) const CLOSE_IDLE_CONSUMER_AFTER: std::time::Duration =
     std::time::Duration::from_secs(10);
 
-/// The last store sequence of `subject` (0 = none stored).
-async fn last_stored(shared: &Shared, subject: &str) -> Result<u64, BoxError> {
-    match shared.inbox.get_last_raw_message_by_subject(subject).await {
-        Ok(m) => Ok(m.sequence),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+/// Whether `subject` holds a message after store sequence `after`. Asks
+/// for the next message rather than the last: on nats-server 2.9, once the
+/// last message of a subject was deleted (a user erasure removes an erased
+/// sender's messages from other users' stores), "last by subject" answers
+/// "none" although earlier messages remain.
+async fn stored_after(shared: &Shared, subject: &str, after: u64) -> Result<bool, BoxError> {
+    match shared
+        .inbox
+        .get_first_raw_message_by_subject(subject, after + 1)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -337,6 +354,11 @@ async fn deliver(
     // subject) and ephemeral events (typing). Subscribed before the store is
     // first looked at, so nothing stored after that goes unnoticed.
     let mut events = shared.js.client().subscribe(session_events(&key)).await?;
+    // Whether `events` covers the store subject. While the store consumer
+    // is open it reads every stored message anyway, so the subscription is
+    // narrowed to ephemeral events: each stored message then crosses from
+    // NATS to delivery once, not twice (docs/adr/0015).
+    let mut waking = true;
     // The store consumer is open only while there is something to read
     // (docs/adr/0011): an idle session holds two core subscriptions and no
     // JetStream consumer.
@@ -377,7 +399,7 @@ async fn deliver(
             // closes it if nothing comes (a publish JetStream dropped as a
             // duplicate or refused).
             // Boxed: large futures, so they do not size every idle session.
-            if woken || Box::pin(last_stored(shared, &store_subject)).await? > s.last_delivered {
+            if woken || Box::pin(stored_after(shared, &store_subject, s.last_delivered)).await? {
                 messages =
                     Some(Box::pin(open_store(shared, &store_subject, s.last_delivered)).await?);
                 shared.metrics.consumers_opened.inc();
@@ -387,7 +409,27 @@ async fn deliver(
             }
             woken = false;
         }
-        start_cursor_write(s, shared).await?;
+        if messages.is_some() && waking {
+            events = shared.js.client().subscribe(ephemeral_sent(&key)).await?;
+            waking = false;
+        } else if messages.is_none() && !waking {
+            // Wake-ups again before the store is looked at again, so
+            // nothing stored in between goes unnoticed.
+            events = shared.js.client().subscribe(session_events(&key)).await?;
+            waking = true;
+            maybe_more = true;
+            continue;
+        }
+        if s.cursor > s.cursor_stored && s.cursor_write.is_none() && s.cursor_due.is_none() {
+            s.cursor_due = Some(tokio::time::Instant::now() + CURSOR_WRITE_AFTER);
+        }
+        let cursor_due = s.cursor_due;
+        let write_cursor = async {
+            match cursor_due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let idle = async {
             match idle_at {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -432,6 +474,10 @@ async fn deliver(
                 Incoming::End => return Ok(()),
                 Incoming::Ignore => {}
             },
+            () = write_cursor => {
+                s.cursor_due = None;
+                start_cursor_write(s, shared).await?;
+            }
             written = cursor_written(&mut s.cursor_write) => {
                 s.cursor_write = None;
                 s.cursor_stored = written?;

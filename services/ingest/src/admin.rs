@@ -14,6 +14,7 @@
 //! | `POST /admin/v1/providers/{id}/credentials` (rotate: add one) | 201 `{credential_id, token}` |
 //! | `DELETE /admin/v1/providers/{id}/credentials/{credential_id}` (revoke) | 200 `{revoked}` |
 //! | `DELETE /admin/v1/providers/{id}` (remove) | 200 `{removed}` |
+//! | `POST /admin/v1/erasures` `{address}` (erase a user, ADR 13) | 200 `{erased: {inbox_messages, messages_in_other_stores, quarantined, in_pipeline, cursors, media_blobs, media_grants, redis_keys, groups, contact_entries, blocks_kept}}` |
 //!
 //! Tokens are shown once, in the answer that creates them; only their
 //! SHA-256 is stored. Revoking a credential closes the connections that use
@@ -55,6 +56,8 @@ impl AdminApi {
 
 struct AdminState {
     store: RegistryStore,
+    js: async_nats::jetstream::Context,
+    redis: redis::aio::ConnectionManager,
     token_sha256: [u8; 32],
 }
 
@@ -380,14 +383,48 @@ async fn remove(
     Ok(json_response(StatusCode::OK, &json!({ "removed": id })))
 }
 
+/// The body of `POST /admin/v1/erasures`. The address travels in the body,
+/// not the path, so it stays out of access logs.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EraseRequest {
+    address: String,
+}
+
+/// Erases one user (`interop erase-user`): see `interop_erasure` and
+/// docs/adr/0013. Idempotent; answers the counts of what was removed.
+async fn erase_user(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    authorize(&state, &headers)?;
+    let req: EraseRequest =
+        serde_json::from_slice(&body).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let address = interop_proto::Address::parse(req.address.trim())
+        .map_err(|e| AdminError::Invalid(format!("address: {e}")))?;
+    warn!(user = %address.redacted(), "Erasing a user.");
+    let erased = interop_erasure::erase_user(&state.js, &state.redis, &address)
+        .await
+        .map_err(|e| {
+            warn!(user = %address.redacted(), error = %e, "Erasure stopped; it can be run again.");
+            AdminError::Unavailable(format!("the erasure stopped, run it again: {e}"))
+        })?;
+    Ok(json_response(StatusCode::OK, &json!({ "erased": erased })))
+}
+
 /// Serves the admin API until `shutdown`.
 pub async fn serve(
     api: AdminApi,
     store: RegistryStore,
+    js: async_nats::jetstream::Context,
+    redis: redis::aio::ConnectionManager,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let state = Arc::new(AdminState {
         store,
+        js,
+        redis,
         token_sha256: api.token_sha256,
     });
     let app = Router::new()
@@ -409,6 +446,7 @@ pub async fn serve(
             "/admin/v1/providers/{id}/credentials/{credential}",
             delete(revoke),
         )
+        .route("/admin/v1/erasures", axum::routing::post(erase_user))
         .with_state(state);
     axum::serve(api.listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -22,7 +22,7 @@ use interop_proto::v1::{
 };
 use interop_proto::Address;
 use interop_state::gcra;
-use interop_state::group::{members_key, Change, ChangeRefused, Group, GroupStore};
+use interop_state::group::{self, Change, ChangeRefused, Group, GroupStore};
 
 use crate::send::{provider_limit, reject, unavailable, Prepared, ToPublish};
 use crate::validate::{validate_group_send, Rejection};
@@ -220,10 +220,9 @@ pub(crate) async fn prepare_group_send(
         provider_limit,
         shared.sender_limit,
     );
-    pipe.cmd("SISMEMBER")
-        .arg(members_key(&envelope.group_id))
-        .arg(from.as_str())
-        .cmd("SET")
+    // Membership, refreshing the group's lifetime at most once a day.
+    group::add_member_check(&mut pipe, &envelope.group_id, from.as_str());
+    pipe.cmd("SET")
         .arg(&idem_key)
         .arg(&fresh_id)
         .arg("NX")

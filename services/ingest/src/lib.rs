@@ -127,7 +127,13 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let admin_task = config.admin_api.map(|api| {
         let addr = api.listener.local_addr().ok();
         info!(?addr, "Provider admin API is listening.");
-        tokio::spawn(admin::serve(api, store.clone(), shutdown.clone()))
+        tokio::spawn(admin::serve(
+            api,
+            store.clone(),
+            js.clone(),
+            deps.redis.clone(),
+            shutdown.clone(),
+        ))
     });
     let shared = Arc::new(Shared {
         providers,

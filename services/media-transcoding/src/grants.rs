@@ -1,7 +1,6 @@
-//! Who may download which media: Redis sets
-//! `interop:media:grant:<media id>` of recipient keys (the 32-hex-digit key
-//! of an address, see `interop_bus::recipient_key`), expiring with the
-//! media's retention.
+//! Who may download which media, and which media each sender sent: the
+//! Redis sets of `interop_state::media` (`interop:media:grant:<media id>`,
+//! `interop:media:sent:<sender key>`), expiring with the media's retention.
 //!
 //! Redis holds only rebuildable state (docs/adr/0001): a lost grant means
 //! the recipient can no longer download (fails closed); the media itself is
@@ -11,15 +10,13 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
+use interop_state::media;
+
 /// Redis grants.
 #[derive(Clone)]
 pub struct Grants {
     redis: ConnectionManager,
     ttl_secs: i64,
-}
-
-fn key(media_id: &str) -> String {
-    format!("interop:media:grant:{media_id}")
 }
 
 impl Grants {
@@ -30,26 +27,39 @@ impl Grants {
         }
     }
 
-    /// Lets `recipient` (an address) download each of `media_ids`.
-    /// Idempotent.
-    pub async fn grant(&self, media_ids: &[&str], recipient: &str) -> redis::RedisResult<()> {
-        let member = interop_bus::recipient_key(recipient);
-        let mut pipe = redis::pipe();
-        for id in media_ids {
-            pipe.sadd(key(id), &member).ignore();
-            pipe.expire(key(id), self.ttl_secs).ignore();
-        }
-        let mut conn = self.redis.clone();
-        pipe.query_async::<()>(&mut conn).await
+    /// Lets `recipient` (an address) download each of `media_ids`, and
+    /// records them (with the upload `source_id`) as sent by `sender` (an
+    /// address), so that erasing the sender finds them. Idempotent.
+    pub async fn grant(
+        &self,
+        media_ids: &[&str],
+        recipient: &str,
+        sender: &str,
+        source_id: &str,
+    ) -> Result<(), interop_state::StateError> {
+        let sender_key = (!sender.is_empty()).then(|| interop_bus::recipient_key(sender));
+        media::grant(
+            &self.redis,
+            media_ids,
+            &interop_bus::recipient_key(recipient),
+            sender_key.as_deref(),
+            (!source_id.is_empty()).then_some(source_id),
+            self.ttl_secs,
+        )
+        .await
     }
 
     /// Whether `recipient` may download `media_id`.
-    pub async fn allowed(&self, media_id: &str, recipient: &str) -> redis::RedisResult<bool> {
-        let mut conn = self.redis.clone();
-        redis::cmd("SISMEMBER")
-            .arg(key(media_id))
-            .arg(interop_bus::recipient_key(recipient))
-            .query_async::<bool>(&mut conn)
-            .await
+    pub async fn allowed(
+        &self,
+        media_id: &str,
+        recipient: &str,
+    ) -> Result<bool, interop_state::StateError> {
+        media::allowed(
+            &self.redis,
+            media_id,
+            &interop_bus::recipient_key(recipient),
+        )
+        .await
     }
 }

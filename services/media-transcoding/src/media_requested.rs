@@ -563,7 +563,7 @@ impl Handler for MediaRequested {
                     .filter(|s| !s.is_empty())
                     .collect();
                 self.grants
-                    .grant(&ids, &env.to)
+                    .grant(&ids, &env.to, &env.from, &media.media_id)
                     .await
                     .map(|()| done)
                     .map_err(|e| {

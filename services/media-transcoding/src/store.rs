@@ -31,7 +31,7 @@ use tokio::io::AsyncReadExt;
 use interop_proto::v1::Encryption;
 
 /// The object store bucket holding every media blob.
-pub const BUCKET: &str = "INTEROP_MEDIA_BLOBS";
+pub const BUCKET: &str = interop_bus::subjects::MEDIA_BUCKET;
 /// Bytes per stored chunk (the object store default).
 const CHUNK_SIZE: usize = 128 * 1024;
 /// Chunk publishes awaiting their JetStream ack at once, per upload.

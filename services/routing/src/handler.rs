@@ -1,6 +1,8 @@
-//! Handler of `interop.v1.spam-scoring.scored`.
+//! Handler of `interop.v1.ingest.accepted`.
 //!
-//! Input: `PipelineMessage` {envelope, verdict}. For the recipient,
+//! Input: `PipelineMessage` {envelope}. spam-scoring gives the verdict
+//! ([`crate::score`]); REJECT answers the sender with a FAILED receipt,
+//! code `SPAM`, and the signals that fired. Otherwise, for the recipient,
 //! [`Router::admit`] makes the one per-recipient decision (consent, the
 //! recipient's answer about the sender, the spam verdict). Output, one of:
 //! - `interop.v1.delivery.queued.<key>`: the message with `route` set
@@ -77,13 +79,18 @@ struct PlacementLabel {
 }
 
 pub struct Router {
+    scorer: crate::score::ScoreClient,
     contacts: ContactStore,
     placements: Family<PlacementLabel, Counter>,
     pub(crate) groups: interop_state::GroupStore,
 }
 
 impl Router {
-    pub fn new(redis: redis::aio::ConnectionManager, metrics: &Metrics) -> Self {
+    pub fn new(
+        redis: redis::aio::ConnectionManager,
+        scorer: crate::score::ScoreClient,
+        metrics: &Metrics,
+    ) -> Self {
         let placements = Family::<PlacementLabel, Counter>::default();
         metrics.register(
             "interop_routing_placements",
@@ -91,6 +98,7 @@ impl Router {
             placements.clone(),
         );
         Self {
+            scorer,
             contacts: ContactStore::new(redis.clone()),
             groups: interop_state::GroupStore::new(redis),
             placements,
@@ -132,6 +140,26 @@ pub(crate) fn retry(e: StateError) -> HandleError {
 impl Handler for Router {
     async fn handle(&self, input: Input<'_>) -> Result<Vec<Outgoing>, HandleError> {
         let mut pm = pipeline::decode(input.payload)?;
+        let Some(env) = pm.envelope.as_ref() else {
+            return Err(HandleError::Permanent("no envelope".into()));
+        };
+        if pm.verdict.is_none() {
+            let verdict = self.scorer.score(pm.clone()).await?;
+            if verdict.verdict == Verdict::Reject as i32 {
+                let names: Vec<&str> = verdict.signals.iter().map(|s| s.name.as_str()).collect();
+                let detail = format!("score {:.1}: {}", verdict.score, names.join(", "));
+                self.placements
+                    .get_or_create(&PlacementLabel { placement: "spam" })
+                    .inc();
+                return Ok(vec![pipeline::receipt_to_sender(
+                    env,
+                    ReceiptStatus::Failed,
+                    RejectCode::Spam,
+                    &detail,
+                )]);
+            }
+            pm.verdict = Some(verdict);
+        }
         if pm.envelope.as_ref().is_some_and(|e| !e.group_id.is_empty()) {
             return crate::group::fan_out(self, pm).await;
         }

@@ -1,7 +1,9 @@
-//! routing: decides where each scored message goes.
+//! routing: has each accepted message scored, and decides where it goes.
 //!
-//! Consumes `interop.v1.spam-scoring.scored` (durable consumer `routing`).
+//! Consumes `interop.v1.ingest.accepted` (durable consumer `routing`).
 //! For each message:
+//! 0. spam-scoring's verdict, asked over core NATS request/reply
+//!    ([`score`]; docs/adr/0015): REJECT answers the sender with `SPAM`.
 //! 1. Is the recipient reachable ([`Router::admit`], the per-recipient
 //!    admission path)? They must have opted in and allow the sender's
 //!    provider (the consent registry in Redis), and not have declined or
@@ -19,13 +21,14 @@
 
 mod group;
 mod handler;
+pub mod score;
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use interop_bus::subjects::{CONSUMER_ROUTING, SPAM_SCORED, STREAM_SCORED};
+use interop_bus::subjects::{CONSUMER_ROUTING, INGEST_ACCEPTED, STREAM_INGEST};
 use interop_bus::{BusError, StageOptions, StreamSettings};
 use interop_service::Deps;
 
@@ -48,9 +51,10 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let js = async_nats::jetstream::new(deps.nats.clone());
     interop_bus::ensure_streams(&js, &config.streams).await?;
     let consumer =
-        interop_bus::streams::stage_consumer(&js, STREAM_SCORED, CONSUMER_ROUTING, SPAM_SCORED)
+        interop_bus::streams::stage_consumer(&js, STREAM_INGEST, CONSUMER_ROUTING, INGEST_ACCEPTED)
             .await?;
-    let router = Arc::new(Router::new(deps.redis.clone(), &deps.metrics));
+    let scorer = score::ScoreClient::start(deps.nats.clone(), score::SCORE_TIMEOUT);
+    let router = Arc::new(Router::new(deps.redis.clone(), scorer, &deps.metrics));
     deps.health.set_bound();
     info!("routing is consuming.");
     interop_bus::run_stage(

@@ -1,22 +1,14 @@
-//! Handler of `interop.v1.ingest.accepted`.
+//! Scoring one message.
 //!
 //! Input: a `PipelineMessage` with the envelope. One Redis round trip counts
 //! the message in spam-scoring's counters ([`interop_state::spam`]); the
-//! signals ([`crate::signals`]) turn them into a verdict. Output: the same
-//! message with `verdict` set, on `interop.v1.spam-scoring.scored`
-//! (Nats-Msg-Id = the server message id) — routing acts on ALLOW, REQUEST and
-//! QUARANTINE — or, for REJECT, a FAILED receipt with code `SPAM` to the
-//! sender.
+//! signals ([`crate::signals`]) turn them into a verdict, which routing acts
+//! on (ALLOW, REQUEST, QUARANTINE; REJECT: a FAILED receipt with code `SPAM`
+//! to the sender).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use prost::Message as _;
-
-use interop_bus::subjects::SPAM_SCORED;
-use interop_bus::{pipeline, HandleError, Handler, Input, Outgoing};
-use interop_proto::v1::{envelope, ReceiptStatus, RejectCode, Verdict};
+use interop_proto::v1::{envelope, PipelineMessage, SpamVerdict, Verdict};
 use interop_telemetry::metrics::Metrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -75,13 +67,14 @@ impl Scorer {
     }
 }
 
-impl Handler for Scorer {
-    async fn handle(&self, input: Input<'_>) -> Result<Vec<Outgoing>, HandleError> {
-        let mut pm = pipeline::decode(input.payload)?;
+impl Scorer {
+    /// Scores one message: counts it in spam-scoring's counters (one Redis
+    /// round trip) and evaluates the signals into an explainable verdict.
+    pub async fn score(&self, pm: &PipelineMessage) -> Result<SpamVerdict, ScoreError> {
         let env = pm
             .envelope
             .as_ref()
-            .ok_or_else(|| HandleError::Permanent("no envelope".into()))?;
+            .ok_or_else(|| ScoreError::Permanent("no envelope".into()))?;
         let p = &self.policy;
         let hash = signals::payload_hash(env, p.identical_payload.min_text_chars);
         let observation = interop_state::spam::observe(
@@ -92,10 +85,7 @@ impl Handler for Scorer {
             hash.as_deref(),
         )
         .await
-        .map_err(|e| HandleError::Retry {
-            reason: e.to_string(),
-            after: Duration::from_millis(500),
-        })?;
+        .map_err(|e| ScoreError::Retry(e.to_string()))?;
         let mut content = Vec::new();
         if let Some(envelope::Content::Text(t)) = &env.content {
             content.extend(signals::content_signal(p, &self.model, &t.body));
@@ -121,22 +111,17 @@ impl Handler for Scorer {
                 })
                 .inc();
         }
-        if v == Verdict::Reject {
-            let names: Vec<&str> = verdict.signals.iter().map(|s| s.name.as_str()).collect();
-            let detail = format!("score {:.1}: {}", verdict.score, names.join(", "));
-            return Ok(vec![pipeline::receipt_to_sender(
-                env,
-                ReceiptStatus::Failed,
-                RejectCode::Spam,
-                &detail,
-            )]);
-        }
-        let msg_id = env.message_id.clone();
-        pm.verdict = Some(verdict);
-        Ok(vec![Outgoing {
-            subject: SPAM_SCORED.to_owned(),
-            msg_id,
-            payload: Bytes::from(pm.encode_to_vec()),
-        }])
+        Ok(verdict)
     }
+}
+
+/// Why a message was not scored.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    /// Not now (Redis unavailable): the caller retries later.
+    #[error("cannot score now: {0}")]
+    Retry(String),
+    /// Never (the message is malformed).
+    #[error("cannot score: {0}")]
+    Permanent(String),
 }

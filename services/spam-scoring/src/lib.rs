@@ -1,10 +1,10 @@
-//! spam-scoring: scores every accepted message and passes the ones it allows
-//! to routing.
+//! spam-scoring: scores every accepted message for routing.
 //!
-//! Consumes `interop.v1.ingest.accepted` (durable consumer `spam-scoring`),
-//! publishes `interop.v1.spam-scoring.scored` with the verdict attached.
-//! A rejected message is not passed on: its sender gets a FAILED receipt
-//! with code `SPAM` in their store.
+//! Routing, which consumes `interop.v1.ingest.accepted`, asks for verdicts
+//! over core NATS request/reply (`interop.v1.spam-scoring.score`, queue
+//! group `spam-scoring`, batches of messages; [`serve`], docs/adr/0015) and
+//! acts on them: a rejected message is not delivered and its sender gets a
+//! FAILED receipt with code `SPAM`.
 //!
 //! Signals ([`signals`]; weights and thresholds in [`policy::Policy`], all
 //! documented in docs/spam.md): `SENDER_RATE`, `STRANGER_FANOUT`,
@@ -16,6 +16,7 @@
 
 mod handler;
 pub mod policy;
+pub mod serve;
 pub mod signals;
 
 use std::sync::Arc;
@@ -23,11 +24,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use interop_bus::subjects::{CONSUMER_SPAM_SCORING, INGEST_ACCEPTED, STREAM_INGEST};
-use interop_bus::{BusError, StageOptions, StreamSettings};
+use interop_bus::{BusError, StreamSettings};
 use interop_service::Deps;
 
-pub use handler::Scorer;
+pub use handler::{ScoreError, Scorer};
 pub use policy::Policy;
 
 /// Configuration of spam-scoring.
@@ -57,19 +57,16 @@ impl Default for Config {
 pub enum Error {
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error("cannot subscribe to score requests: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
 }
 
 /// Runs spam-scoring until `shutdown`.
 pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
     let js = async_nats::jetstream::new(deps.nats.clone());
+    // The streams are made here too, so any start order works (routing
+    // and ingest need them; spam-scoring itself reads none).
     interop_bus::ensure_streams(&js, &config.streams).await?;
-    let consumer = interop_bus::streams::stage_consumer(
-        &js,
-        STREAM_INGEST,
-        CONSUMER_SPAM_SCORING,
-        INGEST_ACCEPTED,
-    )
-    .await?;
     let scorer = Arc::new(Scorer::new(
         deps.redis.clone(),
         Arc::new(config.policy.clone()),
@@ -77,14 +74,8 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         &deps.metrics,
     ));
     deps.health.set_bound();
-    info!("spam-scoring is consuming.");
-    interop_bus::run_stage(
-        js,
-        consumer,
-        scorer,
-        StageOptions::new("spam-scoring", &deps.metrics),
-        shutdown,
-    )
-    .await?;
+    info!("spam-scoring is answering score requests.");
+    let metrics = serve::ServeMetrics::register(&deps.metrics);
+    serve::serve(deps.nats.clone(), scorer, metrics, shutdown).await?;
     Ok(())
 }

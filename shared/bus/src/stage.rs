@@ -257,12 +257,16 @@ async fn settle(
     outcome: Result<(), HandleError>,
     metrics: &StageMetrics,
 ) {
-    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let (seq, delivered) = msg
+        .info()
+        .map(|i| (i.stream_sequence, i.delivered))
+        .unwrap_or((0, 1));
     let kind = match outcome {
         Ok(()) => AckKind::Ack,
         Err(HandleError::Retry { reason, after }) => {
             metrics.retries.inc();
-            warn!(stage = name, seq, %reason, "Will retry the message.");
+            let after = retry_delay(after, delivered);
+            warn!(stage = name, seq, delivered, ?after, %reason, "Will retry the message.");
             AckKind::Nak(Some(after))
         }
         Err(HandleError::Permanent(reason)) => {
@@ -274,5 +278,39 @@ async fn settle(
     if let Err(e) = msg.ack_with(kind).await {
         // The server redelivers after ack_wait; handlers are idempotent.
         debug!(stage = name, seq, error = %e, "Ack not sent; the message will be redelivered.");
+    }
+}
+
+/// The longest wait between two tries of a message that could not be
+/// handled now.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// How long a message waits before its next try: the handler's delay,
+/// doubled with each delivery, at most [`MAX_RETRY_DELAY`]. A dependency
+/// that stays down (Redis, spam-scoring) costs a message a try every 30 s,
+/// for as long as it takes: transient failures never dead-letter it (the
+/// stage consumers have no delivery limit; see `streams::MAX_DELIVER`).
+pub fn retry_delay(after: Duration, delivered: i64) -> Duration {
+    let doublings = u32::try_from(delivered.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    after
+        .saturating_mul(1u32 << doublings)
+        .min(MAX_RETRY_DELAY)
+        .max(after.min(MAX_RETRY_DELAY))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_to_thirty_seconds() {
+        let half = Duration::from_millis(500);
+        assert_eq!(retry_delay(half, 1), half);
+        assert_eq!(retry_delay(half, 2), Duration::from_secs(1));
+        assert_eq!(retry_delay(half, 3), Duration::from_secs(2));
+        assert_eq!(retry_delay(half, 7), MAX_RETRY_DELAY);
+        assert_eq!(retry_delay(half, 1_000_000), MAX_RETRY_DELAY);
+        assert_eq!(retry_delay(half, 0), half);
+        assert_eq!(retry_delay(Duration::from_secs(60), 1), MAX_RETRY_DELAY);
     }
 }

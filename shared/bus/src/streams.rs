@@ -68,7 +68,6 @@ fn pipeline_stream(name: &str, subject: &str, s: &StreamSettings) -> stream::Con
 pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
     vec![
         pipeline_stream(STREAM_INGEST, INGEST_ACCEPTED, s),
-        pipeline_stream(STREAM_SCORED, SPAM_SCORED, s),
         pipeline_stream(STREAM_MEDIA, ROUTING_MEDIA_REQUESTED, s),
         stream::Config {
             name: STREAM_INBOX.to_owned(),
@@ -230,9 +229,13 @@ pub fn stage_consumer_config(name: &str, subject: &str) -> consumer::pull::Confi
     }
 }
 
-/// Deliveries before a message is dead-lettered (the server emits the
-/// MAX_DELIVERIES advisory and stops redelivering).
-pub const MAX_DELIVER: i64 = 20;
+/// Deliveries before the server gives up on a message: none (-1). A
+/// message that can never be handled is terminated by the stage itself
+/// (dead-lettered, logged); one that cannot be handled *now* (Redis or
+/// spam-scoring down) is retried with back-off for as long as the outage
+/// lasts (`stage::retry_delay`). A limit here would silently strand accepted
+/// messages in a long outage.
+pub const MAX_DELIVER: i64 = -1;
 
 /// Binds (creating if needed) the durable consumer of a stage. Like
 /// [`ensure_streams`], a request that fails for a reason that passes (a

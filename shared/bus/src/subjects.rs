@@ -4,10 +4,13 @@
 //! Events are `interop.v1.<service>.<past-tense-verb>`. The per-recipient
 //! store subjects end in a recipient key (see [`crate::recipient_key`]).
 
-/// ingest → spam-scoring: a message was durably accepted from a provider.
+/// ingest → routing: a message was durably accepted from a provider.
 pub const INGEST_ACCEPTED: &str = "interop.v1.ingest.accepted";
-/// spam-scoring → routing: the message was scored (and not rejected).
-pub const SPAM_SCORED: &str = "interop.v1.spam-scoring.scored";
+/// routing → spam-scoring, core NATS request/reply (no stream): score these
+/// messages (`ScoreRequest` → `ScoreReply`; docs/adr/0015).
+pub const SPAM_SCORE: &str = "interop.v1.spam-scoring.score";
+/// The queue group spam-scoring's replicas answer [`SPAM_SCORE`] in.
+pub const QUEUE_SPAM_SCORING: &str = "spam-scoring";
 /// routing → media-transcoding: the message carries media to process.
 pub const ROUTING_MEDIA_REQUESTED: &str = "interop.v1.routing.media-requested";
 /// routing → the quarantine: a message spam-scoring scored as quarantine,
@@ -22,8 +25,6 @@ pub const DELIVERY_QUEUED_ALL: &str = "interop.v1.delivery.queued.*";
 
 /// Stream holding [`INGEST_ACCEPTED`] (work queue).
 pub const STREAM_INGEST: &str = "INTEROP_INGEST";
-/// Stream holding [`SPAM_SCORED`] (work queue).
-pub const STREAM_SCORED: &str = "INTEROP_SCORED";
 /// Stream holding [`ROUTING_MEDIA_REQUESTED`] (work queue).
 pub const STREAM_MEDIA: &str = "INTEROP_MEDIA";
 /// Stream holding [`ROUTING_QUARANTINED`] (limits: age and count).
@@ -32,7 +33,6 @@ pub const STREAM_QUARANTINE: &str = "INTEROP_QUARANTINE";
 pub const STREAM_INBOX: &str = "INTEROP_INBOX";
 
 /// Durable consumer names = queue groups = service names.
-pub const CONSUMER_SPAM_SCORING: &str = "spam-scoring";
 pub const CONSUMER_ROUTING: &str = "routing";
 pub const CONSUMER_MEDIA_TRANSCODING: &str = "media-transcoding";
 
@@ -57,6 +57,10 @@ pub const STREAM_PROVIDERS: &str = "INTEROP_PROVIDERS";
 /// published by ingest on core NATS (never stored) and read by the
 /// recipient's open delivery sessions; nobody listening = dropped.
 pub const EPHEMERAL_SENT_PREFIX: &str = "interop.v1.ingest.ephemeral-sent";
+
+/// The JetStream object store bucket holding media blobs (its stream is
+/// `OBJ_INTEROP_MEDIA_BLOBS`; written by media-transcoding).
+pub const MEDIA_BUCKET: &str = "INTEROP_MEDIA_BLOBS";
 
 /// Durable consumer of delivery's expiry sweeper on [`STREAM_INBOX`].
 pub const CONSUMER_EXPIRY: &str = "delivery-expiry";
@@ -106,7 +110,7 @@ mod tests {
     fn subjects_follow_the_naming_rule() {
         for s in [
             INGEST_ACCEPTED,
-            SPAM_SCORED,
+            SPAM_SCORE,
             ROUTING_MEDIA_REQUESTED,
             ROUTING_QUARANTINED,
             DELIVERY_QUEUED_PREFIX,

@@ -43,3 +43,24 @@ pub fn set_parent_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
     // Fails only when the span is disabled; then there is nothing to link.
     span.set_parent(cx).ok();
 }
+
+/// The current span's trace context as W3C fields (empty when no
+/// OpenTelemetry layer is installed), for carrying it inside a message body.
+pub fn current_fields() -> std::collections::HashMap<String, String> {
+    let cx = tracing::Span::current().context();
+    let mut fields = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut fields));
+    fields
+}
+
+/// Makes `span` a child of the trace context in `fields`, if any.
+pub fn set_parent_from_fields(
+    span: &tracing::Span,
+    fields: &std::collections::HashMap<String, String>,
+) {
+    if fields.is_empty() {
+        return;
+    }
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(fields));
+    span.set_parent(cx).ok();
+}

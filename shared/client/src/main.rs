@@ -149,6 +149,19 @@ enum Command {
         )]
         admin_token: Option<String>,
     },
+    /// Erase a user (platform team): their inbox, device cursors, media,
+    /// consent, contacts, reputation and group memberships. Prints what was
+    /// removed; running it again is harmless.
+    EraseUser {
+        /// The user, e.g. home:+4915112345678.
+        address: String,
+        /// The provider admin API, e.g. http://127.0.0.1:8090.
+        #[arg(long, env = "INTEROP_ADMIN_URL")]
+        admin_url: Option<String>,
+        /// The admin API's bearer token.
+        #[arg(long, env = "INTEROP_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+    },
     /// Receive messages for a user, print each as JSON and ack it.
     Listen {
         #[arg(long = "as")]
@@ -288,6 +301,21 @@ impl Ctx {
             ),
         };
         Ok((provider, token))
+    }
+
+    /// The admin API client: flags first, then the client config.
+    fn admin(
+        &self,
+        url: Option<String>,
+        token: Option<String>,
+    ) -> anyhow::Result<interop_client::admin::AdminClient> {
+        let url = url
+            .or_else(|| self.file.admin_url.clone())
+            .context("no admin URL: pass --admin-url or run scripts/up")?;
+        let token = token
+            .or_else(|| self.file.admin_token.clone())
+            .context("no admin token: pass --admin-token or run scripts/up")?;
+        Ok(interop_client::admin::AdminClient::new(&url, &token)?)
     }
 
     fn url(
@@ -454,18 +482,28 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
         }
+        Command::EraseUser {
+            address,
+            admin_url,
+            admin_token,
+        } => {
+            Address::parse(&address).with_context(|| format!("{address:?} is not an address"))?;
+            let admin = ctx.admin(admin_url, admin_token)?;
+            let answer = admin
+                .call(
+                    "POST",
+                    "/admin/v1/erasures",
+                    Some(&json!({ "address": address })),
+                )
+                .await;
+            print_admin_answer(answer)
+        }
         Command::Provider {
             command,
             admin_url,
             admin_token,
         } => {
-            let url = admin_url
-                .or_else(|| ctx.file.admin_url.clone())
-                .context("no admin URL: pass --admin-url or run scripts/up")?;
-            let token = admin_token
-                .or_else(|| ctx.file.admin_token.clone())
-                .context("no admin token: pass --admin-token or run scripts/up")?;
-            let admin = interop_client::admin::AdminClient::new(&url, &token)?;
+            let admin = ctx.admin(admin_url, admin_token)?;
             let answer = match command {
                 ProviderCommand::Add {
                     id,
@@ -536,24 +574,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         .await
                 }
             };
-            match answer {
-                Ok(v) => {
-                    println!("{v}");
-                    Ok(0)
-                }
-                Err(interop_client::admin::AdminError::Refused {
-                    status,
-                    code,
-                    detail,
-                }) => {
-                    println!(
-                        "{}",
-                        json!({"rejected": {"status": status, "code": code, "detail": detail}})
-                    );
-                    Ok(2)
-                }
-                Err(e) => Err(e.into()),
-            }
+            print_admin_answer(answer)
         }
         Command::Listen {
             user,
@@ -594,6 +615,31 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 0
             })
         }
+    }
+}
+
+/// Prints an admin API answer: the JSON of a success (exit 0), or
+/// `{"rejected": ...}` (exit 2).
+fn print_admin_answer(
+    answer: Result<serde_json::Value, interop_client::admin::AdminError>,
+) -> anyhow::Result<i32> {
+    match answer {
+        Ok(v) => {
+            println!("{v}");
+            Ok(0)
+        }
+        Err(interop_client::admin::AdminError::Refused {
+            status,
+            code,
+            detail,
+        }) => {
+            println!(
+                "{}",
+                json!({"rejected": {"status": status, "code": code, "detail": detail}})
+            );
+            Ok(2)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

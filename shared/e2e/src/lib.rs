@@ -19,6 +19,8 @@ use interop_test_support::{NatsServer, RedisServer};
 pub const HOME_TOKEN: &str = "home-test-token-0123456789abcdef";
 pub const SIGNAL_TOKEN: &str = "signal-test-token-0123456789abcdef";
 pub const TELEGRAM_TOKEN: &str = "telegram-test-token-0123456789abcdef";
+/// The bearer token of the [`Gateway`]'s admin API.
+pub const ADMIN_TOKEN: &str = "admin-test-token-0123456789abcdef";
 
 /// The registry the harness runs with: `home` (the gatekeeper), `signal`
 /// (E2EE) and `telegram` (transport-only).
@@ -60,6 +62,9 @@ pub struct Gateway {
     pub delivery_url: String,
     /// Base URL of the media API (`POST /v1/media`, `GET /v1/media/{id}`).
     pub media_url: String,
+    /// Base URL of ingest's admin API (providers, erasure), token
+    /// [`ADMIN_TOKEN`].
+    pub admin_api_url: String,
     shutdown: CancellationToken,
     healths: Vec<Arc<Health>>,
     /// Each service's admin base URL (`/healthz`, `/readyz`, `/metrics`).
@@ -138,7 +143,15 @@ impl Gateway {
             &shutdown,
         )
         .await;
-        let config = interop_ingest::Config::new(ingest_listener, providers.clone());
+        let mut config = interop_ingest::Config::new(ingest_listener, providers.clone());
+        let admin_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the admin API");
+        let admin_api_url = format!("http://{}", admin_listener.local_addr().expect("bound"));
+        config.admin_api = Some(interop_ingest::admin::AdminApi::new(
+            admin_listener,
+            ADMIN_TOKEN,
+        ));
         let s = shutdown.clone();
         tasks.push((
             "ingest",
@@ -235,6 +248,7 @@ impl Gateway {
             ingest_url,
             delivery_url,
             media_url,
+            admin_api_url,
             shutdown,
             tasks,
             healths,
@@ -276,6 +290,35 @@ impl Gateway {
             .find(|(n, _)| *n == service)
             .map(|(_, u)| u.as_str())
             .unwrap_or_else(|| panic!("no service {service}"))
+    }
+
+    /// Uploads `data` through the media API as `provider` (E2EE, declared
+    /// `image/jpeg`: stored and passed on byte for byte) and returns its
+    /// media id.
+    pub async fn upload_e2ee(&self, provider: &str, token: &str, data: &[u8]) -> String {
+        use sha2::Digest as _;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.media_url.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connecting to the media API");
+        let head = format!(
+            "POST /v1/media HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Authorization: Bearer {token}\r\nX-Interop-Provider: {provider}\r\n\
+             Content-Type: image/jpeg\r\nContent-Length: {}\r\nX-Interop-Sha256: {}\r\n\
+             X-Interop-Encryption: e2ee\r\n\r\n",
+            data.len(),
+            hex::encode(sha2::Sha256::digest(data))
+        );
+        stream.write_all(head.as_bytes()).await.expect("writing");
+        stream.write_all(data).await.expect("writing");
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await.expect("reading");
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        assert!(text.starts_with("HTTP/1.1 201"), "upload refused: {text}");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let v: serde_json::Value = serde_json::from_str(body.trim()).expect("a JSON answer");
+        v["media_id"].as_str().expect("a media id").to_owned()
     }
 
     /// Stops every service and returns their results.

@@ -1,4 +1,5 @@
-//! Message content, tokens and full phone numbers never reach the logs, at
+//! Message content, tokens and full phone numbers never reach the logs (a
+//! user erasure included), at
 //! the default level or at debug (which includes everything the default
 //! level writes), from our crates or the libraries under them.
 
@@ -94,6 +95,18 @@ async fn no_content_token_or_phone_number_in_logs() {
         rx.ack(&[d.delivery_tag]).await.unwrap();
     }
     rx.close().await;
+    // Erasing the user logs only their redacted address.
+    let admin =
+        interop_client::admin::AdminClient::new(&c.gateway.admin_api_url, interop_e2e::ADMIN_TOKEN)
+            .unwrap();
+    admin
+        .call(
+            "POST",
+            "/admin/v1/erasures",
+            Some(&serde_json::json!({ "address": bob })),
+        )
+        .await
+        .unwrap();
     let results = c.gateway.stop().await;
     assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
 
@@ -104,6 +117,7 @@ async fn no_content_token_or_phone_number_in_logs() {
         "no debug logs captured:\n{logs}"
     );
     assert!(logs.contains("Rejected a send"), "{logs}");
+    assert!(logs.contains("User erased."), "{logs}");
     for secret in [
         MARKER,
         SIGNAL_TOKEN,

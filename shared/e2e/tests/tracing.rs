@@ -95,7 +95,7 @@ async fn a_media_message_is_one_trace_through_all_five_services() {
 
     let want = [
         "ingest send",
-        "spam-scoring handle",
+        "spam-scoring score",
         "routing handle",
         "media-transcoding handle",
         "delivery deliver",

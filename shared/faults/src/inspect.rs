@@ -3,8 +3,8 @@
 //! load generator's client message id `lt.<run>.<seq>.<sent_us>` is in
 //! every copy of the message, in clear, E2EE or not), and the stage
 //! consumers' state is read, so a failure explains itself: still in
-//! `INTEROP_INGEST` (never scored, or scored and its ack lost), in
-//! `INTEROP_SCORED`, in the store but not pushed, or nowhere (never stored).
+//! `INTEROP_INGEST` (not routed yet, or routed and its ack lost), in the
+//! store but not pushed, or nowhere (never stored).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -13,8 +13,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 
 use interop_bus::subjects::{
-    CONSUMER_MEDIA_TRANSCODING, CONSUMER_ROUTING, CONSUMER_SPAM_SCORING, STREAM_INBOX,
-    STREAM_INGEST, STREAM_MEDIA, STREAM_QUARANTINE, STREAM_SCORED,
+    CONSUMER_MEDIA_TRANSCODING, CONSUMER_ROUTING, STREAM_INBOX, STREAM_INGEST, STREAM_MEDIA,
+    STREAM_QUARANTINE,
 };
 use interop_loadtest::plan::RunId;
 
@@ -45,13 +45,7 @@ async fn inspect(nats_urls: &str, run: RunId, seqs: &[u64]) -> anyhow::Result<St
         .collect();
     let mut out = String::new();
     let mut found: Vec<(u64, String)> = Vec::new();
-    for name in [
-        STREAM_INGEST,
-        STREAM_SCORED,
-        STREAM_MEDIA,
-        STREAM_QUARANTINE,
-        STREAM_INBOX,
-    ] {
+    for name in [STREAM_INGEST, STREAM_MEDIA, STREAM_QUARANTINE, STREAM_INBOX] {
         let mut stream = match js.get_stream(name).await {
             Ok(s) => s,
             Err(e) => {
@@ -113,8 +107,7 @@ async fn inspect(nats_urls: &str, run: RunId, seqs: &[u64]) -> anyhow::Result<St
         }
     }
     for (stream, consumer) in [
-        (STREAM_INGEST, CONSUMER_SPAM_SCORING),
-        (STREAM_SCORED, CONSUMER_ROUTING),
+        (STREAM_INGEST, CONSUMER_ROUTING),
         (STREAM_MEDIA, CONSUMER_MEDIA_TRANSCODING),
     ] {
         let s = js.get_stream(stream).await?;

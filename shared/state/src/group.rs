@@ -1,13 +1,40 @@
 //! Groups: members from any provider, changed by the group's admins.
 //!
 //! Keys: `interop:group:<id>:members` and `interop:group:<id>:admins`, two
-//! sets of addresses. A group with no member left is deleted. Changes run as
-//! one Lua script, so the size limit and the admin check hold under
-//! concurrent changes from several ingest replicas.
+//! sets of addresses, and per member `interop:groups:<address>`, the set of
+//! group ids the user is in (so erasing a user finds their groups). A group
+//! with no member left is deleted. Changes run as one Lua script, so the
+//! size limit and the admin check hold under concurrent changes from several
+//! ingest replicas.
+//!
+//! Lifetime: all three expire [`GROUP_TTL_SECS`] after the group was last
+//! changed or written to. A send refreshes them at most once a day
+//! ([`TOUCH_EVERY_SECS`]), so an active group never expires and one nobody
+//! uses goes away with its members' indexes.
+//!
+//! The scripts touch members' index keys they compute from `ARGV` (the
+//! prefix [`USER_GROUPS_PREFIX`]); that is fine on a single Redis (the
+//! gateway does not use Redis Cluster).
 
 use redis::aio::ConnectionManager;
 
 use crate::StateError;
+
+/// A group and its members' indexes expire this long after the last change
+/// or send (400 days, as contact records).
+pub const GROUP_TTL_SECS: u64 = 400 * 24 * 3600;
+
+/// A send refreshes the group's lifetime when less than
+/// `GROUP_TTL_SECS - TOUCH_EVERY_SECS` is left: at most once a day.
+pub const TOUCH_EVERY_SECS: u64 = 24 * 3600;
+
+/// Prefix of a user's group index: `interop:groups:<address>`.
+pub const USER_GROUPS_PREFIX: &str = "interop:groups:";
+
+/// The set of group ids `address` is a member of.
+pub fn user_groups_key(address: &str) -> String {
+    format!("{USER_GROUPS_PREFIX}{address}")
+}
 
 /// The members set of a group.
 pub fn members_key(group_id: &str) -> String {
@@ -73,12 +100,65 @@ if size > max then return 3 end
 for _, m in ipairs(adm) do
   if not (adding[m] or (redis.call('SISMEMBER', KEYS[1], m) == 1 and not removing[m])) then return 4 end
 end
-for _, m in ipairs(rem) do redis.call('SREM', KEYS[1], m); redis.call('SREM', KEYS[2], m) end
+local prefix, group, ttl = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for _, m in ipairs(rem) do
+  redis.call('SREM', KEYS[1], m); redis.call('SREM', KEYS[2], m)
+  redis.call('SREM', prefix .. m, group)
+end
 for _, m in ipairs(add) do redis.call('SADD', KEYS[1], m) end
 for _, m in ipairs(adm) do redis.call('SADD', KEYS[2], m) end
-if redis.call('SCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1], KEYS[2]) end
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1], KEYS[2]); return 0 end
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  redis.call('SADD', prefix .. m, group)
+  redis.call('EXPIRE', prefix .. m, ttl)
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
 return 0
 ";
+
+/// A send's membership check: 1 if `ARGV[1]` is a member of the group, and
+/// then the group's and its members' lifetime is refreshed if that is due
+/// (less than `ARGV[5]` seconds left, or none set).
+const MEMBER_AND_TOUCH: &str = "
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
+local prefix, group, ttl = ARGV[2], ARGV[3], ARGV[4]
+local left = redis.call('TTL', KEYS[1])
+if left >= 0 and left > tonumber(ARGV[5]) then return 1 end
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  redis.call('SADD', prefix .. m, group)
+  redis.call('EXPIRE', prefix .. m, ttl)
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return 1
+";
+
+/// Removes `ARGV[1]` from the group (members, admins, its index entry);
+/// deletes the group when no member is left. Returns 1 if it was a member.
+const REMOVE_MEMBER: &str = "
+local was = redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('SREM', ARGV[2] .. ARGV[1], ARGV[3])
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1], KEYS[2]) end
+return was
+";
+
+/// Adds the membership check of a group send to a pipeline (one integer
+/// answer: 1 member, 0 not), refreshing the group's lifetime at most once a
+/// day. Plain `EVAL`: no script cache to lose on a Redis restart.
+pub fn add_member_check(pipe: &mut redis::Pipeline, group_id: &str, sender: &str) {
+    pipe.cmd("EVAL")
+        .arg(MEMBER_AND_TOUCH)
+        .arg(2)
+        .arg(members_key(group_id))
+        .arg(admins_key(group_id))
+        .arg(sender)
+        .arg(USER_GROUPS_PREFIX)
+        .arg(group_id)
+        .arg(GROUP_TTL_SECS)
+        .arg(GROUP_TTL_SECS - TOUCH_EVERY_SECS);
+}
 
 /// Reads and changes groups.
 #[derive(Clone)]
@@ -102,8 +182,8 @@ impl GroupStore {
         let mut conn = self.redis.clone();
         let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
         all.push(creator);
-        let _: () = redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .cmd("SADD")
             .arg(members_key(group_id))
             .arg(&all)
@@ -112,8 +192,17 @@ impl GroupStore {
             .arg(admins_key(group_id))
             .arg(creator)
             .ignore()
-            .query_async(&mut conn)
-            .await?;
+            .expire(members_key(group_id), ttl())
+            .ignore()
+            .expire(admins_key(group_id), ttl())
+            .ignore();
+        for m in &all {
+            pipe.sadd(user_groups_key(m), group_id)
+                .ignore()
+                .expire(user_groups_key(m), ttl())
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await?;
         Ok(self.get(group_id).await?.unwrap_or_default())
     }
 
@@ -169,7 +258,10 @@ impl GroupStore {
             .arg(change.add_admins.len())
             .arg(change.add)
             .arg(change.remove)
-            .arg(change.add_admins);
+            .arg(change.add_admins)
+            .arg(USER_GROUPS_PREFIX)
+            .arg(group_id)
+            .arg(GROUP_TTL_SECS);
         let code: i64 = invocation.invoke_async(&mut conn).await?;
         Ok(match code {
             0 => Ok(self.get(group_id).await?),
@@ -179,4 +271,37 @@ impl GroupStore {
             _ => Err(ChangeRefused::AdminNotMember),
         })
     }
+
+    /// The groups `address` is a member of (from its index).
+    pub async fn groups_of(&self, address: &str) -> Result<Vec<String>, StateError> {
+        let mut conn = self.redis.clone();
+        let mut ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(user_groups_key(address))
+            .query_async(&mut conn)
+            .await?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Removes `address` from the group, whoever they are (erasure): from
+    /// the members, the admins and their index. A group left without members
+    /// is deleted; one left without admins keeps its members (nobody can
+    /// change it any more; they can still write to it). Returns whether
+    /// they were a member.
+    pub async fn remove_member(&self, group_id: &str, address: &str) -> Result<bool, StateError> {
+        let mut conn = self.redis.clone();
+        let was: i64 = redis::Script::new(REMOVE_MEMBER)
+            .key(members_key(group_id))
+            .key(admins_key(group_id))
+            .arg(address)
+            .arg(USER_GROUPS_PREFIX)
+            .arg(group_id)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(was == 1)
+    }
+}
+
+fn ttl() -> i64 {
+    i64::try_from(GROUP_TTL_SECS).unwrap_or(i64::MAX)
 }

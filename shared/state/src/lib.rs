@@ -7,7 +7,9 @@
 //!   (comma-separated provider ids),
 //!   `inbox` (`third-party`/`combined`), `updated_at_ms`.
 //! - `interop:group:<id>:members`, `interop:group:<id>:admins` — sets of
-//!   addresses (see [`group`]).
+//!   addresses, and `interop:groups:<address>` — the groups a user is in
+//!   (see [`group`]).
+//! - `interop:media:grant:<id>`, `interop:media:sent:<key>` ([`media`]).
 //! - `interop:rate:<scope>:<id>:<window>` — counter with a TTL of two windows.
 //! - `interop:contacts:<recipient>` — accepted/declined/blocked senders
 //!   ([`contacts`]).
@@ -16,8 +18,10 @@
 
 pub mod consent;
 pub mod contacts;
+pub mod erase;
 pub mod gcra;
 pub mod group;
+pub mod media;
 pub mod rate;
 pub mod reputation;
 pub mod spam;

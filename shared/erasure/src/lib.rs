@@ -1,0 +1,457 @@
+//! Erasing one user (`interop erase-user`, the admin API's
+//! `POST /admin/v1/erasures`): everything the gateway holds about one
+//! address, in Redis and in JetStream. The design and its limits are in
+//! docs/adr/0013; docs/security.md ("Privacy and retention") lists what
+//! is kept and for how long.
+//!
+//! Order (so that nothing new reaches the user while their data goes):
+//! 1. Redis (`interop_state::erase`): consent first (without it nothing is
+//!    admitted to them: fail closed), contacts, reputation, counters,
+//!    idempotency and rate-limit keys, group memberships; other users'
+//!    accepted/declined answers about them (their blocks stay).
+//! 2. The pipeline streams (`INTEROP_INGEST`, `INTEROP_MEDIA`): messages
+//!    from or to them that are still on their way.
+//! 3. The offline store (`INTEROP_INBOX`): their own store subject
+//!    (`interop.v1.delivery.queued.<key>`: what they received, receipts about
+//!    what they sent), every message they sent that sits in another user's
+//!    store (1:1 and group copies, their receipts and reactions), and
+//!    other members' reactions to their group messages.
+//! 4. `INTEROP_QUARANTINE`: entries from or to them.
+//! 5. Media: every blob referenced by what was deleted, or recorded as sent
+//!    by them (`interop:media:sent:<key>`), loses the grants of the
+//!    recipients whose messages went; a blob nobody may download any more is
+//!    deleted from the object store (data and metadata, no marker left).
+//! 6. Their device cursors (`interop.v1.delivery.acked.<key>.>`).
+//!
+//! Messages are removed one by one with JetStream's message delete, which
+//! overwrites the stored message (no `no_erase`). Other users' messages are
+//! never touched, except reactions to the user's group messages (they point
+//! at a message that no longer exists). Replies of others keep their
+//! `in_reply_to` (an opaque id): the reply is theirs.
+//!
+//! Idempotent: erasing again finds nothing (counts are zero, except
+//! `blocks_kept`). Cost: one pass over each stream and over the Redis
+//! keyspace; docs/security.md has a measurement.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy, stream::Stream};
+use base64::engine::general_purpose::URL_SAFE;
+use base64::Engine as _;
+use futures_util::StreamExt as _;
+use prost::Message as _;
+use tracing::info;
+
+use interop_bus::recipient_key;
+use interop_bus::subjects::{
+    delivery_queued, DELIVERY_ACKED_PREFIX, MEDIA_BUCKET, STREAM_CURSORS, STREAM_INBOX,
+    STREAM_INGEST, STREAM_MEDIA, STREAM_QUARANTINE,
+};
+use interop_proto::v1::{envelope::Content, Envelope, PipelineMessage};
+use interop_proto::Address;
+use interop_state::{erase, media, StateError};
+
+/// How long one JetStream request or one scanned message may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What was removed (the admin API's answer).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Erased {
+    /// Messages in the user's own store (received messages, receipts).
+    pub inbox_messages: u64,
+    /// Messages in other users' stores: sent by the user (and their
+    /// receipts and reactions), and reactions to the user's group messages.
+    pub messages_in_other_stores: u64,
+    /// Quarantined messages from or to the user.
+    pub quarantined: u64,
+    /// Messages from or to the user still in the pipeline streams.
+    pub in_pipeline: u64,
+    /// Device cursors.
+    pub cursors: u64,
+    /// Media blobs deleted from the object store.
+    pub media_blobs: u64,
+    /// Download grants removed (of blobs that stay for other recipients, or
+    /// that were deleted).
+    pub media_grants: u64,
+    /// Redis keys deleted.
+    pub redis_keys: u64,
+    /// Groups the user was removed from.
+    pub groups: u64,
+    /// Other users' accepted/declined answers about the user, removed.
+    pub contact_entries: u64,
+    /// Other users' blocks of the user, kept (the blocker's protection).
+    pub blocks_kept: u64,
+}
+
+/// Why an erasure stopped. It is safe to run again: every step is
+/// idempotent.
+#[derive(Debug, thiserror::Error)]
+pub enum ErasureError {
+    #[error(transparent)]
+    Redis(#[from] StateError),
+    #[error("stream {stream}: {detail}")]
+    Stream { stream: String, detail: String },
+}
+
+fn stream_error(stream: &str, e: impl std::fmt::Display) -> ErasureError {
+    ErasureError::Stream {
+        stream: stream.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+/// The media ids an envelope references (main and thumbnail).
+fn media_ids(env: &Envelope) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(Content::Media(m)) = &env.content {
+        if !m.media_id.is_empty() {
+            out.push(m.media_id.clone());
+        }
+        if let Some(t) = &m.thumbnail {
+            if !t.media_id.is_empty() {
+                out.push(t.media_id.clone());
+            }
+        }
+    }
+    out
+}
+
+fn is_receipt(env: &Envelope) -> bool {
+    matches!(env.content, Some(Content::Receipt(_)))
+}
+
+fn decode(payload: &[u8]) -> Option<Envelope> {
+    PipelineMessage::decode(payload).ok()?.envelope
+}
+
+/// One stored message, as a scan sees it.
+struct Seen {
+    seq: u64,
+    subject: String,
+    env: Option<Envelope>,
+}
+
+/// Every message of a limits stream, in order, through an ordered consumer
+/// (fast: no request per message). Messages stored after the scan started
+/// may be seen or not.
+async fn scan_limits(
+    js: &jetstream::Context,
+    name: &str,
+    mut visit: impl FnMut(Seen),
+) -> Result<(), ErasureError> {
+    let stream = js
+        .get_stream(name)
+        .await
+        .map_err(|e| stream_error(name, e))?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| stream_error(name, e))?;
+    let mut left = consumer.cached_info().num_pending;
+    if left == 0 {
+        return Ok(());
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| stream_error(name, e))?;
+    while left > 0 {
+        let msg = tokio::time::timeout(STEP_TIMEOUT, messages.next())
+            .await
+            .map_err(|_| stream_error(name, "timed out reading"))?
+            .ok_or_else(|| stream_error(name, "the scan ended early"))?
+            .map_err(|e| stream_error(name, e))?;
+        let info = msg.info().map_err(|e| stream_error(name, e))?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        visit(Seen {
+            seq,
+            subject: msg.subject.to_string(),
+            env: decode(&msg.payload),
+        });
+        left = pending;
+    }
+    Ok(())
+}
+
+/// Every message of a work-queue stream, read by sequence (a work queue
+/// takes no second consumer that overlaps its stage's).
+async fn scan_work_queue(
+    js: &jetstream::Context,
+    name: &str,
+    mut visit: impl FnMut(Seen),
+) -> Result<(), ErasureError> {
+    let mut stream = js
+        .get_stream(name)
+        .await
+        .map_err(|e| stream_error(name, e))?;
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| stream_error(name, e))?
+        .state
+        .clone();
+    if state.messages == 0 {
+        return Ok(());
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        match tokio::time::timeout(STEP_TIMEOUT, stream.get_raw_message(seq)).await {
+            Err(_) => return Err(stream_error(name, "timed out reading")),
+            // Taken by its stage meanwhile, or deleted.
+            Ok(Err(_)) => continue,
+            Ok(Ok(m)) => visit(Seen {
+                seq,
+                subject: m.subject.to_string(),
+                env: decode(&m.payload),
+            }),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes (erases) the messages `seqs` of `stream`; returns how many were
+/// there.
+async fn delete_all(stream: &Stream, name: &str, seqs: &[u64]) -> Result<u64, ErasureError> {
+    let mut n = 0;
+    for &seq in seqs {
+        match tokio::time::timeout(STEP_TIMEOUT, stream.delete_message(seq)).await {
+            Err(_) => return Err(stream_error(name, "timed out deleting")),
+            Ok(Ok(true)) => n += 1,
+            // Gone already (aged out, taken by its stage, a second erasure).
+            Ok(Ok(false)) | Ok(Err(_)) => {}
+        }
+    }
+    Ok(n)
+}
+
+async fn get_stream(js: &jetstream::Context, name: &str) -> Result<Stream, ErasureError> {
+    js.get_stream(name).await.map_err(|e| stream_error(name, e))
+}
+
+/// Media to reconsider: id → (recipient keys whose grants go, sender keys
+/// whose "sent" index names it).
+type MediaRefs = BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>;
+
+/// Erases everything the gateway holds about `address` (see the crate doc).
+pub async fn erase_user(
+    js: &jetstream::Context,
+    redis: &redis::aio::ConnectionManager,
+    address: &Address,
+) -> Result<Erased, ErasureError> {
+    let a = address.as_str();
+    let key = recipient_key(a);
+    let mut out = Erased::default();
+
+    // 1. Redis.
+    let r = erase::erase_user(redis, a).await?;
+    out.redis_keys = r.keys;
+    out.groups = r.groups;
+    out.contact_entries = r.contact_entries;
+    out.blocks_kept = r.blocks_kept;
+
+    let involves = |env: &Envelope| env.from == a || env.to == a;
+    let mut media_refs = MediaRefs::new();
+
+    // 2. The pipeline streams.
+    for name in [STREAM_INGEST, STREAM_MEDIA] {
+        let mut doomed = Vec::new();
+        scan_work_queue(js, name, |m| {
+            if m.env.as_ref().is_some_and(involves) {
+                doomed.push(m.seq);
+            }
+        })
+        .await?;
+        let stream = get_stream(js, name).await?;
+        out.in_pipeline += delete_all(&stream, name, &doomed).await?;
+    }
+
+    // 3. The offline store.
+    let own_subject = delivery_queued(&key);
+    let mut own = Vec::new();
+    let mut elsewhere = Vec::new();
+    let mut sent_ids = BTreeSet::new();
+    // One-to-one messages they received (group message ids are shared with
+    // the other members' copies, which stay).
+    let mut received_ids = BTreeSet::new();
+    // Reactions in group copies: (seq, target message id).
+    let mut group_reactions = Vec::new();
+    scan_limits(js, STREAM_INBOX, |m| {
+        let in_own = m.subject == own_subject;
+        let Some(env) = m.env else {
+            if in_own {
+                own.push(m.seq);
+            }
+            return;
+        };
+        if in_own || env.from == a {
+            if in_own && env.group_id.is_empty() && !is_receipt(&env) {
+                received_ids.insert(env.message_id.clone());
+            }
+            let to_key = recipient_key(&env.to);
+            for id in media_ids(&env) {
+                let (to, from) = media_refs.entry(id).or_default();
+                to.insert(to_key.clone());
+                from.insert(recipient_key(&env.from));
+            }
+            if env.from == a {
+                sent_ids.insert(env.message_id.clone());
+            }
+            if in_own {
+                own.push(m.seq);
+            } else {
+                elsewhere.push(m.seq);
+            }
+        } else if !env.group_id.is_empty() {
+            if let Some(Content::Reaction(r)) = &env.content {
+                group_reactions.push((m.seq, r.target_message_id.clone()));
+            }
+        }
+    })
+    .await?;
+    elsewhere.extend(
+        group_reactions
+            .into_iter()
+            .filter(|(_, target)| sent_ids.contains(target))
+            .map(|(seq, _)| seq),
+    );
+    let inbox = get_stream(js, STREAM_INBOX).await?;
+    out.inbox_messages = delete_all(&inbox, STREAM_INBOX, &own).await?;
+    out.messages_in_other_stores = delete_all(&inbox, STREAM_INBOX, &elsewhere).await?;
+
+    // Other senders' idempotency keys that name messages to them.
+    out.redis_keys += erase::forget_message_ids(redis, &received_ids).await?;
+
+    // 4. The quarantine.
+    let mut doomed = Vec::new();
+    scan_limits(js, STREAM_QUARANTINE, |m| {
+        if let Some(env) = m.env.as_ref().filter(|e| involves(e)) {
+            doomed.push(m.seq);
+            if env.from == a {
+                for id in media_ids(env) {
+                    media_refs.entry(id).or_default();
+                }
+            }
+        }
+    })
+    .await?;
+    let quarantine = get_stream(js, STREAM_QUARANTINE).await?;
+    out.quarantined = delete_all(&quarantine, STREAM_QUARANTINE, &doomed).await?;
+
+    // 5. Media.
+    let sent_key = media::sent_key(&key);
+    let mut conn = redis.clone();
+    let sent: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(&sent_key)
+        .query_async(&mut conn)
+        .await
+        .map_err(StateError::from)?;
+    for id in sent {
+        media_refs.entry(id).or_default();
+    }
+    let blobs = MediaBlobs::open(js).await?;
+    for (id, (to, from)) in &media_refs {
+        let mut keys: Vec<&str> = to.iter().map(String::as_str).collect();
+        keys.push(&key);
+        let (removed, left) = media::revoke(redis, id, &keys).await?;
+        out.media_grants += removed;
+        if left > 0 {
+            continue;
+        }
+        if blobs.delete(id).await? {
+            out.media_blobs += 1;
+        }
+        // Other senders' indexes no longer need to name a deleted blob.
+        for sender in from.iter().filter(|k| **k != key) {
+            let _removed: u64 = redis::cmd("SREM")
+                .arg(media::sent_key(sender))
+                .arg(id)
+                .query_async(&mut conn)
+                .await
+                .map_err(StateError::from)?;
+        }
+    }
+    let deleted: u64 = redis::cmd("DEL")
+        .arg(&sent_key)
+        .query_async(&mut conn)
+        .await
+        .map_err(StateError::from)?;
+    out.redis_keys += deleted;
+
+    // 6. Device cursors, last: a session still open during the erasure may
+    // have moved one.
+    let cursors = get_stream(js, STREAM_CURSORS).await?;
+    out.cursors = tokio::time::timeout(
+        STEP_TIMEOUT,
+        cursors
+            .purge()
+            .filter(format!("{DELIVERY_ACKED_PREFIX}.{key}.>")),
+    )
+    .await
+    .map_err(|_| stream_error(STREAM_CURSORS, "timed out purging"))?
+    .map_err(|e| stream_error(STREAM_CURSORS, e))?
+    .purged;
+
+    info!(
+        user = %address.redacted(),
+        inbox = out.inbox_messages,
+        elsewhere = out.messages_in_other_stores,
+        media = out.media_blobs,
+        keys = out.redis_keys,
+        "User erased."
+    );
+    Ok(out)
+}
+
+/// The media object store's stream, for deleting one object without
+/// leaving the "deleted" marker an object store delete writes (it names
+/// the object).
+struct MediaBlobs {
+    stream: Option<Stream>,
+}
+
+impl MediaBlobs {
+    async fn open(js: &jetstream::Context) -> Result<Self, ErasureError> {
+        let name = format!("OBJ_{MEDIA_BUCKET}");
+        // No media stream: media-transcoding never ran; nothing to delete.
+        Ok(Self {
+            stream: js.get_stream(&name).await.ok(),
+        })
+    }
+
+    /// Deletes object `id` (its chunks and its metadata); false if there
+    /// was none.
+    async fn delete(&self, id: &str) -> Result<bool, ErasureError> {
+        let Some(stream) = &self.stream else {
+            return Ok(false);
+        };
+        let name = &stream.cached_info().config.name;
+        let meta_subject = format!("$O.{MEDIA_BUCKET}.M.{}", URL_SAFE.encode(id));
+        let meta = match tokio::time::timeout(
+            STEP_TIMEOUT,
+            stream.get_last_raw_message_by_subject(&meta_subject),
+        )
+        .await
+        {
+            Err(_) => return Err(stream_error(name, "timed out reading")),
+            Ok(Err(_)) => return Ok(false),
+            Ok(Ok(m)) => m,
+        };
+        let nuid = serde_json::from_slice::<serde_json::Value>(&meta.payload)
+            .ok()
+            .and_then(|v| v["nuid"].as_str().map(str::to_owned));
+        let mut subjects = vec![meta_subject];
+        if let Some(nuid) = nuid {
+            subjects.insert(0, format!("$O.{MEDIA_BUCKET}.C.{nuid}"));
+        }
+        for subject in subjects {
+            tokio::time::timeout(STEP_TIMEOUT, stream.purge().filter(subject))
+                .await
+                .map_err(|_| stream_error(name, "timed out purging"))?
+                .map_err(|e| stream_error(name, e))?;
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,228 @@
+//! Erasing one user's Redis state (the Redis half of `interop erase-user`;
+//! the JetStream half is `interop-erasure`). See docs/adr/0013.
+//!
+//! What goes, for address `A`:
+//! - their group memberships (from the index `interop:groups:<A>`: they are
+//!   removed from each group, and the index deleted);
+//! - keys named after them: `interop:consent:<A>`, `interop:contacts:<A>`
+//!   (their own answers about others), `interop:spam:rep:sender:<A>`,
+//!   `interop:gcra:sender:<A>`, and by `SCAN`: `interop:idem:<A>:*`,
+//!   `interop:rate:sender:<A>:*`, `interop:spam:recipients:<A>:*`,
+//!   `interop:spam:strangers:<A>:*`, and the feedback keys
+//!   `interop:spam:fed:<kind>:<A>:<other>` and `...:<other>:<A>`;
+//! - other users' *accepted* and *declined* answers about `A` (fields `A`
+//!   in `interop:contacts:<other>`, found by `SCAN`).
+//!
+//! What stays: other users' **blocks** of `A` (field `A` = `b` in their
+//! contact record). A block is the blocker's protection and their data: if
+//! `A`'s provider registers the same address again, the blocker must stay
+//! protected. It expires with the blocker's record (400 days after its last
+//! change) or when they unblock. Also left: the provider's aggregate
+//! reputation (`interop:spam:rep:provider:<id>`: counts, no address) and
+//! the hourly payload sketches (`interop:spam:payload:*`: HyperLogLogs keep
+//! no member, and expire within 2 hours).
+//!
+//! Cost: the `SCAN`s walk the whole keyspace (`COUNT 1000` a step); the
+//! contact records are read 1000 at a time in one pipeline each.
+
+use interop_proto::Address;
+
+use crate::group::GroupStore;
+use crate::{consent, contacts, gcra, reputation, StateError};
+
+/// What was removed from Redis.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisErasure {
+    /// Keys deleted (whole keys named after the user).
+    pub keys: u64,
+    /// Groups the user was removed from.
+    pub groups: u64,
+    /// Other users' accepted/declined answers about the user, removed.
+    pub contact_entries: u64,
+    /// Other users' blocks of the user, kept (see the module doc).
+    pub blocks_kept: u64,
+}
+
+/// Escapes a string for a `SCAN MATCH` glob.
+pub fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Every key matching `pattern` (a `SCAN` walk).
+pub async fn scan(
+    redis: &redis::aio::ConnectionManager,
+    pattern: &str,
+) -> Result<Vec<String>, StateError> {
+    let mut conn = redis.clone();
+    let mut cursor: u64 = 0;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
+
+/// Whether a feedback key's `<recipient>:<sender>` part names `address` as
+/// either side (the other side must be an address too: user parts may
+/// contain `:`).
+fn feedback_names(pair: &str, address: &str) -> bool {
+    let other_ok = |o: &str| Address::parse(o).is_ok();
+    pair.strip_prefix(address)
+        .and_then(|r| r.strip_prefix(':'))
+        .is_some_and(other_ok)
+        || pair
+            .strip_suffix(address)
+            .and_then(|r| r.strip_suffix(':'))
+            .is_some_and(other_ok)
+}
+
+/// Erases `address`'s Redis state (see the module doc). Idempotent: a
+/// second run finds nothing and returns zeros (blocks are counted again).
+pub async fn erase_user(
+    redis: &redis::aio::ConnectionManager,
+    address: &str,
+) -> Result<RedisErasure, StateError> {
+    let mut out = RedisErasure::default();
+    let mut conn = redis.clone();
+
+    // Groups first: the index is needed to find them.
+    let groups = GroupStore::new(redis.clone());
+    for group in groups.groups_of(address).await? {
+        if groups.remove_member(&group, address).await? {
+            out.groups += 1;
+        }
+    }
+
+    let mut doomed = vec![
+        crate::group::user_groups_key(address),
+        consent::key(address),
+        contacts::key(address),
+        reputation::sender_key(address),
+        gcra::sender_key(address),
+    ];
+    let a = glob_escape(address);
+    for pattern in [
+        format!("interop:idem:{a}:*"),
+        format!("interop:rate:sender:{a}:*"),
+        format!("interop:spam:recipients:{a}:*"),
+        format!("interop:spam:strangers:{a}:*"),
+    ] {
+        doomed.extend(scan(redis, &pattern).await?);
+    }
+    for key in scan(redis, &format!("interop:spam:fed:*{a}*")).await? {
+        let pair = key
+            .strip_prefix("interop:spam:fed:")
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(_kind, pair)| pair);
+        if pair.is_some_and(|p| feedback_names(p, address)) {
+            doomed.push(key);
+        }
+    }
+    for chunk in doomed.chunks(500) {
+        let n: u64 = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await?;
+        out.keys += n;
+    }
+
+    // Other users' answers about the user.
+    let records = scan(redis, "interop:contacts:*").await?;
+    for chunk in records.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for k in chunk {
+            pipe.cmd("HGET").arg(k).arg(address);
+        }
+        let answers: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        let mut del = redis::pipe();
+        let mut any = false;
+        for (k, v) in chunk.iter().zip(answers) {
+            match v.as_deref().and_then(contacts::ContactState::from_field) {
+                Some(contacts::ContactState::Blocked) => out.blocks_kept += 1,
+                Some(_) => {
+                    del.cmd("HDEL").arg(k).arg(address);
+                    any = true;
+                }
+                None => {}
+            }
+        }
+        if any {
+            let removed: Vec<u64> = del.query_async(&mut conn).await?;
+            out.contact_entries += removed.iter().sum::<u64>();
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes other users' idempotency keys (`interop:idem:<sender>:<client
+/// id>`) whose server message id is one of `message_ids` (messages to an
+/// erased user): the key links the sender's request to that message. A
+/// re-send of it by the sender within the 24 h window would get a new id
+/// (and be refused: the recipient is gone). Returns how many went.
+pub async fn forget_message_ids(
+    redis: &redis::aio::ConnectionManager,
+    message_ids: &std::collections::BTreeSet<String>,
+) -> Result<u64, StateError> {
+    if message_ids.is_empty() {
+        return Ok(0);
+    }
+    let mut conn = redis.clone();
+    let mut n = 0;
+    for chunk in scan(redis, "interop:idem:*").await?.chunks(1000) {
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(chunk).query_async(&mut conn).await?;
+        let doomed: Vec<&String> = chunk
+            .iter()
+            .zip(values)
+            .filter(|(_, v)| v.as_ref().is_some_and(|v| message_ids.contains(v)))
+            .map(|(k, _)| k)
+            .collect();
+        if !doomed.is_empty() {
+            let d: u64 = redis::cmd("DEL").arg(doomed).query_async(&mut conn).await?;
+            n += d;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(
+            glob_escape("signal:a*b?[c]\\"),
+            "signal:a\\*b\\?\\[c\\]\\\\"
+        );
+        assert_eq!(glob_escape("home:+4915112345678"), "home:+4915112345678");
+    }
+
+    #[test]
+    fn feedback_keys_name_the_user_on_either_side_only() {
+        let a = "signal:al:ice";
+        assert!(feedback_names("signal:al:ice:home:+4915112345678", a));
+        assert!(feedback_names("home:+4915112345678:signal:al:ice", a));
+        assert!(!feedback_names("signal:al:ice2:home:+4915112345678", a));
+        assert!(!feedback_names("home:+4915112345678:xsignal:al:ice", a));
+        assert!(!feedback_names("signal:al:ice", a));
+    }
+}

@@ -1,0 +1,111 @@
+//! Groups against a real redis-server: every member's index follows the
+//! membership, everything expires, a send refreshes the lifetime at most
+//! once a day, and an erasure removes a member.
+
+use interop_state::group::{
+    add_member_check, admins_key, members_key, user_groups_key, Change, GroupStore, GROUP_TTL_SECS,
+    TOUCH_EVERY_SECS,
+};
+use interop_test_support::RedisServer;
+
+const ALICE: &str = "signal:alice";
+const BOB: &str = "home:+4915112345678";
+const CAROL: &str = "telegram:carol";
+
+async fn ttl(c: &mut redis::aio::ConnectionManager, key: &str) -> i64 {
+    redis::cmd("TTL").arg(key).query_async(c).await.unwrap()
+}
+
+async fn member_check(c: &mut redis::aio::ConnectionManager, group: &str, who: &str) -> bool {
+    let mut pipe = redis::pipe();
+    add_member_check(&mut pipe, group, who);
+    let (member,): (bool,) = pipe.query_async(c).await.unwrap();
+    member
+}
+
+#[tokio::test]
+async fn the_index_follows_membership_and_everything_expires() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let groups = GroupStore::new(c.clone());
+    let g = "g-0123456789abcdef0123456789abcdef";
+    let ttl_max = i64::try_from(GROUP_TTL_SECS).unwrap();
+
+    groups
+        .create(g, ALICE, &[BOB.to_owned(), CAROL.to_owned()])
+        .await
+        .unwrap();
+    for who in [ALICE, BOB, CAROL] {
+        assert_eq!(groups.groups_of(who).await.unwrap(), [g]);
+        let t = ttl(&mut c, &user_groups_key(who)).await;
+        assert!(t > ttl_max - 5 && t <= ttl_max, "{who}: {t}");
+    }
+    for key in [members_key(g), admins_key(g)] {
+        let t = ttl(&mut c, &key).await;
+        assert!(t > ttl_max - 5 && t <= ttl_max, "{key}: {t}");
+    }
+
+    // Removing Carol takes the group out of her index.
+    let remove = [CAROL.to_owned()];
+    groups
+        .change(
+            g,
+            &Change {
+                actor: ALICE,
+                remove: &remove,
+                ..Default::default()
+            },
+            256,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(groups.groups_of(CAROL).await.unwrap().is_empty());
+
+    // A send refreshes the lifetime only when a day of it has passed.
+    let young = ttl_max - i64::try_from(TOUCH_EVERY_SECS).unwrap() + 100;
+    let _: () = redis::cmd("EXPIRE")
+        .arg(members_key(g))
+        .arg(young)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(member_check(&mut c, g, BOB).await);
+    assert_eq!(ttl(&mut c, &members_key(g)).await, young);
+    let old = young - 200;
+    for key in [members_key(g), user_groups_key(BOB)] {
+        let _: () = redis::cmd("EXPIRE")
+            .arg(&key)
+            .arg(old)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    assert!(member_check(&mut c, g, BOB).await);
+    for key in [members_key(g), admins_key(g), user_groups_key(BOB)] {
+        assert!(ttl(&mut c, &key).await > ttl_max - 5, "{key}");
+    }
+    // A non-member neither passes nor refreshes anything.
+    assert!(!member_check(&mut c, g, CAROL).await);
+    assert!(!member_check(&mut c, "g-ffffffffffffffffffffffffffffffff", BOB).await);
+
+    // Erasure: Alice, the only admin, goes; Bob keeps the group (without an
+    // admin); when Bob goes too, the group is deleted.
+    assert!(groups.remove_member(g, ALICE).await.unwrap());
+    assert!(!groups.remove_member(g, ALICE).await.unwrap());
+    let left = groups.get(g).await.unwrap().unwrap();
+    assert_eq!(left.members, [BOB]);
+    assert!(left.admins.is_empty());
+    assert!(groups.groups_of(ALICE).await.unwrap().is_empty());
+    assert!(groups.remove_member(g, BOB).await.unwrap());
+    assert_eq!(groups.get(g).await.unwrap(), None);
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(members_key(g))
+        .arg(admins_key(g))
+        .arg(user_groups_key(BOB))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
+}
