@@ -90,6 +90,9 @@ pub enum Error {
 pub(crate) struct Shared {
     /// The live registry (updated from the registry stream).
     pub providers: tokio::sync::watch::Receiver<Arc<Registry>>,
+    /// Bumped each time the NATS connection is made again: wake-ups sent
+    /// while it was down are lost, so idle sessions look at their store.
+    pub reconnects: tokio::sync::watch::Receiver<u64>,
     pub js: jetstream::Context,
     pub inbox: jetstream::stream::Stream,
     pub cursors: jetstream::stream::Stream,
@@ -130,6 +133,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         .await?;
     let shared = Arc::new(Shared {
         providers,
+        reconnects: watch_reconnects(&deps.nats, shutdown.clone()),
         js,
         inbox,
         cursors,
@@ -157,6 +161,34 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     shared.sessions.wait().await;
     sweeper.await.ok();
     Ok(())
+}
+
+/// How often the NATS connection count is looked at.
+const RECONNECT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A receiver bumped whenever `nats` has connected again (its connection
+/// count grew), until `shutdown`.
+fn watch_reconnects(
+    nats: &async_nats::Client,
+    shutdown: CancellationToken,
+) -> tokio::sync::watch::Receiver<u64> {
+    let stats = nats.statistics();
+    let connects = move || stats.connects.load(std::sync::atomic::Ordering::Relaxed);
+    let (tx, rx) = tokio::sync::watch::channel(connects());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RECONNECT_POLL);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = connects();
+            if now != *tx.borrow() {
+                tx.send_replace(now);
+            }
+        }
+    });
+    rx
 }
 
 async fn upgrade(

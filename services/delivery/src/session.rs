@@ -370,6 +370,7 @@ async fn deliver(
     // When an open consumer that has caught up is closed if nothing comes.
     let mut idle_at: Option<tokio::time::Instant> = None;
     let mut registry = shared.providers.clone();
+    let mut reconnects = shared.reconnects.clone();
     // Stored messages whose consent re-check is running, in store order.
     let mut checking: FuturesOrdered<
         std::pin::Pin<Box<dyn std::future::Future<Output = Checked> + Send + '_>>,
@@ -481,6 +482,15 @@ async fn deliver(
             written = cursor_written(&mut s.cursor_write) => {
                 s.cursor_write = None;
                 s.cursor_stored = written?;
+            }
+            _ = reconnects.changed() => {
+                // Wake-ups published while delivery's NATS connection was
+                // down never came: look at the store (found by the fault
+                // suite: receipts stored during a NATS restart waited for
+                // the next message).
+                if messages.is_none() {
+                    maybe_more = true;
+                }
             }
             () = idle => {
                 // Caught up and quiet: close the consumer; a wake-up (or the
