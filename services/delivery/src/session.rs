@@ -801,17 +801,40 @@ async fn publish_receipt(shared: &Shared, r: interop_bus::Outgoing) -> Result<()
     headers.insert("Nats-Msg-Id", r.msg_id.as_str());
     interop_bus::trace::inject_current(&mut headers);
     let publish = async_nats::jetstream::message::PublishMessage::build()
-        .payload(r.payload)
-        .headers(headers);
-    let ack = shared.js.send_publish(r.subject, publish).await?;
+        .payload(r.payload.clone())
+        .headers(headers.clone());
+    let ack = shared.js.send_publish(r.subject.clone(), publish).await?;
     shared.metrics.receipts.inc();
+    let js = shared.js.clone();
     tokio::spawn(async move {
-        if let Err(e) = ack.await {
+        // Not acked (the NATS connection dropped, a cluster elected a new
+        // leader): published again, a little later each time; the store's
+        // duplicate window keeps one copy (same Nats-Msg-Id).
+        let mut outcome = ack.await.map(|_| ()).map_err(|e| e.to_string());
+        let mut wait = std::time::Duration::from_millis(500);
+        for _ in 0..RECEIPT_RETRIES {
+            let Err(e) = &outcome else { return };
+            debug!(error = %e, "A receipt was not acked; publishing it again.");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(std::time::Duration::from_secs(8));
+            let again = async_nats::jetstream::message::PublishMessage::build()
+                .payload(r.payload.clone())
+                .headers(headers.clone());
+            outcome = match js.send_publish(r.subject.clone(), again).await {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        if let Err(e) = outcome {
             warn!(error = %e, "A receipt was not stored.");
         }
     });
     Ok(())
 }
+
+/// Times a receipt is published again when JetStream did not ack it
+/// (about 40 s in all).
+const RECEIPT_RETRIES: usize = 8;
 
 /// Always filled: from the registry, or (a provider removed since) with
 /// the provider id alone and encryption UNSPECIFIED.
