@@ -27,6 +27,7 @@ macro_rules! wln {
 }
 
 pub mod ceiling;
+pub mod cpu;
 pub mod delivery_bench;
 pub mod html;
 pub mod ledger;

@@ -213,6 +213,11 @@ struct RunArgs {
     /// Exit with 3 if anything was lost, duplicated or unanswered.
     #[arg(long)]
     strict: bool,
+    /// Where the gateway's `<process>.pid` files are, to report CPU per
+    /// process (default: `.run/pids` when it exists, as `scripts/up`
+    /// writes it; `none` to skip).
+    #[arg(long)]
+    pids_dir: Option<PathBuf>,
 }
 
 /// Tokens come from the client config's `[tokens]`, and
@@ -311,11 +316,57 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         Progress::Stderr
     };
-    let finished = run::run(&scenario, &target, progress, stop, abort).await?;
+    let pids_dir = match &args.pids_dir {
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from(".run/pids")).filter(|p| p.is_dir()),
+    };
+    let processes = pids_dir
+        .as_deref()
+        .map(interop_loadtest::cpu::processes)
+        .unwrap_or_default();
+    // CPU snapshots at the start of every measured step and at the end of
+    // the last one, on the run's clock.
+    let boundaries: Vec<u64> = {
+        let mut b: Vec<u64> = scenario.schedule.steps().map(|p| p.start_us).collect();
+        b.extend(scenario.schedule.steps().last().map(|p| p.end_us()));
+        b
+    };
+    let (snapshots_tx, snapshots_rx) = tokio::sync::oneshot::channel();
+    let finished = run::run_observed(
+        &scenario,
+        &target,
+        progress,
+        stop,
+        abort,
+        move |_, clock| {
+            tokio::spawn(async move {
+                let mut snapshots = Vec::new();
+                for us in boundaries {
+                    tokio::time::sleep_until(clock.instant_at(us)).await;
+                    snapshots.push(interop_loadtest::cpu::Snapshot::take(&processes));
+                }
+                snapshots_tx.send(snapshots).ok();
+            });
+        },
+    )
+    .await?;
+    // Taken by the end of the send phase; a run stopped early has none.
+    let snapshots = tokio::time::timeout(std::time::Duration::from_secs(1), snapshots_rx)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
     if args.ceiling == Some(When::After) {
         ceiling = Some(measure_ceiling(&args.nats).await?);
     }
-    let report = finished.report(&scenario, ceiling);
+    let mut report = finished.report(&scenario, ceiling);
+    for (step, pair) in report.steps.iter_mut().zip(snapshots.windows(2)) {
+        step.cpu_percent = pair[0].percent_until(&pair[1]);
+    }
+    if let (Some(first), Some(last)) = (snapshots.first(), snapshots.last()) {
+        report.cpu_percent = first.percent_until(last);
+    }
     print!("{}", report.to_table());
     if let Some(path) = &args.json {
         write(path, &report.to_json())?;

@@ -101,6 +101,8 @@ pub struct StepReport {
     pub latency_ms: Latency,
     /// Within the knee criteria (`[knee]` in the scenario).
     pub healthy: bool,
+    /// CPU per process during the step, percent of one core (`--pids-dir`).
+    pub cpu_percent: crate::cpu::CpuPercent,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -195,6 +197,9 @@ pub struct Report {
     pub ceiling_msgs_per_s: Option<f64>,
     pub ratio_to_ceiling: Option<f64>,
     pub ceiling: Option<CeilingReport>,
+    /// CPU per process over the measured phase, percent of one core: the
+    /// gateway's processes (`--pids-dir`) and the generator (`loadtest`).
+    pub cpu_percent: crate::cpu::CpuPercent,
     pub percentiles: Vec<PercentilePoint>,
     pub timeline: Vec<SecondReport>,
     pub unsupported: Vec<Unsupported>,
@@ -275,6 +280,7 @@ fn step_reports(
                 lost: t.lost,
                 latency_ms,
                 healthy,
+                cpu_percent: Default::default(),
             }
         })
         .collect()
@@ -412,6 +418,7 @@ impl Report {
             ceiling_msgs_per_s,
             ratio_to_ceiling,
             ceiling,
+            cpu_percent: Default::default(),
             percentiles: percentile_curve(stats),
             timeline: timeline(&scenario.schedule, stats),
             unsupported: scenario.unsupported.clone(),
@@ -616,6 +623,13 @@ impl Report {
                 l.count
             );
         }
+        if !self.cpu_percent.is_empty() {
+            wln!(o);
+            wln!(o, "  cpu (% of one core, measured phase)");
+            for (name, pct) in &self.cpu_percent {
+                wln!(o, "  {name:<22} {pct:>6.1}");
+            }
+        }
         if self.steps.len() > 1 {
             wln!(o);
             wln!(
@@ -635,6 +649,14 @@ impl Report {
                     s.lost,
                     if s.healthy { "yes" } else { "NO" }
                 );
+                if !s.cpu_percent.is_empty() {
+                    let cpu: Vec<String> = s
+                        .cpu_percent
+                        .iter()
+                        .map(|(name, pct)| format!("{name} {pct:.0}%"))
+                        .collect();
+                    wln!(o, "         cpu: {}", cpu.join(", "));
+                }
             }
             match self.knee_msgs_per_s {
                 Some(k) => wln!(o, "  knee: {} msgs/s (last healthy step)", fmt_num(k)),
@@ -798,6 +820,7 @@ mod tests {
             lost: 0,
             latency_ms: Latency::default(),
             healthy,
+            cpu_percent: Default::default(),
         };
         assert_eq!(
             knee(&[
