@@ -141,9 +141,11 @@ pub struct MixSection {
     /// (`users.strangers`, required when above 0), with content unique to
     /// the message.
     pub first_contact_share: f64,
-    /// Declared but not sent: the gateway has no media upload yet (issue 6).
+    /// Declared but not sent: the load generator does not upload media yet
+    /// (the gateway takes it; issue 9).
     pub media_share: f64,
-    /// Declared but not sent: the gateway has no groups yet (issue 5).
+    /// Declared but not sent: the load generator does not create groups yet
+    /// (the gateway has them; issue 9).
     pub group_share: f64,
 }
 
@@ -545,14 +547,14 @@ impl Scenario {
                 feature: "media",
                 share: m.media_share,
                 reason:
-                    "the gateway has no media upload yet (issue 6); these messages are not sent",
+                    "the load generator does not upload media yet (issue 9); these messages are not sent",
             });
         }
         if m.group_share > 0.0 {
             unsupported.push(Unsupported {
                 feature: "groups",
                 share: m.group_share,
-                reason: "the gateway has no groups yet (issue 5); these messages are not sent",
+                reason: "the load generator does not create groups yet (issue 9); these messages are not sent",
             });
         }
         Ok(Self {
