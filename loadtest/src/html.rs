@@ -568,6 +568,37 @@ fn latency_row(o: &mut String, name: &str, l: &Latency) {
     );
 }
 
+/// CPU per process (% of one core): the measured phase, and each step of a
+/// stepped run; nothing when no process was sampled.
+fn cpu_table(o: &mut String, r: &Report) {
+    if r.cpu_percent.is_empty() {
+        return;
+    }
+    let stepped = r.steps.len() > 1;
+    o.push_str(
+        "<h2>CPU (% of one core)</h2><table><thead><tr><th>process</th><th>measured phase</th>",
+    );
+    if stepped {
+        for s in &r.steps {
+            w!(o, "<th>{}/s</th>", fmt_num(s.offered_msgs_per_s));
+        }
+    }
+    o.push_str("</tr></thead><tbody>");
+    for (name, pct) in &r.cpu_percent {
+        w!(o, "<tr><th>{}</th><td>{pct:.1}</td>", esc(name));
+        if stepped {
+            for s in &r.steps {
+                match s.cpu_percent.get(name) {
+                    Some(p) => w!(o, "<td>{p:.1}</td>"),
+                    None => w!(o, "<td>–</td>"),
+                };
+            }
+        }
+        o.push_str("</tr>");
+    }
+    o.push_str("</tbody></table>");
+}
+
 const STYLE: &str = r#"
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f4f5f7;color:#212529}
 main{max-width:960px;margin:0 auto;padding:24px}
@@ -761,6 +792,7 @@ pub fn render(r: &Report) -> String {
         );
     }
     o.push_str("</div></div>");
+    cpu_table(&mut o, r);
     o.push_str("<h2>Latency (ms)</h2><table><thead><tr><th></th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th><th>count</th></tr></thead><tbody>");
     latency_row(&mut o, "intended send → delivery", &r.latency_ms);
     latency_row(

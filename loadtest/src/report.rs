@@ -799,6 +799,21 @@ mod tests {
     }
 
     #[test]
+    fn cpu_per_process_is_in_the_html_when_sampled() {
+        let mut report = sample_report("", false);
+        assert!(!crate::html::render(&report).contains("CPU (% of one core)"));
+        report.cpu_percent.insert("ingest".into(), 12.5);
+        report.cpu_percent.insert("loadtest".into(), 30.0);
+        let page = crate::html::render(&report);
+        assert!(page.contains("CPU (% of one core)"), "{page}");
+        assert!(page.contains("<tr><th>ingest</th><td>12.5</td>"), "{page}");
+        assert!(
+            page.contains("<tr><th>loadtest</th><td>30.0</td>"),
+            "{page}"
+        );
+    }
+
+    #[test]
     fn without_a_ceiling_the_ratio_is_null() {
         let v: serde_json::Value =
             serde_json::from_str(&sample_report("", false).to_json()).unwrap();

@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use interop_proto::address::is_provider_id;
-use interop_proto::limits::{MAX_CIPHERTEXT_BYTES, MAX_TEXT_BYTES};
+use interop_proto::limits::{MAX_CIPHERTEXT_BYTES, MAX_GROUP_MEMBERS, MAX_TEXT_BYTES};
 
 use crate::schedule::Schedule;
 
@@ -40,6 +40,14 @@ pub const MAX_MESSAGES: u64 = 200_000_000;
 pub const MAX_SECONDS: f64 = 24.0 * 3600.0;
 /// Most sessions (recipients plus receipt sessions) a scenario may open.
 pub const MAX_SESSIONS: u32 = 5_000;
+/// Largest media blob in `mix.media_sizes`: the media API's limit for
+/// images (the declared type of the generator's E2EE blobs), 16 MiB.
+pub const MAX_MEDIA_BYTES: usize = 16 * 1024 * 1024;
+/// Most groups a scenario may create at set-up (`users.groups`).
+pub const MAX_GROUPS: u32 = 1_000;
+/// Most recipients in one group (`users.members_per_group`): the gateway's
+/// 256 members less the group's sender, its admin.
+pub const MAX_MEMBERS_PER_GROUP: u32 = MAX_GROUP_MEMBERS as u32 - 1;
 
 /// A scenario file as written.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -101,6 +109,13 @@ pub struct UsersSection {
     /// and, when above 0, of every spammer message. The `recipients` accept
     /// every normal sender before the run (their contacts).
     pub strangers: u32,
+    /// Groups created at set-up for `mix.group_share` (required above 0
+    /// when it is): each has its own sender (its creator and admin) and
+    /// `members_per_group` of the `recipients`.
+    pub groups: u32,
+    /// Recipients in each group besides its sender: the copies each group
+    /// message makes.
+    pub members_per_group: u32,
 }
 
 impl Default for UsersSection {
@@ -114,6 +129,8 @@ impl Default for UsersSection {
             sender_budget_per_min: 300,
             spam_limit_per_min: DEFAULT_SPAM_LIMIT_PER_MIN,
             strangers: 0,
+            groups: 0,
+            members_per_group: 8,
         }
     }
 }
@@ -147,6 +164,11 @@ pub struct MixSection {
     /// Declared but not sent: the load generator does not create groups yet
     /// (the gateway has them; issue 9).
     pub group_share: f64,
+    /// Sizes of the media blobs (E2EE, so nothing is transcoded), checked
+    /// when `media_share` is above 0.
+    pub media_sizes: Vec<SizeWeight>,
+    /// Recipients download each media message's blob after delivery.
+    pub fetch_media: bool,
 }
 
 impl Default for MixSection {
@@ -185,6 +207,21 @@ impl Default for MixSection {
             first_contact_share: 0.0,
             media_share: 0.0,
             group_share: 0.0,
+            media_sizes: vec![
+                SizeWeight {
+                    bytes: 4096,
+                    weight: 60,
+                },
+                SizeWeight {
+                    bytes: 65_536,
+                    weight: 30,
+                },
+                SizeWeight {
+                    bytes: 262_144,
+                    weight: 10,
+                },
+            ],
+            fetch_media: false,
         }
     }
 }
@@ -468,6 +505,23 @@ impl Scenario {
         }
         if m.e2ee_share < 1.0 {
             check_sizes("mix.text_sizes", &m.text_sizes, MAX_TEXT_BYTES)?;
+        }
+        if m.media_share > 0.0 {
+            check_sizes("mix.media_sizes", &m.media_sizes, MAX_MEDIA_BYTES)?;
+        }
+        if m.group_share > 0.0 {
+            if u.groups == 0 {
+                return Err(Missing {
+                    field: "users.groups",
+                    with: "mix.group_share",
+                });
+            }
+            check_range("users.groups", u.groups, MAX_GROUPS)?;
+            check_range(
+                "users.members_per_group",
+                u.members_per_group,
+                MAX_MEMBERS_PER_GROUP.min(u.recipients),
+            )?;
         }
         if m.e2ee_share > 0.0 {
             check_sizes(
@@ -753,13 +807,109 @@ mod tests {
             }
         ));
         let s = Scenario::from_toml(&format!(
-            "{SMOKE}\n[mix]\nmedia_share = 0.2\ngroup_share = 0.1"
+            "{SMOKE}\n[users]\ngroups = 2\n[mix]\nmedia_share = 0.2\ngroup_share = 0.1"
         ))
         .unwrap();
         assert_eq!(
             s.unsupported.iter().map(|u| u.feature).collect::<Vec<_>>(),
             ["media", "groups"]
         );
+    }
+
+    #[test]
+    fn media_and_group_settings_are_checked_at_their_edges() {
+        let mix = |extra: &str| format!("{SMOKE}\n[mix]\nmedia_share = 0.1\n{extra}");
+        // Defaults: a few KiB to 256 KiB, no download.
+        let s = Scenario::from_toml(&mix("")).unwrap();
+        assert_eq!(
+            s.file
+                .mix
+                .media_sizes
+                .iter()
+                .map(|m| m.bytes)
+                .collect::<Vec<_>>(),
+            [4096, 65_536, 262_144]
+        );
+        assert!(!s.file.mix.fetch_media);
+        let at_limit = format!("media_sizes = [{{ bytes = {MAX_MEDIA_BYTES}, weight = 1 }}]");
+        let s = Scenario::from_toml(&mix(&format!("{at_limit}\nfetch_media = true"))).unwrap();
+        assert!(s.file.mix.fetch_media);
+        let over = format!(
+            "media_sizes = [{{ bytes = {}, weight = 1 }}]",
+            MAX_MEDIA_BYTES + 1
+        );
+        assert!(matches!(
+            err(&mix(&over)),
+            ScenarioError::BadSize {
+                field: "mix.media_sizes",
+                max: MAX_MEDIA_BYTES,
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(&mix("media_sizes = [{ bytes = 0, weight = 1 }]")),
+            ScenarioError::BadSize {
+                field: "mix.media_sizes",
+                bytes: 0,
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(&mix("media_sizes = [{ bytes = 10, weight = 0 }]")),
+            ScenarioError::NoSizes {
+                field: "mix.media_sizes"
+            }
+        ));
+        // Media sizes do not matter without media.
+        Scenario::from_toml(&format!("{SMOKE}\n[mix]\nmedia_sizes = []")).unwrap();
+
+        let groups = |users: &str| {
+            format!("{SMOKE}\n[users]\nrecipients = 300\n{users}\n[mix]\ngroup_share = 0.1")
+        };
+        assert!(matches!(
+            err(&groups("")),
+            ScenarioError::Missing {
+                field: "users.groups",
+                with: "mix.group_share"
+            }
+        ));
+        let s = Scenario::from_toml(&groups(&format!("groups = {MAX_GROUPS}"))).unwrap();
+        assert_eq!(
+            (s.file.users.groups, s.file.users.members_per_group),
+            (MAX_GROUPS, 8)
+        );
+        assert!(matches!(
+            err(&groups(&format!("groups = {}", MAX_GROUPS + 1))),
+            ScenarioError::OutOfRange {
+                field: "users.groups",
+                ..
+            }
+        ));
+        // 255 recipients and the group's sender: the gateway's 256 members.
+        Scenario::from_toml(&groups(&format!(
+            "groups = 1\nmembers_per_group = {MAX_MEMBERS_PER_GROUP}"
+        )))
+        .unwrap();
+        for bad in [0, MAX_MEMBERS_PER_GROUP + 1] {
+            assert!(matches!(
+                err(&groups(&format!("groups = 1\nmembers_per_group = {bad}"))),
+                ScenarioError::OutOfRange {
+                    field: "users.members_per_group",
+                    max: 255,
+                    ..
+                }
+            ));
+        }
+        // No more members than recipients.
+        let few = format!("{SMOKE}\n[users]\nrecipients = 5\ngroups = 2\nmembers_per_group = 6\n[mix]\ngroup_share = 0.1");
+        assert!(matches!(
+            err(&few),
+            ScenarioError::OutOfRange {
+                field: "users.members_per_group",
+                value: 6,
+                max: 5
+            }
+        ));
     }
 
     #[test]
