@@ -765,6 +765,25 @@ pub fn render(r: &Report) -> String {
         }
         o.push_str("</tbody></table>");
     }
+    if r.groups.sent > 0 {
+        let g = &r.groups;
+        w!(
+            o,
+            "<h2>Groups</h2><table><tbody><tr><th>groups × members</th><td>{} × {}</td></tr>",
+            g.groups,
+            g.members_per_group
+        );
+        for (name, n) in [
+            ("messages sent", g.sent),
+            ("accepted", g.accepted),
+            ("copies expected", g.copies_expected),
+            ("copies delivered", g.copies_delivered),
+            ("copies lost", g.copies_lost),
+        ] {
+            w!(o, "<tr><th>{name}</th><td>{}</td></tr>", fmt_num(n as f64));
+        }
+        o.push_str("</tbody></table>");
+    }
     if r.first_contacts.sent > 0 {
         let fc = &r.first_contacts;
         o.push_str("<h2>First contacts</h2><table><tbody>");

@@ -77,6 +77,9 @@ pub struct Ledger {
     pub failed: SeqSet,
     /// The sender's session got a `DELIVERED` receipt for it.
     pub receipted: SeqSet,
+    /// Group messages' copies, one slot per member (`Plan::copy_slot`). A
+    /// group message is `delivered` once every member has its copy.
+    pub copies: SeqSet,
     /// Deliveries of a number already delivered, seen here.
     duplicates: AtomicU64,
 }
@@ -97,13 +100,35 @@ pub struct Tally {
 
 impl Ledger {
     pub fn new(len: u64) -> Self {
+        Self::with_copies(len, 0)
+    }
+
+    /// A ledger with `copies` slots for group messages' copies.
+    pub fn with_copies(len: u64, copies: u64) -> Self {
         Self {
             accepted: SeqSet::new(len),
             delivered: SeqSet::new(len),
             failed: SeqSet::new(len),
             receipted: SeqSet::new(len),
+            copies: SeqSet::new(copies),
             duplicates: AtomicU64::new(0),
         }
+    }
+
+    /// Marks a group message's copy; counts a duplicate if it was seen before.
+    pub fn deliver_copy(&self, slot: u64) -> Mark {
+        let mark = self.copies.mark(slot);
+        if mark == Mark::Duplicate {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+        mark
+    }
+
+    /// Copies marked in the slots `first..first + n`.
+    pub fn copies_in(&self, first: u64, n: u64) -> u64 {
+        (first..first + n)
+            .filter(|&slot| self.copies.contains(slot))
+            .count() as u64
     }
 
     /// Marks a delivery; counts a duplicate if it was delivered before.

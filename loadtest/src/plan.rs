@@ -48,6 +48,8 @@ pub fn mix64(mut z: u64) -> u64 {
 pub enum Origin {
     Normal(u32),
     Spammer(u32),
+    /// The sender (creator and admin) of group `n`: sends only to it.
+    GroupAdmin(u32),
 }
 
 /// What a message is.
@@ -60,6 +62,9 @@ pub struct Planned {
     pub size: usize,
     /// A normal sender's message to a stranger (`users.strangers`).
     pub first_contact: bool,
+    /// A group message: its ordinal among the run's group messages (the
+    /// group is `ordinal % groups`; each member's copy has its own slot).
+    pub group_ordinal: Option<u64>,
 }
 
 /// The parsed client message id of one of our messages.
@@ -147,6 +152,13 @@ pub struct Plan {
     /// Prepared content of each size (cloning `Bytes` copies nothing).
     texts: Vec<String>,
     ciphertexts: Vec<Bytes>,
+    group_admins: Vec<String>,
+    members_per_group: u32,
+    group_ppm: u64,
+    /// The gateway's group ids, set once the groups are created.
+    group_ids: std::sync::OnceLock<Vec<String>>,
+    /// Recipient address → index in `recipients`.
+    recipient_index: std::collections::HashMap<String, u32>,
 }
 
 /// An address of a user of `provider` made for this run: home users need
@@ -160,6 +172,7 @@ fn address(provider: &str, run: RunId, role: u8, index: u32) -> String {
             1 => "r",
             2 => "s",
             4 => "n",
+            5 => "g",
             _ => "x",
         };
         format!("{provider}:lt-{run}-{name}{index}")
@@ -213,18 +226,35 @@ impl Plan {
     pub fn new(scenario: &Scenario, run: RunId) -> Self {
         let u = &scenario.file.users;
         let m = &scenario.file.mix;
+        let recipients: Vec<String> = (0..u.recipients)
+            .map(|i| address(&u.recipient_provider, run, 1, i))
+            .chain((0..u.strangers).map(|i| address(&u.recipient_provider, run, 4, i)))
+            .collect();
+        let groups = if m.group_share > 0.0 { u.groups } else { 0 };
         Self {
             run,
+            group_admins: (0..groups)
+                .map(|i| address(&u.sender_provider, run, 5, i))
+                .collect(),
+            members_per_group: u.members_per_group,
+            group_ppm: if groups > 0 {
+                (m.group_share * PPM as f64).round() as u64
+            } else {
+                0
+            },
+            group_ids: std::sync::OnceLock::new(),
+            recipient_index: recipients
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.clone(), i as u32))
+                .collect(),
             senders: (0..scenario.senders)
                 .map(|i| address(&u.sender_provider, run, 2, i))
                 .collect(),
             spammers: (0..scenario.spammers)
                 .map(|i| address(&u.sender_provider, run, 3, i))
                 .collect(),
-            recipients: (0..u.recipients)
-                .map(|i| address(&u.recipient_provider, run, 1, i))
-                .chain((0..u.strangers).map(|i| address(&u.recipient_provider, run, 4, i)))
-                .collect(),
+            recipients,
             receipt_senders: scenario.receipt_senders,
             contacts: u.recipients,
             strangers: u.strangers,
@@ -283,6 +313,7 @@ impl Plan {
         match planned.from {
             Origin::Normal(i) => i < self.receipt_senders,
             Origin::Spammer(_) => true,
+            Origin::GroupAdmin(_) => false,
         }
     }
 
@@ -293,13 +324,23 @@ impl Plan {
     pub fn at(&self, seq: u64) -> Planned {
         let spam_through = (seq + 1) * self.spam_ppm / PPM;
         let spam_before = seq * self.spam_ppm / PPM;
+        let mut group_ordinal = None;
         let from = if spam_through > spam_before && !self.spammers.is_empty() {
             Origin::Spammer((spam_before % self.spammers.len() as u64) as u32)
         } else if self.senders.is_empty() {
             Origin::Spammer((seq % self.spammers.len().max(1) as u64) as u32)
         } else {
             let normal_index = seq - spam_through;
-            Origin::Normal((normal_index % self.senders.len() as u64) as u32)
+            // Group messages are spread evenly among the normal ones.
+            let group_through = (normal_index + 1) * self.group_ppm / PPM;
+            let group_before = normal_index * self.group_ppm / PPM;
+            if group_through > group_before {
+                group_ordinal = Some(group_before);
+                Origin::GroupAdmin((group_before % self.group_admins.len() as u64) as u32)
+            } else {
+                let index = normal_index - group_through;
+                Origin::Normal((index % self.senders.len() as u64) as u32)
+            }
         };
         let h = mix64(seq ^ (u64::from(self.run.0) << 40));
         let h2 = mix64(h);
@@ -326,13 +367,66 @@ impl Plan {
             e2ee,
             size,
             first_contact,
+            group_ordinal,
         }
+    }
+
+    /// The groups' senders (their creators and admins).
+    pub fn group_admins(&self) -> &[String] {
+        &self.group_admins
+    }
+
+    /// Copies each group message makes (its members besides the sender).
+    pub fn members_per_group(&self) -> u32 {
+        self.members_per_group
+    }
+
+    /// The recipients of group `g`: contacts, consecutive round the list.
+    pub fn group_members(&self, g: u32) -> Vec<String> {
+        let contacts = self.contacts.max(1);
+        (0..self.members_per_group)
+            .map(|j| {
+                let i = (u64::from(g) * u64::from(self.members_per_group) + u64::from(j))
+                    % u64::from(contacts);
+                self.recipients[i as usize].clone()
+            })
+            .collect()
+    }
+
+    /// Records the gateway's ids of the groups, in order (set-up does).
+    pub fn set_group_ids(&self, ids: Vec<String>) {
+        self.group_ids.set(ids).ok();
+    }
+
+    /// Group messages among the first `total` sequence numbers, at most.
+    pub fn group_messages_upper_bound(&self, total: u64) -> u64 {
+        total * self.group_ppm / PPM + 1
+    }
+
+    /// The copy slot of a group message's copy delivered to `member`:
+    /// `ordinal * members_per_group + j` where `member` is the group's
+    /// `j`-th; `None` if `member` is not one of its members.
+    pub fn copy_slot(&self, ordinal: u64, member: &str) -> Option<u64> {
+        let groups = self.group_admins.len() as u64;
+        if groups == 0 {
+            return None;
+        }
+        let g = ordinal % groups;
+        let r = u64::from(*self.recipient_index.get(member)?);
+        let contacts = u64::from(self.contacts.max(1));
+        let m = u64::from(self.members_per_group);
+        if r >= contacts {
+            return None;
+        }
+        let j = (r + contacts - (g * m) % contacts) % contacts;
+        (j < m).then_some(ordinal * m + j)
     }
 
     pub fn sender_address(&self, from: Origin) -> &str {
         match from {
             Origin::Normal(i) => &self.senders[i as usize],
             Origin::Spammer(i) => &self.spammers[i as usize],
+            Origin::GroupAdmin(i) => &self.group_admins[i as usize],
         }
     }
 
@@ -363,6 +457,10 @@ impl Plan {
         }
         if fanout_spam {
             env.sender_account_created_at_ms = interop_proto::now_ms() - 86_400_000;
+        }
+        if let (Origin::GroupAdmin(g), Some(ids)) = (planned.from, self.group_ids.get()) {
+            env.to.clear();
+            env.group_id = ids.get(g as usize).cloned().unwrap_or_default();
         }
         env
     }
@@ -475,6 +573,7 @@ mod tests {
                     spam += 1;
                     per_spammer[i as usize] += 1;
                 }
+                Origin::GroupAdmin(_) => unreachable!("no groups"),
             }
             if p.e2ee {
                 e2ee += 1;
@@ -510,7 +609,54 @@ mod tests {
             e2ee: false,
             size: 0,
             first_contact: false,
+            group_ordinal: None,
         }));
+    }
+
+    #[test]
+    fn group_messages_are_spread_evenly_and_each_member_has_its_own_copy_slot() {
+        let s = scenario(
+            "[users]\nrecipients = 10\ngroups = 3\nmembers_per_group = 4\n[mix]\ngroup_share = 0.2",
+        );
+        let plan = Plan::new(&s, RunId(3));
+        assert_eq!(plan.group_admins().len(), 3);
+        assert_eq!(plan.group_admins()[1], "signal:lt-000003-g1");
+        plan.set_group_ids(vec!["g-a".into(), "g-b".into(), "g-c".into()]);
+        let mut ordinals = Vec::new();
+        for seq in 0..10_000 {
+            let p = plan.at(seq);
+            let env = plan.envelope(seq, &p, 0);
+            match (p.from, p.group_ordinal) {
+                (Origin::GroupAdmin(g), Some(o)) => {
+                    assert_eq!(u64::from(g), o % 3);
+                    assert!(env.to.is_empty());
+                    assert_eq!(env.group_id, ["g-a", "g-b", "g-c"][g as usize]);
+                    ordinals.push(o);
+                }
+                (Origin::Normal(_), None) => assert!(env.group_id.is_empty()),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Exactly a fifth, numbered 0, 1, 2, …
+        assert_eq!(ordinals, (0..2_000).collect::<Vec<_>>());
+        for o in [0u64, 1, 2, 7, 1_999] {
+            let g = (o % 3) as u32;
+            let members = plan.group_members(g);
+            assert_eq!(members.len(), 4);
+            let slots: Vec<u64> = members
+                .iter()
+                .map(|m| plan.copy_slot(o, m).unwrap())
+                .collect();
+            assert_eq!(slots, (o * 4..o * 4 + 4).collect::<Vec<_>>());
+            let outsider = plan
+                .contacts()
+                .iter()
+                .find(|c| !members.contains(c))
+                .unwrap();
+            assert_eq!(plan.copy_slot(o, outsider), None);
+            assert_eq!(plan.copy_slot(o, "home:+490"), None);
+        }
+        assert!(plan.group_messages_upper_bound(10_000) >= 2_000);
     }
 
     #[test]
@@ -539,6 +685,7 @@ mod tests {
                     firsts += u64::from(p.first_contact);
                     assert_eq!(env.sender_account_created_at_ms, 0);
                 }
+                Origin::GroupAdmin(_) => unreachable!("no groups"),
             }
         }
         let share = firsts as f64 / normal as f64;

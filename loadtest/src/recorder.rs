@@ -96,6 +96,7 @@ pub struct Stats {
     pub duplicate_receipts: u64,
     pub spam: SpamStats,
     pub first_contacts: FirstContactStats,
+    pub groups: GroupStats,
     /// Session or connection failures (each reconnected).
     pub connection_errors: u64,
 }
@@ -120,6 +121,15 @@ pub struct FirstContactStats {
     pub delivered: u64,
     /// Of `delivered`: filed as message requests (the usual for a first contact).
     pub as_requests: u64,
+}
+
+/// Messages to groups (`mix.group_share`) and their copies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GroupStats {
+    pub sent: u64,
+    pub accepted: u64,
+    /// Members' copies received (first time each).
+    pub copies_delivered: u64,
 }
 
 /// A short summary for the progress line.
@@ -176,8 +186,13 @@ impl Recorder {
         let seconds = (0..=second_of(schedule.end_us()))
             .map(|_| Second::default())
             .collect();
+        let copies = if plan.group_admins().is_empty() {
+            0
+        } else {
+            plan.group_messages_upper_bound(schedule.total()) * u64::from(plan.members_per_group())
+        };
         Self {
-            ledger: Ledger::new(schedule.total()),
+            ledger: Ledger::with_copies(schedule.total(), copies),
             schedule,
             plan,
             stats: Mutex::new(Stats {
@@ -197,6 +212,7 @@ impl Recorder {
                 duplicate_receipts: 0,
                 spam: SpamStats::default(),
                 first_contacts: FirstContactStats::default(),
+                groups: GroupStats::default(),
                 connection_errors: 0,
             }),
         }
@@ -235,6 +251,7 @@ impl Recorder {
         s.sent += 1;
         s.spam.sent += u64::from(spam);
         s.first_contacts.sent += u64::from(planned.first_contact);
+        s.groups.sent += u64::from(planned.group_ordinal.is_some());
         s.second(now_us).sent += 1;
     }
 
@@ -253,6 +270,7 @@ impl Recorder {
                 s.second(now_us).accepted += 1;
                 s.spam.accepted += u64::from(spam);
                 s.first_contacts.accepted += u64::from(planned.first_contact);
+                s.groups.accepted += u64::from(planned.group_ordinal.is_some());
                 if measured {
                     s.accept.saturating_record(now_us.saturating_sub(intended));
                 }
@@ -279,6 +297,12 @@ impl Recorder {
         let mut duplicates = 0;
         for (i, &(seq, sent_us)) in batch.iter().enumerate() {
             let as_request = requests.get(i).copied().unwrap_or(false);
+            if seq < self.schedule.total() && self.plan.at(seq).group_ordinal.is_some() {
+                // Group messages arrive as copies (`delivered_copy`); one
+                // without its group is not what was sent.
+                s.foreign += 1;
+                continue;
+            }
             match self.ledger.deliver(seq) {
                 Mark::OutOfRange => {
                     s.foreign += 1;
@@ -303,27 +327,70 @@ impl Recorder {
             if self.plan.has_receipts(&planned) {
                 s.tracked_delivered += 1;
             }
-            for (i, step) in self.schedule.steps().enumerate() {
-                if now_us >= step.start_us && now_us < step.end_us() {
-                    s.steps[i].delivered_in_window += 1;
-                }
-            }
-            let Some(step) = self.schedule.step_of(seq) else {
-                continue;
-            };
-            // In range: step_of found it.
-            let intended = self.schedule.offset_us(seq).unwrap_or(now_us);
-            let corrected = now_us.saturating_sub(intended);
-            s.corrected.saturating_record(corrected);
-            s.uncorrected
-                .saturating_record(now_us.saturating_sub(sent_us));
-            s.steps[step].latency.saturating_record(corrected);
-            s.second(intended)
-                .latency
-                .get_or_insert_with(second_histogram)
-                .saturating_record(corrected);
+            self.count_in_window(&mut s, now_us);
+            self.record_latency(&mut s, seq, sent_us, now_us);
         }
         duplicates
+    }
+
+    fn count_in_window(&self, s: &mut Stats, now_us: u64) {
+        for (i, step) in self.schedule.steps().enumerate() {
+            if now_us >= step.start_us && now_us < step.end_us() {
+                s.steps[i].delivered_in_window += 1;
+            }
+        }
+    }
+
+    fn record_latency(&self, s: &mut Stats, seq: u64, sent_us: u64, now_us: u64) {
+        let Some(step) = self.schedule.step_of(seq) else {
+            return;
+        };
+        // In range: step_of found it.
+        let intended = self.schedule.offset_us(seq).unwrap_or(now_us);
+        let corrected = now_us.saturating_sub(intended);
+        s.corrected.saturating_record(corrected);
+        s.uncorrected
+            .saturating_record(now_us.saturating_sub(sent_us));
+        s.steps[step].latency.saturating_record(corrected);
+        s.second(intended)
+            .latency
+            .get_or_insert_with(second_histogram)
+            .saturating_record(corrected);
+    }
+
+    /// A member's session received its copy of group message `seq` (sent
+    /// at `sent_us`) at `now_us`. Latency is recorded per copy; the message
+    /// counts as delivered (once) when its last member has its copy.
+    /// Returns whether the copy was a duplicate.
+    pub fn delivered_copy(&self, seq: u64, sent_us: u64, member: &str, now_us: u64) -> bool {
+        let planned = self.plan.at(seq);
+        let mut s = self.lock();
+        let slot = planned
+            .group_ordinal
+            .filter(|_| seq < self.schedule.total())
+            .and_then(|o| self.plan.copy_slot(o, member));
+        let (Some(ordinal), Some(slot)) = (planned.group_ordinal, slot) else {
+            s.foreign += 1;
+            return false;
+        };
+        match self.ledger.deliver_copy(slot) {
+            Mark::New => {}
+            Mark::Duplicate => return true,
+            Mark::OutOfRange => {
+                s.foreign += 1;
+                return false;
+            }
+        }
+        s.groups.copies_delivered += 1;
+        self.record_latency(&mut s, seq, sent_us, now_us);
+        let m = u64::from(self.plan.members_per_group());
+        if self.ledger.copies_in(ordinal * m, m) == m
+            && self.ledger.delivered.mark(seq) == Mark::New
+        {
+            s.second(now_us).delivered += 1;
+            self.count_in_window(&mut s, now_us);
+        }
+        false
     }
 
     /// A sender's session received a receipt about `seq` at `now_us`.

@@ -191,6 +191,8 @@ pub struct Report {
     /// Share of accepted spam that reached a recipient (inbox or requests).
     pub spam_reached_share: Option<f64>,
     pub first_contacts: FirstContactReport,
+    /// Messages to groups and their members' copies.
+    pub groups: GroupReport,
     pub steps: Vec<StepReport>,
     /// Stepped runs: the highest healthy rate before the first unhealthy step.
     pub knee_msgs_per_s: Option<f64>,
@@ -220,6 +222,22 @@ pub struct FirstContactReport {
     /// Accepted and not delivered (not counted as lost).
     pub held: u64,
     pub held_share: Option<f64>,
+}
+
+/// Group messages (`mix.group_share`): each is expected once at each of its
+/// `members_per_group` members. A group message missing a copy after the
+/// drain is in `lost` (and its missing copies in `copies_lost`); a copy
+/// received twice is in `duplicates`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GroupReport {
+    pub groups: u32,
+    pub members_per_group: u32,
+    pub sent: u64,
+    pub accepted: u64,
+    /// `accepted` × `members_per_group`.
+    pub copies_expected: u64,
+    pub copies_delivered: u64,
+    pub copies_lost: u64,
 }
 
 /// What the runner knows beyond the recorder.
@@ -409,6 +427,24 @@ impl Report {
                 held_share: (fc.accepted > 0)
                     .then(|| round4(first_contacts_held as f64 / fc.accepted as f64)),
             },
+            groups: {
+                let g = stats.groups;
+                let members = if g.sent > 0 { u.members_per_group } else { 0 };
+                let expected = g.accepted * u64::from(members);
+                GroupReport {
+                    groups: if scenario.file.mix.group_share > 0.0 {
+                        u.groups
+                    } else {
+                        0
+                    },
+                    members_per_group: members,
+                    sent: g.sent,
+                    accepted: g.accepted,
+                    copies_expected: expected,
+                    copies_delivered: g.copies_delivered,
+                    copies_lost: expected.saturating_sub(g.copies_delivered),
+                }
+            },
             knee_msgs_per_s: if scenario.is_stepped() {
                 knee(&steps)
             } else {
@@ -450,6 +486,12 @@ impl Report {
         }
         if self.duplicates > 0 {
             w.push(format!("{} duplicate deliveries.", self.duplicates));
+        }
+        if self.groups.copies_lost > 0 {
+            w.push(format!(
+                "{} copies of group messages did not reach their member.",
+                self.groups.copies_lost
+            ));
         }
         if let Some(n) = self.rejected.get("RATE_LIMITED") {
             w.push(format!(
@@ -574,6 +616,20 @@ impl Report {
                 self.spam_held,
                 self.spam.reached_inboxes,
                 self.spam.reached_requests
+            );
+        }
+        if self.groups.sent > 0 {
+            let g = &self.groups;
+            wln!(
+                o,
+                "  groups: {} messages sent to {} groups of {} members, {} accepted; copies {} expected, {} delivered, {} lost",
+                g.sent,
+                g.groups,
+                g.members_per_group,
+                g.accepted,
+                g.copies_expected,
+                g.copies_delivered,
+                g.copies_lost
             );
         }
         if self.first_contacts.sent > 0 {

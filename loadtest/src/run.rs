@@ -21,7 +21,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use interop_client::{
-    ClientError, ConsentOutcome, Delivered, Receiver, RequestOutcome, SendOutcome, Sender,
+    ClientError, ConsentOutcome, Delivered, GroupOutcome, Receiver, RequestOutcome, SendOutcome,
+    Sender,
 };
 use interop_proto::v1::{envelope, Inbox, ReceiptStatus, RejectCode, RequestAction};
 
@@ -70,6 +71,8 @@ pub enum RunError {
     },
     #[error("the gateway refused to opt a recipient in: {0}")]
     Consent(String),
+    #[error("the gateway refused to create a group: {0}")]
+    Group(String),
 }
 
 /// Sends on one ingest connection may be outstanding at most this many;
@@ -119,6 +122,7 @@ impl Sink for Dispatch {
         let lane = match self.plan.at(job.seq).from {
             crate::plan::Origin::Normal(i) => i as usize,
             crate::plan::Origin::Spammer(i) => i as usize + 7,
+            crate::plan::Origin::GroupAdmin(i) => i as usize + 3,
         } % self.lanes.len();
         self.lanes[lane].send(job).await.is_ok()
     }
@@ -205,6 +209,8 @@ async fn connection(
 /// Reads a delivered envelope into the recorder's terms.
 enum Seen {
     Message(u64, u64),
+    /// A group message's copy: sequence number, actual send time.
+    Copy(u64, u64),
     Receipt(u64, ReceiptKind),
     Foreign,
 }
@@ -227,6 +233,7 @@ fn classify(run: RunId, d: &Delivered) -> Seen {
         };
     }
     match parse_client_message_id(&env.client_message_id) {
+        Some(tag) if tag.run == run && !env.group_id.is_empty() => Seen::Copy(tag.seq, tag.sent_us),
         Some(tag) if tag.run == run => Seen::Message(tag.seq, tag.sent_us),
         _ => Seen::Foreign,
     }
@@ -309,6 +316,10 @@ async fn session(
                     recorder.receipt(seq, kind, now);
                     continue;
                 }
+                Seen::Copy(seq, sent_us) => {
+                    recorder.delivered_copy(seq, sent_us, &d.envelope.to, now);
+                    continue;
+                }
                 Seen::Foreign => (u64::MAX, 0),
             };
             messages.push(message);
@@ -365,12 +376,15 @@ async fn opt_in(scenario: &Scenario, plan: &Plan, target: &Target) -> Result<(),
             }
         }
     }
-    // The contacts accept every normal sender (they talk already); the
-    // strangers accept nobody, so first contacts and spam are requests.
-    let pairs = plan
-        .contacts()
-        .iter()
-        .flat_map(|r| plan.senders().iter().map(move |s| (r, s)));
+    // The contacts accept every normal sender and group sender (they talk
+    // already); the strangers accept nobody, so first contacts and spam
+    // are requests.
+    let pairs = plan.contacts().iter().flat_map(|r| {
+        plan.senders()
+            .iter()
+            .chain(plan.group_admins())
+            .map(move |s| (r, s))
+    });
     let mut answers = futures_util::stream::iter(pairs)
         .map(|(r, s)| home.respond_to_request(r, s, RequestAction::Accept))
         .buffer_unordered(256);
@@ -389,6 +403,30 @@ async fn opt_in(scenario: &Scenario, plan: &Plan, target: &Target) -> Result<(),
             }
         }
     }
+    Ok(())
+}
+
+/// Creates the groups (each by its sender, with its members) and records
+/// their ids in the plan.
+async fn create_groups(plan: &Plan, ingest: &Sender) -> Result<(), RunError> {
+    let mut ids = Vec::with_capacity(plan.group_admins().len());
+    for (g, admin) in plan.group_admins().iter().enumerate() {
+        let members = plan.group_members(g as u32);
+        match ingest.create_group(admin, &members).await {
+            Ok(GroupOutcome::Updated(group)) => ids.push(group.group_id),
+            Ok(GroupOutcome::Rejected(r)) => {
+                let code = RejectCode::try_from(r.code).unwrap_or(RejectCode::Unspecified);
+                return Err(RunError::Group(code.as_str_name().to_owned()));
+            }
+            Err(source) => {
+                return Err(RunError::Connect {
+                    what: "the groups' ingest connection",
+                    source,
+                })
+            }
+        }
+    }
+    plan.set_group_ids(ids);
     Ok(())
 }
 
@@ -544,6 +582,9 @@ pub async fn run_observed(
                     source,
                 })?,
         );
+    }
+    if let (false, Some(first)) = (plan.group_admins().is_empty(), senders.first()) {
+        create_groups(&plan, first).await?;
     }
 
     // Start shortly after now, so every task is waiting when it begins.

@@ -161,8 +161,8 @@ pub struct MixSection {
     /// Declared but not sent: the load generator does not upload media yet
     /// (the gateway takes it; issue 9).
     pub media_share: f64,
-    /// Declared but not sent: the load generator does not create groups yet
-    /// (the gateway has them; issue 9).
+    /// Share of normal messages sent to a group (`users.groups`, required
+    /// when above 0); each member's copy is expected exactly once.
     pub group_share: f64,
     /// Sizes of the media blobs (E2EE, so nothing is transcoded), checked
     /// when `media_share` is above 0.
@@ -318,6 +318,13 @@ pub enum ScenarioError {
          the spam limit of {limit}: raise spammers.share or lower spammers.count"
     )]
     SpammersUnderLimit { per_min: f64, limit: u32 },
+    #[error(
+        "each group's sender would send {per_min:.0} messages per minute at the highest rate, \
+         over the spam limit of {limit}: use more users.groups or a lower mix.group_share"
+    )]
+    GroupSendersOverLimit { per_min: f64, limit: u32 },
+    #[error("the scenario plans {planned} group copies, more than {max}")]
+    TooManyCopies { planned: u64, max: u64 },
     #[error("the scenario plans {planned} messages, more than {max}")]
     TooManyMessages { planned: u64, max: u64 },
     #[error("{sessions} sessions (recipients + strangers + receipt sessions) are more than {max}")]
@@ -573,6 +580,25 @@ impl Scenario {
             }
             u.senders
         };
+        if m.group_share > 0.0 {
+            // Each group's sender sends its share of the group messages;
+            // one message of margin for the minute boundary, as above.
+            let per_min = normal_per_min * m.group_share / f64::from(u.groups);
+            if per_min + 1.0 > f64::from(u.spam_limit_per_min) {
+                return Err(GroupSendersOverLimit {
+                    per_min,
+                    limit: u.spam_limit_per_min,
+                });
+            }
+            let copies = (schedule.total() as f64 * m.group_share).ceil() as u64
+                * u64::from(u.members_per_group);
+            if copies > MAX_MESSAGES {
+                return Err(TooManyCopies {
+                    planned: copies,
+                    max: MAX_MESSAGES,
+                });
+            }
+        }
         let receipt_senders = (f64::from(senders) * m.receipt_share).ceil() as u32;
         let sessions = u
             .recipients
@@ -604,13 +630,7 @@ impl Scenario {
                     "the load generator does not upload media yet (issue 9); these messages are not sent",
             });
         }
-        if m.group_share > 0.0 {
-            unsupported.push(Unsupported {
-                feature: "groups",
-                share: m.group_share,
-                reason: "the load generator does not create groups yet (issue 9); these messages are not sent",
-            });
-        }
+
         Ok(Self {
             file,
             schedule,
@@ -807,12 +827,12 @@ mod tests {
             }
         ));
         let s = Scenario::from_toml(&format!(
-            "{SMOKE}\n[users]\ngroups = 2\n[mix]\nmedia_share = 0.2\ngroup_share = 0.1"
+            "{SMOKE}\n[users]\ngroups = 4\n[mix]\nmedia_share = 0.2\ngroup_share = 0.1"
         ))
         .unwrap();
         assert_eq!(
             s.unsupported.iter().map(|u| u.feature).collect::<Vec<_>>(),
-            ["media", "groups"]
+            ["media"]
         );
     }
 
@@ -887,7 +907,7 @@ mod tests {
         ));
         // 255 recipients and the group's sender: the gateway's 256 members.
         Scenario::from_toml(&groups(&format!(
-            "groups = 1\nmembers_per_group = {MAX_MEMBERS_PER_GROUP}"
+            "groups = 3\nmembers_per_group = {MAX_MEMBERS_PER_GROUP}"
         )))
         .unwrap();
         for bad in [0, MAX_MEMBERS_PER_GROUP + 1] {
@@ -900,6 +920,22 @@ mod tests {
                 }
             ));
         }
+        // 200/s, 10% to 3 groups: 400 per group sender and minute; to 1: 1,200.
+        Scenario::from_toml(&groups("groups = 3")).unwrap();
+        assert!(matches!(
+            err(&groups("groups = 1")),
+            ScenarioError::GroupSendersOverLimit { limit: 600, .. }
+        ));
+        // The copies' ledger is bounded like the messages'.
+        let huge = "name='h'\n[rate]\nmsgs_per_s=10000\nduration_s=1000\n[users]\nrecipients=300\ngroups=1000\nmembers_per_group=255\n[mix]\ngroup_share=0.5";
+        assert!(matches!(
+            err(huge),
+            ScenarioError::TooManyCopies {
+                max: MAX_MESSAGES,
+                ..
+            }
+        ));
+        Scenario::from_toml(&huge.replace("255", "30")).unwrap();
         // No more members than recipients.
         let few = format!("{SMOKE}\n[users]\nrecipients = 5\ngroups = 2\nmembers_per_group = 6\n[mix]\ngroup_share = 0.1");
         assert!(matches!(

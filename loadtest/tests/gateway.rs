@@ -251,3 +251,62 @@ async fn fan_out_spam_to_strangers_is_held_and_first_contacts_are_requests() {
     assert_eq!(report.lost, 0);
     cluster.gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_reach_every_member_once_and_are_counted_per_copy() {
+    let cluster = Cluster::start().await;
+    let scenario = Scenario::from_toml(
+        r#"
+        name = "groups"
+        [rate]
+        msgs_per_s = 100
+        duration_s = 2
+        warmup_s = 0.5
+        drain_s = 20
+        [users]
+        recipients = 6
+        groups = 3
+        members_per_group = 4
+        [mix]
+        group_share = 0.2
+        receipt_share = 0.2
+        "#,
+    )
+    .unwrap();
+    let finished = tokio::time::timeout(
+        Duration::from_secs(90),
+        run::run(
+            &scenario,
+            &target(&cluster.gateway),
+            Progress::Off,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let report = finished.report(&scenario, None);
+    eprintln!("{}", report.to_table());
+    let g = &report.groups;
+    // A fifth of 250 messages, 4 copies each.
+    assert_eq!((g.groups, g.members_per_group), (3, 4));
+    assert_eq!(g.sent, 50);
+    assert_eq!(g.accepted, 50);
+    assert_eq!(g.copies_expected, 200);
+    assert_eq!(g.copies_delivered, 200, "{g:?}");
+    assert_eq!(g.copies_lost, 0);
+    assert_eq!(report.sent, 250);
+    assert_eq!(report.accepted, 250);
+    assert_eq!(report.lost, 0, "lost: {:?}", report.lost_sample);
+    assert_eq!(report.duplicates, 0);
+    assert_eq!(report.delivered, report.accepted);
+    assert_eq!(report.generator.foreign_deliveries, 0);
+    assert!(report.generator.drained);
+    // Latency per copy: 160 measured one-to-one messages and 40 × 4 copies.
+    assert_eq!(report.latency_ms.count, 160 + 40 * 4);
+    let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(v["groups"]["copies_delivered"], 200);
+    assert!(html::render(&report).contains("<h2>Groups</h2>"));
+    cluster.gateway.stop().await;
+}
