@@ -765,6 +765,21 @@ pub fn render(r: &Report) -> String {
         }
         o.push_str("</tbody></table>");
     }
+    if r.media.sent > 0 {
+        let m = &r.media;
+        o.push_str("<h2>Media</h2><table><tbody>");
+        for (name, n) in [
+            ("messages sent", m.sent),
+            ("accepted", m.accepted),
+            ("blobs uploaded at set-up", m.pool_blobs),
+            ("bytes uploaded", m.pool_bytes),
+            ("downloads", m.downloads),
+            ("download errors", m.download_errors),
+        ] {
+            w!(o, "<tr><th>{name}</th><td>{}</td></tr>", fmt_num(n as f64));
+        }
+        o.push_str("</tbody></table>");
+    }
     if r.groups.sent > 0 {
         let g = &r.groups;
         w!(
@@ -825,6 +840,12 @@ pub fn render(r: &Report) -> String {
         "intended send → DELIVERED receipt",
         &r.receipt_latency_ms,
     );
+    if r.media.upload_ms.count > 0 {
+        latency_row(&mut o, "media upload (set-up)", &r.media.upload_ms);
+    }
+    if r.media.download_ms.count > 0 {
+        latency_row(&mut o, "media download (recipient)", &r.media.download_ms);
+    }
     o.push_str("</tbody></table>");
     o.push_str("<h2>How to read this</h2><p>Latency is measured from when each message was <i>meant</i> to be sent by the open-loop schedule, so a stall anywhere (gateway or load generator) shows up in every message it delayed. The dashed grey curve is what a naive tester that timestamps the actual send would report. Lost means accepted by the gateway but neither delivered nor refused with a receipt within the drain period; duplicates are counted before any de-duplication.</p>");
     // Serializing the scenario (plain data) cannot fail.

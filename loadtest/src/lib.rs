@@ -31,6 +31,7 @@ pub mod cpu;
 pub mod delivery_bench;
 pub mod html;
 pub mod ledger;
+pub mod media;
 pub mod plan;
 pub mod recorder;
 pub mod report;

@@ -207,6 +207,9 @@ struct RunArgs {
     ingest_url: Option<String>,
     #[arg(long, env = "INTEROP_DELIVERY_URL")]
     delivery_url: Option<String>,
+    /// The media API, `http://host:port` (for mix.media_share).
+    #[arg(long, env = "INTEROP_MEDIA_URL")]
+    media_url: Option<String>,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -249,6 +252,7 @@ fn target(args: &RunArgs, scenario: &Scenario) -> anyhow::Result<Target> {
             .clone()
             .or(file.delivery_url)
             .context("no delivery URL: pass --delivery-url or run scripts/up")?,
+        media_url: args.media_url.clone().or(file.media_url),
         tokens,
     })
 }

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 
-use interop_proto::v1::{envelope, Ciphertext, Encryption, Envelope, Text};
+use interop_proto::v1::{envelope, Ciphertext, Encryption, Envelope, Media, Text};
 use interop_proto::HOME_PROVIDER;
 
 use crate::scenario::{Scenario, SizeWeight};
@@ -65,6 +65,9 @@ pub struct Planned {
     /// A group message: its ordinal among the run's group messages (the
     /// group is `ordinal % groups`; each member's copy has its own slot).
     pub group_ordinal: Option<u64>,
+    /// A media message: the index into `mix.media_sizes`, and a draw that
+    /// picks one of that size's pre-uploaded blobs.
+    pub media: Option<(usize, u64)>,
 }
 
 /// The parsed client message id of one of our messages.
@@ -157,6 +160,10 @@ pub struct Plan {
     group_ppm: u64,
     /// The gateway's group ids, set once the groups are created.
     group_ids: std::sync::OnceLock<Vec<String>>,
+    media_ppm: u64,
+    media_sizes: Sizes,
+    /// The pre-uploaded blobs of each media size, set at set-up.
+    media_pool: std::sync::OnceLock<Vec<Vec<crate::media::Uploaded>>>,
     /// Recipient address → index in `recipients`.
     recipient_index: std::collections::HashMap<String, u32>,
 }
@@ -243,6 +250,9 @@ impl Plan {
                 0
             },
             group_ids: std::sync::OnceLock::new(),
+            media_ppm: (m.media_share * PPM as f64).round() as u64,
+            media_sizes: Sizes::new(&m.media_sizes),
+            media_pool: std::sync::OnceLock::new(),
             recipient_index: recipients
                 .iter()
                 .enumerate()
@@ -361,6 +371,13 @@ impl Plan {
         } else {
             self.text_sizes.pick(size_draw)
         };
+        // Media: normal and group messages (first contacts and spam keep
+        // their own content), by a draw of their own.
+        let h3 = mix64(h2);
+        let media = (!first_contact
+            && !matches!(from, Origin::Spammer(_))
+            && ((h3 & 0xF_FFFF) * PPM) >> 20 < self.media_ppm)
+            .then(|| (self.media_sizes.pick(h3 >> 20), h3 >> 40));
         Planned {
             from,
             to,
@@ -368,7 +385,35 @@ impl Plan {
             size,
             first_contact,
             group_ordinal,
+            media,
         }
+    }
+
+    /// Media sizes with a weight (the others are never picked), as
+    /// `(index into mix.media_sizes, bytes)`.
+    pub fn media_sizes_used(&self, sizes: &[crate::scenario::SizeWeight]) -> Vec<(usize, u32)> {
+        if self.media_ppm == 0 {
+            return Vec::new();
+        }
+        sizes
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.weight > 0)
+            .map(|(i, s)| (i, s.bytes))
+            .collect()
+    }
+
+    /// Records the pre-uploaded blobs, per index of `mix.media_sizes`
+    /// (set-up does; a size never picked may have none).
+    pub fn set_media_pool(&self, pool: Vec<Vec<crate::media::Uploaded>>) {
+        self.media_pool.set(pool).ok();
+    }
+
+    /// The blob a media message refers to.
+    pub fn media_of(&self, planned: &Planned) -> Option<&crate::media::Uploaded> {
+        let (size, draw) = planned.media?;
+        let blobs = self.media_pool.get()?.get(size)?;
+        (!blobs.is_empty()).then(|| &blobs[(draw % blobs.len() as u64) as usize])
     }
 
     /// The groups' senders (their creators and admins).
@@ -457,6 +502,16 @@ impl Plan {
         }
         if fanout_spam {
             env.sender_account_created_at_ms = interop_proto::now_ms() - 86_400_000;
+        }
+        if let Some(m) = self.media_of(planned) {
+            env.encryption = Encryption::E2ee as i32;
+            env.content = Some(envelope::Content::Media(Media {
+                media_id: m.media_id.clone(),
+                content_type: crate::media::CONTENT_TYPE.into(),
+                size: m.size,
+                sha256: m.sha256.clone(),
+                ..Default::default()
+            }));
         }
         if let (Origin::GroupAdmin(g), Some(ids)) = (planned.from, self.group_ids.get()) {
             env.to.clear();
@@ -610,6 +665,7 @@ mod tests {
             size: 0,
             first_contact: false,
             group_ordinal: None,
+            media: None,
         }));
     }
 

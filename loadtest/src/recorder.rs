@@ -97,6 +97,11 @@ pub struct Stats {
     pub spam: SpamStats,
     pub first_contacts: FirstContactStats,
     pub groups: GroupStats,
+    pub media: MediaStats,
+    /// Set-up's uploads of the media pool, each.
+    pub media_upload: Histogram<u64>,
+    /// Recipients' downloads of delivered media (`mix.fetch_media`), each.
+    pub media_download: Histogram<u64>,
     /// Session or connection failures (each reconnected).
     pub connection_errors: u64,
 }
@@ -130,6 +135,19 @@ pub struct GroupStats {
     pub accepted: u64,
     /// Members' copies received (first time each).
     pub copies_delivered: u64,
+}
+
+/// Media messages (`mix.media_share`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MediaStats {
+    pub sent: u64,
+    pub accepted: u64,
+    /// Blobs uploaded at set-up, and their bytes.
+    pub pool_blobs: u64,
+    pub pool_bytes: u64,
+    /// Downloads by recipients that succeeded, and that failed.
+    pub downloads: u64,
+    pub download_errors: u64,
 }
 
 /// A short summary for the progress line.
@@ -213,6 +231,9 @@ impl Recorder {
                 spam: SpamStats::default(),
                 first_contacts: FirstContactStats::default(),
                 groups: GroupStats::default(),
+                media: MediaStats::default(),
+                media_upload: latency_histogram(),
+                media_download: latency_histogram(),
                 connection_errors: 0,
             }),
         }
@@ -252,6 +273,7 @@ impl Recorder {
         s.spam.sent += u64::from(spam);
         s.first_contacts.sent += u64::from(planned.first_contact);
         s.groups.sent += u64::from(planned.group_ordinal.is_some());
+        s.media.sent += u64::from(planned.media.is_some());
         s.second(now_us).sent += 1;
     }
 
@@ -271,6 +293,7 @@ impl Recorder {
                 s.spam.accepted += u64::from(spam);
                 s.first_contacts.accepted += u64::from(planned.first_contact);
                 s.groups.accepted += u64::from(planned.group_ordinal.is_some());
+                s.media.accepted += u64::from(planned.media.is_some());
                 if measured {
                     s.accept.saturating_record(now_us.saturating_sub(intended));
                 }
@@ -428,6 +451,26 @@ impl Recorder {
     pub fn pending_receipts(&self) -> u64 {
         let s = self.lock();
         s.tracked_delivered.saturating_sub(s.receipts_delivered)
+    }
+
+    /// Set-up uploaded a blob of `bytes` in `took_us`.
+    pub fn media_uploaded(&self, bytes: u64, took_us: u64) {
+        let mut s = self.lock();
+        s.media.pool_blobs += 1;
+        s.media.pool_bytes += bytes;
+        s.media_upload.saturating_record(took_us);
+    }
+
+    /// A recipient downloaded a delivered blob in `took_us` (`None`: failed).
+    pub fn media_downloaded(&self, took_us: Option<u64>) {
+        let mut s = self.lock();
+        match took_us {
+            Some(us) => {
+                s.media.downloads += 1;
+                s.media_download.saturating_record(us);
+            }
+            None => s.media.download_errors += 1,
+        }
     }
 
     /// A connection or session failed (and is being re-opened).

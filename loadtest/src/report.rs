@@ -193,6 +193,8 @@ pub struct Report {
     pub first_contacts: FirstContactReport,
     /// Messages to groups and their members' copies.
     pub groups: GroupReport,
+    /// Media messages, the pool uploaded at set-up, recipients' downloads.
+    pub media: MediaReport,
     pub steps: Vec<StepReport>,
     /// Stepped runs: the highest healthy rate before the first unhealthy step.
     pub knee_msgs_per_s: Option<f64>,
@@ -238,6 +240,24 @@ pub struct GroupReport {
     pub copies_expected: u64,
     pub copies_delivered: u64,
     pub copies_lost: u64,
+}
+
+/// Media messages (`mix.media_share`): E2EE blobs uploaded at set-up (a
+/// pool, so uploads stay off the send schedule; `upload_ms` is each
+/// upload's time) and referred to by the messages; with `mix.fetch_media`
+/// recipients download each delivered blob (`download_ms`, each download).
+/// Media messages are delivered, lost and duplicated like any other.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MediaReport {
+    pub sent: u64,
+    pub accepted: u64,
+    pub pool_blobs: u64,
+    pub pool_bytes: u64,
+    pub upload_ms: Latency,
+    pub fetch_media: bool,
+    pub downloads: u64,
+    pub download_errors: u64,
+    pub download_ms: Latency,
 }
 
 /// What the runner knows beyond the recorder.
@@ -445,6 +465,17 @@ impl Report {
                     copies_lost: expected.saturating_sub(g.copies_delivered),
                 }
             },
+            media: MediaReport {
+                sent: stats.media.sent,
+                accepted: stats.media.accepted,
+                pool_blobs: stats.media.pool_blobs,
+                pool_bytes: stats.media.pool_bytes,
+                upload_ms: Latency::of(&stats.media_upload),
+                fetch_media: scenario.file.mix.fetch_media && scenario.file.mix.media_share > 0.0,
+                downloads: stats.media.downloads,
+                download_errors: stats.media.download_errors,
+                download_ms: Latency::of(&stats.media_download),
+            },
             knee_msgs_per_s: if scenario.is_stepped() {
                 knee(&steps)
             } else {
@@ -486,6 +517,12 @@ impl Report {
         }
         if self.duplicates > 0 {
             w.push(format!("{} duplicate deliveries.", self.duplicates));
+        }
+        if self.media.download_errors > 0 {
+            w.push(format!(
+                "{} downloads of delivered media failed.",
+                self.media.download_errors
+            ));
         }
         if self.groups.copies_lost > 0 {
             w.push(format!(
@@ -632,6 +669,22 @@ impl Report {
                 g.copies_lost
             );
         }
+        if self.media.sent > 0 {
+            let m = &self.media;
+            wln!(
+                o,
+                "  media: {} messages sent, {} accepted; pool of {} blobs ({} bytes) uploaded at set-up{}",
+                m.sent,
+                m.accepted,
+                m.pool_blobs,
+                fmt_num(m.pool_bytes as f64),
+                if m.fetch_media {
+                    format!("; {} downloaded, {} download errors", m.downloads, m.download_errors)
+                } else {
+                    String::new()
+                }
+            );
+        }
         if self.first_contacts.sent > 0 {
             let fc = &self.first_contacts;
             wln!(
@@ -667,7 +720,12 @@ impl Report {
             ("  uncorrected", &self.latency_uncorrected_ms),
             ("to accepted", &self.accept_latency_ms),
             ("to receipt", &self.receipt_latency_ms),
-        ] {
+            ("media upload", &self.media.upload_ms),
+            ("media download", &self.media.download_ms),
+        ]
+        .into_iter()
+        .filter(|(name, l)| !name.starts_with("media") || l.count > 0)
+        {
             wln!(
                 o,
                 "  {name:<16}{:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9}",

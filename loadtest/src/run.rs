@@ -27,7 +27,7 @@ use interop_client::{
 use interop_proto::v1::{envelope, Inbox, ReceiptStatus, RejectCode, RequestAction};
 
 use crate::ceiling::CeilingReport;
-use crate::plan::{parse_client_message_id, Plan, RunId};
+use crate::plan::{mix64, parse_client_message_id, Plan, RunId};
 use crate::recorder::{Answer, ReceiptKind, Recorder};
 use crate::report::{Report, RunFacts, TargetInfo};
 use crate::scenario::Scenario;
@@ -38,6 +38,8 @@ use crate::schedule::{pace, Clock, Job, Sink};
 pub struct Target {
     pub ingest_url: String,
     pub delivery_url: String,
+    /// The media API (`http://…:8082`), for `mix.media_share`.
+    pub media_url: Option<String>,
     /// Provider id → token. Never logged.
     pub tokens: HashMap<String, String>,
 }
@@ -47,6 +49,7 @@ impl std::fmt::Debug for Target {
         f.debug_struct("Target")
             .field("ingest_url", &self.ingest_url)
             .field("delivery_url", &self.delivery_url)
+            .field("media_url", &self.media_url)
             .field("tokens", &self.tokens.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -73,6 +76,10 @@ pub enum RunError {
     Consent(String),
     #[error("the gateway refused to create a group: {0}")]
     Group(String),
+    #[error("no media URL (client config media_url, --media-url or INTEROP_MEDIA_URL) for mix.media_share")]
+    NoMediaUrl,
+    #[error("cannot upload the media pool: {0}")]
+    Media(#[from] crate::media::MediaError),
 }
 
 /// Sends on one ingest connection may be outstanding at most this many;
@@ -83,6 +90,11 @@ pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 4096;
 const ACK_BATCH: usize = 256;
 /// Sessions opened at once during set-up.
 const SETUP_CONCURRENCY: usize = 16;
+/// Distinct blobs uploaded at set-up per media size: media messages of a
+/// size take them in turn (the gateway allows sending one upload many times).
+pub const MEDIA_POOL_PER_SIZE: usize = 4;
+/// Media uploads at once during set-up, and downloads at once during the run.
+const MEDIA_CONCURRENCY: usize = 8;
 
 /// The outcome of [`run`], before the report is made.
 pub struct Finished {
@@ -239,6 +251,33 @@ fn classify(run: RunId, d: &Delivered) -> Seen {
     }
 }
 
+/// Downloads delivered media as the recipient (`mix.fetch_media`), a few
+/// at a time, off the session's reading loop.
+#[derive(Clone)]
+struct Fetcher {
+    url: String,
+    provider: String,
+    token: String,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Fetcher {
+    fn fetch(&self, recorder: &Arc<Recorder>, user: String, media_id: String) {
+        let (this, recorder) = (self.clone(), recorder.clone());
+        tokio::spawn(async move {
+            // The semaphore is never closed.
+            let Ok(_slot) = this.slots.acquire().await else {
+                return;
+            };
+            let start = std::time::Instant::now();
+            let got =
+                crate::media::download(&this.url, &this.provider, &this.token, &user, &media_id)
+                    .await;
+            recorder.media_downloaded(got.ok().map(|_| start.elapsed().as_micros() as u64));
+        });
+    }
+}
+
 /// Who a delivery session is for.
 #[derive(Clone)]
 struct SessionLogin {
@@ -247,6 +286,8 @@ struct SessionLogin {
     token: String,
     user: String,
     device: String,
+    /// Recipients' sessions download delivered media with it.
+    fetcher: Option<Fetcher>,
 }
 
 impl SessionLogin {
@@ -310,6 +351,11 @@ async fn session(
         tags.clear();
         for d in &batch {
             tags.push(d.delivery_tag);
+            if let (Some(f), Some(envelope::Content::Media(m))) =
+                (&login.fetcher, &d.envelope.content)
+            {
+                f.fetch(&recorder, d.envelope.to.clone(), m.media_id.clone());
+            }
             let message = match classify(run, d) {
                 Seen::Message(seq, sent_us) => (seq, sent_us),
                 Seen::Receipt(seq, kind) => {
@@ -404,6 +450,53 @@ async fn opt_in(scenario: &Scenario, plan: &Plan, target: &Target) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Uploads the media pool with the sender provider's credentials and
+/// records it in the plan; the uploads' times go to the report, apart from
+/// the send phase.
+async fn upload_media_pool(
+    scenario: &Scenario,
+    plan: &Plan,
+    url: &str,
+    provider: &str,
+    token: &str,
+    recorder: &Recorder,
+) -> Result<(), RunError> {
+    let sizes = plan.media_sizes_used(&scenario.file.mix.media_sizes);
+    let mut pool: Vec<Vec<crate::media::Uploaded>> =
+        vec![Vec::new(); scenario.file.mix.media_sizes.len()];
+    let jobs = sizes.iter().flat_map(|&(index, bytes)| {
+        (0..MEDIA_POOL_PER_SIZE).map(move |k| (index, bytes, k as u64))
+    });
+    let mut uploads = futures_util::stream::iter(jobs)
+        .map(|(index, bytes, k)| async move {
+            // Random-looking bytes, different for every blob of the run.
+            let seed = mix64(u64::from(plan.run.0) << 32 ^ (index as u64) << 8 ^ k);
+            let data = filler_media(bytes as usize, seed);
+            let start = std::time::Instant::now();
+            let up = crate::media::upload(url, provider, token, &data).await?;
+            Ok::<_, RunError>((index, up, start.elapsed().as_micros() as u64))
+        })
+        .buffer_unordered(MEDIA_CONCURRENCY);
+    while let Some(done) = uploads.next().await {
+        let (index, up, took_us) = done?;
+        recorder.media_uploaded(up.size, took_us);
+        pool[index].push(up);
+    }
+    plan.set_media_pool(pool);
+    Ok(())
+}
+
+fn filler_media(bytes: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes + 8);
+    let mut x = seed;
+    while out.len() < bytes {
+        x = mix64(x);
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(bytes);
+    out
 }
 
 /// Creates the groups (each by its sender, with its members) and records
@@ -550,17 +643,44 @@ pub async fn run_observed(
 
     // Set-up: consent, sessions, connections.
     opt_in(scenario, &plan, target).await?;
+    let media = &scenario.file.mix;
+    let media_url = if media.media_share > 0.0 {
+        Some(target.media_url.clone().ok_or(RunError::NoMediaUrl)?)
+    } else {
+        None
+    };
+    if let Some(url) = &media_url {
+        upload_media_pool(
+            scenario,
+            &plan,
+            url,
+            &u.sender_provider,
+            &sender_token,
+            &recorder,
+        )
+        .await?;
+    }
+    let fetcher = media_url.filter(|_| media.fetch_media).map(|url| Fetcher {
+        url,
+        provider: u.recipient_provider.clone(),
+        token: recipient_token.clone(),
+        slots: Arc::new(tokio::sync::Semaphore::new(MEDIA_CONCURRENCY)),
+    });
     let login = |provider: &str, token: &str, user: &str| SessionLogin {
         url: target.delivery_url.clone(),
         provider: provider.to_owned(),
         token: token.to_owned(),
         user: user.to_owned(),
         device: device.clone(),
+        fetcher: None,
     };
     let mut logins: Vec<SessionLogin> = plan
         .recipients()
         .iter()
-        .map(|r| login(&u.recipient_provider, &recipient_token, r))
+        .map(|r| SessionLogin {
+            fetcher: fetcher.clone(),
+            ..login(&u.recipient_provider, &recipient_token, r)
+        })
         .collect();
     logins.extend(
         plan.receipt_sessions()

@@ -158,8 +158,8 @@ pub struct MixSection {
     /// (`users.strangers`, required when above 0), with content unique to
     /// the message.
     pub first_contact_share: f64,
-    /// Declared but not sent: the load generator does not upload media yet
-    /// (the gateway takes it; issue 9).
+    /// Share of normal and group messages (not first contacts, not spam)
+    /// that carry media: an E2EE blob of `media_sizes`, uploaded at set-up.
     pub media_share: f64,
     /// Share of normal messages sent to a group (`users.groups`, required
     /// when above 0); each member's copy is expected exactly once.
@@ -621,16 +621,7 @@ impl Scenario {
         }
         check_share("knee.min_delivered_ratio", k.min_delivered_ratio)?;
 
-        let mut unsupported = Vec::new();
-        if m.media_share > 0.0 {
-            unsupported.push(Unsupported {
-                feature: "media",
-                share: m.media_share,
-                reason:
-                    "the load generator does not upload media yet (issue 9); these messages are not sent",
-            });
-        }
-
+        let unsupported = Vec::new();
         Ok(Self {
             file,
             schedule,
@@ -830,10 +821,7 @@ mod tests {
             "{SMOKE}\n[users]\ngroups = 4\n[mix]\nmedia_share = 0.2\ngroup_share = 0.1"
         ))
         .unwrap();
-        assert_eq!(
-            s.unsupported.iter().map(|u| u.feature).collect::<Vec<_>>(),
-            ["media"]
-        );
+        assert!(s.unsupported.is_empty());
     }
 
     #[test]

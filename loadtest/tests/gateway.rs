@@ -16,6 +16,7 @@ fn target(gateway: &Gateway) -> Target {
     Target {
         ingest_url: gateway.ingest_url.clone(),
         delivery_url: gateway.delivery_url.clone(),
+        media_url: Some(gateway.media_url.clone()),
         tokens: HashMap::from([
             ("home".to_owned(), HOME_TOKEN.to_owned()),
             ("signal".to_owned(), SIGNAL_TOKEN.to_owned()),
@@ -308,5 +309,73 @@ async fn group_messages_reach_every_member_once_and_are_counted_per_copy() {
     let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert_eq!(v["groups"]["copies_delivered"], 200);
     assert!(html::render(&report).contains("<h2>Groups</h2>"));
+    cluster.gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_and_group_messages_are_delivered_and_downloaded_and_counted() {
+    let cluster = Cluster::start().await;
+    let scenario = Scenario::from_toml(
+        r#"
+        name = "media"
+        [rate]
+        msgs_per_s = 100
+        duration_s = 2
+        warmup_s = 0.5
+        drain_s = 20
+        [users]
+        recipients = 6
+        groups = 3
+        members_per_group = 3
+        [mix]
+        media_share = 0.3
+        group_share = 0.2
+        fetch_media = true
+        media_sizes = [{ bytes = 1024, weight = 1 }, { bytes = 100000, weight = 1 }]
+        "#,
+    )
+    .unwrap();
+    let finished = tokio::time::timeout(
+        Duration::from_secs(90),
+        run::run(
+            &scenario,
+            &target(&cluster.gateway),
+            Progress::Off,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // Downloads run beside the sessions: give the last ones a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = finished.report(&scenario, None);
+    eprintln!("{}", report.to_table());
+    let m = &report.media;
+    assert!(report.unsupported.is_empty());
+    // 2 sizes × 4 blobs, uploaded before the run.
+    assert_eq!(m.pool_blobs, 8);
+    assert_eq!(m.pool_bytes, 4 * (1024 + 100_000));
+    assert_eq!(m.upload_ms.count, 8);
+    assert!(m.sent > 30, "{m:?}");
+    assert_eq!(m.accepted, m.sent);
+    assert_eq!(report.accepted, 250);
+    assert_eq!(report.lost, 0, "lost: {:?}", report.lost_sample);
+    assert_eq!(report.duplicates, 0);
+    assert_eq!(report.delivered, report.accepted);
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let g = &report.groups;
+    assert_eq!(g.copies_delivered, g.copies_expected);
+    assert_eq!(g.copies_expected, 50 * 3);
+    // Every delivered media message (every copy) was downloaded.
+    assert!(m.fetch_media);
+    assert_eq!(m.download_errors, 0);
+    assert!(m.downloads >= m.accepted, "{m:?}");
+    assert_eq!(m.download_ms.count, m.downloads);
+    let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(v["media"]["pool_blobs"], 8);
+    let page = html::render(&report);
+    assert!(page.contains("<h2>Media</h2>") && page.contains("media download"));
     cluster.gateway.stop().await;
 }

@@ -5,6 +5,7 @@
 //! ```toml
 //! ingest_url = "ws://127.0.0.1:8080/v1/ws"
 //! delivery_url = "ws://127.0.0.1:8081/v1/ws"
+//! media_url = "http://127.0.0.1:8082"
 //! [tokens]
 //! home = "<token>"
 //! signal = "<token>"
@@ -24,6 +25,8 @@ use serde::Deserialize;
 pub struct ClientConfig {
     pub ingest_url: Option<String>,
     pub delivery_url: Option<String>,
+    /// The media API, e.g. `http://127.0.0.1:8082`.
+    pub media_url: Option<String>,
     /// The provider admin API, e.g. `http://127.0.0.1:8090`.
     pub admin_url: Option<String>,
     pub admin_token: Option<String>,

@@ -160,6 +160,7 @@ impl Gateway {
         Target {
             ingest_url: self.ingest_url.clone(),
             delivery_url: self.delivery_url.clone(),
+            media_url: None,
             tokens: HashMap::from([
                 ("home".to_owned(), HOME_TOKEN.to_owned()),
                 ("signal".to_owned(), SIGNAL_TOKEN.to_owned()),
