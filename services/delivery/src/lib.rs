@@ -31,6 +31,7 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -90,9 +91,11 @@ pub enum Error {
 pub(crate) struct Shared {
     /// The live registry (updated from the registry stream).
     pub providers: tokio::sync::watch::Receiver<Arc<Registry>>,
-    /// Bumped each time the NATS connection is made again: wake-ups sent
-    /// while it was down are lost, so idle sessions look at their store.
-    pub reconnects: tokio::sync::watch::Receiver<u64>,
+    /// Bumped each time the NATS connection is made again, and each time
+    /// the store (`INTEROP_INBOX`) elects a leader: stored messages
+    /// republished meanwhile may not have come, so sessions not reading
+    /// their store look at it.
+    pub look_again: tokio::sync::watch::Receiver<u64>,
     pub js: jetstream::Context,
     pub inbox: jetstream::stream::Stream,
     pub cursors: jetstream::stream::Stream,
@@ -133,7 +136,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         .await?;
     let shared = Arc::new(Shared {
         providers,
-        reconnects: watch_reconnects(&deps.nats, shutdown.clone()),
+        look_again: watch_look_again(&deps.nats, shutdown.clone()),
         js,
         inbox,
         cursors,
@@ -167,24 +170,51 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
 const RECONNECT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A receiver bumped whenever `nats` has connected again (its connection
-/// count grew), until `shutdown`.
-fn watch_reconnects(
+/// count grew) or the store has elected a leader (JetStream's advisory),
+/// until `shutdown`. Either can lose republished messages on their way to
+/// sessions; the next one would show the gap, but a user may get no next
+/// one for a long time.
+fn watch_look_again(
     nats: &async_nats::Client,
     shutdown: CancellationToken,
 ) -> tokio::sync::watch::Receiver<u64> {
     let stats = nats.statistics();
     let connects = move || stats.connects.load(std::sync::atomic::Ordering::Relaxed);
-    let (tx, rx) = tokio::sync::watch::channel(connects());
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    let nats = nats.clone();
     tokio::spawn(async move {
+        let advisory = format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{STREAM_INBOX}");
+        // Re-subscribed if it fails (the client retries subscriptions
+        // across reconnects by itself).
+        let mut elected = nats.subscribe(advisory.clone()).await.ok();
+        let mut seen = connects();
         let mut tick = tokio::time::interval(RECONNECT_POLL);
         loop {
+            let next_election = async {
+                match elected.as_mut() {
+                    Some(sub) => sub.next().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let now = connects();
-            if now != *tx.borrow() {
-                tx.send_replace(now);
+                _ = tick.tick() => {
+                    let now = connects();
+                    if now != seen {
+                        seen = now;
+                        tx.send_modify(|n| *n += 1);
+                    }
+                    if elected.is_none() {
+                        elected = nats.subscribe(advisory.clone()).await.ok();
+                    }
+                }
+                event = next_election => match event {
+                    Some(_) => {
+                        info!(stream = STREAM_INBOX, "The store elected a leader; sessions look at their stores.");
+                        tx.send_modify(|n| *n += 1);
+                    }
+                    None => elected = None,
+                },
             }
         }
     });

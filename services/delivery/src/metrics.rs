@@ -27,8 +27,11 @@ pub struct DeliveryMetrics {
     /// Stored messages not shown because the user no longer admits the
     /// sender (opted out, provider removed, declined, blocked).
     pub withheld: Counter,
-    /// Store consumers opened (at connect with a backlog, on a wake-up, after a pause).
+    /// Store consumers opened (at connect with a backlog, after a gap, after a pause).
     pub consumers_opened: Counter,
+    /// Stored messages taken live, as the store republished them, without
+    /// a consumer (docs/adr/0016).
+    pub live: Counter,
 }
 
 impl DeliveryMetrics {
@@ -43,6 +46,7 @@ impl DeliveryMetrics {
             ephemeral: Counter::default(),
             expired: Counter::default(),
             consumers_opened: Counter::default(),
+            live: Counter::default(),
             withheld: Counter::default(),
         };
         metrics.register(
@@ -54,6 +58,11 @@ impl DeliveryMetrics {
             "interop_delivery_consumers_opened",
             "Store consumers opened by sessions.",
             m.consumers_opened.clone(),
+        );
+        metrics.register(
+            "interop_delivery_live",
+            "Stored messages taken live as the store republished them, without a consumer.",
+            m.live.clone(),
         );
         metrics.register(
             "interop_delivery_pauses",

@@ -4,11 +4,14 @@
 //! `Welcome{max_unacked}`; the server pushes `Deliver{delivery_tag,
 //! envelope}` (the tag is the store sequence); the client answers
 //! `Ack{delivery_tags}`. At most `MAX_UNACKED` deliveries are outstanding.
-//! `MarkRead{delivery_tags}` sends READ receipts to the senders. Typing
-//! indicators arrive on core NATS (`interop.v1.ingest.ephemeral-sent.<key>`)
-//! and are pushed with delivery tag 0 while the session is open.
+//! `MarkRead{delivery_tags}` sends READ receipts to the senders. Stored
+//! messages come live, as the store republishes them
+//! (`interop.v1.delivery.session.<key>.stored`), or from a store consumer
+//! opened for what did not (docs/adr/0016). Typing indicators arrive on core
+//! NATS (`interop.v1.delivery.session.<key>.ephemeral`) and are pushed with
+//! delivery tag 0 while the session is open.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
@@ -23,7 +26,7 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::consumer::pull::Ordered;
 
 use interop_bus::subjects::{
-    delivery_acked, delivery_queued, ephemeral_sent, session_events, EPHEMERAL_SENT_PREFIX,
+    delivery_acked, delivery_queued, session_events, SESSION_EPHEMERAL, SESSION_STORED,
 };
 use interop_bus::{pipeline, recipient_key};
 use interop_proto::limits::{
@@ -286,8 +289,8 @@ async fn flush_cursor(s: &mut Session, shared: &Shared) -> Result<(), BoxError> 
 /// once acks bring them down to this many.
 pub(crate) const RESUME_AT: usize = MAX_UNACKED * 3 / 4;
 
-/// An open store consumer that has caught up is closed after this long
-/// without a new message.
+/// An open store consumer is closed when it has caught up; one that gives
+/// nothing for this long is closed too (what it was opened for is gone).
 pub(crate) const CLOSE_IDLE_CONSUMER_AFTER: std::time::Duration =
     std::time::Duration::from_secs(10);
 
@@ -309,8 +312,13 @@ async fn stored_after(shared: &Shared, subject: &str, after: u64) -> Result<bool
 }
 
 /// Opens an ordered consumer on the user's store, starting after `after`
-/// (a store sequence; 0 = from the start).
-async fn open_store(shared: &Shared, subject: &str, after: u64) -> Result<Ordered, BoxError> {
+/// (a store sequence; 0 = from the start); `None` when it has nothing to
+/// give (what it was opened for was erased or aged out meanwhile).
+async fn open_store(
+    shared: &Shared,
+    subject: &str,
+    after: u64,
+) -> Result<Option<Ordered>, BoxError> {
     let deliver_policy = if after == 0 {
         DeliverPolicy::All
     } else {
@@ -326,7 +334,10 @@ async fn open_store(shared: &Shared, subject: &str, after: u64) -> Result<Ordere
             ..Default::default()
         })
         .await?;
-    Ok(consumer.messages().await?)
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(None);
+    }
+    Ok(Some(consumer.messages().await?))
 }
 
 /// The next stored message, or never while the store is not being read.
@@ -341,6 +352,128 @@ async fn next_stored(
     }
 }
 
+/// Consent re-checks of a session's stored messages, in store order.
+type Checking<'a> =
+    FuturesOrdered<std::pin::Pin<Box<dyn std::future::Future<Output = Checked> + Send + 'a>>>;
+
+/// Stored messages that arrive live while the store consumer is open are
+/// kept, up to this many, and taken when it closes; past it they are
+/// dropped and read from the store instead.
+pub(crate) const LIVE_BUFFER: usize = MAX_UNACKED;
+
+/// Where a message the store republished sits: its store sequence and the
+/// previous sequence of the same subject when it was stored (0: none), from
+/// the `Nats-Sequence` and `Nats-Last-Sequence` headers JetStream adds.
+fn live_position(msg: &async_nats::Message) -> Option<(u64, u64)> {
+    let h = msg.headers.as_ref()?;
+    let seq = h.get("Nats-Sequence")?.as_str().parse().ok()?;
+    let last = h.get("Nats-Last-Sequence")?.as_str().parse().ok()?;
+    Some((seq, last))
+}
+
+/// Takes one stored message into the session: skipped (undecodable, past
+/// the retention), or held as un-acked while its consent re-check runs
+/// (the push follows in store order).
+async fn intake<'a>(
+    s: &mut Session,
+    shared: &'a Shared,
+    checking: &mut Checking<'a>,
+    seq: u64,
+    payload: &[u8],
+    headers: Option<async_nats::HeaderMap>,
+    stored_ms: i64,
+) -> Result<(), BoxError> {
+    if seq <= s.last_delivered {
+        return Ok(());
+    }
+    s.last_delivered = seq;
+    let Ok(mut pm) = pipeline::decode(payload) else {
+        warn!(seq, "Skipping an undecodable stored message.");
+        return skip(s, seq, shared).await;
+    };
+    let Some(env) = pm.envelope.take() else {
+        return Ok(());
+    };
+    // Past retention: the sender got (or gets) EXPIRED from the sweeper, so
+    // it is not delivered any more.
+    let age_ms = interop_proto::now_ms().saturating_sub(stored_ms);
+    if u128::try_from(age_ms).unwrap_or(0) > shared.retention.as_millis() {
+        return skip(s, seq, shared).await;
+    }
+    // Held as un-acked from here, so the cursor cannot pass it while its
+    // consent re-check runs.
+    s.unacked.insert(seq, None);
+    // Consent again, now: an opt-out, a provider no longer allowed, a
+    // decline or a block also stops what was stored before it; an
+    // acceptance files later pushes in the inbox. Up to CHECK_DEPTH
+    // re-checks overlap; pushes stay in order.
+    let user = s.user.as_str().to_owned();
+    checking.push_back(Box::pin(async move {
+        let inbox = still_admitted(shared, &user, &env, &pm).await;
+        Checked {
+            seq,
+            env,
+            inbox,
+            headers,
+        }
+    }));
+    Ok(())
+}
+
+/// Takes a message the store republished if it directly follows what the
+/// session has taken (nothing was stored for the user in between) and the
+/// un-acked limit allows. Returns `true` when it does not: the store holds
+/// it (and maybe more before it) for the store consumer to read.
+async fn take_live<'a>(
+    s: &mut Session,
+    shared: &'a Shared,
+    checking: &mut Checking<'a>,
+    msg: async_nats::Message,
+) -> Result<bool, BoxError> {
+    let Some((seq, previous)) = live_position(&msg) else {
+        warn!("A republished stored message lacks its sequence headers; reading the store.");
+        return Ok(true);
+    };
+    if seq <= s.last_delivered {
+        return Ok(false);
+    }
+    if previous > s.last_delivered || s.unacked.len() >= MAX_UNACKED {
+        return Ok(true);
+    }
+    shared.metrics.live.inc();
+    intake(
+        s,
+        shared,
+        checking,
+        seq,
+        &msg.payload,
+        msg.headers,
+        interop_proto::now_ms(),
+    )
+    .await?;
+    Ok(false)
+}
+
+/// Once the store consumer is closed: takes the stored messages that came
+/// live while it was open (those it gave already are dropped). Returns
+/// whether the store must be read again (a gap, or messages dropped from a
+/// full buffer).
+async fn take_buffered<'a>(
+    s: &mut Session,
+    shared: &'a Shared,
+    checking: &mut Checking<'a>,
+    buffered: &mut VecDeque<async_nats::Message>,
+    overflow: &mut bool,
+) -> Result<bool, BoxError> {
+    let mut gap = false;
+    while let Some(msg) = buffered.pop_front() {
+        if !gap {
+            gap = take_live(s, shared, checking, msg).await?;
+        }
+    }
+    Ok(gap | std::mem::take(overflow))
+}
+
 async fn deliver(
     s: &mut Session,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
@@ -349,32 +482,30 @@ async fn deliver(
 ) -> Result<(), BoxError> {
     let key = recipient_key(s.user.as_str());
     let store_subject = delivery_queued(&key);
-    // One core subscription for both: wake-ups (every message stored for
-    // this user is also seen on core NATS by subscribers of its store
-    // subject) and ephemeral events (typing). Subscribed before the store is
-    // first looked at, so nothing stored after that goes unnoticed.
+    // One core subscription for both: the user's stored messages as the
+    // store republishes them once committed (the live path), and ephemeral
+    // events (typing). Subscribed before the store is first looked at, so
+    // whatever is stored after that comes here.
     let mut events = shared.js.client().subscribe(session_events(&key)).await?;
-    // Whether `events` covers the store subject. While the store consumer
-    // is open it reads every stored message anyway, so the subscription is
-    // narrowed to ephemeral events: each stored message then crosses from
-    // NATS to delivery once, not twice (docs/adr/0015).
-    let mut waking = true;
-    // The store consumer is open only while there is something to read
-    // (docs/adr/0011): an idle session holds two core subscriptions and no
-    // JetStream consumer.
+    // The store consumer is open only to read what did not come live: the
+    // backlog at connect, after a gap, after a pause (docs/adr/0016). A
+    // session that keeps up holds no JetStream consumer.
     let mut messages: Option<Ordered> = None;
-    // Whether the store may hold messages past `last_delivered`.
+    // Whether the store may hold messages past `last_delivered` that did
+    // not come live.
     let mut maybe_more = true;
-    // Whether a wake-up came while no consumer was open.
-    let mut woken = false;
-    // When an open consumer that has caught up is closed if nothing comes.
+    // Whether it is known to (a gap seen live): the consumer is opened
+    // without a look at the store first.
+    let mut known = false;
+    // Stored messages that came live while the consumer was open, and
+    // whether some were dropped because the buffer was full.
+    let mut buffered: VecDeque<async_nats::Message> = VecDeque::new();
+    let mut overflow = false;
+    // When an open consumer that gives nothing is closed.
     let mut idle_at: Option<tokio::time::Instant> = None;
     let mut registry = shared.providers.clone();
-    let mut reconnects = shared.reconnects.clone();
-    // Stored messages whose consent re-check is running, in store order.
-    let mut checking: FuturesOrdered<
-        std::pin::Pin<Box<dyn std::future::Future<Output = Checked> + Send + '_>>,
-    > = FuturesOrdered::new();
+    let mut look_again = shared.look_again.clone();
+    let mut checking: Checking<'_> = FuturesOrdered::new();
     loop {
         // Flow control. At MAX_UNACKED outstanding deliveries the store is
         // not read; the consumer is dropped rather than left unpolled (an
@@ -386,40 +517,22 @@ async fn deliver(
             messages = None;
             idle_at = None;
             maybe_more = true;
+            known = true;
+            buffered.clear();
+            overflow = false;
             shared.metrics.pauses.inc();
         }
         if messages.is_none() && maybe_more && s.unacked.len() <= RESUME_AT {
             maybe_more = false;
-            // A wake-up is the publish itself, seen on core NATS: with
-            // replicated streams it can come before the store has committed
-            // the message, and a look at the store's last message then finds
-            // nothing new while no second wake-up comes (found by the fault
-            // suite: a recipient's last messages were stored and never
-            // pushed). So a wake-up opens the consumer without that look; the
-            // consumer gets the message once it is stored, and the idle timer
-            // closes it if nothing comes (a publish JetStream dropped as a
-            // duplicate or refused).
             // Boxed: large futures, so they do not size every idle session.
-            if woken || Box::pin(stored_after(shared, &store_subject, s.last_delivered)).await? {
-                messages =
-                    Some(Box::pin(open_store(shared, &store_subject, s.last_delivered)).await?);
-                shared.metrics.consumers_opened.inc();
-                if woken {
+            if known || Box::pin(stored_after(shared, &store_subject, s.last_delivered)).await? {
+                messages = Box::pin(open_store(shared, &store_subject, s.last_delivered)).await?;
+                if messages.is_some() {
+                    shared.metrics.consumers_opened.inc();
                     idle_at = Some(tokio::time::Instant::now() + CLOSE_IDLE_CONSUMER_AFTER);
                 }
             }
-            woken = false;
-        }
-        if messages.is_some() && waking {
-            events = shared.js.client().subscribe(ephemeral_sent(&key)).await?;
-            waking = false;
-        } else if messages.is_none() && !waking {
-            // Wake-ups again before the store is looked at again, so
-            // nothing stored in between goes unnoticed.
-            events = shared.js.client().subscribe(session_events(&key)).await?;
-            waking = true;
-            maybe_more = true;
-            continue;
+            known = false;
         }
         if s.cursor > s.cursor_stored && s.cursor_write.is_none() && s.cursor_due.is_none() {
             s.cursor_due = Some(tokio::time::Instant::now() + CURSOR_WRITE_AFTER);
@@ -483,30 +596,39 @@ async fn deliver(
                 s.cursor_write = None;
                 s.cursor_stored = written?;
             }
-            _ = reconnects.changed() => {
-                // Wake-ups published while delivery's NATS connection was
-                // down never came: look at the store (found by the fault
-                // suite: receipts stored during a NATS restart waited for
-                // the next message).
+            _ = look_again.changed() => {
+                // Stored messages republished while delivery's NATS
+                // connection was down, or while the store elected a new
+                // leader, never came (found by the fault suite: receipts
+                // stored during a NATS restart waited for the next
+                // message): look at the store.
                 if messages.is_none() {
                     maybe_more = true;
                 }
             }
             () = idle => {
-                // Caught up and quiet: close the consumer; a wake-up (or the
-                // check right after) reopens it.
+                // An open consumer that gave nothing for a while (what it
+                // was opened for is gone: erased, aged out): closed; what
+                // came live meanwhile is taken, and the store looked at.
                 messages = None;
                 idle_at = None;
+                Box::pin(take_buffered(s, shared, &mut checking, &mut buffered, &mut overflow)).await?;
                 maybe_more = true;
             }
             event = events.next() => {
                 let Some(event) = event else { return Err("session subscription ended".into()) };
-                if event.subject.as_str() == store_subject {
-                    if messages.is_none() {
+                if event.subject.ends_with(SESSION_STORED) {
+                    if messages.is_some() {
+                        if buffered.len() < LIVE_BUFFER {
+                            buffered.push_back(event);
+                        } else {
+                            overflow = true;
+                        }
+                    } else if Box::pin(take_live(s, shared, &mut checking, event)).await? {
                         maybe_more = true;
-                        woken = true;
+                        known = true;
                     }
-                } else if event.subject.starts_with(EPHEMERAL_SENT_PREFIX) {
+                } else if event.subject.ends_with(SESSION_EPHEMERAL) {
                     push_ephemeral(s, &event.payload, out, shared);
                 }
             }
@@ -515,35 +637,22 @@ async fn deliver(
                 let msg = next?;
                 let info = msg.info()?;
                 let seq = info.stream_sequence;
-                idle_at = (info.pending == 0).then(|| tokio::time::Instant::now() + CLOSE_IDLE_CONSUMER_AFTER);
+                let caught_up = info.pending == 0;
                 let stored_ms = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-                s.last_delivered = s.last_delivered.max(seq);
-                let Ok(mut pm) = pipeline::decode(&msg.payload) else {
-                    warn!(seq, "Skipping an undecodable stored message.");
-                    Box::pin(skip(s, seq, shared)).await?;
-                    continue;
-                };
-                let Some(env) = pm.envelope.take() else { continue };
-                // Past retention: the sender got (or gets) EXPIRED from the
-                // sweeper, so it is not delivered any more.
-                let age_ms = interop_proto::now_ms().saturating_sub(stored_ms);
-                if u128::try_from(age_ms).unwrap_or(0) > shared.retention.as_millis() {
-                    Box::pin(skip(s, seq, shared)).await?;
-                    continue;
-                }
-                // Held as un-acked from here, so the cursor cannot pass it
-                // while its consent re-check runs.
-                s.unacked.insert(seq, None);
+                idle_at = Some(tokio::time::Instant::now() + CLOSE_IDLE_CONSUMER_AFTER);
                 let headers = msg.headers.clone();
-                // Consent again, now: an opt-out, a provider no longer
-                // allowed, a decline or a block also stops what was stored
-                // before it; an acceptance files later pushes in the inbox.
-                // Up to CHECK_DEPTH re-checks overlap; pushes stay in order.
-                let user = s.user.as_str().to_owned();
-                checking.push_back(Box::pin(async move {
-                    let inbox = still_admitted(shared, &user, &env, &pm).await;
-                    Checked { seq, env, inbox, headers }
-                }));
+                Box::pin(intake(s, shared, &mut checking, seq, &msg.payload, headers, stored_ms)).await?;
+                if caught_up {
+                    // Whatever is stored from here on comes live: the
+                    // consumer is closed, and what came live while it was
+                    // open is taken.
+                    messages = None;
+                    idle_at = None;
+                    if Box::pin(take_buffered(s, shared, &mut checking, &mut buffered, &mut overflow)).await? {
+                        maybe_more = true;
+                        known = true;
+                    }
+                }
             }
             Some(checked) = checking.next(), if !checking.is_empty() => {
                 let Checked { seq, env, inbox, headers } = checked;

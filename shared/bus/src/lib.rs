@@ -34,6 +34,14 @@ pub enum BusError {
         name: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A stream created by an older version lacks a setting that NATS 2.9
+    /// cannot add to an existing stream.
+    #[error("stream {name} was created by an older interop version without {setting}, and NATS cannot add it to an existing stream: {remedy}")]
+    StreamUpgrade {
+        name: String,
+        setting: &'static str,
+        remedy: &'static str,
+    },
     #[error("cannot create or bind consumer {name}: {source}")]
     Consumer {
         name: String,

@@ -82,6 +82,14 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             num_replicas: s.replicas,
             // JetStream refuses a duplicate window longer than max_age.
             duplicate_window: DUPLICATE_WINDOW.min(s.inbox_max_age),
+            // Each message, once committed, goes to the recipient's open
+            // sessions with its sequence and the subject's previous one:
+            // sessions push live without a consumer (docs/adr/0016).
+            republish: Some(stream::Republish {
+                source: DELIVERY_QUEUED_ALL.to_owned(),
+                destination: SESSION_STORED_REPUBLISH.to_owned(),
+                headers_only: false,
+            }),
             ..Default::default()
         },
         stream::Config {
@@ -161,6 +169,14 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &StreamSettings) -> Resu
                     tracing::warn!(stream = %name, attempt, error = %e, "Cannot create or update the stream yet; retrying (not ready until it is done).");
                     attempt += 1;
                     tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) if name == STREAM_INBOX && e.to_string().contains("RePublish") => {
+                    return Err(BusError::StreamUpgrade {
+                        name,
+                        setting: "republish",
+                        remedy: "delete the stream (`nats stream rm INTEROP_INBOX`: the messages stored in it are lost) \
+                                 and start again",
+                    })
                 }
                 Err(e) => {
                     return Err(BusError::Stream {

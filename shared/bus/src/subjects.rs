@@ -53,10 +53,21 @@ pub const PROVIDERS_ALL: &str = "interop.v1.providers.*";
 /// Stream holding the provider registry.
 pub const STREAM_PROVIDERS: &str = "INTEROP_PROVIDERS";
 
-/// Prefix of ephemeral events (typing): `interop.v1.ingest.ephemeral-sent.<key>`,
-/// published by ingest on core NATS (never stored) and read by the
-/// recipient's open delivery sessions; nobody listening = dropped.
-pub const EPHEMERAL_SENT_PREFIX: &str = "interop.v1.ingest.ephemeral-sent";
+/// Prefix of what a recipient's open delivery sessions listen to on core
+/// NATS: `interop.v1.delivery.session.<key>.stored` (each message stored for
+/// the recipient, republished by JetStream once committed, with its store
+/// sequence and the subject's previous one: docs/adr/0016) and
+/// `interop.v1.delivery.session.<key>.ephemeral` (typing, published by ingest
+/// on core NATS, never stored; nobody listening = dropped).
+pub const SESSION_PREFIX: &str = "interop.v1.delivery.session";
+/// Last token of a republished stored message's subject.
+pub const SESSION_STORED: &str = "stored";
+/// Last token of an ephemeral event's subject.
+pub const SESSION_EPHEMERAL: &str = "ephemeral";
+/// Where `INTEROP_INBOX` republishes each stored message (a stream
+/// `republish` destination: the recipient key is the store subject's
+/// wildcard token).
+pub const SESSION_STORED_REPUBLISH: &str = "interop.v1.delivery.session.{{wildcard(1)}}.stored";
 
 /// The JetStream object store bucket holding media blobs (its stream is
 /// `OBJ_INTEROP_MEDIA_BLOBS`; written by media-transcoding).
@@ -67,14 +78,20 @@ pub const CONSUMER_EXPIRY: &str = "delivery-expiry";
 
 /// The ephemeral subject of one recipient.
 pub fn ephemeral_sent(recipient_key: &str) -> String {
-    format!("{EPHEMERAL_SENT_PREFIX}.{recipient_key}")
+    format!("{SESSION_PREFIX}.{recipient_key}.{SESSION_EPHEMERAL}")
+}
+
+/// The subject on which one recipient's stored messages are republished.
+pub fn session_stored(recipient_key: &str) -> String {
+    format!("{SESSION_PREFIX}.{recipient_key}.{SESSION_STORED}")
 }
 
 /// Everything a delivery session of one recipient listens to on core NATS,
-/// in one subscription: its store subject (a wake-up per stored message) and
-/// its ephemeral subject. Both are `interop.v1.<service>.<verb>.<key>`.
+/// in one subscription: its stored messages as JetStream republishes them
+/// and its ephemeral events. Not its store subject itself: a session does
+/// not see a publish before the store committed it.
 pub fn session_events(recipient_key: &str) -> String {
-    format!("interop.v1.*.*.{recipient_key}")
+    format!("{SESSION_PREFIX}.{recipient_key}.*")
 }
 
 /// The record subject of one provider.
@@ -117,20 +134,33 @@ mod tests {
             DELIVERY_QUEUED_ALL,
             DELIVERY_ACKED_PREFIX,
             PROVIDERS_ALL,
-            EPHEMERAL_SENT_PREFIX,
+            SESSION_PREFIX,
         ] {
             assert!(valid_subject(s), "{s}");
             assert!(s.starts_with("interop.v1."), "{s}");
         }
         let key = crate::recipient_key("home:+4915112345678");
         assert!(valid_subject(&delivery_queued(&key)));
-        // One session subscription covers both of a recipient's subjects.
+        // One session subscription covers both of a recipient's session
+        // subjects, and not the store subject itself (a session would get
+        // every stored message twice).
         let events = session_events(&key);
-        for subject in [delivery_queued(&key), ephemeral_sent(&key)] {
+        let matches = |subject: &str| {
             let t: Vec<&str> = subject.split('.').collect();
             let p: Vec<&str> = events.split('.').collect();
-            assert_eq!(t.len(), p.len());
-            assert!(t.iter().zip(&p).all(|(t, p)| *p == "*" || p == t));
-        }
+            t.len() == p.len() && t.iter().zip(&p).all(|(t, p)| *p == "*" || p == t)
+        };
+        assert!(matches(&session_stored(&key)));
+        assert!(matches(&ephemeral_sent(&key)));
+        assert!(!matches(&delivery_queued(&key)));
+        assert!(!matches(&session_stored(&crate::recipient_key(
+            "home:+4915100000000"
+        ))));
+        // The republish destination maps a store subject to its session
+        // subject.
+        assert_eq!(
+            SESSION_STORED_REPUBLISH.replace("{{wildcard(1)}}", &key),
+            session_stored(&key)
+        );
     }
 }

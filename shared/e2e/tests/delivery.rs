@@ -278,3 +278,114 @@ async fn ten_thousand_messages_from_three_senders_arrive_in_per_sender_order() {
     assert!(extra.is_err(), "more than sent: {extra:?}");
     p.shutdown.cancel();
 }
+
+/// The value of an un-labelled counter in a Prometheus text exposition.
+fn counter(exposition: &str, name: &str) -> u64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}_total ")))
+        .unwrap_or_else(|| panic!("{name} not in\n{exposition}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_keeps_up_takes_stored_messages_live_without_a_consumer() {
+    // docs/adr/0016: the store republishes each committed message to the
+    // recipient's session subject; a session that has taken everything
+    // before it pushes it without opening a store consumer.
+    let p = pipeline().await;
+    opt_in(&p).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let metrics = Arc::new(interop_service::Metrics::default());
+    let deps = interop_service::Deps::connect(
+        &p.nats.url(),
+        &p.redis_url,
+        "delivery",
+        interop_service::Health::new(),
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
+    let config = interop_delivery::Config::new(l, Arc::new(registry()));
+    let s = p.shutdown.clone();
+    tokio::spawn(async move { interop_delivery::run(config, deps, s).await });
+    wait_listening(&addr.to_string()).await;
+    let mut rx = Receiver::connect(
+        &format!("ws://{addr}/v1/ws"),
+        "home",
+        HOME_TOKEN,
+        BOB,
+        "phone",
+    )
+    .await
+    .unwrap();
+    let alice = Sender::connect(&p.ingest, "signal", SIGNAL_TOKEN)
+        .await
+        .unwrap();
+    const N: usize = 30;
+    for i in 0..N {
+        assert!(matches!(
+            alice
+                .send(text_envelope(
+                    &format!("l{i}"),
+                    "signal:alice",
+                    BOB,
+                    &format!("{i}")
+                ))
+                .await
+                .unwrap(),
+            SendOutcome::Accepted(_)
+        ));
+        let d = tokio::time::timeout(Duration::from_secs(10), rx.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.envelope.client_message_id, format!("l{i}"));
+        rx.ack(&[d.delivery_tag]).await.unwrap();
+    }
+    let exposition = metrics.encode();
+    assert_eq!(counter(&exposition, "interop_delivery_live"), N as u64);
+    assert_eq!(counter(&exposition, "interop_delivery_consumers_opened"), 0);
+    // A second device connecting later reads the same messages from the
+    // store (its cursor is at the start): a consumer, then live again.
+    let mut tablet = Receiver::connect(
+        &format!("ws://{addr}/v1/ws"),
+        "home",
+        HOME_TOKEN,
+        BOB,
+        "tablet",
+    )
+    .await
+    .unwrap();
+    for i in 0..N {
+        let d = tokio::time::timeout(Duration::from_secs(10), tablet.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.envelope.client_message_id, format!("l{i}"));
+        tablet.ack(&[d.delivery_tag]).await.unwrap();
+    }
+    assert_eq!(
+        counter(&metrics.encode(), "interop_delivery_consumers_opened"),
+        1
+    );
+    alice
+        .send(text_envelope("after", "signal:alice", BOB, "after"))
+        .await
+        .unwrap();
+    for device in [&mut rx, &mut tablet] {
+        let d = tokio::time::timeout(Duration::from_secs(10), device.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.envelope.client_message_id, "after");
+        assert_eq!(device.duplicates(), 0);
+    }
+    let exposition = metrics.encode();
+    assert_eq!(counter(&exposition, "interop_delivery_live"), N as u64 + 2);
+    assert_eq!(counter(&exposition, "interop_delivery_consumers_opened"), 1);
+    p.shutdown.cancel();
+}
