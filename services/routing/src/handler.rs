@@ -172,10 +172,17 @@ impl Handler for Router {
             .as_ref()
             .and_then(|v| Verdict::try_from(v.verdict).ok())
             .unwrap_or(Verdict::Allow);
-        let placement = self
-            .admit(&env.to, &env.from, &pm.sender_provider, verdict)
+        let (admission, sender_answered) = self
+            .contacts
+            .admission_and_reply_state(&env.to, &env.from, &pm.sender_provider)
             .await
             .map_err(retry)?;
+        let placement = place(admission, verdict);
+        self.placements
+            .get_or_create(&PlacementLabel {
+                placement: placement.label(),
+            })
+            .inc();
         let call_answer = crate::group::call_answer(env);
         let msg_id = env.message_id.clone();
         let inbox = match placement {
@@ -209,11 +216,15 @@ impl Handler for Router {
             Placement::Deliver(inbox) => inbox,
         };
         // Whoever writes to someone accepts their replies (unless they
-        // answered about them already, e.g. blocked them).
-        self.contacts
-            .accept_if_unknown(&env.from, &env.to)
-            .await
-            .map_err(retry)?;
+        // answered about them already, e.g. blocked them). Read in the
+        // admission's round trip: a conversation's later messages need no
+        // second one.
+        if !sender_answered {
+            self.contacts
+                .accept_if_unknown(&env.from, &env.to)
+                .await
+                .map_err(retry)?;
+        }
         let is_media = matches!(env.content, Some(envelope::Content::Media(_)));
         pm.route = Some(Route {
             inbox: inbox as i32,

@@ -177,6 +177,40 @@ impl ContactStore {
         Ok(decide(&consent, contact, sender_provider))
     }
 
+    /// [`Self::admission`], and in the same round trip whether `sender`'s
+    /// own record has an entry for `recipient` (any answer: then writing to
+    /// them changes nothing, see [`Self::accept_if_unknown`]).
+    pub async fn admission_and_reply_state(
+        &self,
+        recipient: &str,
+        sender: &str,
+        sender_provider: &str,
+    ) -> Result<(Admission, bool), StateError> {
+        let mut conn = self.redis.clone();
+        type Reply = (
+            (Option<String>, Option<String>, Option<String>),
+            Option<String>,
+            bool,
+        );
+        let ((opted_in, allowed, inbox), contact, known): Reply = redis::pipe()
+            .cmd("HMGET")
+            .arg(consent::key(recipient))
+            .arg("opted_in")
+            .arg("allowed")
+            .arg("inbox")
+            .cmd("HGET")
+            .arg(key(recipient))
+            .arg(sender)
+            .cmd("HEXISTS")
+            .arg(key(sender))
+            .arg(recipient)
+            .query_async(&mut conn)
+            .await?;
+        let consent = Consent::from_hash(opted_in.as_deref(), allowed.as_deref(), inbox.as_deref());
+        let contact = contact.as_deref().and_then(ContactState::from_field);
+        Ok((decide(&consent, contact, sender_provider), known))
+    }
+
     /// The recipient's answer about `sender`, if any.
     pub async fn get(
         &self,
