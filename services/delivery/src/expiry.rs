@@ -16,20 +16,23 @@
 //! JetStream deletes them; delivery sessions stop delivering a message once
 //! it is past the retention, so a message ends either delivered or expired.
 //!
-//! A message pushed out early by the per-recipient count limit
-//! (`--inbox-max-per-recipient`) gets its `EXPIRED` from whoever stored the
-//! message that pushed it out (`interop_bus::store::make_room`).
+//! Not covered: a message pushed out early by the per-recipient count limit
+//! (`--inbox-max-per-recipient`) is deleted by JetStream at once, without
+//! an `EXPIRED` receipt (see docs/adr/0011).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, AckKind};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use interop_bus::subjects::{CONSUMER_EXPIRY, DELIVERY_QUEUED_ALL, DELIVERY_QUEUED_PREFIX};
+use interop_bus::subjects::{
+    CONSUMER_EXPIRY, DELIVERY_ACKED_PREFIX, DELIVERY_QUEUED_ALL, DELIVERY_QUEUED_PREFIX,
+};
 use interop_bus::{pipeline, BusError};
 use interop_proto::v1::{envelope, ReceiptStatus, RejectCode};
 
@@ -143,7 +146,7 @@ async fn handle(shared: &Shared, msg: &jetstream::Message) -> Result<AckKind, Bo
         .strip_prefix(DELIVERY_QUEUED_PREFIX)
         .and_then(|k| k.strip_prefix('.'))
         .unwrap_or_default();
-    if interop_bus::store::highest_cursor(&shared.cursors, key).await? >= seq {
+    if highest_cursor(shared, key).await? >= seq {
         return Ok(AckKind::Ack);
     }
     let original = interop_proto::v1::Envelope {
@@ -162,20 +165,40 @@ async fn handle(shared: &Shared, msg: &jetstream::Message) -> Result<AckKind, Bo
         .payload(r.payload)
         .headers(headers);
     // Awaited: the input is acked only once the receipt is stored.
-    if let Err(e) = shared
-        .js
-        .send_publish(r.subject.clone(), publish)
-        .await?
-        .await
-    {
-        if interop_bus::store::is_store_full(&e) {
-            // The sender's own store is full: room is made, and the message
-            // comes back soon for another try.
-            interop_bus::store::make_room(&shared.js, &r.subject).await?;
-        }
-        return Err(e.into());
-    }
+    shared.js.send_publish(r.subject, publish).await?.await?;
     shared.metrics.expired.inc();
     debug!(seq, "A message expired undelivered; the sender was told.");
     Ok(AckKind::Ack)
+}
+
+/// The furthest cursor of any device of the recipient `key` (0 = none).
+async fn highest_cursor(shared: &Shared, key: &str) -> Result<u64, BoxError> {
+    let filter = format!("{DELIVERY_ACKED_PREFIX}.{key}.*");
+    let subjects: HashMap<String, usize> = shared
+        .cursors
+        .info_with_subjects(&filter)
+        .await?
+        .try_collect()
+        .await?;
+    let mut highest = 0;
+    for subject in subjects.keys() {
+        match shared
+            .cursors
+            .get_last_raw_message_by_subject(subject)
+            .await
+        {
+            Ok(m) => {
+                let cursor = std::str::from_utf8(&m.payload)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                highest = highest.max(cursor);
+            }
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(highest)
 }

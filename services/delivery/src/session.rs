@@ -924,13 +924,6 @@ async fn publish_receipt(shared: &Shared, r: interop_bus::Outgoing) -> Result<()
         for _ in 0..RECEIPT_RETRIES {
             let Err(e) = &outcome else { return };
             debug!(error = %e, "A receipt was not acked; publishing it again.");
-            // The sender's store is at its count limit: its oldest message
-            // goes first (docs/adr/0016).
-            if interop_bus::store::is_store_full(e) {
-                if let Err(e) = interop_bus::store::make_room(&js, &r.subject).await {
-                    debug!(error = %e, "Cannot make room in a full store for a receipt.");
-                }
-            }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(std::time::Duration::from_secs(8));
             let again = async_nats::jetstream::message::PublishMessage::build()

@@ -4,7 +4,6 @@
 pub mod metrics;
 pub mod pipeline;
 pub mod stage;
-pub mod store;
 pub mod streams;
 pub mod subjects;
 pub mod trace;

@@ -157,12 +157,11 @@ pub async fn run_stage<H: Handler>(
                     // input order.
                     let acks = publish_all(&js, &span, result).await;
                     let metrics = metrics.clone();
-                    let js = js.clone();
                     settling.push(Box::pin(async move {
                         let outcome = match acks {
                             Ok(acks) => {
                                 let n = acks.len() as u64;
-                                let r = await_acks(&js, acks).await;
+                                let r = await_acks(acks).await;
                                 if r.is_ok() {
                                     metrics.messages_out.inc_by(n);
                                 }
@@ -219,18 +218,14 @@ pub async fn run_stage<H: Handler>(
     Ok(())
 }
 
-/// A publish waiting for its ack, with its subject.
-type Pending = (String, jetstream::context::PublishAckFuture);
-
 async fn publish_all(
     js: &jetstream::Context,
     span: &tracing::Span,
     result: Result<Vec<Outgoing>, HandleError>,
-) -> Result<Vec<Pending>, HandleError> {
+) -> Result<Vec<jetstream::context::PublishAckFuture>, HandleError> {
     let outputs = result?;
     let mut acks = Vec::with_capacity(outputs.len());
     for out in outputs {
-        let subject = out.subject.clone();
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", out.msg_id.as_str());
         span.in_scope(|| crate::trace::inject_current(&mut headers));
@@ -244,40 +239,17 @@ async fn publish_all(
                 reason: format!("publish failed: {e}"),
                 after: Duration::from_secs(1),
             })?;
-        acks.push((subject, ack));
+        acks.push(ack);
     }
     Ok(acks)
 }
 
-/// How soon an input whose output met a full recipient store is handled
-/// again, once room was made.
-const AFTER_MAKING_ROOM: Duration = Duration::from_millis(50);
-
-async fn await_acks(js: &jetstream::Context, acks: Vec<Pending>) -> Result<(), HandleError> {
-    for (subject, ack) in acks {
-        match ack.await {
-            Ok(_) => {}
-            // The recipient's store is at its count limit: its oldest
-            // message goes (EXPIRED to its sender if undelivered), and the
-            // input is handled again (docs/adr/0016). Outputs already
-            // stored are dropped as duplicates then.
-            Err(e) if crate::store::is_store_full(&e) => {
-                let room = crate::store::make_room(js, &subject).await;
-                return Err(HandleError::Retry {
-                    reason: match room {
-                        Ok(_) => "the recipient's store was full; room made".into(),
-                        Err(e) => format!("the recipient's store is full; cannot make room: {e}"),
-                    },
-                    after: AFTER_MAKING_ROOM,
-                });
-            }
-            Err(e) => {
-                return Err(HandleError::Retry {
-                    reason: format!("publish not acknowledged: {e}"),
-                    after: Duration::from_secs(1),
-                })
-            }
-        }
+async fn await_acks(acks: Vec<jetstream::context::PublishAckFuture>) -> Result<(), HandleError> {
+    for ack in acks {
+        ack.await.map_err(|e| HandleError::Retry {
+            reason: format!("publish not acknowledged: {e}"),
+            after: Duration::from_secs(1),
+        })?;
     }
     Ok(())
 }

@@ -73,13 +73,7 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             name: STREAM_INBOX.to_owned(),
             subjects: vec![DELIVERY_QUEUED_ALL.to_owned()],
             retention: stream::RetentionPolicy::Limits,
-            // A recipient at the count limit: the new message is refused
-            // and its publisher makes room (`crate::store::make_room`: the
-            // oldest goes, with EXPIRED to its sender if undelivered)
-            // rather than JetStream dropping the oldest silently. Age still
-            // removes old messages.
-            discard: stream::DiscardPolicy::New,
-            discard_new_per_subject: true,
+            discard: stream::DiscardPolicy::Old,
             // Kept a grace period past the retention, so delivery's expiry
             // sweeper sees every message before JetStream deletes it.
             max_age: s.inbox_max_age + inbox_grace(s.inbox_max_age),

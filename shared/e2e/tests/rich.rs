@@ -362,66 +362,6 @@ async fn a_message_past_retention_yields_expired_at_the_sender() {
     nothing_within(&mut alice, 3000).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_pushed_out_by_the_count_limit_yields_expired_at_the_sender() {
-    // The store keeps 3 messages per recipient. Bob's phone had the first
-    // one; four more come while he is offline: the two oldest are pushed
-    // out, the delivered one without a receipt, the undelivered one with
-    // EXPIRED at its sender; the newest three stay.
-    let streams = interop_bus::StreamSettings {
-        inbox_max_per_recipient: 3,
-        ..Default::default()
-    };
-    let stack = Stack::start(registry(), streams).await;
-    let d = stack.delivery().await;
-    opt_in(&stack, BOB, &["signal"]).await;
-    let signal = sender(&stack, "signal").await;
-    let mut alice = receiver(&d.url, ALICE, "phone").await;
-    let mut bob = receiver(&d.url, BOB, "phone").await;
-    let m0 = send_ok(&signal, text_envelope("m0", ALICE, BOB, "seen")).await;
-    let got = next(&mut bob).await;
-    assert_eq!(got.envelope.message_id, m0.message_id);
-    bob.ack(&[got.delivery_tag]).await.unwrap();
-    // The DELIVERED receipt, then the cursor (written at most once a second
-    // and when the session ends).
-    let r = next(&mut alice).await;
-    assert_eq!(
-        receipt(&r.envelope).unwrap().status(),
-        ReceiptStatus::Delivered
-    );
-    bob.close().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut sent = Vec::new();
-    for i in 1..=4 {
-        sent.push(
-            send_ok(
-                &signal,
-                text_envelope(&format!("m{i}"), ALICE, BOB, &format!("{i}")),
-            )
-            .await,
-        );
-    }
-    // m0 (delivered) and m1 went; m1 was never delivered.
-    let mut expired = Vec::new();
-    while expired.is_empty() {
-        let got = next(&mut alice).await.envelope;
-        let r = receipt(&got).expect("a receipt");
-        assert_eq!(r.status(), ReceiptStatus::Expired, "{r:?}");
-        assert_eq!(r.detail, interop_bus::store::PUSHED_OUT);
-        expired.push(r.message_id.clone());
-    }
-    assert_eq!(expired, [sent[0].message_id.clone()]);
-    nothing_within(&mut alice, 1000).await;
-    // Bob comes back to the newest three, in order.
-    let mut bob = receiver(&d.url, BOB, "phone").await;
-    for m in &sent[1..] {
-        let got = next(&mut bob).await;
-        assert_eq!(got.envelope.message_id, m.message_id);
-        bob.ack(&[got.delivery_tag]).await.unwrap();
-    }
-    nothing_within(&mut bob, 1000).await;
-}
-
 fn member(i: usize) -> String {
     match i % 3 {
         0 => format!("home:+49151{:08}", 10_000_000 + i),
