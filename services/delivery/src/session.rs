@@ -54,7 +54,8 @@ struct Session {
     /// the session.
     credential: String,
     user: Address,
-    cursor_key: String,
+    /// The device, whose cursor subject is computed when written.
+    device: String,
     /// Last acked store sequence with nothing un-acked before it.
     cursor: u64,
     /// The cursor as last stored in `INTEROP_CURSORS`.
@@ -82,26 +83,27 @@ pub(crate) async fn serve(
     let (sink, mut stream) = socket.split();
     let (out, writer) = ws::spawn_writer(sink);
     if let Some(session) = Box::pin(hello(&mut stream, &out, &shared, &peer)).await {
-        let user = session.user.redacted().to_string();
-        info!(%user, "Recipient connected to delivery.");
+        // Logged from the address each time (not a copy of it held for the
+        // session's life: issue 5's memory bar).
+        info!(user = %session.user.redacted(), "Recipient connected to delivery.");
         shared.metrics.sessions.inc();
         let mut session = session;
         let ended = Box::pin(deliver(&mut session, &mut stream, &out, &shared)).await;
         // What the device acked is stored before the session is gone, so a
         // reconnect does not replay it.
         if let Err(e) = Box::pin(flush_cursor(&mut session, &shared)).await {
-            debug!(%user, error = %e, "The last cursor of a session was not stored.");
+            debug!(user = %session.user.redacted(), error = %e, "The last cursor of a session was not stored.");
         }
         if let Err(e) = ended {
-            warn!(%user, error = %e, "Session ended by an error.");
+            warn!(user = %session.user.redacted(), error = %e, "Session ended by an error.");
             ws::push(
                 &out,
-                Outbound::Close(close::GOING_AWAY, "temporary server error; reconnect"),
+                Outbound::close(close::GOING_AWAY, "temporary server error; reconnect"),
             )
             .await;
         }
         shared.metrics.sessions.dec();
-        debug!(%user, "Recipient disconnected from delivery.");
+        debug!(user = %session.user.redacted(), "Recipient disconnected from delivery.");
     }
     drop(out);
     writer.await.ok();
@@ -190,7 +192,7 @@ async fn hello(
             .await;
             ws::push(
                 out,
-                Outbound::Close(close::GOING_AWAY, "storage unavailable"),
+                Outbound::close(close::GOING_AWAY, "storage unavailable"),
             )
             .await;
             return None;
@@ -212,7 +214,7 @@ async fn hello(
         provider: h.provider,
         credential,
         user,
-        cursor_key,
+        device,
         cursor,
         cursor_stored: cursor,
         cursor_write: None,
@@ -248,7 +250,7 @@ async fn start_cursor_write(s: &mut Session, shared: &Shared) -> Result<(), BoxE
     let ack = shared
         .js
         .send_publish(
-            s.cursor_key.clone(),
+            delivery_acked(&recipient_key(s.user.as_str()), &s.device),
             async_nats::jetstream::message::PublishMessage::build()
                 .payload(value.to_string().into()),
         )
@@ -480,13 +482,15 @@ async fn deliver(
     out: &mpsc::Sender<Outbound>,
     shared: &Shared,
 ) -> Result<(), BoxError> {
-    let key = recipient_key(s.user.as_str());
-    let store_subject = delivery_queued(&key);
-    // One core subscription for both: the user's stored messages as the
-    // store republishes them once committed (the live path), and ephemeral
-    // events (typing). Subscribed before the store is first looked at, so
-    // whatever is stored after that comes here.
-    let mut events = shared.js.client().subscribe(session_events(&key)).await?;
+    let (store_subject, mut events) = {
+        let key = recipient_key(s.user.as_str());
+        // One core subscription for both: the user's stored messages as the
+        // store republishes them once committed (the live path), and
+        // ephemeral events (typing). Subscribed before the store is first
+        // looked at, so whatever is stored after that comes here.
+        let events = shared.js.client().subscribe(session_events(&key)).await?;
+        (delivery_queued(&key), events)
+    };
     // The store consumer is open only to read what did not come live: the
     // backlog at connect, after a gap, after a pause (docs/adr/0016). A
     // session that keeps up holds no JetStream consumer.
@@ -552,13 +556,13 @@ async fn deliver(
         };
         tokio::select! {
             () = shared.shutdown.cancelled() => {
-                ws::push(out, Outbound::Close(close::GOING_AWAY, "server shutting down")).await;
+                ws::push(out, Outbound::close(close::GOING_AWAY, "server shutting down")).await;
                 return Ok(());
             }
             changed = registry.changed() => {
                 if changed.is_err() || !registry.borrow().has_credential(&s.provider, &s.credential) {
                     info!(provider = %s.provider, credential = %s.credential, "Closing a session whose credential was revoked.");
-                    ws::push(out, Outbound::Close(close::POLICY_VIOLATION, "credential revoked")).await;
+                    ws::push(out, Outbound::close(close::POLICY_VIOLATION, "credential revoked")).await;
                     return Ok(());
                 }
             }
@@ -582,7 +586,7 @@ async fn deliver(
                 },
                 Incoming::Reject(r) => { ws::push(out, Outbound::frame(r)).await; }
                 Incoming::Close(code, reason) => {
-                    ws::push(out, Outbound::Close(code, reason)).await;
+                    ws::push(out, Outbound::close(code, reason)).await;
                     return Ok(());
                 }
                 Incoming::End => return Ok(()),

@@ -175,6 +175,6 @@ async fn frames(
         }
     }
     if let Some((code, reason)) = close_with {
-        ws::push(out, Outbound::Close(code, reason)).await;
+        ws::push(out, Outbound::close(code, reason)).await;
     }
 }
