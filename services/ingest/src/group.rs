@@ -275,6 +275,12 @@ pub(crate) async fn prepare_group_send(
     envelope.message_id.clone_from(&message_id);
     envelope.accepted_at_ms = accepted_at_ms;
     envelope.sender_info = None;
+    if matches!(
+        envelope.content,
+        Some(interop_proto::v1::envelope::Content::Typing(_))
+    ) {
+        return group_typing(shared, provider, request_id, envelope).await;
+    }
     let pm = PipelineMessage {
         envelope: Some(envelope),
         sender_provider: provider.to_owned(),
@@ -290,6 +296,88 @@ pub(crate) async fn prepare_group_send(
         span,
         ephemeral_subject: None,
     })
+}
+
+/// Typing in a group: core NATS to each member's open sessions (one copy
+/// per member, `to` set to the member), never stored, after the same
+/// admission as a one-to-one typing indicator for each member: only members
+/// who accepted the sender see it. `Accepted` whoever saw it, so a blocked
+/// sender learns nothing.
+async fn group_typing(
+    shared: &Shared,
+    provider: &str,
+    request_id: u64,
+    envelope: Envelope,
+) -> Prepared {
+    let accepted = |env: &Envelope| {
+        Prepared::Answer(Box::new(ServerFrame {
+            request_id,
+            frame: Some(server_frame::Frame::Accepted(interop_proto::v1::Accepted {
+                client_message_id: env.client_message_id.clone(),
+                message_id: env.message_id.clone(),
+                accepted_at_ms: env.accepted_at_ms,
+                duplicate: false,
+            })),
+        }))
+    };
+    let unavailable_now = |e: &dyn std::fmt::Display| {
+        warn!(error = %e, "Redis unavailable; refusing a group typing indicator.");
+        reject(
+            request_id,
+            &envelope.client_message_id,
+            unavailable("state storage"),
+        )
+    };
+    let members = match GroupStore::new(shared.redis.clone())
+        .members(&envelope.group_id)
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => return unavailable_now(&e),
+    };
+    let members: Vec<String> = members
+        .into_iter()
+        .filter(|m| *m != envelope.from)
+        .collect();
+    let contacts = interop_state::ContactStore::new(shared.redis.clone());
+    // Concurrent: the checks share one pipelined Redis connection.
+    let admissions = futures_util::future::join_all(
+        members
+            .iter()
+            .map(|m| contacts.admission(m, &envelope.from, provider)),
+    )
+    .await;
+    for (member, admission) in members.iter().zip(admissions) {
+        match admission {
+            Ok(interop_state::Admission::Inbox(_)) => {}
+            Ok(_) => continue,
+            Err(e) => return unavailable_now(&e),
+        }
+        let copy = Envelope {
+            to: member.clone(),
+            ..envelope.clone()
+        };
+        let pm = PipelineMessage {
+            envelope: Some(copy),
+            sender_provider: provider.to_owned(),
+            ..Default::default()
+        };
+        let subject = interop_bus::subjects::ephemeral_sent(&interop_bus::recipient_key(member));
+        if let Err(e) = shared
+            .js
+            .client()
+            .publish(subject, Bytes::from(pm.encode_to_vec()))
+            .await
+        {
+            warn!(error = %e, "Cannot publish a group typing indicator.");
+            return reject(
+                request_id,
+                &envelope.client_message_id,
+                unavailable("the message bus"),
+            );
+        }
+    }
+    accepted(&envelope)
 }
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ pub fn validate_send(
 }
 
 /// Checks a `Send` to a group (`group_id` set, `to` empty) and returns the
-/// sender. Typing indicators are not sent to groups.
+/// sender.
 pub fn validate_group_send(provider: &str, env: &Envelope) -> Result<Address, Rejection> {
     use RejectCode::*;
     let from = validate_common(provider, env)?;
@@ -87,12 +87,6 @@ pub fn validate_group_send(provider: &str, env: &Envelope) -> Result<Address, Re
         return Err(Rejection::new(
             MalformedFrame,
             "group_id must be `g-` and 32 lowercase hex digits",
-        ));
-    }
-    if matches!(env.content, Some(Content::Typing(_))) {
-        return Err(Rejection::new(
-            UnsupportedContent,
-            "typing indicators are not sent to groups",
         ));
     }
     validate_content(env)?;
@@ -676,12 +670,10 @@ mod tests {
             validate_group_send("signal", &bad).unwrap_err().code,
             RejectCode::MalformedFrame
         );
-        let mut bad = e.clone();
-        bad.content = Some(Content::Typing(Typing { active: true }));
-        assert_eq!(
-            validate_group_send("signal", &bad).unwrap_err().code,
-            RejectCode::UnsupportedContent
-        );
+        // Typing goes to groups too (to the members' open sessions).
+        let mut typing = e.clone();
+        typing.content = Some(Content::Typing(Typing { active: true }));
+        assert!(validate_group_send("signal", &typing).is_ok());
         // A one-to-one send may not name a group.
         let mut bad = text_env("hi");
         bad.group_id.clone_from(&e.group_id);

@@ -322,6 +322,59 @@ async fn typing_reaches_open_sessions_only_and_is_never_stored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_in_a_group_reaches_members_who_accepted_the_sender_and_is_never_stored() {
+    let stack = Stack::start(registry(), Default::default()).await;
+    let d = stack.delivery().await;
+    let signal = sender(&stack, "signal").await;
+    // Three members besides alice: two accepted her, one did not answer.
+    let (friend, other_friend, stranger) = (member(3), member(1), member(5));
+    for m in [&friend, &other_friend, &stranger] {
+        opt_in(&stack, m, &["signal"]).await;
+    }
+    for m in [&friend, &other_friend] {
+        sender(&stack, m.split(':').next().unwrap_or_default())
+            .await
+            .respond_to_request(m, ALICE, interop_proto::v1::RequestAction::Accept)
+            .await
+            .unwrap();
+    }
+    let members = vec![friend.clone(), other_friend.clone(), stranger.clone()];
+    let group = match signal.create_group(ALICE, &members).await.unwrap() {
+        GroupOutcome::Updated(g) => g,
+        GroupOutcome::Rejected(r) => panic!("{r:?}"),
+    };
+    let mut sessions = Vec::new();
+    for m in &members {
+        sessions.push(receiver(&d.url, m, "phone").await);
+    }
+    // Give the sessions' subscriptions time to be in place.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut typing = group_text_envelope("gt1", ALICE, &group.group_id, "");
+    typing.content = Some(Content::Typing(Typing { active: true }));
+    let accepted = send_ok(&signal, typing).await;
+    for (m, rx) in members.iter().zip(&mut sessions).take(2) {
+        let got = next(rx).await;
+        assert_eq!(got.delivery_tag, 0, "typing has no tag");
+        assert_eq!(got.envelope.to, *m);
+        assert_eq!(got.envelope.group_id, group.group_id);
+        assert_eq!(got.envelope.message_id, accepted.message_id);
+        assert!(matches!(got.envelope.content, Some(Content::Typing(_))));
+    }
+    // Not to the member who never accepted alice.
+    nothing_within(&mut sessions[2], 1000).await;
+    // Never stored: a new device of a friend finds nothing.
+    let mut laptop = receiver(&d.url, &friend, "laptop").await;
+    nothing_within(&mut laptop, 1000).await;
+    // A non-member's typing to the group is refused like its messages.
+    let mut outsider = group_text_envelope("gt2", "signal:mallory", &group.group_id, "");
+    outsider.content = Some(Content::Typing(Typing { active: true }));
+    match signal.send(outsider).await.unwrap() {
+        SendOutcome::Rejected(r) => assert_eq!(r.code(), RejectCode::GroupNotFound),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_past_retention_yields_expired_at_the_sender() {
     let streams = interop_bus::StreamSettings {
         inbox_max_age: Duration::from_secs(3),
