@@ -134,15 +134,16 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let providers = store
         .seed_and_watch(&config.providers, shutdown.clone())
         .await?;
+    let metrics = metrics::DeliveryMetrics::register(&deps.metrics);
     let shared = Arc::new(Shared {
         providers,
-        look_again: watch_look_again(&deps.nats, shutdown.clone()),
+        look_again: watch_look_again(&deps.nats, metrics.look_again.clone(), shutdown.clone()),
         js,
         inbox,
         cursors,
         shutdown: shutdown.clone(),
         sessions: TaskTracker::new(),
-        metrics: metrics::DeliveryMetrics::register(&deps.metrics),
+        metrics,
         retention: config.streams.inbox_max_age,
         edge: EdgeGuard::new(deps.redis.clone(), config.edge),
         contacts: interop_state::ContactStore::new(deps.redis.clone()),
@@ -176,6 +177,7 @@ const RECONNECT_POLL: std::time::Duration = std::time::Duration::from_millis(200
 /// one for a long time.
 fn watch_look_again(
     nats: &async_nats::Client,
+    counter: prometheus_client::metrics::counter::Counter,
     shutdown: CancellationToken,
 ) -> tokio::sync::watch::Receiver<u64> {
     let stats = nats.statistics();
@@ -203,6 +205,7 @@ fn watch_look_again(
                     if now != seen {
                         seen = now;
                         tx.send_modify(|n| *n += 1);
+                        counter.inc();
                     }
                     if elected.is_none() {
                         elected = nats.subscribe(advisory.clone()).await.ok();
@@ -212,6 +215,7 @@ fn watch_look_again(
                     Some(_) => {
                         info!(stream = STREAM_INBOX, "The store elected a leader; sessions look at their stores.");
                         tx.send_modify(|n| *n += 1);
+                        counter.inc();
                     }
                     None => elected = None,
                 },

@@ -32,6 +32,9 @@ pub struct DeliveryMetrics {
     /// Stored messages taken live, as the store republished them, without
     /// a consumer (docs/adr/0016).
     pub live: Counter,
+    /// Times sessions were told to look at their store again: delivery
+    /// reconnected to NATS, or the store elected a leader.
+    pub look_again: Counter,
 }
 
 impl DeliveryMetrics {
@@ -47,6 +50,7 @@ impl DeliveryMetrics {
             expired: Counter::default(),
             consumers_opened: Counter::default(),
             live: Counter::default(),
+            look_again: Counter::default(),
             withheld: Counter::default(),
         };
         metrics.register(
@@ -63,6 +67,11 @@ impl DeliveryMetrics {
             "interop_delivery_live",
             "Stored messages taken live as the store republished them, without a consumer.",
             m.live.clone(),
+        );
+        metrics.register(
+            "interop_delivery_look_again",
+            "Times sessions were told to look at their store again (NATS reconnect, store leader elected).",
+            m.look_again.clone(),
         );
         metrics.register(
             "interop_delivery_pauses",

@@ -389,3 +389,73 @@ async fn a_session_that_keeps_up_takes_stored_messages_live_without_a_consumer()
     assert_eq!(counter(&exposition, "interop_delivery_consumers_opened"), 1);
     p.shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_told_to_look_at_their_store_when_it_elects_a_leader() {
+    // docs/adr/0016: a republish lost between the store's commit and its
+    // leader failing would leave a message unseen until the user's next
+    // one; when the store elects a leader, delivery has its sessions look.
+    let cluster = interop_test_support::NatsCluster::start(3);
+    let redis = RedisServer::start();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = Arc::new(interop_service::Metrics::default());
+    let deps = interop_service::Deps::connect(
+        &cluster.urls(),
+        &redis.url(),
+        "delivery",
+        interop_service::Health::new(),
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
+    let mut config = interop_delivery::Config::new(l, Arc::new(registry()));
+    config.streams.replicas = 3;
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move { interop_delivery::run(config, deps, s).await });
+    // The port listens before delivery has its streams: wait for its
+    // metrics (registered once the streams and the registry are there).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !metrics
+        .encode()
+        .contains("interop_delivery_look_again_total")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivery never started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let looks = || counter(&metrics.encode(), "interop_delivery_look_again");
+    let before = looks();
+    let nats = async_nats::connect(cluster.urls().split(',').next().unwrap())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        // A leader may still be settling right after creation: ask again
+        // until the store steps down and elects another.
+        let answer = nats
+            .request(
+                "$JS.API.STREAM.LEADER.STEPDOWN.INTEROP_INBOX",
+                bytes::Bytes::new(),
+            )
+            .await;
+        let stepped = answer.is_ok_and(|m| {
+            std::str::from_utf8(&m.payload).is_ok_and(|s| s.contains("\"success\":true"))
+        });
+        if stepped {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no stepdown");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    while looks() <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivery did not notice the election"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+}
