@@ -309,17 +309,6 @@ async fn group_typing(
     request_id: u64,
     envelope: Envelope,
 ) -> Prepared {
-    let accepted = |env: &Envelope| {
-        Prepared::Answer(Box::new(ServerFrame {
-            request_id,
-            frame: Some(server_frame::Frame::Accepted(interop_proto::v1::Accepted {
-                client_message_id: env.client_message_id.clone(),
-                message_id: env.message_id.clone(),
-                accepted_at_ms: env.accepted_at_ms,
-                duplicate: false,
-            })),
-        }))
-    };
     let unavailable_now = |e: &dyn std::fmt::Display| {
         warn!(error = %e, "Redis unavailable; refusing a group typing indicator.");
         reject(
@@ -377,7 +366,13 @@ async fn group_typing(
             );
         }
     }
-    accepted(&envelope)
+    Prepared::Answer(Box::new(crate::send::accepted(
+        request_id,
+        envelope.client_message_id,
+        envelope.message_id,
+        envelope.accepted_at_ms,
+        false,
+    )))
 }
 
 #[cfg(test)]

@@ -266,15 +266,13 @@ async fn prepare_send(
         match admission {
             Ok(interop_state::Admission::Inbox(_)) => {}
             Ok(_) => {
-                return Prepared::Answer(Box::new(ServerFrame {
+                return Prepared::Answer(Box::new(accepted(
                     request_id,
-                    frame: Some(server_frame::Frame::Accepted(Accepted {
-                        client_message_id: cmid,
-                        message_id,
-                        accepted_at_ms,
-                        duplicate: false,
-                    })),
-                }))
+                    cmid,
+                    message_id,
+                    accepted_at_ms,
+                    false,
+                )))
             }
             Err(e) => {
                 warn!(error = %e, "Redis unavailable; refusing a typing indicator.");
@@ -340,15 +338,13 @@ pub(crate) async fn publish(
                 .store_seconds
                 .observe(started.elapsed().as_secs_f64());
             match acked {
-                Ok(ack) => ServerFrame {
-                    request_id: p.request_id,
-                    frame: Some(server_frame::Frame::Accepted(Accepted {
-                        client_message_id: p.client_message_id,
-                        message_id: p.message_id,
-                        accepted_at_ms: p.accepted_at_ms,
-                        duplicate: ack.duplicate,
-                    })),
-                },
+                Ok(ack) => accepted(
+                    p.request_id,
+                    p.client_message_id,
+                    p.message_id,
+                    p.accepted_at_ms,
+                    ack.duplicate,
+                ),
                 Err(reason) => {
                     warn!(%reason, "Refusing a send: message storage unavailable.");
                     let r = unavailable("message storage");
@@ -366,20 +362,37 @@ pub(crate) async fn publish(
     )
 }
 
+/// The answer to a send the gateway took.
+pub(crate) fn accepted(
+    request_id: u64,
+    client_message_id: String,
+    message_id: String,
+    accepted_at_ms: i64,
+    duplicate: bool,
+) -> ServerFrame {
+    ServerFrame {
+        request_id,
+        frame: Some(server_frame::Frame::Accepted(Accepted {
+            client_message_id,
+            message_id,
+            accepted_at_ms,
+            duplicate,
+        })),
+    }
+}
+
 /// Typing indicators: core NATS to the recipient's open sessions, never
 /// stored. `Accepted` means handed to the bus; with no session open it is
 /// dropped, as an ephemeral event should be.
 async fn publish_ephemeral(shared: Arc<Shared>, p: ToPublish, subject: String) -> ServerFrame {
     match shared.js.client().publish(subject, p.payload).await {
-        Ok(()) => ServerFrame {
-            request_id: p.request_id,
-            frame: Some(server_frame::Frame::Accepted(Accepted {
-                client_message_id: p.client_message_id,
-                message_id: p.message_id,
-                accepted_at_ms: p.accepted_at_ms,
-                duplicate: false,
-            })),
-        },
+        Ok(()) => accepted(
+            p.request_id,
+            p.client_message_id,
+            p.message_id,
+            p.accepted_at_ms,
+            false,
+        ),
         Err(e) => {
             warn!(error = %e, "Cannot publish an ephemeral event.");
             let r = unavailable("the message bus");

@@ -120,13 +120,18 @@ impl Router {
             .contacts
             .admission(recipient, sender, sender_provider)
             .await?;
+        Ok(self.place_counted(admission, verdict))
+    }
+
+    /// [`place`], counted in `interop_routing_placements_total`.
+    fn place_counted(&self, admission: Admission, verdict: Verdict) -> Placement {
         let placement = place(admission, verdict);
         self.placements
             .get_or_create(&PlacementLabel {
                 placement: placement.label(),
             })
             .inc();
-        Ok(placement)
+        placement
     }
 }
 
@@ -177,12 +182,7 @@ impl Handler for Router {
             .admission_and_reply_state(&env.to, &env.from, &pm.sender_provider)
             .await
             .map_err(retry)?;
-        let placement = place(admission, verdict);
-        self.placements
-            .get_or_create(&PlacementLabel {
-                placement: placement.label(),
-            })
-            .inc();
+        let placement = self.place_counted(admission, verdict);
         let call_answer = crate::group::call_answer(env);
         let msg_id = env.message_id.clone();
         let inbox = match placement {

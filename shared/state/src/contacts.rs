@@ -109,6 +109,35 @@ pub fn decide(
     }
 }
 
+/// The consent record's fields an admission reads.
+type ConsentFields = (Option<String>, Option<String>, Option<String>);
+
+/// The reads of one admission, in one pipeline: `recipient`'s consent
+/// record and their answer about `sender`. Callers may add commands.
+fn admission_reads(recipient: &str, sender: &str) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.cmd("HMGET")
+        .arg(consent::key(recipient))
+        .arg("opted_in")
+        .arg("allowed")
+        .arg("inbox")
+        .cmd("HGET")
+        .arg(key(recipient))
+        .arg(sender);
+    pipe
+}
+
+/// The admission those reads decide.
+fn admission_from(
+    (opted_in, allowed, inbox): ConsentFields,
+    contact: Option<String>,
+    sender_provider: &str,
+) -> Admission {
+    let consent = Consent::from_hash(opted_in.as_deref(), allowed.as_deref(), inbox.as_deref());
+    let contact = contact.as_deref().and_then(ContactState::from_field);
+    decide(&consent, contact, sender_provider)
+}
+
 /// Sets a field unless the record is full (an existing field may always
 /// change), and refreshes the TTL. `ARGV[3]` = `nx` only sets a missing
 /// field (implicit acceptance never overrides a block). Returns 1 if set,
@@ -157,24 +186,10 @@ impl ContactStore {
         sender_provider: &str,
     ) -> Result<Admission, StateError> {
         let mut conn = self.redis.clone();
-        type Reply = (
-            (Option<String>, Option<String>, Option<String>),
-            Option<String>,
-        );
-        let ((opted_in, allowed, inbox), contact): Reply = redis::pipe()
-            .cmd("HMGET")
-            .arg(consent::key(recipient))
-            .arg("opted_in")
-            .arg("allowed")
-            .arg("inbox")
-            .cmd("HGET")
-            .arg(key(recipient))
-            .arg(sender)
+        let (record, contact): (ConsentFields, Option<String>) = admission_reads(recipient, sender)
             .query_async(&mut conn)
             .await?;
-        let consent = Consent::from_hash(opted_in.as_deref(), allowed.as_deref(), inbox.as_deref());
-        let contact = contact.as_deref().and_then(ContactState::from_field);
-        Ok(decide(&consent, contact, sender_provider))
+        Ok(admission_from(record, contact, sender_provider))
     }
 
     /// [`Self::admission`], and in the same round trip whether `sender`'s
@@ -187,28 +202,14 @@ impl ContactStore {
         sender_provider: &str,
     ) -> Result<(Admission, bool), StateError> {
         let mut conn = self.redis.clone();
-        type Reply = (
-            (Option<String>, Option<String>, Option<String>),
-            Option<String>,
-            bool,
-        );
-        let ((opted_in, allowed, inbox), contact, known): Reply = redis::pipe()
-            .cmd("HMGET")
-            .arg(consent::key(recipient))
-            .arg("opted_in")
-            .arg("allowed")
-            .arg("inbox")
-            .cmd("HGET")
-            .arg(key(recipient))
-            .arg(sender)
-            .cmd("HEXISTS")
-            .arg(key(sender))
-            .arg(recipient)
-            .query_async(&mut conn)
-            .await?;
-        let consent = Consent::from_hash(opted_in.as_deref(), allowed.as_deref(), inbox.as_deref());
-        let contact = contact.as_deref().and_then(ContactState::from_field);
-        Ok((decide(&consent, contact, sender_provider), known))
+        let (record, contact, known): (ConsentFields, Option<String>, bool) =
+            admission_reads(recipient, sender)
+                .cmd("HEXISTS")
+                .arg(key(sender))
+                .arg(recipient)
+                .query_async(&mut conn)
+                .await?;
+        Ok((admission_from(record, contact, sender_provider), known))
     }
 
     /// The recipient's answer about `sender`, if any.
