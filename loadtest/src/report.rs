@@ -105,6 +105,10 @@ pub struct StepReport {
     pub cpu_percent: crate::cpu::CpuPercent,
 }
 
+/// Share of the machine's cores the measured processes may keep busy before
+/// the report warns that the host bounds the run.
+pub const HOST_BOUND_SHARE: f64 = 0.85;
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TargetInfo {
     pub ingest_url: String,
@@ -502,6 +506,36 @@ impl Report {
         };
         report.warnings = report.find_warnings(scenario);
         report
+    }
+
+    /// Adds a warning when the measured processes (`cpu_percent`, all on
+    /// this machine) kept at least [`HOST_BOUND_SHARE`] of its cores busy,
+    /// over the whole run or from some step on: then latency is mostly
+    /// waiting for a core, and the run measures the host as much as the
+    /// gateway (docs/adr/0017). Call it once the CPU figures are in.
+    pub fn warn_if_host_bound(&mut self) {
+        let capacity = self.generator.cores as f64 * 100.0;
+        let bound = |cpu: &crate::cpu::CpuPercent| {
+            let busy: f64 = cpu.values().sum();
+            (busy >= HOST_BOUND_SHARE * capacity).then_some(busy)
+        };
+        let first_step = self
+            .steps
+            .iter()
+            .find_map(|s| bound(&s.cpu_percent).map(|busy| (s.offered_msgs_per_s, busy)));
+        let when = match (bound(&self.cpu_percent), first_step) {
+            (_, Some((rate, busy))) if self.steps.len() > 1 => {
+                format!("from the {rate:.0} msgs/s step on ({busy:.0} % of {capacity:.0} %)")
+            }
+            (Some(busy), _) => format!("over the run ({busy:.0} % of {capacity:.0} %)"),
+            _ => return,
+        };
+        self.warnings.push(format!(
+            "The measured processes kept this machine's {} cores busy {when}: latency \
+             includes waiting for a core, so this run is bound by the host; give the \
+             gateway its own cores to measure its design.",
+            self.generator.cores
+        ));
     }
 
     fn find_warnings(&self, scenario: &Scenario) -> Vec<String> {
@@ -924,6 +958,58 @@ mod tests {
         assert!(
             page.contains("<tr><th>loadtest</th><td>30.0</td>"),
             "{page}"
+        );
+    }
+
+    #[test]
+    fn a_run_that_kept_the_cores_busy_says_the_host_bounds_it() {
+        let mut report = sample_report("", false);
+        report.generator.cores = 2;
+        let host_bound = |r: &Report| r.warnings.iter().any(|w| w.contains("bound by the host"));
+        // 84 % of 2 cores: just under the edge.
+        report.cpu_percent.insert("nats".into(), 100.0);
+        report.cpu_percent.insert("ingest".into(), 68.0);
+        report.warn_if_host_bound();
+        assert!(!host_bound(&report), "{:?}", report.warnings);
+        // 85 %: at the edge.
+        report.cpu_percent.insert("loadtest".into(), 2.0);
+        report.warn_if_host_bound();
+        assert!(host_bound(&report), "{:?}", report.warnings);
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("over the run (170 % of 200 %)")),
+            "{:?}",
+            report.warnings
+        );
+
+        // A stepped run names the first step that was bound.
+        let mut report = sample_report("", false);
+        report.generator.cores = 2;
+        let step = |rate: f64, busy: f64| StepReport {
+            index: 0,
+            offered_msgs_per_s: rate,
+            delivered_msgs_per_s: rate,
+            start_s: 0.0,
+            duration_s: 10.0,
+            planned: 0,
+            accepted: 0,
+            delivered: 0,
+            lost: 0,
+            latency_ms: Latency::default(),
+            healthy: true,
+            cpu_percent: [("nats".to_owned(), busy)].into_iter().collect(),
+        };
+        report.steps = vec![step(500.0, 90.0), step(1000.0, 175.0), step(2000.0, 190.0)];
+        report.warn_if_host_bound();
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("from the 1000 msgs/s step on (175 % of 200 %)")),
+            "{:?}",
+            report.warnings
         );
     }
 
