@@ -740,7 +740,20 @@ async fn still_admitted(
     } else {
         pm.sender_provider.as_str()
     };
-    let check = shared.contacts.admission(user, &env.from, sender_provider);
+    // The spam verdict stands: a message scored REQUEST stays a request
+    // even if the sender is accepted.
+    let verdict = pm
+        .verdict
+        .as_ref()
+        .and_then(|v| interop_proto::v1::Verdict::try_from(v.verdict).ok())
+        .unwrap_or(interop_proto::v1::Verdict::Allow);
+    let check = async {
+        let admission = shared
+            .contacts
+            .admission(user, &env.from, sender_provider)
+            .await?;
+        Ok::<_, interop_state::StateError>(admission.under(verdict))
+    };
     match tokio::time::timeout(RECHECK_TIMEOUT, check).await {
         Ok(Ok(interop_state::Admission::Refused(why))) => {
             debug!(

@@ -59,7 +59,7 @@ impl Placement {
 /// refuses, QUARANTINE holds, REQUEST files even an accepted sender's
 /// message as a request, ALLOW leaves the admission as it is.
 pub fn place(admission: Admission, verdict: Verdict) -> Placement {
-    match admission {
+    match admission.under(verdict) {
         Admission::Refused(r) => Placement::Refuse(r),
         Admission::Request | Admission::Inbox(_) if verdict == Verdict::Reject => {
             Placement::RejectAsSpam
@@ -68,7 +68,6 @@ pub fn place(admission: Admission, verdict: Verdict) -> Placement {
             Placement::Quarantine
         }
         Admission::Request => Placement::Deliver(Inbox::Requests),
-        Admission::Inbox(_) if verdict == Verdict::Request => Placement::Deliver(Inbox::Requests),
         Admission::Inbox(inbox) => Placement::Deliver(inbox),
     }
 }

@@ -346,9 +346,14 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Self {
+        Self::start_with(interop_spam_scoring::Config::default()).await
+    }
+
+    /// The same, with spam-scoring configured as given (e.g. its policy).
+    pub async fn start_with(spam: interop_spam_scoring::Config) -> Self {
         let nats = NatsServer::start();
         let redis = RedisServer::start();
-        let gateway = Gateway::start(&nats.url(), &redis.url()).await;
+        let gateway = Gateway::start_with(&nats.url(), &redis.url(), spam).await;
         Self {
             nats,
             redis,

@@ -271,6 +271,30 @@ async fn writing_to_someone_accepts_their_replies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_verdict_stays_a_request_from_an_accepted_sender_up_to_the_device() {
+    // Every message scores at least 0: spam-scoring's verdict is REQUEST
+    // for all of them, and nothing is held or refused.
+    let mut spam = interop_spam_scoring::Config::default();
+    spam.policy.verdict.request = 0.0;
+    let c = Cluster::start_with(spam).await;
+    let gw = &c.gateway;
+    set(gw, BOB, true, &["signal"], Inbox::ThirdParty).await;
+    respond(gw, BOB, ALICE, RequestAction::Accept).await;
+    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    let alice = signal(gw).await;
+    accepted(
+        alice
+            .send(text_envelope("a0", ALICE, BOB, "hi"))
+            .await
+            .unwrap(),
+    );
+    // Routing files it as a request; delivery's re-check before the push
+    // finds alice accepted, and must still not move it to the inbox.
+    assert_eq!(next_acked(&mut bob).await.inbox, Inbox::Requests);
+    stop(c.gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decline_and_block_stop_delivery_and_blocks_are_per_user_across_providers() {
     let c = Cluster::start().await;
     let gw = &c.gateway;

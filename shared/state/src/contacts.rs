@@ -10,7 +10,7 @@
 
 use std::sync::LazyLock;
 
-use interop_proto::v1::Inbox;
+use interop_proto::v1::{Inbox, Verdict};
 
 use crate::consent::{self, Consent};
 use crate::StateError;
@@ -86,6 +86,21 @@ pub enum Admission {
     Inbox(Inbox),
     /// A sender the recipient has not answered: deliver as a message request.
     Request,
+}
+
+impl Admission {
+    /// The admission once the spam verdict's `REQUEST` is applied: a
+    /// message scored as suspicious is a message request even from an
+    /// accepted sender (docs/spam.md). Routing files with it, and delivery's
+    /// re-check before a push must too, or the verdict would be undone the
+    /// moment the message reached the device. Other verdicts never reach a
+    /// store and leave the admission as it is.
+    pub fn under(self, verdict: Verdict) -> Admission {
+        match self {
+            Admission::Inbox(_) if verdict == Verdict::Request => Admission::Request,
+            other => other,
+        }
+    }
 }
 
 /// The pure rule: consent first (opted in, provider allowed), then the
@@ -324,6 +339,20 @@ mod tests {
             decide(&c, Some(ContactState::Accepted), "signal"),
             Admission::Refused(Refusal::ProviderNotAllowed)
         );
+    }
+
+    #[test]
+    fn a_request_verdict_files_even_an_accepted_sender_as_a_request() {
+        let accepted = Admission::Inbox(Inbox::Combined);
+        assert_eq!(accepted.under(Verdict::Request), Admission::Request);
+        assert_eq!(accepted.under(Verdict::Allow), accepted);
+        assert_eq!(accepted.under(Verdict::Unspecified), accepted);
+        assert_eq!(
+            Admission::Request.under(Verdict::Request),
+            Admission::Request
+        );
+        let blocked = Admission::Refused(Refusal::Blocked);
+        assert_eq!(blocked.under(Verdict::Request), blocked);
     }
 
     #[test]
