@@ -123,18 +123,21 @@ impl NatsCluster {
         loop {
             // Every node knows the leader: API requests to any node are
             // answered.
-            let elected = (0..self.nodes.len()).all(|i| {
-                let log = read_file(&self.log_path(i));
-                log.contains("JetStream cluster new metadata leader")
-                    || log.contains("Self is new JetStream cluster metadata leader")
-            });
+            let elected =
+                (0..self.nodes.len()).all(|i| knows_meta_leader(&read_file(&self.log_path(i))));
             if elected {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the NATS cluster elected no JetStream leader; log of n0: {}",
-                read_file(&self.log_path(0))
+                "the NATS cluster elected no JetStream leader known to every node; logs: {}",
+                (0..self.nodes.len())
+                    .map(|i| format!(
+                        "\n--- {}\n{}",
+                        self.nodes[i].name,
+                        read_file(&self.log_path(i))
+                    ))
+                    .collect::<String>()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -191,5 +194,40 @@ impl Drop for NatsCluster {
         for node in &mut self.nodes {
             kill(&mut node.child);
         }
+    }
+}
+
+/// Whether a node's log says it knows the JetStream meta leader. A follower
+/// that has not yet learned the leader's server name over the routes says
+/// "new remote metadata leader" (and nothing more until the leader changes):
+/// it knows the leader all the same, and answers API requests.
+fn knows_meta_leader(log: &str) -> bool {
+    [
+        "Self is new JetStream cluster metadata leader",
+        "JetStream cluster new metadata leader",
+        "JetStream cluster new remote metadata leader",
+    ]
+    .iter()
+    .any(|line| log.contains(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::knows_meta_leader;
+
+    #[test]
+    fn every_way_nats_server_2_9_names_a_meta_leader_counts() {
+        let at = "[1] 2026/11/29 06:06:22.658195 [INF] ";
+        for line in [
+            "Self is new JetStream cluster metadata leader",
+            "JetStream cluster new metadata leader: n2/interop-test",
+            "JetStream cluster new metadata leader: n2",
+            "JetStream cluster new remote metadata leader",
+        ] {
+            assert!(knows_meta_leader(&format!("{at}{line}\n")), "{line}");
+        }
+        assert!(!knows_meta_leader(&format!(
+            "{at}JetStream cluster no metadata leader\n{at}Server is ready\n"
+        )));
     }
 }
