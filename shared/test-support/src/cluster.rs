@@ -120,17 +120,24 @@ impl NatsCluster {
 
     fn wait_for_meta_leader(&self) {
         let deadline = Instant::now() + START_TIMEOUT;
+        let mut answered = vec![false; self.nodes.len()];
         loop {
-            // Every node knows the leader: API requests to any node are
-            // answered.
-            let elected =
-                (0..self.nodes.len()).all(|i| knows_meta_leader(&read_file(&self.log_path(i))));
-            if elected {
+            // Every node answers a JetStream API request that needs the meta
+            // leader: the group has one and every node reaches it, so a
+            // service may connect to any node. (Logs are no proof: a
+            // follower of nats-server 2.9 may never log the leader.)
+            for (i, node) in self.nodes.iter().enumerate() {
+                if !answered[i] {
+                    answered[i] = js_api_answers(node.port);
+                }
+            }
+            if answered.iter().all(|a| *a) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the NATS cluster elected no JetStream leader known to every node; logs: {}",
+                "the NATS cluster's nodes did not all answer JetStream API requests \
+                 (answered: {answered:?}); logs: {}",
                 (0..self.nodes.len())
                     .map(|i| format!(
                         "\n--- {}\n{}",
@@ -139,7 +146,7 @@ impl NatsCluster {
                     ))
                     .collect::<String>()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -197,37 +204,69 @@ impl Drop for NatsCluster {
     }
 }
 
-/// Whether a node's log says it knows the JetStream meta leader. A follower
-/// that has not yet learned the leader's server name over the routes says
-/// "new remote metadata leader" (and nothing more until the leader changes):
-/// it knows the leader all the same, and answers API requests.
-fn knows_meta_leader(log: &str) -> bool {
-    [
-        "Self is new JetStream cluster metadata leader",
-        "JetStream cluster new metadata leader",
-        "JetStream cluster new remote metadata leader",
-    ]
-    .iter()
-    .any(|line| log.contains(line))
+/// Whether the node on `port` answers `$JS.API.STREAM.NAMES` (answered
+/// only with a JetStream meta leader) within half a second, over a plain
+/// NATS protocol exchange: no client library, so it can run anywhere.
+fn js_api_answers(port: u16) -> bool {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let Ok(mut writer) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    writer
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok();
+    let Ok(read_half) = writer.try_clone() else {
+        return false;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() || !line.starts_with("INFO") {
+        return false;
+    }
+    let hello =
+        "CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"interop-test-ready\"}\r\n\
+                 SUB _INBOX.ready 1\r\n\
+                 PUB $JS.API.STREAM.NAMES _INBOX.ready 2\r\n{}\r\n";
+    if writer.write_all(hello.as_bytes()).is_err() {
+        return false;
+    }
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+        if line.starts_with("PING") {
+            writer.write_all(b"PONG\r\n").ok();
+        } else if line.starts_with("-ERR") {
+            return false;
+        } else if let Some(header) = line.strip_prefix("MSG ") {
+            let Some(len) = header
+                .split_whitespace()
+                .last()
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                return false;
+            };
+            let mut payload = vec![0; len + 2];
+            if reader.read_exact(&mut payload).is_err() {
+                return false;
+            }
+            let body = String::from_utf8_lossy(&payload);
+            return body.contains("stream_names_response") && !body.contains("\"error\"");
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::knows_meta_leader;
+    use super::js_api_answers;
 
     #[test]
-    fn every_way_nats_server_2_9_names_a_meta_leader_counts() {
-        let at = "[1] 2026/11/29 06:06:22.658195 [INF] ";
-        for line in [
-            "Self is new JetStream cluster metadata leader",
-            "JetStream cluster new metadata leader: n2/interop-test",
-            "JetStream cluster new metadata leader: n2",
-            "JetStream cluster new remote metadata leader",
-        ] {
-            assert!(knows_meta_leader(&format!("{at}{line}\n")), "{line}");
-        }
-        assert!(!knows_meta_leader(&format!(
-            "{at}JetStream cluster no metadata leader\n{at}Server is ready\n"
-        )));
+    fn a_jetstream_server_answers_the_probe_and_a_closed_port_does_not() {
+        let nats = crate::NatsServer::start();
+        assert!(js_api_answers(nats.port()));
+        let closed = crate::free_port();
+        assert!(!js_api_answers(closed));
     }
 }
