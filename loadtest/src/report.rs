@@ -965,7 +965,8 @@ mod tests {
     fn a_run_that_kept_the_cores_busy_says_the_host_bounds_it() {
         let mut report = sample_report("", false);
         report.generator.cores = 2;
-        let host_bound = |r: &Report| r.warnings.iter().any(|w| w.contains("bound by the host"));
+        let warned = |r: &Report, text: &str| r.warnings.iter().any(|w| w.contains(text));
+        let host_bound = |r: &Report| warned(r, "bound by the host");
         // 84 % of 2 cores: just under the edge.
         report.cpu_percent.insert("nats".into(), 100.0);
         report.cpu_percent.insert("ingest".into(), 68.0);
@@ -976,10 +977,7 @@ mod tests {
         report.warn_if_host_bound();
         assert!(host_bound(&report), "{:?}", report.warnings);
         assert!(
-            report
-                .warnings
-                .iter()
-                .any(|w| w.contains("over the run (170 % of 200 %)")),
+            warned(&report, "over the run (170 % of 200 %)"),
             "{:?}",
             report.warnings
         );
@@ -1004,10 +1002,7 @@ mod tests {
         report.steps = vec![step(500.0, 90.0), step(1000.0, 175.0), step(2000.0, 190.0)];
         report.warn_if_host_bound();
         assert!(
-            report
-                .warnings
-                .iter()
-                .any(|w| w.contains("from the 1000 msgs/s step on (175 % of 200 %)")),
+            warned(&report, "from the 1000 msgs/s step on (175 % of 200 %)"),
             "{:?}",
             report.warnings
         );

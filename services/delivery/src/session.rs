@@ -742,11 +742,7 @@ async fn still_admitted(
     };
     // The spam verdict stands: a message scored REQUEST stays a request
     // even if the sender is accepted.
-    let verdict = pm
-        .verdict
-        .as_ref()
-        .and_then(|v| interop_proto::v1::Verdict::try_from(v.verdict).ok())
-        .unwrap_or(interop_proto::v1::Verdict::Allow);
+    let verdict = pipeline::verdict(pm);
     let check = async {
         let admission = shared
             .contacts

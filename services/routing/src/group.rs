@@ -16,9 +16,7 @@ use prost::Message as _;
 
 use interop_bus::subjects::ROUTING_MEDIA_REQUESTED;
 use interop_bus::{pipeline, recipient_key, HandleError, Outgoing};
-use interop_proto::v1::{
-    envelope, Envelope, PipelineMessage, ReceiptStatus, RejectCode, Route, Verdict,
-};
+use interop_proto::v1::{envelope, Envelope, PipelineMessage, ReceiptStatus, RejectCode, Route};
 
 use crate::handler::Placement;
 use crate::Router;
@@ -52,11 +50,7 @@ pub(crate) async fn fan_out(
             after: std::time::Duration::from_millis(500),
         })?;
     let is_media = matches!(env.content, Some(envelope::Content::Media(_)));
-    let verdict = pm
-        .verdict
-        .as_ref()
-        .and_then(|v| Verdict::try_from(v.verdict).ok())
-        .unwrap_or(Verdict::Allow);
+    let verdict = pipeline::verdict(&pm);
     let members: Vec<String> = members.into_iter().filter(|m| *m != env.from).collect();
     // The checks run concurrently (their Redis calls share one pipelined
     // connection); the copies are published in member order.

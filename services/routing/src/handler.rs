@@ -171,11 +171,7 @@ impl Handler for Router {
             .envelope
             .as_ref()
             .ok_or_else(|| HandleError::Permanent("no envelope".into()))?;
-        let verdict = pm
-            .verdict
-            .as_ref()
-            .and_then(|v| Verdict::try_from(v.verdict).ok())
-            .unwrap_or(Verdict::Allow);
+        let verdict = pipeline::verdict(&pm);
         let (admission, sender_answered) = self
             .contacts
             .admission_and_reply_state(&env.to, &env.from, &pm.sender_provider)

@@ -4,7 +4,9 @@
 use bytes::Bytes;
 use prost::Message as _;
 
-use interop_proto::v1::{envelope, Envelope, PipelineMessage, Receipt, ReceiptStatus, RejectCode};
+use interop_proto::v1::{
+    envelope, Envelope, PipelineMessage, Receipt, ReceiptStatus, RejectCode, Verdict,
+};
 
 use crate::recipient_key;
 use crate::stage::{HandleError, Outgoing};
@@ -21,6 +23,15 @@ pub fn decode(payload: &[u8]) -> Result<PipelineMessage, HandleError> {
         ));
     }
     Ok(pm)
+}
+
+/// The spam verdict `pm` carries: `ALLOW` when it has none (not scored, or
+/// an unknown value), so the admission alone decides.
+pub fn verdict(pm: &PipelineMessage) -> Verdict {
+    pm.verdict
+        .as_ref()
+        .and_then(|v| Verdict::try_from(v.verdict).ok())
+        .unwrap_or(Verdict::Allow)
 }
 
 /// Publishes `pm` into its recipient's store, deduplicated by message id
