@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use interop_bus::subjects::{STREAM_CURSORS, STREAM_INBOX};
+use interop_bus::subjects::{ADMISSIONS_CHANGED_ALL, STREAM_CURSORS, STREAM_INBOX};
 use interop_bus::{BusError, StreamSettings};
 use interop_providers::store::RegistryStore;
 use interop_providers::Registry;
@@ -96,6 +96,10 @@ pub(crate) struct Shared {
     /// republished meanwhile may not have come, so sessions not reading
     /// their store look at it.
     pub look_again: tokio::sync::watch::Receiver<u64>,
+    /// Bumped when what many recipients admit may have changed (an
+    /// erasure): sessions re-check every message again until they hear of
+    /// no change for a while (docs/adr/0018).
+    pub admissions_changed: tokio::sync::watch::Receiver<u64>,
     pub js: jetstream::Context,
     pub inbox: jetstream::stream::Stream,
     pub cursors: jetstream::stream::Stream,
@@ -138,6 +142,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let shared = Arc::new(Shared {
         providers,
         look_again: watch_look_again(&deps.nats, metrics.look_again.clone(), shutdown.clone()),
+        admissions_changed: watch_admissions_changed(&deps.nats, shutdown.clone()).await?,
         js,
         inbox,
         cursors,
@@ -171,17 +176,23 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
 const RECONNECT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A receiver bumped whenever `nats` has connected again (its connection
-/// count grew) or the store has elected a leader (JetStream's advisory),
-/// until `shutdown`. Either can lose republished messages on their way to
-/// sessions; the next one would show the gap, but a user may get no next
-/// one for a long time.
+/// count grew), a subscription fell behind (the client dropped messages:
+/// [`interop_bus::slow_consumer_events`]) or the store has elected a leader
+/// (JetStream's advisory), until `shutdown`. Each can lose republished
+/// messages on their way to sessions; the next one would show the gap, but
+/// a user may get no next one for a long time. Each can also lose a change
+/// announcement, so sessions re-check what they push for a while.
 fn watch_look_again(
     nats: &async_nats::Client,
     counter: prometheus_client::metrics::counter::Counter,
     shutdown: CancellationToken,
 ) -> tokio::sync::watch::Receiver<u64> {
     let stats = nats.statistics();
-    let connects = move || stats.connects.load(std::sync::atomic::Ordering::Relaxed);
+    // Connections made, plus subscriptions that fell behind: either bumps.
+    let connects = move || {
+        stats.connects.load(std::sync::atomic::Ordering::Relaxed)
+            + interop_bus::slow_consumer_events()
+    };
     let (tx, rx) = tokio::sync::watch::channel(0u64);
     let nats = nats.clone();
     tokio::spawn(async move {
@@ -223,6 +234,46 @@ fn watch_look_again(
         }
     });
     rx
+}
+
+/// A receiver bumped on each announcement that what many recipients admit
+/// may have changed (`interop.v1.delivery.admissions.changed`), until
+/// `shutdown`. Subscribed before delivery serves sessions.
+async fn watch_admissions_changed(
+    nats: &async_nats::Client,
+    shutdown: CancellationToken,
+) -> Result<tokio::sync::watch::Receiver<u64>, BusError> {
+    let mut sub = nats
+        .subscribe(ADMISSIONS_CHANGED_ALL)
+        .await
+        .map_err(|source| BusError::Subscribe {
+            subject: ADMISSIONS_CHANGED_ALL.to_owned(),
+            source,
+        })?;
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        // The subscription outlives reconnects; it ends only with the
+        // client. The sender is kept until shutdown either way, so a
+        // session never sees the channel closed.
+        let mut open = true;
+        loop {
+            let next = async {
+                if open {
+                    sub.next().await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                event = next => match event {
+                    Some(_) => tx.send_modify(|n| *n += 1),
+                    None => open = false,
+                },
+            }
+        }
+    });
+    Ok(rx)
 }
 
 async fn upgrade(

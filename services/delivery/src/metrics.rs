@@ -35,6 +35,9 @@ pub struct DeliveryMetrics {
     /// Times sessions were told to look at their store again: delivery
     /// reconnected to NATS, or the store elected a leader.
     pub look_again: Counter,
+    /// Stored messages pushed without the consent re-check: taken live, and
+    /// accepted after the last change the session heard of (docs/adr/0018).
+    pub unchecked: Counter,
 }
 
 impl DeliveryMetrics {
@@ -52,7 +55,13 @@ impl DeliveryMetrics {
             live: Counter::default(),
             look_again: Counter::default(),
             withheld: Counter::default(),
+            unchecked: Counter::default(),
         };
+        metrics.register(
+            "interop_delivery_unchecked",
+            "Stored messages pushed without a consent re-check (taken live, nothing changed since they were accepted).",
+            m.unchecked.clone(),
+        );
         metrics.register(
             "interop_delivery_withheld",
             "Stored messages not shown because the user no longer admits the sender.",

@@ -26,7 +26,8 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::consumer::pull::Ordered;
 
 use interop_bus::subjects::{
-    delivery_acked, delivery_queued, session_events, SESSION_EPHEMERAL, SESSION_STORED,
+    delivery_acked, delivery_queued, session_events, SESSION_CHANGED, SESSION_EPHEMERAL,
+    SESSION_STORED,
 };
 use interop_bus::{pipeline, recipient_key};
 use interop_proto::limits::{
@@ -71,6 +72,11 @@ struct Session {
     unacked: BTreeMap<u64, Option<Envelope>>,
     /// Highest sequence delivered in this session.
     last_delivered: u64,
+    /// When (wall clock, ms) the session last heard that what the user
+    /// admits may have changed: a change announced, its subscription
+    /// (re)made, a global change. Live messages accepted after it skip the
+    /// consent re-check (docs/adr/0018).
+    admissions_changed_ms: i64,
     /// The session's place among its provider's connections.
     _slot: interop_service::edge::ConnectionSlot,
 }
@@ -221,6 +227,7 @@ async fn hello(
         cursor_due: None,
         unacked: BTreeMap::new(),
         last_delivered: cursor,
+        admissions_changed_ms: interop_proto::now_ms(),
         _slot: admitted.slot,
     })
 }
@@ -375,7 +382,11 @@ fn live_position(msg: &async_nats::Message) -> Option<(u64, u64)> {
 
 /// Takes one stored message into the session: skipped (undecodable, past
 /// the retention), or held as un-acked while its consent re-check runs
-/// (the push follows in store order).
+/// (the push follows in store order). `unchanged_since`: for a message
+/// taken live, when the session last heard that what the user admits may
+/// have changed; a message accepted after that (see [`unchanged_since`])
+/// needs no re-check.
+#[allow(clippy::too_many_arguments)]
 async fn intake<'a>(
     s: &mut Session,
     shared: &'a Shared,
@@ -384,6 +395,7 @@ async fn intake<'a>(
     payload: &[u8],
     headers: Option<async_nats::HeaderMap>,
     stored_ms: i64,
+    unchanged_since: Option<i64>,
 ) -> Result<(), BoxError> {
     if seq <= s.last_delivered {
         return Ok(());
@@ -405,6 +417,20 @@ async fn intake<'a>(
     // Held as un-acked from here, so the cursor cannot pass it while its
     // consent re-check runs.
     s.unacked.insert(seq, None);
+    // Routing read the user's consent and answers after the message was
+    // accepted; if the session heard of no change since, they are what
+    // routing read: pushed as filed, without asking Redis again.
+    if unchanged_since.is_some_and(|since| admission_unchanged(env.accepted_at_ms, since)) {
+        shared.metrics.unchecked.inc();
+        let inbox = Some(pm.route.as_ref().map_or(0, |r| r.inbox));
+        checking.push_back(Box::pin(std::future::ready(Checked {
+            seq,
+            env,
+            inbox,
+            headers,
+        })));
+        return Ok(());
+    }
     // Consent again, now: an opt-out, a provider no longer allowed, a
     // decline or a block also stops what was stored before it; an
     // acceptance files later pushes in the inbox. Up to CHECK_DEPTH
@@ -432,6 +458,7 @@ async fn take_live<'a>(
     checking: &mut Checking<'a>,
     msg: async_nats::Message,
 ) -> Result<bool, BoxError> {
+    let unchanged_since = Some(s.admissions_changed_ms);
     let Some((seq, previous)) = live_position(&msg) else {
         warn!("A republished stored message lacks its sequence headers; reading the store.");
         return Ok(true);
@@ -451,6 +478,7 @@ async fn take_live<'a>(
         &msg.payload,
         msg.headers,
         interop_proto::now_ms(),
+        unchanged_since,
     )
     .await?;
     Ok(false)
@@ -489,6 +517,9 @@ async fn deliver(
         // ephemeral events (typing). Subscribed before the store is first
         // looked at, so whatever is stored after that comes here.
         let events = shared.js.client().subscribe(session_events(&key)).await?;
+        // Changes announced before the subscription reached the server are
+        // not heard: they count as happening now.
+        s.admissions_changed_ms = interop_proto::now_ms();
         (delivery_queued(&key), events)
     };
     // The store consumer is open only to read what did not come live: the
@@ -509,6 +540,7 @@ async fn deliver(
     let mut idle_at: Option<tokio::time::Instant> = None;
     let mut registry = shared.providers.clone();
     let mut look_again = shared.look_again.clone();
+    let mut admissions_changed = shared.admissions_changed.clone();
     let mut checking: Checking<'_> = FuturesOrdered::new();
     loop {
         // Flow control. At MAX_UNACKED outstanding deliveries the store is
@@ -609,6 +641,11 @@ async fn deliver(
                 if messages.is_none() {
                     maybe_more = true;
                 }
+                // Change announcements may have been lost the same way.
+                s.admissions_changed_ms = interop_proto::now_ms();
+            }
+            _ = admissions_changed.changed() => {
+                s.admissions_changed_ms = interop_proto::now_ms();
             }
             () = idle => {
                 // An open consumer that gave nothing for a while (what it
@@ -634,6 +671,8 @@ async fn deliver(
                     }
                 } else if event.subject.ends_with(SESSION_EPHEMERAL) {
                     push_ephemeral(s, &event.payload, out, shared);
+                } else if event.subject.ends_with(SESSION_CHANGED) {
+                    s.admissions_changed_ms = interop_proto::now_ms();
                 }
             }
             next = next_stored(&mut messages), if checking.len() < CHECK_DEPTH => {
@@ -645,7 +684,7 @@ async fn deliver(
                 let stored_ms = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
                 idle_at = Some(tokio::time::Instant::now() + CLOSE_IDLE_CONSUMER_AFTER);
                 let headers = msg.headers.clone();
-                Box::pin(intake(s, shared, &mut checking, seq, &msg.payload, headers, stored_ms)).await?;
+                Box::pin(intake(s, shared, &mut checking, seq, &msg.payload, headers, stored_ms, None)).await?;
                 if caught_up {
                     // Whatever is stored from here on comes live: the
                     // consumer is closed, and what came live while it was
@@ -700,6 +739,20 @@ async fn deliver(
             }
         }
     }
+}
+
+/// How far apart the clocks of two hosts of the gateway may be: ingest
+/// stamps `accepted_at_ms`, delivery notes when it heard of a change.
+pub(crate) const CLOCK_MARGIN_MS: i64 = 1_000;
+
+/// Whether a message accepted at `accepted_at_ms` was admitted by routing
+/// after the last change the session heard of, at `changed_ms`: routing
+/// reads after acceptance, and a change is written before it is announced,
+/// so routing read the change when the message was accepted later (by more
+/// than [`CLOCK_MARGIN_MS`], for the clocks). A message with no acceptance
+/// time is re-checked.
+pub(crate) fn admission_unchanged(accepted_at_ms: i64, changed_ms: i64) -> bool {
+    accepted_at_ms > 0 && accepted_at_ms > changed_ms.saturating_add(CLOCK_MARGIN_MS)
 }
 
 /// A stored message whose consent re-check is done: `inbox` is `None` when
@@ -1002,4 +1055,21 @@ async fn on_ack(s: &mut Session, tags: &[u64], shared: &Shared) -> Result<(), Bo
     // Stored by the session loop, coalesced (`start_cursor_write`).
     s.cursor = s.cursor.max(new_cursor);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_accepted_more_than_the_clock_margin_after_a_change_needs_no_recheck() {
+        let changed = 1_700_000_000_000;
+        assert!(!admission_unchanged(changed - 5, changed));
+        assert!(!admission_unchanged(changed, changed));
+        assert!(!admission_unchanged(changed + CLOCK_MARGIN_MS, changed));
+        assert!(admission_unchanged(changed + CLOCK_MARGIN_MS + 1, changed));
+        // No acceptance time (written by an older version): re-checked.
+        assert!(!admission_unchanged(0, 0));
+        assert!(!admission_unchanged(0, -5_000));
+    }
 }

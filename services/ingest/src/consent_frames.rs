@@ -11,6 +11,11 @@
 //!   declined senders).
 //!
 //! Only the user's own provider may send them (`SENDER_NOT_OWNED`).
+//!
+//! `SetConsent` and `RespondToRequest` announce the change to the user's
+//! delivery sessions before they answer (docs/adr/0018); when the
+//! announcement cannot be sent they answer `UNAVAILABLE`, and the retry
+//! (the writes are idempotent) announces it again.
 
 use tracing::{debug, warn};
 
@@ -80,6 +85,11 @@ pub(crate) async fn set_consent(
         .await
     {
         Ok(()) => {
+            if let Err(e) =
+                interop_bus::admissions::announce(&shared.js.client(), user.as_str()).await
+            {
+                return unavailable(request_id, &e);
+            }
             debug!(user = %user.redacted(), opted_in = sc.opted_in, "Consent updated.");
             answer(
                 request_id,
@@ -137,6 +147,9 @@ pub(crate) async fn respond_to_request(
             )
         }
         Err(e) => return unavailable(request_id, &e),
+    }
+    if let Err(e) = interop_bus::admissions::announce(&shared.js.client(), user.as_str()).await {
+        return unavailable(request_id, &e);
     }
     if let Some(feedback) = feedback {
         if let Err(e) = reputation::record(

@@ -19,10 +19,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message as _;
+use tracing::warn;
 
 use interop_bus::subjects::{ROUTING_MEDIA_REQUESTED, ROUTING_QUARANTINED};
 use interop_bus::{pipeline, recipient_key, HandleError, Handler, Input, Outgoing};
 use interop_proto::v1::{envelope, Inbox, ReceiptStatus, RejectCode, Route, Verdict};
+use interop_state::contacts::SetOutcome;
 use interop_state::{Admission, ContactStore, Refusal, StateError};
 use interop_telemetry::metrics::Metrics;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -82,11 +84,14 @@ pub struct Router {
     contacts: ContactStore,
     placements: Family<PlacementLabel, Counter>,
     pub(crate) groups: interop_state::GroupStore,
+    /// Announces implicit acceptances to the accepting user's sessions.
+    nats: async_nats::Client,
 }
 
 impl Router {
     pub fn new(
         redis: redis::aio::ConnectionManager,
+        nats: async_nats::Client,
         scorer: crate::score::ScoreClient,
         metrics: &Metrics,
     ) -> Self {
@@ -101,6 +106,7 @@ impl Router {
             contacts: ContactStore::new(redis.clone()),
             groups: interop_state::GroupStore::new(redis),
             placements,
+            nats,
         }
     }
 
@@ -214,11 +220,22 @@ impl Handler for Router {
         // answered about them already, e.g. blocked them). Read in the
         // admission's round trip: a conversation's later messages need no
         // second one.
-        if !sender_answered {
-            self.contacts
+        // The writer now accepts the recipient: the recipient's messages to
+        // the writer still on their way as requests belong in the writer's
+        // inbox, so the writer's sessions hear of it (docs/adr/0018). If
+        // not announced, those are shown as requests: nothing is shown that
+        // the writer refused.
+        if !sender_answered
+            && self
+                .contacts
                 .accept_if_unknown(&env.from, &env.to)
                 .await
-                .map_err(retry)?;
+                .map_err(retry)?
+                == SetOutcome::Set
+        {
+            if let Err(e) = interop_bus::admissions::announce(&self.nats, &env.from).await {
+                warn!(error = %e, "An implicit acceptance was not announced.");
+            }
         }
         let is_media = matches!(env.content, Some(envelope::Content::Media(_)));
         pm.route = Some(Route {

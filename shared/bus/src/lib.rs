@@ -1,6 +1,7 @@
 //! The NATS bus of the interop gateway: subject and stream names, stream and
 //! consumer set-up, the pipeline stage loop, and trace context in headers.
 
+pub mod admissions;
 pub mod metrics;
 pub mod pipeline;
 pub mod stage;
@@ -52,6 +53,11 @@ pub enum BusError {
         name: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("cannot subscribe to {subject}: {source}")]
+    Subscribe {
+        subject: String,
+        source: async_nats::SubscribeError,
+    },
 }
 
 /// The servers in a `--nats-url` value: one URL, or several separated by
@@ -81,6 +87,16 @@ pub fn redact_urls(url: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+static SLOW_CONSUMER_EVENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times a subscription of a client made by [`connect`] in this
+/// process fell behind and had messages dropped by the client. Core NATS
+/// subscribers that must not miss an event unnoticed (delivery sessions)
+/// watch it.
+pub fn slow_consumer_events() -> u64 {
+    SLOW_CONSUMER_EVENTS.load(Ordering::Relaxed)
 }
 
 /// Connects to NATS (`url` may list several servers, comma-separated) and
@@ -121,6 +137,13 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusErr
                     }
                     async_nats::Event::ServerError(e) => {
                         tracing::warn!(error = %e, "NATS server error.");
+                    }
+                    async_nats::Event::SlowConsumer(sid) => {
+                        SLOW_CONSUMER_EVENTS.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            sid,
+                            "A subscription fell behind; the client dropped messages for it."
+                        );
                     }
                     _ => {}
                 }

@@ -56,14 +56,22 @@ pub const STREAM_PROVIDERS: &str = "INTEROP_PROVIDERS";
 /// Prefix of what a recipient's open delivery sessions listen to on core
 /// NATS: `interop.v1.delivery.session.<key>.stored` (each message stored for
 /// the recipient, republished by JetStream once committed, with its store
-/// sequence and the subject's previous one: docs/adr/0016) and
+/// sequence and the subject's previous one: docs/adr/0016),
 /// `interop.v1.delivery.session.<key>.ephemeral` (typing, published by ingest
-/// on core NATS, never stored; nobody listening = dropped).
+/// on core NATS, never stored; nobody listening = dropped) and
+/// `interop.v1.delivery.session.<key>.changed` (what the recipient admits
+/// changed: docs/adr/0018).
 pub const SESSION_PREFIX: &str = "interop.v1.delivery.session";
 /// Last token of a republished stored message's subject.
 pub const SESSION_STORED: &str = "stored";
 /// Last token of an ephemeral event's subject.
 pub const SESSION_EPHEMERAL: &str = "ephemeral";
+/// Last token of the event "the recipient's consent or answers changed".
+pub const SESSION_CHANGED: &str = "changed";
+/// Core NATS: what many recipients admit may have changed at once (a user
+/// erasure removes other users' answers about the erased user). Every
+/// delivery replica listens (docs/adr/0018).
+pub const ADMISSIONS_CHANGED_ALL: &str = "interop.v1.delivery.admissions.changed";
 /// Where `INTEROP_INBOX` republishes each stored message (a stream
 /// `republish` destination: the recipient key is the store subject's
 /// wildcard token).
@@ -86,9 +94,14 @@ pub fn session_stored(recipient_key: &str) -> String {
     format!("{SESSION_PREFIX}.{recipient_key}.{SESSION_STORED}")
 }
 
+/// The subject on which a change of what one recipient admits is announced.
+pub fn session_changed(recipient_key: &str) -> String {
+    format!("{SESSION_PREFIX}.{recipient_key}.{SESSION_CHANGED}")
+}
+
 /// Everything a delivery session of one recipient listens to on core NATS,
-/// in one subscription: its stored messages as JetStream republishes them
-/// and its ephemeral events. Not its store subject itself: a session does
+/// in one subscription: its stored messages as JetStream republishes them,
+/// its ephemeral events and changes of what it admits. Not its store subject itself: a session does
 /// not see a publish before the store committed it.
 pub fn session_events(recipient_key: &str) -> String {
     format!("{SESSION_PREFIX}.{recipient_key}.*")
@@ -135,6 +148,7 @@ mod tests {
             DELIVERY_ACKED_PREFIX,
             PROVIDERS_ALL,
             SESSION_PREFIX,
+            ADMISSIONS_CHANGED_ALL,
         ] {
             assert!(valid_subject(s), "{s}");
             assert!(s.starts_with("interop.v1."), "{s}");
@@ -152,6 +166,8 @@ mod tests {
         };
         assert!(matches(&session_stored(&key)));
         assert!(matches(&ephemeral_sent(&key)));
+        assert!(matches(&session_changed(&key)));
+        assert!(!matches(ADMISSIONS_CHANGED_ALL));
         assert!(!matches(&delivery_queued(&key)));
         assert!(!matches(&session_stored(&crate::recipient_key(
             "home:+4915100000000"

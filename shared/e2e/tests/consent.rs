@@ -711,3 +711,88 @@ async fn bad_consent_and_request_frames_get_typed_answers() {
     );
     stop(c.gateway).await;
 }
+
+/// Files a text message in `to`'s store as routing does, accepted at
+/// `accepted_at_ms`: a message routing admitted before a change and
+/// delivery takes after it (docs/adr/0018).
+async fn routed_earlier(nats_url: &str, from: &str, to: &str, accepted_at_ms: i64, inbox: Inbox) {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.unwrap());
+    let mut env = text_envelope("in-flight", from, to, "in flight");
+    env.message_id = format!("routed-earlier-{accepted_at_ms}");
+    env.accepted_at_ms = accepted_at_ms;
+    let pm = interop_proto::v1::PipelineMessage {
+        envelope: Some(env),
+        sender_provider: from.split(':').next().unwrap().to_owned(),
+        route: Some(interop_proto::v1::Route {
+            inbox: inbox as i32,
+            recipient_key: interop_bus::recipient_key(to),
+        }),
+        ..Default::default()
+    };
+    let out = interop_bus::pipeline::to_recipient_store(&pm);
+    js.publish(out.subject, out.payload)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+async fn delivery_counter(gw: &Gateway, name: &str) -> f64 {
+    let (status, text) = interop_e2e::http_get(&format!("{}/metrics", gw.admin_url("delivery")))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    interop_e2e::metric_value(&text, &format!("interop_delivery_{name}_total")).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_asks_again_only_after_a_change_it_heard_of() {
+    const CAROL: &str = "signal:carol";
+    let c = Cluster::start().await;
+    let gw = &c.gateway;
+    set(gw, BOB, true, &["signal"], Inbox::ThirdParty).await;
+    respond(gw, BOB, ALICE, RequestAction::Accept).await;
+    let alice = signal(gw).await;
+    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    // Past the clock margin (1 s) after the session subscribed: what is
+    // accepted from now on was admitted by routing after anything the
+    // session could have missed.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    // Nothing changed: alice's message is pushed as routing filed it,
+    // without asking Redis again.
+    accepted(
+        alice
+            .send(text_envelope("a1", ALICE, BOB, "one"))
+            .await
+            .unwrap(),
+    );
+    let d = next_acked(&mut bob).await;
+    assert_eq!(
+        (d.envelope.from.as_str(), d.inbox),
+        (ALICE, Inbox::ThirdParty)
+    );
+    assert_eq!(delivery_counter(gw, "unchecked").await, 1.0);
+
+    // Carol's request was admitted just before bob blocks her, and reaches
+    // his open session just after: the block was announced, so the session
+    // asks again and withholds it. (Without the announcement it would be
+    // pushed: it was accepted well after the session started.)
+    let before_the_block = interop_proto::now_ms();
+    respond(gw, BOB, CAROL, RequestAction::Block).await;
+    routed_earlier(&c.nats.url(), CAROL, BOB, before_the_block, Inbox::Requests).await;
+    accepted(
+        alice
+            .send(text_envelope("a2", ALICE, BOB, "two"))
+            .await
+            .unwrap(),
+    );
+    let d = next_acked(&mut bob).await;
+    assert_eq!(d.envelope.from, ALICE, "carol's message was pushed");
+    assert_eq!(delivery_counter(gw, "withheld").await, 1.0);
+    // Alice's second message came within the margin after the change, so it
+    // was checked too.
+    assert_eq!(delivery_counter(gw, "unchecked").await, 1.0);
+    nothing_more(&mut bob).await;
+    stop(c.gateway).await;
+}

@@ -92,6 +92,8 @@ pub enum ErasureError {
     Redis(#[from] StateError),
     #[error("stream {stream}: {detail}")]
     Stream { stream: String, detail: String },
+    #[error(transparent)]
+    Announce(#[from] interop_bus::admissions::AnnounceError),
 }
 
 fn stream_error(stream: &str, e: impl std::fmt::Display) -> ErasureError {
@@ -251,6 +253,9 @@ pub async fn erase_user(
     out.groups = r.groups;
     out.contact_entries = r.contact_entries;
     out.blocks_kept = r.blocks_kept;
+    // Other users' answers about them went too, so what many recipients
+    // admit changed: every delivery session asks again (docs/adr/0018).
+    interop_bus::admissions::announce_all(&js.client()).await?;
 
     let involves = |env: &Envelope| env.from == a || env.to == a;
     let mut media_refs = MediaRefs::new();
