@@ -222,9 +222,9 @@ impl Handler for Router {
         // second one.
         // The writer now accepts the recipient: the recipient's messages to
         // the writer still on their way as requests belong in the writer's
-        // inbox, so the writer's sessions hear of it (docs/adr/0018). If
-        // not announced, those are shown as requests: nothing is shown that
-        // the writer refused.
+        // inbox, so the writer's sessions hear of it (docs/adr/0018); it
+        // leaves with the outputs below. If not announced, those are shown
+        // as requests: nothing is shown that the writer refused.
         if !sender_answered
             && self
                 .contacts
@@ -233,7 +233,7 @@ impl Handler for Router {
                 .map_err(retry)?
                 == SetOutcome::Set
         {
-            if let Err(e) = interop_bus::admissions::announce(&self.nats, &env.from).await {
+            if let Err(e) = interop_bus::admissions::announce_soon(&self.nats, &env.from).await {
                 warn!(error = %e, "An implicit acceptance was not announced.");
             }
         }

@@ -33,6 +33,16 @@ pub async fn announce(client: &async_nats::Client, user: &str) -> Result<(), Ann
     send(client, session_changed(&recipient_key(user))).await
 }
 
+/// [`announce`] without waiting for the write: the connection sends it
+/// with whatever it writes next (for a caller that publishes more right
+/// after and answers no client about the change).
+pub async fn announce_soon(client: &async_nats::Client, user: &str) -> Result<(), AnnounceError> {
+    client
+        .publish(session_changed(&recipient_key(user)), bytes::Bytes::new())
+        .await
+        .map_err(|e| AnnounceError(e.to_string()))
+}
+
 /// Announces that what any recipient admits may have changed (an erasure
 /// removed many users' answers about one user).
 pub async fn announce_all(client: &async_nats::Client) -> Result<(), AnnounceError> {

@@ -796,3 +796,52 @@ async fn a_live_session_asks_again_only_after_a_change_it_heard_of() {
     nothing_more(&mut bob).await;
     stop(c.gateway).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_implicit_acceptance_reaches_the_writers_open_session() {
+    let c = Cluster::start().await;
+    let gw = &c.gateway;
+    set(gw, BOB, true, &["signal"], Inbox::ThirdParty).await;
+    let alice_consent = signal(gw)
+        .await
+        .set_consent(ALICE, true, &["home"])
+        .await
+        .unwrap();
+    assert!(matches!(alice_consent, ConsentOutcome::Updated(_)));
+    let mut alice_rx = receiver(gw, "signal", SIGNAL_TOKEN, ALICE).await;
+    let mut bob_rx = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    // Alice's request to bob was admitted (as a request: he does not know
+    // her) just before bob writes to her, and reaches his open session
+    // after routing took bob's message as his acceptance of her: it comes
+    // as an inbox message. (Without the announcement it would come as a
+    // request: it was accepted well after the session started.)
+    let before_bob_wrote = interop_proto::now_ms();
+    accepted(
+        home(gw)
+            .await
+            .send(text_envelope("b1", BOB, ALICE, "hi alice, bob here"))
+            .await
+            .unwrap(),
+    );
+    loop {
+        let d = next_acked(&mut alice_rx).await;
+        if d.envelope.from == BOB && !matches!(d.envelope.content, Some(Content::Receipt(_))) {
+            break;
+        }
+    }
+    routed_earlier(&c.nats.url(), ALICE, BOB, before_bob_wrote, Inbox::Requests).await;
+    // (Alice's receipt for bob's message comes first.)
+    let d = loop {
+        let d = next_acked(&mut bob_rx).await;
+        if !matches!(d.envelope.content, Some(Content::Receipt(_))) {
+            break d;
+        }
+    };
+    assert_eq!(
+        (d.envelope.from.as_str(), d.inbox),
+        (ALICE, Inbox::ThirdParty)
+    );
+    stop(c.gateway).await;
+}
