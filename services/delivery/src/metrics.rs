@@ -33,7 +33,8 @@ pub struct DeliveryMetrics {
     /// a consumer (docs/adr/0016).
     pub live: Counter,
     /// Times sessions were told to look at their store again: delivery
-    /// reconnected to NATS, or the store elected a leader.
+    /// reconnected to NATS, a subscription fell behind, or the store
+    /// elected a leader.
     pub look_again: Counter,
     /// Stored messages pushed without the consent re-check: taken live, and
     /// accepted after the last change the session heard of (docs/adr/0018).
@@ -79,7 +80,7 @@ impl DeliveryMetrics {
         );
         metrics.register(
             "interop_delivery_look_again",
-            "Times sessions were told to look at their store again (NATS reconnect, store leader elected).",
+            "Times sessions were told to look at their store again (NATS reconnect, a subscription that fell behind, store leader elected).",
             m.look_again.clone(),
         );
         metrics.register(

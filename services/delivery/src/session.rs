@@ -384,8 +384,8 @@ fn live_position(msg: &async_nats::Message) -> Option<(u64, u64)> {
 /// the retention), or held as un-acked while its consent re-check runs
 /// (the push follows in store order). `unchanged_since`: for a message
 /// taken live, when the session last heard that what the user admits may
-/// have changed; a message accepted after that (see [`unchanged_since`])
-/// needs no re-check.
+/// have changed; a message accepted after that (see
+/// [`admission_unchanged`]) needs no re-check.
 #[allow(clippy::too_many_arguments)]
 async fn intake<'a>(
     s: &mut Session,

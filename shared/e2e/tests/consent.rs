@@ -845,3 +845,45 @@ async fn an_implicit_acceptance_reaches_the_writers_open_session() {
     );
     stop(c.gateway).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_reaches_every_open_session() {
+    const CAROL: &str = "signal:carol";
+    let c = Cluster::start().await;
+    let gw = &c.gateway;
+    set(gw, BOB, true, &["signal"], Inbox::ThirdParty).await;
+    respond(gw, BOB, CAROL, RequestAction::Accept).await;
+    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    // Erasing carol removes bob's acceptance of her. A message from her,
+    // admitted to his inbox just before, reaches his open session after
+    // the erasure: it comes as a request. (Without the announcement it
+    // would come as an inbox message.)
+    let before_the_erasure = interop_proto::now_ms();
+    let admin =
+        interop_client::admin::AdminClient::new(&gw.admin_api_url, interop_e2e::ADMIN_TOKEN)
+            .unwrap();
+    admin
+        .call(
+            "POST",
+            "/admin/v1/erasures",
+            Some(&serde_json::json!({ "address": CAROL })),
+        )
+        .await
+        .unwrap();
+    routed_earlier(
+        &c.nats.url(),
+        CAROL,
+        BOB,
+        before_the_erasure,
+        Inbox::ThirdParty,
+    )
+    .await;
+    let d = next_acked(&mut bob).await;
+    assert_eq!(
+        (d.envelope.from.as_str(), d.inbox),
+        (CAROL, Inbox::Requests)
+    );
+    stop(c.gateway).await;
+}
