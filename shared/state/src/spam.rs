@@ -1,7 +1,10 @@
 //! The counters spam-scoring keeps per message, in one Lua script (one round
 //! trip), shared by every replica.
 //!
-//! Keys (every one with a TTL):
+//! Keys (every one with a TTL, set when the script changes the key: a
+//! counter when it is made, a HyperLogLog when a recipient is new to it,
+//! the provider's reputation hash once a day; not on every message, since
+//! each call into Redis from Lua costs several µs: docs/benchmarks.md):
 //! - `interop:rate:sender:<from>:<minute>` — messages this minute (2 min);
 //! - `interop:spam:recipients:<from>:<hour>` — HyperLogLog of distinct
 //!   recipients this hour (2 h);
@@ -23,22 +26,19 @@ static OBSERVE: LazyLock<redis::Script> = LazyLock::new(|| {
 local from, to = ARGV[1], ARGV[2]
 local today, oldest = tonumber(ARGV[3]), tonumber(ARGV[4])
 local rate = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], 120)
+if rate == 1 then redis.call('EXPIRE', KEYS[1], 120) end
 local c = redis.call('HGET', KEYS[2], from)
 local stranger = 1
 if c == 'a' then stranger = 0 end
-redis.call('PFADD', KEYS[4], to)
-redis.call('EXPIRE', KEYS[4], 7200)
+if redis.call('PFADD', KEYS[4], to) == 1 then redis.call('EXPIRE', KEYS[4], 7200) end
 local recipients = redis.call('PFCOUNT', KEYS[4])
 if stranger == 1 then
-  redis.call('PFADD', KEYS[3], to)
-  redis.call('EXPIRE', KEYS[3], 7200)
+  if redis.call('PFADD', KEYS[3], to) == 1 then redis.call('EXPIRE', KEYS[3], 7200) end
 end
 local strangers = redis.call('PFCOUNT', KEYS[3])
 local payload = 0
 if ARGV[5] == '1' then
-  redis.call('PFADD', KEYS[5], to)
-  redis.call('EXPIRE', KEYS[5], 7200)
+  if redis.call('PFADD', KEYS[5], to) == 1 then redis.call('EXPIRE', KEYS[5], 7200) end
   payload = redis.call('PFCOUNT', KEYS[5])
 end
 local field = 'msgs:' .. today
@@ -47,8 +47,8 @@ if redis.call('HINCRBY', KEYS[7], field, 1) == 1 then
     local day = tonumber(string.match(f, ':(%-?%d+)$'))
     if day == nil or day < oldest then redis.call('HDEL', KEYS[7], f) end
   end
+  redis.call('EXPIRE', KEYS[7], ARGV[6])
 end
-redis.call('EXPIRE', KEYS[7], ARGV[6])
 return {rate, stranger, strangers, recipients, payload,
   redis.call('HGETALL', KEYS[6]), redis.call('HGETALL', KEYS[7])}
 ",
