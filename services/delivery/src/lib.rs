@@ -97,8 +97,8 @@ pub(crate) struct Shared {
     /// their store look at it.
     pub look_again: tokio::sync::watch::Receiver<u64>,
     /// Bumped when what many recipients admit may have changed (an
-    /// erasure): sessions re-check every message again until they hear of
-    /// no change for a while (docs/adr/0018).
+    /// erasure): every session re-checks the live messages accepted before,
+    /// or within a second after, the bump (docs/adr/0018).
     pub admissions_changed: tokio::sync::watch::Receiver<u64>,
     pub js: jetstream::Context,
     pub inbox: jetstream::stream::Stream,

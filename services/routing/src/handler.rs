@@ -220,6 +220,7 @@ impl Handler for Router {
         // answered about them already, e.g. blocked them). Read in the
         // admission's round trip: a conversation's later messages need no
         // second one.
+        //
         // The writer now accepts the recipient: the recipient's messages to
         // the writer still on their way as requests belong in the writer's
         // inbox, so the writer's sessions hear of it (docs/adr/0018); it
