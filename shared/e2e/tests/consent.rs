@@ -108,6 +108,32 @@ async fn next_receipt(rx: &mut Receiver) -> (i32, i32, String, String) {
     }
 }
 
+/// The next delivery that is not a receipt, acknowledged (receipts before
+/// it are acknowledged and skipped).
+async fn next_message(rx: &mut Receiver) -> Delivered {
+    loop {
+        let d = next_acked(rx).await;
+        if !matches!(d.envelope.content, Some(Content::Receipt(_))) {
+            return d;
+        }
+    }
+}
+
+/// Bob (home) admits signal and alice (signal) admits home, and each has a
+/// delivery session open: (alice's, bob's).
+async fn alice_and_bob_opted_in(gw: &Gateway) -> (Receiver, Receiver) {
+    set(gw, BOB, true, &["signal"], Inbox::ThirdParty).await;
+    let alice_consent = signal(gw)
+        .await
+        .set_consent(ALICE, true, &["home"])
+        .await
+        .unwrap();
+    assert!(matches!(alice_consent, ConsentOutcome::Updated(_)));
+    let alice_rx = receiver(gw, "signal", SIGNAL_TOKEN, ALICE).await;
+    let bob_rx = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    (alice_rx, bob_rx)
+}
+
 async fn stop(gw: Gateway) {
     for (name, r) in gw.stop().await {
         assert!(r.is_ok(), "{name}: {r:?}");
@@ -230,15 +256,7 @@ async fn a_first_contact_is_a_request_until_accepted_then_later_messages_reach_t
 async fn writing_to_someone_accepts_their_replies() {
     let c = Cluster::start().await;
     let gw = &c.gateway;
-    set(gw, BOB, true, &["signal"], Inbox::ThirdParty).await;
-    let alice_consent = signal(gw)
-        .await
-        .set_consent(ALICE, true, &["home"])
-        .await
-        .unwrap();
-    assert!(matches!(alice_consent, ConsentOutcome::Updated(_)));
-    let mut alice_rx = receiver(gw, "signal", SIGNAL_TOKEN, ALICE).await;
-    let mut bob_rx = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    let (mut alice_rx, mut bob_rx) = alice_and_bob_opted_in(gw).await;
     accepted(
         home(gw)
             .await
@@ -246,13 +264,9 @@ async fn writing_to_someone_accepts_their_replies() {
             .await
             .unwrap(),
     );
-    loop {
-        let d = next_acked(&mut alice_rx).await;
-        if d.envelope.from == BOB && !matches!(d.envelope.content, Some(Content::Receipt(_))) {
-            assert_eq!(d.inbox, Inbox::Requests, "bob is new to alice");
-            break;
-        }
-    }
+    let d = next_message(&mut alice_rx).await;
+    assert_eq!(d.envelope.from, BOB);
+    assert_eq!(d.inbox, Inbox::Requests, "bob is new to alice");
     accepted(
         signal(gw)
             .await
@@ -260,13 +274,9 @@ async fn writing_to_someone_accepts_their_replies() {
             .await
             .unwrap(),
     );
-    loop {
-        let d = next_acked(&mut bob_rx).await;
-        if d.envelope.from == ALICE && !matches!(d.envelope.content, Some(Content::Receipt(_))) {
-            assert_eq!(d.inbox, Inbox::ThirdParty, "bob wrote first");
-            break;
-        }
-    }
+    let d = next_message(&mut bob_rx).await;
+    assert_eq!(d.envelope.from, ALICE);
+    assert_eq!(d.inbox, Inbox::ThirdParty, "bob wrote first");
     stop(c.gateway).await;
 }
 
@@ -801,15 +811,7 @@ async fn a_live_session_asks_again_only_after_a_change_it_heard_of() {
 async fn an_implicit_acceptance_reaches_the_writers_open_session() {
     let c = Cluster::start().await;
     let gw = &c.gateway;
-    set(gw, BOB, true, &["signal"], Inbox::ThirdParty).await;
-    let alice_consent = signal(gw)
-        .await
-        .set_consent(ALICE, true, &["home"])
-        .await
-        .unwrap();
-    assert!(matches!(alice_consent, ConsentOutcome::Updated(_)));
-    let mut alice_rx = receiver(gw, "signal", SIGNAL_TOKEN, ALICE).await;
-    let mut bob_rx = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    let (mut alice_rx, mut bob_rx) = alice_and_bob_opted_in(gw).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
 
     // Alice's request to bob was admitted (as a request: he does not know
@@ -825,20 +827,10 @@ async fn an_implicit_acceptance_reaches_the_writers_open_session() {
             .await
             .unwrap(),
     );
-    loop {
-        let d = next_acked(&mut alice_rx).await;
-        if d.envelope.from == BOB && !matches!(d.envelope.content, Some(Content::Receipt(_))) {
-            break;
-        }
-    }
+    assert_eq!(next_message(&mut alice_rx).await.envelope.from, BOB);
     routed_earlier(&c.nats.url(), ALICE, BOB, before_bob_wrote, Inbox::Requests).await;
     // (Alice's receipt for bob's message comes first.)
-    let d = loop {
-        let d = next_acked(&mut bob_rx).await;
-        if !matches!(d.envelope.content, Some(Content::Receipt(_))) {
-            break d;
-        }
-    };
+    let d = next_message(&mut bob_rx).await;
     assert_eq!(
         (d.envelope.from.as_str(), d.inbox),
         (ALICE, Inbox::ThirdParty)
