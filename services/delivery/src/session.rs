@@ -422,7 +422,7 @@ async fn intake<'a>(
     // routing read: pushed as filed, without asking Redis again.
     if unchanged_since.is_some_and(|since| admission_unchanged(env.accepted_at_ms, since)) {
         shared.metrics.unchecked.inc();
-        let inbox = Some(pm.route.as_ref().map_or(0, |r| r.inbox));
+        let inbox = Some(filed_inbox(&pm));
         checking.push_back(Box::pin(std::future::ready(Checked {
             seq,
             env,
@@ -771,6 +771,11 @@ const CHECK_DEPTH: usize = 32;
 /// routing filed it.
 const RECHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// The inbox routing filed a stored message in (`Inbox` as i32).
+fn filed_inbox(pm: &interop_proto::v1::PipelineMessage) -> i32 {
+    pm.route.as_ref().map_or(0, |r| r.inbox)
+}
+
 /// Whether a stored message may still be shown to `user`, and in which
 /// inbox (`Inbox` as i32). Routing decided when it stored the message; the
 /// user may have opted out, removed the sender's provider, declined or
@@ -784,7 +789,7 @@ async fn still_admitted(
     env: &Envelope,
     pm: &interop_proto::v1::PipelineMessage,
 ) -> Option<i32> {
-    let stored = pm.route.as_ref().map_or(0, |r| r.inbox);
+    let stored = filed_inbox(pm);
     if matches!(env.content, Some(envelope::Content::Receipt(_))) {
         return Some(stored);
     }
