@@ -137,9 +137,12 @@ pub async fn run_stage<H: Handler>(
         // Handler futures, yielding in input order.
         let mut handling: FuturesOrdered<Pin<Box<dyn Future<Output = Handled> + Send>>> =
             FuturesOrdered::new();
-        // Publish-ack waits and settles, in any order.
-        let mut settling: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
+        // Publish-ack waits and settles, in any order; each yields how many
+        // publish acks it held.
+        let mut settling: FuturesUnordered<Pin<Box<dyn Future<Output = usize> + Send>>> =
             FuturesUnordered::new();
+        // Publish acks not awaited yet, at most ACK_BUDGET (see there).
+        let mut unacked = 0usize;
         let mut stopping = false;
         let mut source_done = false;
         loop {
@@ -149,19 +152,31 @@ pub async fn run_stage<H: Handler>(
             let can_pull = !stopping
                 && !source_done
                 && handling.len() < options.concurrency
-                && settling.len() < options.publish_window;
+                && settling.len() < options.publish_window
+                && unacked < ACK_BUDGET;
             tokio::select! {
                 biased;
                 Some((msg, span, started, result)) = handling.next(), if !handling.is_empty() => {
                     // Outputs are published here, one message at a time, in
-                    // input order.
+                    // input order. Room for their acks is made first by
+                    // settling earlier messages (their acks are awaited only
+                    // in `settling`, which is not polled meanwhile).
+                    let outputs = result.as_ref().map_or(0, Vec::len);
+                    while unacked + outputs > ACK_BUDGET {
+                        match settling.next().await {
+                            Some(n) => unacked -= n,
+                            None => break,
+                        }
+                    }
                     let acks = publish_all(&js, &span, result).await;
+                    let held = acks.as_ref().map_or(0, |a| a.len());
+                    unacked += held;
                     let metrics = metrics.clone();
                     settling.push(Box::pin(async move {
                         let outcome = match acks {
                             Ok(acks) => {
-                                let n = acks.len() as u64;
-                                let r = await_acks(acks).await;
+                                let n = acks.published;
+                                let r = await_acks(acks.unawaited).await;
                                 if r.is_ok() {
                                     metrics.messages_out.inc_by(n);
                                 }
@@ -171,9 +186,10 @@ pub async fn run_stage<H: Handler>(
                         };
                         settle(name, &msg, outcome, &metrics).await;
                         metrics.handle_seconds.observe(started.elapsed().as_secs_f64());
+                        held
                     }));
                 }
-                Some(()) = settling.next(), if !settling.is_empty() => {}
+                Some(n) = settling.next(), if !settling.is_empty() => unacked -= n,
                 () = shutdown.cancelled(), if !stopping => {
                     stopping = true;
                 }
@@ -218,14 +234,39 @@ pub async fn run_stage<H: Handler>(
     Ok(())
 }
 
+/// Publish acks a stage leaves unawaited at most. async-nats gives each
+/// JetStream context 5,000 (`max_ack_inflight`) and makes a publish wait
+/// for one: a stage holding them all in futures it is not polling would
+/// wait for itself. One input with more outputs than this (a batch of
+/// group messages) publishes them in chunks, awaiting each chunk's acks.
+pub const ACK_BUDGET: usize = 4096;
+
+/// One input's outputs, published.
+struct Published {
+    /// How many.
+    published: u64,
+    /// The acks still to await (all of them, or the last chunk's).
+    unawaited: Vec<jetstream::context::PublishAckFuture>,
+}
+
+impl Published {
+    fn len(&self) -> usize {
+        self.unawaited.len()
+    }
+}
+
 async fn publish_all(
     js: &jetstream::Context,
     span: &tracing::Span,
     result: Result<Vec<Outgoing>, HandleError>,
-) -> Result<Vec<jetstream::context::PublishAckFuture>, HandleError> {
+) -> Result<Published, HandleError> {
     let outputs = result?;
-    let mut acks = Vec::with_capacity(outputs.len());
+    let published = outputs.len() as u64;
+    let mut acks = Vec::with_capacity(outputs.len().min(ACK_BUDGET));
     for out in outputs {
+        if acks.len() == ACK_BUDGET {
+            await_acks(std::mem::take(&mut acks)).await?;
+        }
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", out.msg_id.as_str());
         span.in_scope(|| crate::trace::inject_current(&mut headers));
@@ -241,7 +282,10 @@ async fn publish_all(
             })?;
         acks.push(ack);
     }
-    Ok(acks)
+    Ok(Published {
+        published,
+        unawaited: acks,
+    })
 }
 
 async fn await_acks(acks: Vec<jetstream::context::PublishAckFuture>) -> Result<(), HandleError> {
