@@ -270,6 +270,7 @@ pub(crate) async fn prepare_group_send(
             Rejection::new(RejectCode::GroupNotFound, "no such group"),
         );
     }
+    let resend = existing.is_some();
     let message_id = existing.unwrap_or(fresh_id);
     let accepted_at_ms = interop_proto::now_ms();
     envelope.message_id.clone_from(&message_id);
@@ -295,6 +296,7 @@ pub(crate) async fn prepare_group_send(
         payload: Bytes::from(pm.encode_to_vec()),
         span,
         ephemeral_subject: None,
+        resend,
     })
 }
 

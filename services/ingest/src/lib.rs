@@ -9,6 +9,7 @@
 //! `interop.v1.ingest.accepted`. `Accepted` is answered only after JetStream
 //! acknowledged the publish; every failure is a typed `Rejected`.
 
+pub mod accepted;
 pub mod admin;
 mod consent_frames;
 mod group;
@@ -112,6 +113,8 @@ pub(crate) struct Shared {
     pub sessions: TaskTracker,
     pub metrics: metrics::IngestMetrics,
     pub edge: EdgeGuard,
+    /// Publishes accepted sends, gathered (docs/adr/0019).
+    pub accepted: accepted::Publisher,
 }
 
 /// Runs ingest until `shutdown`, then closes connections after their
@@ -135,8 +138,10 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
             shutdown.clone(),
         ))
     });
+    let metrics = metrics::IngestMetrics::register(&deps.metrics);
     let shared = Arc::new(Shared {
         providers,
+        accepted: accepted::Publisher::start(js.clone(), metrics.clone()),
         js,
         redis: deps.redis.clone(),
         store_timeout: config.store_timeout,
@@ -145,7 +150,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         sender_limit: config.sender_limit,
         shutdown: shutdown.clone(),
         sessions: TaskTracker::new(),
-        metrics: metrics::IngestMetrics::register(&deps.metrics),
+        metrics,
         edge: EdgeGuard::new(deps.redis.clone(), config.edge),
     });
     let app = Router::new()

@@ -22,6 +22,7 @@ pub struct IngestMetrics {
     pub rejected: Family<CodeLabel, Counter>,
     pub consent_updates: Counter,
     pub store_seconds: Histogram,
+    pub batch_messages: Histogram,
 }
 
 impl IngestMetrics {
@@ -32,6 +33,7 @@ impl IngestMetrics {
             rejected: Family::default(),
             consent_updates: Counter::default(),
             store_seconds: latency_histogram(),
+            batch_messages: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
         };
         metrics.register(
             "interop_ingest_connections",
@@ -57,6 +59,11 @@ impl IngestMetrics {
             "interop_ingest_store_seconds",
             "Time from publishing a message to JetStream's ack.",
             m.store_seconds.clone(),
+        );
+        metrics.register(
+            "interop_ingest_batch_messages",
+            "Sends per message published to the accepted stream (docs/adr/0019).",
+            m.batch_messages.clone(),
         );
         m
     }

@@ -11,13 +11,10 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::publish::PublishAck;
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use prost::Message as _;
 use tracing::{debug, warn, Instrument};
 
-use interop_bus::subjects::INGEST_ACCEPTED;
 use interop_proto::v1::{
     client_frame, server_frame, Accepted, ClientFrame, PipelineMessage, RejectCode, ServerFrame,
 };
@@ -42,6 +39,9 @@ pub(crate) struct ToPublish {
     /// Ephemeral content (typing): published on this core NATS subject to
     /// the recipient's open sessions instead of being stored.
     pub(crate) ephemeral_subject: Option<String>,
+    /// A re-send of a client message id (it got the first try's message
+    /// id): stored alone, so JetStream drops it if the first was stored.
+    pub(crate) resend: bool,
 }
 
 pub(crate) enum Prepared {
@@ -245,6 +245,7 @@ async fn prepare_send(
             Rejection::new(RejectCode::RecipientUnavailable, "recipient unavailable"),
         );
     }
+    let resend = existing.is_some();
     let message_id = existing.unwrap_or(fresh_id);
     let accepted_at_ms = interop_proto::now_ms();
     envelope.message_id.clone_from(&message_id);
@@ -295,13 +296,15 @@ async fn prepare_send(
         payload: Bytes::from(pm.encode_to_vec()),
         span,
         ephemeral_subject,
+        resend,
     })
 }
 
-/// Publishes `p`: writes it to JetStream now (the caller calls this in
-/// arrival order, so per-connection order is kept) and returns a future
-/// that answers once JetStream acked, or with `UNAVAILABLE` when the store
-/// does not answer within the store timeout.
+/// Publishes `p`: hands it to the publishing task now (the caller calls
+/// this in arrival order, so per-connection order is kept; see
+/// [`crate::accepted`]) and returns a future that answers once JetStream
+/// acked the stream message holding it, or with `UNAVAILABLE` when the
+/// store does not answer within the store timeout.
 pub(crate) async fn publish(
     shared: Arc<Shared>,
     p: ToPublish,
@@ -312,38 +315,41 @@ pub(crate) async fn publish(
     }
     let started = tokio::time::Instant::now();
     let deadline = started + shared.store_timeout;
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", p.message_id.as_str());
-    span.in_scope(|| interop_bus::trace::inject_current(&mut headers));
-    let publish = async_nats::jetstream::message::PublishMessage::build()
-        .payload(p.payload.clone())
-        .headers(headers);
-    // Writing waits only when the client's buffer is full (NATS slow or
-    // down); bounded by the same deadline.
-    let sent =
-        tokio::time::timeout_at(deadline, shared.js.send_publish(INGEST_ACCEPTED, publish)).await;
+    let (reply, stored) = tokio::sync::oneshot::channel();
+    let queued = crate::accepted::Queued {
+        message_id: p.message_id.clone(),
+        payload: p.payload.clone(),
+        resend: p.resend,
+        trace: span.in_scope(interop_bus::trace::current_fields),
+        deadline,
+        reply,
+    };
+    // Waits only when the task's queue is full; bounded by the deadline.
+    let handed = tokio::time::timeout_at(deadline, shared.accepted.hand_over(queued)).await;
     futures_util::future::Either::Right(
         async move {
-            let acked: Result<PublishAck, String> = match sent {
-                Ok(Ok(ack)) => match tokio::time::timeout_at(deadline, ack).await {
-                    Ok(Ok(ack)) => Ok(ack),
-                    Ok(Err(e)) => Err(format!("JetStream refused a publish: {e}")),
+            let stored: crate::accepted::Stored = match handed {
+                Ok(true) => match tokio::time::timeout_at(deadline, stored).await {
+                    Ok(Ok(stored)) => stored,
+                    Ok(Err(_)) => Err("the publishing task is gone".to_owned()),
                     Err(_) => Err("JetStream did not ack in time".to_owned()),
                 },
-                Ok(Err(e)) => Err(format!("cannot publish: {e}")),
-                Err(_) => Err("the NATS connection did not take the publish in time".to_owned()),
+                Ok(false) => Err("the publishing task is gone".to_owned()),
+                Err(_) => Err("the publishing task did not take the send in time".to_owned()),
             };
             shared
                 .metrics
                 .store_seconds
                 .observe(started.elapsed().as_secs_f64());
-            match acked {
-                Ok(ack) => accepted(
+            match stored {
+                // `duplicate`: this client message id was sent before
+                // (docs/protocol.md, "Retries and idempotency").
+                Ok(()) => accepted(
                     p.request_id,
                     p.client_message_id,
                     p.message_id,
                     p.accepted_at_ms,
-                    ack.duplicate,
+                    p.resend,
                 ),
                 Err(reason) => {
                     warn!(%reason, "Refusing a send: message storage unavailable.");

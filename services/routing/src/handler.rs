@@ -19,11 +19,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message as _;
-use tracing::warn;
+use tracing::{error, warn, Instrument};
 
 use interop_bus::subjects::{ROUTING_MEDIA_REQUESTED, ROUTING_QUARANTINED};
 use interop_bus::{pipeline, recipient_key, HandleError, Handler, Input, Outgoing};
-use interop_proto::v1::{envelope, Inbox, ReceiptStatus, RejectCode, Route, Verdict};
+use interop_proto::v1::{
+    envelope, AcceptedBatch, Inbox, PipelineMessage, ReceiptStatus, RejectCode, Route, Verdict,
+};
 use interop_state::contacts::SetOutcome;
 use interop_state::{Admission, ContactStore, Refusal, StateError};
 use interop_telemetry::metrics::Metrics;
@@ -149,7 +151,58 @@ pub(crate) fn retry(e: StateError) -> HandleError {
 
 impl Handler for Router {
     async fn handle(&self, input: Input<'_>) -> Result<Vec<Outgoing>, HandleError> {
-        let mut pm = pipeline::decode(input.payload)?;
+        if pipeline::is_batch(input.headers) {
+            return self
+                .route_batch(pipeline::decode_batch(input.payload)?)
+                .await;
+        }
+        self.route(pipeline::decode(input.payload)?).await
+    }
+}
+
+impl Router {
+    /// A batch of accepted sends (docs/adr/0019): each routed as if it came
+    /// alone, at once (their Redis calls and score requests leave
+    /// together), outputs in batch order. If any must be retried the whole
+    /// batch is: the others' outputs are deduplicated downstream by message
+    /// id and their state writes are idempotent. One that can never be
+    /// routed is dropped with an error, like a single message that is
+    /// dead-lettered, and does not hold up the others.
+    async fn route_batch(&self, batch: AcceptedBatch) -> Result<Vec<Outgoing>, HandleError> {
+        let AcceptedBatch { messages, traces } = batch;
+        let routed =
+            futures_util::future::join_all(messages.into_iter().enumerate().map(|(i, pm)| {
+                let span =
+                    tracing::info_span!("route", otel.name = "routing route", batch_index = i);
+                if let Some(t) = traces.get(i) {
+                    interop_bus::trace::set_parent_from_fields(&span, &t.fields);
+                }
+                async move {
+                    if pm.envelope.is_none() {
+                        return Err(HandleError::Permanent(
+                            "pipeline message without envelope".into(),
+                        ));
+                    }
+                    self.route(pm).await
+                }
+                .instrument(span)
+            }))
+            .await;
+        let mut out = Vec::new();
+        for (i, r) in routed.into_iter().enumerate() {
+            match r {
+                Ok(o) => out.extend(o),
+                Err(HandleError::Permanent(reason)) => {
+                    error!(batch_index = i, %reason, "Dropped a message of a batch that can never be routed.");
+                }
+                Err(retry) => return Err(retry),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One accepted send.
+    async fn route(&self, mut pm: PipelineMessage) -> Result<Vec<Outgoing>, HandleError> {
         let Some(env) = pm.envelope.as_ref() else {
             return Err(HandleError::Permanent("no envelope".into()));
         };

@@ -1,7 +1,8 @@
 //! routing: has each accepted message scored, and decides where it goes.
 //!
-//! Consumes `interop.v1.ingest.accepted` (durable consumer `routing`).
-//! For each message:
+//! Consumes `interop.v1.ingest.accepted` (durable consumer `routing`): one
+//! message, or a batch of them (header `Interop-Batch`, docs/adr/0019),
+//! each routed as if it came alone. For each message:
 //! 0. spam-scoring's verdict, asked over core NATS request/reply
 //!    ([`score`]; docs/adr/0015): REJECT answers the sender with `SPAM`.
 //! 1. Is the recipient reachable ([`Router::admit`], the per-recipient

@@ -4,8 +4,9 @@
 use bytes::Bytes;
 use prost::Message as _;
 
+use async_nats::HeaderMap;
 use interop_proto::v1::{
-    envelope, Envelope, PipelineMessage, Receipt, ReceiptStatus, RejectCode, Verdict,
+    envelope, AcceptedBatch, Envelope, PipelineMessage, Receipt, ReceiptStatus, RejectCode, Verdict,
 };
 
 use crate::recipient_key;
@@ -23,6 +24,24 @@ pub fn decode(payload: &[u8]) -> Result<PipelineMessage, HandleError> {
         ));
     }
     Ok(pm)
+}
+
+/// The header that marks an `interop.v1.ingest.accepted` message as an
+/// [`AcceptedBatch`] (its value: how many messages it holds). Without it the
+/// payload is one [`PipelineMessage`] (docs/adr/0019).
+pub const BATCH_HEADER: &str = "Interop-Batch";
+
+/// Whether a stream message with these headers is an [`AcceptedBatch`].
+pub fn is_batch(headers: Option<&HeaderMap>) -> bool {
+    headers.is_some_and(|h| h.get(BATCH_HEADER).is_some())
+}
+
+/// Decodes an [`AcceptedBatch`]. One that does not decode can never be
+/// handled: a permanent failure (its messages are not lost silently: the
+/// stage logs it as dead-lettered).
+pub fn decode_batch(payload: &[u8]) -> Result<AcceptedBatch, HandleError> {
+    AcceptedBatch::decode(payload)
+        .map_err(|e| HandleError::Permanent(format!("undecodable accepted batch: {e}")))
 }
 
 /// The spam verdict `pm` carries: `ALLOW` when it has none (not scored, or

@@ -235,10 +235,8 @@ async fn ten_thousand_messages_from_three_senders_arrive_in_per_sender_order() {
                 }
                 i += pending.len();
                 for p in pending {
-                    assert!(matches!(
-                        p.outcome().await.unwrap(),
-                        SendOutcome::Accepted(_)
-                    ));
+                    let outcome = p.outcome().await.unwrap();
+                    assert!(matches!(outcome, SendOutcome::Accepted(_)), "{outcome:?}");
                 }
             }
         }));

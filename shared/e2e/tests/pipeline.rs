@@ -328,3 +328,79 @@ async fn a_sender_over_the_rate_limit_gets_a_failed_receipt() {
     let more = tokio::time::timeout(Duration::from_millis(500), bob.next()).await;
     assert!(more.is_err(), "the fourth message was delivered: {more:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_sends_is_stored_in_batches_and_each_is_delivered_once_in_order() {
+    const SENDERS: usize = 10;
+    // Within a sender's burst (40), so none is rate-limited.
+    const EACH: usize = 20;
+    let c = Cluster::start().await;
+    opt_in(&c, BOB, &["signal"]).await;
+    let home = Sender::connect(&c.gateway.ingest_url, "home", HOME_TOKEN)
+        .await
+        .unwrap();
+    let senders: Vec<String> = (0..SENDERS).map(|s| format!("signal:burst{s}")).collect();
+    for s in &senders {
+        // Accepted contacts: the burst is conversation, not requests.
+        home.respond_to_request(BOB, s, interop_proto::v1::RequestAction::Accept)
+            .await
+            .unwrap();
+    }
+    let before = interop_e2e::ingest_published(&c.nats.url()).await;
+    let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN)
+        .await
+        .unwrap();
+    // All written before any answer is awaited (pipelined, one connection).
+    let mut pending = Vec::new();
+    for i in 0..EACH {
+        for s in &senders {
+            let env = text_envelope(&format!("{s}-{i}"), s, BOB, &format!("{i}"));
+            pending.push(alice.submit(env).await.unwrap());
+        }
+    }
+    for p in pending {
+        accepted(p.outcome().await.unwrap());
+    }
+    let stream_messages = interop_e2e::ingest_published(&c.nats.url()).await - before;
+    assert!(
+        stream_messages < (SENDERS * EACH) as u64,
+        "{} sends were stored as {stream_messages} stream messages: none gathered",
+        SENDERS * EACH
+    );
+    let (status, metrics) =
+        interop_e2e::http_get(&format!("{}/metrics", c.gateway.admin_url("ingest")))
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    let published = metric_sample(&metrics, "interop_ingest_batch_messages_count");
+    let gathered = metric_sample(&metrics, "interop_ingest_batch_messages_sum");
+    assert_eq!(gathered, (SENDERS * EACH) as f64, "{metrics}");
+    assert_eq!(published, stream_messages as f64);
+
+    let mut bob = receiver(&c, "home", HOME_TOKEN, BOB, "phone").await;
+    let mut next_from = [0usize; SENDERS];
+    for _ in 0..SENDERS * EACH {
+        let env = next_acked(&mut bob).await.envelope;
+        let s = senders
+            .iter()
+            .position(|s| *s == env.from)
+            .expect("a sender");
+        let Some(Content::Text(t)) = env.content else {
+            panic!("not a text: {env:?}")
+        };
+        assert_eq!(
+            t.body,
+            next_from[s].to_string(),
+            "out of order from {}",
+            env.from
+        );
+        next_from[s] += 1;
+    }
+    let more = tokio::time::timeout(Duration::from_millis(800), bob.next()).await;
+    assert!(more.is_err(), "delivered more than once: {more:?}");
+    assert_eq!(bob.duplicates(), 0, "a message reached bob twice");
+}
+
+fn metric_sample(text: &str, sample: &str) -> f64 {
+    interop_e2e::metric_value(text, sample).unwrap_or_else(|| panic!("no {sample} in\n{text}"))
+}

@@ -10,7 +10,12 @@
 //!    idempotency and rate-limit keys, group memberships; other users'
 //!    accepted/declined answers about them (their blocks stay).
 //! 2. The pipeline streams (`INTEROP_INGEST`, `INTEROP_MEDIA`): messages
-//!    from or to them that are still on their way.
+//!    from or to them that are still on their way. An ingest batch (one
+//!    stream message holding several accepted messages, docs/adr/0019)
+//!    holding only theirs goes whole; one that also holds others' messages
+//!    is split: a new batch of the others' messages (with their traces, in
+//!    order) is published and acknowledged first, then the original is
+//!    deleted, so what other senders were told was accepted is never lost.
 //! 3. The offline store (`INTEROP_INBOX`): their own store subject
 //!    (`interop.v1.delivery.queued.<key>`: what they received, receipts about
 //!    what they sent), every message they sent that sits in another user's
@@ -26,7 +31,8 @@
 //! Messages are removed one by one with JetStream's message delete, which
 //! overwrites the stored message (no `no_erase`). Other users' messages are
 //! never touched, except reactions to the user's group messages (they point
-//! at a message that no longer exists). Replies of others keep their
+//! at a message that no longer exists) and other users' messages in a split
+//! ingest batch (stored again, in a new batch). Replies of others keep their
 //! `in_reply_to` (an opaque id): the reply is theirs.
 //!
 //! Idempotent: erasing again finds nothing (counts are zero, except
@@ -36,19 +42,22 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy, stream::Stream};
+use async_nats::HeaderMap;
 use base64::engine::general_purpose::URL_SAFE;
 use base64::Engine as _;
 use futures_util::StreamExt as _;
 use prost::Message as _;
 use tracing::info;
 
+use interop_bus::pipeline::{decode_batch, is_batch, BATCH_HEADER};
 use interop_bus::recipient_key;
 use interop_bus::subjects::{
     delivery_queued, DELIVERY_ACKED_PREFIX, MEDIA_BUCKET, STREAM_CURSORS, STREAM_INBOX,
     STREAM_INGEST, STREAM_MEDIA, STREAM_QUARANTINE,
 };
-use interop_proto::v1::{envelope::Content, Envelope, PipelineMessage};
+use interop_proto::v1::{envelope::Content, AcceptedBatch, Envelope, PipelineMessage};
 use interop_proto::Address;
 use interop_state::{erase, media, StateError};
 
@@ -179,12 +188,22 @@ async fn scan_limits(
     Ok(())
 }
 
+/// One stored message of a work-queue stream, as a scan sees it.
+struct Queued {
+    seq: u64,
+    subject: String,
+    /// What it holds: an ingest batch (docs/adr/0019), or one message as a
+    /// batch of one. Empty if it does not decode (its stage dead-letters
+    /// it).
+    held: AcceptedBatch,
+}
+
 /// Every message of a work-queue stream, read by sequence (a work queue
 /// takes no second consumer that overlaps its stage's).
 async fn scan_work_queue(
     js: &jetstream::Context,
     name: &str,
-    mut visit: impl FnMut(Seen),
+    mut visit: impl FnMut(Queued),
 ) -> Result<(), ErasureError> {
     let mut stream = js
         .get_stream(name)
@@ -204,14 +223,31 @@ async fn scan_work_queue(
             Err(_) => return Err(stream_error(name, "timed out reading")),
             // Taken by its stage meanwhile, or deleted.
             Ok(Err(_)) => continue,
-            Ok(Ok(m)) => visit(Seen {
+            Ok(Ok(m)) => visit(Queued {
                 seq,
                 subject: m.subject.to_string(),
-                env: decode(&m.payload),
+                held: if is_batch(Some(&m.headers)) {
+                    decode_batch(&m.payload).unwrap_or_default()
+                } else {
+                    AcceptedBatch {
+                        messages: PipelineMessage::decode(&*m.payload).into_iter().collect(),
+                        traces: Vec::new(),
+                    }
+                },
             }),
         }
     }
     Ok(())
+}
+
+/// Deletes (erases) message `seq` of `stream`; false if it was not there.
+async fn delete(stream: &Stream, name: &str, seq: u64) -> Result<bool, ErasureError> {
+    match tokio::time::timeout(STEP_TIMEOUT, stream.delete_message(seq)).await {
+        Err(_) => Err(stream_error(name, "timed out deleting")),
+        Ok(Ok(deleted)) => Ok(deleted),
+        // Gone already (aged out, taken by its stage, a second erasure).
+        Ok(Err(_)) => Ok(false),
+    }
 }
 
 /// Deletes (erases) the messages `seqs` of `stream`; returns how many were
@@ -219,14 +255,79 @@ async fn scan_work_queue(
 async fn delete_all(stream: &Stream, name: &str, seqs: &[u64]) -> Result<u64, ErasureError> {
     let mut n = 0;
     for &seq in seqs {
-        match tokio::time::timeout(STEP_TIMEOUT, stream.delete_message(seq)).await {
-            Err(_) => return Err(stream_error(name, "timed out deleting")),
-            Ok(Ok(true)) => n += 1,
-            // Gone already (aged out, taken by its stage, a second erasure).
-            Ok(Ok(false)) | Ok(Err(_)) => {}
+        if delete(stream, name, seq).await? {
+            n += 1;
         }
     }
     Ok(n)
+}
+
+/// A stored pipeline message holding some of the user's messages.
+struct Doomed {
+    seq: u64,
+    /// How many of the user's messages it holds.
+    theirs: u64,
+    /// A batch that also holds others' messages: those, to publish again on
+    /// `subject` before the original goes.
+    keep: Option<(String, AcceptedBatch)>,
+}
+
+impl Doomed {
+    /// What erasing the messages `involves` does to `m`; `None`: it stays.
+    fn of(m: Queued, involves: impl Fn(&Envelope) -> bool) -> Option<Self> {
+        let (theirs, others) = split(m.held, involves);
+        (theirs > 0).then(|| Self {
+            seq: m.seq,
+            theirs,
+            keep: (!others.messages.is_empty()).then_some((m.subject, others)),
+        })
+    }
+}
+
+/// How many messages of `batch` `involves`, and a batch of the others, in
+/// order, each with its trace (traces may be fewer than messages: those
+/// that have none keep none).
+fn split(batch: AcceptedBatch, involves: impl Fn(&Envelope) -> bool) -> (u64, AcceptedBatch) {
+    let mut traces = batch.traces.into_iter();
+    let mut theirs = 0;
+    let mut others = AcceptedBatch::default();
+    for pm in batch.messages {
+        let trace = traces.next();
+        if pm.envelope.as_ref().is_some_and(&involves) {
+            theirs += 1;
+        } else {
+            others.messages.push(pm);
+            others.traces.extend(trace);
+        }
+    }
+    (theirs, others)
+}
+
+/// Publishes `batch` on `subject` as a new batch (a fresh message id: it is
+/// no duplicate of the original) and awaits JetStream's ack. A batch of
+/// one too: routing takes both shapes.
+async fn republish(
+    js: &jetstream::Context,
+    name: &str,
+    subject: &str,
+    batch: &AcceptedBatch,
+) -> Result<(), ErasureError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(BATCH_HEADER, batch.messages.len().to_string());
+    headers.insert(
+        NATS_MESSAGE_ID,
+        format!("erasure-{}", uuid::Uuid::now_v7()).as_str(),
+    );
+    let payload = batch.encode_to_vec().into();
+    tokio::time::timeout(STEP_TIMEOUT, async {
+        js.publish_with_headers(subject.to_owned(), headers, payload)
+            .await?
+            .await
+    })
+    .await
+    .map_err(|_| stream_error(name, "timed out publishing"))?
+    .map_err(|e| stream_error(name, e))?;
+    Ok(())
 }
 
 async fn get_stream(js: &jetstream::Context, name: &str) -> Result<Stream, ErasureError> {
@@ -260,17 +361,25 @@ pub async fn erase_user(
     let involves = |env: &Envelope| env.from == a || env.to == a;
     let mut media_refs = MediaRefs::new();
 
-    // 2. The pipeline streams.
+    // 2. The pipeline streams. Counted: the user's messages, not the stream
+    // messages (batches) that held them.
     for name in [STREAM_INGEST, STREAM_MEDIA] {
         let mut doomed = Vec::new();
-        scan_work_queue(js, name, |m| {
-            if m.env.as_ref().is_some_and(involves) {
-                doomed.push(m.seq);
-            }
-        })
-        .await?;
+        scan_work_queue(js, name, |m| doomed.extend(Doomed::of(m, involves))).await?;
         let stream = get_stream(js, name).await?;
-        out.in_pipeline += delete_all(&stream, name, &doomed).await?;
+        for d in doomed {
+            // Others' messages in a split batch are stored again before the
+            // original goes. If routing took the original meanwhile, they
+            // are routed twice: harmless, as for a batch routing retries
+            // (the store write is deduplicated by message id, routing's
+            // state writes are idempotent).
+            if let Some((subject, others)) = &d.keep {
+                republish(js, name, subject, others).await?;
+            }
+            if delete(&stream, name, d.seq).await? {
+                out.in_pipeline += d.theirs;
+            }
+        }
     }
 
     // 3. The offline store.
@@ -458,5 +567,82 @@ impl MediaBlobs {
                 .map_err(|e| stream_error(name, e))?;
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use interop_proto::v1::TraceContext;
+
+    use super::*;
+
+    const USER: &str = "home:+4915112345678";
+
+    fn pm(id: &str, from: &str, to: &str) -> PipelineMessage {
+        PipelineMessage {
+            envelope: Some(Envelope {
+                message_id: id.to_owned(),
+                from: from.to_owned(),
+                to: to.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn trace(id: &str) -> TraceContext {
+        TraceContext {
+            fields: [("traceparent".to_owned(), id.to_owned())].into(),
+        }
+    }
+
+    fn doomed(messages: Vec<PipelineMessage>, traces: Vec<TraceContext>) -> Option<Doomed> {
+        let m = Queued {
+            seq: 7,
+            subject: "s".into(),
+            held: AcceptedBatch { messages, traces },
+        };
+        Doomed::of(m, |env: &Envelope| env.from == USER || env.to == USER)
+    }
+
+    fn ids(batch: &AcceptedBatch) -> Vec<&str> {
+        batch
+            .messages
+            .iter()
+            .map(|pm| pm.envelope.as_ref().unwrap().message_id.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_stored_message_goes_whole_when_all_it_holds_is_the_users() {
+        let one = doomed(vec![pm("1", USER, "b")], Vec::new()).unwrap();
+        assert_eq!((one.seq, one.theirs, one.keep.is_none()), (7, 1, true));
+        let batch = doomed(vec![pm("1", USER, "b"), pm("2", "c", USER)], Vec::new()).unwrap();
+        assert_eq!((batch.theirs, batch.keep.is_none()), (2, true));
+        assert!(doomed(vec![pm("1", "b", "c")], Vec::new()).is_none());
+        assert!(doomed(vec![pm("1", "b", "c"), pm("2", "c", "b")], Vec::new()).is_none());
+        // Undecodable, or without envelope: not known to be theirs.
+        assert!(doomed(Vec::new(), Vec::new()).is_none());
+        assert!(doomed(vec![PipelineMessage::default()], Vec::new()).is_none());
+    }
+
+    #[test]
+    fn a_mixed_batch_keeps_the_others_messages_with_their_traces_in_order() {
+        let d = doomed(
+            vec![
+                pm("1", "b", "c"),
+                pm("2", USER, "b"),
+                pm("3", "c", "d"),
+                pm("4", "d", "b"),
+            ],
+            // Fewer traces than messages: the last has none.
+            vec![trace("1"), trace("2"), trace("3")],
+        )
+        .unwrap();
+        assert_eq!(d.theirs, 1);
+        let (subject, others) = d.keep.unwrap();
+        assert_eq!(subject, "s");
+        assert_eq!(ids(&others), ["1", "3", "4"]);
+        assert_eq!(others.traces, [trace("1"), trace("3")]);
     }
 }

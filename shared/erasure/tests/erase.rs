@@ -1,19 +1,26 @@
 //! The erasure against real servers, with messages written straight into
 //! the streams: what goes (the user's store, what they sent, quarantine and
 //! pipeline entries, reactions to their group messages), what stays
-//! (everyone else's messages, exactly), and how long it takes.
+//! (everyone else's messages, exactly, also when they shared an ingest batch
+//! with the user's), and how long it takes.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message as _;
 
+use async_nats::header::NATS_MESSAGE_ID;
+use async_nats::HeaderMap;
+use interop_bus::pipeline::{decode_batch, is_batch, BATCH_HEADER};
 use interop_bus::subjects::{
     delivery_queued, INGEST_ACCEPTED, ROUTING_QUARANTINED, STREAM_INBOX, STREAM_INGEST,
     STREAM_QUARANTINE,
 };
 use interop_bus::{recipient_key, StreamSettings};
-use interop_proto::v1::{envelope::Content, Envelope, PipelineMessage, Reaction, Text};
+use interop_proto::v1::{
+    envelope::Content, AcceptedBatch, Envelope, PipelineMessage, Reaction, Text, TraceContext,
+};
 use interop_proto::Address;
 use interop_state::{ContactState, ContactStore};
 use interop_test_support::{NatsServer, RedisServer};
@@ -225,6 +232,134 @@ async fn an_erasure_removes_exactly_the_users_messages() {
             ..Default::default()
         }
     );
+}
+
+/// A trace context that names `id`, to tell which message it went with.
+fn trace(id: &str) -> TraceContext {
+    TraceContext {
+        fields: [("traceparent".to_owned(), format!("trace-of-{id}"))].into(),
+    }
+}
+
+/// Publishes an ingest batch of `(id, from, to)` messages, each with its
+/// trace, and awaits its ack.
+async fn publish_batch(w: &World, msg_id: &str, messages: &[(&str, &str, &str)]) {
+    let batch = AcceptedBatch {
+        messages: messages
+            .iter()
+            .map(|(id, from, to)| PipelineMessage::decode(pm(id, from, to, "", text())).unwrap())
+            .collect(),
+        traces: messages.iter().map(|(id, _, _)| trace(id)).collect(),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(BATCH_HEADER, messages.len().to_string());
+    headers.insert(NATS_MESSAGE_ID, msg_id);
+    w.js.publish_with_headers(INGEST_ACCEPTED, headers, batch.encode_to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// One stream message of `INTEROP_INGEST` as routing would read it.
+#[derive(Debug)]
+struct Stored {
+    /// The `BATCH_HEADER` value, for a batch.
+    batch: Option<String>,
+    msg_id: Option<String>,
+    /// Message id → the trace it carries (none for a single message).
+    messages: BTreeMap<String, Option<TraceContext>>,
+}
+
+/// Every message `INTEROP_INGEST` holds (nothing consumes it here).
+async fn ingest_contents(js: &async_nats::jetstream::Context) -> Vec<Stored> {
+    let mut stream = js.get_stream(STREAM_INGEST).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        let Ok(m) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_owned());
+        let messages = if is_batch(Some(&m.headers)) {
+            let batch = decode_batch(&m.payload).unwrap();
+            let mut traces = batch.traces.into_iter();
+            batch
+                .messages
+                .into_iter()
+                .map(|pm| (pm.envelope.unwrap().message_id, traces.next()))
+                .collect()
+        } else {
+            let pm = PipelineMessage::decode(m.payload.clone()).unwrap();
+            [(pm.envelope.unwrap().message_id, None)].into()
+        };
+        out.push(Stored {
+            batch: header(BATCH_HEADER),
+            msg_id: header(NATS_MESSAGE_ID.as_ref()),
+            messages,
+        });
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_splits_a_batch_in_the_pipeline() {
+    let w = world().await;
+    // No routing runs: the batches stay in the work queue.
+    publish_batch(
+        &w,
+        "batch-a",
+        &[
+            ("a-from-bob", BOB, &user(0)),
+            ("a-other", &user(1), &user(2)),
+            ("a-to-bob", &user(3), BOB),
+        ],
+    )
+    .await;
+    publish_batch(
+        &w,
+        "batch-b",
+        &[("b-1", &user(0), &user(1)), ("b-2", &user(2), &user(3))],
+    )
+    .await;
+
+    let bob = Address::parse(BOB).unwrap();
+    let erased = interop_erasure::erase_user(&w.js, &w.redis, &bob)
+        .await
+        .unwrap();
+    // Bob's two messages, not the one stream message that held them.
+    assert_eq!(erased.in_pipeline, 2, "{erased:?}");
+
+    let stored = ingest_contents(&w.js).await;
+    assert_eq!(stored.len(), 2, "{stored:#?}");
+    // Batch b, untouched.
+    assert_eq!(stored[0].batch.as_deref(), Some("2"), "{stored:#?}");
+    assert_eq!(stored[0].msg_id.as_deref(), Some("batch-b"), "{stored:#?}");
+    assert_eq!(
+        stored[0].messages,
+        [
+            ("b-1".to_owned(), Some(trace("b-1"))),
+            ("b-2".to_owned(), Some(trace("b-2")))
+        ]
+        .into()
+    );
+    // Batch a's other message, republished as a batch of one with its
+    // trace and a fresh message id; batch a itself is gone.
+    let split = &stored[1];
+    assert_eq!(split.batch.as_deref(), Some("1"), "{stored:#?}");
+    let msg_id = split.msg_id.as_deref().unwrap_or_default();
+    assert!(msg_id.starts_with("erasure-"), "{stored:#?}");
+    assert_eq!(
+        split.messages,
+        [("a-other".to_owned(), Some(trace("a-other")))].into()
+    );
+
+    // Again: nothing of Bob's is left, and the others' messages stay.
+    let again = interop_erasure::erase_user(&w.js, &w.redis, &bob)
+        .await
+        .unwrap();
+    assert_eq!(again.in_pipeline, 0, "{again:?}");
+    assert_eq!(ingest_contents(&w.js).await.len(), 2);
 }
 
 /// How long an erasure takes against a store of `INTEROP_ERASURE_MESSAGES`
