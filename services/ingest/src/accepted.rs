@@ -107,20 +107,37 @@ fn take_next(pending: &mut Vec<Queued>) -> Vec<Queued> {
     pending.drain(..n).collect()
 }
 
-/// Whether `pending` holds a full batch at its front (or a re-send, which
-/// leaves alone anyway).
+/// Whether the batch at the front of `pending` is full: [`MAX_BATCH`]
+/// messages, [`MAX_BATCH_BYTES`], or up to a re-send (which leaves alone).
 fn front_is_full(pending: &[Queued]) -> bool {
     let mut bytes = 0;
     for (i, q) in pending.iter().enumerate() {
-        if q.resend || i == MAX_BATCH {
+        if q.resend {
             return true;
         }
         bytes += q.payload.len();
-        if bytes > MAX_BATCH_BYTES {
+        if i + 1 == MAX_BATCH || bytes >= MAX_BATCH_BYTES {
             return true;
         }
     }
     false
+}
+
+/// Answers the sends of `pending` whose deadline passed (their connection
+/// refused them already) instead of publishing them: a send refused
+/// `UNAVAILABLE` is not stored after all.
+fn drop_expired(pending: &mut Vec<Queued>) {
+    let now = Instant::now();
+    if pending.iter().all(|q| q.deadline > now) {
+        return;
+    }
+    let (expired, live): (Vec<Queued>, Vec<Queued>) = std::mem::take(pending)
+        .into_iter()
+        .partition(|q| q.deadline <= now);
+    *pending = live;
+    for q in expired {
+        q.reply.send(Err("not stored in time".to_owned())).ok();
+    }
 }
 
 async fn run(js: jetstream::Context, mut rx: mpsc::Receiver<Queued>, metrics: IngestMetrics) {
@@ -130,6 +147,7 @@ async fn run(js: jetstream::Context, mut rx: mpsc::Receiver<Queued>, metrics: In
     loop {
         // Publish what waits when nothing is unacknowledged, or when it
         // is a full batch and the window has room.
+        drop_expired(&mut pending);
         while !pending.is_empty()
             && in_flight.len() < MAX_IN_FLIGHT
             && (in_flight.is_empty() || front_is_full(&pending))
@@ -183,10 +201,12 @@ async fn publish(
     js: &jetstream::Context,
     batch: Vec<Queued>,
 ) -> impl std::future::Future<Output = ()> {
+    // The latest deadline: each send's own is enforced where it waits for
+    // its answer (`send::publish`).
     let deadline = batch
         .iter()
         .map(|q| q.deadline)
-        .min()
+        .max()
         .unwrap_or_else(Instant::now);
     let mut headers = HeaderMap::new();
     let payload = if let [one] = batch.as_slice() {
@@ -207,7 +227,7 @@ async fn publish(
         .payload(payload)
         .headers(headers);
     // Writing waits only when the client's buffer is full (NATS slow or
-    // down); bounded by the earliest deadline in the batch.
+    // down); bounded by the batch's deadline.
     let sent: Result<PublishAckFuture, String> =
         match tokio::time::timeout_at(deadline, js.send_publish(INGEST_ACCEPTED, message)).await {
             Ok(Ok(ack)) => Ok(ack),
@@ -288,19 +308,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_send_past_its_deadline_is_answered_not_published() {
+        let (reply, mut answer) = oneshot::channel();
+        let expired = Queued {
+            reply,
+            ..queued(1, false)
+        };
+        let mut live = queued(2, false);
+        live.deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let mut pending = vec![expired, live];
+        drop_expired(&mut pending);
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].payload.len(), 2);
+        assert!(matches!(answer.try_recv(), Ok(Err(_))));
+    }
+
+    #[tokio::test]
     async fn batches_stop_at_the_count_the_bytes_and_every_resend() {
         let mut p: Vec<Queued> = (0..MAX_BATCH + 1).map(|_| queued(10, false)).collect();
         assert!(front_is_full(&p));
         assert_eq!(sizes(&mut p), vec![MAX_BATCH, 1]);
 
-        let p: Vec<Queued> = (0..MAX_BATCH).map(|_| queued(10, false)).collect();
-        assert!(!front_is_full(&p), "exactly MAX_BATCH waits for the ack");
+        let mut p: Vec<Queued> = (0..MAX_BATCH).map(|_| queued(10, false)).collect();
+        assert!(front_is_full(&p), "exactly MAX_BATCH is full");
+        assert_eq!(sizes(&mut p), vec![MAX_BATCH]);
+        let p: Vec<Queued> = (0..MAX_BATCH - 1).map(|_| queued(10, false)).collect();
+        assert!(!front_is_full(&p), "one less waits for the ack");
 
-        // Bytes: exactly the limit fits, one byte more does not.
+        // Bytes: exactly the limit fits (and is full), one byte more does not.
         let half = MAX_BATCH_BYTES / 2;
         let mut p = vec![queued(half, false), queued(half, false)];
-        assert!(!front_is_full(&p));
+        assert!(front_is_full(&p));
         assert_eq!(sizes(&mut p), vec![2]);
+        let p = vec![queued(half, false), queued(half - 1, false)];
+        assert!(!front_is_full(&p));
         let mut p = vec![queued(half, false), queued(half + 1, false)];
         assert!(front_is_full(&p));
         assert_eq!(sizes(&mut p), vec![1, 1]);

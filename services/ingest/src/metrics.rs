@@ -57,7 +57,7 @@ impl IngestMetrics {
         );
         metrics.register(
             "interop_ingest_store_seconds",
-            "Time from publishing a message to JetStream's ack.",
+            "Time from handing a send to the publishing task to JetStream's ack of the stream message holding it.",
             m.store_seconds.clone(),
         );
         metrics.register(

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use prost::Message as _;
 use tracing::{error, warn, Instrument};
 
-use interop_bus::subjects::{ROUTING_MEDIA_REQUESTED, ROUTING_QUARANTINED};
+use interop_bus::subjects::{INGEST_ACCEPTED, ROUTING_MEDIA_REQUESTED, ROUTING_QUARANTINED};
 use interop_bus::{pipeline, recipient_key, HandleError, Handler, Input, Outgoing};
 use interop_proto::v1::{
     envelope, AcceptedBatch, Inbox, PipelineMessage, ReceiptStatus, RejectCode, Route, Verdict,
@@ -88,6 +88,9 @@ pub struct Router {
     pub(crate) groups: interop_state::GroupStore,
     /// Announces implicit acceptances to the accepting user's sessions.
     nats: async_nats::Client,
+    /// The stage's `interop_routing_dead_lettered_total`, for a message of a
+    /// batch that can never be routed (the batch itself is acked).
+    dead_lettered: Counter,
 }
 
 impl Router {
@@ -96,6 +99,7 @@ impl Router {
         nats: async_nats::Client,
         scorer: crate::score::ScoreClient,
         metrics: &Metrics,
+        dead_lettered: Counter,
     ) -> Self {
         let placements = Family::<PlacementLabel, Counter>::default();
         metrics.register(
@@ -109,6 +113,7 @@ impl Router {
             groups: interop_state::GroupStore::new(redis),
             placements,
             nats,
+            dead_lettered,
         }
     }
 
@@ -152,53 +157,70 @@ pub(crate) fn retry(e: StateError) -> HandleError {
 impl Handler for Router {
     async fn handle(&self, input: Input<'_>) -> Result<Vec<Outgoing>, HandleError> {
         if pipeline::is_batch(input.headers) {
-            return self
-                .route_batch(pipeline::decode_batch(input.payload)?)
-                .await;
+            let batch = pipeline::decode_batch(input.payload)?;
+            return self.route_batch(batch, input.stream_sequence).await;
         }
         self.route(pipeline::decode(input.payload)?).await
     }
 }
 
 impl Router {
-    /// A batch of accepted sends (docs/adr/0019): each routed as if it came
-    /// alone, at once (their Redis calls and score requests leave
-    /// together), outputs in batch order. If any must be retried the whole
-    /// batch is: the others' outputs are deduplicated downstream by message
-    /// id and their state writes are idempotent. One that can never be
-    /// routed is dropped with an error, like a single message that is
-    /// dead-lettered, and does not hold up the others.
-    async fn route_batch(&self, batch: AcceptedBatch) -> Result<Vec<Outgoing>, HandleError> {
+    /// A batch of accepted sends (docs/adr/0019), the stream message `seq`:
+    /// each routed as if it came alone, at once (their Redis calls and
+    /// score requests leave together), outputs in batch order.
+    /// - If every message must be retried (a dependency is down), the batch
+    ///   is, after the stage's delay.
+    /// - If only some must, the others' outputs are published and each of
+    ///   those is stored again alone (`Nats-Msg-Id` `retry-<seq>-<index>`,
+    ///   so a redelivered batch stores it once), to be retried on its own:
+    ///   one message that keeps failing holds up nobody else, and the
+    ///   others are not scored twice.
+    /// - One that can never be routed is dropped with an error and counted
+    ///   as dead-lettered, like a single message.
+    async fn route_batch(
+        &self,
+        batch: AcceptedBatch,
+        seq: u64,
+    ) -> Result<Vec<Outgoing>, HandleError> {
         let AcceptedBatch { messages, traces } = batch;
-        let routed =
-            futures_util::future::join_all(messages.into_iter().enumerate().map(|(i, pm)| {
-                let span =
-                    tracing::info_span!("route", otel.name = "routing route", batch_index = i);
-                if let Some(t) = traces.get(i) {
-                    interop_bus::trace::set_parent_from_fields(&span, &t.fields);
-                }
-                async move {
-                    if pm.envelope.is_none() {
-                        return Err(HandleError::Permanent(
-                            "pipeline message without envelope".into(),
-                        ));
-                    }
-                    self.route(pm).await
-                }
-                .instrument(span)
-            }))
-            .await;
+        let routed = futures_util::future::join_all(messages.iter().enumerate().map(|(i, pm)| {
+            let span = tracing::info_span!("route", otel.name = "routing route", batch_index = i);
+            if let Some(t) = traces.get(i) {
+                interop_bus::trace::set_parent_from_fields(&span, &t.fields);
+            }
+            self.route(pm.clone()).instrument(span)
+        }))
+        .await;
+        // Nothing routed: a dependency is down; a message to retry makes the
+        // whole batch wait for the stage's delay.
+        let none_routed = routed.iter().all(Result::is_err);
+        let mut retry_all = None;
         let mut out = Vec::new();
-        for (i, r) in routed.into_iter().enumerate() {
+        for (i, (r, pm)) in routed.into_iter().zip(messages).enumerate() {
             match r {
                 Ok(o) => out.extend(o),
                 Err(HandleError::Permanent(reason)) => {
-                    error!(batch_index = i, %reason, "Dropped a message of a batch that can never be routed.");
+                    self.dead_lettered.inc();
+                    let id = pm.envelope.as_ref().map_or("", |e| e.message_id.as_str());
+                    error!(seq, batch_index = i, message_id = id, %reason, "Dead-lettered a message of a batch that can never be routed.");
                 }
-                Err(retry) => return Err(retry),
+                Err(retry) if none_routed => {
+                    retry_all.get_or_insert(retry);
+                }
+                Err(retry) => {
+                    warn!(seq, batch_index = i, error = %retry, "A message of a batch will be retried alone.");
+                    out.push(Outgoing {
+                        subject: INGEST_ACCEPTED.to_owned(),
+                        msg_id: format!("retry-{seq}-{i}"),
+                        payload: Bytes::from(pm.encode_to_vec()),
+                    });
+                }
             }
         }
-        Ok(out)
+        match retry_all {
+            Some(retry) => Err(retry),
+            None => Ok(out),
+        }
     }
 
     /// One accepted send.

@@ -55,21 +55,16 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         interop_bus::streams::stage_consumer(&js, STREAM_INGEST, CONSUMER_ROUTING, INGEST_ACCEPTED)
             .await?;
     let scorer = score::ScoreClient::start(deps.nats.clone(), score::SCORE_TIMEOUT);
+    let options = StageOptions::new("routing", &deps.metrics);
     let router = Arc::new(Router::new(
         deps.redis.clone(),
         deps.nats.clone(),
         scorer,
         &deps.metrics,
+        options.metrics.dead_lettered.clone(),
     ));
     deps.health.set_bound();
     info!("routing is consuming.");
-    interop_bus::run_stage(
-        js,
-        consumer,
-        router,
-        StageOptions::new("routing", &deps.metrics),
-        shutdown,
-    )
-    .await?;
+    interop_bus::run_stage(js, consumer, router, options, shutdown).await?;
     Ok(())
 }

@@ -68,7 +68,8 @@ pub trait Handler: Send + Sync + 'static {
 pub struct StageOptions {
     /// Stage name for logs and spans.
     pub name: &'static str,
-    /// Messages handled at once (their Redis calls overlap).
+    /// Messages handled at once (their Redis calls overlap); a batch
+    /// counts as the messages it holds.
     pub concurrency: usize,
     /// Messages whose publish acks may be awaited at once.
     pub publish_window: usize,
@@ -143,6 +144,10 @@ pub async fn run_stage<H: Handler>(
             FuturesUnordered::new();
         // Publish acks not awaited yet, at most ACK_BUDGET (see there).
         let mut unacked = 0usize;
+        // Messages being handled, a batch counting as its messages
+        // (`pipeline::BATCH_HEADER`): `concurrency` bounds the work in hand,
+        // not the stream messages holding it.
+        let mut in_hand = 0usize;
         let mut stopping = false;
         let mut source_done = false;
         loop {
@@ -151,12 +156,13 @@ pub async fn run_stage<H: Handler>(
             }
             let can_pull = !stopping
                 && !source_done
-                && handling.len() < options.concurrency
+                && in_hand < options.concurrency
                 && settling.len() < options.publish_window
                 && unacked < ACK_BUDGET;
             tokio::select! {
                 biased;
                 Some((msg, span, started, result)) = handling.next(), if !handling.is_empty() => {
+                    in_hand -= weight(&msg);
                     // Outputs are published here, one message at a time, in
                     // input order. Room for their acks is made first by
                     // settling earlier messages (their acks are awaited only
@@ -196,6 +202,7 @@ pub async fn run_stage<H: Handler>(
                 next = messages.next(), if can_pull => {
                     match next {
                         Some(Ok(msg)) => {
+                            in_hand += weight(&msg);
                             let handler = handler.clone();
                             let metrics = metrics.clone();
                             handling.push_back(Box::pin(async move {
@@ -232,6 +239,16 @@ pub async fn run_stage<H: Handler>(
         }
     }
     Ok(())
+}
+
+/// How many messages `msg` holds: a batch's count, else 1.
+fn weight(msg: &jetstream::Message) -> usize {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(crate::pipeline::BATCH_HEADER))
+        .and_then(|v| v.as_str().parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, 1024)
 }
 
 /// Publish acks a stage leaves unawaited at most. async-nats gives each
