@@ -98,6 +98,7 @@ pub(crate) async fn fan_out(
                 subject: ROUTING_MEDIA_REQUESTED.to_owned(),
                 msg_id: pipeline::copy_id(e),
                 payload: Bytes::from(copy.encode_to_vec()),
+                trace: None,
             });
         } else {
             if !calls_answered {

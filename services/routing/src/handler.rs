@@ -188,7 +188,19 @@ impl Router {
             if let Some(t) = traces.get(i) {
                 interop_bus::trace::set_parent_from_fields(&span, &t.fields);
             }
-            self.route(pm.clone()).instrument(span)
+            async move {
+                // Each output continues this message's trace, not the
+                // batch's (docs/adr/0019).
+                let routed = self.route(pm.clone()).await;
+                let fields = interop_bus::trace::current_fields();
+                routed.map(|mut outputs| {
+                    for o in &mut outputs {
+                        o.trace = Some(fields.clone());
+                    }
+                    outputs
+                })
+            }
+            .instrument(span)
         }))
         .await;
         // Nothing routed: a dependency is down; a message to retry makes the
@@ -213,6 +225,8 @@ impl Router {
                         subject: INGEST_ACCEPTED.to_owned(),
                         msg_id: format!("retry-{seq}-{i}"),
                         payload: Bytes::from(pm.encode_to_vec()),
+                        // The sender's trace, as the batch carried it.
+                        trace: traces.get(i).map(|t| t.fields.clone()),
                     });
                 }
             }
@@ -287,6 +301,7 @@ impl Router {
                     subject: ROUTING_QUARANTINED.to_owned(),
                     msg_id,
                     payload: Bytes::from(pm.encode_to_vec()),
+                    trace: None,
                 }]);
             }
             Placement::Deliver(inbox) => inbox,
@@ -323,6 +338,7 @@ impl Router {
                 subject: ROUTING_MEDIA_REQUESTED.to_owned(),
                 msg_id,
                 payload: Bytes::from(pm.encode_to_vec()),
+                trace: None,
             }])
         } else {
             let mut out = vec![pipeline::to_recipient_store(&pm)];

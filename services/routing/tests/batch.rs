@@ -136,7 +136,9 @@ async fn a_message_of_a_batch_that_must_be_retried_is_stored_again_alone() {
     // batch repeats.
     assert_eq!(out.len(), 3, "{out:?}");
     assert!(
-        out[0].msg_id.starts_with("receipt-RECEIPT_STATUS_FAILED-m1"),
+        out[0]
+            .msg_id
+            .starts_with("receipt-RECEIPT_STATUS_FAILED-m1"),
         "{:?}",
         out[0]
     );
@@ -147,7 +149,9 @@ async fn a_message_of_a_batch_that_must_be_retried_is_stored_again_alone() {
         batch[1]
     );
     assert!(
-        out[2].msg_id.starts_with("receipt-RECEIPT_STATUS_FAILED-m3"),
+        out[2]
+            .msg_id
+            .starts_with("receipt-RECEIPT_STATUS_FAILED-m3"),
         "{:?}",
         out[2]
     );
@@ -173,6 +177,9 @@ async fn a_message_of_a_batch_that_can_never_be_routed_is_dead_lettered_alone() 
     let out = route(&w, batch).await.expect("the batch is routed");
     let ids: Vec<&str> = out.iter().map(|o| o.msg_id.as_str()).collect();
     assert_eq!(ids.len(), 2, "{ids:?}");
-    assert!(ids[0].starts_with("receipt-RECEIPT_STATUS_FAILED-m1") && ids[1].starts_with("receipt-RECEIPT_STATUS_FAILED-m3"));
+    assert!(
+        ids[0].starts_with("receipt-RECEIPT_STATUS_FAILED-m1")
+            && ids[1].starts_with("receipt-RECEIPT_STATUS_FAILED-m3")
+    );
     assert_eq!(w.dead_lettered.get(), 1);
 }

@@ -62,6 +62,7 @@ pub fn to_recipient_store(pm: &PipelineMessage) -> Outgoing {
         subject: delivery_queued(&recipient_key(to)),
         msg_id: env.map(copy_id).unwrap_or_default(),
         payload: Bytes::from(pm.encode_to_vec()),
+        trace: None,
     }
 }
 
@@ -114,6 +115,7 @@ pub fn receipt_to_sender(
         subject: delivery_queued(&recipient_key(&original.from)),
         msg_id: format!("receipt-{}-{}", status.as_str_name(), copy_id(original)),
         payload: Bytes::from(pm.encode_to_vec()),
+        trace: None,
     }
 }
 

@@ -31,6 +31,11 @@ pub struct Outgoing {
     /// redelivered input publishes the same id.
     pub msg_id: String,
     pub payload: Bytes,
+    /// The W3C trace context (`traceparent`, `tracestate`) to publish it
+    /// with; `None`: the stage's span for the input. A handler that takes
+    /// several messages in one input (an ingest batch) sets each output's
+    /// own, so each message stays one trace.
+    pub trace: Option<std::collections::HashMap<String, String>>,
 }
 
 /// Why a handler could not finish a message.
@@ -286,7 +291,14 @@ async fn publish_all(
         }
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", out.msg_id.as_str());
-        span.in_scope(|| crate::trace::inject_current(&mut headers));
+        match &out.trace {
+            Some(fields) => {
+                for (k, v) in fields {
+                    headers.insert(k.as_str(), v.as_str());
+                }
+            }
+            None => span.in_scope(|| crate::trace::inject_current(&mut headers)),
+        }
         let publish = jetstream::message::PublishMessage::build()
             .payload(out.payload)
             .headers(headers);

@@ -31,6 +31,7 @@ impl Handler for FanOut {
                 subject: ROUTING_QUARANTINED.to_owned(),
                 msg_id: format!("{}-{i}", input.stream_sequence),
                 payload: Bytes::from_static(b"x"),
+                trace: None,
             })
             .collect())
     }

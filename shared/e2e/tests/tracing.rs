@@ -47,7 +47,7 @@ async fn receiver() -> (String, Spans) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_media_message_is_one_trace_through_all_five_services() {
+async fn a_message_is_one_trace_through_all_five_services_alone_or_in_a_batch() {
     let (endpoint, spans) = receiver().await;
     let options = interop_telemetry::Options {
         filter: "warn".into(),
@@ -115,11 +115,85 @@ async fn a_media_message_is_one_trace_through_all_five_services() {
         });
         if complete {
             assert_eq!(ingest_traces.len(), 1, "one send, one trace");
-            return;
+            break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "spans received: {spans:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Sends gathered into one stream message (docs/adr/0019) each stay
+    // their own trace through routing into delivery.
+    const SENDERS: usize = 10;
+    const EACH: usize = 3;
+    let mut bob = Receiver::connect(&c.gateway.delivery_url, "home", HOME_TOKEN, BOB, "p")
+        .await
+        .unwrap();
+    for s in 0..SENDERS {
+        // Accepted contacts: no message requests, whatever the spam policy.
+        home.respond_to_request(
+            BOB,
+            &format!("signal:b{s}"),
+            interop_proto::v1::RequestAction::Accept,
+        )
+        .await
+        .unwrap();
+    }
+    let before = interop_e2e::ingest_published(&c.nats.url()).await;
+    let mut pending = Vec::new();
+    for i in 0..EACH {
+        for s in 0..SENDERS {
+            let env = text_envelope(&format!("b{s}-{i}"), &format!("signal:b{s}"), BOB, "hi");
+            pending.push(alice.submit(env).await.unwrap());
+        }
+    }
+    for p in pending {
+        assert!(matches!(
+            p.outcome().await.unwrap(),
+            SendOutcome::Accepted(_)
+        ));
+    }
+    let stored = interop_e2e::ingest_published(&c.nats.url()).await - before;
+    assert!(
+        stored < (SENDERS * EACH) as u64,
+        "no batch: {stored} stream messages"
+    );
+    for _ in 0..SENDERS * EACH {
+        let d = tokio::time::timeout(Duration::from_secs(10), bob.next())
+            .await
+            .unwrap()
+            .unwrap();
+        bob.ack(&[d.delivery_tag]).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        guard.flush();
+        let spans = spans.lock().unwrap().clone();
+        let sends: Vec<&Vec<u8>> = spans
+            .iter()
+            .filter(|(_, n)| n == "ingest send")
+            .map(|(t, _)| t)
+            .collect();
+        let whole =
+            |trace: &Vec<u8>, name: &str| spans.iter().any(|(t, n)| t == trace && n == name);
+        let broken: Vec<_> = sends
+            .iter()
+            .filter(|t| !whole(t, "delivery deliver"))
+            .collect();
+        if sends.len() == 1 + SENDERS * EACH && broken.is_empty() {
+            assert!(
+                sends.iter().filter(|t| whole(t, "routing route")).count() >= 2,
+                "no message was routed in a batch"
+            );
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} sends, {} without their delivery span in their trace",
+            sends.len(),
+            broken.len()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
