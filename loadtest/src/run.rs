@@ -431,8 +431,36 @@ async fn opt_in(scenario: &Scenario, plan: &Plan, target: &Target) -> Result<(),
             .chain(plan.group_admins())
             .map(move |s| (r, s))
     });
+    accept_all(&home, pairs, "the recipients' ingest connection").await?;
+    if u.senders_accept_contacts {
+        // ... and each sender them (`users.senders_accept_contacts`).
+        let senders = Sender::connect(
+            &target.ingest_url,
+            &u.sender_provider,
+            token(target, &u.sender_provider)?,
+        )
+        .await
+        .map_err(|source| RunError::Connect {
+            what: "the senders' ingest connection",
+            source,
+        })?;
+        let pairs = plan
+            .senders()
+            .iter()
+            .flat_map(|s| plan.contacts().iter().map(move |r| (s, r)));
+        accept_all(&senders, pairs, "the senders' ingest connection").await?;
+    }
+    Ok(())
+}
+
+/// For each `(user, sender)`: `user` accepts `sender`, on `conn`.
+async fn accept_all<'a>(
+    conn: &Sender,
+    pairs: impl Iterator<Item = (&'a String, &'a String)>,
+    what: &'static str,
+) -> Result<(), RunError> {
     let mut answers = futures_util::stream::iter(pairs)
-        .map(|(r, s)| home.respond_to_request(r, s, RequestAction::Accept))
+        .map(|(user, sender)| conn.respond_to_request(user, sender, RequestAction::Accept))
         .buffer_unordered(256);
     while let Some(answer) = answers.next().await {
         match answer {
@@ -441,12 +469,7 @@ async fn opt_in(scenario: &Scenario, plan: &Plan, target: &Target) -> Result<(),
                 let code = RejectCode::try_from(r.code).unwrap_or(RejectCode::Unspecified);
                 return Err(RunError::Consent(code.as_str_name().to_owned()));
             }
-            Err(source) => {
-                return Err(RunError::Connect {
-                    what: "the recipients' ingest connection",
-                    source,
-                })
-            }
+            Err(source) => return Err(RunError::Connect { what, source }),
         }
     }
     Ok(())

@@ -116,6 +116,12 @@ pub struct UsersSection {
     /// Recipients in each group besides its sender: the copies each group
     /// message makes.
     pub members_per_group: u32,
+    /// Each normal sender accepts every contact (the `recipients`) before
+    /// the run too, as in conversations both sides have had: routing then
+    /// has no implicit acceptance to write and announce for a sender's
+    /// first message to a recipient. Off by default, so a run measures first
+    /// messages as well. Costs senders × recipients answers at set-up.
+    pub senders_accept_contacts: bool,
 }
 
 impl Default for UsersSection {
@@ -131,6 +137,7 @@ impl Default for UsersSection {
             strangers: 0,
             groups: 0,
             members_per_group: 8,
+            senders_accept_contacts: false,
         }
     }
 }

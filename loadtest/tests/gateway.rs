@@ -379,3 +379,61 @@ async fn media_and_group_messages_are_delivered_and_downloaded_and_counted() {
     assert!(page.contains("<h2>Media</h2>") && page.contains("media download"));
     cluster.gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_can_accept_their_contacts_before_the_run() {
+    // With `senders_accept_contacts`, every sender has accepted every
+    // contact before its first message; without it, only those it wrote
+    // to (routing's implicit acceptance): a few messages over 12 contacts
+    // cannot reach them all.
+    let cluster = Cluster::start().await;
+    let scenario = Scenario::from_toml(
+        r#"
+        name = "conversations"
+        [rate]
+        msgs_per_s = 20
+        duration_s = 1
+        warmup_s = 0
+        drain_s = 15
+        [users]
+        recipients = 12
+        senders = 3
+        senders_accept_contacts = true
+        "#,
+    )
+    .unwrap();
+    let finished = run::run(
+        &scenario,
+        &target(&cluster.gateway),
+        Progress::Off,
+        CancellationToken::new(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let report = finished.report(&scenario, None);
+    assert_eq!(report.lost, 0);
+    let plan = interop_loadtest::plan::Plan::new(&scenario, finished.facts.run_id);
+    let redis =
+        redis::aio::ConnectionManager::new(redis::Client::open(cluster.redis.url()).unwrap())
+            .await
+            .unwrap();
+    let contacts = interop_state::ContactStore::new(redis);
+    assert_eq!(plan.senders().len(), 3);
+    for sender in plan.senders() {
+        let accepted: Vec<String> = contacts
+            .list(sender)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, s)| *s == interop_state::contacts::ContactState::Accepted)
+            .map(|(who, _)| who)
+            .collect();
+        for r in plan.contacts() {
+            assert!(
+                accepted.contains(r),
+                "{sender} has not accepted {r}: {accepted:?}"
+            );
+        }
+    }
+}
