@@ -113,6 +113,8 @@ pub async fn run_stage<H: Handler>(
         tracing::Span,
         Instant,
         Result<Vec<Outgoing>, HandleError>,
+        // Its weight (see `weight`), taken when it came.
+        usize,
     );
     let name = options.name;
     let metrics = options.metrics.clone();
@@ -166,8 +168,8 @@ pub async fn run_stage<H: Handler>(
                 && unacked < ACK_BUDGET;
             tokio::select! {
                 biased;
-                Some((msg, span, started, result)) = handling.next(), if !handling.is_empty() => {
-                    in_hand -= weight(&msg);
+                Some((msg, span, started, result, weight)) = handling.next(), if !handling.is_empty() => {
+                    in_hand -= weight;
                     // Outputs are published here, one message at a time, in
                     // input order. Room for their acks is made first by
                     // settling earlier messages (their acks are awaited only
@@ -207,7 +209,8 @@ pub async fn run_stage<H: Handler>(
                 next = messages.next(), if can_pull => {
                     match next {
                         Some(Ok(msg)) => {
-                            in_hand += weight(&msg);
+                            let weight = weight(&msg);
+                            in_hand += weight;
                             let handler = handler.clone();
                             let metrics = metrics.clone();
                             handling.push_back(Box::pin(async move {
@@ -231,7 +234,7 @@ pub async fn run_stage<H: Handler>(
                                     stream_sequence: seq,
                                 };
                                 let result = handler.handle(input).instrument(span.clone()).await;
-                                (msg, span, started, result)
+                                (msg, span, started, result, weight)
                             }));
                         }
                         Some(Err(e)) => {
