@@ -393,16 +393,8 @@ async fn session(
 
 async fn opt_in(scenario: &Scenario, plan: &Plan, target: &Target) -> Result<(), RunError> {
     let u = &scenario.file.users;
-    let home = Sender::connect(
-        &target.ingest_url,
-        &u.recipient_provider,
-        token(target, &u.recipient_provider)?,
-    )
-    .await
-    .map_err(|source| RunError::Connect {
-        what: "the recipients' ingest connection",
-        source,
-    })?;
+    const HOME: &str = "the recipients' ingest connection";
+    let home = set_up_connection(target, &u.recipient_provider, HOME).await?;
     let allow = [u.sender_provider.as_str()];
     let mut answers = futures_util::stream::iter(plan.recipients())
         .map(|user| home.set_consent(user, true, &allow))
@@ -414,12 +406,7 @@ async fn opt_in(scenario: &Scenario, plan: &Plan, target: &Target) -> Result<(),
                 let code = RejectCode::try_from(r.code).unwrap_or(RejectCode::Unspecified);
                 return Err(RunError::Consent(code.as_str_name().to_owned()));
             }
-            Err(source) => {
-                return Err(RunError::Connect {
-                    what: "the recipients' ingest connection",
-                    source,
-                })
-            }
+            Err(source) => return Err(RunError::Connect { what: HOME, source }),
         }
     }
     // The contacts accept every normal sender and group sender (they talk
@@ -431,26 +418,29 @@ async fn opt_in(scenario: &Scenario, plan: &Plan, target: &Target) -> Result<(),
             .chain(plan.group_admins())
             .map(move |s| (r, s))
     });
-    accept_all(&home, pairs, "the recipients' ingest connection").await?;
+    accept_all(&home, pairs, HOME).await?;
     if u.senders_accept_contacts {
         // ... and each sender them (`users.senders_accept_contacts`).
-        let senders = Sender::connect(
-            &target.ingest_url,
-            &u.sender_provider,
-            token(target, &u.sender_provider)?,
-        )
-        .await
-        .map_err(|source| RunError::Connect {
-            what: "the senders' ingest connection",
-            source,
-        })?;
+        const SENDERS: &str = "the senders' ingest connection";
+        let senders = set_up_connection(target, &u.sender_provider, SENDERS).await?;
         let pairs = plan
             .senders()
             .iter()
             .flat_map(|s| plan.contacts().iter().map(move |r| (s, r)));
-        accept_all(&senders, pairs, "the senders' ingest connection").await?;
+        accept_all(&senders, pairs, SENDERS).await?;
     }
     Ok(())
+}
+
+/// An ingest connection for set-up as `provider`; `what` names it in errors.
+async fn set_up_connection(
+    target: &Target,
+    provider: &str,
+    what: &'static str,
+) -> Result<Sender, RunError> {
+    Sender::connect(&target.ingest_url, provider, token(target, provider)?)
+        .await
+        .map_err(|source| RunError::Connect { what, source })
 }
 
 /// For each `(user, sender)`: `user` accepts `sender`, on `conn`.

@@ -24,6 +24,21 @@ fn target(gateway: &Gateway) -> Target {
     }
 }
 
+/// A run against `gateway`, without a progress line or interruption.
+async fn run_against(
+    scenario: &Scenario,
+    gateway: &Gateway,
+) -> Result<run::Finished, run::RunError> {
+    run::run(
+        scenario,
+        &target(gateway),
+        Progress::Off,
+        CancellationToken::new(),
+        CancellationToken::new(),
+    )
+    .await
+}
+
 async fn ceiling_streams(nats_url: &str) -> Vec<String> {
     let client = async_nats::connect(nats_url).await.unwrap();
     let js = async_nats::jetstream::new(client);
@@ -54,15 +69,7 @@ async fn a_short_run_delivers_everything_once_and_writes_the_reports() {
         "#,
     )
     .unwrap();
-    let finished = run::run(
-        &scenario,
-        &target(&cluster.gateway),
-        Progress::Off,
-        CancellationToken::new(),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let finished = run_against(&scenario, &cluster.gateway).await.unwrap();
     let mut options = CeilingOptions::new(cluster.nats.url());
     options.messages = 2_000;
     let ceiling = ceiling::measure(&options, "itest").await.unwrap();
@@ -148,19 +155,10 @@ async fn spammers_over_the_limit_are_refused_and_counted() {
         "#,
     )
     .unwrap();
-    let finished = tokio::time::timeout(
-        Duration::from_secs(60),
-        run::run(
-            &scenario,
-            &target(&gateway),
-            Progress::Off,
-            CancellationToken::new(),
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(60), run_against(&scenario, &gateway))
+        .await
+        .unwrap()
+        .unwrap();
     let report = finished.report(&scenario, None);
     eprintln!("{}", report.to_table());
     // 30 spam messages from one sender (15/s, under ingest's per-sender
@@ -206,13 +204,7 @@ async fn fan_out_spam_to_strangers_is_held_and_first_contacts_are_requests() {
     let scenario = Scenario::from_toml(&text).unwrap();
     let finished = tokio::time::timeout(
         Duration::from_secs(90),
-        run::run(
-            &scenario,
-            &target(&cluster.gateway),
-            Progress::Off,
-            CancellationToken::new(),
-            CancellationToken::new(),
-        ),
+        run_against(&scenario, &cluster.gateway),
     )
     .await
     .unwrap()
@@ -276,13 +268,7 @@ async fn group_messages_reach_every_member_once_and_are_counted_per_copy() {
     .unwrap();
     let finished = tokio::time::timeout(
         Duration::from_secs(90),
-        run::run(
-            &scenario,
-            &target(&cluster.gateway),
-            Progress::Off,
-            CancellationToken::new(),
-            CancellationToken::new(),
-        ),
+        run_against(&scenario, &cluster.gateway),
     )
     .await
     .unwrap()
@@ -337,13 +323,7 @@ async fn media_and_group_messages_are_delivered_and_downloaded_and_counted() {
     .unwrap();
     let finished = tokio::time::timeout(
         Duration::from_secs(90),
-        run::run(
-            &scenario,
-            &target(&cluster.gateway),
-            Progress::Off,
-            CancellationToken::new(),
-            CancellationToken::new(),
-        ),
+        run_against(&scenario, &cluster.gateway),
     )
     .await
     .unwrap()
@@ -402,15 +382,7 @@ async fn senders_can_accept_their_contacts_before_the_run() {
         "#,
     )
     .unwrap();
-    let finished = run::run(
-        &scenario,
-        &target(&cluster.gateway),
-        Progress::Off,
-        CancellationToken::new(),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let finished = run_against(&scenario, &cluster.gateway).await.unwrap();
     let report = finished.report(&scenario, None);
     assert_eq!(report.lost, 0);
     let plan = interop_loadtest::plan::Plan::new(&scenario, finished.facts.run_id);
