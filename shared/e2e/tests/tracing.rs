@@ -100,29 +100,18 @@ async fn a_message_is_one_trace_through_all_five_services_alone_or_in_a_batch() 
         "media-transcoding handle",
         "delivery deliver",
     ];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        guard.flush();
-        let spans = spans.lock().unwrap().clone();
-        let ingest_traces: Vec<&Vec<u8>> = spans
+    until_spans(&guard, &spans, |spans| {
+        let sends = sends(spans);
+        let complete = sends
             .iter()
-            .filter(|(_, n)| n == "ingest send")
-            .map(|(t, _)| t)
-            .collect();
-        let complete = ingest_traces.iter().any(|trace| {
-            want.iter()
-                .all(|name| spans.iter().any(|(t, n)| t == *trace && n == name))
-        });
-        if complete {
-            assert_eq!(ingest_traces.len(), 1, "one send, one trace");
-            break;
+            .any(|trace| want.iter().all(|name| in_trace(spans, trace, name)));
+        if !complete {
+            return Err(format!("spans received: {spans:?}"));
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "spans received: {spans:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        assert_eq!(sends.len(), 1, "one send, one trace");
+        Ok(())
+    })
+    .await;
 
     // Sends gathered into one stream message (docs/adr/0019) each stay
     // their own trace through routing into delivery.
@@ -167,34 +156,60 @@ async fn a_message_is_one_trace_through_all_five_services_alone_or_in_a_batch() 
             .unwrap();
         bob.ack(&[d.delivery_tag]).await.unwrap();
     }
+    until_spans(&guard, &spans, |spans| {
+        let sends = sends(spans);
+        let broken = sends
+            .iter()
+            .filter(|t| !in_trace(spans, t, "delivery deliver"))
+            .count();
+        if sends.len() != 1 + SENDERS * EACH || broken > 0 {
+            return Err(format!(
+                "{} sends, {broken} without their delivery span in their trace",
+                sends.len()
+            ));
+        }
+        assert!(
+            sends
+                .iter()
+                .filter(|t| in_trace(spans, t, "routing route"))
+                .count()
+                >= 2,
+            "no message was routed in a batch"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// The trace ids of the sends (ingest's spans).
+fn sends(spans: &[(Vec<u8>, String)]) -> Vec<&Vec<u8>> {
+    spans
+        .iter()
+        .filter(|(_, n)| n == "ingest send")
+        .map(|(t, _)| t)
+        .collect()
+}
+
+/// Whether trace `trace` has a span named `name`.
+fn in_trace(spans: &[(Vec<u8>, String)], trace: &[u8], name: &str) -> bool {
+    spans.iter().any(|(t, n)| t == trace && n == name)
+}
+
+/// Flushes the exporter and reads the spans received until `check` passes;
+/// after 15 s fails with `check`'s last complaint.
+async fn until_spans(
+    guard: &interop_telemetry::Guard,
+    spans: &Spans,
+    check: impl Fn(&[(Vec<u8>, String)]) -> Result<(), String>,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         guard.flush();
-        let spans = spans.lock().unwrap().clone();
-        let sends: Vec<&Vec<u8>> = spans
-            .iter()
-            .filter(|(_, n)| n == "ingest send")
-            .map(|(t, _)| t)
-            .collect();
-        let whole =
-            |trace: &Vec<u8>, name: &str| spans.iter().any(|(t, n)| t == trace && n == name);
-        let broken: Vec<_> = sends
-            .iter()
-            .filter(|t| !whole(t, "delivery deliver"))
-            .collect();
-        if sends.len() == 1 + SENDERS * EACH && broken.is_empty() {
-            assert!(
-                sends.iter().filter(|t| whole(t, "routing route")).count() >= 2,
-                "no message was routed in a batch"
-            );
+        let received = spans.lock().unwrap().clone();
+        let Err(complaint) = check(&received) else {
             return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} sends, {} without their delivery span in their trace",
-            sends.len(),
-            broken.len()
-        );
+        };
+        assert!(tokio::time::Instant::now() < deadline, "{complaint}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
