@@ -747,6 +747,23 @@ async fn routed_earlier(nats_url: &str, from: &str, to: &str, accepted_at_ms: i6
         .unwrap();
 }
 
+/// Waits past the clock margin (1 s, docs/adr/0018) after sessions
+/// subscribed: what is accepted from now on was admitted by routing after
+/// anything those sessions could have missed.
+async fn past_the_clock_margin() {
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+}
+
+/// Bob opted in (third-party inbox), accepting `sender`, with a session
+/// open past the clock margin.
+async fn bob_accepting_with_a_session(gw: &Gateway, sender: &str) -> Receiver {
+    set(gw, BOB, true, &["signal"], Inbox::ThirdParty).await;
+    respond(gw, BOB, sender, RequestAction::Accept).await;
+    let bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    past_the_clock_margin().await;
+    bob
+}
+
 async fn delivery_counter(gw: &Gateway, name: &str) -> f64 {
     let (status, text) = interop_e2e::http_get(&format!("{}/metrics", gw.admin_url("delivery")))
         .await
@@ -760,14 +777,8 @@ async fn a_live_session_asks_again_only_after_a_change_it_heard_of() {
     const CAROL: &str = "signal:carol";
     let c = Cluster::start().await;
     let gw = &c.gateway;
-    set(gw, BOB, true, &["signal"], Inbox::ThirdParty).await;
-    respond(gw, BOB, ALICE, RequestAction::Accept).await;
+    let mut bob = bob_accepting_with_a_session(gw, ALICE).await;
     let alice = signal(gw).await;
-    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
-    // Past the clock margin (1 s) after the session subscribed: what is
-    // accepted from now on was admitted by routing after anything the
-    // session could have missed.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
 
     // Nothing changed: alice's message is pushed as routing filed it,
     // without asking Redis again.
@@ -812,7 +823,7 @@ async fn an_implicit_acceptance_reaches_the_writers_open_session() {
     let c = Cluster::start().await;
     let gw = &c.gateway;
     let (mut alice_rx, mut bob_rx) = alice_and_bob_opted_in(gw).await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    past_the_clock_margin().await;
 
     // Alice's request to bob was admitted (as a request: he does not know
     // her) just before bob writes to her, and reaches his open session
@@ -843,10 +854,7 @@ async fn an_erasure_reaches_every_open_session() {
     const CAROL: &str = "signal:carol";
     let c = Cluster::start().await;
     let gw = &c.gateway;
-    set(gw, BOB, true, &["signal"], Inbox::ThirdParty).await;
-    respond(gw, BOB, CAROL, RequestAction::Accept).await;
-    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut bob = bob_accepting_with_a_session(gw, CAROL).await;
 
     // Erasing carol removes bob's acceptance of her. A message from her,
     // admitted to his inbox just before, reaches his open session after
