@@ -224,11 +224,17 @@ enum Seen {
     /// A group message's copy: sequence number, actual send time.
     Copy(u64, u64),
     Receipt(u64, ReceiptKind),
+    /// The gateway's notice that a group of the run was made or changed:
+    /// acked, not counted.
+    GroupNotice,
     Foreign,
 }
 
 fn classify(run: RunId, d: &Delivered) -> Seen {
     let env = &d.envelope;
+    if matches!(env.content, Some(envelope::Content::GroupChange(_))) {
+        return Seen::GroupNotice;
+    }
     if let Some(envelope::Content::Receipt(r)) = &env.content {
         return match parse_client_message_id(&r.client_message_id) {
             Some(tag) if tag.run == run => {
@@ -366,6 +372,7 @@ async fn session(
                     recorder.delivered_copy(seq, sent_us, &d.envelope.to, now);
                     continue;
                 }
+                Seen::GroupNotice => continue,
                 Seen::Foreign => (u64::MAX, 0),
             };
             messages.push(message);

@@ -133,10 +133,13 @@ async fn handle(shared: &Shared, msg: &jetstream::Message) -> Result<AckKind, Bo
     let Some(env) = pm.envelope else {
         return Ok(AckKind::Ack);
     };
-    // Receipts get no receipts; call attempts were answered by routing.
+    // Receipts get no receipts; call attempts were answered by routing;
+    // group changes are the gateway's notices.
     if matches!(
         env.content,
-        Some(envelope::Content::Receipt(_)) | Some(envelope::Content::Call(_))
+        Some(envelope::Content::Receipt(_))
+            | Some(envelope::Content::Call(_))
+            | Some(envelope::Content::GroupChange(_))
     ) {
         return Ok(AckKind::Ack);
     }

@@ -12,13 +12,16 @@
 //! | text with `in_reply_to` (reply) | text prefixed "↩ " |
 //! | text in a group (`group_id`) | text prefixed "[group] " |
 //! | call attempt | always a notice (no provider can take a call across apps) |
+//! | group change | text "[group] created the group \"Ski trip\" with you, telegram:tom" from the admin (what they did; at most 5 addresses per list, the recipient as "you", then "and N more") |
 //! | READ receipt | not shown (auto-acked): a status, not content |
 //! | typing | not shown: ephemeral |
 //!
 //! Gateway-written text is marked `TRANSPORT_ONLY`: the gateway wrote it.
 
 use interop_proto::limits::MAX_TEXT_BYTES;
-use interop_proto::v1::{envelope::Content, Encryption, Envelope, ReceiptStatus, Text};
+use interop_proto::v1::{
+    envelope::Content, Encryption, Envelope, GroupChange, ReceiptStatus, Text,
+};
 use interop_providers::{Capabilities, ContentKind};
 
 /// The notice a call attempt becomes.
@@ -35,6 +38,70 @@ fn truncate(mut s: String, max: usize) -> String {
         s.truncate(end);
     }
     s
+}
+
+/// Members named in a group change's fallback text; more are counted.
+const NAMED_MEMBERS: usize = 5;
+
+/// "a, b and 3 more", with the recipient as "you".
+fn some_of(list: &[String], you: &str) -> String {
+    let mut names: Vec<&str> = list
+        .iter()
+        .map(|a| if a == you { "you" } else { a.as_str() })
+        .collect();
+    // The recipient first: the part they care about.
+    names.sort_by_key(|n| *n != "you");
+    let more = names.len().saturating_sub(NAMED_MEMBERS);
+    names.truncate(NAMED_MEMBERS);
+    let mut out = names.join(", ");
+    if more > 0 {
+        out.push_str(&format!(" and {more} more"));
+    }
+    out
+}
+
+/// What a group change says, for an app that does not show it: e.g.
+/// `[group] signal:alice created the group "Ski trip" with you, telegram:tom`.
+pub fn group_change_text(c: &GroupChange, you: &str) -> String {
+    let mut did = Vec::new();
+    if c.created {
+        did.push(if c.name.is_empty() {
+            format!("created a group with {}", some_of(&c.added, you))
+        } else {
+            format!(
+                "created the group \"{}\" with {}",
+                c.name,
+                some_of(&c.added, you)
+            )
+        });
+    } else {
+        if !c.added.is_empty() {
+            did.push(format!("added {}", some_of(&c.added, you)));
+        }
+        if !c.removed.is_empty() {
+            did.push(format!("removed {}", some_of(&c.removed, you)));
+        }
+        if c.renamed {
+            did.push(if c.name.is_empty() {
+                "removed the group's name".to_owned()
+            } else {
+                format!("renamed the group to \"{}\"", c.name)
+            });
+        }
+    }
+    let admins: Vec<String> = c
+        .new_admins
+        .iter()
+        .filter(|a| !c.created || c.added.contains(a))
+        .cloned()
+        .collect();
+    if !admins.is_empty() {
+        did.push(format!("made {} admin", some_of(&admins, you)));
+    }
+    if did.is_empty() {
+        did.push("changed the group".to_owned());
+    }
+    format!("[group] {}", did.join("; "))
 }
 
 fn notice(env: &mut Envelope, body: String) {
@@ -81,6 +148,10 @@ pub fn adapt(mut env: Envelope, caps: &Capabilities) -> Option<Envelope> {
             env.in_reply_to = d.target_message_id;
             notice(&mut env, "deleted a message".to_owned());
         }
+        Some(Content::GroupChange(c)) if !supports(ContentKind::GroupChange) => {
+            let body = group_change_text(&c, &env.to);
+            notice(&mut env, body);
+        }
         other => env.content = other,
     }
     if let Some(Content::Text(t)) = env.content.as_mut().filter(|_| was_text) {
@@ -115,6 +186,55 @@ mod tests {
             content: Some(content),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_group_change_becomes_text_naming_at_most_five() {
+        let you = "telegram:tom";
+        let others: Vec<String> = (1..=7).map(|i| format!("signal:m{i}")).collect();
+        let mut added = vec![you.to_owned()];
+        added.extend(others.iter().take(2).cloned());
+        let created = GroupChange {
+            created: true,
+            added,
+            new_admins: vec!["signal:alice".into()],
+            renamed: true,
+            name: "Ski trip".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            group_change_text(&created, you),
+            "[group] created the group \"Ski trip\" with you, signal:m1, signal:m2"
+        );
+        let change = GroupChange {
+            added: others.clone(),
+            removed: vec![you.to_owned()],
+            new_admins: vec!["signal:m1".into()],
+            renamed: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            group_change_text(&change, you),
+            "[group] added signal:m1, signal:m2, signal:m3, signal:m4, signal:m5 and 2 more; \
+             removed you; removed the group's name; made signal:m1 admin"
+        );
+        let rename = GroupChange {
+            renamed: true,
+            name: "Family".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            group_change_text(&rename, you),
+            "[group] renamed the group to \"Family\""
+        );
+        // Delivered as is to an app that declares it, as text otherwise.
+        let mut e = env(Content::GroupChange(rename));
+        e.group_id = "g-0123456789abcdef0123456789abcdef".into();
+        let as_is = adapt(e.clone(), &caps(&ContentKind::ALL)).unwrap();
+        assert!(matches!(as_is.content, Some(Content::GroupChange(_))));
+        let plain = adapt(e, &caps(&[ContentKind::Text, ContentKind::Group])).unwrap();
+        assert_eq!(text(&plain), "[group] renamed the group to \"Family\"");
+        assert_eq!(plain.encryption, Encryption::TransportOnly as i32);
     }
 
     fn text(e: &Envelope) -> &str {

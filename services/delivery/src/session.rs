@@ -831,11 +831,14 @@ async fn still_admitted(
     }
 }
 
-/// Receipts get no receipts; a call attempt is answered by routing.
+/// Receipts get no receipts; a call attempt is answered by routing; a
+/// group change is the gateway's notice, not the admin's message.
 fn needs_delivered_receipt(env: &Envelope) -> bool {
     !matches!(
         env.content,
-        Some(envelope::Content::Receipt(_)) | Some(envelope::Content::Call(_))
+        Some(envelope::Content::Receipt(_))
+            | Some(envelope::Content::Call(_))
+            | Some(envelope::Content::GroupChange(_))
     )
 }
 

@@ -1,10 +1,14 @@
 //! Groups at the edge: `CreateGroup`, `ChangeGroup` and sends to a group.
 //!
-//! `CreateGroup{creator, members}` → `GroupUpdated{group_id, admins, members}`:
-//! the creator (a user of the authenticated provider) is the first admin.
-//! `ChangeGroup{group_id, actor, add, remove, add_admins}` → `GroupUpdated`,
-//! only by an admin (`NOT_GROUP_ADMIN`), within `MAX_GROUP_MEMBERS`
-//! (`GROUP_FULL`). A `Send` with `group_id` (and no `to`) is accepted only
+//! `CreateGroup{creator, members, name}` → `GroupUpdated{group_id, admins,
+//! members, name}`: the creator (a user of the authenticated provider) is the
+//! first admin. `ChangeGroup{group_id, actor, add, remove, add_admins, name}`
+//! → `GroupUpdated`, only by an admin (`NOT_GROUP_ADMIN`), within
+//! `MAX_GROUP_MEMBERS` (`GROUP_FULL`). After either, the members are told:
+//! a `GroupChange` from the admin goes into the pipeline like a group send
+//! (routing gives each member after the change, and each removed one, a
+//! copy through the usual admission), and `GroupUpdated` is answered once
+//! it is stored. A `Send` with `group_id` (and no `to`) is accepted only
 //! from a member (`GROUP_NOT_FOUND` otherwise, the same code as for no
 //! group); routing fans it out to every other member, each checked like a
 //! one-to-one recipient.
@@ -15,28 +19,93 @@ use bytes::Bytes;
 use prost::Message as _;
 use tracing::{debug, warn};
 
-use interop_proto::limits::{is_group_id, MAX_GROUP_MEMBERS};
+use interop_proto::limits::{
+    is_group_id, MAX_GROUP_CHANGE_ADDRESSES, MAX_GROUP_MEMBERS, MAX_GROUP_NAME_BYTES,
+};
 use interop_proto::v1::{
-    server_frame, ChangeGroup, CreateGroup, Envelope, GroupUpdated, PipelineMessage, RejectCode,
-    ServerFrame,
+    envelope, server_frame, ChangeGroup, CreateGroup, Encryption, Envelope, GroupChange,
+    GroupUpdated, PipelineMessage, RejectCode, ServerFrame,
 };
 use interop_proto::Address;
 use interop_state::gcra;
 use interop_state::group::{self, Change, ChangeRefused, Group, GroupStore};
 
-use crate::send::{provider_limit, reject, unavailable, Prepared, ToPublish};
+use crate::send::{checks, provider_limit, rate_limited, reject, unavailable, Prepared, ToPublish};
 use crate::validate::{validate_group_send, Rejection};
 use crate::Shared;
 
-fn updated(request_id: u64, g: Group) -> Prepared {
-    Prepared::Answer(Box::new(ServerFrame {
+fn updated(request_id: u64, g: Group) -> ServerFrame {
+    ServerFrame {
         request_id,
         frame: Some(server_frame::Frame::GroupUpdated(GroupUpdated {
             group_id: g.id,
             admins: g.admins,
             members: g.members,
+            name: g.name,
         })),
-    }))
+    }
+}
+
+/// A group name: at most [`MAX_GROUP_NAME_BYTES`] of UTF-8 (prost checked
+/// the encoding), no control characters; empty is no name.
+pub fn validate_name(name: &str) -> Result<(), Rejection> {
+    if name.len() > MAX_GROUP_NAME_BYTES {
+        return Err(Rejection::new(
+            RejectCode::TooLong,
+            format!("a group name has at most {MAX_GROUP_NAME_BYTES} bytes"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Rejection::new(
+            RejectCode::MalformedFrame,
+            "a group name has no control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Tells the members about a change made by `actor` (`g`: the group after
+/// it): a `GroupChange` stored like a group send, and `GroupUpdated` to the
+/// admin once it is.
+fn tell_members(
+    provider: &str,
+    request_id: u64,
+    actor: &Address,
+    g: Group,
+    change: GroupChange,
+) -> Prepared {
+    let message_id = uuid::Uuid::now_v7().to_string();
+    let accepted_at_ms = interop_proto::now_ms();
+    let notice = GroupChange {
+        name: g.name.clone(),
+        members: g.members.clone(),
+        ..change
+    };
+    let pm = PipelineMessage {
+        envelope: Some(Envelope {
+            message_id: message_id.clone(),
+            from: actor.as_str().to_owned(),
+            group_id: g.id.clone(),
+            encryption: Encryption::TransportOnly as i32,
+            accepted_at_ms,
+            content: Some(envelope::Content::GroupChange(notice)),
+            ..Default::default()
+        }),
+        sender_provider: provider.to_owned(),
+        ..Default::default()
+    };
+    let span = tracing::info_span!("group change", otel.name = "ingest group change", %provider, message_id = %message_id);
+    Prepared::Publish(ToPublish {
+        request_id,
+        client_message_id: String::new(),
+        message_id,
+        accepted_at_ms,
+        payload: Bytes::from(pm.encode_to_vec()),
+        span,
+        ephemeral_subject: None,
+        resend: false,
+        answer: Some(Box::new(updated(request_id, g))),
+    })
 }
 
 /// Parses a list of addresses, without duplicates.
@@ -68,12 +137,42 @@ fn own_user(provider: &str, what: &str, a: &str) -> Result<Address, Rejection> {
     Ok(parsed)
 }
 
+/// A group change counts as one send against the provider's and the
+/// admin's rate limits (it writes a notice to every member): `Err` is the
+/// answer when it may not be made now.
+async fn within_rate(
+    shared: &Shared,
+    provider: &str,
+    request_id: u64,
+    actor: &Address,
+) -> Result<(), Prepared> {
+    let mut pipe = redis::pipe();
+    gcra::add_check(
+        &mut pipe,
+        provider,
+        actor.as_str(),
+        provider_limit(shared, provider),
+        shared.sender_limit,
+    );
+    match checks::<((i64, i64, i64),)>(shared, &pipe).await {
+        Ok((rate,)) => match rate_limited(rate) {
+            Some(limited) => Err(reject(request_id, "", limited)),
+            None => Ok(()),
+        },
+        Err(e) => {
+            warn!(error = %e, "Redis unavailable; refusing group changes.");
+            Err(reject(request_id, "", unavailable("state storage")))
+        }
+    }
+}
+
 /// Checks a `CreateGroup` and returns (creator, members without the creator).
 pub fn validate_create(
     provider: &str,
     c: &CreateGroup,
 ) -> Result<(Address, Vec<String>), Rejection> {
     let creator = own_user(provider, "creator", &c.creator)?;
+    validate_name(&c.name)?;
     if c.members.len() > MAX_GROUP_MEMBERS {
         return Err(full());
     }
@@ -102,14 +201,24 @@ pub(crate) async fn create(
         Ok(v) => v,
         Err(r) => return reject(request_id, "", r),
     };
+    if let Err(answer) = within_rate(shared, provider, request_id, &creator).await {
+        return answer;
+    }
     let id = format!("g-{}", uuid::Uuid::now_v7().simple());
     match GroupStore::new(shared.redis.clone())
-        .create(&id, creator.as_str(), &members)
+        .create(&id, creator.as_str(), &members, &c.name)
         .await
     {
         Ok(g) => {
             debug!(%provider, members = g.members.len(), "Group created.");
-            updated(request_id, g)
+            let change = GroupChange {
+                created: true,
+                added: members,
+                new_admins: vec![creator.as_str().to_owned()],
+                renamed: !c.name.is_empty(),
+                ..Default::default()
+            };
+            tell_members(provider, request_id, &creator, g, change)
         }
         Err(e) => {
             warn!(error = %e, "Cannot store a group.");
@@ -118,55 +227,91 @@ pub(crate) async fn create(
     }
 }
 
+/// The addresses a change names: (added, removed, made admins).
+type Named = (Vec<String>, Vec<String>, Vec<String>);
+
+/// Checks a `ChangeGroup` and returns the admin and the addresses it names.
+pub fn validate_change(provider: &str, c: &ChangeGroup) -> Result<(Address, Named), Rejection> {
+    if !is_group_id(&c.group_id) {
+        return Err(Rejection::new(
+            RejectCode::MalformedFrame,
+            "group_id must be `g-` and 32 lowercase hex digits",
+        ));
+    }
+    let actor = own_user(provider, "actor", &c.actor)?;
+    if c.add.len() > MAX_GROUP_MEMBERS {
+        return Err(full());
+    }
+    if c.add.len() + c.remove.len() + c.add_admins.len() > MAX_GROUP_CHANGE_ADDRESSES {
+        return Err(Rejection::new(
+            RejectCode::TooLong,
+            format!(
+                "a change names at most {MAX_GROUP_CHANGE_ADDRESSES} addresses in add, remove and add_admins together"
+            ),
+        ));
+    }
+    if let Some(name) = &c.name {
+        validate_name(name)?;
+    }
+    let add = addresses("add", &c.add)?;
+    let remove = addresses("remove", &c.remove)?;
+    let add_admins = addresses("add_admins", &c.add_admins)?;
+    if add.iter().any(|a| remove.contains(a)) {
+        return Err(Rejection::new(
+            RejectCode::MalformedFrame,
+            "an address is both added and removed",
+        ));
+    }
+    Ok((actor, (add, remove, add_admins)))
+}
+
 pub(crate) async fn change(
     shared: &Shared,
     provider: &str,
     request_id: u64,
     c: ChangeGroup,
 ) -> Prepared {
-    let checked = (|| {
-        if !is_group_id(&c.group_id) {
-            return Err(Rejection::new(
-                RejectCode::MalformedFrame,
-                "group_id must be `g-` and 32 lowercase hex digits",
-            ));
-        }
-        let actor = own_user(provider, "actor", &c.actor)?;
-        if c.add.len() > MAX_GROUP_MEMBERS {
-            return Err(full());
-        }
-        let add = addresses("add", &c.add)?;
-        let remove = addresses("remove", &c.remove)?;
-        let add_admins = addresses("add_admins", &c.add_admins)?;
-        if add.iter().any(|a| remove.contains(a)) {
-            return Err(Rejection::new(
-                RejectCode::MalformedFrame,
-                "an address is both added and removed",
-            ));
-        }
-        Ok((actor, add, remove, add_admins))
-    })();
-    let (actor, add, remove, add_admins) = match checked {
+    let checked = validate_change(provider, &c);
+    let (actor, (add, remove, add_admins)) = match checked {
         Ok(v) => v,
         Err(r) => return reject(request_id, "", r),
     };
+    if let Err(answer) = within_rate(shared, provider, request_id, &actor).await {
+        return answer;
+    }
     let change = Change {
         actor: actor.as_str(),
         add: &add,
         remove: &remove,
         add_admins: &add_admins,
+        name: c.name.as_deref(),
     };
     let result = GroupStore::new(shared.redis.clone())
         .change(&c.group_id, &change, MAX_GROUP_MEMBERS)
         .await;
+    let notice = GroupChange {
+        added: add.clone(),
+        removed: remove.clone(),
+        new_admins: add_admins.clone(),
+        renamed: c.name.is_some(),
+        ..Default::default()
+    };
+    let asked_nothing =
+        add.is_empty() && remove.is_empty() && add_admins.is_empty() && c.name.is_none();
     match result {
-        Ok(Ok(Some(g))) => updated(request_id, g),
-        Ok(Ok(None)) => updated(
+        // Nothing to tell.
+        Ok(Ok(Some(g))) if asked_nothing => Prepared::Answer(Box::new(updated(request_id, g))),
+        Ok(Ok(Some(g))) => tell_members(provider, request_id, &actor, g, notice),
+        // Emptied: only the removed are told.
+        Ok(Ok(None)) => tell_members(
+            provider,
             request_id,
+            &actor,
             Group {
                 id: c.group_id,
                 ..Default::default()
             },
+            notice,
         ),
         Ok(Err(refused)) => {
             let r = match refused {
@@ -230,38 +375,15 @@ pub(crate) async fn prepare_group_send(
         .arg("EX")
         .arg(shared.idempotency_secs);
     type Reply = ((i64, i64, i64), bool, Option<String>);
-    let mut conn = shared.redis.clone();
-    let query = async {
-        let mut reply: Result<Reply, redis::RedisError> = pipe.query_async(&mut conn).await;
-        if reply.as_ref().err().is_some_and(gcra::is_noscript) {
-            reply = match gcra::load(&mut conn).await {
-                Ok(()) => pipe.query_async(&mut conn).await,
-                Err(e) => Err(e.0),
-            };
-        }
-        reply.map_err(|e| e.to_string())
-    };
-    let reply = match tokio::time::timeout(shared.store_timeout, query).await {
-        Ok(r) => r,
-        Err(_) => Err("timed out".to_owned()),
-    };
-    let (rate, member, existing) = match reply {
+    let (rate, member, existing) = match checks::<Reply>(shared, &pipe).await {
         Ok(r) => r,
         Err(e) => {
             warn!(error = %e, "Redis unavailable; refusing group sends.");
             return reject(request_id, &cmid, unavailable("state storage"));
         }
     };
-    if let gcra::Decision::Limited { by, retry_after_ms } = gcra::decision(rate) {
-        let detail = match by {
-            gcra::LimitedBy::Provider => "provider rate limit reached",
-            gcra::LimitedBy::Sender => "sender rate limit reached",
-        };
-        return reject(
-            request_id,
-            &cmid,
-            Rejection::retryable(RejectCode::RateLimited, detail, retry_after_ms),
-        );
+    if let Some(limited) = rate_limited(rate) {
+        return reject(request_id, &cmid, limited);
     }
     if !member {
         return reject(
@@ -297,6 +419,7 @@ pub(crate) async fn prepare_group_send(
         span,
         ephemeral_subject: None,
         resend,
+        answer: None,
     })
 }
 
@@ -390,6 +513,7 @@ mod tests {
         let mut c = CreateGroup {
             creator: "signal:alice".into(),
             members: (1..MAX_GROUP_MEMBERS).map(member).collect(),
+            name: String::new(),
         };
         // The creator plus 255 others: exactly the limit.
         let (_, members) = validate_create("signal", &c).unwrap();
@@ -410,6 +534,7 @@ mod tests {
         let c = CreateGroup {
             creator: "home:+4915112345678".into(),
             members: vec![],
+            name: String::new(),
         };
         assert_eq!(
             validate_create("signal", &c).unwrap_err().code,
@@ -418,10 +543,83 @@ mod tests {
         let c = CreateGroup {
             creator: "signal:alice".into(),
             members: vec!["nope".into()],
+            name: String::new(),
         };
         assert_eq!(
             validate_create("signal", &c).unwrap_err().code,
             RejectCode::InvalidAddress
+        );
+    }
+
+    #[test]
+    fn a_group_name_at_the_edge() {
+        let name = |n: String| CreateGroup {
+            creator: "signal:alice".into(),
+            members: vec![member(1)],
+            name: n,
+        };
+        assert!(validate_create("signal", &name("a".repeat(MAX_GROUP_NAME_BYTES))).is_ok());
+        assert_eq!(
+            validate_create("signal", &name("a".repeat(MAX_GROUP_NAME_BYTES + 1)))
+                .unwrap_err()
+                .code,
+            RejectCode::TooLong
+        );
+        // Bytes, not characters: 43 three-byte characters are 129 bytes.
+        assert_eq!(
+            validate_create("signal", &name("€".repeat(43)))
+                .unwrap_err()
+                .code,
+            RejectCode::TooLong
+        );
+        assert!(validate_create("signal", &name("€".repeat(42))).is_ok());
+        assert_eq!(
+            validate_create("signal", &name("Ski\ntrip".into()))
+                .unwrap_err()
+                .code,
+            RejectCode::MalformedFrame
+        );
+        assert!(validate_create("signal", &name(String::new())).is_ok());
+        // The same rules for a rename.
+        let rename = |n: &str| ChangeGroup {
+            group_id: format!("g-{}", "0".repeat(32)),
+            actor: "signal:alice".into(),
+            name: Some(n.into()),
+            ..Default::default()
+        };
+        assert!(validate_change("signal", &rename("Family")).is_ok());
+        assert!(validate_change("signal", &rename("")).is_ok());
+        assert_eq!(
+            validate_change("signal", &rename(&"a".repeat(MAX_GROUP_NAME_BYTES + 1)))
+                .unwrap_err()
+                .code,
+            RejectCode::TooLong
+        );
+    }
+
+    #[test]
+    fn a_change_names_at_most_256_addresses() {
+        let change = |add: usize, remove: usize, admins: usize| ChangeGroup {
+            group_id: format!("g-{}", "0".repeat(32)),
+            actor: "signal:alice".into(),
+            add: (0..add).map(member).collect(),
+            remove: (add..add + remove).map(member).collect(),
+            add_admins: (0..admins).map(member).collect(),
+            name: None,
+        };
+        let (_, (add, remove, admins)) = validate_change("signal", &change(100, 100, 56)).unwrap();
+        assert_eq!((add.len(), remove.len(), admins.len()), (100, 100, 56));
+        assert_eq!(
+            validate_change("signal", &change(100, 100, 57))
+                .unwrap_err()
+                .code,
+            RejectCode::TooLong
+        );
+        assert_eq!(
+            validate_change("signal", &change(MAX_GROUP_MEMBERS + 1, 0, 0))
+                .unwrap_err()
+                .code,
+            RejectCode::GroupFull
         );
     }
 }

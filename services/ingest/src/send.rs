@@ -42,6 +42,9 @@ pub(crate) struct ToPublish {
     /// A re-send of a client message id (it got the first try's message
     /// id): stored alone, so JetStream drops it if the first was stored.
     pub(crate) resend: bool,
+    /// The answer once stored, instead of `Accepted` (a group change's
+    /// `GroupUpdated`, sent once the members' notice is stored).
+    pub(crate) answer: Option<Box<ServerFrame>>,
 }
 
 pub(crate) enum Prepared {
@@ -83,6 +86,49 @@ pub(crate) fn unavailable(what: &str) -> Rejection {
         format!("{what} is unavailable; retry"),
         UNAVAILABLE_RETRY_MS,
     )
+}
+
+/// Runs the checks in `pipe` (they include the rate-limit script) in one
+/// round trip, bounded like the store: a slow or absent Redis means
+/// `UNAVAILABLE`, fast. Reloads the script once if Redis lost it.
+pub(crate) async fn checks<T: redis::FromRedisValue>(
+    shared: &Shared,
+    pipe: &redis::Pipeline,
+) -> Result<T, String> {
+    let mut conn = shared.redis.clone();
+    let query = async {
+        let mut reply: Result<T, redis::RedisError> = pipe.query_async(&mut conn).await;
+        if reply.as_ref().err().is_some_and(gcra::is_noscript) {
+            // Redis restarted and lost its script cache: load and try again.
+            reply = match gcra::load(&mut conn).await {
+                Ok(()) => pipe.query_async(&mut conn).await,
+                Err(e) => Err(e.0),
+            };
+        }
+        reply.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(shared.store_timeout, query).await {
+        Ok(r) => r,
+        Err(_) => Err("timed out".to_owned()),
+    }
+}
+
+/// The `RATE_LIMITED` answer for a rate-limit script's reply, if it refused.
+pub(crate) fn rate_limited(rate: (i64, i64, i64)) -> Option<Rejection> {
+    match gcra::decision(rate) {
+        gcra::Decision::Allowed => None,
+        gcra::Decision::Limited { by, retry_after_ms } => {
+            let detail = match by {
+                gcra::LimitedBy::Provider => "provider rate limit reached",
+                gcra::LimitedBy::Sender => "sender rate limit reached",
+            };
+            Some(Rejection::retryable(
+                RejectCode::RateLimited,
+                detail,
+                retry_after_ms,
+            ))
+        }
+    }
 }
 
 /// Everything up to the publish; runs concurrently with other frames.
@@ -200,41 +246,16 @@ async fn prepare_send(
         (Option<String>, Option<String>),
         Option<String>,
     );
-    let mut conn = shared.redis.clone();
-    // Bounded like the store: a slow or absent Redis means UNAVAILABLE, fast.
-    let query = async {
-        let mut reply: Result<Reply, redis::RedisError> = pipe.query_async(&mut conn).await;
-        if reply.as_ref().err().is_some_and(gcra::is_noscript) {
-            // Redis restarted and lost its script cache: load and try again.
-            reply = match gcra::load(&mut conn).await {
-                Ok(()) => pipe.query_async(&mut conn).await,
-                Err(e) => Err(e.0),
-            };
-        }
-        reply.map_err(|e| e.to_string())
-    };
-    let reply = match tokio::time::timeout(shared.store_timeout, query).await {
-        Ok(r) => r,
-        Err(_) => Err("timed out".to_owned()),
-    };
-    let (rate, (opted_in, allowed), existing) = match reply {
+    let (rate, (opted_in, allowed), existing) = match checks::<Reply>(shared, &pipe).await {
         Ok(r) => r,
         Err(e) => {
             warn!(error = %e, "Redis unavailable; refusing sends.");
             return reject(request_id, &cmid, unavailable("state storage"));
         }
     };
-    if let gcra::Decision::Limited { by, retry_after_ms } = gcra::decision(rate) {
-        let detail = match by {
-            gcra::LimitedBy::Provider => "provider rate limit reached",
-            gcra::LimitedBy::Sender => "sender rate limit reached",
-        };
-        debug!(%provider, detail, retry_after_ms, "Rate-limited a send.");
-        return reject(
-            request_id,
-            &cmid,
-            Rejection::retryable(RejectCode::RateLimited, detail, retry_after_ms),
-        );
+    if let Some(limited) = rate_limited(rate) {
+        debug!(%provider, detail = %limited.detail, "Rate-limited a send.");
+        return reject(request_id, &cmid, limited);
     }
     let consent = Consent::from_fields(opted_in.as_deref(), allowed.as_deref());
     if !consent.admits(provider) {
@@ -297,6 +318,7 @@ async fn prepare_send(
         span,
         ephemeral_subject,
         resend,
+        answer: None,
     })
 }
 
@@ -344,13 +366,16 @@ pub(crate) async fn publish(
             match stored {
                 // `duplicate`: this client message id was sent before
                 // (docs/protocol.md, "Retries and idempotency").
-                Ok(()) => accepted(
-                    p.request_id,
-                    p.client_message_id,
-                    p.message_id,
-                    p.accepted_at_ms,
-                    p.resend,
-                ),
+                Ok(()) => match p.answer {
+                    Some(answer) => *answer,
+                    None => accepted(
+                        p.request_id,
+                        p.client_message_id,
+                        p.message_id,
+                        p.accepted_at_ms,
+                        p.resend,
+                    ),
+                },
                 Err(reason) => {
                     warn!(%reason, "Refusing a send: message storage unavailable.");
                     let r = unavailable("message storage");

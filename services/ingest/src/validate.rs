@@ -301,6 +301,12 @@ fn validate_content(env: &Envelope) -> Result<(), Rejection> {
                 "receipts are written by the gateway; report reads with MarkRead on the delivery connection",
             ))
         }
+        Some(Content::GroupChange(_)) => {
+            return Err(Rejection::new(
+                UnsupportedContent,
+                "group changes are written by the gateway; use CreateGroup and ChangeGroup",
+            ))
+        }
     }
     Ok(())
 }
@@ -466,6 +472,12 @@ mod tests {
             (
                 Box::new(|e| {
                     e.content = Some(Content::Receipt(Default::default()));
+                }),
+                UnsupportedContent,
+            ),
+            (
+                Box::new(|e| {
+                    e.content = Some(Content::GroupChange(Default::default()));
                 }),
                 UnsupportedContent,
             ),

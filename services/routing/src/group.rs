@@ -8,6 +8,10 @@
 //! [`Router::admit`]; a REJECT verdict answers the sender once (`SPAM`). A member who is not admitted gets nothing, and the sender gets no
 //! receipt about it (that would tell who blocked them).
 //!
+//! A group change (`GroupChange`, written by ingest after `CreateGroup` or
+//! `ChangeGroup`) goes to the members it lists (the group after the change)
+//! and to those it removed, through the same admission.
+//!
 //! A call attempt reaches the recipient (delivery shows it as a notice) and
 //! the caller gets a `FAILED` receipt with `CALLS_NOT_SUPPORTED`.
 
@@ -41,14 +45,22 @@ pub(crate) async fn fan_out(
         .envelope
         .as_ref()
         .ok_or_else(|| HandleError::Permanent("no envelope".into()))?;
-    let members = router
-        .groups
-        .members(&env.group_id)
-        .await
-        .map_err(|e| HandleError::Retry {
-            reason: e.to_string(),
-            after: std::time::Duration::from_millis(500),
-        })?;
+    let members = match &env.content {
+        Some(envelope::Content::GroupChange(c)) => {
+            let mut to: Vec<String> = c.members.iter().chain(&c.removed).cloned().collect();
+            to.sort();
+            to.dedup();
+            to
+        }
+        _ => router
+            .groups
+            .members(&env.group_id)
+            .await
+            .map_err(|e| HandleError::Retry {
+                reason: e.to_string(),
+                after: std::time::Duration::from_millis(500),
+            })?,
+    };
     let is_media = matches!(env.content, Some(envelope::Content::Media(_)));
     let verdict = pipeline::verdict(&pm);
     let members: Vec<String> = members.into_iter().filter(|m| *m != env.from).collect();

@@ -501,21 +501,33 @@ impl Sender {
         }
     }
 
-    /// Creates a group; `creator` (one of this provider's users) is its
-    /// first admin.
+    /// Creates a group without a name; `creator` (one of this provider's
+    /// users) is its first admin.
     pub async fn create_group(
         &self,
         creator: &str,
         members: &[String],
     ) -> Result<GroupOutcome, ClientError> {
+        self.create_named_group(creator, members, "").await
+    }
+
+    /// Creates a group called `name` (at most 128 bytes; empty: no name).
+    pub async fn create_named_group(
+        &self,
+        creator: &str,
+        members: &[String],
+        name: &str,
+    ) -> Result<GroupOutcome, ClientError> {
         self.group_request(client_frame::Frame::CreateGroup(CreateGroup {
             creator: creator.to_owned(),
             members: members.to_vec(),
+            name: name.to_owned(),
         }))
         .await
     }
 
-    /// Adds and removes members (as `change.actor`, an admin).
+    /// Adds and removes members, makes admins, renames (as `change.actor`,
+    /// an admin).
     pub async fn change_group(&self, change: ChangeGroup) -> Result<GroupOutcome, ClientError> {
         self.group_request(client_frame::Frame::ChangeGroup(change))
             .await

@@ -198,7 +198,7 @@ enum ProviderCommand {
         #[arg(long)]
         burst: Option<u32>,
         /// Content kinds its clients show (comma-separated: text, ciphertext,
-        /// media, reply, reaction, edit, delete, read-receipt, typing, group).
+        /// media, reply, reaction, edit, delete, read-receipt, typing, group, group-change).
         /// Default: all.
         #[arg(long, value_delimiter = ',')]
         content: Option<Vec<String>>,

@@ -305,7 +305,7 @@ async fn capabilities_and_client_certificates_are_set_on_add_and_changed_later()
             .as_array()
             .unwrap()
             .len(),
-        10
+        interop_providers::ContentKind::ALL.len()
     );
 
     // Changed later: the record (what every replica watches) follows.

@@ -154,7 +154,7 @@ async fn every_redis_key_and_every_stream_has_a_bounded_lifetime_after_real_traf
     .await;
     receive(&mut bob, &am).await;
     let group = match signal
-        .create_group(ALICE, &[BOB.to_owned(), CAROL.to_owned()])
+        .create_named_group(ALICE, &[BOB.to_owned(), CAROL.to_owned()], "Book club")
         .await
         .unwrap()
     {

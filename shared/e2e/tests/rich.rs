@@ -1,7 +1,8 @@
 //! Issue 5 end to end: read receipts and reactions between providers,
 //! visible fallbacks for a provider that declares only text, typing that is
 //! never stored, call attempts, expiry of undelivered messages, groups
-//! across three providers, and a session that pauses at its un-acked limit.
+//! across three providers (and what their members are told of changes),
+//! and a session that pauses at its un-acked limit.
 
 use std::time::Duration;
 
@@ -12,8 +13,8 @@ use interop_client::{
 use interop_e2e::{registry, Stack, HOME_TOKEN, SIGNAL_TOKEN, TELEGRAM_TOKEN};
 use interop_proto::v1::envelope::Content;
 use interop_proto::v1::{
-    Accepted, CallAttempt, ChangeGroup, Delete, Edit, Envelope, Receipt, ReceiptStatus, RejectCode,
-    Text, Typing,
+    Accepted, CallAttempt, ChangeGroup, Delete, Edit, Envelope, GroupChange, Inbox, Receipt,
+    ReceiptStatus, RejectCode, Text, Typing,
 };
 use interop_providers::{Capabilities, ContentKind, Provider, Registry};
 
@@ -95,6 +96,14 @@ fn receipt(env: &Envelope) -> Option<&Receipt> {
     match &env.content {
         Some(Content::Receipt(r)) => Some(r),
         _ => None,
+    }
+}
+
+/// The group change a member was told of.
+fn group_change(env: &Envelope) -> &GroupChange {
+    match &env.content {
+        Some(Content::GroupChange(c)) => c,
+        other => panic!("expected a group change, got {other:?}"),
     }
 }
 
@@ -345,7 +354,10 @@ async fn typing_in_a_group_reaches_members_who_accepted_the_sender_and_is_never_
     };
     let mut sessions = Vec::new();
     for m in &members {
-        sessions.push(receiver(&d.url, m, "phone").await);
+        let mut rx = receiver(&d.url, m, "phone").await;
+        // Each was told of the group first.
+        assert!(group_change(&next(&mut rx).await.envelope).created);
+        sessions.push(rx);
     }
     // Give the sessions' subscriptions time to be in place.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -362,8 +374,9 @@ async fn typing_in_a_group_reaches_members_who_accepted_the_sender_and_is_never_
     }
     // Not to the member who never accepted alice.
     nothing_within(&mut sessions[2], 1000).await;
-    // Never stored: a new device of a friend finds nothing.
+    // Never stored: a new device of a friend finds only the group's notice.
     let mut laptop = receiver(&d.url, &friend, "laptop").await;
+    assert!(group_change(&next(&mut laptop).await.envelope).created);
     nothing_within(&mut laptop, 1000).await;
     // A non-member's typing to the group is refused like its messages.
     let mut outsider = group_text_envelope("gt2", "signal:mallory", &group.group_id, "");
@@ -465,6 +478,9 @@ async fn a_group_of_fifty_across_three_providers_gets_one_copy_each_except_who_b
         if *m == excluded {
             continue;
         }
+        // Told of the group first (not who blocked alice).
+        let told = next(rx).await.envelope;
+        assert_eq!(group_change(&told).members.len(), 50);
         let got = next(rx).await.envelope;
         assert_eq!(got.message_id, sent.message_id);
         assert_eq!(got.group_id, group.group_id);
@@ -475,7 +491,8 @@ async fn a_group_of_fifty_across_three_providers_gets_one_copy_each_except_who_b
         nothing_within(rx, 300).await;
         assert_eq!(rx.duplicates(), 0, "{m}");
     }
-    // Each member's device acked: alice gets one DELIVERED per member.
+    // Each member's device acked: alice gets one DELIVERED per member (for
+    // the message; the gateway's notices have no receipts).
     let mut alice = receiver(&d.url, ALICE, "phone").await;
     let mut from = std::collections::BTreeSet::new();
     while from.len() < 48 {
@@ -508,6 +525,7 @@ async fn group_membership_is_changed_by_admins_within_the_size_limit() {
         add,
         remove,
         add_admins: Vec::new(),
+        name: None,
     };
     let code = |o: GroupOutcome| match o {
         GroupOutcome::Rejected(r) => r.code(),
@@ -574,6 +592,118 @@ async fn group_membership_is_changed_by_admins_within_the_size_limit() {
         matches!(o, SendOutcome::Rejected(ref r) if r.code() == RejectCode::GroupNotFound),
         "{o:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_told_when_a_group_is_made_renamed_or_changed() {
+    let stack = Stack::start(registry_with_plain_telegram(), Default::default()).await;
+    let d = stack.delivery().await;
+    for m in [BOB, TOM] {
+        opt_in(&stack, m, &["signal"]).await;
+    }
+    let signal = sender(&stack, "signal").await;
+    let home = sender(&stack, "home").await;
+    let mut alice = receiver(&d.url, ALICE, "phone").await;
+    let mut bob = receiver(&d.url, BOB, "phone").await;
+    let mut tom = receiver(&d.url, TOM, "phone").await;
+
+    let group = match signal
+        .create_named_group(ALICE, &[BOB.to_owned(), TOM.to_owned()], "Ski trip")
+        .await
+        .unwrap()
+    {
+        GroupOutcome::Updated(g) => g,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(group.name, "Ski trip");
+    // Bob's app shows group changes: he gets the notice as is, from alice,
+    // as a request (he has not accepted her).
+    let told = next(&mut bob).await;
+    assert_eq!(told.inbox, Inbox::Requests);
+    assert_eq!(told.envelope.from, ALICE);
+    assert_eq!(told.envelope.to, BOB);
+    assert_eq!(told.envelope.group_id, group.group_id);
+    let mut members = vec![ALICE.to_owned(), BOB.to_owned(), TOM.to_owned()];
+    members.sort();
+    assert_eq!(
+        *group_change(&told.envelope),
+        GroupChange {
+            created: true,
+            added: vec![BOB.to_owned(), TOM.to_owned()],
+            new_admins: vec![ALICE.to_owned()],
+            renamed: true,
+            name: "Ski trip".into(),
+            members: members.clone(),
+            ..Default::default()
+        }
+    );
+    // Tom's app declares text and media only: he reads what happened.
+    assert_eq!(
+        text(&next(&mut tom).await.envelope),
+        format!("[group] created the group \"Ski trip\" with you, {BOB}")
+    );
+
+    // A rename that also removes tom: both are told, tom that he is out.
+    let change = ChangeGroup {
+        group_id: group.group_id.clone(),
+        actor: ALICE.into(),
+        remove: vec![TOM.into()],
+        name: Some("Family".into()),
+        ..Default::default()
+    };
+    match signal.change_group(change).await.unwrap() {
+        GroupOutcome::Updated(g) => {
+            assert_eq!(g.name, "Family");
+            assert_eq!(g.members, [BOB, ALICE], "sorted");
+        }
+        other => panic!("{other:?}"),
+    }
+    let c = next(&mut bob).await.envelope;
+    let c = group_change(&c);
+    assert!(c.renamed && !c.created);
+    assert_eq!(
+        (c.name.as_str(), c.removed.as_slice()),
+        ("Family", [TOM.to_owned()].as_slice())
+    );
+    assert_eq!(c.members, [BOB, ALICE]);
+    assert_eq!(
+        text(&next(&mut tom).await.envelope),
+        "[group] removed you; renamed the group to \"Family\""
+    );
+
+    // Not by a member who is not an admin; and a change that asks nothing
+    // is answered without telling anyone.
+    let by_bob = ChangeGroup {
+        group_id: group.group_id.clone(),
+        actor: BOB.into(),
+        name: Some("Bob's".into()),
+        ..Default::default()
+    };
+    match home.change_group(by_bob).await.unwrap() {
+        GroupOutcome::Rejected(r) => assert_eq!(r.code(), RejectCode::NotGroupAdmin),
+        other => panic!("{other:?}"),
+    }
+    let nothing = ChangeGroup {
+        group_id: group.group_id.clone(),
+        actor: ALICE.into(),
+        ..Default::default()
+    };
+    match signal.change_group(nothing).await.unwrap() {
+        GroupOutcome::Updated(g) => assert_eq!(g.name, "Family"),
+        other => panic!("{other:?}"),
+    }
+    // Nobody hears more; alice gets no receipts for the gateway's notices.
+    nothing_within(&mut bob, 1000).await;
+    nothing_within(&mut tom, 300).await;
+    nothing_within(&mut alice, 300).await;
+
+    // A client cannot write a group change itself.
+    let mut forged = group_text_envelope("forged", ALICE, &group.group_id, "");
+    forged.content = Some(Content::GroupChange(GroupChange::default()));
+    match signal.send(forged).await.unwrap() {
+        SendOutcome::Rejected(r) => assert_eq!(r.code(), RejectCode::UnsupportedContent),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,8 +19,11 @@
 //! 3. The offline store (`INTEROP_INBOX`): their own store subject
 //!    (`interop.v1.delivery.queued.<key>`: what they received, receipts about
 //!    what they sent), every message they sent that sits in another user's
-//!    store (1:1 and group copies, their receipts and reactions), and
-//!    other members' reactions to their group messages.
+//!    store (1:1 and group copies, their receipts and reactions), other
+//!    members' reactions to their group messages, and the gateway's group
+//!    notices (`GroupChange`) that name them (as added, removed, made admin
+//!    or a member). A notice naming them that is still in the pipeline goes
+//!    too, so the other members are not told of that change.
 //! 4. `INTEROP_QUARANTINE`: entries from or to them.
 //! 5. Media: every blob referenced by what was deleted, or recorded as sent
 //!    by them (`interop:media:sent:<key>`), loses the grants of the
@@ -126,6 +129,16 @@ fn media_ids(env: &Envelope) -> Vec<String> {
         }
     }
     out
+}
+
+/// A group notice that names `a` (added, removed, made admin, or a member).
+fn names(env: &Envelope, a: &str) -> bool {
+    match &env.content {
+        Some(Content::GroupChange(c)) => [&c.added, &c.removed, &c.new_admins, &c.members]
+            .iter()
+            .any(|list| list.iter().any(|m| m == a)),
+        _ => false,
+    }
 }
 
 fn is_receipt(env: &Envelope) -> bool {
@@ -358,7 +371,7 @@ pub async fn erase_user(
     // admit changed: every delivery session asks again (docs/adr/0018).
     interop_bus::admissions::announce_all(&js.client()).await?;
 
-    let involves = |env: &Envelope| env.from == a || env.to == a;
+    let involves = |env: &Envelope| env.from == a || env.to == a || names(env, a);
     let mut media_refs = MediaRefs::new();
 
     // 2. The pipeline streams. Counted: the user's messages, not the stream
@@ -418,6 +431,8 @@ pub async fn erase_user(
             } else {
                 elsewhere.push(m.seq);
             }
+        } else if names(&env, a) {
+            elsewhere.push(m.seq);
         } else if !env.group_id.is_empty() {
             if let Some(Content::Reaction(r)) = &env.content {
                 group_reactions.push((m.seq, r.target_message_id.clone()));

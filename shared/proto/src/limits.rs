@@ -37,6 +37,11 @@ pub const MAX_REACTION_BYTES: usize = 64;
 pub const MAX_MESSAGE_ID_BYTES: usize = 64;
 /// Most members of a group, admins included.
 pub const MAX_GROUP_MEMBERS: usize = 256;
+/// Longest group name (UTF-8 bytes).
+pub const MAX_GROUP_NAME_BYTES: usize = 128;
+/// Most addresses one `ChangeGroup` names in `add`, `remove` and
+/// `add_admins` together (so its `GroupChange` stays well under a frame).
+pub const MAX_GROUP_CHANGE_ADDRESSES: usize = 256;
 /// Most delivery tags in one `MarkRead`.
 pub const MAX_MARK_READ_TAGS: usize = 256;
 

@@ -103,10 +103,13 @@ pub enum ContentKind {
     ReadReceipt,
     Typing,
     Group,
+    /// `GroupChange`: a group was created or changed (members, admins,
+    /// name).
+    GroupChange,
 }
 
 impl ContentKind {
-    pub const ALL: [ContentKind; 10] = [
+    pub const ALL: [ContentKind; 11] = [
         Self::Text,
         Self::Ciphertext,
         Self::Media,
@@ -117,6 +120,7 @@ impl ContentKind {
         Self::ReadReceipt,
         Self::Typing,
         Self::Group,
+        Self::GroupChange,
     ];
 }
 

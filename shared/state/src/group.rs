@@ -1,13 +1,14 @@
 //! Groups: members from any provider, changed by the group's admins.
 //!
 //! Keys: `interop:group:<id>:members` and `interop:group:<id>:admins`, two
-//! sets of addresses, and per member `interop:groups:<address>`, the set of
+//! sets of addresses, `interop:group:<id>:name` (a string, absent when the
+//! group has no name), and per member `interop:groups:<address>`, the set of
 //! group ids the user is in (so erasing a user finds their groups). A group
 //! with no member left is deleted. Changes run as one Lua script, so the
 //! size limit and the admin check hold under concurrent changes from several
 //! ingest replicas.
 //!
-//! Lifetime: all three expire [`GROUP_TTL_SECS`] after the group was last
+//! Lifetime: all of them expire [`GROUP_TTL_SECS`] after the group was last
 //! changed or written to. A send refreshes them at most once a day
 //! ([`TOUCH_EVERY_SECS`]), so an active group never expires and one nobody
 //! uses goes away with its members' indexes.
@@ -46,10 +47,17 @@ pub fn admins_key(group_id: &str) -> String {
     format!("interop:group:{group_id}:admins")
 }
 
+/// The name of a group (absent: no name).
+pub fn name_key(group_id: &str) -> String {
+    format!("interop:group:{group_id}:name")
+}
+
 /// A group as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Group {
     pub id: String,
+    /// Empty: no name.
+    pub name: String,
     /// Sorted.
     pub admins: Vec<String>,
     /// Sorted.
@@ -69,13 +77,15 @@ pub enum ChangeRefused {
     AdminNotMember,
 }
 
-/// A change to a group's membership.
+/// A change to a group's membership or name.
 #[derive(Debug, Clone, Default)]
 pub struct Change<'a> {
     pub actor: &'a str,
     pub add: &'a [String],
     pub remove: &'a [String],
     pub add_admins: &'a [String],
+    /// `Some`: the new name (empty: none); `None`: unchanged.
+    pub name: Option<&'a str>,
 }
 
 const CHANGE: &str = r"
@@ -107,13 +117,17 @@ for _, m in ipairs(rem) do
 end
 for _, m in ipairs(add) do redis.call('SADD', KEYS[1], m) end
 for _, m in ipairs(adm) do redis.call('SADD', KEYS[2], m) end
-if redis.call('SCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1], KEYS[2]); return 0 end
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1], KEYS[2], KEYS[3]); return 0 end
+if ARGV[i + 3] == '1' then
+  if ARGV[i + 4] == '' then redis.call('DEL', KEYS[3]) else redis.call('SET', KEYS[3], ARGV[i + 4]) end
+end
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   redis.call('SADD', prefix .. m, group)
   redis.call('EXPIRE', prefix .. m, ttl)
 end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('EXPIRE', KEYS[3], ttl)
 return 0
 ";
 
@@ -131,6 +145,7 @@ for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('EXPIRE', KEYS[3], ttl)
 return 1
 ";
 
@@ -140,7 +155,7 @@ const REMOVE_MEMBER: &str = "
 local was = redis.call('SREM', KEYS[1], ARGV[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', ARGV[2] .. ARGV[1], ARGV[3])
-if redis.call('SCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1], KEYS[2]) end
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1], KEYS[2], KEYS[3]) end
 return was
 ";
 
@@ -150,9 +165,10 @@ return was
 pub fn add_member_check(pipe: &mut redis::Pipeline, group_id: &str, sender: &str) {
     pipe.cmd("EVAL")
         .arg(MEMBER_AND_TOUCH)
-        .arg(2)
+        .arg(3)
         .arg(members_key(group_id))
         .arg(admins_key(group_id))
+        .arg(name_key(group_id))
         .arg(sender)
         .arg(USER_GROUPS_PREFIX)
         .arg(group_id)
@@ -172,12 +188,14 @@ impl GroupStore {
     }
 
     /// Stores a new group: `creator` is its admin and a member, with
-    /// `members` (the caller checked the size and made the id).
+    /// `members` (the caller checked the size and the name, and made the
+    /// id); `name` empty: no name.
     pub async fn create(
         &self,
         group_id: &str,
         creator: &str,
         members: &[String],
+        name: &str,
     ) -> Result<Group, StateError> {
         let mut conn = self.redis.clone();
         let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
@@ -196,6 +214,14 @@ impl GroupStore {
             .ignore()
             .expire(admins_key(group_id), ttl())
             .ignore();
+        if !name.is_empty() {
+            pipe.cmd("SET")
+                .arg(name_key(group_id))
+                .arg(name)
+                .arg("EX")
+                .arg(GROUP_TTL_SECS)
+                .ignore();
+        }
         for m in &all {
             pipe.sadd(user_groups_key(m), group_id)
                 .ignore()
@@ -209,13 +235,16 @@ impl GroupStore {
     /// The group, or `None` if it does not exist.
     pub async fn get(&self, group_id: &str) -> Result<Option<Group>, StateError> {
         let mut conn = self.redis.clone();
-        let (mut members, mut admins): (Vec<String>, Vec<String>) = redis::pipe()
-            .cmd("SMEMBERS")
-            .arg(members_key(group_id))
-            .cmd("SMEMBERS")
-            .arg(admins_key(group_id))
-            .query_async(&mut conn)
-            .await?;
+        let (mut members, mut admins, name): (Vec<String>, Vec<String>, Option<String>) =
+            redis::pipe()
+                .cmd("SMEMBERS")
+                .arg(members_key(group_id))
+                .cmd("SMEMBERS")
+                .arg(admins_key(group_id))
+                .cmd("GET")
+                .arg(name_key(group_id))
+                .query_async(&mut conn)
+                .await?;
         if members.is_empty() {
             return Ok(None);
         }
@@ -223,6 +252,7 @@ impl GroupStore {
         admins.sort();
         Ok(Some(Group {
             id: group_id.to_owned(),
+            name: name.unwrap_or_default(),
             admins,
             members,
         }))
@@ -251,6 +281,7 @@ impl GroupStore {
         let mut invocation = script.key(members_key(group_id));
         invocation
             .key(admins_key(group_id))
+            .key(name_key(group_id))
             .arg(change.actor)
             .arg(max_members)
             .arg(change.add.len())
@@ -261,7 +292,9 @@ impl GroupStore {
             .arg(change.add_admins)
             .arg(USER_GROUPS_PREFIX)
             .arg(group_id)
-            .arg(GROUP_TTL_SECS);
+            .arg(GROUP_TTL_SECS)
+            .arg(if change.name.is_some() { "1" } else { "0" })
+            .arg(change.name.unwrap_or(""));
         let code: i64 = invocation.invoke_async(&mut conn).await?;
         Ok(match code {
             0 => Ok(self.get(group_id).await?),
@@ -293,6 +326,7 @@ impl GroupStore {
         let was: i64 = redis::Script::new(REMOVE_MEMBER)
             .key(members_key(group_id))
             .key(admins_key(group_id))
+            .key(name_key(group_id))
             .arg(address)
             .arg(USER_GROUPS_PREFIX)
             .arg(group_id)

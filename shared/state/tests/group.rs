@@ -1,10 +1,11 @@
 //! Groups against a real redis-server: every member's index follows the
 //! membership, everything expires, a send refreshes the lifetime at most
-//! once a day, and an erasure removes a member.
+//! once a day, a rename sets or clears the name, and an erasure removes a
+//! member.
 
 use interop_state::group::{
-    add_member_check, admins_key, members_key, user_groups_key, Change, GroupStore, GROUP_TTL_SECS,
-    TOUCH_EVERY_SECS,
+    add_member_check, admins_key, members_key, name_key, user_groups_key, Change, GroupStore,
+    GROUP_TTL_SECS, TOUCH_EVERY_SECS,
 };
 use interop_test_support::RedisServer;
 
@@ -33,15 +34,16 @@ async fn the_index_follows_membership_and_everything_expires() {
     let ttl_max = i64::try_from(GROUP_TTL_SECS).unwrap();
 
     groups
-        .create(g, ALICE, &[BOB.to_owned(), CAROL.to_owned()])
+        .create(g, ALICE, &[BOB.to_owned(), CAROL.to_owned()], "Family")
         .await
         .unwrap();
+    assert_eq!(groups.get(g).await.unwrap().unwrap().name, "Family");
     for who in [ALICE, BOB, CAROL] {
         assert_eq!(groups.groups_of(who).await.unwrap(), [g]);
         let t = ttl(&mut c, &user_groups_key(who)).await;
         assert!(t > ttl_max - 5 && t <= ttl_max, "{who}: {t}");
     }
-    for key in [members_key(g), admins_key(g)] {
+    for key in [members_key(g), admins_key(g), name_key(g)] {
         let t = ttl(&mut c, &key).await;
         assert!(t > ttl_max - 5 && t <= ttl_max, "{key}: {t}");
     }
@@ -62,6 +64,36 @@ async fn the_index_follows_membership_and_everything_expires() {
         .unwrap()
         .unwrap();
     assert!(groups.groups_of(CAROL).await.unwrap().is_empty());
+    assert_eq!(groups.get(g).await.unwrap().unwrap().name, "Family");
+
+    // A rename sets the name, with the group's lifetime; an empty one
+    // removes it; a change without a name keeps it.
+    let rename = |name| Change {
+        actor: ALICE,
+        name: Some(name),
+        ..Default::default()
+    };
+    groups
+        .change(g, &rename("Ski trip"), 256)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(groups.get(g).await.unwrap().unwrap().name, "Ski trip");
+    assert!(ttl(&mut c, &name_key(g)).await > ttl_max - 5);
+    let by_bob = Change {
+        actor: BOB,
+        name: Some("Bob's"),
+        ..Default::default()
+    };
+    assert!(groups.change(g, &by_bob, 256).await.unwrap().is_err());
+    assert_eq!(groups.get(g).await.unwrap().unwrap().name, "Ski trip");
+    groups.change(g, &rename(""), 256).await.unwrap().unwrap();
+    assert_eq!(groups.get(g).await.unwrap().unwrap().name, "");
+    groups
+        .change(g, &rename("Family"), 256)
+        .await
+        .unwrap()
+        .unwrap();
 
     // A send refreshes the lifetime only when a day of it has passed.
     let young = ttl_max - i64::try_from(TOUCH_EVERY_SECS).unwrap() + 100;
@@ -83,7 +115,12 @@ async fn the_index_follows_membership_and_everything_expires() {
             .unwrap();
     }
     assert!(member_check(&mut c, g, BOB).await);
-    for key in [members_key(g), admins_key(g), user_groups_key(BOB)] {
+    for key in [
+        members_key(g),
+        admins_key(g),
+        name_key(g),
+        user_groups_key(BOB),
+    ] {
         assert!(ttl(&mut c, &key).await > ttl_max - 5, "{key}");
     }
     // A non-member neither passes nor refreshes anything.
@@ -103,6 +140,7 @@ async fn the_index_follows_membership_and_everything_expires() {
     let exists: i64 = redis::cmd("EXISTS")
         .arg(members_key(g))
         .arg(admins_key(g))
+        .arg(name_key(g))
         .arg(user_groups_key(BOB))
         .query_async(&mut c)
         .await
