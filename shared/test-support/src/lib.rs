@@ -69,6 +69,19 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     }
 }
 
+/// Whether a Redis server on `port` answers `PING` with `+PONG`.
+fn answers_pong(port: u16) -> bool {
+    use std::io::Write;
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let mut buf = [0u8; 7];
+    s.set_read_timeout(Some(Duration::from_secs(1))).is_ok()
+        && s.write_all(b"PING\r\n").is_ok()
+        && s.read_exact(&mut buf).is_ok()
+        && &buf == b"+PONG\r\n"
+}
+
 /// A free TCP port on loopback, from below the kernel's ephemeral range.
 ///
 /// Ports the OS hands out for port 0 come from the ephemeral range, the same
@@ -314,7 +327,10 @@ impl RedisServer {
         let mut child = spawn("redis-server", "redis-server", &args);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            // Ready when it answers PONG, and it is still ours: a port that
+            // only accepts (another process, or a server still loading)
+            // does not count.
+            if answers_pong(port) && matches!(child.try_wait(), Ok(None)) {
                 self.port = port;
                 self.child = Some(child);
                 return true;
