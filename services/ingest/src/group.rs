@@ -1,4 +1,5 @@
-//! Groups at the edge: `CreateGroup`, `ChangeGroup` and sends to a group.
+//! Groups at the edge: `CreateGroup`, `ChangeGroup`, `GetGroup` and sends to
+//! a group.
 //!
 //! `CreateGroup{creator, members, name}` → `GroupUpdated{group_id, admins,
 //! members, name}`: the creator (a user of the authenticated provider) is the
@@ -23,7 +24,7 @@ use interop_proto::limits::{
     is_group_id, MAX_GROUP_CHANGE_ADDRESSES, MAX_GROUP_MEMBERS, MAX_GROUP_NAME_BYTES,
 };
 use interop_proto::v1::{
-    envelope, server_frame, ChangeGroup, CreateGroup, Encryption, Envelope, GroupChange,
+    envelope, server_frame, ChangeGroup, CreateGroup, Encryption, Envelope, GetGroup, GroupChange,
     GroupUpdated, PipelineMessage, RejectCode, ServerFrame,
 };
 use interop_proto::Address;
@@ -332,6 +333,39 @@ pub(crate) async fn change(
         }
         Err(e) => {
             warn!(error = %e, "Cannot change a group.");
+            reject(request_id, "", unavailable("the group registry"))
+        }
+    }
+}
+
+/// `GetGroup`: the group as it is now, for one of its members only (anyone
+/// else, and a group that does not exist, get `GROUP_NOT_FOUND`).
+pub(crate) async fn get(shared: &Shared, provider: &str, request_id: u64, g: GetGroup) -> Prepared {
+    if !is_group_id(&g.group_id) {
+        return reject(
+            request_id,
+            "",
+            Rejection::new(
+                RejectCode::MalformedFrame,
+                "group_id must be `g-` and 32 lowercase hex digits",
+            ),
+        );
+    }
+    let user = match own_user(provider, "user", &g.user) {
+        Ok(u) => u,
+        Err(r) => return reject(request_id, "", r),
+    };
+    match GroupStore::new(shared.redis.clone()).get(&g.group_id).await {
+        Ok(Some(group)) if group.members.iter().any(|m| m == user.as_str()) => {
+            Prepared::Answer(Box::new(updated(request_id, group)))
+        }
+        Ok(_) => reject(
+            request_id,
+            "",
+            Rejection::new(RejectCode::GroupNotFound, "no such group"),
+        ),
+        Err(e) => {
+            warn!(error = %e, "Cannot read a group.");
             reject(request_id, "", unavailable("the group registry"))
         }
     }

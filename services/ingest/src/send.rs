@@ -153,6 +153,9 @@ pub(crate) async fn prepare(shared: Arc<Shared>, provider: String, frame: Client
         Some(client_frame::Frame::ChangeGroup(c)) => {
             crate::group::change(&shared, &provider, request_id, c).await
         }
+        Some(client_frame::Frame::GetGroup(g)) => {
+            crate::group::get(&shared, &provider, request_id, g).await
+        }
         Some(client_frame::Frame::MarkRead(_)) => reject(
             request_id,
             "",

@@ -35,8 +35,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use interop_proto::v1::{
     client_frame, envelope, server_frame, Accepted, Ack, ChangeGroup, ClientFrame, ConsentState,
-    ConsentUpdated, CreateGroup, Encryption, Envelope, GetConsent, GroupUpdated, Hello, Inbox,
-    MarkRead, Reaction, Rejected, RequestAction, RequestResponded, RespondToRequest, Send,
+    ConsentUpdated, CreateGroup, Encryption, Envelope, GetConsent, GetGroup, GroupUpdated, Hello,
+    Inbox, MarkRead, Reaction, Rejected, RequestAction, RequestResponded, RespondToRequest, Send,
     ServerFrame, SetConsent, Text, Welcome,
 };
 use interop_proto::PROTOCOL_VERSION;
@@ -531,6 +531,16 @@ impl Sender {
     pub async fn change_group(&self, change: ChangeGroup) -> Result<GroupOutcome, ClientError> {
         self.group_request(client_frame::Frame::ChangeGroup(change))
             .await
+    }
+
+    /// Reads a group as it is now, as `user` (one of this provider's users
+    /// and a member).
+    pub async fn get_group(&self, group_id: &str, user: &str) -> Result<GroupOutcome, ClientError> {
+        self.group_request(client_frame::Frame::GetGroup(GetGroup {
+            group_id: group_id.to_owned(),
+            user: user.to_owned(),
+        }))
+        .await
     }
 
     /// Reads a user's settings and the senders they blocked or declined.

@@ -670,6 +670,28 @@ async fn members_are_told_when_a_group_is_made_renamed_or_changed() {
         text(&next(&mut tom).await.envelope),
         "[group] removed you; renamed the group to \"Family\""
     );
+    // Bob's app can read the group as it is now; tom, no longer a member,
+    // cannot (the same answer as for no group).
+    match home.get_group(&group.group_id, BOB).await.unwrap() {
+        GroupOutcome::Updated(g) => {
+            assert_eq!(
+                (g.name.as_str(), g.admins.as_slice()),
+                ("Family", [ALICE.to_owned()].as_slice())
+            );
+            assert_eq!(g.members, [BOB, ALICE]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let telegram = sender(&stack, "telegram").await;
+    match telegram.get_group(&group.group_id, TOM).await.unwrap() {
+        GroupOutcome::Rejected(r) => assert_eq!(r.code(), RejectCode::GroupNotFound),
+        other => panic!("{other:?}"),
+    }
+    // Only as one's own users.
+    match telegram.get_group(&group.group_id, BOB).await.unwrap() {
+        GroupOutcome::Rejected(r) => assert_eq!(r.code(), RejectCode::SenderNotOwned),
+        other => panic!("{other:?}"),
+    }
 
     // Not by a member who is not an admin; and a change that asks nothing
     // is answered without telling anyone.
