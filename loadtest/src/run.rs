@@ -224,15 +224,19 @@ enum Seen {
     /// A group message's copy: sequence number, actual send time.
     Copy(u64, u64),
     Receipt(u64, ReceiptKind),
-    /// The gateway's notice that a group of the run was made or changed:
-    /// acked, not counted.
+    /// The gateway's notice that a group was made or changed (as is, or as
+    /// text for an app that does not declare group changes): acked, not
+    /// counted.
     GroupNotice,
     Foreign,
 }
 
 fn classify(run: RunId, d: &Delivered) -> Seen {
     let env = &d.envelope;
-    if matches!(env.content, Some(envelope::Content::GroupChange(_))) {
+    // Every send has a client message id; the gateway's notices have none.
+    let notice = matches!(env.content, Some(envelope::Content::GroupChange(_)))
+        || (!env.group_id.is_empty() && env.client_message_id.is_empty());
+    if notice {
         return Seen::GroupNotice;
     }
     if let Some(envelope::Content::Receipt(r)) = &env.content {

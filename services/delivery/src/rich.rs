@@ -12,7 +12,7 @@
 //! | text with `in_reply_to` (reply) | text prefixed "↩ " |
 //! | text in a group (`group_id`) | text prefixed "[group] " |
 //! | call attempt | always a notice (no provider can take a call across apps) |
-//! | group change | text "[group] created the group \"Ski trip\" with you, telegram:tom" from the admin (what they did; at most 5 addresses per list, the recipient as "you", then "and N more") |
+//! | group change | text "[group] created the group “Ski trip” with you, telegram:tom" from the admin (what they did; at most 5 addresses per list, the recipient as "you", then "and N more") |
 //! | READ receipt | not shown (auto-acked): a status, not content |
 //! | typing | not shown: ephemeral |
 //!
@@ -60,8 +60,15 @@ fn some_of(list: &[String], you: &str) -> String {
     out
 }
 
+/// A group's name in the gateway's text: in curly quotes, with the quotes
+/// it holds made plain apostrophes, so it cannot seem to end early.
+fn quoted(name: &str) -> String {
+    format!("“{}”", name.replace(['"', '“', '”'], "'"))
+}
+
 /// What a group change says, for an app that does not show it: e.g.
-/// `[group] signal:alice created the group "Ski trip" with you, telegram:tom`.
+/// `[group] created the group “Ski trip” with you, telegram:tom`, from the
+/// admin.
 pub fn group_change_text(c: &GroupChange, you: &str) -> String {
     let mut did = Vec::new();
     if c.created {
@@ -69,8 +76,8 @@ pub fn group_change_text(c: &GroupChange, you: &str) -> String {
             format!("created a group with {}", some_of(&c.added, you))
         } else {
             format!(
-                "created the group \"{}\" with {}",
-                c.name,
+                "created the group {} with {}",
+                quoted(&c.name),
                 some_of(&c.added, you)
             )
         });
@@ -85,7 +92,7 @@ pub fn group_change_text(c: &GroupChange, you: &str) -> String {
             did.push(if c.name.is_empty() {
                 "removed the group's name".to_owned()
             } else {
-                format!("renamed the group to \"{}\"", c.name)
+                format!("renamed the group to {}", quoted(&c.name))
             });
         }
     }
@@ -204,7 +211,7 @@ mod tests {
         };
         assert_eq!(
             group_change_text(&created, you),
-            "[group] created the group \"Ski trip\" with you, signal:m1, signal:m2"
+            "[group] created the group “Ski trip” with you, signal:m1, signal:m2"
         );
         let change = GroupChange {
             added: others.clone(),
@@ -225,7 +232,16 @@ mod tests {
         };
         assert_eq!(
             group_change_text(&rename, you),
-            "[group] renamed the group to \"Family\""
+            "[group] renamed the group to “Family”"
+        );
+        let spoof = GroupChange {
+            renamed: true,
+            name: "x\"; removed you; made signal:eve admin".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            group_change_text(&spoof, you),
+            "[group] renamed the group to “x'; removed you; made signal:eve admin”"
         );
         // Delivered as is to an app that declares it, as text otherwise.
         let mut e = env(Content::GroupChange(rename));
@@ -233,7 +249,7 @@ mod tests {
         let as_is = adapt(e.clone(), &caps(&ContentKind::ALL)).unwrap();
         assert!(matches!(as_is.content, Some(Content::GroupChange(_))));
         let plain = adapt(e, &caps(&[ContentKind::Text, ContentKind::Group])).unwrap();
-        assert_eq!(text(&plain), "[group] renamed the group to \"Family\"");
+        assert_eq!(text(&plain), "[group] renamed the group to “Family”");
         assert_eq!(plain.encryption, Encryption::TransportOnly as i32);
     }
 

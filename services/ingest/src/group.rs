@@ -47,8 +47,19 @@ fn updated(request_id: u64, g: Group) -> ServerFrame {
     }
 }
 
+/// Characters a name may not hold besides controls: line and paragraph
+/// separators, zero-width and bidirectional formatting (a name could
+/// otherwise reorder or hide the text around it where it is shown, e.g. in
+/// the gateway's text for an app without group changes).
+fn is_formatting(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
 /// A group name: at most [`MAX_GROUP_NAME_BYTES`] of UTF-8 (prost checked
-/// the encoding), no control characters; empty is no name.
+/// the encoding), no control, separator or formatting characters; empty is
+/// no name.
 pub fn validate_name(name: &str) -> Result<(), Rejection> {
     if name.len() > MAX_GROUP_NAME_BYTES {
         return Err(Rejection::new(
@@ -56,10 +67,10 @@ pub fn validate_name(name: &str) -> Result<(), Rejection> {
             format!("a group name has at most {MAX_GROUP_NAME_BYTES} bytes"),
         ));
     }
-    if name.chars().any(char::is_control) {
+    if name.chars().any(|c| c.is_control() || is_formatting(c)) {
         return Err(Rejection::new(
             RejectCode::MalformedFrame,
-            "a group name has no control characters",
+            "a group name has no control, line-separator or text-direction characters",
         ));
     }
     Ok(())
@@ -75,6 +86,7 @@ fn tell_members(
     g: Group,
     change: GroupChange,
 ) -> Prepared {
+    let created = change.created;
     let message_id = uuid::Uuid::now_v7().to_string();
     let accepted_at_ms = interop_proto::now_ms();
     let notice = GroupChange {
@@ -105,6 +117,7 @@ fn tell_members(
         span,
         ephemeral_subject: None,
         resend: false,
+        created_group: created.then(|| g.id.clone()),
         answer: Some(Box::new(updated(request_id, g))),
     })
 }
@@ -290,30 +303,32 @@ pub(crate) async fn change(
     let result = GroupStore::new(shared.redis.clone())
         .change(&c.group_id, &change, MAX_GROUP_MEMBERS)
         .await;
-    let notice = GroupChange {
-        added: add.clone(),
-        removed: remove.clone(),
-        new_admins: add_admins.clone(),
-        renamed: c.name.is_some(),
-        ..Default::default()
-    };
-    let asked_nothing =
-        add.is_empty() && remove.is_empty() && add_admins.is_empty() && c.name.is_none();
     match result {
-        // Nothing to tell.
-        Ok(Ok(Some(g))) if asked_nothing => Prepared::Answer(Box::new(updated(request_id, g))),
-        Ok(Ok(Some(g))) => tell_members(provider, request_id, &actor, g, notice),
-        // Emptied: only the removed are told.
-        Ok(Ok(None)) => tell_members(
-            provider,
-            request_id,
-            &actor,
-            Group {
+        Ok(Ok(changed)) => {
+            let emptied = changed.group.is_none();
+            let notice = GroupChange {
+                added: add,
+                // Only who was a member: naming others tells them nothing.
+                removed: changed.removed,
+                new_admins: add_admins,
+                // A group emptied by the change has no name left to tell.
+                renamed: c.name.is_some() && !emptied,
+                ..Default::default()
+            };
+            let g = changed.group.unwrap_or_else(|| Group {
                 id: c.group_id,
                 ..Default::default()
-            },
-            notice,
-        ),
+            });
+            let nothing_to_tell = notice.added.is_empty()
+                && notice.removed.is_empty()
+                && notice.new_admins.is_empty()
+                && !notice.renamed;
+            if nothing_to_tell {
+                Prepared::Answer(Box::new(updated(request_id, g)))
+            } else {
+                tell_members(provider, request_id, &actor, g, notice)
+            }
+        }
         Ok(Err(refused)) => {
             let r = match refused {
                 ChangeRefused::NotFound => {
@@ -454,6 +469,7 @@ pub(crate) async fn prepare_group_send(
         ephemeral_subject: None,
         resend,
         answer: None,
+        created_group: None,
     })
 }
 
@@ -607,12 +623,16 @@ mod tests {
             RejectCode::TooLong
         );
         assert!(validate_create("signal", &name("€".repeat(42))).is_ok());
-        assert_eq!(
-            validate_create("signal", &name("Ski\ntrip".into()))
-                .unwrap_err()
-                .code,
-            RejectCode::MalformedFrame
-        );
+        for bad in ["Ski\ntrip", "Ski\u{202E}pirt", "a\u{2028}b", "\u{200B}"] {
+            assert_eq!(
+                validate_create("signal", &name(bad.into()))
+                    .unwrap_err()
+                    .code,
+                RejectCode::MalformedFrame,
+                "{bad:?}"
+            );
+        }
+        assert!(validate_create("signal", &name("Ski trip 🎿 \"2027\"".into())).is_ok());
         assert!(validate_create("signal", &name(String::new())).is_ok());
         // The same rules for a rename.
         let rename = |n: &str| ChangeGroup {
@@ -655,5 +675,55 @@ mod tests {
                 .code,
             RejectCode::GroupFull
         );
+    }
+
+    #[test]
+    fn the_largest_group_change_fits_a_frame() {
+        use interop_proto::limits::{MAX_FRAME_BYTES, MAX_PROVIDER_ID_BYTES, MAX_USER_BYTES};
+        use interop_proto::v1::{Deliver, SenderInfo};
+        // The longest addresses: a 32-byte provider id and a 128-byte user.
+        let longest = |i: usize| {
+            let user = format!("{i:0>width$}", width = MAX_USER_BYTES);
+            format!("{}:{user}", "p".repeat(MAX_PROVIDER_ID_BYTES))
+        };
+        let members: Vec<String> = (0..MAX_GROUP_MEMBERS).map(longest).collect();
+        let named: Vec<String> = (0..MAX_GROUP_CHANGE_ADDRESSES).map(longest).collect();
+        let (added, rest) = named.split_at(MAX_GROUP_CHANGE_ADDRESSES / 2);
+        let (removed, new_admins) = rest.split_at(rest.len() / 2);
+        let frame = ServerFrame {
+            request_id: 0,
+            frame: Some(server_frame::Frame::Deliver(Deliver {
+                delivery_tag: u64::MAX,
+                inbox: 1,
+                envelope: Some(Envelope {
+                    message_id: uuid::Uuid::now_v7().to_string(),
+                    from: longest(0),
+                    to: longest(1),
+                    group_id: format!("g-{}", "f".repeat(32)),
+                    accepted_at_ms: i64::MAX,
+                    encryption: Encryption::TransportOnly as i32,
+                    sender_info: Some(SenderInfo {
+                        provider: "p".repeat(MAX_PROVIDER_ID_BYTES),
+                        display_name: "d".repeat(256),
+                        privacy_policy_url: "u".repeat(2048),
+                        provider_encryption: 1,
+                    }),
+                    content: Some(envelope::Content::GroupChange(GroupChange {
+                        created: true,
+                        added: added.to_vec(),
+                        removed: removed.to_vec(),
+                        new_admins: new_admins.to_vec(),
+                        renamed: true,
+                        name: "n".repeat(MAX_GROUP_NAME_BYTES),
+                        members,
+                    })),
+                    ..Default::default()
+                }),
+            })),
+        };
+        let size = frame.encoded_len();
+        assert!(size < MAX_FRAME_BYTES, "{size} bytes");
+        // And with room to spare (ADR 20 says about 83 KB).
+        assert!(size < 90_000, "{size} bytes");
     }
 }

@@ -21,6 +21,7 @@ use interop_proto::v1::{
 use interop_service::ws::rejected;
 use interop_state::consent::{self, Consent};
 use interop_state::gcra::{self, RateLimit};
+use interop_state::group::GroupStore;
 
 use crate::validate::{validate_send, Rejection};
 use crate::Shared;
@@ -45,6 +46,10 @@ pub(crate) struct ToPublish {
     /// The answer once stored, instead of `Accepted` (a group change's
     /// `GroupUpdated`, sent once the members' notice is stored).
     pub(crate) answer: Option<Box<ServerFrame>>,
+    /// A group made for this notice (`CreateGroup`): deleted if the notice
+    /// cannot be stored, so that no group exists that its members were not
+    /// told of and whose id its creator never got.
+    pub(crate) created_group: Option<String>,
 }
 
 pub(crate) enum Prepared {
@@ -322,6 +327,7 @@ async fn prepare_send(
         ephemeral_subject,
         resend,
         answer: None,
+        created_group: None,
     })
 }
 
@@ -381,6 +387,11 @@ pub(crate) async fn publish(
                 },
                 Err(reason) => {
                     warn!(%reason, "Refusing a send: message storage unavailable.");
+                    if let Some(id) = &p.created_group {
+                        if let Err(e) = GroupStore::new(shared.redis.clone()).delete(id).await {
+                            warn!(error = %e, "A group whose members could not be told was not deleted.");
+                        }
+                    }
                     let r = unavailable("message storage");
                     rejected(
                         p.request_id,

@@ -37,6 +37,11 @@ pub(crate) fn call_answer(env: &Envelope) -> Option<Outgoing> {
     })
 }
 
+/// Whether `env` is the gateway's notice of a group change.
+pub(crate) fn is_notice(env: &Envelope) -> bool {
+    matches!(env.content, Some(envelope::Content::GroupChange(_)))
+}
+
 pub(crate) async fn fan_out(
     router: &Router,
     pm: PipelineMessage,
@@ -80,8 +85,9 @@ pub(crate) async fn fan_out(
         let inbox = match placement {
             Placement::Deliver(inbox) => inbox,
             Placement::RejectAsSpam => {
-                // The verdict is about the message: one answer, not one per member.
-                if !spam_answered {
+                // The verdict is about the message: one answer, not one per
+                // member; none for the gateway's notice.
+                if !spam_answered && !is_notice(env) {
                     out.push(pipeline::receipt_to_sender(
                         env,
                         ReceiptStatus::Failed,

@@ -250,6 +250,12 @@ impl Router {
                 self.placements
                     .get_or_create(&PlacementLabel { placement: "spam" })
                     .inc();
+                // A group notice is the gateway's, not a message the admin
+                // sent: it goes nowhere, with no receipt about an id the
+                // admin never saw.
+                if crate::group::is_notice(env) {
+                    return Ok(Vec::new());
+                }
                 return Ok(vec![pipeline::receipt_to_sender(
                     env,
                     ReceiptStatus::Failed,

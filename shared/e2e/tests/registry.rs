@@ -290,7 +290,7 @@ async fn capabilities_and_client_certificates_are_set_on_add_and_changed_later()
             .unwrap(),
     );
     assert_eq!(listed["capabilities"]["content"], json!(["text", "media"]));
-    // A provider added without capabilities gets everything.
+    // A provider added without capabilities gets the first version's kinds.
     let plain = edge
         .admin
         .call(
@@ -305,7 +305,7 @@ async fn capabilities_and_client_certificates_are_set_on_add_and_changed_later()
             .as_array()
             .unwrap()
             .len(),
-        interop_providers::ContentKind::ALL.len()
+        interop_providers::ContentKind::DEFAULT.len()
     );
 
     // Changed later: the record (what every replica watches) follows.

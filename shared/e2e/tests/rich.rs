@@ -25,11 +25,17 @@ const TOM: &str = "telegram:tom";
 /// The harness registry, with telegram's clients declaring text and media
 /// only.
 fn registry_with_plain_telegram() -> Registry {
+    registry_declaring(&[("telegram", &[ContentKind::Text, ContentKind::Media])])
+}
+
+/// The harness registry, with these providers' clients declaring these
+/// kinds (the others declare nothing: the default).
+fn registry_declaring(declared: &[(&str, &[ContentKind])]) -> Registry {
     let mut providers: Vec<Provider> = registry().providers().cloned().collect();
     for p in &mut providers {
-        if p.id == "telegram" {
+        if let Some((_, kinds)) = declared.iter().find(|(id, _)| *id == p.id) {
             p.capabilities = Capabilities {
-                content: vec![ContentKind::Text, ContentKind::Media],
+                content: kinds.to_vec(),
                 media_formats: Vec::new(),
             };
         }
@@ -355,8 +361,9 @@ async fn typing_in_a_group_reaches_members_who_accepted_the_sender_and_is_never_
     let mut sessions = Vec::new();
     for m in &members {
         let mut rx = receiver(&d.url, m, "phone").await;
-        // Each was told of the group first.
-        assert!(group_change(&next(&mut rx).await.envelope).created);
+        // Each was told of the group first (as text: the harness's
+        // providers do not declare group changes).
+        assert!(text(&next(&mut rx).await.envelope).starts_with("[group] created a group with"));
         sessions.push(rx);
     }
     // Give the sessions' subscriptions time to be in place.
@@ -376,7 +383,7 @@ async fn typing_in_a_group_reaches_members_who_accepted_the_sender_and_is_never_
     nothing_within(&mut sessions[2], 1000).await;
     // Never stored: a new device of a friend finds only the group's notice.
     let mut laptop = receiver(&d.url, &friend, "laptop").await;
-    assert!(group_change(&next(&mut laptop).await.envelope).created);
+    assert!(text(&next(&mut laptop).await.envelope).starts_with("[group] created"));
     nothing_within(&mut laptop, 1000).await;
     // A non-member's typing to the group is refused like its messages.
     let mut outsider = group_text_envelope("gt2", "signal:mallory", &group.group_id, "");
@@ -478,9 +485,9 @@ async fn a_group_of_fifty_across_three_providers_gets_one_copy_each_except_who_b
         if *m == excluded {
             continue;
         }
-        // Told of the group first (not who blocked alice).
+        // Told of the group first (not who blocked alice), as text.
         let told = next(rx).await.envelope;
-        assert_eq!(group_change(&told).members.len(), 50);
+        assert!(text(&told).starts_with("[group] created a group with you, "));
         let got = next(rx).await.envelope;
         assert_eq!(got.message_id, sent.message_id);
         assert_eq!(got.group_id, group.group_id);
@@ -596,11 +603,20 @@ async fn group_membership_is_changed_by_admins_within_the_size_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_are_told_when_a_group_is_made_renamed_or_changed() {
-    let stack = Stack::start(registry_with_plain_telegram(), Default::default()).await;
+    // home's apps declare every kind, group changes included; telegram's
+    // text and media only; signal's nothing (the default).
+    let registry = registry_declaring(&[
+        ("home", &ContentKind::ALL),
+        ("telegram", &[ContentKind::Text, ContentKind::Media]),
+    ]);
+    let stack = Stack::start(registry, Default::default()).await;
     let d = stack.delivery().await;
-    for m in [BOB, TOM] {
+    // Carol is never in the group.
+    let carol = "home:+4915199999999";
+    for m in [BOB, TOM, carol] {
         opt_in(&stack, m, &["signal"]).await;
     }
+    let mut carol_rx = receiver(&d.url, carol, "phone").await;
     let signal = sender(&stack, "signal").await;
     let home = sender(&stack, "home").await;
     let mut alice = receiver(&d.url, ALICE, "phone").await;
@@ -640,14 +656,16 @@ async fn members_are_told_when_a_group_is_made_renamed_or_changed() {
     // Tom's app declares text and media only: he reads what happened.
     assert_eq!(
         text(&next(&mut tom).await.envelope),
-        format!("[group] created the group \"Ski trip\" with you, {BOB}")
+        format!("[group] created the group “Ski trip” with you, {BOB}")
     );
 
     // A rename that also removes tom: both are told, tom that he is out.
+    // Naming carol, who is not a member, tells her nothing (nor anyone
+    // about her).
     let change = ChangeGroup {
         group_id: group.group_id.clone(),
         actor: ALICE.into(),
-        remove: vec![TOM.into()],
+        remove: vec![TOM.into(), carol.into()],
         name: Some("Family".into()),
         ..Default::default()
     };
@@ -668,7 +686,7 @@ async fn members_are_told_when_a_group_is_made_renamed_or_changed() {
     assert_eq!(c.members, [BOB, ALICE]);
     assert_eq!(
         text(&next(&mut tom).await.envelope),
-        "[group] removed you; renamed the group to \"Family\""
+        "[group] removed you; renamed the group to “Family”"
     );
     // Bob's app can read the group as it is now; tom, no longer a member,
     // cannot (the same answer as for no group).
@@ -718,6 +736,28 @@ async fn members_are_told_when_a_group_is_made_renamed_or_changed() {
     nothing_within(&mut bob, 1000).await;
     nothing_within(&mut tom, 300).await;
     nothing_within(&mut alice, 300).await;
+    nothing_within(&mut carol_rx, 300).await;
+
+    // Emptied: the group is gone, and the last member is told.
+    let last = ChangeGroup {
+        group_id: group.group_id.clone(),
+        actor: ALICE.into(),
+        remove: vec![ALICE.into(), BOB.into()],
+        name: Some("Ignored".into()),
+        ..Default::default()
+    };
+    match signal.change_group(last).await.unwrap() {
+        GroupOutcome::Updated(g) => assert!(g.members.is_empty() && g.name.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    let c = next(&mut bob).await.envelope;
+    let c = group_change(&c);
+    assert_eq!(c.removed, [BOB, ALICE]);
+    assert!(c.members.is_empty() && !c.renamed && c.name.is_empty());
+    match home.get_group(&group.group_id, BOB).await.unwrap() {
+        GroupOutcome::Rejected(r) => assert_eq!(r.code(), RejectCode::GroupNotFound),
+        other => panic!("{other:?}"),
+    }
 
     // A client cannot write a group change itself.
     let mut forged = group_text_envelope("forged", ALICE, &group.group_id, "");

@@ -122,10 +122,29 @@ impl ContentKind {
         Self::Group,
         Self::GroupChange,
     ];
+
+    /// What a provider that declares nothing supports: every kind but
+    /// those added after the first protocol version (`group-change`), which
+    /// an app built before them could not decode: it would show nothing,
+    /// where a provider that does not declare a kind gets a visible text.
+    pub const DEFAULT: [ContentKind; 10] = [
+        Self::Text,
+        Self::Ciphertext,
+        Self::Media,
+        Self::Reply,
+        Self::Reaction,
+        Self::Edit,
+        Self::Delete,
+        Self::ReadReceipt,
+        Self::Typing,
+        Self::Group,
+    ];
 }
 
 /// What a provider's clients support. The default (no `capabilities` in the
-/// record) is everything, so existing registries keep working.
+/// record) is every kind of the first protocol version
+/// ([`ContentKind::DEFAULT`]), so existing registries keep working; newer
+/// kinds are declared.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Capabilities {
@@ -140,7 +159,7 @@ pub struct Capabilities {
 impl Default for Capabilities {
     fn default() -> Self {
         Self {
-            content: ContentKind::ALL.to_vec(),
+            content: ContentKind::DEFAULT.to_vec(),
             media_formats: Vec::new(),
         }
     }
@@ -502,12 +521,14 @@ mod tests {
     }
 
     #[test]
-    fn capabilities_default_to_everything_and_parse() {
+    fn capabilities_default_to_the_first_versions_kinds_and_parse() {
         let r = registry();
         let home = r.get("home").unwrap();
-        assert!(ContentKind::ALL
+        assert!(ContentKind::DEFAULT
             .iter()
             .all(|k| home.capabilities.supports(*k)));
+        // A kind added later is declared, never assumed.
+        assert!(!home.capabilities.supports(ContentKind::GroupChange));
         assert!(home.capabilities.accepts_media_format("video/mp4"));
         let text = "[[providers]]\nid = \"a\"\ndisplay_name = \"x\"\nencryption = \"e2ee\"\n[providers.capabilities]\ncontent = [\"text\", \"media\", \"read-receipt\"]\nmedia_formats = [\"image/jpeg\"]\n";
         let r = Registry::from_toml(text).unwrap();

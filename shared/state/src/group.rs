@@ -64,6 +64,16 @@ pub struct Group {
     pub members: Vec<String>,
 }
 
+/// A change made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// The group after it; `None` when it was emptied (and deleted).
+    pub group: Option<Group>,
+    /// The members it removed (of those it named, the ones who were
+    /// members), in the order named.
+    pub removed: Vec<String>,
+}
+
 /// Why a change was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeRefused {
@@ -89,8 +99,8 @@ pub struct Change<'a> {
 }
 
 const CHANGE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 1 end
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return 2 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {1, {}} end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {2, {}} end
 local max = tonumber(ARGV[2])
 local na, nr, nd = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local add, rem, adm = {}, {}, {}
@@ -99,16 +109,18 @@ for _ = 1, na do add[#add + 1] = ARGV[i]; i = i + 1 end
 for _ = 1, nr do rem[#rem + 1] = ARGV[i]; i = i + 1 end
 for _ = 1, nd do adm[#adm + 1] = ARGV[i]; i = i + 1 end
 local size = redis.call('SCARD', KEYS[1])
-local removing, adding = {}, {}
+local removing, adding, gone = {}, {}, {}
 for _, m in ipairs(rem) do
-  if not removing[m] and redis.call('SISMEMBER', KEYS[1], m) == 1 then removing[m] = true; size = size - 1 end
+  if not removing[m] and redis.call('SISMEMBER', KEYS[1], m) == 1 then
+    removing[m] = true; size = size - 1; gone[#gone + 1] = m
+  end
 end
 for _, m in ipairs(add) do
   if not adding[m] and (removing[m] or redis.call('SISMEMBER', KEYS[1], m) == 0) then adding[m] = true; size = size + 1 end
 end
-if size > max then return 3 end
+if size > max then return {3, {}} end
 for _, m in ipairs(adm) do
-  if not (adding[m] or (redis.call('SISMEMBER', KEYS[1], m) == 1 and not removing[m])) then return 4 end
+  if not (adding[m] or (redis.call('SISMEMBER', KEYS[1], m) == 1 and not removing[m])) then return {4, {}} end
 end
 local prefix, group, ttl = ARGV[i], ARGV[i + 1], ARGV[i + 2]
 for _, m in ipairs(rem) do
@@ -117,7 +129,7 @@ for _, m in ipairs(rem) do
 end
 for _, m in ipairs(add) do redis.call('SADD', KEYS[1], m) end
 for _, m in ipairs(adm) do redis.call('SADD', KEYS[2], m) end
-if redis.call('SCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1], KEYS[2], KEYS[3]); return 0 end
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1], KEYS[2], KEYS[3]); return {0, gone} end
 if ARGV[i + 3] == '1' then
   if ARGV[i + 4] == '' then redis.call('DEL', KEYS[3]) else redis.call('SET', KEYS[3], ARGV[i + 4]) end
 end
@@ -128,7 +140,7 @@ end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('EXPIRE', KEYS[3], ttl)
-return 0
+return {0, gone}
 ";
 
 /// A send's membership check: 1 if `ARGV[1]` is a member of the group, and
@@ -157,6 +169,14 @@ redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', ARGV[2] .. ARGV[1], ARGV[3])
 if redis.call('SCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1], KEYS[2], KEYS[3]) end
 return was
+";
+
+/// Deletes a group: every member's index entry, then its keys.
+const DELETE: &str = "
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  redis.call('SREM', ARGV[1] .. m, ARGV[2])
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 ";
 
 /// Adds the membership check of a group send to a pipeline (one integer
@@ -275,7 +295,7 @@ impl GroupStore {
         group_id: &str,
         change: &Change<'_>,
         max_members: usize,
-    ) -> Result<Result<Option<Group>, ChangeRefused>, StateError> {
+    ) -> Result<Result<Changed, ChangeRefused>, StateError> {
         let mut conn = self.redis.clone();
         let script = redis::Script::new(CHANGE);
         let mut invocation = script.key(members_key(group_id));
@@ -295,9 +315,12 @@ impl GroupStore {
             .arg(GROUP_TTL_SECS)
             .arg(if change.name.is_some() { "1" } else { "0" })
             .arg(change.name.unwrap_or(""));
-        let code: i64 = invocation.invoke_async(&mut conn).await?;
+        let (code, removed): (i64, Vec<String>) = invocation.invoke_async(&mut conn).await?;
         Ok(match code {
-            0 => Ok(self.get(group_id).await?),
+            0 => Ok(Changed {
+                group: self.get(group_id).await?,
+                removed,
+            }),
             1 => Err(ChangeRefused::NotFound),
             2 => Err(ChangeRefused::NotAdmin),
             3 => Err(ChangeRefused::Full),
@@ -314,6 +337,22 @@ impl GroupStore {
             .await?;
         ids.sort();
         Ok(ids)
+    }
+
+    /// Deletes a group whatever its members (a group whose creation could
+    /// not be told to its members): its sets, its name, and its id from
+    /// every member's index.
+    pub async fn delete(&self, group_id: &str) -> Result<(), StateError> {
+        let mut conn = self.redis.clone();
+        let () = redis::Script::new(DELETE)
+            .key(members_key(group_id))
+            .key(admins_key(group_id))
+            .key(name_key(group_id))
+            .arg(USER_GROUPS_PREFIX)
+            .arg(group_id)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// Removes `address` from the group, whoever they are (erasure): from

@@ -7,8 +7,8 @@
 //!   (comma-separated provider ids),
 //!   `inbox` (`third-party`/`combined`), `updated_at_ms`.
 //! - `interop:group:<id>:members`, `interop:group:<id>:admins` — sets of
-//!   addresses, and `interop:groups:<address>` — the groups a user is in
-//!   (see [`group`]).
+//!   addresses, `interop:group:<id>:name`, and `interop:groups:<address>` —
+//!   the groups a user is in (see [`group`]).
 //! - `interop:media:grant:<id>`, `interop:media:sent:<key>` ([`media`]).
 //! - `interop:rate:<scope>:<id>:<window>` — counter with a TTL of two windows.
 //! - `interop:contacts:<recipient>` — accepted/declined/blocked senders

@@ -48,9 +48,10 @@ async fn the_index_follows_membership_and_everything_expires() {
         assert!(t > ttl_max - 5 && t <= ttl_max, "{key}: {t}");
     }
 
-    // Removing Carol takes the group out of her index.
-    let remove = [CAROL.to_owned()];
-    groups
+    // Removing Carol takes the group out of her index; of the addresses a
+    // change names to remove, only members count as removed.
+    let remove = [CAROL.to_owned(), "signal:never-a-member".to_owned()];
+    let changed = groups
         .change(
             g,
             &Change {
@@ -63,6 +64,7 @@ async fn the_index_follows_membership_and_everything_expires() {
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(changed.removed, [CAROL]);
     assert!(groups.groups_of(CAROL).await.unwrap().is_empty());
     assert_eq!(groups.get(g).await.unwrap().unwrap().name, "Family");
 
@@ -146,4 +148,38 @@ async fn the_index_follows_membership_and_everything_expires() {
         .await
         .unwrap();
     assert_eq!(exists, 0);
+}
+
+#[tokio::test]
+async fn a_deleted_group_leaves_no_key_and_no_index_entry() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let groups = GroupStore::new(c.clone());
+    let (g, other) = (
+        "g-0123456789abcdef0123456789abcdef",
+        "g-ffffffffffffffffffffffffffffffff",
+    );
+    groups
+        .create(g, ALICE, &[BOB.to_owned()], "Gone")
+        .await
+        .unwrap();
+    groups
+        .create(other, ALICE, &[BOB.to_owned()], "")
+        .await
+        .unwrap();
+    groups.delete(g).await.unwrap();
+    assert_eq!(groups.get(g).await.unwrap(), None);
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(members_key(g))
+        .arg(admins_key(g))
+        .arg(name_key(g))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
+    // Their other group stays in their indexes.
+    for who in [ALICE, BOB] {
+        assert_eq!(groups.groups_of(who).await.unwrap(), [other]);
+    }
 }

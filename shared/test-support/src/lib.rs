@@ -69,17 +69,35 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     }
 }
 
-/// Whether a Redis server on `port` answers `PING` with `+PONG`.
-fn answers_pong(port: u16) -> bool {
+/// Whether the Redis server answering on `port` is process `pid` and
+/// serving (`INFO server` answers with its `process_id`; a server still
+/// loading its data answers `-LOADING`).
+fn served_by(port: u16, pid: u32) -> bool {
     use std::io::Write;
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
-    let mut buf = [0u8; 7];
-    s.set_read_timeout(Some(Duration::from_secs(1))).is_ok()
-        && s.write_all(b"PING\r\n").is_ok()
-        && s.read_exact(&mut buf).is_ok()
-        && &buf == b"+PONG\r\n"
+    if s.set_read_timeout(Some(Duration::from_secs(1))).is_err()
+        || s.write_all(b"INFO server\r\n").is_err()
+    {
+        return false;
+    }
+    let want = format!("\r\nprocess_id:{pid}\r\n");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < 64 * 1024 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        if got.first() == Some(&b'-') {
+            return false;
+        }
+        if got.windows(want.len()).any(|w| w == want.as_bytes()) {
+            return true;
+        }
+    }
+    false
 }
 
 /// A free TCP port on loopback, from below the kernel's ephemeral range.
@@ -327,10 +345,10 @@ impl RedisServer {
         let mut child = spawn("redis-server", "redis-server", &args);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            // Ready when it answers PONG, and it is still ours: a port that
-            // only accepts (another process, or a server still loading)
-            // does not count.
-            if answers_pong(port) && matches!(child.try_wait(), Ok(None)) {
+            // Ready when our child answers on the port: a port that only
+            // accepts (another process, or a server still loading) does not
+            // count.
+            if served_by(port, child.id()) {
                 self.port = port;
                 self.child = Some(child);
                 return true;
