@@ -371,6 +371,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let (Some(first), Some(last)) = (snapshots.first(), snapshots.last()) {
         report.cpu_percent = first.percent_until(last);
     }
+    report.note_cpu_per_message();
     report.warn_if_host_bound();
     print!("{}", report.to_table());
     if let Some(path) = &args.json {

@@ -103,6 +103,9 @@ pub struct StepReport {
     pub healthy: bool,
     /// CPU per process during the step, percent of one core (`--pids-dir`).
     pub cpu_percent: crate::cpu::CpuPercent,
+    /// Microseconds of CPU, all measured processes together, per message
+    /// delivered in the step (`None` without CPU figures or deliveries).
+    pub cpu_us_per_delivered_msg: Option<f64>,
 }
 
 /// Share of the machine's cores the measured processes may keep busy before
@@ -208,6 +211,10 @@ pub struct Report {
     /// CPU per process over the measured phase, percent of one core: the
     /// gateway's processes (`--pids-dir`) and the generator (`loadtest`).
     pub cpu_percent: crate::cpu::CpuPercent,
+    /// Microseconds of CPU, all measured processes together, per delivered
+    /// message over the measured phase: what a message costs the machine
+    /// (docs/adr/0021), steadier than latency on a shared host.
+    pub cpu_us_per_delivered_msg: Option<f64>,
     pub percentiles: Vec<PercentilePoint>,
     pub timeline: Vec<SecondReport>,
     pub unsupported: Vec<Unsupported>,
@@ -323,6 +330,7 @@ fn step_reports(
                 latency_ms,
                 healthy,
                 cpu_percent: Default::default(),
+                cpu_us_per_delivered_msg: None,
             }
         })
         .collect()
@@ -490,6 +498,7 @@ impl Report {
             ratio_to_ceiling,
             ceiling,
             cpu_percent: Default::default(),
+            cpu_us_per_delivered_msg: None,
             percentiles: percentile_curve(stats),
             timeline: timeline(&scenario.schedule, stats),
             unsupported: scenario.unsupported.clone(),
@@ -506,6 +515,21 @@ impl Report {
         };
         report.warnings = report.find_warnings(scenario);
         report
+    }
+
+    /// Fills in `cpu_us_per_delivered_msg`, of the run and of each step,
+    /// from `cpu_percent` and the delivered rate. Call it once the CPU
+    /// figures are in.
+    pub fn note_cpu_per_message(&mut self) {
+        let per_message = |cpu: &crate::cpu::CpuPercent, delivered_per_s: f64| {
+            let busy: f64 = cpu.values().sum();
+            (busy > 0.0 && delivered_per_s > 0.0)
+                .then(|| busy / 100.0 * 1_000_000.0 / delivered_per_s)
+        };
+        self.cpu_us_per_delivered_msg = per_message(&self.cpu_percent, self.throughput_msgs_per_s);
+        for s in &mut self.steps {
+            s.cpu_us_per_delivered_msg = per_message(&s.cpu_percent, s.delivered_msgs_per_s);
+        }
     }
 
     /// Adds a warning when the measured processes (`cpu_percent`, all on
@@ -777,6 +801,14 @@ impl Report {
             for (name, pct) in &self.cpu_percent {
                 wln!(o, "  {name:<22} {pct:>6.1}");
             }
+            if let Some(us) = self.cpu_us_per_delivered_msg {
+                let all: f64 = self.cpu_percent.values().sum();
+                wln!(
+                    o,
+                    "  {:<22} {all:>6.1}   ({us:.0} µs of CPU per delivered message)",
+                    "all"
+                );
+            }
         }
         if self.steps.len() > 1 {
             wln!(o);
@@ -803,7 +835,11 @@ impl Report {
                         .iter()
                         .map(|(name, pct)| format!("{name} {pct:.0}%"))
                         .collect();
-                    wln!(o, "         cpu: {}", cpu.join(", "));
+                    let per_message = s
+                        .cpu_us_per_delivered_msg
+                        .map(|us| format!("; {us:.0} µs per delivered message"))
+                        .unwrap_or_default();
+                    wln!(o, "         cpu: {}{per_message}", cpu.join(", "));
                 }
             }
             match self.knee_msgs_per_s {
@@ -947,6 +983,46 @@ mod tests {
     }
 
     #[test]
+    fn cpu_per_delivered_message_sums_the_processes() {
+        let mut report = sample_report("", false);
+        report.throughput_msgs_per_s = 2_000.0;
+        report.cpu_percent.insert("nats".into(), 51.0);
+        report.cpu_percent.insert("redis".into(), 35.0);
+        report.cpu_percent.insert("loadtest".into(), 20.0);
+        report.steps = vec![StepReport {
+            index: 0,
+            offered_msgs_per_s: 1_000.0,
+            delivered_msgs_per_s: 1_000.0,
+            start_s: 0.0,
+            duration_s: 10.0,
+            planned: 0,
+            accepted: 0,
+            delivered: 0,
+            lost: 0,
+            latency_ms: Latency::default(),
+            healthy: true,
+            cpu_percent: [("nats".to_owned(), 50.0)].into_iter().collect(),
+            cpu_us_per_delivered_msg: None,
+        }];
+        report.note_cpu_per_message();
+        // 106 % of one core over 2,000 messages a second: 530 µs each.
+        let us = report.cpu_us_per_delivered_msg.unwrap();
+        assert!((us - 530.0).abs() < 1e-6, "{us}");
+        assert!((report.steps[0].cpu_us_per_delivered_msg.unwrap() - 500.0).abs() < 1e-6);
+        assert!(report
+            .to_table()
+            .contains("(530 µs of CPU per delivered message)"));
+        assert!(report
+            .to_json()
+            .contains("\"cpu_us_per_delivered_msg\": 530.0"));
+        // Nothing delivered, or no CPU figures: no figure.
+        report.throughput_msgs_per_s = 0.0;
+        report.cpu_percent.clear();
+        report.note_cpu_per_message();
+        assert_eq!(report.cpu_us_per_delivered_msg, None);
+    }
+
+    #[test]
     fn cpu_per_process_is_in_the_html_when_sampled() {
         let mut report = sample_report("", false);
         assert!(!crate::html::render(&report).contains("CPU (% of one core)"));
@@ -998,6 +1074,7 @@ mod tests {
             latency_ms: Latency::default(),
             healthy: true,
             cpu_percent: [("nats".to_owned(), busy)].into_iter().collect(),
+            cpu_us_per_delivered_msg: None,
         };
         report.steps = vec![step(500.0, 90.0), step(1000.0, 175.0), step(2000.0, 190.0)];
         report.warn_if_host_bound();
@@ -1031,6 +1108,7 @@ mod tests {
             latency_ms: Latency::default(),
             healthy,
             cpu_percent: Default::default(),
+            cpu_us_per_delivered_msg: None,
         };
         assert_eq!(
             knee(&[
