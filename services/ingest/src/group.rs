@@ -20,9 +20,7 @@ use bytes::Bytes;
 use prost::Message as _;
 use tracing::{debug, warn};
 
-use interop_proto::limits::{
-    is_group_id, MAX_GROUP_CHANGE_ADDRESSES, MAX_GROUP_MEMBERS, MAX_GROUP_NAME_BYTES,
-};
+use interop_proto::limits::{MAX_GROUP_CHANGE_ADDRESSES, MAX_GROUP_MEMBERS, MAX_GROUP_NAME_BYTES};
 use interop_proto::v1::{
     envelope, server_frame, ChangeGroup, CreateGroup, Encryption, Envelope, GetGroup, GroupChange,
     GroupUpdated, PipelineMessage, RejectCode, ServerFrame,
@@ -32,7 +30,7 @@ use interop_state::gcra;
 use interop_state::group::{self, Change, ChangeRefused, Group, GroupStore};
 
 use crate::send::{checks, provider_limit, rate_limited, reject, unavailable, Prepared, ToPublish};
-use crate::validate::{validate_group_send, Rejection};
+use crate::validate::{check_group_id, validate_group_send, Rejection};
 use crate::Shared;
 
 fn updated(request_id: u64, g: Group) -> ServerFrame {
@@ -246,12 +244,7 @@ type Named = (Vec<String>, Vec<String>, Vec<String>);
 
 /// Checks a `ChangeGroup` and returns the admin and the addresses it names.
 pub fn validate_change(provider: &str, c: &ChangeGroup) -> Result<(Address, Named), Rejection> {
-    if !is_group_id(&c.group_id) {
-        return Err(Rejection::new(
-            RejectCode::MalformedFrame,
-            "group_id must be `g-` and 32 lowercase hex digits",
-        ));
-    }
+    check_group_id(&c.group_id)?;
     let actor = own_user(provider, "actor", &c.actor)?;
     if c.add.len() > MAX_GROUP_MEMBERS {
         return Err(full());
@@ -356,17 +349,8 @@ pub(crate) async fn change(
 /// `GetGroup`: the group as it is now, for one of its members only (anyone
 /// else, and a group that does not exist, get `GROUP_NOT_FOUND`).
 pub(crate) async fn get(shared: &Shared, provider: &str, request_id: u64, g: GetGroup) -> Prepared {
-    if !is_group_id(&g.group_id) {
-        return reject(
-            request_id,
-            "",
-            Rejection::new(
-                RejectCode::MalformedFrame,
-                "group_id must be `g-` and 32 lowercase hex digits",
-            ),
-        );
-    }
-    let user = match own_user(provider, "user", &g.user) {
+    let user = match check_group_id(&g.group_id).and_then(|()| own_user(provider, "user", &g.user))
+    {
         Ok(u) => u,
         Err(r) => return reject(request_id, "", r),
     };

@@ -83,14 +83,21 @@ pub fn validate_group_send(provider: &str, env: &Envelope) -> Result<Address, Re
             "a group send leaves `to` empty and sets group_id",
         ));
     }
-    if !is_group_id(&env.group_id) {
-        return Err(Rejection::new(
-            MalformedFrame,
-            "group_id must be `g-` and 32 lowercase hex digits",
-        ));
-    }
+    check_group_id(&env.group_id)?;
     validate_content(env)?;
     Ok(from)
+}
+
+/// A group id as the gateway makes them: `g-` and 32 lowercase hex digits.
+pub fn check_group_id(id: &str) -> Result<(), Rejection> {
+    if is_group_id(id) {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            RejectCode::MalformedFrame,
+            "group_id must be `g-` and 32 lowercase hex digits",
+        ))
+    }
 }
 
 /// What every `Send` must satisfy, one-to-one or group: ids, the sender,
