@@ -34,7 +34,7 @@ use interop_bus::subjects::{
     CONSUMER_EXPIRY, DELIVERY_ACKED_PREFIX, DELIVERY_QUEUED_ALL, DELIVERY_QUEUED_PREFIX,
 };
 use interop_bus::{pipeline, BusError};
-use interop_proto::v1::{envelope, ReceiptStatus, RejectCode};
+use interop_proto::v1::{ReceiptStatus, RejectCode};
 
 use crate::Shared;
 
@@ -133,14 +133,8 @@ async fn handle(shared: &Shared, msg: &jetstream::Message) -> Result<AckKind, Bo
     let Some(env) = pm.envelope else {
         return Ok(AckKind::Ack);
     };
-    // Receipts get no receipts; call attempts were answered by routing;
-    // group changes are the gateway's notices.
-    if matches!(
-        env.content,
-        Some(envelope::Content::Receipt(_))
-            | Some(envelope::Content::Call(_))
-            | Some(envelope::Content::GroupChange(_))
-    ) {
+    // The same rule as for `DELIVERED` receipts.
+    if !crate::session::needs_delivered_receipt(&env) {
         return Ok(AckKind::Ack);
     }
     let key = msg

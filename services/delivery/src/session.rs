@@ -831,9 +831,10 @@ async fn still_admitted(
     }
 }
 
-/// Receipts get no receipts; a call attempt is answered by routing; a
-/// group change is the gateway's notice, not the admin's message.
-fn needs_delivered_receipt(env: &Envelope) -> bool {
+/// Whether the sender of `env` hears of it (`DELIVERED`, `READ`,
+/// `EXPIRED`): receipts get no receipts; a call attempt is answered by
+/// routing; a group change is the gateway's notice, not the admin's message.
+pub(crate) fn needs_delivered_receipt(env: &Envelope) -> bool {
     !matches!(
         env.content,
         Some(envelope::Content::Receipt(_))
