@@ -109,6 +109,8 @@ pub enum ContentKind {
 }
 
 impl ContentKind {
+    /// Every kind: first those of the first protocol version, then those
+    /// added later.
     pub const ALL: [ContentKind; 11] = [
         Self::Text,
         Self::Ciphertext,
@@ -120,25 +122,18 @@ impl ContentKind {
         Self::ReadReceipt,
         Self::Typing,
         Self::Group,
+        // Added later: declared, never assumed.
         Self::GroupChange,
     ];
 
-    /// What a provider that declares nothing supports: every kind but
-    /// those added after the first protocol version (`group-change`), which
-    /// an app built before them could not decode: it would show nothing,
+    /// How many of [`Self::ALL`] the first protocol version had.
+    const FIRST_VERSION: usize = 10;
+
+    /// What a provider that declares nothing supports: the first version's
+    /// kinds. A kind added later (`group-change`) is left out because an
+    /// app built before it could not decode it: it would show nothing,
     /// where a provider that does not declare a kind gets a visible text.
-    pub const DEFAULT: [ContentKind; 10] = [
-        Self::Text,
-        Self::Ciphertext,
-        Self::Media,
-        Self::Reply,
-        Self::Reaction,
-        Self::Edit,
-        Self::Delete,
-        Self::ReadReceipt,
-        Self::Typing,
-        Self::Group,
-    ];
+    pub const DEFAULT: &'static [ContentKind] = Self::ALL.split_at(Self::FIRST_VERSION).0;
 }
 
 /// What a provider's clients support. The default (no `capabilities` in the
