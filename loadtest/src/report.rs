@@ -982,17 +982,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn cpu_per_delivered_message_sums_the_processes() {
-        let mut report = sample_report("", false);
-        report.throughput_msgs_per_s = 2_000.0;
-        report.cpu_percent.insert("nats".into(), 51.0);
-        report.cpu_percent.insert("redis".into(), 35.0);
-        report.cpu_percent.insert("loadtest".into(), 20.0);
-        report.steps = vec![StepReport {
+    /// A healthy 10 s step that delivered `rate`, with nats-server `busy` %.
+    fn nats_step(rate: f64, busy: f64) -> StepReport {
+        StepReport {
             index: 0,
-            offered_msgs_per_s: 1_000.0,
-            delivered_msgs_per_s: 1_000.0,
+            offered_msgs_per_s: rate,
+            delivered_msgs_per_s: rate,
             start_s: 0.0,
             duration_s: 10.0,
             planned: 0,
@@ -1001,9 +996,19 @@ mod tests {
             lost: 0,
             latency_ms: Latency::default(),
             healthy: true,
-            cpu_percent: [("nats".to_owned(), 50.0)].into_iter().collect(),
+            cpu_percent: [("nats".to_owned(), busy)].into_iter().collect(),
             cpu_us_per_delivered_msg: None,
-        }];
+        }
+    }
+
+    #[test]
+    fn cpu_per_delivered_message_sums_the_processes() {
+        let mut report = sample_report("", false);
+        report.throughput_msgs_per_s = 2_000.0;
+        report.cpu_percent.insert("nats".into(), 51.0);
+        report.cpu_percent.insert("redis".into(), 35.0);
+        report.cpu_percent.insert("loadtest".into(), 20.0);
+        report.steps = vec![nats_step(1_000.0, 50.0)];
         report.note_cpu_per_message();
         // 106 % of one core over 2,000 messages a second: 530 µs each.
         let us = report.cpu_us_per_delivered_msg.unwrap();
@@ -1061,22 +1066,11 @@ mod tests {
         // A stepped run names the first step that was bound.
         let mut report = sample_report("", false);
         report.generator.cores = 2;
-        let step = |rate: f64, busy: f64| StepReport {
-            index: 0,
-            offered_msgs_per_s: rate,
-            delivered_msgs_per_s: rate,
-            start_s: 0.0,
-            duration_s: 10.0,
-            planned: 0,
-            accepted: 0,
-            delivered: 0,
-            lost: 0,
-            latency_ms: Latency::default(),
-            healthy: true,
-            cpu_percent: [("nats".to_owned(), busy)].into_iter().collect(),
-            cpu_us_per_delivered_msg: None,
-        };
-        report.steps = vec![step(500.0, 90.0), step(1000.0, 175.0), step(2000.0, 190.0)];
+        report.steps = vec![
+            nats_step(500.0, 90.0),
+            nats_step(1000.0, 175.0),
+            nats_step(2000.0, 190.0),
+        ];
         report.warn_if_host_bound();
         assert!(
             warned(&report, "from the 1000 msgs/s step on (175 % of 200 %)"),
