@@ -17,6 +17,11 @@ async fn ttl(c: &mut redis::aio::ConnectionManager, key: &str) -> i64 {
     redis::cmd("TTL").arg(key).query_async(c).await.unwrap()
 }
 
+/// How many of `keys` exist.
+async fn existing(c: &mut redis::aio::ConnectionManager, keys: &[String]) -> i64 {
+    redis::cmd("EXISTS").arg(keys).query_async(c).await.unwrap()
+}
+
 async fn member_check(c: &mut redis::aio::ConnectionManager, group: &str, who: &str) -> bool {
     let mut pipe = redis::pipe();
     add_member_check(&mut pipe, group, who);
@@ -139,15 +144,13 @@ async fn the_index_follows_membership_and_everything_expires() {
     assert!(groups.groups_of(ALICE).await.unwrap().is_empty());
     assert!(groups.remove_member(g, BOB).await.unwrap());
     assert_eq!(groups.get(g).await.unwrap(), None);
-    let exists: i64 = redis::cmd("EXISTS")
-        .arg(members_key(g))
-        .arg(admins_key(g))
-        .arg(name_key(g))
-        .arg(user_groups_key(BOB))
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(exists, 0);
+    let keys = [
+        members_key(g),
+        admins_key(g),
+        name_key(g),
+        user_groups_key(BOB),
+    ];
+    assert_eq!(existing(&mut c, &keys).await, 0);
 }
 
 #[tokio::test]
@@ -170,14 +173,8 @@ async fn a_deleted_group_leaves_no_key_and_no_index_entry() {
         .unwrap();
     groups.delete(g).await.unwrap();
     assert_eq!(groups.get(g).await.unwrap(), None);
-    let exists: i64 = redis::cmd("EXISTS")
-        .arg(members_key(g))
-        .arg(admins_key(g))
-        .arg(name_key(g))
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(exists, 0);
+    let keys = [members_key(g), admins_key(g), name_key(g)];
+    assert_eq!(existing(&mut c, &keys).await, 0);
     // Their other group stays in their indexes.
     for who in [ALICE, BOB] {
         assert_eq!(groups.groups_of(who).await.unwrap(), [other]);
