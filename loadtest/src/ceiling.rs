@@ -7,7 +7,7 @@
 //! fills the first stream; hop `n` pulls from stream `n`, republishes each
 //! message to stream `n + 1` and acks its input once the republish is
 //! stored; the last hop only acks. By default without `Nats-Msg-Id` (the
-//! bare naive shape, as ENVIRONMENT.md measured it); `msg_id` adds the
+//! bare shape: publish, pull, republish, ack, nothing else); `msg_id` adds the
 //! server-side de-duplication the stages use.
 //! Each hop has a NATS connection of its own, like each service.
 //! Throughput is messages through the whole chain per second. The streams

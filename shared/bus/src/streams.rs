@@ -239,7 +239,7 @@ pub fn stage_consumer_config(name: &str, subject: &str) -> consumer::pull::Confi
         ack_wait: Duration::from_secs(30),
         max_deliver: MAX_DELIVER,
         filter_subject: subject.to_owned(),
-        // Moderate: very large values stalled consumers (ENVIRONMENT.md).
+        // Moderate: very large values stalled consumers (a known async-nats issue).
         max_ack_pending: 4096,
         ..Default::default()
     }

@@ -2,7 +2,8 @@
 //!
 //! The content classifier of the spam-scoring service: it scores the server-visible text of a message in
 //! `[0, 1]`, says which features drove the score, and extracts link-check signals. Trained in pure Rust from the
-//! labeled SMS corpus `shared/data/sms-spam/dev.tsv` (3,900 messages, 522 spam); no network, no model hub.
+//! labeled SMS corpus in `data/sms-spam/dev.tsv` (3,900 messages, 522 spam, from the SMS Spam Collection v.1,
+//! CC BY 4.0; attribution in `data/sms-spam/README.md`); no network, no model hub.
 //!
 //! ```no_run
 //! use interop_spam_classifier::{cli, COMMITTED_MODEL};
@@ -81,12 +82,9 @@ pub use codec::ModelError;
 pub use eval::Metrics;
 pub use model::{Model, TrainParams};
 
-/// The development corpus, as laid out on a developer's machine and in CI: the repository's parent directory
-/// holds the read-only `shared/data`. A path on the machine that compiled this crate: for tests and examples.
-pub const DEV_CORPUS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/data/sms-spam/dev.tsv"
-);
+/// The development corpus, committed in this crate with its licence (`data/sms-spam/`). A path on the machine
+/// that compiled this crate: for tests and examples.
+pub const DEV_CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/sms-spam/dev.tsv");
 
 /// The committed model file, trained on [`DEV_CORPUS`] by `examples/train.rs`. A path on the machine that
 /// compiled this crate: for tests and examples.

@@ -6,7 +6,7 @@ use interop_spam_classifier::{corpus, eval, TrainParams, DEV_CORPUS};
 
 fn dev_corpus() -> Vec<(bool, String)> {
     corpus::load_tsv(DEV_CORPUS).unwrap_or_else(|e| {
-        panic!("the development corpus is missing ({e}); it is expected in `shared/data/sms-spam/dev.tsv` beside the repository")
+        panic!("the development corpus is missing ({e}); it is committed as `shared/spam-classifier/data/sms-spam/dev.tsv`")
     })
 }
 

@@ -6,7 +6,7 @@ use interop_spam_classifier::{corpus, Model, ModelError, TrainParams, DEV_CORPUS
 /// A model trained on a slice of the development corpus, cheap enough for a debug build.
 fn small_model(params: &TrainParams) -> Model {
     let corpus = corpus::load_tsv(DEV_CORPUS).unwrap_or_else(|e| {
-        panic!("the development corpus is missing ({e}); it is expected in `shared/data/sms-spam/dev.tsv` beside the repository")
+        panic!("the development corpus is missing ({e}); it is committed as `shared/spam-classifier/data/sms-spam/dev.tsv`")
     });
     Model::train(&corpus[..600], params)
 }
