@@ -10,8 +10,11 @@ import copy
 import hashlib
 import json
 import re
+import shutil
+import subprocess
 import tomllib
 from base64 import b64decode
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -34,20 +37,13 @@ from conftest import (
 )
 
 DEPLOY_DOC = (CHART.parents[2] / "docs" / "deploy.md").read_text() if (CHART.parents[2] / "docs" / "deploy.md").exists() else ""
-MISSING_DEPS = "chart directory is missing these dependencies: nats,redis"
 LINT_INFO_ALLOWED = {"icon is recommended"}
 
 
 def _lint_findings(report: dict[str, Any]) -> list[str]:
-    """Lint messages other than the expected ones (deps are not vendored)."""
-    out = []
-    for m in report["messages"]:
-        if m["severity"] == 1 and m["error"] in LINT_INFO_ALLOWED:
-            continue
-        if m["error"] == MISSING_DEPS and not (CHART / "charts").exists():
-            continue
-        out.append(f"{m['severity']}:{m['path']}: {m['error']}")
-    return out
+    """Lint messages other than the expected info ones."""
+    return [f"{m['severity']}:{m['path']}: {m['error']}" for m in report["messages"]
+            if not (m["severity"] == 1 and m["error"] in LINT_INFO_ALLOWED)]
 
 
 # --- lint -------------------------------------------------------------------
@@ -62,13 +58,41 @@ def test_lint_is_clean(values):
     assert _lint_findings(report) == []
 
 
-def test_lint_strict_flags_only_the_missing_dependency_tarballs():
-    report = helm.lint(str(CHART), REQUIRED, strict=True, kube_version="v1.31.0")
-    if (CHART / "charts").exists():
+def _fresh_clone(tmp_path) -> Path:
+    """The chart as a fresh clone has it: only the files git tracks or would add."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", "."],
+            cwd=CHART, capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git is needed to list the chart's files")
+    dest = tmp_path / "interop"
+    for rel in listed:
+        src = CHART / rel  # git lists paths relative to its working directory
+        if not src.is_file():
+            continue  # deleted in the working tree
+        target = dest / src.relative_to(CHART)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+    return dest
+
+
+def test_lint_strict_passes_on_a_fresh_clone(tmp_path):
+    """No subcharts (ADR 22): nothing to download before `helm lint --strict`."""
+    clone = _fresh_clone(tmp_path)
+    assert not (clone / "charts").exists() and not (clone / "Chart.lock").exists()
+    assert "dependencies" not in yaml.safe_load((clone / "Chart.yaml").read_text())
+    for values in (REQUIRED, everything_on()):
+        report = helm.lint(str(clone), values, strict=True, kube_version="v1.31.0")
         assert report["errors"] == []
-    else:
-        # The subcharts are downloaded by `helm dependency update`; nothing else may be flagged.
-        assert report["errors"] == [MISSING_DEPS]
+        assert _lint_findings(report) == []
+
+
+def test_nats_and_redis_are_not_subcharts(chart):
+    assert chart.dependencies == [] and not chart.metadata.get("dependencies")
+    for gone in ({"nats": {"enabled": True}}, {"redis": {"enabled": True}}):
+        with pytest.raises(helm.HelmValuesError, match="additional properties"):
+            chart.validate_schema(merge(REQUIRED, gone))
 
 
 # --- every object is valid Kubernetes ---------------------------------------
@@ -200,12 +224,6 @@ def test_keda_scales_on_the_stage_consumer(render, component, stream, consumer):
     assert trigger["metadata"]["natsServerMonitoringEndpoint"] == "nats:8222"
     assert "replicas" not in r.deployment(component)["spec"]
     assert r.kind("HorizontalPodAutoscaler") == []
-
-
-def test_keda_uses_the_subchart_monitoring_endpoint(render):
-    r = render(merge(REQUIRED, {"nats": {"enabled": True}, "routing": {"keda": {"enabled": True}}}))
-    trigger = r.one("ScaledObject", "routing")["spec"]["triggers"][0]
-    assert trigger["metadata"]["natsServerMonitoringEndpoint"] == f"{RELEASE}-nats-headless.{NAMESPACE}.svc:8222"
 
 
 def test_keda_for_delivery_needs_a_trigger(chart, render):
@@ -411,28 +429,12 @@ def test_checksum_providers_rolls_only_the_services_reading_the_registry(render)
         assert one[c]["checksum/config"] == two[c]["checksum/config"]
 
 
-def test_jetstream_replicas_reach_the_services_and_are_bounded_by_the_nats_cluster(chart, render):
-    r = render(merge(REQUIRED, {"nats": {"enabled": True}, "jetstream": {"replicas": 3}}))
+def test_jetstream_replicas_reach_the_services(render):
+    r = render(merge(REQUIRED, {"jetstream": {"replicas": 3}}))
     [cm] = [c for c in r.kind("ConfigMap") if c["metadata"]["name"].endswith("-config")]
     assert cm["data"]["INTEROP_STREAM_REPLICAS"] == "3"
-    assert cm["data"]["INTEROP_NATS_URL"] == f"nats://{RELEASE}-nats.{NAMESPACE}.svc:4222"
     assert "WARNING: jetstream.replicas" not in r.notes
     assert "WARNING: jetstream.replicas=1" in render(REQUIRED).notes
-    with pytest.raises(helm.HelmError, match=r"jetstream.replicas \(5\) exceeds the NATS servers of the nats subchart \(3\)"):
-        chart.render(merge(REQUIRED, {"nats": {"enabled": True}, "jetstream": {"replicas": 5}}), name=RELEASE, namespace=NAMESPACE)
-
-
-def test_redis_subchart_url_and_password(render):
-    r = render(merge(REQUIRED, {"redis": {"enabled": True}}))
-    env_list = r.container("routing")["env"]
-    names = [e["name"] for e in env_list]
-    # $(INTEROP_REDIS_PASSWORD) only expands if the password is defined first.
-    assert names.index("INTEROP_REDIS_PASSWORD") < names.index("INTEROP_REDIS_URL")
-    env = r.env("routing")
-    assert env["INTEROP_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{RELEASE}-redis", "key": "redis-password"}
-    assert env["INTEROP_REDIS_URL"]["value"] == f"redis://:$(INTEROP_REDIS_PASSWORD)@{RELEASE}-redis-master.{NAMESPACE}.svc:6379"
-    no_auth = render(merge(REQUIRED, {"redis": {"enabled": True, "auth": {"enabled": False}}}))
-    assert "INTEROP_REDIS_PASSWORD" not in no_auth.env("routing")
 
 
 def test_external_redis_password_from_a_secret(render):

@@ -104,57 +104,23 @@ delivery:
 {{- end -}}
 {{- end -}}
 
-{{/* Full name a subchart gives itself (standard helper logic of both the nats and bitnami charts). */}}
-{{- define "interop.subchartFullname" -}}
-{{- $values := index .root.Values .chart -}}
-{{- if $values.fullnameOverride -}}
-{{- $values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
-{{- else -}}
-{{- $name := default .chart $values.nameOverride -}}
-{{- if contains $name .root.Release.Name -}}
-{{- .root.Release.Name | trunc 63 | trimSuffix "-" -}}
-{{- else -}}
-{{- printf "%s-%s" .root.Release.Name $name | trunc 63 | trimSuffix "-" -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
-
 {{- define "interop.natsUrl" -}}
-{{- if .Values.nats.enabled -}}
-{{- printf "nats://%s.%s.svc:4222" (include "interop.subchartFullname" (dict "root" . "chart" "nats")) .Release.Namespace -}}
-{{- else -}}
-{{- required "externalNats.url is required when nats.enabled is false" .Values.externalNats.url -}}
-{{- end -}}
+{{- required "externalNats.url is required" .Values.externalNats.url -}}
 {{- end -}}
 
-{{/* host:port of the NATS monitoring endpoint for KEDA. With the subchart, the
-headless Service, so KEDA can reach each clustered server by pod name. */}}
+{{/* host:port of the NATS monitoring endpoint for KEDA. */}}
 {{- define "interop.natsMonitoringEndpoint" -}}
-{{- if .Values.nats.enabled -}}
-{{- printf "%s-headless.%s.svc:8222" (include "interop.subchartFullname" (dict "root" . "chart" "nats")) .Release.Namespace -}}
-{{- else -}}
-{{- required "externalNats.monitoringEndpoint is required for KEDA when nats.enabled is false" .Values.externalNats.monitoringEndpoint -}}
-{{- end -}}
+{{- required "externalNats.monitoringEndpoint is required for KEDA" .Values.externalNats.monitoringEndpoint -}}
 {{- end -}}
 
 {{/* Redis URL without a password. */}}
 {{- define "interop.redisUrl" -}}
-{{- if .Values.redis.enabled -}}
-{{- printf "redis://%s-master.%s.svc:6379" (include "interop.subchartFullname" (dict "root" . "chart" "redis")) .Release.Namespace -}}
-{{- else -}}
-{{- required "externalRedis.url is required when redis.enabled is false" .Values.externalRedis.url -}}
-{{- end -}}
+{{- required "externalRedis.url is required" .Values.externalRedis.url -}}
 {{- end -}}
 
 {{/* Where the Redis password lives, as YAML {name, key}; empty when there is none. */}}
 {{- define "interop.redisPasswordSecret" -}}
-{{- if .Values.redis.enabled -}}
-{{- $auth := default dict .Values.redis.auth -}}
-{{- if ne (toString (default "true" (toString $auth.enabled))) "false" -}}
-name: {{ default (include "interop.subchartFullname" (dict "root" . "chart" "redis")) $auth.existingSecret }}
-key: {{ default "redis-password" $auth.existingSecretPasswordKey }}
-{{- end -}}
-{{- else if .Values.externalRedis.existingSecret -}}
+{{- if .Values.externalRedis.existingSecret -}}
 name: {{ .Values.externalRedis.existingSecret }}
 key: {{ .Values.externalRedis.existingSecretPasswordKey }}
 {{- end -}}
