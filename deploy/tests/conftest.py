@@ -39,6 +39,13 @@ PROVIDER_READERS = EDGE | {"media-transcoding"}
 # The least a user must give: the provider registry.
 REQUIRED = {"providers": {"existingSecret": "interop-providers"}}
 
+# Distinctive Secret names and keys: none of them may appear in a ConfigMap.
+SENTINEL = {name: f"sentinel-{name.lower()}-x7q" for name in (
+    "natsAuthSecret", "natsUserKey", "natsPasswordKey", "natsTlsSecret", "natsCaKey", "natsCertKey", "natsKeyKey",
+    "redisSecret", "redisPasswordKey", "redisUserKey", "redisTlsSecret", "redisCaKey", "redisCertKey", "redisKeyKey",
+    "otelCaSecret", "otelCaKey",
+)}
+
 HASH_A = "a" * 64
 HASH_B = "b" * 64
 
@@ -59,9 +66,24 @@ def everything_on() -> dict[str, Any]:
     """Values turning on every optional object the chart can render."""
     values: dict[str, Any] = {
         "providers": {"existingSecret": "interop-providers"},
-        "otel": {"endpoint": "http://otel-collector.observability:4318"},
+        "otel": {"endpoint": "https://otel-collector.observability:4318",
+                 "tls": {"existingSecret": SENTINEL["otelCaSecret"], "caKey": SENTINEL["otelCaKey"]}},
         "jetstream": {"replicas": 3},
-        "externalRedis": {"existingSecret": "redis-auth"},
+        "externalNats": {
+            "url": "tls://nats.messaging:4222",
+            "auth": {"type": "userPassword", "existingSecret": SENTINEL["natsAuthSecret"],
+                     "userKey": SENTINEL["natsUserKey"], "passwordKey": SENTINEL["natsPasswordKey"]},
+            "tls": {"enabled": True, "existingSecret": SENTINEL["natsTlsSecret"], "caKey": SENTINEL["natsCaKey"],
+                    "clientCert": True, "certKey": SENTINEL["natsCertKey"], "keyKey": SENTINEL["natsKeyKey"]},
+        },
+        "externalRedis": {
+            "url": "rediss://redis-master.cache:6379/0",
+            "existingSecret": SENTINEL["redisSecret"],
+            "existingSecretPasswordKey": SENTINEL["redisPasswordKey"],
+            "existingSecretUsernameKey": SENTINEL["redisUserKey"],
+            "tls": {"enabled": True, "existingSecret": SENTINEL["redisTlsSecret"], "caKey": SENTINEL["redisCaKey"],
+                    "clientCert": True, "certKey": SENTINEL["redisCertKey"], "keyKey": SENTINEL["redisKeyKey"]},
+        },
         "networkPolicy": {
             "enabled": True,
             "restrictEgress": True,

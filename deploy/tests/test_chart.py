@@ -30,6 +30,7 @@ from conftest import (
     PROVIDER_READERS,
     RELEASE,
     REQUIRED,
+    SENTINEL,
     SERVICES,
     everything_on,
     merge,
@@ -440,10 +441,164 @@ def test_jetstream_replicas_reach_the_services(render):
 def test_external_redis_password_from_a_secret(render):
     r = render(merge(REQUIRED, {"externalRedis": {"url": "rediss://cache.example:6380/2", "existingSecret": "redis-auth",
                                                    "existingSecretPasswordKey": "pw"}}))
-    env = r.env("ingest")
-    assert env["INTEROP_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "pw"}
-    assert env["INTEROP_REDIS_URL"]["value"] == "rediss://:$(INTEROP_REDIS_PASSWORD)@cache.example:6380/2"
+    [cm] = [c for c in r.kind("ConfigMap") if c["metadata"]["name"].endswith("-config")]
+    for component in SERVICES:
+        env = r.env(component)
+        assert env["INTEROP_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "pw"}
+        # The URL stays the plain one from the ConfigMap: the service sets the password itself.
+        assert "INTEROP_REDIS_URL" not in env
+        assert "INTEROP_REDIS_USERNAME" not in env
+    assert cm["data"]["INTEROP_REDIS_URL"] == "rediss://cache.example:6380/2"
     assert "INTEROP_REDIS_PASSWORD" not in render(REQUIRED).env("ingest")
+    r = render(merge(REQUIRED, {"externalRedis": {"existingSecret": "redis-auth", "existingSecretUsernameKey": "user"}}))
+    assert r.env("routing")["INTEROP_REDIS_USERNAME"]["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "user"}
+
+
+# --- NATS, Redis and OTLP: credentials and TLS from Secrets -------------------
+
+
+def _volumes(spec) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in spec.get("volumes", [])}
+
+
+def _mounts(container) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in container.get("volumeMounts", [])}
+
+
+def test_no_configmap_holds_a_secret_with_everything_on(render):
+    r = render(everything_on())
+    configmaps = r.kind("ConfigMap")
+    assert configmaps
+    for cm in configmaps:
+        text = json.dumps(cm.get("data", {})) + json.dumps(cm.get("binaryData", {}))
+        for sentinel in SENTINEL.values():
+            assert sentinel not in text, (cm["metadata"]["name"], sentinel)
+        settings = {k: v for k, v in cm.get("data", {}).items() if not k.endswith(".json")}  # not the dashboard
+        assert not re.search(r"(?i)password|passwd|secret", json.dumps(settings)), cm["metadata"]["name"]
+        # No URL with userinfo (user:password@host).
+        assert not re.search(r"[a-z][a-z0-9+.-]*://[^/\s\"@]*@", text), cm["metadata"]["name"]
+    [config] = [c for c in configmaps if c["metadata"]["name"] == f"{RELEASE}-interop-config"]
+    assert config["data"]["INTEROP_NATS_URL"] == "tls://nats.messaging:4222"
+    assert config["data"]["INTEROP_REDIS_URL"] == "rediss://redis-master.cache:6379/0"
+    assert config["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "https://otel-collector.observability:4318"
+
+
+NATS_REDIS_OTEL_ENV = {
+    "INTEROP_NATS_USER": {"secretKeyRef": {"name": SENTINEL["natsAuthSecret"], "key": SENTINEL["natsUserKey"]}},
+    "INTEROP_NATS_PASSWORD": {"secretKeyRef": {"name": SENTINEL["natsAuthSecret"], "key": SENTINEL["natsPasswordKey"]}},
+    "INTEROP_NATS_TLS_CA_FILE": "/etc/interop/nats-tls/ca.crt",
+    "INTEROP_NATS_TLS_CERT_FILE": "/etc/interop/nats-tls/tls.crt",
+    "INTEROP_NATS_TLS_KEY_FILE": "/etc/interop/nats-tls/tls.key",
+    "INTEROP_REDIS_USERNAME": {"secretKeyRef": {"name": SENTINEL["redisSecret"], "key": SENTINEL["redisUserKey"]}},
+    "INTEROP_REDIS_PASSWORD": {"secretKeyRef": {"name": SENTINEL["redisSecret"], "key": SENTINEL["redisPasswordKey"]}},
+    "INTEROP_REDIS_TLS_CA_FILE": "/etc/interop/redis-tls/ca.crt",
+    "INTEROP_REDIS_TLS_CERT_FILE": "/etc/interop/redis-tls/tls.crt",
+    "INTEROP_REDIS_TLS_KEY_FILE": "/etc/interop/redis-tls/tls.key",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE": "/etc/interop/otel-tls/ca.crt",
+}
+
+
+def _tls_items(prefix):
+    return [{"key": SENTINEL[f"{prefix}CaKey"], "path": "ca.crt"}, {"key": SENTINEL[f"{prefix}CertKey"], "path": "tls.crt"},
+            {"key": SENTINEL[f"{prefix}KeyKey"], "path": "tls.key"}]
+
+
+def _assert_env(env, expected):
+    for name, want in expected.items():
+        assert name in env, name
+        if isinstance(want, str):
+            assert env[name]["value"] == want, name
+        else:
+            assert env[name]["valueFrom"] == want, name
+
+
+def test_credentials_and_tls_files_reach_every_service_and_the_loadtest_job(render):
+    r = render(everything_on())
+    for component in SERVICES:
+        _assert_env(r.env(component), NATS_REDIS_OTEL_ENV)
+        spec = r.deployment(component)["spec"]["template"]["spec"]
+        vols, mounts = _volumes(spec), _mounts(r.container(component))
+        assert vols["nats-tls"]["secret"] == {"secretName": SENTINEL["natsTlsSecret"], "defaultMode": 0o440,
+                                              "items": _tls_items("nats")}
+        assert vols["redis-tls"]["secret"] == {"secretName": SENTINEL["redisTlsSecret"], "defaultMode": 0o440,
+                                               "items": _tls_items("redis")}
+        assert vols["otel-tls"]["secret"] == {"secretName": SENTINEL["otelCaSecret"], "defaultMode": 0o440,
+                                              "items": [{"key": SENTINEL["otelCaKey"], "path": "ca.crt"}]}
+        for name, path in (("nats-tls", "/etc/interop/nats-tls"), ("redis-tls", "/etc/interop/redis-tls"),
+                           ("otel-tls", "/etc/interop/otel-tls")):
+            assert mounts[name] == {"name": name, "mountPath": path, "readOnly": True}, (component, name)
+        assert "nats-auth" not in vols  # user/password come as secretKeyRef variables
+    # The load generator talks to NATS for `--ceiling`, never to Redis.
+    [job_c] = r.one("Job", "loadtest")["spec"]["template"]["spec"]["containers"]
+    job_env = {e["name"]: e for e in job_c["env"]}
+    assert job_env["INTEROP_NATS_URL"]["value"] == "tls://nats.messaging:4222"
+    _assert_env(job_env, {k: v for k, v in NATS_REDIS_OTEL_ENV.items() if k.startswith("INTEROP_NATS")})
+    assert not any(k.startswith("INTEROP_REDIS") for k in job_env)
+    job_spec = r.one("Job", "loadtest")["spec"]["template"]["spec"]
+    assert _volumes(job_spec)["nats-tls"]["secret"]["items"] == _tls_items("nats")
+    assert _mounts(job_c)["nats-tls"]["readOnly"] is True
+    # The helm test pod only speaks WebSocket to ingest and delivery.
+    [pod_c] = r.one("Pod", "tests")["spec"]["containers"]
+    assert not any(e["name"].startswith(("INTEROP_NATS", "INTEROP_REDIS")) for e in pod_c["env"])
+
+
+@pytest.mark.parametrize("auth,env_name,key,path", [
+    ({"type": "creds", "existingSecret": "nats-user", "credsKey": "user.creds"},
+     "INTEROP_NATS_CREDS_FILE", "user.creds", "nats.creds"),
+    ({"type": "nkey", "existingSecret": "nats-user"}, "INTEROP_NATS_NKEY_FILE", "nkey.seed", "nkey.seed"),
+])
+def test_nats_creds_and_nkey_files_are_mounted_from_the_secret(render, auth, env_name, key, path):
+    r = render(merge(REQUIRED, {"externalNats": {"auth": auth}}))
+    for component in SERVICES:
+        env = r.env(component)
+        assert env[env_name]["value"] == f"/etc/interop/nats-auth/{path}"
+        assert "INTEROP_NATS_PASSWORD" not in env and "INTEROP_NATS_TLS_CA_FILE" not in env
+        vol = _volumes(r.deployment(component)["spec"]["template"]["spec"])["nats-auth"]
+        assert vol["secret"] == {"secretName": "nats-user", "defaultMode": 0o440, "items": [{"key": key, "path": path}]}
+        assert _mounts(r.container(component))["nats-auth"] == {
+            "name": "nats-auth", "mountPath": "/etc/interop/nats-auth", "readOnly": True}
+    for obj in r.clean():
+        validate_object(obj)
+
+
+def test_tls_without_a_client_certificate_mounts_only_the_ca(render):
+    r = render(merge(REQUIRED, {"externalNats": {"tls": {"enabled": True, "existingSecret": "nats-ca"}},
+                                "externalRedis": {"url": "rediss://r:6379", "tls": {"enabled": True, "existingSecret": "redis-ca"}},
+                                "otel": {"endpoint": "https://otel:4318", "tls": {"existingConfigMap": "otel-ca"}}}))
+    env = r.env("routing")
+    assert env["INTEROP_NATS_TLS_CA_FILE"]["value"] == "/etc/interop/nats-tls/ca.crt"
+    assert "INTEROP_NATS_TLS_CERT_FILE" not in env and "INTEROP_REDIS_TLS_KEY_FILE" not in env
+    vols = _volumes(r.deployment("routing")["spec"]["template"]["spec"])
+    assert vols["redis-tls"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    assert vols["otel-tls"]["configMap"] == {"name": "otel-ca", "defaultMode": 0o440, "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    # A tls:// URL with a public CA needs nothing mounted; neither does a rediss:// URL.
+    r = render(merge(REQUIRED, {"externalNats": {"url": "tls://nats.example:4222", "tls": {"enabled": True}},
+                                "externalRedis": {"url": "rediss://r:6379", "tls": {"enabled": True}}}))
+    assert not {"nats-tls", "redis-tls"} & _volumes(r.deployment("routing")["spec"]["template"]["spec"]).keys()
+    # Nothing by default.
+    r = render(REQUIRED)
+    assert not any(e["name"].startswith(("INTEROP_NATS_", "INTEROP_REDIS_", "OTEL_EXPORTER_OTLP_CERT"))
+                   for e in r.container("routing")["env"])
+    assert set(_volumes(r.deployment("routing")["spec"]["template"]["spec"])) == {"tmp"}
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"externalNats": {"auth": {"type": "creds"}}}, "externalNats.auth.type=creds needs externalNats.auth.existingSecret"),
+    ({"externalNats": {"auth": {"existingSecret": "x"}}}, "externalNats.auth.type is none"),
+    ({"externalNats": {"tls": {"existingSecret": "x"}}}, "externalNats.tls.enabled is false"),
+    ({"externalNats": {"tls": {"enabled": True}}}, "externalNats.tls.enabled needs a tls:// URL"),
+    ({"externalNats": {"url": "tls://n:4222", "tls": {"enabled": True, "clientCert": True}}}, "externalNats.tls.clientCert needs"),
+    ({"externalRedis": {"tls": {"enabled": True}}}, "externalRedis.tls.enabled needs a rediss:// URL"),
+    ({"externalRedis": {"url": "rediss://r:6379", "tls": {"existingSecret": "x"}}}, "externalRedis.tls.enabled is false"),
+    ({"externalRedis": {"url": "rediss://r:6379", "tls": {"enabled": True, "clientCert": True}}}, "externalRedis.tls.clientCert needs"),
+    ({"externalRedis": {"existingSecretUsernameKey": "u"}}, "externalRedis.existingSecretUsernameKey needs externalRedis.existingSecret"),
+    ({"otel": {"endpoint": "http://otel:4318", "tls": {"existingSecret": "ca"}}}, "otel.endpoint is http://"),
+    ({"otel": {"endpoint": "https://otel:4318", "tls": {"existingSecret": "ca", "existingConfigMap": "ca"}}}, "not both"),
+])
+def test_contradictory_backend_settings_fail(chart, values, message):
+    with pytest.raises(helm.HelmError) as err:
+        chart.render(merge(REQUIRED, values), name=RELEASE, namespace=NAMESPACE)
+    assert message in str(err.value)
 
 
 # --- security ---------------------------------------------------------------
@@ -538,6 +693,11 @@ def test_provider_registry_renders_the_toml_the_services_parse(render):
     ({"providers": {"registry": [{"id": "Signal!", "displayName": "S", "encryption": "e2ee", "tokenSha256": []}]}}, "/providers/registry/0/id"),
     ({"providers": {"registry": [{"id": "s", "displayName": "S", "encryption": "e2ee", "tokenSha256": ["not-a-hash"]}]}}, "/providers/registry/0/tokenSha256/0"),
     ({"externalRedis": {"url": "redis://:secret@redis:6379"}}, "/externalRedis/url"),
+    ({"externalNats": {"url": "nats://user:secret@nats:4222"}}, "/externalNats/url"),
+    ({"externalNats": {"auth": {"type": "password"}}}, "/externalNats/auth/type"),
+    ({"externalNats": {"tls": {"ca": "x"}}}, "additional properties 'ca' not allowed"),
+    ({"externalRedis": {"tls": {"enabled": "yes"}}}, "/externalRedis/tls/enabled"),
+    ({"otel": {"tls": {"caFile": "x"}}}, "additional properties 'caFile' not allowed"),
     ({"tests": {"recipientNumberPrefix": "4915"}}, "/tests/recipientNumberPrefix"),
     ({"ingest": {"adminApi": {"port": 0}}}, "/ingest/adminApi/port"),
     ({"ingest": {"adminApi": {"enabled": "yes"}}}, "/ingest/adminApi/enabled"),

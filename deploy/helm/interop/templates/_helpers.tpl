@@ -126,6 +126,227 @@ key: {{ .Values.externalRedis.existingSecretPasswordKey }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+Connections to NATS, Redis and the OTLP collector: credentials and TLS
+material come from Secrets (secretKeyRef or read-only volumes), never from
+the ConfigMap. Each takes the root context.
+*/}}
+
+{{/* Fails rendering when the NATS, Redis or OTLP settings contradict each other. */}}
+{{- define "interop.validateBackends" -}}
+{{- $n := .Values.externalNats -}}
+{{- if and (ne $n.auth.type "none") (not $n.auth.existingSecret) -}}
+{{- fail (printf "externalNats.auth.type=%s needs externalNats.auth.existingSecret (the Secret holding the credentials)" $n.auth.type) -}}
+{{- end -}}
+{{- if and (eq $n.auth.type "none") $n.auth.existingSecret -}}
+{{- fail "externalNats.auth.existingSecret is set but externalNats.auth.type is none: set it to userPassword, creds or nkey" -}}
+{{- end -}}
+{{- if and $n.tls.existingSecret (not $n.tls.enabled) -}}
+{{- fail "externalNats.tls.existingSecret is set but externalNats.tls.enabled is false: enable TLS or remove the Secret" -}}
+{{- end -}}
+{{- if and $n.tls.enabled (not $n.tls.existingSecret) (not (hasPrefix "tls://" $n.url)) -}}
+{{- fail "externalNats.tls.enabled needs a tls:// URL (server certificate from a public CA) or externalNats.tls.existingSecret (the CA that signed it)" -}}
+{{- end -}}
+{{- if and $n.tls.clientCert (not $n.tls.existingSecret) -}}
+{{- fail "externalNats.tls.clientCert needs externalNats.tls.existingSecret (holding the client certificate and key)" -}}
+{{- end -}}
+{{- $r := .Values.externalRedis -}}
+{{- if and $r.existingSecretUsernameKey (not $r.existingSecret) -}}
+{{- fail "externalRedis.existingSecretUsernameKey needs externalRedis.existingSecret" -}}
+{{- end -}}
+{{- if and $r.tls.enabled (not (hasPrefix "rediss://" $r.url)) -}}
+{{- fail (printf "externalRedis.tls.enabled needs a rediss:// URL (TLS), not %s" (regexReplaceAll "://.*$" $r.url "://...")) -}}
+{{- end -}}
+{{- if and $r.tls.existingSecret (not $r.tls.enabled) -}}
+{{- fail "externalRedis.tls.existingSecret is set but externalRedis.tls.enabled is false: enable TLS (and use a rediss:// URL) or remove the Secret" -}}
+{{- end -}}
+{{- if and $r.tls.clientCert (not $r.tls.existingSecret) -}}
+{{- fail "externalRedis.tls.clientCert needs externalRedis.tls.existingSecret (holding the client certificate and key)" -}}
+{{- end -}}
+{{- $o := .Values.otel.tls -}}
+{{- if and $o.existingSecret $o.existingConfigMap -}}
+{{- fail "otel.tls: set either existingSecret or existingConfigMap, not both" -}}
+{{- end -}}
+{{- if and (or $o.existingSecret $o.existingConfigMap) (hasPrefix "http://" .Values.otel.endpoint) -}}
+{{- fail "otel.tls gives a CA for the collector, but otel.endpoint is http://: use https://" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* True when the pods mount the OTLP collector's CA. */}}
+{{- define "interop.otelCa" -}}
+{{- if and .Values.otel.endpoint (or .Values.otel.tls.existingSecret .Values.otel.tls.existingConfigMap) -}}true{{- end -}}
+{{- end -}}
+
+{{/* NATS credentials and TLS files, as container env entries. */}}
+{{- define "interop.natsEnv" -}}
+{{- $n := .Values.externalNats -}}
+{{- if eq $n.auth.type "userPassword" }}
+- name: INTEROP_NATS_USER
+  valueFrom:
+    secretKeyRef:
+      name: {{ $n.auth.existingSecret }}
+      key: {{ $n.auth.userKey }}
+- name: INTEROP_NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $n.auth.existingSecret }}
+      key: {{ $n.auth.passwordKey }}
+{{- else if eq $n.auth.type "creds" }}
+- name: INTEROP_NATS_CREDS_FILE
+  value: /etc/interop/nats-auth/nats.creds
+{{- else if eq $n.auth.type "nkey" }}
+- name: INTEROP_NATS_NKEY_FILE
+  value: /etc/interop/nats-auth/nkey.seed
+{{- end }}
+{{- if and $n.tls.enabled $n.tls.existingSecret }}
+{{- if $n.tls.caKey }}
+- name: INTEROP_NATS_TLS_CA_FILE
+  value: /etc/interop/nats-tls/ca.crt
+{{- end }}
+{{- if $n.tls.clientCert }}
+- name: INTEROP_NATS_TLS_CERT_FILE
+  value: /etc/interop/nats-tls/tls.crt
+- name: INTEROP_NATS_TLS_KEY_FILE
+  value: /etc/interop/nats-tls/tls.key
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "interop.natsVolumeMounts" -}}
+{{- $n := .Values.externalNats -}}
+{{- if has $n.auth.type (list "creds" "nkey") }}
+- name: nats-auth
+  mountPath: /etc/interop/nats-auth
+  readOnly: true
+{{- end }}
+{{- if and $n.tls.enabled $n.tls.existingSecret }}
+- name: nats-tls
+  mountPath: /etc/interop/nats-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "interop.natsVolumes" -}}
+{{- $n := .Values.externalNats -}}
+{{- if has $n.auth.type (list "creds" "nkey") }}
+- name: nats-auth
+  secret:
+    secretName: {{ $n.auth.existingSecret }}
+    defaultMode: 0440
+    items:
+      {{- if eq $n.auth.type "creds" }}
+      - key: {{ $n.auth.credsKey }}
+        path: nats.creds
+      {{- else }}
+      - key: {{ $n.auth.nkeyKey }}
+        path: nkey.seed
+      {{- end }}
+{{- end }}
+{{- if and $n.tls.enabled $n.tls.existingSecret }}
+{{ include "interop.tlsVolume" (dict "name" "nats-tls" "tls" $n.tls) }}
+{{- end }}
+{{- end -}}
+
+{{/* A Secret volume of TLS files (ca.crt, and tls.crt/tls.key for a client certificate): (dict "name" volumeName "tls" tlsValues) */}}
+{{- define "interop.tlsVolume" -}}
+- name: {{ .name }}
+  secret:
+    secretName: {{ .tls.existingSecret }}
+    defaultMode: 0440
+    items:
+      {{- if .tls.caKey }}
+      - key: {{ .tls.caKey }}
+        path: ca.crt
+      {{- end }}
+      {{- if .tls.clientCert }}
+      - key: {{ .tls.certKey }}
+        path: tls.crt
+      - key: {{ .tls.keyKey }}
+        path: tls.key
+      {{- end }}
+{{- end -}}
+
+{{/* Redis credentials and TLS files, as container env entries. */}}
+{{- define "interop.redisEnv" -}}
+{{- $r := .Values.externalRedis -}}
+{{- $pw := include "interop.redisPasswordSecret" . | fromYaml -}}
+{{- if and $pw.name $r.existingSecretUsernameKey }}
+- name: INTEROP_REDIS_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ $pw.name }}
+      key: {{ $r.existingSecretUsernameKey }}
+{{- end }}
+{{- if $pw.name }}
+- name: INTEROP_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $pw.name }}
+      key: {{ $pw.key }}
+{{- end }}
+{{- if and $r.tls.enabled $r.tls.existingSecret }}
+{{- if $r.tls.caKey }}
+- name: INTEROP_REDIS_TLS_CA_FILE
+  value: /etc/interop/redis-tls/ca.crt
+{{- end }}
+{{- if $r.tls.clientCert }}
+- name: INTEROP_REDIS_TLS_CERT_FILE
+  value: /etc/interop/redis-tls/tls.crt
+- name: INTEROP_REDIS_TLS_KEY_FILE
+  value: /etc/interop/redis-tls/tls.key
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "interop.redisVolumeMounts" -}}
+{{- if and .Values.externalRedis.tls.enabled .Values.externalRedis.tls.existingSecret }}
+- name: redis-tls
+  mountPath: /etc/interop/redis-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "interop.redisVolumes" -}}
+{{- if and .Values.externalRedis.tls.enabled .Values.externalRedis.tls.existingSecret }}
+{{ include "interop.tlsVolume" (dict "name" "redis-tls" "tls" .Values.externalRedis.tls) }}
+{{- end }}
+{{- end -}}
+
+{{/* The OTLP collector's CA (OTEL_EXPORTER_OTLP_CERTIFICATE is the standard OpenTelemetry variable). */}}
+{{- define "interop.otelEnv" -}}
+{{- if include "interop.otelCa" . }}
+- name: OTEL_EXPORTER_OTLP_CERTIFICATE
+  value: /etc/interop/otel-tls/ca.crt
+{{- end }}
+{{- end -}}
+
+{{- define "interop.otelVolumeMounts" -}}
+{{- if include "interop.otelCa" . }}
+- name: otel-tls
+  mountPath: /etc/interop/otel-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "interop.otelVolumes" -}}
+{{- $o := .Values.otel.tls -}}
+{{- if include "interop.otelCa" . }}
+- name: otel-tls
+  {{- if $o.existingSecret }}
+  secret:
+    secretName: {{ $o.existingSecret }}
+    defaultMode: 0440
+  {{- else }}
+  configMap:
+    name: {{ $o.existingConfigMap }}
+    defaultMode: 0440
+  {{- end }}
+    items:
+      - key: {{ $o.caKey }}
+        path: ca.crt
+{{- end }}
+{{- end -}}
+
 {{/* Port in a URL such as nats://host:4222, or the default given. (list url default) */}}
 {{- define "interop.urlPort" -}}
 {{- $url := index . 0 -}}
@@ -239,17 +460,9 @@ INTEROP_TRACE_SAMPLE_RATIO: {{ $.Values.otel.sampleRatio | toString | quote }}
 - name: INTEROP_SHUTDOWN_GRACE_SECS
   value: {{ max 1 (sub (int .v.terminationGracePeriodSeconds) 5) | toString | quote }}
 {{- end }}
-{{- $pw := include "interop.redisPasswordSecret" $root | fromYaml -}}
-{{- if $pw.name }}
-- name: INTEROP_REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ $pw.name }}
-      key: {{ $pw.key }}
-{{- /* Kubernetes expands $(VAR) from variables defined earlier in this list. */}}
-- name: INTEROP_REDIS_URL
-  value: {{ regexReplaceAll "^(rediss?://)" (include "interop.redisUrl" $root) "${1}:$(INTEROP_REDIS_PASSWORD)@" | quote }}
-{{- end }}
+{{- include "interop.natsEnv" $root }}
+{{- include "interop.redisEnv" $root }}
+{{- include "interop.otelEnv" $root }}
 {{- if .c.listenEnv }}
 - name: {{ .c.listenEnv }}
   value: {{ printf "0.0.0.0:%d" (int .v.containerPort) | quote }}
@@ -356,6 +569,9 @@ token_sha256 = [{{ $generated.sender | sha256sum | quote }}]
 {{- define "interop.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- include "interop.natsVolumeMounts" .root }}
+{{- include "interop.redisVolumeMounts" .root }}
+{{- include "interop.otelVolumeMounts" .root }}
 {{- if .c.providers }}
 - name: providers
   mountPath: /etc/interop/providers
@@ -385,6 +601,9 @@ token_sha256 = [{{ $generated.sender | sha256sum | quote }}]
 
 {{/* Volumes of a service pod beyond /tmp: (dict "root" $ "component" name "c" componentInfo "v" values) */}}
 {{- define "interop.volumes" -}}
+{{- include "interop.natsVolumes" .root }}
+{{- include "interop.redisVolumes" .root }}
+{{- include "interop.otelVolumes" .root }}
 {{- if .c.providers }}
 - name: providers
   secret:
