@@ -128,6 +128,25 @@ def everything_on() -> dict[str, Any]:
     values["delivery"]["keda"]["extraTriggers"] = [
         {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "70"}}
     ]
+    # Extension points: a sidecar and an init container (with the chart's security context), extra env and volumes.
+    safe = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True, "privileged": False, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}}
+    tmp = [{"name": "tmp", "mountPath": "/tmp"}]
+    values["global"] = {"imageRegistry": "mirror.example.com"}
+    values["delivery"].update({
+        "extraEnvVars": [{"name": "INTEROP_FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "extra", "key": "k"}}}],
+        "extraEnvVarsCM": "delivery-extra-env", "extraEnvVarsSecret": "delivery-extra-secret-env",
+        "extraVolumes": [{"name": "ca-bundle", "configMap": {"name": "ca-bundle"}}],
+        "extraVolumeMounts": [{"name": "ca-bundle", "mountPath": "/etc/ssl/extra", "readOnly": True}],
+        "sidecars": [{"name": "log-shipper", "image": "busybox:1.36", "command": ["sleep", "infinity"],
+                      "securityContext": safe, "volumeMounts": tmp}],
+        "initContainers": [{"name": "wait", "image": "busybox:1.36", "command": ["true"],
+                            "securityContext": safe, "volumeMounts": tmp}],
+        "lifecycleHooks": {"postStart": {"exec": {"command": ["true"]}}},
+        "image": {"tag": "0.2.0-rc1"},
+    })
+    values["mediaTranscoding"]["image"] = {"digest": "sha256:" + "c" * 64}
     # ingest keeps a plain HPA, and serves the provider admin API.
     values["ingest"]["adminApi"] = {"enabled": True, "existingSecret": "interop-admin-token"}
     values["networkPolicy"]["adminApiFrom"] = [
@@ -171,9 +190,10 @@ class Rendered:
         return self.one("Deployment", component)
 
     def container(self, component: str) -> dict[str, Any]:
+        """The service's own container (sidecars may follow it)."""
         containers = self.deployment(component)["spec"]["template"]["spec"]["containers"]
-        assert len(containers) == 1
-        return containers[0]
+        [own] = [c for c in containers if c["name"] == component]
+        return own
 
     def env(self, component: str) -> dict[str, Any]:
         """The container's explicit env, name -> entry."""

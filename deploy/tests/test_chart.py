@@ -274,16 +274,38 @@ def test_config_map_carries_the_common_environment(render):
         assert r.env(component)["OTEL_SERVICE_NAME"]["value"] == component
 
 
-def test_shutdown_grace_fits_inside_the_termination_grace_period(render):
+def test_shutdown_grace_fits_inside_the_termination_grace_period_after_the_prestop_sleep(render):
     r = render(merge(REQUIRED, {"routing": {"terminationGracePeriodSeconds": 90},
-                                "ingest": {"env": {"INTEROP_SHUTDOWN_GRACE_SECS": "7"}}}))
-    expected = {"ingest": "7", "spam-scoring": "25", "routing": "85", "media-transcoding": "55", "delivery": "55"}
+                                "ingest": {"env": {"INTEROP_SHUTDOWN_GRACE_SECS": "7"}},
+                                "delivery": {"preStopSleepSeconds": 10}}))
+    # grace - 5 - preStop sleep (5 s for the services behind a Service port, none for the NATS workers).
+    expected = {"ingest": "7", "spam-scoring": "25", "routing": "85", "media-transcoding": "50", "delivery": "45"}
+    sleeps = {"ingest": 5, "spam-scoring": 0, "routing": 0, "media-transcoding": 5, "delivery": 10}
     for component, grace in expected.items():
         names = [e["name"] for e in r.container(component)["env"]]
         assert names.count("INTEROP_SHUTDOWN_GRACE_SECS") == 1, component
         assert r.env(component)["INTEROP_SHUTDOWN_GRACE_SECS"]["value"] == grace, component
         spec = r.deployment(component)["spec"]["template"]["spec"]
-        assert int(grace) < spec["terminationGracePeriodSeconds"]
+        assert int(grace) + sleeps[component] < spec["terminationGracePeriodSeconds"]
+        lifecycle = r.container(component).get("lifecycle")
+        if sleeps[component]:
+            assert lifecycle == {"preStop": {"exec": {"command": ["sleep", str(sleeps[component])]}}}, component
+        else:
+            assert lifecycle is None, component
+
+
+def test_lifecycle_hooks_replace_the_default_prestop_and_a_too_long_sleep_fails(chart, render):
+    hook = {"exec": {"command": ["/bin/sh", "-c", "sleep 3"]}}
+    r = render(merge(REQUIRED, {"ingest": {"lifecycleHooks": {"preStop": hook}},
+                                "delivery": {"lifecycleHooks": {"postStart": {"exec": {"command": ["true"]}}}},
+                                "routing": {"preStopSleepSeconds": 2}}))
+    assert r.container("ingest")["lifecycle"] == {"preStop": hook}
+    # A postStart alone keeps the default preStop sleep.
+    assert r.container("delivery")["lifecycle"] == {"postStart": {"exec": {"command": ["true"]}},
+                                                    "preStop": {"exec": {"command": ["sleep", "5"]}}}
+    assert r.container("routing")["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "2"]}}}
+    with pytest.raises(helm.HelmError, match=r"ingest.preStopSleepSeconds \(30\) leaves no time to drain"):
+        chart.render(merge(REQUIRED, {"ingest": {"preStopSleepSeconds": 30}}), name=RELEASE, namespace=NAMESPACE)
 
 
 def test_edge_services_listen_and_mount_the_provider_registry(render):
@@ -452,6 +474,92 @@ def test_external_redis_password_from_a_secret(render):
     assert "INTEROP_REDIS_PASSWORD" not in render(REQUIRED).env("ingest")
     r = render(merge(REQUIRED, {"externalRedis": {"existingSecret": "redis-auth", "existingSecretUsernameKey": "user"}}))
     assert r.env("routing")["INTEROP_REDIS_USERNAME"]["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "user"}
+
+
+# --- images and extension points ---------------------------------------------
+
+
+def _image(r, component):
+    return r.container(component)["image"]
+
+
+def test_default_images_slim_for_four_services_and_interop_media_for_transcoding(render):
+    r = render(merge(REQUIRED, {"tests": {"existingSecret": "t"}, "loadtest": {"enabled": True, "scenario": "x"}}))
+    for component in SERVICES:
+        want = "interop-media:0.1.0" if component == "media-transcoding" else "interop:0.1.0"
+        assert _image(r, component) == want, component
+        assert r.container(component)["imagePullPolicy"] == "IfNotPresent"
+    assert r.one("Pod", "tests")["spec"]["containers"][0]["image"] == "interop:0.1.0"
+    assert r.one("Job", "loadtest")["spec"]["template"]["spec"]["containers"][0]["image"] == "interop:0.1.0"
+
+
+def test_image_composition_registry_tag_and_digest(render):
+    digest, other = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    r = render(merge(REQUIRED, {
+        "image": {"registry": "registry.example.com/", "tag": "1.2.3", "digest": digest},
+        "routing": {"image": {"tag": "1.2.4", "pullPolicy": "Always"}},
+        "delivery": {"image": {"registry": "other.example.com", "repository": "team/delivery", "digest": other, "tag": "9"}},
+    }))
+    # The top-level digest pins the top-level repository...
+    assert _image(r, "ingest") == f"registry.example.com/interop@{digest}"
+    # ...but never another repository, nor a service with a tag of its own.
+    assert _image(r, "media-transcoding") == "registry.example.com/interop-media:1.2.3"
+    assert _image(r, "routing") == "registry.example.com/interop:1.2.4"
+    assert r.container("routing")["imagePullPolicy"] == "Always"
+    # A service's digest wins over its tag.
+    assert _image(r, "delivery") == f"other.example.com/team/delivery@{other}"
+    # global.imageRegistry wins over every registry.
+    r = render(merge(REQUIRED, {"global": {"imageRegistry": "mirror.local:5000"},
+                                "delivery": {"image": {"registry": "other.example.com"}}, "tests": {"existingSecret": "t"}}))
+    for component in SERVICES:
+        assert _image(r, component).startswith("mirror.local:5000/"), component
+    assert r.one("Pod", "tests")["spec"]["containers"][0]["image"] == "mirror.local:5000/interop:0.1.0"
+
+
+def test_extension_points_reach_only_their_service(render):
+    values = merge(REQUIRED, {"routing": {
+        "extraEnvVars": [{"name": "INTEROP_RELEASE", "value": "{{ .Release.Name }}"},
+                         {"name": "INTEROP_SHUTDOWN_GRACE_SECS", "value": "3"}],
+        "env": {"INTEROP_FOO": "bar"},
+        "extraEnvVarsCM": "{{ .Release.Name }}-extra", "extraEnvVarsSecret": "routing-secret-env",
+        "extraVolumes": [{"name": "scratch", "emptyDir": {}}],
+        "extraVolumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+        "initContainers": [{"name": "init", "image": "busybox", "command": ["true"]}],
+        "sidecars": [{"name": "proxy", "image": "envoy", "args": ["--release={{ .Release.Name }}"]}],
+    }})
+    r = render(values)
+    spec = r.deployment("routing")["spec"]["template"]["spec"]
+    containers = spec["containers"]
+    assert [c["name"] for c in containers] == ["routing", "proxy"]
+    assert containers[1]["args"] == [f"--release={RELEASE}"]
+    assert spec["initContainers"] == [{"name": "init", "image": "busybox", "command": ["true"]}]
+    main = containers[0]
+    env = [e for e in main["env"]]
+    names = [e["name"] for e in env]
+    assert len(names) == len(set(names))
+    by_name = {e["name"]: e for e in env}
+    assert by_name["INTEROP_RELEASE"]["value"] == RELEASE
+    # The user's value replaces the chart's, in the user's place (last).
+    assert by_name["INTEROP_SHUTDOWN_GRACE_SECS"]["value"] == "3"
+    assert names[-3:] == ["INTEROP_FOO", "INTEROP_RELEASE", "INTEROP_SHUTDOWN_GRACE_SECS"]
+    assert main["envFrom"] == [{"configMapRef": {"name": f"{RELEASE}-interop-config"}},
+                               {"configMapRef": {"name": f"{RELEASE}-extra"}},
+                               {"secretRef": {"name": "routing-secret-env"}}]
+    assert {"name": "scratch", "emptyDir": {}} in spec["volumes"]
+    assert {"name": "scratch", "mountPath": "/scratch"} in main["volumeMounts"]
+    for other in SERVICES.keys() - {"routing"}:
+        ospec = r.deployment(other)["spec"]["template"]["spec"]
+        assert len(ospec["containers"]) == 1 and "initContainers" not in ospec
+        assert "INTEROP_RELEASE" not in r.env(other)
+        assert len(r.container(other)["envFrom"]) == 1
+    for obj in r.clean():
+        validate_object(obj)
+
+
+def test_an_env_var_set_twice_fails(chart):
+    with pytest.raises(helm.HelmError, match="the environment variable INTEROP_X is set twice"):
+        chart.render(merge(REQUIRED, {"ingest": {"env": {"INTEROP_X": "1"}, "extraEnvVars": [{"name": "INTEROP_X", "value": "2"}]}}),
+                     name=RELEASE, namespace=NAMESPACE)
 
 
 # --- NATS, Redis and OTLP: credentials and TLS from Secrets -------------------
@@ -702,6 +810,13 @@ def test_provider_registry_renders_the_toml_the_services_parse(render):
     ({"ingest": {"adminApi": {"port": 0}}}, "/ingest/adminApi/port"),
     ({"ingest": {"adminApi": {"enabled": "yes"}}}, "/ingest/adminApi/enabled"),
     ({"tls": {"clientCa": {"existingSecretKey": ""}}}, "/tls/clientCa/existingSecretKey"),
+    ({"routing": {"image": {"digest": "sha256:short"}}}, "/routing/image/digest"),
+    ({"routing": {"image": {"name": "x"}}}, "additional properties 'name' not allowed"),
+    ({"delivery": {"sidecars": [{"image": "x"}]}}, "/delivery/sidecars/0"),
+    ({"delivery": {"extraEnvVars": [{"name": "X", "valeu": "1"}]}}, "additional properties 'valeu' not allowed"),
+    ({"ingest": {"lifecycleHooks": {"preStart": {}}}}, "additional properties 'preStart' not allowed"),
+    ({"ingest": {"preStopSleepSeconds": -1}}, "/ingest/preStopSleepSeconds"),
+    ({"ingest": {"extraVolumeMount": []}}, "additional properties 'extraVolumeMount' not allowed"),
     ({"mediaTranscoding": {"containerPort": 70000}}, "/mediaTranscoding/containerPort"),
     ({"authThrottle": {"maxFailuresPerAddress": -2}}, "/authThrottle/maxFailuresPerAddress"),
     ({"authThrottle": {"windowSeconds": 0}}, "/authThrottle/windowSeconds"),

@@ -87,12 +87,31 @@ delivery:
   listenEnv: INTEROP_DELIVERY_LISTEN
 {{- end -}}
 
+{{/*
+An image reference: (dict "root" $ "image" <a service's image values, or nil>).
+Each field falls back to the top-level `image`; global.imageRegistry wins over
+both registries; a digest wins over a tag. The top-level digest is only used
+while the service keeps the top-level repository and sets no tag of its own.
+*/}}
 {{- define "interop.image" -}}
-{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
-{{- if .Values.image.digest -}}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- $root := .root -}}
+{{- $top := $root.Values.image -}}
+{{- $own := default dict .image -}}
+{{- $registry := default $top.registry $own.registry -}}
+{{- with ($root.Values.global).imageRegistry }}{{ $registry = . }}{{ end -}}
+{{- $repository := default $top.repository $own.repository -}}
+{{- $digest := $own.digest -}}
+{{- if and (not $digest) (not $own.tag) (eq $repository $top.repository) -}}
+{{- $digest = $top.digest -}}
+{{- end -}}
+{{- $ref := $repository -}}
+{{- if $registry -}}
+{{- $ref = printf "%s/%s" (trimSuffix "/" $registry) $repository -}}
+{{- end -}}
+{{- if $digest -}}
+{{- printf "%s@%s" $ref $digest -}}
 {{- else -}}
-{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- printf "%s:%s" $ref (default (default $root.Chart.AppVersion $top.tag) $own.tag) -}}
 {{- end -}}
 {{- end -}}
 
@@ -378,6 +397,16 @@ providers.toml
 {{- end -}}
 {{- end -}}
 
+{{/* Fails when a service's preStop sleep leaves no time to drain. */}}
+{{- define "interop.validateShutdown" -}}
+{{- range $component, $c := include "interop.components" . | fromYaml -}}
+{{- $v := index $.Values $c.key -}}
+{{- if and $v.enabled (ge (add (int $v.preStopSleepSeconds) 5) (int $v.terminationGracePeriodSeconds)) (gt (int $v.preStopSleepSeconds) 0) -}}
+{{- fail (printf "%s.preStopSleepSeconds (%d) leaves no time to drain: terminationGracePeriodSeconds (%d) must be more than the sleep + 5" $c.key (int $v.preStopSleepSeconds) (int $v.terminationGracePeriodSeconds)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "interop.validateProviders" -}}
 {{- if and .Values.providers.existingSecret .Values.providers.registry -}}
 {{- fail "providers: set either providers.existingSecret or providers.registry, not both" -}}
@@ -455,11 +484,9 @@ INTEROP_TRACE_SAMPLE_RATIO: {{ $.Values.otel.sampleRatio | toString | quote }}
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
-{{- if not (hasKey (default dict .v.env) "INTEROP_SHUTDOWN_GRACE_SECS") }}
-{{- /* Finish in-flight work 5 s before Kubernetes kills the container. */}}
+{{- /* Finish in-flight work 5 s before Kubernetes kills the container; the preStop sleep comes first. */}}
 - name: INTEROP_SHUTDOWN_GRACE_SECS
-  value: {{ max 1 (sub (int .v.terminationGracePeriodSeconds) 5) | toString | quote }}
-{{- end }}
+  value: {{ max 1 (sub (sub (int .v.terminationGracePeriodSeconds) 5) (int .v.preStopSleepSeconds)) | toString | quote }}
 {{- include "interop.natsEnv" $root }}
 {{- include "interop.redisEnv" $root }}
 {{- include "interop.otelEnv" $root }}
@@ -491,10 +518,46 @@ INTEROP_TRACE_SAMPLE_RATIO: {{ $.Values.otel.sampleRatio | toString | quote }}
 - name: INTEROP_ADMIN_TOKEN_FILE
   value: /etc/interop/admin-api/admin-token
 {{- end }}
-{{- range $name, $value := .v.env }}
-- name: {{ $name }}
-  value: {{ $value | toString | quote }}
-{{- end }}
+{{- end -}}
+
+{{/*
+The container's whole env: the chart's (serviceEnv), then the user's (`env`
+map, then `extraEnvVars`). A name the user sets replaces the chart's entry, so
+no name appears twice. Same argument as serviceEnv.
+*/}}
+{{- define "interop.containerEnv" -}}
+{{- $user := list -}}
+{{- range $name, $value := .v.env -}}
+{{- $user = append $user (dict "name" $name "value" (toString $value)) -}}
+{{- end -}}
+{{- with .v.extraEnvVars -}}
+{{- $user = concat $user (tpl (toYaml .) $.root | fromYamlArray) -}}
+{{- end -}}
+{{- $names := dict -}}
+{{- range $user -}}
+{{- if hasKey $names .name -}}
+{{- fail (printf "%s: the environment variable %s is set twice (%s.env and %s.extraEnvVars)" $.c.key .name $.c.key $.c.key) -}}
+{{- end -}}
+{{- $_ := set $names .name true -}}
+{{- end -}}
+{{- $out := list -}}
+{{- range (include "interop.serviceEnv" . | fromYamlArray) -}}
+{{- if not (hasKey $names .name) -}}
+{{- $out = append $out . -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml (concat $out $user) -}}
+{{- end -}}
+
+{{/* The container's lifecycle hooks: the user's, plus the default preStop sleep unless they give a preStop. */}}
+{{- define "interop.lifecycle" -}}
+{{- $hooks := deepCopy (default dict .v.lifecycleHooks) -}}
+{{- if and (not (hasKey $hooks "preStop")) (gt (int .v.preStopSleepSeconds) 0) -}}
+{{- $_ := set $hooks "preStop" (dict "exec" (dict "command" (list "sleep" (toString (int .v.preStopSleepSeconds))))) -}}
+{{- end -}}
+{{- if $hooks -}}
+{{- tpl (toYaml $hooks) .root -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Pod-level checksums that roll the pods when their configuration changes. */}}
@@ -597,6 +660,9 @@ token_sha256 = [{{ $generated.sender | sha256sum | quote }}]
   mountPath: /etc/interop/spam-policy
   readOnly: true
 {{- end }}
+{{- with .v.extraVolumeMounts }}
+{{ tpl (toYaml .) $.root }}
+{{- end }}
 {{- end -}}
 
 {{/* Volumes of a service pod beyond /tmp: (dict "root" $ "component" name "c" componentInfo "v" values) */}}
@@ -649,6 +715,9 @@ token_sha256 = [{{ $generated.sender | sha256sum | quote }}]
     items:
       - key: policy.toml
         path: policy.toml
+{{- end }}
+{{- with .v.extraVolumes }}
+{{ tpl (toYaml .) $.root }}
 {{- end }}
 {{- end -}}
 
