@@ -43,7 +43,7 @@ REQUIRED = {"providers": {"existingSecret": "interop-providers"}}
 SENTINEL = {name: f"sentinel-{name.lower()}-x7q" for name in (
     "natsAuthSecret", "natsUserKey", "natsPasswordKey", "natsTlsSecret", "natsCaKey", "natsCertKey", "natsKeyKey",
     "redisSecret", "redisPasswordKey", "redisUserKey", "redisTlsSecret", "redisCaKey", "redisCertKey", "redisKeyKey",
-    "otelCaSecret", "otelCaKey",
+    "otelCaSecret", "otelCaKey", "ingressTlsSecret",
 )}
 
 HASH_A = "a" * 64
@@ -147,6 +147,13 @@ def everything_on() -> dict[str, Any]:
         "image": {"tag": "0.2.0-rc1"},
     })
     values["mediaTranscoding"]["image"] = {"digest": "sha256:" + "c" * 64}
+    # The edge serves TLS itself (below), so only the media API goes through an Ingress / HTTPRoute.
+    values["ingress"] = {"enabled": True, "className": "nginx", "preset": "ingress-nginx",
+                         "tls": {"secretName": SENTINEL["ingressTlsSecret"]},
+                         "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
+                         "media": {"hosts": ["media.example.com"]}}
+    values["httpRoute"] = {"enabled": True, "parentRefs": [{"name": "public", "namespace": "gateway-system"}],
+                           "media": {"hostnames": ["media.example.com"]}}
     # ingest keeps a plain HPA, and serves the provider admin API.
     values["ingest"]["adminApi"] = {"enabled": True, "existingSecret": "interop-admin-token"}
     values["networkPolicy"]["adminApiFrom"] = [

@@ -107,7 +107,7 @@ def test_default_render_validates_and_has_one_of_each_per_service(render):
         assert sorted(o["metadata"]["labels"]["app.kubernetes.io/component"] for o in r.kind(kind)) == sorted(SERVICES)
     # Off by default.
     for kind in ("HorizontalPodAutoscaler", "ScaledObject", "NetworkPolicy", "ServiceMonitor",
-                 "PrometheusRule", "Job", "Pod", "Secret"):
+                 "PrometheusRule", "Job", "Pod", "Secret", "Ingress", "HTTPRoute"):
         assert r.kind(kind) == [], kind
 
 
@@ -119,6 +119,7 @@ def test_everything_on_render_validates(render):
     assert {
         "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ScaledObject",
         "NetworkPolicy", "ServiceMonitor", "PrometheusRule", "ConfigMap", "Job", "Pod", "ServiceAccount",
+        "Ingress", "HTTPRoute",
     } <= kinds
     assert len(r.kind("NetworkPolicy")) == 5
     assert len(r.kind("ScaledObject")) == 4
@@ -136,6 +137,11 @@ def test_validator_rejects_an_invalid_object():
               "spec": {"scaleTargetRef": {"name": "x"}, "triggers": [], "bogus": 1}}
     with pytest.raises(AssertionError):
         validate_object(bad_so)
+    bad_route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "x"},
+                 "spec": {"rules": [{"backendRefs": [{"name": "svc", "port": 70000}],
+                                     "timeouts": {"request": "1 hour"}}]}}
+    with pytest.raises(AssertionError, match="port|request"):
+        validate_object(bad_route)
 
 
 # --- per-service settings ---------------------------------------------------
@@ -562,6 +568,122 @@ def test_an_env_var_set_twice_fails(chart):
                      name=RELEASE, namespace=NAMESPACE)
 
 
+# --- Ingress and HTTPRoute -----------------------------------------------------
+
+HOSTS = {"ingest": "ingest.example.com", "delivery": "delivery.example.com", "media": "media.example.com"}
+EXPOSE_ALL = {key: {"hosts": [host]} for key, host in HOSTS.items()}
+ROUTE_ALL = {key: {"hostnames": [host]} for key, host in HOSTS.items()}
+PARENT = [{"name": "public", "namespace": "gateway-system", "sectionName": "https"}]
+
+
+def test_ingress_exposes_both_websockets_and_the_media_api(render):
+    r = render(merge(REQUIRED, {"ingress": dict(EXPOSE_ALL, enabled=True, className="nginx", preset="ingress-nginx",
+                                                tls={"secretName": "gw-tls"}, labels={"team": "edge"},
+                                                annotations={"nginx.ingress.kubernetes.io/proxy-read-timeout": "7200"},
+                                                media={"hosts": ["media.example.com", "ingest.example.com"],
+                                                       "annotations": {"x/only-media": "1"}})}))
+    for obj in r.clean():
+        validate_object(obj)
+    expected = {"ingest": ("ingest.example.com", "/v1/ws", "Exact", "ws"),
+                "delivery": ("delivery.example.com", "/v1/ws", "Exact", "ws"),
+                "media-transcoding": ("media.example.com", "/v1/media", "Prefix", "media")}
+    assert sorted(i["metadata"]["labels"]["app.kubernetes.io/component"] for i in r.kind("Ingress")) == sorted(expected)
+    for component, (host, path, path_type, port) in expected.items():
+        ing = r.one("Ingress", component)
+        assert ing["metadata"]["name"] == f"{RELEASE}-interop-{component}"
+        assert ing["metadata"]["labels"]["team"] == "edge"
+        assert ing["spec"]["ingressClassName"] == "nginx"
+        rule = ing["spec"]["rules"][0]
+        assert rule["host"] == host
+        [p] = rule["http"]["paths"]
+        assert (p["path"], p["pathType"]) == (path, path_type)
+        assert p["backend"]["service"] == {"name": f"{RELEASE}-interop-{component}", "port": {"name": port}}
+        assert ing["spec"]["tls"] == [{"secretName": "gw-tls", "hosts": [r_["host"] for r_ in ing["spec"]["rules"]]}]
+        ann = ing["metadata"]["annotations"]
+        # Yours win over the preset's.
+        assert ann["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "7200"
+        if component == "media-transcoding":
+            assert ann["nginx.ingress.kubernetes.io/proxy-body-size"] == "100m"  # the 100 MiB media limit
+            assert ann["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
+            assert ann["x/only-media"] == "1"
+            assert [x["host"] for x in ing["spec"]["rules"]] == ["media.example.com", "ingest.example.com"]
+        else:
+            assert ann["nginx.ingress.kubernetes.io/proxy-send-timeout"] == "3600"
+            assert "nginx.ingress.kubernetes.io/proxy-body-size" not in ann and "x/only-media" not in ann
+    # An endpoint without hosts is not exposed, nor one whose service is off; no TLS section without a Secret.
+    r = render(merge(REQUIRED, {"ingress": {"enabled": True, "ingest": {"hosts": ["i.example.com"]},
+                                            "media": {"hosts": ["m.example.com"]}},
+                                "mediaTranscoding": {"enabled": False}}))
+    [ing] = r.kind("Ingress")
+    assert ing["metadata"]["labels"]["app.kubernetes.io/component"] == "ingest"
+    assert "tls" not in ing["spec"] and "ingressClassName" not in ing["spec"] and "annotations" not in ing["metadata"]
+
+
+@pytest.mark.parametrize("preset,websocket,media", [
+    ("traefik", {"traefik.ingress.kubernetes.io/router.entrypoints": "websecure",
+                 "traefik.ingress.kubernetes.io/router.tls": "true"},
+     {"traefik.ingress.kubernetes.io/router.entrypoints": "websecure",
+      "traefik.ingress.kubernetes.io/router.tls": "true"}),
+    ("haproxy", {"haproxy.org/backend-config-snippet": "timeout tunnel 1h"}, {"haproxy.org/timeout-server": "10m"}),
+    ("none", None, None),
+])
+def test_ingress_presets(render, preset, websocket, media):
+    r = render(merge(REQUIRED, {"ingress": dict(EXPOSE_ALL, enabled=True, preset=preset)}))
+    assert r.one("Ingress", "delivery")["metadata"].get("annotations") == websocket
+    assert r.one("Ingress", "media-transcoding")["metadata"].get("annotations") == media
+
+
+def test_httproutes_attach_each_endpoint_to_the_gateway_with_websocket_timeouts(render):
+    r = render(merge(REQUIRED, {"httpRoute": dict(ROUTE_ALL, enabled=True, parentRefs=PARENT,
+                                                  annotations={"a": "b"},
+                                                  timeouts={"media": {"request": "15m", "backendRequest": "10m"}})}))
+    for obj in r.clean():
+        validate_object(obj)
+    expected = {"ingest": ("ingest.example.com", "Exact", "/v1/ws", 8080, {"request": "0s"}),
+                "delivery": ("delivery.example.com", "Exact", "/v1/ws", 8081, {"request": "0s"}),
+                "media-transcoding": ("media.example.com", "PathPrefix", "/v1/media", 8082,
+                                      {"request": "15m", "backendRequest": "10m"})}
+    for component, (host, path_type, path, port, timeouts) in expected.items():
+        route = r.one("HTTPRoute", component)
+        assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+        assert route["metadata"]["annotations"] == {"a": "b"}
+        spec = route["spec"]
+        assert spec["parentRefs"] == PARENT and spec["hostnames"] == [host]
+        [rule] = spec["rules"]
+        assert rule["matches"] == [{"path": {"type": path_type, "value": path}}]
+        assert rule["backendRefs"] == [{"name": f"{RELEASE}-interop-{component}", "port": port}]
+        assert rule["timeouts"] == timeouts
+    # {} leaves the implementation's default.
+    r = render(merge(REQUIRED, {"httpRoute": {"enabled": True, "parentRefs": PARENT, "ingest": ROUTE_ALL["ingest"],
+                                              "timeouts": {"websocket": {"request": None}}}}))
+    assert "timeouts" not in r.one("HTTPRoute", "ingest")["spec"]["rules"][0]
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"ingress": {"enabled": True}}, "ingress.enabled needs a host: set ingress.ingest.hosts"),
+    ({"httpRoute": {"enabled": True, "parentRefs": PARENT}}, "httpRoute.enabled needs a host: set httpRoute.ingest.hostnames"),
+    ({"httpRoute": {"enabled": True, "media": {"hostnames": ["m.example.com"]}}}, "httpRoute.enabled needs httpRoute.parentRefs"),
+    ({"ingress": {"enabled": True, "ingest": {"hosts": ["gw.example.com"]}, "delivery": {"hosts": ["gw.example.com"]}}},
+     "gw.example.com is a host of both ingest and delivery"),
+    ({"ingress": {"enabled": True, "ingest": {"hosts": ["i.example.com"]}}, "tls": {"existingSecret": "gw-tls"}},
+     "but tls.existingSecret makes them serve TLS themselves"),
+    ({"httpRoute": {"enabled": True, "parentRefs": PARENT, "delivery": {"hostnames": ["d.example.com"]}},
+      "tls": {"terminatedInFront": False}}, "set tls.terminatedInFront=true"),
+])
+def test_exposure_settings_that_cannot_work_fail(chart, values, message):
+    with pytest.raises(helm.HelmError) as err:
+        chart.render(merge(REQUIRED, values), name=RELEASE, namespace=NAMESPACE)
+    assert message in str(err.value)
+
+
+def test_only_the_media_api_may_be_exposed_while_the_edge_serves_tls_itself(render):
+    r = render(merge(REQUIRED, {"tls": {"existingSecret": "gw-tls", "terminatedInFront": False},
+                                "ingress": {"enabled": True, "media": {"hosts": ["m.example.com"]}},
+                                "httpRoute": {"enabled": True, "parentRefs": PARENT, "media": {"hostnames": ["m.example.com"]}}}))
+    assert [i["metadata"]["name"] for i in r.kind("Ingress")] == [f"{RELEASE}-interop-media-transcoding"]
+    assert [i["metadata"]["name"] for i in r.kind("HTTPRoute")] == [f"{RELEASE}-interop-media-transcoding"]
+
+
 # --- NATS, Redis and OTLP: credentials and TLS from Secrets -------------------
 
 
@@ -816,6 +938,11 @@ def test_provider_registry_renders_the_toml_the_services_parse(render):
     ({"delivery": {"extraEnvVars": [{"name": "X", "valeu": "1"}]}}, "additional properties 'valeu' not allowed"),
     ({"ingest": {"lifecycleHooks": {"preStart": {}}}}, "additional properties 'preStart' not allowed"),
     ({"ingest": {"preStopSleepSeconds": -1}}, "/ingest/preStopSleepSeconds"),
+    ({"ingress": {"preset": "nginx"}}, "/ingress/preset"),
+    ({"ingress": {"ingest": {"host": "x"}}}, "additional properties 'host' not allowed"),
+    ({"ingress": {"media": {"hosts": ["Media.Example.com"]}}}, "/ingress/media/hosts/0"),
+    ({"httpRoute": {"timeouts": {"websocket": {"request": "1 hour"}}}}, "/httpRoute/timeouts/websocket/request"),
+    ({"httpRoute": {"parentRefs": [{"namespace": "x"}]}}, "/httpRoute/parentRefs/0"),
     ({"ingest": {"extraVolumeMount": []}}, "additional properties 'extraVolumeMount' not allowed"),
     ({"mediaTranscoding": {"containerPort": 70000}}, "/mediaTranscoding/containerPort"),
     ({"authThrottle": {"maxFailuresPerAddress": -2}}, "/authThrottle/maxFailuresPerAddress"),

@@ -397,6 +397,73 @@ providers.toml
 {{- end -}}
 {{- end -}}
 
+{{/*
+The endpoints an Ingress or HTTPRoute can expose: key under ingress/httpRoute,
+the service's component and values key, its Service port name, path and kind.
+*/}}
+{{- define "interop.endpoints" -}}
+- {key: ingest, component: ingest, valuesKey: ingest, portName: ws, path: /v1/ws, pathType: Exact, kind: websocket}
+- {key: delivery, component: delivery, valuesKey: delivery, portName: ws, path: /v1/ws, pathType: Exact, kind: websocket}
+- {key: media, component: media-transcoding, valuesKey: mediaTranscoding, portName: media, path: /v1/media, pathType: Prefix, kind: media}
+{{- end -}}
+
+{{/*
+Controller annotations for long-lived WebSockets and 100 MiB media uploads
+(the largest media kind, docs/protocol.md): (dict "preset" name "kind" websocket|media).
+*/}}
+{{- define "interop.ingressPreset" -}}
+{{- if eq .preset "ingress-nginx" -}}
+{{- if eq .kind "websocket" }}
+nginx.ingress.kubernetes.io/proxy-read-timeout: "3600"
+nginx.ingress.kubernetes.io/proxy-send-timeout: "3600"
+{{- else }}
+nginx.ingress.kubernetes.io/proxy-body-size: 100m
+nginx.ingress.kubernetes.io/proxy-request-buffering: "off"
+nginx.ingress.kubernetes.io/proxy-read-timeout: "600"
+nginx.ingress.kubernetes.io/proxy-send-timeout: "600"
+{{- end }}
+{{- else if eq .preset "traefik" }}
+traefik.ingress.kubernetes.io/router.entrypoints: websecure
+traefik.ingress.kubernetes.io/router.tls: "true"
+{{- else if eq .preset "haproxy" }}
+{{- if eq .kind "websocket" }}
+haproxy.org/backend-config-snippet: timeout tunnel 1h
+{{- else }}
+haproxy.org/timeout-server: 10m
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Fails when an Ingress or HTTPRoute is on but exposes nothing, or contradicts how TLS is set up. */}}
+{{- define "interop.validateExposure" -}}
+{{- range $kind := list "ingress" "httpRoute" -}}
+{{- $x := index $.Values $kind -}}
+{{- if $x.enabled -}}
+{{- $field := ternary "hosts" "hostnames" (eq $kind "ingress") -}}
+{{- $ingest := index $x.ingest $field -}}
+{{- $delivery := index $x.delivery $field -}}
+{{- if not (or $ingest $delivery (index $x.media $field)) -}}
+{{- fail (printf "%s.enabled needs a host: set %s.ingest.%s, %s.delivery.%s and/or %s.media.%s" $kind $kind $field $kind $field $kind $field) -}}
+{{- end -}}
+{{- range $ingest -}}
+{{- if has . $delivery -}}
+{{- fail (printf "%s: %s is a host of both ingest and delivery, which both serve /v1/ws: give them different hosts" $kind .) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq $kind "httpRoute") (not $x.parentRefs) -}}
+{{- fail "httpRoute.enabled needs httpRoute.parentRefs (the Gateway listener the routes attach to)" -}}
+{{- end -}}
+{{- $edge := or (and $ingest $.Values.ingest.enabled) (and $delivery $.Values.delivery.enabled) -}}
+{{- if and $edge $.Values.tls.existingSecret -}}
+{{- fail (printf "%s terminates TLS and speaks plain HTTP to ingest and delivery, but tls.existingSecret makes them serve TLS themselves: remove tls.existingSecret, or expose them with a LoadBalancer Service or TLS passthrough instead (mutual TLS needs that)" $kind) -}}
+{{- end -}}
+{{- if and $edge (not $.Values.tls.terminatedInFront) -}}
+{{- fail (printf "%s terminates TLS in front of ingest and delivery: set tls.terminatedInFront=true (with false they refuse the plaintext the %s sends them)" $kind $kind) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Fails when a service's preStop sleep leaves no time to drain. */}}
 {{- define "interop.validateShutdown" -}}
 {{- range $component, $c := include "interop.components" . | fromYaml -}}
