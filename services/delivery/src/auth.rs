@@ -1,14 +1,14 @@
 //! The `Hello` check of a delivery session (the edge checks shared with
 //! ingest: throttle, registry with tokens or client certificates, connection
-//! cap; see `interop_service::edge`).
+//! cap; see `interop_edge`).
 
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use interop_edge::tls::Peer;
+use interop_edge::ws::{self, Outbound};
+use interop_edge::Admitted;
 use interop_proto::v1::Hello;
-use interop_service::edge::Admitted;
-use interop_service::tls::Peer;
-use interop_service::ws::{self, Outbound};
 
 use crate::Shared;
 

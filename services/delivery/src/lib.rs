@@ -39,10 +39,10 @@ use tracing::info;
 
 use interop_bus::subjects::{ADMISSIONS_CHANGED_ALL, STREAM_CURSORS, STREAM_INBOX};
 use interop_bus::{BusError, StreamSettings};
+use interop_edge::tls::Peer;
+use interop_edge::{EdgeGuard, EdgeLimits};
 use interop_providers::store::RegistryStore;
 use interop_providers::Registry;
-use interop_service::edge::{EdgeGuard, EdgeLimits};
-use interop_service::tls::Peer;
 use interop_service::Deps;
 
 /// Initial read buffer of a session's WebSocket: clients send small frames
@@ -58,7 +58,7 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub streams: StreamSettings,
     /// Connection cap and authentication throttle (see
-    /// `interop_service::edge`).
+    /// `interop_edge`).
     pub edge: EdgeLimits,
 }
 
@@ -163,7 +163,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         .with_state(shared.clone());
     deps.health.set_bound();
     info!(?addr, "delivery is listening.");
-    interop_service::tls::serve(config.listener, config.tls, app, shutdown.clone())
+    interop_edge::tls::serve(config.listener, config.tls, app, shutdown.clone())
         .await
         .map_err(Error::Serve)?;
     shared.sessions.close();
@@ -281,7 +281,7 @@ async fn upgrade(
     Extension(peer): Extension<Peer>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    interop_service::ws::configure(ws)
+    interop_edge::ws::configure(ws)
         // Clients send small frames (acks); a large read buffer per idle
         // session is most of its memory (docs/adr/0011).
         .read_buffer_size(READ_BUFFER_BYTES)

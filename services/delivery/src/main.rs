@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use interop_service::tls::ProviderEndpoint;
+use interop_edge::tls::ProviderEndpoint;
 use interop_service::CommonArgs;
 
 /// Holds recipients' WebSocket sessions and delivers their messages.
@@ -14,9 +14,9 @@ struct Args {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
-    tls: interop_service::tls::TlsArgs,
+    tls: interop_edge::tls::TlsArgs,
     #[command(flatten)]
-    edge: interop_service::edge::EdgeArgs,
+    edge: interop_edge::EdgeArgs,
     /// Address recipients' clients connect to (WebSocket at /v1/ws).
     #[arg(long, env = "INTEROP_DELIVERY_LISTEN", default_value = "0.0.0.0:8081")]
     listen: SocketAddr,

@@ -30,6 +30,7 @@ use interop_bus::subjects::{
     SESSION_STORED,
 };
 use interop_bus::{pipeline, recipient_key};
+use interop_edge::ws::{self, close, Incoming, Outbound};
 use interop_proto::limits::{
     MAX_DEVICE_ID_BYTES, MAX_FRAME_BYTES, MAX_MARK_READ_TAGS, MAX_UNACKED,
 };
@@ -38,7 +39,6 @@ use interop_proto::v1::{
     ServerFrame, Welcome,
 };
 use interop_proto::Address;
-use interop_service::ws::{self, close, Incoming, Outbound};
 
 use crate::Shared;
 
@@ -78,14 +78,10 @@ struct Session {
     /// consent re-check (docs/adr/0018).
     admissions_changed_ms: i64,
     /// The session's place among its provider's connections.
-    _slot: interop_service::edge::ConnectionSlot,
+    _slot: interop_edge::ConnectionSlot,
 }
 
-pub(crate) async fn serve(
-    socket: WebSocket,
-    shared: Arc<Shared>,
-    peer: interop_service::tls::Peer,
-) {
+pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: interop_edge::tls::Peer) {
     let (sink, mut stream) = socket.split();
     let (out, writer) = ws::spawn_writer(sink);
     if let Some(session) = Box::pin(hello(&mut stream, &out, &shared, &peer)).await {
@@ -119,7 +115,7 @@ async fn hello(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     out: &mpsc::Sender<Outbound>,
     shared: &Shared,
-    peer: &interop_service::tls::Peer,
+    peer: &interop_edge::tls::Peer,
 ) -> Option<Session> {
     let (request_id, h) = ws::read_hello(stream, out, &shared.shutdown).await?;
     let admitted = crate::auth::admit(shared, peer, request_id, &h, out).await?;

@@ -19,11 +19,11 @@
 
 use tracing::{debug, warn};
 
+use interop_edge::ws::rejected;
 use interop_proto::v1::{
     server_frame, ConsentState, ConsentUpdated, GetConsent, Inbox, RejectCode, RequestAction,
     RequestResponded, RespondToRequest, ServerFrame, SetConsent,
 };
-use interop_service::ws::rejected;
 use interop_state::contacts::{ContactState, ContactStore, SetOutcome, MAX_CONTACTS};
 use interop_state::reputation::{self, Feedback};
 use interop_state::{Consent, ConsentStore};

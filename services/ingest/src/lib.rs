@@ -32,10 +32,10 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use interop_bus::{BusError, StreamSettings};
+use interop_edge::tls::Peer;
+use interop_edge::{EdgeGuard, EdgeLimits};
 use interop_providers::store::RegistryStore;
 use interop_providers::Registry;
-use interop_service::edge::{EdgeGuard, EdgeLimits};
-use interop_service::tls::Peer;
 use interop_service::Deps;
 pub use interop_state::gcra::RateLimit;
 
@@ -59,7 +59,7 @@ pub struct Config {
     /// The provider admin API; not served when `None`.
     pub admin_api: Option<admin::AdminApi>,
     /// Connection cap and authentication throttle (see
-    /// `interop_service::edge`).
+    /// `interop_edge`).
     pub edge: EdgeLimits,
 }
 
@@ -163,7 +163,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     }
     deps.health.set_bound();
     info!(?addr, "ingest is listening.");
-    interop_service::tls::serve(config.listener, config.tls, app, shutdown.clone())
+    interop_edge::tls::serve(config.listener, config.tls, app, shutdown.clone())
         .await
         .map_err(Error::Serve)?;
     shared.sessions.close();
@@ -180,7 +180,7 @@ async fn upgrade(
     Extension(peer): Extension<Peer>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    interop_service::ws::configure(ws).on_upgrade(move |socket| {
+    interop_edge::ws::configure(ws).on_upgrade(move |socket| {
         let tracker = shared.sessions.clone();
         tracker.track_future(session::serve(socket, shared, peer))
     })

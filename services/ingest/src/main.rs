@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use interop_service::tls::ProviderEndpoint;
+use interop_edge::tls::ProviderEndpoint;
 use interop_service::CommonArgs;
 
 /// The WebSocket edge where providers send messages.
@@ -15,9 +15,9 @@ struct Args {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
-    tls: interop_service::tls::TlsArgs,
+    tls: interop_edge::tls::TlsArgs,
     #[command(flatten)]
-    edge: interop_service::edge::EdgeArgs,
+    edge: interop_edge::EdgeArgs,
     /// Address providers connect to (WebSocket at /v1/ws).
     #[arg(long, env = "INTEROP_INGEST_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,

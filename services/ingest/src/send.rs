@@ -15,10 +15,10 @@ use bytes::Bytes;
 use prost::Message as _;
 use tracing::{debug, warn, Instrument};
 
+use interop_edge::ws::rejected;
 use interop_proto::v1::{
     client_frame, server_frame, Accepted, ClientFrame, PipelineMessage, RejectCode, ServerFrame,
 };
-use interop_service::ws::rejected;
 use interop_state::consent::{self, Consent};
 use interop_state::gcra::{self, RateLimit};
 use interop_state::group::GroupStore;

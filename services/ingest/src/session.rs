@@ -16,11 +16,11 @@ use prost::Message as _;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use interop_edge::tls::Peer;
+use interop_edge::ws::{self, close, Incoming, Outbound};
+use interop_edge::Admitted;
 use interop_proto::limits::{MAX_CIPHERTEXT_BYTES, MAX_FRAME_BYTES, MAX_TEXT_BYTES};
 use interop_proto::v1::{server_frame, ServerFrame, Welcome};
-use interop_service::edge::Admitted;
-use interop_service::tls::Peer;
-use interop_service::ws::{self, close, Incoming, Outbound};
 
 use crate::send::{self, Prepared};
 use crate::Shared;

@@ -69,7 +69,7 @@ pub struct Config {
     pub upload_idle_timeout: Duration,
     /// The failed-authentication throttle (the connection cap in it is not
     /// used here).
-    pub auth_limits: interop_service::edge::EdgeLimits,
+    pub auth_limits: interop_edge::EdgeLimits,
 }
 
 impl Config {
@@ -84,7 +84,7 @@ impl Config {
             transcode: TranscodeSettings::default(),
             max_concurrent_uploads: 64,
             upload_idle_timeout: Duration::from_secs(30),
-            auth_limits: interop_service::edge::EdgeLimits::with_connections(usize::MAX),
+            auth_limits: interop_edge::EdgeLimits::with_connections(usize::MAX),
         }
     }
 }
@@ -172,7 +172,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     );
     let api = Arc::new(api::ApiState {
         providers,
-        edge: interop_service::edge::EdgeGuard::new(deps.redis.clone(), config.auth_limits),
+        edge: interop_edge::EdgeGuard::new(deps.redis.clone(), config.auth_limits),
         store,
         grants,
         metrics,
@@ -193,8 +193,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
             let stop = local.clone();
             // The provider endpoints' HTTP loop: a 10 s limit on each
             // request header, so slow-loris clients are dropped.
-            let r =
-                interop_service::tls::serve(config.listener, None, api::router(api), stop).await;
+            let r = interop_edge::tls::serve(config.listener, None, api::router(api), stop).await;
             local.cancel();
             r
         }

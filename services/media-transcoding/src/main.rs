@@ -16,7 +16,7 @@ struct Args {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
-    auth: interop_service::edge::AuthThrottleArgs,
+    auth: interop_edge::AuthThrottleArgs,
     /// Address of the media API (POST /v1/media, GET /v1/media/{id}).
     #[arg(
         long,

@@ -6,9 +6,6 @@
 //! closure running the service to [`run_main`].
 
 pub mod admin;
-pub mod edge;
-pub mod tls;
-pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -24,8 +24,8 @@ use axum::Extension;
 use tokio_util::io::ReaderStream;
 use tracing::{debug, warn};
 
+use interop_edge::tls::Peer;
 use interop_proto::Address;
-use interop_service::tls::Peer;
 
 use super::{authenticate, count, header_str, ApiError, ApiState, Family};
 use crate::store::is_media_id;

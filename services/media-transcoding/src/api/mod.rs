@@ -32,7 +32,7 @@ pub struct ApiState {
     /// token stops working here too).
     pub providers: tokio::sync::watch::Receiver<Arc<Registry>>,
     /// The failed-authentication throttle shared with ingest and delivery.
-    pub edge: interop_service::edge::EdgeGuard,
+    pub edge: interop_edge::EdgeGuard,
     pub store: MediaStore,
     pub grants: Grants,
     pub metrics: MediaMetrics,
@@ -162,11 +162,11 @@ pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a s
 
 /// The authenticated provider. Failed attempts count against the peer's
 /// address and the provider id, in Redis, together with failed `Hello`s on
-/// ingest and delivery (`interop_service::edge`); past the limits the
+/// ingest and delivery (`interop_edge`); past the limits the
 /// answer is `429 RATE_LIMITED` with `Retry-After`.
 pub(crate) async fn authenticate(
     s: &ApiState,
-    peer: &interop_service::tls::Peer,
+    peer: &interop_edge::tls::Peer,
     headers: &HeaderMap,
 ) -> Result<Provider, ApiError> {
     let provider = header_str(headers, "x-interop-provider").ok_or_else(ApiError::auth_failed)?;

@@ -30,8 +30,8 @@ use axum::Extension;
 use futures_util::StreamExt;
 use tracing::{debug, warn};
 
+use interop_edge::tls::Peer;
 use interop_proto::v1::Encryption;
-use interop_service::tls::Peer;
 
 use super::{authenticate, count, header_str, ApiError, ApiState, Family};
 use crate::error::MediaError;

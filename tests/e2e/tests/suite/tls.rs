@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use interop_client::{text_envelope, Receiver, SendOutcome, Sender};
 use interop_e2e::{connect_service, registry, HOME_TOKEN, SIGNAL_TOKEN};
-use interop_service::tls::TlsArgs;
+use interop_edge::tls::TlsArgs;
 use interop_test_support::{NatsServer, RedisServer};
 
 const BOB: &str = "home:+4915112345678";
@@ -23,7 +23,7 @@ async fn ingest_and_delivery_speak_tls() {
     let (cert_pem, key_pem) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
     std::fs::write(&key_pem, cert.signing_key.serialize_pem()).unwrap();
-    let server_tls = interop_service::tls::server_config(&cert_pem, &key_pem).unwrap();
+    let server_tls = interop_edge::tls::server_config(&cert_pem, &key_pem).unwrap();
 
     let nats = NatsServer::start();
     let redis = RedisServer::start();

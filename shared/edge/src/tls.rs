@@ -28,7 +28,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::ConfigError;
+use interop_service::ConfigError;
 
 /// TLS flags of a provider-facing endpoint.
 #[derive(Debug, Clone, clap::Args)]

@@ -18,9 +18,9 @@ use interop_e2e::{
     connect_service, read_server_frame, registry, wait_listening, Cluster, HOME_TOKEN,
     SIGNAL_TOKEN, TELEGRAM_TOKEN,
 };
+use interop_edge::EdgeLimits;
 use interop_proto::limits::HARD_MAX_FRAME_BYTES;
 use interop_proto::v1::{client_frame, server_frame, ClientFrame, Hello, RejectCode, ServerFrame};
-use interop_service::edge::EdgeLimits;
 use interop_test_support::{NatsServer, RedisServer};
 
 const BOB: &str = "home:+4915112345678";
@@ -361,7 +361,7 @@ async fn slow_loris_connections_are_dropped_after_their_timeouts() {
     let tl = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tls_addr = tl.local_addr().unwrap();
     let mut tc = interop_ingest::Config::new(tl, Arc::new(registry()));
-    tc.tls = Some(interop_service::tls::server_config(&cert_pem, &key_pem).unwrap());
+    tc.tls = Some(interop_edge::tls::server_config(&cert_pem, &key_pem).unwrap());
     let stop = CancellationToken::new();
     let (d, s) = (
         connect_service(&c.nats.url(), &c.redis.url(), "ingest").await,

@@ -190,7 +190,7 @@ async fn spammers_over_the_limit_are_refused_and_counted() {
 async fn fan_out_spam_to_strangers_is_held_and_first_contacts_are_requests() {
     let cluster = Cluster::start().await;
     // The shipped scenario, shortened: 6 s at 100 msgs/s.
-    let mut text = include_str!("../scenarios/spammer.toml").to_owned();
+    let mut text = include_str!("../../../../loadtest/scenarios/spammer.toml").to_owned();
     for (from, to) in [
         ("duration_s = 180", "duration_s = 6"),
         ("warmup_s = 2", "warmup_s = 0"),

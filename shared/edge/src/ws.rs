@@ -322,8 +322,8 @@ pub async fn refuse_hello(
 }
 
 /// Refuses a `Hello` as the edge checks decided (see
-/// [`crate::edge::EdgeGuard::admit`]) and closes the connection.
-pub async fn refuse(out: &mpsc::Sender<Outbound>, request_id: u64, refusal: &crate::edge::Refusal) {
+/// [`crate::EdgeGuard::admit`]) and closes the connection.
+pub async fn refuse(out: &mpsc::Sender<Outbound>, request_id: u64, refusal: &crate::Refusal) {
     push(
         out,
         Outbound::frame(rejected(

@@ -77,12 +77,15 @@ pub struct AuthThrottleArgs {
 
 impl EdgeArgs {
     /// The limits, with `default_connections` when the flag is not given.
-    pub fn limits(&self, default_connections: usize) -> Result<EdgeLimits, crate::ConfigError> {
+    pub fn limits(
+        &self,
+        default_connections: usize,
+    ) -> Result<EdgeLimits, interop_service::ConfigError> {
         let max_connections_per_provider = self
             .max_connections_per_provider
             .unwrap_or(default_connections);
         if max_connections_per_provider == 0 {
-            return Err(crate::ConfigError(
+            return Err(interop_service::ConfigError(
                 "--max-connections-per-provider must be positive".into(),
             ));
         }
@@ -95,9 +98,9 @@ impl AuthThrottleArgs {
     pub fn limits(
         &self,
         max_connections_per_provider: usize,
-    ) -> Result<EdgeLimits, crate::ConfigError> {
+    ) -> Result<EdgeLimits, interop_service::ConfigError> {
         if self.auth_failure_window_secs == 0 {
-            return Err(crate::ConfigError(
+            return Err(interop_service::ConfigError(
                 "--auth-failure-window-secs must be positive".into(),
             ));
         }

@@ -15,9 +15,11 @@
 //! killed and restarted one at a time) and [`ChaosProxy`] (a TCP proxy that
 //! delays, blackholes or cuts connections on demand).
 
+mod cargo_bins;
 mod chaos;
 mod cluster;
 
+pub use cargo_bins::build_bins;
 pub use chaos::{ChaosProxy, Mode};
 pub use cluster::{NatsCluster, CLUSTER_NAME};
 

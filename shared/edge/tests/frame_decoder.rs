@@ -2,9 +2,9 @@
 //! every outcome is a frame or a typed rejection.
 
 use axum::extract::ws::Message;
+use interop_edge::ws::{classify, Incoming};
 use interop_proto::limits::MAX_FRAME_BYTES;
 use interop_proto::v1::{server_frame, ClientFrame, RejectCode};
-use interop_service::ws::{classify, Incoming};
 use proptest::prelude::*;
 use prost::Message as _;
 

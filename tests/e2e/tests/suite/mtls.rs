@@ -174,7 +174,7 @@ fn receiver_refused_with(result: Result<Receiver, ClientError>) -> RejectCode {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_authenticates_its_provider_and_no_other() {
     let pki = pki("e2e");
-    let server_tls = interop_service::tls::server_config_with_client_ca(
+    let server_tls = interop_edge::tls::server_config_with_client_ca(
         &pki.server_cert,
         &pki.server_key,
         Some(&pki.ca_pem),
@@ -405,7 +405,7 @@ async fn a_client_certificate_authenticates_its_provider_and_no_other() {
 
 #[test]
 fn client_ca_needs_tls_and_a_readable_bundle() {
-    use interop_service::tls::TlsArgs;
+    use interop_edge::tls::TlsArgs;
     let lo: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
     let ca_only = TlsArgs {
         tls_cert: None,

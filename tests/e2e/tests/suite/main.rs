@@ -1,0 +1,28 @@
+//! The in-process end-to-end suite: one test binary (one link instead of one
+//! per file), a module per area. Each test starts its own real `nats-server`
+//! and `redis-server` (through `interop_test_support`) and, where it needs
+//! the gateway, the five services in this process (`interop_e2e::Gateway`).
+//!
+//! `logs.rs` and `tracing.rs` beside this folder stay binaries of their own:
+//! each installs a process-wide tracing subscriber.
+
+mod consent;
+mod delivery;
+mod edge;
+mod erase_user;
+mod erasure;
+mod hostile;
+mod loadtest_gateway;
+mod media;
+mod mtls;
+mod observability;
+mod pipeline;
+mod provider_edge;
+mod registry;
+mod repository;
+mod retention;
+mod rich;
+mod routing_batch;
+mod routing_score;
+mod security;
+mod tls;
