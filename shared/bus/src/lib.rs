@@ -28,6 +28,13 @@ pub enum BusError {
         url: String,
         source: async_nats::ConnectError,
     },
+    /// A credentials file that cannot be read or parsed (a configuration
+    /// error: nothing to wait for). The file's contents are never shown.
+    #[error("cannot use the NATS credentials file {path}: {source}")]
+    Credentials {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("nats-server {found} is too old: the gateway needs 2.9.0 or newer")]
     ServerTooOld { found: String },
     #[error("cannot create or update stream {name}: {source}")]
@@ -112,11 +119,96 @@ pub fn slow_consumer_events() -> u64 {
 /// than 2.9 once reached ([`BusError::ServerTooOld`]). Cancel the future to
 /// stop waiting.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
+    connect_with(url, name, &NatsSecurity::default()).await
+}
+
+/// How a service authenticates to NATS and checks its certificate; every
+/// field is optional, and the default is neither TLS nor credentials.
+/// Secrets come from files or the environment (a Kubernetes Secret), never
+/// from the URL in a ConfigMap.
+#[derive(Clone, Default)]
+pub struct NatsSecurity {
+    /// A `.creds` file (a user JWT and its nkey seed).
+    pub creds_file: Option<std::path::PathBuf>,
+    /// A file holding an nkey seed (`SU...`).
+    pub nkey_file: Option<std::path::PathBuf>,
+    /// User and password.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// CA certificate (PEM) that the server's certificate must chain to;
+    /// setting it requires TLS.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for NatsSecurity {
+    // The password never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSecurity")
+            .field("creds_file", &self.creds_file)
+            .field("nkey_file", &self.nkey_file)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .finish()
+    }
+}
+
+impl NatsSecurity {
+    /// `options` with these credentials and TLS settings.
+    async fn apply(
+        &self,
+        mut options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions, BusError> {
+        if let Some(path) = &self.creds_file {
+            options =
+                options
+                    .credentials_file(path)
+                    .await
+                    .map_err(|source| BusError::Credentials {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+        }
+        if let Some(path) = &self.nkey_file {
+            let seed = std::fs::read_to_string(path).map_err(|source| BusError::Credentials {
+                path: path.display().to_string(),
+                source,
+            })?;
+            options = options.nkey(seed.trim().to_owned());
+        }
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) {
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        Ok(options)
+    }
+}
+
+/// [`connect`] with credentials and TLS settings.
+pub async fn connect_with(
+    url: &str,
+    name: &str,
+    security: &NatsSecurity,
+) -> Result<async_nats::Client, BusError> {
     let last_error: Arc<Mutex<Option<String>>> = Arc::default();
     let ever_connected = Arc::new(AtomicBool::new(false));
     let client = {
         let (last_error, ever_connected) = (last_error.clone(), ever_connected.clone());
-        async_nats::ConnectOptions::new()
+        security
+            .apply(async_nats::ConnectOptions::new())
+            .await?
             .name(name)
             .retry_on_initial_connect()
             .max_reconnects(None)

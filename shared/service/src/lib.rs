@@ -16,6 +16,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use std::path::PathBuf;
+
+pub use interop_bus::NatsSecurity;
 use interop_bus::StreamSettings;
 pub use interop_telemetry::metrics::Metrics;
 use interop_telemetry::LogFormat;
@@ -69,6 +72,191 @@ pub struct CommonArgs {
     /// Seconds to finish in-flight work after SIGTERM before exiting.
     #[arg(long, env = "INTEROP_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
+    #[command(flatten)]
+    pub secured: SecuredArgs,
+}
+
+/// Credentials and TLS for NATS and Redis: files (mounted from Kubernetes
+/// Secrets) and environment variables set from Secrets, so no secret has to
+/// sit in a URL or a ConfigMap.
+#[derive(Clone, Default, clap::Args)]
+pub struct SecuredArgs {
+    /// NATS credentials file (`.creds`: a user JWT and its nkey seed).
+    #[arg(long, env = "INTEROP_NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<PathBuf>,
+    /// File holding a NATS nkey seed.
+    #[arg(long, env = "INTEROP_NATS_NKEY_FILE")]
+    pub nats_nkey_file: Option<PathBuf>,
+    /// NATS user (with `--nats-password`).
+    #[arg(long, env = "INTEROP_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password (with `--nats-user`); prefer the environment variable.
+    #[arg(long, env = "INTEROP_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// CA certificate (PEM) for NATS; setting it requires TLS.
+    #[arg(long, env = "INTEROP_NATS_TLS_CA_FILE")]
+    pub nats_tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS with NATS (with the key).
+    #[arg(long, env = "INTEROP_NATS_TLS_CERT_FILE")]
+    pub nats_tls_cert_file: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS with NATS.
+    #[arg(long, env = "INTEROP_NATS_TLS_KEY_FILE")]
+    pub nats_tls_key_file: Option<PathBuf>,
+    /// Redis ACL user (optional, with the password).
+    #[arg(long, env = "INTEROP_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    /// Redis password, any characters (no URL encoding); prefer the
+    /// environment variable.
+    #[arg(long, env = "INTEROP_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// CA certificate (PEM) for a `rediss://` URL, instead of the system's.
+    #[arg(long, env = "INTEROP_REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS with Redis (with the key).
+    #[arg(long, env = "INTEROP_REDIS_TLS_CERT_FILE")]
+    pub redis_tls_cert_file: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS with Redis.
+    #[arg(long, env = "INTEROP_REDIS_TLS_KEY_FILE")]
+    pub redis_tls_key_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SecuredArgs {
+    // Passwords never reach a log line; file paths and names may.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |p: &Option<String>| p.as_ref().map(|_| "***");
+        f.debug_struct("SecuredArgs")
+            .field("nats_creds_file", &self.nats_creds_file)
+            .field("nats_nkey_file", &self.nats_nkey_file)
+            .field("nats_user", &self.nats_user)
+            .field("nats_password", &hidden(&self.nats_password))
+            .field("nats_tls_ca_file", &self.nats_tls_ca_file)
+            .field("nats_tls_cert_file", &self.nats_tls_cert_file)
+            .field("nats_tls_key_file", &self.nats_tls_key_file)
+            .field("redis_username", &self.redis_username)
+            .field("redis_password", &hidden(&self.redis_password))
+            .field("redis_tls_ca_file", &self.redis_tls_ca_file)
+            .field("redis_tls_cert_file", &self.redis_tls_cert_file)
+            .field("redis_tls_key_file", &self.redis_tls_key_file)
+            .finish()
+    }
+}
+
+/// Where NATS and Redis are and how to reach them securely.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub nats_url: String,
+    pub nats: NatsSecurity,
+    pub redis: RedisTarget,
+}
+
+impl Endpoints {
+    /// NATS and Redis at these URLs, without credentials or TLS settings
+    /// beyond what the URLs say.
+    pub fn plain(nats_url: &str, redis_url: &str) -> Self {
+        Self {
+            nats_url: nats_url.to_owned(),
+            nats: NatsSecurity::default(),
+            redis: RedisTarget {
+                url: redis_url.to_owned(),
+                ..RedisTarget::default()
+            },
+        }
+    }
+}
+
+/// A Redis server: its URL (`redis://` or `rediss://` for TLS) and the
+/// credentials and certificates given apart from it.
+#[derive(Clone, Default)]
+pub struct RedisTarget {
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RedisTarget {
+    // Neither the password nor one inside the URL reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("url", &redact_url(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .finish()
+    }
+}
+
+impl RedisTarget {
+    /// A client for this server. Fails on a malformed URL, a certificate
+    /// file that cannot be read, or TLS files given for a `redis://` URL.
+    pub fn client(&self) -> Result<redis::Client, DepsError> {
+        use redis::IntoConnectionInfo as _;
+        let bad = |detail: String| DepsError::Redis {
+            url: redact_url(&self.url),
+            source: redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "invalid Redis settings",
+                detail,
+            )),
+        };
+        let info = self
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|source| DepsError::Redis {
+                url: redact_url(&self.url),
+                source,
+            })?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &self.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password);
+        }
+        let info = info.set_redis_settings(settings);
+        let tls_files = self.tls_ca_file.is_some() || self.tls_cert_file.is_some();
+        if !tls_files {
+            return redis::Client::open(info).map_err(|source| DepsError::Redis {
+                url: redact_url(&self.url),
+                source,
+            });
+        }
+        if !self.url.starts_with("rediss://") {
+            return Err(bad("TLS certificate files need a rediss:// URL".to_owned()));
+        }
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|e| bad(format!("cannot read {}: {e}", p.display())))
+        };
+        let client_tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(bad(
+                    "give both the client certificate and its key".to_owned()
+                ))
+            }
+        };
+        let root_cert = self.tls_ca_file.as_ref().map(read).transpose()?;
+        redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+        .map_err(|source| DepsError::Redis {
+            url: redact_url(&self.url),
+            source,
+        })
+    }
 }
 
 /// A configuration error: the binary prints it and exits with code 64.
@@ -77,6 +265,76 @@ pub struct CommonArgs {
 pub struct ConfigError(pub String);
 
 impl CommonArgs {
+    /// Where NATS and Redis are and how to reach them, from these flags.
+    pub fn endpoints(&self) -> Result<Endpoints, ConfigError> {
+        let s = &self.secured;
+        let pair = |a: bool, b: bool, what: &str| {
+            if a == b {
+                Ok(())
+            } else {
+                Err(ConfigError(format!("{what}: give both or neither")))
+            }
+        };
+        pair(
+            s.nats_user.is_some(),
+            s.nats_password.is_some(),
+            "--nats-user and --nats-password",
+        )?;
+        pair(
+            s.nats_tls_cert_file.is_some(),
+            s.nats_tls_key_file.is_some(),
+            "--nats-tls-cert-file and --nats-tls-key-file",
+        )?;
+        pair(
+            s.redis_tls_cert_file.is_some(),
+            s.redis_tls_key_file.is_some(),
+            "--redis-tls-cert-file and --redis-tls-key-file",
+        )?;
+        let methods = [
+            s.nats_creds_file.is_some(),
+            s.nats_nkey_file.is_some(),
+            s.nats_user.is_some(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return Err(ConfigError(
+                "NATS credentials: give one of --nats-creds-file, --nats-nkey-file or --nats-user"
+                    .into(),
+            ));
+        }
+        if (s.redis_tls_ca_file.is_some() || s.redis_tls_cert_file.is_some())
+            && !self.redis_url.starts_with("rediss://")
+        {
+            return Err(ConfigError(
+                "--redis-tls-ca-file and --redis-tls-cert-file need a rediss:// URL".into(),
+            ));
+        }
+        if s.redis_username.is_some() && s.redis_password.is_none() {
+            return Err(ConfigError(
+                "--redis-username needs --redis-password".into(),
+            ));
+        }
+        Ok(Endpoints {
+            nats_url: self.nats_url.clone(),
+            nats: NatsSecurity {
+                creds_file: s.nats_creds_file.clone(),
+                nkey_file: s.nats_nkey_file.clone(),
+                user: s.nats_user.clone(),
+                password: s.nats_password.clone(),
+                tls_ca_file: s.nats_tls_ca_file.clone(),
+                tls_cert_file: s.nats_tls_cert_file.clone(),
+                tls_key_file: s.nats_tls_key_file.clone(),
+            },
+            redis: RedisTarget {
+                url: self.redis_url.clone(),
+                username: s.redis_username.clone(),
+                password: s.redis_password.clone(),
+                tls_ca_file: s.redis_tls_ca_file.clone(),
+                tls_cert_file: s.redis_tls_cert_file.clone(),
+                tls_key_file: s.redis_tls_key_file.clone(),
+            },
+        })
+    }
+
     /// The stream settings these flags describe.
     pub fn stream_settings(&self) -> Result<StreamSettings, ConfigError> {
         if !(1..=5).contains(&self.stream_replicas) {
@@ -134,7 +392,11 @@ impl DepsError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            Self::Redis { .. } | Self::Nats(interop_bus::BusError::Connect { .. })
+            Self::Redis { .. }
+                | Self::Nats(
+                    interop_bus::BusError::Connect { .. }
+                        | interop_bus::BusError::Credentials { .. }
+                )
         )
     }
 }
@@ -156,13 +418,27 @@ impl Deps {
         health: Arc<Health>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, DepsError> {
+        Self::connect_to(
+            &Endpoints::plain(nats_url, redis_url),
+            name,
+            health,
+            metrics,
+        )
+        .await
+    }
+
+    /// [`Deps::connect`] with credentials and TLS settings.
+    pub async fn connect_to(
+        endpoints: &Endpoints,
+        name: &str,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, DepsError> {
+        let redis_url = endpoints.redis.url.as_str();
         // A malformed Redis URL fails before anything is waited for.
-        let client = redis::Client::open(redis_url).map_err(|source| DepsError::Redis {
-            url: redact_url(redis_url),
-            source,
-        })?;
+        let client = endpoints.redis.client()?;
         health.set_phase(Phase::Nats);
-        let nats = interop_bus::connect(nats_url, name).await?;
+        let nats = interop_bus::connect_with(&endpoints.nats_url, name, &endpoints.nats).await?;
         health.set_phase(Phase::Redis);
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -375,6 +651,13 @@ where
         eprintln!("{name}: --trace-sample-ratio must be between 0 and 1");
         return 64;
     }
+    let endpoints = match common.endpoints() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return 64;
+        }
+    };
     let options = interop_telemetry::Options {
         format,
         filter: common.log.clone(),
@@ -407,7 +690,7 @@ where
     ));
     info!("Starting; waiting for NATS and Redis.");
     let deps = tokio::select! {
-        d = Deps::connect(&common.nats_url, &common.redis_url, name, health.clone(), metrics) => d,
+        d = Deps::connect_to(&endpoints, name, health.clone(), metrics) => d,
         () = shutdown.cancelled() => return 0,
     };
     let deps = match deps {

@@ -35,6 +35,10 @@ pub enum TelemetryError {
     Exporter(String),
     #[error("invalid log filter {filter:?}: {message}")]
     BadFilter { filter: String, message: String },
+    /// The exporter has no TLS client yet: an `https` collector would fail
+    /// every export, so it is refused at start instead.
+    #[error("OTLP endpoint {0:?}: https is not supported yet; export over http to a collector beside the service (an agent or sidecar) that forwards over TLS")]
+    HttpsEndpoint(String),
 }
 
 impl FromStr for LogFormat {
@@ -161,6 +165,9 @@ fn tracer_provider(
     use opentelemetry_sdk::trace::{
         span_processor_with_async_runtime::BatchSpanProcessor, Sampler,
     };
+    if endpoint.starts_with("https://") {
+        return Err(TelemetryError::HttpsEndpoint(endpoint.to_owned()));
+    }
     let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -222,5 +229,11 @@ mod tests {
     fn log_format_parses() {
         assert_eq!("json".parse::<LogFormat>().unwrap(), LogFormat::Json);
         assert!("xml".parse::<LogFormat>().is_err());
+    }
+
+    #[test]
+    fn an_https_collector_is_refused_at_start_not_at_each_export() {
+        let e = tracer_provider("test", "https://collector:4318", 1.0).unwrap_err();
+        assert!(matches!(e, TelemetryError::HttpsEndpoint(_)), "{e}");
     }
 }

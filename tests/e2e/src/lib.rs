@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use interop_providers::{hash_token, Registry};
-use interop_service::{Deps, Health};
+use interop_service::{Deps, Endpoints, Health};
 use interop_test_support::{NatsServer, RedisServer};
 
 /// Demo providers and their tokens.
@@ -74,8 +74,7 @@ pub struct Gateway {
 
 /// Connects one service and serves its admin port on a free port.
 async fn deps(
-    nats_url: &str,
-    redis_url: &str,
+    endpoints: &Endpoints,
     name: &'static str,
     healths: &mut Vec<Arc<Health>>,
     admin: &mut Vec<(&'static str, String)>,
@@ -97,7 +96,7 @@ async fn deps(
         metrics.clone(),
         shutdown.child_token(),
     ));
-    Deps::connect(nats_url, redis_url, name, health, metrics)
+    Deps::connect_to(endpoints, name, health, metrics)
         .await
         .expect("connecting a service to the test servers")
 }
@@ -114,6 +113,12 @@ impl Gateway {
         redis_url: &str,
         spam: interop_spam_scoring::Config,
     ) -> Self {
+        Self::start_to(&Endpoints::plain(nats_url, redis_url), spam).await
+    }
+
+    /// The five services connected to NATS and Redis as `endpoints` say
+    /// (credentials, TLS).
+    pub async fn start_to(endpoints: &Endpoints, spam: interop_spam_scoring::Config) -> Self {
         let providers = Arc::new(registry());
         let shutdown = CancellationToken::new();
         let ingest_listener = TcpListener::bind("127.0.0.1:0")
@@ -134,15 +139,7 @@ impl Gateway {
         let mut healths = Vec::new();
         let mut admin = Vec::new();
 
-        let d = deps(
-            nats_url,
-            redis_url,
-            "ingest",
-            &mut healths,
-            &mut admin,
-            &shutdown,
-        )
-        .await;
+        let d = deps(endpoints, "ingest", &mut healths, &mut admin, &shutdown).await;
         let mut config = interop_ingest::Config::new(ingest_listener, providers.clone());
         let admin_listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -163,8 +160,7 @@ impl Gateway {
         ));
 
         let d = deps(
-            nats_url,
-            redis_url,
+            endpoints,
             "spam-scoring",
             &mut healths,
             &mut admin,
@@ -181,15 +177,7 @@ impl Gateway {
             }),
         ));
 
-        let d = deps(
-            nats_url,
-            redis_url,
-            "routing",
-            &mut healths,
-            &mut admin,
-            &shutdown,
-        )
-        .await;
+        let d = deps(endpoints, "routing", &mut healths, &mut admin, &shutdown).await;
         let s = shutdown.clone();
         tasks.push((
             "routing",
@@ -201,8 +189,7 @@ impl Gateway {
         ));
 
         let d = deps(
-            nats_url,
-            redis_url,
+            endpoints,
             "media-transcoding",
             &mut healths,
             &mut admin,
@@ -224,15 +211,7 @@ impl Gateway {
             }),
         ));
 
-        let d = deps(
-            nats_url,
-            redis_url,
-            "delivery",
-            &mut healths,
-            &mut admin,
-            &shutdown,
-        )
-        .await;
+        let d = deps(endpoints, "delivery", &mut healths, &mut admin, &shutdown).await;
         let config = interop_delivery::Config::new(delivery_listener, providers);
         let s = shutdown.clone();
         tasks.push((

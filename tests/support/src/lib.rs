@@ -157,6 +157,19 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    /// Flags beyond the defaults: TLS and credentials.
+    extra: Vec<String>,
+}
+
+/// A server's TLS material, PEM files the test made (for example with
+/// `rcgen`). The certificate must name `127.0.0.1`, the address the servers
+/// listen on and their URLs use.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With a CA, clients must present a certificate it signed (mutual TLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 impl NatsServer {
@@ -169,7 +182,48 @@ impl NatsServer {
             dir,
             port: 0,
             child: None,
+            extra: Vec::new(),
         };
+        server.spawn_anywhere();
+        server
+    }
+
+    /// A `nats-server -js` that speaks only TLS, and with `user` requires
+    /// that user and password.
+    pub fn start_secured(tls: &ServerTls, user: Option<(&str, &str)>) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("interop-nats-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let mut extra: Vec<String> = vec![
+            "--tls".into(),
+            "--tlscert".into(),
+            tls.cert.display().to_string(),
+            "--tlskey".into(),
+            tls.key.display().to_string(),
+        ];
+        if let Some(ca) = &tls.client_ca {
+            extra.extend([
+                "--tlsverify".into(),
+                "--tlscacert".into(),
+                ca.display().to_string(),
+            ]);
+        }
+        if let Some((u, p)) = user {
+            extra.extend(["--user".into(), u.into(), "--pass".into(), p.into()]);
+        }
+        let mut server = Self {
+            dir,
+            port: 0,
+            child: None,
+            extra,
+        };
+        server.spawn_anywhere();
+        server
+    }
+
+    fn spawn_anywhere(&mut self) {
+        let server = self;
         for attempt in 0.. {
             match server.spawn_on_port(free_port()) {
                 Ok(()) => break,
@@ -177,7 +231,6 @@ impl NatsServer {
                 Err(e) => assert!(attempt < 5, "nats-server failed to start five times: {e}"),
             }
         }
-        server
     }
 
     /// A `nats-server -js` on `port`, which must be free.
@@ -190,6 +243,7 @@ impl NatsServer {
             dir,
             port: 0,
             child: None,
+            extra: Vec::new(),
         };
         if let Err(e) = server.spawn_on_port(port) {
             panic!("nats-server did not start on port {port}: {e}");
@@ -205,7 +259,7 @@ impl NatsServer {
         let log = self.log_path();
         std::fs::remove_file(&log).ok();
         let store = self.dir.path().join("jetstream");
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "-a".into(),
             "127.0.0.1".into(),
             "-p".into(),
@@ -216,6 +270,7 @@ impl NatsServer {
             "-l".into(),
             log.display().to_string(),
         ];
+        args.extend(self.extra.iter().cloned());
         let mut child = spawn("nats-server", "nats-server", &args);
         let deadline = Instant::now() + START_TIMEOUT;
         // JetStream is ready once the server says so.
@@ -287,6 +342,9 @@ pub struct RedisServer {
     port: u16,
     persistence: bool,
     child: Option<Child>,
+    /// TLS-only with these files, and a password if any.
+    tls: Option<ServerTls>,
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -300,7 +358,21 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// Redis that speaks only TLS (`rediss://`), and with a password
+    /// requires it (`requirepass`).
+    pub fn start_secured(tls: &ServerTls, password: Option<&str>) -> Self {
+        Self::start_configured(false, Some(tls.clone()), password.map(str::to_owned))
+    }
+
     fn start_with(persistence: bool) -> Self {
+        Self::start_configured(persistence, None, None)
+    }
+
+    fn start_configured(
+        persistence: bool,
+        tls: Option<ServerTls>,
+        password: Option<String>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("interop-redis-")
             .tempdir()
@@ -310,6 +382,8 @@ impl RedisServer {
             port: 0,
             persistence,
             child: None,
+            tls,
+            password,
         };
         for attempt in 0.. {
             let port = free_port();
@@ -323,10 +397,15 @@ impl RedisServer {
 
     fn spawn_on_port(&mut self, port: u16) -> bool {
         let aof = if self.persistence { "yes" } else { "no" };
-        let args: Vec<String> = [
+        let port_flag = if self.tls.is_some() {
+            "--tls-port"
+        } else {
+            "--port"
+        };
+        let mut args: Vec<String> = [
             "--bind",
             "127.0.0.1",
-            "--port",
+            port_flag,
             &port.to_string(),
             "--dir",
             &self.dir.path().display().to_string(),
@@ -344,13 +423,38 @@ impl RedisServer {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        if let Some(tls) = &self.tls {
+            args.extend(["--port".into(), "0".into()]);
+            args.extend(["--tls-cert-file".into(), tls.cert.display().to_string()]);
+            args.extend(["--tls-key-file".into(), tls.key.display().to_string()]);
+            match &tls.client_ca {
+                Some(ca) => args.extend(["--tls-ca-cert-file".into(), ca.display().to_string()]),
+                None => {
+                    // Redis wants a CA even when it asks no client certificate.
+                    args.extend(["--tls-ca-cert-file".into(), tls.cert.display().to_string()]);
+                    args.extend(["--tls-auth-clients".into(), "no".into()]);
+                }
+            }
+        }
+        if let Some(p) = &self.password {
+            args.extend(["--requirepass".into(), p.clone()]);
+        }
+        let log = self.dir.path().join("redis.log");
+        std::fs::remove_file(&log).ok();
         let mut child = spawn("redis-server", "redis-server", &args);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             // Ready when our child answers on the port: a port that only
             // accepts (another process, or a server still loading) does not
-            // count.
-            if served_by(port, child.id()) {
+            // count. A TLS or password-protected server cannot be asked in
+            // plain text: its own log (in our temp dir) says when it is ready.
+            let ready = if self.tls.is_some() || self.password.is_some() {
+                read_file(&log).contains("Ready to accept connections")
+                    && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            } else {
+                served_by(port, child.id())
+            };
+            if ready {
                 self.port = port;
                 self.child = Some(child);
                 return true;
@@ -366,9 +470,15 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, or `rediss://` for a TLS server. The
+    /// password, if any, is not in it.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn port(&self) -> u16 {

@@ -24,5 +24,6 @@ mod retention;
 mod rich;
 mod routing_batch;
 mod routing_score;
+mod secured_deps;
 mod security;
 mod tls;
