@@ -174,27 +174,28 @@ pub struct ServerTls {
 
 impl NatsServer {
     pub fn start() -> Self {
+        let mut server = Self::unstarted(Vec::new());
+        server.spawn_anywhere();
+        server
+    }
+
+    /// A server not yet started, with its temp dir and `extra` flags.
+    fn unstarted(extra: Vec<String>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("interop-nats-")
             .tempdir()
             .expect("creating a temp dir");
-        let mut server = Self {
+        Self {
             dir,
             port: 0,
             child: None,
-            extra: Vec::new(),
-        };
-        server.spawn_anywhere();
-        server
+            extra,
+        }
     }
 
     /// A `nats-server -js` that speaks only TLS, and with `user` requires
     /// that user and password.
     pub fn start_secured(tls: &ServerTls, user: Option<(&str, &str)>) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("interop-nats-")
-            .tempdir()
-            .expect("creating a temp dir");
         let mut extra: Vec<String> = vec![
             "--tls".into(),
             "--tlscert".into(),
@@ -212,12 +213,7 @@ impl NatsServer {
         if let Some((u, p)) = user {
             extra.extend(["--user".into(), u.into(), "--pass".into(), p.into()]);
         }
-        let mut server = Self {
-            dir,
-            port: 0,
-            child: None,
-            extra,
-        };
+        let mut server = Self::unstarted(extra);
         server.spawn_anywhere();
         server
     }
@@ -235,16 +231,7 @@ impl NatsServer {
 
     /// A `nats-server -js` on `port`, which must be free.
     pub fn start_on(port: u16) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("interop-nats-")
-            .tempdir()
-            .expect("creating a temp dir");
-        let mut server = Self {
-            dir,
-            port: 0,
-            child: None,
-            extra: Vec::new(),
-        };
+        let mut server = Self::unstarted(Vec::new());
         if let Err(e) = server.spawn_on_port(port) {
             panic!("nats-server did not start on port {port}: {e}");
         }
