@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use interop_proto::v1::{Hello, RejectCode};
 use interop_providers::{AuthError, Registry};
+use interop_state::keys;
 
 use crate::tls::Peer;
 
@@ -183,18 +184,6 @@ pub struct EdgeGuard {
     counts: Arc<Mutex<HashMap<String, usize>>>,
 }
 
-fn addr_key(ip: IpAddr) -> String {
-    format!("interop:edge:authfail:addr:{ip}")
-}
-
-fn provider_key(provider: &str) -> String {
-    format!("interop:edge:authfail:provider:{provider}")
-}
-
-fn known_key(provider: &str, ip: IpAddr) -> String {
-    format!("interop:edge:authok:{provider}:{ip}")
-}
-
 impl EdgeGuard {
     pub fn new(redis: redis::aio::ConnectionManager, limits: EdgeLimits) -> Self {
         Self {
@@ -325,11 +314,11 @@ impl EdgeGuard {
             return None;
         }
         let mut pipe = redis::pipe();
-        pipe.get(addr_key(ip))
-            .pttl(addr_key(ip))
-            .get(provider_key(provider))
-            .pttl(provider_key(provider))
-            .exists(known_key(provider, ip));
+        pipe.get(keys::authfail_addr(ip))
+            .pttl(keys::authfail_addr(ip))
+            .get(keys::authfail_provider(provider))
+            .pttl(keys::authfail_provider(provider))
+            .exists(keys::authok(provider, ip));
         let mut redis = self.redis.clone();
         let answer = tokio::time::timeout(
             REDIS_TIMEOUT,
@@ -369,18 +358,18 @@ impl EdgeGuard {
         let window = i64::try_from(self.limits.auth_failure_window.as_secs()).unwrap_or(i64::MAX);
         let mut pipe = redis::pipe();
         // INCR then EXPIRE NX: the window starts with its first failure.
-        pipe.incr(addr_key(ip), 1)
+        pipe.incr(keys::authfail_addr(ip), 1)
             .ignore()
             .cmd("EXPIRE")
-            .arg(addr_key(ip))
+            .arg(keys::authfail_addr(ip))
             .arg(window)
             .arg("NX")
             .ignore();
         if provider_exists {
-            pipe.incr(provider_key(provider), 1)
+            pipe.incr(keys::authfail_provider(provider), 1)
                 .ignore()
                 .cmd("EXPIRE")
-                .arg(provider_key(provider))
+                .arg(keys::authfail_provider(provider))
                 .arg(window)
                 .arg("NX")
                 .ignore();
@@ -395,7 +384,7 @@ impl EdgeGuard {
     async fn remember(&self, provider: &str, ip: IpAddr) {
         let mut redis = self.redis.clone();
         let mut set = redis::cmd("SET");
-        set.arg(known_key(provider, ip))
+        set.arg(keys::authok(provider, ip))
             .arg(1)
             .arg("EX")
             .arg(KNOWN_ADDRESS_TTL.as_secs());

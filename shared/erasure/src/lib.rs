@@ -62,7 +62,7 @@ use interop_bus::subjects::{
 };
 use interop_proto::v1::{envelope::Content, AcceptedBatch, Envelope, PipelineMessage};
 use interop_proto::Address;
-use interop_state::{erase, media, StateError};
+use interop_state::{erase, keys, media, StateError};
 
 /// How long one JetStream request or one scanned message may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -470,7 +470,7 @@ pub async fn erase_user(
     out.quarantined = delete_all(&quarantine, STREAM_QUARANTINE, &doomed).await?;
 
     // 5. Media.
-    let sent_key = media::sent_key(&key);
+    let sent_key = keys::media_sent(&key);
     let mut conn = redis.clone();
     let sent: Vec<String> = redis::cmd("SMEMBERS")
         .arg(&sent_key)
@@ -495,7 +495,7 @@ pub async fn erase_user(
         // Other senders' indexes no longer need to name a deleted blob.
         for sender in from.iter().filter(|k| **k != key) {
             let _removed: u64 = redis::cmd("SREM")
-                .arg(media::sent_key(sender))
+                .arg(keys::media_sent(sender))
                 .arg(id)
                 .query_async(&mut conn)
                 .await

@@ -380,7 +380,7 @@ async fn erasure_time_against_a_large_store() {
     for chunk in (0..users).collect::<Vec<_>>().chunks(1000) {
         let mut pipe = redis::pipe();
         for i in chunk {
-            pipe.hset(interop_state::contacts::key(&user(*i)), user(i + 1), "a")
+            pipe.hset(interop_state::keys::contacts(&user(*i)), user(i + 1), "a")
                 .ignore();
         }
         pipe.query_async::<()>(&mut conn).await.unwrap();

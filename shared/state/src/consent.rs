@@ -61,10 +61,9 @@ impl Consent {
     }
 }
 
-/// The Redis key of a user's consent record.
-pub fn key(address: &str) -> String {
-    format!("interop:consent:{address}")
-}
+/// The Redis key of a user's consent record (ingest reads it in its
+/// send's round trip).
+pub use crate::keys::consent as key;
 
 /// Reads and writes consent records.
 #[derive(Clone)]

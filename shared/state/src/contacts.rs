@@ -12,8 +12,8 @@ use std::sync::LazyLock;
 
 use interop_proto::v1::{Inbox, Verdict};
 
-use crate::consent::{self, Consent};
-use crate::StateError;
+use crate::consent::Consent;
+use crate::{keys, StateError};
 
 /// Most senders one user's contact record holds (accepted, declined and
 /// blocked together). Past it, new answers are refused with `LIST_FULL` and
@@ -23,11 +23,6 @@ pub const MAX_CONTACTS: usize = 10_000;
 /// A contact record expires this long after its last change (400 days):
 /// nothing in Redis grows forever.
 pub const CONTACTS_TTL_SECS: u64 = 400 * 24 * 3600;
-
-/// The Redis key of a user's contact record.
-pub fn key(recipient: &str) -> String {
-    format!("interop:contacts:{recipient}")
-}
 
 /// What a recipient decided about one sender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,12 +127,12 @@ type ConsentFields = (Option<String>, Option<String>, Option<String>);
 fn admission_reads(recipient: &str, sender: &str) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     pipe.cmd("HMGET")
-        .arg(consent::key(recipient))
+        .arg(keys::consent(recipient))
         .arg("opted_in")
         .arg("allowed")
         .arg("inbox")
         .cmd("HGET")
-        .arg(key(recipient))
+        .arg(keys::contacts(recipient))
         .arg(sender);
     pipe
 }
@@ -220,7 +215,7 @@ impl ContactStore {
         let (record, contact, known): (ConsentFields, Option<String>, bool) =
             admission_reads(recipient, sender)
                 .cmd("HEXISTS")
-                .arg(key(sender))
+                .arg(keys::contacts(sender))
                 .arg(recipient)
                 .query_async(&mut conn)
                 .await?;
@@ -235,7 +230,7 @@ impl ContactStore {
     ) -> Result<Option<ContactState>, StateError> {
         let mut conn = self.redis.clone();
         let v: Option<String> = redis::cmd("HGET")
-            .arg(key(recipient))
+            .arg(keys::contacts(recipient))
             .arg(sender)
             .query_async(&mut conn)
             .await?;
@@ -272,7 +267,7 @@ impl ContactStore {
     ) -> Result<SetOutcome, StateError> {
         let mut conn = self.redis.clone();
         let r: i64 = SET_SCRIPT
-            .key(key(recipient))
+            .key(keys::contacts(recipient))
             .arg(sender)
             .arg(state.as_field())
             .arg(if nx { "nx" } else { "" })
@@ -291,7 +286,7 @@ impl ContactStore {
     pub async fn reset(&self, recipient: &str, sender: &str) -> Result<(), StateError> {
         let mut conn = self.redis.clone();
         let _: i64 = redis::cmd("HDEL")
-            .arg(key(recipient))
+            .arg(keys::contacts(recipient))
             .arg(sender)
             .query_async(&mut conn)
             .await?;
@@ -303,7 +298,7 @@ impl ContactStore {
     pub async fn list(&self, recipient: &str) -> Result<Vec<(String, ContactState)>, StateError> {
         let mut conn = self.redis.clone();
         let all: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(key(recipient))
+            .arg(keys::contacts(recipient))
             .query_async(&mut conn)
             .await?;
         let mut out: Vec<(String, ContactState)> = all

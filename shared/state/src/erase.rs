@@ -28,7 +28,7 @@
 use interop_proto::Address;
 
 use crate::group::GroupStore;
-use crate::{consent, contacts, gcra, reputation, StateError};
+use crate::{contacts, keys, StateError};
 
 /// What was removed from Redis.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,6 +97,46 @@ fn feedback_names(pair: &str, address: &str) -> bool {
             .is_some_and(other_ok)
 }
 
+/// The keys named after `address` alone, deleted whole.
+fn named_keys(address: &str) -> [String; 5] {
+    [
+        keys::user_groups(address),
+        keys::consent(address),
+        keys::contacts(address),
+        keys::reputation_sender(address),
+        keys::gcra_sender(address),
+    ]
+}
+
+/// `SCAN` patterns of the keys named after `address` plus a suffix (client
+/// message id, minute, hour), deleted whole.
+fn scan_patterns(address: &str) -> [String; 4] {
+    [
+        keys::idem_prefix(address),
+        keys::rate_prefix(keys::SENDER_RATE_SCOPE, address),
+        keys::spam_recipients_prefix(address),
+        keys::spam_strangers_prefix(address),
+    ]
+    .map(|prefix| format!("{}*", glob_escape(&prefix)))
+}
+
+/// A `SCAN` pattern that finds every feedback key naming `address`, and
+/// some more ([`is_feedback_about`] picks).
+fn feedback_pattern(address: &str) -> String {
+    format!(
+        "{}*{}*",
+        glob_escape(keys::FEEDBACK_PREFIX),
+        glob_escape(address)
+    )
+}
+
+/// Whether `key` is a feedback key with `address` as recipient or sender.
+fn is_feedback_about(key: &str, address: &str) -> bool {
+    key.strip_prefix(keys::FEEDBACK_PREFIX)
+        .and_then(|rest| rest.split_once(':'))
+        .is_some_and(|(_kind, pair)| feedback_names(pair, address))
+}
+
 /// Erases `address`'s Redis state (see the module doc). Idempotent: a
 /// second run finds nothing and returns zeros (blocks are counted again).
 pub async fn erase_user(
@@ -114,28 +154,12 @@ pub async fn erase_user(
         }
     }
 
-    let mut doomed = vec![
-        crate::group::user_groups_key(address),
-        consent::key(address),
-        contacts::key(address),
-        reputation::sender_key(address),
-        gcra::sender_key(address),
-    ];
-    let a = glob_escape(address);
-    for pattern in [
-        format!("interop:idem:{a}:*"),
-        format!("interop:rate:sender:{a}:*"),
-        format!("interop:spam:recipients:{a}:*"),
-        format!("interop:spam:strangers:{a}:*"),
-    ] {
+    let mut doomed = named_keys(address).to_vec();
+    for pattern in scan_patterns(address) {
         doomed.extend(scan(redis, &pattern).await?);
     }
-    for key in scan(redis, &format!("interop:spam:fed:*{a}*")).await? {
-        let pair = key
-            .strip_prefix("interop:spam:fed:")
-            .and_then(|rest| rest.split_once(':'))
-            .map(|(_kind, pair)| pair);
-        if pair.is_some_and(|p| feedback_names(p, address)) {
+    for key in scan(redis, &feedback_pattern(address)).await? {
+        if is_feedback_about(&key, address) {
             doomed.push(key);
         }
     }
@@ -145,7 +169,7 @@ pub async fn erase_user(
     }
 
     // Other users' answers about the user.
-    let records = scan(redis, "interop:contacts:*").await?;
+    let records = scan(redis, &format!("{}*", keys::CONTACTS_PREFIX)).await?;
     for chunk in records.chunks(1000) {
         let mut pipe = redis::pipe();
         for k in chunk {
@@ -186,7 +210,8 @@ pub async fn forget_message_ids(
     }
     let mut conn = redis.clone();
     let mut n = 0;
-    for chunk in scan(redis, "interop:idem:*").await?.chunks(1000) {
+    let pattern = format!("{}*", keys::IDEM_PREFIX);
+    for chunk in scan(redis, &pattern).await?.chunks(1000) {
         let values: Vec<Option<String>> =
             redis::cmd("MGET").arg(chunk).query_async(&mut conn).await?;
         let doomed: Vec<&String> = chunk
@@ -224,5 +249,81 @@ mod tests {
         assert!(!feedback_names("signal:al:ice2:home:+4915112345678", a));
         assert!(!feedback_names("home:+4915112345678:xsignal:al:ice", a));
         assert!(!feedback_names("signal:al:ice", a));
+    }
+
+    /// Redis's `SCAN MATCH` glob, as far as the erasure uses it: `*`, `?`
+    /// and `\` escapes. An unescaped `[` (a character class in Redis) is
+    /// a failure: the erasure must escape every one.
+    fn glob_matches(pattern: &[u8], key: &[u8]) -> bool {
+        match (pattern.first(), key.first()) {
+            (None, _) => key.is_empty(),
+            (Some(b'[' | b']'), _) => panic!("unescaped character class in a pattern"),
+            (Some(b'*'), _) => {
+                glob_matches(&pattern[1..], key)
+                    || (!key.is_empty() && glob_matches(pattern, &key[1..]))
+            }
+            (Some(b'\\'), Some(k)) if pattern.get(1) == Some(k) => {
+                glob_matches(&pattern[2..], &key[1..])
+            }
+            (Some(b'?'), Some(_)) => glob_matches(&pattern[1..], &key[1..]),
+            (Some(p), Some(k)) if p == k && *p != b'\\' => glob_matches(&pattern[1..], &key[1..]),
+            _ => false,
+        }
+    }
+
+    fn found(address: &str, key: &str) -> bool {
+        named_keys(address).contains(&key.to_owned())
+            || scan_patterns(address)
+                .iter()
+                .any(|p| glob_matches(p.as_bytes(), key.as_bytes()))
+            || (glob_matches(feedback_pattern(address).as_bytes(), key.as_bytes())
+                && is_feedback_about(key, address))
+    }
+
+    /// Every key the builders make for a user, and that the erasure must find.
+    fn keys_of(a: &str) -> Vec<String> {
+        vec![
+            keys::user_groups(a),
+            keys::consent(a),
+            keys::contacts(a),
+            keys::reputation_sender(a),
+            keys::gcra_sender(a),
+            keys::idem(a, "client-1"),
+            keys::sender_rate(a, 29_000_000),
+            keys::spam_recipients(a, 480_000),
+            keys::spam_strangers(a, 480_000),
+            keys::feedback("block", a, "home:+4915112345678"),
+            keys::feedback("report", "home:+4915112345678", a),
+        ]
+    }
+
+    #[test]
+    fn glob_matcher_follows_redis() {
+        assert!(glob_matches(b"a*c", b"abbc"));
+        assert!(glob_matches(b"a\\*c", b"a*c"));
+        assert!(!glob_matches(b"a\\*c", b"abc"));
+        assert!(glob_matches(b"a?c", b"abc"));
+        assert!(!glob_matches(b"a?c", b"ac"));
+    }
+
+    #[test]
+    fn the_erasures_patterns_find_every_key_the_builders_make_for_the_user_only() {
+        // Glob characters in the address must not widen the patterns.
+        let user = "signal:a*b?[c]";
+        for key in keys_of(user) {
+            assert!(found(user, &key), "{key} is not found for {user}");
+        }
+        for other in ["signal:aXb?[c]", "signal:a*b?[c]x", "home:+4915112345678"] {
+            for key in keys_of(other) {
+                assert!(!found(user, &key), "{key} of {other} is found for {user}");
+            }
+        }
+        // What stays (module doc): the provider's reputation, payload sketches.
+        for key in [
+            keys::reputation_provider("signal"),
+            keys::spam_payload("ab", 480_000),
+        ] {
+            assert!(!found(user, &key), "{key} is found for {user}");
+        }
     }
 }

@@ -9,6 +9,8 @@
 
 use std::sync::LazyLock;
 
+use crate::keys;
+
 /// A limit: a sustained rate and how many messages may come at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
@@ -72,16 +74,6 @@ return {1, 0, 0}
 /// The script, loaded once per process.
 pub static GCRA: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SCRIPT));
 
-/// Redis key of a provider's bucket.
-pub fn provider_key(provider: &str) -> String {
-    format!("interop:gcra:provider:{provider}")
-}
-
-/// Redis key of a sender's bucket.
-pub fn sender_key(address: &str) -> String {
-    format!("interop:gcra:sender:{address}")
-}
-
 /// Adds the check to a pipeline. The script must be loaded (see
 /// [`load`]); a pipeline answers `NOSCRIPT` after a Redis restart, and the
 /// caller loads and retries.
@@ -93,8 +85,8 @@ pub fn add_check(
     s: RateLimit,
 ) {
     pipe.invoke_script(
-        GCRA.key(provider_key(provider))
-            .key(sender_key(sender))
+        GCRA.key(keys::gcra_provider(provider))
+            .key(keys::gcra_sender(sender))
             .arg(format!("{:.3}", p.interval_ms()))
             .arg(p.burst)
             .arg(format!("{:.3}", s.interval_ms()))

@@ -14,12 +14,12 @@
 //! uses goes away with its members' indexes.
 //!
 //! The scripts touch members' index keys they compute from `ARGV` (the
-//! prefix [`USER_GROUPS_PREFIX`]); that is fine on a single Redis (the
+//! prefix [`keys::USER_GROUPS_PREFIX`]); that is fine on a single Redis (the
 //! gateway does not use Redis Cluster).
 
 use redis::aio::ConnectionManager;
 
-use crate::StateError;
+use crate::{keys, StateError};
 
 /// A group and its members' indexes expire this long after the last change
 /// or send (400 days, as contact records).
@@ -28,29 +28,6 @@ pub const GROUP_TTL_SECS: u64 = 400 * 24 * 3600;
 /// A send refreshes the group's lifetime when less than
 /// `GROUP_TTL_SECS - TOUCH_EVERY_SECS` is left: at most once a day.
 pub const TOUCH_EVERY_SECS: u64 = 24 * 3600;
-
-/// Prefix of a user's group index: `interop:groups:<address>`.
-pub const USER_GROUPS_PREFIX: &str = "interop:groups:";
-
-/// The set of group ids `address` is a member of.
-pub fn user_groups_key(address: &str) -> String {
-    format!("{USER_GROUPS_PREFIX}{address}")
-}
-
-/// The members set of a group.
-pub fn members_key(group_id: &str) -> String {
-    format!("interop:group:{group_id}:members")
-}
-
-/// The admins set of a group.
-pub fn admins_key(group_id: &str) -> String {
-    format!("interop:group:{group_id}:admins")
-}
-
-/// The name of a group (absent: no name).
-pub fn name_key(group_id: &str) -> String {
-    format!("interop:group:{group_id}:name")
-}
 
 /// A group as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -186,11 +163,11 @@ pub fn add_member_check(pipe: &mut redis::Pipeline, group_id: &str, sender: &str
     pipe.cmd("EVAL")
         .arg(MEMBER_AND_TOUCH)
         .arg(3)
-        .arg(members_key(group_id))
-        .arg(admins_key(group_id))
-        .arg(name_key(group_id))
+        .arg(keys::group_members(group_id))
+        .arg(keys::group_admins(group_id))
+        .arg(keys::group_name(group_id))
         .arg(sender)
-        .arg(USER_GROUPS_PREFIX)
+        .arg(keys::USER_GROUPS_PREFIX)
         .arg(group_id)
         .arg(GROUP_TTL_SECS)
         .arg(GROUP_TTL_SECS - TOUCH_EVERY_SECS);
@@ -223,29 +200,29 @@ impl GroupStore {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("SADD")
-            .arg(members_key(group_id))
+            .arg(keys::group_members(group_id))
             .arg(&all)
             .ignore()
             .cmd("SADD")
-            .arg(admins_key(group_id))
+            .arg(keys::group_admins(group_id))
             .arg(creator)
             .ignore()
-            .expire(members_key(group_id), ttl())
+            .expire(keys::group_members(group_id), ttl())
             .ignore()
-            .expire(admins_key(group_id), ttl())
+            .expire(keys::group_admins(group_id), ttl())
             .ignore();
         if !name.is_empty() {
             pipe.cmd("SET")
-                .arg(name_key(group_id))
+                .arg(keys::group_name(group_id))
                 .arg(name)
                 .arg("EX")
                 .arg(GROUP_TTL_SECS)
                 .ignore();
         }
         for m in &all {
-            pipe.sadd(user_groups_key(m), group_id)
+            pipe.sadd(keys::user_groups(m), group_id)
                 .ignore()
-                .expire(user_groups_key(m), ttl())
+                .expire(keys::user_groups(m), ttl())
                 .ignore();
         }
         let _: () = pipe.query_async(&mut conn).await?;
@@ -258,11 +235,11 @@ impl GroupStore {
         let (mut members, mut admins, name): (Vec<String>, Vec<String>, Option<String>) =
             redis::pipe()
                 .cmd("SMEMBERS")
-                .arg(members_key(group_id))
+                .arg(keys::group_members(group_id))
                 .cmd("SMEMBERS")
-                .arg(admins_key(group_id))
+                .arg(keys::group_admins(group_id))
                 .cmd("GET")
-                .arg(name_key(group_id))
+                .arg(keys::group_name(group_id))
                 .query_async(&mut conn)
                 .await?;
         if members.is_empty() {
@@ -282,7 +259,7 @@ impl GroupStore {
     pub async fn members(&self, group_id: &str) -> Result<Vec<String>, StateError> {
         let mut conn = self.redis.clone();
         let members: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(members_key(group_id))
+            .arg(keys::group_members(group_id))
             .query_async(&mut conn)
             .await?;
         Ok(members)
@@ -298,10 +275,10 @@ impl GroupStore {
     ) -> Result<Result<Changed, ChangeRefused>, StateError> {
         let mut conn = self.redis.clone();
         let script = redis::Script::new(CHANGE);
-        let mut invocation = script.key(members_key(group_id));
+        let mut invocation = script.key(keys::group_members(group_id));
         invocation
-            .key(admins_key(group_id))
-            .key(name_key(group_id))
+            .key(keys::group_admins(group_id))
+            .key(keys::group_name(group_id))
             .arg(change.actor)
             .arg(max_members)
             .arg(change.add.len())
@@ -310,7 +287,7 @@ impl GroupStore {
             .arg(change.add)
             .arg(change.remove)
             .arg(change.add_admins)
-            .arg(USER_GROUPS_PREFIX)
+            .arg(keys::USER_GROUPS_PREFIX)
             .arg(group_id)
             .arg(GROUP_TTL_SECS)
             .arg(if change.name.is_some() { "1" } else { "0" })
@@ -332,7 +309,7 @@ impl GroupStore {
     pub async fn groups_of(&self, address: &str) -> Result<Vec<String>, StateError> {
         let mut conn = self.redis.clone();
         let mut ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(user_groups_key(address))
+            .arg(keys::user_groups(address))
             .query_async(&mut conn)
             .await?;
         ids.sort();
@@ -345,10 +322,10 @@ impl GroupStore {
     pub async fn delete(&self, group_id: &str) -> Result<(), StateError> {
         let mut conn = self.redis.clone();
         let () = redis::Script::new(DELETE)
-            .key(members_key(group_id))
-            .key(admins_key(group_id))
-            .key(name_key(group_id))
-            .arg(USER_GROUPS_PREFIX)
+            .key(keys::group_members(group_id))
+            .key(keys::group_admins(group_id))
+            .key(keys::group_name(group_id))
+            .arg(keys::USER_GROUPS_PREFIX)
             .arg(group_id)
             .invoke_async(&mut conn)
             .await?;
@@ -363,11 +340,11 @@ impl GroupStore {
     pub async fn remove_member(&self, group_id: &str, address: &str) -> Result<bool, StateError> {
         let mut conn = self.redis.clone();
         let was: i64 = redis::Script::new(REMOVE_MEMBER)
-            .key(members_key(group_id))
-            .key(admins_key(group_id))
-            .key(name_key(group_id))
+            .key(keys::group_members(group_id))
+            .key(keys::group_admins(group_id))
+            .key(keys::group_name(group_id))
             .arg(address)
-            .arg(USER_GROUPS_PREFIX)
+            .arg(keys::USER_GROUPS_PREFIX)
             .arg(group_id)
             .invoke_async(&mut conn)
             .await?;

@@ -2,7 +2,7 @@
 //! losing a message (see docs/architecture.md). Messages themselves live in
 //! NATS JetStream, never here.
 //!
-//! Keys (all under `interop:`):
+//! Keys (all under `interop:`, every one spelled in [`keys`]):
 //! - `interop:consent:<address>` — hash: `opted_in` (`0`/`1`), `allowed`
 //!   (comma-separated provider ids),
 //!   `inbox` (`third-party`/`combined`), `updated_at_ms`.
@@ -21,6 +21,7 @@ pub mod contacts;
 pub mod erase;
 pub mod gcra;
 pub mod group;
+pub mod keys;
 pub mod media;
 pub mod rate;
 pub mod reputation;

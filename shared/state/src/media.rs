@@ -15,17 +15,7 @@
 //! means an erasure cannot find that upload, which then ages out with the
 //! bucket's retention.
 
-use crate::StateError;
-
-/// The grant set of one media id.
-pub fn grant_key(media_id: &str) -> String {
-    format!("interop:media:grant:{media_id}")
-}
-
-/// The media ids a user (by recipient key) sent.
-pub fn sent_key(user_key: &str) -> String {
-    format!("interop:media:sent:{user_key}")
-}
+use crate::{keys, StateError};
 
 /// Adds the grants of `recipient_key` to `media_ids` and records them as
 /// sent by `sender_key` (with `source_id`, the upload), all expiring after
@@ -40,11 +30,11 @@ pub async fn grant(
 ) -> Result<(), StateError> {
     let mut pipe = redis::pipe();
     for id in media_ids {
-        pipe.sadd(grant_key(id), recipient_key).ignore();
-        pipe.expire(grant_key(id), ttl_secs).ignore();
+        pipe.sadd(keys::media_grant(id), recipient_key).ignore();
+        pipe.expire(keys::media_grant(id), ttl_secs).ignore();
     }
     if let Some(sender) = sender_key {
-        let sent = sent_key(sender);
+        let sent = keys::media_sent(sender);
         let all: Vec<&str> = media_ids.iter().copied().chain(source_id).collect();
         if !all.is_empty() {
             pipe.sadd(&sent, all).ignore();
@@ -64,7 +54,7 @@ pub async fn allowed(
 ) -> Result<bool, StateError> {
     let mut conn = redis.clone();
     Ok(redis::cmd("SISMEMBER")
-        .arg(grant_key(media_id))
+        .arg(keys::media_grant(media_id))
         .arg(recipient_key)
         .query_async::<bool>(&mut conn)
         .await?)
@@ -81,14 +71,14 @@ pub async fn revoke(
     let mut conn = redis.clone();
     if recipient_keys.is_empty() {
         let left: u64 = redis::cmd("SCARD")
-            .arg(grant_key(media_id))
+            .arg(keys::media_grant(media_id))
             .query_async(&mut conn)
             .await?;
         return Ok((0, left));
     }
     let (removed, left): (u64, u64) = redis::pipe()
-        .srem(grant_key(media_id), recipient_keys)
-        .scard(grant_key(media_id))
+        .srem(keys::media_grant(media_id), recipient_keys)
+        .scard(keys::media_grant(media_id))
         .query_async(&mut conn)
         .await?;
     Ok((removed, left))

@@ -26,7 +26,7 @@ impl RateCounter {
     pub async fn hit(&self, id: &str) -> Result<u64, StateError> {
         let now_secs = u64::try_from(interop_proto::now_ms() / 1000).unwrap_or(0);
         let window = now_secs / self.window_secs;
-        let key = format!("interop:rate:{}:{id}:{window}", self.scope);
+        let key = crate::keys::rate(self.scope, id, window);
         let mut conn = self.redis.clone();
         let (count,): (u64,) = redis::pipe()
             .incr(&key, 1)

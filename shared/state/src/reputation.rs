@@ -11,7 +11,7 @@
 
 use std::sync::LazyLock;
 
-use crate::StateError;
+use crate::{keys, StateError};
 
 /// How many days of answers reputation remembers (28). A half-life of 7
 /// days (the default) leaves older events at less than 7% of their weight.
@@ -38,14 +38,6 @@ impl Feedback {
     }
 }
 
-pub fn sender_key(address: &str) -> String {
-    format!("interop:spam:rep:sender:{address}")
-}
-
-pub fn provider_key(provider: &str) -> String {
-    format!("interop:spam:rep:provider:{provider}")
-}
-
 /// Today as Unix days.
 pub fn today() -> i64 {
     interop_proto::now_ms().div_euclid(86_400_000)
@@ -54,10 +46,7 @@ pub fn today() -> i64 {
 /// The key that makes one recipient's feedback of one kind about one sender
 /// count once per window, however often they block and unblock.
 pub fn once_key(feedback: Feedback, recipient: &str, sender: &str) -> String {
-    format!(
-        "interop:spam:fed:{}:{recipient}:{sender}",
-        feedback.as_str()
-    )
+    keys::feedback(feedback.as_str(), recipient, sender)
 }
 
 /// Unless `KEYS[1]` exists (this feedback counted already), sets it and adds
@@ -98,8 +87,8 @@ pub async fn record(
     let day = today();
     let counted: i64 = BUMP
         .key(once_key(feedback, recipient, sender))
-        .key(sender_key(sender))
-        .key(provider_key(provider))
+        .key(keys::reputation_sender(sender))
+        .key(keys::reputation_provider(provider))
         .arg(feedback.as_str())
         .arg(day)
         .arg(day - WINDOW_DAYS)

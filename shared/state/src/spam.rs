@@ -18,7 +18,7 @@
 
 use std::sync::LazyLock;
 
-use crate::{contacts, reputation, StateError};
+use crate::{keys, reputation, StateError};
 
 static OBSERVE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
@@ -98,16 +98,13 @@ pub async fn observe(
         Vec<(String, i64)>,
     );
     let (rate, stranger, strangers, recipients, payload, srep, prep): Reply = OBSERVE
-        .key(format!("interop:rate:sender:{from}:{minute}"))
-        .key(contacts::key(to))
-        .key(format!("interop:spam:strangers:{from}:{hour}"))
-        .key(format!("interop:spam:recipients:{from}:{hour}"))
-        .key(format!(
-            "interop:spam:payload:{}:{hour}",
-            payload_hash.unwrap_or("-")
-        ))
-        .key(reputation::sender_key(from))
-        .key(reputation::provider_key(provider))
+        .key(keys::sender_rate(from, minute))
+        .key(keys::contacts(to))
+        .key(keys::spam_strangers(from, hour))
+        .key(keys::spam_recipients(from, hour))
+        .key(keys::spam_payload(payload_hash.unwrap_or("-"), hour))
+        .key(keys::reputation_sender(from))
+        .key(keys::reputation_provider(provider))
         .arg(from)
         .arg(to)
         .arg(today)

@@ -4,9 +4,9 @@
 //! member.
 
 use interop_state::group::{
-    add_member_check, admins_key, members_key, name_key, user_groups_key, Change, GroupStore,
-    GROUP_TTL_SECS, TOUCH_EVERY_SECS,
+    add_member_check, Change, GroupStore, GROUP_TTL_SECS, TOUCH_EVERY_SECS,
 };
+use interop_state::keys;
 use interop_test_support::RedisServer;
 
 const ALICE: &str = "signal:alice";
@@ -45,10 +45,14 @@ async fn the_index_follows_membership_and_everything_expires() {
     assert_eq!(groups.get(g).await.unwrap().unwrap().name, "Family");
     for who in [ALICE, BOB, CAROL] {
         assert_eq!(groups.groups_of(who).await.unwrap(), [g]);
-        let t = ttl(&mut c, &user_groups_key(who)).await;
+        let t = ttl(&mut c, &keys::user_groups(who)).await;
         assert!(t > ttl_max - 5 && t <= ttl_max, "{who}: {t}");
     }
-    for key in [members_key(g), admins_key(g), name_key(g)] {
+    for key in [
+        keys::group_members(g),
+        keys::group_admins(g),
+        keys::group_name(g),
+    ] {
         let t = ttl(&mut c, &key).await;
         assert!(t > ttl_max - 5 && t <= ttl_max, "{key}: {t}");
     }
@@ -86,7 +90,7 @@ async fn the_index_follows_membership_and_everything_expires() {
         .unwrap()
         .unwrap();
     assert_eq!(groups.get(g).await.unwrap().unwrap().name, "Ski trip");
-    assert!(ttl(&mut c, &name_key(g)).await > ttl_max - 5);
+    assert!(ttl(&mut c, &keys::group_name(g)).await > ttl_max - 5);
     let by_bob = Change {
         actor: BOB,
         name: Some("Bob's"),
@@ -105,15 +109,15 @@ async fn the_index_follows_membership_and_everything_expires() {
     // A send refreshes the lifetime only when a day of it has passed.
     let young = ttl_max - i64::try_from(TOUCH_EVERY_SECS).unwrap() + 100;
     let _: () = redis::cmd("EXPIRE")
-        .arg(members_key(g))
+        .arg(keys::group_members(g))
         .arg(young)
         .query_async(&mut c)
         .await
         .unwrap();
     assert!(member_check(&mut c, g, BOB).await);
-    assert_eq!(ttl(&mut c, &members_key(g)).await, young);
+    assert_eq!(ttl(&mut c, &keys::group_members(g)).await, young);
     let old = young - 200;
-    for key in [members_key(g), user_groups_key(BOB)] {
+    for key in [keys::group_members(g), keys::user_groups(BOB)] {
         let _: () = redis::cmd("EXPIRE")
             .arg(&key)
             .arg(old)
@@ -123,10 +127,10 @@ async fn the_index_follows_membership_and_everything_expires() {
     }
     assert!(member_check(&mut c, g, BOB).await);
     for key in [
-        members_key(g),
-        admins_key(g),
-        name_key(g),
-        user_groups_key(BOB),
+        keys::group_members(g),
+        keys::group_admins(g),
+        keys::group_name(g),
+        keys::user_groups(BOB),
     ] {
         assert!(ttl(&mut c, &key).await > ttl_max - 5, "{key}");
     }
@@ -145,10 +149,10 @@ async fn the_index_follows_membership_and_everything_expires() {
     assert!(groups.remove_member(g, BOB).await.unwrap());
     assert_eq!(groups.get(g).await.unwrap(), None);
     let keys = [
-        members_key(g),
-        admins_key(g),
-        name_key(g),
-        user_groups_key(BOB),
+        keys::group_members(g),
+        keys::group_admins(g),
+        keys::group_name(g),
+        keys::user_groups(BOB),
     ];
     assert_eq!(existing(&mut c, &keys).await, 0);
 }
@@ -173,7 +177,11 @@ async fn a_deleted_group_leaves_no_key_and_no_index_entry() {
         .unwrap();
     groups.delete(g).await.unwrap();
     assert_eq!(groups.get(g).await.unwrap(), None);
-    let keys = [members_key(g), admins_key(g), name_key(g)];
+    let keys = [
+        keys::group_members(g),
+        keys::group_admins(g),
+        keys::group_name(g),
+    ];
     assert_eq!(existing(&mut c, &keys).await, 0);
     // Their other group stays in their indexes.
     for who in [ALICE, BOB] {

@@ -23,7 +23,7 @@ async fn a_contact_record_holds_at_most_max_contacts_and_expires() {
     let bob = "home:+4915112345678";
     // Fill to one under the limit in one go, then the last one by the API.
     let mut cmd = redis::cmd("HSET");
-    cmd.arg(interop_state::contacts::key(bob));
+    cmd.arg(interop_state::keys::contacts(bob));
     for i in 0..MAX_CONTACTS - 1 {
         cmd.arg(format!("signal:u{i}")).arg("a");
     }
@@ -51,7 +51,7 @@ async fn a_contact_record_holds_at_most_max_contacts_and_expires() {
             .unwrap(),
         SetOutcome::Set
     );
-    assert!(ttl(&mut c, &interop_state::contacts::key(bob)).await > 0);
+    assert!(ttl(&mut c, &interop_state::keys::contacts(bob)).await > 0);
 }
 
 #[tokio::test]
@@ -131,7 +131,7 @@ async fn feedback_counts_once_per_recipient_sender_and_kind() {
             .unwrap()
     );
     let fields: Vec<(String, i64)> = redis::cmd("HGETALL")
-        .arg(reputation::sender_key("signal:a"))
+        .arg(interop_state::keys::reputation_sender("signal:a"))
         .query_async(&mut c)
         .await
         .unwrap();
@@ -143,8 +143,8 @@ async fn feedback_counts_once_per_recipient_sender_and_kind() {
         vec![(format!("block:{day}"), 2), (format!("report:{day}"), 1)]
     );
     for key in [
-        reputation::sender_key("signal:a"),
-        reputation::provider_key("signal"),
+        interop_state::keys::reputation_sender("signal:a"),
+        interop_state::keys::reputation_provider("signal"),
         reputation::once_key(Feedback::Block, "home:+1", "signal:a"),
     ] {
         assert!(ttl(&mut c, &key).await > 0, "{key}");

@@ -135,7 +135,7 @@ async fn redis_leftovers(redis_url: &str, needles: &[String]) -> Vec<String> {
             other => panic!("key {key} has a type the scan does not read: {other}"),
         };
         for (field, value) in values {
-            let kept_block = key == interop_state::contacts::key(CAROL)
+            let kept_block = key == interop_state::keys::contacts(CAROL)
                 && field == BOB.as_bytes()
                 && value == b"b";
             let f: Vec<&str> = found(&field, needles)

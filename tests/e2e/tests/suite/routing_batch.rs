@@ -93,7 +93,7 @@ async fn world() -> World {
 async fn break_consent(w: &World, address: &str) {
     let mut r = w.redis.clone();
     redis::cmd("SET")
-        .arg(interop_state::consent::key(address))
+        .arg(interop_state::keys::consent(address))
         .arg("not a hash")
         .query_async::<()>(&mut r)
         .await
