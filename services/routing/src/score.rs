@@ -15,12 +15,17 @@ use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use interop_bus::subjects::SPAM_SCORE;
+use interop_bus::subjects::{SPAM_SCORE, SPAM_SCORE_MAX_MESSAGES};
 use interop_bus::HandleError;
 use interop_proto::v1::{PipelineMessage, ScoreReply, ScoreRequest, SpamVerdict, TraceContext};
 
-/// Messages per score request (spam-scoring accepts up to 256).
+/// Messages per score request at most (docs/adr/0015); must fit what
+/// spam-scoring accepts ([`SPAM_SCORE_MAX_MESSAGES`]).
 pub const MAX_BATCH: usize = 64;
+const _: () = assert!(
+    MAX_BATCH <= SPAM_SCORE_MAX_MESSAGES,
+    "spam-scoring fails a score request longer than SPAM_SCORE_MAX_MESSAGES"
+);
 
 /// How long a score request may take before its messages are retried.
 pub const SCORE_TIMEOUT: Duration = Duration::from_secs(2);

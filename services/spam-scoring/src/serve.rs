@@ -2,7 +2,8 @@
 //! `interop.v1.spam-scoring.score` in the queue group `spam-scoring`, so
 //! every replica takes a share (docs/adr/0015).
 //!
-//! A request is a `ScoreRequest` of at most [`MAX_SCORE_BATCH`] messages;
+//! A request is a `ScoreRequest` of at most [`SPAM_SCORE_MAX_MESSAGES`]
+//! messages (the subject's contract, beside it in `interop_bus::subjects`);
 //! the reply a `ScoreReply` with one result per message, in order. The
 //! messages of a request are scored at once (their Redis round trips
 //! overlap). Nothing here is durable: the messages stay in `INTEROP_INGEST`
@@ -17,16 +18,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
-use interop_bus::subjects::{QUEUE_SPAM_SCORING, SPAM_SCORE};
+use interop_bus::subjects::{QUEUE_SPAM_SCORING, SPAM_SCORE, SPAM_SCORE_MAX_MESSAGES};
 use interop_proto::v1::{ScoreReply, ScoreRequest, ScoreResult};
 use interop_telemetry::metrics::Metrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::handler::{ScoreError, Scorer};
-
-/// Messages one request may carry.
-pub const MAX_SCORE_BATCH: usize = 256;
 
 /// Requests one replica answers at once; more wait in the subscription.
 pub const MAX_CONCURRENT_REQUESTS: usize = 64;
@@ -40,9 +38,9 @@ pub async fn answer(scorer: &Scorer, request: &[u8]) -> ScoreReply {
             return ScoreReply::default();
         }
     };
-    if request.messages.len() > MAX_SCORE_BATCH {
+    if request.messages.len() > SPAM_SCORE_MAX_MESSAGES {
         let reason = format!(
-            "a score request carries at most {MAX_SCORE_BATCH} messages, not {}",
+            "a score request carries at most {SPAM_SCORE_MAX_MESSAGES} messages, not {}",
             request.messages.len()
         );
         return ScoreReply {

@@ -11,6 +11,10 @@ pub const INGEST_ACCEPTED: &str = "interop.v1.ingest.accepted";
 pub const SPAM_SCORE: &str = "interop.v1.spam-scoring.score";
 /// The queue group spam-scoring's replicas answer [`SPAM_SCORE`] in.
 pub const QUEUE_SPAM_SCORING: &str = "spam-scoring";
+/// Messages one [`SPAM_SCORE`] request carries at most: spam-scoring
+/// answers a longer one with a permanent failure for each message, and
+/// routing's batcher checks at compile time that its batches fit.
+pub const SPAM_SCORE_MAX_MESSAGES: usize = 256;
 /// routing → media-transcoding: the message carries media to process.
 pub const ROUTING_MEDIA_REQUESTED: &str = "interop.v1.routing.media-requested";
 /// routing → the quarantine: a message spam-scoring scored as quarantine,

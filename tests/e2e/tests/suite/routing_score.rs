@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use interop_bus::subjects::SPAM_SCORE_MAX_MESSAGES;
 use interop_bus::HandleError;
 use interop_proto::v1::{envelope, Envelope, PipelineMessage, Text, Verdict};
 use interop_routing::score::ScoreClient;
-use interop_spam_scoring::serve::{ServeMetrics, MAX_SCORE_BATCH};
+use interop_spam_scoring::serve::ServeMetrics;
 use interop_spam_scoring::{Policy, Scorer};
 use interop_telemetry::metrics::Metrics;
 use interop_test_support::{NatsServer, RedisServer};
@@ -93,11 +94,13 @@ async fn a_request_over_the_batch_limit_is_refused_whole_and_one_at_it_is_scored
             traces: Vec::new(),
         })
     };
-    let at_limit = interop_spam_scoring::serve::answer(&scorer, &request(MAX_SCORE_BATCH)).await;
-    assert_eq!(at_limit.results.len(), MAX_SCORE_BATCH);
+    let at_limit =
+        interop_spam_scoring::serve::answer(&scorer, &request(SPAM_SCORE_MAX_MESSAGES)).await;
+    assert_eq!(at_limit.results.len(), SPAM_SCORE_MAX_MESSAGES);
     assert!(at_limit.results.iter().all(|r| r.verdict.is_some()));
-    let over = interop_spam_scoring::serve::answer(&scorer, &request(MAX_SCORE_BATCH + 1)).await;
-    assert_eq!(over.results.len(), MAX_SCORE_BATCH + 1);
+    let over =
+        interop_spam_scoring::serve::answer(&scorer, &request(SPAM_SCORE_MAX_MESSAGES + 1)).await;
+    assert_eq!(over.results.len(), SPAM_SCORE_MAX_MESSAGES + 1);
     assert!(over
         .results
         .iter()
