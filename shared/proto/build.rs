@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
         "interop/v1/envelope.proto",
+        "interop/v1/keys.proto",
         "interop/v1/client.proto",
         "interop/v1/pipeline.proto",
     ];

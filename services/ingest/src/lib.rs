@@ -13,6 +13,7 @@ pub mod accepted;
 pub mod admin;
 mod consent_frames;
 mod group;
+mod keys_frames;
 mod metrics;
 mod send;
 mod session;
@@ -61,7 +62,24 @@ pub struct Config {
     /// Connection cap and authentication throttle (see
     /// `interop_edge`).
     pub edge: EdgeLimits,
+    /// Key-directory fetches a provider may make (all its users together).
+    pub key_fetch_provider_limit: RateLimit,
+    /// Key-directory fetches one requesting user may make.
+    pub key_fetch_user_limit: RateLimit,
 }
+
+/// Key fetches a provider may make by default: the session-setup storm of a
+/// large provider (docs/benchmarks.md) fits under it.
+pub const DEFAULT_KEY_FETCH_PROVIDER_LIMIT: RateLimit = RateLimit {
+    per_second: 10_000.0,
+    burst: 20_000,
+};
+/// Key fetches one user may make by default: a user starting conversations
+/// with many people at once, not a script draining others' prekeys.
+pub const DEFAULT_KEY_FETCH_USER_LIMIT: RateLimit = RateLimit {
+    per_second: 5.0,
+    burst: 50,
+};
 
 /// Open ingest connections a provider may have per replica by default.
 pub const DEFAULT_MAX_CONNECTIONS_PER_PROVIDER: usize = 1000;
@@ -85,6 +103,8 @@ impl Config {
             },
             admin_api: None,
             edge: EdgeLimits::with_connections(DEFAULT_MAX_CONNECTIONS_PER_PROVIDER),
+            key_fetch_provider_limit: DEFAULT_KEY_FETCH_PROVIDER_LIMIT,
+            key_fetch_user_limit: DEFAULT_KEY_FETCH_USER_LIMIT,
         }
     }
 }
@@ -97,6 +117,8 @@ pub enum Error {
     Registry(#[from] interop_providers::store::StoreError),
     #[error("cannot serve WebSockets: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Keys(#[from] interop_keys::KeysError),
 }
 
 /// What every connection shares.
@@ -115,6 +137,10 @@ pub(crate) struct Shared {
     pub edge: EdgeGuard,
     /// Publishes accepted sends, gathered (docs/adr/0019).
     pub accepted: accepted::Publisher,
+    /// The key directory (docs/adr/0025).
+    pub keys: interop_keys::KeyDirectory,
+    pub key_fetch_provider_limit: RateLimit,
+    pub key_fetch_user_limit: RateLimit,
 }
 
 /// Runs ingest until `shutdown`, then closes connections after their
@@ -138,6 +164,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
             shutdown.clone(),
         ))
     });
+    let keys = interop_keys::KeyDirectory::open(js.clone()).await?;
     let metrics = metrics::IngestMetrics::register(&deps.metrics);
     let shared = Arc::new(Shared {
         providers,
@@ -152,6 +179,9 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         sessions: TaskTracker::new(),
         metrics,
         edge: EdgeGuard::new(deps.redis.clone(), config.edge),
+        keys,
+        key_fetch_provider_limit: config.key_fetch_provider_limit,
+        key_fetch_user_limit: config.key_fetch_user_limit,
     });
     let app = Router::new()
         .route("/v1/ws", get(upgrade))

@@ -8,6 +8,7 @@
 //! answer `Accepted` once JetStream acked, else `Rejected{UNAVAILABLE}`.
 //!
 //! `SetConsent`, `RespondToRequest`, `GetConsent`: see `consent_frames`.
+//! The key directory's frames: see `keys_frames`.
 
 use std::sync::Arc;
 
@@ -160,6 +161,21 @@ pub(crate) async fn prepare(shared: Arc<Shared>, provider: String, frame: Client
         }
         Some(client_frame::Frame::GetGroup(g)) => {
             crate::group::get(&shared, &provider, request_id, g).await
+        }
+        Some(client_frame::Frame::PublishKeys(p)) => {
+            crate::keys_frames::publish(&shared, &provider, request_id, p).await
+        }
+        Some(client_frame::Frame::ListDevices(l)) => {
+            crate::keys_frames::list_devices(&shared, &provider, request_id, l).await
+        }
+        Some(client_frame::Frame::FetchBundles(f)) => {
+            crate::keys_frames::fetch_bundles(&shared, &provider, request_id, f).await
+        }
+        Some(client_frame::Frame::FetchKeyPackages(f)) => {
+            crate::keys_frames::fetch_key_packages(&shared, &provider, request_id, f).await
+        }
+        Some(client_frame::Frame::RemoveDevice(r)) => {
+            crate::keys_frames::remove_device(&shared, &provider, request_id, r).await
         }
         Some(client_frame::Frame::MarkRead(_)) => reject(
             request_id,

@@ -48,6 +48,14 @@ pub const QUARANTINE_MAX_MESSAGES: i64 = 1_000_000;
 /// Window in which a re-published `Nats-Msg-Id` is dropped as a duplicate.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// Keys one pool subject of the key directory may hold before the oldest
+/// go: twice the directory's own limit per device, so only a bug reaches it.
+pub const KEYS_POOL_MAX_PER_SUBJECT: i64 =
+    2 * interop_proto::keys::MAX_ONE_TIME_PREKEYS_PER_DEVICE as i64;
+const _: () = assert!(
+    interop_proto::keys::MAX_KEY_PACKAGES_PER_DEVICE as i64 <= KEYS_POOL_MAX_PER_SUBJECT / 2
+);
+
 fn pipeline_stream(name: &str, subject: &str, s: &StreamSettings) -> stream::Config {
     stream::Config {
         name: name.to_owned(),
@@ -125,6 +133,35 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             max_messages_per_subject: 1,
             storage: stream::StorageType::File,
             num_replicas: s.replicas,
+            ..Default::default()
+        },
+        // The key directory (docs/adr/0025): each user's devices, the last
+        // write per user, written compare-and-set.
+        stream::Config {
+            name: STREAM_KEYS_DEVICES.to_owned(),
+            subjects: vec![KEYS_DEVICES_ALL.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_messages_per_subject: 1,
+            storage: stream::StorageType::File,
+            num_replicas: s.replicas,
+            allow_direct: true,
+            ..Default::default()
+        },
+        // The key directory's pools: a key is claimed by deleting it.
+        stream::Config {
+            name: STREAM_KEYS_POOL.to_owned(),
+            subjects: vec![KEYS_POOL_ALL.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            // A backstop well above the per-device limits the directory
+            // enforces (interop_proto::keys).
+            discard: stream::DiscardPolicy::Old,
+            max_messages_per_subject: KEYS_POOL_MAX_PER_SUBJECT,
+            storage: stream::StorageType::File,
+            num_replicas: s.replicas,
+            // Claims read with direct gets, which any replica answers.
+            allow_direct: true,
+            duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         },
     ]

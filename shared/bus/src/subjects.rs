@@ -121,6 +121,25 @@ pub fn delivery_acked(recipient_key: &str, device_id: &str) -> String {
     format!("{DELIVERY_ACKED_PREFIX}.{recipient_key}.{device_id}")
 }
 
+/// The key directory's pools of one-time prekeys and MLS KeyPackages: one
+/// message per key, claimed by deleting it (docs/adr/0025).
+pub const KEYS_POOL_PREFIX: &str = "interop.v1.keys.pool";
+pub const KEYS_POOL_ALL: &str = "interop.v1.keys.pool.>";
+/// The stream holding the pools.
+pub const STREAM_KEYS_POOL: &str = "INTEROP_KEYS_POOL";
+/// Each user's devices and their long-term keys: one message per user (the
+/// last per subject is kept), written compare-and-set.
+pub const KEYS_DEVICES_PREFIX: &str = "interop.v1.keys.devices";
+pub const KEYS_DEVICES_ALL: &str = "interop.v1.keys.devices.*";
+/// The stream holding the users' devices.
+pub const STREAM_KEYS_DEVICES: &str = "INTEROP_KEYS_DEVICES";
+
+/// The pool of one-time prekeys (`kind` "otk") or KeyPackages ("kp") of a
+/// user's device: `interop.v1.keys.pool.<user key>.<device>.<kind>`.
+pub fn keys_pool(user_key: &str, device_id: &str, kind: &str) -> String {
+    format!("{KEYS_POOL_PREFIX}.{user_key}.{device_id}.{kind}")
+}
+
 /// The store subject of one recipient.
 pub fn delivery_queued(recipient_key: &str) -> String {
     format!("{DELIVERY_QUEUED_PREFIX}.{recipient_key}")

@@ -20,6 +20,8 @@
 
 pub mod admin;
 pub mod config;
+pub mod keys;
+pub mod olm;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

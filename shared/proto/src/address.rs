@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use crate::limits::{MAX_PROVIDER_ID_BYTES, MAX_USER_BYTES};
+use crate::limits::{MAX_DEVICE_ID_BYTES, MAX_PROVIDER_ID_BYTES, MAX_USER_BYTES};
 use crate::HOME_PROVIDER;
 
 /// Why a string is not an address. Each variant maps to the
@@ -100,6 +100,14 @@ impl fmt::Display for Redacted<'_> {
             .collect();
         write!(f, "{}:…{}", self.0.provider(), tail)
     }
+}
+
+/// Whether `s` is a valid device id: 1 to 64 bytes of `[A-Za-z0-9_-]`.
+pub fn valid_device_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_DEVICE_ID_BYTES
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Whether `s` is a valid provider id.

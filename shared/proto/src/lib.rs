@@ -6,6 +6,7 @@
 //! every endpoint enforces.
 
 pub mod address;
+pub mod keys;
 pub mod limits;
 
 /// Generated protobuf types, package `interop.v1`.

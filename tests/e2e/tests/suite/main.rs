@@ -12,6 +12,7 @@ mod edge;
 mod erase_user;
 mod erasure;
 mod hostile;
+mod keys;
 mod loadtest_gateway;
 mod media;
 mod mtls;

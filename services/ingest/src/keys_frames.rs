@@ -1,0 +1,365 @@
+//! The key-directory frames (docs/protocol.md, "End-to-end encryption: the
+//! key directory"; docs/adr/0025). Each is answered right away; none goes
+//! through the pipeline.
+//!
+//! - `PublishKeys{user, device, one_time_prekeys, key_packages}`: the user's
+//!   own provider, for a user who opted in → `KeysPublished`.
+//! - `ListDevices{requester, user}` → `DeviceList`.
+//! - `FetchBundles{requester, user, device_ids}` → `Bundles`, each claiming
+//!   one one-time prekey.
+//! - `FetchKeyPackages{requester, users}` → `KeyPackages`.
+//! - `RemoveDevice{user, device_id}`: own provider → `DeviceList`.
+//!
+//! **Discovery follows consent.** A user's keys are visible to their own
+//! provider, and to another provider only while the user is opted in and
+//! allows it. Otherwise the answer is `RECIPIENT_UNAVAILABLE` with the same
+//! detail as for a user nobody knows, so a provider cannot tell the cases
+//! apart. Fetches count against the requesting provider's and the
+//! requesting user's key-fetch rate limits (their own GCRA buckets, apart
+//! from the send limits), so nobody can drain a user's one-time prekeys
+//! faster than those allow.
+
+use tracing::warn;
+
+use interop_edge::ws::rejected;
+use interop_keys::KeysError;
+use interop_proto::keys::MAX_KEY_PACKAGE_USERS;
+use interop_proto::v1::{
+    server_frame, Bundles, DeviceInfo, DeviceList, FetchBundles, FetchKeyPackages, KeyPackages,
+    KeysPublished, ListDevices, PublishKeys, RejectCode, RemoveDevice, ServerFrame,
+};
+use interop_proto::Address;
+use interop_state::gcra;
+use interop_state::ConsentStore;
+
+use crate::send::{checks, rate_limited, unavailable, Prepared};
+use crate::validate::{validate_own_user, Rejection};
+use crate::Shared;
+
+/// The one answer for a user whose keys the requester may not see, whatever
+/// the reason (unknown, not opted in, provider not allowed).
+const NOT_VISIBLE: &str = "the user is not reachable from this provider";
+
+fn answer(request_id: u64, frame: server_frame::Frame) -> Prepared {
+    Prepared::Answer(Box::new(ServerFrame {
+        request_id,
+        frame: Some(frame),
+    }))
+}
+
+fn refuse(request_id: u64, r: Rejection) -> Prepared {
+    Prepared::Answer(Box::new(rejected(
+        request_id,
+        "",
+        r.code,
+        r.detail,
+        r.retry_after_ms,
+    )))
+}
+
+fn not_visible() -> Rejection {
+    Rejection::new(RejectCode::RecipientUnavailable, NOT_VISIBLE)
+}
+
+fn directory_error(request_id: u64, e: KeysError) -> Prepared {
+    match e {
+        KeysError::Rejected(r) => refuse(request_id, Rejection::new(r.code, r.detail)),
+        KeysError::Unavailable(e) => {
+            warn!(error = %e, "The key directory is unavailable.");
+            refuse(request_id, unavailable("the key directory"))
+        }
+    }
+}
+
+/// Redis key of a provider's key-fetch bucket.
+fn fetch_provider_key(provider: &str) -> String {
+    format!("interop:gcra:keys:provider:{provider}")
+}
+
+/// Redis key of a requesting user's key-fetch bucket.
+fn fetch_user_key(user: &str) -> String {
+    format!("interop:gcra:keys:user:{user}")
+}
+
+/// Counts one fetch (of `cost` users) against the requester's provider's
+/// and the requester's key-fetch limits; the refusal if either is spent.
+async fn fetch_allowed(
+    shared: &Shared,
+    provider: &str,
+    requester: &Address,
+    cost: usize,
+) -> Result<(), Rejection> {
+    let (p, u) = (shared.key_fetch_provider_limit, shared.key_fetch_user_limit);
+    // One token per user fetched: a fetch of several users is that many
+    // checks in one round trip.
+    let mut pipe = redis::pipe();
+    for _ in 0..cost.max(1) {
+        pipe.invoke_script(
+            gcra::GCRA
+                .key(fetch_provider_key(provider))
+                .key(fetch_user_key(requester.as_str()))
+                .arg(format!("{:.3}", p.interval_ms()))
+                .arg(p.burst)
+                .arg(format!("{:.3}", u.interval_ms()))
+                .arg(u.burst),
+        );
+    }
+    let rates: Vec<(i64, i64, i64)> = checks(shared, &pipe).await.map_err(|e| {
+        warn!(error = %e, "Redis unavailable; refusing key fetches.");
+        unavailable("state storage")
+    })?;
+    match rates.into_iter().find_map(rate_limited) {
+        Some(r) => Err(r),
+        None => Ok(()),
+    }
+}
+
+/// Whether `provider` may see `user`'s keys: its own user, or one who opted
+/// in and allows it.
+async fn visible(shared: &Shared, provider: &str, user: &Address) -> Result<bool, Rejection> {
+    if user.provider() == provider {
+        return Ok(true);
+    }
+    let consent = ConsentStore::new(shared.redis.clone())
+        .get(user.as_str())
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "Cannot read consent for a key fetch.");
+            unavailable("the consent registry")
+        })?;
+    Ok(consent.admits(provider))
+}
+
+/// The requester (a user of `provider`) and the target of a fetch, once the
+/// requester may ask and the target is visible; the rejection otherwise.
+async fn fetch_target(
+    shared: &Shared,
+    provider: &str,
+    requester: &str,
+    user: &str,
+) -> Result<Address, Rejection> {
+    let requester = validate_own_user(provider, requester)?;
+    if user.is_empty() {
+        return Err(Rejection::new(RejectCode::MissingField, "user is required"));
+    }
+    let user = Address::parse(user)
+        .map_err(|e| Rejection::new(RejectCode::InvalidAddress, format!("user: {e}")))?;
+    fetch_allowed(shared, provider, &requester, 1).await?;
+    if !visible(shared, provider, &user).await? {
+        return Err(not_visible());
+    }
+    Ok(user)
+}
+
+/// `PublishKeys`.
+pub(crate) async fn publish(
+    shared: &Shared,
+    provider: &str,
+    request_id: u64,
+    p: PublishKeys,
+) -> Prepared {
+    let user = match validate_own_user(provider, &p.user) {
+        Ok(u) => u,
+        Err(r) => return refuse(request_id, r),
+    };
+    match ConsentStore::new(shared.redis.clone())
+        .get(user.as_str())
+        .await
+    {
+        Ok(c) if c.opted_in => {}
+        Ok(_) => {
+            return refuse(
+                request_id,
+                Rejection::new(
+                    RejectCode::NotOptedIn,
+                    "the user has not opted in to interoperability (SetConsent)",
+                ),
+            )
+        }
+        Err(e) => {
+            warn!(error = %e, "Cannot read consent for a key publish.");
+            return refuse(request_id, unavailable("the consent registry"));
+        }
+    }
+    let device_id = p
+        .device
+        .as_ref()
+        .map(|d| d.device_id.clone())
+        .unwrap_or_default();
+    match shared.keys.publish(user.as_str(), &p).await {
+        Ok(counts) => answer(
+            request_id,
+            server_frame::Frame::KeysPublished(KeysPublished {
+                user: p.user,
+                device_id,
+                one_time_prekeys: counts.one_time_prekeys,
+                key_packages: counts.key_packages,
+            }),
+        ),
+        Err(e) => directory_error(request_id, e),
+    }
+}
+
+/// The device list answer; pool counts only for the user's own provider.
+async fn device_list(
+    shared: &Shared,
+    provider: &str,
+    request_id: u64,
+    user: &Address,
+    devices: Vec<interop_proto::v1::StoredDevice>,
+) -> Prepared {
+    let own = user.provider() == provider;
+    let mut out = Vec::with_capacity(devices.len());
+    for d in devices {
+        let Some(keys) = d.keys else { continue };
+        let counts = if own {
+            match shared
+                .keys
+                .pool_counts(user.as_str(), &keys.device_id)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => return directory_error(request_id, e),
+            }
+        } else {
+            Default::default()
+        };
+        out.push(DeviceInfo {
+            device_id: keys.device_id,
+            identity_key: keys.identity_key,
+            signing_key: keys.signing_key,
+            one_time_prekeys: counts.one_time_prekeys,
+            key_packages: counts.key_packages,
+        });
+    }
+    answer(
+        request_id,
+        server_frame::Frame::DeviceList(DeviceList {
+            user: user.as_str().to_owned(),
+            devices: out,
+        }),
+    )
+}
+
+/// `ListDevices`.
+pub(crate) async fn list_devices(
+    shared: &Shared,
+    provider: &str,
+    request_id: u64,
+    l: ListDevices,
+) -> Prepared {
+    let user = match fetch_target(shared, provider, &l.requester, &l.user).await {
+        Ok(u) => u,
+        Err(r) => return refuse(request_id, r),
+    };
+    match shared.keys.devices(user.as_str()).await {
+        // A visible user without devices: an empty list, as for anyone
+        // whose app has not published yet.
+        Ok(devices) => device_list(shared, provider, request_id, &user, devices).await,
+        Err(e) => directory_error(request_id, e),
+    }
+}
+
+/// `FetchBundles`.
+pub(crate) async fn fetch_bundles(
+    shared: &Shared,
+    provider: &str,
+    request_id: u64,
+    f: FetchBundles,
+) -> Prepared {
+    let user = match fetch_target(shared, provider, &f.requester, &f.user).await {
+        Ok(u) => u,
+        Err(r) => return refuse(request_id, r),
+    };
+    match shared
+        .keys
+        .fetch_bundles(user.as_str(), &f.device_ids)
+        .await
+    {
+        Ok(bundles) => answer(
+            request_id,
+            server_frame::Frame::Bundles(Bundles {
+                user: f.user,
+                bundles,
+            }),
+        ),
+        Err(e) => directory_error(request_id, e),
+    }
+}
+
+/// `FetchKeyPackages`.
+pub(crate) async fn fetch_key_packages(
+    shared: &Shared,
+    provider: &str,
+    request_id: u64,
+    f: FetchKeyPackages,
+) -> Prepared {
+    let requester = match validate_own_user(provider, &f.requester) {
+        Ok(r) => r,
+        Err(r) => return refuse(request_id, r),
+    };
+    if f.users.is_empty() {
+        return refuse(
+            request_id,
+            Rejection::new(RejectCode::MissingField, "users is empty"),
+        );
+    }
+    if f.users.len() > MAX_KEY_PACKAGE_USERS {
+        return refuse(
+            request_id,
+            Rejection::new(
+                RejectCode::TooLong,
+                format!("at most {MAX_KEY_PACKAGE_USERS} users per fetch"),
+            ),
+        );
+    }
+    let mut users = Vec::with_capacity(f.users.len());
+    for u in &f.users {
+        match Address::parse(u) {
+            Ok(a) => users.push(a),
+            Err(e) => {
+                return refuse(
+                    request_id,
+                    Rejection::new(RejectCode::InvalidAddress, format!("users: {e}")),
+                )
+            }
+        }
+    }
+    if let Err(r) = fetch_allowed(shared, provider, &requester, users.len()).await {
+        return refuse(request_id, r);
+    }
+    let mut key_packages = Vec::new();
+    for user in &users {
+        match visible(shared, provider, user).await {
+            Ok(true) => {}
+            // Left out, like a user without devices.
+            Ok(false) => continue,
+            Err(r) => return refuse(request_id, r),
+        }
+        match shared.keys.fetch_key_packages(user.as_str()).await {
+            Ok(kps) => key_packages.extend(kps),
+            Err(e) => return directory_error(request_id, e),
+        }
+    }
+    answer(
+        request_id,
+        server_frame::Frame::KeyPackages(KeyPackages { key_packages }),
+    )
+}
+
+/// `RemoveDevice`.
+pub(crate) async fn remove_device(
+    shared: &Shared,
+    provider: &str,
+    request_id: u64,
+    r: RemoveDevice,
+) -> Prepared {
+    let user = match validate_own_user(provider, &r.user) {
+        Ok(u) => u,
+        Err(rej) => return refuse(request_id, rej),
+    };
+    match shared.keys.remove_device(user.as_str(), &r.device_id).await {
+        Ok(devices) => device_list(shared, provider, request_id, &user, devices).await,
+        Err(e) => directory_error(request_id, e),
+    }
+}

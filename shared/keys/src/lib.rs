@@ -1,0 +1,476 @@
+//! # interop-keys: the key directory
+//!
+//! Users' devices publish their public keys here through ingest, and other
+//! users' apps fetch them to set up end-to-end-encrypted sessions (Olm, the
+//! Signal protocol, MLS). The gateway never holds a private key, and the key
+//! bytes are opaque to it (docs/adr/0025).
+//!
+//! ## Where it lives
+//!
+//! - **Long-term keys** of a user's devices (identity, signing, signed
+//!   prekey, last-resort prekeys, the last-resort KeyPackage): one message
+//!   per user in the stream `INTEROP_KEYS_DEVICES`, subject
+//!   `interop.v1.keys.devices.<user key>` (the SHA-256-derived key subjects
+//!   use; never the address), the last one kept, value `StoredDevices`
+//!   (protobuf). Writes are compare-and-set on the subject's last sequence
+//!   (`Nats-Expected-Last-Subject-Sequence`), so two replicas publishing at
+//!   once cannot lose a device. (A stream rather than a KV bucket: async-nats
+//!   0.51 cannot create a bucket on nats-server 2.9, ADR 3.)
+//! - **One-time prekeys and KeyPackages**: one message per key in the stream
+//!   `INTEROP_KEYS_POOL`, subject `interop.v1.keys.pool.<user key>.<device>.
+//!   <otk|kp>`. A fetch **claims** a key by deleting its message: JetStream
+//!   deletes a message once, through the stream's leader, so exactly one
+//!   fetcher gets each key, whichever directory replica it runs in and
+//!   across a leader change (a delete that lost the race fails and the
+//!   fetcher takes the next key). An empty pool means the last-resort key.
+//!
+//! Both are replicated like the pipeline's streams (`--stream-replicas`).
+//! Redis holds nothing of the directory.
+
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use prost::Message as _;
+use tracing::warn;
+
+use interop_bus::subjects::{
+    keys_pool, KEYS_DEVICES_PREFIX, STREAM_KEYS_DEVICES, STREAM_KEYS_POOL,
+};
+use interop_proto::keys::{
+    check_publish, KeyRejection, MAX_DEVICES_PER_USER, MAX_KEY_PACKAGES_PER_DEVICE,
+    MAX_ONE_TIME_PREKEYS_PER_DEVICE,
+};
+use interop_proto::v1::{
+    Bundle, DeviceKeyPackage, PublicKey, PublishKeys, RejectCode, StoredDevice, StoredDevices,
+};
+
+/// The pool of one-time prekeys.
+const OTK: &str = "otk";
+/// The pool of MLS KeyPackages.
+const KP: &str = "kp";
+/// Tries at a compare-and-set of a user's entry before giving up (another
+/// writer won each time).
+const CAS_ATTEMPTS: usize = 16;
+/// Messages a claim looks at before it takes the last-resort key: reached
+/// only when that many other fetchers took each key it looked at first.
+const CLAIM_ATTEMPTS: usize = 64;
+/// How far past a key it lost a race for a claim jumps (at random, up to
+/// this), so that many fetchers of one device spread over its pool instead
+/// of all contending for the next key.
+const CLAIM_SPREAD: u64 = 16;
+
+/// Why a directory operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    /// The request is refused (a typed code for the provider); nothing was
+    /// stored.
+    #[error("{}: {}", .0.code.as_str_name(), .0.detail)]
+    Rejected(KeyRejection),
+    /// JetStream did not answer or failed: retry later.
+    #[error("the key directory is unavailable: {0}")]
+    Unavailable(String),
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> KeysError {
+    KeysError::Unavailable(format!("{what}: {e}"))
+}
+
+fn rejected(code: RejectCode, detail: impl Into<String>) -> KeysError {
+    KeysError::Rejected(KeyRejection::new(code, detail))
+}
+
+/// Unclaimed keys in a device's pools.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    pub one_time_prekeys: u32,
+    pub key_packages: u32,
+}
+
+/// The key directory, over one JetStream context. Any number of instances
+/// (ingest replicas) may serve the same directory at once.
+#[derive(Clone)]
+pub struct KeyDirectory {
+    js: jetstream::Context,
+    devices: stream::Stream,
+    pool: stream::Stream,
+}
+
+impl KeyDirectory {
+    /// The directory on the streams `interop_bus::ensure_streams` made.
+    pub async fn open(js: jetstream::Context) -> Result<Self, KeysError> {
+        let devices = js
+            .get_stream(STREAM_KEYS_DEVICES)
+            .await
+            .map_err(|e| unavailable("opening the key directory's devices stream", e))?;
+        let pool = js
+            .get_stream(STREAM_KEYS_POOL)
+            .await
+            .map_err(|e| unavailable("opening the key pool stream", e))?;
+        Ok(Self { js, devices, pool })
+    }
+
+    fn devices_subject(user: &str) -> String {
+        format!("{KEYS_DEVICES_PREFIX}.{}", interop_bus::recipient_key(user))
+    }
+
+    /// A user's devices and the subject's last sequence (0: none yet).
+    async fn load(&self, user: &str) -> Result<(StoredDevices, u64), KeysError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        match self
+            .devices
+            .direct_get_last_for_subject(Self::devices_subject(user))
+            .await
+        {
+            Ok(m) => {
+                let devices = StoredDevices::decode(m.payload)
+                    .map_err(|e| unavailable("decoding a user's devices", e))?;
+                Ok((devices, m.sequence))
+            }
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok((StoredDevices::default(), 0)),
+            Err(e) => Err(unavailable("reading a user's devices", e)),
+        }
+    }
+
+    /// Writes `devices` if the user's last write is still `revision` (0:
+    /// there is none); `Ok(false)` if another writer came first.
+    async fn store(
+        &self,
+        user: &str,
+        devices: &StoredDevices,
+        revision: u64,
+    ) -> Result<bool, KeysError> {
+        use async_nats::jetstream::context::PublishErrorKind;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            revision.to_string().as_str(),
+        );
+        let ack = self
+            .js
+            .publish_with_headers(
+                Self::devices_subject(user),
+                headers,
+                devices.encode_to_vec().into(),
+            )
+            .await
+            .map_err(|e| unavailable("writing a user's devices", e))?;
+        match ack.await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
+            Err(e) => Err(unavailable("writing a user's devices", e)),
+        }
+    }
+
+    /// A user's devices as stored.
+    pub async fn devices(&self, user: &str) -> Result<Vec<StoredDevice>, KeysError> {
+        Ok(self.load(user).await?.0.devices)
+    }
+
+    /// Unclaimed keys in a device's pools.
+    pub async fn pool_counts(&self, user: &str, device_id: &str) -> Result<PoolCounts, KeysError> {
+        let ukey = interop_bus::recipient_key(user);
+        let filter = format!(
+            "{}.>",
+            keys_pool(&ukey, device_id, "x").trim_end_matches(".x")
+        );
+        let mut subjects = self
+            .pool
+            .info_with_subjects(&filter)
+            .await
+            .map_err(|e| unavailable("counting a device's keys", e))?;
+        let mut counts = PoolCounts::default();
+        while let Some((subject, n)) = subjects
+            .try_next()
+            .await
+            .map_err(|e| unavailable("counting a device's keys", e))?
+        {
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            if subject.ends_with(".otk") {
+                counts.one_time_prekeys = n;
+            } else if subject.ends_with(".kp") {
+                counts.key_packages = n;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Publishes or replaces a device's keys and adds to its pools. `user`
+    /// must be the checked owner of the publish (the endpoint checks
+    /// ownership and opt-in). Refused without storing anything for: a
+    /// malformed publish, a one-time prekey id not above every id the device
+    /// published before (`KEY_ID_REUSED`: a replay), a pool or the user's
+    /// device list over its limit (`TOO_MANY_KEYS`).
+    pub async fn publish(&self, user: &str, p: &PublishKeys) -> Result<PoolCounts, KeysError> {
+        check_publish(p).map_err(KeysError::Rejected)?;
+        // check_publish made sure the device is there.
+        let Some(keys) = p.device.clone() else {
+            return Err(rejected(RejectCode::MissingField, "device is missing"));
+        };
+        let ukey = interop_bus::recipient_key(user);
+        for _ in 0..CAS_ATTEMPTS {
+            let (mut stored, revision) = self.load(user).await?;
+            let existing = stored.devices.iter().position(|d| {
+                d.keys
+                    .as_ref()
+                    .is_some_and(|k| k.device_id == keys.device_id)
+            });
+            if existing.is_none() && stored.devices.len() >= MAX_DEVICES_PER_USER {
+                return Err(rejected(
+                    RejectCode::TooManyKeys,
+                    format!("a user has at most {MAX_DEVICES_PER_USER} devices"),
+                ));
+            }
+            let previous = existing
+                .map(|i| stored.devices[i].clone())
+                .unwrap_or_default();
+            if let Some(first) = p.one_time_prekeys.first() {
+                if existing.is_some() && first.key_id <= previous.max_one_time_prekey_id {
+                    return Err(rejected(
+                        RejectCode::KeyIdReused,
+                        format!(
+                            "one-time prekey ids must be above {}, the highest this device published",
+                            previous.max_one_time_prekey_id
+                        ),
+                    ));
+                }
+            }
+            let counts = if existing.is_some() {
+                self.pool_counts(user, &keys.device_id).await?
+            } else {
+                PoolCounts::default()
+            };
+            let otks = counts.one_time_prekeys as usize + p.one_time_prekeys.len();
+            let kps = counts.key_packages as usize + p.key_packages.len();
+            if otks > MAX_ONE_TIME_PREKEYS_PER_DEVICE || kps > MAX_KEY_PACKAGES_PER_DEVICE {
+                return Err(rejected(
+                    RejectCode::TooManyKeys,
+                    format!(
+                        "a device holds at most {MAX_ONE_TIME_PREKEYS_PER_DEVICE} one-time prekeys and {MAX_KEY_PACKAGES_PER_DEVICE} key packages"
+                    ),
+                ));
+            }
+            // The pools first: a key is in the pool before the device's
+            // entry says it was published. A retry republishes with the same
+            // message ids, which the stream drops as duplicates.
+            let mut acks = Vec::new();
+            for k in &p.one_time_prekeys {
+                let id = format!("otk.{ukey}.{}.{}", keys.device_id, k.key_id);
+                acks.push(
+                    self.publish_pool(
+                        &keys_pool(&ukey, &keys.device_id, OTK),
+                        id,
+                        k.encode_to_vec(),
+                    )
+                    .await?,
+                );
+            }
+            for (i, kp) in p.key_packages.iter().enumerate() {
+                let n = previous.key_packages_published + i as u64 + 1;
+                let id = format!("kp.{ukey}.{}.{n}", keys.device_id);
+                acks.push(
+                    self.publish_pool(&keys_pool(&ukey, &keys.device_id, KP), id, kp.to_vec())
+                        .await?,
+                );
+            }
+            for ack in acks {
+                ack.await.map_err(|e| unavailable("storing a key", e))?;
+            }
+            let updated = StoredDevice {
+                keys: Some(keys.clone()),
+                max_one_time_prekey_id: p
+                    .one_time_prekeys
+                    .last()
+                    .map_or(previous.max_one_time_prekey_id, |k| k.key_id),
+                key_packages_published: previous.key_packages_published
+                    + p.key_packages.len() as u64,
+                updated_at_ms: interop_proto::now_ms(),
+            };
+            match existing {
+                Some(i) => stored.devices[i] = updated,
+                None => stored.devices.push(updated),
+            }
+            if self.store(user, &stored, revision).await? {
+                return Ok(PoolCounts {
+                    one_time_prekeys: u32::try_from(otks).unwrap_or(u32::MAX),
+                    key_packages: u32::try_from(kps).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        Err(KeysError::Unavailable(
+            "the user's devices changed too often at once; retry".into(),
+        ))
+    }
+
+    async fn publish_pool(
+        &self,
+        subject: &str,
+        msg_id: String,
+        payload: Vec<u8>,
+    ) -> Result<jetstream::context::PublishAckFuture, KeysError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+        self.js
+            .publish_with_headers(subject.to_owned(), headers, payload.into())
+            .await
+            .map_err(|e| unavailable("storing a key", e))
+    }
+
+    /// Claims one key of a pool: it is deleted from the pool, so no other
+    /// fetcher gets it. `None` when the pool is empty.
+    async fn claim(&self, subject: &str) -> Result<Option<Bytes>, KeysError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        let mut from: Option<u64> = None;
+        for _ in 0..CLAIM_ATTEMPTS {
+            let msg = match self.pool.direct_get_next_for_subject(subject, from).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
+                    if from.is_none() {
+                        return Ok(None);
+                    }
+                    // Past the last key after jumping ahead: look again from
+                    // the start, where keys the jump skipped may be.
+                    from = None;
+                    continue;
+                }
+                Err(e) => return Err(unavailable("reading a key pool", e)),
+            };
+            match self.pool.delete_message(msg.sequence).await {
+                Ok(true) => return Ok(Some(msg.payload)),
+                // Another fetcher deleted it first (JetStream answers "no
+                // message found"): take another, a little further on.
+                Ok(false) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        async_nats::jetstream::stream::DeleteMessageErrorKind::JetStream(_)
+                    ) => {}
+                Err(e) => return Err(unavailable("claiming a key", e)),
+            }
+            from = Some(msg.sequence + 1 + rand::random_range(0..CLAIM_SPREAD));
+        }
+        warn!(
+            attempts = CLAIM_ATTEMPTS,
+            "Every key a claim looked at was taken by another fetcher; handing out the last-resort key."
+        );
+        Ok(None)
+    }
+
+    /// A bundle for each device of `user` (or those named), each claiming
+    /// one one-time prekey. `UNKNOWN_DEVICE` if a named device is not there.
+    pub async fn fetch_bundles(
+        &self,
+        user: &str,
+        device_ids: &[String],
+    ) -> Result<Vec<Bundle>, KeysError> {
+        let devices = self.devices(user).await?;
+        let chosen: Vec<&StoredDevice> = if device_ids.is_empty() {
+            devices.iter().collect()
+        } else {
+            let mut chosen = Vec::new();
+            for id in device_ids {
+                let d = devices
+                    .iter()
+                    .find(|d| d.keys.as_ref().is_some_and(|k| &k.device_id == id))
+                    .ok_or_else(|| rejected(RejectCode::UnknownDevice, "no such device"))?;
+                chosen.push(d);
+            }
+            chosen
+        };
+        let ukey = interop_bus::recipient_key(user);
+        let mut bundles = Vec::with_capacity(chosen.len());
+        for d in chosen {
+            let Some(keys) = d.keys.clone() else { continue };
+            let claimed = self.claim(&keys_pool(&ukey, &keys.device_id, OTK)).await?;
+            let one_time_prekey = match claimed {
+                Some(bytes) => Some(
+                    PublicKey::decode(bytes)
+                        .map_err(|e| unavailable("decoding a one-time prekey", e))?,
+                ),
+                None => None,
+            };
+            bundles.push(Bundle {
+                device: Some(keys),
+                one_time_prekey,
+            });
+        }
+        Ok(bundles)
+    }
+
+    /// One KeyPackage for each device of `user`, claimed, or the device's
+    /// last-resort KeyPackage when its pool is empty (devices with neither
+    /// are left out).
+    pub async fn fetch_key_packages(&self, user: &str) -> Result<Vec<DeviceKeyPackage>, KeysError> {
+        let ukey = interop_bus::recipient_key(user);
+        let mut out = Vec::new();
+        for d in self.devices(user).await? {
+            let Some(keys) = d.keys else { continue };
+            let (key_package, last_resort) =
+                match self.claim(&keys_pool(&ukey, &keys.device_id, KP)).await? {
+                    Some(kp) => (kp, false),
+                    None if !keys.last_resort_key_package.is_empty() => {
+                        (keys.last_resort_key_package.clone(), true)
+                    }
+                    None => continue,
+                };
+            out.push(DeviceKeyPackage {
+                user: user.to_owned(),
+                device_id: keys.device_id.clone(),
+                key_package,
+                last_resort,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes a device and its unclaimed keys; the user's devices after.
+    pub async fn remove_device(
+        &self,
+        user: &str,
+        device_id: &str,
+    ) -> Result<Vec<StoredDevice>, KeysError> {
+        let ukey = interop_bus::recipient_key(user);
+        for _ in 0..CAS_ATTEMPTS {
+            let (mut stored, revision) = self.load(user).await?;
+            let before = stored.devices.len();
+            stored
+                .devices
+                .retain(|d| d.keys.as_ref().is_none_or(|k| k.device_id != device_id));
+            if stored.devices.len() == before {
+                return Err(rejected(RejectCode::UnknownDevice, "no such device"));
+            }
+            if self.store(user, &stored, revision).await? {
+                for kind in [OTK, KP] {
+                    self.pool
+                        .purge()
+                        .filter(keys_pool(&ukey, device_id, kind))
+                        .await
+                        .map_err(|e| unavailable("purging a device's keys", e))?;
+                }
+                return Ok(stored.devices);
+            }
+        }
+        Err(KeysError::Unavailable(
+            "the user's devices changed too often at once; retry".into(),
+        ))
+    }
+
+    /// Erases everything of `user` (their erasure, docs/security.md): the
+    /// devices' entry and every pool.
+    pub async fn erase_user(&self, user: &str) -> Result<(), KeysError> {
+        let ukey = interop_bus::recipient_key(user);
+        self.pool
+            .purge()
+            .filter(format!(
+                "{}.{ukey}.>",
+                interop_bus::subjects::KEYS_POOL_PREFIX
+            ))
+            .await
+            .map_err(|e| unavailable("purging a user's keys", e))?;
+        self.devices
+            .purge()
+            .filter(Self::devices_subject(user))
+            .await
+            .map_err(|e| unavailable("purging a user's devices", e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,254 @@
+//! The key directory on a real nats-server: every one-time prekey is handed
+//! out once, also to 1,000 fetches at once through two directory instances
+//! (as two ingest replicas would be); a replayed publish stores nothing;
+//! every limit holds at its edge.
+
+use std::collections::HashSet;
+
+use interop_keys::{KeyDirectory, KeysError, PoolCounts};
+use interop_proto::keys::{
+    MAX_DEVICES_PER_USER, MAX_ONE_TIME_PREKEYS_PER_DEVICE, MAX_ONE_TIME_PREKEYS_PER_PUBLISH,
+    SIGNATURE_BYTES,
+};
+use interop_proto::v1::{DeviceKeys, PublicKey, PublishKeys, RejectCode};
+use interop_test_support::NatsServer;
+
+const BOB: &str = "home:+4915112345678";
+
+fn key(fill: u8) -> PublicKey {
+    PublicKey {
+        algorithm: "curve25519".into(),
+        key_id: 0,
+        key: vec![fill; 32].into(),
+        signature: Default::default(),
+    }
+}
+
+fn device(id: &str) -> DeviceKeys {
+    DeviceKeys {
+        device_id: id.into(),
+        identity_key: Some(key(1)),
+        signing_key: None,
+        signed_prekey: Some(PublicKey {
+            signature: vec![9; SIGNATURE_BYTES].into(),
+            ..key(2)
+        }),
+        last_resort_prekey: Some(key(3)),
+        pq_last_resort_prekey: None,
+        last_resort_key_package: vec![7; 100].into(),
+    }
+}
+
+/// A publish for `device_id` with one-time prekeys `ids` (each key's bytes
+/// carry its id, so a claimed key tells which it was).
+fn publish(device_id: &str, ids: std::ops::RangeInclusive<u32>) -> PublishKeys {
+    PublishKeys {
+        user: BOB.into(),
+        device: Some(device(device_id)),
+        one_time_prekeys: ids
+            .map(|id| {
+                let mut k = key(0);
+                k.key_id = id;
+                k.key = {
+                    let mut b = vec![0u8; 32];
+                    b[..4].copy_from_slice(&id.to_be_bytes());
+                    b.into()
+                };
+                k
+            })
+            .collect(),
+        key_packages: vec![],
+    }
+}
+
+async fn directory(nats: &NatsServer) -> KeyDirectory {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    interop_bus::ensure_streams(&js, &interop_bus::StreamSettings::default())
+        .await
+        .unwrap();
+    KeyDirectory::open(js).await.unwrap()
+}
+
+fn code(e: KeysError) -> RejectCode {
+    match e {
+        KeysError::Rejected(r) => r.code,
+        KeysError::Unavailable(e) => panic!("unavailable: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_one_time_prekey_goes_to_one_fetcher_then_the_last_resort_key() {
+    let nats = NatsServer::start();
+    let dir = directory(&nats).await;
+    let counts = dir.publish(BOB, &publish("phone", 1..=3)).await.unwrap();
+    assert_eq!(counts.one_time_prekeys, 3);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let b = dir.fetch_bundles(BOB, &[]).await.unwrap();
+        assert_eq!(b.len(), 1);
+        seen.push(b[0].one_time_prekey.clone().unwrap().key_id);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, vec![1, 2, 3]);
+    // Empty pool: the bundle has no one-time prekey; the app uses the
+    // last-resort prekey it carries.
+    let b = dir.fetch_bundles(BOB, &[]).await.unwrap();
+    assert!(b[0].one_time_prekey.is_none());
+    assert_eq!(
+        b[0].device.as_ref().unwrap().last_resort_prekey,
+        Some(key(3))
+    );
+    assert_eq!(
+        dir.pool_counts(BOB, "phone").await.unwrap(),
+        PoolCounts::default()
+    );
+    // A user nobody published for has no devices, and a named device that
+    // does not exist is refused.
+    assert!(dir
+        .fetch_bundles("home:+4915100000000", &[])
+        .await
+        .unwrap()
+        .is_empty());
+    let e = dir
+        .fetch_bundles(BOB, &["tablet".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::UnknownDevice);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_fetches_through_two_replicas_never_share_a_key() {
+    let nats = NatsServer::start();
+    let (a, b) = (directory(&nats).await, directory(&nats).await);
+    // 300 keys in three publishes (at most 100 each).
+    for (i, ids) in [1..=100, 101..=200, 201..=300].into_iter().enumerate() {
+        let dir = if i % 2 == 0 { &a } else { &b };
+        dir.publish(BOB, &publish("phone", ids)).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let dir = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let bundles = dir.fetch_bundles(BOB, &[]).await.unwrap();
+            bundles[0].one_time_prekey.as_ref().map(|k| k.key_id)
+        }));
+    }
+    let mut claimed = Vec::new();
+    let mut last_resort = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Some(id) => claimed.push(id),
+            None => last_resort += 1,
+        }
+    }
+    let unique: HashSet<u32> = claimed.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        claimed.len(),
+        "a one-time prekey was handed out twice"
+    );
+    assert_eq!(
+        claimed.len(),
+        300,
+        "every key is handed out before the last resort"
+    );
+    assert_eq!(last_resort, 700);
+    assert_eq!(dir_counts(&a).await, 0);
+}
+
+async fn dir_counts(dir: &KeyDirectory) -> u32 {
+    dir.pool_counts(BOB, "phone")
+        .await
+        .unwrap()
+        .one_time_prekeys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_publish_stores_nothing_and_limits_hold_at_their_edges() {
+    let nats = NatsServer::start();
+    let dir = directory(&nats).await;
+    dir.publish(BOB, &publish("phone", 1..=10)).await.unwrap();
+    // The same publish again (a replay), or one reusing an id: refused.
+    for replay in [publish("phone", 1..=10), publish("phone", 10..=12)] {
+        assert_eq!(
+            code(dir.publish(BOB, &replay).await.unwrap_err()),
+            RejectCode::KeyIdReused
+        );
+    }
+    assert_eq!(dir_counts(&dir).await, 10);
+    // The pool fills to exactly its limit, and not one key further.
+    let per = MAX_ONE_TIME_PREKEYS_PER_PUBLISH as u32;
+    let mut next = 11;
+    let room = MAX_ONE_TIME_PREKEYS_PER_DEVICE as u32 - 10;
+    while next + per - 1 <= 10 + room {
+        dir.publish(BOB, &publish("phone", next..=next + per - 1))
+            .await
+            .unwrap();
+        next += per;
+    }
+    if next <= 10 + room {
+        dir.publish(BOB, &publish("phone", next..=10 + room))
+            .await
+            .unwrap();
+        next = 11 + room;
+    }
+    assert_eq!(
+        dir_counts(&dir).await as usize,
+        MAX_ONE_TIME_PREKEYS_PER_DEVICE
+    );
+    let e = dir
+        .publish(BOB, &publish("phone", next..=next))
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::TooManyKeys);
+    assert_eq!(
+        dir_counts(&dir).await as usize,
+        MAX_ONE_TIME_PREKEYS_PER_DEVICE
+    );
+    // A user has at most MAX_DEVICES_PER_USER devices.
+    for i in 1..MAX_DEVICES_PER_USER {
+        dir.publish(BOB, &publish(&format!("d{i}"), 1..=1))
+            .await
+            .unwrap();
+    }
+    assert_eq!(dir.devices(BOB).await.unwrap().len(), MAX_DEVICES_PER_USER);
+    let e = dir
+        .publish(BOB, &publish("one-too-many", 1..=1))
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::TooManyKeys);
+    // Replacing a device's keys is not a new device.
+    dir.publish(BOB, &publish("d1", 2..=2)).await.unwrap();
+    // Removing a device removes its unclaimed keys.
+    let left = dir.remove_device(BOB, "phone").await.unwrap();
+    assert_eq!(left.len(), MAX_DEVICES_PER_USER - 1);
+    assert_eq!(dir_counts(&dir).await, 0);
+    let e = dir.remove_device(BOB, "phone").await.unwrap_err();
+    assert_eq!(code(e), RejectCode::UnknownDevice);
+    // Erasure leaves nothing.
+    dir.erase_user(BOB).await.unwrap();
+    assert!(dir.devices(BOB).await.unwrap().is_empty());
+    assert_eq!(
+        dir.pool_counts(BOB, "d1").await.unwrap(),
+        PoolCounts::default()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_packages_are_claimed_once_then_the_last_resort_one() {
+    let nats = NatsServer::start();
+    let dir = directory(&nats).await;
+    let mut p = publish("phone", 1..=1);
+    p.key_packages = vec![vec![1; 300].into(), vec![2; 300].into()];
+    let counts = dir.publish(BOB, &p).await.unwrap();
+    assert_eq!(counts.key_packages, 2);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let kps = dir.fetch_key_packages(BOB).await.unwrap();
+        assert_eq!(kps.len(), 1);
+        got.push((kps[0].key_package[0], kps[0].last_resort));
+    }
+    got[..2].sort_unstable();
+    assert_eq!(got, vec![(1, false), (2, false), (7, true)]);
+}

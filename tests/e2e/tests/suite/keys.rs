@@ -1,0 +1,377 @@
+//! End-to-end encryption set up through the gateway: the key directory's
+//! frames at ingest, and a real Olm session (vodozemac) between a `signal:`
+//! user and a `home:` user whose keys travel through it. The gateway sees
+//! public keys and ciphertext only.
+
+use std::time::Duration;
+
+use interop_client::keys::KeysOutcome;
+use interop_client::olm;
+use interop_client::{Delivered, Receiver, SendOutcome, Sender};
+use interop_e2e::{Cluster, HOME_TOKEN, SIGNAL_TOKEN, TELEGRAM_TOKEN};
+use interop_proto::v1::{
+    envelope::Content, Ciphertext, DeviceKeys, Encryption, Envelope, PublicKey, RejectCode,
+    Rejected,
+};
+use vodozemac::olm::{Account, OlmMessage, SessionConfig};
+
+const BOB: &str = "home:+4915112345678";
+const ALICE: &str = "signal:alice";
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(15), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+async fn sender(c: &Cluster, provider: &str, token: &str) -> Sender {
+    Sender::connect(&c.gateway.ingest_url, provider, token)
+        .await
+        .unwrap()
+}
+
+async fn next_acked(rx: &mut Receiver) -> Delivered {
+    loop {
+        let d = within("a delivery", rx.next()).await.unwrap();
+        rx.ack(&[d.delivery_tag]).await.unwrap();
+        // Receipts about what this user sent are not what the tests wait for.
+        if !matches!(d.envelope.content, Some(Content::Receipt(_))) {
+            return d;
+        }
+    }
+}
+
+fn e2ee(cmid: &str, from: &str, to: &str, c: Ciphertext) -> Envelope {
+    Envelope {
+        client_message_id: cmid.into(),
+        from: from.into(),
+        to: to.into(),
+        encryption: Encryption::E2ee as i32,
+        content: Some(Content::Ciphertext(c)),
+        ..Default::default()
+    }
+}
+
+fn ciphertext_of(d: &Delivered) -> Ciphertext {
+    match &d.envelope.content {
+        Some(Content::Ciphertext(c)) => c.clone(),
+        other => panic!("not a ciphertext: {other:?}"),
+    }
+}
+
+fn rejection<T: std::fmt::Debug>(o: KeysOutcome<T>) -> Rejected {
+    match o {
+        KeysOutcome::Rejected(r) => r,
+        KeysOutcome::Done(t) => panic!("not refused: {t:?}"),
+    }
+}
+
+/// `user`'s provider publishes `account`'s keys as `device`, with `n` new
+/// one-time keys numbered from `first_id`.
+async fn publish(
+    s: &Sender,
+    user: &str,
+    account: &mut Account,
+    device: &str,
+    n: usize,
+    first_id: u32,
+) {
+    account.generate_one_time_keys(n);
+    let (keys, otks) = olm::device_keys(account, device, first_id);
+    let published = s
+        .publish_keys(user, keys, otks, vec![])
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
+    assert_eq!(published.device_id, device);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_olm_session_is_set_up_through_the_key_directory_and_carries_messages_both_ways() {
+    let c = Cluster::start().await;
+    let (home, signal) = (
+        sender(&c, "home", HOME_TOKEN).await,
+        sender(&c, "signal", SIGNAL_TOKEN).await,
+    );
+    // Both users opted in, each allowing the other's provider.
+    home.set_consent(BOB, true, &["signal"]).await.unwrap();
+    signal.set_consent(ALICE, true, &["home"]).await.unwrap();
+    let mut bob_account = Account::new();
+    let mut alice_account = Account::new();
+    publish(&home, BOB, &mut bob_account, "phone", 5, 1).await;
+    publish(&signal, ALICE, &mut alice_account, "laptop", 5, 1).await;
+
+    // Alice fetches Bob's bundle and starts a session with a one-time key.
+    let bundles = signal
+        .fetch_bundles(ALICE, BOB, &[])
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
+    assert_eq!(bundles.bundles.len(), 1);
+    assert!(bundles.bundles[0].one_time_prekey.is_some());
+    let mut alice_session = olm::outbound_session(&alice_account, &bundles.bundles[0]).unwrap();
+    let first = alice_session.encrypt("hello bob").unwrap();
+    assert!(matches!(first, OlmMessage::PreKey(_)));
+
+    let mut bob_rx = Receiver::connect(&c.gateway.delivery_url, "home", HOME_TOKEN, BOB, "phone")
+        .await
+        .unwrap();
+    let out = signal
+        .send(e2ee("m1", ALICE, BOB, olm::encode(&first)))
+        .await
+        .unwrap();
+    assert!(matches!(out, SendOutcome::Accepted(_)), "{out:?}");
+    let got = next_acked(&mut bob_rx).await;
+    assert_eq!(got.envelope.encryption, Encryption::E2ee as i32);
+    // Bob's app checks the sender's identity key (from the directory) and
+    // decrypts the pre-key message.
+    let alice_devices = home.list_devices(BOB, ALICE).await.unwrap().done().unwrap();
+    let alice_identity = olm::identity_key(&DeviceKeys {
+        identity_key: alice_devices.devices[0].identity_key.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let OlmMessage::PreKey(prekey) = olm::decode(&ciphertext_of(&got)).unwrap() else {
+        panic!("the first message is a pre-key message");
+    };
+    let inbound = bob_account
+        .create_inbound_session(SessionConfig::version_1(), alice_identity, &prekey)
+        .unwrap();
+    assert_eq!(inbound.plaintext, b"hello bob");
+    let mut bob_session = inbound.session;
+
+    // Bob replies over the session; Alice decrypts it.
+    let mut alice_rx = Receiver::connect(
+        &c.gateway.delivery_url,
+        "signal",
+        SIGNAL_TOKEN,
+        ALICE,
+        "laptop",
+    )
+    .await
+    .unwrap();
+    let reply = bob_session.encrypt("hi alice").unwrap();
+    let out = home
+        .send(e2ee("r1", BOB, ALICE, olm::encode(&reply)))
+        .await
+        .unwrap();
+    assert!(matches!(out, SendOutcome::Accepted(_)), "{out:?}");
+    let got = next_acked(&mut alice_rx).await;
+    let plain = alice_session
+        .decrypt(&olm::decode(&ciphertext_of(&got)).unwrap())
+        .unwrap();
+    assert_eq!(plain, b"hi alice");
+
+    // A later message uses the established session: a normal message.
+    let later = alice_session.encrypt("see you").unwrap();
+    assert!(matches!(later, OlmMessage::Normal(_)));
+    signal
+        .send(e2ee("m2", ALICE, BOB, olm::encode(&later)))
+        .await
+        .unwrap();
+    let got = next_acked(&mut bob_rx).await;
+    let plain = bob_session
+        .decrypt(&olm::decode(&ciphertext_of(&got)).unwrap())
+        .unwrap();
+    assert_eq!(plain, b"see you");
+
+    // The claimed one-time key is gone from Bob's pool: 4 left, which only
+    // Bob's own provider sees.
+    let own = home.list_devices(BOB, BOB).await.unwrap().done().unwrap();
+    assert_eq!(own.devices[0].one_time_prekeys, 4);
+    let theirs = signal
+        .list_devices(ALICE, BOB)
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
+    assert_eq!(theirs.devices[0].one_time_prekeys, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_visible_only_as_consent_allows_and_every_hidden_user_looks_the_same() {
+    let c = Cluster::start().await;
+    let (home, signal, telegram) = (
+        sender(&c, "home", HOME_TOKEN).await,
+        sender(&c, "signal", SIGNAL_TOKEN).await,
+        sender(&c, "telegram", TELEGRAM_TOKEN).await,
+    );
+    // Bob opted in, allowing signal only; Carol published keys, then opted out.
+    let carol = "home:+4915112345679";
+    home.set_consent(BOB, true, &["signal"]).await.unwrap();
+    home.set_consent(carol, true, &["signal", "telegram"])
+        .await
+        .unwrap();
+    let mut account = Account::new();
+    publish(&home, BOB, &mut account, "phone", 2, 1).await;
+    let mut carols = Account::new();
+    publish(&home, carol, &mut carols, "phone", 2, 1).await;
+    home.set_consent(carol, false, &[]).await.unwrap();
+
+    // Visible: signal sees Bob's device.
+    let seen = signal
+        .list_devices(ALICE, BOB)
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
+    assert_eq!(seen.devices.len(), 1);
+    // Hidden for three reasons; the answers cannot be told apart.
+    let tg = "telegram:dave";
+    let answers = vec![
+        rejection(telegram.list_devices(tg, BOB).await.unwrap()),
+        rejection(signal.list_devices(ALICE, carol).await.unwrap()),
+        rejection(
+            signal
+                .list_devices(ALICE, "home:+4915100000000")
+                .await
+                .unwrap(),
+        ),
+        rejection(telegram.fetch_bundles(tg, BOB, &[]).await.unwrap()),
+        rejection(signal.fetch_bundles(ALICE, carol, &[]).await.unwrap()),
+        rejection(
+            signal
+                .fetch_bundles(ALICE, "home:+4915100000000", &[])
+                .await
+                .unwrap(),
+        ),
+    ];
+    for a in &answers {
+        assert_eq!(a.code(), RejectCode::RecipientUnavailable, "{a:?}");
+        assert_eq!(
+            (&a.detail, a.retry_after_ms),
+            (&answers[0].detail, answers[0].retry_after_ms)
+        );
+    }
+    // Key packages of hidden users are left out, like users without devices.
+    let kps = signal
+        .fetch_key_packages(ALICE, &[carol, "home:+4915100000000"])
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
+    assert!(kps.key_packages.is_empty());
+    // Hidden users' one-time keys were not claimed by those attempts.
+    let own = home
+        .list_devices(carol, carol)
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
+    assert_eq!(own.devices[0].one_time_prekeys, 2);
+}
+
+fn key(algorithm: &str, len: usize) -> PublicKey {
+    PublicKey {
+        algorithm: algorithm.into(),
+        key_id: 0,
+        key: vec![5; len].into(),
+        signature: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_publishes_get_typed_codes_and_store_nothing() {
+    let c = Cluster::start().await;
+    let (home, signal) = (
+        sender(&c, "home", HOME_TOKEN).await,
+        sender(&c, "signal", SIGNAL_TOKEN).await,
+    );
+    home.set_consent(BOB, true, &["signal"]).await.unwrap();
+    let mut account = Account::new();
+    account.generate_one_time_keys(3);
+    let (good, otks) = olm::device_keys(&mut account, "phone", 1);
+
+    let wrong_size = DeviceKeys {
+        identity_key: Some(key("curve25519", 31)),
+        ..good.clone()
+    };
+    let unknown_alg = DeviceKeys {
+        identity_key: Some(key("rsa-4096", 512)),
+        ..good.clone()
+    };
+    let cases: Vec<(&Sender, &str, DeviceKeys, Vec<Vec<u8>>, RejectCode)> = vec![
+        (&home, BOB, wrong_size, vec![], RejectCode::InvalidKey),
+        (&home, BOB, unknown_alg, vec![], RejectCode::InvalidKey),
+        // Another provider's user.
+        (
+            &signal,
+            BOB,
+            good.clone(),
+            vec![],
+            RejectCode::SenderNotOwned,
+        ),
+        // A user who has not opted in.
+        (
+            &home,
+            "home:+4915100000001",
+            good.clone(),
+            vec![],
+            RejectCode::NotOptedIn,
+        ),
+        // A KeyPackage over 16 KiB.
+        (
+            &home,
+            BOB,
+            good.clone(),
+            vec![vec![1; 16 * 1024 + 1]],
+            RejectCode::TooLong,
+        ),
+    ];
+    for (s, user, keys, kps, want) in cases {
+        let r = rejection(s.publish_keys(user, keys, otks.clone(), kps).await.unwrap());
+        assert_eq!(r.code(), want, "{r:?}");
+    }
+    // Nothing of those was stored.
+    let listed = home.list_devices(BOB, BOB).await.unwrap().done().unwrap();
+    assert!(listed.devices.is_empty(), "{listed:?}");
+
+    // The real publish, then its replay: refused, the pool unchanged.
+    home.publish_keys(BOB, good.clone(), otks.clone(), vec![])
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
+    let r = rejection(home.publish_keys(BOB, good, otks, vec![]).await.unwrap());
+    assert_eq!(r.code(), RejectCode::KeyIdReused);
+    let listed = home.list_devices(BOB, BOB).await.unwrap().done().unwrap();
+    assert_eq!(listed.devices[0].one_time_prekeys, 3);
+    // The connections go on working.
+    signal.set_consent(ALICE, true, &["home"]).await.unwrap();
+    let ok = signal
+        .list_devices(ALICE, BOB)
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
+    assert_eq!(ok.devices.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_cannot_drain_anothers_one_time_keys_past_the_fetch_limit() {
+    let c = Cluster::start().await;
+    let (home, signal) = (
+        sender(&c, "home", HOME_TOKEN).await,
+        sender(&c, "signal", SIGNAL_TOKEN).await,
+    );
+    home.set_consent(BOB, true, &["signal"]).await.unwrap();
+    let mut account = Account::new();
+    publish(&home, BOB, &mut account, "phone", 100, 1).await;
+    // The burst of one requesting user's bucket (50) passes, and the next
+    // fetch is refused with a retry time.
+    let burst = interop_ingest::DEFAULT_KEY_FETCH_USER_LIMIT.burst;
+    for i in 0..burst {
+        let b = signal.fetch_bundles(ALICE, BOB, &[]).await.unwrap();
+        assert!(matches!(b, KeysOutcome::Done(_)), "fetch {i}: {b:?}");
+    }
+    let r = rejection(signal.fetch_bundles(ALICE, BOB, &[]).await.unwrap());
+    assert_eq!(r.code(), RejectCode::RateLimited);
+    assert!(r.retry_after_ms > 0);
+    // Another user of the same provider still may.
+    let other = signal.fetch_bundles("signal:erin", BOB, &[]).await.unwrap();
+    assert!(matches!(other, KeysOutcome::Done(_)), "{other:?}");
+    let own = home.list_devices(BOB, BOB).await.unwrap().done().unwrap();
+    assert_eq!(own.devices[0].one_time_prekeys, 100 - burst - 1);
+}
