@@ -292,7 +292,9 @@ async fn hostile_publishes_get_typed_codes_and_store_nothing() {
         identity_key: Some(key("rsa-4096", 512)),
         ..good.clone()
     };
-    let cases: Vec<(&Sender, &str, DeviceKeys, Vec<Vec<u8>>, RejectCode)> = vec![
+    // (who publishes, for whom, the device's keys, key packages, the answer)
+    type Case<'a> = (&'a Sender, &'a str, DeviceKeys, Vec<Vec<u8>>, RejectCode);
+    let cases: Vec<Case> = vec![
         (&home, BOB, wrong_size, vec![], RejectCode::InvalidKey),
         (&home, BOB, unknown_alg, vec![], RejectCode::InvalidKey),
         // Another provider's user.
