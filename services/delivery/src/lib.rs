@@ -20,6 +20,7 @@
 mod auth;
 mod expiry;
 mod metrics;
+mod reading;
 pub mod rich;
 mod session;
 

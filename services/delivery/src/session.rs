@@ -11,7 +11,8 @@
 //! NATS (`interop.v1.delivery.session.<key>.ephemeral`) and are pushed with
 //! delivery tag 0 while the session is open.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
@@ -19,6 +20,7 @@ use axum::extract::ws::WebSocket;
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
@@ -40,6 +42,7 @@ use interop_proto::v1::{
 };
 use interop_proto::Address;
 
+use crate::reading::{Buffered, LiveEvent, Reading};
 use crate::Shared;
 
 fn valid_device_id(s: &str) -> bool {
@@ -290,15 +293,6 @@ async fn flush_cursor(s: &mut Session, shared: &Shared) -> Result<(), BoxError> 
     .map_err(|_| BoxError::from("timed out"))?
 }
 
-/// After a pause at `MAX_UNACKED` outstanding deliveries, reading resumes
-/// once acks bring them down to this many.
-pub(crate) const RESUME_AT: usize = MAX_UNACKED * 3 / 4;
-
-/// An open store consumer is closed when it has caught up; one that gives
-/// nothing for this long is closed too (what it was opened for is gone).
-pub(crate) const CLOSE_IDLE_CONSUMER_AFTER: std::time::Duration =
-    std::time::Duration::from_secs(10);
-
 /// Whether `subject` holds a message after store sequence `after`. Asks
 /// for the next message rather than the last: on nats-server 2.9, once the
 /// last message of a subject was deleted (a user erasure removes an erased
@@ -345,13 +339,13 @@ async fn open_store(
     Ok(Some(consumer.messages().await?))
 }
 
-/// The next stored message, or never while the store is not being read.
+/// The next message of the open store consumer, or never while none is.
 async fn next_stored(
-    messages: &mut Option<Ordered>,
+    reading: &mut Reading<Ordered, async_nats::Message>,
 ) -> Option<
     Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>,
 > {
-    match messages {
+    match reading.consumer() {
         Some(m) => m.next().await,
         None => std::future::pending().await,
     }
@@ -360,11 +354,6 @@ async fn next_stored(
 /// Consent re-checks of a session's stored messages, in store order.
 type Checking<'a> =
     FuturesOrdered<std::pin::Pin<Box<dyn std::future::Future<Output = Checked> + Send + 'a>>>;
-
-/// Stored messages that arrive live while the store consumer is open are
-/// kept, up to this many, and taken when it closes; past it they are
-/// dropped and read from the store instead.
-pub(crate) const LIVE_BUFFER: usize = MAX_UNACKED;
 
 /// Where a message the store republished sits: its store sequence and the
 /// previous sequence of the same subject when it was stored (0: none), from
@@ -488,16 +477,31 @@ async fn take_buffered<'a>(
     s: &mut Session,
     shared: &'a Shared,
     checking: &mut Checking<'a>,
-    buffered: &mut VecDeque<async_nats::Message>,
-    overflow: &mut bool,
+    buffered: Buffered<async_nats::Message>,
 ) -> Result<bool, BoxError> {
     let mut gap = false;
-    while let Some(msg) = buffered.pop_front() {
+    for msg in buffered.messages {
         if !gap {
             gap = take_live(s, shared, checking, msg).await?;
         }
     }
-    Ok(gap | std::mem::take(overflow))
+    Ok(gap | buffered.overflow)
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sets when the cursor is written, once it moved past what is stored and
+/// no write is in flight or due.
+fn schedule_cursor_write(s: &mut Session) {
+    if s.cursor > s.cursor_stored && s.cursor_write.is_none() && s.cursor_due.is_none() {
+        s.cursor_due = Some(Instant::now() + CURSOR_WRITE_AFTER);
+    }
 }
 
 async fn deliver(
@@ -506,82 +510,15 @@ async fn deliver(
     out: &mpsc::Sender<Outbound>,
     shared: &Shared,
 ) -> Result<(), BoxError> {
-    let (store_subject, mut events) = {
-        let key = recipient_key(s.user.as_str());
-        // One core subscription for both: the user's stored messages as the
-        // store republishes them once committed (the live path), and
-        // ephemeral events (typing). Subscribed before the store is first
-        // looked at, so whatever is stored after that comes here.
-        let events = shared.js.client().subscribe(session_events(&key)).await?;
-        // Changes announced before the subscription reached the server are
-        // not heard: they count as happening now.
-        s.admissions_changed_ms = interop_proto::now_ms();
-        (delivery_queued(&key), events)
-    };
-    // The store consumer is open only to read what did not come live: the
-    // backlog at connect, after a gap, after a pause (docs/adr/0016). A
-    // session that keeps up holds no JetStream consumer.
-    let mut messages: Option<Ordered> = None;
-    // Whether the store may hold messages past `last_delivered` that did
-    // not come live.
-    let mut maybe_more = true;
-    // Whether it is known to (a gap seen live): the consumer is opened
-    // without a look at the store first.
-    let mut known = false;
-    // Stored messages that came live while the consumer was open, and
-    // whether some were dropped because the buffer was full.
-    let mut buffered: VecDeque<async_nats::Message> = VecDeque::new();
-    let mut overflow = false;
-    // When an open consumer that gives nothing is closed.
-    let mut idle_at: Option<tokio::time::Instant> = None;
+    let (mut store, mut events) = Store::subscribe(s, shared).await?;
     let mut registry = shared.providers.clone();
     let mut look_again = shared.look_again.clone();
     let mut admissions_changed = shared.admissions_changed.clone();
-    let mut checking: Checking<'_> = FuturesOrdered::new();
     loop {
-        // Flow control. At MAX_UNACKED outstanding deliveries the store is
-        // not read; the consumer is dropped rather than left unpolled (an
-        // unpolled ordered consumer misses its idle heartbeats and, polled
-        // again, resets itself: a stall of seconds). It is reopened right
-        // after the last delivered message, so there is no gap and no
-        // duplicate.
-        if messages.is_some() && s.unacked.len() >= MAX_UNACKED {
-            messages = None;
-            idle_at = None;
-            maybe_more = true;
-            known = true;
-            buffered.clear();
-            overflow = false;
-            shared.metrics.pauses.inc();
-        }
-        if messages.is_none() && maybe_more && s.unacked.len() <= RESUME_AT {
-            maybe_more = false;
-            // Boxed: large futures, so they do not size every idle session.
-            if known || Box::pin(stored_after(shared, &store_subject, s.last_delivered)).await? {
-                messages = Box::pin(open_store(shared, &store_subject, s.last_delivered)).await?;
-                if messages.is_some() {
-                    shared.metrics.consumers_opened.inc();
-                    idle_at = Some(tokio::time::Instant::now() + CLOSE_IDLE_CONSUMER_AFTER);
-                }
-            }
-            known = false;
-        }
-        if s.cursor > s.cursor_stored && s.cursor_write.is_none() && s.cursor_due.is_none() {
-            s.cursor_due = Some(tokio::time::Instant::now() + CURSOR_WRITE_AFTER);
-        }
-        let cursor_due = s.cursor_due;
-        let write_cursor = async {
-            match cursor_due {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        let idle = async {
-            match idle_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        Box::pin(store.read_if_due(s.unacked.len(), s.last_delivered)).await?;
+        schedule_cursor_write(s);
+        let write_cursor = sleep_until_or_never(s.cursor_due);
+        let idle = sleep_until_or_never(store.reading.idle_at());
         tokio::select! {
             () = shared.shutdown.cancelled() => {
                 ws::push(out, Outbound::close(close::GOING_AWAY, "server shutting down")).await;
@@ -594,32 +531,11 @@ async fn deliver(
                     return Ok(());
                 }
             }
-            msg = stream.next() => match ws::classify(msg) {
-                Incoming::Frame(frame) => match frame.frame {
-                    Some(client_frame::Frame::Ack(ack)) => Box::pin(on_ack(s, &ack.delivery_tags, shared)).await?,
-                    Some(client_frame::Frame::MarkRead(m)) => {
-                        if let Some(r) = Box::pin(on_mark_read(&store_subject, frame.request_id, &m.delivery_tags, shared)).await {
-                            ws::push(out, Outbound::frame(r)).await;
-                        }
-                    }
-                    _ => {
-                        ws::push(out, Outbound::frame(ws::rejected(
-                            frame.request_id,
-                            "",
-                            RejectCode::UnsupportedFrame,
-                            "delivery accepts Ack and MarkRead frames only",
-                            0,
-                        ))).await;
-                    }
-                },
-                Incoming::Reject(r) => { ws::push(out, Outbound::frame(r)).await; }
-                Incoming::Close(code, reason) => {
-                    ws::push(out, Outbound::close(code, reason)).await;
+            msg = stream.next() => {
+                if Box::pin(on_client(s, msg, out, shared, &store.subject)).await?.is_break() {
                     return Ok(());
                 }
-                Incoming::End => return Ok(()),
-                Incoming::Ignore => {}
-            },
+            }
             () = write_cursor => {
                 s.cursor_due = None;
                 start_cursor_write(s, shared).await?;
@@ -634,107 +550,278 @@ async fn deliver(
                 // leader, never came (found by the fault suite: receipts
                 // stored during a NATS restart waited for the next
                 // message): look at the store.
-                if messages.is_none() {
-                    maybe_more = true;
-                }
+                store.reading.look_again();
                 // Change announcements may have been lost the same way.
                 s.admissions_changed_ms = interop_proto::now_ms();
             }
             _ = admissions_changed.changed() => {
                 s.admissions_changed_ms = interop_proto::now_ms();
             }
-            () = idle => {
-                // An open consumer that gave nothing for a while (what it
-                // was opened for is gone: erased, aged out): closed; what
-                // came live meanwhile is taken, and the store looked at.
-                messages = None;
-                idle_at = None;
-                Box::pin(take_buffered(s, shared, &mut checking, &mut buffered, &mut overflow)).await?;
-                maybe_more = true;
-            }
+            () = idle => Box::pin(store.close_idle(s)).await?,
             event = events.next() => {
                 let Some(event) = event else { return Err("session subscription ended".into()) };
-                if event.subject.ends_with(SESSION_STORED) {
-                    if messages.is_some() {
-                        if buffered.len() < LIVE_BUFFER {
-                            buffered.push_back(event);
-                        } else {
-                            overflow = true;
-                        }
-                    } else if Box::pin(take_live(s, shared, &mut checking, event)).await? {
-                        maybe_more = true;
-                        known = true;
-                    }
-                } else if event.subject.ends_with(SESSION_EPHEMERAL) {
-                    push_ephemeral(s, &event.payload, out, shared);
-                } else if event.subject.ends_with(SESSION_CHANGED) {
-                    s.admissions_changed_ms = interop_proto::now_ms();
-                }
+                Box::pin(store.on_event(s, event, out)).await?;
             }
-            next = next_stored(&mut messages), if checking.len() < CHECK_DEPTH => {
+            next = next_stored(&mut store.reading), if store.checking.len() < CHECK_DEPTH => {
                 let Some(next) = next else { return Err("store consumer ended".into()) };
-                let msg = next?;
-                let info = msg.info()?;
-                let seq = info.stream_sequence;
-                let caught_up = info.pending == 0;
-                let stored_ms = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-                idle_at = Some(tokio::time::Instant::now() + CLOSE_IDLE_CONSUMER_AFTER);
-                let headers = msg.headers.clone();
-                Box::pin(intake(s, shared, &mut checking, seq, &msg.payload, headers, stored_ms, None)).await?;
-                if caught_up {
-                    // Whatever is stored from here on comes live: the
-                    // consumer is closed, and what came live while it was
-                    // open is taken.
-                    messages = None;
-                    idle_at = None;
-                    if Box::pin(take_buffered(s, shared, &mut checking, &mut buffered, &mut overflow)).await? {
-                        maybe_more = true;
-                        known = true;
-                    }
-                }
+                Box::pin(store.on_stored(s, next?)).await?;
             }
-            Some(checked) = checking.next(), if !checking.is_empty() => {
-                let Checked { seq, env, inbox, headers } = checked;
-                let Some(inbox) = inbox else {
-                    shared.metrics.withheld.inc();
-                    Box::pin(skip(s, seq, shared)).await?;
-                    continue;
-                };
-                let receipt_for = needs_delivered_receipt(&env).then(|| Envelope {
-                    content: None,
-                    sender_info: None,
-                    ..env.clone()
-                });
-                let caps = shared.providers.borrow().get(&s.provider).map(|p| p.capabilities.clone()).unwrap_or_default();
-                let Some(mut env) = crate::rich::adapt(env, &caps) else {
-                    Box::pin(skip(s, seq, shared)).await?;
-                    continue;
-                };
-                let span = tracing::info_span!("deliver", otel.name = "delivery deliver", stream_seq = seq);
-                interop_bus::trace::set_parent_from(&span, headers.as_ref());
-                span.in_scope(|| tracing::debug!(seq, "Delivering a message."));
-                if env.accepted_at_ms > 0 {
-                    let age_ms = interop_proto::now_ms().saturating_sub(env.accepted_at_ms).max(0);
-                    shared.metrics.end_to_end_seconds.observe(age_ms as f64 / 1000.0);
-                }
-                shared.metrics.delivered.inc();
-                env.sender_info = sender_info(shared, &env.from);
-                s.unacked.insert(seq, receipt_for);
-                let frame = ServerFrame {
-                    request_id: 0,
-                    frame: Some(server_frame::Frame::Deliver(Deliver {
-                        delivery_tag: seq,
-                        envelope: Some(env),
-                        // Where it belongs now (requests, or the user's inbox).
-                        inbox,
-                    })),
-                };
-                if out.send(Outbound::frame(frame)).await.is_err() {
+            Some(checked) = store.checking.next(), if !store.checking.is_empty() => {
+                if Box::pin(push_checked(s, checked, out, shared)).await?.is_break() {
                     return Ok(());
                 }
             }
         }
     }
+}
+
+/// A session's store: how it is read ([`Reading`]) and the consent
+/// re-checks of what was taken from it.
+struct Store<'a> {
+    shared: &'a Shared,
+    /// The user's store subject.
+    subject: String,
+    reading: Reading<Ordered, async_nats::Message>,
+    checking: Checking<'a>,
+}
+
+impl<'a> Store<'a> {
+    /// One core subscription for both: the user's stored messages as the
+    /// store republishes them once committed (the live path), and ephemeral
+    /// events (typing). Subscribed before the store is first looked at, so
+    /// whatever is stored after that comes here.
+    async fn subscribe(
+        s: &mut Session,
+        shared: &'a Shared,
+    ) -> Result<(Self, async_nats::Subscriber), BoxError> {
+        let key = recipient_key(s.user.as_str());
+        let events = shared.js.client().subscribe(session_events(&key)).await?;
+        // Changes announced before the subscription reached the server are
+        // not heard: they count as happening now.
+        s.admissions_changed_ms = interop_proto::now_ms();
+        let store = Self {
+            shared,
+            subject: delivery_queued(&key),
+            reading: Reading::default(),
+            checking: FuturesOrdered::new(),
+        };
+        Ok((store, events))
+    }
+
+    /// Flow control, then a read of the store if one is due. At
+    /// MAX_UNACKED outstanding deliveries the store is not read; the
+    /// consumer is dropped rather than left unpolled (an unpolled ordered
+    /// consumer misses its idle heartbeats and, polled again, resets
+    /// itself: a stall of seconds). It is reopened right after the last
+    /// delivered message, so there is no gap and no duplicate.
+    /// (`unacked`: the session's un-acked deliveries; `last_delivered`: the
+    /// last store sequence it took.)
+    async fn read_if_due(&mut self, unacked: usize, last_delivered: u64) -> Result<(), BoxError> {
+        if self.reading.pause_if_full(unacked) {
+            self.shared.metrics.pauses.inc();
+        }
+        let Some(known) = self.reading.wants_to_read(unacked) else {
+            return Ok(());
+        };
+        // Boxed: large futures, so they do not size every idle session.
+        let stored =
+            known || Box::pin(stored_after(self.shared, &self.subject, last_delivered)).await?;
+        let consumer = if stored {
+            Box::pin(open_store(self.shared, &self.subject, last_delivered)).await?
+        } else {
+            None
+        };
+        match consumer {
+            Some(consumer) => {
+                self.shared.metrics.consumers_opened.inc();
+                self.reading.opened(consumer, Instant::now());
+            }
+            None => self.reading.nothing_stored(),
+        }
+        Ok(())
+    }
+
+    /// An event of the session's subscription: a stored message the store
+    /// republished, an ephemeral event, or a change of what the user admits.
+    async fn on_event(
+        &mut self,
+        s: &mut Session,
+        event: async_nats::Message,
+        out: &mpsc::Sender<Outbound>,
+    ) -> Result<(), BoxError> {
+        if event.subject.ends_with(SESSION_STORED) {
+            if let LiveEvent::Take(event) = self.reading.live(event) {
+                if take_live(s, self.shared, &mut self.checking, event).await? {
+                    self.reading.gap();
+                }
+            }
+        } else if event.subject.ends_with(SESSION_EPHEMERAL) {
+            push_ephemeral(s, &event.payload, out, self.shared);
+        } else if event.subject.ends_with(SESSION_CHANGED) {
+            s.admissions_changed_ms = interop_proto::now_ms();
+        }
+        Ok(())
+    }
+
+    /// A message from the store consumer.
+    async fn on_stored(
+        &mut self,
+        s: &mut Session,
+        msg: async_nats::jetstream::Message,
+    ) -> Result<(), BoxError> {
+        let info = msg.info()?;
+        let seq = info.stream_sequence;
+        let caught_up = info.pending == 0;
+        let stored_ms =
+            i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        self.reading.gave(Instant::now());
+        let headers = msg.headers.clone();
+        let checking = &mut self.checking;
+        intake(
+            s,
+            self.shared,
+            checking,
+            seq,
+            &msg.payload,
+            headers,
+            stored_ms,
+            None,
+        )
+        .await?;
+        // Whatever is stored from here on comes live: the consumer is
+        // closed, and what came live while it was open is taken.
+        if caught_up && self.close_and_take(s).await? {
+            self.reading.gap();
+        }
+        Ok(())
+    }
+
+    /// An open consumer that gave nothing for a while (what it was opened
+    /// for is gone: erased, aged out): closed; what came live meanwhile is
+    /// taken, and the store looked at.
+    async fn close_idle(&mut self, s: &mut Session) -> Result<(), BoxError> {
+        self.close_and_take(s).await?;
+        self.reading.look_again();
+        Ok(())
+    }
+
+    /// Closes the open consumer and takes what came live while it was open;
+    /// whether the store must be read again.
+    async fn close_and_take(&mut self, s: &mut Session) -> Result<bool, BoxError> {
+        let Some(buffered) = self.reading.close() else {
+            return Ok(false);
+        };
+        Box::pin(take_buffered(s, self.shared, &mut self.checking, buffered)).await
+    }
+}
+
+/// What the client sent: acks, `MarkRead`, or the end of the session
+/// (`Break`).
+async fn on_client(
+    s: &mut Session,
+    msg: Option<Result<axum::extract::ws::Message, axum::Error>>,
+    out: &mpsc::Sender<Outbound>,
+    shared: &Shared,
+    store_subject: &str,
+) -> Result<ControlFlow<()>, BoxError> {
+    match ws::classify(msg) {
+        Incoming::Frame(frame) => match frame.frame {
+            Some(client_frame::Frame::Ack(ack)) => {
+                Box::pin(on_ack(s, &ack.delivery_tags, shared)).await?;
+            }
+            Some(client_frame::Frame::MarkRead(m)) => {
+                let tags = &m.delivery_tags;
+                let answer = on_mark_read(store_subject, frame.request_id, tags, shared);
+                if let Some(r) = Box::pin(answer).await {
+                    ws::push(out, Outbound::frame(r)).await;
+                }
+            }
+            _ => {
+                let r = ws::rejected(
+                    frame.request_id,
+                    "",
+                    RejectCode::UnsupportedFrame,
+                    "delivery accepts Ack and MarkRead frames only",
+                    0,
+                );
+                ws::push(out, Outbound::frame(r)).await;
+            }
+        },
+        Incoming::Reject(r) => {
+            ws::push(out, Outbound::frame(r)).await;
+        }
+        Incoming::Close(code, reason) => {
+            ws::push(out, Outbound::close(code, reason)).await;
+            return Ok(ControlFlow::Break(()));
+        }
+        Incoming::End => return Ok(ControlFlow::Break(())),
+        Incoming::Ignore => {}
+    }
+    Ok(ControlFlow::Continue(()))
+}
+
+/// Pushes a stored message whose consent re-check is done, or skips it
+/// (withheld, or nothing the app takes). `Break` when the client is gone.
+async fn push_checked(
+    s: &mut Session,
+    checked: Checked,
+    out: &mpsc::Sender<Outbound>,
+    shared: &Shared,
+) -> Result<ControlFlow<()>, BoxError> {
+    let Checked {
+        seq,
+        env,
+        inbox,
+        headers,
+    } = checked;
+    let Some(inbox) = inbox else {
+        shared.metrics.withheld.inc();
+        Box::pin(skip(s, seq, shared)).await?;
+        return Ok(ControlFlow::Continue(()));
+    };
+    let receipt_for = needs_delivered_receipt(&env).then(|| Envelope {
+        content: None,
+        sender_info: None,
+        ..env.clone()
+    });
+    let caps = shared
+        .providers
+        .borrow()
+        .get(&s.provider)
+        .map(|p| p.capabilities.clone())
+        .unwrap_or_default();
+    let Some(mut env) = crate::rich::adapt(env, &caps) else {
+        Box::pin(skip(s, seq, shared)).await?;
+        return Ok(ControlFlow::Continue(()));
+    };
+    let span = tracing::info_span!("deliver", otel.name = "delivery deliver", stream_seq = seq);
+    interop_bus::trace::set_parent_from(&span, headers.as_ref());
+    span.in_scope(|| tracing::debug!(seq, "Delivering a message."));
+    if env.accepted_at_ms > 0 {
+        let age_ms = interop_proto::now_ms()
+            .saturating_sub(env.accepted_at_ms)
+            .max(0);
+        shared
+            .metrics
+            .end_to_end_seconds
+            .observe(age_ms as f64 / 1000.0);
+    }
+    shared.metrics.delivered.inc();
+    env.sender_info = sender_info(shared, &env.from);
+    s.unacked.insert(seq, receipt_for);
+    let frame = ServerFrame {
+        request_id: 0,
+        frame: Some(server_frame::Frame::Deliver(Deliver {
+            delivery_tag: seq,
+            envelope: Some(env),
+            // Where it belongs now (requests, or the user's inbox).
+            inbox,
+        })),
+    };
+    if out.send(Outbound::frame(frame)).await.is_err() {
+        return Ok(ControlFlow::Break(()));
+    }
+    Ok(ControlFlow::Continue(()))
 }
 
 /// How far apart the clocks of two hosts of the gateway may be: ingest
