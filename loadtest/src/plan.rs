@@ -489,6 +489,7 @@ impl Plan {
                 envelope::Content::Ciphertext(Ciphertext {
                     scheme: "loadtest".into(),
                     payload: filler_bytes(size, mix64(seq ^ 0x5eed)),
+                    ..Default::default()
                 })
             } else if fanout_spam {
                 envelope::Content::Text(Text {
@@ -525,6 +526,7 @@ impl Plan {
             envelope::Content::Ciphertext(Ciphertext {
                 scheme: "loadtest".into(),
                 payload: self.ciphertexts[planned.size].clone(),
+                ..Default::default()
             })
         } else {
             envelope::Content::Text(Text {

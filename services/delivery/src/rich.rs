@@ -172,6 +172,35 @@ pub fn adapt(mut env: Envelope, caps: &Capabilities) -> Option<Envelope> {
     Some(env)
 }
 
+/// Keeps, of a ciphertext with one entry per device, only `device_id`'s:
+/// it becomes the `payload`, and the other devices' ciphertexts never leave
+/// the gateway for this device. A device without an entry gets an empty
+/// payload and `missing_for_device`, so its app can ask the sender to fetch
+/// its keys again. Also for an edit's ciphertext. Nothing else changes.
+pub fn for_device(env: &mut Envelope, device_id: &str) {
+    let pick = |c: &mut interop_proto::v1::Ciphertext| {
+        if c.devices.is_empty() {
+            return;
+        }
+        let mine = std::mem::take(&mut c.devices)
+            .into_iter()
+            .find(|d| d.device_id == device_id);
+        match mine {
+            Some(d) => c.payload = d.payload,
+            None => c.missing_for_device = true,
+        }
+    };
+    match env.content.as_mut() {
+        Some(Content::Ciphertext(c)) => pick(c),
+        Some(Content::Edit(e)) => {
+            if let Some(c) = e.ciphertext.as_mut() {
+                pick(c);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +222,49 @@ mod tests {
             content: Some(content),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn each_device_gets_only_its_own_ciphertext() {
+        use interop_proto::v1::{Ciphertext, DeviceCiphertext};
+        let c = Ciphertext {
+            scheme: "olm.v1".into(),
+            devices: vec![
+                DeviceCiphertext {
+                    device_id: "phone".into(),
+                    payload: vec![1].into(),
+                },
+                DeviceCiphertext {
+                    device_id: "laptop".into(),
+                    payload: vec![2].into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let mut phone = env(Content::Ciphertext(c.clone()));
+        for_device(&mut phone, "phone");
+        let Some(Content::Ciphertext(p)) = phone.content else {
+            panic!()
+        };
+        assert_eq!(
+            (p.payload.as_ref(), p.devices.len(), p.missing_for_device),
+            (&[1u8][..], 0, false)
+        );
+        let mut tablet = env(Content::Ciphertext(c.clone()));
+        for_device(&mut tablet, "tablet");
+        let Some(Content::Ciphertext(t)) = tablet.content else {
+            panic!()
+        };
+        assert!(t.payload.is_empty() && t.devices.is_empty() && t.missing_for_device);
+        // One ciphertext for every device passes unchanged.
+        let shared = Ciphertext {
+            scheme: "mls".into(),
+            payload: vec![3].into(),
+            ..Default::default()
+        };
+        let mut any = env(Content::Ciphertext(shared.clone()));
+        for_device(&mut any, "phone");
+        assert_eq!(any.content, Some(Content::Ciphertext(shared)));
     }
 
     #[test]
@@ -345,6 +417,7 @@ mod tests {
             ciphertext: Some(Ciphertext {
                 scheme: "mls".into(),
                 payload: vec![9u8; 8].into(),
+                ..Default::default()
             }),
         }));
         m.encryption = Encryption::E2ee as i32;

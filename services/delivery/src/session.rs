@@ -794,6 +794,8 @@ async fn push_checked(
         Box::pin(skip(s, seq, shared)).await?;
         return Ok(ControlFlow::Continue(()));
     };
+    // Of per-device ciphertexts, this device gets only its own.
+    crate::rich::for_device(&mut env, &s.device);
     let span = tracing::info_span!("deliver", otel.name = "delivery deliver", stream_seq = seq);
     interop_bus::trace::set_parent_from(&span, headers.as_ref());
     span.in_scope(|| tracing::debug!(seq, "Delivering a message."));

@@ -213,19 +213,68 @@ fn check_text(t: &Text, encryption: Encryption) -> Result<(), Rejection> {
 
 fn check_ciphertext(c: &Ciphertext, encryption: Encryption) -> Result<(), Rejection> {
     use RejectCode::*;
-    if c.payload.is_empty() {
-        return Err(Rejection::new(EmptyContent, "ciphertext payload is empty"));
-    }
-    if c.payload.len() > MAX_CIPHERTEXT_BYTES {
+    if c.missing_for_device {
         return Err(Rejection::new(
-            TooLong,
-            format!("ciphertext is longer than {MAX_CIPHERTEXT_BYTES} bytes"),
+            MalformedFrame,
+            "missing_for_device is set by the gateway only",
         ));
+    }
+    if !c.devices.is_empty() {
+        if !c.payload.is_empty() {
+            return Err(Rejection::new(
+                MalformedFrame,
+                "a ciphertext has a payload for every device or one per device, not both",
+            ));
+        }
+        if c.devices.len() > MAX_DEVICE_CIPHERTEXTS {
+            return Err(Rejection::new(
+                TooLong,
+                format!("at most {MAX_DEVICE_CIPHERTEXTS} per-device ciphertexts"),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for d in &c.devices {
+            if !interop_proto::address::valid_device_id(&d.device_id) {
+                return Err(Rejection::new(
+                    InvalidSetting,
+                    "a per-device ciphertext needs a device_id of 1 to 64 [A-Za-z0-9_-]",
+                ));
+            }
+            if !seen.insert(d.device_id.as_str()) {
+                return Err(Rejection::new(
+                    MalformedFrame,
+                    "two ciphertexts for one device",
+                ));
+            }
+            check_ciphertext_bytes(&d.payload)?;
+        }
+    } else {
+        check_ciphertext_bytes(&c.payload)?;
     }
     if encryption != Encryption::E2ee {
         return Err(Rejection::new(
             EncryptionMismatch,
             "ciphertext must be E2EE",
+        ));
+    }
+    Ok(())
+}
+
+/// Per-device ciphertexts in one envelope: a user's devices and the sender's
+/// own other devices (8 each at most, `interop_proto::keys`).
+pub const MAX_DEVICE_CIPHERTEXTS: usize = 2 * interop_proto::keys::MAX_DEVICES_PER_USER;
+
+fn check_ciphertext_bytes(payload: &[u8]) -> Result<(), Rejection> {
+    if payload.is_empty() {
+        return Err(Rejection::new(
+            RejectCode::EmptyContent,
+            "ciphertext payload is empty",
+        ));
+    }
+    if payload.len() > MAX_CIPHERTEXT_BYTES {
+        return Err(Rejection::new(
+            RejectCode::TooLong,
+            format!("ciphertext is longer than {MAX_CIPHERTEXT_BYTES} bytes"),
         ));
     }
     Ok(())
@@ -493,6 +542,7 @@ mod tests {
                     e.content = Some(Content::Ciphertext(Ciphertext {
                         scheme: "signal".into(),
                         payload: vec![1u8; 10].into(),
+                        ..Default::default()
                     }))
                 }),
                 EncryptionMismatch,
@@ -513,13 +563,72 @@ mod tests {
         e.content = Some(Content::Ciphertext(Ciphertext {
             scheme: "signal".into(),
             payload: vec![7u8; MAX_CIPHERTEXT_BYTES].into(),
+            ..Default::default()
         }));
         assert!(validate_send("signal", Some(&e)).is_ok());
         e.content = Some(Content::Ciphertext(Ciphertext {
             scheme: "signal".into(),
             payload: vec![7u8; MAX_CIPHERTEXT_BYTES + 1].into(),
+            ..Default::default()
         }));
         assert_eq!(code(validate_send("signal", Some(&e))), RejectCode::TooLong);
+    }
+
+    #[test]
+    fn per_device_ciphertexts_are_limited_at_their_edges() {
+        use interop_proto::v1::DeviceCiphertext;
+        let device = |id: &str, len: usize| DeviceCiphertext {
+            device_id: id.into(),
+            payload: vec![7u8; len].into(),
+        };
+        let check = |devices: Vec<DeviceCiphertext>, payload: usize, missing: bool| {
+            let mut e = text_env("x");
+            e.encryption = Encryption::E2ee as i32;
+            e.content = Some(Content::Ciphertext(Ciphertext {
+                scheme: "olm.v1".into(),
+                payload: vec![1u8; payload].into(),
+                devices,
+                missing_for_device: missing,
+            }));
+            validate_send("signal", Some(&e))
+                .map(|_| ())
+                .map_err(|r| r.code)
+        };
+        let full: Vec<_> = (0..MAX_DEVICE_CIPHERTEXTS)
+            .map(|i| device(&format!("d{i}"), 16))
+            .collect();
+        assert_eq!(check(full.clone(), 0, false), Ok(()));
+        let mut over = full;
+        over.push(device("one-more", 16));
+        assert_eq!(check(over, 0, false), Err(RejectCode::TooLong));
+        assert_eq!(
+            check(vec![device("a", MAX_CIPHERTEXT_BYTES)], 0, false),
+            Ok(())
+        );
+        assert_eq!(
+            check(vec![device("a", MAX_CIPHERTEXT_BYTES + 1)], 0, false),
+            Err(RejectCode::TooLong)
+        );
+        assert_eq!(
+            check(vec![device("a", 0)], 0, false),
+            Err(RejectCode::EmptyContent)
+        );
+        assert_eq!(
+            check(vec![device("a b", 1)], 0, false),
+            Err(RejectCode::InvalidSetting)
+        );
+        assert_eq!(
+            check(vec![device("a", 1), device("a", 1)], 0, false),
+            Err(RejectCode::MalformedFrame)
+        );
+        // A payload for all and per-device ones at once, or the gateway's own
+        // flag set by a client: refused.
+        assert_eq!(
+            check(vec![device("a", 1)], 1, false),
+            Err(RejectCode::MalformedFrame)
+        );
+        assert_eq!(check(vec![], 1, true), Err(RejectCode::MalformedFrame));
+        assert_eq!(check(vec![], 0, false), Err(RejectCode::EmptyContent));
     }
 
     fn with(content: Content, encryption: Encryption) -> Envelope {
@@ -606,6 +715,7 @@ mod tests {
                 ciphertext: ct.map(|n| Ciphertext {
                     scheme: "mls".into(),
                     payload: vec![1u8; n].into(),
+                    ..Default::default()
                 }),
             })
         };

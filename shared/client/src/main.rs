@@ -458,6 +458,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         content: Some(Content::Ciphertext(Ciphertext {
                             scheme: "opaque".into(),
                             payload: payload.into(),
+                            ..Default::default()
                         })),
                         ..Default::default()
                     }

@@ -145,6 +145,7 @@ pub fn encode(message: &OlmMessage) -> Ciphertext {
     Ciphertext {
         scheme: SCHEME.into(),
         payload: payload.into(),
+        ..Default::default()
     }
 }
 
@@ -386,6 +387,152 @@ impl LocalDevice {
         }
         write_private(&path, session.pickle().encrypt(&self.pickle_key).as_bytes())
     }
+}
+
+/// Why an end-to-end-encrypted send or receive failed.
+#[derive(Debug, thiserror::Error)]
+pub enum E2eeError {
+    #[error(transparent)]
+    Client(#[from] crate::ClientError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Olm(#[from] OlmError),
+    #[error("the gateway refused {what}: {code} ({detail})")]
+    Refused {
+        what: &'static str,
+        code: &'static str,
+        detail: String,
+    },
+    #[error("{0} has no devices with published keys")]
+    NoDevices(String),
+    #[error("the sender's identity key is not one of {0}'s devices in the key directory")]
+    UnknownSender(String),
+    #[error("no session with {0} decrypts this message")]
+    NoSession(String),
+    #[error(transparent)]
+    Decrypt(#[from] vodozemac::olm::DecryptionError),
+    #[error(transparent)]
+    Inbound(#[from] vodozemac::olm::SessionCreationError),
+}
+
+fn done<T>(what: &'static str, o: crate::keys::KeysOutcome<T>) -> Result<T, E2eeError> {
+    match o {
+        crate::keys::KeysOutcome::Done(t) => Ok(t),
+        crate::keys::KeysOutcome::Rejected(r) => Err(E2eeError::Refused {
+            what,
+            code: r.code().as_str_name(),
+            detail: r.detail,
+        }),
+    }
+}
+
+/// How many one-time keys a device publishes at first.
+pub const FIRST_ONE_TIME_KEYS: usize = 20;
+
+/// Publishes `me`'s keys as `user`'s device `device_id` if it never did
+/// (the user must have opted in).
+pub async fn ensure_published(
+    s: &crate::Sender,
+    me: &mut LocalDevice,
+    user: &str,
+    device_id: &str,
+) -> Result<(), E2eeError> {
+    if me.published() {
+        return Ok(());
+    }
+    let (keys, otks) = me.keys_to_publish(device_id, FIRST_ONE_TIME_KEYS)?;
+    done(
+        "PublishKeys",
+        s.publish_keys(user, keys, otks, vec![]).await?,
+    )?;
+    me.mark_published()?;
+    Ok(())
+}
+
+/// Encrypts `plaintext` from `from` (this device, `me`) for every device of
+/// `to`: over the session each already has, or a new one from a freshly
+/// fetched bundle. One ciphertext per device, with its device id.
+pub async fn encrypt_for(
+    s: &crate::Sender,
+    me: &mut LocalDevice,
+    from: &str,
+    to: &str,
+    plaintext: &[u8],
+) -> Result<Vec<(String, Ciphertext)>, E2eeError> {
+    let devices = done("ListDevices", s.list_devices(from, to).await?)?;
+    if devices.devices.is_empty() {
+        return Err(E2eeError::NoDevices(to.to_owned()));
+    }
+    let mut out = Vec::with_capacity(devices.devices.len());
+    let mut missing = Vec::new();
+    for d in &devices.devices {
+        let identity = curve_of(&d.identity_key, "identity_key")?;
+        match me.session(to, &identity)? {
+            Some(mut session) => {
+                out.push((
+                    d.device_id.clone(),
+                    encode(&session.encrypt(plaintext).map_err(OlmError::from)?),
+                ));
+                me.save_session(to, &identity, &session)?;
+            }
+            None => missing.push(d.device_id.as_str()),
+        }
+    }
+    if !missing.is_empty() {
+        let bundles = done("FetchBundles", s.fetch_bundles(from, to, &missing).await?)?;
+        for b in &bundles.bundles {
+            let Some(device) = &b.device else { continue };
+            let identity = identity_key(device)?;
+            let mut session = outbound_session(&me.account, b)?;
+            out.push((
+                device.device_id.clone(),
+                encode(&session.encrypt(plaintext).map_err(OlmError::from)?),
+            ));
+            me.save_session(to, &identity, &session)?;
+        }
+    }
+    me.save()?;
+    Ok(out)
+}
+
+/// Decrypts a ciphertext `from` sent to `me` (the device of `user`). A
+/// pre-key message starts a session, after checking that its identity key is
+/// one of the sender's devices in the key directory; a normal message is
+/// tried with each session with the sender.
+pub async fn decrypt_from(
+    s: &crate::Sender,
+    me: &mut LocalDevice,
+    user: &str,
+    from: &str,
+    c: &Ciphertext,
+) -> Result<Vec<u8>, E2eeError> {
+    let message = decode(c)?;
+    for (identity, mut session) in me.sessions(from)? {
+        if let Ok(plain) = session.decrypt(&message) {
+            me.save_session(from, &identity, &session)?;
+            return Ok(plain);
+        }
+    }
+    let OlmMessage::PreKey(pre) = &message else {
+        return Err(E2eeError::NoSession(from.to_owned()));
+    };
+    let identity = pre.identity_key();
+    let devices = done("ListDevices", s.list_devices(user, from).await?)?;
+    let known = devices
+        .devices
+        .iter()
+        .any(|d| curve_of(&d.identity_key, "identity_key").is_ok_and(|k| k == identity));
+    if !known {
+        return Err(E2eeError::UnknownSender(from.to_owned()));
+    }
+    let inbound = me
+        .account
+        .create_inbound_session(SessionConfig::version_1(), identity, pre)?;
+    me.save_session(from, &identity, &inbound.session)?;
+    // The one-time key it used is gone from the account.
+    me.save()?;
+    Ok(inbound.plaintext)
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ fn e2ee(payload: Vec<u8>) -> Envelope {
         e.content = Some(Content::Ciphertext(Ciphertext {
             scheme: "s".into(),
             payload: payload.into(),
+            ..Default::default()
         }));
     })
 }

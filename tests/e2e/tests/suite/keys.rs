@@ -377,3 +377,107 @@ async fn a_user_cannot_drain_anothers_one_time_keys_past_the_fetch_limit() {
     let own = home.list_devices(BOB, BOB).await.unwrap().done().unwrap();
     assert_eq!(own.devices[0].one_time_prekeys, 100 - burst - 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_device_decrypts_its_own_ciphertext_and_a_device_without_one_is_told() {
+    use interop_client::olm::{decrypt_from, encrypt_for, ensure_published, LocalDevice};
+    use interop_proto::v1::DeviceCiphertext;
+    let c = Cluster::start().await;
+    let (home, signal) = (
+        sender(&c, "home", HOME_TOKEN).await,
+        sender(&c, "signal", SIGNAL_TOKEN).await,
+    );
+    home.set_consent(BOB, true, &["signal"]).await.unwrap();
+    signal.set_consent(ALICE, true, &["home"]).await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let mut phone = LocalDevice::open(root.path(), BOB, "phone").unwrap();
+    let mut laptop = LocalDevice::open(root.path(), BOB, "laptop").unwrap();
+    let mut alice = LocalDevice::open(root.path(), ALICE, "cli").unwrap();
+    ensure_published(&home, &mut phone, BOB, "phone")
+        .await
+        .unwrap();
+    ensure_published(&home, &mut laptop, BOB, "laptop")
+        .await
+        .unwrap();
+    ensure_published(&signal, &mut alice, ALICE, "cli")
+        .await
+        .unwrap();
+
+    let per_device = encrypt_for(&signal, &mut alice, ALICE, BOB, b"hello both")
+        .await
+        .unwrap();
+    assert_eq!(per_device.len(), 2);
+    // Bob's tablet publishes only after Alice encrypted: it has no ciphertext.
+    let mut tablet = LocalDevice::open(root.path(), BOB, "tablet").unwrap();
+    ensure_published(&home, &mut tablet, BOB, "tablet")
+        .await
+        .unwrap();
+    let ciphertext = Ciphertext {
+        scheme: olm::SCHEME.into(),
+        devices: per_device
+            .into_iter()
+            .map(|(device_id, c)| DeviceCiphertext {
+                device_id,
+                payload: c.payload,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut rx = Vec::new();
+    for d in ["phone", "laptop", "tablet"] {
+        rx.push(
+            Receiver::connect(&c.gateway.delivery_url, "home", HOME_TOKEN, BOB, d)
+                .await
+                .unwrap(),
+        );
+    }
+    let out = signal
+        .send(e2ee("m1", ALICE, BOB, ciphertext))
+        .await
+        .unwrap();
+    assert!(matches!(out, SendOutcome::Accepted(_)), "{out:?}");
+    let got: Vec<Ciphertext> = {
+        let mut got = Vec::new();
+        for r in &mut rx {
+            got.push(ciphertext_of(&next_acked(r).await));
+        }
+        got
+    };
+    for (i, device) in [&mut phone, &mut laptop].into_iter().enumerate() {
+        assert!(
+            got[i].devices.is_empty(),
+            "only its own ciphertext reaches a device"
+        );
+        let plain = decrypt_from(&home, device, BOB, ALICE, &got[i])
+            .await
+            .unwrap();
+        assert_eq!(plain, b"hello both");
+    }
+    assert!(
+        got[2].missing_for_device && got[2].payload.is_empty(),
+        "{:?}",
+        got[2]
+    );
+
+    // Bob's phone answers over its session; Alice's device decrypts it.
+    let mut alice_rx = Receiver::connect(
+        &c.gateway.delivery_url,
+        "signal",
+        SIGNAL_TOKEN,
+        ALICE,
+        "cli",
+    )
+    .await
+    .unwrap();
+    let reply = encrypt_for(&home, &mut phone, BOB, ALICE, b"hi from the phone")
+        .await
+        .unwrap();
+    assert_eq!(reply.len(), 1);
+    let (_, reply) = reply.into_iter().next().unwrap();
+    home.send(e2ee("r1", BOB, ALICE, reply)).await.unwrap();
+    let got = ciphertext_of(&next_acked(&mut alice_rx).await);
+    let plain = decrypt_from(&signal, &mut alice, ALICE, BOB, &got)
+        .await
+        .unwrap();
+    assert_eq!(plain, b"hi from the phone");
+}

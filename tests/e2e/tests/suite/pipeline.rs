@@ -263,6 +263,7 @@ async fn ciphertext_passes_through_byte_for_byte() {
         content: Some(Content::Ciphertext(Ciphertext {
             scheme: "signal".into(),
             payload: payload.clone().into(),
+            ..Default::default()
         })),
         ..Default::default()
     };
