@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use interop_client::config::ClientConfig;
+use interop_client::olm::{self, LocalDevice};
 use interop_client::{
     text_envelope, ConsentOutcome, ConsentStateOutcome, Receiver, RequestOutcome, SendOutcome,
     Sender,
@@ -51,6 +52,11 @@ struct Cli {
     /// Provider id to authenticate as (default: the provider of --as).
     #[arg(long, env = "INTEROP_PROVIDER", global = true)]
     provider: Option<String>,
+    /// Where end-to-end encryption keeps this machine's devices' Olm
+    /// accounts and sessions (default: `keys/` beside the client config,
+    /// i.e. `.run/keys`).
+    #[arg(long, env = "INTEROP_KEYS_DIR", global = true)]
+    keys_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -127,6 +133,14 @@ enum Command {
         /// End-to-end-encrypted payload, base64 (sent E2EE).
         #[arg(long)]
         ciphertext_b64: Option<String>,
+        /// Encrypt --text end to end (Olm) for every device of the
+        /// recipient, with keys from the gateway's key directory; publishes
+        /// this device's keys first if needed (the sender must have opted in).
+        #[arg(long, requires = "text")]
+        e2ee: bool,
+        /// This machine's device id for --e2ee.
+        #[arg(long, default_value = "cli")]
+        device: String,
         /// Client message id (default: a fresh UUID). Re-use it to retry.
         #[arg(long)]
         client_message_id: Option<String>,
@@ -162,7 +176,17 @@ enum Command {
         #[arg(long, env = "INTEROP_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
     },
+    /// End-to-end encryption: this machine's device keys in the gateway's
+    /// key directory.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[arg(long, env = "INTEROP_INGEST_URL", global = true)]
+        ingest_url: Option<String>,
+    },
     /// Receive messages for a user, print each as JSON and ack it.
+    /// End-to-end-encrypted messages for this machine's device are
+    /// decrypted (`text`, with `e2ee_scheme`).
     Listen {
         #[arg(long = "as")]
         user: String,
@@ -177,6 +201,33 @@ enum Command {
         timeout: Option<u64>,
         #[arg(long, env = "INTEROP_DELIVERY_URL")]
         delivery_url: Option<String>,
+        /// Ingest, for looking up senders' keys when decrypting.
+        #[arg(long, env = "INTEROP_INGEST_URL")]
+        ingest_url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Publish (or top up) the keys of a user's device on this machine: an
+    /// Olm account kept under the keys directory. The user must have opted
+    /// in.
+    Publish {
+        #[arg(long = "as")]
+        user: String,
+        #[arg(long, default_value = "cli")]
+        device: String,
+        /// One-time keys to add (at most 100).
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+    },
+    /// List a user's devices and identity keys, as one of your users sees them.
+    Devices {
+        /// The asking user (one of your provider's).
+        #[arg(long = "as")]
+        requester: String,
+        #[arg(long)]
+        user: String,
     },
 }
 
@@ -282,9 +333,23 @@ struct Ctx {
     cert_auth: bool,
     token: Option<String>,
     provider: Option<String>,
+    keys_dir: Option<PathBuf>,
+    config_path: Option<PathBuf>,
 }
 
 impl Ctx {
+    /// Where this machine's devices' Olm accounts and sessions live.
+    fn keys_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.keys_dir {
+            return Ok(d.clone());
+        }
+        self.config_path
+            .as_deref()
+            .and_then(std::path::Path::parent)
+            .map(|d| d.join("keys"))
+            .context("no keys directory: pass --keys-dir or run scripts/up")
+    }
+
     fn creds(&self, user: &str) -> anyhow::Result<(String, String)> {
         let address =
             Address::parse(user).with_context(|| format!("{user:?} is not an address"))?;
@@ -411,6 +476,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         cert_auth: cli.client_cert.is_some(),
         token: cli.token,
         provider: cli.provider,
+        keys_dir: cli.keys_dir,
+        config_path: ClientConfig::locate(cli.config.as_deref()),
     };
     match cli.command {
         Command::OptIn {
@@ -437,13 +504,29 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             to,
             text,
             ciphertext_b64,
+            e2ee,
+            device,
             client_message_id,
             ingest_url,
         } => {
             let (provider, token) = ctx.creds(&from)?;
             let url = ctx.url(ingest_url, ctx.file.ingest_url.as_ref(), "ingest")?;
             let cmid = client_message_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            let sender = Sender::connect_with(&url, &provider, &token, ctx.tls.clone()).await?;
             let envelope = match (text, ciphertext_b64) {
+                (Some(t), _) if e2ee => {
+                    let ciphertext =
+                        e2ee_ciphertext(&ctx, &sender, &device, &from, &to, &t).await?;
+                    Envelope {
+                        client_message_id: cmid.clone(),
+                        from: from.clone(),
+                        to: to.clone(),
+                        encryption: Encryption::E2ee as i32,
+                        sent_at_ms: interop_proto::now_ms(),
+                        content: Some(Content::Ciphertext(ciphertext)),
+                        ..Default::default()
+                    }
+                }
                 (Some(t), _) => text_envelope(&cmid, &from, &to, &t),
                 (None, Some(b64)) => {
                     let payload = base64::engine::general_purpose::STANDARD
@@ -465,7 +548,6 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 (None, None) => bail!("pass --text or --ciphertext-b64"),
             };
-            let sender = Sender::connect_with(&url, &provider, &token, ctx.tls.clone()).await?;
             match sender.send(envelope).await? {
                 SendOutcome::Accepted(a) => {
                     println!(
@@ -577,18 +659,27 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             print_admin_answer(answer)
         }
+        Command::Keys {
+            command,
+            ingest_url,
+        } => keys(&ctx, command, ingest_url).await,
         Command::Listen {
             user,
             device,
             count,
             timeout,
             delivery_url,
+            ingest_url,
         } => {
             let (provider, token) = ctx.creds(&user)?;
             let url = ctx.url(delivery_url, ctx.file.delivery_url.as_ref(), "delivery")?;
             let mut rx =
                 Receiver::connect_with(&url, &provider, &token, &user, &device, ctx.tls.clone())
                     .await?;
+            // Opened on the first end-to-end-encrypted message: this
+            // device's Olm account, and an ingest connection to look up
+            // senders' keys.
+            let mut e2ee: Option<(LocalDevice, Sender)> = None;
             eprintln!("interop: listening as {user}");
             let deadline = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
             let mut received = 0u64;
@@ -602,6 +693,31 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 };
                 let d = next?;
                 let mut v = describe(&d.envelope);
+                if let Some(Content::Ciphertext(c)) = &d.envelope.content {
+                    if c.scheme == olm::SCHEME && !c.payload.is_empty() {
+                        if e2ee.is_none() {
+                            let me = LocalDevice::open(&ctx.keys_dir()?, &user, &device)?;
+                            let ingest = ctx.url(
+                                ingest_url.clone(),
+                                ctx.file.ingest_url.as_ref(),
+                                "ingest",
+                            )?;
+                            let s =
+                                Sender::connect_with(&ingest, &provider, &token, ctx.tls.clone())
+                                    .await?;
+                            e2ee = Some((me, s));
+                        }
+                        if let Some((me, s)) = e2ee.as_mut() {
+                            match olm::decrypt_from(s, me, &user, &d.envelope.from, c).await {
+                                Ok(plain) => {
+                                    v["text"] = json!(String::from_utf8_lossy(&plain));
+                                    v["e2ee_scheme"] = json!(c.scheme);
+                                }
+                                Err(e) => v["decrypt_error"] = json!(e.to_string()),
+                            }
+                        }
+                    }
+                }
                 if d.inbox != Inbox::Unspecified {
                     v["inbox"] = json!(inbox_name(d.inbox));
                 }
@@ -773,6 +889,92 @@ async fn request(
         }
         RequestOutcome::Rejected(r) => Ok(print_rejected(&r)),
     }
+}
+
+/// `interop keys ...`: prints the gateway's answer as JSON (exit 2 when
+/// refused).
+async fn keys(ctx: &Ctx, command: KeysCommand, ingest_url: Option<String>) -> anyhow::Result<i32> {
+    let user = match &command {
+        KeysCommand::Publish { user, .. } => user.clone(),
+        KeysCommand::Devices { requester, .. } => requester.clone(),
+    };
+    let (provider, token) = ctx.creds(&user)?;
+    let url = ctx.url(ingest_url, ctx.file.ingest_url.as_ref(), "ingest")?;
+    let sender = Sender::connect_with(&url, &provider, &token, ctx.tls.clone()).await?;
+    let refused = |r: Rejected| {
+        println!(
+            "{}",
+            json!({"rejected": {"code": r.code().as_str_name().trim_start_matches("REJECT_CODE_"), "detail": r.detail, "retry_after_ms": r.retry_after_ms}})
+        );
+        Ok(2)
+    };
+    match command {
+        KeysCommand::Publish {
+            user,
+            device,
+            count,
+        } => {
+            let mut me = LocalDevice::open(&ctx.keys_dir()?, &user, &device)?;
+            let (keys, otks) = me.keys_to_publish(&device, count)?;
+            match sender.publish_keys(&user, keys, otks, vec![]).await? {
+                interop_client::keys::KeysOutcome::Done(p) => {
+                    me.mark_published()?;
+                    println!(
+                        "{}",
+                        json!({"published": {"user": p.user, "device_id": p.device_id, "one_time_prekeys": p.one_time_prekeys}})
+                    );
+                    Ok(0)
+                }
+                interop_client::keys::KeysOutcome::Rejected(r) => refused(r),
+            }
+        }
+        KeysCommand::Devices { requester, user } => {
+            match sender.list_devices(&requester, &user).await? {
+                interop_client::keys::KeysOutcome::Done(list) => {
+                    let devices: Vec<_> = list
+                        .devices
+                        .iter()
+                        .map(|d| {
+                            json!({
+                                "device_id": d.device_id,
+                                "identity_key_b64": d.identity_key.as_ref().map(|k| base64::engine::general_purpose::STANDARD.encode(&k.key)),
+                                "one_time_prekeys": d.one_time_prekeys,
+                            })
+                        })
+                        .collect();
+                    println!("{}", json!({"user": list.user, "devices": devices}));
+                    Ok(0)
+                }
+                interop_client::keys::KeysOutcome::Rejected(r) => refused(r),
+            }
+        }
+    }
+}
+
+/// `text` encrypted end to end from `from` (this machine's device `device`)
+/// for every device of `to`: one ciphertext per device.
+async fn e2ee_ciphertext(
+    ctx: &Ctx,
+    sender: &Sender,
+    device: &str,
+    from: &str,
+    to: &str,
+    text: &str,
+) -> anyhow::Result<Ciphertext> {
+    let mut me = LocalDevice::open(&ctx.keys_dir()?, from, device)?;
+    olm::ensure_published(sender, &mut me, from, device).await?;
+    let per_device = olm::encrypt_for(sender, &mut me, from, to, text.as_bytes()).await?;
+    Ok(Ciphertext {
+        scheme: olm::SCHEME.into(),
+        devices: per_device
+            .into_iter()
+            .map(|(device_id, c)| interop_proto::v1::DeviceCiphertext {
+                device_id,
+                payload: c.payload,
+            })
+            .collect(),
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]

@@ -561,3 +561,16 @@ impl Drop for Stack {
         self.shutdown.cancel();
     }
 }
+
+/// The `interop` CLI, built by Cargo for the running test's profile (once
+/// per test process).
+pub fn interop_cli() -> std::path::PathBuf {
+    static CLI: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    CLI.get_or_init(|| {
+        let mut bins = interop_test_support::build_bins(&["interop-client"])
+            .unwrap_or_else(|e| panic!("building the interop CLI: {e}"));
+        bins.remove("interop")
+            .expect("interop-client has the `interop` binary")
+    })
+    .clone()
+}

@@ -280,6 +280,11 @@ impl NatsServer {
         Ok(())
     }
 
+    /// The server's folder: its JetStream store (`jetstream/`) and log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)

@@ -12,20 +12,9 @@ use interop_test_support::{NatsServer, RedisServer};
 const ADMIN_TOKEN: &str = "admin-token-for-the-cli-test-0123";
 const BOB: &str = "home:+4915112345678";
 
-/// The `interop` CLI, built by Cargo for this test's profile.
-fn cli() -> std::path::PathBuf {
-    static CLI: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    CLI.get_or_init(|| {
-        let mut bins = interop_test_support::build_bins(&["interop-client"]).unwrap();
-        bins.remove("interop")
-            .expect("interop-client has the `interop` binary")
-    })
-    .clone()
-}
-
 /// Runs `interop` with `args`; the exit code and stdout as JSON.
 async fn interop(args: &[&str]) -> (i32, serde_json::Value) {
-    let out = tokio::process::Command::new(cli())
+    let out = tokio::process::Command::new(interop_e2e::interop_cli())
         .args(args)
         // No client config from the developer's checkout: only the flags.
         .env_remove("INTEROP_CLIENT_CONFIG")

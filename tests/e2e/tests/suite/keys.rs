@@ -481,3 +481,153 @@ async fn each_device_decrypts_its_own_ciphertext_and_a_device_without_one_is_tol
         .unwrap();
     assert_eq!(plain, b"hi from the phone");
 }
+
+/// Runs the `interop` CLI with `args` (plus the gateway's URLs and the keys
+/// folder); its exit code and stdout lines as JSON.
+async fn interop(
+    c: &Cluster,
+    keys: &std::path::Path,
+    args: &[&str],
+) -> (i32, Vec<serde_json::Value>) {
+    let out = tokio::process::Command::new(interop_e2e::interop_cli())
+        .args(args)
+        .args(["--ingest-url", &c.gateway.ingest_url, "--keys-dir"])
+        .arg(keys)
+        .env_remove("INTEROP_CLIENT_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (out.status.code().unwrap_or(-1), lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_olm_encrypted_text_and_the_plaintext_is_nowhere_in_the_gateway() {
+    const SECRET: &str = "PLAINTEXT-4c1e9a-meet-at-the-old-mill";
+    let c = Cluster::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let k = keys.path();
+    for (who, allow, token) in [(BOB, "signal", HOME_TOKEN), (ALICE, "home", SIGNAL_TOKEN)] {
+        let (code, out) = interop(
+            &c,
+            k,
+            &["opt-in", "--as", who, "--allow", allow, "--token", token],
+        )
+        .await;
+        assert_eq!(code, 0, "{out:?}");
+    }
+    let (code, out) = interop(
+        &c,
+        k,
+        &["keys", "publish", "--as", BOB, "--token", HOME_TOKEN],
+    )
+    .await;
+    assert_eq!(
+        (code, &out[0]["published"]["one_time_prekeys"]),
+        (0, &serde_json::json!(20)),
+        "{out:?}"
+    );
+
+    // Bob listens (the CLI decrypts), Alice sends with --e2ee.
+    let listen = tokio::process::Command::new(interop_e2e::interop_cli())
+        .args([
+            "listen",
+            "--as",
+            BOB,
+            "--count",
+            "1",
+            "--timeout",
+            "30",
+            "--token",
+            HOME_TOKEN,
+        ])
+        .args([
+            "--delivery-url",
+            &c.gateway.delivery_url,
+            "--ingest-url",
+            &c.gateway.ingest_url,
+            "--keys-dir",
+        ])
+        .arg(k)
+        .env_remove("INTEROP_CLIENT_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, out) = interop(
+        &c,
+        k,
+        &[
+            "send",
+            "--e2ee",
+            "--as",
+            ALICE,
+            "--to",
+            BOB,
+            "--text",
+            SECRET,
+            "--token",
+            SIGNAL_TOKEN,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out:?}");
+    assert!(out[0]["accepted"]["message_id"].is_string(), "{out:?}");
+    let listened = within("the listener", listen.wait_with_output())
+        .await
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&listened.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(line["text"], SECRET, "{line}");
+    assert_eq!(line["encryption"], "E2EE");
+    assert_eq!(line["e2ee_scheme"], olm::SCHEME);
+
+    // The plaintext is nowhere in the gateway: not in any file of NATS's
+    // store, not in any Redis key or value.
+    let mut files = vec![c.nats.dir().to_path_buf()];
+    let mut scanned = 0;
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            scanned += bytes.len();
+            assert!(
+                !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                "the plaintext is in {}",
+                p.display()
+            );
+        }
+    }
+    assert!(
+        scanned > 1000,
+        "the NATS store was not found ({scanned} bytes)"
+    );
+    let mut redis = redis::aio::ConnectionManager::new(redis::Client::open(c.redis.url()).unwrap())
+        .await
+        .unwrap();
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    for key in keys {
+        let dump: Option<Vec<u8>> = redis::cmd("DUMP")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let all = [key, dump.unwrap_or_default()].concat();
+        assert!(
+            !all.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "the plaintext is in Redis"
+        );
+    }
+}
