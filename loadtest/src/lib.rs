@@ -7,7 +7,7 @@
 //! - [`plan`]: who sends what to whom, a pure function of the sequence number.
 //! - [`recorder`] and [`ledger`]: latency histograms (from the intended send
 //!   time, correcting coordinated omission), counts, loss and duplicates.
-//! - [`run`]: a run against a gateway; [`ceiling`]: the NATS reference ceiling.
+//! - [`run`](mod@run): a run against a gateway; [`ceiling`]: the NATS reference ceiling.
 //! - [`report`] and [`html`]: JSON, the terminal table and the HTML page.
 //!
 //! `docs/loadtest.md` is the user guide.

@@ -6,13 +6,13 @@
 //! | content | not supported → delivered as |
 //! |---|---|
 //! | reaction | text "👍 reacted to your message" / "removed a reaction", `in_reply_to` = target |
-//! | edit with text | text "edited: <new text>", `in_reply_to` = target |
+//! | edit with text | text `"edited: <new text>"`, `in_reply_to` = target |
 //! | edit with ciphertext (E2EE) | the new ciphertext as an ordinary message, `in_reply_to` = target: the gateway cannot read it to write a fallback, and the recipient's app can decrypt and show it |
 //! | delete | text "deleted a message", `in_reply_to` = target |
 //! | text with `in_reply_to` (reply) | text prefixed "↩ " |
-//! | text in a group (`group_id`) | text prefixed "[group] " |
+//! | text in a group (`group_id`) | text prefixed `"[group] "` |
 //! | call attempt | always a notice (no provider can take a call across apps) |
-//! | group change | text "[group] created the group “Ski trip” with you, telegram:tom" from the admin (what they did; at most 5 addresses per list, the recipient as "you", then "and N more") |
+//! | group change | text `"[group] created the group “Ski trip” with you, telegram:tom"` from the admin (what they did; at most 5 addresses per list, the recipient as "you", then "and N more") |
 //! | READ receipt | not shown (auto-acked): a status, not content |
 //! | typing | not shown: ephemeral |
 //!
