@@ -12,6 +12,8 @@
 //!
 //! `docs/loadtest.md` is the user guide.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 /// `write!` into a `String`; that cannot fail, so the result is dropped.
 macro_rules! w {
     ($($arg:tt)*) => {

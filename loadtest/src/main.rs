@@ -1,6 +1,8 @@
 //! `loadtest`: runs a scenario against a gateway, or measures the NATS
 //! reference ceiling. See docs/loadtest.md.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -17,6 +17,8 @@
 //! ([`rich`]); the expiry sweeper sends `expired` receipts for messages that
 //! aged out undelivered.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 mod auth;
 mod expiry;
 mod metrics;

@@ -21,6 +21,8 @@
 //! transcoding slot) and the consumer's ack wait ([`ack_wait`]) outlasts the
 //! worst case, so nothing is redelivered while it is being worked on.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 pub mod api;
 pub mod error;
 pub mod formats;

@@ -20,6 +20,8 @@
 //! 3. A group message (`group_id`) is fanned out: one copy per member, each
 //!    admitted like a one-to-one message (see `group.rs`).
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 mod group;
 mod handler;
 pub mod score;

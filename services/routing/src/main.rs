@@ -1,5 +1,7 @@
 //! The routing binary: wiring only; see the library.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 use clap::Parser;
 use interop_service::CommonArgs;
 

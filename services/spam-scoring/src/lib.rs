@@ -14,6 +14,8 @@
 //! weights that fired; the verdict (allow, request, quarantine, reject) is
 //! the highest threshold it reaches, and records every signal that fired.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 mod handler;
 pub mod policy;
 pub mod serve;

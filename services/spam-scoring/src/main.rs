@@ -1,6 +1,8 @@
 //! The spam-scoring binary: the service (no subcommand), or the content
 //! classifier's `train` and `eval` tools. Wiring only; see the library.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};

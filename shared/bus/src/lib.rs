@@ -1,6 +1,8 @@
 //! The NATS bus of the interop gateway: subject and stream names, stream and
 //! consumer set-up, the pipeline stage loop, and trace context in headers.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 pub mod admissions;
 pub mod metrics;
 pub mod pipeline;

@@ -7,6 +7,8 @@
 //! Services without a provider-facing endpoint (routing, spam-scoring) do
 //! not link this crate, nor rustls, hyper or the provider registry.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 mod guard;
 pub mod tls;
 pub mod ws;

@@ -42,6 +42,8 @@
 //! `blocks_kept`). Cost: one pass over each stream and over the Redis
 //! keyspace; docs/security.md has a measurement.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

@@ -26,6 +26,8 @@
 //! at least 128 bits, so a plain hash (no salt, no stretching) is enough and
 //! lets every connection be checked in constant time.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 use std::collections::HashMap;
 use std::path::Path;
 

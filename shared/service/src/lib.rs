@@ -5,6 +5,8 @@
 //! A service's `main.rs` parses its flags, builds its `Config`, and hands a
 //! closure running the service to [`run_main`].
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 pub mod admin;
 
 use std::future::Future;

@@ -69,6 +69,8 @@
 //! 213 KiB (72,550 non-zero weights); `cargo run --release -p interop-spam-classifier --example train`
 //! regenerates it, and the `committed_model` test checks that it is up to date.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 pub mod cli;
 pub mod codec;
 pub mod corpus;

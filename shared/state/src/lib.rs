@@ -16,6 +16,8 @@
 //! - `interop:spam:*` — spam-scoring's counters ([`spam`]) and reputation
 //!   ([`reputation`]).
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 pub mod consent;
 pub mod contacts;
 pub mod erase;

@@ -8,6 +8,8 @@
 //! Log lines never carry message bodies, media, tokens or full phone numbers:
 //! addresses are logged through `Address::redacted`.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 pub mod metrics;
 
 use std::str::FromStr;
