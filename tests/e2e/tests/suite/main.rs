@@ -15,6 +15,7 @@ mod hostile;
 mod keys;
 mod loadtest_gateway;
 mod media;
+mod mls;
 mod mtls;
 mod observability;
 mod pipeline;
