@@ -388,7 +388,7 @@ pub(crate) async fn prepare_group_send(
         }
     };
     let fresh_id = uuid::Uuid::now_v7().to_string();
-    let idem_key = format!("interop:idem:{}:{}", from.as_str(), cmid);
+    let idem_key = interop_state::keys::idem(from.as_str(), &cmid);
     let provider_limit = provider_limit(shared, provider);
     let mut pipe = redis::pipe();
     gcra::add_check(

@@ -71,16 +71,6 @@ fn directory_error(request_id: u64, e: KeysError) -> Prepared {
     }
 }
 
-/// Redis key of a provider's key-fetch bucket.
-fn fetch_provider_key(provider: &str) -> String {
-    format!("interop:gcra:keys:provider:{provider}")
-}
-
-/// Redis key of a requesting user's key-fetch bucket.
-fn fetch_user_key(user: &str) -> String {
-    format!("interop:gcra:keys:user:{user}")
-}
-
 /// Counts one fetch (of `cost` users) against the requester's provider's
 /// and the requester's key-fetch limits; the refusal if either is spent.
 async fn fetch_allowed(
@@ -96,8 +86,8 @@ async fn fetch_allowed(
     for _ in 0..cost.max(1) {
         pipe.invoke_script(
             gcra::GCRA
-                .key(fetch_provider_key(provider))
-                .key(fetch_user_key(requester.as_str()))
+                .key(interop_state::keys::gcra_key_fetch_provider(provider))
+                .key(interop_state::keys::gcra_key_fetch_user(requester.as_str()))
                 .arg(format!("{:.3}", p.interval_ms()))
                 .arg(p.burst)
                 .arg(format!("{:.3}", u.interval_ms()))

@@ -9,6 +9,8 @@
 //! `interop.v1.ingest.accepted`. `Accepted` is answered only after JetStream
 //! acknowledged the publish; every failure is a typed `Rejected`.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 pub mod accepted;
 pub mod admin;
 mod consent_frames;

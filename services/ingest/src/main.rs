@@ -1,5 +1,7 @@
 //! The ingest binary: wiring only; see the library.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

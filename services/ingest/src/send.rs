@@ -242,7 +242,7 @@ async fn prepare_send(
         );
     };
     let fresh_id = uuid::Uuid::now_v7().to_string();
-    let idem_key = format!("interop:idem:{}:{}", from.as_str(), cmid);
+    let idem_key = interop_state::keys::idem(from.as_str(), &cmid);
     let provider_limit = provider_limit(shared, provider);
     // One round trip: rate limits, consent, and the idempotency claim.
     let mut pipe = redis::pipe();

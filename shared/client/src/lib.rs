@@ -18,6 +18,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 pub mod admin;
 pub mod config;
 pub mod keys;

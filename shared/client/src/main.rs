@@ -1,6 +1,8 @@
 //! `interop`: the command-line client of the gateway. One JSON object per
 //! line on stdout; diagnostics on stderr.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -235,7 +237,7 @@ enum KeysCommand {
 enum ProviderCommand {
     /// Register a provider; prints its first token (shown once).
     Add {
-        /// Provider id: [a-z][a-z0-9-]{0,31}.
+        /// Provider id: `[a-z][a-z0-9-]{0,31}`.
         id: String,
         #[arg(long)]
         name: String,

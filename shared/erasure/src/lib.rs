@@ -96,6 +96,9 @@ pub struct Erased {
     pub contact_entries: u64,
     /// Other users' blocks of the user, kept (the blocker's protection).
     pub blocks_kept: u64,
+    /// The user's devices removed from the key directory, with their
+    /// unclaimed one-time prekeys and KeyPackages.
+    pub key_devices: u64,
 }
 
 /// Why an erasure stopped. It is safe to run again: every step is
@@ -524,6 +527,20 @@ pub async fn erase_user(
     .map_err(|_| stream_error(STREAM_CURSORS, "timed out purging"))?
     .map_err(|e| stream_error(STREAM_CURSORS, e))?
     .purged;
+
+    // 7. The key directory: the user's devices and their unclaimed keys.
+    let directory = interop_keys::KeyDirectory::open(js.clone())
+        .await
+        .map_err(|e| stream_error(interop_bus::subjects::STREAM_KEYS_DEVICES, e))?;
+    out.key_devices = directory
+        .devices(a)
+        .await
+        .map_err(|e| stream_error(interop_bus::subjects::STREAM_KEYS_DEVICES, e))?
+        .len() as u64;
+    directory
+        .erase_user(a)
+        .await
+        .map_err(|e| stream_error(interop_bus::subjects::STREAM_KEYS_POOL, e))?;
 
     info!(
         user = %address.redacted(),

@@ -27,6 +27,8 @@
 //! Both are replicated like the pipeline's streams (`--stream-replicas`).
 //! Redis holds nothing of the directory.
 
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures_util::TryStreamExt;

@@ -98,13 +98,14 @@ fn feedback_names(pair: &str, address: &str) -> bool {
 }
 
 /// The keys named after `address` alone, deleted whole.
-fn named_keys(address: &str) -> [String; 5] {
+fn named_keys(address: &str) -> [String; 6] {
     [
         keys::user_groups(address),
         keys::consent(address),
         keys::contacts(address),
         keys::reputation_sender(address),
         keys::gcra_sender(address),
+        keys::gcra_key_fetch_user(address),
     ]
 }
 
@@ -288,6 +289,7 @@ mod tests {
             keys::contacts(a),
             keys::reputation_sender(a),
             keys::gcra_sender(a),
+            keys::gcra_key_fetch_user(a),
             keys::idem(a, "client-1"),
             keys::sender_rate(a, 29_000_000),
             keys::spam_recipients(a, 480_000),

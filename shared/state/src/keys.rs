@@ -44,6 +44,16 @@ pub fn gcra_sender(address: &str) -> String {
     format!("interop:gcra:sender:{address}")
 }
 
+/// A provider's key-fetch GCRA bucket (the key directory, docs/adr/0025).
+pub fn gcra_key_fetch_provider(provider: &str) -> String {
+    format!("interop:gcra:keys:provider:{provider}")
+}
+
+/// A requesting user's key-fetch GCRA bucket (the key directory).
+pub fn gcra_key_fetch_user(address: &str) -> String {
+    format!("interop:gcra:keys:user:{address}")
+}
+
 /// What every fixed-window counter of `id` in `scope` starts with.
 pub fn rate_prefix(scope: &str, id: &str) -> String {
     format!("interop:rate:{scope}:{id}:")

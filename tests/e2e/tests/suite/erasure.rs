@@ -246,6 +246,16 @@ async fn an_erased_user_leaves_nothing_behind_and_others_keep_their_data() {
         .await
         .unwrap();
     signal.set_consent(ALICE, true, &["home"]).await.unwrap();
+    // Bob's device is in the key directory, with one-time keys and a
+    // KeyPackage (subjects there carry his recipient key).
+    let mut account = vodozemac::olm::Account::new();
+    account.generate_one_time_keys(3);
+    let (keys, otks) = interop_client::olm::device_keys(&mut account, "phone", 1);
+    home.publish_keys(BOB, keys, otks, vec![vec![7; 100]])
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
     // Contacts: Bob accepts Alice and blocks Dave; Carol reports Bob.
     home.respond_to_request(BOB, ALICE, RequestAction::Accept)
         .await
@@ -389,6 +399,7 @@ async fn an_erased_user_leaves_nothing_behind_and_others_keep_their_data() {
     assert_eq!(n("contact_entries"), 1, "{erased}");
     assert_eq!(n("blocks_kept"), 1, "{erased}");
     assert!(n("redis_keys") >= 6, "{erased}");
+    assert_eq!(n("key_devices"), 1, "{erased}");
 
     // Nothing of Bob remains.
     let left = redis_leftovers(&c.redis.url(), &needles).await;
