@@ -4,6 +4,7 @@
 #![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
 
 pub mod admissions;
+pub mod handling;
 pub mod metrics;
 pub mod pipeline;
 pub mod stage;
@@ -18,7 +19,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 pub use async_nats;
-pub use stage::{run_stage, HandleError, Handler, Input, Outgoing, StageOptions};
+pub use handling::{HandleError, Outgoing};
+pub use stage::{run_stage, Handler, Input, StageOptions};
 pub use streams::{ensure_streams, StreamSettings};
 
 /// Errors of bus set-up.

@@ -9,8 +9,8 @@ use interop_proto::v1::{
     envelope, AcceptedBatch, Envelope, PipelineMessage, Receipt, ReceiptStatus, RejectCode, Verdict,
 };
 
+use crate::handling::{HandleError, Outgoing};
 use crate::recipient_key;
-use crate::stage::{HandleError, Outgoing};
 use crate::subjects::delivery_queued;
 
 /// Decodes a pipeline event. A payload that does not decode can never be

@@ -18,37 +18,11 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn, Instrument};
 
+use crate::handling::{HandleError, Outgoing};
 use crate::metrics::StageMetrics;
 use crate::BusError;
 use interop_telemetry::metrics::Metrics;
 use tokio::time::Instant;
-
-/// One message a handler wants published.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    pub subject: String,
-    /// Deduplication id (`Nats-Msg-Id`); derive it from the input so a
-    /// redelivered input publishes the same id.
-    pub msg_id: String,
-    pub payload: Bytes,
-    /// The W3C trace context (`traceparent`, `tracestate`) to publish it
-    /// with; `None`: the stage's span for the input. A handler that takes
-    /// several messages in one input (an ingest batch) sets each output's
-    /// own, so each message stays one trace.
-    pub trace: Option<std::collections::HashMap<String, String>>,
-}
-
-/// Why a handler could not finish a message.
-#[derive(Debug, thiserror::Error)]
-pub enum HandleError {
-    /// A dependency is down or slow: the message is redelivered after `after`.
-    #[error("retry later: {reason}")]
-    Retry { reason: String, after: Duration },
-    /// The message can never be handled (e.g. it does not decode): it is
-    /// terminated and logged as dead-lettered.
-    #[error("permanent failure: {0}")]
-    Permanent(String),
-}
 
 /// What a handler sees of an input message.
 pub struct Input<'a> {
