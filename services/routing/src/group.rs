@@ -22,8 +22,7 @@ use interop_bus::subjects::ROUTING_MEDIA_REQUESTED;
 use interop_bus::{pipeline, recipient_key, HandleError, Outgoing};
 use interop_proto::v1::{envelope, Envelope, PipelineMessage, ReceiptStatus, RejectCode, Route};
 
-use crate::handler::Placement;
-use crate::Router;
+use crate::router::{retry, Placement, Router};
 
 /// The caller's answer to a call attempt, if `env` is one.
 pub(crate) fn call_answer(env: &Envelope) -> Option<Outgoing> {
@@ -77,7 +76,7 @@ pub(crate) async fn fan_out(
             .map(|m| router.admit(m, &env.from, &pm.sender_provider, verdict)),
     )
     .await
-    .map_err(crate::handler::retry)?;
+    .map_err(retry)?;
     let mut out = Vec::with_capacity(members.len());
     let mut calls_answered = false;
     let mut spam_answered = false;

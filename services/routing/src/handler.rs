@@ -15,8 +15,6 @@
 //!
 //! Nats-Msg-Id is the server message id, so a redelivered input is stored once.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use prost::Message as _;
 use tracing::{error, warn, Instrument};
@@ -27,132 +25,9 @@ use interop_proto::v1::{
     envelope, AcceptedBatch, Inbox, PipelineMessage, ReceiptStatus, RejectCode, Route, Verdict,
 };
 use interop_state::contacts::SetOutcome;
-use interop_state::{Admission, ContactStore, Refusal, StateError};
-use interop_telemetry::metrics::Metrics;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 
-/// Where one message goes for one recipient.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    /// Not delivered; the sender gets FAILED with `RECIPIENT_UNAVAILABLE`.
-    Refuse(Refusal),
-    /// Not delivered; the sender gets FAILED with `SPAM`.
-    RejectAsSpam,
-    /// Held in the quarantine stream, in no inbox; no receipt.
-    Quarantine,
-    /// Into the recipient's store, filed in this inbox.
-    Deliver(Inbox),
-}
-
-impl Placement {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Refuse(r) => r.as_str(),
-            Self::RejectAsSpam => "spam",
-            Self::Quarantine => "quarantine",
-            Self::Deliver(Inbox::Requests) => "requests",
-            Self::Deliver(_) => "inbox",
-        }
-    }
-}
-
-/// The pure rule: consent and the recipient's answers first (a blocked
-/// sender is refused whatever their score), then the verdict: REJECT
-/// refuses, QUARANTINE holds, REQUEST files even an accepted sender's
-/// message as a request, ALLOW leaves the admission as it is.
-pub fn place(admission: Admission, verdict: Verdict) -> Placement {
-    match admission.under(verdict) {
-        Admission::Refused(r) => Placement::Refuse(r),
-        Admission::Request | Admission::Inbox(_) if verdict == Verdict::Reject => {
-            Placement::RejectAsSpam
-        }
-        Admission::Request | Admission::Inbox(_) if verdict == Verdict::Quarantine => {
-            Placement::Quarantine
-        }
-        Admission::Request => Placement::Deliver(Inbox::Requests),
-        Admission::Inbox(inbox) => Placement::Deliver(inbox),
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PlacementLabel {
-    placement: &'static str,
-}
-
-pub struct Router {
-    scorer: crate::score::ScoreClient,
-    contacts: ContactStore,
-    placements: Family<PlacementLabel, Counter>,
-    pub(crate) groups: interop_state::GroupStore,
-    /// Announces implicit acceptances to the accepting user's sessions.
-    nats: async_nats::Client,
-    /// The stage's `interop_routing_dead_lettered_total`, for a message of a
-    /// batch that can never be routed (the batch itself is acked).
-    dead_lettered: Counter,
-}
-
-impl Router {
-    pub fn new(
-        redis: redis::aio::ConnectionManager,
-        nats: async_nats::Client,
-        scorer: crate::score::ScoreClient,
-        metrics: &Metrics,
-        dead_lettered: Counter,
-    ) -> Self {
-        let placements = Family::<PlacementLabel, Counter>::default();
-        metrics.register(
-            "interop_routing_placements",
-            "Where routed messages went, by placement (inbox, requests, quarantine, spam, or why refused).",
-            placements.clone(),
-        );
-        Self {
-            scorer,
-            contacts: ContactStore::new(redis.clone()),
-            groups: interop_state::GroupStore::new(redis),
-            placements,
-            nats,
-            dead_lettered,
-        }
-    }
-
-    /// The per-recipient admission path, for 1:1 messages and for each
-    /// member of a group: may a message from `sender` (a user of
-    /// `sender_provider`) with this spam `verdict` reach `recipient`, and
-    /// where? One Redis round trip (consent record and contact record).
-    pub async fn admit(
-        &self,
-        recipient: &str,
-        sender: &str,
-        sender_provider: &str,
-        verdict: Verdict,
-    ) -> Result<Placement, StateError> {
-        let admission = self
-            .contacts
-            .admission(recipient, sender, sender_provider)
-            .await?;
-        Ok(self.place_counted(admission, verdict))
-    }
-
-    /// [`place`], counted in `interop_routing_placements_total`.
-    fn place_counted(&self, admission: Admission, verdict: Verdict) -> Placement {
-        let placement = place(admission, verdict);
-        self.placements
-            .get_or_create(&PlacementLabel {
-                placement: placement.label(),
-            })
-            .inc();
-        placement
-    }
-}
-
-pub(crate) fn retry(e: StateError) -> HandleError {
-    HandleError::Retry {
-        reason: e.to_string(),
-        after: Duration::from_millis(500),
-    }
-}
+use crate::group;
+use crate::router::{retry, Placement, PlacementLabel, Router};
 
 impl Handler for Router {
     async fn handle(&self, input: Input<'_>) -> Result<Vec<Outgoing>, HandleError> {
@@ -253,7 +128,7 @@ impl Router {
                 // A group notice is the gateway's, not a message the admin
                 // sent: it goes nowhere, with no receipt about an id the
                 // admin never saw.
-                if crate::group::is_notice(env) {
+                if group::is_notice(env) {
                     return Ok(Vec::new());
                 }
                 return Ok(vec![pipeline::receipt_to_sender(
@@ -266,7 +141,7 @@ impl Router {
             pm.verdict = Some(verdict);
         }
         if pm.envelope.as_ref().is_some_and(|e| !e.group_id.is_empty()) {
-            return crate::group::fan_out(self, pm).await;
+            return group::fan_out(self, pm).await;
         }
         let env = pm
             .envelope
@@ -279,7 +154,7 @@ impl Router {
             .await
             .map_err(retry)?;
         let placement = self.place_counted(admission, verdict);
-        let call_answer = crate::group::call_answer(env);
+        let call_answer = group::call_answer(env);
         let msg_id = env.message_id.clone();
         let inbox = match placement {
             Placement::Refuse(_) => {
@@ -351,46 +226,5 @@ impl Router {
             out.extend(call_answer);
             Ok(out)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusals_win_then_the_verdict_then_the_admission() {
-        let blocked = Admission::Refused(Refusal::Blocked);
-        assert_eq!(
-            place(blocked, Verdict::Allow),
-            Placement::Refuse(Refusal::Blocked)
-        );
-        assert_eq!(
-            place(blocked, Verdict::Reject),
-            Placement::Refuse(Refusal::Blocked)
-        );
-        let accepted = Admission::Inbox(Inbox::Combined);
-        assert_eq!(
-            place(accepted, Verdict::Allow),
-            Placement::Deliver(Inbox::Combined)
-        );
-        assert_eq!(
-            place(accepted, Verdict::Request),
-            Placement::Deliver(Inbox::Requests)
-        );
-        assert_eq!(place(accepted, Verdict::Quarantine), Placement::Quarantine);
-        assert_eq!(place(accepted, Verdict::Reject), Placement::RejectAsSpam);
-        assert_eq!(
-            place(Admission::Request, Verdict::Allow),
-            Placement::Deliver(Inbox::Requests)
-        );
-        assert_eq!(
-            place(Admission::Request, Verdict::Quarantine),
-            Placement::Quarantine
-        );
-        assert_eq!(
-            place(Admission::Request, Verdict::Unspecified),
-            Placement::Deliver(Inbox::Requests)
-        );
     }
 }

@@ -24,6 +24,7 @@
 
 mod group;
 mod handler;
+mod router;
 pub mod score;
 
 use std::sync::Arc;
@@ -35,7 +36,7 @@ use interop_bus::subjects::{CONSUMER_ROUTING, INGEST_ACCEPTED, STREAM_INGEST};
 use interop_bus::{BusError, StageOptions, StreamSettings};
 use interop_service::Deps;
 
-pub use handler::{place, Placement, Router};
+pub use router::{place, Placement, Router};
 
 /// Configuration of routing.
 #[derive(Debug, Clone, Default)]
