@@ -32,6 +32,7 @@ pub mod ceiling;
 pub mod cpu;
 pub mod delivery_bench;
 pub mod html;
+pub mod keys_bench;
 pub mod ledger;
 pub mod media;
 pub mod plan;

@@ -48,6 +48,34 @@ enum Command {
     IdleSessions(IdleArgs),
     /// Fan-out latency to a group whose members all have open sessions.
     GroupFanout(FanoutArgs),
+    /// The session-setup storm: prekey-bundle fetches from the key directory.
+    KeyFetches(KeyFetchArgs),
+}
+
+#[derive(Args)]
+struct KeyFetchArgs {
+    #[command(flatten)]
+    target: BenchTarget,
+    /// Users whose keys are fetched.
+    #[arg(long, default_value_t = 500)]
+    users: usize,
+    /// One-time prekeys each of them publishes (beyond them: last-resort).
+    #[arg(long, default_value_t = 100)]
+    one_time_prekeys: usize,
+    /// Distinct requesting users (each under its own fetch limit of 5/s).
+    #[arg(long, default_value_t = 2000)]
+    requesters: usize,
+    /// Intended fetches per second.
+    #[arg(long, default_value_t = 5000.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    #[arg(long, default_value = "home")]
+    owner_provider: String,
+    #[arg(long, default_value = "signal")]
+    requester_provider: String,
 }
 
 #[derive(Args)]
@@ -134,6 +162,29 @@ async fn idle_command(args: IdleArgs) -> anyhow::Result<ExitCode> {
         std::time::Duration::from_secs(args.settle_secs),
     )
     .await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn key_fetches_command(args: KeyFetchArgs) -> anyhow::Result<ExitCode> {
+    let (ingest_url, _, tokens) = args.target.resolve()?;
+    let token = |p: &str| tokens.get(p).cloned().context("no token for a provider");
+    let report =
+        interop_loadtest::keys_bench::key_fetches(&interop_loadtest::keys_bench::KeyFetchOptions {
+            ingest_url,
+            owner: (args.owner_provider.clone(), token(&args.owner_provider)?),
+            requester: (
+                args.requester_provider.clone(),
+                token(&args.requester_provider)?,
+            ),
+            users: args.users,
+            one_time_prekeys: args.one_time_prekeys,
+            requesters: args.requesters,
+            rate: args.rate,
+            duration: std::time::Duration::from_secs(args.duration_secs),
+            connections: args.connections,
+        })
+        .await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)
 }
@@ -434,6 +485,7 @@ fn main() -> anyhow::Result<ExitCode> {
             Command::Check { scenarios } => Ok(check_command(&scenarios)),
             Command::IdleSessions(args) => idle_command(args).await,
             Command::GroupFanout(args) => fanout_command(args).await,
+            Command::KeyFetches(args) => key_fetches_command(args).await,
         }
     })
 }

@@ -631,3 +631,34 @@ async fn the_cli_sends_olm_encrypted_text_and_the_plaintext_is_nowhere_in_the_ga
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_fetch_load_generator_counts_every_fetch_and_every_claimed_key() {
+    use interop_loadtest::keys_bench::{key_fetches, KeyFetchOptions};
+    let c = Cluster::start().await;
+    let report = key_fetches(&KeyFetchOptions {
+        ingest_url: c.gateway.ingest_url.clone(),
+        owner: ("home".into(), HOME_TOKEN.into()),
+        requester: ("signal".into(), SIGNAL_TOKEN.into()),
+        users: 4,
+        one_time_prekeys: 50,
+        requesters: 40,
+        rate: 200.0,
+        duration: Duration::from_secs(2),
+        connections: 2,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.fetches, report.refused, report.errors),
+        (400, 0, 0),
+        "{report:?}"
+    );
+    // 4 users × 50 keys: 200 bundles claim one, the other 200 get the last
+    // resort.
+    assert_eq!(report.with_one_time_prekey, 200, "{report:?}");
+    assert!(
+        report.p99_ms > 0.0 && report.p99_ms >= report.p50_ms,
+        "{report:?}"
+    );
+}
