@@ -6,45 +6,22 @@ use std::time::Duration;
 
 use interop_client::{
     text_envelope, ConsentOutcome, ConsentStateOutcome, Delivered, Receiver, RequestOutcome,
-    SendOutcome, Sender,
 };
-use interop_e2e::{Cluster, Gateway, HOME_TOKEN, SIGNAL_TOKEN, TELEGRAM_TOKEN};
+use interop_e2e::{Cluster, Gateway};
 use interop_proto::v1::{
     envelope::Content, Encryption, Inbox, ReceiptStatus, RejectCode, RequestAction,
 };
 use interop_test_support::{NatsServer, RedisServer};
+
+use crate::common::{accepted, next_acked, nothing_within, receiver, rejected, sender, within};
 
 const BOB: &str = "home:+4915112345678";
 const DAVE: &str = "home:+4915112345670";
 const ALICE: &str = "signal:alice";
 const TOM: &str = "telegram:tom";
 
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(15), f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-async fn home(gw: &Gateway) -> Sender {
-    Sender::connect(&gw.ingest_url, "home", HOME_TOKEN)
-        .await
-        .unwrap()
-}
-
-async fn signal(gw: &Gateway) -> Sender {
-    Sender::connect(&gw.ingest_url, "signal", SIGNAL_TOKEN)
-        .await
-        .unwrap()
-}
-
-async fn telegram(gw: &Gateway) -> Sender {
-    Sender::connect(&gw.ingest_url, "telegram", TELEGRAM_TOKEN)
-        .await
-        .unwrap()
-}
-
 async fn set(gw: &Gateway, user: &str, opted_in: bool, allow: &[&str], inbox: Inbox) {
-    let out = home(gw)
+    let out = sender(&gw.ingest_url, "home")
         .await
         .set_consent_with(user, opted_in, allow, inbox)
         .await
@@ -55,47 +32,16 @@ async fn set(gw: &Gateway, user: &str, opted_in: bool, allow: &[&str], inbox: In
     );
 }
 
-async fn respond(gw: &Gateway, user: &str, sender: &str, action: RequestAction) {
-    let out = home(gw)
+async fn respond(gw: &Gateway, user: &str, from: &str, action: RequestAction) {
+    let out = sender(&gw.ingest_url, "home")
         .await
-        .respond_to_request(user, sender, action)
+        .respond_to_request(user, from, action)
         .await
         .unwrap();
     assert!(
         matches!(out, RequestOutcome::Responded(ref r) if r.action == action as i32),
         "{out:?}"
     );
-}
-
-async fn receiver(gw: &Gateway, provider: &str, token: &str, user: &str) -> Receiver {
-    Receiver::connect(&gw.delivery_url, provider, token, user, "phone")
-        .await
-        .unwrap()
-}
-
-async fn next_acked(rx: &mut Receiver) -> Delivered {
-    let d = within("a delivery", rx.next()).await.unwrap();
-    rx.ack(&[d.delivery_tag]).await.unwrap();
-    d
-}
-
-async fn nothing_more(rx: &mut Receiver) {
-    let got = tokio::time::timeout(Duration::from_millis(1500), rx.next()).await;
-    assert!(got.is_err(), "unexpected delivery: {got:?}");
-}
-
-fn accepted(out: SendOutcome) -> interop_proto::v1::Accepted {
-    match out {
-        SendOutcome::Accepted(a) => a,
-        SendOutcome::Rejected(r) => panic!("rejected: {r:?}"),
-    }
-}
-
-fn rejected(out: SendOutcome) -> interop_proto::v1::Rejected {
-    match out {
-        SendOutcome::Rejected(r) => r,
-        SendOutcome::Accepted(a) => panic!("accepted: {a:?}"),
-    }
 }
 
 /// The next receipt in a sender's store: (status, code, detail, client id).
@@ -123,14 +69,14 @@ async fn next_message(rx: &mut Receiver) -> Delivered {
 /// delivery session open: (alice's, bob's).
 async fn alice_and_bob_opted_in(gw: &Gateway) -> (Receiver, Receiver) {
     set(gw, BOB, true, &["signal"], Inbox::ThirdParty).await;
-    let alice_consent = signal(gw)
+    let alice_consent = sender(&gw.ingest_url, "signal")
         .await
         .set_consent(ALICE, true, &["home"])
         .await
         .unwrap();
     assert!(matches!(alice_consent, ConsentOutcome::Updated(_)));
-    let alice_rx = receiver(gw, "signal", SIGNAL_TOKEN, ALICE).await;
-    let bob_rx = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    let alice_rx = receiver(&gw.delivery_url, ALICE, "phone").await;
+    let bob_rx = receiver(&gw.delivery_url, BOB, "phone").await;
     (alice_rx, bob_rx)
 }
 
@@ -144,7 +90,7 @@ async fn stop(gw: Gateway) {
 async fn not_opted_in_delivers_nothing_and_answers_like_an_unknown_user() {
     let c = Cluster::start().await;
     let gw = &c.gateway;
-    let alice = signal(gw).await;
+    let alice = sender(&gw.ingest_url, "signal").await;
     let unknown = rejected(
         alice
             .send(text_envelope("u1", ALICE, "home:+491700000001", "hello"))
@@ -153,7 +99,7 @@ async fn not_opted_in_delivers_nothing_and_answers_like_an_unknown_user() {
     );
     // Bob has a record, but is not opted in (allowing signal changes nothing).
     set(gw, BOB, false, &["signal"], Inbox::ThirdParty).await;
-    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    let mut bob = receiver(&gw.delivery_url, BOB, "phone").await;
     let not_opted = rejected(
         alice
             .send(text_envelope("u2", ALICE, BOB, "hello"))
@@ -165,7 +111,7 @@ async fn not_opted_in_delivers_nothing_and_answers_like_an_unknown_user() {
         (not_opted.code, &not_opted.detail),
         (unknown.code, &unknown.detail)
     );
-    nothing_more(&mut bob).await;
+    nothing_within(&mut bob, 1500).await;
     stop(c.gateway).await;
 }
 
@@ -174,9 +120,9 @@ async fn a_provider_not_allowed_is_refused_and_others_are_not() {
     let c = Cluster::start().await;
     let gw = &c.gateway;
     set(gw, BOB, true, &["telegram"], Inbox::ThirdParty).await;
-    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    let mut bob = receiver(&gw.delivery_url, BOB, "phone").await;
     let r = rejected(
-        signal(gw)
+        sender(&gw.ingest_url, "signal")
             .await
             .send(text_envelope("p1", ALICE, BOB, "hello"))
             .await
@@ -184,7 +130,7 @@ async fn a_provider_not_allowed_is_refused_and_others_are_not() {
     );
     assert_eq!(r.code, RejectCode::RecipientUnavailable as i32);
     accepted(
-        telegram(gw)
+        sender(&gw.ingest_url, "telegram")
             .await
             .send(text_envelope("p2", TOM, BOB, "hello from telegram"))
             .await
@@ -192,7 +138,7 @@ async fn a_provider_not_allowed_is_refused_and_others_are_not() {
     );
     let d = next_acked(&mut bob).await;
     assert_eq!(d.envelope.from, TOM);
-    nothing_more(&mut bob).await;
+    nothing_within(&mut bob, 1500).await;
     stop(c.gateway).await;
 }
 
@@ -201,8 +147,8 @@ async fn a_first_contact_is_a_request_until_accepted_then_later_messages_reach_t
     let c = Cluster::start().await;
     let gw = &c.gateway;
     set(gw, BOB, true, &["signal", "telegram"], Inbox::ThirdParty).await;
-    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
-    let alice = signal(gw).await;
+    let mut bob = receiver(&gw.delivery_url, BOB, "phone").await;
+    let alice = sender(&gw.ingest_url, "signal").await;
     for (i, body) in ["hi bob, it's alice", "are you there?"].iter().enumerate() {
         accepted(
             alice
@@ -239,7 +185,7 @@ async fn a_first_contact_is_a_request_until_accepted_then_later_messages_reach_t
     assert_eq!(next_acked(&mut bob).await.inbox, Inbox::Combined);
     // Another sender is still a stranger.
     accepted(
-        telegram(gw)
+        sender(&gw.ingest_url, "telegram")
             .await
             .send(text_envelope("t1", TOM, BOB, "hello from tom"))
             .await
@@ -258,7 +204,7 @@ async fn writing_to_someone_accepts_their_replies() {
     let gw = &c.gateway;
     let (mut alice_rx, mut bob_rx) = alice_and_bob_opted_in(gw).await;
     accepted(
-        home(gw)
+        sender(&gw.ingest_url, "home")
             .await
             .send(text_envelope("b1", BOB, ALICE, "hi alice, bob here"))
             .await
@@ -268,7 +214,7 @@ async fn writing_to_someone_accepts_their_replies() {
     assert_eq!(d.envelope.from, BOB);
     assert_eq!(d.inbox, Inbox::Requests, "bob is new to alice");
     accepted(
-        signal(gw)
+        sender(&gw.ingest_url, "signal")
             .await
             .send(text_envelope("a1", ALICE, BOB, "hi bob"))
             .await
@@ -290,8 +236,8 @@ async fn a_request_verdict_stays_a_request_from_an_accepted_sender_up_to_the_dev
     let gw = &c.gateway;
     set(gw, BOB, true, &["signal"], Inbox::ThirdParty).await;
     respond(gw, BOB, ALICE, RequestAction::Accept).await;
-    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
-    let alice = signal(gw).await;
+    let mut bob = receiver(&gw.delivery_url, BOB, "phone").await;
+    let alice = sender(&gw.ingest_url, "signal").await;
     accepted(
         alice
             .send(text_envelope("a0", ALICE, BOB, "hi"))
@@ -309,11 +255,11 @@ async fn decline_and_block_stop_delivery_and_blocks_are_per_user_across_provider
     let c = Cluster::start().await;
     let gw = &c.gateway;
     set(gw, BOB, true, &["signal", "telegram"], Inbox::ThirdParty).await;
-    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
-    let mut alice_rx = receiver(gw, "signal", SIGNAL_TOKEN, ALICE).await;
-    let mut tom_rx = receiver(gw, "telegram", TELEGRAM_TOKEN, TOM).await;
-    let alice = signal(gw).await;
-    let tom = telegram(gw).await;
+    let mut bob = receiver(&gw.delivery_url, BOB, "phone").await;
+    let mut alice_rx = receiver(&gw.delivery_url, ALICE, "phone").await;
+    let mut tom_rx = receiver(&gw.delivery_url, TOM, "phone").await;
+    let alice = sender(&gw.ingest_url, "signal").await;
+    let tom = sender(&gw.ingest_url, "telegram").await;
     accepted(
         alice
             .send(text_envelope("a0", ALICE, BOB, "hi"))
@@ -363,10 +309,10 @@ async fn decline_and_block_stop_delivery_and_blocks_are_per_user_across_provider
             RejectCode::RecipientUnavailable as i32
         )
     );
-    nothing_more(&mut bob).await;
+    nothing_within(&mut bob, 1500).await;
     // The block is bob's: tom still reaches dave.
     set(gw, DAVE, true, &["telegram"], Inbox::ThirdParty).await;
-    let mut dave = receiver(gw, "home", HOME_TOKEN, DAVE).await;
+    let mut dave = receiver(&gw.delivery_url, DAVE, "phone").await;
     accepted(
         tom.send(text_envelope("t2", TOM, DAVE, "hi dave"))
             .await
@@ -374,7 +320,12 @@ async fn decline_and_block_stop_delivery_and_blocks_are_per_user_across_provider
     );
     assert_eq!(next_acked(&mut dave).await.envelope.from, TOM);
     // The app can show the lists, and every answer can be changed.
-    let ConsentStateOutcome::State(state) = home(gw).await.get_consent(BOB).await.unwrap() else {
+    let ConsentStateOutcome::State(state) = sender(&gw.ingest_url, "home")
+        .await
+        .get_consent(BOB)
+        .await
+        .unwrap()
+    else {
         panic!("no state")
     };
     assert_eq!(state.blocked, vec![TOM.to_owned()]);
@@ -407,9 +358,9 @@ async fn a_report_feeds_the_senders_reputation() {
     let gw = Gateway::start_with(&nats.url(), &redis.url(), spam).await;
     set(&gw, BOB, true, &["signal"], Inbox::ThirdParty).await;
     set(&gw, DAVE, true, &["signal"], Inbox::ThirdParty).await;
-    let mut dave = receiver(&gw, "home", HOME_TOKEN, DAVE).await;
-    let mut alice_rx = receiver(&gw, "signal", SIGNAL_TOKEN, ALICE).await;
-    let alice = signal(&gw).await;
+    let mut dave = receiver(&gw.delivery_url, DAVE, "phone").await;
+    let mut alice_rx = receiver(&gw.delivery_url, ALICE, "phone").await;
+    let alice = sender(&gw.ingest_url, "signal").await;
     // Before any report, alice reaches dave.
     accepted(
         alice
@@ -475,7 +426,7 @@ async fn a_report_feeds_the_senders_reputation() {
         (ReceiptStatus::Failed as i32, RejectCode::Spam as i32)
     );
     assert!(detail.contains("SENDER_REPUTATION"), "{detail}");
-    nothing_more(&mut dave).await;
+    nothing_within(&mut dave, 1500).await;
     stop(gw).await;
 }
 
@@ -485,9 +436,9 @@ async fn opting_out_stops_every_third_party_at_once() {
     let gw = &c.gateway;
     set(gw, BOB, true, &["signal", "telegram"], Inbox::ThirdParty).await;
     respond(gw, BOB, ALICE, RequestAction::Accept).await;
-    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
-    let alice = signal(gw).await;
-    let tom = telegram(gw).await;
+    let mut bob = receiver(&gw.delivery_url, BOB, "phone").await;
+    let alice = sender(&gw.ingest_url, "signal").await;
+    let tom = sender(&gw.ingest_url, "telegram").await;
     accepted(
         alice
             .send(text_envelope("a0", ALICE, BOB, "hi"))
@@ -508,7 +459,7 @@ async fn opting_out_stops_every_third_party_at_once() {
         );
         assert_eq!(r.code, RejectCode::RecipientUnavailable as i32);
     }
-    nothing_more(&mut bob).await;
+    nothing_within(&mut bob, 1500).await;
     // And opting in again restores it, with the earlier answers kept.
     set(gw, BOB, true, &["signal", "telegram"], Inbox::ThirdParty).await;
     accepted(
@@ -534,8 +485,8 @@ async fn answers_given_after_a_message_was_stored_apply_to_it_too() {
     let gw = &c.gateway;
     set(gw, BOB, true, &["signal", "telegram"], Inbox::ThirdParty).await;
     respond(gw, BOB, ALICE, RequestAction::Accept).await;
-    let alice = signal(gw).await;
-    let tom = telegram(gw).await;
+    let alice = sender(&gw.ingest_url, "signal").await;
+    let tom = sender(&gw.ingest_url, "telegram").await;
     accepted(
         alice
             .send(text_envelope("a1", ALICE, BOB, "one"))
@@ -554,7 +505,7 @@ async fn answers_given_after_a_message_was_stored_apply_to_it_too() {
             .unwrap(),
     );
     // Seen once, not acknowledged: all three are in bob's store.
-    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    let mut bob = receiver(&gw.delivery_url, BOB, "phone").await;
     let mut first = Vec::new();
     for _ in 0..3 {
         let d = next_unacked(&mut bob).await;
@@ -575,7 +526,7 @@ async fn answers_given_after_a_message_was_stored_apply_to_it_too() {
     // request comes as an inbox message and carol's does not come at all.
     respond(gw, BOB, TOM, RequestAction::Accept).await;
     respond(gw, BOB, CAROL, RequestAction::Block).await;
-    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    let mut bob = receiver(&gw.delivery_url, BOB, "phone").await;
     let mut second = Vec::new();
     for _ in 0..2 {
         let d = next_unacked(&mut bob).await;
@@ -589,18 +540,18 @@ async fn answers_given_after_a_message_was_stored_apply_to_it_too() {
             (TOM.to_owned(), Inbox::ThirdParty),
         ]
     );
-    nothing_more(&mut bob).await;
+    nothing_within(&mut bob, 1500).await;
     bob.close().await;
 
     // Opting out withholds everything still stored, at once.
     set(gw, BOB, false, &["signal", "telegram"], Inbox::ThirdParty).await;
-    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
-    nothing_more(&mut bob).await;
+    let mut bob = receiver(&gw.delivery_url, BOB, "phone").await;
+    nothing_within(&mut bob, 1500).await;
     bob.close().await;
     // Withheld means gone: opting in again does not bring them back.
     set(gw, BOB, true, &["signal", "telegram"], Inbox::ThirdParty).await;
-    let mut bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
-    nothing_more(&mut bob).await;
+    let mut bob = receiver(&gw.delivery_url, BOB, "phone").await;
+    nothing_within(&mut bob, 1500).await;
     stop(c.gateway).await;
 }
 
@@ -620,10 +571,10 @@ async fn a_fan_out_to_strangers_is_quarantined_without_a_receipt() {
     let mut rxs = Vec::new();
     for u in &users {
         set(&gw, u, true, &["signal"], Inbox::ThirdParty).await;
-        rxs.push(receiver(&gw, "home", HOME_TOKEN, u).await);
+        rxs.push(receiver(&gw.delivery_url, u, "phone").await);
     }
-    let mut alice_rx = receiver(&gw, "signal", SIGNAL_TOKEN, ALICE).await;
-    let alice = signal(&gw).await;
+    let mut alice_rx = receiver(&gw.delivery_url, ALICE, "phone").await;
+    let alice = sender(&gw.ingest_url, "signal").await;
     for (i, u) in users.iter().enumerate() {
         accepted(
             alice
@@ -636,7 +587,7 @@ async fn a_fan_out_to_strangers_is_quarantined_without_a_receipt() {
     for rx in &mut rxs[..2] {
         assert_eq!(next_acked(rx).await.inbox, Inbox::Requests);
     }
-    nothing_more(&mut rxs[2]).await;
+    nothing_within(&mut rxs[2], 1500).await;
     // Alice gets delivered receipts for two, and nothing about the third.
     let mut receipts = Vec::new();
     for _ in 0..2 {
@@ -645,7 +596,7 @@ async fn a_fan_out_to_strangers_is_quarantined_without_a_receipt() {
     assert!(receipts
         .iter()
         .all(|r| r.0 == ReceiptStatus::Delivered as i32 && r.3 != "f2"));
-    nothing_more(&mut alice_rx).await;
+    nothing_within(&mut alice_rx, 1500).await;
     // It is held in the quarantine stream.
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let mut q = js
@@ -660,7 +611,7 @@ async fn a_fan_out_to_strangers_is_quarantined_without_a_receipt() {
 async fn bad_consent_and_request_frames_get_typed_answers() {
     let c = Cluster::start().await;
     let gw = &c.gateway;
-    let home = home(gw).await;
+    let home = sender(&gw.ingest_url, "home").await;
     let code = |out: ConsentOutcome| match out {
         ConsentOutcome::Rejected(r) => r.code,
         ConsentOutcome::Updated(u) => panic!("updated: {u:?}"),
@@ -699,7 +650,7 @@ async fn bad_consent_and_request_frames_get_typed_answers() {
         assert_eq!(got, want as i32, "{user} {sender} {action:?}");
     }
     // Another provider cannot read or answer for a home user.
-    let s = signal(gw).await;
+    let s = sender(&gw.ingest_url, "signal").await;
     assert!(matches!(
         s.get_consent(BOB).await.unwrap(),
         ConsentStateOutcome::Rejected(ref r) if r.code == RejectCode::SenderNotOwned as i32
@@ -759,7 +710,7 @@ async fn past_the_clock_margin() {
 async fn bob_accepting_with_a_session(gw: &Gateway, sender: &str) -> Receiver {
     set(gw, BOB, true, &["signal"], Inbox::ThirdParty).await;
     respond(gw, BOB, sender, RequestAction::Accept).await;
-    let bob = receiver(gw, "home", HOME_TOKEN, BOB).await;
+    let bob = receiver(&gw.delivery_url, BOB, "phone").await;
     past_the_clock_margin().await;
     bob
 }
@@ -778,7 +729,7 @@ async fn a_live_session_asks_again_only_after_a_change_it_heard_of() {
     let c = Cluster::start().await;
     let gw = &c.gateway;
     let mut bob = bob_accepting_with_a_session(gw, ALICE).await;
-    let alice = signal(gw).await;
+    let alice = sender(&gw.ingest_url, "signal").await;
 
     // Nothing changed: alice's message is pushed as routing filed it,
     // without asking Redis again.
@@ -814,7 +765,7 @@ async fn a_live_session_asks_again_only_after_a_change_it_heard_of() {
     // Alice's second message came within the margin after the change, so it
     // was checked too.
     assert_eq!(delivery_counter(gw, "unchecked").await, 1.0);
-    nothing_more(&mut bob).await;
+    nothing_within(&mut bob, 1500).await;
     stop(c.gateway).await;
 }
 
@@ -832,7 +783,7 @@ async fn an_implicit_acceptance_reaches_the_writers_open_session() {
     // request: it was accepted well after the session started.)
     let before_bob_wrote = interop_proto::now_ms();
     accepted(
-        home(gw)
+        sender(&gw.ingest_url, "home")
             .await
             .send(text_envelope("b1", BOB, ALICE, "hi alice, bob here"))
             .await

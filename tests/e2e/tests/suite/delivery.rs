@@ -16,6 +16,8 @@ use interop_e2e::{
 };
 use interop_test_support::{NatsServer, RedisServer};
 
+use crate::common::opt_in;
+
 const BOB: &str = "home:+4915112345678";
 
 struct Pipeline {
@@ -85,19 +87,10 @@ async fn delivery(p: &Pipeline) -> (String, CancellationToken, JoinHandle<()>) {
     (format!("ws://{addr}/v1/ws"), own, task)
 }
 
-async fn opt_in(p: &Pipeline) {
-    let home = Sender::connect(&p.ingest, "home", HOME_TOKEN)
-        .await
-        .unwrap();
-    home.set_consent(BOB, true, &["signal", "telegram"])
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_on_two_delivery_instances_each_get_every_message() {
     let p = pipeline().await;
-    opt_in(&p).await;
+    opt_in(&p.ingest, BOB, &["signal", "telegram"]).await;
     let (d1, _, _) = delivery(&p).await;
     let (d2, _, _) = delivery(&p).await;
     let mut phone = Receiver::connect(&d1, "home", HOME_TOKEN, BOB, "phone")
@@ -139,7 +132,7 @@ async fn two_devices_on_two_delivery_instances_each_get_every_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_delivery_instance_mid_stream_loses_nothing() {
     let p = pipeline().await;
-    opt_in(&p).await;
+    opt_in(&p.ingest, BOB, &["signal", "telegram"]).await;
     let (d1, kill_d1, d1_task) = delivery(&p).await;
     let (d2, _, _) = delivery(&p).await;
     let alice = Sender::connect(&p.ingest, "signal", SIGNAL_TOKEN)
@@ -204,7 +197,7 @@ async fn killing_a_delivery_instance_mid_stream_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_from_three_senders_arrive_in_per_sender_order() {
     let p = pipeline().await;
-    opt_in(&p).await;
+    opt_in(&p.ingest, BOB, &["signal", "telegram"]).await;
     let (d1, _, _) = delivery(&p).await;
     const PER_SENDER: usize = 3334;
     let senders = [
@@ -294,7 +287,7 @@ async fn a_session_that_keeps_up_takes_stored_messages_live_without_a_consumer()
     // recipient's session subject; a session that has taken everything
     // before it pushes it without opening a store consumer.
     let p = pipeline().await;
-    opt_in(&p).await;
+    opt_in(&p.ingest, BOB, &["signal", "telegram"]).await;
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let metrics = Arc::new(interop_service::Metrics::default());

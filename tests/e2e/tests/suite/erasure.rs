@@ -22,18 +22,13 @@ use interop_proto::v1::{
     envelope::Content, Encryption, Envelope, Media, PipelineMessage, RequestAction,
 };
 
+use crate::common::{receive_until, send_ok, store_of};
+
 /// The user who is erased.
 const BOB: &str = "home:+4915112345678";
 const CAROL: &str = "home:+4915112345679";
 const ALICE: &str = "signal:alice";
 const DAVE: &str = "telegram:dave";
-
-async fn send_ok(s: &Sender, env: Envelope) -> String {
-    match s.send(env).await.unwrap() {
-        SendOutcome::Accepted(a) => a.message_id,
-        SendOutcome::Rejected(r) => panic!("rejected: {r:?}"),
-    }
-}
 
 /// Receives and acks until nothing comes for `quiet`.
 async fn drain(rx: &mut Receiver, quiet: Duration) -> Vec<Delivered> {
@@ -44,21 +39,6 @@ async fn drain(rx: &mut Receiver, quiet: Duration) -> Vec<Delivered> {
         out.push(d);
     }
     out
-}
-
-/// Receives (and acks) until `want` arrived, within 20 s.
-async fn receive_until(rx: &mut Receiver, want: impl Fn(&Envelope) -> bool) -> Envelope {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let d = tokio::time::timeout_at(deadline, rx.next())
-            .await
-            .expect("the expected message within 20 s")
-            .unwrap();
-        rx.ack(&[d.delivery_tag]).await.unwrap();
-        if want(&d.envelope) {
-            return d.envelope;
-        }
-    }
 }
 
 fn media_envelope(cmid: &str, from: &str, to: &str, media_id: &str, data: &[u8]) -> Envelope {
@@ -206,26 +186,6 @@ async fn stream_leftovers(nats_url: &str, needles: &[String]) -> Vec<String> {
     out
 }
 
-/// The message ids stored for `user`, in order.
-async fn store_of(nats_url: &str, user: &str) -> Vec<Envelope> {
-    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.unwrap());
-    let mut stream = js
-        .get_stream(interop_bus::subjects::STREAM_INBOX)
-        .await
-        .unwrap();
-    let state = stream.info().await.unwrap().state.clone();
-    let subject = interop_bus::subjects::delivery_queued(&interop_bus::recipient_key(user));
-    let mut out = Vec::new();
-    for seq in state.first_sequence..=state.last_sequence {
-        if let Ok(m) = stream.get_raw_message(seq).await {
-            if m.subject.as_str() == subject {
-                out.extend(PipelineMessage::decode(m.payload).unwrap().envelope);
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erased_user_leaves_nothing_behind_and_others_keep_their_data() {
     let c = Cluster::start().await;
@@ -280,25 +240,37 @@ async fn an_erased_user_leaves_nothing_behind_and_others_keep_their_data() {
         .unwrap();
 
     // Text both ways.
-    let a1 = send_ok(&signal, text_envelope("a1", ALICE, BOB, "hi bob")).await;
+    let a1 = send_ok(&signal, text_envelope("a1", ALICE, BOB, "hi bob"))
+        .await
+        .message_id;
     receive_until(&mut bob, |e| e.message_id == a1).await;
-    let b1 = send_ok(&home, text_envelope("b1", BOB, ALICE, "hi alice")).await;
+    let b1 = send_ok(&home, text_envelope("b1", BOB, ALICE, "hi alice"))
+        .await
+        .message_id;
     receive_until(&mut alice, |e| e.message_id == b1).await;
 
     // Media both ways (E2EE: the same blob reaches the recipient).
     let bob_photo: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
     let mb = g.upload_e2ee("home", HOME_TOKEN, &bob_photo).await;
-    let bm = send_ok(&home, media_envelope("bm", BOB, ALICE, &mb, &bob_photo)).await;
+    let bm = send_ok(&home, media_envelope("bm", BOB, ALICE, &mb, &bob_photo))
+        .await
+        .message_id;
     receive_until(&mut alice, |e| e.message_id == bm).await;
     let alice_photo: Vec<u8> = (0..2000u32).map(|i| (i * 13 % 241) as u8).collect();
     let ma = g.upload_e2ee("signal", SIGNAL_TOKEN, &alice_photo).await;
-    let am = send_ok(&signal, media_envelope("am", ALICE, BOB, &ma, &alice_photo)).await;
+    let am = send_ok(&signal, media_envelope("am", ALICE, BOB, &ma, &alice_photo))
+        .await
+        .message_id;
     receive_until(&mut bob, |e| e.message_id == am).await;
 
     // Reactions both ways.
-    let ar = send_ok(&signal, reaction_envelope("ar", ALICE, BOB, &b1, "👍")).await;
+    let ar = send_ok(&signal, reaction_envelope("ar", ALICE, BOB, &b1, "👍"))
+        .await
+        .message_id;
     receive_until(&mut bob, |e| e.message_id == ar).await;
-    let br = send_ok(&home, reaction_envelope("br", BOB, ALICE, &a1, "❤")).await;
+    let br = send_ok(&home, reaction_envelope("br", BOB, ALICE, &a1, "❤"))
+        .await
+        .message_id;
     receive_until(&mut alice, |e| e.message_id == br).await;
 
     // A group of Alice, Bob and Carol.
@@ -310,13 +282,16 @@ async fn an_erased_user_leaves_nothing_behind_and_others_keep_their_data() {
         GroupOutcome::Updated(g) => g.group_id,
         other => panic!("{other:?}"),
     };
-    let gb = send_ok(&home, group_text_envelope("gb", BOB, &group, "hi all")).await;
+    let gb = send_ok(&home, group_text_envelope("gb", BOB, &group, "hi all"))
+        .await
+        .message_id;
     receive_until(&mut alice, |e| e.message_id == gb).await;
     let ga = send_ok(
         &signal,
         group_text_envelope("ga", ALICE, &group, "hi group"),
     )
-    .await;
+    .await
+    .message_id;
     receive_until(&mut bob, |e| e.message_id == ga).await;
     receive_until(&mut carol, |e| e.message_id == ga).await;
     // Alice reacts to Bob's group message: Carol's copy points at it.
@@ -327,10 +302,13 @@ async fn an_erased_user_leaves_nothing_behind_and_others_keep_their_data() {
             ..reaction_envelope("gr", ALICE, "", &gb, "🎉")
         },
     )
-    .await;
+    .await
+    .message_id;
     receive_until(&mut carol, |e| e.message_id == gr).await;
     // Other users' data that must stay: Carol writes to Alice.
-    let c1 = send_ok(&home, text_envelope("c1", CAROL, ALICE, "from carol")).await;
+    let c1 = send_ok(&home, text_envelope("c1", CAROL, ALICE, "from carol"))
+        .await
+        .message_id;
     receive_until(&mut alice, |e| e.message_id == c1).await;
     // Bob acks everything: his device cursor moves.
     drain(&mut bob, Duration::from_millis(1500)).await;

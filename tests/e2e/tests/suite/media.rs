@@ -7,15 +7,20 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use interop_client::{text_envelope, Delivered, Receiver, SendOutcome, Sender};
+use interop_client::{text_envelope, Receiver, Sender};
 use interop_e2e::{Cluster, HOME_TOKEN, SIGNAL_TOKEN};
 use interop_proto::v1::{
     envelope::Content, Encryption, Envelope, Media, ReceiptStatus, RejectCode,
 };
 
+use crate::common::{accepted, next_acked_within};
+
 const BOB: &str = "home:+4915112345678";
 const CAROL: &str = "home:+4915112345679";
 const ALICE: &str = "signal:alice";
+
+/// How long a delivery may take here: transcoding is slow in a debug build.
+const MEDIA_WAIT: Duration = Duration::from_secs(30);
 
 // ------------------------------------------------------------- helpers
 
@@ -247,22 +252,6 @@ async fn setup(c: &Cluster) -> (Sender, Receiver, Receiver) {
     (alice, bob, alice_inbox)
 }
 
-async fn next_acked(rx: &mut Receiver) -> Delivered {
-    let d = tokio::time::timeout(Duration::from_secs(30), rx.next())
-        .await
-        .expect("a delivery within 30 s")
-        .unwrap();
-    rx.ack(&[d.delivery_tag]).await.unwrap();
-    d
-}
-
-fn accepted(out: SendOutcome) -> String {
-    match out {
-        SendOutcome::Accepted(a) => a.message_id,
-        SendOutcome::Rejected(r) => panic!("rejected: {r:?}"),
-    }
-}
-
 fn media_of(env: &Envelope) -> &Media {
     match &env.content {
         Some(Content::Media(m)) => m,
@@ -288,9 +277,10 @@ async fn a_photo_is_transcoded_stripped_of_gps_and_downloaded_by_its_recipient_o
             ))
             .await
             .unwrap(),
-    );
+    )
+    .message_id;
 
-    let env = next_acked(&mut bob).await.envelope;
+    let env = next_acked_within(&mut bob, MEDIA_WAIT).await.envelope;
     assert_eq!(env.message_id, message_id);
     let m = media_of(&env);
     assert_ne!(m.media_id, id);
@@ -331,7 +321,7 @@ async fn end_to_end_encrypted_media_arrives_byte_for_byte() {
             .await
             .unwrap(),
     );
-    let env = next_acked(&mut bob).await.envelope;
+    let env = next_acked_within(&mut bob, MEDIA_WAIT).await.envelope;
     assert_eq!(env.encryption, Encryption::E2ee as i32);
     let m = media_of(&env);
     assert_eq!(m.media_id, id);
@@ -373,13 +363,15 @@ async fn a_failed_transcode_reaches_the_sender_as_a_typed_receipt_while_other_me
             ))
             .await
             .unwrap(),
-    );
+    )
+    .message_id;
     let text = accepted(
         alice
             .send(text_envelope("t", ALICE, BOB, "still here"))
             .await
             .unwrap(),
-    );
+    )
+    .message_id;
     let good = accepted(
         alice
             .send(media_envelope(
@@ -389,11 +381,18 @@ async fn a_failed_transcode_reaches_the_sender_as_a_typed_receipt_while_other_me
             ))
             .await
             .unwrap(),
-    );
+    )
+    .message_id;
 
     let mut got = vec![
-        next_acked(&mut bob).await.envelope.message_id,
-        next_acked(&mut bob).await.envelope.message_id,
+        next_acked_within(&mut bob, MEDIA_WAIT)
+            .await
+            .envelope
+            .message_id,
+        next_acked_within(&mut bob, MEDIA_WAIT)
+            .await
+            .envelope
+            .message_id,
     ];
     got.sort();
     let mut want = vec![text.clone(), good.clone()];
@@ -410,7 +409,9 @@ async fn a_failed_transcode_reaches_the_sender_as_a_typed_receipt_while_other_me
     let mut failed = None;
     let mut delivered = Vec::new();
     for _ in 0..3 {
-        let env = next_acked(&mut alice_inbox).await.envelope;
+        let env = next_acked_within(&mut alice_inbox, MEDIA_WAIT)
+            .await
+            .envelope;
         let Some(Content::Receipt(r)) = env.content else {
             panic!("expected a receipt, got {env:?}")
         };

@@ -3,65 +3,24 @@
 
 use std::time::Duration;
 
-use interop_client::{text_envelope, ConsentOutcome, Delivered, Receiver, SendOutcome, Sender};
+use interop_client::{text_envelope, Receiver, Sender};
 use interop_e2e::{Cluster, HOME_TOKEN, SIGNAL_TOKEN, TELEGRAM_TOKEN};
 use interop_proto::v1::{
     envelope::Content, Ciphertext, Encryption, Envelope, ReceiptStatus, RejectCode,
 };
 
+use crate::common::{accepted, next_acked, opt_in, receiver, rejected};
+
 const BOB: &str = "home:+4915112345678";
 const CAROL: &str = "home:+4915112345679";
 const ALICE: &str = "signal:alice";
 
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(15), f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-async fn opt_in(c: &Cluster, user: &str, allow: &[&str]) {
-    let home = Sender::connect(&c.gateway.ingest_url, "home", HOME_TOKEN)
-        .await
-        .unwrap();
-    let out = home.set_consent(user, true, allow).await.unwrap();
-    assert!(
-        matches!(out, ConsentOutcome::Updated(ref u) if u.opted_in),
-        "{out:?}"
-    );
-}
-
-async fn receiver(c: &Cluster, provider: &str, token: &str, user: &str, device: &str) -> Receiver {
-    Receiver::connect(&c.gateway.delivery_url, provider, token, user, device)
-        .await
-        .unwrap()
-}
-
-async fn next_acked(rx: &mut Receiver) -> Delivered {
-    let d = within("a delivery", rx.next()).await.unwrap();
-    rx.ack(&[d.delivery_tag]).await.unwrap();
-    d
-}
-
-fn accepted(out: SendOutcome) -> interop_proto::v1::Accepted {
-    match out {
-        SendOutcome::Accepted(a) => a,
-        SendOutcome::Rejected(r) => panic!("rejected: {r:?}"),
-    }
-}
-
-fn rejected(out: SendOutcome) -> interop_proto::v1::Rejected {
-    match out {
-        SendOutcome::Rejected(r) => r,
-        SendOutcome::Accepted(a) => panic!("accepted: {a:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_reaches_an_opted_in_recipient_and_the_sender_gets_a_delivered_receipt() {
     let c = Cluster::start().await;
-    opt_in(&c, BOB, &["signal"]).await;
-    let mut bob = receiver(&c, "home", HOME_TOKEN, BOB, "phone").await;
-    let mut alice_inbox = receiver(&c, "signal", SIGNAL_TOKEN, ALICE, "laptop").await;
+    opt_in(&c.gateway.ingest_url, BOB, &["signal"]).await;
+    let mut bob = receiver(&c.gateway.delivery_url, BOB, "phone").await;
+    let mut alice_inbox = receiver(&c.gateway.delivery_url, ALICE, "laptop").await;
     let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN)
         .await
         .unwrap();
@@ -105,7 +64,7 @@ async fn text_reaches_an_opted_in_recipient_and_the_sender_gets_a_delivered_rece
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_recipient_gets_the_message_when_they_connect_and_not_twice() {
     let c = Cluster::start().await;
-    opt_in(&c, BOB, &["signal", "telegram"]).await;
+    opt_in(&c.gateway.ingest_url, BOB, &["signal", "telegram"]).await;
     let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN)
         .await
         .unwrap();
@@ -126,7 +85,7 @@ async fn an_offline_recipient_gets_the_message_when_they_connect_and_not_twice()
     }
     // Nobody is connected; give the pipeline time to store them.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut bob = receiver(&c, "home", HOME_TOKEN, BOB, "phone").await;
+    let mut bob = receiver(&c.gateway.delivery_url, BOB, "phone").await;
     for id in &ids {
         assert_eq!(
             &next_acked(&mut bob).await.envelope.message_id,
@@ -137,7 +96,7 @@ async fn an_offline_recipient_gets_the_message_when_they_connect_and_not_twice()
     bob.close().await;
     // A later live message arrives after the backlog, on a new connection,
     // and the acked backlog is not delivered again.
-    let mut bob = receiver(&c, "home", HOME_TOKEN, BOB, "phone").await;
+    let mut bob = receiver(&c.gateway.delivery_url, BOB, "phone").await;
     let t = Sender::connect(&c.gateway.ingest_url, "telegram", TELEGRAM_TOKEN)
         .await
         .unwrap();
@@ -150,7 +109,7 @@ async fn an_offline_recipient_gets_the_message_when_they_connect_and_not_twice()
     assert_eq!(d.envelope.message_id, live.message_id);
     assert_eq!(bob.duplicates(), 0);
     // A second device of the same user gets the whole history too.
-    let mut tablet = receiver(&c, "home", HOME_TOKEN, BOB, "tablet").await;
+    let mut tablet = receiver(&c.gateway.delivery_url, BOB, "tablet").await;
     let mut seen = Vec::new();
     for _ in 0..6 {
         seen.push(next_acked(&mut tablet).await.envelope.message_id);
@@ -167,7 +126,7 @@ async fn a_recipient_who_has_not_opted_in_gets_nothing_and_looks_like_a_stranger
         .unwrap();
     // CAROL exists in the home app but has not opted in; 491700000000 has
     // never been seen at all.
-    let mut carol = receiver(&c, "home", HOME_TOKEN, CAROL, "phone").await;
+    let mut carol = receiver(&c.gateway.delivery_url, CAROL, "phone").await;
     let not_opted = rejected(
         alice
             .send(text_envelope("x1", ALICE, CAROL, "hi carol"))
@@ -186,7 +145,7 @@ async fn a_recipient_who_has_not_opted_in_gets_nothing_and_looks_like_a_stranger
         (unknown.code, &unknown.detail)
     );
     // Opted in but signal not allowed: the same answer.
-    opt_in(&c, CAROL, &["telegram"]).await;
+    opt_in(&c.gateway.ingest_url, CAROL, &["telegram"]).await;
     let not_allowed = rejected(
         alice
             .send(text_envelope("x3", ALICE, CAROL, "hi carol"))
@@ -219,7 +178,7 @@ async fn a_recipient_who_has_not_opted_in_gets_nothing_and_looks_like_a_stranger
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resent_client_message_id_gets_the_same_server_id_and_is_delivered_once() {
     let c = Cluster::start().await;
-    opt_in(&c, BOB, &["signal"]).await;
+    opt_in(&c.gateway.ingest_url, BOB, &["signal"]).await;
     let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN)
         .await
         .unwrap();
@@ -237,7 +196,7 @@ async fn a_resent_client_message_id_gets_the_same_server_id_and_is_delivered_onc
     );
     assert_eq!(first.message_id, again.message_id);
     assert!(again.duplicate, "JetStream saw the re-send as a duplicate");
-    let mut bob = receiver(&c, "home", HOME_TOKEN, BOB, "phone").await;
+    let mut bob = receiver(&c.gateway.delivery_url, BOB, "phone").await;
     assert_eq!(
         next_acked(&mut bob).await.envelope.message_id,
         first.message_id
@@ -249,8 +208,8 @@ async fn a_resent_client_message_id_gets_the_same_server_id_and_is_delivered_onc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ciphertext_passes_through_byte_for_byte() {
     let c = Cluster::start().await;
-    opt_in(&c, BOB, &["signal"]).await;
-    let mut bob = receiver(&c, "home", HOME_TOKEN, BOB, "phone").await;
+    opt_in(&c.gateway.ingest_url, BOB, &["signal"]).await;
+    let mut bob = receiver(&c.gateway.delivery_url, BOB, "phone").await;
     let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN)
         .await
         .unwrap();
@@ -336,7 +295,7 @@ async fn a_burst_of_sends_is_stored_in_batches_and_each_is_delivered_once_in_ord
     // Within a sender's burst (40), so none is rate-limited.
     const EACH: usize = 20;
     let c = Cluster::start().await;
-    opt_in(&c, BOB, &["signal"]).await;
+    opt_in(&c.gateway.ingest_url, BOB, &["signal"]).await;
     let home = Sender::connect(&c.gateway.ingest_url, "home", HOME_TOKEN)
         .await
         .unwrap();
@@ -378,7 +337,7 @@ async fn a_burst_of_sends_is_stored_in_batches_and_each_is_delivered_once_in_ord
     assert_eq!(gathered, (SENDERS * EACH) as f64, "{metrics}");
     assert_eq!(published, stream_messages as f64);
 
-    let mut bob = receiver(&c, "home", HOME_TOKEN, BOB, "phone").await;
+    let mut bob = receiver(&c.gateway.delivery_url, BOB, "phone").await;
     let mut next_from = [0usize; SENDERS];
     for _ in 0..SENDERS * EACH {
         let env = next_acked(&mut bob).await.envelope;

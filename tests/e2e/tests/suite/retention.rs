@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 
-use interop_client::{
-    group_text_envelope, text_envelope, GroupOutcome, Receiver, SendOutcome, Sender,
-};
+use interop_client::{group_text_envelope, text_envelope, GroupOutcome, Receiver, Sender};
 use interop_e2e::{Cluster, HOME_TOKEN, SIGNAL_TOKEN, TELEGRAM_TOKEN};
 use interop_proto::v1::{
     envelope::Content, ChangeGroup, Encryption, Envelope, Media, RequestAction,
 };
+
+use crate::common::{receive_until, send_ok};
 
 const BOB: &str = "home:+4915112345678";
 const CAROL: &str = "home:+4915112345679";
@@ -80,27 +80,6 @@ fn family(key: &str) -> Option<(&'static str, Option<i64>)> {
         .copied()
 }
 
-async fn send_ok(s: &Sender, env: Envelope) -> String {
-    match s.send(env).await.unwrap() {
-        SendOutcome::Accepted(a) => a.message_id,
-        SendOutcome::Rejected(r) => panic!("rejected: {r:?}"),
-    }
-}
-
-async fn receive(rx: &mut Receiver, id: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let d = tokio::time::timeout_at(deadline, rx.next())
-            .await
-            .expect("the message within 20 s")
-            .unwrap();
-        rx.ack(&[d.delivery_tag]).await.unwrap();
-        if d.envelope.message_id == id {
-            return;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_redis_key_and_every_stream_has_a_bounded_lifetime_after_real_traffic() {
     let c = Cluster::start().await;
@@ -132,8 +111,10 @@ async fn every_redis_key_and_every_stream_has_a_bounded_lifetime_after_real_traf
     let mut bob = Receiver::connect(&g.delivery_url, "home", HOME_TOKEN, BOB, "phone")
         .await
         .unwrap();
-    let a1 = send_ok(&signal, text_envelope("a1", ALICE, BOB, "hi")).await;
-    receive(&mut bob, &a1).await;
+    let a1 = send_ok(&signal, text_envelope("a1", ALICE, BOB, "hi"))
+        .await
+        .message_id;
+    receive_until(&mut bob, |e| e.message_id == a1).await;
     send_ok(&home, text_envelope("b1", BOB, ALICE, "hi back")).await;
     send_ok(&telegram, text_envelope("d1", DAVE, BOB, "spam?")).await;
     let data: Vec<u8> = (0..1500u32).map(|i| (i % 256) as u8).collect();
@@ -151,8 +132,9 @@ async fn every_redis_key_and_every_stream_has_a_bounded_lifetime_after_real_traf
             ..text_envelope("am", ALICE, BOB, "")
         },
     )
-    .await;
-    receive(&mut bob, &am).await;
+    .await
+    .message_id;
+    receive_until(&mut bob, |e| e.message_id == am).await;
     let group = match signal
         .create_named_group(ALICE, &[BOB.to_owned(), CAROL.to_owned()], "Book club")
         .await
@@ -170,8 +152,10 @@ async fn every_redis_key_and_every_stream_has_a_bounded_lifetime_after_real_traf
         })
         .await
         .unwrap();
-    let ga = send_ok(&signal, group_text_envelope("ga", ALICE, &group, "hi all")).await;
-    receive(&mut bob, &ga).await;
+    let ga = send_ok(&signal, group_text_envelope("ga", ALICE, &group, "hi all"))
+        .await
+        .message_id;
+    receive_until(&mut bob, |e| e.message_id == ga).await;
     bob.close().await;
 
     // Every key: a TTL within its family's bound, or a family kept until

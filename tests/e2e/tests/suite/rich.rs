@@ -8,15 +8,17 @@ use std::time::Duration;
 
 use interop_client::{
     group_text_envelope, reaction_envelope, text_envelope, Delivered, GroupOutcome, Receiver,
-    SendOutcome, Sender,
+    SendOutcome,
 };
-use interop_e2e::{registry, Stack, HOME_TOKEN, SIGNAL_TOKEN, TELEGRAM_TOKEN};
+use interop_e2e::{registry, Stack};
 use interop_proto::v1::envelope::Content;
 use interop_proto::v1::{
-    Accepted, CallAttempt, ChangeGroup, Delete, Edit, Envelope, GroupChange, Inbox, Receipt,
-    ReceiptStatus, RejectCode, Text, Typing,
+    CallAttempt, ChangeGroup, Delete, Edit, Envelope, GroupChange, Inbox, Receipt, ReceiptStatus,
+    RejectCode, Text, Typing,
 };
 use interop_providers::{Capabilities, ContentKind, Provider, Registry};
+
+use crate::common::{nothing_within, opt_in, receiver, send_ok, sender};
 
 const BOB: &str = "home:+4915112345678";
 const ALICE: &str = "signal:alice";
@@ -43,44 +45,6 @@ fn registry_declaring(declared: &[(&str, &[ContentKind])]) -> Registry {
     Registry::from_providers(providers).expect("a valid registry")
 }
 
-fn token(provider: &str) -> &'static str {
-    match provider {
-        "home" => HOME_TOKEN,
-        "signal" => SIGNAL_TOKEN,
-        _ => TELEGRAM_TOKEN,
-    }
-}
-
-async fn sender(stack: &Stack, provider: &str) -> Sender {
-    Sender::connect(&stack.ingest_url, provider, token(provider))
-        .await
-        .expect("connecting to ingest")
-}
-
-async fn receiver(url: &str, user: &str, device: &str) -> Receiver {
-    let provider = user.split(':').next().unwrap_or_default();
-    Receiver::connect(url, provider, token(provider), user, device)
-        .await
-        .expect("opening a session")
-}
-
-/// Opts `user` in, allowing `allow`.
-async fn opt_in(stack: &Stack, user: &str, allow: &[&str]) {
-    let provider = user.split(':').next().unwrap_or_default();
-    sender(stack, provider)
-        .await
-        .set_consent(user, true, allow)
-        .await
-        .expect("consent");
-}
-
-async fn send_ok(s: &Sender, env: Envelope) -> Accepted {
-    match s.send(env).await.expect("an answer") {
-        SendOutcome::Accepted(a) => a,
-        SendOutcome::Rejected(r) => panic!("rejected: {r:?}"),
-    }
-}
-
 /// The next message (within 20 s), acked.
 async fn next(rx: &mut Receiver) -> Delivered {
     let d = tokio::time::timeout(Duration::from_secs(20), rx.next())
@@ -91,11 +55,6 @@ async fn next(rx: &mut Receiver) -> Delivered {
         rx.ack(&[d.delivery_tag]).await.expect("ack");
     }
     d
-}
-
-async fn nothing_within(rx: &mut Receiver, ms: u64) {
-    let extra = tokio::time::timeout(Duration::from_millis(ms), rx.next()).await;
-    assert!(extra.is_err(), "unexpected: {extra:?}");
 }
 
 fn receipt(env: &Envelope) -> Option<&Receipt> {
@@ -124,10 +83,10 @@ fn text(env: &Envelope) -> &str {
 async fn read_receipts_and_reactions_round_trip_between_two_providers() {
     let stack = Stack::start(registry(), Default::default()).await;
     let d = stack.delivery().await;
-    opt_in(&stack, BOB, &["signal"]).await;
-    opt_in(&stack, ALICE, &["home"]).await;
-    let signal = sender(&stack, "signal").await;
-    let home = sender(&stack, "home").await;
+    opt_in(&stack.ingest_url, BOB, &["signal"]).await;
+    opt_in(&stack.ingest_url, ALICE, &["home"]).await;
+    let signal = sender(&stack.ingest_url, "signal").await;
+    let home = sender(&stack.ingest_url, "home").await;
     let mut bob = receiver(&d.url, BOB, "phone").await;
     let mut alice = receiver(&d.url, ALICE, "phone").await;
 
@@ -212,10 +171,10 @@ async fn read_receipts_and_reactions_round_trip_between_two_providers() {
 async fn a_provider_without_rich_content_gets_visible_fallbacks() {
     let stack = Stack::start(registry_with_plain_telegram(), Default::default()).await;
     let d = stack.delivery().await;
-    opt_in(&stack, TOM, &["signal"]).await;
-    opt_in(&stack, ALICE, &["telegram"]).await;
-    let signal = sender(&stack, "signal").await;
-    let telegram = sender(&stack, "telegram").await;
+    opt_in(&stack.ingest_url, TOM, &["signal"]).await;
+    opt_in(&stack.ingest_url, ALICE, &["telegram"]).await;
+    let signal = sender(&stack.ingest_url, "signal").await;
+    let telegram = sender(&stack.ingest_url, "telegram").await;
     let mut tom = receiver(&d.url, TOM, "phone").await;
     let mut alice = receiver(&d.url, ALICE, "phone").await;
 
@@ -302,11 +261,11 @@ async fn a_provider_without_rich_content_gets_visible_fallbacks() {
 async fn typing_reaches_open_sessions_only_and_is_never_stored() {
     let stack = Stack::start(registry(), Default::default()).await;
     let d = stack.delivery().await;
-    opt_in(&stack, BOB, &["signal"]).await;
-    let signal = sender(&stack, "signal").await;
+    opt_in(&stack.ingest_url, BOB, &["signal"]).await;
+    let signal = sender(&stack.ingest_url, "signal").await;
     // Only a sender bob accepted may show typing (typing skips routing, so
     // ingest applies the same admission).
-    sender(&stack, "home")
+    sender(&stack.ingest_url, "home")
         .await
         .respond_to_request(BOB, ALICE, interop_proto::v1::RequestAction::Accept)
         .await
@@ -340,14 +299,14 @@ async fn typing_reaches_open_sessions_only_and_is_never_stored() {
 async fn typing_in_a_group_reaches_members_who_accepted_the_sender_and_is_never_stored() {
     let stack = Stack::start(registry(), Default::default()).await;
     let d = stack.delivery().await;
-    let signal = sender(&stack, "signal").await;
+    let signal = sender(&stack.ingest_url, "signal").await;
     // Three members besides alice: two accepted her, one did not answer.
     let (friend, other_friend, stranger) = (member(3), member(1), member(5));
     for m in [&friend, &other_friend, &stranger] {
-        opt_in(&stack, m, &["signal"]).await;
+        opt_in(&stack.ingest_url, m, &["signal"]).await;
     }
     for m in [&friend, &other_friend] {
-        sender(&stack, m.split(':').next().unwrap_or_default())
+        sender(&stack.ingest_url, m.split(':').next().unwrap_or_default())
             .await
             .respond_to_request(m, ALICE, interop_proto::v1::RequestAction::Accept)
             .await
@@ -402,8 +361,8 @@ async fn a_message_past_retention_yields_expired_at_the_sender() {
     };
     let stack = Stack::start(registry(), streams).await;
     let d = stack.delivery().await;
-    opt_in(&stack, BOB, &["signal"]).await;
-    let signal = sender(&stack, "signal").await;
+    opt_in(&stack.ingest_url, BOB, &["signal"]).await;
+    let signal = sender(&stack.ingest_url, "signal").await;
     let mut alice = receiver(&d.url, ALICE, "phone").await;
     // Delivered in time: no EXPIRED for this one.
     let mut bob = receiver(&d.url, BOB, "phone").await;
@@ -448,19 +407,22 @@ async fn a_group_of_fifty_across_three_providers_gets_one_copy_each_except_who_b
 {
     let stack = Stack::start(registry(), Default::default()).await;
     let d = stack.delivery().await;
-    let signal = sender(&stack, "signal").await;
+    let signal = sender(&stack.ingest_url, "signal").await;
     // 49 members besides alice, from home, signal and telegram, all opted
     // in and allowing signal; one of them blocked alice.
     let members: Vec<String> = (1..50).map(member).collect();
     let excluded = members[10].clone();
     for m in &members {
-        opt_in(&stack, m, &["signal"]).await;
+        opt_in(&stack.ingest_url, m, &["signal"]).await;
     }
-    let blocked = sender(&stack, excluded.split(':').next().unwrap_or_default())
-        .await
-        .respond_to_request(&excluded, ALICE, interop_proto::v1::RequestAction::Block)
-        .await
-        .unwrap();
+    let blocked = sender(
+        &stack.ingest_url,
+        excluded.split(':').next().unwrap_or_default(),
+    )
+    .await
+    .respond_to_request(&excluded, ALICE, interop_proto::v1::RequestAction::Block)
+    .await
+    .unwrap();
     assert!(
         matches!(blocked, interop_client::RequestOutcome::Responded(_)),
         "{blocked:?}"
@@ -520,8 +482,8 @@ async fn a_group_of_fifty_across_three_providers_gets_one_copy_each_except_who_b
 async fn group_membership_is_changed_by_admins_within_the_size_limit() {
     use interop_proto::limits::MAX_GROUP_MEMBERS;
     let stack = Stack::start(registry(), Default::default()).await;
-    let signal = sender(&stack, "signal").await;
-    let telegram = sender(&stack, "telegram").await;
+    let signal = sender(&stack.ingest_url, "signal").await;
+    let telegram = sender(&stack.ingest_url, "telegram").await;
     let group = match signal.create_group(ALICE, &[TOM.to_owned()]).await.unwrap() {
         GroupOutcome::Updated(g) => g,
         other => panic!("{other:?}"),
@@ -614,11 +576,11 @@ async fn members_are_told_when_a_group_is_made_renamed_or_changed() {
     // Carol is never in the group.
     let carol = "home:+4915199999999";
     for m in [BOB, TOM, carol] {
-        opt_in(&stack, m, &["signal"]).await;
+        opt_in(&stack.ingest_url, m, &["signal"]).await;
     }
     let mut carol_rx = receiver(&d.url, carol, "phone").await;
-    let signal = sender(&stack, "signal").await;
-    let home = sender(&stack, "home").await;
+    let signal = sender(&stack.ingest_url, "signal").await;
+    let home = sender(&stack.ingest_url, "home").await;
     let mut alice = receiver(&d.url, ALICE, "phone").await;
     let mut bob = receiver(&d.url, BOB, "phone").await;
     let mut tom = receiver(&d.url, TOM, "phone").await;
@@ -700,7 +662,7 @@ async fn members_are_told_when_a_group_is_made_renamed_or_changed() {
         }
         other => panic!("{other:?}"),
     }
-    let telegram = sender(&stack, "telegram").await;
+    let telegram = sender(&stack.ingest_url, "telegram").await;
     match telegram.get_group(&group.group_id, TOM).await.unwrap() {
         GroupOutcome::Rejected(r) => assert_eq!(r.code(), RejectCode::GroupNotFound),
         other => panic!("{other:?}"),
@@ -773,8 +735,8 @@ async fn a_session_paused_at_its_unacked_limit_resumes_without_gap_or_duplicate(
     use interop_proto::limits::MAX_UNACKED;
     let stack = Stack::start(registry(), Default::default()).await;
     let d = stack.delivery().await;
-    opt_in(&stack, BOB, &["signal"]).await;
-    let signal = sender(&stack, "signal").await;
+    opt_in(&stack.ingest_url, BOB, &["signal"]).await;
+    let signal = sender(&stack.ingest_url, "signal").await;
     const N: usize = 700;
     let mut ids = Vec::new();
     for i in 0..N {
@@ -829,8 +791,8 @@ async fn inbox_consumers(stack: &Stack) -> usize {
 async fn idle_sessions_hold_no_store_consumer_and_wake_on_a_new_message() {
     let stack = Stack::start(registry(), Default::default()).await;
     let d = stack.delivery().await;
-    opt_in(&stack, BOB, &["signal"]).await;
-    let signal = sender(&stack, "signal").await;
+    opt_in(&stack.ingest_url, BOB, &["signal"]).await;
+    let signal = sender(&stack.ingest_url, "signal").await;
     let mut sessions = Vec::new();
     for i in 0..20 {
         sessions.push(receiver(&d.url, BOB, &format!("device{i}")).await);

@@ -23,17 +23,12 @@ use interop_proto::limits::HARD_MAX_FRAME_BYTES;
 use interop_proto::v1::{client_frame, server_frame, ClientFrame, Hello, RejectCode, ServerFrame};
 use interop_test_support::{NatsServer, RedisServer};
 
+use crate::common::rejected;
+
 const BOB: &str = "home:+4915112345678";
 const CAROL: &str = "home:+4915112345679";
 /// A home number nobody ever used.
 const NOBODY: &str = "home:+4915199999999";
-
-fn rejected(outcome: SendOutcome) -> interop_proto::v1::Rejected {
-    match outcome {
-        SendOutcome::Rejected(r) => r,
-        SendOutcome::Accepted(a) => panic!("expected a rejection, got {a:?}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_cannot_send_as_receive_for_or_learn_about_another_providers_users() {
