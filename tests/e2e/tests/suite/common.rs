@@ -122,6 +122,27 @@ pub async fn send_ok(s: &Sender, env: Envelope) -> Accepted {
     accepted(s.send(env).await.expect("an answer"))
 }
 
+/// Polls `check` every 50 ms until it gives `Some`, instead of sleeping
+/// for a guess of how long something takes; panics naming `what` after
+/// `wait`.
+pub async fn poll<T, F, Fut>(what: &str, wait: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(t) = check().await {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {wait:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The messages stored for `user` (their `INTEROP_INBOX` subject), in order.
 pub async fn store_of(nats_url: &str, user: &str) -> Vec<Envelope> {
     let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.expect("NATS"));
@@ -144,4 +165,17 @@ pub async fn store_of(nats_url: &str, user: &str) -> Vec<Envelope> {
         }
     }
     out
+}
+
+/// Waits (up to [`WAIT`]) until `user`'s store holds what `done` looks for.
+pub async fn until_stored(
+    nats_url: &str,
+    user: &str,
+    what: &str,
+    done: impl Fn(&[Envelope]) -> bool,
+) {
+    poll(what, WAIT, || async {
+        done(&store_of(nats_url, user).await).then_some(())
+    })
+    .await
 }

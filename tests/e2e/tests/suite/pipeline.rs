@@ -9,7 +9,7 @@ use interop_proto::v1::{
     envelope::Content, Ciphertext, Encryption, Envelope, ReceiptStatus, RejectCode,
 };
 
-use crate::common::{accepted, next_acked, opt_in, receiver, rejected};
+use crate::common::{accepted, next_acked, opt_in, receiver, rejected, until_stored};
 
 const BOB: &str = "home:+4915112345678";
 const CAROL: &str = "home:+4915112345679";
@@ -83,8 +83,12 @@ async fn an_offline_recipient_gets_the_message_when_they_connect_and_not_twice()
         );
         ids.push(a.message_id);
     }
-    // Nobody is connected; give the pipeline time to store them.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nobody is connected: once they are stored, the session reads them
+    // from its backlog.
+    until_stored(&c.nats.url(), BOB, "the offline messages stored", |s| {
+        ids.iter().all(|id| s.iter().any(|e| &e.message_id == id))
+    })
+    .await;
     let mut bob = receiver(&c.gateway.delivery_url, BOB, "phone").await;
     for id in &ids {
         assert_eq!(

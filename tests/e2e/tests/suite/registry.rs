@@ -13,6 +13,8 @@ use interop_client::{text_envelope, ClientError, Receiver, SendOutcome, Sender};
 use interop_e2e::{connect_service, registry, wait_listening, HOME_TOKEN};
 use interop_test_support::{NatsServer, RedisServer};
 
+use crate::common::poll;
+
 const ADMIN_TOKEN: &str = "admin-test-token-0123456789";
 
 struct Edge {
@@ -133,10 +135,12 @@ async fn rotation_keeps_both_tokens_until_revocation_closes_the_old_ones_connect
         .await
         .unwrap();
     let new_token = rotated["token"].as_str().unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let new_conn = Sender::connect(&edge.ingest, "matrix", &new_token)
-        .await
-        .unwrap();
+    let new_conn = poll("the new token accepted", Duration::from_secs(5), || async {
+        Sender::connect(&edge.ingest, "matrix", &new_token)
+            .await
+            .ok()
+    })
+    .await;
     Sender::connect(&edge.ingest, "matrix", &old_token)
         .await
         .unwrap();
@@ -239,10 +243,17 @@ async fn rotation_keeps_both_tokens_until_revocation_closes_the_old_ones_connect
         .call("DELETE", "/admin/v1/providers/matrix", None)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(Sender::connect(&edge.ingest, "matrix", &new_token)
-        .await
-        .is_err());
+    poll(
+        "a removed provider refused",
+        Duration::from_secs(5),
+        || async {
+            Sender::connect(&edge.ingest, "matrix", &new_token)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
     edge.shutdown.cancel();
 }
 

@@ -18,7 +18,7 @@ use interop_proto::v1::{
 };
 use interop_providers::{Capabilities, ContentKind, Provider, Registry};
 
-use crate::common::{nothing_within, opt_in, receiver, send_ok, sender};
+use crate::common::{nothing_within, opt_in, poll, receiver, send_ok, sender, until_stored, WAIT};
 
 const BOB: &str = "home:+4915112345678";
 const ALICE: &str = "signal:alice";
@@ -239,8 +239,14 @@ async fn a_provider_without_rich_content_gets_visible_fallbacks() {
         }
     };
     alice.mark_read(&[got.delivery_tag]).await.unwrap();
-    // Give the read receipt time to be stored before the next message.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The read receipt is stored before the next message.
+    until_stored(&stack.nats.url(), TOM, "the read receipt stored", |s| {
+        s.iter().any(|e| {
+            receipt(e)
+                .is_some_and(|r| r.message_id == t1.message_id && r.status() == ReceiptStatus::Read)
+        })
+    })
+    .await;
     send_ok(&signal, text_envelope("a7", ALICE, TOM, "after")).await;
     let mut tom_saw = Vec::new();
     loop {
@@ -797,9 +803,12 @@ async fn idle_sessions_hold_no_store_consumer_and_wake_on_a_new_message() {
     for i in 0..20 {
         sessions.push(receiver(&d.url, BOB, &format!("device{i}")).await);
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    // Only the expiry sweeper's durable consumer: idle sessions open none.
-    assert_eq!(inbox_consumers(&stack).await, 1);
+    // Only the expiry sweeper's durable consumer: idle sessions open none
+    // (or close the one they caught up with).
+    poll("idle sessions to hold no store consumer", WAIT, || async {
+        (inbox_consumers(&stack).await == 1).then_some(())
+    })
+    .await;
     send_ok(&signal, text_envelope("m1", ALICE, BOB, "one")).await;
     for rx in &mut sessions {
         assert_eq!(text(&next(rx).await.envelope), "one");
