@@ -328,9 +328,15 @@ async fn media_and_group_messages_are_delivered_and_downloaded_and_counted() {
     .await
     .unwrap()
     .unwrap();
-    // Downloads run beside the sessions: give the last ones a moment.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let report = finished.report(&scenario, None);
+    // Downloads run beside the sessions: wait until every accepted media
+    // message was fetched (or failed to be).
+    let report = crate::common::poll("the last downloads", Duration::from_secs(10), || {
+        let report = finished.report(&scenario, None);
+        let m = &report.media;
+        let done = m.downloads + m.download_errors >= m.accepted;
+        async move { done.then_some(report) }
+    })
+    .await;
     eprintln!("{}", report.to_table());
     let m = &report.media;
     assert!(report.unsupported.is_empty());
