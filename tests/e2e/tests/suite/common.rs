@@ -179,3 +179,26 @@ pub async fn until_stored(
     })
     .await
 }
+
+/// Waits (up to [`WAIT`]) until a delivery session of `user` listens to its
+/// events on core NATS (`interop.v1.delivery.session.<key>.*`), so that
+/// what is published there from now on (typing) reaches it. Observed with a
+/// request on a token sessions ignore: nobody listening answers "no
+/// responders" at once; a session takes it and answers nothing.
+pub async fn until_session_listens(nats_url: &str, user: &str) {
+    let nats = async_nats::connect(nats_url).await.expect("NATS");
+    let probe = format!(
+        "{}.{}.probe",
+        interop_bus::subjects::SESSION_PREFIX,
+        interop_bus::recipient_key(user)
+    );
+    poll("a session listening", WAIT, || async {
+        let asked = nats.request(probe.clone(), bytes::Bytes::new());
+        // Silence (no answer within 200 ms) is a session listening.
+        match tokio::time::timeout(Duration::from_millis(200), asked).await {
+            Err(_) | Ok(Ok(_)) => Some(()),
+            Ok(Err(_)) => None,
+        }
+    })
+    .await
+}

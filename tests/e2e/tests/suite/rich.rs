@@ -18,7 +18,10 @@ use interop_proto::v1::{
 };
 use interop_providers::{Capabilities, ContentKind, Provider, Registry};
 
-use crate::common::{nothing_within, opt_in, poll, receiver, send_ok, sender, until_stored, WAIT};
+use crate::common::{
+    nothing_within, opt_in, poll, receiver, send_ok, sender, until_session_listens, until_stored,
+    WAIT,
+};
 
 const BOB: &str = "home:+4915112345678";
 const ALICE: &str = "signal:alice";
@@ -284,8 +287,7 @@ async fn typing_reaches_open_sessions_only_and_is_never_stored() {
     // Nobody is listening: accepted, and dropped.
     send_ok(&signal, typing("t0", ALICE)).await;
     let mut bob = receiver(&d.url, BOB, "phone").await;
-    // Give the session's subscription time to be in place.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_session_listens(&stack.nats.url(), BOB).await;
     // A stranger's typing is answered the same and dropped.
     send_ok(&signal, typing("s1", "signal:stranger")).await;
     send_ok(&signal, typing("t1", ALICE)).await;
@@ -331,8 +333,9 @@ async fn typing_in_a_group_reaches_members_who_accepted_the_sender_and_is_never_
         assert!(text(&next(&mut rx).await.envelope).starts_with("[group] created a group with"));
         sessions.push(rx);
     }
-    // Give the sessions' subscriptions time to be in place.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    for m in &members {
+        until_session_listens(&stack.nats.url(), m).await;
+    }
     let mut typing = group_text_envelope("gt1", ALICE, &group.group_id, "");
     typing.content = Some(Content::Typing(Typing { active: true }));
     let accepted = send_ok(&signal, typing).await;
