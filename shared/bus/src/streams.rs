@@ -48,6 +48,11 @@ pub const QUARANTINE_MAX_MESSAGES: i64 = 1_000_000;
 /// Window in which a re-published `Nats-Msg-Id` is dropped as a duplicate.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// How long the key directory keeps a device's keys after its last publish,
+/// and a one-time prekey nobody claimed: like contacts and groups (400
+/// days); an app in use publishes far more often.
+pub const KEYS_MAX_AGE: Duration = Duration::from_secs(400 * 24 * 3600);
+
 /// Keys one pool subject of the key directory may hold before the oldest
 /// go: twice the directory's own limit per device, so only a bug reaches it.
 pub const KEYS_POOL_MAX_PER_SUBJECT: i64 =
@@ -143,6 +148,7 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::Old,
             max_messages_per_subject: 1,
+            max_age: KEYS_MAX_AGE,
             storage: stream::StorageType::File,
             num_replicas: s.replicas,
             allow_direct: true,
@@ -157,6 +163,7 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             // enforces (interop_proto::keys).
             discard: stream::DiscardPolicy::Old,
             max_messages_per_subject: KEYS_POOL_MAX_PER_SUBJECT,
+            max_age: KEYS_MAX_AGE,
             storage: stream::StorageType::File,
             num_replicas: s.replicas,
             // Claims read with direct gets, which any replica answers.

@@ -72,6 +72,16 @@ const NO_MAX_AGE: &[&str] = &[
     "INTEROP_PROVIDERS",
 ];
 
+/// Streams kept longer than the 61 days of the message streams, how long,
+/// and why.
+const LONG_MAX_AGE: &[(&str, u64)] = &[
+    // Users' public keys (the key directory, ADR 25): 400 days after a
+    // device's last publish, like contacts and groups; an app that is used
+    // publishes far more often (it tops up its one-time prekeys).
+    ("INTEROP_KEYS_DEVICES", 400 * 24 * 3600),
+    ("INTEROP_KEYS_POOL", 400 * 24 * 3600),
+];
+
 fn family(key: &str) -> Option<(&'static str, Option<i64>)> {
     FAMILIES
         .iter()
@@ -214,6 +224,8 @@ async fn every_redis_key_and_every_stream_has_a_bounded_lifetime_after_real_traf
         "INTEROP_INBOX",
         "INTEROP_CURSORS",
         "INTEROP_PROVIDERS",
+        "INTEROP_KEYS_DEVICES",
+        "INTEROP_KEYS_POOL",
         "OBJ_INTEROP_MEDIA_BLOBS",
     ] {
         assert!(names.iter().any(|n| n == required), "{required}: {names:?}");
@@ -223,6 +235,8 @@ async fn every_redis_key_and_every_stream_has_a_bounded_lifetime_after_real_traf
         let max_age = stream.info().await.unwrap().config.max_age;
         if NO_MAX_AGE.contains(&name.as_str()) {
             assert_eq!(max_age, Duration::ZERO, "{name}");
+        } else if let Some((_, secs)) = LONG_MAX_AGE.iter().find(|(n, _)| n == name) {
+            assert_eq!(max_age, Duration::from_secs(*secs), "{name}");
         } else {
             assert!(
                 max_age > Duration::ZERO && max_age <= Duration::from_secs(61 * 24 * 3600),

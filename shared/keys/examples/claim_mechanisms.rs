@@ -1,0 +1,158 @@
+//! The bare mechanisms under a key claim, measured on this machine against a
+//! `nats-server` started for the purpose (ADR 25, docs/benchmarks.md):
+//! concurrent JetStream message deletes, direct gets, and whole claims
+//! through `KeyDirectory::fetch_bundles`, each as operations per second.
+//!
+//! `cargo run --release -p interop-keys --example claim_mechanisms`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use interop_keys::KeyDirectory;
+use interop_proto::v1::{DeviceKeys, PublicKey, PublishKeys};
+
+const N: u64 = 20_000;
+const IN_FLIGHT: usize = 256;
+
+fn key(id: u32) -> PublicKey {
+    let mut k = vec![0u8; 32];
+    k[..4].copy_from_slice(&id.to_be_bytes());
+    PublicKey {
+        algorithm: "curve25519".into(),
+        key_id: id,
+        key: k.into(),
+        signature: vec![1; 64].into(),
+    }
+}
+
+async fn run_concurrently<F, Fut>(n: u64, f: F) -> f64
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let f = Arc::new(f);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let (f, next) = (f.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                f(i).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.ok();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let nats = interop_test_support::NatsServer::start();
+    let client = async_nats::connect(nats.url()).await?;
+    let js = async_nats::jetstream::new(client);
+    interop_bus::ensure_streams(&js, &interop_bus::StreamSettings::default()).await?;
+    let stream = js
+        .get_stream(interop_bus::subjects::STREAM_KEYS_POOL)
+        .await?;
+
+    // Publish N messages on one subject; keep their sequences.
+    let mut seqs = Vec::with_capacity(N as usize);
+    let mut acks = Vec::new();
+    for i in 0..N {
+        acks.push(
+            js.publish("interop.v1.keys.pool.bench.d.otk", format!("{i}").into())
+                .await?,
+        );
+        if acks.len() == 1024 {
+            for a in acks.drain(..) {
+                seqs.push(a.await?.sequence);
+            }
+        }
+    }
+    for a in acks.drain(..) {
+        seqs.push(a.await?.sequence);
+    }
+    let seqs = Arc::new(seqs);
+
+    let s = stream.clone();
+    let q = seqs.clone();
+    let gets = run_concurrently(N, move |i| {
+        let (s, q) = (s.clone(), q.clone());
+        async move {
+            s.direct_get(q[i as usize]).await.ok();
+        }
+    })
+    .await;
+    let s = stream.clone();
+    let q = seqs.clone();
+    let nexts = run_concurrently(N, move |i| {
+        let (s, q) = (s.clone(), q.clone());
+        async move {
+            s.direct_get_next_for_subject("interop.v1.keys.pool.bench.d.otk", Some(q[i as usize]))
+                .await
+                .ok();
+        }
+    })
+    .await;
+    let s = stream.clone();
+    let q = seqs.clone();
+    let deletes = run_concurrently(N, move |i| {
+        let (s, q) = (s.clone(), q.clone());
+        async move {
+            s.delete_message(q[i as usize]).await.ok();
+        }
+    })
+    .await;
+
+    // Whole claims: 100 users × 200 keys, half of them claimed by 256 tasks
+    // at once (pools are topped up long before they run dry).
+    let dir = KeyDirectory::open(js.clone()).await?;
+    let users: Vec<String> = (0..100).map(|i| format!("home:+49151{i:07}")).collect();
+    for u in &users {
+        for batch in 0..2u32 {
+            let p = PublishKeys {
+                user: u.clone(),
+                device: Some(DeviceKeys {
+                    device_id: "d".into(),
+                    identity_key: Some(key(0)),
+                    signing_key: None,
+                    signed_prekey: Some(key(0)),
+                    last_resort_prekey: Some(key(0)),
+                    pq_last_resort_prekey: None,
+                    last_resort_key_package: Default::default(),
+                }),
+                one_time_prekeys: (1..=100).map(|k| key(batch * 100 + k)).collect(),
+                key_packages: vec![],
+            };
+            dir.publish(u, &p).await?;
+        }
+    }
+    let users = Arc::new(users);
+    let claims = run_concurrently(10_000, move |i| {
+        let (dir, users) = (dir.clone(), users.clone());
+        async move {
+            dir.fetch_bundles(&users[i as usize % users.len()], &[])
+                .await
+                .ok();
+        }
+    })
+    .await;
+    println!(
+        "{}",
+        serde_json::json!({
+            "direct_gets_per_s": gets.round(),
+            "direct_gets_next_for_subject_per_s": nexts.round(),
+            "deletes_per_s": deletes.round(),
+            "claims_per_s": claims.round(),
+            "in_flight": IN_FLIGHT,
+        })
+    );
+    Ok(())
+}
