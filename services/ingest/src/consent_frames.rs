@@ -19,43 +19,26 @@
 
 use tracing::{debug, warn};
 
-use interop_edge::ws::rejected;
 use interop_proto::v1::{
     server_frame, ConsentState, ConsentUpdated, GetConsent, Inbox, RejectCode, RequestAction,
-    RequestResponded, RespondToRequest, ServerFrame, SetConsent,
+    RequestResponded, RespondToRequest, SetConsent,
 };
 use interop_state::contacts::{ContactState, ContactStore, SetOutcome, MAX_CONTACTS};
 use interop_state::reputation::{self, Feedback};
 use interop_state::{Consent, ConsentStore};
 
-use crate::send::Prepared;
+use crate::send::{answer, reject, Prepared};
 use crate::validate::{validate_consent, validate_own_user, validate_respond, Rejection};
 use crate::Shared;
 
 /// Retry advice when Redis is down.
 const UNAVAILABLE_RETRY_MS: u32 = 1000;
 
-fn answer(request_id: u64, frame: server_frame::Frame) -> Prepared {
-    Prepared::Answer(Box::new(ServerFrame {
-        request_id,
-        frame: Some(frame),
-    }))
-}
-
-fn refuse(request_id: u64, r: Rejection) -> Prepared {
-    Prepared::Answer(Box::new(rejected(
-        request_id,
-        "",
-        r.code,
-        r.detail,
-        r.retry_after_ms,
-    )))
-}
-
 fn unavailable(request_id: u64, e: &dyn std::fmt::Display) -> Prepared {
     warn!(error = %e, "Cannot reach the consent registry.");
-    refuse(
+    reject(
         request_id,
+        "",
         Rejection::retryable(
             RejectCode::Unavailable,
             "the consent registry is unavailable; retry",
@@ -73,7 +56,7 @@ pub(crate) async fn set_consent(
 ) -> Prepared {
     let user = match validate_consent(provider, &sc) {
         Ok(u) => u,
-        Err(r) => return refuse(request_id, r),
+        Err(r) => return reject(request_id, "", r),
     };
     let record = Consent {
         opted_in: sc.opted_in,
@@ -114,7 +97,7 @@ pub(crate) async fn respond_to_request(
 ) -> Prepared {
     let (user, sender, action) = match validate_respond(provider, &r) {
         Ok(v) => v,
-        Err(rej) => return refuse(request_id, rej),
+        Err(rej) => return reject(request_id, "", rej),
     };
     let contacts = ContactStore::new(shared.redis.clone());
     let (state, feedback) = match action {
@@ -138,8 +121,9 @@ pub(crate) async fn respond_to_request(
     match stored {
         Ok(true) => {}
         Ok(false) => {
-            return refuse(
+            return reject(
                 request_id,
+                "",
                 Rejection::new(
                     RejectCode::ListFull,
                     format!("the user's contact record holds {MAX_CONTACTS} senders already"),
@@ -188,7 +172,7 @@ pub(crate) async fn get_consent(
 ) -> Prepared {
     let user = match validate_own_user(provider, &g.user) {
         Ok(u) => u,
-        Err(r) => return refuse(request_id, r),
+        Err(r) => return reject(request_id, "", r),
     };
     let consent = match ConsentStore::new(shared.redis.clone())
         .get(user.as_str())

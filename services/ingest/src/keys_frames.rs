@@ -21,18 +21,17 @@
 
 use tracing::warn;
 
-use interop_edge::ws::rejected;
 use interop_keys::KeysError;
 use interop_proto::keys::MAX_KEY_PACKAGE_USERS;
 use interop_proto::v1::{
     server_frame, Bundles, DeviceInfo, DeviceList, FetchBundles, FetchKeyPackages, KeyPackages,
-    KeysPublished, ListDevices, PublishKeys, RejectCode, RemoveDevice, ServerFrame,
+    KeysPublished, ListDevices, PublishKeys, RejectCode, RemoveDevice,
 };
 use interop_proto::Address;
 use interop_state::gcra;
 use interop_state::ConsentStore;
 
-use crate::send::{checks, rate_limited, unavailable, Prepared};
+use crate::send::{answer, checks, rate_limited, reject, unavailable, Prepared};
 use crate::validate::{validate_own_user, Rejection};
 use crate::Shared;
 
@@ -40,33 +39,16 @@ use crate::Shared;
 /// the reason (unknown, not opted in, provider not allowed).
 const NOT_VISIBLE: &str = "the user is not reachable from this provider";
 
-fn answer(request_id: u64, frame: server_frame::Frame) -> Prepared {
-    Prepared::Answer(Box::new(ServerFrame {
-        request_id,
-        frame: Some(frame),
-    }))
-}
-
-fn refuse(request_id: u64, r: Rejection) -> Prepared {
-    Prepared::Answer(Box::new(rejected(
-        request_id,
-        "",
-        r.code,
-        r.detail,
-        r.retry_after_ms,
-    )))
-}
-
 fn not_visible() -> Rejection {
     Rejection::new(RejectCode::RecipientUnavailable, NOT_VISIBLE)
 }
 
 fn directory_error(request_id: u64, e: KeysError) -> Prepared {
     match e {
-        KeysError::Rejected(r) => refuse(request_id, Rejection::new(r.code, r.detail)),
+        KeysError::Rejected(r) => reject(request_id, "", Rejection::new(r.code, r.detail)),
         KeysError::Unavailable(e) => {
             warn!(error = %e, "The key directory is unavailable.");
-            refuse(request_id, unavailable("the key directory"))
+            reject(request_id, "", unavailable("the key directory"))
         }
     }
 }
@@ -150,7 +132,7 @@ pub(crate) async fn publish(
 ) -> Prepared {
     let user = match validate_own_user(provider, &p.user) {
         Ok(u) => u,
-        Err(r) => return refuse(request_id, r),
+        Err(r) => return reject(request_id, "", r),
     };
     match ConsentStore::new(shared.redis.clone())
         .get(user.as_str())
@@ -158,8 +140,9 @@ pub(crate) async fn publish(
     {
         Ok(c) if c.opted_in => {}
         Ok(_) => {
-            return refuse(
+            return reject(
                 request_id,
+                "",
                 Rejection::new(
                     RejectCode::NotOptedIn,
                     "the user has not opted in to interoperability (SetConsent)",
@@ -168,7 +151,7 @@ pub(crate) async fn publish(
         }
         Err(e) => {
             warn!(error = %e, "Cannot read consent for a key publish.");
-            return refuse(request_id, unavailable("the consent registry"));
+            return reject(request_id, "", unavailable("the consent registry"));
         }
     }
     let device_id = p
@@ -240,7 +223,7 @@ pub(crate) async fn list_devices(
 ) -> Prepared {
     let user = match fetch_target(shared, provider, &l.requester, &l.user).await {
         Ok(u) => u,
-        Err(r) => return refuse(request_id, r),
+        Err(r) => return reject(request_id, "", r),
     };
     match shared.keys.devices(user.as_str()).await {
         // A visible user without devices: an empty list, as for anyone
@@ -259,7 +242,7 @@ pub(crate) async fn fetch_bundles(
 ) -> Prepared {
     let user = match fetch_target(shared, provider, &f.requester, &f.user).await {
         Ok(u) => u,
-        Err(r) => return refuse(request_id, r),
+        Err(r) => return reject(request_id, "", r),
     };
     match shared
         .keys
@@ -286,17 +269,19 @@ pub(crate) async fn fetch_key_packages(
 ) -> Prepared {
     let requester = match validate_own_user(provider, &f.requester) {
         Ok(r) => r,
-        Err(r) => return refuse(request_id, r),
+        Err(r) => return reject(request_id, "", r),
     };
     if f.users.is_empty() {
-        return refuse(
+        return reject(
             request_id,
+            "",
             Rejection::new(RejectCode::MissingField, "users is empty"),
         );
     }
     if f.users.len() > MAX_KEY_PACKAGE_USERS {
-        return refuse(
+        return reject(
             request_id,
+            "",
             Rejection::new(
                 RejectCode::TooLong,
                 format!("at most {MAX_KEY_PACKAGE_USERS} users per fetch"),
@@ -308,15 +293,16 @@ pub(crate) async fn fetch_key_packages(
         match Address::parse(u) {
             Ok(a) => users.push(a),
             Err(e) => {
-                return refuse(
+                return reject(
                     request_id,
+                    "",
                     Rejection::new(RejectCode::InvalidAddress, format!("users: {e}")),
                 )
             }
         }
     }
     if let Err(r) = fetch_allowed(shared, provider, &requester, users.len()).await {
-        return refuse(request_id, r);
+        return reject(request_id, "", r);
     }
     let mut key_packages = Vec::new();
     for user in &users {
@@ -324,7 +310,7 @@ pub(crate) async fn fetch_key_packages(
             Ok(true) => {}
             // Left out, like a user without devices.
             Ok(false) => continue,
-            Err(r) => return refuse(request_id, r),
+            Err(r) => return reject(request_id, "", r),
         }
         match shared.keys.fetch_key_packages(user.as_str()).await {
             Ok(kps) => key_packages.extend(kps),
@@ -346,7 +332,7 @@ pub(crate) async fn remove_device(
 ) -> Prepared {
     let user = match validate_own_user(provider, &r.user) {
         Ok(u) => u,
-        Err(rej) => return refuse(request_id, rej),
+        Err(rej) => return reject(request_id, "", rej),
     };
     match shared.keys.remove_device(user.as_str(), &r.device_id).await {
         Ok(devices) => device_list(shared, provider, request_id, &user, devices).await,

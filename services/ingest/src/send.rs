@@ -59,6 +59,14 @@ pub(crate) enum Prepared {
     Publish(ToPublish),
 }
 
+/// An answer right away: `frame` for request `request_id`.
+pub(crate) fn answer(request_id: u64, frame: server_frame::Frame) -> Prepared {
+    Prepared::Answer(Box::new(ServerFrame {
+        request_id,
+        frame: Some(frame),
+    }))
+}
+
 pub(crate) fn reject(request_id: u64, client_message_id: &str, r: Rejection) -> Prepared {
     let frame = rejected(
         request_id,
