@@ -33,9 +33,7 @@ use interop_bus::subjects::{
 };
 use interop_bus::{pipeline, recipient_key};
 use interop_edge::ws::{self, close, Incoming, Outbound};
-use interop_proto::limits::{
-    MAX_DEVICE_ID_BYTES, MAX_FRAME_BYTES, MAX_MARK_READ_TAGS, MAX_UNACKED,
-};
+use interop_proto::limits::{MAX_FRAME_BYTES, MAX_MARK_READ_TAGS, MAX_UNACKED};
 use interop_proto::v1::{
     client_frame, envelope, server_frame, Deliver, Envelope, ReceiptStatus, RejectCode, SenderInfo,
     ServerFrame, Welcome,
@@ -44,13 +42,6 @@ use interop_proto::Address;
 
 use crate::reading::{Buffered, LiveEvent, Reading};
 use crate::Shared;
-
-fn valid_device_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_DEVICE_ID_BYTES
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
 
 struct Session {
     provider: String,
@@ -161,7 +152,7 @@ async fn hello(
     } else {
         h.device_id
     };
-    if !valid_device_id(&device) {
+    if !interop_proto::address::valid_device_id(&device) {
         ws::refuse_hello(
             out,
             request_id,
