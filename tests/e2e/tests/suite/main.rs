@@ -27,6 +27,7 @@ mod retention;
 mod rich;
 mod routing_batch;
 mod routing_score;
+mod scripts;
 mod secured_deps;
 mod security;
 mod tls;
