@@ -11,7 +11,7 @@ fn detached_sleep(argv0: &str) -> u32 {
     let out = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "bash -c 'exec -a {argv0} sleep 60' >/dev/null 2>&1 & echo $!"
+            "bash -c 'exec -a \"{argv0}\" sleep 60' >/dev/null 2>&1 & echo $!"
         ))
         .output()
         .unwrap();
@@ -27,8 +27,11 @@ fn down_stops_its_own_processes_and_leaves_a_reused_pid_alone() {
     let run = tempfile::tempdir().unwrap();
     std::fs::create_dir(run.path().join("pids")).unwrap();
     let nats = detached_sleep("nats-server");
+    // Redis rewrites its argv[0] to its listening address.
+    let redis = detached_sleep("redis-server *:6379");
     let stranger = detached_sleep("some-editor");
     std::fs::write(run.path().join("pids/nats.pid"), nats.to_string()).unwrap();
+    std::fs::write(run.path().join("pids/redis.pid"), redis.to_string()).unwrap();
     // The ingest pid file names a process that is not ingest.
     std::fs::write(run.path().join("pids/ingest.pid"), stranger.to_string()).unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -43,10 +46,11 @@ fn down_stops_its_own_processes_and_leaves_a_reused_pid_alone() {
         String::from_utf8_lossy(&out.stderr)
     );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(nats) && Instant::now() < deadline {
+    while (alive(nats) || alive(redis)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!alive(nats), "scripts/down did not stop its nats-server");
+    assert!(!alive(redis), "scripts/down did not stop its redis-server");
     assert!(
         alive(stranger),
         "scripts/down killed a process it did not start"
