@@ -249,11 +249,11 @@ pub(crate) async fn fetch_bundles(
         .fetch_bundles(user.as_str(), &f.device_ids)
         .await
     {
-        Ok(bundles) => answer(
+        Ok(fetched) => answer(
             request_id,
             server_frame::Frame::Bundles(Bundles {
                 user: f.user,
-                bundles,
+                bundles: fetched.items,
             }),
         ),
         Err(e) => directory_error(request_id, e),
@@ -313,7 +313,7 @@ pub(crate) async fn fetch_key_packages(
             Err(r) => return reject(request_id, "", r),
         }
         match shared.keys.fetch_key_packages(user.as_str()).await {
-            Ok(kps) => key_packages.extend(kps),
+            Ok(kps) => key_packages.extend(kps.items),
             Err(e) => return directory_error(request_id, e),
         }
     }

@@ -39,8 +39,8 @@ use interop_bus::subjects::{
     keys_pool, KEYS_DEVICES_PREFIX, STREAM_KEYS_DEVICES, STREAM_KEYS_POOL,
 };
 use interop_proto::keys::{
-    check_publish, KeyRejection, MAX_DEVICES_PER_USER, MAX_KEY_PACKAGES_PER_DEVICE,
-    MAX_ONE_TIME_PREKEYS_PER_DEVICE,
+    check_publish, KeyRejection, LOW_KEY_PACKAGES, LOW_ONE_TIME_PREKEYS, MAX_DEVICES_PER_USER,
+    MAX_KEY_PACKAGES_PER_DEVICE, MAX_ONE_TIME_PREKEYS_PER_DEVICE,
 };
 use interop_proto::v1::{
     Bundle, DeviceKeyPackage, PublicKey, PublishKeys, RejectCode, StoredDevice, StoredDevices,
@@ -86,6 +86,34 @@ fn rejected(code: RejectCode, detail: impl Into<String>) -> KeysError {
 pub struct PoolCounts {
     pub one_time_prekeys: u32,
     pub key_packages: u32,
+}
+
+/// Which pool of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    OneTimePrekeys,
+    KeyPackages,
+}
+
+/// A device pool a fetch left low (under [`LOW_ONE_TIME_PREKEYS`] or
+/// [`LOW_KEY_PACKAGES`]) or empty: its owner should publish more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LowPool {
+    pub device_id: String,
+    pub pool: Pool,
+    /// Unclaimed keys left.
+    pub left: u32,
+    /// What the device has published so far (its highest one-time prekey
+    /// id, or its count of KeyPackages): a notice about this pool is sent
+    /// once per generation (a top-up starts a new one).
+    pub generation: u64,
+}
+
+/// What a fetch handed out, and the pools it left low.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched<T> {
+    pub items: Vec<T>,
+    pub low: Vec<LowPool>,
 }
 
 /// The key directory, over one JetStream context. Any number of instances
@@ -357,13 +385,41 @@ impl KeyDirectory {
         Ok(None)
     }
 
+    /// Counts a pool after a claim that may have left it low; `Some` when
+    /// it did.
+    async fn check_low(
+        &self,
+        user: &str,
+        device_id: &str,
+        pool: Pool,
+        generation: u64,
+    ) -> Result<Option<LowPool>, KeysError> {
+        let counts = self.pool_counts(user, device_id).await?;
+        let (left, low) = match pool {
+            Pool::OneTimePrekeys => (counts.one_time_prekeys, LOW_ONE_TIME_PREKEYS),
+            Pool::KeyPackages => (counts.key_packages, LOW_KEY_PACKAGES),
+        };
+        Ok(((left as usize) < low).then(|| LowPool {
+            device_id: device_id.to_owned(),
+            pool,
+            left,
+            generation,
+        }))
+    }
+
     /// A bundle for each device of `user` (or those named), each claiming
-    /// one one-time prekey. `UNKNOWN_DEVICE` if a named device is not there.
+    /// one one-time prekey, and the pools the claims left low.
+    /// `UNKNOWN_DEVICE` if a named device is not there.
+    ///
+    /// Counting a pool is a request of its own, so it is made only when the
+    /// claimed key was among the last [`LOW_ONE_TIME_PREKEYS`] the device
+    /// published (claims go roughly in publishing order) or the pool was
+    /// empty.
     pub async fn fetch_bundles(
         &self,
         user: &str,
         device_ids: &[String],
-    ) -> Result<Vec<Bundle>, KeysError> {
+    ) -> Result<Fetched<Bundle>, KeysError> {
         let devices = self.devices(user).await?;
         let chosen: Vec<&StoredDevice> = if device_ids.is_empty() {
             devices.iter().collect()
@@ -379,7 +435,10 @@ impl KeyDirectory {
             chosen
         };
         let ukey = interop_bus::recipient_key(user);
-        let mut bundles = Vec::with_capacity(chosen.len());
+        let mut out = Fetched {
+            items: Vec::with_capacity(chosen.len()),
+            low: Vec::new(),
+        };
         for d in chosen {
             let Some(keys) = d.keys.clone() else { continue };
             let claimed = self.claim(&keys_pool(&ukey, &keys.device_id, OTK)).await?;
@@ -390,31 +449,60 @@ impl KeyDirectory {
                 ),
                 None => None,
             };
-            bundles.push(Bundle {
+            let generation = u64::from(d.max_one_time_prekey_id);
+            let near_end = one_time_prekey.as_ref().is_none_or(|k| {
+                u64::from(k.key_id) + LOW_ONE_TIME_PREKEYS as u64 > generation
+            });
+            if near_end {
+                if let Some(low) = self
+                    .check_low(user, &keys.device_id, Pool::OneTimePrekeys, generation)
+                    .await?
+                {
+                    out.low.push(low);
+                }
+            }
+            out.items.push(Bundle {
                 device: Some(keys),
                 one_time_prekey,
             });
         }
-        Ok(bundles)
+        Ok(out)
     }
 
     /// One KeyPackage for each device of `user`, claimed, or the device's
     /// last-resort KeyPackage when its pool is empty (devices with neither
-    /// are left out).
-    pub async fn fetch_key_packages(&self, user: &str) -> Result<Vec<DeviceKeyPackage>, KeysError> {
+    /// are left out), and the pools the claims left low (KeyPackages are
+    /// fetched far less often than bundles, so each claim counts its pool).
+    pub async fn fetch_key_packages(
+        &self,
+        user: &str,
+    ) -> Result<Fetched<DeviceKeyPackage>, KeysError> {
         let ukey = interop_bus::recipient_key(user);
-        let mut out = Vec::new();
+        let mut out = Fetched::default();
         for d in self.devices(user).await? {
             let Some(keys) = d.keys else { continue };
-            let (key_package, last_resort) =
-                match self.claim(&keys_pool(&ukey, &keys.device_id, KP)).await? {
-                    Some(kp) => (kp, false),
-                    None if !keys.last_resort_key_package.is_empty() => {
-                        (keys.last_resort_key_package.clone(), true)
-                    }
-                    None => continue,
-                };
-            out.push(DeviceKeyPackage {
+            let claimed = self.claim(&keys_pool(&ukey, &keys.device_id, KP)).await?;
+            if claimed.is_some() || d.key_packages_published > 0 {
+                if let Some(low) = self
+                    .check_low(
+                        user,
+                        &keys.device_id,
+                        Pool::KeyPackages,
+                        d.key_packages_published,
+                    )
+                    .await?
+                {
+                    out.low.push(low);
+                }
+            }
+            let (key_package, last_resort) = match claimed {
+                Some(kp) => (kp, false),
+                None if !keys.last_resort_key_package.is_empty() => {
+                    (keys.last_resort_key_package.clone(), true)
+                }
+                None => continue,
+            };
+            out.items.push(DeviceKeyPackage {
                 user: user.to_owned(),
                 device_id: keys.device_id.clone(),
                 key_package,

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use interop_keys::{KeyDirectory, KeysError, PoolCounts};
+use interop_keys::{KeyDirectory, KeysError, LowPool, Pool, PoolCounts};
 use interop_proto::keys::{
     MAX_DEVICES_PER_USER, MAX_ONE_TIME_PREKEYS_PER_DEVICE, MAX_ONE_TIME_PREKEYS_PER_PUBLISH,
     SIGNATURE_BYTES,
@@ -84,16 +84,30 @@ async fn each_one_time_prekey_goes_to_one_fetcher_then_the_last_resort_key() {
     let counts = dir.publish(BOB, &publish("phone", 1..=3)).await.unwrap();
     assert_eq!(counts.one_time_prekeys, 3);
     let mut seen = Vec::new();
-    for _ in 0..3 {
-        let b = dir.fetch_bundles(BOB, &[]).await.unwrap();
-        assert_eq!(b.len(), 1);
-        seen.push(b[0].one_time_prekey.clone().unwrap().key_id);
+    for left in [2, 1, 0] {
+        let f = dir.fetch_bundles(BOB, &[]).await.unwrap();
+        assert_eq!(f.items.len(), 1);
+        seen.push(f.items[0].one_time_prekey.clone().unwrap().key_id);
+        // Three keys are fewer than LOW_ONE_TIME_PREKEYS: each claim
+        // reports the pool low, with what is left.
+        assert_eq!(
+            f.low,
+            vec![LowPool {
+                device_id: "phone".into(),
+                pool: Pool::OneTimePrekeys,
+                left,
+                generation: 3,
+            }]
+        );
     }
     seen.sort_unstable();
     assert_eq!(seen, vec![1, 2, 3]);
     // Empty pool: the bundle has no one-time prekey; the app uses the
     // last-resort prekey it carries.
-    let b = dir.fetch_bundles(BOB, &[]).await.unwrap();
+    let f = dir.fetch_bundles(BOB, &[]).await.unwrap();
+    assert_eq!(f.low.len(), 1);
+    assert_eq!(f.low[0].left, 0);
+    let b = f.items;
     assert!(b[0].one_time_prekey.is_none());
     assert_eq!(
         b[0].device.as_ref().unwrap().last_resort_prekey,
@@ -109,6 +123,7 @@ async fn each_one_time_prekey_goes_to_one_fetcher_then_the_last_resort_key() {
         .fetch_bundles("home:+4915100000000", &[])
         .await
         .unwrap()
+        .items
         .is_empty());
     let e = dir
         .fetch_bundles(BOB, &["tablet".into()])
@@ -130,7 +145,7 @@ async fn a_thousand_concurrent_fetches_through_two_replicas_never_share_a_key() 
     for i in 0..1000 {
         let dir = if i % 2 == 0 { a.clone() } else { b.clone() };
         tasks.push(tokio::spawn(async move {
-            let bundles = dir.fetch_bundles(BOB, &[]).await.unwrap();
+            let bundles = dir.fetch_bundles(BOB, &[]).await.unwrap().items;
             bundles[0].one_time_prekey.as_ref().map(|k| k.key_id)
         }));
     }
@@ -245,7 +260,9 @@ async fn key_packages_are_claimed_once_then_the_last_resort_one() {
     assert_eq!(counts.key_packages, 2);
     let mut got = Vec::new();
     for _ in 0..3 {
-        let kps = dir.fetch_key_packages(BOB).await.unwrap();
+        let fetched = dir.fetch_key_packages(BOB).await.unwrap();
+        assert_eq!(fetched.low.len(), 1, "two KeyPackages are a low pool");
+        let kps = fetched.items;
         assert_eq!(kps.len(), 1);
         got.push((kps[0].key_package[0], kps[0].last_resort));
     }

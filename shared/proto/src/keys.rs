@@ -23,6 +23,8 @@ pub const MAX_KEY_PACKAGE_USERS: usize = 64;
 /// Below this many unclaimed one-time prekeys a device's pool is low: its
 /// owner should publish more (`KeysPublished` and `DeviceList` give counts).
 pub const LOW_ONE_TIME_PREKEYS: usize = 10;
+/// Below this many unclaimed KeyPackages a device's pool is low.
+pub const LOW_KEY_PACKAGES: usize = 10;
 
 /// The algorithm labels the directory accepts, with their key sizes.
 pub const ALGORITHMS: &[(&str, usize)] = &[
