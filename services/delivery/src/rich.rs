@@ -13,6 +13,8 @@
 //! | text in a group (`group_id`) | text prefixed `"[group] "` |
 //! | call attempt | always a notice (no provider can take a call across apps) |
 //! | group change | text `"[group] created the group “Ski trip” with you, telegram:tom"` from the admin (what they did; at most 5 addresses per list, the recipient as "you", then "and N more") |
+//! | key notice about a contact's keys (device added or removed, identity key changed) | text from the contact, e.g. "🔒 added a device; your security code with them changed" |
+//! | key notice to the owner (one-time prekeys or KeyPackages low) | not shown (auto-acked): the app could not act on it |
 //! | READ receipt | not shown (auto-acked): a status, not content |
 //! | typing | not shown: ephemeral |
 //!
@@ -20,7 +22,8 @@
 
 use interop_proto::limits::MAX_TEXT_BYTES;
 use interop_proto::v1::{
-    envelope::Content, Encryption, Envelope, GroupChange, ReceiptStatus, Text,
+    envelope::Content, key_notice::Kind as KeyNoticeKind, Encryption, Envelope, GroupChange,
+    KeyNotice, ReceiptStatus, Text,
 };
 use interop_providers::{Capabilities, ContentKind};
 
@@ -118,6 +121,26 @@ fn notice(env: &mut Envelope, body: String) {
     }));
 }
 
+/// What a key notice about a contact says, for an app that does not show
+/// key notices; `None` for the owner's own notices (keys running low), which
+/// such an app could not act on.
+pub fn key_notice_text(k: &KeyNotice) -> Option<&'static str> {
+    match k.kind() {
+        KeyNoticeKind::DeviceAdded => {
+            Some("🔒 added a device; your security code with them changed")
+        }
+        KeyNoticeKind::DeviceRemoved => {
+            Some("🔒 removed a device; your security code with them changed")
+        }
+        KeyNoticeKind::IdentityKeyChanged => {
+            Some("🔒 your security code with them changed (a device has a new identity key)")
+        }
+        KeyNoticeKind::OneTimePrekeysLow
+        | KeyNoticeKind::KeyPackagesLow
+        | KeyNoticeKind::Unspecified => None,
+    }
+}
+
 /// Adapts `env` to what the recipient's provider supports; `None` when there
 /// is nothing to show (a READ receipt or typing the app does not take).
 pub fn adapt(mut env: Envelope, caps: &Capabilities) -> Option<Envelope> {
@@ -158,6 +181,9 @@ pub fn adapt(mut env: Envelope, caps: &Capabilities) -> Option<Envelope> {
         Some(Content::GroupChange(c)) if !supports(ContentKind::GroupChange) => {
             let body = group_change_text(&c, &env.to);
             notice(&mut env, body);
+        }
+        Some(Content::KeyNotice(k)) if !supports(ContentKind::KeyNotice) => {
+            notice(&mut env, key_notice_text(&k)?.to_owned());
         }
         other => env.content = other,
     }
@@ -323,6 +349,40 @@ mod tests {
         let plain = adapt(e, &caps(&[ContentKind::Text, ContentKind::Group])).unwrap();
         assert_eq!(text(&plain), "[group] renamed the group to “Family”");
         assert_eq!(plain.encryption, Encryption::TransportOnly as i32);
+    }
+
+    #[test]
+    fn key_notices_about_a_contact_become_text_and_the_owners_are_not_shown() {
+        let notice = |kind: KeyNoticeKind| {
+            env(Content::KeyNotice(KeyNotice {
+                kind: kind as i32,
+                device_id: "phone".into(),
+                left: 3,
+            }))
+        };
+        let plain = caps(ContentKind::DEFAULT);
+        let changed = adapt(notice(KeyNoticeKind::IdentityKeyChanged), &plain).unwrap();
+        assert_eq!(
+            text(&changed),
+            "🔒 your security code with them changed (a device has a new identity key)"
+        );
+        for kind in [KeyNoticeKind::DeviceAdded, KeyNoticeKind::DeviceRemoved] {
+            let t = adapt(notice(kind), &plain).unwrap();
+            assert!(text(&t).contains("security code"), "{kind:?}");
+        }
+        for kind in [
+            KeyNoticeKind::OneTimePrekeysLow,
+            KeyNoticeKind::KeyPackagesLow,
+        ] {
+            assert!(adapt(notice(kind), &plain).is_none(), "{kind:?}");
+        }
+        // Delivered as is to an app that declares key notices.
+        let as_is = adapt(
+            notice(KeyNoticeKind::OneTimePrekeysLow),
+            &caps(&ContentKind::ALL),
+        )
+        .unwrap();
+        assert!(matches!(as_is.content, Some(Content::KeyNotice(k)) if k.left == 3));
     }
 
     fn text(e: &Envelope) -> &str {

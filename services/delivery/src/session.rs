@@ -866,7 +866,12 @@ async fn still_admitted(
     pm: &interop_proto::v1::PipelineMessage,
 ) -> Option<i32> {
     let stored = filed_inbox(pm);
-    if matches!(env.content, Some(envelope::Content::Receipt(_))) {
+    // Key notices were checked against consent and blocks when ingest wrote
+    // them (docs/adr/0026), and are not from the user they name.
+    if matches!(
+        env.content,
+        Some(envelope::Content::Receipt(_)) | Some(envelope::Content::KeyNotice(_))
+    ) {
         return Some(stored);
     }
     let sender_provider = if pm.sender_provider.is_empty() {
@@ -909,13 +914,15 @@ async fn still_admitted(
 
 /// Whether the sender of `env` hears of it (`DELIVERED`, `READ`,
 /// `EXPIRED`): receipts get no receipts; a call attempt is answered by
-/// routing; a group change is the gateway's notice, not the admin's message.
+/// routing; a group change or a key notice is the gateway's notice, not a
+/// user's message.
 pub(crate) fn needs_delivered_receipt(env: &Envelope) -> bool {
     !matches!(
         env.content,
         Some(envelope::Content::Receipt(_))
             | Some(envelope::Content::Call(_))
             | Some(envelope::Content::GroupChange(_))
+            | Some(envelope::Content::KeyNotice(_))
     )
 }
 

@@ -19,6 +19,8 @@
 //! from the send limits), so nobody can drain a user's one-time prekeys
 //! faster than those allow.
 
+use std::sync::Arc;
+
 use tracing::warn;
 
 use interop_keys::KeysError;
@@ -31,6 +33,7 @@ use interop_proto::Address;
 use interop_state::gcra;
 use interop_state::ConsentStore;
 
+use crate::key_notices::{self, Kind};
 use crate::send::{answer, checks, rate_limited, reject, unavailable, Prepared};
 use crate::validate::{validate_own_user, Rejection};
 use crate::Shared;
@@ -109,7 +112,7 @@ async fn fetch_target(
     provider: &str,
     requester: &str,
     user: &str,
-) -> Result<Address, Rejection> {
+) -> Result<(Address, Address), Rejection> {
     let requester = validate_own_user(provider, requester)?;
     if user.is_empty() {
         return Err(Rejection::new(RejectCode::MissingField, "user is required"));
@@ -120,12 +123,13 @@ async fn fetch_target(
     if !visible(shared, provider, &user).await? {
         return Err(not_visible());
     }
-    Ok(user)
+    Ok((requester, user))
 }
 
-/// `PublishKeys`.
+/// `PublishKeys`. A new device or a changed identity key is then told to
+/// the users who fetched this user's keys (`key_notices`).
 pub(crate) async fn publish(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     provider: &str,
     request_id: u64,
     p: PublishKeys,
@@ -159,16 +163,33 @@ pub(crate) async fn publish(
         .as_ref()
         .map(|d| d.device_id.clone())
         .unwrap_or_default();
+    // The device as it was, to tell what the publish changes. A publish
+    // racing another of the same device may misjudge that; both are told.
+    let before = match shared.keys.devices(user.as_str()).await {
+        Ok(devices) => devices
+            .into_iter()
+            .find(|d| d.keys.as_ref().is_some_and(|k| k.device_id == device_id)),
+        Err(e) => return directory_error(request_id, e),
+    };
     match shared.keys.publish(user.as_str(), &p).await {
-        Ok(counts) => answer(
-            request_id,
-            server_frame::Frame::KeysPublished(KeysPublished {
-                user: p.user,
-                device_id,
-                one_time_prekeys: counts.one_time_prekeys,
-                key_packages: counts.key_packages,
-            }),
-        ),
+        Ok(counts) => {
+            let change = p
+                .device
+                .as_ref()
+                .and_then(|after| key_notices::change_of(before.as_ref(), after));
+            if let Some(kind) = change {
+                key_notices::tell_watchers(shared, &user, kind, &device_id);
+            }
+            answer(
+                request_id,
+                server_frame::Frame::KeysPublished(KeysPublished {
+                    user: p.user,
+                    device_id,
+                    one_time_prekeys: counts.one_time_prekeys,
+                    key_packages: counts.key_packages,
+                }),
+            )
+        }
         Err(e) => directory_error(request_id, e),
     }
 }
@@ -222,7 +243,7 @@ pub(crate) async fn list_devices(
     l: ListDevices,
 ) -> Prepared {
     let user = match fetch_target(shared, provider, &l.requester, &l.user).await {
-        Ok(u) => u,
+        Ok((_, u)) => u,
         Err(r) => return reject(request_id, "", r),
     };
     match shared.keys.devices(user.as_str()).await {
@@ -233,15 +254,16 @@ pub(crate) async fn list_devices(
     }
 }
 
-/// `FetchBundles`.
+/// `FetchBundles`. The requester is remembered as someone who fetched the
+/// user's keys, and the owner is told if the claim left a pool low.
 pub(crate) async fn fetch_bundles(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     provider: &str,
     request_id: u64,
     f: FetchBundles,
 ) -> Prepared {
-    let user = match fetch_target(shared, provider, &f.requester, &f.user).await {
-        Ok(u) => u,
+    let (requester, user) = match fetch_target(shared, provider, &f.requester, &f.user).await {
+        Ok(t) => t,
         Err(r) => return reject(request_id, "", r),
     };
     match shared
@@ -249,20 +271,25 @@ pub(crate) async fn fetch_bundles(
         .fetch_bundles(user.as_str(), &f.device_ids)
         .await
     {
-        Ok(fetched) => answer(
-            request_id,
-            server_frame::Frame::Bundles(Bundles {
-                user: f.user,
-                bundles: fetched.items,
-            }),
-        ),
+        Ok(fetched) => {
+            key_notices::record_fetch(shared, &user, &requester);
+            key_notices::tell_owner(shared, &user, fetched.low);
+            answer(
+                request_id,
+                server_frame::Frame::Bundles(Bundles {
+                    user: f.user,
+                    bundles: fetched.items,
+                }),
+            )
+        }
         Err(e) => directory_error(request_id, e),
     }
 }
 
-/// `FetchKeyPackages`.
+/// `FetchKeyPackages` (requesters remembered and owners told as for
+/// `FetchBundles`).
 pub(crate) async fn fetch_key_packages(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     provider: &str,
     request_id: u64,
     f: FetchKeyPackages,
@@ -313,7 +340,11 @@ pub(crate) async fn fetch_key_packages(
             Err(r) => return reject(request_id, "", r),
         }
         match shared.keys.fetch_key_packages(user.as_str()).await {
-            Ok(kps) => key_packages.extend(kps.items),
+            Ok(kps) => {
+                key_notices::record_fetch(shared, user, &requester);
+                key_notices::tell_owner(shared, user, kps.low);
+                key_packages.extend(kps.items);
+            }
             Err(e) => return directory_error(request_id, e),
         }
     }
@@ -323,9 +354,9 @@ pub(crate) async fn fetch_key_packages(
     )
 }
 
-/// `RemoveDevice`.
+/// `RemoveDevice`; the users who fetched this user's keys are told.
 pub(crate) async fn remove_device(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     provider: &str,
     request_id: u64,
     r: RemoveDevice,
@@ -335,7 +366,10 @@ pub(crate) async fn remove_device(
         Err(rej) => return reject(request_id, "", rej),
     };
     match shared.keys.remove_device(user.as_str(), &r.device_id).await {
-        Ok(devices) => device_list(shared, provider, request_id, &user, devices).await,
+        Ok(devices) => {
+            key_notices::tell_watchers(shared, &user, Kind::DeviceRemoved, &r.device_id);
+            device_list(shared, provider, request_id, &user, devices).await
+        }
         Err(e) => directory_error(request_id, e),
     }
 }

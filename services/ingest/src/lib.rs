@@ -15,6 +15,7 @@ pub mod accepted;
 pub mod admin;
 mod consent_frames;
 mod group;
+mod key_notices;
 mod keys_frames;
 mod metrics;
 mod send;

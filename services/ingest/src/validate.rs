@@ -363,6 +363,12 @@ fn validate_content(env: &Envelope) -> Result<(), Rejection> {
                 "group changes are written by the gateway; use CreateGroup and ChangeGroup",
             ))
         }
+        Some(Content::KeyNotice(_)) => {
+            return Err(Rejection::new(
+                UnsupportedContent,
+                "key notices are written by the gateway",
+            ))
+        }
     }
     Ok(())
 }
@@ -534,6 +540,12 @@ mod tests {
             (
                 Box::new(|e| {
                     e.content = Some(Content::GroupChange(Default::default()));
+                }),
+                UnsupportedContent,
+            ),
+            (
+                Box::new(|e| {
+                    e.content = Some(Content::KeyNotice(Default::default()));
                 }),
                 UnsupportedContent,
             ),

@@ -96,6 +96,9 @@ pub struct Erased {
     pub contact_entries: u64,
     /// Other users' blocks of the user, kept (the blocker's protection).
     pub blocks_kept: u64,
+    /// Other users' lists of who fetched their keys the user was removed
+    /// from (they get no key notices about the user's keys any more).
+    pub key_watches: u64,
     /// The user's devices removed from the key directory, with their
     /// unclaimed one-time prekeys and KeyPackages.
     pub key_devices: u64,
@@ -372,6 +375,7 @@ pub async fn erase_user(
     out.groups = r.groups;
     out.contact_entries = r.contact_entries;
     out.blocks_kept = r.blocks_kept;
+    out.key_watches = r.key_watches;
     // Other users' answers about them went too, so what many recipients
     // admit changed: every delivery session asks again (docs/adr/0018).
     interop_bus::admissions::announce_all(&js.client()).await?;

@@ -195,6 +195,19 @@ async fn an_erasure_removes_exactly_the_users_messages() {
         .set(&user(0), &user(1), ContactState::Accepted)
         .await
         .unwrap();
+    // Bob fetched user0's and user1's keys; user0 fetched Bob's.
+    use interop_state::key_watchers;
+    for owner in [user(0), user(1)] {
+        key_watchers::record(&w.redis, &owner, BOB, 1)
+            .await
+            .unwrap();
+    }
+    key_watchers::record(&w.redis, &user(0), &user(1), 2)
+        .await
+        .unwrap();
+    key_watchers::record(&w.redis, BOB, &user(0), 3)
+        .await
+        .unwrap();
 
     let bob = Address::parse(BOB).unwrap();
     let erased = interop_erasure::erase_user(&w.js, &w.redis, &bob)
@@ -208,6 +221,12 @@ async fn an_erasure_removes_exactly_the_users_messages() {
     assert_eq!(erased.in_pipeline, 1, "{erased:?}");
     assert_eq!(erased.contact_entries, 2, "{erased:?}");
     assert_eq!(erased.blocks_kept, 1, "{erased:?}");
+    assert_eq!(erased.key_watches, 2, "{erased:?}");
+    assert_eq!(
+        key_watchers::list(&w.redis, &user(0)).await.unwrap(),
+        vec![user(1)]
+    );
+    assert!(key_watchers::list(&w.redis, BOB).await.unwrap().is_empty());
     // Everyone else's messages are all there.
     assert_eq!(count(&w.js, STREAM_INBOX).await, unrelated);
     assert_eq!(count(&w.js, STREAM_QUARANTINE).await, 1);

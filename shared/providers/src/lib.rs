@@ -108,12 +108,15 @@ pub enum ContentKind {
     /// `GroupChange`: a group was created or changed (members, admins,
     /// name).
     GroupChange,
+    /// `KeyNotice`: the key directory's notices (a device's keys run low, a
+    /// contact's device or identity key changed).
+    KeyNotice,
 }
 
 impl ContentKind {
     /// Every kind: first those of the first protocol version, then those
     /// added later.
-    pub const ALL: [ContentKind; 11] = [
+    pub const ALL: [ContentKind; 12] = [
         Self::Text,
         Self::Ciphertext,
         Self::Media,
@@ -126,13 +129,14 @@ impl ContentKind {
         Self::Group,
         // Added later: declared, never assumed.
         Self::GroupChange,
+        Self::KeyNotice,
     ];
 
     /// How many of [`Self::ALL`] the first protocol version had.
     const FIRST_VERSION: usize = 10;
 
     /// What a provider that declares nothing supports: the first version's
-    /// kinds. A kind added later (`group-change`) is left out because an
+    /// kinds. A kind added later (`group-change`, `key-notice`) is left out because an
     /// app built before it could not decode it: it would show nothing,
     /// where a provider that does not declare a kind gets a visible text.
     pub const DEFAULT: &'static [ContentKind] = Self::ALL.split_at(Self::FIRST_VERSION).0;
@@ -526,6 +530,7 @@ mod tests {
             .all(|k| home.capabilities.supports(*k)));
         // A kind added later is declared, never assumed.
         assert!(!home.capabilities.supports(ContentKind::GroupChange));
+        assert!(!home.capabilities.supports(ContentKind::KeyNotice));
         assert!(home.capabilities.accepts_media_format("video/mp4"));
         let text = "[[providers]]\nid = \"a\"\ndisplay_name = \"x\"\nencryption = \"e2ee\"\n[providers.capabilities]\ncontent = [\"text\", \"media\", \"read-receipt\"]\nmedia_formats = [\"image/jpeg\"]\n";
         let r = Registry::from_toml(text).unwrap();

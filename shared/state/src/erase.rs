@@ -11,7 +11,9 @@
 //!   `interop:spam:strangers:<A>:*`, and the feedback keys
 //!   `interop:spam:fed:<kind>:<A>:<other>` and `...:<other>:<A>`;
 //! - other users' *accepted* and *declined* answers about `A` (fields `A`
-//!   in `interop:contacts:<other>`, found by `SCAN`).
+//!   in `interop:contacts:<other>`, found by `SCAN`);
+//! - `A`'s own key-watcher set (`interop:keys:watchers:<A>`: who fetched
+//!   `A`'s keys) and `A` in everyone else's (found by `SCAN`).
 //!
 //! What stays: other users' **blocks** of `A` (field `A` = `b` in their
 //! contact record). A block is the blocker's protection and their data: if
@@ -41,6 +43,8 @@ pub struct RedisErasure {
     pub contact_entries: u64,
     /// Other users' blocks of the user, kept (see the module doc).
     pub blocks_kept: u64,
+    /// Other users' key-watcher sets the user was removed from.
+    pub key_watches: u64,
 }
 
 /// Escapes a string for a `SCAN MATCH` glob.
@@ -98,8 +102,9 @@ fn feedback_names(pair: &str, address: &str) -> bool {
 }
 
 /// The keys named after `address` alone, deleted whole.
-fn named_keys(address: &str) -> [String; 6] {
+fn named_keys(address: &str) -> [String; 7] {
     [
+        keys::key_watchers(address),
         keys::user_groups(address),
         keys::consent(address),
         keys::contacts(address),
@@ -167,6 +172,17 @@ pub async fn erase_user(
     for chunk in doomed.chunks(500) {
         let n: u64 = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await?;
         out.keys += n;
+    }
+
+    // The user in other users' key-watcher sets.
+    let watched = scan(redis, &format!("{}*", keys::KEY_WATCHERS_PREFIX)).await?;
+    for chunk in watched.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for k in chunk {
+            pipe.cmd("ZREM").arg(k).arg(address);
+        }
+        let removed: Vec<u64> = pipe.query_async(&mut conn).await?;
+        out.key_watches += removed.iter().sum::<u64>();
     }
 
     // Other users' answers about the user.

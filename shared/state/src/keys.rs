@@ -54,6 +54,14 @@ pub fn gcra_key_fetch_user(address: &str) -> String {
     format!("interop:gcra:keys:user:{address}")
 }
 
+/// Every key-watcher set starts with this.
+pub const KEY_WATCHERS_PREFIX: &str = "interop:keys:watchers:";
+
+/// Who fetched `owner`'s keys (sorted set; `crate::key_watchers`).
+pub fn key_watchers(owner: &str) -> String {
+    format!("{KEY_WATCHERS_PREFIX}{owner}")
+}
+
 /// What every fixed-window counter of `id` in `scope` starts with.
 pub fn rate_prefix(scope: &str, id: &str) -> String {
     format!("interop:rate:{scope}:{id}:")

@@ -15,6 +15,8 @@
 //!   ([`contacts`]).
 //! - `interop:spam:*` — spam-scoring's counters ([`spam`]) and reputation
 //!   ([`reputation`]).
+//! - `interop:keys:watchers:<address>` — who fetched a user's keys
+//!   ([`key_watchers`]).
 
 #![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
 
@@ -23,6 +25,7 @@ pub mod contacts;
 pub mod erase;
 pub mod gcra;
 pub mod group;
+pub mod key_watchers;
 pub mod keys;
 pub mod media;
 pub mod rate;

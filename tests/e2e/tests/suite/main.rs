@@ -13,6 +13,7 @@ mod edge;
 mod erase_user;
 mod erasure;
 mod hostile;
+mod key_notices;
 mod keys;
 mod loadtest_gateway;
 mod media;
