@@ -251,8 +251,8 @@ enum ProviderCommand {
         #[arg(long)]
         burst: Option<u32>,
         /// Content kinds its clients show (comma-separated: text, ciphertext,
-        /// media, reply, reaction, edit, delete, read-receipt, typing, group, group-change).
-        /// Default: all.
+        /// media, reply, reaction, edit, delete, read-receipt, typing, group,
+        /// group-change, key-notice). Default: all.
         #[arg(long, value_delimiter = ',')]
         content: Option<Vec<String>>,
         /// Media MIME types its clients take (comma-separated). Default: any.
@@ -442,6 +442,13 @@ fn describe(env: &Envelope) -> serde_json::Value {
                 }
                 Err(_) => v["receipt"]["code"] = json!(r.code),
             }
+        }
+        Some(Content::KeyNotice(k)) => {
+            v["key_notice"] = json!({
+                "kind": k.kind().as_str_name(),
+                "device_id": k.device_id,
+                "left": k.left,
+            })
         }
         _ => v["content"] = json!("other"),
     }
