@@ -133,16 +133,16 @@ async fn handle(shared: &Shared, msg: &jetstream::Message) -> Result<AckKind, Bo
     let Some(env) = pm.envelope else {
         return Ok(AckKind::Ack);
     };
-    // The same rule as for `DELIVERED` receipts.
-    if !crate::session::needs_delivered_receipt(&env) {
-        return Ok(AckKind::Ack);
-    }
     let key = msg
         .subject
         .as_str()
         .strip_prefix(DELIVERY_QUEUED_PREFIX)
         .and_then(|k| k.strip_prefix('.'))
         .unwrap_or_default();
+    // The same rule as for `DELIVERED` receipts.
+    if !crate::session::needs_delivered_receipt(&env, key) {
+        return Ok(AckKind::Ack);
+    }
     if highest_cursor(shared, key).await? >= seq {
         return Ok(AckKind::Ack);
     }

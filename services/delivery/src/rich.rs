@@ -202,29 +202,28 @@ pub fn adapt(mut env: Envelope, caps: &Capabilities) -> Option<Envelope> {
 /// it becomes the `payload`, and the other devices' ciphertexts never leave
 /// the gateway for this device. A device without an entry gets an empty
 /// payload and `missing_for_device`, so its app can ask the sender to fetch
-/// its keys again. Also for an edit's ciphertext. Nothing else changes.
-pub fn for_device(env: &mut Envelope, device_id: &str) {
-    let pick = |c: &mut interop_proto::v1::Ciphertext| {
-        if c.devices.is_empty() {
-            return;
-        }
-        let mine = std::mem::take(&mut c.devices)
-            .into_iter()
-            .find(|d| d.device_id == device_id);
-        match mine {
-            Some(d) => c.payload = d.payload,
-            None => c.missing_for_device = true,
-        }
+/// its keys again; but in a copy of what its own user sent (`own`: the
+/// copy for the sender's other devices) a device without an entry is the
+/// one that sent it, and gets nothing: `false`, skip the message. Also for
+/// an edit's ciphertext. The sender's devices' ciphertexts
+/// (`sender_devices`) never reach a device. Nothing else changes.
+pub fn for_device(env: &mut Envelope, device_id: &str, own: bool) -> bool {
+    let Some(c) = interop_bus::pipeline::ciphertext_mut(env) else {
+        return true;
     };
-    match env.content.as_mut() {
-        Some(Content::Ciphertext(c)) => pick(c),
-        Some(Content::Edit(e)) => {
-            if let Some(c) = e.ciphertext.as_mut() {
-                pick(c);
-            }
-        }
-        _ => {}
+    c.sender_devices.clear();
+    if c.devices.is_empty() {
+        return true;
     }
+    let mine = std::mem::take(&mut c.devices)
+        .into_iter()
+        .find(|d| d.device_id == device_id);
+    match mine {
+        Some(d) => c.payload = d.payload,
+        None if own => return false,
+        None => c.missing_for_device = true,
+    }
+    true
 }
 
 #[cfg(test)]
@@ -267,8 +266,14 @@ mod tests {
             ],
             ..Default::default()
         };
-        let mut phone = env(Content::Ciphertext(c.clone()));
-        for_device(&mut phone, "phone");
+        let mut phone = env(Content::Ciphertext(Ciphertext {
+            sender_devices: vec![DeviceCiphertext {
+                device_id: "desk".into(),
+                payload: vec![9].into(),
+            }],
+            ..c.clone()
+        }));
+        assert!(for_device(&mut phone, "phone", false));
         let Some(Content::Ciphertext(p)) = phone.content else {
             panic!()
         };
@@ -276,12 +281,19 @@ mod tests {
             (p.payload.as_ref(), p.devices.len(), p.missing_for_device),
             (&[1u8][..], 0, false)
         );
+        assert!(p.sender_devices.is_empty(), "never handed to a device");
         let mut tablet = env(Content::Ciphertext(c.clone()));
-        for_device(&mut tablet, "tablet");
+        assert!(for_device(&mut tablet, "tablet", false));
         let Some(Content::Ciphertext(t)) = tablet.content else {
             panic!()
         };
         assert!(t.payload.is_empty() && t.devices.is_empty() && t.missing_for_device);
+        // In a copy of what its user sent, a device without an entry is the
+        // one that sent it: it gets nothing.
+        let mut sent = env(Content::Ciphertext(c.clone()));
+        assert!(!for_device(&mut sent, "tablet", true));
+        let mut synced = env(Content::Ciphertext(c.clone()));
+        assert!(for_device(&mut synced, "laptop", true));
         // One ciphertext for every device passes unchanged.
         let shared = Ciphertext {
             scheme: "mls".into(),
@@ -289,7 +301,7 @@ mod tests {
             ..Default::default()
         };
         let mut any = env(Content::Ciphertext(shared.clone()));
-        for_device(&mut any, "phone");
+        assert!(for_device(&mut any, "phone", false));
         assert_eq!(any.content, Some(Content::Ciphertext(shared)));
     }
 

@@ -770,11 +770,12 @@ async fn push_checked(
         Box::pin(skip(s, seq, shared)).await?;
         return Ok(ControlFlow::Continue(()));
     };
-    let receipt_for = needs_delivered_receipt(&env).then(|| Envelope {
-        content: None,
-        sender_info: None,
-        ..env.clone()
-    });
+    let receipt_for =
+        needs_delivered_receipt(&env, &recipient_key(s.user.as_str())).then(|| Envelope {
+            content: None,
+            sender_info: None,
+            ..env.clone()
+        });
     let caps = shared
         .providers
         .borrow()
@@ -785,8 +786,13 @@ async fn push_checked(
         Box::pin(skip(s, seq, shared)).await?;
         return Ok(ControlFlow::Continue(()));
     };
-    // Of per-device ciphertexts, this device gets only its own.
-    crate::rich::for_device(&mut env, &s.device);
+    // Of per-device ciphertexts, this device gets only its own. Of a copy
+    // of what the user sent, the device that sent it gets nothing.
+    let own = env.from == s.user.as_str();
+    if !crate::rich::for_device(&mut env, &s.device, own) {
+        Box::pin(skip(s, seq, shared)).await?;
+        return Ok(ControlFlow::Continue(()));
+    }
     let span = tracing::info_span!("deliver", otel.name = "delivery deliver", stream_seq = seq);
     interop_bus::trace::set_parent_from(&span, headers.as_ref());
     span.in_scope(|| tracing::debug!(seq, "Delivering a message."));
@@ -867,11 +873,12 @@ async fn still_admitted(
 ) -> Option<i32> {
     let stored = filed_inbox(pm);
     // Key notices were checked against consent and blocks when ingest wrote
-    // them (docs/adr/0026), and are not from the user they name.
+    // them (docs/adr/0026); a copy of what the user sent is their own.
     if matches!(
         env.content,
         Some(envelope::Content::Receipt(_)) | Some(envelope::Content::KeyNotice(_))
-    ) {
+    ) || env.from == user
+    {
         return Some(stored);
     }
     let sender_provider = if pm.sender_provider.is_empty() {
@@ -915,15 +922,18 @@ async fn still_admitted(
 /// Whether the sender of `env` hears of it (`DELIVERED`, `READ`,
 /// `EXPIRED`): receipts get no receipts; a call attempt is answered by
 /// routing; a group change or a key notice is the gateway's notice, not a
-/// user's message.
-pub(crate) fn needs_delivered_receipt(env: &Envelope) -> bool {
-    !matches!(
-        env.content,
-        Some(envelope::Content::Receipt(_))
-            | Some(envelope::Content::Call(_))
-            | Some(envelope::Content::GroupChange(_))
-            | Some(envelope::Content::KeyNotice(_))
-    )
+/// user's message; a copy in its own sender's store (for their other
+/// devices) is not a delivery to anyone else. `store_key`: whose store
+/// (`recipient_key`) the message is in.
+pub(crate) fn needs_delivered_receipt(env: &Envelope, store_key: &str) -> bool {
+    !pipeline::in_senders_store(env, store_key)
+        && !matches!(
+            env.content,
+            Some(envelope::Content::Receipt(_))
+                | Some(envelope::Content::Call(_))
+                | Some(envelope::Content::GroupChange(_))
+                | Some(envelope::Content::KeyNotice(_))
+        )
 }
 
 /// Moves past a stored message that is not shown (undecodable, expired, or
@@ -1023,7 +1033,11 @@ async fn on_mark_read(
             unknown += 1;
             continue;
         };
-        if !needs_delivered_receipt(&env) {
+        let store_key = store_subject
+            .strip_prefix(interop_bus::subjects::DELIVERY_QUEUED_PREFIX)
+            .and_then(|k| k.strip_prefix('.'))
+            .unwrap_or_default();
+        if !needs_delivered_receipt(&env, store_key) {
             continue;
         }
         let original = Envelope {

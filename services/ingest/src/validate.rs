@@ -5,8 +5,8 @@ use interop_proto::address::is_provider_id;
 use interop_proto::limits::is_group_id;
 use interop_proto::limits::*;
 use interop_proto::v1::{
-    envelope::Content, Ciphertext, Encryption, Envelope, Inbox, RejectCode, RequestAction,
-    RespondToRequest, SetConsent, Text,
+    envelope::Content, Ciphertext, DeviceCiphertext, Encryption, Envelope, Inbox, RejectCode,
+    RequestAction, RespondToRequest, SetConsent, Text,
 };
 use interop_proto::Address;
 
@@ -85,6 +85,12 @@ pub fn validate_group_send(provider: &str, env: &Envelope) -> Result<Address, Re
     }
     check_group_id(&env.group_id)?;
     validate_content(env)?;
+    if ciphertext_of(env).is_some_and(|c| !c.sender_devices.is_empty()) {
+        return Err(Rejection::new(
+            MalformedFrame,
+            "sender_devices are for one-to-one sends; a group's members include the sender's devices",
+        ));
+    }
     Ok(from)
 }
 
@@ -211,6 +217,37 @@ fn check_text(t: &Text, encryption: Encryption) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// The ciphertext of a ciphertext or an edit with one.
+fn ciphertext_of(env: &Envelope) -> Option<&Ciphertext> {
+    match env.content.as_ref()? {
+        Content::Ciphertext(c) => Some(c),
+        Content::Edit(e) => e.ciphertext.as_ref(),
+        _ => None,
+    }
+}
+
+/// Per-device ciphertexts: valid, distinct device ids, each 1..=65536 bytes.
+fn check_device_ciphertexts(list: &[DeviceCiphertext]) -> Result<(), Rejection> {
+    use RejectCode::*;
+    let mut seen = std::collections::HashSet::new();
+    for d in list {
+        if !interop_proto::address::valid_device_id(&d.device_id) {
+            return Err(Rejection::new(
+                InvalidSetting,
+                "a per-device ciphertext needs a device_id of 1 to 64 [A-Za-z0-9_-]",
+            ));
+        }
+        if !seen.insert(d.device_id.as_str()) {
+            return Err(Rejection::new(
+                MalformedFrame,
+                "two ciphertexts for one device",
+            ));
+        }
+        check_ciphertext_bytes(&d.payload)?;
+    }
+    Ok(())
+}
+
 fn check_ciphertext(c: &Ciphertext, encryption: Encryption) -> Result<(), Rejection> {
     use RejectCode::*;
     if c.missing_for_device {
@@ -226,28 +263,21 @@ fn check_ciphertext(c: &Ciphertext, encryption: Encryption) -> Result<(), Reject
                 "a ciphertext has a payload for every device or one per device, not both",
             ));
         }
-        if c.devices.len() > MAX_DEVICE_CIPHERTEXTS {
+        if c.devices.len() + c.sender_devices.len() > MAX_DEVICE_CIPHERTEXTS {
             return Err(Rejection::new(
                 TooLong,
-                format!("at most {MAX_DEVICE_CIPHERTEXTS} per-device ciphertexts"),
+                format!(
+                    "at most {MAX_DEVICE_CIPHERTEXTS} per-device ciphertexts (devices and sender_devices)"
+                ),
             ));
         }
-        let mut seen = std::collections::HashSet::new();
-        for d in &c.devices {
-            if !interop_proto::address::valid_device_id(&d.device_id) {
-                return Err(Rejection::new(
-                    InvalidSetting,
-                    "a per-device ciphertext needs a device_id of 1 to 64 [A-Za-z0-9_-]",
-                ));
-            }
-            if !seen.insert(d.device_id.as_str()) {
-                return Err(Rejection::new(
-                    MalformedFrame,
-                    "two ciphertexts for one device",
-                ));
-            }
-            check_ciphertext_bytes(&d.payload)?;
-        }
+        check_device_ciphertexts(&c.devices)?;
+        check_device_ciphertexts(&c.sender_devices)?;
+    } else if !c.sender_devices.is_empty() {
+        return Err(Rejection::new(
+            MalformedFrame,
+            "sender_devices go with per-device ciphertexts (devices)",
+        ));
     } else {
         check_ciphertext_bytes(&c.payload)?;
     }
@@ -593,7 +623,10 @@ mod tests {
             device_id: id.into(),
             payload: vec![7u8; len].into(),
         };
-        let check = |devices: Vec<DeviceCiphertext>, payload: usize, missing: bool| {
+        let with_sender = |devices: Vec<DeviceCiphertext>,
+                           sender_devices: Vec<DeviceCiphertext>,
+                           payload: usize,
+                           missing: bool| {
             let mut e = text_env("x");
             e.encryption = Encryption::E2ee as i32;
             e.content = Some(Content::Ciphertext(Ciphertext {
@@ -601,10 +634,14 @@ mod tests {
                 payload: vec![1u8; payload].into(),
                 devices,
                 missing_for_device: missing,
+                sender_devices,
             }));
             validate_send("signal", Some(&e))
                 .map(|_| ())
                 .map_err(|r| r.code)
+        };
+        let check = |devices: Vec<DeviceCiphertext>, payload: usize, missing: bool| {
+            with_sender(devices, vec![], payload, missing)
         };
         let full: Vec<_> = (0..MAX_DEVICE_CIPHERTEXTS)
             .map(|i| device(&format!("d{i}"), 16))
@@ -641,6 +678,65 @@ mod tests {
         );
         assert_eq!(check(vec![], 1, true), Err(RejectCode::MalformedFrame));
         assert_eq!(check(vec![], 0, false), Err(RejectCode::EmptyContent));
+        // The sender's other devices count against the same 16, are checked
+        // the same way, and only go with per-device ciphertexts.
+        let half = |p: &str| -> Vec<_> {
+            (0..MAX_DEVICE_CIPHERTEXTS / 2)
+                .map(|i| device(&format!("{p}{i}"), 16))
+                .collect()
+        };
+        assert_eq!(with_sender(half("r"), half("s"), 0, false), Ok(()));
+        let mut over = half("s");
+        over.push(device("one-more", 16));
+        assert_eq!(
+            with_sender(half("r"), over, 0, false),
+            Err(RejectCode::TooLong)
+        );
+        // The same device id on both sides is fine: they are different users.
+        assert_eq!(
+            with_sender(vec![device("a", 1)], vec![device("a", 1)], 0, false),
+            Ok(())
+        );
+        assert_eq!(
+            with_sender(vec![device("a", 1)], vec![device("b", 0)], 0, false),
+            Err(RejectCode::EmptyContent)
+        );
+        assert_eq!(
+            with_sender(
+                vec![device("a", 1)],
+                vec![device("b", 1), device("b", 1)],
+                0,
+                false
+            ),
+            Err(RejectCode::MalformedFrame)
+        );
+        assert_eq!(
+            with_sender(vec![], vec![device("b", 1)], 1, false),
+            Err(RejectCode::MalformedFrame)
+        );
+        // Not in a group send.
+        let mut g = text_env("x");
+        g.to = String::new();
+        g.group_id = "g-0123456789abcdef0123456789abcdef".into();
+        g.encryption = Encryption::E2ee as i32;
+        g.content = Some(Content::Ciphertext(Ciphertext {
+            scheme: "olm.v1".into(),
+            devices: vec![device("a", 1)],
+            sender_devices: vec![device("b", 1)],
+            ..Default::default()
+        }));
+        assert_eq!(
+            validate_group_send("signal", &g)
+                .map(|_| ())
+                .map_err(|r| r.code),
+            Err(RejectCode::MalformedFrame)
+        );
+        g.content = Some(Content::Ciphertext(Ciphertext {
+            scheme: "olm.v1".into(),
+            devices: vec![device("a", 1)],
+            ..Default::default()
+        }));
+        assert!(validate_group_send("signal", &g).is_ok());
     }
 
     fn with(content: Content, encryption: Encryption) -> Envelope {

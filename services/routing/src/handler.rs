@@ -222,7 +222,11 @@ impl Router {
                 trace: None,
             }])
         } else {
+            // The sender's other devices' ciphertexts go to the sender's
+            // own store, not to the recipient.
+            let senders_copy = pipeline::take_sender_copy(&mut pm);
             let mut out = vec![pipeline::to_recipient_store(&pm)];
+            out.extend(senders_copy);
             out.extend(call_answer);
             Ok(out)
         }

@@ -66,6 +66,48 @@ pub fn to_recipient_store(pm: &PipelineMessage) -> Outgoing {
     }
 }
 
+/// The ciphertext of an envelope's content: a ciphertext, or an edit's.
+pub fn ciphertext_mut(env: &mut Envelope) -> Option<&mut interop_proto::v1::Ciphertext> {
+    match env.content.as_mut()? {
+        envelope::Content::Ciphertext(c) => Some(c),
+        envelope::Content::Edit(e) => e.ciphertext.as_mut(),
+        _ => None,
+    }
+}
+
+/// Takes the sender's other devices' ciphertexts (`sender_devices`) out of
+/// `pm`, so the recipient's copy goes without them, and returns the copy
+/// for the sender's own store: the same message with them as `devices`,
+/// deduplicated as `sync-<message id>`. `None` when there are none.
+pub fn take_sender_copy(pm: &mut PipelineMessage) -> Option<Outgoing> {
+    let env = pm.envelope.as_mut()?;
+    let c = ciphertext_mut(env)?;
+    if c.sender_devices.is_empty() {
+        return None;
+    }
+    let mine = std::mem::take(&mut c.sender_devices);
+    let mut copy = pm.clone();
+    let env = copy.envelope.as_mut()?;
+    let c = ciphertext_mut(env)?;
+    c.devices = mine;
+    copy.route = Some(interop_proto::v1::Route {
+        inbox: interop_proto::v1::Inbox::Unspecified as i32,
+        recipient_key: recipient_key(&env.from),
+    });
+    Some(Outgoing {
+        subject: delivery_queued(&recipient_key(&env.from)),
+        msg_id: format!("sync-{}", env.message_id),
+        payload: Bytes::from(copy.encode_to_vec()),
+        trace: None,
+    })
+}
+
+/// Whether a stored message is in its own sender's store (a copy for their
+/// other devices, [`take_sender_copy`]): it gets no receipts.
+pub fn in_senders_store(env: &Envelope, store_key: &str) -> bool {
+    recipient_key(&env.from) == store_key
+}
+
 /// The deduplication id of one recipient's copy of a message: the message
 /// id, and for a group message (one message id, one copy per member) the
 /// member's key after it.
@@ -122,4 +164,71 @@ pub fn receipt_to_sender(
 /// Whether the envelope is itself a receipt (receipts get no receipts).
 pub fn is_receipt(env: &Envelope) -> bool {
     matches!(env.content, Some(envelope::Content::Receipt(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use interop_proto::v1::{Ciphertext, DeviceCiphertext, Edit};
+
+    fn device(id: &str, byte: u8) -> DeviceCiphertext {
+        DeviceCiphertext {
+            device_id: id.into(),
+            payload: vec![byte].into(),
+        }
+    }
+
+    fn pm(content: envelope::Content) -> PipelineMessage {
+        PipelineMessage {
+            envelope: Some(Envelope {
+                message_id: "m1".into(),
+                from: "home:bob".into(),
+                to: "signal:alice".into(),
+                content: Some(content),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_senders_devices_get_their_own_copy_and_the_recipient_none_of_it() {
+        let c = Ciphertext {
+            scheme: "olm.v1".into(),
+            devices: vec![device("phone", 1)],
+            sender_devices: vec![device("laptop", 2)],
+            ..Default::default()
+        };
+        for content in [
+            envelope::Content::Ciphertext(c.clone()),
+            envelope::Content::Edit(Edit {
+                target_message_id: "m0".into(),
+                ciphertext: Some(c.clone()),
+                ..Default::default()
+            }),
+        ] {
+            let mut recipients = pm(content);
+            let out = take_sender_copy(&mut recipients).expect("a copy for the sender");
+            assert_eq!(out.subject, delivery_queued(&recipient_key("home:bob")));
+            assert_eq!(out.msg_id, "sync-m1");
+            let mut env = recipients.envelope.unwrap();
+            let theirs = ciphertext_mut(&mut env).unwrap();
+            assert!(theirs.sender_devices.is_empty());
+            assert_eq!(theirs.devices, vec![device("phone", 1)]);
+            let mut copy = decode(&out.payload).unwrap().envelope.unwrap();
+            assert!(in_senders_store(&copy, &recipient_key("home:bob")));
+            assert!(!in_senders_store(&copy, &recipient_key("signal:alice")));
+            let mine = ciphertext_mut(&mut copy).unwrap();
+            assert_eq!(mine.devices, vec![device("laptop", 2)]);
+            assert!(mine.sender_devices.is_empty());
+        }
+        // Without sender devices: nothing to copy, nothing changed.
+        let mut plain = pm(envelope::Content::Ciphertext(Ciphertext {
+            sender_devices: vec![],
+            ..c
+        }));
+        let before = plain.clone();
+        assert!(take_sender_copy(&mut plain).is_none());
+        assert_eq!(plain, before);
+    }
 }

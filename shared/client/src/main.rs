@@ -136,8 +136,9 @@ enum Command {
         #[arg(long)]
         ciphertext_b64: Option<String>,
         /// Encrypt --text end to end (Olm) for every device of the
-        /// recipient, with keys from the gateway's key directory; publishes
-        /// this device's keys first if needed (the sender must have opted in).
+        /// recipient and the sender's other devices, with keys from the
+        /// gateway's key directory; publishes this device's keys first if
+        /// needed (the sender must have opted in).
         #[arg(long, requires = "text")]
         e2ee: bool,
         /// This machine's device id for --e2ee.
@@ -973,15 +974,19 @@ async fn e2ee_ciphertext(
     let mut me = LocalDevice::open(&ctx.keys_dir()?, from, device)?;
     olm::ensure_published(sender, &mut me, from, device).await?;
     let per_device = olm::encrypt_for(sender, &mut me, from, to, text.as_bytes()).await?;
-    Ok(Ciphertext {
-        scheme: olm::SCHEME.into(),
-        devices: per_device
-            .into_iter()
+    let own = olm::encrypt_for_own_devices(sender, &mut me, from, device, text.as_bytes()).await?;
+    let list = |l: Vec<(String, Ciphertext)>| {
+        l.into_iter()
             .map(|(device_id, c)| interop_proto::v1::DeviceCiphertext {
                 device_id,
                 payload: c.payload,
             })
-            .collect(),
+            .collect()
+    };
+    Ok(Ciphertext {
+        scheme: olm::SCHEME.into(),
+        devices: list(per_device),
+        sender_devices: list(own),
         ..Default::default()
     })
 }

@@ -460,10 +460,38 @@ pub async fn encrypt_for(
     to: &str,
     plaintext: &[u8],
 ) -> Result<Vec<(String, Ciphertext)>, E2eeError> {
-    let devices = done("ListDevices", s.list_devices(from, to).await?)?;
-    if devices.devices.is_empty() {
+    let out = encrypt_for_devices(s, me, from, to, None, plaintext).await?;
+    if out.is_empty() {
         return Err(E2eeError::NoDevices(to.to_owned()));
     }
+    Ok(out)
+}
+
+/// Encrypts `plaintext` for `from`'s other devices than `own_device` (this
+/// one), for `Ciphertext.sender_devices`: their copy of what this device
+/// sent. Empty when the user has no other device.
+pub async fn encrypt_for_own_devices(
+    s: &crate::Sender,
+    me: &mut LocalDevice,
+    from: &str,
+    own_device: &str,
+    plaintext: &[u8],
+) -> Result<Vec<(String, Ciphertext)>, E2eeError> {
+    encrypt_for_devices(s, me, from, from, Some(own_device), plaintext).await
+}
+
+async fn encrypt_for_devices(
+    s: &crate::Sender,
+    me: &mut LocalDevice,
+    from: &str,
+    to: &str,
+    skip: Option<&str>,
+    plaintext: &[u8],
+) -> Result<Vec<(String, Ciphertext)>, E2eeError> {
+    let mut devices = done("ListDevices", s.list_devices(from, to).await?)?;
+    devices
+        .devices
+        .retain(|d| Some(d.device_id.as_str()) != skip);
     let mut out = Vec::with_capacity(devices.devices.len());
     let mut missing = Vec::new();
     for d in &devices.devices {

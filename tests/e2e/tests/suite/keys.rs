@@ -486,11 +486,121 @@ async fn each_device_decrypts_its_own_ciphertext_and_a_device_without_one_is_tol
     assert_eq!(reply.len(), 1);
     let (_, reply) = reply.into_iter().next().unwrap();
     home.send(e2ee("r1", BOB, ALICE, reply)).await.unwrap();
+    // Alice fetched Bob's keys before his tablet was published, so she was
+    // told (as text: signal's record does not declare key notices).
+    let told = next_acked(&mut alice_rx).await.envelope;
+    assert_eq!(told.from, BOB);
+    assert!(
+        matches!(&told.content, Some(Content::Text(t)) if t.body.contains("added a device")),
+        "{told:?}"
+    );
     let got = ciphertext_of(&next_acked(&mut alice_rx).await);
     let plain = decrypt_from(&signal, &mut alice, ALICE, BOB, &got)
         .await
         .unwrap();
     assert_eq!(plain, b"hi from the phone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_senders_other_devices_get_their_own_copy_and_the_recipient_none_of_it() {
+    use interop_client::olm::{
+        decrypt_from, encrypt_for, encrypt_for_own_devices, ensure_published, LocalDevice,
+    };
+    use interop_proto::v1::{DeviceCiphertext, ReceiptStatus};
+    let c = Cluster::start().await;
+    let (home, signal) = (
+        sender(&c, "home", HOME_TOKEN).await,
+        sender(&c, "signal", SIGNAL_TOKEN).await,
+    );
+    home.set_consent(BOB, true, &["signal"]).await.unwrap();
+    signal.set_consent(ALICE, true, &["home"]).await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let mut phone = LocalDevice::open(root.path(), BOB, "phone").unwrap();
+    let mut cli = LocalDevice::open(root.path(), ALICE, "cli").unwrap();
+    let mut tablet = LocalDevice::open(root.path(), ALICE, "tablet").unwrap();
+    ensure_published(&home, &mut phone, BOB, "phone")
+        .await
+        .unwrap();
+    for (d, id) in [(&mut cli, "cli"), (&mut tablet, "tablet")] {
+        ensure_published(&signal, d, ALICE, id).await.unwrap();
+    }
+    let list = |l: Vec<(String, Ciphertext)>| -> Vec<DeviceCiphertext> {
+        l.into_iter()
+            .map(|(device_id, c)| DeviceCiphertext {
+                device_id,
+                payload: c.payload,
+            })
+            .collect()
+    };
+    // Alice's cli encrypts for Bob's phone and for her own tablet.
+    let theirs = encrypt_for(&signal, &mut cli, ALICE, BOB, b"lunch?")
+        .await
+        .unwrap();
+    let own = encrypt_for_own_devices(&signal, &mut cli, ALICE, "cli", b"lunch?")
+        .await
+        .unwrap();
+    assert_eq!(own.len(), 1, "the tablet only, never the sending device");
+    let connect = |p: &'static str, t: &'static str, u: &'static str, d: &'static str| {
+        Receiver::connect(&c.gateway.delivery_url, p, t, u, d)
+    };
+    let mut bob_rx = connect("home", HOME_TOKEN, BOB, "phone").await.unwrap();
+    let mut cli_rx = connect("signal", SIGNAL_TOKEN, ALICE, "cli").await.unwrap();
+    let mut tablet_rx = connect("signal", SIGNAL_TOKEN, ALICE, "tablet")
+        .await
+        .unwrap();
+    let sent = signal
+        .send(e2ee(
+            "m1",
+            ALICE,
+            BOB,
+            Ciphertext {
+                scheme: olm::SCHEME.into(),
+                devices: list(theirs),
+                sender_devices: list(own),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let SendOutcome::Accepted(accepted) = sent else {
+        panic!("{sent:?}")
+    };
+
+    // Bob's phone: its own ciphertext, nothing of Alice's devices'.
+    let got = next_acked(&mut bob_rx).await;
+    let for_bob = ciphertext_of(&got);
+    assert!(for_bob.devices.is_empty() && for_bob.sender_devices.is_empty());
+    let plain = decrypt_from(&home, &mut phone, BOB, ALICE, &for_bob)
+        .await
+        .unwrap();
+    assert_eq!(plain, b"lunch?");
+    // Alice's tablet: the same message (its id, from Alice to Bob), with
+    // its own ciphertext, which it decrypts.
+    let synced = next_acked(&mut tablet_rx).await;
+    assert_eq!(synced.envelope.message_id, accepted.message_id);
+    assert_eq!(
+        (synced.envelope.from.as_str(), synced.envelope.to.as_str()),
+        (ALICE, BOB)
+    );
+    let for_tablet = ciphertext_of(&synced);
+    assert!(!for_tablet.missing_for_device);
+    let plain = decrypt_from(&signal, &mut tablet, ALICE, ALICE, &for_tablet)
+        .await
+        .unwrap();
+    assert_eq!(plain, b"lunch?");
+    // The sending device gets no copy; its user hears one DELIVERED
+    // receipt, from Bob's device, not from her own tablet.
+    let receipt = within("a receipt", cli_rx.next()).await.unwrap();
+    cli_rx.ack(&[receipt.delivery_tag]).await.unwrap();
+    match &receipt.envelope.content {
+        Some(Content::Receipt(r)) => {
+            assert_eq!(r.message_id, accepted.message_id);
+            assert_eq!(r.status, ReceiptStatus::Delivered as i32);
+        }
+        other => panic!("not a receipt: {other:?}"),
+    }
+    assert_eq!(receipt.envelope.from, BOB);
+    crate::common::nothing_within(&mut cli_rx, 500).await;
 }
 
 /// Runs the `interop` CLI with `args` (plus the gateway's URLs and the keys
