@@ -59,6 +59,36 @@ struct Args {
     /// Burst above that rate one sender may send.
     #[arg(long, env = "INTEROP_INGEST_SENDER_BURST", default_value_t = 40)]
     sender_burst: u32,
+    /// Key-directory fetches (bundles, KeyPackages per user) per second one
+    /// provider may make.
+    #[arg(
+        long,
+        env = "INTEROP_INGEST_KEY_FETCH_PROVIDER_MAX_PER_SECOND",
+        default_value_t = interop_ingest::DEFAULT_KEY_FETCH_PROVIDER_LIMIT.per_second
+    )]
+    key_fetch_provider_max_per_second: f64,
+    /// Burst above that rate.
+    #[arg(
+        long,
+        env = "INTEROP_INGEST_KEY_FETCH_PROVIDER_BURST",
+        default_value_t = interop_ingest::DEFAULT_KEY_FETCH_PROVIDER_LIMIT.burst
+    )]
+    key_fetch_provider_burst: u32,
+    /// Key-directory fetches per second one requesting user may make (what
+    /// stops a script draining someone's one-time prekeys).
+    #[arg(
+        long,
+        env = "INTEROP_INGEST_KEY_FETCH_USER_MAX_PER_SECOND",
+        default_value_t = interop_ingest::DEFAULT_KEY_FETCH_USER_LIMIT.per_second
+    )]
+    key_fetch_user_max_per_second: f64,
+    /// Burst above that rate.
+    #[arg(
+        long,
+        env = "INTEROP_INGEST_KEY_FETCH_USER_BURST",
+        default_value_t = interop_ingest::DEFAULT_KEY_FETCH_USER_LIMIT.burst
+    )]
+    key_fetch_user_burst: u32,
 }
 
 fn exit_config(e: impl std::fmt::Display) -> ! {
@@ -87,6 +117,11 @@ async fn main() {
     for (rate, burst) in [
         (args.provider_max_per_second, args.provider_burst),
         (args.sender_max_per_second, args.sender_burst),
+        (
+            args.key_fetch_provider_max_per_second,
+            args.key_fetch_provider_burst,
+        ),
+        (args.key_fetch_user_max_per_second, args.key_fetch_user_burst),
     ] {
         if !(rate > 0.0 && rate.is_finite()) || burst == 0 {
             exit_config("rate limits must be positive");
@@ -99,6 +134,14 @@ async fn main() {
     config.sender_limit = interop_ingest::RateLimit {
         per_second: args.sender_max_per_second,
         burst: args.sender_burst,
+    };
+    config.key_fetch_provider_limit = interop_ingest::RateLimit {
+        per_second: args.key_fetch_provider_max_per_second,
+        burst: args.key_fetch_provider_burst,
+    };
+    config.key_fetch_user_limit = interop_ingest::RateLimit {
+        per_second: args.key_fetch_user_max_per_second,
+        burst: args.key_fetch_user_burst,
     };
     if let Some(path) = &args.admin_token_file {
         let token = std::fs::read_to_string(path)
