@@ -489,21 +489,7 @@ impl Stack {
         let (n, r) = (nats.url(), redis.url());
         let registry = Arc::new(registry);
         let shutdown = CancellationToken::new();
-        let l = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding ingest");
-        let addr = l.local_addr().expect("bound");
-        let mut config = interop_ingest::Config::new(l, registry.clone());
-        let unlimited = interop_ingest::RateLimit {
-            per_second: 100_000.0,
-            burst: 100_000,
-        };
-        config.sender_limit = unlimited;
-        config.default_provider_limit = unlimited;
-        config.streams = streams.clone();
-        let d = connect_service(&n, &r, "ingest").await;
-        let s = shutdown.clone();
-        tokio::spawn(async move { interop_ingest::run(config, d, s).await });
+        let ingest_url = start_ingest(&n, &r, &registry, &streams, &shutdown).await;
         let spam = interop_spam_scoring::Config {
             policy: {
                 let mut p = interop_spam_scoring::Policy::default();
@@ -522,15 +508,27 @@ impl Stack {
             streams: streams.clone(),
         };
         tokio::spawn(async move { interop_routing::run(routing, d, s).await });
-        wait_listening(&addr.to_string()).await;
         Self {
             nats,
             redis,
-            ingest_url: format!("ws://{addr}/v1/ws"),
+            ingest_url,
             registry,
             streams,
             shutdown,
         }
+    }
+
+    /// Starts one more ingest instance (a replica: same servers, registry
+    /// and settings); its WebSocket URL.
+    pub async fn ingest(&self) -> String {
+        start_ingest(
+            &self.nats.url(),
+            &self.redis.url(),
+            &self.registry,
+            &self.streams,
+            &self.shutdown,
+        )
+        .await
     }
 
     /// Starts one more delivery instance.
@@ -554,6 +552,33 @@ impl Stack {
             task,
         }
     }
+}
+
+/// An ingest with send limits high enough for volume, listening; its URL.
+async fn start_ingest(
+    nats_url: &str,
+    redis_url: &str,
+    registry: &Arc<Registry>,
+    streams: &interop_bus::StreamSettings,
+    shutdown: &CancellationToken,
+) -> String {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding ingest");
+    let addr = l.local_addr().expect("bound");
+    let mut config = interop_ingest::Config::new(l, registry.clone());
+    let unlimited = interop_ingest::RateLimit {
+        per_second: 100_000.0,
+        burst: 100_000,
+    };
+    config.sender_limit = unlimited;
+    config.default_provider_limit = unlimited;
+    config.streams = streams.clone();
+    let d = connect_service(nats_url, redis_url, "ingest").await;
+    let s = shutdown.clone();
+    tokio::spawn(async move { interop_ingest::run(config, d, s).await });
+    wait_listening(&addr.to_string()).await;
+    format!("ws://{addr}/v1/ws")
 }
 
 impl Drop for Stack {

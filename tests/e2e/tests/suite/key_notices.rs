@@ -196,3 +196,73 @@ async fn owners_hear_of_low_keys_once_and_fetchers_hear_of_changed_keys() {
         other => panic!("a forged key notice was not refused: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_fetches_through_two_ingest_replicas_share_no_key_and_tell_the_owner_once() {
+    let stack = Stack::start(registry_with_key_notices(), Default::default()).await;
+    let replicas = [stack.ingest_url.clone(), stack.ingest().await];
+    let delivery = stack.delivery().await;
+    let home = Sender::connect(&replicas[0], "home", HOME_TOKEN)
+        .await
+        .unwrap();
+    home.set_consent(BOB, true, &["signal"]).await.unwrap();
+    let mut phone = Account::new();
+    for first in [1, 101, 201] {
+        publish(&home, &mut phone, "phone", 100, first).await;
+    }
+    let mut bob_rx = Receiver::connect(&delivery.url, "home", HOME_TOKEN, BOB, "phone")
+        .await
+        .unwrap();
+    // Two connections to each replica; 40 requesting users, 25 fetches
+    // each (under one user's burst of 50), all at once.
+    let mut conns = Vec::new();
+    for i in 0..4 {
+        conns.push(std::sync::Arc::new(
+            Sender::connect(&replicas[i % 2], "signal", SIGNAL_TOKEN)
+                .await
+                .unwrap(),
+        ));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..1000usize {
+        let conn = conns[i % conns.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let requester = format!("signal:req{}", i % 40);
+            let b = conn
+                .fetch_bundles(&requester, BOB, &[])
+                .await
+                .unwrap()
+                .done()
+                .unwrap();
+            b.bundles[0].one_time_prekey.as_ref().map(|k| k.key_id)
+        }));
+    }
+    let (mut claimed, mut last_resort) = (Vec::new(), 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Some(id) => claimed.push(id),
+            None => last_resort += 1,
+        }
+    }
+    let unique: std::collections::HashSet<u32> = claimed.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        claimed.len(),
+        "a one-time prekey went out twice"
+    );
+    assert_eq!(
+        claimed.len(),
+        300,
+        "every key goes out before the last resort"
+    );
+    assert_eq!(last_resort, 700);
+    // Both replicas saw the pool run low and then empty; the owner is told
+    // once (one notice per top-up, whichever replica wrote it).
+    let low = notice(&next_acked(&mut bob_rx).await.envelope);
+    assert_eq!(
+        (low.kind(), low.device_id.as_str()),
+        (Kind::OneTimePrekeysLow, "phone")
+    );
+    assert!(low.left < 10, "{low:?}");
+    nothing_within(&mut bob_rx, 1000).await;
+}
