@@ -29,10 +29,14 @@
 
 #![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use prost::Message as _;
+use tokio::sync::oneshot;
 use tracing::warn;
 
 use interop_bus::subjects::{
@@ -53,13 +57,16 @@ const KP: &str = "kp";
 /// Tries at a compare-and-set of a user's entry before giving up (another
 /// writer won each time).
 const CAS_ATTEMPTS: usize = 16;
-/// Messages a claim looks at before it takes the last-resort key: reached
-/// only when that many other fetchers took each key it looked at first.
-const CLAIM_ATTEMPTS: usize = 64;
-/// How far past a key it lost a race for a claim jumps (at random, up to
-/// this), so that many fetchers of one device spread over its pool instead
-/// of all contending for the next key.
-const CLAIM_SPREAD: u64 = 16;
+/// Keys one batch claim takes at most (for as many waiting fetches).
+const MAX_BATCH: usize = 32;
+/// Read-and-purge rounds a batch claim makes before it gives up as
+/// unavailable (not with the last-resort key): each round that gets nothing
+/// means another claimer took keys, so this is reached only under a storm
+/// of claimers on one device while keys keep arriving.
+const CLAIM_ROUNDS: usize = 1_000;
+
+/// A claim waiting for its key: `None` when the pool is empty.
+type Waiter = oneshot::Sender<Result<Option<Bytes>, KeysError>>;
 
 /// Why a directory operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +130,9 @@ pub struct KeyDirectory {
     js: jetstream::Context,
     devices: stream::Stream,
     pool: stream::Stream,
+    /// Claims waiting per pool subject; a pool is here while a driver runs
+    /// its claims.
+    claims: Arc<Mutex<HashMap<String, Vec<Waiter>>>>,
 }
 
 impl KeyDirectory {
@@ -136,7 +146,12 @@ impl KeyDirectory {
             .get_stream(STREAM_KEYS_POOL)
             .await
             .map_err(|e| unavailable("opening the key pool stream", e))?;
-        Ok(Self { js, devices, pool })
+        Ok(Self {
+            js,
+            devices,
+            pool,
+            claims: Arc::default(),
+        })
     }
 
     fn devices_subject(user: &str) -> String {
@@ -345,44 +360,169 @@ impl KeyDirectory {
             .map_err(|e| unavailable("storing a key", e))
     }
 
-    /// Claims one key of a pool: it is deleted from the pool, so no other
+    /// Claims one key of a pool: it is purged from the pool, so no other
     /// fetcher gets it. `None` when the pool is empty.
+    ///
+    /// Concurrent claims of one pool in this instance are coalesced: one
+    /// batch claim runs at a time per pool and takes a key for each claim
+    /// that waited for it ([`claim_batch`](Self::claim_batch)), so they do
+    /// not race each other for the first key.
     async fn claim(&self, subject: &str) -> Result<Option<Bytes>, KeysError> {
-        use async_nats::jetstream::stream::DirectGetErrorKind;
-        let mut from: Option<u64> = None;
-        for _ in 0..CLAIM_ATTEMPTS {
-            let msg = match self.pool.direct_get_next_for_subject(subject, from).await {
-                Ok(m) => m,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
-                    if from.is_none() {
-                        return Ok(None);
-                    }
-                    // Past the last key after jumping ahead: look again from
-                    // the start, where keys the jump skipped may be.
-                    from = None;
-                    continue;
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+            match claims.get_mut(subject) {
+                Some(waiting) => {
+                    waiting.push(tx);
+                    false
                 }
-                Err(e) => return Err(unavailable("reading a key pool", e)),
-            };
-            match self.pool.delete_message(msg.sequence).await {
-                Ok(true) => return Ok(Some(msg.payload)),
-                // Another fetcher deleted it first (JetStream answers "no
-                // message found"): take another, a little further on.
-                Ok(false) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        async_nats::jetstream::stream::DeleteMessageErrorKind::JetStream(_)
-                    ) => {}
-                Err(e) => return Err(unavailable("claiming a key", e)),
+                None => {
+                    claims.insert(subject.to_owned(), vec![tx]);
+                    true
+                }
             }
-            from = Some(msg.sequence + 1 + rand::random_range(0..CLAIM_SPREAD));
+        };
+        if start {
+            // A task of its own, so a caller that gives up (a closed
+            // connection) does not strand the claims queued behind it.
+            tokio::spawn(self.clone().drive_claims(subject.to_owned()));
         }
-        warn!(
-            attempts = CLAIM_ATTEMPTS,
-            "Every key a claim looked at was taken by another fetcher; handing out the last-resort key."
-        );
-        Ok(None)
+        rx.await
+            .map_err(|_| KeysError::Unavailable("a key claim was interrupted".into()))?
+    }
+
+    /// Runs batch claims of one pool for the claims queued in this instance
+    /// until none is left.
+    async fn drive_claims(self, subject: String) {
+        // Removes the pool's queue however this ends (a panic too), so a
+        // later claim starts a new driver; queued claims then see their
+        // sender dropped and fail as unavailable.
+        struct Done<'a>(&'a Mutex<HashMap<String, Vec<Waiter>>>, &'a str);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(self.1);
+            }
+        }
+        let _done = Done(&self.claims, &subject);
+        // Keys claimed for waiters that left before they were answered:
+        // handed to the next waiters.
+        let mut spare: Vec<Bytes> = Vec::new();
+        loop {
+            let batch: Vec<Waiter> = {
+                let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(waiting) = claims.get_mut(&subject) else {
+                    return;
+                };
+                waiting.retain(|w| !w.is_closed());
+                if waiting.is_empty() {
+                    if !spare.is_empty() {
+                        warn!(
+                            keys = spare.len(),
+                            "Claimed keys whose fetchers left are lost; the owner's pool count shows it."
+                        );
+                    }
+                    return;
+                }
+                let n = waiting.len().min(MAX_BATCH);
+                waiting.drain(..n).collect()
+            };
+            let wanted = batch.len().saturating_sub(spare.len());
+            let (mut keys, outcome) = if wanted == 0 {
+                (Vec::new(), Ok(()))
+            } else {
+                self.claim_batch(&subject, wanted).await
+            };
+            keys.splice(0..0, spare.drain(..));
+            let mut keys = keys.into_iter();
+            for w in batch {
+                let answer = match keys.next() {
+                    Some(k) => Ok(Some(k)),
+                    None => match &outcome {
+                        Ok(()) => Ok(None),
+                        Err(e) => Err(KeysError::Unavailable(e.clone())),
+                    },
+                };
+                if let Err(Ok(Some(k))) = w.send(answer) {
+                    spare.push(k);
+                }
+            }
+            spare.extend(keys);
+        }
+    }
+
+    /// Claims up to `n` keys of a pool in as few requests as it can: reads
+    /// the pool's first `n` keys (direct gets, which any replica answers),
+    /// then purges the pool's messages below the last one read (`purge`
+    /// with the pool's subject as filter and a sequence), which the stream's
+    /// leader does atomically and answers with how many it removed.
+    ///
+    /// Every claimer only ever purges a prefix of a pool, and the stream's
+    /// limits drop its oldest keys, so a pool is always a suffix of the keys
+    /// published to it: of the keys read, the purge removed the last
+    /// `purged` (the others were gone already, taken by another claimer),
+    /// and those are this claim's. Keys published meanwhile have higher
+    /// sequences and are not touched. A claim that got fewer than `n` reads
+    /// on, so it gives up only when the pool is empty.
+    ///
+    /// What it got, and `Ok` when it stopped at an empty pool (the rest get
+    /// the last-resort key) or the error that stopped it.
+    async fn claim_batch(&self, subject: &str, n: usize) -> (Vec<Bytes>, Result<(), String>) {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        let mut got = Vec::with_capacity(n);
+        for _ in 0..CLAIM_ROUNDS {
+            let want = n - got.len();
+            let mut read = Vec::with_capacity(want);
+            let mut from = None;
+            while read.len() < want {
+                match self.pool.direct_get_next_for_subject(subject, from).await {
+                    Ok(m) => {
+                        from = Some(m.sequence + 1);
+                        read.push(m);
+                    }
+                    Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+                    Err(e) => return (got, Err(format!("reading a key pool: {e}"))),
+                }
+            }
+            let Some(last) = read.last() else {
+                return (got, Ok(()));
+            };
+            let purged = match self
+                .pool
+                .purge()
+                .filter(subject)
+                .sequence(last.sequence + 1)
+                .await
+            {
+                Ok(r) => r.purged as usize,
+                Err(e) => return (got, Err(format!("claiming keys: {e}"))),
+            };
+            if purged > read.len() {
+                // Cannot happen while every claimer purges prefixes; if it
+                // does (a claimer deleting single keys), none of these keys
+                // can be told apart from another claimer's.
+                warn!(
+                    purged,
+                    read = read.len(),
+                    "A claim purged more keys than it read; handing none of them out."
+                );
+                continue;
+            }
+            let short = read.len() < want;
+            let first = read.len() - purged;
+            got.extend(read.drain(first..).map(|m| m.payload));
+            if got.len() == n || (short && purged > 0 && first == 0) {
+                // All wanted, or the pool ran out at the read and all of it
+                // was this claim's.
+                return (got, Ok(()));
+            }
+        }
+        (
+            got,
+            Err("claims of this pool kept losing to other claimers; retry".into()),
+        )
     }
 
     /// Counts a pool after a claim that may have left it low; `Some` when
@@ -450,9 +590,9 @@ impl KeyDirectory {
                 None => None,
             };
             let generation = u64::from(d.max_one_time_prekey_id);
-            let near_end = one_time_prekey.as_ref().is_none_or(|k| {
-                u64::from(k.key_id) + LOW_ONE_TIME_PREKEYS as u64 > generation
-            });
+            let near_end = one_time_prekey
+                .as_ref()
+                .is_none_or(|k| u64::from(k.key_id) + LOW_ONE_TIME_PREKEYS as u64 > generation);
             if near_end {
                 if let Some(low) = self
                     .check_low(user, &keys.device_id, Pool::OneTimePrekeys, generation)

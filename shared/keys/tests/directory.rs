@@ -269,3 +269,181 @@ async fn key_packages_are_claimed_once_then_the_last_resort_one() {
     got[..2].sort_unstable();
     assert_eq!(got, vec![(1, false), (2, false), (7, true)]);
 }
+
+/// Fetches `n` bundles of BOB's "phone" at once, spread over `dirs`; the
+/// one-time prekey ids handed out and how many got the last-resort key.
+async fn storm(dirs: &[KeyDirectory], n: usize) -> (Vec<u32>, usize) {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let dir = dirs[i % dirs.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let f = dir.fetch_bundles(BOB, &[]).await.unwrap();
+            f.items[0].one_time_prekey.as_ref().map(|k| k.key_id)
+        }));
+    }
+    let (mut claimed, mut last_resort) = (Vec::new(), 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Some(id) => claimed.push(id),
+            None => last_resort += 1,
+        }
+    }
+    (claimed, last_resort)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_claims_take_every_key_in_order_before_the_last_resort_one() {
+    // The reverted random-start claim (ADR 25) fell back to the last-resort
+    // key 3 times in 200 sequential claims while keys were left.
+    let nats = NatsServer::start();
+    let dir = directory(&nats).await;
+    for first in [1, 101] {
+        dir.publish(BOB, &publish("phone", first..=first + 99))
+            .await
+            .unwrap();
+    }
+    for expected in 1..=200 {
+        let f = dir.fetch_bundles(BOB, &[]).await.unwrap();
+        let got = f.items[0].one_time_prekey.as_ref().map(|k| k.key_id);
+        assert_eq!(got, Some(expected));
+    }
+    let f = dir.fetch_bundles(BOB, &[]).await.unwrap();
+    assert!(f.items[0].one_time_prekey.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_through_four_replicas_never_give_up_while_keys_are_left() {
+    // More fetches than keys, through four instances (each coalescing its
+    // own claims into batches that race the other three): every key goes
+    // to exactly one fetch, and a fetch gets the last-resort key only once
+    // all are gone. Keys published during the storm are claimed too.
+    let nats = NatsServer::start();
+    let mut dirs = Vec::new();
+    for _ in 0..4 {
+        dirs.push(directory(&nats).await);
+    }
+    for first in [1, 101, 201, 301] {
+        dirs[0]
+            .publish(BOB, &publish("phone", first..=first + 99))
+            .await
+            .unwrap();
+    }
+    let top_up = {
+        let dir = dirs[1].clone();
+        tokio::spawn(async move { dir.publish(BOB, &publish("phone", 401..=500)).await })
+    };
+    let (claimed, _) = storm(&dirs, 450).await;
+    top_up.await.unwrap().unwrap();
+    let (more, last_resort) = storm(&dirs, 150).await;
+    let all: Vec<u32> = claimed.into_iter().chain(more).collect();
+    let unique: HashSet<u32> = all.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        all.len(),
+        "a one-time prekey was handed out twice"
+    );
+    assert_eq!(
+        all.len(),
+        500,
+        "every key is handed out before the last resort"
+    );
+    assert_eq!(last_resort, 100);
+    assert_eq!(dir_counts(&dirs[0]).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_hand_out_each_key_once_across_a_stream_leader_change() {
+    // Three nodes, the streams replicated on all; two instances on different
+    // nodes claim while the pool stream's leader is stopped. A claim may
+    // fail as unavailable during the election (the caller retries), and a
+    // key whose purge answer was lost is never handed out: no key twice.
+    let mut cluster = interop_test_support::NatsCluster::start(3);
+    let settings = interop_bus::StreamSettings {
+        replicas: 3,
+        ..Default::default()
+    };
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let client = interop_bus::connect(&cluster.urls(), "keys-test")
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client);
+        interop_bus::ensure_streams(&js, &settings).await.unwrap();
+        dirs.push(KeyDirectory::open(js).await.unwrap());
+    }
+    for first in [1, 101, 201] {
+        dirs[0]
+            .publish(BOB, &publish("phone", first..=first + 99))
+            .await
+            .unwrap();
+    }
+    let client = interop_bus::connect(&cluster.urls(), "keys-test")
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut pool = js
+        .get_stream(interop_bus::subjects::STREAM_KEYS_POOL)
+        .await
+        .unwrap();
+    let leader = pool
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .unwrap();
+    let leader = (0..cluster.len())
+        .find(|&i| cluster.name(i) == leader)
+        .unwrap();
+    let fetch = |dir: KeyDirectory| async move {
+        // Retried while unavailable, as a provider would.
+        for _ in 0..100 {
+            match dir.fetch_bundles(BOB, &[]).await {
+                Ok(f) => return f.items[0].one_time_prekey.as_ref().map(|k| k.key_id),
+                Err(KeysError::Unavailable(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the directory stayed unavailable");
+    };
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let dir = dirs[i % 2].clone();
+        tasks.push(tokio::spawn(fetch(dir)));
+        if i == 50 {
+            cluster.stop_node(leader);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let mut claimed = Vec::new();
+    for t in tasks {
+        claimed.extend(t.await.unwrap());
+    }
+    let unique: HashSet<u32> = claimed.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        claimed.len(),
+        "a one-time prekey was handed out twice"
+    );
+    cluster.restart_node(leader);
+    // What is left is claimed once too, and nothing beyond a lost purge
+    // answer (at most one batch per instance) is missing.
+    let mut rest = Vec::new();
+    while let Some(id) = fetch(dirs[0].clone()).await {
+        rest.push(id);
+    }
+    let all: HashSet<u32> = claimed.iter().chain(&rest).copied().collect();
+    assert_eq!(
+        all.len(),
+        claimed.len() + rest.len(),
+        "a one-time prekey was handed out twice"
+    );
+    assert!(
+        all.len() >= 300 - 2 * 32,
+        "{} of 300 keys handed out",
+        all.len()
+    );
+}
