@@ -30,17 +30,19 @@
 #![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt as _, TryStreamExt};
 use prost::Message as _;
 use tokio::sync::oneshot;
 use tracing::warn;
 
 use interop_bus::subjects::{
-    keys_pool, KEYS_DEVICES_PREFIX, STREAM_KEYS_DEVICES, STREAM_KEYS_POOL,
+    keys_pool, KEYS_DEVICES_ALL, KEYS_DEVICES_PREFIX, STREAM_KEYS_DEVICES, STREAM_KEYS_POOL,
 };
 use interop_proto::keys::{
     check_publish, KeyRejection, LOW_KEY_PACKAGES, LOW_ONE_TIME_PREKEYS, MAX_DEVICES_PER_USER,
@@ -133,6 +135,76 @@ pub struct KeyDirectory {
     /// Claims waiting per pool subject; a pool is here while a driver runs
     /// its claims.
     claims: Arc<Mutex<HashMap<String, Vec<Waiter>>>>,
+    /// Users' devices as fetches last read them (see [`DeviceCache`]).
+    cache: Arc<DeviceCache>,
+}
+
+/// How long a fetch may use a user's devices read before, in one instance:
+/// the bound on serving a changed or erased device list if this instance
+/// missed the change's notification (a dropped NATS connection loses
+/// them). Normally a write drops the copy as soon as its notification
+/// arrives.
+pub const DEVICE_CACHE_TTL: Duration = Duration::from_secs(1);
+/// After a change notification for a user, reads of their devices are not
+/// kept for this long: on a replicated stream the notification can arrive
+/// before the write is stored on the replica a read asks.
+const DEVICE_CACHE_SETTLE: Duration = Duration::from_millis(250);
+/// Users kept at most; beyond it, the cache is cleared.
+const DEVICE_CACHE_USERS: usize = 100_000;
+
+/// Each instance's copy of users' devices for fetches (ADR 25). Every write
+/// of a user's devices (publish, remove_device, and erase_user, which
+/// writes an empty list before purging) is a message on
+/// `interop.v1.keys.devices.<user key>`; each instance subscribes to those
+/// subjects with core NATS and drops the user's copy when one arrives.
+/// Publishes, removals and device lists read the stream itself.
+#[derive(Default)]
+struct DeviceCache {
+    entries: Mutex<HashMap<String, CachedDevices>>,
+    /// Bumped by every change notification: a read that started before one
+    /// is not kept.
+    changes: AtomicU64,
+}
+
+enum CachedDevices {
+    Read(Arc<StoredDevices>, Instant),
+    /// A change arrived at this instant: not cached until it settles.
+    Changed(Instant),
+}
+
+impl DeviceCache {
+    fn get(&self, subject: &str) -> Option<Arc<StoredDevices>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match entries.get(subject) {
+            Some(CachedDevices::Read(d, at)) if at.elapsed() < DEVICE_CACHE_TTL => Some(d.clone()),
+            _ => None,
+        }
+    }
+
+    fn keep(&self, subject: &str, devices: Arc<StoredDevices>, changes_before: u64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if self.changes.load(Ordering::SeqCst) != changes_before {
+            return;
+        }
+        if let Some(CachedDevices::Changed(at)) = entries.get(subject) {
+            if at.elapsed() < DEVICE_CACHE_SETTLE {
+                return;
+            }
+        }
+        if entries.len() >= DEVICE_CACHE_USERS {
+            entries.clear();
+        }
+        entries.insert(
+            subject.to_owned(),
+            CachedDevices::Read(devices, Instant::now()),
+        );
+    }
+
+    fn changed(&self, subject: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        entries.insert(subject.to_owned(), CachedDevices::Changed(Instant::now()));
+    }
 }
 
 impl KeyDirectory {
@@ -146,11 +218,20 @@ impl KeyDirectory {
             .get_stream(STREAM_KEYS_POOL)
             .await
             .map_err(|e| unavailable("opening the key pool stream", e))?;
+        // Subscribed before the first read, so no change is missed after.
+        let changes = js
+            .client()
+            .subscribe(KEYS_DEVICES_ALL)
+            .await
+            .map_err(|e| unavailable("subscribing to device changes", e))?;
+        let cache = Arc::new(DeviceCache::default());
+        tokio::spawn(watch_device_changes(changes, Arc::downgrade(&cache)));
         Ok(Self {
             js,
             devices,
             pool,
             claims: Arc::default(),
+            cache,
         })
     }
 
@@ -204,6 +285,19 @@ impl KeyDirectory {
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
             Err(e) => Err(unavailable("writing a user's devices", e)),
         }
+    }
+
+    /// A user's devices for a fetch: this instance's copy if it has a
+    /// fresh one ([`DeviceCache`]), else read.
+    async fn devices_for_fetch(&self, user: &str) -> Result<Arc<StoredDevices>, KeysError> {
+        let subject = Self::devices_subject(user);
+        if let Some(d) = self.cache.get(&subject) {
+            return Ok(d);
+        }
+        let before = self.cache.changes.load(Ordering::SeqCst);
+        let devices = Arc::new(self.load(user).await?.0);
+        self.cache.keep(&subject, devices.clone(), before);
+        Ok(devices)
     }
 
     /// A user's devices as stored.
@@ -560,7 +654,8 @@ impl KeyDirectory {
         user: &str,
         device_ids: &[String],
     ) -> Result<Fetched<Bundle>, KeysError> {
-        let devices = self.devices(user).await?;
+        let stored = self.devices_for_fetch(user).await?;
+        let devices = &stored.devices;
         let chosen: Vec<&StoredDevice> = if device_ids.is_empty() {
             devices.iter().collect()
         } else {
@@ -619,8 +714,8 @@ impl KeyDirectory {
     ) -> Result<Fetched<DeviceKeyPackage>, KeysError> {
         let ukey = interop_bus::recipient_key(user);
         let mut out = Fetched::default();
-        for d in self.devices(user).await? {
-            let Some(keys) = d.keys else { continue };
+        for d in &self.devices_for_fetch(user).await?.devices {
+            let Some(keys) = d.keys.clone() else { continue };
             let claimed = self.claim(&keys_pool(&ukey, &keys.device_id, KP)).await?;
             if claimed.is_some() || d.key_packages_published > 0 {
                 if let Some(low) = self
@@ -688,6 +783,18 @@ impl KeyDirectory {
     /// devices' entry and every pool.
     pub async fn erase_user(&self, user: &str) -> Result<(), KeysError> {
         let ukey = interop_bus::recipient_key(user);
+        // An empty device list first: a write every instance is told of
+        // (a purge is not), so none goes on fetching from its copy, and no
+        // fetch finds a device whose keys are gone.
+        self.js
+            .publish(
+                Self::devices_subject(user),
+                StoredDevices::default().encode_to_vec().into(),
+            )
+            .await
+            .map_err(|e| unavailable("erasing a user's devices", e))?
+            .await
+            .map_err(|e| unavailable("erasing a user's devices", e))?;
         self.pool
             .purge()
             .filter(format!(
@@ -702,5 +809,51 @@ impl KeyDirectory {
             .await
             .map_err(|e| unavailable("purging a user's devices", e))?;
         Ok(())
+    }
+}
+
+/// Drops a user's cached devices whenever a write of them goes by, until
+/// the directory is gone.
+async fn watch_device_changes(
+    mut changes: async_nats::Subscriber,
+    cache: std::sync::Weak<DeviceCache>,
+) {
+    while let Some(m) = changes.next().await {
+        let Some(cache) = cache.upgrade() else { return };
+        cache.changed(m.subject.as_str());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_devices_expire_and_a_change_is_not_overwritten_by_an_older_read() {
+        let cache = DeviceCache::default();
+        let devices = Arc::new(StoredDevices::default());
+        // A read is served until DEVICE_CACHE_TTL has passed, not after.
+        cache.keep("u", devices.clone(), 0);
+        assert!(cache.get("u").is_some());
+        if let Some(CachedDevices::Read(_, at)) = cache.entries.lock().unwrap().get_mut("u") {
+            *at -= DEVICE_CACHE_TTL;
+        }
+        assert!(cache.get("u").is_none());
+        // A read that started before a change is not kept.
+        let before = cache.changes.load(Ordering::SeqCst);
+        cache.changed("v");
+        cache.keep("u", devices.clone(), before);
+        assert!(cache.get("u").is_none());
+        // Nor is one of a user changed less than DEVICE_CACHE_SETTLE ago,
+        // though it started after the change.
+        cache.changed("u");
+        let after = cache.changes.load(Ordering::SeqCst);
+        cache.keep("u", devices.clone(), after);
+        assert!(cache.get("u").is_none());
+        if let Some(CachedDevices::Changed(at)) = cache.entries.lock().unwrap().get_mut("u") {
+            *at -= DEVICE_CACHE_SETTLE;
+        }
+        cache.keep("u", devices, after);
+        assert!(cache.get("u").is_some());
     }
 }

@@ -447,3 +447,70 @@ async fn claims_hand_out_each_key_once_across_a_stream_leader_change() {
         all.len()
     );
 }
+
+/// Fetches through `dir` until `ok` holds for what it returns, for at most
+/// `within`; whether it did.
+async fn fetched_within(
+    dir: &KeyDirectory,
+    within: std::time::Duration,
+    ok: impl Fn(&[interop_proto::v1::Bundle]) -> bool,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if ok(&dir.fetch_bundles(BOB, &[]).await.unwrap().items) {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_replica_reaches_the_others_cached_devices_at_once() {
+    // Each instance keeps the devices its fetches read for up to
+    // DEVICE_CACHE_TTL; a write through another instance drops that copy
+    // when its notification arrives, well before the TTL would.
+    let nats = NatsServer::start();
+    let (a, b) = (directory(&nats).await, directory(&nats).await);
+    a.publish(BOB, &publish("phone", 1..=50)).await.unwrap();
+    a.publish(BOB, &publish("laptop", 1..=50)).await.unwrap();
+    let soon = interop_keys::DEVICE_CACHE_TTL / 2;
+    assert_eq!(b.fetch_bundles(BOB, &[]).await.unwrap().items.len(), 2);
+    // A new identity key for the phone.
+    let mut p = publish("phone", 51..=51);
+    p.device.as_mut().unwrap().identity_key = Some(key(42));
+    a.publish(BOB, &p).await.unwrap();
+    assert!(
+        fetched_within(&b, soon, |items| items.iter().any(|d| {
+            let d = d.device.as_ref().unwrap();
+            d.device_id == "phone" && d.identity_key == Some(key(42))
+        }))
+        .await,
+        "the changed identity key was not served"
+    );
+    assert!(b
+        .fetch_bundles(BOB, &[])
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .all(|d| {
+            let d = d.device.as_ref().unwrap();
+            d.device_id != "phone" || d.identity_key == Some(key(42))
+        }));
+    // A removed device.
+    a.remove_device(BOB, "laptop").await.unwrap();
+    assert!(
+        fetched_within(&b, soon, |items| items.len() == 1).await,
+        "the removed device was still served"
+    );
+    // An erased user.
+    a.erase_user(BOB).await.unwrap();
+    assert!(
+        fetched_within(&b, soon, |items| items.is_empty()).await,
+        "the erased user's devices were still served"
+    );
+    assert!(b.devices(BOB).await.unwrap().is_empty());
+}
