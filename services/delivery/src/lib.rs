@@ -19,12 +19,15 @@
 
 #![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
 
+mod args;
 mod auth;
 mod expiry;
 mod metrics;
 mod reading;
 pub mod rich;
 mod session;
+
+pub use args::Args;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -12,6 +12,8 @@
 #![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
 
 pub mod accepted;
+pub mod args;
+pub use args::Args;
 pub mod admin;
 mod consent_frames;
 mod group;
@@ -87,6 +89,20 @@ pub const DEFAULT_KEY_FETCH_USER_LIMIT: RateLimit = RateLimit {
 /// Open ingest connections a provider may have per replica by default.
 pub const DEFAULT_MAX_CONNECTIONS_PER_PROVIDER: usize = 1000;
 
+/// How long a send may wait for JetStream before `UNAVAILABLE`, by default.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Messages per second (and burst) a provider may send when its registry
+/// entry sets no limit, by default.
+pub const DEFAULT_PROVIDER_LIMIT: RateLimit = RateLimit {
+    per_second: 1000.0,
+    burst: 2000,
+};
+/// Messages per second (and burst) one sender may send, by default.
+pub const DEFAULT_SENDER_LIMIT: RateLimit = RateLimit {
+    per_second: 20.0,
+    burst: 40,
+};
+
 impl Config {
     pub fn new(listener: TcpListener, providers: Arc<Registry>) -> Self {
         Self {
@@ -94,16 +110,10 @@ impl Config {
             providers,
             tls: None,
             streams: StreamSettings::default(),
-            store_timeout: Duration::from_millis(1500),
+            store_timeout: DEFAULT_STORE_TIMEOUT,
             idempotency_window: Duration::from_secs(24 * 3600),
-            default_provider_limit: RateLimit {
-                per_second: 1000.0,
-                burst: 2000,
-            },
-            sender_limit: RateLimit {
-                per_second: 20.0,
-                burst: 40,
-            },
+            default_provider_limit: DEFAULT_PROVIDER_LIMIT,
+            sender_limit: DEFAULT_SENDER_LIMIT,
             admin_api: None,
             edge: EdgeLimits::with_connections(DEFAULT_MAX_CONNECTIONS_PER_PROVIDER),
             key_fetch_provider_limit: DEFAULT_KEY_FETCH_PROVIDER_LIMIT,

@@ -24,6 +24,7 @@
 #![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
 
 pub mod api;
+pub mod args;
 pub mod error;
 pub mod formats;
 pub mod grants;
@@ -45,6 +46,7 @@ use interop_bus::{BusError, StageOptions, StreamSettings};
 use interop_providers::Registry;
 use interop_service::Deps;
 
+pub use args::Args;
 pub use error::MediaError;
 pub use formats::AcceptFormats;
 pub use store::StoreSettings;
@@ -74,6 +76,9 @@ pub struct Config {
     pub auth_limits: interop_edge::EdgeLimits,
 }
 
+/// Uploads in progress at once per replica, by default.
+pub const DEFAULT_MAX_UPLOADS: usize = 64;
+
 impl Config {
     /// Defaults, with the given listener and providers.
     pub fn new(listener: TcpListener, providers: Arc<Registry>) -> Self {
@@ -84,7 +89,7 @@ impl Config {
             store: StoreSettings::default(),
             accept: AcceptFormats::default(),
             transcode: TranscodeSettings::default(),
-            max_concurrent_uploads: 64,
+            max_concurrent_uploads: DEFAULT_MAX_UPLOADS,
             upload_idle_timeout: Duration::from_secs(30),
             auth_limits: interop_edge::EdgeLimits::with_connections(usize::MAX),
         }

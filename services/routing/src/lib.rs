@@ -22,6 +22,7 @@
 
 #![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
 
+mod args;
 mod group;
 mod handler;
 mod router;
@@ -36,6 +37,7 @@ use interop_bus::subjects::{CONSUMER_ROUTING, INGEST_ACCEPTED, STREAM_INGEST};
 use interop_bus::{BusError, StageOptions, StreamSettings};
 use interop_service::Deps;
 
+pub use args::Args;
 pub use router::{place, Placement, Router};
 
 /// Configuration of routing.

@@ -2,31 +2,14 @@
 
 #![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
 
-use clap::Parser;
-use interop_service::CommonArgs;
-
-/// Decides where each scored message goes.
-#[derive(Parser)]
-#[command(name = "routing", version)]
-struct Args {
-    #[command(flatten)]
-    common: CommonArgs,
-}
+use clap::Parser as _;
+use interop_routing::{Args, Config};
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let streams = match args.common.stream_settings() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("routing: {e}");
-            std::process::exit(64);
-        }
-    };
-    let config = interop_routing::Config { streams };
-    let code = interop_service::run_main("routing", &args.common, |deps, shutdown| {
-        interop_routing::run(config, deps, shutdown)
-    })
-    .await;
-    std::process::exit(code);
+    let config = Config::from_args(&args);
+    std::process::exit(
+        interop_service::run_main("routing", &args.common, config, interop_routing::run).await,
+    );
 }

@@ -16,6 +16,7 @@
 
 #![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
 
+pub mod args;
 mod handler;
 pub mod policy;
 pub mod serve;
@@ -29,6 +30,7 @@ use tracing::info;
 use interop_bus::{BusError, StreamSettings};
 use interop_service::Deps;
 
+pub use args::Args;
 pub use handler::{ScoreError, Scorer};
 pub use policy::Policy;
 

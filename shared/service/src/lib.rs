@@ -2,8 +2,10 @@
 //! to NATS and Redis, the admin HTTP port (`/healthz`, `/readyz`), signals,
 //! and a graceful drain.
 //!
-//! A service's `main.rs` parses its flags, builds its `Config`, and hands a
-//! closure running the service to [`run_main`].
+//! A service's library owns its flags (`Args`) and turns them into its
+//! `Config` (`Config::from_args`, a [`ConfigError`] when they are wrong);
+//! its `main.rs` only parses, builds and hands both to [`run_main`], which
+//! owns the exit codes (64 for a bad configuration).
 
 #![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
 
@@ -633,31 +635,48 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-/// The whole life of a service binary: telemetry, connections, the admin
-/// port, running until a signal, draining with a grace timeout. Returns the
-/// process exit code.
-pub async fn run_main<F, Fut, E>(name: &'static str, common: &CommonArgs, service: F) -> i32
+/// The exit code of a binary started with a bad configuration (BSD's
+/// `EX_USAGE`): flags, files or settings it cannot run with.
+pub const EXIT_CONFIG: i32 = 64;
+
+/// The whole life of a service binary: the configuration `config` (its
+/// error, printed, exits with [`EXIT_CONFIG`]), telemetry, connections, the
+/// admin port, running `service` until a signal, draining with a grace
+/// timeout. Returns the process exit code.
+pub async fn run_main<C, F, Fut, E>(
+    name: &'static str,
+    common: &CommonArgs,
+    config: Result<C, ConfigError>,
+    service: F,
+) -> i32
 where
-    F: FnOnce(Deps, CancellationToken) -> Fut,
+    F: FnOnce(C, Deps, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return EXIT_CONFIG;
+        }
+    };
     let format = match common.log_format() {
         Ok(f) => f,
         Err(e) => {
             eprintln!("{name}: {e}");
-            return 64;
+            return EXIT_CONFIG;
         }
     };
     if !(0.0..=1.0).contains(&common.trace_sample_ratio) {
         eprintln!("{name}: --trace-sample-ratio must be between 0 and 1");
-        return 64;
+        return EXIT_CONFIG;
     }
     let endpoints = match common.endpoints() {
         Ok(e) => e,
         Err(e) => {
             eprintln!("{name}: {e}");
-            return 64;
+            return EXIT_CONFIG;
         }
     };
     let options = interop_telemetry::Options {
@@ -671,7 +690,7 @@ where
         Ok(g) => g,
         Err(e) => {
             eprintln!("{name}: {e}");
-            return 64;
+            return EXIT_CONFIG;
         }
     };
     let health = Health::new();
@@ -699,7 +718,7 @@ where
         Ok(d) => d,
         Err(e) if e.is_config() => {
             error!(error = %e, "Invalid configuration.");
-            return 64;
+            return EXIT_CONFIG;
         }
         Err(e) => {
             error!(error = %e, "Cannot use a dependency.");
@@ -708,7 +727,7 @@ where
     };
     let nats = deps.nats.clone();
     let service_shutdown = shutdown.clone();
-    let mut task = tokio::spawn(service(deps, service_shutdown));
+    let mut task = tokio::spawn(service(config, deps, service_shutdown));
     let result = tokio::select! {
         r = &mut task => r,
         () = shutdown.cancelled() => {
@@ -760,6 +779,42 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[tokio::test]
+    async fn a_bad_configuration_exits_64_before_anything_starts() {
+        use clap::Parser as _;
+        let flags = Flags::try_parse_from(["svc"]).expect("the defaults parse");
+        let started = Arc::new(AtomicBool::new(false));
+        let s = started.clone();
+        let code = run_main(
+            "svc",
+            &flags.common,
+            Err::<(), _>(ConfigError("--x must be positive".into())),
+            move |(), _deps, _shutdown| {
+                s.store(true, Ordering::SeqCst);
+                async { Ok::<(), String>(()) }
+            },
+        )
+        .await;
+        assert_eq!(code, EXIT_CONFIG);
+        assert!(!started.load(Ordering::SeqCst));
+        // So is a bad common flag, with a good service configuration.
+        let flags = Flags::try_parse_from(["svc", "--stream-replicas", "9"]).expect("parses");
+        let code = run_main(
+            "svc",
+            &flags.common,
+            flags.common.stream_settings(),
+            |_, _deps, _shutdown| async { Ok::<(), String>(()) },
+        )
+        .await;
+        assert_eq!(code, EXIT_CONFIG);
+    }
 
     #[tokio::test]
     async fn readyz_says_what_start_up_waits_for() {
