@@ -35,8 +35,8 @@ use interop_bus::{pipeline, recipient_key};
 use interop_edge::ws::{self, close, Incoming, Outbound};
 use interop_proto::limits::{MAX_FRAME_BYTES, MAX_MARK_READ_TAGS, MAX_UNACKED};
 use interop_proto::v1::{
-    client_frame, envelope, server_frame, Deliver, Envelope, ReceiptStatus, RejectCode, SenderInfo,
-    ServerFrame, Welcome,
+    client_frame, envelope, server_frame, Deliver, Envelope, Hello, ReceiptStatus, RejectCode,
+    SenderInfo, ServerFrame, Welcome,
 };
 use interop_proto::Address;
 
@@ -113,102 +113,36 @@ async fn hello(
 ) -> Option<Session> {
     let (request_id, h) = ws::read_hello(stream, out, &shared.shutdown).await?;
     let admitted = crate::auth::admit(shared, peer, request_id, &h, out).await?;
-    let credential = admitted.credential;
-    if h.user.is_empty() {
-        ws::refuse_hello(
+    let (user, device) = match session_address(&h) {
+        Ok(a) => a,
+        Err((code, detail)) => {
+            ws::refuse_hello(out, request_id, code, &detail).await;
+            return None;
+        }
+    };
+    let Some(cursor) = read_cursor(shared, &user, &device).await else {
+        ws::push(
             out,
-            request_id,
-            RejectCode::MissingField,
-            "hello.user is required for delivery",
-        )
-        .await;
-        return None;
-    }
-    let user = match Address::parse(&h.user) {
-        Ok(u) => u,
-        Err(e) => {
-            ws::refuse_hello(
-                out,
+            Outbound::frame(ws::rejected(
                 request_id,
-                RejectCode::InvalidAddress,
-                &format!("user: {e}"),
-            )
-            .await;
-            return None;
-        }
-    };
-    if user.provider() != h.provider {
-        ws::refuse_hello(
+                "",
+                RejectCode::Unavailable,
+                "storage unavailable; retry",
+                1000,
+            )),
+        )
+        .await;
+        ws::push(
             out,
-            request_id,
-            RejectCode::SenderNotOwned,
-            "user must be a user of the authenticated provider",
+            Outbound::close(close::GOING_AWAY, "storage unavailable"),
         )
         .await;
         return None;
-    }
-    let device = if h.device_id.is_empty() {
-        "default".to_owned()
-    } else {
-        h.device_id
     };
-    if !interop_proto::address::valid_device_id(&device) {
-        ws::refuse_hello(
-            out,
-            request_id,
-            RejectCode::MalformedFrame,
-            "device_id must be 1-64 of [A-Za-z0-9_-]",
-        )
-        .await;
-        return None;
-    }
-    let cursor_key = delivery_acked(&recipient_key(user.as_str()), &device);
-    let cursor = match shared
-        .cursors
-        .get_last_raw_message_by_subject(&cursor_key)
-        .await
-    {
-        Ok(m) => std::str::from_utf8(&m.payload)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
-        Err(e) => {
-            warn!(error = %e, "Cannot read a delivery cursor.");
-            ws::push(
-                out,
-                Outbound::frame(ws::rejected(
-                    request_id,
-                    "",
-                    RejectCode::Unavailable,
-                    "storage unavailable; retry",
-                    1000,
-                )),
-            )
-            .await;
-            ws::push(
-                out,
-                Outbound::close(close::GOING_AWAY, "storage unavailable"),
-            )
-            .await;
-            return None;
-        }
-    };
-    let welcome = ServerFrame {
-        request_id,
-        frame: Some(server_frame::Frame::Welcome(Welcome {
-            session_id: uuid::Uuid::now_v7().to_string(),
-            max_frame_bytes: MAX_FRAME_BYTES as u32,
-            max_text_bytes: 0,
-            max_ciphertext_bytes: 0,
-            max_unacked: MAX_UNACKED as u32,
-            max_group_members: 0,
-        })),
-    };
-    ws::push(out, Outbound::frame(welcome)).await;
+    ws::push(out, Outbound::frame(welcome(request_id))).await;
     Some(Session {
         provider: h.provider,
-        credential,
+        credential: admitted.credential,
         user,
         device,
         cursor,
@@ -220,6 +154,76 @@ async fn hello(
         admissions_changed_ms: interop_proto::now_ms(),
         _slot: admitted.slot,
     })
+}
+
+/// The session's user and device from an authenticated `Hello`: a user of
+/// the authenticated provider, and a valid device id (`default` when
+/// none); the refusal otherwise.
+fn session_address(h: &Hello) -> Result<(Address, String), (RejectCode, String)> {
+    if h.user.is_empty() {
+        return Err((
+            RejectCode::MissingField,
+            "hello.user is required for delivery".into(),
+        ));
+    }
+    let user =
+        Address::parse(&h.user).map_err(|e| (RejectCode::InvalidAddress, format!("user: {e}")))?;
+    if user.provider() != h.provider {
+        return Err((
+            RejectCode::SenderNotOwned,
+            "user must be a user of the authenticated provider".into(),
+        ));
+    }
+    let device = if h.device_id.is_empty() {
+        "default".to_owned()
+    } else {
+        h.device_id.clone()
+    };
+    if !interop_proto::address::valid_device_id(&device) {
+        return Err((
+            RejectCode::MalformedFrame,
+            "device_id must be 1-64 of [A-Za-z0-9_-]".into(),
+        ));
+    }
+    Ok((user, device))
+}
+
+/// The device's stored cursor (0: none yet); `None` when the cursor stream
+/// does not answer.
+async fn read_cursor(shared: &Shared, user: &Address, device: &str) -> Option<u64> {
+    let cursor_key = delivery_acked(&recipient_key(user.as_str()), device);
+    match shared
+        .cursors
+        .get_last_raw_message_by_subject(&cursor_key)
+        .await
+    {
+        Ok(m) => Some(
+            std::str::from_utf8(&m.payload)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+        ),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Some(0),
+        Err(e) => {
+            warn!(error = %e, "Cannot read a delivery cursor.");
+            None
+        }
+    }
+}
+
+/// The answer to a successful `Hello`: delivery's limits.
+fn welcome(request_id: u64) -> ServerFrame {
+    ServerFrame {
+        request_id,
+        frame: Some(server_frame::Frame::Welcome(Welcome {
+            session_id: uuid::Uuid::now_v7().to_string(),
+            max_frame_bytes: MAX_FRAME_BYTES as u32,
+            max_text_bytes: 0,
+            max_ciphertext_bytes: 0,
+            max_unacked: MAX_UNACKED as u32,
+            max_group_members: 0,
+        })),
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -985,58 +989,43 @@ async fn on_mark_read(
     tags: &[u64],
     shared: &Shared,
 ) -> Option<ServerFrame> {
+    let refuse =
+        |code, detail: String, retry_ms| Some(ws::rejected(request_id, "", code, detail, retry_ms));
     if tags.is_empty() {
-        return Some(ws::rejected(
-            request_id,
-            "",
+        return refuse(
             RejectCode::MissingField,
-            "mark_read.delivery_tags is empty",
+            "mark_read.delivery_tags is empty".into(),
             0,
-        ));
+        );
     }
     if tags.len() > MAX_MARK_READ_TAGS {
-        return Some(ws::rejected(
-            request_id,
-            "",
+        return refuse(
             RejectCode::TooLong,
             format!("at most {MAX_MARK_READ_TAGS} delivery tags per MarkRead"),
             0,
-        ));
+        );
     }
+    let unavailable = || {
+        refuse(
+            RejectCode::Unavailable,
+            "storage unavailable; retry".into(),
+            1000,
+        )
+    };
+    let store_key = store_subject
+        .strip_prefix(interop_bus::subjects::DELIVERY_QUEUED_PREFIX)
+        .and_then(|k| k.strip_prefix('.'))
+        .unwrap_or_default();
     let mut unknown = 0usize;
     for &tag in tags {
-        let stored = match shared.inbox.get_raw_message(tag).await {
-            Ok(m) if m.subject.as_str() == store_subject => m,
-            Ok(_) => {
+        let env = match stored_envelope(shared, store_subject, tag).await {
+            Ok(Some(env)) => env,
+            Ok(None) => {
                 unknown += 1;
                 continue;
             }
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
-                unknown += 1;
-                continue;
-            }
-            Err(e) => {
-                warn!(error = %e, "Cannot read a stored message for a read receipt.");
-                return Some(ws::rejected(
-                    request_id,
-                    "",
-                    RejectCode::Unavailable,
-                    "storage unavailable; retry",
-                    1000,
-                ));
-            }
+            Err(()) => return unavailable(),
         };
-        let Some(env) = pipeline::decode(&stored.payload)
-            .ok()
-            .and_then(|pm| pm.envelope)
-        else {
-            unknown += 1;
-            continue;
-        };
-        let store_key = store_subject
-            .strip_prefix(interop_bus::subjects::DELIVERY_QUEUED_PREFIX)
-            .and_then(|k| k.strip_prefix('.'))
-            .unwrap_or_default();
         if !needs_delivered_receipt(&env, store_key) {
             continue;
         }
@@ -1052,27 +1041,41 @@ async fn on_mark_read(
         );
         if let Err(e) = publish_receipt(shared, r).await {
             warn!(error = %e, "Cannot publish a read receipt.");
-            return Some(ws::rejected(
-                request_id,
-                "",
-                RejectCode::Unavailable,
-                "storage unavailable; retry",
-                1000,
-            ));
+            return unavailable();
         }
     }
-    (unknown > 0).then(|| {
-        ws::rejected(
-            request_id,
-            "",
-            RejectCode::UnknownMessage,
-            format!(
-                "{unknown} of {} delivery tags name no stored message of this user (aged out?)",
-                tags.len()
-            ),
-            0,
-        )
-    })
+    if unknown == 0 {
+        return None;
+    }
+    refuse(
+        RejectCode::UnknownMessage,
+        format!(
+            "{unknown} of {} delivery tags name no stored message of this user (aged out?)",
+            tags.len()
+        ),
+        0,
+    )
+}
+
+/// The envelope stored at `seq` in `store_subject` (this user's store);
+/// `Ok(None)` when there is none there (another user's, aged out, or
+/// undecodable), `Err` when the stream does not answer.
+async fn stored_envelope(
+    shared: &Shared,
+    store_subject: &str,
+    seq: u64,
+) -> Result<Option<Envelope>, ()> {
+    match shared.inbox.get_raw_message(seq).await {
+        Ok(m) if m.subject.as_str() == store_subject => {
+            Ok(pipeline::decode(&m.payload).ok().and_then(|pm| pm.envelope))
+        }
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => {
+            warn!(error = %e, "Cannot read a stored message for a read receipt.");
+            Err(())
+        }
+    }
 }
 
 /// Writes a receipt into its recipient's store; the publish ack is awaited
@@ -1166,6 +1169,57 @@ async fn on_ack(s: &mut Session, tags: &[u64], shared: &Shared) -> Result<(), Bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hello_names_a_user_of_its_provider_and_a_valid_device() {
+        let hello = |user: &str, device: &str| Hello {
+            provider: "signal".into(),
+            user: user.into(),
+            device_id: device.into(),
+            ..Default::default()
+        };
+        let (user, device) = session_address(&hello("signal:alice", "")).unwrap();
+        assert_eq!(
+            (user.as_str(), device.as_str()),
+            ("signal:alice", "default")
+        );
+        let max = "d".repeat(64);
+        assert_eq!(
+            session_address(&hello("signal:alice", &max)).unwrap().1,
+            max
+        );
+        let code = |user: &str, device: &str| session_address(&hello(user, device)).unwrap_err().0;
+        assert_eq!(code("", "phone"), RejectCode::MissingField);
+        assert_eq!(code("alice", "phone"), RejectCode::InvalidAddress);
+        assert_eq!(code("telegram:tom", "phone"), RejectCode::SenderNotOwned);
+        assert_eq!(
+            code("signal:alice", &"d".repeat(65)),
+            RejectCode::MalformedFrame
+        );
+        assert_eq!(code("signal:alice", "a phone"), RejectCode::MalformedFrame);
+    }
+
+    #[test]
+    fn a_copy_in_its_senders_store_and_the_gateways_notices_ask_no_receipt() {
+        let env = |content| Envelope {
+            from: "signal:alice".into(),
+            to: "home:bob".into(),
+            content: Some(content),
+            ..Default::default()
+        };
+        let text = envelope::Content::Text(interop_proto::v1::Text { body: "hi".into() });
+        let bobs = recipient_key("home:bob");
+        let alices = recipient_key("signal:alice");
+        assert!(needs_delivered_receipt(&env(text.clone()), &bobs));
+        assert!(!needs_delivered_receipt(&env(text), &alices));
+        for content in [
+            envelope::Content::KeyNotice(Default::default()),
+            envelope::Content::GroupChange(Default::default()),
+            envelope::Content::Receipt(Default::default()),
+        ] {
+            assert!(!needs_delivered_receipt(&env(content), &bobs));
+        }
+    }
 
     #[test]
     fn a_message_accepted_more_than_the_clock_margin_after_a_change_needs_no_recheck() {
