@@ -1010,5 +1010,147 @@ mod properties {
                 prop_assert_eq!(env.encryption, Encryption::TransportOnly as i32);
             }
         }
+
+        /// Every generated valid send is accepted, and each one mutation
+        /// that breaks one rule is refused with that rule's code: the
+        /// soundness checks run on inputs that pass.
+        #[test]
+        fn valid_sends_pass_and_each_broken_rule_is_refused_with_its_code(
+            env in valid_send(),
+            mutation in 0usize..MUTATIONS,
+        ) {
+            prop_assert!(validate_send("signal", Some(&env)).is_ok(), "{:?}", env);
+            let (broken, code) = mutate(env, mutation);
+            let refused = validate_send("signal", Some(&broken)).map(|_| ()).map_err(|r| r.code);
+            prop_assert_eq!(refused, Err(code), "mutation {} of {:?}", mutation, broken);
+        }
+    }
+
+    /// A valid one-to-one send from a `signal:` user: text (TRANSPORT_ONLY)
+    /// or a ciphertext (E2EE, one payload or one per device), with or
+    /// without a reply reference and a send time within the window.
+    fn valid_send() -> impl Strategy<Value = Envelope> {
+        let content = prop_oneof![
+            "[a-zA-Z0-9 éü🙂]{1,64}"
+                .prop_map(|body| (Content::Text(Text { body }), Encryption::TransportOnly)),
+            proptest::collection::vec(any::<u8>(), 1..256).prop_map(|p| (
+                Content::Ciphertext(Ciphertext {
+                    scheme: "signal".into(),
+                    payload: p.into(),
+                    ..Default::default()
+                }),
+                Encryption::E2ee
+            )),
+            proptest::collection::btree_set("[a-z0-9_-]{1,16}", 1..=MAX_DEVICE_CIPHERTEXTS)
+                .prop_map(|ids| (
+                    Content::Ciphertext(Ciphertext {
+                        scheme: "olm.v1".into(),
+                        devices: ids
+                            .into_iter()
+                            .map(|device_id| DeviceCiphertext {
+                                device_id,
+                                payload: vec![7u8; 8].into(),
+                            })
+                            .collect(),
+                        ..Default::default()
+                    }),
+                    Encryption::E2ee
+                )),
+        ];
+        (
+            "[A-Za-z0-9._:-]{1,64}",
+            "[a-z][a-z0-9_.]{0,30}",
+            prop_oneof![
+                "\\+49[0-9]{10}".prop_map(|n| format!("home:{n}")),
+                "[a-z][a-z0-9_.]{0,30}".prop_map(|u| format!("telegram:{u}")),
+            ],
+            content,
+            proptest::option::of("[A-Za-z0-9._:-]{1,64}"),
+            proptest::option::of(-MAX_SENT_AT_AGE_MS / 2..MAX_SENT_AT_SKEW_MS / 2),
+        )
+            .prop_map(
+                |(cmid, user, to, (content, encryption), reply, sent)| Envelope {
+                    client_message_id: cmid,
+                    from: format!("signal:{user}"),
+                    to,
+                    encryption: encryption as i32,
+                    in_reply_to: reply.unwrap_or_default(),
+                    sent_at_ms: sent.map_or(0, |d| interop_proto::now_ms() + d),
+                    content: Some(content),
+                    ..Default::default()
+                },
+            )
+    }
+
+    const MUTATIONS: usize = 12;
+
+    /// Breaks one rule of a valid send; the code it must be refused with.
+    fn mutate(mut e: Envelope, which: usize) -> (Envelope, RejectCode) {
+        use RejectCode::*;
+        let code = match which {
+            0 => {
+                e.client_message_id.clear();
+                MissingField
+            }
+            1 => {
+                e.client_message_id = "x".repeat(MAX_CLIENT_MESSAGE_ID_BYTES + 1);
+                TooLong
+            }
+            2 => {
+                // Same length, one character outside [A-Za-z0-9._:-].
+                e.client_message_id.replace_range(0..1, " ");
+                MalformedFrame
+            }
+            3 => {
+                e.from = "telegram:mallory".into();
+                SenderNotOwned
+            }
+            4 => {
+                e.to = "nobody".into();
+                InvalidAddress
+            }
+            5 => {
+                e.message_id = "m1".into();
+                MalformedFrame
+            }
+            6 => {
+                e.sent_at_ms = interop_proto::now_ms() + 2 * MAX_SENT_AT_SKEW_MS;
+                TimestampOutOfRange
+            }
+            7 => {
+                e.encryption = if e.encryption == Encryption::E2ee as i32 {
+                    Encryption::TransportOnly as i32
+                } else {
+                    Encryption::E2ee as i32
+                };
+                EncryptionMismatch
+            }
+            8 => {
+                e.encryption = Encryption::Unspecified as i32;
+                EncryptionMismatch
+            }
+            9 => {
+                e.content = None;
+                EmptyContent
+            }
+            10 => {
+                match e.content.as_mut() {
+                    Some(Content::Text(t)) => t.body = "x".repeat(MAX_TEXT_BYTES + 1),
+                    Some(Content::Ciphertext(c)) if c.devices.is_empty() => {
+                        c.payload = vec![1u8; MAX_CIPHERTEXT_BYTES + 1].into()
+                    }
+                    Some(Content::Ciphertext(c)) => {
+                        c.devices[0].payload = vec![1u8; MAX_CIPHERTEXT_BYTES + 1].into()
+                    }
+                    _ => unreachable!("valid_send makes text or ciphertext"),
+                }
+                TooLong
+            }
+            _ => {
+                e.group_id = "g-0123456789abcdef0123456789abcdef".into();
+                MalformedFrame
+            }
+        };
+        (e, code)
     }
 }
