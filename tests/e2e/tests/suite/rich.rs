@@ -816,9 +816,12 @@ async fn idle_sessions_hold_no_store_consumer_and_wake_on_a_new_message() {
     for rx in &mut sessions {
         assert_eq!(text(&next(rx).await.envelope), "one");
     }
-    // Past the time a caught-up consumer is kept open: the next message
-    // arrives through a wake-up.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Once no session holds a consumer (a caught-up one is closed after a
+    // while), the next message arrives through a wake-up.
+    poll("caught-up sessions to close their consumers", WAIT, || async {
+        (inbox_consumers(&stack).await == 1).then_some(())
+    })
+    .await;
     send_ok(&signal, text_envelope("m2", ALICE, BOB, "two")).await;
     for rx in &mut sessions {
         assert_eq!(text(&next(rx).await.envelope), "two");
