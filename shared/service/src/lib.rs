@@ -67,9 +67,15 @@ pub struct CommonArgs {
         default_value_t = 10_000
     )]
     pub inbox_max_per_recipient: i64,
-    /// OTLP/HTTP collector base URL for traces, e.g. http://otel-collector:4318.
+    /// OTLP/HTTP collector base URL for traces, e.g. http://otel-collector:4318
+    /// or https://collector.example:4318 (verified against the system's
+    /// roots and --otlp-ca-file).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// PEM bundle of CAs an https collector's certificate may chain to,
+    /// besides the system's.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]
+    pub otlp_ca_file: Option<PathBuf>,
     /// Share of new traces recorded when exporting (0.0 to 1.0).
     #[arg(long, env = "INTEROP_TRACE_SAMPLE_RATIO", default_value_t = 0.1)]
     pub trace_sample_ratio: f64,
@@ -683,6 +689,7 @@ where
         format,
         filter: common.log.clone(),
         otlp_endpoint: common.otlp_endpoint.clone(),
+        otlp_ca_file: common.otlp_ca_file.clone(),
         sample_ratio: common.trace_sample_ratio,
         ..interop_telemetry::Options::new(name)
     };
