@@ -5,6 +5,7 @@
 //! - [`Receiver`] opens a delivery session for one user's device, yields
 //!   each message once (it de-duplicates by server message id, as the
 //!   protocol asks clients to) and acks it.
+//! - [`media::MediaClient`] uploads to and downloads from the media API.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), interop_client::ClientError> {
@@ -23,6 +24,7 @@
 pub mod admin;
 pub mod config;
 pub mod keys;
+pub mod media;
 pub mod olm;
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -1,5 +1,7 @@
-//! `interop`: the command-line client of the gateway. One JSON object per
-//! line on stdout; diagnostics on stderr.
+//! `interop`: the command-line client of the gateway. On a terminal it
+//! prints short readable lines; with `--json`, or when stdout is not a
+//! terminal (piped, redirected), one JSON object per line, which scripts
+//! parse (`human.rs`). Diagnostics go to stderr. Exit codes: [`EXIT_CODES`].
 
 #![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
 
@@ -8,13 +10,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use base64::Engine as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use serde_json::json;
 
 use interop_client::config::ClientConfig;
+use interop_client::media::{MediaClient, MediaError, Upload};
 use interop_client::olm::{self, LocalDevice};
 use interop_client::{
-    text_envelope, ConsentOutcome, ConsentStateOutcome, Receiver, RequestOutcome, SendOutcome,
+    ConsentOutcome, ConsentStateOutcome, GroupOutcome, Receiver, RequestOutcome, SendOutcome,
     Sender,
 };
 use interop_proto::v1::{
@@ -23,13 +26,50 @@ use interop_proto::v1::{
 };
 use interop_proto::Address;
 
+mod human;
+use human::Style;
+
+/// Done.
+const EXIT_OK: i32 = 0;
+/// Something went wrong: the gateway cannot be reached, a connection broke,
+/// a download was damaged.
+const EXIT_ERROR: i32 = 1;
+/// The gateway refused (its answer is printed).
+const EXIT_REFUSED: i32 = 2;
+/// `listen --count N` timed out before N messages.
+const EXIT_TIMEOUT: i32 = 3;
+/// Bad usage or configuration: an unknown flag, a bad address, no token or
+/// URL, an unreadable config or CA file (sysexits' EX_USAGE).
+const EXIT_USAGE: i32 = 64;
+
+/// What `interop --help` says after the commands; docs/protocol.md repeats it.
+const EXIT_CODES: &str = "\
+Output:
+  On a terminal: short readable lines. With --json, or when stdout is not a
+  terminal (piped, redirected): one JSON object per line, for scripts.
+  Diagnostics go to stderr.
+
+Exit codes:
+  0   done
+  1   error: the gateway could not be reached, a connection broke, a
+      download did not match its SHA-256
+  2   refused by the gateway (its answer is printed: {\"rejected\": ...})
+  3   timed out: `listen --count N` got fewer than N messages in --timeout
+  64  bad usage or configuration: an unknown flag or value, a bad address,
+      no token or URL, an unreadable config or CA file";
+
 #[derive(Parser)]
 #[command(
     name = "interop",
     version,
-    about = "Command-line client of the interop gateway"
+    about = "Command-line client of the interop gateway",
+    after_help = EXIT_CODES
 )]
 struct Cli {
+    /// Print one JSON object per line (the default when stdout is not a
+    /// terminal).
+    #[arg(long, global = true)]
+    json: bool,
     /// Client config file (default: .run/client.toml here or in a parent).
     #[arg(long, env = "INTEROP_CLIENT_CONFIG", global = true)]
     config: Option<PathBuf>,
@@ -117,29 +157,52 @@ enum Command {
         #[arg(long, env = "INTEROP_INGEST_URL")]
         ingest_url: Option<String>,
     },
-    /// Send a message and print the gateway's answer.
+    /// Send a message (text, ciphertext or media) to a user or a group and
+    /// print the gateway's answer.
+    #[command(group(clap::ArgGroup::new("content").required(true).args(["text", "ciphertext_b64", "media", "file"])))]
     Send {
         /// The sender, e.g. signal:alice.
         #[arg(long = "as")]
         from: String,
         /// The recipient, e.g. home:+4915112345678.
+        #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+        to: Option<String>,
+        /// Send to this group instead (every other member gets a copy).
         #[arg(long)]
-        to: String,
+        group: Option<String>,
         /// Server-visible text (sent TRANSPORT_ONLY).
-        #[arg(
-            long,
-            conflicts_with = "ciphertext_b64",
-            required_unless_present = "ciphertext_b64"
-        )]
+        #[arg(long)]
         text: Option<String>,
         /// End-to-end-encrypted payload, base64 (sent E2EE).
         #[arg(long)]
         ciphertext_b64: Option<String>,
-        /// Encrypt --text end to end (Olm) for every device of the
+        /// Media uploaded before (`interop media upload`): its media id, with
+        /// the upload's --content-type and --size.
+        #[arg(long, requires_all = ["content_type", "size"])]
+        media: Option<String>,
+        /// Upload this file to the media API and send it (the type from
+        /// --content-type or the file name's extension).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The media type of --media (as uploaded) or --file.
+        #[arg(long)]
+        content_type: Option<String>,
+        /// The size in bytes of --media (as uploaded).
+        #[arg(long, requires = "media")]
+        size: Option<u64>,
+        /// The SHA-256 (hex) of --media, if the gateway should check it.
+        #[arg(long, requires = "media")]
+        sha256: Option<String>,
+        /// The file name the recipient sees (default for --file: its name).
+        #[arg(long)]
+        filename: Option<String>,
+        /// With --text: encrypt it end to end (Olm) for every device of the
         /// recipient and the sender's other devices, with keys from the
         /// gateway's key directory; publishes this device's keys first if
-        /// needed (the sender must have opted in).
-        #[arg(long, requires = "text")]
+        /// needed (the sender must have opted in). With --media or --file:
+        /// the media is end-to-end encrypted (uploaded as `e2ee`; the file
+        /// must be encrypted already: the gateway passes it through as is).
+        #[arg(long, conflicts_with = "ciphertext_b64")]
         e2ee: bool,
         /// This machine's device id for --e2ee.
         #[arg(long, default_value = "cli")]
@@ -149,6 +212,31 @@ enum Command {
         client_message_id: Option<String>,
         #[arg(long, env = "INTEROP_INGEST_URL")]
         ingest_url: Option<String>,
+        /// The media API, for --file.
+        #[arg(long, env = "INTEROP_MEDIA_URL")]
+        media_url: Option<String>,
+    },
+    /// Groups: create one, change it, show it (send to one with `send --group`).
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+        #[arg(long, env = "INTEROP_INGEST_URL", global = true)]
+        ingest_url: Option<String>,
+    },
+    /// Media: upload a file to send, download one that was delivered.
+    Media {
+        #[command(subcommand)]
+        command: MediaCommand,
+        /// The media API, e.g. http://127.0.0.1:8082.
+        #[arg(long, env = "INTEROP_MEDIA_URL", global = true)]
+        media_url: Option<String>,
+    },
+    /// Print a shell completion script, e.g. `interop completions bash >
+    /// /etc/bash_completion.d/interop`, or for zsh into a directory of
+    /// $fpath as `_interop`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Manage providers (platform team): add, list, rotate, revoke, remove.
     Provider {
@@ -207,6 +295,79 @@ enum Command {
         /// Ingest, for looking up senders' keys when decrypting.
         #[arg(long, env = "INTEROP_INGEST_URL")]
         ingest_url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Create a group; the creator (one of your users) is its first admin.
+    Create {
+        #[arg(long)]
+        creator: String,
+        /// A member (repeat, or comma-separate), e.g. home:+4915112345678.
+        #[arg(long = "member", value_delimiter = ',')]
+        members: Vec<String>,
+        /// The group's name (at most 128 bytes).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Change a group as one of its admins: add, remove, make admins, rename.
+    Change {
+        group_id: String,
+        /// The admin making the change (one of your users).
+        #[arg(long)]
+        actor: String,
+        /// Members to add (repeat, or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        add: Vec<String>,
+        /// Members to remove (repeat, or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        remove: Vec<String>,
+        /// Members to make admins (repeat, or comma-separate).
+        #[arg(long = "admin", value_delimiter = ',')]
+        admins: Vec<String>,
+        /// A new name; `--name ''` removes the name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show a group's members, admins and name, as one of its members.
+    Show {
+        group_id: String,
+        /// The member asking (one of your users).
+        #[arg(long = "as")]
+        user: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MediaCommand {
+    /// Upload a file to send (`interop send --media ID --content-type ...
+    /// --size ...`); prints its media id. Kept 30 days by default.
+    Upload {
+        /// The user who will send it (its provider uploads), e.g. signal:alice.
+        #[arg(long = "from", visible_alias = "as")]
+        from: String,
+        file: PathBuf,
+        /// The media type (default: from the file name's extension).
+        #[arg(long)]
+        content_type: Option<String>,
+        /// End-to-end-encrypted media: passed through byte for byte, never
+        /// converted (the file must be encrypted already).
+        #[arg(long)]
+        e2ee: bool,
+        /// A sticker (images only).
+        #[arg(long)]
+        sticker: bool,
+    },
+    /// Download media delivered to one of your users; checks its SHA-256.
+    Download {
+        media_id: String,
+        /// The user it was delivered to.
+        #[arg(long = "as")]
+        user: String,
+        /// Where to write it (written beside it first, then renamed).
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
     },
 }
 
@@ -329,7 +490,25 @@ fn capabilities(
     serde_json::Value::Object(caps)
 }
 
+/// Bad usage or configuration: exits with [`EXIT_USAGE`].
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    Usage(message.into()).into()
+}
+
 struct Ctx {
+    /// How to print answers.
+    out: Style,
     file: ClientConfig,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// A client certificate authenticates: no token needed.
@@ -350,12 +529,12 @@ impl Ctx {
             .as_deref()
             .and_then(std::path::Path::parent)
             .map(|d| d.join("keys"))
-            .context("no keys directory: pass --keys-dir or run scripts/up")
+            .ok_or_else(|| usage("no keys directory: pass --keys-dir or run scripts/up"))
     }
 
     fn creds(&self, user: &str) -> anyhow::Result<(String, String)> {
         let address =
-            Address::parse(user).with_context(|| format!("{user:?} is not an address"))?;
+            Address::parse(user).map_err(|e| usage(format!("{user:?} is not an address: {e}")))?;
         let provider = self
             .provider
             .clone()
@@ -364,9 +543,11 @@ impl Ctx {
             (Some(t), _) | (None, Some(t)) => t.clone(),
             // The client certificate authenticates the provider.
             (None, None) if self.cert_auth => String::new(),
-            (None, None) => anyhow::bail!(
+            (None, None) => {
+                return Err(usage(format!(
                 "no token for provider {provider:?}: pass --token (or --client-cert) or run scripts/up"
-            ),
+            )))
+            }
         };
         Ok((provider, token))
     }
@@ -379,11 +560,11 @@ impl Ctx {
     ) -> anyhow::Result<interop_client::admin::AdminClient> {
         let url = url
             .or_else(|| self.file.admin_url.clone())
-            .context("no admin URL: pass --admin-url or run scripts/up")?;
+            .ok_or_else(|| usage("no admin URL: pass --admin-url or run scripts/up"))?;
         let token = token
             .or_else(|| self.file.admin_token.clone())
-            .context("no admin token: pass --admin-token or run scripts/up")?;
-        Ok(interop_client::admin::AdminClient::new(&url, &token)?)
+            .ok_or_else(|| usage("no admin token: pass --admin-token or run scripts/up"))?;
+        interop_client::admin::AdminClient::new(&url, &token).map_err(|e| usage(e.to_string()))
     }
 
     fn url(
@@ -392,8 +573,24 @@ impl Ctx {
         from_file: Option<&String>,
         what: &str,
     ) -> anyhow::Result<String> {
-        flag.or_else(|| from_file.cloned())
-            .with_context(|| format!("no {what} URL: pass --{what}-url or run scripts/up"))
+        flag.or_else(|| from_file.cloned()).ok_or_else(|| {
+            usage(format!(
+                "no {what} URL: pass --{what}-url or run scripts/up"
+            ))
+        })
+    }
+
+    /// An ingest connection authenticated as `user`'s provider.
+    async fn sender(&self, user: &str, ingest_url: Option<String>) -> anyhow::Result<Sender> {
+        let (provider, token) = self.creds(user)?;
+        let url = self.url(ingest_url, self.file.ingest_url.as_ref(), "ingest")?;
+        Ok(Sender::connect_with(&url, &provider, &token, self.tls.clone()).await?)
+    }
+
+    /// The media API client.
+    fn media(&self, url: Option<String>) -> anyhow::Result<MediaClient> {
+        let url = self.url(url, self.file.media_url.as_ref(), "media")?;
+        MediaClient::new(&url, self.tls.clone()).map_err(|e| usage(e.to_string()))
     }
 }
 
@@ -417,6 +614,10 @@ fn describe(env: &Envelope) -> serde_json::Value {
         v["sender_provider_id"] = json!(info.provider);
         v["sender_provider_encryption"] = json!(encryption_name(info.provider_encryption));
         v["privacy_policy_url"] = json!(info.privacy_policy_url);
+    }
+    // Only on group messages: every other line stays as it always was.
+    if !env.group_id.is_empty() {
+        v["group_id"] = json!(env.group_id);
     }
     match &env.content {
         Some(Content::Text(t)) => v["text"] = json!(t.body),
@@ -451,6 +652,17 @@ fn describe(env: &Envelope) -> serde_json::Value {
                 "left": k.left,
             })
         }
+        Some(Content::GroupChange(g)) => {
+            v["group_change"] = json!({
+                "created": g.created,
+                "added": g.added,
+                "removed": g.removed,
+                "new_admins": g.new_admins,
+                "renamed": g.renamed,
+                "name": g.name,
+                "members": g.members,
+            })
+        }
         _ => v["content"] = json!("other"),
     }
     v
@@ -458,36 +670,69 @@ fn describe(env: &Envelope) -> serde_json::Value {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed.
+            e.print().ok();
+            std::process::exit(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
+        }
+    };
     match run(cli).await {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("interop: {e:#}");
-            std::process::exit(1);
+            std::process::exit(exit_code(&e));
         }
     }
 }
 
+/// `interop completions SHELL`.
+fn completions(shell: clap_complete::Shell) -> i32 {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "interop", &mut script);
+    // A reader that stops early (`| head`) is not an error.
+    std::io::Write::write_all(&mut std::io::stdout(), &script).ok();
+    EXIT_OK
+}
+
+/// [`EXIT_USAGE`] for bad usage or configuration, else [`EXIT_ERROR`].
+fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<Usage>().is_some() {
+        EXIT_USAGE
+    } else {
+        EXIT_ERROR
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let file = match ClientConfig::locate(cli.config.as_deref()) {
-        Some(path) => ClientConfig::load(&path)?,
+    let out = Style::detect(cli.json);
+    // Needs no configuration.
+    if let Command::Completions { shell } = cli.command {
+        return Ok(completions(shell));
+    }
+    let config_path = ClientConfig::locate(cli.config.as_deref());
+    let file = match &config_path {
+        Some(path) => ClientConfig::load(path).map_err(|e| usage(e.to_string()))?,
         None => ClientConfig::default(),
     };
     let tls = match (&cli.ca_file, &cli.client_cert, &cli.client_key) {
-        (Some(ca), Some(cert), Some(key)) => {
-            Some(interop_client::tls_config_with_client_cert(ca, cert, key)?)
-        }
-        (Some(ca), _, _) => Some(interop_client::tls_config(ca)?),
+        (Some(ca), Some(cert), Some(key)) => Some(
+            interop_client::tls_config_with_client_cert(ca, cert, key)
+                .map_err(|e| usage(e.to_string()))?,
+        ),
+        (Some(ca), _, _) => Some(interop_client::tls_config(ca).map_err(|e| usage(e.to_string()))?),
         _ => None,
     };
     let ctx = Ctx {
+        out,
         file,
         tls,
         cert_auth: cli.client_cert.is_some(),
         token: cli.token,
         provider: cli.provider,
         keys_dir: cli.keys_dir,
-        config_path: ClientConfig::locate(cli.config.as_deref()),
+        config_path,
     };
     match cli.command {
         Command::OptIn {
@@ -512,69 +757,130 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Send {
             from,
             to,
+            group,
             text,
             ciphertext_b64,
+            media,
+            file,
+            content_type,
+            size,
+            sha256,
+            filename,
             e2ee,
             device,
             client_message_id,
             ingest_url,
+            media_url,
         } => {
-            let (provider, token) = ctx.creds(&from)?;
-            let url = ctx.url(ingest_url, ctx.file.ingest_url.as_ref(), "ingest")?;
+            let to = to.unwrap_or_default();
+            let group = group.unwrap_or_default();
             let cmid = client_message_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-            let sender = Sender::connect_with(&url, &provider, &token, ctx.tls.clone()).await?;
-            let envelope = match (text, ciphertext_b64) {
-                (Some(t), _) if e2ee => {
-                    let ciphertext =
-                        e2ee_ciphertext(&ctx, &sender, &device, &from, &to, &t).await?;
-                    Envelope {
-                        client_message_id: cmid.clone(),
-                        from: from.clone(),
-                        to: to.clone(),
-                        encryption: Encryption::E2ee as i32,
-                        sent_at_ms: interop_proto::now_ms(),
-                        content: Some(Content::Ciphertext(ciphertext)),
-                        ..Default::default()
-                    }
-                }
-                (Some(t), _) => text_envelope(&cmid, &from, &to, &t),
-                (None, Some(b64)) => {
+            if e2ee && text.is_some() && !group.is_empty() {
+                return Err(usage(
+                    "--e2ee --text to a group is not supported: Olm is one to one (groups use MLS)",
+                ));
+            }
+            let sender = ctx.sender(&from, ingest_url).await?;
+            let (encryption, content) = match (text, ciphertext_b64, media, file) {
+                (Some(t), ..) if e2ee => (
+                    Encryption::E2ee,
+                    Content::Ciphertext(
+                        e2ee_ciphertext(&ctx, &sender, &device, &from, &to, &t).await?,
+                    ),
+                ),
+                (Some(t), ..) => (
+                    Encryption::TransportOnly,
+                    Content::Text(interop_proto::v1::Text { body: t }),
+                ),
+                (None, Some(b64), ..) => {
                     let payload = base64::engine::general_purpose::STANDARD
                         .decode(b64.trim())
-                        .context("--ciphertext-b64 is not base64")?;
-                    Envelope {
-                        client_message_id: cmid.clone(),
-                        from: from.clone(),
-                        to: to.clone(),
-                        encryption: Encryption::E2ee as i32,
-                        sent_at_ms: interop_proto::now_ms(),
-                        content: Some(Content::Ciphertext(Ciphertext {
+                        .map_err(|_| usage("--ciphertext-b64 is not base64"))?;
+                    (
+                        Encryption::E2ee,
+                        Content::Ciphertext(Ciphertext {
                             scheme: "opaque".into(),
                             payload: payload.into(),
                             ..Default::default()
-                        })),
-                        ..Default::default()
-                    }
+                        }),
+                    )
                 }
-                (None, None) => bail!("pass --text or --ciphertext-b64"),
+                (None, None, Some(media_id), _) => {
+                    let sha256 = match sha256 {
+                        Some(h) => hex::decode(h.trim())
+                            .ok()
+                            .filter(|b| b.len() == 32)
+                            .ok_or_else(|| usage("--sha256 is not 64 hex digits"))?,
+                        None => Vec::new(),
+                    };
+                    let media = interop_proto::v1::Media {
+                        media_id,
+                        content_type: content_type.unwrap_or_default(),
+                        size: size.unwrap_or_default(),
+                        sha256: sha256.into(),
+                        filename: filename.unwrap_or_default(),
+                        ..Default::default()
+                    };
+                    (media_encryption(e2ee), Content::Media(media))
+                }
+                (None, None, None, Some(path)) => {
+                    let uploaded =
+                        match upload(&ctx, media_url, &from, &path, content_type, e2ee, false)
+                            .await?
+                        {
+                            Ok(u) => u,
+                            Err(code) => return Ok(code),
+                        };
+                    let filename = filename.unwrap_or_else(|| {
+                        path.file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default()
+                    });
+                    let media = interop_proto::v1::Media {
+                        media_id: uploaded.media_id,
+                        content_type: uploaded.content_type,
+                        size: uploaded.size,
+                        sha256: hex::decode(&uploaded.sha256).unwrap_or_default().into(),
+                        filename,
+                        ..Default::default()
+                    };
+                    (media_encryption(e2ee), Content::Media(media))
+                }
+                (None, None, None, None) => {
+                    return Err(usage("pass --text, --ciphertext-b64, --media or --file"))
+                }
+            };
+            let envelope = Envelope {
+                client_message_id: cmid,
+                from,
+                to,
+                group_id: group,
+                encryption: encryption as i32,
+                sent_at_ms: interop_proto::now_ms(),
+                content: Some(content),
+                ..Default::default()
             };
             match sender.send(envelope).await? {
                 SendOutcome::Accepted(a) => {
-                    println!(
-                        "{}",
-                        json!({"accepted": {"client_message_id": a.client_message_id, "message_id": a.message_id, "accepted_at_ms": a.accepted_at_ms, "duplicate": a.duplicate}})
+                    ctx.out.print(
+                        &json!({"accepted": {"client_message_id": a.client_message_id, "message_id": a.message_id, "accepted_at_ms": a.accepted_at_ms, "duplicate": a.duplicate}}),
                     );
-                    Ok(0)
+                    Ok(EXIT_OK)
                 }
                 SendOutcome::Rejected(r) => {
-                    println!(
-                        "{}",
-                        json!({"rejected": {"client_message_id": r.client_message_id, "code": r.code().as_str_name().trim_start_matches("REJECT_CODE_"), "detail": r.detail, "retry_after_ms": r.retry_after_ms}})
+                    ctx.out.print(
+                        &json!({"rejected": {"client_message_id": r.client_message_id, "code": r.code().as_str_name().trim_start_matches("REJECT_CODE_"), "detail": r.detail, "retry_after_ms": r.retry_after_ms}}),
                     );
-                    Ok(2)
+                    Ok(EXIT_REFUSED)
                 }
             }
         }
+        Command::Group {
+            command,
+            ingest_url,
+        } => group(&ctx, command, ingest_url).await,
+        Command::Media { command, media_url } => media(&ctx, command, media_url).await,
+        Command::Completions { shell } => Ok(completions(shell)),
         Command::EraseUser {
             address,
             admin_url,
@@ -589,7 +895,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     Some(&json!({ "address": address })),
                 )
                 .await;
-            print_admin_answer(answer)
+            print_admin_answer(ctx.out, answer)
         }
         Command::Provider {
             command,
@@ -667,7 +973,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         .await
                 }
             };
-            print_admin_answer(answer)
+            print_admin_answer(ctx.out, answer)
         }
         Command::Keys {
             command,
@@ -731,15 +1037,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 if d.inbox != Inbox::Unspecified {
                     v["inbox"] = json!(inbox_name(d.inbox));
                 }
-                println!("{v}");
+                ctx.out.print(&v);
                 rx.ack(&[d.delivery_tag]).await?;
                 received += 1;
             }
             rx.close().await;
             Ok(if count.is_some_and(|c| received < c) {
-                3
+                EXIT_TIMEOUT
             } else {
-                0
+                EXIT_OK
             })
         }
     }
@@ -748,23 +1054,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 /// Prints an admin API answer: the JSON of a success (exit 0), or
 /// `{"rejected": ...}` (exit 2).
 fn print_admin_answer(
+    out: Style,
     answer: Result<serde_json::Value, interop_client::admin::AdminError>,
 ) -> anyhow::Result<i32> {
     match answer {
         Ok(v) => {
-            println!("{v}");
-            Ok(0)
+            out.print(&v);
+            Ok(EXIT_OK)
         }
         Err(interop_client::admin::AdminError::Refused {
             status,
             code,
             detail,
         }) => {
-            println!(
-                "{}",
-                json!({"rejected": {"status": status, "code": code, "detail": detail}})
-            );
-            Ok(2)
+            out.print(&json!({"rejected": {"status": status, "code": code, "detail": detail}}));
+            Ok(EXIT_REFUSED)
         }
         Err(e) => Err(e.into()),
     }
@@ -777,25 +1081,16 @@ async fn consent(
     allow: &[String],
     ingest_url: Option<String>,
 ) -> anyhow::Result<i32> {
-    let (provider, token) = ctx.creds(user)?;
-    let url = ctx.url(ingest_url, ctx.file.ingest_url.as_ref(), "ingest")?;
-    let sender = Sender::connect_with(&url, &provider, &token, ctx.tls.clone()).await?;
+    let sender = ctx.sender(user, ingest_url).await?;
     let allow: Vec<&str> = allow.iter().map(String::as_str).collect();
     match sender.set_consent(user, opted_in, &allow).await? {
         ConsentOutcome::Updated(c) => {
-            println!(
-                "{}",
-                json!({"consent": {"user": c.user, "opted_in": c.opted_in, "allowed_providers": c.allowed_providers}})
+            ctx.out.print(
+                &json!({"consent": {"user": c.user, "opted_in": c.opted_in, "allowed_providers": c.allowed_providers}}),
             );
-            Ok(0)
+            Ok(EXIT_OK)
         }
-        ConsentOutcome::Rejected(r) => {
-            println!(
-                "{}",
-                json!({"rejected": {"code": r.code().as_str_name().trim_start_matches("REJECT_CODE_"), "detail": r.detail}})
-            );
-            Ok(2)
-        }
+        ConsentOutcome::Rejected(r) => Ok(print_rejected(ctx.out, &r)),
     }
 }
 
@@ -808,12 +1103,12 @@ fn inbox_name(inbox: Inbox) -> &'static str {
     }
 }
 
-fn print_rejected(r: &Rejected) -> i32 {
-    println!(
-        "{}",
-        json!({"rejected": {"code": r.code().as_str_name().trim_start_matches("REJECT_CODE_"), "detail": r.detail}})
+/// Prints `{"rejected": {code, detail}}`; exit 2.
+fn print_rejected(out: Style, r: &Rejected) -> i32 {
+    out.print(
+        &json!({"rejected": {"code": r.code().as_str_name().trim_start_matches("REJECT_CODE_"), "detail": r.detail}}),
     );
-    2
+    EXIT_REFUSED
 }
 
 /// `interop consent`: reads the settings, changes what was given, and
@@ -831,7 +1126,7 @@ async fn consent_settings(
     let sender = Sender::connect_with(&url, &provider, &token, ctx.tls.clone()).await?;
     let mut state = match sender.get_consent(user).await? {
         ConsentStateOutcome::State(s) => s,
-        ConsentStateOutcome::Rejected(r) => return Ok(print_rejected(&r)),
+        ConsentStateOutcome::Rejected(r) => return Ok(print_rejected(ctx.out, &r)),
     };
     if opted_in.is_some() || allow.is_some() || inbox.is_some() {
         let opted_in = opted_in.unwrap_or(state.opted_in);
@@ -853,17 +1148,16 @@ async fn consent_settings(
                 state.allowed_providers = c.allowed_providers;
                 state.inbox = c.inbox;
             }
-            ConsentOutcome::Rejected(r) => return Ok(print_rejected(&r)),
+            ConsentOutcome::Rejected(r) => return Ok(print_rejected(ctx.out, &r)),
         }
     }
     let inbox = Inbox::try_from(state.inbox).unwrap_or(Inbox::Unspecified);
-    println!(
-        "{}",
-        json!({"consent": {"user": state.user, "opted_in": state.opted_in,
-            "allowed_providers": state.allowed_providers, "inbox": inbox_name(inbox),
-            "blocked": state.blocked, "declined": state.declined}})
+    ctx.out.print(
+        &json!({"consent": {"user": state.user, "opted_in": state.opted_in,
+        "allowed_providers": state.allowed_providers, "inbox": inbox_name(inbox),
+        "blocked": state.blocked, "declined": state.declined}}),
     );
-    Ok(0)
+    Ok(EXIT_OK)
 }
 
 /// `interop request ACTION`.
@@ -890,14 +1184,11 @@ async fn request(
         .await?
     {
         RequestOutcome::Responded(r) => {
-            println!(
-                "{}",
-                json!({"request": {"user": r.user, "sender": r.sender,
-                    "action": action.as_str_name().trim_start_matches("REQUEST_ACTION_").to_lowercase()}})
-            );
-            Ok(0)
+            ctx.out.print(&json!({"request": {"user": r.user, "sender": r.sender,
+                "action": action.as_str_name().trim_start_matches("REQUEST_ACTION_").to_lowercase()}}));
+            Ok(EXIT_OK)
         }
-        RequestOutcome::Rejected(r) => Ok(print_rejected(&r)),
+        RequestOutcome::Rejected(r) => Ok(print_rejected(ctx.out, &r)),
     }
 }
 
@@ -912,11 +1203,10 @@ async fn keys(ctx: &Ctx, command: KeysCommand, ingest_url: Option<String>) -> an
     let url = ctx.url(ingest_url, ctx.file.ingest_url.as_ref(), "ingest")?;
     let sender = Sender::connect_with(&url, &provider, &token, ctx.tls.clone()).await?;
     let refused = |r: Rejected| {
-        println!(
-            "{}",
-            json!({"rejected": {"code": r.code().as_str_name().trim_start_matches("REJECT_CODE_"), "detail": r.detail, "retry_after_ms": r.retry_after_ms}})
+        ctx.out.print(
+            &json!({"rejected": {"code": r.code().as_str_name().trim_start_matches("REJECT_CODE_"), "detail": r.detail, "retry_after_ms": r.retry_after_ms}}),
         );
-        Ok(2)
+        Ok(EXIT_REFUSED)
     };
     match command {
         KeysCommand::Publish {
@@ -929,11 +1219,10 @@ async fn keys(ctx: &Ctx, command: KeysCommand, ingest_url: Option<String>) -> an
             match sender.publish_keys(&user, keys, otks, vec![]).await? {
                 interop_client::keys::KeysOutcome::Done(p) => {
                     me.mark_published()?;
-                    println!(
-                        "{}",
-                        json!({"published": {"user": p.user, "device_id": p.device_id, "one_time_prekeys": p.one_time_prekeys}})
+                    ctx.out.print(
+                        &json!({"published": {"user": p.user, "device_id": p.device_id, "one_time_prekeys": p.one_time_prekeys}}),
                     );
-                    Ok(0)
+                    Ok(EXIT_OK)
                 }
                 interop_client::keys::KeysOutcome::Rejected(r) => refused(r),
             }
@@ -952,12 +1241,214 @@ async fn keys(ctx: &Ctx, command: KeysCommand, ingest_url: Option<String>) -> an
                             })
                         })
                         .collect();
-                    println!("{}", json!({"user": list.user, "devices": devices}));
-                    Ok(0)
+                    ctx.out
+                        .print(&json!({"user": list.user, "devices": devices}));
+                    Ok(EXIT_OK)
                 }
                 interop_client::keys::KeysOutcome::Rejected(r) => refused(r),
             }
         }
+    }
+}
+
+/// `interop group ...`: prints the group as it is after the command
+/// (`{"group": ...}`), or the refusal (exit 2).
+async fn group(
+    ctx: &Ctx,
+    command: GroupCommand,
+    ingest_url: Option<String>,
+) -> anyhow::Result<i32> {
+    let user = match &command {
+        GroupCommand::Create { creator, .. } => creator,
+        GroupCommand::Change { actor, .. } => actor,
+        GroupCommand::Show { user, .. } => user,
+    };
+    let sender = ctx.sender(user, ingest_url).await?;
+    let outcome = match command {
+        GroupCommand::Create {
+            creator,
+            members,
+            name,
+        } => {
+            sender
+                .create_named_group(&creator, &members, name.as_deref().unwrap_or_default())
+                .await?
+        }
+        GroupCommand::Change {
+            group_id,
+            actor,
+            add,
+            remove,
+            admins,
+            name,
+        } => {
+            sender
+                .change_group(interop_proto::v1::ChangeGroup {
+                    group_id,
+                    actor,
+                    add,
+                    remove,
+                    add_admins: admins,
+                    name,
+                })
+                .await?
+        }
+        GroupCommand::Show { group_id, user } => sender.get_group(&group_id, &user).await?,
+    };
+    match outcome {
+        GroupOutcome::Updated(g) => {
+            ctx.out.print(
+                &json!({"group": {"group_id": g.group_id, "admins": g.admins,
+                "members": g.members, "name": g.name}}),
+            );
+            Ok(EXIT_OK)
+        }
+        GroupOutcome::Rejected(r) => Ok(print_rejected(ctx.out, &r)),
+    }
+}
+
+/// `interop media ...`.
+async fn media(ctx: &Ctx, command: MediaCommand, media_url: Option<String>) -> anyhow::Result<i32> {
+    match command {
+        MediaCommand::Upload {
+            from,
+            file,
+            content_type,
+            e2ee,
+            sticker,
+        } => Ok(
+            match upload(ctx, media_url, &from, &file, content_type, e2ee, sticker).await? {
+                Ok(u) => {
+                    ctx.out.print(&json!({ "uploaded": u }));
+                    EXIT_OK
+                }
+                Err(code) => code,
+            },
+        ),
+        MediaCommand::Download {
+            media_id,
+            user,
+            output,
+        } => {
+            let (provider, token) = ctx.creds(&user)?;
+            let client = ctx.media(media_url)?;
+            // Written beside the target, renamed once complete and checked.
+            let name = output
+                .file_name()
+                .ok_or_else(|| usage(format!("-o {}: not a file name", output.display())))?;
+            let mut part_name = name.to_os_string();
+            part_name.push(".part");
+            let part = output.with_file_name(part_name);
+            let file = tokio::fs::File::create(&part)
+                .await
+                .with_context(|| format!("cannot write {}", part.display()))?;
+            let result = client
+                .download(&provider, &token, &user, &media_id, file)
+                .await;
+            match result {
+                Ok(d) => {
+                    tokio::fs::rename(&part, &output)
+                        .await
+                        .with_context(|| format!("cannot write {}", output.display()))?;
+                    ctx.out.print(&json!({"downloaded": {"media_id": media_id,
+                        "file": output.display().to_string(), "content_type": d.content_type,
+                        "size": d.size, "sha256": d.sha256}}));
+                    Ok(EXIT_OK)
+                }
+                Err(e) => {
+                    tokio::fs::remove_file(&part).await.ok();
+                    media_refused(ctx.out, e)
+                }
+            }
+        }
+    }
+}
+
+/// Uploads `path` for `from` to send: the API's answer, or the exit code of
+/// a printed refusal.
+async fn upload(
+    ctx: &Ctx,
+    media_url: Option<String>,
+    from: &str,
+    path: &std::path::Path,
+    content_type: Option<String>,
+    e2ee: bool,
+    sticker: bool,
+) -> anyhow::Result<Result<interop_client::media::Uploaded, i32>> {
+    let (provider, token) = ctx.creds(from)?;
+    let client = ctx.media(media_url)?;
+    if !path.is_file() {
+        return Err(usage(format!("{}: no such file", path.display())));
+    }
+    let upload = Upload {
+        content_type: content_type.unwrap_or_else(|| guess_content_type(path).to_owned()),
+        e2ee,
+        sticker,
+    };
+    match client.upload_file(&provider, &token, path, &upload).await {
+        Ok(u) => Ok(Ok(u)),
+        Err(e) => media_refused(ctx.out, e).map(Err),
+    }
+}
+
+/// Prints the media API's refusal (exit 2); other errors are errors.
+fn media_refused(out: Style, e: MediaError) -> anyhow::Result<i32> {
+    match e {
+        MediaError::Refused {
+            status,
+            code,
+            detail,
+            retry_after_s,
+        } => {
+            let mut r = json!({"status": status, "code": code, "detail": detail});
+            if let Some(s) = retry_after_s {
+                r["retry_after_ms"] = json!(s * 1000);
+            }
+            out.print(&json!({ "rejected": r }));
+            Ok(EXIT_REFUSED)
+        }
+        e => Err(e.into()),
+    }
+}
+
+/// How a media message goes: as its upload was made.
+fn media_encryption(e2ee: bool) -> Encryption {
+    if e2ee {
+        Encryption::E2ee
+    } else {
+        Encryption::TransportOnly
+    }
+}
+
+/// The media type of a file from its extension; files of unknown types go
+/// as `application/octet-stream`.
+fn guess_content_type(path: &std::path::Path) -> &'static str {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        "heic" => "image/heic",
+        "ogg" | "oga" | "opus" => "audio/ogg",
+        "mp3" => "audio/mpeg",
+        "m4a" => "audio/mp4",
+        "aac" => "audio/aac",
+        "wav" => "audio/wav",
+        "flac" => "audio/flac",
+        "amr" => "audio/amr",
+        "mp4" | "m4v" => "video/mp4",
+        "mov" => "video/quicktime",
+        "webm" => "video/webm",
+        "mkv" => "video/x-matroska",
+        "3gp" => "video/3gpp",
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        "zip" => "application/zip",
+        _ => "application/octet-stream",
     }
 }
 
