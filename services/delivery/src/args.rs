@@ -21,6 +21,10 @@ pub struct Args {
     /// Address recipients' clients connect to (WebSocket at /v1/ws).
     #[arg(long, env = "INTEROP_DELIVERY_LISTEN", default_value = "0.0.0.0:8081")]
     pub listen: SocketAddr,
+    /// Share the listen address with other replicas on this machine
+    /// (SO_REUSEPORT; the kernel spreads connections over them).
+    #[arg(long, env = "INTEROP_LISTEN_REUSE_PORT")]
+    pub listen_reuse_port: bool,
     /// The provider registry (TOML; see docs/protocol.md).
     #[arg(long, env = "INTEROP_PROVIDERS_FILE")]
     pub providers_file: PathBuf,
@@ -33,7 +37,13 @@ impl Config {
     pub async fn from_args(args: &Args) -> Result<Self, ConfigError> {
         let streams = args.common.stream_settings()?;
         let edge = args.edge.limits(DEFAULT_MAX_CONNECTIONS_PER_PROVIDER)?;
-        let endpoint = ProviderEndpoint::open(args.listen, &args.providers_file, &args.tls).await?;
+        let endpoint = ProviderEndpoint::open(
+            args.listen,
+            args.listen_reuse_port,
+            &args.providers_file,
+            &args.tls,
+        )
+        .await?;
         let mut config = Config::new(endpoint.listener, endpoint.providers);
         config.streams = streams;
         config.tls = endpoint.tls;

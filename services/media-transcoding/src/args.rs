@@ -24,6 +24,10 @@ pub struct Args {
         default_value = "0.0.0.0:8082"
     )]
     pub listen: SocketAddr,
+    /// Share the listen address with other replicas on this machine
+    /// (SO_REUSEPORT; the kernel spreads connections over them).
+    #[arg(long, env = "INTEROP_LISTEN_REUSE_PORT")]
+    pub listen_reuse_port: bool,
     /// The provider registry (TOML; see docs/protocol.md).
     #[arg(long, env = "INTEROP_PROVIDERS_FILE")]
     pub providers_file: PathBuf,
@@ -104,9 +108,7 @@ impl Config {
         let auth_limits = args.auth.limits(usize::MAX)?;
         let providers = interop_providers::Registry::load(&args.providers_file)
             .map_err(|e| ConfigError(e.to_string()))?;
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", args.listen)))?;
+        let listener = interop_edge::tls::bind(args.listen, args.listen_reuse_port)?;
         let mut config = Config::new(listener, Arc::new(providers));
         config.streams = streams;
         config.accept = accept;

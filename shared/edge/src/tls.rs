@@ -277,24 +277,68 @@ pub struct ProviderEndpoint {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// Binds a provider-facing listener. With `reuse_port` (Linux
+/// `SO_REUSEPORT`), several processes of the same user listen on one port
+/// and the kernel spreads new connections over them: replicas on one
+/// machine (`scripts/up --replicas`), as a Kubernetes Service does across
+/// pods.
+pub fn bind(listen: SocketAddr, reuse_port: bool) -> Result<TcpListener, ConfigError> {
+    let bad = |e: std::io::Error| ConfigError(format!("cannot listen on {listen}: {e}"));
+    let socket = if listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(bad)?;
+    socket.set_reuseaddr(true).map_err(bad)?;
+    if reuse_port {
+        #[cfg(unix)]
+        socket.set_reuseport(true).map_err(bad)?;
+        #[cfg(not(unix))]
+        return Err(ConfigError(
+            "--listen-reuse-port needs SO_REUSEPORT (Linux)".into(),
+        ));
+    }
+    socket.bind(listen).map_err(bad)?;
+    socket.listen(1024).map_err(bad)
+}
+
 impl ProviderEndpoint {
     /// Loads the providers file and the TLS config (refusing plaintext off
-    /// loopback unless allowed) and binds `listen`.
+    /// loopback unless allowed) and binds `listen` ([`bind`]).
     pub async fn open(
         listen: SocketAddr,
+        reuse_port: bool,
         providers_file: &std::path::Path,
         tls: &TlsArgs,
     ) -> Result<Self, ConfigError> {
         let providers = interop_providers::Registry::load(providers_file)
             .map_err(|e| ConfigError(e.to_string()))?;
         let tls = tls.server_config(listen)?;
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|e| ConfigError(format!("cannot listen on {listen}: {e}")))?;
+        let listener = bind(listen, reuse_port)?;
         Ok(Self {
             listener,
             providers: Arc::new(providers),
             tls,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn replicas_share_a_port_only_when_each_asks_to() {
+        let first = bind("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let addr = first.local_addr().unwrap();
+        // A second replica with the flag shares it; a process without it
+        // is refused, as before.
+        let second = bind(addr, true).unwrap();
+        assert_eq!(second.local_addr().unwrap(), addr);
+        let e = bind(addr, false).unwrap_err();
+        assert!(e.0.contains("cannot listen"), "{e}");
+        let plain = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        assert!(bind(plain.local_addr().unwrap(), true).is_err());
     }
 }

@@ -1,5 +1,7 @@
 //! `scripts/down` stops only what `scripts/up` started: a pid file whose
-//! process is now another program (the pid was reused) is left alone.
+//! process is now another program (the pid was reused) is left alone;
+//! replicas (`routing-2`) are stopped like the first. `scripts/up
+//! --replicas` refuses what it cannot run before it builds anything.
 
 use std::path::Path;
 use std::process::Command;
@@ -34,6 +36,9 @@ fn down_stops_its_own_processes_and_leaves_a_reused_pid_alone() {
     std::fs::write(run.path().join("pids/redis.pid"), redis.to_string()).unwrap();
     // The ingest pid file names a process that is not ingest.
     std::fs::write(run.path().join("pids/ingest.pid"), stranger.to_string()).unwrap();
+    // A second routing replica (scripts/up --replicas routing=2).
+    let routing2 = detached_sleep("/opt/interop/routing");
+    std::fs::write(run.path().join("pids/routing-2.pid"), routing2.to_string()).unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = Command::new("bash")
         .arg(root.join("scripts/down"))
@@ -46,9 +51,11 @@ fn down_stops_its_own_processes_and_leaves_a_reused_pid_alone() {
         String::from_utf8_lossy(&out.stderr)
     );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while (alive(nats) || alive(redis)) && Instant::now() < deadline {
+    while (alive(nats) || alive(redis) || alive(routing2)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(!alive(routing2), "scripts/down did not stop a replica");
+    assert!(!run.path().join("pids/routing-2.pid").exists());
     assert!(!alive(nats), "scripts/down did not stop its nats-server");
     assert!(!alive(redis), "scripts/down did not stop its redis-server");
     assert!(
@@ -61,4 +68,30 @@ fn down_stops_its_own_processes_and_leaves_a_reused_pid_alone() {
         .arg(stranger.to_string())
         .status()
         .unwrap();
+}
+
+#[test]
+fn up_refuses_replicas_it_cannot_run_before_building() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for bad in [
+        "bogus=2",
+        "routing=9",
+        "routing=0",
+        "routing",
+        "routing=2,delivery=x",
+    ] {
+        let started = Instant::now();
+        let out = Command::new("bash")
+            .arg(root.join("scripts/up"))
+            .args(["--replicas", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--replicas takes"), "{bad}: {err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{bad}: it built first"
+        );
+    }
 }
