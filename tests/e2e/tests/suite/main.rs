@@ -6,6 +6,7 @@
 //! `logs.rs` and `tracing.rs` beside this folder stay binaries of their own:
 //! each installs a process-wide tracing subscriber.
 
+mod cli;
 mod common;
 mod consent;
 mod delivery;
