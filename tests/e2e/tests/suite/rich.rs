@@ -818,9 +818,11 @@ async fn idle_sessions_hold_no_store_consumer_and_wake_on_a_new_message() {
     }
     // Once no session holds a consumer (a caught-up one is closed after a
     // while), the next message arrives through a wake-up.
-    poll("caught-up sessions to close their consumers", WAIT, || async {
-        (inbox_consumers(&stack).await == 1).then_some(())
-    })
+    poll(
+        "caught-up sessions to close their consumers",
+        WAIT,
+        || async { (inbox_consumers(&stack).await == 1).then_some(()) },
+    )
     .await;
     send_ok(&signal, text_envelope("m2", ALICE, BOB, "two")).await;
     for rx in &mut sessions {
