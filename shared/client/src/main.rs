@@ -1407,6 +1407,9 @@ fn media_refused(out: Style, e: MediaError) -> anyhow::Result<i32> {
             out.print(&json!({ "rejected": r }));
             Ok(EXIT_REFUSED)
         }
+        e @ (MediaError::BadHeader(_) | MediaError::BadUrl(_) | MediaError::NoTls) => {
+            Err(usage(e.to_string()))
+        }
         e => Err(e.into()),
     }
 }
@@ -1565,6 +1568,151 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("interop").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn send_takes_one_content_and_a_user_or_a_group() {
+        let base = ["send", "--as", "signal:a"];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        assert!(with(&["--to", "home:+1", "--text", "hi"]).is_ok());
+        assert!(with(&["--group", "g-1", "--text", "hi", "--json"]).is_ok());
+        assert!(with(&["--to", "home:+1"]).is_err(), "no content");
+        assert!(with(&["--text", "hi"]).is_err(), "no recipient");
+        assert!(with(&["--to", "home:+1", "--group", "g-1", "--text", "hi"]).is_err());
+        assert!(with(&[
+            "--to",
+            "home:+1",
+            "--text",
+            "hi",
+            "--ciphertext-b64",
+            "AA=="
+        ])
+        .is_err());
+        assert!(with(&["--to", "home:+1", "--text", "hi", "--file", "x.jpg"]).is_err());
+        // --media needs what the upload said.
+        assert!(with(&["--to", "home:+1", "--media", "m-1"]).is_err());
+        assert!(with(&[
+            "--to",
+            "home:+1",
+            "--media",
+            "m-1",
+            "--content-type",
+            "image/png"
+        ])
+        .is_err());
+        assert!(with(&["--to", "home:+1", "--size", "3", "--text", "hi"]).is_err());
+        let cli = with(&[
+            "--to",
+            "home:+1",
+            "--media",
+            "m-1",
+            "--content-type",
+            "image/png",
+            "--size",
+            "3",
+            "--e2ee",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Send { media: Some(ref m), size: Some(3), e2ee: true, .. } if m == "m-1"
+        ));
+        assert!(with(&["--to", "home:+1", "--file", "x.jpg", "--e2ee"]).is_ok());
+        assert!(with(&["--to", "home:+1", "--ciphertext-b64", "AA==", "--e2ee"]).is_err());
+    }
+
+    #[test]
+    fn group_media_and_completions_commands_parse() {
+        let cli = parse(&[
+            "group",
+            "create",
+            "--creator",
+            "signal:a",
+            "--member",
+            "home:+1,telegram:t",
+            "--member",
+            "home:+2",
+            "--name",
+            "Ski trip",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Group { command: GroupCommand::Create { ref members, name: Some(ref n), .. }, .. }
+                if members == &["home:+1", "telegram:t", "home:+2"] && n == "Ski trip"
+        ));
+        let cli = parse(&[
+            "group", "change", "g-1", "--actor", "signal:a", "--add", "home:+3", "--remove",
+            "home:+1", "--admin", "home:+2", "--name", "",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Group {
+                command: GroupCommand::Change { ref group_id, ref add, ref remove, ref admins, name: Some(ref n), .. },
+                ..
+            } if group_id == "g-1" && add == &["home:+3"] && remove == &["home:+1"] && admins == &["home:+2"] && n.is_empty()
+        ));
+        // Without --name the name is kept.
+        assert!(matches!(
+            parse(&["group", "change", "g-1", "--actor", "signal:a", "--add", "home:+3"])
+                .unwrap()
+                .command,
+            Command::Group {
+                command: GroupCommand::Change { name: None, .. },
+                ..
+            }
+        ));
+        assert!(parse(&["group", "show", "g-1", "--as", "home:+1"]).is_ok());
+        assert!(parse(&["group", "show", "g-1"]).is_err());
+        assert!(parse(&["media", "upload", "--from", "signal:a", "x.jpg", "--e2ee"]).is_ok());
+        assert!(parse(&["media", "upload", "--as", "signal:a", "x.jpg"]).is_ok());
+        assert!(parse(&["media", "download", "m-1", "--as", "home:+1", "-o", "x.jpg"]).is_ok());
+        assert!(parse(&["media", "download", "m-1", "--as", "home:+1"]).is_err());
+        assert!(parse(&["completions", "zsh"]).is_ok());
+        assert!(parse(&["completions", "tcsh"]).is_err());
+    }
+
+    #[test]
+    fn usage_and_configuration_errors_exit_64_others_1() {
+        assert_eq!(exit_code(&usage("no token")), EXIT_USAGE);
+        assert_eq!(exit_code(&usage("no token").context("sending")), EXIT_USAGE);
+        assert_eq!(
+            exit_code(&anyhow::anyhow!("connection refused")),
+            EXIT_ERROR
+        );
+        for code in [EXIT_OK, EXIT_ERROR, EXIT_REFUSED, EXIT_TIMEOUT, EXIT_USAGE] {
+            assert!(
+                EXIT_CODES.contains(&format!("\n  {code:<3} ")),
+                "{code} in --help"
+            );
+        }
+        Cli::command().debug_assert();
+        let help = Cli::command().render_help().to_string();
+        assert!(help.contains("Exit codes:"), "{help}");
+    }
+
+    #[test]
+    fn media_types_come_from_the_extension() {
+        for (name, want) in [
+            ("a.JPG", "image/jpeg"),
+            ("b.png", "image/png"),
+            ("voice.opus", "audio/ogg"),
+            ("clip.mov", "video/quicktime"),
+            ("doc.pdf", "application/pdf"),
+            ("noext", "application/octet-stream"),
+            ("x.weird", "application/octet-stream"),
+        ] {
+            assert_eq!(
+                guess_content_type(std::path::Path::new(name)),
+                want,
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub enum MediaError {
     BadUrl(String),
     #[error("an https:// media URL needs a TLS config (--ca-file)")]
     NoTls,
+    /// A value that would go into a header has a control character.
+    #[error("{0} has a control character")]
+    BadHeader(&'static str),
     #[error("cannot reach the media API: {0}")]
     Io(#[from] std::io::Error),
     /// The API answered with an error (docs/protocol.md, "Media API errors").
@@ -208,6 +211,11 @@ impl MediaClient {
         size: u64,
         sha256: [u8; 32],
     ) -> Result<Uploaded, MediaError> {
+        check_headers(&[
+            ("the provider", provider),
+            ("the token", token),
+            ("the content type", &upload.content_type),
+        ])?;
         let mut head = format!(
             "POST /v1/media HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
              Authorization: Bearer {}\r\nX-Interop-Provider: {provider}\r\n\
@@ -274,6 +282,11 @@ impl MediaClient {
                 retry_after_s: None,
             });
         }
+        check_headers(&[
+            ("the provider", provider),
+            ("the token", token),
+            ("the user", user),
+        ])?;
         let head = format!(
             "GET /v1/media/{media_id} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
              Authorization: Bearer {}\r\nX-Interop-Provider: {provider}\r\nX-Interop-As: {user}\r\n\r\n",
@@ -331,6 +344,17 @@ impl MediaClient {
             size: length,
             sha256,
         })
+    }
+}
+
+/// Values go into headers as they are: none may end a header early.
+fn check_headers(values: &[(&'static str, &str)]) -> Result<(), MediaError> {
+    match values
+        .iter()
+        .find(|(_, v)| v.trim().chars().any(char::is_control))
+    {
+        Some((what, _)) => Err(MediaError::BadHeader(what)),
+        None => Ok(()),
     }
 }
 
@@ -432,6 +456,167 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// A one-shot HTTP server: reads a request (head and `Content-Length`
+    /// body), answers `answer`; the request it read.
+    async fn serve_once(answer: Vec<u8>) -> (String, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = s.read(&mut buf).await.unwrap();
+                req.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&req).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .map(|v| v.trim().parse().unwrap())
+                        .unwrap_or(0);
+                    if req.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            s.write_all(&answer).await.unwrap();
+            s.shutdown().await.ok();
+            req
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn an_upload_announces_size_and_hash_and_reads_the_answer() {
+        let body = br#"{"media_id":"m-1","size":5,"content_type":"text/plain","sha256":"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824","encryption":"e2ee","expires_at_ms":9}"#;
+        let answer = [
+            format!(
+                "HTTP/1.1 201 Created\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+            body,
+        ]
+        .concat();
+        let (url, server) = serve_once(answer).await;
+        let upload = Upload {
+            content_type: "text/plain".into(),
+            e2ee: true,
+            sticker: false,
+        };
+        let up = MediaClient::new(&url, None)
+            .unwrap()
+            .upload(
+                "signal",
+                "tok",
+                &upload,
+                &b"hello"[..],
+                5,
+                sha2::Sha256::digest(b"hello").into(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(up.media_id, "m-1");
+        let req = String::from_utf8(server.await.unwrap()).unwrap();
+        for header in [
+            "POST /v1/media HTTP/1.1\r\n",
+            "Authorization: Bearer tok\r\n",
+            "X-Interop-Provider: signal\r\n",
+            "Content-Type: text/plain\r\n",
+            "Content-Length: 5\r\n",
+            "X-Interop-Sha256: 2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\r\n",
+            "X-Interop-Encryption: e2ee\r\n",
+        ] {
+            assert!(req.contains(header), "{header:?} not in {req:?}");
+        }
+        assert!(req.ends_with("\r\n\r\nhello"));
+    }
+
+    #[tokio::test]
+    async fn a_download_is_checked_against_its_announced_hash_and_length() {
+        let good = sha2::Sha256::digest(b"hello");
+        let ok = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nX-Interop-Sha256: {}\r\n\r\nhello",
+            hex::encode(good)
+        );
+        let (url, _) = serve_once(ok.into_bytes()).await;
+        let mut out = Vec::new();
+        let d = MediaClient::new(&url, None)
+            .unwrap()
+            .download("home", "tok", "home:+4915112345678", "m-1", &mut out)
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.as_slice(), d.size, d.content_type.as_str()),
+            (&b"hello"[..], 5, "text/plain")
+        );
+
+        let damaged = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Interop-Sha256: {}\r\n\r\nhellO",
+            hex::encode(good)
+        );
+        let (url, _) = serve_once(damaged.into_bytes()).await;
+        let e = MediaClient::new(&url, None)
+            .unwrap()
+            .download("home", "tok", "home:+4915112345678", "m-1", Vec::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, MediaError::HashMismatch { .. }), "{e}");
+
+        let short = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nX-Interop-Sha256: {}\r\n\r\nhello",
+            hex::encode(good)
+        );
+        let (url, _) = serve_once(short.into_bytes()).await;
+        let e = MediaClient::new(&url, None)
+            .unwrap()
+            .download("home", "tok", "home:+4915112345678", "m-1", Vec::new())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("ended after 5 of 9 bytes"), "{e}");
+
+        let refused =
+            b"HTTP/1.1 404 Not Found\r\n\r\n{\"code\":\"NOT_FOUND\",\"detail\":\"no such media\"}";
+        let (url, _) = serve_once(refused.to_vec()).await;
+        let e = MediaClient::new(&url, None)
+            .unwrap()
+            .download("home", "tok", "home:+4915112345678", "m-1", Vec::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, MediaError::Refused { status: 404, ref code, .. } if code == "NOT_FOUND"),
+            "{e}"
+        );
+        // Not even sent: an id that is no media id cannot walk the path.
+        let e = MediaClient::new("http://127.0.0.1:1", None)
+            .unwrap()
+            .download("home", "tok", "home:+1", "../admin", Vec::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, MediaError::Refused { status: 404, .. }), "{e}");
+        // Nor a header that would end early.
+        let e = MediaClient::new("http://127.0.0.1:1", None)
+            .unwrap()
+            .upload(
+                "signal",
+                "tok",
+                &Upload::new("text/plain\r\nX-Interop-Sticker: true"),
+                &b""[..],
+                0,
+                [0; 32],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, MediaError::BadHeader("the content type")),
+            "{e}"
+        );
     }
 
     #[test]
