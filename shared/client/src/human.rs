@@ -31,11 +31,22 @@ impl Style {
         }
     }
 
-    /// Prints one answer: a JSON line, or its readable form.
+    /// Prints one answer: a JSON line, or its readable form. A reader that
+    /// went away (`interop listen | head -1`) ends the program quietly:
+    /// what was not printed was not acked either.
     pub fn print(self, v: &Value) {
-        match self {
-            Style::Json => println!("{v}"),
-            Style::Human => println!("{}", render(v)),
+        use std::io::Write as _;
+        let line = match self {
+            Style::Json => v.to_string(),
+            Style::Human => render(v),
+        };
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(crate::EXIT_OK);
+            }
+            eprintln!("interop: cannot write to stdout: {e}");
+            std::process::exit(crate::EXIT_ERROR);
         }
     }
 }

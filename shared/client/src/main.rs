@@ -58,6 +58,31 @@ Exit codes:
   64  bad usage or configuration: an unknown flag or value, a bad address,
       no token or URL, an unreadable config or CA file";
 
+/// What each command's `--help` says at the end.
+const EXIT_CODES_SHORT: &str = "\
+Prints readable lines on a terminal, JSON with --json or when piped.
+Exit codes: 0 done, 1 error, 2 refused by the gateway, 3 timed out (listen),
+64 bad usage or configuration; `interop --help` says more.";
+
+/// The command line: [`Cli`], each subcommand's help ending with the exit
+/// codes.
+fn cli_command() -> clap::Command {
+    fn with_codes(c: clap::Command) -> clap::Command {
+        c.mut_subcommands(with_codes).after_help(EXIT_CODES_SHORT)
+    }
+    Cli::command().mut_subcommands(with_codes)
+}
+
+/// Parses the command line (`args`, the program name first).
+fn parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::FromArgMatches as _;
+    Cli::from_arg_matches(&cli_command().try_get_matches_from(args)?)
+}
+
 #[derive(Parser)]
 #[command(
     name = "interop",
@@ -670,7 +695,7 @@ fn describe(env: &Envelope) -> serde_json::Value {
 
 #[tokio::main]
 async fn main() {
-    let cli = match Cli::try_parse() {
+    let cli = match parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version print to stdout and succeed.
@@ -690,7 +715,7 @@ async fn main() {
 /// `interop completions SHELL`.
 fn completions(shell: clap_complete::Shell) -> i32 {
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "interop", &mut script);
+    clap_complete::generate(shell, &mut cli_command(), "interop", &mut script);
     // A reader that stops early (`| head`) is not an error.
     std::io::Write::write_all(&mut std::io::stdout(), &script).ok();
     EXIT_OK
@@ -1571,7 +1596,7 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("interop").chain(args.iter().copied()))
+        parse_args(std::iter::once("interop").chain(args.iter().copied()))
     }
 
     #[test]
@@ -1691,9 +1716,27 @@ mod tests {
                 "{code} in --help"
             );
         }
-        Cli::command().debug_assert();
-        let help = Cli::command().render_help().to_string();
-        assert!(help.contains("Exit codes:"), "{help}");
+        cli_command().debug_assert();
+        let help = cli_command().render_help().to_string();
+        assert!(help.contains("Exit codes:\n  0   done"), "{help}");
+        // Each command's help ends with them in short.
+        let mut cli = cli_command();
+        for path in [
+            &["send"][..],
+            &["group", "change"],
+            &["media", "download"],
+            &["listen"],
+        ] {
+            let mut c = &mut cli;
+            for name in path {
+                c = c.find_subcommand_mut(name).expect("a subcommand");
+            }
+            let help = c.render_help().to_string();
+            assert!(
+                help.trim_end().ends_with(EXIT_CODES_SHORT),
+                "{path:?}: {help}"
+            );
+        }
     }
 
     #[test]
