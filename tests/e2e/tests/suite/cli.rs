@@ -107,45 +107,58 @@ async fn ok(config: &Path, args: &[&str]) -> Value {
 }
 
 /// `interop listen` started in the background; its lines once it exits.
-struct Listener(tokio::process::Child);
+struct Listener {
+    child: tokio::process::Child,
+    /// Everything it wrote to stderr, read to its end.
+    stderr: tokio::task::JoinHandle<String>,
+}
 
 impl Listener {
     async fn start(config: &Path, user: &str, count: u32) -> Self {
+        use tokio::io::AsyncReadExt as _;
         let count = count.to_string();
         let mut cmd = command(
             Some(config),
             &["listen", "--as", user, "--count", &count, "--timeout", "45"],
         );
         let mut child = cmd.spawn().unwrap();
-        // Its session is open once it says so on stderr.
+        // Its session is open once it says so on stderr; the rest of
+        // stderr is kept for a failure's message.
         let mut stderr = child.stderr.take().unwrap();
-        let mut seen = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !String::from_utf8_lossy(&seen).contains("listening as") {
+        let (open_tx, open_rx) = tokio::sync::oneshot::channel();
+        let stderr = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut open_tx = Some(open_tx);
             let mut buf = [0u8; 256];
-            let n = tokio::time::timeout_at(
-                deadline,
-                tokio::io::AsyncReadExt::read(&mut stderr, &mut buf),
-            )
-            .await
-            .expect("the listener started")
-            .unwrap();
-            assert!(
-                n > 0,
-                "the listener exited: {}",
-                String::from_utf8_lossy(&seen)
-            );
-            seen.extend_from_slice(&buf[..n]);
+            while let Ok(n @ 1..) = stderr.read(&mut buf).await {
+                seen.extend_from_slice(&buf[..n]);
+                if String::from_utf8_lossy(&seen).contains("listening as") {
+                    if let Some(tx) = open_tx.take() {
+                        tx.send(()).ok();
+                    }
+                }
+            }
+            String::from_utf8_lossy(&seen).into_owned()
+        });
+        let opened = tokio::time::timeout(Duration::from_secs(30), open_rx).await;
+        if !matches!(opened, Ok(Ok(()))) {
+            child.kill().await.ok();
+            panic!("the listener did not start: {}", stderr.await.unwrap());
         }
-        Self(child)
+        Self { child, stderr }
     }
 
     async fn lines(self) -> Vec<Value> {
-        let out = tokio::time::timeout(Duration::from_secs(60), self.0.wait_with_output())
+        let out = tokio::time::timeout(Duration::from_secs(60), self.child.wait_with_output())
             .await
             .expect("the listener finished")
             .unwrap();
-        assert_eq!(out.status.code(), Some(0), "the listener timed out");
+        let stderr = self.stderr.await.unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "the listener failed or timed out: {stderr}"
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
@@ -472,6 +485,45 @@ async fn piped_output_is_the_json_of_json_and_each_exit_code_means_what_help_say
     )
     .await;
     assert_eq!(sent.code, 0, "{}", sent.stderr);
+    // A reader that goes away (`| head -1`): listen ends quietly, and the
+    // message it could not print was not acked: the next session gets it.
+    {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut listen = command(
+            Some(&config),
+            &["listen", "--as", BOB, "--count", "5", "--timeout", "30"],
+        )
+        .spawn()
+        .unwrap();
+        let mut lines = tokio::io::BufReader::new(listen.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the first message")
+            .unwrap()
+            .unwrap();
+        assert!(first.contains("\"text\":\"hello\""), "{first}");
+        drop(lines);
+        let again = interop(
+            Some(&config),
+            &["send", "--as", ALICE, "--to", BOB, "--text", "again"],
+        )
+        .await;
+        assert_eq!(again.code, 0, "{}", again.stderr);
+        let out = tokio::time::timeout(Duration::from_secs(30), listen.wait_with_output())
+            .await
+            .expect("listen ended once it could not print")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let next = interop(Some(&config), &["listen", "--as", BOB, "--timeout", "3"]).await;
+        assert_eq!(next.code, 0, "{}", next.stderr);
+        assert!(
+            next.json().iter().any(|l| l["text"] == "again"),
+            "{}",
+            next.stdout
+        );
+    }
     // 2: refused by the gateway, the answer printed.
     let refused = interop(
         Some(&config),
