@@ -253,6 +253,9 @@ fn message(v: &Value) -> String {
         line.push_str(&format!(" in group {g}"));
     }
     line.push_str(" · ");
+    if let Some(target) = v["in_reply_to"].as_str() {
+        line.push_str(&format!("reply to {target} · "));
+    }
     let e2ee = v["encryption"].as_str() == Some("E2EE");
     let protection = |scheme: Option<&str>| match (e2ee, scheme) {
         (true, Some(s)) => format!("e2ee ({})", clean(s)),
@@ -290,12 +293,10 @@ fn message(v: &Value) -> String {
         return line;
     }
     if let Some(b64) = v["ciphertext_b64"].as_str() {
-        // Base64: 4 characters for 3 bytes.
-        let bytes = b64.len() / 4 * 3 - b64.bytes().rev().take_while(|b| *b == b'=').count();
         line.push_str(&format!(
             "{}: {} of ciphertext this device cannot read",
             protection(None),
-            size(bytes as u64)
+            size(b64_len(b64))
         ));
         return line;
     }
@@ -336,6 +337,57 @@ fn message(v: &Value) -> String {
     }
     if let Some(c) = v.get("group_change") {
         line.push_str(&group_change(c));
+        return line;
+    }
+    if let Some(r) = v.get("reaction") {
+        let target = str_of(&r["target_message_id"]);
+        match str_of(&r["emoji"]) {
+            "" => line.push_str(&format!("removed their reaction to {target}")),
+            emoji => line.push_str(&format!("reacted {} to {target}", clean(emoji))),
+        }
+        return line;
+    }
+    if let Some(e) = v.get("edit") {
+        let target = str_of(&e["target_message_id"]);
+        match (e["text"].as_str(), e["ciphertext_b64"].as_str()) {
+            (Some(t), _) => line.push_str(&format!(
+                "{}: edited {target}: {}",
+                protection(None),
+                clean(t)
+            )),
+            (None, Some(b64)) => line.push_str(&format!(
+                "{}: edited {target} ({} of ciphertext)",
+                protection(None),
+                size(b64_len(b64))
+            )),
+            (None, None) => line.push_str(&format!("edited {target}")),
+        }
+        return line;
+    }
+    if let Some(d) = v.get("delete") {
+        line.push_str(&format!(
+            "deleted {} for everyone",
+            str_of(&d["target_message_id"])
+        ));
+        return line;
+    }
+    if let Some(t) = v.get("typing") {
+        line.push_str(if t["active"].as_bool() == Some(true) {
+            "is typing…"
+        } else {
+            "stopped typing"
+        });
+        return line;
+    }
+    if let Some(c) = v.get("call") {
+        line.push_str(&format!(
+            "📞 tried to {}call you (calls do not work between apps)",
+            if c["video"].as_bool() == Some(true) {
+                "video "
+            } else {
+                ""
+            }
+        ));
         return line;
     }
     line.push_str(&format!(
@@ -389,6 +441,12 @@ fn group_change(c: &Value) -> String {
             members.join(", ")
         }
     )
+}
+
+/// The length of what `b64` (padded base64) encodes: 3 bytes per 4
+/// characters, less the padding.
+fn b64_len(b64: &str) -> u64 {
+    (b64.len() / 4 * 3 - b64.bytes().rev().take_while(|b| *b == b'=').count()) as u64
 }
 
 /// Bytes for people: 412 B, 3.5 KiB, 2.4 MiB.
@@ -507,6 +565,52 @@ mod tests {
             render(&msg(json!({"content": "other"}))),
             "from signal:alice (Signal) · transport-only: a kind of message this tool does not show (--json has its id)"
         );
+    }
+
+    #[test]
+    fn replies_reactions_edits_deletes_typing_and_calls() {
+        let from = "from signal:alice (Signal) · ";
+        for (extra, want) in [
+            (
+                json!({"in_reply_to": "0199-t", "text": "yes"}),
+                "reply to 0199-t · transport-only: yes",
+            ),
+            (
+                json!({"content": "other", "reaction": {"target_message_id": "0199-t", "emoji": "👍"}}),
+                "reacted 👍 to 0199-t",
+            ),
+            (
+                json!({"content": "other", "reaction": {"target_message_id": "0199-t", "emoji": ""}}),
+                "removed their reaction to 0199-t",
+            ),
+            (
+                json!({"content": "other", "edit": {"target_message_id": "0199-t", "text": "fixed"}}),
+                "transport-only: edited 0199-t: fixed",
+            ),
+            (
+                json!({"encryption": "E2EE", "content": "other",
+                    "edit": {"target_message_id": "0199-t", "ciphertext_b64": "AAEC"}}),
+                "e2ee: edited 0199-t (3 B of ciphertext)",
+            ),
+            (
+                json!({"content": "other", "delete": {"target_message_id": "0199-t"}}),
+                "deleted 0199-t for everyone",
+            ),
+            (
+                json!({"content": "other", "typing": {"active": true}}),
+                "is typing…",
+            ),
+            (
+                json!({"content": "other", "typing": {"active": false}}),
+                "stopped typing",
+            ),
+            (
+                json!({"content": "other", "call": {"video": true}}),
+                "📞 tried to video call you (calls do not work between apps)",
+            ),
+        ] {
+            assert_eq!(render(&msg(extra)), format!("{from}{want}"));
+        }
     }
 
     #[test]

@@ -640,9 +640,12 @@ fn describe(env: &Envelope) -> serde_json::Value {
         v["sender_provider_encryption"] = json!(encryption_name(info.provider_encryption));
         v["privacy_policy_url"] = json!(info.privacy_policy_url);
     }
-    // Only on group messages: every other line stays as it always was.
+    // Only where set: every other line stays as it always was.
     if !env.group_id.is_empty() {
         v["group_id"] = json!(env.group_id);
+    }
+    if !env.in_reply_to.is_empty() {
+        v["in_reply_to"] = json!(env.in_reply_to);
     }
     match &env.content {
         Some(Content::Text(t)) => v["text"] = json!(t.body),
@@ -677,7 +680,37 @@ fn describe(env: &Envelope) -> serde_json::Value {
                 "left": k.left,
             })
         }
+        // The kinds below were printed as `"content": "other"` alone; that
+        // stays, with what they carry beside it.
+        Some(Content::Reaction(r)) => {
+            v["content"] = json!("other");
+            v["reaction"] = json!({"target_message_id": r.target_message_id, "emoji": r.emoji});
+        }
+        Some(Content::Edit(e)) => {
+            v["content"] = json!("other");
+            v["edit"] = json!({"target_message_id": e.target_message_id});
+            if let Some(t) = &e.text {
+                v["edit"]["text"] = json!(t.body);
+            }
+            if let Some(c) = &e.ciphertext {
+                v["edit"]["ciphertext_b64"] =
+                    json!(base64::engine::general_purpose::STANDARD.encode(&c.payload));
+            }
+        }
+        Some(Content::Delete(d)) => {
+            v["content"] = json!("other");
+            v["delete"] = json!({"target_message_id": d.target_message_id});
+        }
+        Some(Content::Typing(t)) => {
+            v["content"] = json!("other");
+            v["typing"] = json!({"active": t.active});
+        }
+        Some(Content::Call(c)) => {
+            v["content"] = json!("other");
+            v["call"] = json!({"video": c.video});
+        }
         Some(Content::GroupChange(g)) => {
+            v["content"] = json!("other");
             v["group_change"] = json!({
                 "created": g.created,
                 "added": g.added,
@@ -1737,6 +1770,45 @@ mod tests {
                 "{path:?}: {help}"
             );
         }
+    }
+
+    #[test]
+    fn listen_prints_what_it_always_printed_and_more_only_where_set() {
+        let env = Envelope {
+            message_id: "0199-m".into(),
+            from: "signal:alice".into(),
+            to: "home:+1".into(),
+            encryption: Encryption::TransportOnly as i32,
+            content: Some(Content::Text(interop_proto::v1::Text { body: "hi".into() })),
+            ..Default::default()
+        };
+        assert_eq!(
+            describe(&env).to_string(),
+            r#"{"encryption":"TRANSPORT_ONLY","from":"signal:alice","message_id":"0199-m","text":"hi","to":"home:+1"}"#
+        );
+        let in_group = Envelope {
+            group_id: "g-1".into(),
+            in_reply_to: "0199-t".into(),
+            ..env.clone()
+        };
+        let v = describe(&in_group);
+        assert_eq!(
+            (&v["group_id"], &v["in_reply_to"]),
+            (&json!("g-1"), &json!("0199-t"))
+        );
+        let reaction = Envelope {
+            content: Some(Content::Reaction(interop_proto::v1::Reaction {
+                target_message_id: "0199-t".into(),
+                emoji: "👍".into(),
+            })),
+            ..env
+        };
+        let v = describe(&reaction);
+        assert_eq!(v["content"], "other", "as before");
+        assert_eq!(
+            v["reaction"],
+            json!({"target_message_id": "0199-t", "emoji": "👍"})
+        );
     }
 
     #[test]
