@@ -1,6 +1,7 @@
 //! The bare mechanisms under a key claim, measured on this machine against a
 //! `nats-server` started for the purpose (ADR 25, docs/benchmarks.md):
-//! concurrent JetStream message deletes, direct gets, and whole claims
+//! concurrent JetStream message deletes, prefix purges of one subject
+//! (what a claim does since the batch claims), direct gets, and whole claims
 //! through `KeyDirectory::fetch_bundles`, each as operations per second.
 //!
 //! `cargo run --release -p interop-keys --example claim_mechanisms`
@@ -111,6 +112,47 @@ async fn main() -> anyhow::Result<()> {
     })
     .await;
 
+    // Prefix purges (a claim's one write, ADR 25): 1,000 subjects of 20
+    // keys each, each purge removing the next key of one subject (the pool
+    // subject as filter, the key's sequence + 1 as the bound).
+    const SUBJECTS: u64 = 1_000;
+    let mut by_subject = vec![Vec::new(); SUBJECTS as usize];
+    let mut acks = Vec::new();
+    for i in 0..N {
+        let subject = i % SUBJECTS;
+        acks.push((
+            subject,
+            js.publish(
+                format!("interop.v1.keys.pool.bench{subject}.d.otk"),
+                format!("{i}").into(),
+            )
+            .await?,
+        ));
+        if acks.len() == 1024 {
+            for (subject, a) in acks.drain(..) {
+                by_subject[subject as usize].push(a.await?.sequence);
+            }
+        }
+    }
+    for (subject, a) in acks.drain(..) {
+        by_subject[subject as usize].push(a.await?.sequence);
+    }
+    let by_subject = Arc::new(by_subject);
+    let s = stream.clone();
+    let purges = run_concurrently(N, move |i| {
+        let (s, q) = (s.clone(), by_subject.clone());
+        async move {
+            let subject = i % SUBJECTS;
+            let seq = q[subject as usize][(i / SUBJECTS) as usize];
+            s.purge()
+                .filter(format!("interop.v1.keys.pool.bench{subject}.d.otk"))
+                .sequence(seq + 1)
+                .await
+                .ok();
+        }
+    })
+    .await;
+
     // Whole claims: 100 users × 200 keys, half of them claimed by 256 tasks
     // at once (pools are topped up long before they run dry).
     let dir = KeyDirectory::open(js.clone()).await?;
@@ -150,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
             "direct_gets_per_s": gets.round(),
             "direct_gets_next_for_subject_per_s": nexts.round(),
             "deletes_per_s": deletes.round(),
+            "prefix_purges_per_s": purges.round(),
             "claims_per_s": claims.round(),
             "in_flight": IN_FLIGHT,
         })

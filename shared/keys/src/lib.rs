@@ -23,6 +23,13 @@
 //!   fetcher gets each key, whichever directory replica it runs in and
 //!   across a leader change (a delete that lost the race fails and the
 //!   fetcher takes the next key). An empty pool means the last-resort key.
+//!   Claims of one pool in one instance are coalesced: one batch claim at a
+//!   time reads a key for each waiting fetch and removes them (a purge of
+//!   the pool's prefix for a batch), so an instance's fetches do not race
+//!   each other.
+//! - **A cache of users' devices per instance**, for fetches only: kept at
+//!   most [`DEVICE_CACHE_TTL`], dropped when a write of the user goes by
+//!   (a core-NATS subscription to the devices' subjects).
 //!
 //! Both are replicated like the pipeline's streams (`--stream-replicas`).
 //! Redis holds nothing of the directory.
@@ -61,7 +68,13 @@ const KP: &str = "kp";
 const CAS_ATTEMPTS: usize = 16;
 /// Keys one batch claim takes at most (for as many waiting fetches).
 const MAX_BATCH: usize = 32;
-/// Read-and-purge rounds a batch claim makes before it gives up as
+/// From this many keys on, a batch claim removes them with one prefix purge
+/// instead of a delete each: on nats-server 2.9 each removal rewrites the
+/// block's index with its list of deleted messages (tens of KiB in an aged
+/// pool), while a purge costs one rewrite per block it touches but walks
+/// every block of the stream (docs/benchmarks.md).
+const PURGE_FROM: usize = 4;
+/// Read-and-remove rounds a batch claim makes before it gives up as
 /// unavailable (not with the last-resort key): each round that gets nothing
 /// means another claimer took keys, so this is reached only under a storm
 /// of claimers on one device while keys keep arriving.
@@ -454,7 +467,7 @@ impl KeyDirectory {
             .map_err(|e| unavailable("storing a key", e))
     }
 
-    /// Claims one key of a pool: it is purged from the pool, so no other
+    /// Claims one key of a pool: it is deleted from the pool, so no other
     /// fetcher gets it. `None` when the pool is empty.
     ///
     /// Concurrent claims of one pool in this instance are coalesced: one
@@ -547,24 +560,33 @@ impl KeyDirectory {
         }
     }
 
-    /// Claims up to `n` keys of a pool in as few requests as it can: reads
-    /// the pool's first `n` keys (direct gets, which any replica answers),
-    /// then purges the pool's messages below the last one read (`purge`
-    /// with the pool's subject as filter and a sequence), which the stream's
-    /// leader does atomically and answers with how many it removed.
+    /// Claims up to `n` keys of a pool in as few writes as it can: reads
+    /// the pool's first keys (direct gets, which any replica answers), then
+    /// removes them, which JetStream does once, through the stream's leader:
     ///
-    /// Every claimer only ever purges a prefix of a pool, and the stream's
+    /// - fewer than [`PURGE_FROM`]: deleted one by one in pool order; each
+    ///   delete that succeeds is this claim's key, one that fails was taken
+    ///   by another claimer.
+    /// - more: one purge of the pool's messages below the last key read
+    ///   (`purge` with the pool's subject as filter and a sequence), which
+    ///   answers how many it removed.
+    ///
+    /// Every claimer removes only a prefix of a pool (a delete here is of
+    /// the pool's first key: the keys before it are gone), and the stream's
     /// limits drop its oldest keys, so a pool is always a suffix of the keys
-    /// published to it: of the keys read, the purge removed the last
-    /// `purged` (the others were gone already, taken by another claimer),
-    /// and those are this claim's. Keys published meanwhile have higher
-    /// sequences and are not touched. A claim that got fewer than `n` reads
-    /// on, so it gives up only when the pool is empty.
+    /// published to it: of the keys a purge's claim read, the purge removed
+    /// the last `purged` (the others were gone already), and those are this
+    /// claim's. Keys published meanwhile have higher sequences and are not
+    /// touched. (So no other code may delete a pool key out of order: not
+    /// the single-key claims before this, during a rolling upgrade.)
     ///
-    /// What it got, and `Ok` when it stopped at an empty pool (the rest get
-    /// the last-resort key) or the error that stopped it.
+    /// A claim that got fewer than `n` reads again from the pool's start, so
+    /// it gives up only when the pool is empty. What it got, and `Ok` when
+    /// it stopped at an empty pool (the rest get the last-resort key) or the
+    /// error that stopped it (a key whose removal is unknown is not handed
+    /// out).
     async fn claim_batch(&self, subject: &str, n: usize) -> (Vec<Bytes>, Result<(), String>) {
-        use async_nats::jetstream::stream::DirectGetErrorKind;
+        use async_nats::jetstream::stream::{DeleteMessageErrorKind, DirectGetErrorKind};
         let mut got = Vec::with_capacity(n);
         for _ in 0..CLAIM_ROUNDS {
             let want = n - got.len();
@@ -583,31 +605,46 @@ impl KeyDirectory {
             let Some(last) = read.last() else {
                 return (got, Ok(()));
             };
-            let purged = match self
-                .pool
-                .purge()
-                .filter(subject)
-                .sequence(last.sequence + 1)
-                .await
-            {
-                Ok(r) => r.purged as usize,
-                Err(e) => return (got, Err(format!("claiming keys: {e}"))),
-            };
-            if purged > read.len() {
-                // Cannot happen while every claimer purges prefixes; if it
-                // does (a claimer deleting single keys), none of these keys
-                // can be told apart from another claimer's.
-                warn!(
-                    purged,
-                    read = read.len(),
-                    "A claim purged more keys than it read; handing none of them out."
-                );
-                continue;
-            }
             let short = read.len() < want;
-            let first = read.len() - purged;
-            got.extend(read.drain(first..).map(|m| m.payload));
-            if got.len() == n || (short && purged > 0 && first == 0) {
+            let mut lost = false;
+            if read.len() < PURGE_FROM {
+                for m in read {
+                    match self.pool.delete_message(m.sequence).await {
+                        Ok(true) => got.push(m.payload),
+                        // Another claimer took it ("no message found").
+                        Ok(false) => lost = true,
+                        Err(e) if matches!(e.kind(), DeleteMessageErrorKind::JetStream(_)) => {
+                            lost = true
+                        }
+                        Err(e) => return (got, Err(format!("claiming a key: {e}"))),
+                    }
+                }
+            } else {
+                let purged = match self
+                    .pool
+                    .purge()
+                    .filter(subject)
+                    .sequence(last.sequence + 1)
+                    .await
+                {
+                    Ok(r) => r.purged as usize,
+                    Err(e) => return (got, Err(format!("claiming keys: {e}"))),
+                };
+                if purged > read.len() {
+                    // Cannot happen while every claimer removes prefixes; if
+                    // it does, these keys cannot be told from another's.
+                    warn!(
+                        purged,
+                        read = read.len(),
+                        "A claim purged more keys than it read; handing none of them out."
+                    );
+                    continue;
+                }
+                lost = purged < read.len();
+                let first = read.len() - purged;
+                got.extend(read.drain(first..).map(|m| m.payload));
+            }
+            if got.len() == n || (short && !lost) {
                 // All wanted, or the pool ran out at the read and all of it
                 // was this claim's.
                 return (got, Ok(()));
