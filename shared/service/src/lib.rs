@@ -67,8 +67,8 @@ pub struct CommonArgs {
         default_value_t = 10_000
     )]
     pub inbox_max_per_recipient: i64,
-    /// OTLP/HTTP collector base URL for traces, e.g. http://otel-collector:4318
-    /// or https://collector.example:4318 (verified against the system's
+    /// OTLP/HTTP collector base URL for traces, e.g. `http://otel-collector:4318`
+    /// or `https://collector.example:4318` (verified against the system's
     /// roots and --otlp-ca-file).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
