@@ -80,8 +80,20 @@ const PURGE_FROM: usize = 4;
 /// of claimers on one device while keys keep arriving.
 const CLAIM_ROUNDS: usize = 1_000;
 
-/// A claim waiting for its key: `None` when the pool is empty.
-type Waiter = oneshot::Sender<Result<Option<Bytes>, KeysError>>;
+/// A claim waiting for its key.
+type Waiter = oneshot::Sender<Result<Claimed, KeysError>>;
+/// A claimed key and its sequence in the pool stream.
+type Key = (Bytes, u64);
+
+/// What a claim got.
+struct Claimed {
+    /// `None` when the pool was empty.
+    key: Option<Bytes>,
+    /// The key's sequence in the pool stream (0 without a key).
+    sequence: u64,
+    /// The claim saw the pool empty after it (nothing left to count).
+    emptied: bool,
+}
 
 /// Why a directory operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -474,7 +486,7 @@ impl KeyDirectory {
     /// batch claim runs at a time per pool and takes a key for each claim
     /// that waited for it ([`claim_batch`](Self::claim_batch)), so they do
     /// not race each other for the first key.
-    async fn claim(&self, subject: &str) -> Result<Option<Bytes>, KeysError> {
+    async fn claim(&self, subject: &str) -> Result<Claimed, KeysError> {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
@@ -516,7 +528,7 @@ impl KeyDirectory {
         let _done = Done(&self.claims, &subject);
         // Keys claimed for waiters that left before they were answered:
         // handed to the next waiters.
-        let mut spare: Vec<Bytes> = Vec::new();
+        let mut spare: Vec<Key> = Vec::new();
         loop {
             let batch: Vec<Waiter> = {
                 let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
@@ -538,22 +550,33 @@ impl KeyDirectory {
             };
             let wanted = batch.len().saturating_sub(spare.len());
             let (mut keys, outcome) = if wanted == 0 {
-                (Vec::new(), Ok(()))
+                (Vec::new(), Ok(false))
             } else {
                 self.claim_batch(&subject, wanted).await
             };
             keys.splice(0..0, spare.drain(..));
             let mut keys = keys.into_iter();
             for w in batch {
-                let answer = match keys.next() {
-                    Some(k) => Ok(Some(k)),
-                    None => match &outcome {
-                        Ok(()) => Ok(None),
-                        Err(e) => Err(KeysError::Unavailable(e.clone())),
-                    },
+                let answer = match (keys.next(), &outcome) {
+                    (Some((k, sequence)), outcome) => Ok(Claimed {
+                        key: Some(k),
+                        sequence,
+                        emptied: keys.len() == 0 && outcome == &Ok(true),
+                    }),
+                    (None, Ok(_)) => Ok(Claimed {
+                        key: None,
+                        sequence: 0,
+                        emptied: true,
+                    }),
+                    (None, Err(e)) => Err(KeysError::Unavailable(e.clone())),
                 };
-                if let Err(Ok(Some(k))) = w.send(answer) {
-                    spare.push(k);
+                if let Err(Ok(Claimed {
+                    key: Some(k),
+                    sequence,
+                    ..
+                })) = w.send(answer)
+                {
+                    spare.push((k, sequence));
                 }
             }
             spare.extend(keys);
@@ -581,11 +604,11 @@ impl KeyDirectory {
     /// the single-key claims before this, during a rolling upgrade.)
     ///
     /// A claim that got fewer than `n` reads again from the pool's start, so
-    /// it gives up only when the pool is empty. What it got, and `Ok` when
-    /// it stopped at an empty pool (the rest get the last-resort key) or the
-    /// error that stopped it (a key whose removal is unknown is not handed
-    /// out).
-    async fn claim_batch(&self, subject: &str, n: usize) -> (Vec<Bytes>, Result<(), String>) {
+    /// it gives up only when the pool is empty. What it got, and whether it
+    /// saw the pool empty after (if it got fewer than `n`, it did: the rest
+    /// get the last-resort key), or the error that stopped it (a key whose
+    /// removal is unknown is not handed out).
+    async fn claim_batch(&self, subject: &str, n: usize) -> (Vec<Key>, Result<bool, String>) {
         use async_nats::jetstream::stream::{DeleteMessageErrorKind, DirectGetErrorKind};
         let mut got = Vec::with_capacity(n);
         for _ in 0..CLAIM_ROUNDS {
@@ -603,14 +626,14 @@ impl KeyDirectory {
                 }
             }
             let Some(last) = read.last() else {
-                return (got, Ok(()));
+                return (got, Ok(true));
             };
             let short = read.len() < want;
             let mut lost = false;
             if read.len() < PURGE_FROM {
                 for m in read {
                     match self.pool.delete_message(m.sequence).await {
-                        Ok(true) => got.push(m.payload),
+                        Ok(true) => got.push((m.payload, m.sequence)),
                         // Another claimer took it ("no message found").
                         Ok(false) => lost = true,
                         Err(e) if matches!(e.kind(), DeleteMessageErrorKind::JetStream(_)) => {
@@ -642,18 +665,45 @@ impl KeyDirectory {
                 }
                 lost = purged < read.len();
                 let first = read.len() - purged;
-                got.extend(read.drain(first..).map(|m| m.payload));
+                got.extend(read.drain(first..).map(|m| (m.payload, m.sequence)));
             }
             if got.len() == n || (short && !lost) {
                 // All wanted, or the pool ran out at the read and all of it
                 // was this claim's.
-                return (got, Ok(()));
+                return (got, Ok(short && !lost));
             }
         }
         (
             got,
             Err("claims of this pool kept losing to other claimers; retry".into()),
         )
+    }
+
+    /// Keys of a pool after `sequence` (a claimed key's: a pool is a suffix,
+    /// so these are all it has left), counted up to `limit` by reading them
+    /// (direct gets): a stream info with a subject filter walks every block
+    /// of the stream on nats-server 2.9, and made a storm that drained its
+    /// pools collapse (docs/benchmarks.md).
+    async fn count_after(
+        &self,
+        subject: &str,
+        sequence: u64,
+        limit: usize,
+    ) -> Result<usize, KeysError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        let mut from = sequence + 1;
+        for n in 0..limit {
+            match self
+                .pool
+                .direct_get_next_for_subject(subject, Some(from))
+                .await
+            {
+                Ok(m) => from = m.sequence + 1,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(n),
+                Err(e) => return Err(unavailable("counting a key pool", e)),
+            }
+        }
+        Ok(limit)
     }
 
     /// Counts a pool after a claim that may have left it low; `Some` when
@@ -682,10 +732,11 @@ impl KeyDirectory {
     /// one one-time prekey, and the pools the claims left low.
     /// `UNKNOWN_DEVICE` if a named device is not there.
     ///
-    /// Counting a pool is a request of its own, so it is made only when the
-    /// claimed key was among the last [`LOW_ONE_TIME_PREKEYS`] the device
-    /// published (claims go roughly in publishing order) or the pool was
-    /// empty.
+    /// A pool the claim saw empty is reported as is. Otherwise counting it
+    /// costs requests (reading up to [`LOW_ONE_TIME_PREKEYS`] keys after
+    /// the claimed one), so it is counted only when the claimed key was
+    /// among the last [`LOW_ONE_TIME_PREKEYS`] the device published (claims
+    /// go in pool order).
     pub async fn fetch_bundles(
         &self,
         user: &str,
@@ -714,7 +765,7 @@ impl KeyDirectory {
         for d in chosen {
             let Some(keys) = d.keys.clone() else { continue };
             let claimed = self.claim(&keys_pool(&ukey, &keys.device_id, OTK)).await?;
-            let one_time_prekey = match claimed {
+            let one_time_prekey = match claimed.key {
                 Some(bytes) => Some(
                     PublicKey::decode(bytes)
                         .map_err(|e| unavailable("decoding a one-time prekey", e))?,
@@ -725,12 +776,26 @@ impl KeyDirectory {
             let near_end = one_time_prekey
                 .as_ref()
                 .is_none_or(|k| u64::from(k.key_id) + LOW_ONE_TIME_PREKEYS as u64 > generation);
-            if near_end {
-                if let Some(low) = self
-                    .check_low(user, &keys.device_id, Pool::OneTimePrekeys, generation)
-                    .await?
-                {
-                    out.low.push(low);
+            if claimed.emptied {
+                // Nothing left: no count needed.
+                out.low.push(LowPool {
+                    device_id: keys.device_id.clone(),
+                    pool: Pool::OneTimePrekeys,
+                    left: 0,
+                    generation,
+                });
+            } else if near_end {
+                let subject = keys_pool(&ukey, &keys.device_id, OTK);
+                let left = self
+                    .count_after(&subject, claimed.sequence, LOW_ONE_TIME_PREKEYS)
+                    .await?;
+                if left < LOW_ONE_TIME_PREKEYS {
+                    out.low.push(LowPool {
+                        device_id: keys.device_id.clone(),
+                        pool: Pool::OneTimePrekeys,
+                        left: u32::try_from(left).unwrap_or(u32::MAX),
+                        generation,
+                    });
                 }
             }
             out.items.push(Bundle {
@@ -754,7 +819,14 @@ impl KeyDirectory {
         for d in &self.devices_for_fetch(user).await?.devices {
             let Some(keys) = d.keys.clone() else { continue };
             let claimed = self.claim(&keys_pool(&ukey, &keys.device_id, KP)).await?;
-            if claimed.is_some() || d.key_packages_published > 0 {
+            if claimed.emptied && (claimed.key.is_some() || d.key_packages_published > 0) {
+                out.low.push(LowPool {
+                    device_id: keys.device_id.clone(),
+                    pool: Pool::KeyPackages,
+                    left: 0,
+                    generation: d.key_packages_published,
+                });
+            } else if claimed.key.is_some() || d.key_packages_published > 0 {
                 if let Some(low) = self
                     .check_low(
                         user,
@@ -767,7 +839,7 @@ impl KeyDirectory {
                     out.low.push(low);
                 }
             }
-            let (key_package, last_resort) = match claimed {
+            let (key_package, last_resort) = match claimed.key {
                 Some(kp) => (kp, false),
                 None if !keys.last_resort_key_package.is_empty() => {
                     (keys.last_resort_key_package.clone(), true)

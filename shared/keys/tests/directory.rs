@@ -278,7 +278,13 @@ async fn storm(dirs: &[KeyDirectory], n: usize) -> (Vec<u32>, usize) {
         let dir = dirs[i % dirs.len()].clone();
         tasks.push(tokio::spawn(async move {
             let f = dir.fetch_bundles(BOB, &[]).await.unwrap();
-            f.items[0].one_time_prekey.as_ref().map(|k| k.key_id)
+            let key = f.items[0].one_time_prekey.as_ref().map(|k| k.key_id);
+            if key.is_none() {
+                // An empty pool is reported, without a count.
+                assert_eq!(f.low.len(), 1);
+                assert_eq!(f.low[0].left, 0);
+            }
+            key
         }));
     }
     let (mut claimed, mut last_resort) = (Vec::new(), 0);
