@@ -69,10 +69,9 @@ const CAS_ATTEMPTS: usize = 16;
 /// Keys one batch claim takes at most (for as many waiting fetches).
 const MAX_BATCH: usize = 32;
 /// From this many keys on, a batch claim removes them with one prefix purge
-/// instead of a delete each: on nats-server 2.9 each removal rewrites the
-/// block's index with its list of deleted messages (tens of KiB in an aged
-/// pool), while a purge costs one rewrite per block it touches but walks
-/// every block of the stream (docs/benchmarks.md).
+/// instead of a delete each: each removal is the expensive request, and a
+/// filtered purge costs about four deletes on nats-server 2.9
+/// (docs/benchmarks.md).
 const PURGE_FROM: usize = 4;
 /// Read-and-remove rounds a batch claim makes before it gives up as
 /// unavailable (not with the last-resort key): each round that gets nothing
@@ -681,9 +680,9 @@ impl KeyDirectory {
 
     /// Keys of a pool after `sequence` (a claimed key's: a pool is a suffix,
     /// so these are all it has left), counted up to `limit` by reading them
-    /// (direct gets): a stream info with a subject filter walks every block
-    /// of the stream on nats-server 2.9, and made a storm that drained its
-    /// pools collapse (docs/benchmarks.md).
+    /// (direct gets): a stream info with a subject filter is far slower on
+    /// nats-server 2.9, and made a storm that drained its pools collapse
+    /// (docs/benchmarks.md).
     async fn count_after(
         &self,
         subject: &str,
