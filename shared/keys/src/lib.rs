@@ -512,19 +512,31 @@ impl KeyDirectory {
     /// Runs batch claims of one pool for the claims queued in this instance
     /// until none is left.
     async fn drive_claims(self, subject: String) {
-        // Removes the pool's queue however this ends (a panic too), so a
-        // later claim starts a new driver; queued claims then see their
-        // sender dropped and fail as unavailable.
-        struct Done<'a>(&'a Mutex<HashMap<String, Vec<Waiter>>>, &'a str);
-        impl Drop for Done<'_> {
+        // If this ends other than by finding no claim queued (a panic), the
+        // pool's queue is removed, so a later claim starts a new driver;
+        // queued claims then see their sender dropped and fail as
+        // unavailable. The normal end removes it under the same lock that
+        // saw it empty, so no claim queued meanwhile is dropped.
+        struct Abort<'a> {
+            claims: &'a Mutex<HashMap<String, Vec<Waiter>>>,
+            subject: &'a str,
+            armed: bool,
+        }
+        impl Drop for Abort<'_> {
             fn drop(&mut self) {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(self.1);
+                if self.armed {
+                    self.claims
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(self.subject);
+                }
             }
         }
-        let _done = Done(&self.claims, &subject);
+        let mut abort = Abort {
+            claims: &self.claims,
+            subject: &subject,
+            armed: true,
+        };
         // Keys claimed for waiters that left before they were answered:
         // handed to the next waiters.
         let mut spare: Vec<Key> = Vec::new();
@@ -532,10 +544,13 @@ impl KeyDirectory {
             let batch: Vec<Waiter> = {
                 let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(waiting) = claims.get_mut(&subject) else {
+                    abort.armed = false;
                     return;
                 };
                 waiting.retain(|w| !w.is_closed());
                 if waiting.is_empty() {
+                    claims.remove(&subject);
+                    abort.armed = false;
                     if !spare.is_empty() {
                         warn!(
                             keys = spare.len(),
