@@ -1527,18 +1527,10 @@ async fn e2ee_ciphertext(
     olm::ensure_published(sender, &mut me, from, device).await?;
     let per_device = olm::encrypt_for(sender, &mut me, from, to, text.as_bytes()).await?;
     let own = olm::encrypt_for_own_devices(sender, &mut me, from, device, text.as_bytes()).await?;
-    let list = |l: Vec<(String, Ciphertext)>| {
-        l.into_iter()
-            .map(|(device_id, c)| interop_proto::v1::DeviceCiphertext {
-                device_id,
-                payload: c.payload,
-            })
-            .collect()
-    };
     Ok(Ciphertext {
         scheme: olm::SCHEME.into(),
-        devices: list(per_device),
-        sender_devices: list(own),
+        devices: olm::per_device(per_device),
+        sender_devices: olm::per_device(own),
         ..Default::default()
     })
 }

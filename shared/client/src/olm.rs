@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use interop_proto::v1::{Bundle, Ciphertext, DeviceKeys, PublicKey};
+use interop_proto::v1::{Bundle, Ciphertext, DeviceCiphertext, DeviceKeys, PublicKey};
 use vodozemac::olm::{Account, OlmMessage, Session, SessionConfig};
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey, Ed25519Signature};
 
@@ -465,6 +465,17 @@ pub async fn encrypt_for(
         return Err(E2eeError::NoDevices(to.to_owned()));
     }
     Ok(out)
+}
+
+/// What [`encrypt_for`] and [`encrypt_for_own_devices`] return, as
+/// `Ciphertext.devices` / `Ciphertext.sender_devices` entries.
+pub fn per_device(list: Vec<(String, Ciphertext)>) -> Vec<DeviceCiphertext> {
+    list.into_iter()
+        .map(|(device_id, c)| DeviceCiphertext {
+            device_id,
+            payload: c.payload,
+        })
+        .collect()
 }
 
 /// Encrypts `plaintext` for `from`'s other devices than `own_device` (this

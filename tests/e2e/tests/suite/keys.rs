@@ -392,7 +392,6 @@ async fn a_user_cannot_drain_anothers_one_time_keys_past_the_fetch_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_device_decrypts_its_own_ciphertext_and_a_device_without_one_is_told() {
     use interop_client::olm::{decrypt_from, encrypt_for, ensure_published, LocalDevice};
-    use interop_proto::v1::DeviceCiphertext;
     let c = Cluster::start().await;
     let (home, signal) = (
         sender(&c, "home", HOME_TOKEN).await,
@@ -425,13 +424,7 @@ async fn each_device_decrypts_its_own_ciphertext_and_a_device_without_one_is_tol
         .unwrap();
     let ciphertext = Ciphertext {
         scheme: olm::SCHEME.into(),
-        devices: per_device
-            .into_iter()
-            .map(|(device_id, c)| DeviceCiphertext {
-                device_id,
-                payload: c.payload,
-            })
-            .collect(),
+        devices: olm::per_device(per_device),
         ..Default::default()
     };
     let mut rx = Vec::new();
@@ -506,7 +499,7 @@ async fn the_senders_other_devices_get_their_own_copy_and_the_recipient_none_of_
     use interop_client::olm::{
         decrypt_from, encrypt_for, encrypt_for_own_devices, ensure_published, LocalDevice,
     };
-    use interop_proto::v1::{DeviceCiphertext, ReceiptStatus};
+    use interop_proto::v1::ReceiptStatus;
     let c = Cluster::start().await;
     let (home, signal) = (
         sender(&c, "home", HOME_TOKEN).await,
@@ -524,14 +517,6 @@ async fn the_senders_other_devices_get_their_own_copy_and_the_recipient_none_of_
     for (d, id) in [(&mut cli, "cli"), (&mut tablet, "tablet")] {
         ensure_published(&signal, d, ALICE, id).await.unwrap();
     }
-    let list = |l: Vec<(String, Ciphertext)>| -> Vec<DeviceCiphertext> {
-        l.into_iter()
-            .map(|(device_id, c)| DeviceCiphertext {
-                device_id,
-                payload: c.payload,
-            })
-            .collect()
-    };
     // Alice's cli encrypts for Bob's phone and for her own tablet.
     let theirs = encrypt_for(&signal, &mut cli, ALICE, BOB, b"lunch?")
         .await
@@ -555,8 +540,8 @@ async fn the_senders_other_devices_get_their_own_copy_and_the_recipient_none_of_
             BOB,
             Ciphertext {
                 scheme: olm::SCHEME.into(),
-                devices: list(theirs),
-                sender_devices: list(own),
+                devices: olm::per_device(theirs),
+                sender_devices: olm::per_device(own),
                 ..Default::default()
             },
         ))
