@@ -681,9 +681,19 @@ pub fn render(r: &Report) -> String {
     );
     card(
         &mut o,
-        "duplicates",
+        "duplicates seen by apps",
+        &fmt_num(r.duplicates_seen_by_apps as f64),
+        if r.duplicates_seen_by_apps > 0 {
+            "bad"
+        } else {
+            "good"
+        },
+    );
+    card(
+        &mut o,
+        "duplicates on the wire (before de-duplication)",
         &fmt_num(r.duplicates as f64),
-        if r.duplicates > 0 { "bad" } else { "good" },
+        "",
     );
     match (r.ceiling_msgs_per_s, r.ratio_to_ceiling) {
         (Some(c), Some(ratio)) => card(
@@ -740,7 +750,16 @@ pub fn render(r: &Report) -> String {
             .map(|(c, n)| (format!("failed {c} (receipt)"), *n)),
     );
     rows.push(("lost".into(), r.lost));
-    rows.push(("duplicates".into(), r.duplicates));
+    rows.push(("duplicates on the wire".into(), r.duplicates));
+    rows.push((
+        "dropped by the client's de-duplication".into(),
+        r.duplicates_dropped_by_client,
+    ));
+    rows.push(("duplicates seen by apps".into(), r.duplicates_seen_by_apps));
+    rows.push((
+        "re-sent after a reconnect".into(),
+        r.generator.resent_after_reconnect,
+    ));
     rows.push(("DELIVERED receipts".into(), r.receipts.delivered));
     for (name, n) in rows {
         w!(
@@ -847,7 +866,7 @@ pub fn render(r: &Report) -> String {
         latency_row(&mut o, "media download (recipient)", &r.media.download_ms);
     }
     o.push_str("</tbody></table>");
-    o.push_str("<h2>How to read this</h2><p>Latency is measured from when each message was <i>meant</i> to be sent by the open-loop schedule, so a stall anywhere (gateway or load generator) shows up in every message it delayed. The dashed grey curve is what a naive tester that timestamps the actual send would report. Lost means accepted by the gateway but neither delivered nor refused with a receipt within the drain period; duplicates are counted before any de-duplication.</p>");
+    o.push_str("<h2>How to read this</h2><p>Latency is measured from when each message was <i>meant</i> to be sent by the open-loop schedule, so a stall anywhere (gateway or load generator) shows up in every message it delayed. The dashed grey curve is what a naive tester that timestamps the actual send would report. Lost means accepted by the gateway but neither delivered nor refused with a receipt within the drain period; duplicates on the wire are counted before any de-duplication (a message delivered again, whatever its server id), duplicates seen by apps after the client library's de-duplication by server message id, which a device keeps across reconnects: the second must be 0.</p>");
     // Serializing the scenario (plain data) cannot fail.
     let config = serde_json::to_string_pretty(&r.scenario).expect("the scenario serializes");
     w!(

@@ -4,9 +4,14 @@
 //! Every message of a run has a sequence number (in its client message id),
 //! so one bitset per outcome over the run's sequence space does what a
 //! bitset per sender would, with one allocation. Deliveries are marked here
-//! as they come off the wire: a second mark of the same number is a
-//! duplicate, whatever the message id says (a re-send after the idempotency
-//! window would carry a new server id and pass the client's de-duplication).
+//! as the application gets them from the client library, which has already
+//! dropped redeliveries of a server message id it handed out (its
+//! de-duplication window, kept across reconnects of a device's session): a
+//! second mark of the same number is a duplicate **an app would see**,
+//! whatever the message id says (a re-send that got a new server id passes
+//! the client's de-duplication). The report adds the redeliveries the
+//! client library dropped to get the duplicates on the wire, before any
+//! de-duplication.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -80,8 +85,9 @@ pub struct Ledger {
     /// Group messages' copies, one slot per member (`Plan::copy_slot`). A
     /// group message is `delivered` once every member has its copy.
     pub copies: SeqSet,
-    /// Deliveries of a number already delivered, seen here.
-    duplicates: AtomicU64,
+    /// Deliveries of a number already delivered, seen here: after the
+    /// client library's de-duplication, as an app sees them.
+    duplicates_seen_by_apps: AtomicU64,
 }
 
 /// Counts derived from the ledger once the run has drained.
@@ -95,7 +101,9 @@ pub struct Tally {
     /// Delivered without an `Accepted` (the answer was lost, e.g. the
     /// connection dropped after the gateway stored the message).
     pub delivered_unacknowledged: u64,
-    pub duplicates: u64,
+    /// A number delivered again after the client library's de-duplication:
+    /// a duplicate the app sees.
+    pub duplicates_seen_by_apps: u64,
 }
 
 impl Ledger {
@@ -111,7 +119,7 @@ impl Ledger {
             failed: SeqSet::new(len),
             receipted: SeqSet::new(len),
             copies: SeqSet::new(copies),
-            duplicates: AtomicU64::new(0),
+            duplicates_seen_by_apps: AtomicU64::new(0),
         }
     }
 
@@ -119,7 +127,7 @@ impl Ledger {
     pub fn deliver_copy(&self, slot: u64) -> Mark {
         let mark = self.copies.mark(slot);
         if mark == Mark::Duplicate {
-            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            self.duplicates_seen_by_apps.fetch_add(1, Ordering::Relaxed);
         }
         mark
     }
@@ -135,19 +143,15 @@ impl Ledger {
     pub fn deliver(&self, seq: u64) -> Mark {
         let mark = self.delivered.mark(seq);
         if mark == Mark::Duplicate {
-            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            self.duplicates_seen_by_apps.fetch_add(1, Ordering::Relaxed);
         }
         mark
     }
 
-    /// Adds duplicates found elsewhere (the client library drops re-sent
-    /// server message ids before they reach us; it counts them).
-    pub fn add_duplicates(&self, n: u64) {
-        self.duplicates.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn duplicates(&self) -> u64 {
-        self.duplicates.load(Ordering::Relaxed)
+    /// Deliveries of a number (or group copy) already delivered, after the
+    /// client library's de-duplication: the duplicates apps see.
+    pub fn duplicates_seen_by_apps(&self) -> u64 {
+        self.duplicates_seen_by_apps.load(Ordering::Relaxed)
     }
 
     /// Accepted messages with no outcome yet (not delivered, no FAILED).
@@ -171,7 +175,7 @@ impl Ledger {
 
     pub fn tally(&self) -> Tally {
         let mut t = self.tally_range(0, self.accepted.len);
-        t.duplicates = self.duplicates();
+        t.duplicates_seen_by_apps = self.duplicates_seen_by_apps();
         t
     }
 
@@ -229,7 +233,7 @@ mod tests {
             l.accepted.mark(seq);
         }
         // Everything delivered except 7, 64 and 199; 10 failed (spam) instead;
-        // 3 and 150 delivered twice; the library dropped 2 more re-sends.
+        // 3 and 150 reached the app twice.
         for seq in 0..200 {
             if ![7, 10, 64, 199].contains(&seq) {
                 assert_eq!(l.deliver(seq), Mark::New);
@@ -238,7 +242,6 @@ mod tests {
         l.failed.mark(10);
         assert_eq!(l.deliver(3), Mark::Duplicate);
         assert_eq!(l.deliver(150), Mark::Duplicate);
-        l.add_duplicates(2);
         assert_eq!(l.deliver(5000), Mark::OutOfRange);
         let t = l.tally();
         assert_eq!(
@@ -249,7 +252,7 @@ mod tests {
                 failed: 1,
                 lost: 3,
                 delivered_unacknowledged: 0,
-                duplicates: 4,
+                duplicates_seen_by_apps: 2,
             }
         );
         assert_eq!(l.lost_sample(10), vec![7, 64, 199]);

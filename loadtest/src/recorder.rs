@@ -535,7 +535,7 @@ mod tests {
         );
         assert_eq!(s.accept.len(), 1);
         assert_eq!(s.foreign, 1);
-        assert_eq!(r.ledger.duplicates(), 1);
+        assert_eq!(r.ledger.duplicates_seen_by_apps(), 1);
         assert_eq!(s.steps[0].latency.len(), 1);
         assert_eq!(s.steps[0].delivered_in_window, 1);
         assert_eq!(s.seconds[1].delivered, 1);

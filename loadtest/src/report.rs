@@ -149,6 +149,9 @@ pub struct Generator {
     pub drain_s: f64,
     /// Everything was resolved (delivered or failed) before the drain ended.
     pub drained: bool,
+    /// Unanswered sends the client library wrote again after re-opening a
+    /// lost ingest connection (same client message id; each re-send counts).
+    pub resent_after_reconnect: u64,
 }
 
 /// Everything a run produced.
@@ -164,7 +167,9 @@ pub struct Report {
     pub sent: u64,
     pub accepted: u64,
     pub rejected: BTreeMap<&'static str, u64>,
-    /// Sends that got no answer (the connection failed first).
+    /// Sends with no answer by the end of the drain (after a connection
+    /// loss the client library re-sends them on the re-opened connection;
+    /// these never got through, or were never written while it was down).
     pub unanswered: u64,
     pub delivered: u64,
     /// `FAILED` receipts seen, by code (only senders with a receipt session).
@@ -173,8 +178,18 @@ pub struct Report {
     pub lost: u64,
     /// Sequence numbers of some lost messages, to look for in the logs.
     pub lost_sample: Vec<u64>,
-    /// Deliveries of a message already delivered, before any de-duplication.
+    /// Deliveries of a message already delivered **on the wire**, before
+    /// any de-duplication: `duplicates_seen_by_apps` +
+    /// `duplicates_dropped_by_client`.
     pub duplicates: u64,
+    /// Deliveries of a message already delivered that reached the
+    /// application after the client library's de-duplication (its window
+    /// of server message ids, kept across reconnects): what a user would
+    /// see twice. Must be 0.
+    pub duplicates_seen_by_apps: u64,
+    /// Redeliveries the client library dropped (a server message id it had
+    /// handed out already).
+    pub duplicates_dropped_by_client: u64,
     /// Delivered although its `Accepted` never arrived.
     pub delivered_unacknowledged: u64,
     /// First deliveries per second over the measured window (stepped runs:
@@ -281,7 +296,12 @@ pub struct RunFacts {
     pub drain_s: f64,
     pub drained: bool,
     pub interrupted: bool,
+    /// Redeliveries the client library dropped (a server message id it had
+    /// handed out already), all sessions together.
     pub duplicates_suppressed_by_client: u64,
+    /// Sends the client library re-sent after reconnecting, all ingest
+    /// connections together.
+    pub resent_after_reconnect: u64,
 }
 
 fn percentile_curve(stats: &Stats) -> Vec<PercentilePoint> {
@@ -376,8 +396,7 @@ impl Report {
         facts: &RunFacts,
         ceiling: Option<CeilingReport>,
     ) -> Self {
-        let mut tally = ledger.tally();
-        tally.duplicates += facts.duplicates_suppressed_by_client;
+        let tally = ledger.tally();
         let steps = step_reports(scenario, stats, &|a, b| ledger.tally_range(a, b));
         let measured_s: f64 = scenario
             .schedule
@@ -433,7 +452,9 @@ impl Report {
             failed: stats.failed.clone(),
             lost: tally.lost.saturating_sub(spam_held + first_contacts_held),
             lost_sample: ledger.lost_sample(20),
-            duplicates: tally.duplicates,
+            duplicates: tally.duplicates_seen_by_apps + facts.duplicates_suppressed_by_client,
+            duplicates_seen_by_apps: tally.duplicates_seen_by_apps,
+            duplicates_dropped_by_client: facts.duplicates_suppressed_by_client,
             delivered_unacknowledged: tally.delivered_unacknowledged,
             throughput_msgs_per_s: throughput,
             offered_msgs_per_s: scenario.max_rate(),
@@ -509,6 +530,7 @@ impl Report {
                 cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 drain_s: round3(facts.drain_s),
                 drained: facts.drained,
+                resent_after_reconnect: facts.resent_after_reconnect,
             },
             interrupted: facts.interrupted,
             warnings: Vec::new(),
@@ -573,8 +595,18 @@ impl Report {
                 self.lost, self.generator.drain_s
             ));
         }
-        if self.duplicates > 0 {
-            w.push(format!("{} duplicate deliveries.", self.duplicates));
+        if self.duplicates_seen_by_apps > 0 {
+            w.push(format!(
+                "{} duplicates reached apps after the client library's de-duplication \
+                 (users would see these messages twice).",
+                self.duplicates_seen_by_apps
+            ));
+        }
+        if self.duplicates_dropped_by_client > 0 {
+            w.push(format!(
+                "{} redeliveries on the wire, dropped by the client library's de-duplication.",
+                self.duplicates_dropped_by_client
+            ));
         }
         if self.media.download_errors > 0 {
             w.push(format!(
@@ -596,7 +628,7 @@ impl Report {
         }
         if self.unanswered > 0 {
             w.push(format!(
-                "{} sends got no answer (connection failures).",
+                "{} sends got no answer by the end of the drain, re-sends after reconnects included.",
                 self.unanswered
             ));
         }
@@ -688,10 +720,11 @@ impl Report {
             ("delivered", self.delivered),
             ("failed (receipt)", failed),
             ("lost", self.lost),
-            ("duplicates", self.duplicates),
+            ("duplicates on the wire", self.duplicates),
+            ("duplicates seen by apps", self.duplicates_seen_by_apps),
         ];
         for (name, v) in rows {
-            wln!(o, "  {name:<18}{v:>12}");
+            wln!(o, "  {name:<24}{v:>12}");
         }
         for (code, n) in self
             .rejected
@@ -913,6 +946,7 @@ mod tests {
             drained: false,
             interrupted: false,
             duplicates_suppressed_by_client: 2,
+            resent_after_reconnect: 0,
         };
         let c = ceiling.then(|| CeilingReport {
             msgs_per_s: 1000.0,
@@ -936,6 +970,8 @@ mod tests {
             "delivered",
             "lost",
             "duplicates",
+            "duplicates_seen_by_apps",
+            "duplicates_dropped_by_client",
             "throughput_msgs_per_s",
             "ceiling_msgs_per_s",
             "ratio_to_ceiling",
@@ -958,7 +994,11 @@ mod tests {
         assert_eq!(v["delivered"], 29);
         assert_eq!(v["lost"], 1);
         assert_eq!(v["lost_sample"], serde_json::json!([17]));
+        // Seq 3 reached the app twice; the client dropped 2 more on the wire.
         assert_eq!(v["duplicates"], 3);
+        assert_eq!(v["duplicates_seen_by_apps"], 1);
+        assert_eq!(v["duplicates_dropped_by_client"], 2);
+        assert_eq!(v["generator"]["resent_after_reconnect"], 0);
         // 19 of the 20 measured messages arrived within the 2 s window.
         assert_eq!(v["throughput_msgs_per_s"], 9.5);
         assert_eq!(v["ratio_to_ceiling"], 0.0095);
@@ -980,6 +1020,15 @@ mod tests {
             table.contains("lost") && table.contains("ceiling 1,000 msgs/s"),
             "{table}"
         );
+        assert!(
+            table.contains("duplicates on the wire             3\n")
+                && table.contains("duplicates seen by apps            1\n"),
+            "{table}"
+        );
+        assert!(report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("1 duplicates reached apps")));
     }
 
     /// A healthy 10 s step that delivered `rate`, with nats-server `busy` %.

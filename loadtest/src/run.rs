@@ -8,7 +8,7 @@
 //! - one delivery session per recipient, and one per sender that tracks
 //!   receipts; each acks what it read in one `Ack` per batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{IsTerminal as _, Write as _};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use interop_client::{
-    ClientError, ConsentOutcome, Delivered, GroupOutcome, Receiver, RequestOutcome, SendOutcome,
-    Sender,
+    ClientError, ConsentOutcome, Delivered, GroupOutcome, PendingSend, Receiver, RequestOutcome,
+    SendOutcome, Sender,
 };
 use interop_proto::v1::{envelope, Inbox, ReceiptStatus, RejectCode, RequestAction};
 
@@ -140,82 +140,134 @@ impl Sink for Dispatch {
     }
 }
 
-/// Connection details to re-open a lost ingest connection.
-#[derive(Clone)]
-struct IngestLogin {
-    url: String,
-    provider: String,
-    token: String,
-}
+/// How long one attempt to re-open a lost connection or session may take.
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The wait between two attempts to re-open a lost connection or session.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
 
-async fn send_one(
-    sender: Arc<Sender>,
-    seq: u64,
-    envelope: interop_proto::v1::Envelope,
-) -> (u64, Result<SendOutcome, ClientError>) {
-    (seq, sender.send(envelope).await)
+/// How a [`connection`] task ended.
+#[derive(Debug, Default, Clone, Copy)]
+struct ConnectionEnd {
+    /// Sends the client library wrote again after a reconnect.
+    resent: u64,
 }
 
 /// One ingest connection: takes jobs, stamps and sends them, records the
-/// answers. Ends when the pacer is done and every send is answered.
+/// answers. When the connection fails it is re-opened (every
+/// [`RECONNECT_BACKOFF`]) on the same [`Sender`], which re-sends every
+/// unanswered send with its original client message id, as a provider's
+/// client must; jobs that come meanwhile wait and are sent after it. Ends
+/// when the pacer is done and every send is answered, or at `give_up`
+/// (the drain is over): what is still waiting is counted unanswered.
 async fn connection(
-    login: IngestLogin,
     first: Sender,
     mut jobs: mpsc::Receiver<Job>,
     recorder: Arc<Recorder>,
     clock: Clock,
-) {
+    give_up: CancellationToken,
+) -> ConnectionEnd {
     let plan = recorder.plan().clone();
-    let mut sender = Some(Arc::new(first));
-    let mut retry_at = Instant::now();
+    let sender = first;
     let mut in_flight = FuturesUnordered::new();
+    // Sequence numbers sent and not answered yet.
+    let mut waiting: HashSet<u64> = HashSet::new();
+    // Jobs taken while the connection was down, in order.
+    let mut backlog: VecDeque<Job> = VecDeque::new();
+    // `Some(when to try)` while the connection is down.
+    let mut retry_at: Option<Instant> = None;
     let mut open = true;
     loop {
+        if !open && in_flight.is_empty() && backlog.is_empty() {
+            break;
+        }
+        let down = retry_at.is_some();
         tokio::select! {
             biased;
+            () = give_up.cancelled() => break,
             Some((seq, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                let now = clock.now_us();
+                waiting.remove(&seq);
                 let answer = match result {
                     Ok(SendOutcome::Accepted(_)) => Answer::Accepted,
                     Ok(SendOutcome::Rejected(r)) => {
                         Answer::Rejected(RejectCode::try_from(r.code).unwrap_or(RejectCode::Unspecified))
                     }
-                    Err(_) => {
-                        if sender.take().is_some() {
-                            recorder.connection_error();
-                        }
-                        Answer::Unanswered
-                    }
+                    Err(_) => Answer::Unanswered,
                 };
-                recorder.answered(seq, answer, now);
+                recorder.answered(seq, answer, clock.now_us());
             }
-            job = jobs.recv(), if open && in_flight.len() < MAX_IN_FLIGHT_PER_CONNECTION => {
+            () = sender.closed(), if !down => {
+                recorder.connection_error();
+                retry_at = Some(Instant::now() + RECONNECT_BACKOFF);
+            }
+            () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if down => {
+                match tokio::time::timeout(RECONNECT_TIMEOUT, sender.reconnect()).await {
+                    Ok(Ok(_resent)) => {
+                        retry_at = None;
+                        while let Some(job) = backlog.pop_front() {
+                            let now = clock.now_us();
+                            let planned = plan.at(job.seq);
+                            let envelope = plan.envelope(job.seq, &planned, now);
+                            match sender.submit(envelope).await {
+                                Ok(pending) => {
+                                    recorder.sent(job.seq, now);
+                                    waiting.insert(job.seq);
+                                    in_flight.push(answer_of(job.seq, pending));
+                                }
+                                // Down again before it was written: it waits.
+                                Err(_) => {
+                                    backlog.push_front(job);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        recorder.connection_error();
+                        retry_at = Some(Instant::now() + RECONNECT_BACKOFF);
+                    }
+                }
+            }
+            job = jobs.recv(), if open && in_flight.len() + backlog.len() < MAX_IN_FLIGHT_PER_CONNECTION => {
                 let Some(job) = job else {
                     open = false;
                     continue;
                 };
-                if sender.is_none() && Instant::now() >= retry_at {
-                    match Sender::connect(&login.url, &login.provider, &login.token).await {
-                        Ok(s) => sender = Some(Arc::new(s)),
-                        Err(_) => {
-                            recorder.connection_error();
-                            retry_at = Instant::now() + Duration::from_secs(1);
-                        }
-                    }
+                if down || !backlog.is_empty() {
+                    backlog.push_back(job);
+                    continue;
                 }
                 let now = clock.now_us();
-                let Some(s) = &sender else {
-                    recorder.answered(job.seq, Answer::Unanswered, now);
-                    continue;
-                };
                 let planned = plan.at(job.seq);
                 let envelope = plan.envelope(job.seq, &planned, now);
-                recorder.sent(job.seq, now);
-                in_flight.push(send_one(s.clone(), job.seq, envelope));
+                match sender.submit(envelope).await {
+                    Ok(pending) => {
+                        recorder.sent(job.seq, now);
+                        waiting.insert(job.seq);
+                        in_flight.push(answer_of(job.seq, pending));
+                    }
+                    // Not written (the connection just ended): it waits for
+                    // the reconnect, which the `closed` branch starts.
+                    Err(_) => backlog.push_back(job),
+                }
             }
-            else => break,
         }
     }
+    // The drain is over: no answer came for these.
+    let now = clock.now_us();
+    for seq in waiting
+        .into_iter()
+        .chain(backlog.into_iter().map(|j| j.seq))
+    {
+        recorder.answered(seq, Answer::Unanswered, now);
+    }
+    ConnectionEnd {
+        resent: sender.resent(),
+    }
+}
+
+/// The answer to a send, across reconnects of its connection.
+async fn answer_of(seq: u64, pending: PendingSend<'_>) -> (u64, Result<SendOutcome, ClientError>) {
+    (seq, pending.answered().await)
 }
 
 /// Reads a delivered envelope into the recorder's terms.
@@ -314,8 +366,11 @@ impl SessionLogin {
 }
 
 /// One delivery session (a recipient's, or a sender's for receipts): reads,
-/// records and acks in batches until `stop`; re-opens itself if it fails.
-/// Returns the duplicates the client library dropped (same server id).
+/// records and acks in batches until `stop`. If it fails, the same
+/// [`Receiver`] re-opens it (every [`RECONNECT_BACKOFF`]), keeping its
+/// de-duplication window, as an app's device would: what the ledger counts
+/// is what an app sees. Returns the duplicates the client library dropped
+/// (same server id).
 async fn session(
     login: SessionLogin,
     first: Receiver,
@@ -324,23 +379,24 @@ async fn session(
     stop: CancellationToken,
 ) -> u64 {
     let run = recorder.plan().run;
-    let mut rx = Some(first);
-    let mut suppressed = 0;
+    let mut rx = first;
+    let mut connected = true;
     let mut messages = Vec::with_capacity(ACK_BATCH);
     let mut requests = Vec::with_capacity(ACK_BATCH);
     let mut tags = Vec::with_capacity(ACK_BATCH);
     while !stop.is_cancelled() {
-        let Some(r) = rx.as_mut() else {
+        if !connected {
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                () = tokio::time::sleep(RECONNECT_BACKOFF) => {}
                 () = stop.cancelled() => break,
             }
-            match login.connect().await {
-                Ok(r) => rx = Some(r),
-                Err(_) => recorder.connection_error(),
+            match tokio::time::timeout(RECONNECT_TIMEOUT, rx.reconnect()).await {
+                Ok(Ok(())) => connected = true,
+                _ => recorder.connection_error(),
             }
             continue;
-        };
+        }
+        let r = &mut rx;
         let first = tokio::select! {
             d = r.next() => d,
             () = stop.cancelled() => break,
@@ -390,14 +446,12 @@ async fn session(
         }
         if failed {
             recorder.connection_error();
-            if let Some(old) = rx.take() {
-                suppressed += old.duplicates();
-            }
+            connected = false;
         }
     }
-    if let Some(r) = rx {
-        suppressed += r.duplicates();
-        r.close().await;
+    let suppressed = rx.duplicates();
+    if connected {
+        rx.close().await;
     }
     suppressed
 }
@@ -711,15 +765,10 @@ pub async fn run_observed(
             .map(|s| login(&u.sender_provider, &sender_token, s)),
     );
     let sessions = open_sessions(logins, "a delivery session").await?;
-    let ingest = IngestLogin {
-        url: target.ingest_url.clone(),
-        provider: u.sender_provider.clone(),
-        token: sender_token.clone(),
-    };
     let mut senders = Vec::new();
     for _ in 0..u.ingest_connections {
         senders.push(
-            Sender::connect(&ingest.url, &ingest.provider, &ingest.token)
+            Sender::connect(&target.ingest_url, &u.sender_provider, &sender_token)
                 .await
                 .map_err(|source| RunError::Connect {
                     what: "an ingest connection",
@@ -749,15 +798,16 @@ pub async fn run_observed(
         .collect();
     let mut lanes = Vec::new();
     let mut connection_tasks = Vec::new();
+    let give_up = CancellationToken::new();
     for s in senders {
         let (tx, rx) = mpsc::channel(1024);
         lanes.push(tx);
         connection_tasks.push(tokio::spawn(connection(
-            ingest.clone(),
             s,
             rx,
             recorder.clone(),
             clock,
+            give_up.clone(),
         )));
     }
     let progress_stop = CancellationToken::new();
@@ -785,11 +835,20 @@ pub async fn run_observed(
     let drain_start = Instant::now();
     let deadline = drain_start + scenario.drain();
     let mut drained = false;
-    for task in connection_tasks {
+    let mut ends = Vec::new();
+    let mut connection_tasks = connection_tasks.into_iter();
+    let mut unfinished = None;
+    for mut task in connection_tasks.by_ref() {
         tokio::select! {
-            _ = task => {}
-            () = tokio::time::sleep_until(deadline) => break,
-            () = abort.cancelled() => break,
+            end = &mut task => ends.push(end),
+            () = tokio::time::sleep_until(deadline) => {
+                unfinished = Some(task);
+                break;
+            }
+            () = abort.cancelled() => {
+                unfinished = Some(task);
+                break;
+            }
         }
     }
     while Instant::now() < deadline && !abort.is_cancelled() {
@@ -801,7 +860,15 @@ pub async fn run_observed(
     }
     let drain_s = drain_start.elapsed().as_secs_f64();
 
-    // Tear-down.
+    // Tear-down. Sends still unanswered are counted so.
+    give_up.cancel();
+    for task in unfinished.into_iter().chain(connection_tasks) {
+        ends.push(task.await);
+    }
+    let resent_after_reconnect = ends
+        .into_iter()
+        .map(|end| end.map_or(0, |e| e.resent))
+        .sum();
     sessions_stop.cancel();
     let mut suppressed = 0;
     for t in session_tasks {
@@ -824,6 +891,7 @@ pub async fn run_observed(
             drained,
             interrupted: paced.interrupted,
             duplicates_suppressed_by_client: suppressed,
+            resent_after_reconnect,
         },
         recorder,
     })

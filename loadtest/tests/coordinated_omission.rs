@@ -76,6 +76,7 @@ async fn a_one_second_stall_shows_in_the_corrected_p99_and_not_in_the_naive_one(
         drained: true,
         interrupted: false,
         duplicates_suppressed_by_client: 0,
+        resent_after_reconnect: 0,
     };
     let report = Report::build(&scenario, &recorder.stats(), &recorder.ledger, &facts, None);
     let corrected = report.latency_ms;
