@@ -8,10 +8,11 @@ use interop_edge::tls::ProviderEndpoint;
 use interop_service::{CommonArgs, ConfigError};
 
 use crate::{
-    admin, Config, RateLimit, DEFAULT_KEY_FETCH_PROVIDER_LIMIT, DEFAULT_KEY_FETCH_USER_LIMIT,
-    DEFAULT_MAX_CONNECTIONS_PER_PROVIDER, DEFAULT_PROVIDER_LIMIT, DEFAULT_SENDER_LIMIT,
-    DEFAULT_STORE_TIMEOUT,
+    admin, Config, RateLimit, DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_KEY_FETCH_PROVIDER_LIMIT,
+    DEFAULT_KEY_FETCH_USER_LIMIT, DEFAULT_MAX_CONNECTIONS_PER_PROVIDER, DEFAULT_PROVIDER_LIMIT,
+    DEFAULT_SENDER_LIMIT, DEFAULT_STORE_TIMEOUT,
 };
+use interop_proto::limits::{MAX_IDEMPOTENCY_WINDOW_MS, MIN_IDEMPOTENCY_WINDOW_MS};
 
 /// The WebSocket edge where providers send messages.
 #[derive(Debug, clap::Parser)]
@@ -36,6 +37,14 @@ pub struct Args {
     /// Milliseconds a send may wait for JetStream before UNAVAILABLE.
     #[arg(long, env = "INTEROP_INGEST_STORE_TIMEOUT_MS", default_value_t = DEFAULT_STORE_TIMEOUT.as_millis() as u64)]
     pub store_timeout_ms: u64,
+    /// How long a client message id maps to the same server message id (an
+    /// idempotency claim in Redis, about 200 bytes each). Sends whose
+    /// `sent_at_ms` is older than this less 10 minutes of clock skew are
+    /// refused with TIMESTAMP_OUT_OF_RANGE, so a re-send is never accepted
+    /// twice (docs/adr/0027). From 3600 (1 h) to 605400 (7 days and 10
+    /// minutes).
+    #[arg(long, env = "INTEROP_INGEST_IDEMPOTENCY_WINDOW_SECS", default_value_t = DEFAULT_IDEMPOTENCY_WINDOW.as_secs())]
+    pub idempotency_window_secs: u64,
     /// Address of the provider admin API (served only with --admin-token-file).
     #[arg(
         long,
@@ -131,6 +140,16 @@ impl Config {
             args.key_fetch_user_max_per_second,
             args.key_fetch_user_burst,
         )?;
+        let window_ms =
+            i64::try_from(args.idempotency_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        if !(MIN_IDEMPOTENCY_WINDOW_MS..=MAX_IDEMPOTENCY_WINDOW_MS).contains(&window_ms) {
+            return Err(ConfigError(format!(
+                "--idempotency-window-secs must be from {} to {} (7 days, the oldest sent_at_ms \
+                 accepted, plus 10 minutes of clock skew)",
+                MIN_IDEMPOTENCY_WINDOW_MS / 1000,
+                MAX_IDEMPOTENCY_WINDOW_MS / 1000
+            )));
+        }
         if args.store_timeout_ms == 0 {
             return Err(ConfigError("--store-timeout-ms must be positive".into()));
         }
@@ -159,6 +178,7 @@ impl Config {
         config.tls = endpoint.tls;
         config.edge = edge;
         config.store_timeout = Duration::from_millis(args.store_timeout_ms);
+        config.idempotency_window = Duration::from_secs(args.idempotency_window_secs);
         config.default_provider_limit = default_provider_limit;
         config.sender_limit = sender_limit;
         config.key_fetch_provider_limit = key_fetch_provider_limit;
@@ -207,6 +227,7 @@ mod tests {
             config.providers.clone(),
         );
         assert_eq!(config.store_timeout, defaults.store_timeout);
+        assert_eq!(config.idempotency_window, defaults.idempotency_window);
         assert_eq!(
             config.default_provider_limit,
             defaults.default_provider_limit
@@ -235,6 +256,15 @@ mod tests {
                 "--key-fetch-provider-",
             ),
             (&["--store-timeout-ms", "0"], "--store-timeout-ms"),
+            // At its edges: 1 h and 7 days 10 minutes are taken (below).
+            (
+                &["--idempotency-window-secs", "3599"],
+                "--idempotency-window-secs",
+            ),
+            (
+                &["--idempotency-window-secs", "605401"],
+                "--idempotency-window-secs",
+            ),
             (&["--stream-replicas", "0"], "--stream-replicas"),
             (&["--admin-token-file", short], "at least 16"),
             (&["--admin-token-file", "/nonexistent/token"], "cannot read"),
@@ -251,5 +281,12 @@ mod tests {
         ]))
         .unwrap();
         assert!(Config::from_args(&args).await.unwrap().admin_api.is_some());
+        for (secs, window) in [("3600", 3600), ("605400", 605_400)] {
+            let args =
+                Args::try_parse_from(base.iter().chain(&["--idempotency-window-secs", secs]))
+                    .unwrap();
+            let config = Config::from_args(&args).await.unwrap();
+            assert_eq!(config.idempotency_window, Duration::from_secs(window));
+        }
     }
 }

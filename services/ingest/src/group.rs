@@ -380,7 +380,7 @@ pub(crate) async fn prepare_group_send(
     mut envelope: Envelope,
 ) -> Prepared {
     let cmid = envelope.client_message_id.clone();
-    let from = match validate_group_send(provider, &envelope) {
+    let from = match validate_group_send(provider, &envelope, shared.max_sent_at_age_ms) {
         Ok(a) => a,
         Err(r) => {
             debug!(%provider, code = r.code.as_str_name(), "Rejected a group send.");

@@ -56,7 +56,9 @@ pub struct Config {
     /// How long a send may wait for JetStream before it is refused as
     /// `UNAVAILABLE` (retryable).
     pub store_timeout: Duration,
-    /// How long a client message id maps to the same server message id.
+    /// How long a client message id maps to the same server message id
+    /// (`--idempotency-window-secs`). Sends whose `sent_at_ms` is older than
+    /// this less the clock skew are refused (docs/adr/0027).
     pub idempotency_window: Duration,
     /// A provider's limit when its registry entry sets none.
     pub default_provider_limit: RateLimit,
@@ -89,6 +91,10 @@ pub const DEFAULT_KEY_FETCH_USER_LIMIT: RateLimit = RateLimit {
 /// Open ingest connections a provider may have per replica by default.
 pub const DEFAULT_MAX_CONNECTIONS_PER_PROVIDER: usize = 1000;
 
+/// How long an idempotency claim is kept, by default (24 h; docs/adr/0027).
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration =
+    Duration::from_millis(interop_proto::limits::DEFAULT_IDEMPOTENCY_WINDOW_MS as u64);
+
 /// How long a send may wait for JetStream before `UNAVAILABLE`, by default.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Messages per second (and burst) a provider may send when its registry
@@ -111,7 +117,7 @@ impl Config {
             tls: None,
             streams: StreamSettings::default(),
             store_timeout: DEFAULT_STORE_TIMEOUT,
-            idempotency_window: Duration::from_secs(24 * 3600),
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
             default_provider_limit: DEFAULT_PROVIDER_LIMIT,
             sender_limit: DEFAULT_SENDER_LIMIT,
             admin_api: None,
@@ -167,6 +173,9 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         .seed_and_watch(&config.providers, shutdown.clone())
         .await?;
     let admin_task = config.admin_api.map(|api| {
+    /// How old a send's `sent_at_ms` may be: the idempotency window less
+    /// the clock skew, so a re-send always finds its claim (docs/adr/0027).
+    pub max_sent_at_age_ms: i64,
         let addr = api.listener.local_addr().ok();
         info!(?addr, "Provider admin API is listening.");
         tokio::spawn(admin::serve(
@@ -214,6 +223,9 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     if let Some(task) = admin_task {
         // It stops with the same shutdown token.
         task.await.ok();
+        max_sent_at_age_ms: interop_proto::limits::max_sent_at_age_ms(
+            i64::try_from(config.idempotency_window.as_millis()).unwrap_or(i64::MAX),
+        ),
     }
     Ok(())
 }

@@ -234,7 +234,7 @@ async fn prepare_send(
         let env = env.clone();
         return crate::group::prepare_group_send(shared, provider, request_id, env).await;
     }
-    let (from, to) = match validate_send(provider, envelope.as_ref()) {
+    let (from, to) = match validate_send(provider, envelope.as_ref(), shared.max_sent_at_age_ms) {
         Ok(a) => a,
         Err(r) => {
             debug!(%provider, code = r.code.as_str_name(), "Rejected a send.");

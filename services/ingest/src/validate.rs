@@ -50,13 +50,18 @@ fn is_client_message_id(s: &str) -> bool {
 /// Checks a one-to-one `Send` envelope from `provider` and returns the
 /// parsed sender and recipient. Group sends (`group_id` set) are checked by
 /// [`validate_group_send`].
+///
+/// `max_sent_at_age_ms` is how old `sent_at_ms` may be: the idempotency
+/// window less the clock skew (`interop_proto::limits::max_sent_at_age_ms`),
+/// so that a re-send is never accepted twice (docs/adr/0027).
 pub fn validate_send(
     provider: &str,
     env: Option<&Envelope>,
+    max_sent_at_age_ms: i64,
 ) -> Result<(Address, Address), Rejection> {
     use RejectCode::*;
     let env = env.ok_or_else(|| Rejection::new(MissingField, "send.envelope is required"))?;
-    let from = validate_common(provider, env)?;
+    let from = validate_common(provider, env, max_sent_at_age_ms)?;
     if env.to.is_empty() {
         return Err(Rejection::new(MissingField, "from and to are required"));
     }
@@ -73,10 +78,14 @@ pub fn validate_send(
 }
 
 /// Checks a `Send` to a group (`group_id` set, `to` empty) and returns the
-/// sender.
-pub fn validate_group_send(provider: &str, env: &Envelope) -> Result<Address, Rejection> {
+/// sender; `max_sent_at_age_ms` as for [`validate_send`].
+pub fn validate_group_send(
+    provider: &str,
+    env: &Envelope,
+    max_sent_at_age_ms: i64,
+) -> Result<Address, Rejection> {
     use RejectCode::*;
-    let from = validate_common(provider, env)?;
+    let from = validate_common(provider, env, max_sent_at_age_ms)?;
     if !env.to.is_empty() {
         return Err(Rejection::new(
             MalformedFrame,
@@ -108,7 +117,11 @@ pub fn check_group_id(id: &str) -> Result<(), Rejection> {
 
 /// What every `Send` must satisfy, one-to-one or group: ids, the sender,
 /// the timestamp, the reply reference and the encryption.
-fn validate_common(provider: &str, env: &Envelope) -> Result<Address, Rejection> {
+fn validate_common(
+    provider: &str,
+    env: &Envelope,
+    max_sent_at_age_ms: i64,
+) -> Result<Address, Rejection> {
     use RejectCode::*;
     if !env.message_id.is_empty() || env.accepted_at_ms != 0 {
         return Err(Rejection::new(
@@ -146,13 +159,7 @@ fn validate_common(provider: &str, env: &Envelope) -> Result<Address, Rejection>
         ));
     }
     if env.sent_at_ms != 0 {
-        let now = interop_proto::now_ms();
-        if env.sent_at_ms < now - MAX_SENT_AT_AGE_MS || env.sent_at_ms > now + MAX_SENT_AT_SKEW_MS {
-            return Err(Rejection::new(
-                TimestampOutOfRange,
-                "sent_at_ms must be within 7 days before and 10 minutes after the gateway's clock",
-            ));
-        }
+        check_sent_at(env.sent_at_ms, interop_proto::now_ms(), max_sent_at_age_ms)?;
     }
     if env.sender_account_created_at_ms < 0
         || env.sender_account_created_at_ms > interop_proto::now_ms() + MAX_SENT_AT_SKEW_MS
@@ -311,6 +318,50 @@ fn check_ciphertext_bytes(payload: &[u8]) -> Result<(), Rejection> {
 }
 
 /// The content and its fit with the declared encryption.
+/// `sent_at_ms` against the gateway's clock `now`: at most
+/// `max_age_ms` before it (the idempotency window less the skew: an older
+/// send's claim may have expired, so a re-send of it could be accepted
+/// twice), at most [`MAX_SENT_AT_SKEW_MS`] after it.
+fn check_sent_at(sent_at_ms: i64, now: i64, max_age_ms: i64) -> Result<(), Rejection> {
+    if sent_at_ms < now.saturating_sub(max_age_ms) {
+        return Err(Rejection::new(
+            RejectCode::TimestampOutOfRange,
+            format!(
+                "sent_at_ms is more than {} before the gateway's clock: older than the idempotency window \
+                 ({}) less the allowed clock skew, a re-send of it could not be recognised as a duplicate",
+                human_duration(max_age_ms),
+                human_duration(max_age_ms.saturating_add(MAX_SENT_AT_SKEW_MS)),
+            ),
+        ));
+    }
+    if sent_at_ms > now.saturating_add(MAX_SENT_AT_SKEW_MS) {
+        return Err(Rejection::new(
+            RejectCode::TimestampOutOfRange,
+            format!(
+                "sent_at_ms is more than {} after the gateway's clock (fix the client's clock)",
+                human_duration(MAX_SENT_AT_SKEW_MS)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `ms` as days, hours and minutes (`23h50m`, `7d`, `50m`).
+fn human_duration(ms: i64) -> String {
+    let minutes = ms / 60_000;
+    let (d, h, m) = (minutes / (24 * 60), minutes / 60 % 24, minutes % 60);
+    let mut s = String::new();
+    for (n, unit) in [(d, "d"), (h, "h"), (m, "m")] {
+        if n != 0 {
+            s.push_str(&format!("{n}{unit}"));
+        }
+    }
+    if s.is_empty() {
+        s = format!("{ms}ms");
+    }
+    s
+}
+
 fn validate_content(env: &Envelope) -> Result<(), Rejection> {
     use RejectCode::*;
     let encryption = Encryption::try_from(env.encryption).unwrap_or(Encryption::Unspecified);
@@ -490,6 +541,48 @@ pub fn validate_respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The accepted age of `sent_at_ms` with the default idempotency window.
+    const AGE: i64 = max_sent_at_age_ms(DEFAULT_IDEMPOTENCY_WINDOW_MS);
+
+    #[test]
+    fn sent_at_is_refused_just_past_the_idempotency_window_less_the_skew() {
+        let now = 1_800_000_000_000;
+        let day = 24 * 3600 * 1000;
+        for window in [
+            MIN_IDEMPOTENCY_WINDOW_MS,
+            DEFAULT_IDEMPOTENCY_WINDOW_MS,
+            MAX_IDEMPOTENCY_WINDOW_MS,
+        ] {
+            let age = max_sent_at_age_ms(window);
+            assert!(check_sent_at(now - age, now, age).is_ok(), "{window}");
+            let r = check_sent_at(now - age - 1, now, age).unwrap_err();
+            assert_eq!(r.code, RejectCode::TimestampOutOfRange);
+            assert!(r.detail.contains("idempotency window"), "{}", r.detail);
+            assert!(check_sent_at(now + MAX_SENT_AT_SKEW_MS, now, age).is_ok());
+            let r = check_sent_at(now + MAX_SENT_AT_SKEW_MS + 1, now, age).unwrap_err();
+            assert_eq!(r.code, RejectCode::TimestampOutOfRange);
+        }
+        // With the default window (24 h): 23h50m accepted, a 3-day-old
+        // re-send refused (it was accepted twice before ADR 27).
+        let age = max_sent_at_age_ms(DEFAULT_IDEMPOTENCY_WINDOW_MS);
+        let r = check_sent_at(now - 3 * day, now, age).unwrap_err();
+        assert_eq!(
+            r.detail,
+            "sent_at_ms is more than 23h50m before the gateway's clock: older than the \
+             idempotency window (1d) less the allowed clock skew, a re-send of it could not \
+             be recognised as a duplicate"
+        );
+        // Through validate_send, a minute inside and a minute outside.
+        let mut e = text_env("hi");
+        e.sent_at_ms = interop_proto::now_ms() - AGE + 60_000;
+        assert!(validate_send("signal", Some(&e), AGE).is_ok());
+        e.sent_at_ms = interop_proto::now_ms() - AGE - 60_000;
+        assert_eq!(
+            code(validate_send("signal", Some(&e), AGE)),
+            RejectCode::TimestampOutOfRange
+        );
+    }
     use interop_proto::v1::{CallAttempt, Delete, Edit, Reaction, Typing};
 
     fn text_env(body: &str) -> Envelope {
@@ -509,24 +602,25 @@ mod tests {
 
     #[test]
     fn text_limits_at_the_edge() {
-        assert!(validate_send("signal", Some(&text_env(&"a".repeat(MAX_TEXT_BYTES)))).is_ok());
+        assert!(validate_send("signal", Some(&text_env(&"a".repeat(MAX_TEXT_BYTES))), AGE).is_ok());
         assert_eq!(
             code(validate_send(
                 "signal",
-                Some(&text_env(&"a".repeat(MAX_TEXT_BYTES + 1)))
+                Some(&text_env(&"a".repeat(MAX_TEXT_BYTES + 1))),
+                AGE
             )),
             RejectCode::TooLong
         );
         assert_eq!(
-            code(validate_send("signal", Some(&text_env("")))),
+            code(validate_send("signal", Some(&text_env("")), AGE)),
             RejectCode::EmptyContent
         );
         // Multi-byte characters count in bytes.
         let emoji = "😀".repeat(MAX_TEXT_BYTES / 4);
-        assert!(validate_send("signal", Some(&text_env(&emoji))).is_ok());
+        assert!(validate_send("signal", Some(&text_env(&emoji)), AGE).is_ok());
         let emoji = "😀".repeat(MAX_TEXT_BYTES / 4 + 1);
         assert_eq!(
-            code(validate_send("signal", Some(&text_env(&emoji)))),
+            code(validate_send("signal", Some(&text_env(&emoji)), AGE)),
             RejectCode::TooLong
         );
     }
@@ -593,9 +687,13 @@ mod tests {
         for (i, (mutate, want)) in cases.iter().enumerate() {
             let mut e = base.clone();
             mutate(&mut e);
-            assert_eq!(code(validate_send("signal", Some(&e))), *want, "case {i}");
+            assert_eq!(
+                code(validate_send("signal", Some(&e), AGE)),
+                *want,
+                "case {i}"
+            );
         }
-        assert_eq!(code(validate_send("signal", None)), MissingField);
+        assert_eq!(code(validate_send("signal", None, AGE)), MissingField);
     }
 
     #[test]
@@ -607,13 +705,16 @@ mod tests {
             payload: vec![7u8; MAX_CIPHERTEXT_BYTES].into(),
             ..Default::default()
         }));
-        assert!(validate_send("signal", Some(&e)).is_ok());
+        assert!(validate_send("signal", Some(&e), AGE).is_ok());
         e.content = Some(Content::Ciphertext(Ciphertext {
             scheme: "signal".into(),
             payload: vec![7u8; MAX_CIPHERTEXT_BYTES + 1].into(),
             ..Default::default()
         }));
-        assert_eq!(code(validate_send("signal", Some(&e))), RejectCode::TooLong);
+        assert_eq!(
+            code(validate_send("signal", Some(&e), AGE)),
+            RejectCode::TooLong
+        );
     }
 
     #[test]
@@ -636,7 +737,7 @@ mod tests {
                 missing_for_device: missing,
                 sender_devices,
             }));
-            validate_send("signal", Some(&e))
+            validate_send("signal", Some(&e), AGE)
                 .map(|_| ())
                 .map_err(|r| r.code)
         };
@@ -726,7 +827,7 @@ mod tests {
             ..Default::default()
         }));
         assert_eq!(
-            validate_group_send("signal", &g)
+            validate_group_send("signal", &g, AGE)
                 .map(|_| ())
                 .map_err(|r| r.code),
             Err(RejectCode::MalformedFrame)
@@ -736,7 +837,7 @@ mod tests {
             devices: vec![device("a", 1)],
             ..Default::default()
         }));
-        assert!(validate_group_send("signal", &g).is_ok());
+        assert!(validate_group_send("signal", &g, AGE).is_ok());
     }
 
     fn with(content: Content, encryption: Encryption) -> Envelope {
@@ -757,7 +858,7 @@ mod tests {
     #[test]
     fn reactions_at_their_limits() {
         use Encryption::*;
-        let ok = |e: Envelope| validate_send("signal", Some(&e)).is_ok();
+        let ok = |e: Envelope| validate_send("signal", Some(&e), AGE).is_ok();
         assert!(ok(with(reaction("m1", "👍"), TransportOnly)));
         // An empty emoji removes a reaction.
         assert!(ok(with(reaction("m1", ""), TransportOnly)));
@@ -771,7 +872,8 @@ mod tests {
                 Some(&with(
                     reaction("m1", &"a".repeat(MAX_REACTION_BYTES + 1)),
                     TransportOnly
-                ))
+                )),
+                AGE
             )),
             RejectCode::TooLong
         );
@@ -785,28 +887,32 @@ mod tests {
                 Some(&with(
                     reaction(&"m".repeat(MAX_MESSAGE_ID_BYTES + 1), "👍"),
                     TransportOnly
-                ))
+                )),
+                AGE
             )),
             RejectCode::TooLong
         );
         assert_eq!(
             code(validate_send(
                 "signal",
-                Some(&with(reaction("", "👍"), TransportOnly))
+                Some(&with(reaction("", "👍"), TransportOnly)),
+                AGE
             )),
             RejectCode::MissingField
         );
         assert_eq!(
             code(validate_send(
                 "signal",
-                Some(&with(reaction("a b", "👍"), TransportOnly))
+                Some(&with(reaction("a b", "👍"), TransportOnly)),
+                AGE
             )),
             RejectCode::MalformedFrame
         );
         assert_eq!(
             code(validate_send(
                 "signal",
-                Some(&with(reaction("m1", "👍"), E2ee))
+                Some(&with(reaction("m1", "👍"), E2ee)),
+                AGE
             )),
             RejectCode::EncryptionMismatch
         );
@@ -815,7 +921,7 @@ mod tests {
     #[test]
     fn edits_deletes_replies_typing_calls() {
         use Encryption::*;
-        let check = |e: Envelope| code(validate_send("signal", Some(&e)));
+        let check = |e: Envelope| code(validate_send("signal", Some(&e), AGE));
         let edit = |text: Option<&str>, ct: Option<usize>| {
             Content::Edit(Edit {
                 target_message_id: "m1".into(),
@@ -894,28 +1000,28 @@ mod tests {
         let mut e = text_env("hi");
         e.to.clear();
         e.group_id = format!("g-{}", "0a".repeat(16));
-        assert!(validate_group_send("signal", &e).is_ok());
+        assert!(validate_group_send("signal", &e, AGE).is_ok());
         let mut bad = e.clone();
         bad.group_id = format!("g-{}", "0A".repeat(16));
         assert_eq!(
-            validate_group_send("signal", &bad).unwrap_err().code,
+            validate_group_send("signal", &bad, AGE).unwrap_err().code,
             RejectCode::MalformedFrame
         );
         let mut bad = e.clone();
         bad.to = "home:+4915112345678".into();
         assert_eq!(
-            validate_group_send("signal", &bad).unwrap_err().code,
+            validate_group_send("signal", &bad, AGE).unwrap_err().code,
             RejectCode::MalformedFrame
         );
         // Typing goes to groups too (to the members' open sessions).
         let mut typing = e.clone();
         typing.content = Some(Content::Typing(Typing { active: true }));
-        assert!(validate_group_send("signal", &typing).is_ok());
+        assert!(validate_group_send("signal", &typing, AGE).is_ok());
         // A one-to-one send may not name a group.
         let mut bad = text_env("hi");
         bad.group_id.clone_from(&e.group_id);
         assert_eq!(
-            code(validate_send("signal", Some(&bad))),
+            code(validate_send("signal", Some(&bad), AGE)),
             RejectCode::MalformedFrame
         );
     }
@@ -980,6 +1086,9 @@ mod properties {
     use interop_proto::v1::Text;
     use proptest::prelude::*;
 
+    /// The accepted age of `sent_at_ms` with the default idempotency window.
+    const AGE: i64 = max_sent_at_age_ms(DEFAULT_IDEMPOTENCY_WINDOW_MS);
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
@@ -1003,7 +1112,7 @@ mod properties {
                 content: Some(Content::Text(Text { body })),
                 ..Default::default()
             };
-            if let Ok((from, _to)) = validate_send("signal", Some(&env)) {
+            if let Ok((from, _to)) = validate_send("signal", Some(&env), AGE) {
                 prop_assert_eq!(from.provider(), "signal");
                 prop_assert!(!env.client_message_id.is_empty());
                 prop_assert!(env.client_message_id.len() <= MAX_CLIENT_MESSAGE_ID_BYTES);
@@ -1019,9 +1128,9 @@ mod properties {
             env in valid_send(),
             mutation in 0usize..MUTATIONS,
         ) {
-            prop_assert!(validate_send("signal", Some(&env)).is_ok(), "{:?}", env);
+            prop_assert!(validate_send("signal", Some(&env), AGE).is_ok(), "{:?}", env);
             let (broken, code) = mutate(env, mutation);
-            let refused = validate_send("signal", Some(&broken)).map(|_| ()).map_err(|r| r.code);
+            let refused = validate_send("signal", Some(&broken), AGE).map(|_| ()).map_err(|r| r.code);
             prop_assert_eq!(refused, Err(code), "mutation {} of {:?}", mutation, broken);
         }
     }
@@ -1066,7 +1175,7 @@ mod properties {
             ],
             content,
             proptest::option::of("[A-Za-z0-9._:-]{1,64}"),
-            proptest::option::of(-MAX_SENT_AT_AGE_MS / 2..MAX_SENT_AT_SKEW_MS / 2),
+            proptest::option::of(-AGE / 2..MAX_SENT_AT_SKEW_MS / 2),
         )
             .prop_map(
                 |(cmid, user, to, (content, encryption), reply, sent)| Envelope {

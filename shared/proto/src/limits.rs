@@ -25,11 +25,40 @@ pub const MAX_ALLOWED_PROVIDERS: usize = 64;
 pub const MAX_UNACKED: usize = 256;
 /// Seconds a connection may take to send its `Hello`.
 pub const HELLO_TIMEOUT_SECS: u64 = 10;
-/// How far in the past a message's `sent_at_ms` may be (a phone that was
-/// offline for days still delivers its queue).
+/// The most a message's `sent_at_ms` may ever be in the past, whatever the
+/// idempotency window: 7 days (a phone offline for a week still delivers
+/// its queue, if the operator keeps claims that long).
 pub const MAX_SENT_AT_AGE_MS: i64 = 7 * 24 * 3600 * 1000;
 /// How far in the future a message's `sent_at_ms` may be (clock skew).
 pub const MAX_SENT_AT_SKEW_MS: i64 = 10 * 60 * 1000;
+/// How long ingest keeps a send's idempotency claim (`client_message_id` →
+/// `message_id`) by default: 24 hours (docs/adr/0027).
+pub const DEFAULT_IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+/// The shortest idempotency window an operator may set: 1 hour (sends
+/// may then be at most 50 minutes old).
+pub const MIN_IDEMPOTENCY_WINDOW_MS: i64 = 3600 * 1000;
+/// The longest idempotency window that means anything: the oldest accepted
+/// `sent_at_ms` plus the skew. A longer one would only cost Redis memory.
+pub const MAX_IDEMPOTENCY_WINDOW_MS: i64 = MAX_SENT_AT_AGE_MS + MAX_SENT_AT_SKEW_MS;
+
+/// How far in the past a send's `sent_at_ms` may be when claims are kept
+/// `idempotency_window_ms`: the window less the clock skew allowed ahead, at
+/// most [`MAX_SENT_AT_AGE_MS`]. A send is claimed when it is accepted, which
+/// is no earlier than `sent_at_ms - MAX_SENT_AT_SKEW_MS`, so its claim lasts
+/// until at least `sent_at_ms - skew + window`: a re-send whose `sent_at_ms`
+/// is within this age always finds the claim and gets `duplicate: true`;
+/// one older is refused (`TIMESTAMP_OUT_OF_RANGE`) rather than accepted
+/// twice (docs/adr/0027).
+pub const fn max_sent_at_age_ms(idempotency_window_ms: i64) -> i64 {
+    let age = idempotency_window_ms.saturating_sub(MAX_SENT_AT_SKEW_MS);
+    if age < 0 {
+        0
+    } else if age > MAX_SENT_AT_AGE_MS {
+        MAX_SENT_AT_AGE_MS
+    } else {
+        age
+    }
+}
 /// Longest reaction emoji, in UTF-8 bytes (a flag or a ZWJ family sequence
 /// fits; an empty emoji removes a reaction).
 pub const MAX_REACTION_BYTES: usize = 64;
@@ -53,4 +82,39 @@ pub fn is_group_id(s: &str) -> bool {
         && s[2..]
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accepted_sent_at_age_is_the_idempotency_window_less_the_skew() {
+        let day = 24 * 3600 * 1000;
+        assert_eq!(
+            max_sent_at_age_ms(DEFAULT_IDEMPOTENCY_WINDOW_MS),
+            day - MAX_SENT_AT_SKEW_MS
+        );
+        assert_eq!(
+            max_sent_at_age_ms(MAX_IDEMPOTENCY_WINDOW_MS),
+            MAX_SENT_AT_AGE_MS
+        );
+        assert_eq!(max_sent_at_age_ms(30 * day), MAX_SENT_AT_AGE_MS);
+        assert_eq!(
+            max_sent_at_age_ms(MIN_IDEMPOTENCY_WINDOW_MS),
+            50 * 60 * 1000
+        );
+        assert_eq!(max_sent_at_age_ms(0), 0);
+        // The claim of a send accepted at the earliest (its sent_at less
+        // the skew) outlives every re-send of it that is accepted.
+        for window in [
+            MIN_IDEMPOTENCY_WINDOW_MS,
+            DEFAULT_IDEMPOTENCY_WINDOW_MS,
+            3 * day,
+        ] {
+            let sent_at = 0;
+            let claim_ends = sent_at - MAX_SENT_AT_SKEW_MS + window;
+            assert!(sent_at + max_sent_at_age_ms(window) <= claim_ends);
+        }
+    }
 }
