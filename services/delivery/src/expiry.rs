@@ -16,9 +16,8 @@
 //! JetStream deletes them; delivery sessions stop delivering a message once
 //! it is past the retention, so a message ends either delivered or expired.
 //!
-//! Not covered: a message pushed out early by the per-recipient count limit
-//! (`--inbox-max-per-recipient`) is deleted by JetStream at once, without
-//! an `EXPIRED` receipt (see docs/adr/0011).
+//! The per-recipient count limit (`--inbox-max-per-recipient`) never
+//! pushes a message out: a full store refuses new ones (docs/adr/0027).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -162,7 +161,26 @@ async fn handle(shared: &Shared, msg: &jetstream::Message) -> Result<AckKind, Bo
         .payload(r.payload)
         .headers(headers);
     // Awaited: the input is acked only once the receipt is stored.
-    shared.js.send_publish(r.subject, publish).await?.await?;
+    if let Err(e) = shared
+        .js
+        .send_publish(r.subject.clone(), publish)
+        .await?
+        .await
+    {
+        // The sender's store at its count limit (docs/adr/0027): room is
+        // made from what their devices acked and the receipt stored on the
+        // next look; with none, it is dropped.
+        if !interop_bus::store::is_full(&e) {
+            return Err(e.into());
+        }
+        // Looked at again (room made here, or by another publisher at the
+        // same time) twice before it is dropped.
+        if interop_bus::store::make_room(&shared.js, &r.subject).await? > 0 || info.delivered < 3 {
+            return Ok(AckKind::Nak(Some(Duration::from_millis(200))));
+        }
+        warn!(seq, "An EXPIRED receipt was dropped: its recipient's store is full of undelivered messages.");
+        return Ok(AckKind::Ack);
+    }
     shared.metrics.expired.inc();
     debug!(seq, "A message expired undelivered; the sender was told.");
     Ok(AckKind::Ack)

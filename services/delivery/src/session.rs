@@ -1098,6 +1098,14 @@ async fn publish_receipt(shared: &Shared, r: interop_bus::Outgoing) -> Result<()
         let mut wait = std::time::Duration::from_millis(500);
         for _ in 0..RECEIPT_RETRIES {
             let Err(e) = &outcome else { return };
+            // The sender's store at its count limit (docs/adr/0027): room is
+            // made from what their devices acked, then it is published
+            // again; a store full of undelivered messages keeps refusing.
+            if interop_bus::store::is_full_message(e) {
+                if let Err(e) = interop_bus::store::make_room(&js, &r.subject).await {
+                    debug!(error = %e, "Cannot make room for a receipt yet.");
+                }
+            }
             debug!(error = %e, "A receipt was not acked; publishing it again.");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(std::time::Duration::from_secs(8));

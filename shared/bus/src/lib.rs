@@ -8,6 +8,7 @@ pub mod handling;
 pub mod metrics;
 pub mod pipeline;
 pub mod stage;
+pub mod store;
 pub mod streams;
 pub mod subjects;
 pub mod trace;

@@ -159,11 +159,12 @@ pub async fn run_stage<H: Handler>(
                     let held = acks.as_ref().map_or(0, |a| a.len());
                     unacked += held;
                     let metrics = metrics.clone();
+                    let js = js.clone();
                     settling.push(Box::pin(async move {
                         let outcome = match acks {
                             Ok(acks) => {
                                 let n = acks.published;
-                                let r = await_acks(acks.unawaited).await;
+                                let r = await_acks(&js, acks.unawaited).await;
                                 if r.is_ok() {
                                     metrics.messages_out.inc_by(n);
                                 }
@@ -244,9 +245,13 @@ pub const ACK_BUDGET: usize = 4096;
 struct Published {
     /// How many.
     published: u64,
-    /// The acks still to await (all of them, or the last chunk's).
-    unawaited: Vec<jetstream::context::PublishAckFuture>,
+    /// The acks still to await (all of them, or the last chunk's), each
+    /// with its message when it went into a recipient's store (to store it
+    /// again, or tell its sender, should the store be full: `store.rs`).
+    unawaited: Vec<Unacked>,
 }
+
+type Unacked = (jetstream::context::PublishAckFuture, Option<Outgoing>);
 
 impl Published {
     fn len(&self) -> usize {
@@ -264,8 +269,9 @@ async fn publish_all(
     let mut acks = Vec::with_capacity(outputs.len().min(ACK_BUDGET));
     for out in outputs {
         if acks.len() == ACK_BUDGET {
-            await_acks(std::mem::take(&mut acks)).await?;
+            await_acks(js, std::mem::take(&mut acks)).await?;
         }
+        let kept = crate::store::is_store_subject(&out.subject).then(|| out.clone());
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", out.msg_id.as_str());
         match &out.trace {
@@ -286,7 +292,7 @@ async fn publish_all(
                 reason: format!("publish failed: {e}"),
                 after: Duration::from_secs(1),
             })?;
-        acks.push(ack);
+        acks.push((ack, kept));
     }
     Ok(Published {
         published,
@@ -294,13 +300,86 @@ async fn publish_all(
     })
 }
 
-async fn await_acks(acks: Vec<jetstream::context::PublishAckFuture>) -> Result<(), HandleError> {
-    for ack in acks {
-        ack.await.map_err(|e| HandleError::Retry {
-            reason: format!("publish not acknowledged: {e}"),
-            after: Duration::from_secs(1),
-        })?;
+async fn await_acks(js: &jetstream::Context, acks: Vec<Unacked>) -> Result<(), HandleError> {
+    for (ack, kept) in acks {
+        match (ack.await, kept) {
+            (Ok(_), _) => {}
+            // A recipient's store at its count limit: room is made or the
+            // sender told, never a retry that would meet the same refusal.
+            (Err(e), Some(out)) if crate::store::is_full(&e) => store_full(js, out).await?,
+            (Err(e), _) => {
+                return Err(HandleError::Retry {
+                    reason: format!("publish not acknowledged: {e}"),
+                    after: Duration::from_secs(1),
+                })
+            }
+        }
     }
+    Ok(())
+}
+
+/// `out` was refused by its recipient's full store (docs/adr/0027): room is
+/// made (what the recipient's devices acked goes) and it is stored again;
+/// if there is none, its sender gets `FAILED`/`RECIPIENT_STORE_FULL`
+/// (stored the same way), and a receipt or notice is dropped with a
+/// warning. `Err` (retry the input) only when JetStream does not answer.
+async fn store_full(js: &jetstream::Context, out: Outgoing) -> Result<(), HandleError> {
+    let retry = |e: String| HandleError::Retry {
+        reason: format!("a full store: {e}"),
+        after: Duration::from_secs(1),
+    };
+    let mut out = out;
+    // At most twice: the message, then the receipt telling its sender.
+    for _ in 0..2 {
+        let tell = crate::store::full_store_receipt(&out, None);
+        // A message from a sender looks at the cursors every time; a
+        // receipt or notice may go by a recent "no room" (store.rs).
+        let freed = if tell.is_some() {
+            crate::store::make_room_now(js, &out.subject).await
+        } else {
+            crate::store::make_room(js, &out.subject).await
+        }
+        .map_err(|e| retry(e.to_string()))?;
+        // Again even when nothing was freed here: another publisher refused
+        // at the same time may just have made room.
+        match publish_one(js, &out).await {
+            Ok(()) => {
+                debug!(subject = %out.subject, freed, "Stored into a store that was full.");
+                return Ok(());
+            }
+            Err(e) if crate::store::is_full(&*e) => {}
+            Err(e) => return Err(retry(e.to_string())),
+        }
+        match tell {
+            Some(receipt) => {
+                warn!(subject = %out.subject, msg_id = %out.msg_id, "A recipient's store is full of undelivered messages; the sender is told (RECIPIENT_STORE_FULL).");
+                match publish_one(js, &receipt).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if crate::store::is_full(&*e) => out = receipt,
+                    Err(e) => return Err(retry(e.to_string())),
+                }
+            }
+            None => break,
+        }
+    }
+    warn!(subject = %out.subject, msg_id = %out.msg_id, "Dropped a receipt or notice: its recipient's store is full of undelivered messages.");
+    Ok(())
+}
+
+/// Publishes `out` and awaits its ack.
+async fn publish_one(
+    js: &jetstream::Context,
+    out: &Outgoing,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", out.msg_id.as_str());
+    for (k, v) in out.trace.iter().flatten() {
+        headers.insert(k.as_str(), v.as_str());
+    }
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(out.payload.clone())
+        .headers(headers);
+    js.send_publish(out.subject.clone(), publish).await?.await?;
     Ok(())
 }
 

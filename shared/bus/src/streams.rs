@@ -18,8 +18,9 @@ pub struct StreamSettings {
     pub pipeline_max_age: Duration,
     /// How long the offline store keeps a message for a recipient.
     pub inbox_max_age: Duration,
-    /// How many messages the offline store keeps per recipient; the oldest
-    /// goes first.
+    /// How many messages the offline store keeps per recipient; past it a
+    /// message is refused, room made from what was delivered, or its sender
+    /// told (`RECIPIENT_STORE_FULL`; docs/adr/0027).
     pub inbox_max_per_recipient: i64,
 }
 
@@ -86,7 +87,15 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             name: STREAM_INBOX.to_owned(),
             subjects: vec![DELIVERY_QUEUED_ALL.to_owned()],
             retention: stream::RetentionPolicy::Limits,
-            discard: stream::DiscardPolicy::Old,
+            // A recipient's store at its count limit refuses a message
+            // rather than drop its oldest without a word: the publisher
+            // makes room (removes what the recipient's devices acked) or
+            // tells the sender (`store.rs`, docs/adr/0027). nats-server 2.9
+            // has both settings, and updates an existing store to them
+            // (messages kept); the stream has no max_msgs or max_bytes, so
+            // `New` applies to the per-subject count only.
+            discard: stream::DiscardPolicy::New,
+            discard_new_per_subject: true,
             // Kept a grace period past the retention, so delivery's expiry
             // sweeper sees every message before JetStream deletes it.
             max_age: s.inbox_max_age + inbox_grace(s.inbox_max_age),

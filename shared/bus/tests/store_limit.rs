@@ -1,0 +1,223 @@
+//! A recipient's store at its count limit, against the real nats-server
+//! (docs/adr/0027): an existing store is updated to refuse rather than drop
+//! its oldest; room is made from what a device acked; a stage turns a
+//! refusal into a FAILED receipt to the sender, not a retry loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use prost::Message as _;
+use tokio_util::sync::CancellationToken;
+
+use interop_bus::subjects::{
+    delivery_acked, delivery_queued, CONSUMER_ROUTING, INGEST_ACCEPTED, STREAM_INBOX, STREAM_INGEST,
+};
+use interop_bus::{
+    ensure_streams, pipeline, recipient_key, run_stage, store, HandleError, Handler, Input,
+    Outgoing, StageOptions, StreamSettings,
+};
+use interop_proto::v1::{envelope, Envelope, PipelineMessage, ReceiptStatus, RejectCode, Text};
+use interop_telemetry::metrics::Metrics;
+use interop_test_support::NatsServer;
+
+const BOB: &str = "home:+4915112345678";
+const ALICE: &str = "signal:alice";
+
+fn settings(limit: i64) -> StreamSettings {
+    StreamSettings {
+        inbox_max_per_recipient: limit,
+        ..Default::default()
+    }
+}
+
+fn message(id: &str) -> PipelineMessage {
+    PipelineMessage {
+        envelope: Some(Envelope {
+            message_id: id.into(),
+            client_message_id: format!("c-{id}"),
+            from: ALICE.into(),
+            to: BOB.into(),
+            content: Some(envelope::Content::Text(Text { body: id.into() })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn store_of(js: &jetstream::Context, user: &str) -> Vec<Envelope> {
+    let mut inbox = js.get_stream(STREAM_INBOX).await.unwrap();
+    let state = inbox.info().await.unwrap().state.clone();
+    let subject = delivery_queued(&recipient_key(user));
+    let mut out = Vec::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(m) = inbox.get_raw_message(seq).await {
+            if m.subject.as_str() == subject {
+                out.extend(PipelineMessage::decode(m.payload).unwrap().envelope);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_store_refuses_at_its_count_keeps_its_messages_and_frees_what_was_acked() {
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let s = settings(3);
+    // The store as earlier versions made it: discard old, so a full
+    // recipient's oldest message was dropped without a word.
+    let mut old = interop_bus::streams::stream_configs(&s)
+        .into_iter()
+        .find(|c| c.name == STREAM_INBOX)
+        .unwrap();
+    old.discard = stream::DiscardPolicy::Old;
+    old.discard_new_per_subject = false;
+    js.create_stream(old).await.unwrap();
+    // Not BOB: the no-room memory is per process, and the other test fills
+    // BOB's store.
+    let carol = "home:+4915100000001";
+    let bob = delivery_queued(&recipient_key(carol));
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        let ack = js
+            .publish(bob.clone(), format!("m{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        seqs.push(ack.sequence);
+    }
+    // Start-up updates it in place (nats-server 2.9 allows it); nothing
+    // stored is lost.
+    ensure_streams(&js, &s).await.unwrap();
+    let mut inbox = js.get_stream(STREAM_INBOX).await.unwrap();
+    let info = inbox.info().await.unwrap();
+    assert_eq!(info.config.discard, stream::DiscardPolicy::New);
+    assert!(info.config.discard_new_per_subject);
+    assert_eq!(info.state.messages, 3);
+    // A fourth is refused, recognisably; another recipient is not.
+    let e = js
+        .publish(bob.clone(), "m3".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(store::is_full(&e), "{e}");
+    js.publish(delivery_queued(&recipient_key(ALICE)), "a".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // No device has acked anything: no room, nothing removed.
+    assert_eq!(store::make_room(&js, &bob).await.unwrap(), 0);
+    // A device acked the first two: room is made by removing them (once
+    // the no-room answer above is forgotten, 2 s later).
+    js.publish(
+        delivery_acked(&recipient_key(carol), "phone"),
+        seqs[1].to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(store::make_room(&js, &bob).await.unwrap(), 2);
+    js.publish(bob.clone(), "m3".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let left: Vec<u64> = {
+        let mut v = Vec::new();
+        let state = inbox.info().await.unwrap().state.clone();
+        for seq in state.first_sequence..=state.last_sequence {
+            if let Ok(m) = inbox.get_raw_message(seq).await {
+                if m.subject.as_str() == bob {
+                    v.push(seq);
+                }
+            }
+        }
+        v
+    };
+    assert_eq!(left.len(), 2, "the undelivered m2 and the new m3");
+    assert_eq!(left[0], seqs[2]);
+}
+
+/// Files each accepted message into its recipient's store, as routing does.
+struct File;
+
+impl Handler for File {
+    async fn handle(&self, input: Input<'_>) -> Result<Vec<Outgoing>, HandleError> {
+        Ok(vec![pipeline::to_recipient_store(&pipeline::decode(
+            input.payload,
+        )?)])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_tells_the_sender_when_the_store_is_full_and_does_not_retry() {
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    ensure_streams(&js, &settings(2)).await.unwrap();
+    for id in ["m1", "m2", "m3"] {
+        js.publish(INGEST_ACCEPTED, Bytes::from(message(id).encode_to_vec()))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let consumer =
+        interop_bus::streams::stage_consumer(&js, STREAM_INGEST, CONSUMER_ROUTING, INGEST_ACCEPTED)
+            .await
+            .unwrap();
+    let options = StageOptions::new("routing", &Metrics::default());
+    let metrics = options.metrics.clone();
+    let shutdown = CancellationToken::new();
+    let stage = tokio::spawn(run_stage(
+        js.clone(),
+        consumer.clone(),
+        Arc::new(File),
+        options,
+        shutdown.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let receipt = loop {
+        let alice = store_of(&js, ALICE).await;
+        if let Some(r) = alice.into_iter().find_map(|e| match e.content {
+            Some(envelope::Content::Receipt(r)) => Some(r),
+            _ => None,
+        }) {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no receipt for the message the full store refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(receipt.message_id, "m3");
+    assert_eq!(receipt.status(), ReceiptStatus::Failed);
+    assert_eq!(receipt.code(), RejectCode::RecipientStoreFull);
+    let bob: Vec<String> = store_of(&js, BOB)
+        .await
+        .into_iter()
+        .map(|e| e.message_id)
+        .collect();
+    assert_eq!(bob, ["m1", "m2"]);
+    // Every input acked, none handed back for a retry.
+    let mut consumer = consumer;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = consumer.info().await.unwrap().clone();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{info:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metrics.retries.get(), 0);
+    shutdown.cancel();
+    stage.await.unwrap().unwrap();
+}
