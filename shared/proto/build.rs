@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "interop/v1/keys.proto",
         "interop/v1/client.proto",
         "interop/v1/pipeline.proto",
+        "interop/v1/state.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

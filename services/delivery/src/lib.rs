@@ -92,6 +92,8 @@ pub enum Error {
     Registry(#[from] interop_providers::store::StoreError),
     #[error("cannot serve WebSockets: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    State(#[from] interop_state::StateError),
 }
 
 pub(crate) struct Shared {
@@ -145,6 +147,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         .seed_and_watch(&config.providers, shutdown.clone())
         .await?;
     let metrics = metrics::DeliveryMetrics::register(&deps.metrics);
+    let records = interop_state::Records::open(js.clone(), deps.redis.clone()).await?;
     let shared = Arc::new(Shared {
         providers,
         look_again: watch_look_again(&deps.nats, metrics.look_again.clone(), shutdown.clone()),
@@ -157,7 +160,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         metrics,
         retention: config.streams.inbox_max_age,
         edge: EdgeGuard::new(deps.redis.clone(), config.edge),
-        contacts: interop_state::ContactStore::new(deps.redis.clone()),
+        contacts: interop_state::ContactStore::new(records),
     });
     let sweeper = tokio::spawn(expiry::run(
         shared.clone(),

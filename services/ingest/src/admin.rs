@@ -14,7 +14,7 @@
 //! | `POST /admin/v1/providers/{id}/credentials` (rotate: add one) | 201 `{credential_id, token}` |
 //! | `DELETE /admin/v1/providers/{id}/credentials/{credential_id}` (revoke) | 200 `{revoked}` |
 //! | `DELETE /admin/v1/providers/{id}` (remove) | 200 `{removed}` |
-//! | `POST /admin/v1/erasures` `{address}` (erase a user, ADR 13) | 200 `{erased: {inbox_messages, messages_in_other_stores, quarantined, in_pipeline, cursors, media_blobs, media_grants, redis_keys, groups, contact_entries, blocks_kept, key_watches, key_devices}}` |
+//! | `POST /admin/v1/erasures` `{address}` (erase a user, ADR 13) | 200 `{erased: {inbox_messages, messages_in_other_stores, quarantined, in_pipeline, cursors, media_blobs, media_grants, user_records, redis_keys, groups, contact_entries, blocks_kept, key_watches, key_devices}}` |
 //!
 //! Tokens are shown once, in the answer that creates them; only their
 //! SHA-256 is stored. Revoking a credential closes the connections that use

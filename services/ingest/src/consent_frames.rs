@@ -63,7 +63,7 @@ pub(crate) async fn set_consent(
         allowed_providers: sc.allowed_providers.clone(),
         combined_inbox: sc.inbox == Inbox::Combined as i32,
     };
-    match ConsentStore::new(shared.redis.clone())
+    match ConsentStore::new(shared.records.clone())
         .set(user.as_str(), &record)
         .await
     {
@@ -99,7 +99,7 @@ pub(crate) async fn respond_to_request(
         Ok(v) => v,
         Err(rej) => return reject(request_id, "", rej),
     };
-    let contacts = ContactStore::new(shared.redis.clone());
+    let contacts = ContactStore::new(shared.records.clone());
     let (state, feedback) = match action {
         RequestAction::Accept => (Some(ContactState::Accepted), None),
         RequestAction::Decline => (Some(ContactState::Declined), Some(Feedback::Decline)),
@@ -174,14 +174,14 @@ pub(crate) async fn get_consent(
         Ok(u) => u,
         Err(r) => return reject(request_id, "", r),
     };
-    let consent = match ConsentStore::new(shared.redis.clone())
+    let consent = match ConsentStore::new(shared.records.clone())
         .get(user.as_str())
         .await
     {
         Ok(c) => c,
         Err(e) => return unavailable(request_id, &e),
     };
-    let list = match ContactStore::new(shared.redis.clone())
+    let list = match ContactStore::new(shared.records.clone())
         .list(user.as_str())
         .await
     {

@@ -487,7 +487,7 @@ async fn group_typing(
         .into_iter()
         .filter(|m| *m != envelope.from)
         .collect();
-    let contacts = interop_state::ContactStore::new(shared.redis.clone());
+    let contacts = interop_state::ContactStore::new(shared.records.clone());
     // Concurrent: the checks share one pipelined Redis connection.
     let admissions = futures_util::future::join_all(
         members

@@ -33,7 +33,7 @@ use interop_proto::v1::{
     envelope, DeviceKeys, Encryption, Envelope, KeyNotice, PipelineMessage, StoredDevice,
 };
 use interop_proto::Address;
-use interop_state::{key_watchers, keys, ConsentStore, ContactState};
+use interop_state::{key_watchers, keys, ConsentStore, ContactState, ContactStore};
 
 use crate::Shared;
 
@@ -163,7 +163,7 @@ async fn notify_watchers(shared: &Shared, user: &Address, kind: Kind, device_id:
     if watchers.is_empty() {
         return;
     }
-    let consent = match ConsentStore::new(shared.redis.clone())
+    let consent = match ConsentStore::new(shared.records.clone())
         .get(user.as_str())
         .await
     {
@@ -178,7 +178,16 @@ async fn notify_watchers(shared: &Shared, user: &Address, kind: Kind, device_id:
         .filter_map(|w| Address::parse(w).ok())
         .filter(|w| w.provider() == user.provider() || consent.admits(w.provider()))
         .collect();
-    // Blocks either way, in one round trip.
+    // Blocks either way, in one round trip (once every record is cached).
+    let mut users: Vec<&str> = watchers.iter().map(Address::as_str).collect();
+    users.push(user.as_str());
+    if let Err(e) = ContactStore::new(shared.records.clone())
+        .ensure_cached(&users)
+        .await
+    {
+        warn!(error = %e, "Cannot read blocks; no key notices sent.");
+        return;
+    }
     let mut pipe = redis::pipe();
     for w in &watchers {
         pipe.cmd("HGET")

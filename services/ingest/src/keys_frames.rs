@@ -95,7 +95,7 @@ async fn visible(shared: &Shared, provider: &str, user: &Address) -> Result<bool
     if user.provider() == provider {
         return Ok(true);
     }
-    let consent = ConsentStore::new(shared.redis.clone())
+    let consent = ConsentStore::new(shared.records.clone())
         .get(user.as_str())
         .await
         .map_err(|e| {
@@ -138,7 +138,7 @@ pub(crate) async fn publish(
         Ok(u) => u,
         Err(r) => return reject(request_id, "", r),
     };
-    match ConsentStore::new(shared.redis.clone())
+    match ConsentStore::new(shared.records.clone())
         .get(user.as_str())
         .await
     {

@@ -138,6 +138,32 @@ pub enum Error {
     Serve(std::io::Error),
     #[error(transparent)]
     Keys(#[from] interop_keys::KeysError),
+    #[error(transparent)]
+    State(#[from] interop_state::StateError),
+}
+
+/// Moves consent records and answers that Redis held before the user-state
+/// stream existed into it (docs/adr/0028), retrying while Redis or NATS is
+/// unavailable. Until it is done, such a record is moved when first read.
+async fn migrate_records(records: interop_state::Records) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match records.migrate().await {
+            Ok(Some(moved)) => {
+                info!(
+                    moved,
+                    "Moved users' records from Redis into the user-state stream."
+                );
+                return;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot move users' records into the user-state stream yet; retrying.");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 /// What every connection shares.
@@ -146,8 +172,13 @@ pub(crate) struct Shared {
     pub providers: tokio::sync::watch::Receiver<Arc<Registry>>,
     pub js: async_nats::jetstream::Context,
     pub redis: redis::aio::ConnectionManager,
+    /// What users decided: the stream and its Redis cache (docs/adr/0028).
+    pub records: interop_state::Records,
     pub store_timeout: Duration,
     pub idempotency_secs: u64,
+    /// How old a send's `sent_at_ms` may be: the idempotency window less
+    /// the clock skew, so a re-send always finds its claim (docs/adr/0027).
+    pub max_sent_at_age_ms: i64,
     pub default_provider_limit: RateLimit,
     pub sender_limit: RateLimit,
     pub shutdown: CancellationToken,
@@ -173,9 +204,6 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         .seed_and_watch(&config.providers, shutdown.clone())
         .await?;
     let admin_task = config.admin_api.map(|api| {
-    /// How old a send's `sent_at_ms` may be: the idempotency window less
-    /// the clock skew, so a re-send always finds its claim (docs/adr/0027).
-    pub max_sent_at_age_ms: i64,
         let addr = api.listener.local_addr().ok();
         info!(?addr, "Provider admin API is listening.");
         tokio::spawn(admin::serve(
@@ -187,14 +215,20 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         ))
     });
     let keys = interop_keys::KeyDirectory::open(js.clone()).await?;
+    let records = interop_state::Records::open(js.clone(), deps.redis.clone()).await?;
+    tokio::spawn(migrate_records(records.clone()));
     let metrics = metrics::IngestMetrics::register(&deps.metrics);
     let shared = Arc::new(Shared {
         providers,
         accepted: accepted::Publisher::start(js.clone(), metrics.clone()),
         js,
         redis: deps.redis.clone(),
+        records,
         store_timeout: config.store_timeout,
         idempotency_secs: config.idempotency_window.as_secs().max(1),
+        max_sent_at_age_ms: interop_proto::limits::max_sent_at_age_ms(
+            i64::try_from(config.idempotency_window.as_millis()).unwrap_or(i64::MAX),
+        ),
         default_provider_limit: config.default_provider_limit,
         sender_limit: config.sender_limit,
         shutdown: shutdown.clone(),
@@ -223,9 +257,6 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     if let Some(task) = admin_task {
         // It stops with the same shutdown token.
         task.await.ok();
-        max_sent_at_age_ms: interop_proto::limits::max_sent_at_age_ms(
-            i64::try_from(config.idempotency_window.as_millis()).unwrap_or(i64::MAX),
-        ),
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ use interop_proto::v1::{
 use interop_state::consent::{self, Consent};
 use interop_state::gcra::{self, RateLimit};
 use interop_state::group::GroupStore;
+use interop_state::ConsentStore;
 
 use crate::validate::{validate_send, Rejection};
 use crate::Shared;
@@ -116,7 +117,7 @@ pub(crate) async fn checks<T: redis::FromRedisValue>(
             // Redis restarted and lost its script cache: load and try again.
             reply = match gcra::load(&mut conn).await {
                 Ok(()) => pipe.query_async(&mut conn).await,
-                Err(e) => Err(e.0),
+                Err(e) => return Err(e.to_string()),
             };
         }
         reply.map_err(|e| e.to_string())
@@ -263,6 +264,7 @@ async fn prepare_send(
     );
     pipe.cmd("HMGET")
         .arg(consent::key(to.as_str()))
+        .arg("rev")
         .arg("opted_in")
         .arg("allowed")
         .cmd("SET")
@@ -275,10 +277,10 @@ async fn prepare_send(
     // (rate decision, consent fields, previous server id for this client id)
     type Reply = (
         (i64, i64, i64),
-        (Option<String>, Option<String>),
+        (Option<String>, Option<String>, Option<String>),
         Option<String>,
     );
-    let (rate, (opted_in, allowed), existing) = match checks::<Reply>(shared, &pipe).await {
+    let (rate, (rev, opted_in, allowed), existing) = match checks::<Reply>(shared, &pipe).await {
         Ok(r) => r,
         Err(e) => {
             warn!(error = %e, "Redis unavailable; refusing sends.");
@@ -289,7 +291,22 @@ async fn prepare_send(
         debug!(%provider, detail = %limited.detail, "Rate-limited a send.");
         return reject(request_id, &cmid, limited);
     }
-    let consent = Consent::from_fields(opted_in.as_deref(), allowed.as_deref());
+    let consent = if rev.is_some() {
+        Consent::from_fields(opted_in.as_deref(), allowed.as_deref())
+    } else {
+        // Not cached (Redis lost it, or never read): load it from the
+        // user-state stream (docs/adr/0028).
+        match ConsentStore::new(shared.records.clone())
+            .get(to.as_str())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "User state unavailable; refusing sends.");
+                return reject(request_id, &cmid, unavailable("state storage"));
+            }
+        }
+    };
     if !consent.admits(provider) {
         debug!(%provider, to = %to.redacted(), "Recipient unavailable.");
         return reject(
@@ -314,7 +331,7 @@ async fn prepare_send(
         // a sender the recipient accepted may show typing. Otherwise it is
         // answered like a typing with nobody listening (dropped), so a
         // blocked sender learns nothing.
-        let admission = interop_state::ContactStore::new(shared.redis.clone())
+        let admission = interop_state::ContactStore::new(shared.records.clone())
             .admission(to.as_str(), from.as_str(), provider)
             .await;
         match admission {

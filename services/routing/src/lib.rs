@@ -50,6 +50,8 @@ pub struct Config {
 pub enum Error {
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error(transparent)]
+    State(#[from] interop_state::StateError),
 }
 
 /// Runs routing until `shutdown`.
@@ -61,8 +63,9 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
             .await?;
     let scorer = score::ScoreClient::start(deps.nats.clone(), score::SCORE_TIMEOUT);
     let options = StageOptions::new("routing", &deps.metrics);
+    let records = interop_state::Records::open(js.clone(), deps.redis.clone()).await?;
     let router = Arc::new(Router::new(
-        deps.redis.clone(),
+        records,
         deps.nats.clone(),
         scorer,
         &deps.metrics,

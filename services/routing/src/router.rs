@@ -76,7 +76,7 @@ pub struct Router {
 
 impl Router {
     pub fn new(
-        redis: redis::aio::ConnectionManager,
+        records: interop_state::Records,
         nats: async_nats::Client,
         scorer: crate::score::ScoreClient,
         metrics: &Metrics,
@@ -90,8 +90,8 @@ impl Router {
         );
         Self {
             scorer,
-            contacts: ContactStore::new(redis.clone()),
-            groups: interop_state::GroupStore::new(redis),
+            groups: interop_state::GroupStore::new(records.redis().clone()),
+            contacts: ContactStore::new(records),
             placements,
             nats,
             dead_lettered,

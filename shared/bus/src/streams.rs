@@ -180,6 +180,21 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         },
+        // What users decided (docs/adr/0028): the system of record that
+        // Redis caches. Kept until a user is erased: no age limit, a
+        // record per user and per answer (bounded by MAX_CONTACTS).
+        stream::Config {
+            name: STREAM_USER_STATE.to_owned(),
+            subjects: vec![USER_STATE_ALL.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_messages_per_subject: 1,
+            storage: stream::StorageType::File,
+            num_replicas: s.replicas,
+            // Cache misses read with direct gets, which any replica answers.
+            allow_direct: true,
+            ..Default::default()
+        },
     ]
 }
 

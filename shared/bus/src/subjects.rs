@@ -140,6 +140,31 @@ pub fn keys_pool(user_key: &str, device_id: &str, kind: &str) -> String {
     format!("{KEYS_POOL_PREFIX}.{user_key}.{device_id}.{kind}")
 }
 
+/// What users decided (docs/adr/0028): consent records and contact
+/// answers, the system of record that Redis caches. One message per record
+/// (the last per subject is kept).
+pub const USER_STATE_PREFIX: &str = "interop.v1.state";
+pub const USER_STATE_ALL: &str = "interop.v1.state.>";
+/// The stream holding users' decisions.
+pub const STREAM_USER_STATE: &str = "INTEROP_USER_STATE";
+
+/// A user's consent record: `interop.v1.state.consent.<user key>`.
+pub fn user_consent(user_key: &str) -> String {
+    format!("{USER_STATE_PREFIX}.consent.{user_key}")
+}
+
+/// A recipient's answer about one sender:
+/// `interop.v1.state.contact.<recipient key>.<sender key>`. `None` for
+/// either key gives the wildcard `*` there (every answer of a recipient,
+/// or every answer about a sender).
+pub fn user_contact(recipient_key: Option<&str>, sender_key: Option<&str>) -> String {
+    format!(
+        "{USER_STATE_PREFIX}.contact.{}.{}",
+        recipient_key.unwrap_or("*"),
+        sender_key.unwrap_or("*")
+    )
+}
+
 /// The store subject of one recipient.
 pub fn delivery_queued(recipient_key: &str) -> String {
     format!("{DELIVERY_QUEUED_PREFIX}.{recipient_key}")

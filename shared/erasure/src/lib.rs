@@ -88,6 +88,10 @@ pub struct Erased {
     /// Download grants removed (of blobs that stay for other recipients, or
     /// that were deleted).
     pub media_grants: u64,
+    /// Records of what users decided deleted from the user-state stream
+    /// (their consent record, their answers, others' accepted and declined
+    /// answers about them; docs/adr/0028).
+    pub user_records: u64,
     /// Redis keys deleted.
     pub redis_keys: u64,
     /// Groups the user was removed from.
@@ -369,7 +373,11 @@ pub async fn erase_user(
     let key = recipient_key(a);
     let mut out = Erased::default();
 
-    // 1. Redis.
+    // 1. What users decided, in the stream first (a read meanwhile would
+    // cache it again from there), then Redis.
+    let records = interop_state::Records::open(js.clone(), redis.clone()).await?;
+    let (removed, _) = records.erase_user(a).await?;
+    out.user_records = removed;
     let r = erase::erase_user(redis, a).await?;
     out.redis_keys = r.keys;
     out.groups = r.groups;

@@ -178,7 +178,11 @@ async fn fill(w: &World, others: usize, per_user: usize) -> u64 {
 async fn an_erasure_removes_exactly_the_users_messages() {
     let w = world().await;
     let unrelated = fill(&w, 50, 20).await;
-    let contacts = ContactStore::new(w.redis.clone());
+    let contacts = ContactStore::new(
+        interop_state::Records::open(w.js.clone(), w.redis.clone())
+            .await
+            .unwrap(),
+    );
     contacts
         .set(&user(0), BOB, ContactState::Accepted)
         .await

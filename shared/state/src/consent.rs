@@ -1,11 +1,8 @@
 //! The opt-in and consent registry.
 
-use redis::aio::ConnectionManager;
-use redis::AsyncCommands as _;
-
 use interop_proto::v1::Inbox;
 
-use crate::StateError;
+use crate::{Records, StateError};
 
 /// A user's interoperability settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,28 +62,38 @@ impl Consent {
 /// send's round trip).
 pub use crate::keys::consent as key;
 
-/// Reads and writes consent records.
+/// Reads and writes consent records: written to the user-state stream and
+/// cached in Redis, read from the cache and loaded on a miss
+/// ([`crate::records`]).
 #[derive(Clone)]
 pub struct ConsentStore {
-    redis: ConnectionManager,
+    records: Records,
 }
 
 impl ConsentStore {
-    pub fn new(redis: ConnectionManager) -> Self {
-        Self { redis }
+    pub fn new(records: Records) -> Self {
+        Self { records }
     }
 
     /// The user's settings; a user never seen is not opted in.
     pub async fn get(&self, address: &str) -> Result<Consent, StateError> {
-        let mut conn = self.redis.clone();
-        let (opted_in, allowed, inbox): (Option<String>, Option<String>, Option<String>) =
-            redis::cmd("HMGET")
-                .arg(key(address))
-                .arg("opted_in")
-                .arg("allowed")
-                .arg("inbox")
-                .query_async(&mut conn)
-                .await?;
+        let mut conn = self.records.redis().clone();
+        let (rev, opted_in, allowed, inbox): (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        ) = redis::cmd("HMGET")
+            .arg(key(address))
+            .arg("rev")
+            .arg("opted_in")
+            .arg("allowed")
+            .arg("inbox")
+            .query_async(&mut conn)
+            .await?;
+        if rev.is_none() {
+            return self.records.load_consent(address).await;
+        }
         Ok(Consent::from_hash(
             opted_in.as_deref(),
             allowed.as_deref(),
@@ -96,28 +103,7 @@ impl ConsentStore {
 
     /// Replaces the user's settings.
     pub async fn set(&self, address: &str, consent: &Consent) -> Result<(), StateError> {
-        let mut conn = self.redis.clone();
-        let allowed = consent.allowed_providers.join(",");
-        let now = interop_proto::now_ms().to_string();
-        let _: () = conn
-            .hset_multiple(
-                key(address),
-                &[
-                    ("opted_in", if consent.opted_in { "1" } else { "0" }),
-                    ("allowed", allowed.as_str()),
-                    (
-                        "inbox",
-                        if consent.combined_inbox {
-                            INBOX_COMBINED
-                        } else {
-                            INBOX_THIRD_PARTY
-                        },
-                    ),
-                    ("updated_at_ms", now.as_str()),
-                ],
-            )
-            .await?;
-        Ok(())
+        self.records.put_consent(address, consent).await
     }
 
     /// Whether a message from `sender_provider` may reach `recipient`.

@@ -2,18 +2,20 @@
 //! admission decision that routing (1:1 and, per member, groups) makes from
 //! it together with the consent record.
 //!
-//! Key: `interop:contacts:<recipient>` — hash, field = sender address, value
-//! `a` (accepted), `d` (declined) or `b` (blocked; also after a report). A
-//! sender with no field is a stranger: their messages are message requests.
-//! At most [`MAX_CONTACTS`] fields; the key expires [`CONTACTS_TTL_SECS`]
-//! after its last change.
-
-use std::sync::LazyLock;
+//! The answers live in the user-state stream and are cached in Redis
+//! ([`crate::records`], docs/adr/0028). Cache key:
+//! `interop:contacts:<recipient>` — hash, field = sender address, value
+//! `a` (accepted), `d` (declined) or `b` (blocked; also after a report), or
+//! `-` (reset), each followed by `:` and the answer's stream sequence; and
+//! the field `~` once every answer is cached. A sender with no answer is a
+//! stranger: their messages are message requests. At most [`MAX_CONTACTS`]
+//! senders (answers that were reset count); the cache key expires
+//! [`CONTACTS_TTL_SECS`] after its last change (the stream keeps them).
 
 use interop_proto::v1::{Inbox, Verdict};
 
 use crate::consent::Consent;
-use crate::{keys, StateError};
+use crate::{keys, records, Records, StateError};
 
 /// Most senders one user's contact record holds (accepted, declined and
 /// blocked together). Past it, new answers are refused with `LIST_FULL` and
@@ -41,11 +43,14 @@ impl ContactState {
         }
     }
 
+    /// The answer a cached value holds: its first letter (`a`, `d`, `b`;
+    /// the rest is the stream sequence, `crate::records`). `-` (reset) and
+    /// anything else: none.
     pub fn from_field(v: &str) -> Option<Self> {
-        match v {
-            "a" => Some(Self::Accepted),
-            "d" => Some(Self::Declined),
-            "b" => Some(Self::Blocked),
+        match v.split(':').next() {
+            Some("a") => Some(Self::Accepted),
+            Some("d") => Some(Self::Declined),
+            Some("b") => Some(Self::Blocked),
             _ => None,
         }
     }
@@ -119,51 +124,45 @@ pub fn decide(
     }
 }
 
-/// The consent record's fields an admission reads.
-type ConsentFields = (Option<String>, Option<String>, Option<String>);
+/// The consent record's fields an admission reads: `rev` (absent: not
+/// cached), `opted_in`, `allowed`, `inbox`.
+type ConsentFields = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// One cached answer and the record's loaded marker.
+type AnswerFields = (Option<String>, Option<String>);
+
+/// Adds the reads of `recipient`'s consent record.
+fn consent_read(pipe: &mut redis::Pipeline, recipient: &str) {
+    pipe.cmd("HMGET")
+        .arg(keys::consent(recipient))
+        .arg("rev")
+        .arg("opted_in")
+        .arg("allowed")
+        .arg("inbox");
+}
+
+/// Adds the read of `recipient`'s answer about `sender` and of the
+/// record's loaded marker.
+fn answer_read(pipe: &mut redis::Pipeline, recipient: &str, sender: &str) {
+    pipe.cmd("HMGET")
+        .arg(keys::contacts(recipient))
+        .arg(sender)
+        .arg(records::LOADED_FIELD);
+}
 
 /// The reads of one admission, in one pipeline: `recipient`'s consent
 /// record and their answer about `sender`. Callers may add commands.
 fn admission_reads(recipient: &str, sender: &str) -> redis::Pipeline {
     let mut pipe = redis::pipe();
-    pipe.cmd("HMGET")
-        .arg(keys::consent(recipient))
-        .arg("opted_in")
-        .arg("allowed")
-        .arg("inbox")
-        .cmd("HGET")
-        .arg(keys::contacts(recipient))
-        .arg(sender);
+    consent_read(&mut pipe, recipient);
+    answer_read(&mut pipe, recipient, sender);
     pipe
 }
-
-/// The admission those reads decide.
-fn admission_from(
-    (opted_in, allowed, inbox): ConsentFields,
-    contact: Option<String>,
-    sender_provider: &str,
-) -> Admission {
-    let consent = Consent::from_hash(opted_in.as_deref(), allowed.as_deref(), inbox.as_deref());
-    let contact = contact.as_deref().and_then(ContactState::from_field);
-    decide(&consent, contact, sender_provider)
-}
-
-/// Sets a field unless the record is full (an existing field may always
-/// change), and refreshes the TTL. `ARGV[3]` = `nx` only sets a missing
-/// field (implicit acceptance never overrides a block). Returns 1 if set,
-/// 0 if left alone, -1 if the record is full.
-static SET_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-local exists = redis.call('HEXISTS', KEYS[1], ARGV[1])
-if exists == 1 and ARGV[3] == 'nx' then return 0 end
-if exists == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return -1 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return 1
-",
-    )
-});
 
 /// The outcome of recording an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,51 +174,89 @@ pub enum SetOutcome {
     Full,
 }
 
-/// Reads and writes contact records and makes admission decisions.
+/// Reads and writes contact records and makes admission decisions. Answers
+/// are written to the user-state stream and cached in Redis; a read that
+/// finds the cache incomplete loads the user's answers from the stream
+/// ([`crate::records`]).
 #[derive(Clone)]
 pub struct ContactStore {
-    redis: redis::aio::ConnectionManager,
+    records: Records,
 }
 
 impl ContactStore {
-    pub fn new(redis: redis::aio::ConnectionManager) -> Self {
-        Self { redis }
+    pub fn new(records: Records) -> Self {
+        Self { records }
+    }
+
+    fn conn(&self) -> redis::aio::ConnectionManager {
+        self.records.redis().clone()
+    }
+
+    /// The consent those fields hold, loaded if they are not cached.
+    async fn consent_from(
+        &self,
+        recipient: &str,
+        (rev, opted_in, allowed, inbox): ConsentFields,
+    ) -> Result<Consent, StateError> {
+        if rev.is_none() {
+            return self.records.load_consent(recipient).await;
+        }
+        Ok(Consent::from_hash(
+            opted_in.as_deref(),
+            allowed.as_deref(),
+            inbox.as_deref(),
+        ))
+    }
+
+    /// The answer those fields hold, loaded if the record is not cached.
+    async fn answer_from(
+        &self,
+        recipient: &str,
+        sender: &str,
+        (value, loaded): AnswerFields,
+    ) -> Result<Option<ContactState>, StateError> {
+        if loaded.is_none() {
+            let answers = self.records.load_contacts(recipient).await?;
+            return Ok(answers.get(sender).and_then(|(state, _)| *state));
+        }
+        Ok(value.as_deref().and_then(ContactState::from_field))
     }
 
     /// Whether a message from `sender` (a user of `sender_provider`) may
     /// reach `recipient`, and how. One Redis round trip: the consent record
-    /// and the recipient's answer about this sender.
+    /// and the recipient's answer about this sender (and a load from the
+    /// stream if either is not cached).
     pub async fn admission(
         &self,
         recipient: &str,
         sender: &str,
         sender_provider: &str,
     ) -> Result<Admission, StateError> {
-        let mut conn = self.redis.clone();
-        let (record, contact): (ConsentFields, Option<String>) = admission_reads(recipient, sender)
-            .query_async(&mut conn)
+        let (record, answer): (ConsentFields, AnswerFields) = admission_reads(recipient, sender)
+            .query_async(&mut self.conn())
             .await?;
-        Ok(admission_from(record, contact, sender_provider))
+        let consent = self.consent_from(recipient, record).await?;
+        let contact = self.answer_from(recipient, sender, answer).await?;
+        Ok(decide(&consent, contact, sender_provider))
     }
 
     /// [`Self::admission`], and in the same round trip whether `sender`'s
-    /// own record has an entry for `recipient` (any answer: then writing to
-    /// them changes nothing, see [`Self::accept_if_unknown`]).
+    /// own record has an answer about `recipient` (any answer: then writing
+    /// to them changes nothing, see [`Self::accept_if_unknown`]).
     pub async fn admission_and_reply_state(
         &self,
         recipient: &str,
         sender: &str,
         sender_provider: &str,
     ) -> Result<(Admission, bool), StateError> {
-        let mut conn = self.redis.clone();
-        let (record, contact, known): (ConsentFields, Option<String>, bool) =
-            admission_reads(recipient, sender)
-                .cmd("HEXISTS")
-                .arg(keys::contacts(sender))
-                .arg(recipient)
-                .query_async(&mut conn)
-                .await?;
-        Ok((admission_from(record, contact, sender_provider), known))
+        let mut pipe = admission_reads(recipient, sender);
+        answer_read(&mut pipe, sender, recipient);
+        let (record, answer, own): (ConsentFields, AnswerFields, AnswerFields) =
+            pipe.query_async(&mut self.conn()).await?;
+        let consent = self.consent_from(recipient, record).await?;
+        let contact = self.answer_from(recipient, sender, answer).await?;
+        let known = self.answer_from(sender, recipient, own).await?.is_some();
+        Ok((decide(&consent, contact, sender_provider), known))
     }
 
     /// The recipient's answer about `sender`, if any.
@@ -228,13 +265,32 @@ impl ContactStore {
         recipient: &str,
         sender: &str,
     ) -> Result<Option<ContactState>, StateError> {
-        let mut conn = self.redis.clone();
-        let v: Option<String> = redis::cmd("HGET")
-            .arg(keys::contacts(recipient))
-            .arg(sender)
-            .query_async(&mut conn)
-            .await?;
-        Ok(v.as_deref().and_then(ContactState::from_field))
+        let mut pipe = redis::pipe();
+        answer_read(&mut pipe, recipient, sender);
+        let (answer,): (AnswerFields,) = pipe.query_async(&mut self.conn()).await?;
+        self.answer_from(recipient, sender, answer).await
+    }
+
+    /// Makes sure every one of `users`' records is cached (loads those that
+    /// are not), for callers that read contact records in their own
+    /// pipelines.
+    pub async fn ensure_cached(&self, users: &[&str]) -> Result<(), StateError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.cmd("HEXISTS")
+                .arg(keys::contacts(u))
+                .arg(records::LOADED_FIELD);
+        }
+        let loaded: Vec<bool> = pipe.query_async(&mut self.conn()).await?;
+        for (u, loaded) in users.iter().zip(loaded) {
+            if !loaded {
+                self.records.load_contacts(u).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Records `state` for `sender` in `recipient`'s record.
@@ -258,6 +314,28 @@ impl ContactStore {
             .await
     }
 
+    /// The cached value of `recipient`'s answer about `sender` (`None`: no
+    /// entry at all) and how many entries the record has, loaded first if
+    /// it is not cached.
+    async fn entry_and_count(
+        &self,
+        recipient: &str,
+        sender: &str,
+    ) -> Result<(Option<(Option<ContactState>, u64)>, usize), StateError> {
+        let mut pipe = redis::pipe();
+        answer_read(&mut pipe, recipient, sender);
+        pipe.cmd("HLEN").arg(keys::contacts(recipient));
+        let ((value, loaded), len): (AnswerFields, usize) =
+            pipe.query_async(&mut self.conn()).await?;
+        if loaded.is_none() {
+            let answers = self.records.load_contacts(recipient).await?;
+            return Ok((answers.get(sender).copied(), answers.len()));
+        }
+        let entry = value.map(|v| (ContactState::from_field(&v), records::cached_sequence(&v)));
+        // The loaded marker is a field too.
+        Ok((entry, len.saturating_sub(1)))
+    }
+
     async fn set_inner(
         &self,
         recipient: &str,
@@ -265,46 +343,55 @@ impl ContactStore {
         state: ContactState,
         nx: bool,
     ) -> Result<SetOutcome, StateError> {
-        let mut conn = self.redis.clone();
-        let r: i64 = SET_SCRIPT
-            .key(keys::contacts(recipient))
-            .arg(sender)
-            .arg(state.as_field())
-            .arg(if nx { "nx" } else { "" })
-            .arg(MAX_CONTACTS)
-            .arg(CONTACTS_TTL_SECS)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(match r {
-            1 => SetOutcome::Set,
-            0 => SetOutcome::Unchanged,
-            _ => SetOutcome::Full,
-        })
+        let (entry, count) = self.entry_and_count(recipient, sender).await?;
+        if nx && entry.is_some_and(|(s, _)| s.is_some()) {
+            return Ok(SetOutcome::Unchanged);
+        }
+        if entry.is_none() && count >= MAX_CONTACTS {
+            return Ok(SetOutcome::Full);
+        }
+        // Implicit acceptance only if nobody answered since this read: a
+        // block given meanwhile wins.
+        let expected = nx.then(|| entry.map_or(0, |(_, seq)| seq));
+        if self
+            .records
+            .put_contact(recipient, sender, Some(state), expected)
+            .await?
+        {
+            Ok(SetOutcome::Set)
+        } else {
+            Ok(SetOutcome::Unchanged)
+        }
     }
 
     /// Forgets the recipient's answer about `sender`.
     pub async fn reset(&self, recipient: &str, sender: &str) -> Result<(), StateError> {
-        let mut conn = self.redis.clone();
-        let _: i64 = redis::cmd("HDEL")
-            .arg(keys::contacts(recipient))
-            .arg(sender)
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+        self.records
+            .put_contact(recipient, sender, None, None)
+            .await
+            .map(|_| ())
     }
 
     /// Every sender the recipient answered about, with the answer, sorted by
     /// address.
     pub async fn list(&self, recipient: &str) -> Result<Vec<(String, ContactState)>, StateError> {
-        let mut conn = self.redis.clone();
         let all: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(keys::contacts(recipient))
-            .query_async(&mut conn)
+            .query_async(&mut self.conn())
             .await?;
-        let mut out: Vec<(String, ContactState)> = all
-            .into_iter()
-            .filter_map(|(s, v)| ContactState::from_field(&v).map(|st| (s, st)))
-            .collect();
+        let mut out: Vec<(String, ContactState)> =
+            if all.iter().any(|(f, _)| f == records::LOADED_FIELD) {
+                all.into_iter()
+                    .filter_map(|(s, v)| ContactState::from_field(&v).map(|st| (s, st)))
+                    .collect()
+            } else {
+                self.records
+                    .load_contacts(recipient)
+                    .await?
+                    .into_iter()
+                    .filter_map(|(s, (st, _))| st.map(|st| (s, st)))
+                    .collect()
+            };
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }

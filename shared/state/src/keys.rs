@@ -8,9 +8,13 @@
 
 use std::fmt::Display;
 
-/// A user's consent record (hash; the one family without a TTL).
+/// Every consent record starts with this.
+pub const CONSENT_PREFIX: &str = "interop:consent:";
+
+/// A user's consent record (hash; the one family without a TTL, except a
+/// cached absence: `crate::records`).
 pub fn consent(address: &str) -> String {
-    format!("interop:consent:{address}")
+    format!("{CONSENT_PREFIX}{address}")
 }
 
 /// Every contact record starts with this.

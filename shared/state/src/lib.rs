@@ -1,18 +1,20 @@
-//! Redis state of the gateway: things that can be rebuilt or lost without
-//! losing a message (see docs/architecture.md). Messages themselves live in
-//! NATS JetStream, never here.
+//! User state of the gateway. What users decide (consent and their answers
+//! about senders) is kept in JetStream and cached in Redis ([`records`],
+//! docs/adr/0028); the rest here lives in Redis only: groups, counters,
+//! reputation, media grants (see docs/architecture.md). Messages themselves
+//! live in NATS JetStream, never here.
 //!
 //! Keys (all under `interop:`, every one spelled in [`keys`]):
 //! - `interop:consent:<address>` — hash: `opted_in` (`0`/`1`), `allowed`
-//!   (comma-separated provider ids),
-//!   `inbox` (`third-party`/`combined`), `updated_at_ms`.
+//!   (comma-separated provider ids), `inbox` (`third-party`/`combined`),
+//!   `updated_at_ms`, `rev` (the record's stream sequence; [`records`]).
 //! - `interop:group:<id>:members`, `interop:group:<id>:admins` — sets of
 //!   addresses, `interop:group:<id>:name`, and `interop:groups:<address>` —
 //!   the groups a user is in (see [`group`]).
 //! - `interop:media:grant:<id>`, `interop:media:sent:<key>` ([`media`]).
 //! - `interop:rate:<scope>:<id>:<window>` — counter with a TTL of two windows.
 //! - `interop:contacts:<recipient>` — accepted/declined/blocked senders
-//!   ([`contacts`]).
+//!   ([`contacts`]), each with its stream sequence ([`records`]).
 //! - `interop:spam:*` — spam-scoring's counters ([`spam`]) and reputation
 //!   ([`reputation`]).
 //! - `interop:keys:watchers:<address>` — who fetched a user's keys
@@ -29,6 +31,7 @@ pub mod key_watchers;
 pub mod keys;
 pub mod media;
 pub mod rate;
+pub mod records;
 pub mod reputation;
 pub mod spam;
 
@@ -36,9 +39,15 @@ pub use consent::{Consent, ConsentStore};
 pub use contacts::{Admission, ContactState, ContactStore, Refusal};
 pub use group::{Group, GroupStore};
 pub use rate::RateCounter;
+pub use records::Records;
 
-/// A Redis failure. Callers treat every one as retryable: the pipeline
-/// pauses and retries, it never drops a message because Redis is down.
+/// A Redis or user-state-stream failure. Callers treat every one as
+/// retryable: the pipeline pauses and retries, it never drops a message
+/// because Redis or JetStream is down.
 #[derive(Debug, thiserror::Error)]
-#[error("redis: {0}")]
-pub struct StateError(#[from] pub redis::RedisError);
+pub enum StateError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("user-state stream: {0}")]
+    Records(String),
+}

@@ -29,7 +29,7 @@ local rate = redis.call('INCR', KEYS[1])
 if rate == 1 then redis.call('EXPIRE', KEYS[1], 120) end
 local c = redis.call('HGET', KEYS[2], from)
 local stranger = 1
-if c == 'a' then stranger = 0 end
+if c and string.sub(c, 1, 1) == 'a' then stranger = 0 end
 if redis.call('PFADD', KEYS[4], to) == 1 then redis.call('EXPIRE', KEYS[4], 7200) end
 local recipients = redis.call('PFCOUNT', KEYS[4])
 if stranger == 1 then

@@ -3,12 +3,39 @@
 
 use interop_state::contacts::{ContactState, ContactStore, SetOutcome, MAX_CONTACTS};
 use interop_state::reputation::{self, Feedback};
+use interop_state::Records;
 use interop_state::{spam, Admission, Consent, ConsentStore, Refusal};
-use interop_test_support::RedisServer;
+use interop_test_support::{NatsServer, RedisServer};
 
 async fn conn(redis: &RedisServer) -> redis::aio::ConnectionManager {
     let client = redis::Client::open(redis.url()).unwrap();
     redis::aio::ConnectionManager::new(client).await.unwrap()
+}
+
+/// A real nats-server (the user-state stream) and redis-server (its cache).
+struct World {
+    _nats: NatsServer,
+    _redis: RedisServer,
+    records: Records,
+}
+
+async fn world() -> (World, redis::aio::ConnectionManager) {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let c = conn(&redis).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    interop_bus::ensure_streams(&js, &interop_bus::StreamSettings::default())
+        .await
+        .unwrap();
+    let records = Records::open(js, c.clone()).await.unwrap();
+    (
+        World {
+            _nats: nats,
+            _redis: redis,
+            records,
+        },
+        c,
+    )
 }
 
 async fn ttl(c: &mut redis::aio::ConnectionManager, key: &str) -> i64 {
@@ -17,15 +44,17 @@ async fn ttl(c: &mut redis::aio::ConnectionManager, key: &str) -> i64 {
 
 #[tokio::test]
 async fn a_contact_record_holds_at_most_max_contacts_and_expires() {
-    let redis = RedisServer::start();
-    let mut c = conn(&redis).await;
-    let store = ContactStore::new(c.clone());
+    let (w, mut c) = world().await;
+    let store = ContactStore::new(w.records.clone());
     let bob = "home:+4915112345678";
-    // Fill to one under the limit in one go, then the last one by the API.
+    // Fill the cache to one under the limit in one go (as if loaded from
+    // the stream), then the last one by the API.
     let mut cmd = redis::cmd("HSET");
-    cmd.arg(interop_state::keys::contacts(bob));
+    cmd.arg(interop_state::keys::contacts(bob))
+        .arg(interop_state::records::LOADED_FIELD)
+        .arg("1");
     for i in 0..MAX_CONTACTS - 1 {
-        cmd.arg(format!("signal:u{i}")).arg("a");
+        cmd.arg(format!("signal:u{i}")).arg("a:1");
     }
     let _: i64 = cmd.query_async(&mut c).await.unwrap();
     assert_eq!(
@@ -56,11 +85,10 @@ async fn a_contact_record_holds_at_most_max_contacts_and_expires() {
 
 #[tokio::test]
 async fn implicit_acceptance_never_overrides_an_answer_and_admission_reads_both_records() {
-    let redis = RedisServer::start();
-    let c = conn(&redis).await;
-    let store = ContactStore::new(c.clone());
+    let (w, _c) = world().await;
+    let store = ContactStore::new(w.records.clone());
     let bob = "home:+4915112345678";
-    ConsentStore::new(c.clone())
+    ConsentStore::new(w.records.clone())
         .set(
             bob,
             &Consent {
@@ -153,9 +181,8 @@ async fn feedback_counts_once_per_recipient_sender_and_kind() {
 
 #[tokio::test]
 async fn observe_counts_strangers_recipients_and_payloads_with_ttls() {
-    let redis = RedisServer::start();
-    let mut c = conn(&redis).await;
-    let contacts = ContactStore::new(c.clone());
+    let (w, mut c) = world().await;
+    let contacts = ContactStore::new(w.records.clone());
     // r0 accepted the sender; r1..r4 did not.
     contacts
         .set("home:+r0", "signal:s", ContactState::Accepted)

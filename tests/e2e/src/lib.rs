@@ -392,6 +392,20 @@ pub async fn connect_service(nats_url: &str, redis_url: &str, name: &str) -> Dep
     .expect("connecting a service to the test servers")
 }
 
+/// The user-state stream (created if no service did yet) and its Redis
+/// cache, opened as the services open them: what a test reads and writes
+/// users' decisions through (docs/adr/0028).
+pub async fn records(nats_url: &str, redis_url: &str) -> interop_state::Records {
+    let deps = connect_service(nats_url, redis_url, "test").await;
+    let js = async_nats::jetstream::new(deps.nats.clone());
+    interop_bus::ensure_streams(&js, &interop_bus::StreamSettings::default())
+        .await
+        .expect("creating the streams");
+    interop_state::Records::open(js, deps.redis.clone())
+        .await
+        .expect("opening the user-state stream")
+}
+
 /// Waits until something accepts TCP connections on `addr` (`host:port`).
 pub async fn wait_listening(addr: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -124,9 +124,7 @@ async fn owners_hear_of_low_keys_once_and_fetchers_hear_of_changed_keys() {
     // Tom (telegram) and Carol fetch too; Bob blocks Carol.
     fetch(&telegram, TOM).await;
     fetch(&signal, CAROL).await;
-    let state = interop_e2e::connect_service(&stack.nats.url(), &stack.redis.url(), "test")
-        .await
-        .redis;
+    let state = interop_e2e::records(&stack.nats.url(), &stack.redis.url()).await;
     ContactStore::new(state)
         .set(BOB, CAROL, ContactState::Blocked)
         .await

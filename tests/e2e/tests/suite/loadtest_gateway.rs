@@ -392,11 +392,9 @@ async fn senders_can_accept_their_contacts_before_the_run() {
     let report = finished.report(&scenario, None);
     assert_eq!(report.lost, 0);
     let plan = interop_loadtest::plan::Plan::new(&scenario, finished.facts.run_id);
-    let redis =
-        redis::aio::ConnectionManager::new(redis::Client::open(cluster.redis.url()).unwrap())
-            .await
-            .unwrap();
-    let contacts = interop_state::ContactStore::new(redis);
+    let contacts = interop_state::ContactStore::new(
+        interop_e2e::records(&cluster.nats.url(), &cluster.redis.url()).await,
+    );
     assert_eq!(plan.senders().len(), 3);
     for sender in plan.senders() {
         let accepted: Vec<String> = contacts

@@ -10,6 +10,7 @@ mod cli;
 mod common;
 mod consent;
 mod delivery;
+mod durable_state;
 mod edge;
 mod erase_user;
 mod erasure;

@@ -30,6 +30,11 @@ const FAMILIES: &[(&str, Option<i64>)] = &[
     // The user's own choice: expiring it would silently opt them out.
     ("interop:consent:", None),
     ("interop:contacts:", Some(400 * DAY)),
+    // One flag: users' records were moved into the user-state stream (ADR
+    // 28); no user data.
+    ("interop:state:migrated:", None),
+    // The lock of the replica that moves them.
+    ("interop:state:migrating", Some(600)),
     ("interop:group:", Some(400 * DAY)),
     ("interop:groups:", Some(400 * DAY)),
     ("interop:media:grant:", Some(30 * DAY)),
@@ -70,6 +75,10 @@ const NO_MAX_AGE: &[&str] = &[
     // One record per provider (operator data, no user data), replaced on
     // change; a removed provider's record stays as a tombstone.
     "INTEROP_PROVIDERS",
+    // What users decided (ADR 28): one consent record per user and at most
+    // MAX_CONTACTS answers per user, each replaced on change; a user's go
+    // when they are erased. Redis caches them with TTLs.
+    "INTEROP_USER_STATE",
 ];
 
 /// Streams kept longer than the 61 days of the message streams, how long,
@@ -226,6 +235,7 @@ async fn every_redis_key_and_every_stream_has_a_bounded_lifetime_after_real_traf
         "INTEROP_PROVIDERS",
         "INTEROP_KEYS_DEVICES",
         "INTEROP_KEYS_POOL",
+        "INTEROP_USER_STATE",
         "OBJ_INTEROP_MEDIA_BLOBS",
     ] {
         assert!(names.iter().any(|n| n == required), "{required}: {names:?}");

@@ -71,8 +71,15 @@ async fn world() -> World {
     ));
     client.flush().await.unwrap();
     let dead_lettered = Counter::default();
+    let js = async_nats::jetstream::new(client.clone());
+    interop_bus::ensure_streams(&js, &interop_bus::StreamSettings::default())
+        .await
+        .unwrap();
+    let records = interop_state::Records::open(js, redis.clone())
+        .await
+        .unwrap();
     let router = Router::new(
-        redis.clone(),
+        records,
         client.clone(),
         ScoreClient::start(client, Duration::from_secs(2)),
         &metrics,

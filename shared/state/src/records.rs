@@ -1,0 +1,617 @@
+//! The system of record for what users decide (docs/adr/0028): consent
+//! records and contact answers live in the JetStream stream
+//! `INTEROP_USER_STATE`, replicated like the pipeline's streams; Redis holds
+//! a cache of them that every hot path reads. When Redis loses the cache (a
+//! flush, a failover to a replica without the data, an eviction, a TTL), the
+//! next read of that user finds no cache marker and loads the user's
+//! records from the stream; nothing a user decided is forgotten.
+//!
+//! Writes go to the stream first and then to Redis, each cached value
+//! carrying the stream sequence it came from, so that two writers, or a
+//! writer and a loader, that reach Redis in the other order than the stream
+//! cannot leave an older value in the cache:
+//! - the consent hash (`interop:consent:<A>`) has a field `rev`: the stream
+//!   sequence of the record it holds, or `0` for "no record" (a cached
+//!   absence, with a TTL of [`ABSENT_TTL_SECS`]). A hash without `rev` is
+//!   not a cached record: either a miss, or a record written before the
+//!   stream existed (it is moved into the stream when it is first read or
+//!   by [`Records::migrate`]).
+//! - the contact hash (`interop:contacts:<A>`) holds, per sender,
+//!   `<answer>:<sequence>` (`a`, `d`, `b`, or `-` for an answer that was
+//!   reset), and the field [`LOADED_FIELD`] once every answer of the user
+//!   was loaded from the stream. Without it, the hash is partial (a miss,
+//!   or answers written since the loss) and the next read loads.
+//!
+//! Loads, writes and the start-up migration are here; the reads that check
+//! the markers are in [`crate::consent`] and [`crate::contacts`].
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
+use futures_util::StreamExt as _;
+use interop_bus::subjects::{user_consent, user_contact, STREAM_USER_STATE};
+use interop_proto::v1::{ContactAnswer, StoredConsent, StoredContact};
+use interop_proto::Message as _;
+use redis::aio::ConnectionManager;
+
+use crate::consent::{Consent, INBOX_COMBINED, INBOX_THIRD_PARTY};
+use crate::contacts::{ContactState, CONTACTS_TTL_SECS};
+use crate::{keys, StateError};
+
+/// A cached absence (a user with no consent record) lives this long, so a
+/// flood of sends to unknown addresses reads the stream once per address
+/// per hour, not once per send.
+pub const ABSENT_TTL_SECS: u64 = 3600;
+
+/// The contact hash's field that says every answer was loaded. No address
+/// is spelled like it (addresses are `provider:user`).
+pub const LOADED_FIELD: &str = "~";
+
+/// How long one load of a user's answers may take before it fails (and
+/// the read is retried like any unavailable state).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Redis key of the flag set when the start-up migration has run.
+const MIGRATED_KEY: &str = "interop:state:migrated:v1";
+/// Redis key of the lock one replica holds while it migrates.
+const MIGRATING_KEY: &str = "interop:state:migrating";
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StateError {
+    StateError::Records(format!("{what}: {e}"))
+}
+
+/// Caches one consent record unless the cache holds a later one.
+/// KEYS[1] the consent hash; ARGV: rev, opted_in, allowed, inbox,
+/// updated_at_ms. Returns 1 if written, 0 if a later one was there.
+static CONSENT_CACHE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local cur = redis.call('HGET', KEYS[1], 'rev')
+if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'rev', ARGV[1], 'opted_in', ARGV[2], 'allowed', ARGV[3],
+  'inbox', ARGV[4], 'updated_at_ms', ARGV[5])
+redis.call('PERSIST', KEYS[1])
+return 1
+",
+    )
+});
+
+/// Caches the absence of a consent record, unless the hash exists: then
+/// returns its fields (`rev` absent: a record from before the stream).
+/// KEYS[1] the consent hash; ARGV[1] the TTL. Returns `{1}` if cached,
+/// `{0, rev, opted_in, allowed, inbox}` otherwise.
+static CONSENT_ABSENT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local f = redis.call('HMGET', KEYS[1], 'rev', 'opted_in', 'allowed', 'inbox')
+  return {0, f[1], f[2], f[3], f[4]}
+end
+redis.call('HSET', KEYS[1], 'rev', '0', 'opted_in', '0', 'allowed', '', 'inbox', 'third-party')
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return {1}
+",
+    )
+});
+
+/// Caches answers unless the cache holds later ones, field by field.
+/// KEYS[1] the contact hash; ARGV[1] the TTL, ARGV[2] `loaded` to set the
+/// loaded marker, then triples (sender, answer letter, sequence).
+static CONTACTS_CACHE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local n = 0
+for i = 3, #ARGV, 3 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  local seq = tonumber(ARGV[i + 2])
+  local older = true
+  if cur then
+    local s = tonumber(string.match(cur, ':(%d+)$') or '0')
+    older = s < seq
+  end
+  if older then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1] .. ':' .. ARGV[i + 2])
+    n = n + 1
+  end
+end
+if ARGV[2] == 'loaded' then redis.call('HSET', KEYS[1], '~', '1') end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return n
+",
+    )
+});
+
+/// The letter an answer is cached as.
+fn letter(answer: ContactAnswer) -> &'static str {
+    match answer {
+        ContactAnswer::Accepted => ContactState::Accepted.as_field(),
+        ContactAnswer::Declined => ContactState::Declined.as_field(),
+        ContactAnswer::Blocked => ContactState::Blocked.as_field(),
+        ContactAnswer::None => "-",
+    }
+}
+
+/// The stored form of an answer (`None`: reset).
+pub fn answer_of(state: Option<ContactState>) -> ContactAnswer {
+    match state {
+        Some(ContactState::Accepted) => ContactAnswer::Accepted,
+        Some(ContactState::Declined) => ContactAnswer::Declined,
+        Some(ContactState::Blocked) => ContactAnswer::Blocked,
+        None => ContactAnswer::None,
+    }
+}
+
+/// A cached answer's stream sequence (`0`: cached before the stream).
+pub fn cached_sequence(value: &str) -> u64 {
+    value
+        .rsplit_once(':')
+        .and_then(|(_, s)| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One user's answers as loaded: sender → (answer, stream sequence).
+pub type Answers = HashMap<String, (Option<ContactState>, u64)>;
+
+/// The stream of users' decisions and the Redis cache in front of it.
+#[derive(Clone)]
+pub struct Records {
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream<()>,
+    redis: ConnectionManager,
+}
+
+impl Records {
+    /// Opens the stream (created by `interop_bus::ensure_streams`).
+    pub async fn open(
+        js: jetstream::Context,
+        redis: ConnectionManager,
+    ) -> Result<Self, StateError> {
+        let stream = js
+            .get_stream_no_info(STREAM_USER_STATE)
+            .await
+            .map_err(|e| unavailable("opening the user-state stream", e))?;
+        Ok(Self { js, stream, redis })
+    }
+
+    pub fn redis(&self) -> &ConnectionManager {
+        &self.redis
+    }
+
+    fn consent_subject(address: &str) -> String {
+        user_consent(&interop_bus::recipient_key(address))
+    }
+
+    fn contact_subject(recipient: &str, sender: &str) -> String {
+        user_contact(
+            Some(&interop_bus::recipient_key(recipient)),
+            Some(&interop_bus::recipient_key(sender)),
+        )
+    }
+
+    /// Publishes one record; `expected` is the subject's last sequence it
+    /// must still have (`Some(0)`: none yet). `Ok(None)` if another writer
+    /// came first.
+    async fn publish(
+        &self,
+        subject: String,
+        payload: Vec<u8>,
+        expected: Option<u64>,
+    ) -> Result<Option<u64>, StateError> {
+        use async_nats::jetstream::context::PublishErrorKind;
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(seq) = expected {
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                seq.to_string().as_str(),
+            );
+        }
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(|e| unavailable("writing a user's record", e))?;
+        match ack.await {
+            Ok(ack) => Ok(Some(ack.sequence)),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
+            Err(e) => Err(unavailable("writing a user's record", e)),
+        }
+    }
+
+    // ---- consent ----
+
+    /// Writes a user's consent record: to the stream, then to the cache.
+    pub async fn put_consent(&self, address: &str, consent: &Consent) -> Result<(), StateError> {
+        let stored = stored_consent(address, consent);
+        let seq = self
+            .publish(Self::consent_subject(address), stored.encode_to_vec(), None)
+            .await?
+            .ok_or_else(|| unavailable("writing consent", "refused without a condition"))?;
+        self.cache_consent(address, &stored, seq).await
+    }
+
+    async fn cache_consent(
+        &self,
+        address: &str,
+        stored: &StoredConsent,
+        seq: u64,
+    ) -> Result<(), StateError> {
+        let mut conn = self.redis.clone();
+        let _: i64 = CONSENT_CACHE
+            .key(keys::consent(address))
+            .arg(seq)
+            .arg(if stored.opted_in { "1" } else { "0" })
+            .arg(stored.allowed_providers.join(","))
+            .arg(if stored.combined_inbox {
+                INBOX_COMBINED
+            } else {
+                INBOX_THIRD_PARTY
+            })
+            .arg(stored.updated_at_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Loads a user's consent record from the stream into the cache (a
+    /// cache miss) and returns it. A record cached before the stream
+    /// existed is moved into the stream first.
+    pub async fn load_consent(&self, address: &str) -> Result<Consent, StateError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        loop {
+            match self
+                .stream
+                .direct_get_last_for_subject(Self::consent_subject(address))
+                .await
+            {
+                Ok(m) => {
+                    let stored = StoredConsent::decode(m.payload)
+                        .map_err(|e| unavailable("decoding a consent record", e))?;
+                    self.cache_consent(address, &stored, m.sequence).await?;
+                    return Ok(consent_of(&stored));
+                }
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
+                Err(e) => return Err(unavailable("reading a consent record", e)),
+            }
+            // No record in the stream: cache the absence, unless Redis
+            // holds a record from before the stream (move it in) or one
+            // written since this read began (read again).
+            let mut conn = self.redis.clone();
+            let r: Vec<Option<String>> = CONSENT_ABSENT
+                .key(keys::consent(address))
+                .arg(ABSENT_TTL_SECS)
+                .invoke_async(&mut conn)
+                .await?;
+            match r.as_slice() {
+                [Some(one)] if one == "1" => return Ok(Consent::default()),
+                [_, None, opted_in, allowed, inbox] => {
+                    let legacy = Consent::from_hash(
+                        opted_in.as_deref(),
+                        allowed.as_deref(),
+                        inbox.as_deref(),
+                    );
+                    let stored = stored_consent(address, &legacy);
+                    if let Some(seq) = self
+                        .publish(
+                            Self::consent_subject(address),
+                            stored.encode_to_vec(),
+                            Some(0),
+                        )
+                        .await?
+                    {
+                        self.cache_consent(address, &stored, seq).await?;
+                        return Ok(legacy);
+                    }
+                }
+                [_, Some(rev), opted_in, allowed, inbox] if rev == "0" => {
+                    // A cached absence written meanwhile.
+                    return Ok(Consent::from_hash(
+                        opted_in.as_deref(),
+                        allowed.as_deref(),
+                        inbox.as_deref(),
+                    ));
+                }
+                _ => {} // a record written meanwhile: read it
+            }
+        }
+    }
+
+    // ---- contacts ----
+
+    /// Writes `recipient`'s answer about `sender` (`None`: reset): to the
+    /// stream, then to the cache. With `expected`, only if the answer's
+    /// last sequence is still that (`0`: never answered); `Ok(false)` if it
+    /// was not.
+    pub async fn put_contact(
+        &self,
+        recipient: &str,
+        sender: &str,
+        state: Option<ContactState>,
+        expected: Option<u64>,
+    ) -> Result<bool, StateError> {
+        let answer = answer_of(state);
+        let stored = StoredContact {
+            recipient: recipient.to_owned(),
+            sender: sender.to_owned(),
+            answer: answer as i32,
+            updated_at_ms: interop_proto::now_ms(),
+        };
+        let Some(seq) = self
+            .publish(
+                Self::contact_subject(recipient, sender),
+                stored.encode_to_vec(),
+                expected,
+            )
+            .await?
+        else {
+            return Ok(false);
+        };
+        let mut conn = self.redis.clone();
+        let _: i64 = CONTACTS_CACHE
+            .key(keys::contacts(recipient))
+            .arg(CONTACTS_TTL_SECS)
+            .arg("")
+            .arg(sender)
+            .arg(letter(answer))
+            .arg(seq)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(true)
+    }
+
+    /// Every answer of `recipient` in the stream.
+    async fn read_answers(&self, recipient: &str) -> Result<Answers, StateError> {
+        let filter = user_contact(Some(&interop_bus::recipient_key(recipient)), None);
+        self.read_contacts(filter, |c| c.sender.clone()).await
+    }
+
+    /// Every answer in the stream whose subject matches `filter`, keyed by
+    /// `key`.
+    async fn read_contacts(
+        &self,
+        filter: String,
+        key: impl Fn(&StoredContact) -> String,
+    ) -> Result<Answers, StateError> {
+        let consumer = self
+            .stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: filter,
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("reading a user's answers", e))?;
+        let mut out = Answers::new();
+        let mut left = consumer.cached_info().num_pending;
+        if left == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable("reading a user's answers", e))?;
+        while left > 0 {
+            let msg = tokio::time::timeout(LOAD_TIMEOUT, messages.next())
+                .await
+                .map_err(|_| unavailable("reading a user's answers", "timed out"))?
+                .ok_or_else(|| unavailable("reading a user's answers", "ended early"))?
+                .map_err(|e| unavailable("reading a user's answers", e))?;
+            let info = msg
+                .info()
+                .map_err(|e| unavailable("reading a user's answers", e))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            let stored = StoredContact::decode(msg.payload.clone())
+                .map_err(|e| unavailable("decoding an answer", e))?;
+            let state = ContactState::from_field(letter(stored.answer()));
+            out.insert(key(&stored), (state, seq));
+            left = pending;
+        }
+        Ok(out)
+    }
+
+    /// Loads every answer of `recipient` from the stream into the cache and
+    /// marks it loaded (a cache miss); returns them. Answers cached before
+    /// the stream existed (no sequence) are moved into the stream first.
+    pub async fn load_contacts(&self, recipient: &str) -> Result<Answers, StateError> {
+        let mut answers = self.read_answers(recipient).await?;
+        let mut conn = self.redis.clone();
+        let cached: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(keys::contacts(recipient))
+            .query_async(&mut conn)
+            .await?;
+        for (sender, value) in cached {
+            if sender == LOADED_FIELD || value.contains(':') || answers.contains_key(&sender) {
+                continue;
+            }
+            let Some(state) = ContactState::from_field(&value) else {
+                continue;
+            };
+            // From before the stream: move it in, unless answered meanwhile.
+            if self
+                .put_contact(recipient, &sender, Some(state), Some(0))
+                .await?
+            {
+                answers.insert(sender, (Some(state), 0));
+            }
+        }
+        let answers = if answers.values().any(|(_, seq)| *seq == 0) {
+            // Read back the sequences the moves got.
+            self.read_answers(recipient).await?
+        } else {
+            answers
+        };
+        let mut call = CONTACTS_CACHE.key(keys::contacts(recipient));
+        call.arg(CONTACTS_TTL_SECS).arg("loaded");
+        for (sender, (state, seq)) in &answers {
+            call.arg(sender).arg(letter(answer_of(*state))).arg(*seq);
+        }
+        let _: i64 = call.invoke_async(&mut conn).await?;
+        // What the cache holds now: an answer written since the read began
+        // is later than the one read, and stays.
+        let merged: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(keys::contacts(recipient))
+            .query_async(&mut conn)
+            .await?;
+        Ok(merged
+            .into_iter()
+            .filter(|(sender, _)| sender != LOADED_FIELD)
+            .map(|(sender, v)| {
+                let entry = (ContactState::from_field(&v), cached_sequence(&v));
+                (sender, entry)
+            })
+            .collect())
+    }
+
+    // ---- erasure ----
+
+    /// Erases `address`'s records from the stream: their consent record and
+    /// their own answers, and other users' accepted and declined answers
+    /// about them. Other users' blocks of them stay (see
+    /// [`crate::erase`]). Returns (records removed, blocks kept).
+    pub async fn erase_user(&self, address: &str) -> Result<(u64, u64), StateError> {
+        let key = interop_bus::recipient_key(address);
+        let mut removed = 0;
+        for filter in [user_consent(&key), user_contact(Some(&key), None)] {
+            let r = self
+                .stream
+                .purge()
+                .filter(filter)
+                .await
+                .map_err(|e| unavailable("erasing a user's records", e))?;
+            removed += r.purged;
+        }
+        let about = self
+            .read_contacts(user_contact(None, Some(&key)), |c| c.recipient.clone())
+            .await?;
+        let mut kept = 0;
+        for (recipient, (state, _)) in about {
+            if state == Some(ContactState::Blocked) {
+                kept += 1;
+                continue;
+            }
+            let r = self
+                .stream
+                .purge()
+                .filter(Self::contact_subject(&recipient, address))
+                .await
+                .map_err(|e| unavailable("erasing answers about a user", e))?;
+            removed += r.purged;
+        }
+        Ok((removed, kept))
+    }
+
+    // ---- migration ----
+
+    /// Moves every record cached before the stream existed into the stream
+    /// (docs/adr/0028), once per Redis: one replica at a time (a lock with
+    /// a TTL), and a flag when done, so later starts skip it. Until it has
+    /// run, such records are moved when they are first read. Returns how
+    /// many users' records were moved, or `None` if another replica holds
+    /// the lock or it ran before.
+    pub async fn migrate(&self) -> Result<Option<u64>, StateError> {
+        let mut conn = self.redis.clone();
+        let done: bool = redis::cmd("EXISTS")
+            .arg(MIGRATED_KEY)
+            .query_async(&mut conn)
+            .await?;
+        if done {
+            return Ok(None);
+        }
+        let locked: Option<String> = redis::cmd("SET")
+            .arg(MIGRATING_KEY)
+            .arg("1")
+            .arg("NX")
+            .arg("EX")
+            .arg(600)
+            .query_async(&mut conn)
+            .await?;
+        if locked.is_none() {
+            return Ok(None);
+        }
+        let mut moved = 0;
+        for key in crate::erase::scan(&self.redis, &format!("{}*", keys::CONSENT_PREFIX)).await? {
+            let Some(address) = key.strip_prefix(keys::CONSENT_PREFIX) else {
+                continue;
+            };
+            let rev: Option<String> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("rev")
+                .query_async(&mut conn)
+                .await?;
+            if rev.is_none() {
+                self.load_consent(address).await?;
+                moved += 1;
+            }
+        }
+        for key in crate::erase::scan(&self.redis, &format!("{}*", keys::CONTACTS_PREFIX)).await? {
+            let Some(recipient) = key.strip_prefix(keys::CONTACTS_PREFIX) else {
+                continue;
+            };
+            let loaded: bool = redis::cmd("HEXISTS")
+                .arg(&key)
+                .arg(LOADED_FIELD)
+                .query_async(&mut conn)
+                .await?;
+            if !loaded {
+                self.load_contacts(recipient).await?;
+                moved += 1;
+            }
+        }
+        let _: () = redis::pipe()
+            .cmd("SET")
+            .arg(MIGRATED_KEY)
+            .arg(interop_proto::now_ms())
+            .ignore()
+            .cmd("DEL")
+            .arg(MIGRATING_KEY)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(Some(moved))
+    }
+}
+
+/// The stored form of a consent record.
+fn stored_consent(address: &str, consent: &Consent) -> StoredConsent {
+    StoredConsent {
+        address: address.to_owned(),
+        opted_in: consent.opted_in,
+        allowed_providers: consent.allowed_providers.clone(),
+        combined_inbox: consent.combined_inbox,
+        updated_at_ms: interop_proto::now_ms(),
+    }
+}
+
+fn consent_of(stored: &StoredConsent) -> Consent {
+    Consent {
+        opted_in: stored.opted_in,
+        allowed_providers: stored.allowed_providers.clone(),
+        combined_inbox: stored.combined_inbox,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_answers_carry_their_sequence_and_old_ones_count_as_zero() {
+        assert_eq!(cached_sequence("b:42"), 42);
+        assert_eq!(cached_sequence("a"), 0);
+        assert_eq!(cached_sequence("-:7"), 7);
+        assert_eq!(cached_sequence("x:"), 0);
+    }
+
+    #[test]
+    fn every_answer_round_trips_through_its_letter() {
+        for state in [
+            None,
+            Some(ContactState::Accepted),
+            Some(ContactState::Declined),
+            Some(ContactState::Blocked),
+        ] {
+            assert_eq!(ContactState::from_field(letter(answer_of(state))), state);
+        }
+    }
+}
