@@ -34,3 +34,4 @@ mod scripts;
 mod secured_deps;
 mod security;
 mod tls;
+mod store_limits;
