@@ -217,7 +217,7 @@ pub(crate) async fn create(
         return answer;
     }
     let id = format!("g-{}", uuid::Uuid::now_v7().simple());
-    match GroupStore::new(shared.redis.clone())
+    match GroupStore::new(shared.records.clone())
         .create(&id, creator.as_str(), &members, &c.name)
         .await
     {
@@ -293,7 +293,7 @@ pub(crate) async fn change(
         add_admins: &add_admins,
         name: c.name.as_deref(),
     };
-    let result = GroupStore::new(shared.redis.clone())
+    let result = GroupStore::new(shared.records.clone())
         .change(&c.group_id, &change, MAX_GROUP_MEMBERS)
         .await;
     match result {
@@ -354,7 +354,10 @@ pub(crate) async fn get(shared: &Shared, provider: &str, request_id: u64, g: Get
         Ok(u) => u,
         Err(r) => return reject(request_id, "", r),
     };
-    match GroupStore::new(shared.redis.clone()).get(&g.group_id).await {
+    match GroupStore::new(shared.records.clone())
+        .get(&g.group_id)
+        .await
+    {
         Ok(Some(group)) if group.members.iter().any(|m| m == user.as_str()) => {
             Prepared::Answer(Box::new(updated(request_id, group)))
         }
@@ -407,7 +410,7 @@ pub(crate) async fn prepare_group_send(
         .arg("GET")
         .arg("EX")
         .arg(shared.idempotency_secs);
-    type Reply = ((i64, i64, i64), bool, Option<String>);
+    type Reply = ((i64, i64, i64), i64, Option<String>);
     let (rate, member, existing) = match checks::<Reply>(shared, &pipe).await {
         Ok(r) => r,
         Err(e) => {
@@ -418,6 +421,33 @@ pub(crate) async fn prepare_group_send(
     if let Some(limited) = rate_limited(rate) {
         return reject(request_id, &cmid, limited);
     }
+    let groups = GroupStore::new(shared.records.clone());
+    let member = match group::MemberCheck::from_reply(member) {
+        group::MemberCheck::Member => true,
+        group::MemberCheck::NotMember => false,
+        group::MemberCheck::MemberTouchDue => {
+            // Once a day per group: the record must not age out while the
+            // group is used (docs/adr/0028).
+            let groups = groups.clone();
+            let id = envelope.group_id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = groups.touch(&id).await {
+                    warn!(error = %e, "Cannot refresh a group's lifetime; the next send tries again.");
+                }
+            });
+            true
+        }
+        // Not cached (Redis lost it): load it from the stream.
+        group::MemberCheck::NotCached => {
+            match groups.is_member(&envelope.group_id, from.as_str()).await {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(error = %e, "User state unavailable; refusing group sends.");
+                    return reject(request_id, &cmid, unavailable("state storage"));
+                }
+            }
+        }
+    };
     if !member {
         return reject(
             request_id,
@@ -476,7 +506,7 @@ async fn group_typing(
             unavailable("state storage"),
         )
     };
-    let members = match GroupStore::new(shared.redis.clone())
+    let members = match GroupStore::new(shared.records.clone())
         .members(&envelope.group_id)
         .await
     {

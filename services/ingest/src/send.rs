@@ -429,7 +429,7 @@ pub(crate) async fn publish(
                 Err(reason) => {
                     warn!(%reason, "Refusing a send: message storage unavailable.");
                     if let Some(id) = &p.created_group {
-                        if let Err(e) = GroupStore::new(shared.redis.clone()).delete(id).await {
+                        if let Err(e) = GroupStore::new(shared.records.clone()).delete(id).await {
                             warn!(error = %e, "A group whose members could not be told was not deleted.");
                         }
                     }

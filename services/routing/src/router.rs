@@ -90,7 +90,7 @@ impl Router {
         );
         Self {
             scorer,
-            groups: interop_state::GroupStore::new(records.redis().clone()),
+            groups: interop_state::GroupStore::new(records.clone()),
             contacts: ContactStore::new(records),
             placements,
             nats,

@@ -195,6 +195,21 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             allow_direct: true,
             ..Default::default()
         },
+        // Groups (docs/adr/0028): one record per group, written
+        // compare-and-set, cached in Redis; a group nobody changed or wrote
+        // to for 400 days ages out (a send re-writes it once a day).
+        stream::Config {
+            name: STREAM_GROUPS.to_owned(),
+            subjects: vec![GROUPS_ALL.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_messages_per_subject: 1,
+            max_age: GROUPS_MAX_AGE,
+            storage: stream::StorageType::File,
+            num_replicas: s.replicas,
+            allow_direct: true,
+            ..Default::default()
+        },
     ]
 }
 

@@ -148,6 +148,22 @@ pub const USER_STATE_ALL: &str = "interop.v1.state.>";
 /// The stream holding users' decisions.
 pub const STREAM_USER_STATE: &str = "INTEROP_USER_STATE";
 
+/// Groups and their members (docs/adr/0028): one message per group, the
+/// last kept, written compare-and-set; an unused group ages out.
+pub const GROUPS_PREFIX: &str = "interop.v1.groups";
+pub const GROUPS_ALL: &str = "interop.v1.groups.*";
+/// The stream holding groups.
+pub const STREAM_GROUPS: &str = "INTEROP_GROUPS";
+/// How long a group nobody changed or wrote to is kept (400 days; a send
+/// refreshes it at most once a day).
+pub const GROUPS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(400 * 24 * 3600);
+
+/// A group's record: `interop.v1.groups.<group key>` (the key hashes the
+/// id like a user key).
+pub fn group_record(group_key: &str) -> String {
+    format!("{GROUPS_PREFIX}.{group_key}")
+}
+
 /// A user's consent record: `interop.v1.state.consent.<user key>`.
 pub fn user_consent(user_key: &str) -> String {
     format!("{USER_STATE_PREFIX}.consent.{user_key}")

@@ -378,7 +378,7 @@ pub async fn erase_user(
     let records = interop_state::Records::open(js.clone(), redis.clone()).await?;
     let (removed, _) = records.erase_user(a).await?;
     out.user_records = removed;
-    let r = erase::erase_user(redis, a).await?;
+    let r = erase::erase_user(&records, a).await?;
     out.redis_keys = r.keys;
     out.groups = r.groups;
     out.contact_entries = r.contact_entries;

