@@ -459,7 +459,8 @@ impl Sender {
         Ok(resend.len())
     }
 
-    /// The limits the gateway announced.
+    /// The limits the gateway announced on the first connection (a
+    /// [`Sender::reconnect`] does not change them).
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
     }
