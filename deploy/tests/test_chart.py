@@ -1109,6 +1109,9 @@ EMITTED_METRICS = {
     "interop_spam_scoring_request_seconds", "interop_media_transcoding_transcodes_total",
     "interop_delivery_sessions", "interop_delivery_delivered_total", "interop_delivery_acked_total",
     "interop_delivery_receipts_total", "interop_delivery_end_to_end_seconds",
+    "interop_delivery_recheck_unavailable_total",
+    "interop_ingest_auth_throttle_unavailable_total", "interop_delivery_auth_throttle_unavailable_total",
+    "interop_media_transcoding_auth_throttle_unavailable_total",
 } | {
     f"interop_{s}_{m}" for s in _STAGES for m in [
         "messages_in_total", "messages_out_total", "retries_total", "redeliveries_total",
@@ -1128,7 +1131,8 @@ def test_dashboard_and_alerts_query_interop_metrics(render):
     alert_exprs = [x["expr"] for x in rule["spec"]["groups"][0]["rules"]]
     alerts = {x["alert"] for x in rule["spec"]["groups"][0]["rules"]}
     assert {"InteropDeadLetters", "InteropConsumerLagGrowing", "InteropIngestRejectRatioHigh",
-            "InteropNoReadyReplicas", "InteropTargetDown"} <= alerts
+            "InteropNoReadyReplicas", "InteropTargetDown", "InteropConsentRecheckUnavailable",
+            "InteropAuthThrottleUnavailable"} <= alerts
     # Every metric a query names is one the services emit (docs/deploy.md).
     for expr in exprs + alert_exprs:
         literal = re.findall(r"\b(interop_[a-z_]+)\b(?![^{]*\")", expr)

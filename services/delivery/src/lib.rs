@@ -159,7 +159,11 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         sessions: TaskTracker::new(),
         metrics,
         retention: config.streams.inbox_max_age,
-        edge: EdgeGuard::new(deps.redis.clone(), config.edge),
+        edge: {
+            let edge = EdgeGuard::new(deps.redis.clone(), config.edge);
+            edge.register_metrics(&deps.metrics, "delivery");
+            edge
+        },
         contacts: interop_state::ContactStore::new(records),
     });
     let sweeper = tokio::spawn(expiry::run(

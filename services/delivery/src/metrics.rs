@@ -39,6 +39,10 @@ pub struct DeliveryMetrics {
     /// Stored messages pushed without the consent re-check: taken live, and
     /// accepted after the last change the session heard of (docs/adr/0018).
     pub unchecked: Counter,
+    /// Consent re-checks that could not get an answer (Redis or the
+    /// user-state stream unavailable or slow) and were tried again: the
+    /// message waits, it is never shown unchecked.
+    pub recheck_unavailable: Counter,
 }
 
 impl DeliveryMetrics {
@@ -57,7 +61,13 @@ impl DeliveryMetrics {
             look_again: Counter::default(),
             withheld: Counter::default(),
             unchecked: Counter::default(),
+            recheck_unavailable: Counter::default(),
         };
+        metrics.register(
+            "interop_delivery_recheck_unavailable",
+            "Consent re-checks that got no answer in time and were tried again (the message waits; alert on a steady rate).",
+            m.recheck_unavailable.clone(),
+        );
         metrics.register(
             "interop_delivery_unchecked",
             "Stored messages pushed without a consent re-check (taken live, nothing changed since they were accepted).",

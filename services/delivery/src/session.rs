@@ -853,9 +853,12 @@ struct Checked {
 /// Consent re-checks of one session that may run at once.
 const CHECK_DEPTH: usize = 32;
 
-/// How long the consent re-check may take before the message is pushed as
-/// routing filed it.
+/// How long one attempt at the consent re-check may take before it is
+/// tried again.
 const RECHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The longest pause between two attempts at a re-check that got no answer.
+const RECHECK_MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The inbox routing filed a stored message in (`Inbox` as i32).
 fn filed_inbox(pm: &interop_proto::v1::PipelineMessage) -> i32 {
@@ -866,9 +869,13 @@ fn filed_inbox(pm: &interop_proto::v1::PipelineMessage) -> i32 {
 /// inbox (`Inbox` as i32). Routing decided when it stored the message; the
 /// user may have opted out, removed the sender's provider, declined or
 /// blocked the sender since, and none of that may reach the device. Receipts
-/// about the user's own messages are always shown. When Redis does not
-/// answer in time the message is shown as routing filed it: it was admitted
-/// then, and holding every session on a Redis outage would stop delivery.
+/// about the user's own messages are always shown. **Fails closed**: while
+/// Redis (or, on a cache miss, the user-state stream) gives no answer, the
+/// check is tried again (pauses growing to 2 s, counted in
+/// `interop_delivery_recheck_unavailable_total`), and the message and the
+/// session's later pushes wait; they are never shown unchecked, since the
+/// user may have blocked the sender. Messages taken live with no change
+/// announced need no re-check and keep flowing (docs/adr/0018).
 async fn still_admitted(
     shared: &Shared,
     user: &str,
@@ -893,33 +900,34 @@ async fn still_admitted(
     // The spam verdict stands: a message scored REQUEST stays a request
     // even if the sender is accepted.
     let verdict = pipeline::verdict(pm);
-    let check = async {
-        let admission = shared
-            .contacts
-            .admission(user, &env.from, sender_provider)
-            .await?;
-        Ok::<_, interop_state::StateError>(admission.under(verdict))
+    let mut pause = std::time::Duration::from_millis(100);
+    let admission = loop {
+        let check = shared.contacts.admission(user, &env.from, sender_provider);
+        match tokio::time::timeout(RECHECK_TIMEOUT, check).await {
+            Ok(Ok(a)) => break a.under(verdict),
+            Ok(Err(e)) => {
+                warn!(error = %e, "Cannot re-check consent; the message waits and the check is tried again.");
+            }
+            Err(_) => {
+                warn!(
+                    "Consent re-check timed out; the message waits and the check is tried again."
+                );
+            }
+        }
+        shared.metrics.recheck_unavailable.inc();
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RECHECK_MAX_PAUSE);
     };
-    match tokio::time::timeout(RECHECK_TIMEOUT, check).await {
-        Ok(Ok(interop_state::Admission::Refused(why))) => {
+    match admission {
+        interop_state::Admission::Refused(why) => {
             debug!(
                 reason = why.as_str(),
                 "Withholding a stored message the user no longer admits."
             );
             None
         }
-        Ok(Ok(interop_state::Admission::Inbox(inbox))) => Some(inbox as i32),
-        Ok(Ok(interop_state::Admission::Request)) => {
-            Some(interop_proto::v1::Inbox::Requests as i32)
-        }
-        Ok(Err(e)) => {
-            warn!(error = %e, "Cannot re-check consent; delivering as routing filed it.");
-            Some(stored)
-        }
-        Err(_) => {
-            warn!("Consent re-check timed out; delivering as routing filed it.");
-            Some(stored)
-        }
+        interop_state::Admission::Inbox(inbox) => Some(inbox as i32),
+        interop_state::Admission::Request => Some(interop_proto::v1::Inbox::Requests as i32),
     }
 }
 

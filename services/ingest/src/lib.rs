@@ -234,7 +234,11 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         shutdown: shutdown.clone(),
         sessions: TaskTracker::new(),
         metrics,
-        edge: EdgeGuard::new(deps.redis.clone(), config.edge),
+        edge: {
+            let edge = EdgeGuard::new(deps.redis.clone(), config.edge);
+            edge.register_metrics(&deps.metrics, "ingest");
+            edge
+        },
         keys,
         key_fetch_provider_limit: config.key_fetch_provider_limit,
         key_fetch_user_limit: config.key_fetch_user_limit,

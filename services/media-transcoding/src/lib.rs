@@ -179,7 +179,11 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     );
     let api = Arc::new(api::ApiState {
         providers,
-        edge: interop_edge::EdgeGuard::new(deps.redis.clone(), config.auth_limits),
+        edge: {
+            let edge = interop_edge::EdgeGuard::new(deps.redis.clone(), config.auth_limits);
+            edge.register_metrics(&deps.metrics, "media-transcoding");
+            edge
+        },
         store,
         grants,
         metrics,

@@ -182,6 +182,9 @@ pub struct EdgeGuard {
     redis: redis::aio::ConnectionManager,
     limits: EdgeLimits,
     counts: Arc<Mutex<HashMap<String, usize>>>,
+    /// Authentications checked without the failure throttle because Redis
+    /// did not answer (the throttle fails open; docs/security.md).
+    throttle_unavailable: prometheus_client::metrics::counter::Counter,
 }
 
 impl EdgeGuard {
@@ -190,7 +193,18 @@ impl EdgeGuard {
             redis,
             limits,
             counts: Arc::default(),
+            throttle_unavailable: Default::default(),
         }
+    }
+
+    /// Registers the guard's counter as
+    /// `interop_<service>_auth_throttle_unavailable_total`.
+    pub fn register_metrics(&self, metrics: &interop_service::Metrics, service: &str) {
+        metrics.register(
+            &format!("interop_{}_auth_throttle_unavailable", service.replace('-', "_")),
+            "Authentications checked without the failed-authentication throttle because Redis did not answer (it fails open; alert on a steady rate).",
+            self.throttle_unavailable.clone(),
+        );
     }
 
     pub fn limits(&self) -> EdgeLimits {
@@ -328,10 +342,12 @@ impl EdgeGuard {
         let (addr_fails, addr_ttl, prov_fails, prov_ttl, known) = match answer {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
+                self.throttle_unavailable.inc();
                 tracing::warn!(error = %e, "Cannot read the authentication throttle; checking the Hello anyway.");
                 return None;
             }
             Err(_) => {
+                self.throttle_unavailable.inc();
                 tracing::warn!("The authentication throttle timed out; checking the Hello anyway.");
                 return None;
             }

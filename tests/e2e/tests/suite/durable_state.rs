@@ -168,3 +168,55 @@ async fn opt_in_blocks_and_acceptances_hold_after_redis_loses_everything() {
         assert!(r.is_ok(), "{name}: {r:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_message_waits_while_its_consent_recheck_gets_no_answer() {
+    let mut c = Cluster::start().await;
+    let home = sender(&c.gateway.ingest_url, "home").await;
+    let out = home
+        .set_consent(BOB, true, &["signal", "telegram"])
+        .await
+        .unwrap();
+    assert!(matches!(out, ConsentOutcome::Updated(_)), "{out:?}");
+    respond(&c.gateway, BOB, ALICE, RequestAction::Accept).await;
+    // Tom's message is stored as a request; then Bob blocks him, before any
+    // of Bob's devices fetched it.
+    let tom = sender(&c.gateway.ingest_url, "telegram").await;
+    accepted(
+        tom.send(text_envelope("t1", TOM, BOB, "buy now"))
+            .await
+            .unwrap(),
+    );
+    respond(&c.gateway, BOB, TOM, RequestAction::Block).await;
+    // Redis stops: the re-check of the stored message cannot be answered,
+    // so it waits instead of being shown as routing filed it.
+    c.redis.stop();
+    let mut bob = receiver(&c.gateway.delivery_url, BOB, "phone").await;
+    nothing_within(&mut bob, 2000).await;
+    // Redis comes back empty: the re-check loads Bob's answers from the
+    // stream, finds the block, and withholds Tom's message; Alice's reaches
+    // him, and is the first thing he sees.
+    c.redis.restart();
+    let alice = sender(&c.gateway.ingest_url, "signal").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = alice
+            .send(text_envelope("a1", ALICE, BOB, "hi"))
+            .await
+            .unwrap();
+        if matches!(out, interop_client::SendOutcome::Accepted(_)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{out:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let d = next_acked(&mut bob).await;
+    assert_eq!(
+        (
+            d.envelope.from.as_str(),
+            d.envelope.client_message_id.as_str()
+        ),
+        (ALICE, "a1")
+    );
+    nothing_within(&mut bob, 1000).await;
+}
