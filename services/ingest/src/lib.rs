@@ -142,23 +142,30 @@ pub enum Error {
     State(#[from] interop_state::StateError),
 }
 
-/// Moves consent records and answers that Redis held before the user-state
-/// stream existed into it (docs/adr/0028), retrying while Redis or NATS is
-/// unavailable. Until it is done, such a record is moved when first read.
-async fn migrate_records(records: interop_state::Records) {
+/// Moves consent records, answers and groups that Redis held before the
+/// user-state streams existed into them, then warms the cache with every
+/// consent record and group (docs/adr/0028), retrying while Redis or NATS
+/// is unavailable. Until the move is done, such a record is moved when
+/// first read; until the cache is warm, a record is loaded when first read.
+async fn migrate_and_warm(records: interop_state::Records) {
     let mut pause = Duration::from_secs(1);
     loop {
-        match records.migrate().await {
-            Ok(Some(moved)) => {
+        let done = async {
+            if let Some(moved) = records.migrate().await? {
                 info!(
                     moved,
-                    "Moved users' records from Redis into the user-state stream."
+                    "Moved users' records from Redis into the user-state streams."
                 );
-                return;
             }
-            Ok(None) => return,
+            if let Some((consents, groups)) = records.warm().await? {
+                info!(consents, groups, "Warmed the cache of users' records.");
+            }
+            Ok::<(), interop_state::StateError>(())
+        };
+        match done.await {
+            Ok(()) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "Cannot move users' records into the user-state stream yet; retrying.");
+                tracing::warn!(error = %e, "Cannot move or warm users' records yet; retrying.");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(30));
             }
@@ -216,7 +223,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     });
     let keys = interop_keys::KeyDirectory::open(js.clone()).await?;
     let records = interop_state::Records::open(js.clone(), deps.redis.clone()).await?;
-    tokio::spawn(migrate_records(records.clone()));
+    tokio::spawn(migrate_and_warm(records.clone()));
     let metrics = metrics::IngestMetrics::register(&deps.metrics);
     let shared = Arc::new(Shared {
         providers,

@@ -226,6 +226,20 @@ fn stored_of(id: &str, group: Option<&Group>) -> StoredGroup {
     s
 }
 
+/// The cache write of one group's record.
+fn cache_call(stored: &StoredGroup, seq: u64) -> redis::ScriptInvocation<'static> {
+    let mut call = CACHE.key(keys::group(&stored.id));
+    call.arg(seq)
+        .arg(GROUP_TTL_SECS)
+        .arg(if stored.deleted { "1" } else { "0" })
+        .arg(&stored.name);
+    for m in &stored.members {
+        let role = if stored.admins.contains(m) { "a" } else { "m" };
+        call.arg(m).arg(role);
+    }
+    call
+}
+
 /// Reads and changes groups.
 #[derive(Clone)]
 pub struct GroupStore {
@@ -261,18 +275,8 @@ impl GroupStore {
     }
 
     async fn cache(&self, stored: &StoredGroup, seq: u64) -> Result<(), StateError> {
-        let mut script = CACHE.key(keys::group(&stored.id));
-        script
-            .arg(seq)
-            .arg(GROUP_TTL_SECS)
-            .arg(if stored.deleted { "1" } else { "0" })
-            .arg(&stored.name);
-        for m in &stored.members {
-            let role = if stored.admins.contains(m) { "a" } else { "m" };
-            script.arg(m).arg(role);
-        }
         let mut conn = self.records.redis().clone();
-        let _: i64 = script.invoke_async(&mut conn).await?;
+        let _: i64 = cache_call(stored, seq).invoke_async(&mut conn).await?;
         Ok(())
     }
 
@@ -517,46 +521,56 @@ impl GroupStore {
         }
     }
 
+    /// Every group's record in the stream, with its sequence.
+    async fn all(&self) -> Result<Vec<(StoredGroup, u64)>, StateError> {
+        let mut raw = Vec::new();
+        self.records
+            .read_last_per_subject(
+                &self.records.groups,
+                interop_bus::subjects::GROUPS_ALL.to_owned(),
+                |payload, seq| raw.push((payload, seq)),
+            )
+            .await?;
+        raw.into_iter()
+            .map(|(payload, seq)| {
+                StoredGroup::decode(payload)
+                    .map(|g| (g, seq))
+                    .map_err(|e| unavailable("decoding a group", e))
+            })
+            .collect()
+    }
+
     /// The groups `address` is a member of, sorted: a pass over every
     /// group's record (erasure; docs/adr/0013 scans the same way).
     pub async fn groups_of(&self, address: &str) -> Result<Vec<String>, StateError> {
-        use async_nats::jetstream::consumer::{pull, DeliverPolicy};
-        use futures_util::StreamExt as _;
-        let what = "reading every group";
-        let consumer = self
-            .records
-            .groups
-            .create_consumer(pull::OrderedConfig {
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                filter_subject: interop_bus::subjects::GROUPS_ALL.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable(what, e))?;
-        let mut left = consumer.cached_info().num_pending;
-        let mut ids = Vec::new();
-        if left == 0 {
-            return Ok(ids);
-        }
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| unavailable(what, e))?;
-        while left > 0 {
-            let msg = tokio::time::timeout(std::time::Duration::from_secs(10), messages.next())
-                .await
-                .map_err(|_| unavailable(what, "timed out"))?
-                .ok_or_else(|| unavailable(what, "ended early"))?
-                .map_err(|e| unavailable(what, e))?;
-            left = msg.info().map_err(|e| unavailable(what, e))?.pending;
-            let stored = StoredGroup::decode(msg.payload.clone())
-                .map_err(|e| unavailable("decoding a group", e))?;
-            if !stored.deleted && stored.members.iter().any(|m| m == address) {
-                ids.push(stored.id);
-            }
-        }
+        let mut ids: Vec<String> = self
+            .all()
+            .await?
+            .into_iter()
+            .filter(|(g, _)| !g.deleted && g.members.iter().any(|m| m == address))
+            .map(|(g, _)| g.id)
+            .collect();
         ids.sort();
         Ok(ids)
+    }
+
+    /// Caches every group's record (`Records::warm`). Returns how many.
+    pub(crate) async fn warm(&self) -> Result<u64, StateError> {
+        let all = self.all().await?;
+        let mut conn = self.records.redis().clone();
+        CACHE.load_async(&mut conn).await?;
+        for chunk in all.chunks(200) {
+            let calls: Vec<redis::ScriptInvocation<'_>> = chunk
+                .iter()
+                .map(|(stored, seq)| cache_call(stored, *seq))
+                .collect();
+            let mut pipe = redis::pipe();
+            for call in &calls {
+                pipe.invoke_script(call).ignore();
+            }
+            let () = pipe.query_async(&mut conn).await?;
+        }
+        Ok(all.len() as u64)
     }
 
     /// Deletes a group whatever its members (a group whose creation could

@@ -53,6 +53,12 @@ pub const LOADED_FIELD: &str = "~";
 /// the read is retried like any unavailable state).
 const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Redis key of the flag set when the cache was warmed from the streams
+/// (no TTL: a flush takes it, and the next start warms again).
+const WARM_KEY: &str = "interop:state:warm";
+/// Redis key of the lock one replica holds while it warms.
+const WARMING_KEY: &str = "interop:state:warming";
+
 /// Redis key of the flag set when the start-up migration has run.
 const MIGRATED_KEY: &str = "interop:state:migrated:v1";
 /// Redis key of the lock one replica holds while it migrates.
@@ -384,39 +390,17 @@ impl Records {
         filter: String,
         key: impl Fn(&StoredContact) -> String,
     ) -> Result<Answers, StateError> {
-        let consumer = self
-            .stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: filter,
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable("reading a user's answers", e))?;
+        let mut raw = Vec::new();
+        self.read_last_per_subject(&self.stream, filter, |payload, seq| {
+            raw.push((payload, seq));
+        })
+        .await?;
         let mut out = Answers::new();
-        let mut left = consumer.cached_info().num_pending;
-        if left == 0 {
-            return Ok(out);
-        }
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| unavailable("reading a user's answers", e))?;
-        while left > 0 {
-            let msg = tokio::time::timeout(LOAD_TIMEOUT, messages.next())
-                .await
-                .map_err(|_| unavailable("reading a user's answers", "timed out"))?
-                .ok_or_else(|| unavailable("reading a user's answers", "ended early"))?
-                .map_err(|e| unavailable("reading a user's answers", e))?;
-            let info = msg
-                .info()
-                .map_err(|e| unavailable("reading a user's answers", e))?;
-            let (seq, pending) = (info.stream_sequence, info.pending);
-            let stored = StoredContact::decode(msg.payload.clone())
-                .map_err(|e| unavailable("decoding an answer", e))?;
+        for (payload, seq) in raw {
+            let stored =
+                StoredContact::decode(payload).map_err(|e| unavailable("decoding an answer", e))?;
             let state = ContactState::from_field(letter(stored.answer()));
             out.insert(key(&stored), (state, seq));
-            left = pending;
         }
         Ok(out)
     }
@@ -510,6 +494,128 @@ impl Records {
             removed += r.purged;
         }
         Ok((removed, kept))
+    }
+
+    // ---- warming ----
+
+    /// Fills the cache with every consent record and every group from the
+    /// streams, once per Redis (one replica at a time; a flag when done, so
+    /// later starts skip it until Redis loses it). Answers are not warmed:
+    /// a user's are cached together on first use (a pass over the whole
+    /// stream would order them by time, not by user). Returns (consent
+    /// records, groups) cached, or `None` if it was not this replica's
+    /// turn.
+    pub async fn warm(&self) -> Result<Option<(u64, u64)>, StateError> {
+        let mut conn = self.redis.clone();
+        let done: bool = redis::cmd("EXISTS")
+            .arg(WARM_KEY)
+            .query_async(&mut conn)
+            .await?;
+        if done {
+            return Ok(None);
+        }
+        let locked: Option<String> = redis::cmd("SET")
+            .arg(WARMING_KEY)
+            .arg("1")
+            .arg("NX")
+            .arg("EX")
+            .arg(600)
+            .query_async(&mut conn)
+            .await?;
+        if locked.is_none() {
+            return Ok(None);
+        }
+        let mut consents = 0;
+        let filter = user_consent("*");
+        let mut batch: Vec<(StoredConsent, u64)> = Vec::new();
+        let mut records = Vec::new();
+        self.read_last_per_subject(&self.stream, filter, |payload, seq| {
+            records.push((payload, seq));
+        })
+        .await?;
+        for (payload, seq) in records {
+            let stored = StoredConsent::decode(payload)
+                .map_err(|e| unavailable("decoding a consent record", e))?;
+            batch.push((stored, seq));
+        }
+        // EVALSHA in a pipeline: load the script first (a new Redis has
+        // none).
+        CONSENT_CACHE.load_async(&mut conn).await?;
+        for chunk in batch.chunks(500) {
+            let calls: Vec<redis::ScriptInvocation<'_>> = chunk
+                .iter()
+                .map(|(stored, seq)| {
+                    let mut call = CONSENT_CACHE.key(keys::consent(&stored.address));
+                    call.arg(*seq)
+                        .arg(if stored.opted_in { "1" } else { "0" })
+                        .arg(stored.allowed_providers.join(","))
+                        .arg(if stored.combined_inbox {
+                            INBOX_COMBINED
+                        } else {
+                            INBOX_THIRD_PARTY
+                        })
+                        .arg(stored.updated_at_ms);
+                    call
+                })
+                .collect();
+            let mut pipe = redis::pipe();
+            for call in &calls {
+                pipe.invoke_script(call).ignore();
+            }
+            let () = pipe.query_async(&mut conn).await?;
+            consents += chunk.len() as u64;
+        }
+        let groups = crate::GroupStore::new(self.clone()).warm().await?;
+        let _: () = redis::pipe()
+            .cmd("SET")
+            .arg(WARM_KEY)
+            .arg(interop_proto::now_ms())
+            .ignore()
+            .cmd("DEL")
+            .arg(WARMING_KEY)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(Some((consents, groups)))
+    }
+
+    /// Every last message per subject of `stream` under `filter`, with its
+    /// sequence, in stream order.
+    pub(crate) async fn read_last_per_subject(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        filter: String,
+        mut visit: impl FnMut(bytes::Bytes, u64),
+    ) -> Result<(), StateError> {
+        let what = "reading the user-state streams";
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: filter,
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        let mut left = consumer.cached_info().num_pending;
+        if left == 0 {
+            return Ok(());
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        while left > 0 {
+            let msg = tokio::time::timeout(LOAD_TIMEOUT, messages.next())
+                .await
+                .map_err(|_| unavailable(what, "timed out"))?
+                .ok_or_else(|| unavailable(what, "ended early"))?
+                .map_err(|e| unavailable(what, e))?;
+            let info = msg.info().map_err(|e| unavailable(what, e))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            visit(msg.payload.clone(), seq);
+            left = pending;
+        }
+        Ok(())
     }
 
     // ---- migration ----

@@ -328,3 +328,36 @@ async fn erasing_a_user_removes_their_records_and_keeps_others_blocks_of_them() 
         "the blocker stays protected"
     );
 }
+
+#[tokio::test]
+async fn a_start_after_a_loss_warms_every_consent_record_and_group_once() {
+    let w = world().await;
+    let consent = ConsentStore::new(w.records.clone());
+    let users: Vec<String> = (0..25)
+        .map(|i| format!("home:+49151000000{i:02}"))
+        .collect();
+    for u in &users {
+        consent.set(u, &opted_in(&["signal"])).await.unwrap();
+    }
+    let groups = interop_state::GroupStore::new(w.records.clone());
+    groups
+        .create("g-warm", &users[0], &users[1..3], "Warm")
+        .await
+        .unwrap();
+    w.flush().await;
+    assert_eq!(w.records.warm().await.unwrap(), Some((25, 1)));
+    // Cached without any read: every record carries its sequence.
+    for u in &users {
+        let rev = w.hget(&keys::consent(u), "rev").await;
+        assert!(rev.is_some_and(|r| r != "0"), "{u}");
+        assert_eq!(
+            w.hget(&keys::consent(u), "opted_in").await.as_deref(),
+            Some("1")
+        );
+    }
+    assert!(w.hget(&keys::group("g-warm"), "~rev").await.is_some());
+    assert_eq!(w.records.warm().await.unwrap(), None, "once per Redis");
+    // A flush takes the flag too: the next start warms again.
+    w.flush().await;
+    assert_eq!(w.records.warm().await.unwrap(), Some((25, 1)));
+}

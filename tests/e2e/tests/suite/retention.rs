@@ -35,6 +35,10 @@ const FAMILIES: &[(&str, Option<i64>)] = &[
     ("interop:state:migrated:", None),
     // The lock of the replica that moves them.
     ("interop:state:migrating", Some(600)),
+    // One flag: the cache was warmed from the streams (gone with a flush,
+    // so the next start warms again), and the lock of the replica warming.
+    ("interop:state:warm", None),
+    ("interop:state:warming", Some(600)),
     ("interop:group:", Some(400 * DAY)),
     // An earlier version's per-user group index (moved on start, ADR 28).
     ("interop:groups:", Some(400 * DAY)),
