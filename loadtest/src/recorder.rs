@@ -8,7 +8,7 @@
 //! report; the difference between the two shows the generator or the
 //! gateway holding messages back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hdrhistogram::Histogram;
@@ -104,6 +104,23 @@ pub struct Stats {
     pub media_download: Histogram<u64>,
     /// Session or connection failures (each reconnected).
     pub connection_errors: u64,
+    /// Per sender and recipient (`order_key`), the highest sequence number
+    /// delivered so far: a sender's messages to one recipient are numbered
+    /// in the order they were sent, on one ingest connection.
+    pub last_delivered: HashMap<(u64, u32), u64>,
+    /// First deliveries of a message after a later one of the same sender
+    /// to the same recipient: what a user would see out of order.
+    pub out_of_order: u64,
+}
+
+/// The sender of `from`, as a key for the per-pair order check (group
+/// messages are not checked: they arrive as copies).
+fn order_key(from: Origin) -> Option<u64> {
+    match from {
+        Origin::Normal(i) => Some(u64::from(i)),
+        Origin::Spammer(i) => Some((1 << 32) | u64::from(i)),
+        Origin::GroupAdmin(_) => None,
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -235,6 +252,8 @@ impl Recorder {
                 media_upload: latency_histogram(),
                 media_download: latency_histogram(),
                 connection_errors: 0,
+                last_delivered: HashMap::new(),
+                out_of_order: 0,
             }),
         }
     }
@@ -339,6 +358,15 @@ impl Recorder {
             }
             s.second(now_us).delivered += 1;
             let planned = self.plan.at(seq);
+            if let Some(sender) = order_key(planned.from) {
+                let pair = (sender, planned.to);
+                if s.last_delivered.get(&pair).is_some_and(|&last| last > seq) {
+                    // A later message of this pair reached the app first.
+                    s.out_of_order += 1;
+                } else {
+                    s.last_delivered.insert(pair, seq);
+                }
+            }
             if matches!(planned.from, Origin::Spammer(_)) {
                 s.spam.reached_inboxes += 1;
                 s.spam.reached_requests += u64::from(as_request);
@@ -587,5 +615,32 @@ mod tests {
         // Warm-up: no receipt latency recorded.
         assert_eq!(s.receipt.len(), 0);
         assert_eq!(r.ledger.tally().lost, 0);
+    }
+
+    #[test]
+    fn a_pairs_later_message_delivered_first_counts_out_of_order() {
+        // 30 messages; find three of one sender to one recipient, and one of
+        // another pair.
+        let r = recorder("[users]\nrecipients=2");
+        let plan = r.plan().clone();
+        let key = |seq: u64| {
+            let p = plan.at(seq);
+            (order_key(p.from), p.to)
+        };
+        let pair: Vec<u64> = (0..30).filter(|&s| key(s) == key(0)).take(3).collect();
+        assert_eq!(pair.len(), 3, "the plan repeats a pair within 30 messages");
+        let other = (0..30).find(|&s| key(s) != key(0)).expect("another pair");
+        let (a, b, c) = (pair[0], pair[1], pair[2]);
+        // c before b: b is out of order; a after c too; the other pair is
+        // not affected, and a duplicate of c is not counted again.
+        r.delivered(&[(c, 0), (other, 0)], 10);
+        r.delivered(&[(b, 0), (c, 0)], 20);
+        assert_eq!(r.stats().out_of_order, 1);
+        r.delivered(&[(a, 0)], 30);
+        assert_eq!(r.stats().out_of_order, 2);
+        // In order: a fresh recorder sees none.
+        let r = recorder("[users]\nrecipients=2");
+        r.delivered(&[(a, 0), (b, 0), (other, 0), (c, 0)], 10);
+        assert_eq!(r.stats().out_of_order, 0);
     }
 }

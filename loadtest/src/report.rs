@@ -136,6 +136,9 @@ pub struct Receipts {
     pub tracked_senders: u32,
     pub delivered: u64,
     pub duplicate: u64,
+    /// Tracked messages delivered whose `DELIVERED` receipt had not come
+    /// by the end of the drain. Must be 0.
+    pub missing: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -192,6 +195,10 @@ pub struct Report {
     pub duplicates_dropped_by_client: u64,
     /// Delivered although its `Accepted` never arrived.
     pub delivered_unacknowledged: u64,
+    /// First deliveries that reached the app after a later message of the
+    /// same sender to the same recipient (one device per recipient): what
+    /// a user would see out of order. Must be 0.
+    pub out_of_order: u64,
     /// First deliveries per second over the measured window (stepped runs:
     /// the best step's).
     pub throughput_msgs_per_s: f64,
@@ -456,6 +463,7 @@ impl Report {
             duplicates_seen_by_apps: tally.duplicates_seen_by_apps,
             duplicates_dropped_by_client: facts.duplicates_suppressed_by_client,
             delivered_unacknowledged: tally.delivered_unacknowledged,
+            out_of_order: stats.out_of_order,
             throughput_msgs_per_s: throughput,
             offered_msgs_per_s: scenario.max_rate(),
             latency_ms: Latency::of(&stats.corrected),
@@ -466,6 +474,9 @@ impl Report {
                 tracked_senders: scenario.receipt_senders,
                 delivered: stats.receipts_delivered,
                 duplicate: stats.duplicate_receipts,
+                missing: stats
+                    .tracked_delivered
+                    .saturating_sub(stats.receipts_delivered),
             },
             spam: stats.spam,
             spam_held,
@@ -602,6 +613,19 @@ impl Report {
                 self.duplicates_seen_by_apps
             ));
         }
+        if self.out_of_order > 0 {
+            w.push(format!(
+                "{} messages reached apps after a later message of the same sender \
+                 (users would see them out of order).",
+                self.out_of_order
+            ));
+        }
+        if self.receipts.missing > 0 {
+            w.push(format!(
+                "{} DELIVERED receipts for delivered messages did not arrive within the drain.",
+                self.receipts.missing
+            ));
+        }
         if self.duplicates_dropped_by_client > 0 {
             w.push(format!(
                 "{} redeliveries on the wire, dropped by the client library's de-duplication.",
@@ -722,6 +746,8 @@ impl Report {
             ("lost", self.lost),
             ("duplicates on the wire", self.duplicates),
             ("duplicates seen by apps", self.duplicates_seen_by_apps),
+            ("out of order", self.out_of_order),
+            ("receipts missing", self.receipts.missing),
         ];
         for (name, v) in rows {
             wln!(o, "  {name:<24}{v:>12}");
@@ -972,6 +998,7 @@ mod tests {
             "duplicates",
             "duplicates_seen_by_apps",
             "duplicates_dropped_by_client",
+            "out_of_order",
             "throughput_msgs_per_s",
             "ceiling_msgs_per_s",
             "ratio_to_ceiling",
