@@ -377,9 +377,22 @@ impl Records {
         Ok(true)
     }
 
-    /// Every answer of `recipient` in the stream.
+    /// Every answer of `recipient` in the stream. Most users answered
+    /// nobody: one direct get of the last message on any of their subjects
+    /// (a wildcard, which nats-server 2.9 serves) says so without creating
+    /// a consumer.
     async fn read_answers(&self, recipient: &str) -> Result<Answers, StateError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
         let filter = user_contact(Some(&interop_bus::recipient_key(recipient)), None);
+        match self
+            .stream
+            .direct_get_last_for_subject(filter.clone())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(Answers::new()),
+            Err(e) => return Err(unavailable("reading a user's answers", e)),
+        }
         self.read_contacts(filter, |c| c.sender.clone()).await
     }
 

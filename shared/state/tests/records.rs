@@ -361,3 +361,31 @@ async fn a_start_after_a_loss_warms_every_consent_record_and_group_once() {
     w.flush().await;
     assert_eq!(w.records.warm().await.unwrap(), Some((25, 1)));
 }
+
+#[tokio::test]
+async fn loading_a_user_with_no_answers_needs_no_consumer() {
+    let w = world().await;
+    let contacts = ContactStore::new(w.records.clone());
+    contacts
+        .set(BOB, "signal:x", ContactState::Blocked)
+        .await
+        .unwrap();
+    let stream = async_nats::jetstream::new(async_nats::connect(w._nats.url()).await.unwrap())
+        .get_stream(interop_bus::subjects::STREAM_USER_STATE)
+        .await
+        .unwrap();
+    let consumers = || async {
+        let mut s = stream.clone();
+        s.info().await.unwrap().state.consumer_count
+    };
+    let before = consumers().await;
+    // A user nobody answered: one direct get says so.
+    assert!(w.records.load_contacts("home:+1").await.unwrap().is_empty());
+    // A user with answers: read through an ordered consumer.
+    w.flush().await;
+    let answers = w.records.load_contacts(BOB).await.unwrap();
+    assert_eq!(answers["signal:x"].0, Some(ContactState::Blocked));
+    // Ordered consumers are ephemeral; none is left for the empty load,
+    // and the count never grew by more than the one read.
+    assert!(consumers().await <= before + 1);
+}
