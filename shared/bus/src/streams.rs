@@ -210,6 +210,19 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             allow_direct: true,
             ..Default::default()
         },
+        // Key transparency's log (issue 21): the directory's state is the
+        // replay of its committed batches, so nothing may age out or be
+        // dropped: a full stream refuses.
+        stream::Config {
+            name: STREAM_KT_LOG.to_owned(),
+            subjects: vec![KT_LOG_ALL.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::New,
+            storage: stream::StorageType::File,
+            num_replicas: s.replicas,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        },
     ]
 }
 

@@ -164,6 +164,18 @@ pub fn group_record(group_key: &str) -> String {
     format!("{GROUPS_PREFIX}.{group_key}")
 }
 
+/// Key transparency's log (issue 21, `interop-transparency`): the auditable
+/// key directory's records, appended one batch (an epoch) at a time as
+/// chunks, each batch made part of the directory by a commit message
+/// written compare-and-set, so the directory has one history.
+pub const KT_LOG_ALL: &str = "interop.v1.kt.log.*";
+/// A chunk of a batch's records.
+pub const KT_LOG_CHUNK: &str = "interop.v1.kt.log.chunk";
+/// A batch's commit.
+pub const KT_LOG_COMMIT: &str = "interop.v1.kt.log.commit";
+/// The stream holding the log.
+pub const STREAM_KT_LOG: &str = "INTEROP_KT_LOG";
+
 /// A user's consent record: `interop.v1.state.consent.<user key>`.
 pub fn user_consent(user_key: &str) -> String {
     format!("{USER_STATE_PREFIX}.consent.{user_key}")

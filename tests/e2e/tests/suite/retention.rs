@@ -83,6 +83,10 @@ const NO_MAX_AGE: &[&str] = &[
     // MAX_CONTACTS answers per user, each replaced on change; a user's go
     // when they are erased. Redis caches them with TTLs.
     "INTEROP_USER_STATE",
+    // Key transparency's log (ADR 29): the auditable key directory is the
+    // replay of its committed batches; nothing may age out of it. It holds
+    // commitments to public keys under labels, no message.
+    "INTEROP_KT_LOG",
 ];
 
 /// Streams kept longer than the 61 days of the message streams, how long,
@@ -244,6 +248,7 @@ async fn every_redis_key_and_every_stream_has_a_bounded_lifetime_after_real_traf
         "INTEROP_KEYS_POOL",
         "INTEROP_USER_STATE",
         "INTEROP_GROUPS",
+        "INTEROP_KT_LOG",
         "OBJ_INTEROP_MEDIA_BLOBS",
     ] {
         assert!(names.iter().any(|n| n == required), "{required}: {names:?}");

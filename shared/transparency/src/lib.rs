@@ -1,0 +1,22 @@
+//! # interop-transparency: key transparency for the key directory
+//!
+//! Every device identity key the key directory holds is to be committed to
+//! an auditable key directory built on Meta's `akd` crate (issue 21), so a
+//! provider, a user or an auditor can check that the key they were given is
+//! the one committed to everyone.
+//!
+//! Built so far: the directory's storage ([`storage::JetStreamDatabase`]):
+//! akd's records in memory, made durable and replicated by a log in
+//! JetStream with one history (compare-and-set commits), replayed by every
+//! replica. Epochs, proofs with fetches, the client's verification and the
+//! audit command build on it (docs/adr/0029).
+
+#![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
+
+pub mod storage;
+
+pub use storage::JetStreamDatabase;
+
+/// The akd configuration the gateway uses (WhatsApp's: the same hashes and
+/// commitments as a deployed key transparency system).
+pub type Config = akd::WhatsAppV1Configuration;
