@@ -223,6 +223,19 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         },
+        // Key transparency's roots: one small message per epoch (epoch and
+        // root hash, no user data) that auditors and clients read; kept
+        // like the log.
+        stream::Config {
+            name: STREAM_KT_ROOTS.to_owned(),
+            subjects: vec![KT_ROOTS.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::New,
+            storage: stream::StorageType::File,
+            num_replicas: s.replicas,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        },
     ]
 }
 

@@ -175,6 +175,10 @@ pub const KT_LOG_CHUNK: &str = "interop.v1.kt.log.chunk";
 pub const KT_LOG_COMMIT: &str = "interop.v1.kt.log.commit";
 /// The stream holding the log.
 pub const STREAM_KT_LOG: &str = "INTEROP_KT_LOG";
+/// Each epoch's root hash, for anyone to read (no user data).
+pub const KT_ROOTS: &str = "interop.v1.kt.roots";
+/// The stream holding the roots.
+pub const STREAM_KT_ROOTS: &str = "INTEROP_KT_ROOTS";
 
 /// A user's consent record: `interop.v1.state.consent.<user key>`.
 pub fn user_consent(user_key: &str) -> String {

@@ -300,7 +300,13 @@ impl KeyDirectory {
             .publish_with_headers(
                 Self::devices_subject(user),
                 headers,
-                devices.encode_to_vec().into(),
+                // With the address: key transparency commits under it.
+                StoredDevices {
+                    user: user.to_owned(),
+                    ..devices.clone()
+                }
+                .encode_to_vec()
+                .into(),
             )
             .await
             .map_err(|e| unavailable("writing a user's devices", e))?;
@@ -912,7 +918,12 @@ impl KeyDirectory {
         self.js
             .publish(
                 Self::devices_subject(user),
-                StoredDevices::default().encode_to_vec().into(),
+                StoredDevices {
+                    user: user.to_owned(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+                .into(),
             )
             .await
             .map_err(|e| unavailable("erasing a user's devices", e))?

@@ -5,16 +5,23 @@
 //! provider, a user or an auditor can check that the key they were given is
 //! the one committed to everyone.
 //!
-//! Built so far: the directory's storage ([`storage::JetStreamDatabase`]):
-//! akd's records in memory, made durable and replicated by a log in
-//! JetStream with one history (compare-and-set commits), replayed by every
-//! replica. Epochs, proofs with fetches, the client's verification and the
-//! audit command build on it (docs/adr/0029).
+//! Built so far:
+//! - the directory's storage ([`storage::JetStreamDatabase`]): akd's
+//!   records in memory, made durable and replicated by a log in JetStream
+//!   with one history (compare-and-set commits), replayed by every replica;
+//! - epochs ([`epoch::Transparency`]): the key directory's writes since the
+//!   last epoch, committed under each user's address, each root published
+//!   for anyone to read ([`read_roots`]).
+//!
+//! Not yet: running it in ingest, proofs with fetches, the client's
+//! verification and the audit command (docs/adr/0029).
 
 #![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
 
+pub mod epoch;
 pub mod storage;
 
+pub use epoch::{read_roots, KtDirectory, KtError, Root, Transparency, VrfKey};
 pub use storage::JetStreamDatabase;
 
 /// The akd configuration the gateway uses (WhatsApp's: the same hashes and

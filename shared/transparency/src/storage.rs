@@ -54,6 +54,16 @@ fn storage_error(what: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::Other(format!("{what}: {e}"))
 }
 
+/// What an epoch's commit records besides its batch: the epoch, its root
+/// hash, and how far in the key directory's devices stream the epoch's
+/// updates reach (`crate::epoch`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommitMeta {
+    pub epoch: u64,
+    pub root: Vec<u8>,
+    pub devices_seq: u64,
+}
+
 /// What the instance has applied, guarded together.
 #[derive(Default)]
 struct Applied {
@@ -61,6 +71,12 @@ struct Applied {
     last_commit: u64,
     /// Chunks of batches not committed yet, by batch: (index, payload).
     pending: HashMap<String, Vec<(u32, Bytes)>>,
+    /// Every epoch's commit, in order.
+    epochs: Vec<CommitMeta>,
+    /// An epoch is being written: its batch waits for [`JetStreamDatabase::commit_epoch`].
+    epoch_open: bool,
+    /// The batch written in the open epoch: (id, chunks).
+    uncommitted: Option<(String, usize)>,
 }
 
 /// akd's [`Database`] over JetStream (see the module doc).
@@ -224,7 +240,45 @@ impl JetStreamDatabase {
             .batch_set(records, DbSetState::TransactionCommit)
             .await?;
         applied.last_commit = seq;
+        if !payload.is_empty() {
+            let meta: CommitMeta = ciborium::from_reader(&payload[..])
+                .map_err(|e| storage_error("reading an epoch's commit", e))?;
+            applied.epochs.push(meta);
+        }
         Ok(())
+    }
+
+    /// From now until [`Self::commit_epoch`], the batch akd writes is
+    /// appended but not committed: the commit carries the epoch's root hash,
+    /// which akd computes from the batch.
+    pub async fn begin_epoch(&self) {
+        let mut applied = self.applied.lock().await;
+        applied.epoch_open = true;
+        applied.uncommitted = None;
+    }
+
+    /// Commits the open epoch's batch with `meta`. [`STALE`] if another
+    /// instance committed first: this one's state is then ahead of the log
+    /// and it must reopen.
+    pub async fn commit_epoch(&self, meta: CommitMeta) -> Result<(), StorageError> {
+        let mut applied = self.applied.lock().await;
+        applied.epoch_open = false;
+        let (batch, parts) = applied
+            .uncommitted
+            .take()
+            .ok_or_else(|| storage_error("committing an epoch", "nothing was written"))?;
+        let mut payload = Vec::new();
+        ciborium::into_writer(&meta, &mut payload)
+            .map_err(|e| storage_error("encoding an epoch's commit", e))?;
+        self.publish_commit(&mut applied, &batch, parts, payload.into())
+            .await?;
+        applied.epochs.push(meta);
+        Ok(())
+    }
+
+    /// Every epoch committed so far (replayed or written), in order.
+    pub async fn epochs(&self) -> Vec<CommitMeta> {
+        self.applied.lock().await.epochs.clone()
     }
 
     /// Appends `records` to the log as one batch and commits it; refused if
@@ -253,16 +307,39 @@ impl JetStreamDatabase {
             ack.await
                 .map_err(|e| storage_error("appending to the transparency log", e))?;
         }
+        if applied.epoch_open {
+            if applied.uncommitted.is_some() {
+                return Err(storage_error(
+                    "appending to the transparency log",
+                    "an epoch wrote two batches",
+                ));
+            }
+            applied.uncommitted = Some((batch, chunks.len()));
+            return Ok(());
+        }
+        self.publish_commit(&mut applied, &batch, chunks.len(), Bytes::new())
+            .await
+    }
+
+    /// Publishes the commit of `batch` (compare-and-set on the last commit
+    /// applied).
+    async fn publish_commit(
+        &self,
+        applied: &mut Applied,
+        batch: &str,
+        parts: usize,
+        payload: Bytes,
+    ) -> Result<(), StorageError> {
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(BATCH, batch.as_str());
-        headers.insert(PART, chunks.len().to_string().as_str());
+        headers.insert(BATCH, batch);
+        headers.insert(PART, parts.to_string().as_str());
         headers.insert(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             applied.last_commit.to_string().as_str(),
         );
         let ack = self
             .js
-            .publish_with_headers(KT_LOG_COMMIT, headers, Bytes::new())
+            .publish_with_headers(KT_LOG_COMMIT, headers, payload)
             .await
             .map_err(|e| storage_error("committing to the transparency log", e))?
             .await;
@@ -272,7 +349,8 @@ impl JetStreamDatabase {
                 Ok(())
             }
             Err(e)
-                if e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence =>
+                if e.kind()
+                    == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence =>
             {
                 Err(StorageError::Other(STALE.to_owned()))
             }

@@ -81,10 +81,7 @@ async fn two_writers_cannot_fork_the_history() {
     let b = directory(&js).await;
     b.publish(vec![update("home:+2", "k2")]).await.unwrap();
     // A has not seen B's epoch: its commit is refused.
-    let e = a
-        .publish(vec![update("home:+3", "k3")])
-        .await
-        .unwrap_err();
+    let e = a.publish(vec![update("home:+3", "k3")]).await.unwrap_err();
     assert!(e.to_string().contains(STALE), "{e}");
     // Reopened, it continues B's history.
     let a = directory(&js).await;
@@ -109,13 +106,13 @@ async fn a_follower_applies_what_another_instance_commits() {
     )
     .await
     .unwrap();
-    let root = writer
-        .publish(vec![update("home:+2", "k2")])
-        .await
-        .unwrap();
+    let root = writer.publish(vec![update("home:+2", "k2")]).await.unwrap();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while reader.get_epoch_hash().await.unwrap().0 < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "the follower never caught up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the follower never caught up"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(reader.get_epoch_hash().await.unwrap().1, root.1);

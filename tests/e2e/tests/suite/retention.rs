@@ -87,6 +87,9 @@ const NO_MAX_AGE: &[&str] = &[
     // replay of its committed batches; nothing may age out of it. It holds
     // commitments to public keys under labels, no message.
     "INTEROP_KT_LOG",
+    // Its roots: one small message per epoch (epoch, root hash; no user
+    // data) that auditors check the whole history against.
+    "INTEROP_KT_ROOTS",
 ];
 
 /// Streams kept longer than the 61 days of the message streams, how long,
@@ -249,6 +252,7 @@ async fn every_redis_key_and_every_stream_has_a_bounded_lifetime_after_real_traf
         "INTEROP_USER_STATE",
         "INTEROP_GROUPS",
         "INTEROP_KT_LOG",
+        "INTEROP_KT_ROOTS",
         "OBJ_INTEROP_MEDIA_BLOBS",
     ] {
         assert!(names.iter().any(|n| n == required), "{required}: {names:?}");

@@ -1,0 +1,339 @@
+//! Epochs: what the key directory changed, committed to the auditable key
+//! directory, and each epoch's root hash published for anyone to read.
+//!
+//! The updates are read from the key directory's own stream
+//! (`INTEROP_KEYS_DEVICES`, one message per write of a user's devices): an
+//! epoch takes every write after the one the previous epoch reached (its
+//! commit records that sequence), computes each written user's value (a
+//! [`TransparencyValue`]: every device's identity keys, sorted by device
+//! id), leaves out users whose value did not change, and publishes the rest
+//! under their address. So any instance can publish the next epoch, and the
+//! log's compare-and-set commit lets only one of two that try do so.
+//!
+//! Each epoch's root hash goes to `INTEROP_KT_ROOTS`
+//! (`interop.v1.kt.roots`, one message per epoch, `Nats-Msg-Id`
+//! `kt-epoch-<n>`), which holds no user data: an auditor with read access
+//! to it alone checks the directory's history (`audit`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use akd::ecvrf::{VRFKeyStorage, VrfError};
+use akd::storage::types::ValueStateRetrievalFlag;
+use akd::storage::{Database, StorageManager};
+use akd::{AkdLabel, AkdValue, AzksParallelismConfig, Directory, EpochHash};
+use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
+use futures_util::StreamExt as _;
+use interop_bus::subjects::{KEYS_DEVICES_ALL, KT_ROOTS, STREAM_KEYS_DEVICES};
+use interop_proto::v1::{StoredDevices, TransparencyDevice, TransparencyValue};
+use interop_proto::Message as _;
+use tokio::sync::RwLock;
+
+use crate::storage::{CommitMeta, JetStreamDatabase, STALE};
+use crate::Config;
+
+/// Why an epoch was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum KtError {
+    #[error("key transparency: {0}")]
+    Akd(#[from] akd::errors::AkdError),
+    #[error("key transparency storage: {0}")]
+    Storage(#[from] akd::errors::StorageError),
+    #[error("key transparency: {0}")]
+    Unavailable(String),
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> KtError {
+    KtError::Unavailable(format!("{what}: {e}"))
+}
+
+/// The directory's VRF key: 32 secret bytes (an Ed25519 secret key), the
+/// same for every replica and for the directory's whole life (a new key
+/// makes every label a new one). Never logged.
+#[derive(Clone)]
+pub struct VrfKey(Arc<[u8; 32]>);
+
+impl VrfKey {
+    pub fn from_bytes(secret: [u8; 32]) -> Self {
+        Self(Arc::new(secret))
+    }
+}
+
+impl std::fmt::Debug for VrfKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VrfKey(..)")
+    }
+}
+
+#[async_trait::async_trait]
+impl VRFKeyStorage for VrfKey {
+    async fn retrieve(&self) -> Result<Vec<u8>, VrfError> {
+        Ok(self.0.to_vec())
+    }
+}
+
+/// The auditable key directory the gateway runs.
+pub type KtDirectory = Directory<Config, JetStreamDatabase, VrfKey>;
+
+/// The value committed for a user with these devices.
+pub fn value_of(devices: &StoredDevices) -> Vec<u8> {
+    let mut out: Vec<TransparencyDevice> = devices
+        .devices
+        .iter()
+        .filter_map(|d| d.keys.as_ref())
+        .map(|k| TransparencyDevice {
+            device_id: k.device_id.clone(),
+            identity_key: k.identity_key.clone(),
+            signing_key: k.signing_key.clone(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    TransparencyValue { devices: out }.encode_to_vec()
+}
+
+/// One instance of the directory: its storage, akd over it, and what it
+/// needs to publish epochs.
+pub struct Transparency {
+    js: jetstream::Context,
+    vrf: VrfKey,
+    inner: RwLock<(JetStreamDatabase, Arc<KtDirectory>)>,
+}
+
+impl Transparency {
+    /// Opens the directory (replaying its log) and publishes any epoch's
+    /// root a previous publisher could not.
+    pub async fn open(js: jetstream::Context, vrf: VrfKey) -> Result<Self, KtError> {
+        let (db, dir) = Self::load(&js, &vrf).await?;
+        let t = Self {
+            js,
+            vrf,
+            inner: RwLock::new((db, Arc::new(dir))),
+        };
+        t.publish_roots().await?;
+        Ok(t)
+    }
+
+    async fn load(
+        js: &jetstream::Context,
+        vrf: &VrfKey,
+    ) -> Result<(JetStreamDatabase, KtDirectory), KtError> {
+        let db = JetStreamDatabase::open(js.clone()).await?;
+        let dir = Directory::new(
+            StorageManager::new_no_cache(db.clone()),
+            vrf.clone(),
+            AzksParallelismConfig::default(),
+        )
+        .await?;
+        Ok((db, dir))
+    }
+
+    /// The directory as this instance last loaded it.
+    pub async fn directory(&self) -> Arc<KtDirectory> {
+        self.inner.read().await.1.clone()
+    }
+
+    /// Every epoch committed so far.
+    pub async fn epochs(&self) -> Vec<CommitMeta> {
+        self.inner.read().await.0.epochs().await
+    }
+
+    /// Publishes the next epoch from the key directory's writes since the
+    /// last one; `None` if no user's value changed. If another instance
+    /// published first, this one reloads and tries again once.
+    pub async fn publish_epoch(&self) -> Result<Option<EpochHash>, KtError> {
+        match self.try_publish_epoch().await {
+            Err(KtError::Storage(e)) if e.to_string().contains(STALE) => {
+                let (db, dir) = Self::load(&self.js, &self.vrf).await?;
+                *self.inner.write().await = (db, Arc::new(dir));
+                self.try_publish_epoch().await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_publish_epoch(&self) -> Result<Option<EpochHash>, KtError> {
+        let inner = self.inner.write().await;
+        let (db, dir) = (&inner.0, &inner.1);
+        let from = db.epochs().await.last().map_or(0, |m| m.devices_seq);
+        let (writes, reached) = self.devices_after(from).await?;
+        let mut updates = Vec::new();
+        for (user, value) in writes {
+            let label = AkdLabel::from(user.as_str());
+            let current = db
+                .get_user_state(&label, ValueStateRetrievalFlag::MaxEpoch)
+                .await;
+            if current.is_ok_and(|s| s.value.0 == value) {
+                continue;
+            }
+            updates.push((label, AkdValue(value)));
+        }
+        if updates.is_empty() {
+            return Ok(None);
+        }
+        db.begin_epoch().await;
+        let hash = match dir.publish(updates).await {
+            Ok(h) => h,
+            Err(e) => {
+                // Applied in memory but never committed: reload.
+                drop(inner);
+                let (db, dir) = Self::load(&self.js, &self.vrf).await?;
+                *self.inner.write().await = (db, Arc::new(dir));
+                return Err(e.into());
+            }
+        };
+        let meta = CommitMeta {
+            epoch: hash.epoch(),
+            root: hash.hash().to_vec(),
+            devices_seq: reached,
+        };
+        if let Err(e) = db.commit_epoch(meta.clone()).await {
+            drop(inner);
+            let (db, dir) = Self::load(&self.js, &self.vrf).await?;
+            *self.inner.write().await = (db, Arc::new(dir));
+            return Err(e.into());
+        }
+        drop(inner);
+        self.publish_root(&meta).await?;
+        Ok(Some(hash))
+    }
+
+    /// Each user's latest devices written after `from` in the key
+    /// directory's stream, and the last sequence read.
+    async fn devices_after(&self, from: u64) -> Result<(BTreeMap<String, Vec<u8>>, u64), KtError> {
+        let what = "reading the key directory's writes";
+        let mut stream = self
+            .js
+            .get_stream(STREAM_KEYS_DEVICES)
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .state
+            .last_sequence;
+        let mut out = BTreeMap::new();
+        if last <= from {
+            return Ok((out, from));
+        }
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: KEYS_DEVICES_ALL.to_owned(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok((out, last));
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        loop {
+            let msg = tokio::time::timeout(std::time::Duration::from_secs(30), messages.next())
+                .await
+                .map_err(|_| unavailable(what, "timed out"))?
+                .ok_or_else(|| unavailable(what, "ended"))?
+                .map_err(|e| unavailable(what, e))?;
+            let info = msg.info().map_err(|e| unavailable(what, e))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            // Records written before they carried the address cannot be
+            // committed under it; their next write will be.
+            if let Ok(devices) = StoredDevices::decode(msg.payload.clone()) {
+                if !devices.user.is_empty() {
+                    out.insert(devices.user.clone(), value_of(&devices));
+                }
+            }
+            if pending == 0 || seq >= last {
+                return Ok((out, seq.max(from)));
+            }
+        }
+    }
+
+    /// Publishes one epoch's root hash (idempotent within the stream's
+    /// duplicate window by its message id).
+    async fn publish_root(&self, meta: &CommitMeta) -> Result<(), KtError> {
+        let root = Root {
+            epoch: meta.epoch,
+            root: meta.root.clone(),
+        };
+        let mut payload = Vec::new();
+        ciborium::into_writer(&root, &mut payload)
+            .map_err(|e| unavailable("encoding a root", e))?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("kt-epoch-{}", meta.epoch).as_str(),
+        );
+        self.js
+            .publish_with_headers(KT_ROOTS, headers, payload.into())
+            .await
+            .map_err(|e| unavailable("publishing an epoch's root", e))?
+            .await
+            .map_err(|e| unavailable("publishing an epoch's root", e))?;
+        Ok(())
+    }
+
+    /// Publishes the roots of committed epochs the roots stream lacks (a
+    /// publisher stopped between its commit and its root).
+    async fn publish_roots(&self) -> Result<(), KtError> {
+        let published = read_roots(&self.js).await?;
+        let have: std::collections::BTreeSet<u64> = published.iter().map(|r| r.epoch).collect();
+        for meta in self.epochs().await {
+            if !have.contains(&meta.epoch) {
+                self.publish_root(&meta).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One epoch's root hash, as `INTEROP_KT_ROOTS` holds it (CBOR).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Root {
+    pub epoch: u64,
+    pub root: Vec<u8>,
+}
+
+/// Every published root, in stream order: what an auditor or a client
+/// reads (read access to `INTEROP_KT_ROOTS` only).
+pub async fn read_roots(js: &jetstream::Context) -> Result<Vec<Root>, KtError> {
+    let what = "reading the published roots";
+    let stream = js
+        .get_stream(interop_bus::subjects::STREAM_KT_ROOTS)
+        .await
+        .map_err(|e| unavailable(what, e))?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable(what, e))?;
+    let mut out = Vec::new();
+    let mut left = consumer.cached_info().num_pending;
+    if left == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| unavailable(what, e))?;
+    while left > 0 {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(30), messages.next())
+            .await
+            .map_err(|_| unavailable(what, "timed out"))?
+            .ok_or_else(|| unavailable(what, "ended"))?
+            .map_err(|e| unavailable(what, e))?;
+        left = msg.info().map_err(|e| unavailable(what, e))?.pending;
+        out.push(
+            ciborium::from_reader(&msg.payload[..])
+                .map_err(|e| unavailable("decoding a root", e))?,
+        );
+    }
+    Ok(out)
+}

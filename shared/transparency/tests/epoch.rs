@@ -1,0 +1,178 @@
+//! Epochs from the key directory's writes, against a real nats-server: what
+//! users publish is committed under their address, a lookup proof verifies
+//! against the published root, nothing changes without an identity change,
+//! and two instances publishing at once make one history.
+
+use interop_keys::KeyDirectory;
+use interop_proto::keys::SIGNATURE_BYTES;
+use interop_proto::v1::{DeviceKeys, PublicKey, PublishKeys, StoredDevices};
+use interop_test_support::NatsServer;
+use interop_transparency::epoch::value_of;
+use interop_transparency::{read_roots, Config, Transparency, VrfKey};
+
+const BOB: &str = "home:+4915112345678";
+const ALICE: &str = "signal:alice";
+
+fn key(fill: u8) -> PublicKey {
+    PublicKey {
+        algorithm: "curve25519".into(),
+        key_id: 0,
+        key: vec![fill; 32].into(),
+        signature: Default::default(),
+    }
+}
+
+fn publish(user: &str, device_id: &str, identity: u8, otk_from: u32) -> PublishKeys {
+    PublishKeys {
+        user: user.into(),
+        device: Some(DeviceKeys {
+            device_id: device_id.into(),
+            identity_key: Some(key(identity)),
+            signing_key: None,
+            signed_prekey: Some(PublicKey {
+                signature: vec![9; SIGNATURE_BYTES].into(),
+                ..key(2)
+            }),
+            last_resort_prekey: Some(key(3)),
+            pq_last_resort_prekey: None,
+            last_resort_key_package: vec![7; 100].into(),
+        }),
+        one_time_prekeys: (otk_from..otk_from + 3)
+            .map(|id| PublicKey {
+                key_id: id,
+                ..key(4)
+            })
+            .collect(),
+        key_packages: vec![],
+    }
+}
+
+async fn js(nats: &NatsServer) -> async_nats::jetstream::Context {
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    interop_bus::ensure_streams(&js, &interop_bus::StreamSettings::default())
+        .await
+        .unwrap();
+    js
+}
+
+/// What the key directory holds for `user`, as transparency commits it.
+async fn committed_value(keys: &KeyDirectory, user: &str) -> Vec<u8> {
+    value_of(&StoredDevices {
+        devices: keys.devices(user).await.unwrap(),
+        user: user.into(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_identity_keys_are_committed_and_proved_against_the_published_root() {
+    let nats = NatsServer::start();
+    let js = js(&nats).await;
+    let keys = KeyDirectory::open(js.clone()).await.unwrap();
+    keys.publish(BOB, &publish(BOB, "phone", 1, 1))
+        .await
+        .unwrap();
+    keys.publish(BOB, &publish(BOB, "laptop", 5, 1))
+        .await
+        .unwrap();
+    keys.publish(ALICE, &publish(ALICE, "phone", 6, 1))
+        .await
+        .unwrap();
+
+    let kt = Transparency::open(js.clone(), VrfKey::from_bytes([7; 32]))
+        .await
+        .unwrap();
+    let epoch = kt.publish_epoch().await.unwrap().expect("an epoch");
+    assert_eq!(epoch.epoch(), 1);
+    let roots = read_roots(&js).await.unwrap();
+    assert_eq!(roots.len(), 1);
+    assert_eq!(roots[0].root, epoch.hash().to_vec());
+
+    let dir = kt.directory().await;
+    let vrf = dir.get_public_key().await.unwrap();
+    let (proof, at) = dir.lookup(akd::AkdLabel::from(BOB)).await.unwrap();
+    let root: [u8; 32] = roots[0].root.clone().try_into().unwrap();
+    let verified = akd::client::lookup_verify::<Config>(
+        vrf.as_bytes(),
+        root,
+        at.epoch(),
+        akd::AkdLabel::from(BOB),
+        proof,
+    )
+    .unwrap();
+    assert_eq!(verified.value.0, committed_value(&keys, BOB).await);
+    // A substituted value is not what was committed.
+    let (proof, at) = dir.lookup(akd::AkdLabel::from(BOB)).await.unwrap();
+    let forged = akd::client::lookup_verify::<Config>(
+        vrf.as_bytes(),
+        [0u8; 32],
+        at.epoch(),
+        akd::AkdLabel::from(BOB),
+        proof,
+    );
+    assert!(forged.is_err(), "a proof verified against another root");
+
+    // More one-time prekeys change no identity key: no epoch.
+    keys.publish(BOB, &publish(BOB, "phone", 1, 10))
+        .await
+        .unwrap();
+    assert!(kt.publish_epoch().await.unwrap().is_none());
+    // A new identity key does.
+    keys.publish(ALICE, &publish(ALICE, "phone", 8, 20))
+        .await
+        .unwrap();
+    let second = kt.publish_epoch().await.unwrap().expect("an epoch");
+    assert_eq!(second.epoch(), 2);
+    let (proof, at) = kt
+        .directory()
+        .await
+        .lookup(akd::AkdLabel::from(ALICE))
+        .await
+        .unwrap();
+    let verified = akd::client::lookup_verify::<Config>(
+        vrf.as_bytes(),
+        second.hash(),
+        at.epoch(),
+        akd::AkdLabel::from(ALICE),
+        proof,
+    )
+    .unwrap();
+    assert_eq!(verified.value.0, committed_value(&keys, ALICE).await);
+    assert_eq!(verified.version, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_publishing_make_one_history() {
+    let nats = NatsServer::start();
+    let js = js(&nats).await;
+    let keys = KeyDirectory::open(js.clone()).await.unwrap();
+    keys.publish(BOB, &publish(BOB, "phone", 1, 1))
+        .await
+        .unwrap();
+    let a = Transparency::open(js.clone(), VrfKey::from_bytes([7; 32]))
+        .await
+        .unwrap();
+    let b = Transparency::open(js.clone(), VrfKey::from_bytes([7; 32]))
+        .await
+        .unwrap();
+    assert_eq!(a.publish_epoch().await.unwrap().unwrap().epoch(), 1);
+    // B has not seen A's epoch: it reloads, finds Bob committed already.
+    assert!(b.publish_epoch().await.unwrap().is_none());
+    keys.publish(ALICE, &publish(ALICE, "phone", 6, 1))
+        .await
+        .unwrap();
+    let by_b = b.publish_epoch().await.unwrap().unwrap();
+    assert_eq!(by_b.epoch(), 2);
+    // A reloads and has nothing left to publish.
+    assert!(a.publish_epoch().await.unwrap().is_none());
+    assert_eq!(
+        a.directory().await.get_epoch_hash().await.unwrap().1,
+        by_b.hash()
+    );
+    let roots: Vec<u64> = read_roots(&js)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.epoch)
+        .collect();
+    assert_eq!(roots, [1, 2]);
+}
