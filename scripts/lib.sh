@@ -8,6 +8,8 @@ ensure_packages() {
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  # The fault suite partitions a NATS node with nftables (docs/reliability.md).
+  command -v nft >/dev/null 2>&1 || missing+=(nftables)
   if ((${#missing[@]} == 0)); then
     return 0
   fi

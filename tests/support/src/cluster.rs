@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::{free_port, kill, read_file, spawn, wait_for_port, START_TIMEOUT};
+use crate::{free_port, kill, read_file, spawn_as, wait_for_port, START_TIMEOUT};
 
 /// The name every node gives its cluster.
 pub const CLUSTER_NAME: &str = "interop-test";
@@ -31,7 +31,18 @@ struct Node {
 pub struct NatsCluster {
     dir: tempfile::TempDir,
     nodes: Vec<Node>,
+    /// The nftables table of a partition in place ([`NatsCluster::partition`]).
+    partition: Option<String>,
 }
+
+/// The group id node `i` runs with, so that nftables can tell its sockets
+/// from the other nodes' (`meta skgid`) although all share loopback.
+fn node_gid(i: usize) -> u32 {
+    PARTITION_GID_BASE + i as u32
+}
+
+/// Group ids from here on are the nodes' (unused by the system).
+const PARTITION_GID_BASE: u32 = 47_000;
 
 impl NatsCluster {
     /// Starts `n` nodes (at least 1) and returns once every node is ready and
@@ -50,7 +61,11 @@ impl NatsCluster {
                 child: None,
             })
             .collect();
-        let mut cluster = Self { dir, nodes };
+        let mut cluster = Self {
+            dir,
+            nodes,
+            partition: None,
+        };
         for i in 0..n {
             cluster.spawn_node(i);
         }
@@ -95,7 +110,7 @@ impl NatsCluster {
             "-l".into(),
             log.display().to_string(),
         ];
-        self.nodes[i].child = Some(spawn("nats-server", "nats-server", &args));
+        self.nodes[i].child = Some(spawn_as("nats-server", "nats-server", &args, node_gid(i)));
     }
 
     fn wait_ready(&mut self, i: usize) {
@@ -196,8 +211,86 @@ impl NatsCluster {
     }
 }
 
+impl NatsCluster {
+    /// Cuts node `i` off from the other nodes: every packet of the cluster
+    /// routes to or from it is dropped (an nftables table on loopback; the
+    /// node's sockets are told apart by their group id), while its client
+    /// port stays reachable, so services connected to it stay connected to
+    /// a node without the cluster, as in a real partition. Needs root and
+    /// `nft`. [`NatsCluster::heal`] removes it; so does drop.
+    pub fn partition(&mut self, i: usize) -> Result<(), String> {
+        self.heal()?;
+        let table = format!("interop_partition_{}", self.nodes[0].cluster_port);
+        let own = self.nodes[i].cluster_port;
+        let others = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| n.cluster_port.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Routes dialled to the node (its cluster port, both directions),
+        // and those it dialled to the others (its own sockets, by gid).
+        let rules = format!(
+            "table inet {table} {{\n\
+             \tchain output {{\n\
+             \t\ttype filter hook output priority 0; policy accept;\n\
+             \t\toif \"lo\" tcp dport {own} drop\n\
+             \t\toif \"lo\" tcp sport {own} drop\n\
+             \t\toif \"lo\" meta skgid {gid} tcp dport {{ {others} }} drop\n\
+             \t}}\n\
+             }}\n",
+            gid = node_gid(i),
+        );
+        nft(&rules)?;
+        self.partition = Some(table);
+        Ok(())
+    }
+
+    /// Removes the partition, if any: the routes' connections carry on
+    /// (TCP retransmits what was dropped) or are re-dialled.
+    pub fn heal(&mut self) -> Result<(), String> {
+        if let Some(table) = self.partition.take() {
+            nft(&format!("delete table inet {table}\n"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `nft -f -` with `rules`.
+fn nft(rules: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft (apt-get install nftables): {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("nft has no stdin")?
+        .write_all(rules.as_bytes())
+        .map_err(|e| format!("writing to nft: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft failed ({}): {}\nrules:\n{rules}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 impl Drop for NatsCluster {
     fn drop(&mut self) {
+        self.heal().ok();
         for node in &mut self.nodes {
             kill(&mut node.child);
         }

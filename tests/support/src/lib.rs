@@ -32,7 +32,23 @@ use std::time::{Duration, Instant};
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn spawn(binary: &str, package: &str, args: &[String]) -> Child {
-    Command::new(binary)
+    spawn_with(binary, package, args, |c| c)
+}
+
+/// [`spawn`], with the process's group id set to `gid` (root may; see
+/// `NatsCluster::partition`).
+fn spawn_as(binary: &str, package: &str, args: &[String], gid: u32) -> Child {
+    use std::os::unix::process::CommandExt as _;
+    spawn_with(binary, package, args, |c| c.gid(gid))
+}
+
+fn spawn_with(
+    binary: &str,
+    package: &str,
+    args: &[String],
+    with: impl FnOnce(&mut Command) -> &mut Command,
+) -> Child {
+    with(&mut Command::new(binary))
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
