@@ -1,6 +1,7 @@
 //! The five services as real processes (the binaries `scripts/up` runs,
-//! with the flags it passes), each on free loopback ports, killable with
-//! SIGKILL and restartable with the same flags.
+//! with the flags it passes), each on free loopback ports, one or more
+//! replicas each, killable with SIGKILL, stoppable with SIGTERM (their
+//! drain) and restartable with the same flags.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,6 +33,11 @@ pub struct GatewayOptions {
     pub stream_replicas: usize,
     /// `--log` filter for every service.
     pub log: String,
+    /// Processes per service (1 to 8): the first is named after the
+    /// service (`ingest`), the others `<service>-<n>` (`ingest-2`), as
+    /// `scripts/up --replicas` names them. Replicas of a service with a
+    /// port share it (`--listen-reuse-port`).
+    pub replicas: usize,
 }
 
 impl GatewayOptions {
@@ -41,12 +47,14 @@ impl GatewayOptions {
             redis_url: redis_url.into(),
             stream_replicas: 1,
             log: "info".into(),
+            replicas: 1,
         }
     }
 }
 
 struct Service {
-    name: &'static str,
+    /// The instance's name: the service's, or `<service>-<n>`.
+    name: String,
     exe: PathBuf,
     args: Vec<String>,
     admin_port: u16,
@@ -89,8 +97,8 @@ impl Gateway {
     /// Starts the five services and returns once each answers `/readyz`.
     pub async fn start(binaries: &Binaries, options: &GatewayOptions) -> Self {
         let mut gateway = Self::spawn_all(binaries, options);
-        for s in SERVICES {
-            gateway.wait_ready(s, READY_TIMEOUT).await;
+        for name in gateway.instances() {
+            gateway.wait_ready(&name, READY_TIMEOUT).await;
         }
         gateway
     }
@@ -107,9 +115,10 @@ impl Gateway {
             .into_iter()
             .map(|s| (s, free_port()))
             .collect();
-        let services = SERVICES
-            .iter()
-            .map(|&name| {
+        let replicas = options.replicas.clamp(1, 8);
+        let mut services = Vec::new();
+        for &service in &SERVICES {
+            for k in 1..=replicas {
                 let admin_port = free_port();
                 let mut args: Vec<String> = vec![
                     "--nats-url".into(),
@@ -125,34 +134,47 @@ impl Gateway {
                     "--shutdown-grace-secs".into(),
                     "5".into(),
                 ];
-                if let Some(port) = listen.get(name) {
+                if let Some(port) = listen.get(service) {
                     args.extend([
                         "--listen".into(),
                         format!("127.0.0.1:{port}"),
                         "--providers-file".into(),
                         providers.display().to_string(),
                     ]);
+                    if replicas > 1 {
+                        args.push("--listen-reuse-port".into());
+                    }
                 }
-                Service {
-                    name,
-                    exe: binaries.path(name).to_path_buf(),
+                let name = if k == 1 {
+                    service.to_owned()
+                } else {
+                    format!("{service}-{k}")
+                };
+                services.push(Service {
+                    exe: binaries.path(service).to_path_buf(),
                     args,
                     admin_port,
                     log: dir.path().join(format!("{name}.log")),
+                    name,
                     child: None,
-                }
-            })
-            .collect();
+                });
+            }
+        }
         let mut gateway = Self {
             ingest_url: format!("ws://127.0.0.1:{}/v1/ws", listen["ingest"]),
             delivery_url: format!("ws://127.0.0.1:{}/v1/ws", listen["delivery"]),
             dir,
             services,
         };
-        for s in SERVICES {
-            gateway.spawn(s);
+        for name in gateway.instances() {
+            gateway.spawn(&name);
         }
         gateway
+    }
+
+    /// Every process's name (one per replica), in pipeline order.
+    pub fn instances(&self) -> Vec<String> {
+        self.services.iter().map(|s| s.name.clone()).collect()
     }
 
     /// What the load generator needs to reach this gateway.
@@ -199,6 +221,32 @@ impl Gateway {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", s.exe.display()));
         s.child = Some(child);
+    }
+
+    /// Stops `name` with SIGTERM (its drain: the chart's rolling update)
+    /// and waits for it to exit, for at most `timeout`; then SIGKILL.
+    /// Returns how it exited, or `None` if it had to be killed.
+    pub async fn terminate(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let mut child = self.service(name).child.take()?;
+        // `kill -TERM`: no libc binding needed for one signal.
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = Instant::now() + timeout;
+        while sent && Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child.kill().ok();
+        child.wait().ok();
+        None
     }
 
     /// Kills `name` with SIGKILL (no drain, no flush) and reaps it.

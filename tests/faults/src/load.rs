@@ -70,19 +70,12 @@ pub struct Outcome {
     pub recoveries: Vec<Duration>,
     /// Duplicates the client library suppressed (same server message id).
     pub duplicates_suppressed_by_client: u64,
+    /// Some tracked messages that were delivered but whose `DELIVERED`
+    /// receipt never came (at most 20; for failure messages).
+    pub missing_receipts_sample: Vec<u64>,
 }
 
 impl Outcome {
-    /// Duplicate deliveries of one sequence number that reached the
-    /// application after the client library's per-connection de-dup (a
-    /// re-opened session sees redeliveries again); an application
-    /// de-duplicating by server message id drops them.
-    pub fn duplicates_after_client_dedup(&self) -> u64 {
-        self.report
-            .duplicates
-            .saturating_sub(self.duplicates_suppressed_by_client)
-    }
-
     /// A one-line summary for logs and docs/reliability.md.
     pub fn summary(&self, name: &str) -> String {
         let r = &self.report;
@@ -93,16 +86,21 @@ impl Outcome {
             .collect::<Vec<_>>()
             .join(" / ");
         format!(
-            "FAULT {name}: recovery_s {recoveries} | sent {} accepted {} rejected {:?} unanswered {} delivered {} failed {:?} lost {} duplicates {} (client-suppressed {}) delivered_unacknowledged {} drained {} drain_s {:.1}",
+            "FAULT {name}: recovery_s {recoveries} | sent {} accepted {} rejected {:?} unanswered {} resent_after_reconnect {} delivered {} failed {:?} lost {} duplicates_seen_by_apps {} (on the wire {}, dropped by the client {}) out_of_order {} receipts {} missing {} delivered_unacknowledged {} drained {} drain_s {:.1}",
             r.sent,
             r.accepted,
             r.rejected,
             r.unanswered,
+            r.generator.resent_after_reconnect,
             r.delivered,
             r.failed,
             r.lost,
+            r.duplicates_seen_by_apps,
             r.duplicates,
-            self.duplicates_suppressed_by_client,
+            r.duplicates_dropped_by_client,
+            r.out_of_order,
+            r.receipts.delivered,
+            r.receipts.missing,
             r.delivered_unacknowledged,
             r.generator.drained,
             r.generator.drain_s,
@@ -235,6 +233,7 @@ impl Load {
             report,
             recoveries,
             duplicates_suppressed_by_client: finished.facts.duplicates_suppressed_by_client,
+            missing_receipts_sample: missing_receipts(&finished.recorder, 20),
         }
     }
 
@@ -242,4 +241,19 @@ impl Load {
     pub fn recipients(&self) -> Vec<String> {
         self.recorder.plan().recipients().to_vec()
     }
+}
+
+/// Tracked messages (their sender has a receipt session) that were
+/// delivered and neither receipted `DELIVERED` nor failed: at most `limit`.
+fn missing_receipts(recorder: &Recorder, limit: usize) -> Vec<u64> {
+    let (plan, ledger) = (recorder.plan(), &recorder.ledger);
+    (0..recorder.schedule().total())
+        .filter(|&seq| {
+            ledger.delivered.contains(seq)
+                && !ledger.receipted.contains(seq)
+                && !ledger.failed.contains(seq)
+                && plan.has_receipts(&plan.at(seq))
+        })
+        .take(limit)
+        .collect()
 }
