@@ -14,10 +14,10 @@
 use std::time::Instant;
 
 use akd::storage::StorageManager;
-use protobuf::Message as _;
 use akd::{AkdLabel, AkdValue, AzksParallelismConfig, Directory};
 use interop_test_support::NatsServer;
 use interop_transparency::{Config, JetStreamDatabase, KtDirectory, VrfKey};
+use protobuf::Message as _;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -94,14 +94,8 @@ async fn main() {
             tokio::spawn(async move {
                 for i in (w..n).step_by(4) {
                     let (p, _) = dir.lookup(label(i)).await.unwrap();
-                    akd::client::lookup_verify::<Config>(
-                        vrf.as_bytes(),
-                        root,
-                        epoch,
-                        label(i),
-                        p,
-                    )
-                    .unwrap();
+                    akd::client::lookup_verify::<Config>(vrf.as_bytes(), root, epoch, label(i), p)
+                        .unwrap();
                 }
             })
         })
