@@ -15,7 +15,7 @@
 //! `kt-epoch-<n>`), which holds no user data: an auditor with read access
 //! to it alone checks the directory's history (`audit`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use akd::ecvrf::{VRFKeyStorage, VrfError};
@@ -25,7 +25,7 @@ use akd::{AkdLabel, AkdValue, AzksParallelismConfig, Directory, EpochHash};
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use futures_util::StreamExt as _;
 use interop_bus::subjects::{KEYS_DEVICES_ALL, KT_ROOTS, STREAM_KEYS_DEVICES};
-use interop_proto::v1::{StoredDevices, TransparencyDevice, TransparencyValue};
+use interop_proto::v1::{StoredDevices, TransparencyDevice, TransparencyProof, TransparencyValue};
 use interop_proto::Message as _;
 use tokio::sync::RwLock;
 
@@ -96,27 +96,49 @@ pub fn value_of(devices: &StoredDevices) -> Vec<u8> {
 pub struct Transparency {
     js: jetstream::Context,
     vrf: VrfKey,
-    inner: RwLock<(JetStreamDatabase, Arc<KtDirectory>)>,
+    inner: RwLock<Loaded>,
+    /// Proofs made for the latest epoch, by user: (epoch, value, proof).
+    /// A storm of fetches of one user's keys makes one proof an epoch.
+    proofs: std::sync::Mutex<HashMap<String, CachedProof>>,
+}
+
+/// A proof made at an epoch for a user's value: (epoch, value, proof).
+type CachedProof = (u64, Vec<u8>, TransparencyProof);
+
+/// Most proofs kept (all dropped when full: they are remade on demand).
+const MAX_CACHED_PROOFS: usize = 10_000;
+
+/// The directory as loaded, and the task applying other instances' epochs
+/// to it.
+struct Loaded {
+    db: JetStreamDatabase,
+    dir: Arc<KtDirectory>,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
 }
 
 impl Transparency {
     /// Opens the directory (replaying its log) and publishes any epoch's
     /// root a previous publisher could not.
     pub async fn open(js: jetstream::Context, vrf: VrfKey) -> Result<Self, KtError> {
-        let (db, dir) = Self::load(&js, &vrf).await?;
+        let loaded = Self::load(&js, &vrf).await?;
         let t = Self {
             js,
             vrf,
-            inner: RwLock::new((db, Arc::new(dir))),
+            inner: RwLock::new(loaded),
+            proofs: Default::default(),
         };
         t.publish_roots().await?;
         Ok(t)
     }
 
-    async fn load(
-        js: &jetstream::Context,
-        vrf: &VrfKey,
-    ) -> Result<(JetStreamDatabase, KtDirectory), KtError> {
+    /// Replays the log into a new instance that then follows it.
+    async fn load(js: &jetstream::Context, vrf: &VrfKey) -> Result<Loaded, KtError> {
         let db = JetStreamDatabase::open(js.clone()).await?;
         let dir = Directory::new(
             StorageManager::new_no_cache(db.clone()),
@@ -124,17 +146,76 @@ impl Transparency {
             AzksParallelismConfig::default(),
         )
         .await?;
-        Ok((db, dir))
+        let follower = db.follow().await?;
+        Ok(Loaded {
+            db,
+            dir: Arc::new(dir),
+            follower,
+        })
+    }
+
+    async fn reload(&self) -> Result<(), KtError> {
+        let loaded = Self::load(&self.js, &self.vrf).await?;
+        *self.inner.write().await = loaded;
+        Ok(())
     }
 
     /// The directory as this instance last loaded it.
     pub async fn directory(&self) -> Arc<KtDirectory> {
-        self.inner.read().await.1.clone()
+        self.inner.read().await.dir.clone()
+    }
+
+    /// A proof that `user`'s value is `expected` (what the key directory
+    /// holds for them now). If the directory has not committed it yet (keys
+    /// published since the last epoch), an epoch is published first, on
+    /// demand; if it still differs, the proof of what is committed is
+    /// returned and the client refuses the keys that differ.
+    pub async fn prove(
+        &self,
+        user: &str,
+        expected: &[u8],
+    ) -> Result<interop_proto::v1::TransparencyProof, KtError> {
+        let label = AkdLabel::from(user);
+        let latest = self.epochs().await.last().map_or(0, |m| m.epoch);
+        if let Some((epoch, value, proof)) = self
+            .proofs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+        {
+            if *epoch == latest && value == expected {
+                return Ok(proof.clone());
+            }
+        }
+        let current = {
+            let inner = self.inner.read().await;
+            inner
+                .db
+                .get_user_state(&label, ValueStateRetrievalFlag::MaxEpoch)
+                .await
+        };
+        if !current.is_ok_and(|s| s.value.0 == expected) {
+            self.publish_epoch().await?;
+        }
+        let dir = self.directory().await;
+        let (proof, at) = dir.lookup(label).await?;
+        let vrf = dir.get_public_key().await?;
+        let wire = crate::proof::to_wire(&proof, at.epoch(), at.hash(), vrf.as_bytes())
+            .map_err(|e| unavailable("encoding a lookup proof", e))?;
+        let mut proofs = self.proofs.lock().unwrap_or_else(|p| p.into_inner());
+        if proofs.len() >= MAX_CACHED_PROOFS {
+            proofs.clear();
+        }
+        proofs.insert(
+            user.to_owned(),
+            (at.epoch(), expected.to_vec(), wire.clone()),
+        );
+        Ok(wire)
     }
 
     /// Every epoch committed so far.
     pub async fn epochs(&self) -> Vec<CommitMeta> {
-        self.inner.read().await.0.epochs().await
+        self.inner.read().await.db.epochs().await
     }
 
     /// Publishes the next epoch from the key directory's writes since the
@@ -143,8 +224,7 @@ impl Transparency {
     pub async fn publish_epoch(&self) -> Result<Option<EpochHash>, KtError> {
         match self.try_publish_epoch().await {
             Err(KtError::Storage(e)) if e.to_string().contains(STALE) => {
-                let (db, dir) = Self::load(&self.js, &self.vrf).await?;
-                *self.inner.write().await = (db, Arc::new(dir));
+                self.reload().await?;
                 self.try_publish_epoch().await
             }
             other => other,
@@ -153,7 +233,7 @@ impl Transparency {
 
     async fn try_publish_epoch(&self) -> Result<Option<EpochHash>, KtError> {
         let inner = self.inner.write().await;
-        let (db, dir) = (&inner.0, &inner.1);
+        let (db, dir) = (&inner.db, &inner.dir);
         let from = db.epochs().await.last().map_or(0, |m| m.devices_seq);
         let (writes, reached) = self.devices_after(from).await?;
         let mut updates = Vec::new();
@@ -176,8 +256,7 @@ impl Transparency {
             Err(e) => {
                 // Applied in memory but never committed: reload.
                 drop(inner);
-                let (db, dir) = Self::load(&self.js, &self.vrf).await?;
-                *self.inner.write().await = (db, Arc::new(dir));
+                self.reload().await?;
                 return Err(e.into());
             }
         };
@@ -188,8 +267,7 @@ impl Transparency {
         };
         if let Err(e) = db.commit_epoch(meta.clone()).await {
             drop(inner);
-            let (db, dir) = Self::load(&self.js, &self.vrf).await?;
-            *self.inner.write().await = (db, Arc::new(dir));
+            self.reload().await?;
             return Err(e.into());
         }
         drop(inner);

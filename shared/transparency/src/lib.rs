@@ -19,9 +19,11 @@
 #![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
 
 pub mod epoch;
+pub mod proof;
 pub mod storage;
 
 pub use epoch::{read_roots, KtDirectory, KtError, Root, Transparency, VrfKey};
+pub use proof::{check_keys, verify, VerifyError};
 pub use storage::JetStreamDatabase;
 
 /// The akd configuration the gateway uses (WhatsApp's: the same hashes and

@@ -176,3 +176,78 @@ async fn two_instances_publishing_make_one_history() {
         .collect();
     assert_eq!(roots, [1, 2]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_accepts_committed_keys_and_refuses_any_other_with_a_typed_error() {
+    use interop_transparency::{check_keys, verify, VerifyError};
+    let nats = NatsServer::start();
+    let js = js(&nats).await;
+    let keys = KeyDirectory::open(js.clone()).await.unwrap();
+    let kt = Transparency::open(js.clone(), VrfKey::from_bytes([7; 32]))
+        .await
+        .unwrap();
+    // Published and fetched before any epoch: the proof is made on demand.
+    keys.publish(BOB, &publish(BOB, "phone", 1, 1))
+        .await
+        .unwrap();
+    let value = committed_value(&keys, BOB).await;
+    let proof = kt.prove(BOB, &value).await.unwrap();
+    assert_eq!(proof.epoch, 1);
+    let vrf = proof.vrf_public_key.clone();
+    let proven = verify(Some(&proof), BOB, Some(&vrf)).unwrap();
+    let devices = keys.devices(BOB).await.unwrap();
+    let served: Vec<_> = devices.iter().filter_map(|d| d.keys.clone()).collect();
+    check_keys(
+        &proven,
+        served.iter().map(|k| {
+            (
+                k.device_id.as_str(),
+                k.identity_key.as_ref(),
+                k.signing_key.as_ref(),
+            )
+        }),
+    )
+    .unwrap();
+
+    // A directory that serves another identity key than the committed one.
+    let forged = key(99);
+    assert_eq!(
+        check_keys(&proven, [("phone", Some(&forged), None)]),
+        Err(VerifyError::KeyNotCommitted("phone".into()))
+    );
+    // A device the committed value does not have.
+    assert_eq!(
+        check_keys(&proven, [("tablet", Some(&key(1)), None)]),
+        Err(VerifyError::KeyNotCommitted("tablet".into()))
+    );
+    // No proof, another VRF key, a proof for someone else, another root.
+    assert_eq!(verify(None, BOB, Some(&vrf)), Err(VerifyError::Missing));
+    assert_eq!(
+        verify(Some(&proof), BOB, Some(&[1u8; 32])),
+        Err(VerifyError::WrongVrfKey)
+    );
+    assert!(matches!(
+        verify(Some(&proof), ALICE, Some(&vrf)),
+        Err(VerifyError::Invalid(_))
+    ));
+    let mut other_root = proof.clone();
+    other_root.root_hash = vec![0u8; 32].into();
+    assert!(matches!(
+        verify(Some(&other_root), BOB, Some(&vrf)),
+        Err(VerifyError::Invalid(_))
+    ));
+
+    // The same value again: the same proof, no new epoch.
+    let again = kt.prove(BOB, &value).await.unwrap();
+    assert_eq!(again, proof);
+    // A new identity key: an epoch on demand, and the proof says so.
+    keys.publish(BOB, &publish(BOB, "phone", 5, 10))
+        .await
+        .unwrap();
+    let rotated = committed_value(&keys, BOB).await;
+    let proof = kt.prove(BOB, &rotated).await.unwrap();
+    assert_eq!(proof.epoch, 2);
+    let proven = verify(Some(&proof), BOB, Some(&vrf)).unwrap();
+    check_keys(&proven, [("phone", Some(&key(5)), None)]).unwrap();
+    assert!(check_keys(&proven, [("phone", Some(&key(1)), None)]).is_err());
+}
