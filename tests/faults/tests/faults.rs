@@ -221,7 +221,7 @@ const REDELIVERED_LATER: &str =
 /// with the inspection; every other guarantee is still asserted).
 const KNOWN_LOSS: &[(&str, &str)] = &[(
     "3-node NATS cluster: the INTEROP_INBOX leader partitioned",
-    "1 run in 2 lost 64 messages sent near the end of a 5 s partition, not explained yet",
+    "1 run in 3 lost 64 messages sent near the end of a 5 s partition, not explained yet",
 )];
 
 /// Whether `INTEROP_FAULTS_STRICT` asks to fail on the known findings too.
