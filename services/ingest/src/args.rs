@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::DEFAULT_KT_EPOCH_INTERVAL;
 use interop_edge::tls::ProviderEndpoint;
 use interop_service::{CommonArgs, ConfigError};
 
@@ -105,6 +106,36 @@ pub struct Args {
         default_value_t = DEFAULT_KEY_FETCH_USER_LIMIT.burst
     )]
     pub key_fetch_user_burst: u32,
+    /// Key transparency (docs/adr/0029): a file with the auditable key
+    /// directory's VRF key, 32 secret bytes as 64 hex digits, the same for
+    /// every replica for the directory's whole life. Without it, key
+    /// transparency is off: fetch answers carry no proof.
+    #[arg(long, env = "INTEROP_INGEST_KT_VRF_KEY_FILE")]
+    pub kt_vrf_key_file: Option<std::path::PathBuf>,
+    /// How often a key transparency epoch is published, in seconds (1 to
+    /// 3,600; also on demand when a fetch finds keys not committed yet).
+    #[arg(
+        long,
+        env = "INTEROP_INGEST_KT_EPOCH_INTERVAL_SECS",
+        default_value_t = DEFAULT_KT_EPOCH_INTERVAL.as_secs()
+    )]
+    pub kt_epoch_interval_secs: u64,
+}
+
+/// The VRF key in `path`: 64 hex digits (surrounding whitespace allowed).
+fn vrf_key(path: &std::path::Path) -> Result<interop_transparency::VrfKey, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+    let bytes: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "{}: the key transparency VRF key must be 64 hex digits (32 bytes)",
+                path.display()
+            ))
+        })?;
+    Ok(interop_transparency::VrfKey::from_bytes(bytes))
 }
 
 /// A rate limit from its two flags: both positive.
@@ -150,6 +181,18 @@ impl Config {
                 MAX_IDEMPOTENCY_WINDOW_MS / 1000
             )));
         }
+        if !(1..=3600).contains(&args.kt_epoch_interval_secs) {
+            return Err(ConfigError(
+                "--kt-epoch-interval-secs must be from 1 to 3600".into(),
+            ));
+        }
+        let key_transparency = match &args.kt_vrf_key_file {
+            Some(path) => Some(crate::KeyTransparency {
+                vrf_key: vrf_key(path)?,
+                epoch_interval: Duration::from_secs(args.kt_epoch_interval_secs),
+            }),
+            None => None,
+        };
         if args.store_timeout_ms == 0 {
             return Err(ConfigError("--store-timeout-ms must be positive".into()));
         }
@@ -183,6 +226,7 @@ impl Config {
         config.sender_limit = sender_limit;
         config.key_fetch_provider_limit = key_fetch_provider_limit;
         config.key_fetch_user_limit = key_fetch_user_limit;
+        config.key_transparency = key_transparency;
         if let Some(token) = admin_token {
             let listener = tokio::net::TcpListener::bind(args.admin_api_listen)
                 .await
@@ -268,6 +312,16 @@ mod tests {
             (&["--stream-replicas", "0"], "--stream-replicas"),
             (&["--admin-token-file", short], "at least 16"),
             (&["--admin-token-file", "/nonexistent/token"], "cannot read"),
+            (&["--kt-vrf-key-file", short], "64 hex digits"),
+            (&["--kt-vrf-key-file", "/nonexistent/key"], "cannot read"),
+            (
+                &["--kt-epoch-interval-secs", "0"],
+                "--kt-epoch-interval-secs",
+            ),
+            (
+                &["--kt-epoch-interval-secs", "3601"],
+                "--kt-epoch-interval-secs",
+            ),
         ] {
             let args = Args::try_parse_from(base.iter().chain(extra)).unwrap();
             let e = Config::from_args(&args).await.err().expect("refused");
@@ -281,6 +335,25 @@ mod tests {
         ]))
         .unwrap();
         assert!(Config::from_args(&args).await.unwrap().admin_api.is_some());
+        // Key transparency: off by default, on with a key, at the interval's
+        // edges.
+        assert!(config.key_transparency.is_none());
+        let key = file(&format!("{}\n", "ab".repeat(32)));
+        for secs in ["1", "3600"] {
+            let args = Args::try_parse_from(base.iter().chain(&[
+                "--kt-vrf-key-file",
+                key.path().to_str().unwrap(),
+                "--kt-epoch-interval-secs",
+                secs,
+            ]))
+            .unwrap();
+            let kt = Config::from_args(&args)
+                .await
+                .unwrap()
+                .key_transparency
+                .expect("on with a key");
+            assert_eq!(kt.epoch_interval.as_secs().to_string(), secs);
+        }
         for (secs, window) in [("3600", 3600), ("605400", 605_400)] {
             let args =
                 Args::try_parse_from(base.iter().chain(&["--idempotency-window-secs", secs]))

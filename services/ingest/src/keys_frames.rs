@@ -194,6 +194,32 @@ pub(crate) async fn publish(
     }
 }
 
+/// Key transparency's proof that `devices` (all of `user`'s) hold the
+/// committed identity keys; `None` without key transparency, for a user
+/// without devices, or when the directory cannot answer (the client then
+/// refuses the keys, typed: docs/adr/0029).
+async fn transparency_proof(
+    shared: &Shared,
+    user: &Address,
+    devices: Vec<interop_proto::v1::StoredDevice>,
+) -> Option<interop_proto::v1::TransparencyProof> {
+    let kt = shared.transparency.as_ref()?;
+    if devices.is_empty() {
+        return None;
+    }
+    let value = interop_transparency::epoch::value_of(&interop_proto::v1::StoredDevices {
+        devices,
+        user: user.as_str().to_owned(),
+    });
+    match kt.prove(user.as_str(), &value).await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            warn!(error = %e, "Cannot prove a user's keys; the answer carries no transparency proof.");
+            None
+        }
+    }
+}
+
 /// The device list answer; pool counts only for the user's own provider.
 async fn device_list(
     shared: &Shared,
@@ -203,6 +229,7 @@ async fn device_list(
     devices: Vec<interop_proto::v1::StoredDevice>,
 ) -> Prepared {
     let own = user.provider() == provider;
+    let transparency = transparency_proof(shared, user, devices.clone()).await;
     let mut out = Vec::with_capacity(devices.len());
     for d in devices {
         let Some(keys) = d.keys else { continue };
@@ -231,6 +258,7 @@ async fn device_list(
         server_frame::Frame::DeviceList(DeviceList {
             user: user.as_str().to_owned(),
             devices: out,
+            transparency,
         }),
     )
 }
@@ -274,11 +302,19 @@ pub(crate) async fn fetch_bundles(
         Ok(fetched) => {
             key_notices::record_fetch(shared, &user, &requester);
             key_notices::tell_owner(shared, &user, fetched.low);
+            let transparency = match &shared.transparency {
+                Some(_) => match shared.keys.devices(user.as_str()).await {
+                    Ok(devices) => transparency_proof(shared, &user, devices).await,
+                    Err(e) => return directory_error(request_id, e),
+                },
+                None => None,
+            };
             answer(
                 request_id,
                 server_frame::Frame::Bundles(Bundles {
                     user: f.user,
                     bundles: fetched.items,
+                    transparency,
                 }),
             )
         }

@@ -73,7 +73,23 @@ pub struct Config {
     pub key_fetch_provider_limit: RateLimit,
     /// Key-directory fetches one requesting user may make.
     pub key_fetch_user_limit: RateLimit,
+    /// Key transparency (docs/adr/0029): the directory's VRF key; off when
+    /// `None` (fetch answers then carry no proof, and clients that require
+    /// one refuse them).
+    pub key_transparency: Option<KeyTransparency>,
 }
+
+/// Key transparency's settings.
+#[derive(Debug, Clone)]
+pub struct KeyTransparency {
+    pub vrf_key: interop_transparency::VrfKey,
+    /// How often an epoch is published (also on demand, when a fetch finds
+    /// a user's keys not committed yet).
+    pub epoch_interval: Duration,
+}
+
+/// How often an epoch is published by default.
+pub const DEFAULT_KT_EPOCH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Key fetches a provider may make by default: the session-setup storm of a
 /// large provider (docs/benchmarks.md) fits under it.
@@ -124,6 +140,7 @@ impl Config {
             edge: EdgeLimits::with_connections(DEFAULT_MAX_CONNECTIONS_PER_PROVIDER),
             key_fetch_provider_limit: DEFAULT_KEY_FETCH_PROVIDER_LIMIT,
             key_fetch_user_limit: DEFAULT_KEY_FETCH_USER_LIMIT,
+            key_transparency: None,
         }
     }
 }
@@ -140,6 +157,8 @@ pub enum Error {
     Keys(#[from] interop_keys::KeysError),
     #[error(transparent)]
     State(#[from] interop_state::StateError),
+    #[error(transparent)]
+    Transparency(#[from] interop_transparency::KtError),
 }
 
 /// Moves consent records, answers and groups that Redis held before the
@@ -198,6 +217,34 @@ pub(crate) struct Shared {
     pub keys: interop_keys::KeyDirectory,
     pub key_fetch_provider_limit: RateLimit,
     pub key_fetch_user_limit: RateLimit,
+    /// Key transparency, when configured (docs/adr/0029).
+    pub transparency: Option<Arc<interop_transparency::Transparency>>,
+}
+
+/// Publishes an epoch every `interval` until `shutdown`: any replica may
+/// (the log's compare-and-set commit lets one of two win).
+async fn publish_epochs(
+    kt: Arc<interop_transparency::Transparency>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match kt.publish_epoch().await {
+            Ok(Some(e)) => {
+                tracing::debug!(epoch = e.epoch(), "Published a key transparency epoch.")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot publish a key transparency epoch; the next tick tries again.")
+            }
+        }
+    }
 }
 
 /// Runs ingest until `shutdown`, then closes connections after their
@@ -223,6 +270,20 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     });
     let keys = interop_keys::KeyDirectory::open(js.clone()).await?;
     let records = interop_state::Records::open(js.clone(), deps.redis.clone()).await?;
+    let transparency = match &config.key_transparency {
+        Some(kt) => {
+            let t = Arc::new(
+                interop_transparency::Transparency::open(js.clone(), kt.vrf_key.clone()).await?,
+            );
+            tokio::spawn(publish_epochs(
+                t.clone(),
+                kt.epoch_interval,
+                shutdown.clone(),
+            ));
+            Some(t)
+        }
+        None => None,
+    };
     tokio::spawn(migrate_and_warm(records.clone()));
     let metrics = metrics::IngestMetrics::register(&deps.metrics);
     let shared = Arc::new(Shared {
@@ -249,6 +310,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         keys,
         key_fetch_provider_limit: config.key_fetch_provider_limit,
         key_fetch_user_limit: config.key_fetch_user_limit,
+        transparency,
     });
     let app = Router::new()
         .route("/v1/ws", get(upgrade))

@@ -9,6 +9,52 @@ use interop_proto::v1::{
 
 use crate::{ClientError, Sender};
 
+pub use interop_transparency::VerifyError;
+
+/// Key transparency (docs/adr/0029): checks that every bundle's identity
+/// (and signing) key is the one the auditable key directory committed for
+/// `bundles.user`, against the VRF key the app pinned (`None`: the one in
+/// the proof, which only checks the proof's own consistency). A typed
+/// [`VerifyError`] when it is not: use none of the keys then. The app
+/// should also check the proof's root is the one published for its epoch.
+pub fn verify_bundles(bundles: &Bundles, pinned_vrf_key: Option<&[u8]>) -> Result<(), VerifyError> {
+    let value =
+        interop_transparency::verify(bundles.transparency.as_ref(), &bundles.user, pinned_vrf_key)?;
+    interop_transparency::check_keys(
+        &value,
+        bundles
+            .bundles
+            .iter()
+            .filter_map(|b| b.device.as_ref())
+            .map(|d| {
+                (
+                    d.device_id.as_str(),
+                    d.identity_key.as_ref(),
+                    d.signing_key.as_ref(),
+                )
+            }),
+    )
+}
+
+/// [`verify_bundles`] for a device list.
+pub fn verify_device_list(
+    list: &DeviceList,
+    pinned_vrf_key: Option<&[u8]>,
+) -> Result<(), VerifyError> {
+    let value =
+        interop_transparency::verify(list.transparency.as_ref(), &list.user, pinned_vrf_key)?;
+    interop_transparency::check_keys(
+        &value,
+        list.devices.iter().map(|d| {
+            (
+                d.device_id.as_str(),
+                d.identity_key.as_ref(),
+                d.signing_key.as_ref(),
+            )
+        }),
+    )
+}
+
 /// The gateway's answer to a key-directory request: what was asked for, or a
 /// typed refusal.
 #[derive(Debug, Clone, PartialEq)]

@@ -19,6 +19,20 @@ use interop_test_support::{NatsServer, RedisServer};
 pub const HOME_TOKEN: &str = "home-test-token-0123456789abcdef";
 pub const SIGNAL_TOKEN: &str = "signal-test-token-0123456789abcdef";
 pub const TELEGRAM_TOKEN: &str = "telegram-test-token-0123456789abcdef";
+/// The test gateway's key transparency VRF secret (docs/adr/0029).
+pub const KT_VRF_SECRET: [u8; 32] = [7; 32];
+
+/// The VRF public key a test's app pins for the test gateway.
+pub async fn kt_vrf_public_key() -> Vec<u8> {
+    use akd::ecvrf::VRFKeyStorage as _;
+    interop_transparency::VrfKey::from_bytes(KT_VRF_SECRET)
+        .get_vrf_public_key()
+        .await
+        .expect("a valid VRF key")
+        .as_bytes()
+        .to_vec()
+}
+
 /// The bearer token of the [`Gateway`]'s admin API.
 pub const ADMIN_TOKEN: &str = "admin-test-token-0123456789abcdef";
 
@@ -149,6 +163,10 @@ impl Gateway {
             admin_listener,
             ADMIN_TOKEN,
         ));
+        config.key_transparency = Some(interop_ingest::KeyTransparency {
+            vrf_key: interop_transparency::VrfKey::from_bytes(KT_VRF_SECRET),
+            epoch_interval: std::time::Duration::from_secs(5),
+        });
         let s = shutdown.clone();
         tasks.push((
             "ingest",

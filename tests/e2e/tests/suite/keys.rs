@@ -111,6 +111,34 @@ async fn an_olm_session_is_set_up_through_the_key_directory_and_carries_messages
         .unwrap();
     assert_eq!(bundles.bundles.len(), 1);
     assert!(bundles.bundles[0].one_time_prekey.is_some());
+    // Key transparency: Bob's identity key is the committed one, against
+    // the VRF key Alice's app pinned; a substituted one is refused.
+    let pinned = interop_e2e::kt_vrf_public_key().await;
+    interop_client::keys::verify_bundles(&bundles, Some(&pinned)).unwrap();
+    let mut substituted = bundles.clone();
+    if let Some(d) = substituted.bundles[0].device.as_mut() {
+        d.identity_key = Some(interop_proto::v1::PublicKey {
+            key: vec![0xee; 32].into(),
+            ..d.identity_key.clone().unwrap_or_default()
+        });
+    }
+    assert_eq!(
+        interop_client::keys::verify_bundles(&substituted, Some(&pinned)),
+        Err(interop_client::keys::VerifyError::KeyNotCommitted(
+            "phone".into()
+        ))
+    );
+    assert_eq!(
+        interop_client::keys::verify_bundles(&bundles, Some(&[1; 32])),
+        Err(interop_client::keys::VerifyError::WrongVrfKey)
+    );
+    let devices = signal
+        .list_devices(ALICE, BOB)
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
+    interop_client::keys::verify_device_list(&devices, Some(&pinned)).unwrap();
     let mut alice_session = olm::outbound_session(&alice_account, &bundles.bundles[0]).unwrap();
     let first = alice_session.encrypt("hello bob").unwrap();
     assert!(matches!(first, OlmMessage::PreKey(_)));
