@@ -223,12 +223,12 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         },
-        // Key transparency's roots: one small message per epoch (epoch and
-        // root hash, no user data) that auditors and clients read; kept
-        // like the log.
+        // Key transparency's roots (one small message per epoch: epoch and
+        // root hash) and append-only proofs (chunks), no user data, that
+        // auditors and clients read; kept like the log.
         stream::Config {
             name: STREAM_KT_ROOTS.to_owned(),
-            subjects: vec![KT_ROOTS.to_owned()],
+            subjects: vec![KT_ROOTS.to_owned(), KT_AUDIT.to_owned()],
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::New,
             storage: stream::StorageType::File,

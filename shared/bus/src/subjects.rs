@@ -177,7 +177,10 @@ pub const KT_LOG_COMMIT: &str = "interop.v1.kt.log.commit";
 pub const STREAM_KT_LOG: &str = "INTEROP_KT_LOG";
 /// Each epoch's root hash, for anyone to read (no user data).
 pub const KT_ROOTS: &str = "interop.v1.kt.roots";
-/// The stream holding the roots.
+/// Each epoch's append-only proof (from the epoch before), in chunks, for
+/// anyone to read (hashes and VRF labels, no user data).
+pub const KT_AUDIT: &str = "interop.v1.kt.audit";
+/// The stream holding the roots and the append-only proofs.
 pub const STREAM_KT_ROOTS: &str = "INTEROP_KT_ROOTS";
 
 /// A user's consent record: `interop.v1.state.consent.<user key>`.

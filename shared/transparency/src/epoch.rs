@@ -272,6 +272,9 @@ impl Transparency {
         }
         drop(inner);
         self.publish_root(&meta).await?;
+        if meta.epoch >= 2 {
+            self.publish_audit_proof(meta.epoch).await?;
+        }
         Ok(Some(hash))
     }
 
@@ -356,14 +359,27 @@ impl Transparency {
         Ok(())
     }
 
-    /// Publishes the roots of committed epochs the roots stream lacks (a
-    /// publisher stopped between its commit and its root).
+    /// Publishes the append-only proof from `epoch - 1` to `epoch`.
+    async fn publish_audit_proof(&self, epoch: u64) -> Result<(), KtError> {
+        let proof = self.directory().await.audit(epoch - 1, epoch).await?;
+        let single = proof
+            .proofs
+            .first()
+            .ok_or_else(|| unavailable("an append-only proof", "akd returned none"))?;
+        crate::audit::publish_proof(&self.js, epoch, single).await
+    }
+
+    /// Publishes the roots and append-only proofs of committed epochs the
+    /// roots stream lacks (a publisher stopped between its commit and
+    /// them).
     async fn publish_roots(&self) -> Result<(), KtError> {
-        let published = read_roots(&self.js).await?;
-        let have: std::collections::BTreeSet<u64> = published.iter().map(|r| r.epoch).collect();
+        let (roots, proofs) = crate::audit::read_public(&self.js).await?;
         for meta in self.epochs().await {
-            if !have.contains(&meta.epoch) {
+            if !roots.contains_key(&meta.epoch) {
                 self.publish_root(&meta).await?;
+            }
+            if meta.epoch >= 2 && !proofs.contains_key(&meta.epoch) {
+                self.publish_audit_proof(meta.epoch).await?;
             }
         }
         Ok(())
@@ -388,6 +404,7 @@ pub async fn read_roots(js: &jetstream::Context) -> Result<Vec<Root>, KtError> {
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             deliver_policy: DeliverPolicy::All,
+            filter_subject: KT_ROOTS.to_owned(),
             ..Default::default()
         })
         .await

@@ -18,10 +18,12 @@
 
 #![warn(clippy::unwrap_used)] // docs/adr/0024: an expect says why it cannot fail
 
+pub mod audit;
 pub mod epoch;
 pub mod proof;
 pub mod storage;
 
+pub use audit::{audit, AuditProblem, AuditReport};
 pub use epoch::{read_roots, KtDirectory, KtError, Root, Transparency, VrfKey};
 pub use proof::{check_keys, verify, VerifyError};
 pub use storage::JetStreamDatabase;

@@ -251,3 +251,125 @@ async fn a_client_accepts_committed_keys_and_refuses_any_other_with_a_typed_erro
     check_keys(&proven, [("phone", Some(&key(5)), None)]).unwrap();
     assert!(check_keys(&proven, [("phone", Some(&key(1)), None)]).is_err());
 }
+
+/// Publishes a root for `epoch` as a forger would (another hash).
+async fn publish_forged_root(js: &async_nats::jetstream::Context, epoch: u64) {
+    let mut payload = Vec::new();
+    ciborium::into_writer(
+        &interop_transparency::Root {
+            epoch,
+            root: vec![0xab; 32],
+        },
+        &mut payload,
+    )
+    .unwrap();
+    js.publish(interop_bus::subjects::KT_ROOTS, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auditor_verifies_every_step_and_finds_a_forked_or_rolled_back_epoch() {
+    use interop_transparency::{audit, AuditProblem};
+    let nats = NatsServer::start();
+    let js = js(&nats).await;
+    let keys = KeyDirectory::open(js.clone()).await.unwrap();
+    let kt = Transparency::open(js.clone(), VrfKey::from_bytes([7; 32]))
+        .await
+        .unwrap();
+    for round in 0..5u8 {
+        keys.publish(
+            BOB,
+            &publish(BOB, "phone", 10 + round, 1 + 10 * u32::from(round)),
+        )
+        .await
+        .unwrap();
+        keys.publish(
+            ALICE,
+            &publish(ALICE, "phone", 40 + round, 1 + 10 * u32::from(round)),
+        )
+        .await
+        .unwrap();
+        kt.publish_epoch().await.unwrap().expect("an epoch");
+    }
+    let report = audit(&js, 1, 5).await.unwrap();
+    assert_eq!(report.verified, [2, 3, 4, 5]);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.proof_bytes > 0);
+
+    // A second root for epoch 3 (a fork, or a rolled-back history
+    // published again): found, and the steps around it are not vouched for.
+    publish_forged_root(&js, 3).await;
+    let report = audit(&js, 1, 5).await.unwrap();
+    assert!(
+        report.problems.contains(&AuditProblem::Fork(3)),
+        "{report:?}"
+    );
+    assert_eq!(report.verified, [2, 5]);
+    // An epoch nobody published a root for.
+    let report = audit(&js, 5, 6).await.unwrap();
+    assert_eq!(report.problems, [AuditProblem::MissingRoot(6)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_that_does_not_lead_from_one_root_to_the_next_is_invalid() {
+    use interop_transparency::{audit, AuditProblem};
+    // Directory A's roots, and the append-only proof of another directory
+    // B (another history) in place of A's own for epoch 2.
+    let (nats_a, nats_b) = (NatsServer::start(), NatsServer::start());
+    let (js_a, js_b) = (js(&nats_a).await, js(&nats_b).await);
+    for (js, identity) in [(&js_a, 1u8), (&js_b, 2u8)] {
+        let keys = KeyDirectory::open(js.clone()).await.unwrap();
+        let kt = Transparency::open(js.clone(), VrfKey::from_bytes([7; 32]))
+            .await
+            .unwrap();
+        keys.publish(BOB, &publish(BOB, "phone", identity, 1))
+            .await
+            .unwrap();
+        kt.publish_epoch().await.unwrap().unwrap();
+        keys.publish(ALICE, &publish(ALICE, "phone", identity + 10, 1))
+            .await
+            .unwrap();
+        kt.publish_epoch().await.unwrap().unwrap();
+    }
+    assert_eq!(audit(&js_a, 1, 2).await.unwrap().verified, [2]);
+    let stream_a = js_a
+        .get_stream(interop_bus::subjects::STREAM_KT_ROOTS)
+        .await
+        .unwrap();
+    stream_a
+        .purge()
+        .filter(interop_bus::subjects::KT_AUDIT)
+        .await
+        .unwrap();
+    let mut b = js_b
+        .get_stream(interop_bus::subjects::STREAM_KT_ROOTS)
+        .await
+        .unwrap();
+    let last = b.info().await.unwrap().state.last_sequence;
+    for seq in 1..=last {
+        let m = b.get_raw_message(seq).await.unwrap();
+        if m.subject.as_str() == interop_bus::subjects::KT_AUDIT {
+            // Its epoch and part headers, without the message id A's
+            // stream saw already.
+            let mut headers = async_nats::HeaderMap::new();
+            for name in ["Interop-Kt-Epoch", "Interop-Kt-Part", "Interop-Kt-Parts"] {
+                let v = m.headers.get(name).unwrap().as_str().to_owned();
+                headers.insert(name, v.as_str());
+            }
+            js_a.publish_with_headers(interop_bus::subjects::KT_AUDIT, headers, m.payload.clone())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    }
+    let report = audit(&js_a, 1, 2).await.unwrap();
+    assert!(report.verified.is_empty(), "{report:?}");
+    assert!(
+        matches!(report.problems.as_slice(), [AuditProblem::Invalid(2, _)]),
+        "{report:?}"
+    );
+}

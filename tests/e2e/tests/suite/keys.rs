@@ -796,3 +796,74 @@ async fn the_key_fetch_load_generator_counts_every_fetch_and_every_claimed_key()
         "{report:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_audits_key_transparency_from_the_published_roots_and_finds_a_fork() {
+    let c = Cluster::start().await;
+    let (home, signal) = (
+        sender(&c, "home", HOME_TOKEN).await,
+        sender(&c, "signal", SIGNAL_TOKEN).await,
+    );
+    home.set_consent(BOB, true, &["signal"]).await.unwrap();
+    signal.set_consent(ALICE, true, &["home"]).await.unwrap();
+    // Three key changes, each fetched at once: three epochs on demand.
+    for round in 0..3u32 {
+        let mut account = Account::new();
+        publish(&home, BOB, &mut account, "phone", 2, 1 + 10 * round).await;
+        let bundles = signal
+            .fetch_bundles(ALICE, BOB, &[])
+            .await
+            .unwrap()
+            .done()
+            .unwrap();
+        interop_client::keys::verify_bundles(
+            &bundles,
+            Some(&interop_e2e::kt_vrf_public_key().await),
+        )
+        .unwrap();
+    }
+    let audit = || async {
+        let out = tokio::process::Command::new(interop_e2e::interop_cli())
+            .args(["--json", "keys", "audit", "--nats-url", &c.nats.url()])
+            .env_remove("INTEROP_CLIENT_CONFIG")
+            .output()
+            .await
+            .unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        (out.status.code(), json)
+    };
+    let (code, json) = audit().await;
+    assert_eq!(code, Some(0), "{json}");
+    assert!(json["audit"]["to"].as_u64().unwrap() >= 3, "{json}");
+    assert_eq!(
+        json["audit"]["verified"].as_u64(),
+        Some(json["audit"]["to"].as_u64().unwrap() - 1),
+        "{json}"
+    );
+    // A second root for epoch 2: the audit fails and says where.
+    let js = async_nats::jetstream::new(async_nats::connect(c.nats.url()).await.unwrap());
+    let mut forged = Vec::new();
+    ciborium::into_writer(
+        &interop_transparency::Root {
+            epoch: 2,
+            root: vec![0xab; 32],
+        },
+        &mut forged,
+    )
+    .unwrap();
+    js.publish(interop_bus::subjects::KT_ROOTS, forged.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let (code, json) = audit().await;
+    assert_eq!(code, Some(1), "{json}");
+    assert!(
+        json["audit"]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("epoch 2: two different roots"),
+        "{json}"
+    );
+}
