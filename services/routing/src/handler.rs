@@ -39,14 +39,21 @@ impl Handler for Router {
     }
 }
 
+/// Tries, in place, of the messages of a batch that must be retried while
+/// others were routed, and the wait before the first (doubling).
+const PARTIAL_RETRIES: u32 = 3;
+const PARTIAL_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl Router {
     /// A batch of accepted sends (docs/adr/0019), the stream message `seq`:
     /// each routed as if it came alone, at once (their Redis calls and
     /// score requests leave together), outputs in batch order.
     /// - If every message must be retried (a dependency is down), the batch
-    ///   is, after the stage's delay.
-    /// - If only some must, the others' outputs are published and each of
-    ///   those is stored again alone (`Nats-Msg-Id` `retry-<seq>-<index>`,
+    ///   is, by the stage (in place, keeping its place; docs/adr/0030).
+    /// - If only some must, those are tried again here (up to
+    ///   `PARTIAL_RETRIES` times, keeping their place); if some still must,
+    ///   the others' outputs are published and each of those is stored
+    ///   again alone (`Nats-Msg-Id` `retry-<seq>-<index>`,
     ///   so a redelivered batch stores it once), to be retried on its own:
     ///   one message that keeps failing holds up nobody else, and the
     ///   others are not scored twice.
@@ -58,7 +65,8 @@ impl Router {
         seq: u64,
     ) -> Result<Vec<Outgoing>, HandleError> {
         let AcceptedBatch { messages, traces } = batch;
-        let routed = futures_util::future::join_all(messages.iter().enumerate().map(|(i, pm)| {
+        let route_one = |i: usize| {
+            let pm = messages[i].clone();
             let span = tracing::info_span!("route", otel.name = "routing route", batch_index = i);
             if let Some(t) = traces.get(i) {
                 interop_bus::trace::set_parent_from_fields(&span, &t.fields);
@@ -66,7 +74,7 @@ impl Router {
             async move {
                 // Each output continues this message's trace, not the
                 // batch's (docs/adr/0019).
-                let routed = self.route(pm.clone()).await;
+                let routed = self.route(pm).await;
                 let fields = interop_bus::trace::current_fields();
                 routed.map(|mut outputs| {
                     for o in &mut outputs {
@@ -76,8 +84,27 @@ impl Router {
                 })
             }
             .instrument(span)
-        }))
-        .await;
+        };
+        let mut routed = futures_util::future::join_all((0..messages.len()).map(route_one)).await;
+        // Some routed and some to retry: those are tried again here, a few
+        // times, so that they keep their place among their sender's
+        // messages (docs/adr/0030); only one that still fails is stored
+        // again alone, behind later messages.
+        let mut wait = PARTIAL_RETRY_FIRST;
+        for _ in 0..PARTIAL_RETRIES {
+            let again: Vec<usize> = (0..routed.len())
+                .filter(|&i| matches!(routed[i], Err(HandleError::Retry { .. })))
+                .collect();
+            if again.is_empty() || again.len() == routed.len() {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+            let results = futures_util::future::join_all(again.iter().map(|&i| route_one(i))).await;
+            for (i, r) in again.into_iter().zip(results) {
+                routed[i] = r;
+            }
+        }
         // Nothing routed: a dependency is down; a message to retry makes the
         // whole batch wait for the stage's delay.
         let none_routed = routed.iter().all(Result::is_err);

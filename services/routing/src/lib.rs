@@ -62,7 +62,11 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         interop_bus::streams::stage_consumer(&js, STREAM_INGEST, CONSUMER_ROUTING, INGEST_ACCEPTED)
             .await?;
     let scorer = score::ScoreClient::start(deps.nats.clone(), score::SCORE_TIMEOUT);
-    let options = StageOptions::new("routing", &deps.metrics);
+    let mut options = StageOptions::new("routing", &deps.metrics);
+    // A restarted routing first routes what a killed one had pulled, so a
+    // sender's messages keep their order (docs/adr/0030); redeliveries of
+    // them are stored once (`Nats-Msg-Id`).
+    options.take_over_pending = true;
     let records = interop_state::Records::open(js.clone(), deps.redis.clone()).await?;
     let router = Arc::new(Router::new(
         records,

@@ -3,20 +3,42 @@
 //! order** with `Nats-Msg-Id`, and ack each input only after all its outputs
 //! are stored (their publish acks arrived). A crash anywhere means
 //! redelivery, never loss; `Nats-Msg-Id` makes the re-publish a no-op.
+//!
+//! **Order** (docs/adr/0030). What goes out keeps the input order through
+//! faults, too:
+//! - a message whose handler must retry is retried *in place* (it keeps
+//!   its position; the outputs of the messages behind it wait), as long as
+//!   the failure is everybody's (a dependency down). Only a message that
+//!   keeps failing once others are handled ([`HOLD_TRIES`] tries) is
+//!   let go: it is nak'd with a delay, as before, so it cannot stall the
+//!   stage for good;
+//! - a publish that was not acknowledged is published again in place, after
+//!   every input before it is settled, so re-publishes keep input order too;
+//! - on shutdown, what was pulled and not taken in hand is nak'd at once,
+//!   and a retry in progress is nak'd without delay: another instance takes
+//!   it now, not after `ack_wait`;
+//! - with [`StageOptions::take_over_pending`], a starting instance first
+//!   handles the messages the consumer still has pending (pulled by an
+//!   instance that may have died), in stream order, before pulling new
+//!   ones; they come back later as redeliveries whose outputs JetStream
+//!   drops as duplicates.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use std::pin::Pin;
 
+use futures_util::future::{FutureExt, Shared};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use futures_util::StreamExt;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn, Instrument};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::handling::{HandleError, Outgoing};
 use crate::metrics::StageMetrics;
@@ -54,6 +76,12 @@ pub struct StageOptions {
     pub publish_window: usize,
     /// Messages requested from the server per pull.
     pub batch: usize,
+    /// At start, handle what the consumer has pending (pulled, not acked)
+    /// before pulling: a killed instance's messages then keep their place
+    /// instead of coming back after `ack_wait`. Handlers must be idempotent
+    /// (outputs with `Nats-Msg-Id`); another live instance's pending
+    /// messages are handled twice.
+    pub take_over_pending: bool,
     pub metrics: StageMetrics,
 }
 
@@ -68,13 +96,35 @@ impl StageOptions {
             concurrency: 512,
             publish_window: 1024,
             batch: 512,
+            take_over_pending: false,
             metrics: StageMetrics::register(metrics, name),
         }
     }
 }
 
+/// Failed tries, once other messages were handled since it came, after
+/// which a message retried in place is let go (nak'd with a delay) so that it does
+/// not hold the stage up for good: its failure is its own, not a
+/// dependency's.
+pub const HOLD_TRIES: u32 = 3;
+
+/// The longest wait between two tries of a message retried in place.
+pub const HOLD_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// How long one pull request waits for messages. A stopping stage lets the
+/// request it has out end (at most this) and naks what it brought.
+pub const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// At most this many stream sequences are looked at when taking over the
+/// consumer's pending messages at start.
+const TAKE_OVER_MAX: u64 = 65_536;
+
+/// Settled once an input, and every input before it, is settled.
+type Settled = Shared<oneshot::Receiver<()>>;
+
 /// Runs the stage until `shutdown` is cancelled, then finishes the messages
-/// in hand (publishes and acks them) and returns.
+/// in hand (publishes and acks them), naks what it pulled and did not take
+/// in hand, and returns.
 pub async fn run_stage<H: Handler>(
     js: jetstream::Context,
     consumer: PullConsumer,
@@ -98,130 +148,430 @@ pub async fn run_stage<H: Handler>(
         Duration::from_secs(5),
         shutdown.clone(),
     );
-    while !shutdown.is_cancelled() {
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(options.batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await;
-        let mut messages = match messages {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(stage = name, error = %e, "Cannot pull from the consumer; retrying.");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    () = shutdown.cancelled() => break,
+    // Messages handled successfully (by this instance): tells a message
+    // failing alone from a dependency failing everybody.
+    let successes = Arc::new(AtomicU64::new(0));
+    if options.take_over_pending {
+        take_over_pending(&js, &consumer, &*handler, &options, &successes, &shutdown).await;
+    }
+    // Handler futures, yielding in input order.
+    let mut handling: FuturesOrdered<Pin<Box<dyn Future<Output = Handled> + Send>>> =
+        FuturesOrdered::new();
+    // Publish-ack waits and settles, in any order; each yields how many
+    // publish acks it held.
+    let mut settling: FuturesUnordered<Pin<Box<dyn Future<Output = usize> + Send>>> =
+        FuturesUnordered::new();
+    // Publish acks not awaited yet, at most ACK_BUDGET (see there).
+    let mut unacked = 0usize;
+    // Messages being handled, a batch counting as its messages
+    // (`pipeline::BATCH_HEADER`): `concurrency` bounds the work in hand,
+    // not the stream messages holding it.
+    let mut in_hand = 0usize;
+    // Inputs whose outputs are being published again: nothing after them
+    // is published until they are settled.
+    let republishing = Arc::new(AtomicUsize::new(0));
+    // The pull request out, if any.
+    let mut pull: Option<jetstream::consumer::pull::Batch> = None;
+    let mut next_pull = Instant::now();
+    // Pulled after the stop: nak'd once the pull request is over (before,
+    // the server would hand them straight back to that same request).
+    let mut returned: Vec<jetstream::Message> = Vec::new();
+    let mut before: Option<Settled> = None;
+    loop {
+        let stopping = shutdown.is_cancelled();
+        if stopping && pull.is_none() && handling.is_empty() && settling.is_empty() {
+            // After every nak of the messages in hand: the server hands
+            // them out again in the order of the naks.
+            if !returned.is_empty() {
+                debug!(
+                    stage = name,
+                    count = returned.len(),
+                    "Returning what was pulled after the stop."
+                );
+            }
+            for msg in returned.drain(..) {
+                if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
+                    debug!(stage = name, error = %e, "Nak not sent; the message will be redelivered after ack_wait.");
                 }
             }
-        };
-        // Handler futures, yielding in input order.
-        let mut handling: FuturesOrdered<Pin<Box<dyn Future<Output = Handled> + Send>>> =
-            FuturesOrdered::new();
-        // Publish-ack waits and settles, in any order; each yields how many
-        // publish acks it held.
-        let mut settling: FuturesUnordered<Pin<Box<dyn Future<Output = usize> + Send>>> =
-            FuturesUnordered::new();
-        // Publish acks not awaited yet, at most ACK_BUDGET (see there).
-        let mut unacked = 0usize;
-        // Messages being handled, a batch counting as its messages
-        // (`pipeline::BATCH_HEADER`): `concurrency` bounds the work in hand,
-        // not the stream messages holding it.
-        let mut in_hand = 0usize;
-        let mut stopping = false;
-        let mut source_done = false;
-        loop {
-            if (stopping || source_done) && handling.is_empty() && settling.is_empty() {
-                break;
+            break;
+        }
+        if pull.is_none() && !stopping && Instant::now() >= next_pull {
+            match consumer
+                .batch()
+                .max_messages(options.batch)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await
+            {
+                Ok(b) => pull = Some(b),
+                Err(e) => {
+                    warn!(stage = name, error = %e, "Cannot pull from the consumer; retrying.");
+                    next_pull = Instant::now() + Duration::from_secs(1);
+                }
             }
-            let can_pull = !stopping
-                && !source_done
-                && in_hand < options.concurrency
-                && settling.len() < options.publish_window
-                && unacked < ACK_BUDGET;
-            tokio::select! {
-                biased;
-                Some((msg, span, started, result, weight)) = handling.next(), if !handling.is_empty() => {
-                    in_hand -= weight;
-                    // Outputs are published here, one message at a time, in
-                    // input order. Room for their acks is made first by
-                    // settling earlier messages (their acks are awaited only
-                    // in `settling`, which is not polled meanwhile).
-                    let outputs = result.as_ref().map_or(0, Vec::len);
-                    while unacked + outputs > ACK_BUDGET {
-                        match settling.next().await {
-                            Some(n) => unacked -= n,
-                            None => break,
-                        }
+        }
+        let can_pull = pull.is_some()
+            && (stopping
+                || (in_hand < options.concurrency
+                    && settling.len() < options.publish_window
+                    && unacked < ACK_BUDGET));
+        tokio::select! {
+            biased;
+            Some((msg, span, started, result, weight)) = handling.next(), if !handling.is_empty() => {
+                in_hand -= weight;
+                // An input before this one is being published again: it
+                // goes first (input order), so everything before this one
+                // is settled first.
+                if republishing.load(Ordering::Acquire) > 0 {
+                    while let Some(n) = settling.next().await {
+                        unacked -= n;
                     }
-                    let acks = publish_all(&js, &span, result).await;
-                    let held = acks.as_ref().map_or(0, |a| a.len());
-                    unacked += held;
-                    let metrics = metrics.clone();
-                    let js = js.clone();
-                    settling.push(Box::pin(async move {
-                        let outcome = match acks {
-                            Ok(acks) => {
-                                let n = acks.published;
-                                let r = await_acks(&js, acks.unawaited).await;
-                                if r.is_ok() {
-                                    metrics.messages_out.inc_by(n);
+                }
+                // Outputs are published here, one message at a time, in
+                // input order. Room for their acks is made first by
+                // settling earlier messages (their acks are awaited only
+                // in `settling`, which is not polled meanwhile).
+                let outputs = result.as_ref().map_or(0, Vec::len);
+                while unacked + outputs > ACK_BUDGET {
+                    match settling.next().await {
+                        Some(n) => unacked -= n,
+                        None => break,
+                    }
+                }
+                let published = match result {
+                    Ok(outputs) => {
+                        let first = publish_all(&js, &span, &outputs).await;
+                        Ok((outputs, first))
+                    }
+                    Err(e) => Err(e),
+                };
+                let held = match &published {
+                    Ok((_, Ok(acks))) => acks.len(),
+                    _ => 0,
+                };
+                unacked += held;
+                let (done, settled) = oneshot::channel();
+                let previous = before.replace(settled.shared());
+                let metrics = metrics.clone();
+                let js = js.clone();
+                let shutdown = shutdown.clone();
+                let republishing = republishing.clone();
+                settling.push(Box::pin(async move {
+                    let outcome = match published {
+                        // The handler's own failure, already retried in place.
+                        Err(e) => Err(e),
+                        Ok((outputs, first)) => {
+                            let first = match first {
+                                Ok(acks) => await_acks(&js, acks.unawaited, &outputs).await,
+                                Err(e) => Err(e),
+                            };
+                            let outcome = match first {
+                                Ok(()) => Ok(()),
+                                Err(e) => {
+                                    republishing.fetch_add(1, Ordering::AcqRel);
+                                    let r = publish_again(&js, &msg, &outputs, e, previous.clone(), &shutdown, name, &metrics).await;
+                                    republishing.fetch_sub(1, Ordering::AcqRel);
+                                    r
                                 }
-                                r
+                            };
+                            if outcome.is_ok() {
+                                metrics.messages_out.inc_by(outputs.len() as u64);
                             }
-                            Err(e) => Err(e),
-                        };
-                        settle(name, &msg, outcome, &metrics).await;
-                        metrics.handle_seconds.observe(started.elapsed().as_secs_f64());
-                        held
-                    }));
-                }
-                Some(n) = settling.next(), if !settling.is_empty() => unacked -= n,
-                () = shutdown.cancelled(), if !stopping => {
-                    stopping = true;
-                }
-                next = messages.next(), if can_pull => {
-                    match next {
-                        Some(Ok(msg)) => {
-                            let weight = weight(&msg);
-                            in_hand += weight;
-                            let handler = handler.clone();
-                            let metrics = metrics.clone();
-                            handling.push_back(Box::pin(async move {
-                                let started = Instant::now();
-                                metrics.messages_in.inc();
-                                let (delivered, seq) = msg
-                                    .info()
-                                    .map(|i| (i.delivered, i.stream_sequence))
-                                    .unwrap_or((1, 0));
-                                let span = tracing::info_span!("handle", otel.name = %format!("{name} handle"), stage = name, stream_seq = seq, delivered);
-                                crate::trace::set_parent_from(&span, msg.headers.as_ref());
-                                if delivered > 1 {
-                                    metrics.redeliveries.inc();
-                                    debug!(stage = name, seq, delivered, "Handling a redelivered message.");
-                                }
-                                let input = Input {
-                                    subject: msg.subject.as_str(),
-                                    headers: msg.headers.as_ref(),
-                                    payload: &msg.payload,
-                                    delivered,
-                                    stream_sequence: seq,
-                                };
-                                let result = handler.handle(input).instrument(span.clone()).await;
-                                (msg, span, started, result, weight)
-                            }));
+                            outcome
                         }
-                        Some(Err(e)) => {
-                            debug!(stage = name, error = %e, "Pull stream reported an error.");
+                    };
+                    // A message going back (a nak) goes after those before
+                    // it: the server hands them out in the order of the naks.
+                    if outcome.is_err() {
+                        if let Some(previous) = previous.clone() {
+                            previous.await.ok();
                         }
-                        None => source_done = true,
                     }
+                    settle(name, &msg, outcome, &metrics, shutdown.is_cancelled()).await;
+                    metrics.handle_seconds.observe(started.elapsed().as_secs_f64());
+                    if let Some(previous) = previous {
+                        previous.await.ok();
+                    }
+                    done.send(()).ok();
+                    held
+                }));
+            }
+            Some(n) = settling.next(), if !settling.is_empty() => unacked -= n,
+            () = shutdown.cancelled(), if !stopping => {}
+            () = tokio::time::sleep_until(next_pull), if pull.is_none() && !stopping => {}
+            next = async { match pull.as_mut() { Some(p) => p.next().await, None => None } }, if can_pull => {
+                match next {
+                    Some(Ok(msg)) if shutdown.is_cancelled() => returned.push(msg),
+                    Some(Ok(msg)) => {
+                        let weight = weight(&msg);
+                        in_hand += weight;
+                        let handler = handler.clone();
+                        let metrics = metrics.clone();
+                        let successes = successes.clone();
+                        let shutdown = shutdown.clone();
+                        handling.push_back(Box::pin(async move {
+                            let started = Instant::now();
+                            metrics.messages_in.inc();
+                            let (delivered, seq) = msg
+                                .info()
+                                .map(|i| (i.delivered, i.stream_sequence))
+                                .unwrap_or((1, 0));
+                            let span = tracing::info_span!("handle", otel.name = %format!("{name} handle"), stage = name, stream_seq = seq, delivered);
+                            crate::trace::set_parent_from(&span, msg.headers.as_ref());
+                            if delivered > 1 {
+                                metrics.redeliveries.inc();
+                                debug!(stage = name, seq, delivered, "Handling a redelivered message.");
+                            }
+                            let input = Input {
+                                subject: msg.subject.as_str(),
+                                headers: msg.headers.as_ref(),
+                                payload: &msg.payload,
+                                delivered,
+                                stream_sequence: seq,
+                            };
+                            let held = Held { name, msg: Some(&msg), successes: &successes, metrics: &metrics, shutdown: &shutdown };
+                            let result = held.handle(&*handler, input).instrument(span.clone()).await;
+                            (msg, span, started, result, weight)
+                        }));
+                    }
+                    Some(Err(e)) => {
+                        debug!(stage = name, error = %e, "Pull request reported an error.");
+                    }
+                    None => pull = None,
                 }
             }
         }
     }
     Ok(())
+}
+
+/// A message's handling, retried in place (see the module's doc).
+struct Held<'a> {
+    name: &'static str,
+    /// The pulled message, told "in progress" while it waits; none for a
+    /// message taken over (read from the stream).
+    msg: Option<&'a jetstream::Message>,
+    successes: &'a AtomicU64,
+    metrics: &'a StageMetrics,
+    shutdown: &'a CancellationToken,
+}
+
+impl Held<'_> {
+    async fn handle<H: Handler>(
+        &self,
+        handler: &H,
+        input: Input<'_>,
+    ) -> Result<Vec<Outgoing>, HandleError> {
+        let name = self.name;
+        let seq = input.stream_sequence;
+        let mut tries = 0u32;
+        // Failed tries since others were handled after this one first came.
+        let mut alone = 0u32;
+        let seen = self.successes.load(Ordering::Acquire);
+        loop {
+            let again = Input {
+                subject: input.subject,
+                headers: input.headers,
+                payload: input.payload,
+                delivered: input.delivered,
+                stream_sequence: seq,
+            };
+            let (reason, after) = match handler.handle(again).await {
+                Ok(out) => {
+                    self.successes.fetch_add(1, Ordering::AcqRel);
+                    return Ok(out);
+                }
+                Err(HandleError::Retry { reason, after }) => (reason, after),
+                Err(e) => return Err(e),
+            };
+            tries += 1;
+            if self.successes.load(Ordering::Acquire) > seen {
+                alone += 1;
+            }
+            if alone >= HOLD_TRIES {
+                warn!(stage = name, seq, tries, %reason, "A message keeps failing while others pass; it is let go, to be retried after the others.");
+                return Err(HandleError::Retry { reason, after });
+            }
+            if self.shutdown.is_cancelled() {
+                return Err(HandleError::Retry { reason, after });
+            }
+            self.metrics.retries.inc();
+            let wait = retry_delay(after, i64::from(tries)).min(HOLD_MAX_DELAY);
+            if tries == 1 {
+                warn!(stage = name, seq, ?wait, %reason, "Will retry the message in place; the ones behind it wait.");
+            } else {
+                debug!(stage = name, seq, tries, ?wait, %reason, "Will retry the message in place.");
+            }
+            if let Some(msg) = self.msg {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    debug!(stage = name, seq, error = %e, "In-progress not sent.");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.shutdown.cancelled() => return Err(HandleError::Retry { reason, after }),
+            }
+        }
+    }
+}
+
+/// The outputs of `msg`, whose publish failed with `error`, published
+/// again once every input before it is settled (`previous`), until they
+/// are stored or the stage stops.
+#[allow(clippy::too_many_arguments)]
+async fn publish_again(
+    js: &jetstream::Context,
+    msg: &jetstream::Message,
+    outputs: &[Outgoing],
+    error: HandleError,
+    previous: Option<Settled>,
+    shutdown: &CancellationToken,
+    name: &'static str,
+    metrics: &StageMetrics,
+) -> Result<(), HandleError> {
+    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    if let Some(previous) = previous {
+        previous.await.ok();
+    }
+    let mut outcome = Err(error);
+    let mut tries = 1i64;
+    while let Err(HandleError::Retry { reason, after }) = &outcome {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        metrics.retries.inc();
+        let wait = retry_delay(*after, tries).min(HOLD_MAX_DELAY);
+        warn!(stage = name, seq, tries, ?wait, %reason, "Will publish the outputs again, in place.");
+        if let Err(e) = msg.ack_with(AckKind::Progress).await {
+            debug!(stage = name, seq, error = %e, "In-progress not sent.");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => break,
+        }
+        outcome = republish(js, outputs).await;
+        tries += 1;
+    }
+    outcome
+}
+
+/// Publishes `outputs` one at a time, each awaiting its ack (a full store
+/// handled as in [`await_acks`]).
+async fn republish(js: &jetstream::Context, outputs: &[Outgoing]) -> Result<(), HandleError> {
+    for out in outputs {
+        match publish_one(js, out).await {
+            Ok(()) => {}
+            Err(e)
+                if crate::store::is_store_subject(&out.subject) && crate::store::is_full(&*e) =>
+            {
+                store_full(js, out.clone()).await?;
+            }
+            Err(e) => {
+                return Err(HandleError::Retry {
+                    reason: format!("publish not acknowledged: {e}"),
+                    after: Duration::from_secs(1),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Handles, in stream order, the messages `consumer` has pending (pulled
+/// by an instance that may be gone), and stores their outputs, before the
+/// stage pulls anything (`StageOptions::take_over_pending`).
+async fn take_over_pending<H: Handler>(
+    js: &jetstream::Context,
+    consumer: &PullConsumer,
+    handler: &H,
+    options: &StageOptions,
+    successes: &AtomicU64,
+    shutdown: &CancellationToken,
+) {
+    use jetstream::stream::RawMessageErrorKind;
+    let name = options.name;
+    let info = match consumer.get_info().await {
+        Ok(info) => info,
+        Err(e) => {
+            warn!(stage = name, error = %e, "Cannot read the consumer's pending messages; pulling at once.");
+            return;
+        }
+    };
+    if info.num_ack_pending == 0 {
+        return;
+    }
+    let first = info.ack_floor.stream_sequence + 1;
+    let last = info
+        .delivered
+        .stream_sequence
+        .min(first.saturating_add(TAKE_OVER_MAX));
+    let filter = info.config.filter_subject.clone();
+    let stream = match js.get_stream_no_info(&info.stream_name).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(stage = name, error = %e, "Cannot read the stream; pulling at once.");
+            return;
+        }
+    };
+    info!(stage = name, pending = info.num_ack_pending, first, last, "Handling the consumer's pending messages first, in order (an instance that pulled them may be gone).");
+    let started = Instant::now();
+    let mut results = futures_util::stream::iter(first..=last)
+        .map(|seq| {
+            let stream = &stream;
+            let filter = &filter;
+            async move {
+                let msg = loop {
+                    match stream.get_raw_message(seq).await {
+                        Ok(m) => break m,
+                        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return None,
+                        Err(e) => {
+                            debug!(stage = name, seq, error = %e, "Cannot read a pending message; again.");
+                            tokio::select! {
+                                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                                () = shutdown.cancelled() => return None,
+                            }
+                        }
+                    }
+                };
+                if !filter.is_empty() && msg.subject.as_str() != filter.as_str() {
+                    return None;
+                }
+                let input = Input {
+                    subject: msg.subject.as_str(),
+                    headers: Some(&msg.headers),
+                    payload: &msg.payload,
+                    delivered: 2,
+                    stream_sequence: seq,
+                };
+                let held = Held { name, msg: None, successes, metrics: &options.metrics, shutdown };
+                Some(held.handle(handler, input).await)
+            }
+        })
+        .buffered(64);
+    let mut taken = 0u64;
+    while let Some(result) = results.next().await {
+        // Not found: acked since; a failure: left to its redelivery.
+        let Some(Ok(outputs)) = result else { continue };
+        let mut outcome = republish(js, &outputs).await;
+        let mut tries = 1i64;
+        while let Err(HandleError::Retry { after, .. }) = &outcome {
+            let wait = retry_delay(*after, tries).min(HOLD_MAX_DELAY);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return,
+            }
+            outcome = republish(js, &outputs).await;
+            tries += 1;
+        }
+        taken += 1;
+    }
+    info!(
+        stage = name,
+        taken,
+        seconds = started.elapsed().as_secs_f64(),
+        "Took over the pending messages; their redeliveries will be acked as duplicates."
+    );
 }
 
 /// How many messages `msg` holds: a batch's count, else 1.
@@ -243,15 +593,13 @@ pub const ACK_BUDGET: usize = 4096;
 
 /// One input's outputs, published.
 struct Published {
-    /// How many.
-    published: u64,
     /// The acks still to await (all of them, or the last chunk's), each
-    /// with its message when it went into a recipient's store (to store it
-    /// again, or tell its sender, should the store be full: `store.rs`).
+    /// with the index of its output (to store it again, or tell its
+    /// sender, should a recipient's store be full: `store.rs`).
     unawaited: Vec<Unacked>,
 }
 
-type Unacked = (jetstream::context::PublishAckFuture, Option<Outgoing>);
+type Unacked = (jetstream::context::PublishAckFuture, usize);
 
 impl Published {
     fn len(&self) -> usize {
@@ -262,16 +610,13 @@ impl Published {
 async fn publish_all(
     js: &jetstream::Context,
     span: &tracing::Span,
-    result: Result<Vec<Outgoing>, HandleError>,
+    outputs: &[Outgoing],
 ) -> Result<Published, HandleError> {
-    let outputs = result?;
-    let published = outputs.len() as u64;
     let mut acks = Vec::with_capacity(outputs.len().min(ACK_BUDGET));
-    for out in outputs {
+    for (i, out) in outputs.iter().enumerate() {
         if acks.len() == ACK_BUDGET {
-            await_acks(js, std::mem::take(&mut acks)).await?;
+            await_acks(js, std::mem::take(&mut acks), outputs).await?;
         }
-        let kept = crate::store::is_store_subject(&out.subject).then(|| out.clone());
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", out.msg_id.as_str());
         match &out.trace {
@@ -283,31 +628,37 @@ async fn publish_all(
             None => span.in_scope(|| crate::trace::inject_current(&mut headers)),
         }
         let publish = jetstream::message::PublishMessage::build()
-            .payload(out.payload)
+            .payload(out.payload.clone())
             .headers(headers);
         let ack = js
-            .send_publish(out.subject, publish)
+            .send_publish(out.subject.clone(), publish)
             .await
             .map_err(|e| HandleError::Retry {
                 reason: format!("publish failed: {e}"),
                 after: Duration::from_secs(1),
             })?;
-        acks.push((ack, kept));
+        acks.push((ack, i));
     }
-    Ok(Published {
-        published,
-        unawaited: acks,
-    })
+    Ok(Published { unawaited: acks })
 }
 
-async fn await_acks(js: &jetstream::Context, acks: Vec<Unacked>) -> Result<(), HandleError> {
-    for (ack, kept) in acks {
-        match (ack.await, kept) {
-            (Ok(_), _) => {}
+async fn await_acks(
+    js: &jetstream::Context,
+    acks: Vec<Unacked>,
+    outputs: &[Outgoing],
+) -> Result<(), HandleError> {
+    for (ack, i) in acks {
+        match ack.await {
+            Ok(_) => {}
             // A recipient's store at its count limit: room is made or the
             // sender told, never a retry that would meet the same refusal.
-            (Err(e), Some(out)) if crate::store::is_full(&e) => store_full(js, out).await?,
-            (Err(e), _) => {
+            Err(e)
+                if crate::store::is_store_subject(&outputs[i].subject)
+                    && crate::store::is_full(&e) =>
+            {
+                store_full(js, outputs[i].clone()).await?;
+            }
+            Err(e) => {
                 return Err(HandleError::Retry {
                     reason: format!("publish not acknowledged: {e}"),
                     after: Duration::from_secs(1),
@@ -388,6 +739,7 @@ async fn settle(
     msg: &jetstream::Message,
     outcome: Result<(), HandleError>,
     metrics: &StageMetrics,
+    stopping: bool,
 ) {
     let (seq, delivered) = msg
         .info()
@@ -397,9 +749,15 @@ async fn settle(
         Ok(()) => AckKind::Ack,
         Err(HandleError::Retry { reason, after }) => {
             metrics.retries.inc();
-            let after = retry_delay(after, delivered);
-            warn!(stage = name, seq, delivered, ?after, %reason, "Will retry the message.");
-            AckKind::Nak(Some(after))
+            if stopping {
+                // Another instance takes it now, not after a delay.
+                debug!(stage = name, seq, %reason, "Stopping: the message goes back at once.");
+                AckKind::Nak(None)
+            } else {
+                let after = retry_delay(after, delivered);
+                warn!(stage = name, seq, delivered, ?after, %reason, "Will retry the message.");
+                AckKind::Nak(Some(after))
+            }
         }
         Err(HandleError::Permanent(reason)) => {
             metrics.dead_lettered.inc();
