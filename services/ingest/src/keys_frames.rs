@@ -391,6 +391,33 @@ pub(crate) async fn fetch_key_packages(
 }
 
 /// `RemoveDevice`; the users who fetched this user's keys are told.
+/// `GetKeyHistory`: an own user's key transparency history (docs/adr/0029).
+pub(crate) async fn key_history(
+    shared: &Arc<Shared>,
+    provider: &str,
+    request_id: u64,
+    h: interop_proto::v1::GetKeyHistory,
+) -> Prepared {
+    let user = match validate_own_user(provider, &h.user) {
+        Ok(u) => u,
+        Err(rej) => return reject(request_id, "", rej),
+    };
+    let Some(kt) = shared.transparency.as_ref() else {
+        return reject(
+            request_id,
+            "",
+            unavailable("key transparency (not configured)"),
+        );
+    };
+    match kt.history(user.as_str()).await {
+        Ok(history) => answer(request_id, server_frame::Frame::KeyHistory(history)),
+        Err(e) => {
+            warn!(error = %e, "Cannot prove a user's key history.");
+            reject(request_id, "", unavailable("key transparency"))
+        }
+    }
+}
+
 pub(crate) async fn remove_device(
     shared: &Arc<Shared>,
     provider: &str,

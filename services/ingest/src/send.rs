@@ -186,6 +186,9 @@ pub(crate) async fn prepare(shared: Arc<Shared>, provider: String, frame: Client
         Some(client_frame::Frame::RemoveDevice(r)) => {
             crate::keys_frames::remove_device(&shared, &provider, request_id, r).await
         }
+        Some(client_frame::Frame::GetKeyHistory(h)) => {
+            crate::keys_frames::key_history(&shared, &provider, request_id, h).await
+        }
         Some(client_frame::Frame::MarkRead(_)) => reject(
             request_id,
             "",

@@ -173,6 +173,24 @@ impl Sender {
         .await
     }
 
+    /// `user`'s key transparency history (one of your provider's users):
+    /// verify it with [`interop_transparency::verify_history`] and check it
+    /// with [`interop_transparency::foreign_keys`] against every identity
+    /// key your apps published for them.
+    pub async fn key_history(
+        &self,
+        user: &str,
+    ) -> Result<KeysOutcome<interop_proto::v1::KeyHistory>, ClientError> {
+        let frame = client_frame::Frame::GetKeyHistory(interop_proto::v1::GetKeyHistory {
+            user: user.to_owned(),
+        });
+        self.keys_request("GetKeyHistory", frame, |f| match f {
+            server_frame::Frame::KeyHistory(h) => Some(h),
+            _ => None,
+        })
+        .await
+    }
+
     /// Removes one of `user`'s devices and its unclaimed keys.
     pub async fn remove_device(
         &self,

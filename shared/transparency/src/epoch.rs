@@ -213,6 +213,27 @@ impl Transparency {
         Ok(wire)
     }
 
+    /// `user`'s complete key history, proved against the latest epoch (for
+    /// the owner's apps: [`crate::proof::verify_history`]).
+    pub async fn history(&self, user: &str) -> Result<interop_proto::v1::KeyHistory, KtError> {
+        let dir = self.directory().await;
+        let (proof, at) = dir
+            .key_history(&AkdLabel::from(user), akd::HistoryParams::Complete)
+            .await?;
+        let vrf = dir.get_public_key().await?;
+        use protobuf::Message as _;
+        Ok(interop_proto::v1::KeyHistory {
+            user: user.to_owned(),
+            epoch: at.epoch(),
+            root_hash: at.hash().to_vec().into(),
+            history_proof: akd::proto::specs::types::HistoryProof::from(&proof)
+                .write_to_bytes()
+                .map_err(|e| unavailable("encoding a history proof", e))?
+                .into(),
+            vrf_public_key: vrf.as_bytes().to_vec().into(),
+        })
+    }
+
     /// Every epoch committed so far.
     pub async fn epochs(&self) -> Vec<CommitMeta> {
         self.inner.read().await.db.epochs().await

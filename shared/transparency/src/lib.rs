@@ -25,7 +25,7 @@ pub mod storage;
 
 pub use audit::{audit, AuditProblem, AuditReport};
 pub use epoch::{read_roots, KtDirectory, KtError, Root, Transparency, VrfKey};
-pub use proof::{check_keys, verify, VerifyError};
+pub use proof::{check_keys, foreign_keys, verify, verify_history, VerifyError, Version};
 pub use storage::JetStreamDatabase;
 
 /// The akd configuration the gateway uses (WhatsApp's: the same hashes and

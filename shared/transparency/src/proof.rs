@@ -61,6 +61,73 @@ pub fn verify(
     TransparencyValue::decode(&result.value.0[..]).map_err(|e| VerifyError::Invalid(e.to_string()))
 }
 
+/// One committed version of a user's value, from their history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Version {
+    pub version: u64,
+    pub epoch: u64,
+    pub value: TransparencyValue,
+}
+
+/// Verifies an owner's key history (with the pinned VRF key) and returns
+/// every committed version, newest first.
+pub fn verify_history(
+    history: &interop_proto::v1::KeyHistory,
+    pinned_vrf_key: Option<&[u8]>,
+) -> Result<Vec<Version>, VerifyError> {
+    if pinned_vrf_key.is_some_and(|k| k != history.vrf_public_key.as_ref()) {
+        return Err(VerifyError::WrongVrfKey);
+    }
+    let root: [u8; 32] = history
+        .root_hash
+        .as_ref()
+        .try_into()
+        .map_err(|_| VerifyError::Invalid("a root hash is 32 bytes".into()))?;
+    let wire = akd::proto::specs::types::HistoryProof::parse_from_bytes(&history.history_proof)
+        .map_err(|e| VerifyError::Invalid(e.to_string()))?;
+    let proof =
+        akd::HistoryProof::try_from(&wire).map_err(|e| VerifyError::Invalid(e.to_string()))?;
+    let results = akd::client::key_history_verify::<Config>(
+        &history.vrf_public_key,
+        root,
+        history.epoch,
+        AkdLabel::from(history.user.as_str()),
+        proof,
+        akd::HistoryVerificationParams::default(),
+    )
+    .map_err(|e| VerifyError::Invalid(e.to_string()))?;
+    results
+        .into_iter()
+        .map(|r| {
+            Ok(Version {
+                version: r.version,
+                epoch: r.epoch,
+                value: TransparencyValue::decode(&r.value.0[..])
+                    .map_err(|e| VerifyError::Invalid(e.to_string()))?,
+            })
+        })
+        .collect()
+}
+
+/// The (version, device id) of every identity key in `history` that is
+/// not one the owner's apps published: `published` is every (device id,
+/// identity key bytes) they ever published. Empty: nothing foreign.
+pub fn foreign_keys(history: &[Version], published: &[(&str, &[u8])]) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    for v in history {
+        for d in &v.value.devices {
+            let key = d.identity_key.as_ref().map(|k| k.key.as_ref());
+            let known = published
+                .iter()
+                .any(|(id, k)| *id == d.device_id && key == Some(*k));
+            if !known {
+                out.push((v.version, d.device_id.clone()));
+            }
+        }
+    }
+    out
+}
+
 /// Checks that each device's identity (and signing) key is the committed
 /// one.
 pub fn check_keys<'a>(

@@ -373,3 +373,61 @@ async fn a_proof_that_does_not_lead_from_one_root_to_the_next_is_invalid() {
         "{report:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_finds_a_device_key_they_did_not_publish_in_their_history() {
+    use interop_proto::Message as _;
+    use interop_transparency::{foreign_keys, verify_history};
+    let nats = NatsServer::start();
+    let js = js(&nats).await;
+    let keys = KeyDirectory::open(js.clone()).await.unwrap();
+    let kt = Transparency::open(js.clone(), VrfKey::from_bytes([7; 32]))
+        .await
+        .unwrap();
+    keys.publish(BOB, &publish(BOB, "phone", 1, 1))
+        .await
+        .unwrap();
+    kt.publish_epoch().await.unwrap().unwrap();
+    let own = key(1);
+    let published: Vec<(&str, &[u8])> = vec![("phone", own.key.as_ref())];
+    let history = kt.history(BOB).await.unwrap();
+    let pinned = history.vrf_public_key.clone();
+    let versions = verify_history(&history, Some(&pinned)).unwrap();
+    assert_eq!(versions.len(), 1);
+    assert!(foreign_keys(&versions, &published).is_empty());
+
+    // An operator writes a device key of its own for Bob into the key
+    // directory's stream (as whoever runs JetStream could): it is committed
+    // like any other write, so every fetcher gets it with a valid proof...
+    let forged = StoredDevices {
+        user: BOB.into(),
+        devices: vec![interop_proto::v1::StoredDevice {
+            keys: Some(publish(BOB, "phone", 66, 100).device.unwrap()),
+            ..Default::default()
+        }],
+    };
+    js.publish(
+        format!(
+            "{}.{}",
+            interop_bus::subjects::KEYS_DEVICES_PREFIX,
+            interop_bus::recipient_key(BOB)
+        ),
+        forged.encode_to_vec().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    kt.publish_epoch()
+        .await
+        .unwrap()
+        .expect("the forged key's epoch");
+    // ...but Bob's app finds it in his history: a key none of his devices
+    // published.
+    let versions = verify_history(&kt.history(BOB).await.unwrap(), Some(&pinned)).unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(
+        foreign_keys(&versions, &published),
+        [(2, "phone".to_owned())]
+    );
+}

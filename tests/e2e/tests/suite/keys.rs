@@ -822,6 +822,19 @@ async fn the_cli_audits_key_transparency_from_the_published_roots_and_finds_a_fo
         )
         .unwrap();
     }
+    // Bob's provider gets his history: three versions, each his own key;
+    // another provider may not ask for it.
+    let history = home.key_history(BOB).await.unwrap().done().unwrap();
+    let versions = interop_transparency::verify_history(
+        &history,
+        Some(&interop_e2e::kt_vrf_public_key().await),
+    )
+    .unwrap();
+    assert_eq!(versions.len(), 3);
+    assert_eq!(
+        rejection(signal.key_history(BOB).await.unwrap()).code(),
+        RejectCode::SenderNotOwned
+    );
     let audit = || async {
         let out = tokio::process::Command::new(interop_e2e::interop_cli())
             .args(["--json", "keys", "audit", "--nats-url", &c.nats.url()])
