@@ -375,6 +375,31 @@ def test_provider_admin_api_port_and_token(chart, render):
     assert "ingest.adminApi.existingSecret" in str(err.value)
 
 
+def test_key_transparency_mounts_the_vrf_key_into_ingest_only(chart, render):
+    assert "INTEROP_INGEST_KT_VRF_KEY_FILE" not in render(REQUIRED).env("ingest")
+    r = render(merge(REQUIRED, {"ingest": {"keyTransparency": {"enabled": True, "existingSecret": "kt",
+                                                                "existingSecretKey": "vrf", "epochIntervalSecs": 10}}}))
+    env = r.env("ingest")
+    assert env["INTEROP_INGEST_KT_VRF_KEY_FILE"]["value"] == "/etc/interop/key-transparency/vrf-key"
+    assert env["INTEROP_INGEST_KT_EPOCH_INTERVAL_SECS"]["value"] == "10"
+    spec = r.deployment("ingest")["spec"]["template"]["spec"]
+    [vol] = [v for v in spec["volumes"] if v["name"] == "key-transparency"]
+    assert vol["secret"]["secretName"] == "kt"
+    assert vol["secret"]["items"] == [{"key": "vrf", "path": "vrf-key"}]
+    assert {"name": "key-transparency", "mountPath": "/etc/interop/key-transparency",
+            "readOnly": True} in r.container("ingest")["volumeMounts"]
+    for other in SERVICES.keys() - {"ingest"}:
+        assert "INTEROP_INGEST_KT_VRF_KEY_FILE" not in r.env(other)
+    for obj in r.clean():
+        validate_object(obj)
+    with pytest.raises(helm.HelmError) as err:
+        chart.render(merge(REQUIRED, {"ingest": {"keyTransparency": {"enabled": True}}}), name=RELEASE, namespace=NAMESPACE)
+    assert "ingest.keyTransparency.existingSecret" in str(err.value)
+    with pytest.raises(helm.HelmError):
+        chart.render(merge(REQUIRED, {"ingest": {"keyTransparency": {"epochIntervalSecs": 0}}}), name=RELEASE,
+                     namespace=NAMESPACE)
+
+
 def test_edge_tls_certificate_and_client_ca_are_mounted_into_ingest_and_delivery(chart, render):
     assert "INTEROP_TLS_CERT" not in render(REQUIRED).env("ingest")
     r = render(merge(REQUIRED, {"tls": {"existingSecret": "gw-tls",

@@ -585,6 +585,12 @@ INTEROP_TRACE_SAMPLE_RATIO: {{ $.Values.otel.sampleRatio | toString | quote }}
 - name: INTEROP_ADMIN_TOKEN_FILE
   value: /etc/interop/admin-api/admin-token
 {{- end }}
+{{- if and (eq .component "ingest") .v.keyTransparency.enabled }}
+- name: INTEROP_INGEST_KT_VRF_KEY_FILE
+  value: /etc/interop/key-transparency/vrf-key
+- name: INTEROP_INGEST_KT_EPOCH_INTERVAL_SECS
+  value: {{ .v.keyTransparency.epochIntervalSecs | int | quote }}
+{{- end }}
 {{- end -}}
 
 {{/*
@@ -722,6 +728,11 @@ token_sha256 = [{{ $generated.sender | sha256sum | quote }}]
   mountPath: /etc/interop/admin-api
   readOnly: true
 {{- end }}
+{{- if and (eq .component "ingest") .v.keyTransparency.enabled }}
+- name: key-transparency
+  mountPath: /etc/interop/key-transparency
+  readOnly: true
+{{- end }}
 {{- if and (eq .component "spam-scoring") .v.policy }}
 - name: spam-policy
   mountPath: /etc/interop/spam-policy
@@ -774,6 +785,15 @@ token_sha256 = [{{ $generated.sender | sha256sum | quote }}]
     items:
       - key: {{ .v.adminApi.existingSecretKey }}
         path: admin-token
+{{- end }}
+{{- if and (eq .component "ingest") .v.keyTransparency.enabled }}
+- name: key-transparency
+  secret:
+    secretName: {{ required "ingest.keyTransparency.existingSecret (a Secret holding the directory's VRF key, 64 hex digits) is required when ingest.keyTransparency.enabled is true" .v.keyTransparency.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .v.keyTransparency.existingSecretKey }}
+        path: vrf-key
 {{- end }}
 {{- if and (eq .component "spam-scoring") .v.policy }}
 - name: spam-policy
