@@ -39,10 +39,13 @@ impl Handler for Router {
     }
 }
 
-/// Tries, in place, of the messages of a batch that must be retried while
-/// others were routed, and the wait before the first (doubling).
-const PARTIAL_RETRIES: u32 = 3;
+/// How long the messages of a batch that must be retried while others were
+/// routed are tried again in place (as long as the stage holds a message,
+/// `interop_bus::stage::HOLD_FOR`), the wait before the first try
+/// (doubling) and the longest wait.
+const PARTIAL_RETRY_FOR: std::time::Duration = interop_bus::stage::HOLD_FOR;
 const PARTIAL_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+const PARTIAL_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Router {
     /// A batch of accepted sends (docs/adr/0019), the stream message `seq`:
@@ -50,8 +53,8 @@ impl Router {
     /// score requests leave together), outputs in batch order.
     /// - If every message must be retried (a dependency is down), the batch
     ///   is, by the stage (in place, keeping its place; docs/adr/0030).
-    /// - If only some must, those are tried again here (up to
-    ///   `PARTIAL_RETRIES` times, keeping their place); if some still must,
+    /// - If only some must, those are tried again here (for up to
+    ///   `PARTIAL_RETRY_FOR`, keeping their place); if some still must,
     ///   the others' outputs are published and each of those is stored
     ///   again alone (`Nats-Msg-Id` `retry-<seq>-<index>`,
     ///   so a redelivered batch stores it once), to be retried on its own:
@@ -91,7 +94,8 @@ impl Router {
         // messages (docs/adr/0030); only one that still fails is stored
         // again alone, behind later messages.
         let mut wait = PARTIAL_RETRY_FIRST;
-        for _ in 0..PARTIAL_RETRIES {
+        let since = tokio::time::Instant::now();
+        while since.elapsed() < PARTIAL_RETRY_FOR {
             let again: Vec<usize> = (0..routed.len())
                 .filter(|&i| matches!(routed[i], Err(HandleError::Retry { .. })))
                 .collect();
@@ -99,7 +103,7 @@ impl Router {
                 break;
             }
             tokio::time::sleep(wait).await;
-            wait *= 2;
+            wait = (wait * 2).min(PARTIAL_RETRY_MAX);
             let results = futures_util::future::join_all(again.iter().map(|&i| route_one(i))).await;
             for (i, r) in again.into_iter().zip(results) {
                 routed[i] = r;

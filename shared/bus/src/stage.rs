@@ -8,9 +8,9 @@
 //! faults, too:
 //! - a message whose handler must retry is retried *in place* (it keeps
 //!   its position; the outputs of the messages behind it wait), as long as
-//!   the failure is everybody's (a dependency down). Only a message that
-//!   keeps failing once others are handled ([`HOLD_TRIES`] tries) is
-//!   let go: it is nak'd with a delay, as before, so it cannot stall the
+//!   the failure is everybody's (a dependency down, or coming back). Only
+//!   a message that keeps failing for [`HOLD_FOR`] while others are
+//!   handled is let go: it is nak'd with a delay, as before, so it cannot stall the
 //!   stage for good;
 //! - a publish that was not acknowledged is published again in place, after
 //!   every input before it is settled, so re-publishes keep input order too;
@@ -20,8 +20,9 @@
 //! - with [`StageOptions::take_over_pending`], a starting instance first
 //!   handles the messages the consumer still has pending (pulled by an
 //!   instance that may have died), in stream order, before pulling new
-//!   ones; they come back later as redeliveries whose outputs JetStream
-//!   drops as duplicates.
+//!   ones, and does so again after its NATS connection came back (what was
+//!   delivered while it went down never arrived); they come back later as
+//!   redeliveries whose outputs JetStream drops as duplicates.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -102,11 +103,13 @@ impl StageOptions {
     }
 }
 
-/// Failed tries, once other messages were handled since it came, after
-/// which a message retried in place is let go (nak'd with a delay) so that it does
-/// not hold the stage up for good: its failure is its own, not a
-/// dependency's.
-pub const HOLD_TRIES: u32 = 3;
+/// How long a message that fails while other messages are handled is
+/// retried in place before it is let go (nak'd with a delay, behind later
+/// messages) so that it does not hold the stage up for good: its failure is
+/// its own, not a dependency's. Long enough for a dependency coming back
+/// (a Redis reconnect fails some calls and not others for seconds). A
+/// message let go once is let go at its next failure.
+pub const HOLD_FOR: Duration = Duration::from_secs(10);
 
 /// The longest wait between two tries of a message retried in place.
 pub const HOLD_MAX_DELAY: Duration = Duration::from_secs(5);
@@ -118,6 +121,31 @@ pub const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// At most this many stream sequences are looked at when taking over the
 /// consumer's pending messages at start.
 const TAKE_OVER_MAX: u64 = 65_536;
+
+/// What the stage's handlings know of each other.
+#[derive(Default)]
+struct Tally {
+    /// Messages handled successfully (by this instance): tells a message
+    /// failing alone from a dependency failing everybody.
+    successes: AtomicU64,
+    /// Stream sequences of messages let go (`HOLD_FOR`), the latest ones.
+    let_go: std::sync::Mutex<std::collections::HashSet<u64>>,
+}
+
+impl Tally {
+    fn was_let_go(&self, seq: u64) -> bool {
+        self.let_go.lock().is_ok_and(|l| l.contains(&seq))
+    }
+
+    fn remember_let_go(&self, seq: u64) {
+        if let Ok(mut l) = self.let_go.lock() {
+            if l.len() >= 4096 {
+                l.clear();
+            }
+            l.insert(seq);
+        }
+    }
+}
 
 /// Settled once an input, and every input before it, is settled.
 type Settled = Shared<oneshot::Receiver<()>>;
@@ -148,9 +176,13 @@ pub async fn run_stage<H: Handler>(
         Duration::from_secs(5),
         shutdown.clone(),
     );
-    // Messages handled successfully (by this instance): tells a message
-    // failing alone from a dependency failing everybody.
-    let successes = Arc::new(AtomicU64::new(0));
+    let successes = Arc::new(Tally::default());
+    // Reconnects of the NATS client: messages the server delivered while the
+    // connection was going down never arrived, and would come back only
+    // after `ack_wait`; a stage that takes over pending messages does so
+    // again after each reconnect.
+    let stats = js.client().statistics();
+    let mut connects = stats.connects.load(Ordering::Relaxed);
     if options.take_over_pending {
         take_over_pending(&js, &consumer, &*handler, &options, &successes, &shutdown).await;
     }
@@ -177,6 +209,10 @@ pub async fn run_stage<H: Handler>(
     // the server would hand them straight back to that same request).
     let mut returned: Vec<jetstream::Message> = Vec::new();
     let mut before: Option<Settled> = None;
+    // The client's connects when outputs were last published.
+    let mut published_at = connects;
+    let mut reconnects = tokio::time::interval(Duration::from_millis(250));
+    reconnects.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stopping = shutdown.is_cancelled();
         if stopping && pull.is_none() && handling.is_empty() && settling.is_empty() {
@@ -197,6 +233,14 @@ pub async fn run_stage<H: Handler>(
             break;
         }
         if pull.is_none() && !stopping && Instant::now() >= next_pull {
+            let now = stats.connects.load(Ordering::Relaxed);
+            if now != connects {
+                connects = now;
+                if options.take_over_pending {
+                    take_over_pending(&js, &consumer, &*handler, &options, &successes, &shutdown)
+                        .await;
+                }
+            }
             match consumer
                 .batch()
                 .max_messages(options.batch)
@@ -223,10 +267,17 @@ pub async fn run_stage<H: Handler>(
                 // An input before this one is being published again: it
                 // goes first (input order), so everything before this one
                 // is settled first.
-                if republishing.load(Ordering::Acquire) > 0 {
+                // So does one whose publish may have been lost with the
+                // connection (written to it before it went down, while later
+                // ones wait in the client's buffer): while NATS is away, and
+                // after it came back, everything before is settled first.
+                let connected = js.client().connection_state() == async_nats::connection::State::Connected;
+                let now = stats.connects.load(Ordering::Relaxed);
+                if republishing.load(Ordering::Acquire) > 0 || !connected || now != published_at {
                     while let Some(n) = settling.next().await {
                         unacked -= n;
                     }
+                    published_at = now;
                 }
                 // Outputs are published here, one message at a time, in
                 // input order. Room for their acks is made first by
@@ -300,6 +351,14 @@ pub async fn run_stage<H: Handler>(
             Some(n) = settling.next(), if !settling.is_empty() => unacked -= n,
             () = shutdown.cancelled(), if !stopping => {}
             () = tokio::time::sleep_until(next_pull), if pull.is_none() && !stopping => {}
+            // A pull request does not outlive a reconnect (the server
+            // forgot it): end it now rather than at its client-side
+            // timeout, and take over what is pending.
+            _ = reconnects.tick(), if pull.is_some() && !stopping && options.take_over_pending => {
+                if stats.connects.load(Ordering::Relaxed) != connects {
+                    pull = None;
+                }
+            }
             next = async { match pull.as_mut() { Some(p) => p.next().await, None => None } }, if can_pull => {
                 match next {
                     Some(Ok(msg)) if shutdown.is_cancelled() => returned.push(msg),
@@ -352,7 +411,7 @@ struct Held<'a> {
     /// The pulled message, told "in progress" while it waits; none for a
     /// message taken over (read from the stream).
     msg: Option<&'a jetstream::Message>,
-    successes: &'a AtomicU64,
+    successes: &'a Tally,
     metrics: &'a StageMetrics,
     shutdown: &'a CancellationToken,
 }
@@ -366,9 +425,8 @@ impl Held<'_> {
         let name = self.name;
         let seq = input.stream_sequence;
         let mut tries = 0u32;
-        // Failed tries since others were handled after this one first came.
-        let mut alone = 0u32;
-        let seen = self.successes.load(Ordering::Acquire);
+        let seen = self.successes.successes.load(Ordering::Acquire);
+        let mut first_failure: Option<Instant> = None;
         loop {
             let again = Input {
                 subject: input.subject,
@@ -379,18 +437,22 @@ impl Held<'_> {
             };
             let (reason, after) = match handler.handle(again).await {
                 Ok(out) => {
-                    self.successes.fetch_add(1, Ordering::AcqRel);
+                    self.successes.successes.fetch_add(1, Ordering::AcqRel);
                     return Ok(out);
                 }
                 Err(HandleError::Retry { reason, after }) => (reason, after),
                 Err(e) => return Err(e),
             };
             tries += 1;
-            if self.successes.load(Ordering::Acquire) > seen {
-                alone += 1;
+            if self.successes.was_let_go(seq) {
+                return Err(HandleError::Retry { reason, after });
             }
-            if alone >= HOLD_TRIES {
+            let first = *first_failure.get_or_insert_with(Instant::now);
+            if first.elapsed() >= HOLD_FOR
+                && self.successes.successes.load(Ordering::Acquire) > seen
+            {
                 warn!(stage = name, seq, tries, %reason, "A message keeps failing while others pass; it is let go, to be retried after the others.");
+                self.successes.remember_let_go(seq);
                 return Err(HandleError::Retry { reason, after });
             }
             if self.shutdown.is_cancelled() {
@@ -434,12 +496,17 @@ async fn publish_again(
     if let Some(previous) = previous {
         previous.await.ok();
     }
-    let mut outcome = Err(error);
+    warn!(stage = name, seq, reason = %error, "Publishing the outputs again, in place.");
     let mut tries = 1i64;
-    while let Err(HandleError::Retry { reason, after }) = &outcome {
+    loop {
         if shutdown.is_cancelled() {
-            break;
+            return Err(error);
         }
+        // At once the first time: those before it are stored now.
+        let outcome = republish(js, outputs).await;
+        let Err(HandleError::Retry { reason, after }) = &outcome else {
+            return outcome;
+        };
         metrics.retries.inc();
         let wait = retry_delay(*after, tries).min(HOLD_MAX_DELAY);
         warn!(stage = name, seq, tries, ?wait, %reason, "Will publish the outputs again, in place.");
@@ -448,12 +515,10 @@ async fn publish_again(
         }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => return outcome,
         }
-        outcome = republish(js, outputs).await;
         tries += 1;
     }
-    outcome
 }
 
 /// Publishes `outputs` one at a time, each awaiting its ack (a full store
@@ -486,7 +551,7 @@ async fn take_over_pending<H: Handler>(
     consumer: &PullConsumer,
     handler: &H,
     options: &StageOptions,
-    successes: &AtomicU64,
+    successes: &Tally,
     shutdown: &CancellationToken,
 ) {
     use jetstream::stream::RawMessageErrorKind;

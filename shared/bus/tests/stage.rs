@@ -223,7 +223,7 @@ async fn a_message_that_must_be_retried_keeps_its_place() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_fails_alone_is_let_go_and_holds_nobody_up() {
     // A message that never succeeds while the others do must not stall
-    // the stage: it is let go after HOLD_TRIES tries, the rest flow.
+    // the stage: it is let go after HOLD_FOR, and the rest flow.
     let (_nats, js, consumer) = setup().await;
     let sent = publish_inputs(&js, 20).await;
     let handler = copy(|text: &str, _| text == "m005");
@@ -235,7 +235,7 @@ async fn a_message_that_fails_alone_is_let_go_and_holds_nobody_up() {
         StageOptions::new("poison", &Metrics::default()),
         shutdown.clone(),
     ));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while stored(&js, STREAM_QUARANTINE).await < sent.len() as u64 - 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
