@@ -406,6 +406,10 @@ pub enum E2eeError {
     },
     #[error("{0} has no devices with published keys")]
     NoDevices(String),
+    /// The gateway's key transparency proof does not vouch for the keys it
+    /// served (docs/adr/0029): none of them is used.
+    #[error("key transparency refuses {0}'s keys: {1}")]
+    Transparency(String, crate::keys::VerifyError),
     #[error("the sender's identity key is not one of {0}'s devices in the key directory")]
     UnknownSender(String),
     #[error("no session with {0} decrypts this message")]
@@ -500,6 +504,12 @@ async fn encrypt_for_devices(
     plaintext: &[u8],
 ) -> Result<Vec<(String, Ciphertext)>, E2eeError> {
     let mut devices = done("ListDevices", s.list_devices(from, to).await?)?;
+    // With key transparency, only committed identity keys are used (the
+    // proof's own VRF key: a configured pin is not supported yet).
+    if devices.transparency.is_some() {
+        crate::keys::verify_device_list(&devices, None)
+            .map_err(|e| E2eeError::Transparency(to.to_owned(), e))?;
+    }
     devices
         .devices
         .retain(|d| Some(d.device_id.as_str()) != skip);
@@ -520,6 +530,10 @@ async fn encrypt_for_devices(
     }
     if !missing.is_empty() {
         let bundles = done("FetchBundles", s.fetch_bundles(from, to, &missing).await?)?;
+        if bundles.transparency.is_some() {
+            crate::keys::verify_bundles(&bundles, None)
+                .map_err(|e| E2eeError::Transparency(to.to_owned(), e))?;
+        }
         for b in &bundles.bundles {
             let Some(device) = &b.device else { continue };
             let identity = identity_key(device)?;
