@@ -351,12 +351,15 @@ pub async fn run_stage<H: Handler>(
             Some(n) = settling.next(), if !settling.is_empty() => unacked -= n,
             () = shutdown.cancelled(), if !stopping => {}
             () = tokio::time::sleep_until(next_pull), if pull.is_none() && !stopping => {}
-            // A pull request does not outlive a reconnect (the server
-            // forgot it): end it now rather than at its client-side
-            // timeout, and take over what is pending.
+            // After a reconnect the pull request out may have been
+            // forgotten (its answer would come at the client-side timeout,
+            // 5 s late) or may still bring messages: it is ended here, and
+            // the take-over (at the next pull) waits until it has expired
+            // on the server, so that what it delivered is pending then.
             _ = reconnects.tick(), if pull.is_some() && !stopping && options.take_over_pending => {
                 if stats.connects.load(Ordering::Relaxed) != connects {
                     pull = None;
+                    next_pull = Instant::now() + PULL_EXPIRES;
                 }
             }
             next = async { match pull.as_mut() { Some(p) => p.next().await, None => None } }, if can_pull => {
