@@ -114,9 +114,14 @@ pub const HOLD_FOR: Duration = Duration::from_secs(10);
 /// The longest wait between two tries of a message retried in place.
 pub const HOLD_MAX_DELAY: Duration = Duration::from_secs(5);
 
-/// How long one pull request waits for messages. A stopping stage lets the
-/// request it has out end (at most this) and naks what it brought.
+/// How long one pull request waits for messages (the pull stream renews
+/// them): after a reconnect the take-over, and at a stop the naks, wait
+/// this long for a request the server may still answer.
 pub const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// A stopping stage ends its pull stream once nothing came for this long,
+/// and naks what it brought.
+const RETURN_IDLE: Duration = Duration::from_millis(100);
 
 /// At most this many stream sequences are looked at when taking over the
 /// consumer's pending messages at start.
@@ -203,26 +208,42 @@ pub async fn run_stage<H: Handler>(
     // is published until they are settled.
     let republishing = Arc::new(AtomicUsize::new(0));
     // The pull request out, if any.
-    let mut pull: Option<jetstream::consumer::pull::Batch> = None;
+    let mut pull: Option<jetstream::consumer::pull::Stream> = None;
+    // When the last message pulled after the stop came.
+    let mut last_returned = Instant::now();
     let mut next_pull = Instant::now();
     // Pulled after the stop: nak'd once the pull request is over (before,
     // the server would hand them straight back to that same request).
     let mut returned: Vec<jetstream::Message> = Vec::new();
+    // Messages in hand to be retried when the stop came: nak'd with those.
+    let handed_back: Arc<std::sync::Mutex<Vec<jetstream::Message>>> = Arc::default();
     let mut before: Option<Settled> = None;
     // The client's connects when outputs were last published.
     let mut published_at = connects;
     let mut reconnects = tokio::time::interval(Duration::from_millis(250));
     reconnects.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopped_at = Instant::now();
     loop {
         let stopping = shutdown.is_cancelled();
+        if !stopping {
+            stopped_at = Instant::now();
+        }
         if stopping && pull.is_none() && handling.is_empty() && settling.is_empty() {
-            // After every nak of the messages in hand: the server hands
-            // them out again in the order of the naks.
+            // Not before the ended stream's last pull request has expired:
+            // the server would hand a nak'd message straight back to it,
+            // into the void, until ack_wait.
+            tokio::time::sleep_until(stopped_at + PULL_EXPIRES).await;
+            // In stream order: the server hands them out again in the order
+            // of the naks.
+            if let Ok(mut back) = handed_back.lock() {
+                returned.append(&mut back);
+            }
+            returned.sort_by_key(|m| m.info().map(|i| i.stream_sequence).unwrap_or(0));
             if !returned.is_empty() {
                 debug!(
                     stage = name,
                     count = returned.len(),
-                    "Returning what was pulled after the stop."
+                    "Returning what was pulled and not done."
                 );
             }
             for msg in returned.drain(..) {
@@ -242,9 +263,10 @@ pub async fn run_stage<H: Handler>(
                 }
             }
             match consumer
-                .batch()
-                .max_messages(options.batch)
+                .stream()
+                .max_messages_per_batch(options.batch)
                 .expires(PULL_EXPIRES)
+                .heartbeat(PULL_EXPIRES / 2)
                 .messages()
                 .await
             {
@@ -308,6 +330,7 @@ pub async fn run_stage<H: Handler>(
                 let js = js.clone();
                 let shutdown = shutdown.clone();
                 let republishing = republishing.clone();
+                let handed_back = handed_back.clone();
                 settling.push(Box::pin(async move {
                     let outcome = match published {
                         // The handler's own failure, already retried in place.
@@ -339,7 +362,16 @@ pub async fn run_stage<H: Handler>(
                             previous.await.ok();
                         }
                     }
-                    settle(name, &msg, outcome, &metrics, shutdown.is_cancelled()).await;
+                    if shutdown.is_cancelled() && matches!(outcome, Err(HandleError::Retry { .. })) {
+                        // Nak'd once the pull stream is ended (the server
+                        // would hand it straight back to it), with what it
+                        // brought after the stop.
+                        if let Ok(mut back) = handed_back.lock() {
+                            back.push(msg);
+                        }
+                    } else {
+                        settle(name, &msg, outcome, &metrics, shutdown.is_cancelled()).await;
+                    }
                     metrics.handle_seconds.observe(started.elapsed().as_secs_f64());
                     if let Some(previous) = previous {
                         previous.await.ok();
@@ -351,6 +383,14 @@ pub async fn run_stage<H: Handler>(
             Some(n) = settling.next(), if !settling.is_empty() => unacked -= n,
             () = shutdown.cancelled(), if !stopping => {}
             () = tokio::time::sleep_until(next_pull), if pull.is_none() && !stopping => {}
+            // Stopping: the pull stream renews its requests by itself, so it
+            // is ended once nothing came for a moment (what it brought is
+            // nak'd); a message still on its way then waits for ack_wait.
+            () = tokio::time::sleep_until(last_returned.max(stopped_at) + RETURN_IDLE), if stopping && pull.is_some() => {
+                pull = None;
+                // The naks wait for its last request's expiry from here.
+                stopped_at = Instant::now();
+            }
             // After a reconnect the pull request out may have been
             // forgotten (its answer would come at the client-side timeout,
             // 5 s late) or may still bring messages: it is ended here, and
@@ -364,7 +404,14 @@ pub async fn run_stage<H: Handler>(
             }
             next = async { match pull.as_mut() { Some(p) => p.next().await, None => None } }, if can_pull => {
                 match next {
-                    Some(Ok(msg)) if shutdown.is_cancelled() => returned.push(msg),
+                    Some(Ok(msg)) if shutdown.is_cancelled() => {
+                        returned.push(msg);
+                        last_returned = Instant::now();
+                        if returned.len() >= options.batch {
+                            pull = None;
+                            stopped_at = Instant::now();
+                        }
+                    }
                     Some(Ok(msg)) => {
                         let weight = weight(&msg);
                         in_hand += weight;
