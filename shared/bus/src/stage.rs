@@ -119,8 +119,8 @@ pub const HOLD_MAX_DELAY: Duration = Duration::from_secs(5);
 /// this long for a request the server may still answer.
 pub const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
-/// A stopping stage ends its pull stream once nothing came for this long,
-/// and naks what it brought.
+/// A stopping stage ends its pull stream this long after the stop, and
+/// naks what it brought (what the client had buffered).
 const RETURN_IDLE: Duration = Duration::from_millis(100);
 
 /// At most this many stream sequences are looked at when taking over the
@@ -209,8 +209,6 @@ pub async fn run_stage<H: Handler>(
     let republishing = Arc::new(AtomicUsize::new(0));
     // The pull request out, if any.
     let mut pull: Option<jetstream::consumer::pull::Stream> = None;
-    // When the last message pulled after the stop came.
-    let mut last_returned = Instant::now();
     let mut next_pull = Instant::now();
     // Pulled after the stop: nak'd once the pull request is over (before,
     // the server would hand them straight back to that same request).
@@ -383,10 +381,11 @@ pub async fn run_stage<H: Handler>(
             Some(n) = settling.next(), if !settling.is_empty() => unacked -= n,
             () = shutdown.cancelled(), if !stopping => {}
             () = tokio::time::sleep_until(next_pull), if pull.is_none() && !stopping => {}
-            // Stopping: the pull stream renews its requests by itself, so it
-            // is ended once nothing came for a moment (what it brought is
-            // nak'd); a message still on its way then waits for ack_wait.
-            () = tokio::time::sleep_until(last_returned.max(stopped_at) + RETURN_IDLE), if stopping && pull.is_some() => {
+            // Stopping: the pull stream renews its requests as it is read,
+            // so it is ended RETURN_IDLE after the stop (what it brought by
+            // then is nak'd); a message the server sends to its last
+            // request after that waits for ack_wait.
+            () = tokio::time::sleep_until(stopped_at + RETURN_IDLE), if stopping && pull.is_some() => {
                 pull = None;
                 // The naks wait for its last request's expiry from here.
                 stopped_at = Instant::now();
@@ -406,7 +405,6 @@ pub async fn run_stage<H: Handler>(
                 match next {
                     Some(Ok(msg)) if shutdown.is_cancelled() => {
                         returned.push(msg);
-                        last_returned = Instant::now();
                         if returned.len() >= options.batch {
                             pull = None;
                             stopped_at = Instant::now();
