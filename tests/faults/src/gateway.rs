@@ -105,10 +105,17 @@ impl Gateway {
 
     /// Starts the five services without waiting for them to be ready.
     pub fn spawn_all(binaries: &Binaries, options: &GatewayOptions) -> Self {
+        // INTEROP_FAULTS_KEEP_LOGS: the dir (the services' logs) outlives
+        // the gateway, for looking into a failure afterwards.
+        let keep = std::env::var_os("INTEROP_FAULTS_KEEP_LOGS").is_some();
         let dir = tempfile::Builder::new()
             .prefix("interop-faults-")
+            .disable_cleanup(keep)
             .tempdir()
             .expect("creating a temp dir");
+        if keep {
+            eprintln!("gateway logs kept in {}", dir.path().display());
+        }
         let providers = dir.path().join("providers.toml");
         std::fs::write(&providers, providers_toml()).expect("writing the providers file");
         let listen: HashMap<&str, u16> = ["ingest", "delivery", "media-transcoding"]

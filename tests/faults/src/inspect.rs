@@ -4,7 +4,10 @@
 //! every copy of the message, in clear, E2EE or not), and the stage
 //! consumers' state is read, so a failure explains itself: still in
 //! `INTEROP_INGEST` (not routed yet, or routed and its ack lost), in the
-//! store but not pushed, or nowhere (never stored).
+//! store but not pushed, or nowhere (never stored). The store
+//! (`INTEROP_INBOX`, tens of thousands of messages after a few scenarios)
+//! is searched by the run's recipients' subjects, each read whole, so
+//! the search does not stop at a stream's size.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -12,9 +15,10 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
+use interop_bus::recipient_key;
 use interop_bus::subjects::{
-    CONSUMER_MEDIA_TRANSCODING, CONSUMER_ROUTING, STREAM_INBOX, STREAM_INGEST, STREAM_MEDIA,
-    STREAM_QUARANTINE,
+    delivery_queued, CONSUMER_MEDIA_TRANSCODING, CONSUMER_ROUTING, STREAM_INBOX, STREAM_INGEST,
+    STREAM_MEDIA, STREAM_QUARANTINE,
 };
 use interop_loadtest::plan::RunId;
 
@@ -25,15 +29,25 @@ const MAX_SCAN: u64 = 50_000;
 /// A report of where the messages `seqs` of load run `run` are in the
 /// streams behind `nats_urls` (comma-separated), and of the stage
 /// consumers' state. Never panics: what cannot be read is said so.
-pub async fn where_are(nats_urls: &str, run: RunId, seqs: &[u64]) -> String {
-    match tokio::time::timeout(Duration::from_secs(120), inspect(nats_urls, run, seqs)).await {
+pub async fn where_are(nats_urls: &str, run: RunId, seqs: &[u64], recipients: &[String]) -> String {
+    match tokio::time::timeout(
+        Duration::from_secs(120),
+        inspect(nats_urls, run, seqs, recipients),
+    )
+    .await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => format!("(cannot inspect the streams: {e})"),
         Err(_) => "(inspecting the streams took over 120 s; gave up)".to_owned(),
     }
 }
 
-async fn inspect(nats_urls: &str, run: RunId, seqs: &[u64]) -> anyhow::Result<String> {
+async fn inspect(
+    nats_urls: &str,
+    run: RunId,
+    seqs: &[u64],
+    recipients: &[String],
+) -> anyhow::Result<String> {
     let client = async_nats::ConnectOptions::new()
         .name("faults-inspect")
         .connect(interop_bus::server_list(nats_urls))
@@ -62,6 +76,19 @@ async fn inspect(nats_urls: &str, run: RunId, seqs: &[u64]) -> anyhow::Result<St
             st.messages, st.first_sequence, st.last_sequence
         )?;
         if st.messages == 0 {
+            continue;
+        }
+        if name == STREAM_INBOX {
+            // By the run's recipients' subjects: each holds only this run's
+            // messages to them (and receipts), however big the stream.
+            for recipient in recipients {
+                let subject = delivery_queued(&recipient_key(recipient));
+                let read = search_subject(&stream, &subject, &needles, &mut found).await;
+                match read {
+                    Ok(n) => writeln!(out, "    {recipient} ({subject}): {n} messages searched")?,
+                    Err(e) => writeln!(out, "    {recipient} ({subject}): cannot read ({e})")?,
+                }
+            }
             continue;
         }
         if st.last_sequence - st.first_sequence >= MAX_SCAN {
@@ -127,6 +154,44 @@ async fn inspect(nats_urls: &str, run: RunId, seqs: &[u64]) -> anyhow::Result<St
         }
     }
     Ok(out)
+}
+
+/// Reads every message on `subject` of `stream`, one after the other
+/// (`next_by_subj`, nats-server 2.9), noting where each needle is; how
+/// many it read.
+async fn search_subject(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    needles: &[(u64, Vec<u8>)],
+    found: &mut Vec<(u64, String)>,
+) -> anyhow::Result<u64> {
+    use jetstream::stream::RawMessageErrorKind;
+    let mut next = 1u64;
+    let mut read = 0u64;
+    let mut previous: Option<(u64, String)> = None;
+    loop {
+        let m = match stream.get_first_raw_message_by_subject(subject, next).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+            Err(e) => return Err(e.into()),
+        };
+        let (seq, at) = (m.sequence, m.time.to_string());
+        for (lost, needle) in needles {
+            if contains(&m.payload, needle) {
+                let before = previous
+                    .as_ref()
+                    .map_or_else(|| "none".to_owned(), |(s, t)| format!("seq {s} at {t}"));
+                found.push((
+                    *lost,
+                    format!("{STREAM_INBOX} seq {seq} stored at {at} (subject {subject}; the message before on it: {before})"),
+                ));
+            }
+        }
+        previous = Some((seq, at));
+        read += 1;
+        next = seq + 1;
+    }
+    Ok(read)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -73,6 +73,8 @@ pub struct Outcome {
     /// Some tracked messages that were delivered but whose `DELIVERED`
     /// receipt never came (at most 20; for failure messages).
     pub missing_receipts_sample: Vec<u64>,
+    /// The run's recipients (to search their stores for lost messages).
+    pub recipients: Vec<String>,
 }
 
 impl Outcome {
@@ -234,6 +236,7 @@ impl Load {
             recoveries,
             duplicates_suppressed_by_client: finished.facts.duplicates_suppressed_by_client,
             missing_receipts_sample: missing_receipts(&finished.recorder, 20),
+            recipients: finished.recorder.plan().recipients().to_vec(),
         }
     }
 

@@ -137,7 +137,7 @@ async fn assert_guarantees(
     let r = &outcome.report;
     assert!(r.accepted > 0, "{name}: nothing was accepted");
     if r.lost > 0 {
-        let streams = where_are(nats_urls, r.run_id, &r.lost_sample).await;
+        let streams = where_are(nats_urls, r.run_id, &r.lost_sample, &outcome.recipients).await;
         let explanation = format!(
             "{name}: {} accepted messages were lost (seq {:?}, run {})\nstreams:\n{streams}service warnings (last 20 of each):\n{}\nNATS warnings:\n{nats_logs}",
             r.lost,
@@ -203,25 +203,26 @@ async fn assert_guarantees(
 /// to a recipient, by the start of their name, and why (docs/reliability.md,
 /// "Open findings"): there the order check prints a `KNOWN` line instead of
 /// failing, unless `INTEROP_FAULTS_STRICT` is set. Everywhere else it fails.
+/// The stage loop keeps its input order through faults since ADR 30, so a
+/// killed service, a killed nats-server and the chaos proxy are asserted
+/// strictly; what is left is not the stage's.
 const KNOWN_REORDERING: &[(&str, &str)] = &[
-    ("kill -9 spam-scoring", REDELIVERED_LATER),
-    ("kill -9 routing", REDELIVERED_LATER),
-    ("kill -9 nats-server", REDELIVERED_LATER),
-    ("restart redis-server", REDELIVERED_LATER),
-    ("redis FLUSHALL", REDELIVERED_LATER),
-    ("chaos proxy to", REDELIVERED_LATER),
-    ("3-node NATS cluster", REDELIVERED_LATER),
-    ("SIGTERM rolling restart", REDELIVERED_LATER),
+    ("restart redis-server without", BEFORE_ROUTING),
+    ("redis FLUSHALL", BEFORE_ROUTING),
+    ("3-node NATS cluster", CLUSTER),
+    ("SIGTERM rolling restart", REPLICAS),
 ];
-const REDELIVERED_LATER: &str =
-    "a message whose stage step failed or whose consumer died is redelivered after later ones";
+const BEFORE_ROUTING: &str = "16 after a Redis restart while routing held every failed message in place and let none go: not the stage loop, not explained yet";
+const CLUSTER: &str = "0 to 1,411 per scenario since ADR 30, most where the INTEROP_INBOX leader is killed or cut off; not explained yet";
+const REPLICAS: &str =
+    "two routing replicas pull from one consumer and publish a sender's consecutive batches in either order (ADR 30, not covered)";
 
 /// Scenarios known to lose accepted messages sometimes, and why: the
 /// same treatment as [`KNOWN_REORDERING`] (lost > 0 prints a `KNOWN` line
 /// with the inspection; every other guarantee is still asserted).
 const KNOWN_LOSS: &[(&str, &str)] = &[(
     "3-node NATS cluster: the INTEROP_INBOX leader partitioned",
-    "1 run in 3 lost 64 messages sent near the end of a 5 s partition, not explained yet",
+    "1 run in 4 lost 64 messages (one ingest batch) sent near the end of a 5 s partition; the store is now searched by recipient to tell whether they were stored",
 )];
 
 /// Whether `INTEROP_FAULTS_STRICT` asks to fail on the known findings too.
