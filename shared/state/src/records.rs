@@ -509,7 +509,46 @@ impl Records {
         Ok((removed, kept))
     }
 
-    // ---- warming ----
+    // ---- once per Redis: warming and migration ----
+
+    /// Whether this replica does a once-per-Redis job now: not if `flag`
+    /// says it was done, nor while another replica holds `lock` (a TTL of
+    /// 10 minutes, so a replica that stopped half way does not block it).
+    async fn take_turn(&self, flag: &str, lock: &str) -> Result<bool, StateError> {
+        let mut conn = self.redis.clone();
+        let done: bool = redis::cmd("EXISTS")
+            .arg(flag)
+            .query_async(&mut conn)
+            .await?;
+        if done {
+            return Ok(false);
+        }
+        let locked: Option<String> = redis::cmd("SET")
+            .arg(lock)
+            .arg("1")
+            .arg("NX")
+            .arg("EX")
+            .arg(600)
+            .query_async(&mut conn)
+            .await?;
+        Ok(locked.is_some())
+    }
+
+    /// Marks a once-per-Redis job done and lets go of its lock.
+    async fn done_turn(&self, flag: &str, lock: &str) -> Result<(), StateError> {
+        let mut conn = self.redis.clone();
+        let _: () = redis::pipe()
+            .cmd("SET")
+            .arg(flag)
+            .arg(interop_proto::now_ms())
+            .ignore()
+            .cmd("DEL")
+            .arg(lock)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
 
     /// Fills the cache with every consent record and every group from the
     /// streams, once per Redis (one replica at a time; a flag when done, so
@@ -519,25 +558,10 @@ impl Records {
     /// records, groups) cached, or `None` if it was not this replica's
     /// turn.
     pub async fn warm(&self) -> Result<Option<(u64, u64)>, StateError> {
+        if !self.take_turn(WARM_KEY, WARMING_KEY).await? {
+            return Ok(None);
+        }
         let mut conn = self.redis.clone();
-        let done: bool = redis::cmd("EXISTS")
-            .arg(WARM_KEY)
-            .query_async(&mut conn)
-            .await?;
-        if done {
-            return Ok(None);
-        }
-        let locked: Option<String> = redis::cmd("SET")
-            .arg(WARMING_KEY)
-            .arg("1")
-            .arg("NX")
-            .arg("EX")
-            .arg(600)
-            .query_async(&mut conn)
-            .await?;
-        if locked.is_none() {
-            return Ok(None);
-        }
         let mut consents = 0;
         let filter = user_consent("*");
         let mut batch: Vec<(StoredConsent, u64)> = Vec::new();
@@ -579,16 +603,7 @@ impl Records {
             consents += chunk.len() as u64;
         }
         let groups = crate::GroupStore::new(self.clone()).warm().await?;
-        let _: () = redis::pipe()
-            .cmd("SET")
-            .arg(WARM_KEY)
-            .arg(interop_proto::now_ms())
-            .ignore()
-            .cmd("DEL")
-            .arg(WARMING_KEY)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
+        self.done_turn(WARM_KEY, WARMING_KEY).await?;
         Ok(Some((consents, groups)))
     }
 
@@ -640,25 +655,10 @@ impl Records {
     /// many users' records were moved, or `None` if another replica holds
     /// the lock or it ran before.
     pub async fn migrate(&self) -> Result<Option<u64>, StateError> {
+        if !self.take_turn(MIGRATED_KEY, MIGRATING_KEY).await? {
+            return Ok(None);
+        }
         let mut conn = self.redis.clone();
-        let done: bool = redis::cmd("EXISTS")
-            .arg(MIGRATED_KEY)
-            .query_async(&mut conn)
-            .await?;
-        if done {
-            return Ok(None);
-        }
-        let locked: Option<String> = redis::cmd("SET")
-            .arg(MIGRATING_KEY)
-            .arg("1")
-            .arg("NX")
-            .arg("EX")
-            .arg(600)
-            .query_async(&mut conn)
-            .await?;
-        if locked.is_none() {
-            return Ok(None);
-        }
         let mut moved = 0;
         for key in crate::erase::scan(&self.redis, &format!("{}*", keys::CONSENT_PREFIX)).await? {
             let Some(address) = key.strip_prefix(keys::CONSENT_PREFIX) else {
@@ -689,16 +689,7 @@ impl Records {
             }
         }
         moved += crate::GroupStore::new(self.clone()).migrate().await?;
-        let _: () = redis::pipe()
-            .cmd("SET")
-            .arg(MIGRATED_KEY)
-            .arg(interop_proto::now_ms())
-            .ignore()
-            .cmd("DEL")
-            .arg(MIGRATING_KEY)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
+        self.done_turn(MIGRATED_KEY, MIGRATING_KEY).await?;
         Ok(Some(moved))
     }
 }
