@@ -221,7 +221,7 @@ fn welcome(request_id: u64) -> ServerFrame {
             max_text_bytes: 0,
             max_ciphertext_bytes: 0,
             max_unacked: MAX_UNACKED as u32,
-            max_group_members: 0,
+            ..Welcome::default()
         })),
     }
 }

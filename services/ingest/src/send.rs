@@ -189,6 +189,14 @@ pub(crate) async fn prepare(shared: Arc<Shared>, provider: String, frame: Client
         Some(client_frame::Frame::GetKeyHistory(h)) => {
             crate::keys_frames::key_history(&shared, &provider, request_id, h).await
         }
+        Some(client_frame::Frame::Transaction(_)) => reject(
+            request_id,
+            "",
+            Rejection::new(
+                RejectCode::UnsupportedFrame,
+                "Transaction is not served by this ingest version",
+            ),
+        ),
         Some(client_frame::Frame::MarkRead(_)) => reject(
             request_id,
             "",

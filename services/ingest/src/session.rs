@@ -93,6 +93,7 @@ async fn hello(
             max_ciphertext_bytes: MAX_CIPHERTEXT_BYTES as u32,
             max_unacked: 0,
             max_group_members: interop_proto::limits::MAX_GROUP_MEMBERS as u32,
+            ..Welcome::default()
         })),
     };
     send_out(shared, out, welcome).await;

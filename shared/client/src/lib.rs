@@ -948,6 +948,7 @@ async fn open_session(login: &SessionLogin) -> Result<(Session, Welcome), Client
             user: login.user.clone(),
             device_id: login.device_id.clone(),
             client_name: concat!("interop-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+            provider_session: false,
         },
     )
     .await?;
@@ -1092,6 +1093,7 @@ impl Receiver {
             request_id: 0,
             frame: Some(client_frame::Frame::MarkRead(MarkRead {
                 delivery_tags: tags.to_vec(),
+                user: String::new(),
             })),
         };
         self.session()?
@@ -1107,6 +1109,7 @@ impl Receiver {
             request_id: 0,
             frame: Some(client_frame::Frame::Ack(Ack {
                 delivery_tags: tags.to_vec(),
+                batch_tags: Vec::new(),
             })),
         };
         self.session()?

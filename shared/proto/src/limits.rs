@@ -73,6 +73,19 @@ pub const MAX_GROUP_NAME_BYTES: usize = 128;
 pub const MAX_GROUP_CHANGE_ADDRESSES: usize = 256;
 /// Most delivery tags in one `MarkRead`.
 pub const MAX_MARK_READ_TAGS: usize = 256;
+/// Most items of one ingest `Transaction` (provider sessions). The frame
+/// size limit holds too: a transaction is one frame.
+pub const MAX_TRANSACTION_ITEMS: usize = 256;
+/// Most messages in one `DeliverBatch` (provider sessions); a batch is also
+/// kept under [`MAX_FRAME_BYTES`] unless its one message is larger.
+pub const MAX_BATCH_MESSAGES: usize = 256;
+/// `DeliverBatch` frames a provider session may leave un-acked at once.
+pub const MAX_UNACKED_BATCHES: usize = 4;
+/// How many partitions each provider's users are split into. A recipient's
+/// partition is part of its store subject, so this never changes on a
+/// running gateway; provider sessions own partitions, and streams are split
+/// along them.
+pub const PARTITIONS: u32 = 64;
 
 /// Whether `s` is a group id as the gateway makes them: `g-` and 32
 /// lowercase hex digits.

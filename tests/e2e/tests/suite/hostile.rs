@@ -342,6 +342,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Want)> {
             "ack to ingest with 20,000 tags",
             frame(client_frame::Frame::Ack(Ack {
                 delivery_tags: (1..20_000).collect(),
+                batch_tags: Vec::new(),
             })),
             Code(UnsupportedFrame),
         ),
