@@ -5,6 +5,7 @@
 
 pub mod admissions;
 pub mod handling;
+pub mod legacy_store;
 pub mod metrics;
 pub mod pipeline;
 pub mod stage;
