@@ -599,6 +599,88 @@ fn cpu_table(o: &mut String, r: &Report) {
     o.push_str("</tbody></table>");
 }
 
+/// Redis and NATS per delivered message: the measured phase and each step
+/// of a stepped run, the most called Redis commands, and why a figure is
+/// missing.
+fn cost_table(o: &mut String, r: &Report) {
+    o.push_str("<h2>Redis and NATS per delivered message</h2>");
+    let stepped = r.steps.len() > 1;
+    if r.redis.is_some() || r.nats.is_some() {
+        o.push_str("<table><thead><tr><th></th><th>measured phase</th>");
+        if stepped {
+            for s in &r.steps {
+                w!(o, "<th>{}/s</th>", fmt_num(s.offered_msgs_per_s));
+            }
+        }
+        o.push_str("</tr></thead><tbody>");
+        type Pick = fn(&crate::report::StepReport) -> Option<f64>;
+        let mut rows: Vec<(&str, Option<f64>, Pick)> = Vec::new();
+        if let Some(x) = &r.redis {
+            rows.push(("Redis commands", x.commands_per_delivered_msg, |s| {
+                s.redis.as_ref()?.commands_per_delivered_msg
+            }));
+            rows.push(("Redis scripts", x.scripts_per_delivered_msg, |s| {
+                s.redis.as_ref()?.scripts_per_delivered_msg
+            }));
+            rows.push((
+                "µs inside Redis's scripts",
+                x.script_usec_per_delivered_msg,
+                |s| s.redis.as_ref()?.script_usec_per_delivered_msg,
+            ));
+        }
+        if let Some(x) = &r.nats {
+            rows.push(("NATS messages in", x.in_msgs_per_delivered_msg, |s| {
+                s.nats.as_ref()?.in_msgs_per_delivered_msg
+            }));
+            rows.push(("NATS messages out", x.out_msgs_per_delivered_msg, |s| {
+                s.nats.as_ref()?.out_msgs_per_delivered_msg
+            }));
+            rows.push(("NATS bytes in", x.in_bytes_per_delivered_msg, |s| {
+                s.nats.as_ref()?.in_bytes_per_delivered_msg
+            }));
+            rows.push(("NATS bytes out", x.out_bytes_per_delivered_msg, |s| {
+                s.nats.as_ref()?.out_bytes_per_delivered_msg
+            }));
+        }
+        let cell = |o: &mut String, v: Option<f64>| match v {
+            Some(v) => w!(o, "<td>{v:.2}</td>"),
+            None => w!(o, "<td>–</td>"),
+        };
+        for (name, run, pick) in rows {
+            w!(o, "<tr><th>{}</th>", esc(name));
+            cell(o, run);
+            if stepped {
+                for s in &r.steps {
+                    cell(o, pick(s));
+                }
+            }
+            o.push_str("</tr>");
+        }
+        o.push_str("</tbody></table>");
+        if let Some(x) = &r.redis {
+            let top: Vec<String> = x
+                .top
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {:.2}",
+                        esc(&c.command),
+                        c.per_delivered_msg.unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            w!(
+                o,
+                "<p>Most called Redis commands per delivered message: {}</p>",
+                top.join(", ")
+            );
+        }
+    }
+    for note in &r.cost_notes {
+        w!(o, "<p>{}</p>", esc(note));
+    }
+}
+
 const STYLE: &str = r#"
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f4f5f7;color:#212529}
 main{max-width:960px;margin:0 auto;padding:24px}
@@ -846,6 +928,7 @@ pub fn render(r: &Report) -> String {
     }
     o.push_str("</div></div>");
     cpu_table(&mut o, r);
+    cost_table(&mut o, r);
     o.push_str("<h2>Latency (ms)</h2><table><thead><tr><th></th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th><th>count</th></tr></thead><tbody>");
     latency_row(&mut o, "intended send → delivery", &r.latency_ms);
     latency_row(

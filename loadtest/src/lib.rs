@@ -8,6 +8,8 @@
 //! - [`recorder`] and [`ledger`]: latency histograms (from the intended send
 //!   time, correcting coordinated omission), counts, loss and duplicates.
 //! - [`run`](mod@run): a run against a gateway; [`ceiling`]: the NATS reference ceiling.
+//! - [`cpu`] and [`cost`]: CPU per process, and Redis commands and NATS
+//!   messages per delivered message, over each measured step.
 //! - [`report`] and [`html`]: JSON, the terminal table and the HTML page.
 //!
 //! `docs/loadtest.md` is the user guide.
@@ -29,6 +31,7 @@ macro_rules! wln {
 }
 
 pub mod ceiling;
+pub mod cost;
 pub mod cpu;
 pub mod delivery_bench;
 pub mod html;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use interop_client::config::ClientConfig;
 use interop_loadtest::ceiling::{self, CeilingOptions, CeilingReport};
+use interop_loadtest::cost::{NatsMonitor, Probes, RedisProbe, READ_TIMEOUT};
 use interop_loadtest::plan::RunId;
 use interop_loadtest::{html, run, Progress, Scenario, Target};
 
@@ -274,6 +275,19 @@ struct RunArgs {
     /// writes it; `none` to skip).
     #[arg(long)]
     pids_dir: Option<PathBuf>,
+    /// The gateway's Redis, `redis://[user:password@]host:port`
+    /// (comma-separated: several nodes, summed): the report gives Redis
+    /// commands and scripts per delivered message (INFO commandstats read
+    /// at the start and end of every measured step). Without it those
+    /// figures are left out.
+    #[arg(long, env = "INTEROP_LOADTEST_REDIS_URL")]
+    redis_url: Option<String>,
+    /// nats-server's monitoring endpoint, `http://host:8222`
+    /// (comma-separated: a cluster's servers, summed): the report gives
+    /// NATS protocol messages and bytes in and out per delivered message
+    /// (`/varz` read with Redis). Without it those figures are left out.
+    #[arg(long, env = "INTEROP_LOADTEST_NATS_MONITOR_URL")]
+    nats_monitor_url: Option<String>,
 }
 
 /// Tokens come from the client config's `[tokens]`, and
@@ -342,6 +356,28 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let target = target(&args, &scenario)?;
+    let probes = Probes {
+        redis: args
+            .redis_url
+            .as_deref()
+            .map(RedisProbe::parse)
+            .transpose()?,
+        nats: args
+            .nats_monitor_url
+            .as_deref()
+            .map(NatsMonitor::parse)
+            .transpose()?,
+    };
+    let redis_source = probes.redis.as_ref().map(RedisProbe::describe);
+    let nats_source = probes.nats.as_ref().map(NatsMonitor::describe);
+    // A reading now, so a wrong URL fails before the run, not after it.
+    let first = probes.sample().await;
+    if let Some(Err(e)) = &first.redis {
+        anyhow::bail!("--redis-url: {e}");
+    }
+    if let Some(Err(e)) = &first.nats {
+        anyhow::bail!("--nats-monitor-url: {e}");
+    }
     for u in &scenario.unsupported {
         eprintln!("loadtest: {} is not sent: {}", u.feature, u.reason);
     }
@@ -382,8 +418,8 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(interop_loadtest::cpu::processes)
         .unwrap_or_default();
-    // CPU snapshots at the start of every measured step and at the end of
-    // the last one, on the run's clock.
+    // CPU snapshots, and Redis and NATS readings, at the start of every
+    // measured step and at the end of the last one, on the run's clock.
     let boundaries: Vec<u64> = {
         let mut b: Vec<u64> = scenario.schedule.steps().map(|p| p.start_us).collect();
         b.extend(scenario.schedule.steps().last().map(|p| p.end_us()));
@@ -399,17 +435,25 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         move |_, clock| {
             tokio::spawn(async move {
                 let mut snapshots = Vec::new();
+                let mut bus = Vec::new();
                 for us in boundaries {
                     tokio::time::sleep_until(clock.instant_at(us)).await;
                     snapshots.push(interop_loadtest::cpu::Snapshot::take(&processes));
+                    bus.push(probes.sample().await);
                 }
-                snapshots_tx.send(snapshots).ok();
+                snapshots_tx.send((snapshots, bus)).ok();
             });
         },
     )
     .await?;
-    // Taken by the end of the send phase; a run stopped early has none.
-    let snapshots = tokio::time::timeout(std::time::Duration::from_secs(1), snapshots_rx)
+    // Taken by the end of the send phase (the readings of Redis and NATS
+    // within their timeout); a run stopped early has none.
+    let wait = if finished.facts.interrupted {
+        std::time::Duration::from_secs(1)
+    } else {
+        READ_TIMEOUT + std::time::Duration::from_secs(1)
+    };
+    let (snapshots, bus) = tokio::time::timeout(wait, snapshots_rx)
         .await
         .ok()
         .and_then(Result::ok)
@@ -425,6 +469,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         report.cpu_percent = first.percent_until(last);
     }
     report.note_cpu_per_message();
+    report.note_bus_costs(&bus, redis_source.as_deref(), nats_source.as_deref());
     report.warn_if_host_bound();
     print!("{}", report.to_table());
     if let Some(path) = &args.json {

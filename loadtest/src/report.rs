@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::ceiling::CeilingReport;
+use crate::cost::{BusSample, NatsCost, RedisCost};
 use crate::ledger::Tally;
 use crate::plan::RunId;
 use crate::recorder::{SpamStats, Stats};
@@ -92,6 +93,9 @@ pub struct StepReport {
     pub offered_msgs_per_s: f64,
     /// First deliveries received while the step ran, per second.
     pub delivered_msgs_per_s: f64,
+    /// First deliveries received while the step ran: the divisor of the
+    /// per-message figures.
+    pub delivered_in_window: u64,
     pub start_s: f64,
     pub duration_s: f64,
     pub planned: u64,
@@ -106,6 +110,11 @@ pub struct StepReport {
     /// Microseconds of CPU, all measured processes together, per message
     /// delivered in the step (`None` without CPU figures or deliveries).
     pub cpu_us_per_delivered_msg: Option<f64>,
+    /// Redis's commands in the step, per delivered message (`--redis-url`).
+    pub redis: Option<RedisCost>,
+    /// NATS protocol messages in the step, per delivered message
+    /// (`--nats-monitor-url`).
+    pub nats: Option<NatsCost>,
 }
 
 /// Share of the machine's cores the measured processes may keep busy before
@@ -202,6 +211,8 @@ pub struct Report {
     /// First deliveries per second over the measured window (stepped runs:
     /// the best step's).
     pub throughput_msgs_per_s: f64,
+    /// First deliveries received in the measured window, all steps.
+    pub measured_delivered: u64,
     /// The highest offered rate.
     pub offered_msgs_per_s: f64,
     /// From the intended send time to delivery (corrected for coordinated omission).
@@ -237,6 +248,14 @@ pub struct Report {
     /// message over the measured phase: what a message costs the machine
     /// (docs/adr/0021), steadier than latency on a shared host.
     pub cpu_us_per_delivered_msg: Option<f64>,
+    /// Redis's commands over the measured phase, per delivered message
+    /// (`--redis-url`; `None`: not measured, `cost_notes` says why).
+    pub redis: Option<RedisCost>,
+    /// NATS protocol messages over the measured phase, per delivered
+    /// message (`--nats-monitor-url`; `None`: not measured).
+    pub nats: Option<NatsCost>,
+    /// Why Redis or NATS figures are missing, when they are.
+    pub cost_notes: Vec<String>,
     pub percentiles: Vec<PercentilePoint>,
     pub timeline: Vec<SecondReport>,
     pub unsupported: Vec<Unsupported>,
@@ -348,6 +367,7 @@ fn step_reports(
                 index,
                 offered_msgs_per_s: phase.rate,
                 delivered_msgs_per_s: round3(delivered_msgs_per_s),
+                delivered_in_window: st.delivered_in_window,
                 start_s: phase.start_us as f64 / 1e6,
                 duration_s,
                 planned: phase.count,
@@ -358,6 +378,8 @@ fn step_reports(
                 healthy,
                 cpu_percent: Default::default(),
                 cpu_us_per_delivered_msg: None,
+                redis: None,
+                nats: None,
             }
         })
         .collect()
@@ -465,6 +487,7 @@ impl Report {
             delivered_unacknowledged: tally.delivered_unacknowledged,
             out_of_order: stats.out_of_order,
             throughput_msgs_per_s: throughput,
+            measured_delivered: delivered_in_windows,
             offered_msgs_per_s: scenario.max_rate(),
             latency_ms: Latency::of(&stats.corrected),
             latency_uncorrected_ms: Latency::of(&stats.uncorrected),
@@ -531,6 +554,9 @@ impl Report {
             ceiling,
             cpu_percent: Default::default(),
             cpu_us_per_delivered_msg: None,
+            redis: None,
+            nats: None,
+            cost_notes: Vec::new(),
             percentiles: percentile_curve(stats),
             timeline: timeline(&scenario.schedule, stats),
             unsupported: scenario.unsupported.clone(),
@@ -550,18 +576,136 @@ impl Report {
         report
     }
 
+    /// First deliveries per second over the whole measured phase (for a
+    /// stepped run, all steps together, unlike `throughput_msgs_per_s`).
+    pub fn measured_delivered_per_s(&self) -> f64 {
+        if self.derived.measured_s > 0.0 {
+            self.measured_delivered as f64 / self.derived.measured_s
+        } else {
+            0.0
+        }
+    }
+
     /// Fills in `cpu_us_per_delivered_msg`, of the run and of each step,
-    /// from `cpu_percent` and the delivered rate. Call it once the CPU
-    /// figures are in.
+    /// from `cpu_percent` and the rate delivered over the same time (the
+    /// run's: the whole measured phase). Call it once the CPU figures are
+    /// in.
     pub fn note_cpu_per_message(&mut self) {
         let per_message = |cpu: &crate::cpu::CpuPercent, delivered_per_s: f64| {
             let busy: f64 = cpu.values().sum();
             (busy > 0.0 && delivered_per_s > 0.0)
                 .then(|| busy / 100.0 * 1_000_000.0 / delivered_per_s)
         };
-        self.cpu_us_per_delivered_msg = per_message(&self.cpu_percent, self.throughput_msgs_per_s);
+        self.cpu_us_per_delivered_msg =
+            per_message(&self.cpu_percent, self.measured_delivered_per_s());
         for s in &mut self.steps {
             s.cpu_us_per_delivered_msg = per_message(&s.cpu_percent, s.delivered_msgs_per_s);
+        }
+    }
+
+    /// Fills in `redis` and `nats`, of the run and of each step, from
+    /// readings taken at the start of every step and the end of the last
+    /// (`samples`, as many as the steps and one more; fewer when the run
+    /// stopped early). `redis_source` and `nats_source` say what was read
+    /// (`None`: not asked for). Readings that failed leave their windows
+    /// out and add a warning; `cost_notes` says what is missing and why.
+    pub fn note_bus_costs(
+        &mut self,
+        samples: &[BusSample],
+        redis_source: Option<&str>,
+        nats_source: Option<&str>,
+    ) {
+        let complete = samples.len() == self.steps.len() + 1;
+        let delivered: Vec<u64> = self.steps.iter().map(|s| s.delivered_in_window).collect();
+        let measured = self.measured_delivered;
+        match redis_source {
+            None => self
+                .cost_notes
+                .push("Redis per delivered message: not measured (pass --redis-url)".to_owned()),
+            Some(source) => {
+                let w = windows(
+                    samples,
+                    |s| s.redis.as_ref(),
+                    &delivered,
+                    measured,
+                    complete,
+                    crate::cost::redis_cost_over,
+                );
+                for (step, cost) in self.steps.iter_mut().zip(w.steps) {
+                    step.redis = cost;
+                }
+                self.redis = w.run;
+                let went_back = self.redis.as_ref().is_some_and(|r| r.counters_went_back);
+                self.explain_costs(
+                    ("Redis", "Redis's INFO commandstats", source),
+                    samples.len(),
+                    complete,
+                    &w.errors,
+                    (self.redis.is_none(), went_back),
+                );
+            }
+        }
+        match nats_source {
+            None => self.cost_notes.push(
+                "NATS per delivered message: not measured (pass --nats-monitor-url)".to_owned(),
+            ),
+            Some(source) => {
+                let w = windows(
+                    samples,
+                    |s| s.nats.as_ref(),
+                    &delivered,
+                    measured,
+                    complete,
+                    crate::cost::nats_cost_over,
+                );
+                for (step, cost) in self.steps.iter_mut().zip(w.steps) {
+                    step.nats = cost;
+                }
+                self.nats = w.run;
+                let went_back = self.nats.as_ref().is_some_and(|n| n.counters_went_back);
+                self.explain_costs(
+                    ("NATS", "nats-server's /varz", source),
+                    samples.len(),
+                    complete,
+                    &w.errors,
+                    (self.nats.is_none(), went_back),
+                );
+            }
+        }
+    }
+
+    /// Warnings for failed readings and counters that went back, and a
+    /// note when the run's figure is missing.
+    fn explain_costs(
+        &mut self,
+        (name, what, source): (&str, &str, &str),
+        points: usize,
+        complete: bool,
+        errors: &[String],
+        (missing, went_back): (bool, bool),
+    ) {
+        if let Some(first) = errors.first() {
+            self.warnings.push(format!(
+                "Reading {what} at {source} failed at {} of {points} points ({first}): the windows around them have no figures.",
+                errors.len()
+            ));
+        }
+        if went_back {
+            self.warnings.push(format!(
+                "{what} counters at {source} went back during the run (a reset or a restart): the {name} figures are too low."
+            ));
+        }
+        if missing {
+            let why = if !errors.is_empty() {
+                "a reading failed, see the warnings"
+            } else if !complete {
+                "the run stopped before its measured phase ended"
+            } else {
+                "no readings"
+            };
+            self.cost_notes.push(format!(
+                "{name} per delivered message: not measured ({why})"
+            ));
         }
     }
 
@@ -703,6 +847,43 @@ impl Report {
             w.push("Spammers were not refused at all: is spam-scoring's limit higher than users.spam_limit_per_min?".to_owned());
         }
         w
+    }
+
+    /// Redis and NATS per delivered message, or why not, for the table.
+    fn cost_lines(&self, o: &mut String) {
+        wln!(o);
+        wln!(o, "  per delivered message (measured phase)");
+        if let Some(r) = &self.redis {
+            wln!(
+                o,
+                "  redis commands         {:>8}   of them scripts {} ({} µs in scripts, {} µs in all)",
+                opt2(r.commands_per_delivered_msg),
+                opt2(r.scripts_per_delivered_msg),
+                opt2(r.script_usec_per_delivered_msg),
+                opt2(r.usec_per_delivered_msg)
+            );
+            let top: Vec<String> = r
+                .top
+                .iter()
+                .map(|c| format!("{} {}", c.command, opt2(c.per_delivered_msg)))
+                .collect();
+            wln!(o, "    most called: {}", top.join(", "));
+        }
+        if let Some(n) = &self.nats {
+            wln!(
+                o,
+                "  nats msgs in / out     {:>8} / {}   bytes in / out {} / {}",
+                opt2(n.in_msgs_per_delivered_msg),
+                opt2(n.out_msgs_per_delivered_msg),
+                n.in_bytes_per_delivered_msg
+                    .map_or_else(|| "–".to_owned(), fmt_num),
+                n.out_bytes_per_delivered_msg
+                    .map_or_else(|| "–".to_owned(), fmt_num)
+            );
+        }
+        for note in &self.cost_notes {
+            wln!(o, "  {note}");
+        }
     }
 
     pub fn to_json(&self) -> String {
@@ -869,6 +1050,7 @@ impl Report {
                 );
             }
         }
+        self.cost_lines(&mut o);
         if self.steps.len() > 1 {
             wln!(o);
             wln!(
@@ -900,6 +1082,24 @@ impl Report {
                         .unwrap_or_default();
                     wln!(o, "         cpu: {}{per_message}", cpu.join(", "));
                 }
+                let mut bus = Vec::new();
+                if let Some(r) = &s.redis {
+                    bus.push(format!(
+                        "redis {} commands, {} scripts",
+                        opt2(r.commands_per_delivered_msg),
+                        opt2(r.scripts_per_delivered_msg)
+                    ));
+                }
+                if let Some(n) = &s.nats {
+                    bus.push(format!(
+                        "nats {} msgs in, {} out",
+                        opt2(n.in_msgs_per_delivered_msg),
+                        opt2(n.out_msgs_per_delivered_msg)
+                    ));
+                }
+                if !bus.is_empty() {
+                    wln!(o, "         per delivered message: {}", bus.join("; "));
+                }
             }
             match self.knee_msgs_per_s {
                 Some(k) => wln!(o, "  knee: {} msgs/s (last healthy step)", fmt_num(k)),
@@ -914,6 +1114,49 @@ impl Report {
         }
         o
     }
+}
+
+/// Per-window costs from a series of readings.
+struct Windows<C> {
+    steps: Vec<Option<C>>,
+    run: Option<C>,
+    errors: Vec<String>,
+}
+
+/// Each step's cost (from its reading to the next), the run's (first to
+/// last, when the series is `complete`), and the failed readings' errors.
+fn windows<S, C>(
+    samples: &[BusSample],
+    pick: impl Fn(&BusSample) -> Option<&Result<S, String>>,
+    step_delivered: &[u64],
+    run_delivered: u64,
+    complete: bool,
+    cost: impl Fn(&[Option<&S>], u64) -> Option<C>,
+) -> Windows<C> {
+    let readings: Vec<Option<&S>> = samples
+        .iter()
+        .map(|s| pick(s).and_then(|r| r.as_ref().ok()))
+        .collect();
+    let steps = step_delivered
+        .iter()
+        .enumerate()
+        .map(|(i, &delivered)| cost(readings.get(i..i + 2)?, delivered))
+        .collect();
+    let run = if complete {
+        cost(&readings, run_delivered)
+    } else {
+        None
+    };
+    let errors = samples
+        .iter()
+        .filter_map(|s| pick(s).and_then(|r| r.as_ref().err()).cloned())
+        .collect();
+    Windows { steps, run, errors }
+}
+
+/// `x` with up to two decimals, `–` for none.
+fn opt2(x: Option<f64>) -> String {
+    x.map_or_else(|| "–".to_owned(), |x| format!("{x:.2}"))
 }
 
 /// A number with thousands separators, no decimals above 100.
@@ -1074,13 +1317,17 @@ mod tests {
             healthy: true,
             cpu_percent: [("nats".to_owned(), busy)].into_iter().collect(),
             cpu_us_per_delivered_msg: None,
+            delivered_in_window: (rate * 10.0) as u64,
+            redis: None,
+            nats: None,
         }
     }
 
     #[test]
     fn cpu_per_delivered_message_sums_the_processes() {
         let mut report = sample_report("", false);
-        report.throughput_msgs_per_s = 2_000.0;
+        // 2,000 msgs/s over the 2 s measured phase.
+        report.measured_delivered = 4_000;
         report.cpu_percent.insert("nats".into(), 51.0);
         report.cpu_percent.insert("redis".into(), 35.0);
         report.cpu_percent.insert("loadtest".into(), 20.0);
@@ -1097,10 +1344,125 @@ mod tests {
             .to_json()
             .contains("\"cpu_us_per_delivered_msg\": 530.0"));
         // Nothing delivered, or no CPU figures: no figure.
-        report.throughput_msgs_per_s = 0.0;
+        report.measured_delivered = 0;
         report.cpu_percent.clear();
         report.note_cpu_per_message();
         assert_eq!(report.cpu_us_per_delivered_msg, None);
+    }
+
+    fn bus_sample(scripts: u64, in_msgs: u64) -> BusSample {
+        use crate::cost::{CommandCounts, NatsSample, RedisSample, Varz};
+        BusSample {
+            redis: Some(Ok(RedisSample {
+                stats: [
+                    ("evalsha", scripts),
+                    ("hget", 2 * scripts),
+                    ("info", scripts / 100),
+                ]
+                .into_iter()
+                .map(|(n, calls)| (n.to_owned(), CommandCounts { calls, usec: 0 }))
+                .collect(),
+                own_before_info: BTreeMap::new(),
+                nodes: 1,
+            })),
+            nats: Some(Ok(NatsSample {
+                varz: Varz {
+                    in_msgs,
+                    out_msgs: in_msgs / 2,
+                    in_bytes: in_msgs * 100,
+                    out_bytes: 0,
+                },
+                servers: 1,
+            })),
+        }
+    }
+
+    #[test]
+    fn redis_and_nats_per_delivered_message_are_in_the_table_json_and_html() {
+        let mut report = sample_report("", false);
+        // 19 messages delivered in the measured window.
+        assert_eq!(report.measured_delivered, 19);
+        assert_eq!(report.steps[0].delivered_in_window, 19);
+        let samples = [bus_sample(100, 1_000), bus_sample(138, 1_076)];
+        report.note_bus_costs(&samples, Some("127.0.0.1:6379"), Some("http://n:8222/varz"));
+        // 38 EVALSHA, 76 HGET (and our own INFO, left out) for 19 messages.
+        let redis = report.redis.clone().unwrap();
+        assert_eq!(redis.commands, 114);
+        assert_eq!(redis.scripts_per_delivered_msg, Some(2.0));
+        assert_eq!(redis.commands_per_delivered_msg, Some(6.0));
+        assert_eq!(report.steps[0].redis, Some(redis));
+        let nats = report.nats.clone().unwrap();
+        assert_eq!(nats.in_msgs_per_delivered_msg, Some(4.0));
+        assert_eq!(nats.out_msgs_per_delivered_msg, Some(2.0));
+        assert!(report.cost_notes.is_empty(), "{:?}", report.cost_notes);
+        let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(v["redis"]["scripts_per_delivered_msg"], 2.0);
+        assert_eq!(v["redis"]["top"][0]["command"], "hget");
+        assert_eq!(v["nats"]["in_msgs_per_delivered_msg"], 4.0);
+        assert_eq!(v["steps"][0]["nats"]["in_bytes_per_delivered_msg"], 400.0);
+        assert_eq!(v["measured_delivered"], 19);
+        let table = report.to_table();
+        assert!(
+            table.contains("  redis commands             6.00   of them scripts 2.00"),
+            "{table}"
+        );
+        assert!(
+            table.contains("most called: hget 4.00, evalsha 2.00"),
+            "{table}"
+        );
+        assert!(
+            table.contains("  nats msgs in / out         4.00 / 2.00"),
+            "{table}"
+        );
+        let page = crate::html::render(&report);
+        assert!(
+            page.contains("<tr><th>Redis scripts</th><td>2.00</td></tr>"),
+            "{page}"
+        );
+        assert!(page.contains("<tr><th>NATS messages in</th><td>4.00</td></tr>"));
+    }
+
+    #[test]
+    fn missing_redis_and_nats_figures_say_why() {
+        let mut report = sample_report("", false);
+        report.note_bus_costs(&[bus_sample(1, 1), bus_sample(2, 2)], None, None);
+        assert_eq!((report.redis.clone(), report.nats.clone()), (None, None));
+        assert!(report
+            .to_table()
+            .contains("Redis per delivered message: not measured (pass --redis-url)"));
+        assert!(crate::html::render(&report)
+            .contains("NATS per delivered message: not measured (pass --nats-monitor-url)"));
+        assert!(report.warnings.iter().all(|w| !w.contains("Reading")));
+
+        // The end reading of Redis failed; NATS's went back (a restart).
+        let mut report = sample_report("", false);
+        let mut end = bus_sample(200, 10);
+        end.redis = Some(Err("Redis at r:6379 did not answer within 2s".into()));
+        report.note_bus_costs(
+            &[bus_sample(100, 1_000), end],
+            Some("r:6379"),
+            Some("http://n:8222/varz"),
+        );
+        assert_eq!(report.redis, None);
+        assert!(report.nats.as_ref().unwrap().counters_went_back);
+        assert!(report.cost_notes.iter().any(|n| n == "Redis per delivered message: not measured (a reading failed, see the warnings)"), "{:?}", report.cost_notes);
+        assert!(report.warnings.iter().any(|w| w.starts_with("Reading Redis's INFO commandstats at r:6379 failed at 1 of 2 points (Redis at r:6379 did not answer")), "{:?}", report.warnings);
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("the NATS figures are too low")),
+            "{:?}",
+            report.warnings
+        );
+
+        // A run stopped early has one reading.
+        let mut report = sample_report("", false);
+        report.note_bus_costs(&[bus_sample(1, 1)], Some("r"), None);
+        assert!(report
+            .cost_notes
+            .iter()
+            .any(|n| n.contains("the run stopped before its measured phase ended")));
     }
 
     #[test]
@@ -1179,6 +1541,9 @@ mod tests {
             healthy,
             cpu_percent: Default::default(),
             cpu_us_per_delivered_msg: None,
+            delivered_in_window: 0,
+            redis: None,
+            nats: None,
         };
         assert_eq!(
             knee(&[
