@@ -10,7 +10,8 @@
 //! - [`run`](mod@run): a run against a gateway; [`ceiling`]: the NATS reference ceiling.
 //! - [`cpu`] and [`cost`]: CPU per process, and Redis commands and NATS
 //!   messages per delivered message, over each measured step.
-//! - [`report`] and [`html`]: JSON, the terminal table and the HTML page.
+//! - [`report`] and [`html`]: JSON, the terminal table and the HTML page;
+//!   [`compare`]: the ratios between two runs' JSON reports.
 //!
 //! `docs/loadtest.md` is the user guide.
 
@@ -31,6 +32,7 @@ macro_rules! wln {
 }
 
 pub mod ceiling;
+pub mod compare;
 pub mod cost;
 pub mod cpu;
 pub mod delivery_bench;

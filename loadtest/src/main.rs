@@ -40,6 +40,17 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Print the ratios B/A between two runs' JSON reports: per step
+    /// (matched by offered rate) and overall.
+    Compare {
+        /// The first run's report (`loadtest run --json`).
+        a: PathBuf,
+        /// The second run's report.
+        b: PathBuf,
+        /// Also write the comparison as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Check scenario files and print what each would do.
     Check {
         #[arg(required = true)]
@@ -487,6 +498,22 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn compare_command(a: &Path, b: &Path, json: Option<&Path>) -> anyhow::Result<ExitCode> {
+    match interop_loadtest::compare::compare_files(a, b) {
+        Ok(c) => {
+            print!("{}", c.to_text());
+            if let Some(path) = json {
+                write(path, &c.to_json())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("loadtest compare: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn check_command(paths: &[PathBuf]) -> ExitCode {
     let mut code = ExitCode::SUCCESS;
     for path in paths {
@@ -527,6 +554,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Compare { a, b, json } => compare_command(&a, &b, json.as_deref()),
             Command::Check { scenarios } => Ok(check_command(&scenarios)),
             Command::IdleSessions(args) => idle_command(args).await,
             Command::GroupFanout(args) => fanout_command(args).await,

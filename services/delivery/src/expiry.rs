@@ -19,19 +19,16 @@
 //! The per-recipient count limit (`--inbox-max-per-recipient`) never
 //! pushes a message out: a full store refuses new ones (docs/adr/0027).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, AckKind};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use interop_bus::subjects::{
-    CONSUMER_EXPIRY, DELIVERY_ACKED_PREFIX, DELIVERY_QUEUED_ALL, DELIVERY_QUEUED_PREFIX,
-};
+use interop_bus::subjects::{CONSUMER_EXPIRY, DELIVERY_QUEUED_ALL};
 use interop_bus::{pipeline, BusError};
 use interop_proto::v1::{ReceiptStatus, RejectCode};
 
@@ -132,17 +129,16 @@ async fn handle(shared: &Shared, msg: &jetstream::Message) -> Result<AckKind, Bo
     let Some(env) = pm.envelope else {
         return Ok(AckKind::Ack);
     };
-    let key = msg
-        .subject
-        .as_str()
-        .strip_prefix(DELIVERY_QUEUED_PREFIX)
-        .and_then(|k| k.strip_prefix('.'))
-        .unwrap_or_default();
+    let key = interop_bus::subjects::store_subject_key(msg.subject.as_str()).unwrap_or_default();
     // The same rule as for `DELIVERED` receipts.
     if !crate::session::needs_delivered_receipt(&env, key) {
         return Ok(AckKind::Ack);
     }
-    if highest_cursor(shared, key).await? >= seq {
+    // A device of the recipient, or the provider session reading its
+    // partition, got past it.
+    let furthest =
+        interop_bus::store::furthest_cursor(&shared.cursors, msg.subject.as_str(), key).await?;
+    if furthest >= seq {
         return Ok(AckKind::Ack);
     }
     let original = interop_proto::v1::Envelope {
@@ -184,36 +180,4 @@ async fn handle(shared: &Shared, msg: &jetstream::Message) -> Result<AckKind, Bo
     shared.metrics.expired.inc();
     debug!(seq, "A message expired undelivered; the sender was told.");
     Ok(AckKind::Ack)
-}
-
-/// The furthest cursor of any device of the recipient `key` (0 = none).
-async fn highest_cursor(shared: &Shared, key: &str) -> Result<u64, BoxError> {
-    let filter = format!("{DELIVERY_ACKED_PREFIX}.{key}.*");
-    let subjects: HashMap<String, usize> = shared
-        .cursors
-        .info_with_subjects(&filter)
-        .await?
-        .try_collect()
-        .await?;
-    let mut highest = 0;
-    for subject in subjects.keys() {
-        match shared
-            .cursors
-            .get_last_raw_message_by_subject(subject)
-            .await
-        {
-            Ok(m) => {
-                let cursor = std::str::from_utf8(&m.payload)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                highest = highest.max(cursor);
-            }
-            Err(e)
-                if e.kind()
-                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(highest)
 }

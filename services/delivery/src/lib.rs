@@ -23,6 +23,8 @@ mod args;
 mod auth;
 mod expiry;
 mod metrics;
+mod partitions;
+mod provider_session;
 mod reading;
 pub mod rich;
 mod session;
@@ -43,7 +45,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use interop_bus::subjects::{ADMISSIONS_CHANGED_ALL, STREAM_CURSORS, STREAM_INBOX};
+use interop_bus::subjects::{
+    ADMISSIONS_CHANGED_ALL, STREAM_CURSORS, STREAM_INBOX, STREAM_PROVIDER_SESSIONS,
+};
 use interop_bus::{BusError, StreamSettings};
 use interop_edge::tls::Peer;
 use interop_edge::{EdgeGuard, EdgeLimits};
@@ -111,6 +115,9 @@ pub(crate) struct Shared {
     pub js: jetstream::Context,
     pub inbox: jetstream::stream::Stream,
     pub cursors: jetstream::stream::Stream,
+    /// Provider sessions' heartbeats and partition leases
+    /// (docs/adr/0031).
+    pub provider_sessions: jetstream::stream::Stream,
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
     pub metrics: metrics::DeliveryMetrics,
@@ -141,6 +148,13 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
             name: STREAM_CURSORS.to_owned(),
             source: Box::new(e),
         })?;
+    let provider_sessions = js
+        .get_stream(STREAM_PROVIDER_SESSIONS)
+        .await
+        .map_err(|e| BusError::Stream {
+            name: STREAM_PROVIDER_SESSIONS.to_owned(),
+            source: Box::new(e),
+        })?;
     let addr: Option<SocketAddr> = config.listener.local_addr().ok();
     let store = RegistryStore::new(js.clone());
     let providers = store
@@ -155,6 +169,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         js,
         inbox,
         cursors,
+        provider_sessions,
         shutdown: shutdown.clone(),
         sessions: TaskTracker::new(),
         metrics,

@@ -43,6 +43,10 @@ pub struct DeliveryMetrics {
     /// user-state stream unavailable or slow) and were tried again: the
     /// message waits, it is never shown unchecked.
     pub recheck_unavailable: Counter,
+    pub provider_sessions: Gauge,
+    pub provider_partitions: Gauge,
+    pub provider_batches: Counter,
+    pub provider_leases_lost: Counter,
 }
 
 impl DeliveryMetrics {
@@ -62,7 +66,31 @@ impl DeliveryMetrics {
             withheld: Counter::default(),
             unchecked: Counter::default(),
             recheck_unavailable: Counter::default(),
+            provider_sessions: Gauge::default(),
+            provider_partitions: Gauge::default(),
+            provider_batches: Counter::default(),
+            provider_leases_lost: Counter::default(),
         };
+        metrics.register(
+            "interop_delivery_provider_sessions",
+            "Open provider sessions (server to server) on this replica.",
+            m.provider_sessions.clone(),
+        );
+        metrics.register(
+            "interop_delivery_provider_partitions",
+            "Partitions owned by this replica's provider sessions.",
+            m.provider_partitions.clone(),
+        );
+        metrics.register(
+            "interop_delivery_provider_batches",
+            "DeliverBatch frames pushed to provider sessions.",
+            m.provider_batches.clone(),
+        );
+        metrics.register(
+            "interop_delivery_provider_leases_lost",
+            "Partition leases a provider session lost because it did not renew them in time (another session took the partition).",
+            m.provider_leases_lost.clone(),
+        );
         metrics.register(
             "interop_delivery_recheck_unavailable",
             "Consent re-checks that got no answer in time and were tried again (the message waits; alert on a steady rate).",

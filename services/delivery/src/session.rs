@@ -31,7 +31,7 @@ use interop_bus::subjects::{
     delivery_acked, delivery_queued, session_events, SESSION_CHANGED, SESSION_EPHEMERAL,
     SESSION_STORED,
 };
-use interop_bus::{pipeline, recipient_key};
+use interop_bus::{pipeline, recipient_key, recipient_path};
 use interop_edge::ws::{self, close, Incoming, Outbound};
 use interop_proto::limits::{MAX_FRAME_BYTES, MAX_MARK_READ_TAGS, MAX_UNACKED};
 use interop_proto::v1::{
@@ -78,7 +78,10 @@ struct Session {
 pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: interop_edge::tls::Peer) {
     let (sink, mut stream) = socket.split();
     let (out, writer) = ws::spawn_writer(sink);
-    if let Some(session) = Box::pin(hello(&mut stream, &out, &shared, &peer)).await {
+    let opened = Box::pin(hello(&mut stream, &out, &shared, &peer)).await;
+    if let Some(Opened::Provider(p)) = opened {
+        Box::pin(crate::provider_session::serve(&mut stream, &out, &shared, p)).await;
+    } else if let Some(Opened::User(session)) = opened {
         // Logged from the address each time (not a copy of it held for the
         // session's life: issue 5's memory bar).
         info!(user = %session.user.redacted(), "Recipient connected to delivery.");
@@ -105,14 +108,27 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: interop_
     writer.await.ok();
 }
 
+/// What a successful `Hello` opened.
+enum Opened {
+    /// A user's device.
+    User(Session),
+    /// A provider's server (`Hello.provider_session`).
+    Provider(crate::provider_session::Opened),
+}
+
 async fn hello(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     out: &mpsc::Sender<Outbound>,
     shared: &Shared,
     peer: &interop_edge::tls::Peer,
-) -> Option<Session> {
+) -> Option<Opened> {
     let (request_id, h) = ws::read_hello(stream, out, &shared.shutdown).await?;
     let admitted = crate::auth::admit(shared, peer, request_id, &h, out).await?;
+    if h.provider_session {
+        return crate::provider_session::opened(out, request_id, h, admitted)
+            .await
+            .map(Opened::Provider);
+    }
     let (user, device) = match session_address(&h) {
         Ok(a) => a,
         Err((code, detail)) => {
@@ -140,7 +156,7 @@ async fn hello(
         return None;
     };
     ws::push(out, Outbound::frame(welcome(request_id))).await;
-    Some(Session {
+    Some(Opened::User(Session {
         provider: h.provider,
         credential: admitted.credential,
         user,
@@ -153,7 +169,7 @@ async fn hello(
         last_delivered: cursor,
         admissions_changed_ms: interop_proto::now_ms(),
         _slot: admitted.slot,
-    })
+    }))
 }
 
 /// The session's user and device from an authenticated `Hello`: a user of
@@ -589,14 +605,14 @@ impl<'a> Store<'a> {
         s: &mut Session,
         shared: &'a Shared,
     ) -> Result<(Self, async_nats::Subscriber), BoxError> {
-        let key = recipient_key(s.user.as_str());
-        let events = shared.js.client().subscribe(session_events(&key)).await?;
+        let path = recipient_path(s.user.as_str());
+        let events = shared.js.client().subscribe(session_events(&path)).await?;
         // Changes announced before the subscription reached the server are
         // not heard: they count as happening now.
         s.admissions_changed_ms = interop_proto::now_ms();
         let store = Self {
             shared,
-            subject: delivery_queued(&key),
+            subject: delivery_queued(&path),
             reading: Reading::default(),
             checking: FuturesOrdered::new(),
         };
@@ -724,6 +740,18 @@ async fn on_client(
             Some(client_frame::Frame::Ack(ack)) => {
                 Box::pin(on_ack(s, &ack.delivery_tags, shared)).await?;
             }
+            Some(client_frame::Frame::MarkRead(m))
+                if !m.user.is_empty() && m.user != s.user.as_str() =>
+            {
+                let r = ws::rejected(
+                    frame.request_id,
+                    "",
+                    RejectCode::SenderNotOwned,
+                    "mark_read.user must be empty (or this session's user) on a user's session",
+                    0,
+                );
+                ws::push(out, Outbound::frame(r)).await;
+            }
             Some(client_frame::Frame::MarkRead(m)) => {
                 let tags = &m.delivery_tags;
                 let answer = on_mark_read(store_subject, frame.request_id, tags, shared);
@@ -819,6 +847,7 @@ async fn push_checked(
             envelope: Some(env),
             // Where it belongs now (requests, or the user's inbox).
             inbox,
+            user: String::new(),
         })),
     };
     if out.send(Outbound::frame(frame)).await.is_err() {
@@ -851,7 +880,7 @@ struct Checked {
 }
 
 /// Consent re-checks of one session that may run at once.
-const CHECK_DEPTH: usize = 32;
+pub(crate) const CHECK_DEPTH: usize = 32;
 
 /// How long one attempt at the consent re-check may take before it is
 /// tried again.
@@ -861,7 +890,7 @@ const RECHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(50
 const RECHECK_MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The inbox routing filed a stored message in (`Inbox` as i32).
-fn filed_inbox(pm: &interop_proto::v1::PipelineMessage) -> i32 {
+pub(crate) fn filed_inbox(pm: &interop_proto::v1::PipelineMessage) -> i32 {
     pm.route.as_ref().map_or(0, |r| r.inbox)
 }
 
@@ -876,7 +905,7 @@ fn filed_inbox(pm: &interop_proto::v1::PipelineMessage) -> i32 {
 /// session's later pushes wait; they are never shown unchecked, since the
 /// user may have blocked the sender. Messages taken live with no change
 /// announced need no re-check and keep flowing (docs/adr/0018).
-async fn still_admitted(
+pub(crate) async fn still_admitted(
     shared: &Shared,
     user: &str,
     env: &Envelope,
@@ -981,6 +1010,7 @@ fn push_ephemeral(s: &Session, payload: &[u8], out: &mpsc::Sender<Outbound>, sha
             delivery_tag: 0,
             envelope: Some(env),
             inbox: 0,
+            user: String::new(),
         })),
     };
     if out.try_send(Outbound::frame(frame)).is_ok() {
@@ -991,7 +1021,7 @@ fn push_ephemeral(s: &Session, payload: &[u8], out: &mpsc::Sender<Outbound>, sha
 /// `MarkRead{delivery_tags}`: each tag is a store sequence of this user's
 /// store; its sender gets one READ receipt (deduplicated per message, so
 /// several devices reading it send one). Answers only on refusal.
-async fn on_mark_read(
+pub(crate) async fn on_mark_read(
     store_subject: &str,
     request_id: u64,
     tags: &[u64],
@@ -1020,10 +1050,7 @@ async fn on_mark_read(
             1000,
         )
     };
-    let store_key = store_subject
-        .strip_prefix(interop_bus::subjects::DELIVERY_QUEUED_PREFIX)
-        .and_then(|k| k.strip_prefix('.'))
-        .unwrap_or_default();
+    let store_key = interop_bus::subjects::store_subject_key(store_subject).unwrap_or_default();
     let mut unknown = 0usize;
     for &tag in tags {
         let env = match stored_envelope(shared, store_subject, tag).await {
@@ -1088,7 +1115,7 @@ async fn stored_envelope(
 
 /// Writes a receipt into its recipient's store; the publish ack is awaited
 /// in the background (a lost receipt is logged).
-async fn publish_receipt(shared: &Shared, r: interop_bus::Outgoing) -> Result<(), BoxError> {
+pub(crate) async fn publish_receipt(shared: &Shared, r: interop_bus::Outgoing) -> Result<(), BoxError> {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", r.msg_id.as_str());
     interop_bus::trace::inject_current(&mut headers);
@@ -1138,7 +1165,7 @@ const RECEIPT_RETRIES: usize = 8;
 
 /// Always filled: from the registry, or (a provider removed since) with
 /// the provider id alone and encryption UNSPECIFIED.
-fn sender_info(shared: &Shared, from: &str) -> Option<SenderInfo> {
+pub(crate) fn sender_info(shared: &Shared, from: &str) -> Option<SenderInfo> {
     let provider = from.split(':').next().unwrap_or_default();
     let info = shared.providers.borrow().get(provider).map(|p| SenderInfo {
         provider: p.id.clone(),

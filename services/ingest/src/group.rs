@@ -540,7 +540,7 @@ async fn group_typing(
             sender_provider: provider.to_owned(),
             ..Default::default()
         };
-        let subject = interop_bus::subjects::ephemeral_sent(&interop_bus::recipient_key(member));
+        let subject = interop_bus::subjects::ephemeral_sent(&interop_bus::recipient_path(member));
         if let Err(e) = shared
             .js
             .client()
@@ -709,6 +709,7 @@ mod tests {
             frame: Some(server_frame::Frame::Deliver(Deliver {
                 delivery_tag: u64::MAX,
                 inbox: 1,
+                user: String::new(),
                 envelope: Some(Envelope {
                     message_id: uuid::Uuid::now_v7().to_string(),
                     from: longest(0),

@@ -25,8 +25,8 @@ use bytes::Bytes;
 use prost::Message as _;
 use tracing::{debug, warn};
 
-use interop_bus::recipient_key;
 use interop_bus::subjects::delivery_queued;
+use interop_bus::{recipient_key, recipient_path};
 use interop_keys::{LowPool, Pool};
 pub(crate) use interop_proto::v1::key_notice::Kind;
 use interop_proto::v1::{
@@ -64,7 +64,7 @@ async fn store(shared: &Shared, notices: Vec<(String, String, Bytes)>) -> usize 
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
         match shared
             .js
-            .publish_with_headers(delivery_queued(&recipient_key(&to)), headers, payload)
+            .publish_with_headers(delivery_queued(&recipient_path(&to)), headers, payload)
             .await
         {
             Ok(ack) => acks.push(ack),

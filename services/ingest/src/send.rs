@@ -336,7 +336,7 @@ async fn prepare_send(
         envelope.content,
         Some(interop_proto::v1::envelope::Content::Typing(_))
     )
-    .then(|| interop_bus::subjects::ephemeral_sent(&interop_bus::recipient_key(to.as_str())));
+    .then(|| interop_bus::subjects::ephemeral_sent(&interop_bus::recipient_path(to.as_str())));
     if ephemeral_subject.is_some() {
         // Typing skips routing, so routing's admission is applied here: only
         // a sender the recipient accepted may show typing. Otherwise it is

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use crate::recipient_key;
+use crate::recipient_path;
 use crate::subjects::{session_changed, ADMISSIONS_CHANGED_ALL};
 
 /// How long an announcement may take to reach the server.
@@ -30,7 +30,7 @@ pub struct AnnounceError(String);
 /// messages routed before the write and pushed after it are shown as
 /// routing filed them.
 pub async fn announce(client: &async_nats::Client, user: &str) -> Result<(), AnnounceError> {
-    send(client, session_changed(&recipient_key(user))).await
+    send(client, session_changed(&recipient_path(user))).await
 }
 
 /// [`announce`] without waiting for the write: the connection sends it
@@ -38,7 +38,7 @@ pub async fn announce(client: &async_nats::Client, user: &str) -> Result<(), Ann
 /// after and answers no client about the change).
 pub async fn announce_soon(client: &async_nats::Client, user: &str) -> Result<(), AnnounceError> {
     client
-        .publish(session_changed(&recipient_key(user)), bytes::Bytes::new())
+        .publish(session_changed(&recipient_path(user)), bytes::Bytes::new())
         .await
         .map_err(|e| AnnounceError(e.to_string()))
 }

@@ -305,9 +305,50 @@ pub fn recipient_key(address: &str) -> String {
     hex::encode(&digest[..16])
 }
 
+/// The partition (of [`interop_proto::limits::PARTITIONS`]) a recipient key
+/// falls in: its first 32 bits, modulo. Provider sessions own partitions
+/// of their provider's users; streams are split along them.
+pub fn partition_of_key(key: &str) -> u32 {
+    let head = key.get(..8).and_then(|h| u32::from_str_radix(h, 16).ok());
+    head.unwrap_or(0) % interop_proto::limits::PARTITIONS
+}
+
+/// The recipient's path in store and session subjects:
+/// `<provider>.<partition>.<key>`. The provider id is a subject token as
+/// it is (lowercase letters, digits, `-`: `Address` checks it); an address
+/// without a provider (never stored: validation refuses it) gets `-`.
+pub fn recipient_path(address: &str) -> String {
+    let key = recipient_key(address);
+    let provider = address
+        .split_once(':')
+        .map(|(p, _)| p)
+        .filter(|p| !p.is_empty() && !p.contains(['.', '*', '>', ' ']))
+        .unwrap_or("-");
+    format!("{provider}.{}.{key}", partition_of_key(&key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_names_the_provider_a_partition_and_the_key() {
+        let path = recipient_path("home:+4915112345678");
+        let t: Vec<&str> = path.split('.').collect();
+        assert_eq!(t.len(), 3);
+        assert_eq!(t[0], "home");
+        assert_eq!(t[2], recipient_key("home:+4915112345678"));
+        assert_eq!(t[1].parse::<u32>().unwrap(), partition_of_key(t[2]));
+        // Partitions spread: 10,000 users fill every one, none more than
+        // twice its share.
+        let mut counts = vec![0u32; interop_proto::limits::PARTITIONS as usize];
+        for i in 0..10_000 {
+            counts[partition_of_key(&recipient_key(&format!("home:u{i}"))) as usize] += 1;
+        }
+        let share = 10_000 / interop_proto::limits::PARTITIONS;
+        assert!(counts.iter().all(|&c| c > 0 && c < 2 * share), "{counts:?}");
+        assert_eq!(recipient_path("nobody").split('.').next(), Some("-"));
+    }
 
     #[test]
     fn recipient_keys_are_stable_and_hide_the_address() {

@@ -10,8 +10,8 @@ use interop_proto::v1::{
 };
 
 use crate::handling::{HandleError, Outgoing};
-use crate::recipient_key;
 use crate::subjects::delivery_queued;
+use crate::{recipient_key, recipient_path};
 
 /// Decodes a pipeline event. A payload that does not decode can never be
 /// handled, so it is a permanent failure.
@@ -59,7 +59,7 @@ pub fn to_recipient_store(pm: &PipelineMessage) -> Outgoing {
     let env = pm.envelope.as_ref();
     let to = env.map_or("", |e| e.to.as_str());
     Outgoing {
-        subject: delivery_queued(&recipient_key(to)),
+        subject: delivery_queued(&recipient_path(to)),
         msg_id: env.map(copy_id).unwrap_or_default(),
         payload: Bytes::from(pm.encode_to_vec()),
         trace: None,
@@ -95,7 +95,7 @@ pub fn take_sender_copy(pm: &mut PipelineMessage) -> Option<Outgoing> {
         recipient_key: recipient_key(&env.from),
     });
     Some(Outgoing {
-        subject: delivery_queued(&recipient_key(&env.from)),
+        subject: delivery_queued(&recipient_path(&env.from)),
         msg_id: format!("sync-{}", env.message_id),
         payload: Bytes::from(copy.encode_to_vec()),
         trace: None,
@@ -154,7 +154,7 @@ pub fn receipt_to_sender(
         ..Default::default()
     };
     Outgoing {
-        subject: delivery_queued(&recipient_key(&original.from)),
+        subject: delivery_queued(&recipient_path(&original.from)),
         msg_id: format!("receipt-{}-{}", status.as_str_name(), copy_id(original)),
         payload: Bytes::from(pm.encode_to_vec()),
         trace: None,
@@ -209,7 +209,7 @@ mod tests {
         ] {
             let mut recipients = pm(content);
             let out = take_sender_copy(&mut recipients).expect("a copy for the sender");
-            assert_eq!(out.subject, delivery_queued(&recipient_key("home:bob")));
+            assert_eq!(out.subject, delivery_queued(&recipient_path("home:bob")));
             assert_eq!(out.msg_id, "sync-m1");
             let mut env = recipients.envelope.unwrap();
             let theirs = ciphertext_mut(&mut env).unwrap();

@@ -21,9 +21,7 @@ use interop_proto::v1::{envelope, ReceiptStatus, RejectCode};
 
 use crate::handling::Outgoing;
 use crate::pipeline;
-use crate::subjects::{
-    DELIVERY_ACKED_PREFIX, DELIVERY_QUEUED_PREFIX, STREAM_CURSORS, STREAM_INBOX,
-};
+use crate::subjects::{DELIVERY_ACKED_PREFIX, STREAM_CURSORS, STREAM_INBOX};
 
 /// What JetStream answers a publish into a subject at its count limit
 /// (`discard_new_per_subject`; nats-server 2.9 and later, error code 10077).
@@ -55,10 +53,7 @@ pub fn is_store_subject(subject: &str) -> bool {
 }
 
 fn store_key(subject: &str) -> Option<&str> {
-    subject
-        .strip_prefix(DELIVERY_QUEUED_PREFIX)?
-        .strip_prefix('.')
-        .filter(|k| !k.is_empty() && !k.contains('.'))
+    crate::subjects::store_subject_key(subject)
 }
 
 /// Subjects where [`make_room`] found nothing to remove, and when: it is
@@ -106,26 +101,7 @@ async fn make_room_with(
         }
     }
     let cursors = js.get_stream_no_info(STREAM_CURSORS).await?;
-    let filter = format!("{DELIVERY_ACKED_PREFIX}.{key}.*");
-    let devices: HashMap<String, usize> = cursors
-        .info_with_subjects(&filter)
-        .await?
-        .try_collect()
-        .await?;
-    let mut furthest = 0u64;
-    for device in devices.keys() {
-        match cursors.get_last_raw_message_by_subject(device).await {
-            Ok(m) => {
-                let cursor = std::str::from_utf8(&m.payload)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                furthest = furthest.max(cursor);
-            }
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let furthest = furthest_cursor(&cursors, subject, key).await?;
     let purged = if furthest == 0 {
         0
     } else {
@@ -150,6 +126,61 @@ async fn make_room_with(
         map.remove(subject);
     }
     Ok(purged)
+}
+
+/// The furthest any reader of the store `subject` (whose key is `key`) got:
+/// the highest of its recipient's device cursors and of the cursor of the
+/// provider partition it is in (provider sessions); 0 when none has read
+/// it. Everything at or below it was delivered to someone who reads for
+/// the recipient.
+pub async fn furthest_cursor<I>(
+    cursors: &jetstream::stream::Stream<I>,
+    subject: &str,
+    key: &str,
+) -> Result<u64, BoxError> {
+    let filter = format!("{DELIVERY_ACKED_PREFIX}.{key}.*");
+    let mut subjects: Vec<String> = cursors
+        .info_with_subjects(&filter)
+        .await?
+        .try_collect::<HashMap<String, usize>>()
+        .await?
+        .into_keys()
+        .collect();
+    if let Some((provider, partition)) = store_partition(subject) {
+        subjects.push(crate::subjects::partition_cursor(provider, partition));
+    }
+    let mut furthest = 0u64;
+    for cursor_subject in &subjects {
+        match cursors
+            .get_last_raw_message_by_subject(cursor_subject)
+            .await
+        {
+            Ok(m) => {
+                let cursor = std::str::from_utf8(&m.payload)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                furthest = furthest.max(cursor);
+            }
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(furthest)
+}
+
+/// The provider and partition a store subject of the partitioned layout
+/// names.
+pub fn store_partition(subject: &str) -> Option<(&str, u32)> {
+    let rest = subject
+        .strip_prefix(crate::subjects::DELIVERY_QUEUED_PREFIX)?
+        .strip_prefix('.')?;
+    let mut tokens = rest.split('.');
+    let (provider, partition, _key) = (tokens.next()?, tokens.next()?, tokens.next()?);
+    if tokens.next().is_some() {
+        return None;
+    }
+    Some((provider, partition.parse().ok()?))
 }
 
 /// What the sender of the message `out` (refused by a full store) is told:
@@ -206,7 +237,7 @@ mod tests {
 
     #[test]
     fn a_message_refused_by_a_full_store_becomes_a_failed_receipt_and_a_receipt_nothing() {
-        let bob = crate::recipient_key("home:bob");
+        let bob = crate::recipient_path("home:bob");
         let msg = interop_proto::v1::Envelope {
             message_id: "m1".into(),
             from: "signal:alice".into(),
@@ -218,7 +249,7 @@ mod tests {
             .expect("the sender is told");
         assert_eq!(
             r.subject,
-            delivery_queued(&crate::recipient_key("signal:alice"))
+            delivery_queued(&crate::recipient_path("signal:alice"))
         );
         assert_eq!(r.msg_id, "receipt-RECEIPT_STATUS_FAILED-m1");
         let env = pipeline::decode(&r.payload).unwrap().envelope.unwrap();
@@ -236,7 +267,7 @@ mod tests {
             ..msg.clone()
         };
         assert!(full_store_receipt(&out(delivery_queued(&bob), notice), None).is_none());
-        let alice = crate::recipient_key("signal:alice");
+        let alice = crate::recipient_path("signal:alice");
         assert!(full_store_receipt(&out(delivery_queued(&alice), msg.clone()), None).is_none());
         // Not a store subject.
         assert!(
@@ -250,7 +281,12 @@ mod tests {
             "publish failed: maximum messages per subject exceeded (code 503, error code 10077)"
         ));
         assert!(!is_full_message("timed out: didn't receive ack in time"));
-        assert!(is_store_subject(&delivery_queued("00ff")));
+        assert!(is_store_subject(&delivery_queued("home.3.00ff")));
+        assert_eq!(
+            store_partition(&delivery_queued("home.3.00ff")),
+            Some(("home", 3))
+        );
+        assert_eq!(store_partition("interop.v1.delivery.queued.00ff"), None);
         assert!(!is_store_subject("interop.v1.delivery.queued."));
         assert!(!is_store_subject("interop.v1.delivery.acked.00ff.phone"));
     }

@@ -85,7 +85,12 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
         pipeline_stream(STREAM_MEDIA, ROUTING_MEDIA_REQUESTED, s),
         stream::Config {
             name: STREAM_INBOX.to_owned(),
-            subjects: vec![DELIVERY_QUEUED_ALL.to_owned()],
+            // The legacy layout stays a subject of the store until what an
+            // earlier version stored there is moved (docs/adr/0031).
+            subjects: vec![
+                DELIVERY_QUEUED_ALL.to_owned(),
+                DELIVERY_QUEUED_LEGACY.to_owned(),
+            ],
             retention: stream::RetentionPolicy::Limits,
             // A recipient's store at its count limit refuses a message
             // rather than drop its oldest without a word: the publisher
@@ -135,6 +140,20 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             max_messages_per_subject: 1,
             // A cursor outlives the messages it points past.
             max_age: s.inbox_max_age * 2,
+            storage: stream::StorageType::File,
+            num_replicas: s.replicas,
+            ..Default::default()
+        },
+        // Provider sessions' heartbeats and partition leases (docs/adr/0031):
+        // small records, the last per subject; a day is far longer than any
+        // lease, so what a crashed session left goes by itself.
+        stream::Config {
+            name: STREAM_PROVIDER_SESSIONS.to_owned(),
+            subjects: vec![PROVIDER_SESSIONS_ALL.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_messages_per_subject: 1,
+            max_age: Duration::from_secs(24 * 3600),
             storage: stream::StorageType::File,
             num_replicas: s.replicas,
             ..Default::default()

@@ -20,12 +20,19 @@ pub const ROUTING_MEDIA_REQUESTED: &str = "interop.v1.routing.media-requested";
 /// routing → the quarantine: a message spam-scoring scored as quarantine,
 /// held out of every inbox for review (stream [`STREAM_QUARANTINE`]).
 pub const ROUTING_QUARANTINED: &str = "interop.v1.routing.quarantined";
-/// Prefix of the per-recipient store: `interop.v1.delivery.queued.<key>`.
-/// Written by routing, media-transcoding and delivery (receipts); read by
-/// delivery sessions.
+/// Prefix of the per-recipient store:
+/// `interop.v1.delivery.queued.<provider>.<partition>.<key>` (the
+/// recipient's path: [`crate::recipient_path`]). Written by routing,
+/// media-transcoding, ingest (key notices) and delivery (receipts); read by
+/// delivery sessions: a user's by its key, a provider session's by its
+/// partitions.
 pub const DELIVERY_QUEUED_PREFIX: &str = "interop.v1.delivery.queued";
 /// All per-recipient store subjects.
-pub const DELIVERY_QUEUED_ALL: &str = "interop.v1.delivery.queued.*";
+pub const DELIVERY_QUEUED_ALL: &str = "interop.v1.delivery.queued.*.*.*";
+/// Store subjects of the layout before provider partitions
+/// (`interop.v1.delivery.queued.<key>`): still part of the store so that
+/// what an earlier version stored is moved, not lost (docs/adr/0031).
+pub const DELIVERY_QUEUED_LEGACY: &str = "interop.v1.delivery.queued.*";
 
 /// Stream holding [`INGEST_ACCEPTED`] (work queue).
 pub const STREAM_INGEST: &str = "INTEROP_INGEST";
@@ -49,6 +56,41 @@ pub const DELIVERY_ACKED_ALL: &str = "interop.v1.delivery.acked.>";
 /// Stream holding the device cursors (last value per subject).
 pub const STREAM_CURSORS: &str = "INTEROP_CURSORS";
 
+/// The cursor of one partition of one provider's recipients, moved by
+/// provider sessions: `interop.v1.delivery.acked.partition.<provider>.<n>`
+/// (three tokens after the prefix, so a device cursor filter,
+/// `<key>.*`, never takes it).
+pub fn partition_cursor(provider: &str, partition: u32) -> String {
+    format!("{DELIVERY_ACKED_PREFIX}.partition.{provider}.{partition}")
+}
+
+/// Prefix of provider sessions' coordination (docs/adr/0031):
+/// `interop.v1.delivery.provider.members.<provider>.<session>` (each open
+/// provider session's heartbeat) and
+/// `interop.v1.delivery.provider.leases.<provider>.<partition>` (who owns
+/// a partition, until when; written compare-and-set).
+pub const PROVIDER_SESSIONS_PREFIX: &str = "interop.v1.delivery.provider";
+/// All of provider sessions' coordination subjects.
+pub const PROVIDER_SESSIONS_ALL: &str = "interop.v1.delivery.provider.>";
+/// Stream of provider sessions' heartbeats and partition leases (the last
+/// record per subject).
+pub const STREAM_PROVIDER_SESSIONS: &str = "INTEROP_PROVIDER_SESSIONS";
+
+/// The heartbeat subject of one provider session.
+pub fn provider_member(provider: &str, session: &str) -> String {
+    format!("{PROVIDER_SESSIONS_PREFIX}.members.{provider}.{session}")
+}
+
+/// Every heartbeat subject of one provider's sessions.
+pub fn provider_members(provider: &str) -> String {
+    format!("{PROVIDER_SESSIONS_PREFIX}.members.{provider}.*")
+}
+
+/// The lease subject of one partition of one provider.
+pub fn provider_lease(provider: &str, partition: u32) -> String {
+    format!("{PROVIDER_SESSIONS_PREFIX}.leases.{provider}.{partition}")
+}
+
 /// Prefix of the provider registry: `interop.v1.providers.<id>` holds the
 /// provider's current record (JSON; one message kept per subject).
 pub const PROVIDERS_PREFIX: &str = "interop.v1.providers";
@@ -58,13 +100,16 @@ pub const PROVIDERS_ALL: &str = "interop.v1.providers.*";
 pub const STREAM_PROVIDERS: &str = "INTEROP_PROVIDERS";
 
 /// Prefix of what a recipient's open delivery sessions listen to on core
-/// NATS: `interop.v1.delivery.session.<key>.stored` (each message stored for
+/// NATS, `<path>` being the recipient's path
+/// (`<provider>.<partition>.<key>`, [`crate::recipient_path`]):
+/// `interop.v1.delivery.session.<path>.stored` (each message stored for
 /// the recipient, republished by JetStream once committed, with its store
 /// sequence and the subject's previous one: docs/adr/0016),
-/// `interop.v1.delivery.session.<key>.ephemeral` (typing, published by ingest
+/// `interop.v1.delivery.session.<path>.ephemeral` (typing, published by ingest
 /// on core NATS, never stored; nobody listening = dropped) and
-/// `interop.v1.delivery.session.<key>.changed` (what the recipient admits
-/// changed: docs/adr/0018).
+/// `interop.v1.delivery.session.<path>.changed` (what the recipient admits
+/// changed: docs/adr/0018). A provider session listens to a partition's:
+/// `interop.v1.delivery.session.<provider>.<partition>.*.*`.
 pub const SESSION_PREFIX: &str = "interop.v1.delivery.session";
 /// Last token of a republished stored message's subject.
 pub const SESSION_STORED: &str = "stored";
@@ -77,9 +122,10 @@ pub const SESSION_CHANGED: &str = "changed";
 /// delivery replica listens (docs/adr/0018).
 pub const ADMISSIONS_CHANGED_ALL: &str = "interop.v1.delivery.admissions.changed";
 /// Where `INTEROP_INBOX` republishes each stored message (a stream
-/// `republish` destination: the recipient key is the store subject's
-/// wildcard token).
-pub const SESSION_STORED_REPUBLISH: &str = "interop.v1.delivery.session.{{wildcard(1)}}.stored";
+/// `republish` destination: the recipient's path is the store subject's
+/// three wildcard tokens).
+pub const SESSION_STORED_REPUBLISH: &str =
+    "interop.v1.delivery.session.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}.stored";
 
 /// The JetStream object store bucket holding media blobs (its stream is
 /// `OBJ_INTEROP_MEDIA_BLOBS`; written by media-transcoding).
@@ -88,27 +134,41 @@ pub const MEDIA_BUCKET: &str = "INTEROP_MEDIA_BLOBS";
 /// Durable consumer of delivery's expiry sweeper on [`STREAM_INBOX`].
 pub const CONSUMER_EXPIRY: &str = "delivery-expiry";
 
-/// The ephemeral subject of one recipient.
-pub fn ephemeral_sent(recipient_key: &str) -> String {
-    format!("{SESSION_PREFIX}.{recipient_key}.{SESSION_EPHEMERAL}")
+/// The ephemeral subject of one recipient (`path`: [`crate::recipient_path`]).
+pub fn ephemeral_sent(path: &str) -> String {
+    format!("{SESSION_PREFIX}.{path}.{SESSION_EPHEMERAL}")
 }
 
 /// The subject on which one recipient's stored messages are republished.
-pub fn session_stored(recipient_key: &str) -> String {
-    format!("{SESSION_PREFIX}.{recipient_key}.{SESSION_STORED}")
+pub fn session_stored(path: &str) -> String {
+    format!("{SESSION_PREFIX}.{path}.{SESSION_STORED}")
 }
 
 /// The subject on which a change of what one recipient admits is announced.
-pub fn session_changed(recipient_key: &str) -> String {
-    format!("{SESSION_PREFIX}.{recipient_key}.{SESSION_CHANGED}")
+pub fn session_changed(path: &str) -> String {
+    format!("{SESSION_PREFIX}.{path}.{SESSION_CHANGED}")
 }
 
 /// Everything a delivery session of one recipient listens to on core NATS,
 /// in one subscription: its stored messages as JetStream republishes them,
 /// its ephemeral events and changes of what it admits. Not its store subject itself: a session does
 /// not see a publish before the store committed it.
-pub fn session_events(recipient_key: &str) -> String {
-    format!("{SESSION_PREFIX}.{recipient_key}.*")
+pub fn session_events(path: &str) -> String {
+    format!("{SESSION_PREFIX}.{path}.*")
+}
+
+/// What a provider session owning one partition listens to on core NATS:
+/// one kind of session event ([`SESSION_EPHEMERAL`], [`SESSION_CHANGED`])
+/// of every recipient of the provider in the partition (its stored
+/// messages it reads with a consumer, [`partition_store`]).
+pub fn partition_events(provider: &str, partition: u32, kind: &str) -> String {
+    format!("{SESSION_PREFIX}.{provider}.{partition}.*.{kind}")
+}
+
+/// The store subjects of one partition of one provider's recipients: a
+/// provider session's consumer filter.
+pub fn partition_store(provider: &str, partition: u32) -> String {
+    format!("{DELIVERY_QUEUED_PREFIX}.{provider}.{partition}.*")
 }
 
 /// The record subject of one provider.
@@ -200,9 +260,22 @@ pub fn user_contact(recipient_key: Option<&str>, sender_key: Option<&str>) -> St
     )
 }
 
-/// The store subject of one recipient.
-pub fn delivery_queued(recipient_key: &str) -> String {
-    format!("{DELIVERY_QUEUED_PREFIX}.{recipient_key}")
+/// The store subject of one recipient (`path`: [`crate::recipient_path`]).
+pub fn delivery_queued(path: &str) -> String {
+    format!("{DELIVERY_QUEUED_PREFIX}.{path}")
+}
+
+/// The recipient key a store subject (either layout) or a session subject
+/// names, if it is one.
+pub fn store_subject_key(subject: &str) -> Option<&str> {
+    let rest = subject
+        .strip_prefix(DELIVERY_QUEUED_PREFIX)?
+        .strip_prefix('.')?;
+    let tokens: Vec<&str> = rest.split('.').collect();
+    match tokens.as_slice() {
+        [key] | [_, _, key] if !key.is_empty() => Some(key),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -236,7 +309,7 @@ mod tests {
             assert!(valid_subject(s), "{s}");
             assert!(s.starts_with("interop.v1."), "{s}");
         }
-        let key = crate::recipient_key("home:+4915112345678");
+        let key = crate::recipient_path("home:+4915112345678");
         assert!(valid_subject(&delivery_queued(&key)));
         // One session subscription covers both of a recipient's session
         // subjects, and not the store subject itself (a session would get
@@ -252,14 +325,61 @@ mod tests {
         assert!(matches(&session_changed(&key)));
         assert!(!matches(ADMISSIONS_CHANGED_ALL));
         assert!(!matches(&delivery_queued(&key)));
-        assert!(!matches(&session_stored(&crate::recipient_key(
+        assert!(!matches(&session_stored(&crate::recipient_path(
             "home:+4915100000000"
         ))));
         // The republish destination maps a store subject to its session
         // subject.
+        let tokens: Vec<&str> = key.split('.').collect();
         assert_eq!(
-            SESSION_STORED_REPUBLISH.replace("{{wildcard(1)}}", &key),
+            SESSION_STORED_REPUBLISH
+                .replace("{{wildcard(1)}}", tokens[0])
+                .replace("{{wildcard(2)}}", tokens[1])
+                .replace("{{wildcard(3)}}", tokens[2]),
             session_stored(&key)
         );
+        // A provider session's subscription and consumer filter take the
+        // partition's recipients and no other's.
+        let matches_partition = |subject: &str, kind: &str| {
+            let events = partition_events(tokens[0], tokens[1].parse().unwrap(), kind);
+            let t: Vec<&str> = subject.split('.').collect();
+            let p: Vec<&str> = events.split('.').collect();
+            t.len() == p.len() && t.iter().zip(&p).all(|(t, p)| *p == "*" || p == t)
+        };
+        assert!(matches_partition(&ephemeral_sent(&key), SESSION_EPHEMERAL));
+        assert!(matches_partition(&session_changed(&key), SESSION_CHANGED));
+        assert!(!matches_partition(&session_stored(&key), SESSION_EPHEMERAL));
+        assert!(!matches_partition(
+            &ephemeral_sent(&crate::recipient_path("signal:+4915112345678")),
+            SESSION_EPHEMERAL
+        ));
+        // A partition cursor is not a device cursor of any key.
+        let cursor = partition_cursor("home", 3);
+        assert!(valid_subject(&cursor));
+        assert_ne!(
+            cursor.split('.').count(),
+            delivery_acked(&crate::recipient_key("home:bob"), "phone")
+                .split('.')
+                .count()
+        );
+        let store = partition_store(tokens[0], tokens[1].parse().unwrap());
+        assert_eq!(
+            store.rsplit_once('.').unwrap().0,
+            delivery_queued(&key).rsplit_once('.').unwrap().0
+        );
+    }
+
+    #[test]
+    fn the_key_is_read_from_either_store_layout() {
+        let key = crate::recipient_key("home:bob");
+        let path = crate::recipient_path("home:bob");
+        assert_eq!(store_subject_key(&delivery_queued(&path)), Some(&*key));
+        assert_eq!(
+            store_subject_key(&format!("{DELIVERY_QUEUED_PREFIX}.{key}")),
+            Some(&*key)
+        );
+        assert_eq!(store_subject_key("interop.v1.delivery.queued"), None);
+        assert_eq!(store_subject_key("interop.v1.delivery.queued.a.b"), None);
+        assert_eq!(store_subject_key("interop.v1.delivery.acked.x"), None);
     }
 }

@@ -29,8 +29,8 @@ async fn a_stored_message_is_republished_with_its_sequence_and_the_previous_one_
         .await
         .unwrap();
     let (a, b) = (
-        interop_bus::recipient_key("home:+491"),
-        interop_bus::recipient_key("home:+492"),
+        interop_bus::recipient_path("home:+491"),
+        interop_bus::recipient_path("home:+492"),
     );
     let mut events = client.subscribe(session_events(&a)).await.unwrap();
     let mut headers = async_nats::HeaderMap::new();

@@ -15,8 +15,8 @@ use interop_bus::subjects::{
     delivery_acked, delivery_queued, CONSUMER_ROUTING, INGEST_ACCEPTED, STREAM_INBOX, STREAM_INGEST,
 };
 use interop_bus::{
-    ensure_streams, pipeline, recipient_key, run_stage, store, HandleError, Handler, Input,
-    Outgoing, StageOptions, StreamSettings,
+    ensure_streams, pipeline, recipient_key, recipient_path, run_stage, store, HandleError,
+    Handler, Input, Outgoing, StageOptions, StreamSettings,
 };
 use interop_proto::v1::{envelope, Envelope, PipelineMessage, ReceiptStatus, RejectCode, Text};
 use interop_telemetry::metrics::Metrics;
@@ -49,7 +49,7 @@ fn message(id: &str) -> PipelineMessage {
 async fn store_of(js: &jetstream::Context, user: &str) -> Vec<Envelope> {
     let mut inbox = js.get_stream(STREAM_INBOX).await.unwrap();
     let state = inbox.info().await.unwrap().state.clone();
-    let subject = delivery_queued(&recipient_key(user));
+    let subject = delivery_queued(&recipient_path(user));
     let mut out = Vec::new();
     for seq in state.first_sequence..=state.last_sequence {
         if let Ok(m) = inbox.get_raw_message(seq).await {
@@ -78,7 +78,7 @@ async fn an_existing_store_refuses_at_its_count_keeps_its_messages_and_frees_wha
     // Not BOB: the no-room memory is per process, and the other test fills
     // BOB's store.
     let carol = "home:+4915100000001";
-    let bob = delivery_queued(&recipient_key(carol));
+    let bob = delivery_queued(&recipient_path(carol));
     let mut seqs = Vec::new();
     for i in 0..3 {
         let ack = js
@@ -105,7 +105,7 @@ async fn an_existing_store_refuses_at_its_count_keeps_its_messages_and_frees_wha
         .await
         .unwrap_err();
     assert!(store::is_full(&e), "{e}");
-    js.publish(delivery_queued(&recipient_key(ALICE)), "a".into())
+    js.publish(delivery_queued(&recipient_path(ALICE)), "a".into())
         .await
         .unwrap()
         .await

@@ -1366,6 +1366,7 @@ mod tests {
                 ..Default::default()
             }),
             inbox: 0,
+            user: String::new(),
         })
     }
 

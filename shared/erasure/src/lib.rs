@@ -59,7 +59,7 @@ use tracing::info;
 use interop_bus::pipeline::{decode_batch, is_batch, BATCH_HEADER};
 use interop_bus::recipient_key;
 use interop_bus::subjects::{
-    delivery_queued, DELIVERY_ACKED_PREFIX, MEDIA_BUCKET, STREAM_CURSORS, STREAM_INBOX,
+    store_subject_key, DELIVERY_ACKED_PREFIX, MEDIA_BUCKET, STREAM_CURSORS, STREAM_INBOX,
     STREAM_INGEST, STREAM_MEDIA, STREAM_QUARANTINE,
 };
 use interop_proto::v1::{envelope::Content, AcceptedBatch, Envelope, PipelineMessage};
@@ -413,7 +413,6 @@ pub async fn erase_user(
     }
 
     // 3. The offline store.
-    let own_subject = delivery_queued(&key);
     let mut own = Vec::new();
     let mut elsewhere = Vec::new();
     let mut sent_ids = BTreeSet::new();
@@ -423,7 +422,8 @@ pub async fn erase_user(
     // Reactions in group copies: (seq, target message id).
     let mut group_reactions = Vec::new();
     scan_limits(js, STREAM_INBOX, |m| {
-        let in_own = m.subject == own_subject;
+        // Either store layout (docs/adr/0031).
+        let in_own = store_subject_key(&m.subject) == Some(key.as_str());
         let Some(env) = m.env else {
             if in_own {
                 own.push(m.seq);

@@ -17,7 +17,7 @@ use interop_bus::subjects::{
     delivery_queued, INGEST_ACCEPTED, ROUTING_QUARANTINED, STREAM_INBOX, STREAM_INGEST,
     STREAM_QUARANTINE,
 };
-use interop_bus::{recipient_key, StreamSettings};
+use interop_bus::{recipient_path, StreamSettings};
 use interop_proto::v1::{
     envelope::Content, AcceptedBatch, Envelope, PipelineMessage, Reaction, Text, TraceContext,
 };
@@ -95,11 +95,11 @@ async fn world() -> World {
 /// `others` users with `per_user` messages each between themselves, plus
 /// Bob's: returns how many messages are not Bob's.
 async fn fill(w: &World, others: usize, per_user: usize) -> u64 {
-    let bob_store = delivery_queued(&recipient_key(BOB));
+    let bob_store = delivery_queued(&recipient_path(BOB));
     let mut acks = Vec::new();
     let mut unrelated = 0;
     for i in 0..others {
-        let store = delivery_queued(&recipient_key(&user(i)));
+        let store = delivery_queued(&recipient_path(&user(i)));
         for j in 0..per_user {
             let from = user((i + j + 1) % others);
             let payload = pm(&format!("m-{i}-{j}"), &from, &user(i), "", text());
@@ -120,7 +120,7 @@ async fn fill(w: &World, others: usize, per_user: usize) -> u64 {
     // Bob's messages in user0's store, a group copy in user1's, and user2's
     // reaction to that group message in user3's copy (goes), and one to
     // someone else's group message (stays).
-    let stores = |i: usize| delivery_queued(&recipient_key(&user(i)));
+    let stores = |i: usize| delivery_queued(&recipient_path(&user(i)));
     for (store, payload) in [
         (stores(0), pm("from-bob-1", BOB, &user(0), "", text())),
         (stores(1), pm("from-bob-g", BOB, &user(1), "g-1", text())),

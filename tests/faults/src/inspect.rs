@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
-use interop_bus::recipient_key;
+use interop_bus::recipient_path;
 use interop_bus::subjects::{
     delivery_queued, CONSUMER_MEDIA_TRANSCODING, CONSUMER_ROUTING, STREAM_INBOX, STREAM_INGEST,
     STREAM_MEDIA, STREAM_QUARANTINE,
@@ -82,7 +82,7 @@ async fn inspect(
             // By the run's recipients' subjects: each holds only this run's
             // messages to them (and receipts), however big the stream.
             for recipient in recipients {
-                let subject = delivery_queued(&recipient_key(recipient));
+                let subject = delivery_queued(&recipient_path(recipient));
                 let read = search_subject(&stream, &subject, &needles, &mut found).await;
                 match read {
                     Ok(n) => writeln!(out, "    {recipient} ({subject}): {n} messages searched")?,

@@ -592,7 +592,7 @@ impl Service {
         let stream = self.js.get_stream(STREAM_INBOX).await.unwrap();
         let consumer = stream
             .create_consumer(consumer::pull::Config {
-                filter_subject: delivery_queued(&interop_bus::recipient_key(address)),
+                filter_subject: delivery_queued(&interop_bus::recipient_path(address)),
                 ack_policy: consumer::AckPolicy::None,
                 ..Default::default()
             })

@@ -151,7 +151,7 @@ pub async fn store_of(nats_url: &str, user: &str) -> Vec<Envelope> {
         .await
         .expect("the inbox stream");
     let state = stream.info().await.expect("stream info").state.clone();
-    let subject = interop_bus::subjects::delivery_queued(&interop_bus::recipient_key(user));
+    let subject = interop_bus::subjects::delivery_queued(&interop_bus::recipient_path(user));
     let mut out = Vec::new();
     for seq in state.first_sequence..=state.last_sequence {
         if let Ok(m) = stream.get_raw_message(seq).await {
@@ -190,7 +190,7 @@ pub async fn until_session_listens(nats_url: &str, user: &str) {
     let probe = format!(
         "{}.{}.probe",
         interop_bus::subjects::SESSION_PREFIX,
-        interop_bus::recipient_key(user)
+        interop_bus::recipient_path(user)
     );
     poll("a session listening", WAIT, || async {
         let asked = nats.request(probe.clone(), bytes::Bytes::new());
