@@ -148,13 +148,13 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
             name: STREAM_CURSORS.to_owned(),
             source: Box::new(e),
         })?;
-    let provider_sessions = js
-        .get_stream(STREAM_PROVIDER_SESSIONS)
-        .await
-        .map_err(|e| BusError::Stream {
-            name: STREAM_PROVIDER_SESSIONS.to_owned(),
-            source: Box::new(e),
-        })?;
+    let provider_sessions =
+        js.get_stream(STREAM_PROVIDER_SESSIONS)
+            .await
+            .map_err(|e| BusError::Stream {
+                name: STREAM_PROVIDER_SESSIONS.to_owned(),
+                source: Box::new(e),
+            })?;
     let addr: Option<SocketAddr> = config.listener.local_addr().ok();
     let store = RegistryStore::new(js.clone());
     let providers = store
@@ -181,6 +181,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         },
         contacts: interop_state::ContactStore::new(records),
     });
+    tokio::spawn(move_legacy_store(shared.js.clone(), shutdown.clone()));
     let sweeper = tokio::spawn(expiry::run(
         shared.clone(),
         expiry::consumer(&shared.inbox).await?,
@@ -198,6 +199,24 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     shared.sessions.wait().await;
     sweeper.await.ok();
     Ok(())
+}
+
+/// Moves what an earlier version stored under the store's layout before
+/// partitions into the current one (docs/adr/0031), tried again every 10 s
+/// until it succeeds or delivery stops: the service serves meanwhile.
+async fn move_legacy_store(js: jetstream::Context, shutdown: CancellationToken) {
+    loop {
+        match interop_bus::legacy_store::migrate(&js).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot move stored messages of the layout before partitions yet; trying again in 10 s.");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+        }
+    }
 }
 
 /// How often the NATS connection count is looked at.

@@ -36,9 +36,7 @@ use interop_bus::subjects::{
 };
 use interop_edge::ws::{self, close, Incoming, Outbound};
 use interop_edge::Admitted;
-use interop_proto::limits::{
-    MAX_BATCH_MESSAGES, MAX_FRAME_BYTES, MAX_UNACKED_BATCHES, PARTITIONS,
-};
+use interop_proto::limits::{MAX_BATCH_MESSAGES, MAX_FRAME_BYTES, MAX_UNACKED_BATCHES, PARTITIONS};
 use interop_proto::v1::{
     client_frame, server_frame, Deliver, DeliverBatch, Envelope, Hello, PartitionsAssigned,
     ReceiptStatus, RejectCode, ServerFrame, Welcome,
@@ -329,7 +327,10 @@ async fn look_after(
     let wanted = partitions::wanted(&s.opened.id, &alive, PARTITIONS);
     for (p, o) in &mut s.owned {
         if !wanted.contains(p) && o.releasing.is_none() {
-            debug!(partition = p, "Giving a partition to another provider session.");
+            debug!(
+                partition = p,
+                "Giving a partition to another provider session."
+            );
             o.cancel.cancel();
             o.releasing = Some(Instant::now());
         }
@@ -421,10 +422,12 @@ async fn look_after(
         let sessions = u32::try_from(alive_with(&s.members, &s.opened.id).len()).unwrap_or(0);
         let frame = ServerFrame {
             request_id: 0,
-            frame: Some(server_frame::Frame::PartitionsAssigned(PartitionsAssigned {
-                partitions: assigned,
-                sessions,
-            })),
+            frame: Some(server_frame::Frame::PartitionsAssigned(
+                PartitionsAssigned {
+                    partitions: assigned,
+                    sessions,
+                },
+            )),
         };
         ws::push(out, Outbound::frame(frame)).await;
     }
@@ -537,7 +540,9 @@ async fn close_down(s: &mut ProviderSession, shared: &Shared) {
     };
     match tokio::time::timeout(Duration::from_secs(3), work).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(error = %e, "A provider session's partitions were not all given back."),
+        Ok(Err(e)) => {
+            debug!(error = %e, "A provider session's partitions were not all given back.")
+        }
         Err(_) => debug!("Giving back a provider session's partitions timed out."),
     }
     shared
@@ -893,12 +898,11 @@ impl Reader {
             shared.metrics.withheld.inc();
             return skipped;
         };
-        let receipt_for =
-            crate::session::needs_delivered_receipt(&env, key).then(|| Envelope {
-                content: None,
-                sender_info: None,
-                ..env.clone()
-            });
+        let receipt_for = crate::session::needs_delivered_receipt(&env, key).then(|| Envelope {
+            content: None,
+            sender_info: None,
+            ..env.clone()
+        });
         let caps = shared
             .providers
             .borrow()

@@ -80,7 +80,13 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: interop_
     let (out, writer) = ws::spawn_writer(sink);
     let opened = Box::pin(hello(&mut stream, &out, &shared, &peer)).await;
     if let Some(Opened::Provider(p)) = opened {
-        Box::pin(crate::provider_session::serve(&mut stream, &out, &shared, p)).await;
+        Box::pin(crate::provider_session::serve(
+            &mut stream,
+            &out,
+            &shared,
+            p,
+        ))
+        .await;
     } else if let Some(Opened::User(session)) = opened {
         // Logged from the address each time (not a copy of it held for the
         // session's life: issue 5's memory bar).
@@ -1115,7 +1121,10 @@ async fn stored_envelope(
 
 /// Writes a receipt into its recipient's store; the publish ack is awaited
 /// in the background (a lost receipt is logged).
-pub(crate) async fn publish_receipt(shared: &Shared, r: interop_bus::Outgoing) -> Result<(), BoxError> {
+pub(crate) async fn publish_receipt(
+    shared: &Shared,
+    r: interop_bus::Outgoing,
+) -> Result<(), BoxError> {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", r.msg_id.as_str());
     interop_bus::trace::inject_current(&mut headers);
