@@ -3,7 +3,8 @@
 //! Serves the client protocol (`proto/interop/v1/client.proto`) on
 //! `GET /v1/ws` (WebSocket, one binary protobuf frame per message). A
 //! connection authenticates with `Hello` (provider id + token), then sends
-//! `Send`, `SetConsent`, `RespondToRequest` and `GetConsent` frames, pipelined. Each `Send` is validated,
+//! `Send`, `SetConsent`, `RespondToRequest` and `GetConsent` frames, pipelined, or many of
+//! them in one `Transaction` (answered with one `TransactionResult`). Each `Send` is validated,
 //! checked against the recipient's consent, given a server message id
 //! (idempotent per sender and client message id), and published to
 //! `interop.v1.ingest.accepted`. `Accepted` is answered only after JetStream
@@ -22,6 +23,7 @@ mod keys_frames;
 mod metrics;
 mod send;
 mod session;
+mod transaction;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -315,10 +317,10 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let app = Router::new()
         .route("/v1/ws", get(upgrade))
         .with_state(shared.clone());
-    // The rate-limit script; reloaded on demand if Redis restarts.
+    // The rate-limit scripts; reloaded on demand if Redis restarts.
     let mut redis = deps.redis.clone();
-    if let Err(e) = interop_state::gcra::load(&mut redis).await {
-        tracing::warn!(error = %e, "Cannot load the rate-limit script yet; will retry on first use.");
+    if let Err(e) = send::load_scripts(&mut redis).await {
+        tracing::warn!(error = %e, "Cannot load the rate-limit scripts yet; will retry on first use.");
     }
     deps.health.set_bound();
     info!(?addr, "ingest is listening.");

@@ -23,6 +23,9 @@ pub struct IngestMetrics {
     pub consent_updates: Counter,
     pub store_seconds: Histogram,
     pub batch_messages: Histogram,
+    pub transactions: Counter,
+    pub transaction_items: Counter,
+    pub redis_checks: Counter,
 }
 
 impl IngestMetrics {
@@ -34,6 +37,9 @@ impl IngestMetrics {
             consent_updates: Counter::default(),
             store_seconds: latency_histogram(),
             batch_messages: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            transactions: Counter::default(),
+            transaction_items: Counter::default(),
+            redis_checks: Counter::default(),
         };
         metrics.register(
             "interop_ingest_connections",
@@ -65,12 +71,35 @@ impl IngestMetrics {
             "Sends per message published to the accepted stream (docs/adr/0019).",
             m.batch_messages.clone(),
         );
+        metrics.register(
+            "interop_ingest_transactions",
+            "Transactions answered (provider sessions; each item's answer is counted as if it came alone).",
+            m.transactions.clone(),
+        );
+        metrics.register(
+            "interop_ingest_transaction_items",
+            "Items of the transactions answered.",
+            m.transaction_items.clone(),
+        );
+        metrics.register(
+            "interop_ingest_redis_checks",
+            "Redis round trips for frames' checks (rate limits, consent, idempotency claims): one per send, one for all the one-to-one sends of a transaction.",
+            m.redis_checks.clone(),
+        );
         m
     }
 
-    /// Counts an answer on its way to a provider.
+    /// Counts an answer on its way to a provider (a transaction's, and
+    /// each of its items').
     pub fn count(&self, frame: &ServerFrame) {
         match &frame.frame {
+            Some(server_frame::Frame::TransactionResult(t)) => {
+                self.transactions.inc();
+                self.transaction_items.inc_by(t.results.len() as u64);
+                for result in &t.results {
+                    self.count(result);
+                }
+            }
             Some(server_frame::Frame::Accepted(_)) => {
                 self.accepted.inc();
             }

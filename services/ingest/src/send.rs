@@ -8,7 +8,9 @@
 //! answer `Accepted` once JetStream acked, else `Rejected{UNAVAILABLE}`.
 //!
 //! `SetConsent`, `RespondToRequest`, `GetConsent`: see `consent_frames`.
-//! The key directory's frames: see `keys_frames`.
+//! The key directory's frames: see `keys_frames`. `Transaction`: see
+//! `transaction` (its one-to-one sends share one Redis round trip,
+//! [`prepare_sends`]).
 
 use std::sync::Arc;
 
@@ -58,6 +60,12 @@ pub(crate) enum Prepared {
     /// Answer right away (rejections, consent updates).
     Answer(Box<ServerFrame>),
     Publish(ToPublish),
+    /// A transaction's items, each prepared, in item order
+    /// ([`crate::transaction`]).
+    Transaction {
+        request_id: u64,
+        items: Vec<Prepared>,
+    },
 }
 
 /// An answer right away: `frame` for request `request_id`.
@@ -103,20 +111,24 @@ pub(crate) fn unavailable(what: &str) -> Rejection {
     )
 }
 
-/// Runs the checks in `pipe` (they include the rate-limit script) in one
+/// Runs the checks in `pipe` (they include a rate-limit script) in one
 /// round trip, bounded like the store: a slow or absent Redis means
-/// `UNAVAILABLE`, fast. Reloads the script once if Redis lost it.
+/// `UNAVAILABLE`, fast. Reloads the scripts once if Redis lost them.
 pub(crate) async fn checks<T: redis::FromRedisValue>(
     shared: &Shared,
     pipe: &redis::Pipeline,
 ) -> Result<T, String> {
     let mut conn = shared.redis.clone();
     let query = async {
+        shared.metrics.redis_checks.inc();
         let mut reply: Result<T, redis::RedisError> = pipe.query_async(&mut conn).await;
         if reply.as_ref().err().is_some_and(gcra::is_noscript) {
             // Redis restarted and lost its script cache: load and try again.
-            reply = match gcra::load(&mut conn).await {
-                Ok(()) => pipe.query_async(&mut conn).await,
+            reply = match load_scripts(&mut conn).await {
+                Ok(()) => {
+                    shared.metrics.redis_checks.inc();
+                    pipe.query_async(&mut conn).await
+                }
                 Err(e) => return Err(e.to_string()),
             };
         }
@@ -126,6 +138,14 @@ pub(crate) async fn checks<T: redis::FromRedisValue>(
         Ok(r) => r,
         Err(_) => Err("timed out".to_owned()),
     }
+}
+
+/// Loads the rate-limit scripts (one send's, and a transaction's sends').
+pub(crate) async fn load_scripts(
+    conn: &mut redis::aio::ConnectionManager,
+) -> Result<(), interop_state::StateError> {
+    gcra::load(conn).await?;
+    gcra::load_batch(conn).await
 }
 
 /// The `RATE_LIMITED` answer for a rate-limit script's reply, if it refused.
@@ -189,12 +209,14 @@ pub(crate) async fn prepare(shared: Arc<Shared>, provider: String, frame: Client
         Some(client_frame::Frame::GetKeyHistory(h)) => {
             crate::keys_frames::key_history(&shared, &provider, request_id, h).await
         }
+        // A connection's transactions go to `crate::transaction::prepare`;
+        // here only an item of one could be one.
         Some(client_frame::Frame::Transaction(_)) => reject(
             request_id,
             "",
             Rejection::new(
                 RejectCode::UnsupportedFrame,
-                "Transaction is not served by this ingest version",
+                "a transaction's item cannot be a Transaction",
             ),
         ),
         Some(client_frame::Frame::MarkRead(_)) => reject(
@@ -229,75 +251,218 @@ pub(crate) async fn prepare(shared: Arc<Shared>, provider: String, frame: Client
     }
 }
 
+/// A one-to-one send that passed validation, waiting for its Redis checks
+/// (rate limits, the recipient's consent, the idempotency claim).
+pub(crate) struct SendPlan {
+    request_id: u64,
+    cmid: String,
+    from: interop_proto::Address,
+    to: interop_proto::Address,
+    envelope: interop_proto::v1::Envelope,
+    /// Its server message id, unless its client message id was claimed
+    /// before.
+    fresh_id: String,
+}
+
+/// What validation made of a `Send`.
+pub(crate) enum Planned {
+    /// To a user: its checks come next.
+    One(SendPlan),
+    /// To a group: [`crate::group::prepare_group_send`] takes it.
+    Group(interop_proto::v1::Envelope),
+    /// Refused already.
+    Answer(Prepared),
+}
+
+/// Validates a `Send` (no I/O).
+pub(crate) fn plan_send(
+    shared: &Shared,
+    provider: &str,
+    request_id: u64,
+    envelope: Option<interop_proto::v1::Envelope>,
+) -> Planned {
+    let cmid = envelope
+        .as_ref()
+        .map(|e| e.client_message_id.clone())
+        .unwrap_or_default();
+    let envelope = match envelope {
+        Some(env) if !env.group_id.is_empty() && env.to.is_empty() => return Planned::Group(env),
+        other => other,
+    };
+    let (from, to) = match validate_send(provider, envelope.as_ref(), shared.max_sent_at_age_ms) {
+        Ok(a) => a,
+        Err(r) => {
+            debug!(%provider, code = r.code.as_str_name(), "Rejected a send.");
+            return Planned::Answer(reject(request_id, &cmid, r));
+        }
+    };
+    let Some(envelope) = envelope else {
+        // validate_send refuses a missing envelope.
+        return Planned::Answer(reject(
+            request_id,
+            &cmid,
+            Rejection::new(RejectCode::MissingField, "envelope"),
+        ));
+    };
+    Planned::One(SendPlan {
+        request_id,
+        cmid,
+        from,
+        to,
+        envelope,
+        fresh_id: uuid::Uuid::now_v7().to_string(),
+    })
+}
+
+/// The consent fields a send reads: `rev`, `opted_in`, `allowed`.
+type ConsentFields = (Option<String>, Option<String>, Option<String>);
+
+/// What Redis answered for one send: (rate decision, consent fields, the
+/// server message id its client message id was claimed with before).
+type SendReply = ((i64, i64, i64), ConsentFields, Option<String>);
+
+/// Adds `plan`'s consent read and idempotency claim (`SET NX GET`) to
+/// `pipe`: two replies.
+fn add_reads(pipe: &mut redis::Pipeline, shared: &Shared, plan: &SendPlan) {
+    pipe.cmd("HMGET")
+        .arg(consent::key(plan.to.as_str()))
+        .arg("rev")
+        .arg("opted_in")
+        .arg("allowed")
+        .cmd("SET")
+        .arg(interop_state::keys::idem(plan.from.as_str(), &plan.cmid))
+        .arg(&plan.fresh_id)
+        .arg("NX")
+        .arg("GET")
+        .arg("EX")
+        .arg(shared.idempotency_secs);
+}
+
 async fn prepare_send(
     shared: &Shared,
     provider: &str,
     request_id: u64,
     envelope: Option<interop_proto::v1::Envelope>,
 ) -> Prepared {
-    let cmid = envelope
-        .as_ref()
-        .map(|e| e.client_message_id.clone())
-        .unwrap_or_default();
-    if let Some(env) = envelope
-        .as_ref()
-        .filter(|e| !e.group_id.is_empty() && e.to.is_empty())
-    {
-        let env = env.clone();
-        return crate::group::prepare_group_send(shared, provider, request_id, env).await;
-    }
-    let (from, to) = match validate_send(provider, envelope.as_ref(), shared.max_sent_at_age_ms) {
-        Ok(a) => a,
-        Err(r) => {
-            debug!(%provider, code = r.code.as_str_name(), "Rejected a send.");
-            return reject(request_id, &cmid, r);
+    let plan = match plan_send(shared, provider, request_id, envelope) {
+        Planned::One(plan) => plan,
+        Planned::Group(env) => {
+            return crate::group::prepare_group_send(shared, provider, request_id, env).await
         }
+        Planned::Answer(answer) => return answer,
     };
-    let Some(mut envelope) = envelope else {
-        // validate_send refuses a missing envelope.
-        return reject(
-            request_id,
-            &cmid,
-            Rejection::new(RejectCode::MissingField, "envelope"),
-        );
-    };
-    let fresh_id = uuid::Uuid::now_v7().to_string();
-    let idem_key = interop_state::keys::idem(from.as_str(), &cmid);
-    let provider_limit = provider_limit(shared, provider);
     // One round trip: rate limits, consent, and the idempotency claim.
     let mut pipe = redis::pipe();
     gcra::add_check(
         &mut pipe,
         provider,
-        from.as_str(),
-        provider_limit,
+        plan.from.as_str(),
+        provider_limit(shared, provider),
         shared.sender_limit,
     );
-    pipe.cmd("HMGET")
-        .arg(consent::key(to.as_str()))
-        .arg("rev")
-        .arg("opted_in")
-        .arg("allowed")
-        .cmd("SET")
-        .arg(&idem_key)
-        .arg(&fresh_id)
-        .arg("NX")
-        .arg("GET")
-        .arg("EX")
-        .arg(shared.idempotency_secs);
-    // (rate decision, consent fields, previous server id for this client id)
-    type Reply = (
-        (i64, i64, i64),
-        (Option<String>, Option<String>, Option<String>),
-        Option<String>,
-    );
-    let (rate, (rev, opted_in, allowed), existing) = match checks::<Reply>(shared, &pipe).await {
-        Ok(r) => r,
+    add_reads(&mut pipe, shared, &plan);
+    match checks::<SendReply>(shared, &pipe).await {
+        Ok(reply) => finish_send(shared, provider, plan, reply).await,
         Err(e) => {
             warn!(error = %e, "Redis unavailable; refusing sends.");
-            return reject(request_id, &cmid, unavailable("state storage"));
+            reject(request_id, &plan.cmid, unavailable("state storage"))
         }
-    };
+    }
+}
+
+/// Prepares the one-to-one sends of a transaction, in order: their checks
+/// in one Redis round trip (every rate check in one script call,
+/// [`gcra::add_checks`], then each send's consent read and idempotency
+/// claim, in order), then each the rest of the way as if it came alone,
+/// concurrently. A client message id claimed twice in it is answered, the
+/// second time, as a re-send of the first. Answers in the order of
+/// `plans`.
+pub(crate) async fn prepare_sends(
+    shared: &Shared,
+    provider: &str,
+    plans: Vec<SendPlan>,
+) -> Vec<Prepared> {
+    if plans.is_empty() {
+        return Vec::new();
+    }
+    let mut pipe = redis::pipe();
+    let senders: Vec<&str> = plans.iter().map(|p| p.from.as_str()).collect();
+    gcra::add_checks(
+        &mut pipe,
+        provider,
+        &senders,
+        provider_limit(shared, provider),
+        shared.sender_limit,
+    );
+    for plan in &plans {
+        add_reads(&mut pipe, shared, plan);
+    }
+    let replies = checks::<Vec<redis::Value>>(shared, &pipe)
+        .await
+        .and_then(|values| split_replies(plans.len(), values));
+    match replies {
+        Ok(replies) => {
+            futures_util::future::join_all(
+                plans
+                    .into_iter()
+                    .zip(replies)
+                    .map(|(plan, reply)| finish_send(shared, provider, plan, reply)),
+            )
+            .await
+        }
+        Err(e) => {
+            warn!(error = %e, "Redis unavailable; refusing sends.");
+            plans
+                .iter()
+                .map(|p| reject(p.request_id, &p.cmid, unavailable("state storage")))
+                .collect()
+        }
+    }
+}
+
+/// The replies of [`prepare_sends`]' pipeline, one per send: the batched
+/// rate checks' list first, then each send's consent fields and claim.
+fn split_replies(n: usize, values: Vec<redis::Value>) -> Result<Vec<SendReply>, String> {
+    let bad = |e: redis::ParsingError| format!("unexpected reply: {e}");
+    if values.len() != 1 + 2 * n {
+        return Err(format!(
+            "{} replies to a pipeline of {} commands",
+            values.len(),
+            1 + 2 * n
+        ));
+    }
+    let mut values = values.into_iter();
+    let rates: Vec<(i64, i64, i64)> =
+        redis::from_redis_value(values.next().unwrap_or_default()).map_err(bad)?;
+    if rates.len() != n {
+        return Err(format!("{} rate decisions for {n} sends", rates.len()));
+    }
+    let mut out = Vec::with_capacity(n);
+    for rate in rates {
+        let fields: ConsentFields =
+            redis::from_redis_value(values.next().unwrap_or_default()).map_err(bad)?;
+        let existing: Option<String> =
+            redis::from_redis_value(values.next().unwrap_or_default()).map_err(bad)?;
+        out.push((rate, fields, existing));
+    }
+    Ok(out)
+}
+
+/// The rest of a send once Redis answered its checks.
+async fn finish_send(
+    shared: &Shared,
+    provider: &str,
+    plan: SendPlan,
+    (rate, (rev, opted_in, allowed), existing): SendReply,
+) -> Prepared {
+    let SendPlan {
+        request_id,
+        cmid,
+        from,
+        to,
+        mut envelope,
+        fresh_id,
+    } = plan;
     if let Some(limited) = rate_limited(rate) {
         debug!(%provider, detail = %limited.detail, "Rate-limited a send.");
         return reject(request_id, &cmid, limited);
@@ -326,7 +491,9 @@ async fn prepare_send(
             Rejection::new(RejectCode::RecipientUnavailable, "recipient unavailable"),
         );
     }
-    let resend = existing.is_some();
+    // Our own claim comes back when the pipeline was run again (Redis had
+    // lost the rate-limit script): that is no re-send.
+    let resend = existing.as_ref().is_some_and(|id| *id != fresh_id);
     let message_id = existing.unwrap_or(fresh_id);
     let accepted_at_ms = interop_proto::now_ms();
     envelope.message_id.clone_from(&message_id);
@@ -501,5 +668,64 @@ async fn publish_ephemeral(shared: Arc<Shared>, p: ToPublish, subject: String) -
                 r.retry_after_ms,
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn rate(allowed: i64, retry: i64, by: i64) -> Value {
+        Value::Array(vec![Value::Int(allowed), Value::Int(retry), Value::Int(by)])
+    }
+
+    #[test]
+    fn a_transactions_replies_split_into_one_per_send_in_order() {
+        let values = vec![
+            Value::Array(vec![rate(1, 0, 0), rate(0, 250, 2)]),
+            Value::Array(vec![bulk("7"), bulk("1"), bulk("signal")]),
+            Value::Nil,
+            Value::Array(vec![Value::Nil, Value::Nil, Value::Nil]),
+            bulk("first-id"),
+        ];
+        let replies = split_replies(2, values).expect("well-formed");
+        assert_eq!(
+            replies,
+            vec![
+                (
+                    (1, 0, 0),
+                    (Some("7".into()), Some("1".into()), Some("signal".into())),
+                    None
+                ),
+                ((0, 250, 2), (None, None, None), Some("first-id".into())),
+            ]
+        );
+        assert!(rate_limited(replies[0].0).is_none());
+        let limited = rate_limited(replies[1].0).expect("limited");
+        assert_eq!(limited.code, RejectCode::RateLimited);
+        assert_eq!(limited.retry_after_ms, 250);
+    }
+
+    #[test]
+    fn replies_of_the_wrong_shape_are_errors_not_panics() {
+        // Too few replies.
+        assert!(split_replies(2, vec![Value::Array(vec![rate(1, 0, 0)])]).is_err());
+        // As many replies, but fewer rate decisions than sends.
+        let values = vec![
+            Value::Array(vec![rate(1, 0, 0)]),
+            Value::Array(vec![Value::Nil, Value::Nil, Value::Nil]),
+            Value::Nil,
+            Value::Array(vec![Value::Nil, Value::Nil, Value::Nil]),
+            Value::Nil,
+        ];
+        assert!(split_replies(2, values).is_err());
+        // A reply of the wrong type.
+        let values = vec![Value::Int(3), Value::Nil, Value::Nil];
+        assert!(split_replies(1, values).is_err());
     }
 }

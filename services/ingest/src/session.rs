@@ -2,8 +2,9 @@
 //!
 //! Frames are prepared concurrently (validation, one Redis round trip),
 //! published in the order they arrived, and answered as their JetStream acks
-//! come back. At most `MAX_IN_FLIGHT` frames are in progress; past that the
-//! connection is not read, which pushes back on the client through TCP.
+//! come back. At most `MAX_IN_FLIGHT` frames are in progress (a
+//! `Transaction` counts as its items); past that the connection is not
+//! read, which pushes back on the client through TCP.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,9 +24,11 @@ use interop_proto::limits::{MAX_CIPHERTEXT_BYTES, MAX_FRAME_BYTES, MAX_TEXT_BYTE
 use interop_proto::v1::{server_frame, ServerFrame, Welcome};
 
 use crate::send::{self, Prepared};
-use crate::Shared;
+use crate::{transaction, Shared};
 
-/// Frames of one connection in progress at once.
+/// Frames of one connection in progress at once, a transaction's items
+/// each counted (checked before a frame is read, so a transaction read
+/// just under it may take the count up to 255 over).
 pub const MAX_IN_FLIGHT: usize = 512;
 /// Bytes of frames of one connection in progress at once (their encoded
 /// size); past it the connection is not read until answers go out. With
@@ -93,6 +96,7 @@ async fn hello(
             max_ciphertext_bytes: MAX_CIPHERTEXT_BYTES as u32,
             max_unacked: 0,
             max_group_members: interop_proto::limits::MAX_GROUP_MEMBERS as u32,
+            max_transaction_items: interop_proto::limits::MAX_TRANSACTION_ITEMS as u32,
             ..Welcome::default()
         })),
     };
@@ -100,9 +104,39 @@ async fn hello(
     Some(admitted)
 }
 
-/// A frame being prepared or stored, with its size (for the byte budget).
-type PrepareFuture = Pin<Box<dyn Future<Output = (usize, Prepared)> + Send>>;
-type AnswerFuture = Pin<Box<dyn Future<Output = (usize, ServerFrame)> + Send>>;
+/// What a frame in progress holds of its connection's budgets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Weight {
+    /// Frames ([`MAX_IN_FLIGHT`]): a transaction's items.
+    frames: usize,
+    /// Encoded bytes ([`MAX_IN_FLIGHT_BYTES`]).
+    bytes: usize,
+}
+
+/// What a connection has in progress, against its budgets.
+#[derive(Debug, Default)]
+struct InFlight(Weight);
+
+impl InFlight {
+    fn take(&mut self, w: Weight) {
+        self.0.frames += w.frames;
+        self.0.bytes += w.bytes;
+    }
+
+    fn release(&mut self, w: Weight) {
+        self.0.frames -= w.frames;
+        self.0.bytes -= w.bytes;
+    }
+
+    /// Whether another frame may be read.
+    fn has_room(&self) -> bool {
+        self.0.frames < MAX_IN_FLIGHT && self.0.bytes < MAX_IN_FLIGHT_BYTES
+    }
+}
+
+/// A frame being prepared or stored, with its weight (for the budgets).
+type PrepareFuture = Pin<Box<dyn Future<Output = (Weight, Prepared)> + Send>>;
+type AnswerFuture = Pin<Box<dyn Future<Output = (Weight, ServerFrame)> + Send>>;
 
 /// Serves frames after `Hello` until the peer leaves or shutdown.
 async fn frames(
@@ -116,32 +150,34 @@ async fn frames(
     let mut preparing: FuturesOrdered<PrepareFuture> = FuturesOrdered::new();
     let mut storing: FuturesUnordered<AnswerFuture> = FuturesUnordered::new();
     let mut reading = true;
-    let mut in_flight_bytes = 0usize;
+    let mut in_flight = InFlight::default();
     let mut close_with: Option<(u16, &'static str)> = None;
     loop {
         if !reading && preparing.is_empty() && storing.is_empty() {
             break;
         }
-        let can_read = reading
-            && preparing.len() + storing.len() < MAX_IN_FLIGHT
-            && in_flight_bytes < MAX_IN_FLIGHT_BYTES;
+        let can_read = reading && in_flight.has_room();
         tokio::select! {
             biased;
-            Some((size, prepared)) = preparing.next(), if !preparing.is_empty() => {
+            Some((weight, prepared)) = preparing.next(), if !preparing.is_empty() => {
                 // Published here, in arrival order.
                 match prepared {
                     Prepared::Answer(frame) => {
-                        in_flight_bytes -= size;
+                        in_flight.release(weight);
                         send_out(shared, out, *frame).await;
                     }
                     Prepared::Publish(p) => {
                         let answer = send::publish(shared.clone(), p).await;
-                        storing.push(Box::pin(async move { (size, answer.await) }));
+                        storing.push(Box::pin(async move { (weight, answer.await) }));
+                    }
+                    Prepared::Transaction { request_id, items } => {
+                        let answer = transaction::publish(shared.clone(), request_id, items).await;
+                        storing.push(Box::pin(async move { (weight, answer.await) }));
                     }
                 }
             }
-            Some((size, answer)) = storing.next(), if !storing.is_empty() => {
-                in_flight_bytes -= size;
+            Some((weight, answer)) = storing.next(), if !storing.is_empty() => {
+                in_flight.release(weight);
                 send_out(shared, out, answer).await;
             }
             () = shared.shutdown.cancelled(), if reading => {
@@ -159,12 +195,19 @@ async fn frames(
             msg = stream.next(), if can_read => {
                 match ws::classify(msg) {
                     Incoming::Frame(frame) => {
-                        let size = frame.encoded_len();
-                        in_flight_bytes += size;
-                        let prepare = send::prepare(shared.clone(), provider.to_owned(), frame);
-                        preparing.push_back(Box::pin(async move { (size, prepare.await) }));
+                        let weight = Weight {
+                            frames: transaction::weight(&frame),
+                            bytes: frame.encoded_len(),
+                        };
+                        in_flight.take(weight);
+                        let prepare = transaction::prepare_frame(shared.clone(), provider.to_owned(), frame);
+                        preparing.push_back(Box::pin(async move { (weight, prepare.await) }));
                     }
-                    Incoming::Reject(r) => preparing.push_back(Box::pin(async move { (0, Prepared::Answer(Box::new(r))) })),
+                    Incoming::Reject(r) => {
+                        let weight = Weight { frames: 1, bytes: 0 };
+                        in_flight.take(weight);
+                        preparing.push_back(Box::pin(async move { (weight, Prepared::Answer(Box::new(r))) }));
+                    }
                     Incoming::Close(code, reason) => {
                         reading = false;
                         close_with = Some((code, reason));
@@ -177,5 +220,42 @@ async fn frames(
     }
     if let Some((code, reason)) = close_with {
         ws::push(out, Outbound::close(code, reason)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_counts_frames_and_bytes_and_frees_them() {
+        let mut f = InFlight::default();
+        assert!(f.has_room());
+        // A full transaction and then some lone frames fill the frame budget.
+        let tx = Weight {
+            frames: 256,
+            bytes: 1000,
+        };
+        f.take(tx);
+        assert!(f.has_room());
+        f.take(Weight {
+            frames: 255,
+            bytes: 10,
+        });
+        assert!(f.has_room(), "511 of 512");
+        let lone = Weight {
+            frames: 1,
+            bytes: 10,
+        };
+        f.take(lone);
+        assert!(!f.has_room(), "512 of 512");
+        f.release(tx);
+        assert!(f.has_room());
+        // Bytes alone stop reading too.
+        f.take(Weight {
+            frames: 1,
+            bytes: MAX_IN_FLIGHT_BYTES,
+        });
+        assert!(!f.has_room());
     }
 }
