@@ -53,6 +53,12 @@ impl Style {
 
 /// The readable form of one of the objects `interop` prints.
 pub fn render(v: &Value) -> String {
+    // `send-many`: a send's answer with the line it answers.
+    if let (Some(n), Some(rest)) = (v.get("line").and_then(Value::as_u64), v.as_object()) {
+        let mut rest = rest.clone();
+        rest.remove("line");
+        return format!("line {n}: {}", render(&Value::Object(rest)));
+    }
     if let Some(a) = v.get("accepted") {
         return format!(
             "✓ accepted {} (duplicate: {})",
@@ -521,6 +527,19 @@ mod tests {
                 &json!({"rejected": {"status": 404, "code": "NOT_FOUND", "detail": "no such provider"}})
             ),
             "✗ refused (HTTP 404): NOT_FOUND: no such provider"
+        );
+        // `send-many`: each answer with its line.
+        assert_eq!(
+            render(
+                &json!({"line": 7, "accepted": {"client_message_id": "c1", "message_id": "0199-a", "accepted_at_ms": 1, "duplicate": false}})
+            ),
+            "line 7: ✓ accepted 0199-a (duplicate: no)"
+        );
+        assert_eq!(
+            render(
+                &json!({"line": 8, "rejected": {"code": "SENDER_NOT_OWNED", "detail": "", "retry_after_ms": 0}})
+            ),
+            "line 8: ✗ refused: SENDER_NOT_OWNED"
         );
     }
 

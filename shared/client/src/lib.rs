@@ -10,6 +10,8 @@
 //!   protocol asks clients to, over the last [`DEDUP_MEMORY`] messages,
 //!   across [`Receiver::reconnect`]) and acks it.
 //! - [`media::MediaClient`] uploads to and downloads from the media API.
+//! - [`Sender::transact`] sends many frames, for any users of the
+//!   provider, as one transaction ([`transaction`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), interop_client::ClientError> {
@@ -30,6 +32,7 @@ pub mod config;
 pub mod keys;
 pub mod media;
 pub mod olm;
+pub mod transaction;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

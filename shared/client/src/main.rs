@@ -27,6 +27,7 @@ use interop_proto::v1::{
 use interop_proto::Address;
 
 mod human;
+mod send_many;
 use human::Style;
 
 /// Done.
@@ -240,6 +241,23 @@ enum Command {
         /// The media API, for --file.
         #[arg(long, env = "INTEROP_MEDIA_URL")]
         media_url: Option<String>,
+    },
+    /// Send many messages from a JSON lines file, in transactions, and
+    /// print one answer per message.
+    ///
+    /// One message per line of --file, sent in transactions of up to the
+    /// gateway's limit (256); the answers come in line order, each with its
+    /// line number ("line"). A line:
+    /// {"from": "signal:alice", "to": "home:+4915112345678" (or "group":
+    /// "g-..."), "text": "hi" (or "ciphertext_b64": "..."),
+    /// "client_message_id": "..." (optional; default a fresh UUID)}. Every
+    /// sender must be a user of one provider. Exit 2 if any was refused.
+    SendMany {
+        /// The JSON lines file; `-` reads stdin.
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, env = "INTEROP_INGEST_URL")]
+        ingest_url: Option<String>,
     },
     /// Groups: create one, change it, show it (send to one with `send --group`).
     Group {
@@ -934,20 +952,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 content: Some(content),
                 ..Default::default()
             };
-            match sender.send(envelope).await? {
-                SendOutcome::Accepted(a) => {
-                    ctx.out.print(
-                        &json!({"accepted": {"client_message_id": a.client_message_id, "message_id": a.message_id, "accepted_at_ms": a.accepted_at_ms, "duplicate": a.duplicate}}),
-                    );
-                    Ok(EXIT_OK)
-                }
-                SendOutcome::Rejected(r) => {
-                    ctx.out.print(
-                        &json!({"rejected": {"client_message_id": r.client_message_id, "code": r.code().as_str_name().trim_start_matches("REJECT_CODE_"), "detail": r.detail, "retry_after_ms": r.retry_after_ms}}),
-                    );
-                    Ok(EXIT_REFUSED)
-                }
-            }
+            let outcome = sender.send(envelope).await?;
+            ctx.out.print(&send_answer(&outcome));
+            Ok(match outcome {
+                SendOutcome::Accepted(_) => EXIT_OK,
+                SendOutcome::Rejected(_) => EXIT_REFUSED,
+            })
+        }
+        Command::SendMany { file, ingest_url } => {
+            send_many::send_many(&ctx, &file, ingest_url).await
         }
         Command::Group {
             command,
@@ -1121,6 +1134,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 EXIT_OK
             })
+        }
+    }
+}
+
+/// What `send` (and `send-many`, per message) prints for a send's answer.
+fn send_answer(outcome: &SendOutcome) -> serde_json::Value {
+    match outcome {
+        SendOutcome::Accepted(a) => {
+            json!({"accepted": {"client_message_id": a.client_message_id, "message_id": a.message_id, "accepted_at_ms": a.accepted_at_ms, "duplicate": a.duplicate}})
+        }
+        SendOutcome::Rejected(r) => {
+            json!({"rejected": {"client_message_id": r.client_message_id, "code": r.code().as_str_name().trim_start_matches("REJECT_CODE_"), "detail": r.detail, "retry_after_ms": r.retry_after_ms}})
         }
     }
 }
