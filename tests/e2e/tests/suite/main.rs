@@ -36,3 +36,4 @@ mod secured_deps;
 mod security;
 mod store_limits;
 mod tls;
+mod transactions;
