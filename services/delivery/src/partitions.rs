@@ -47,7 +47,7 @@ fn ms(d: Duration) -> i64 {
 
 /// The session that should own `partition` among `alive` (none when no
 /// session is alive): the highest hash of (session, partition).
-pub(crate) fn owner_of<'a>(partition: u32, alive: &'a BTreeSet<String>) -> Option<&'a str> {
+pub(crate) fn owner_of(partition: u32, alive: &BTreeSet<String>) -> Option<&str> {
     alive
         .iter()
         .max_by_key(|s| {

@@ -22,7 +22,7 @@ use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use axum::extract::ws::WebSocket;
 use futures_util::stream::FuturesOrdered;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use interop_proto::Message as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -213,8 +213,12 @@ pub(crate) async fn serve(
         last_cursor_write: Instant::now(),
     };
     let ended = Box::pin(run(&mut s, stream, out, shared)).await;
+    // Cursors stored and partitions given back before the close is
+    // answered: a server that closes cleanly knows its acks counted.
     Box::pin(close_down(&mut s, shared)).await;
-    if let Err(e) = ended {
+    if let Ok(Some((code, reason))) = ended {
+        ws::push(out, Outbound::close(code, reason)).await;
+    } else if let Err(e) = ended {
         warn!(provider = %s.opened.provider, error = %e, "Provider session ended by an error.");
         ws::push(
             out,
@@ -226,12 +230,14 @@ pub(crate) async fn serve(
     debug!(provider = %s.opened.provider, "Provider session disconnected from delivery.");
 }
 
+/// The session until it ends; the close to send once its partitions are
+/// given back, if any.
 async fn run(
     s: &mut ProviderSession,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     out: &mpsc::Sender<Outbound>,
     shared: &Arc<Shared>,
-) -> Result<(), BoxError> {
+) -> Result<Option<(u16, &'static str)>, BoxError> {
     let (tx, mut rx) = mpsc::channel::<FromReader>(1);
     let (typing_tx, mut typing_rx) = mpsc::channel::<ServerFrame>(256);
     let mut members = watch_members(shared, &s.opened.provider).await?;
@@ -242,24 +248,22 @@ async fn run(
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => {
-                ws::push(out, Outbound::close(close::GOING_AWAY, "server shutting down")).await;
-                return Ok(());
+                return Ok(Some((close::GOING_AWAY, "server shutting down")));
             }
             changed = registry.changed() => {
                 if changed.is_err() || !registry.borrow().has_credential(&s.opened.provider, &s.opened.credential) {
                     info!(provider = %s.opened.provider, "Closing a provider session whose credential was revoked.");
-                    ws::push(out, Outbound::close(close::POLICY_VIOLATION, "credential revoked")).await;
-                    return Ok(());
+                    return Ok(Some((close::POLICY_VIOLATION, "credential revoked")));
                 }
             }
             msg = stream.next() => {
-                if on_client(s, msg, out, shared).await?.is_break() {
-                    return Ok(());
+                if let std::ops::ControlFlow::Break(close) = on_client(s, msg, out, shared).await? {
+                    return Ok(close);
                 }
             }
             Some(from) = rx.recv(), if s.in_flight.len() < MAX_UNACKED_BATCHES => {
                 if on_reader(s, from, out, shared).await.is_break() {
-                    return Ok(());
+                    return Ok(None);
                 }
             }
             Some(frame) = typing_rx.recv() => {
@@ -634,13 +638,14 @@ async fn on_reader(
     std::ops::ControlFlow::Continue(())
 }
 
-/// Acks, `MarkRead`, or the end of the session (`Break`).
+/// Acks, `MarkRead`, or the end of the session (`Break`, with the close
+/// to answer).
 async fn on_client(
     s: &mut ProviderSession,
     msg: Option<Result<axum::extract::ws::Message, axum::Error>>,
     out: &mpsc::Sender<Outbound>,
     shared: &Shared,
-) -> Result<std::ops::ControlFlow<()>, BoxError> {
+) -> Result<std::ops::ControlFlow<Option<(u16, &'static str)>>, BoxError> {
     use std::ops::ControlFlow;
     match ws::classify(msg) {
         Incoming::Frame(frame) => match frame.frame {
@@ -710,11 +715,8 @@ async fn on_client(
         Incoming::Reject(r) => {
             ws::push(out, Outbound::frame(r)).await;
         }
-        Incoming::Close(code, reason) => {
-            ws::push(out, Outbound::close(code, reason)).await;
-            return Ok(ControlFlow::Break(()));
-        }
-        Incoming::End => return Ok(ControlFlow::Break(())),
+        Incoming::Close(code, reason) => return Ok(ControlFlow::Break(Some((code, reason)))),
+        Incoming::End => return Ok(ControlFlow::Break(None)),
         Incoming::Ignore => {}
     }
     Ok(ControlFlow::Continue(()))
@@ -844,7 +846,16 @@ impl Reader {
                     batch.push(item);
                     // Take what is already here before the batch goes.
                     while preparing.len() < crate::session::CHECK_DEPTH {
-                        let Some(next) = messages.next().now_or_never() else { break };
+                        // Polled with this task's waker (not a no-op one):
+                        // what is not ready yet still wakes the reader.
+                        let ready = std::future::poll_fn(|cx| {
+                            std::task::Poll::Ready(match messages.poll_next_unpin(cx) {
+                                std::task::Poll::Ready(m) => Some(m),
+                                std::task::Poll::Pending => None,
+                            })
+                        })
+                        .await;
+                        let Some(next) = ready else { break };
                         let m = next.ok_or("partition consumer ended")??;
                         taken = m.info()?.stream_sequence;
                         preparing.push_back(Box::pin(self.prepare(m, changed_ms)));
@@ -966,6 +977,7 @@ impl Reader {
                 }],
             })),
         };
-        let _ = self.typing.try_send(frame);
+        // Full: the session is busy and the indicator is dropped.
+        self.typing.try_send(frame).ok();
     }
 }

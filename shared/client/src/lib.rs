@@ -32,6 +32,7 @@ pub mod config;
 pub mod keys;
 pub mod media;
 pub mod olm;
+pub mod provider;
 pub mod transaction;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};

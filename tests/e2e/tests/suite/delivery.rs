@@ -20,16 +20,16 @@ use crate::common::opt_in;
 
 const BOB: &str = "home:+4915112345678";
 
-struct Pipeline {
-    nats: NatsServer,
+pub(crate) struct Pipeline {
+    pub(crate) nats: NatsServer,
     _redis: RedisServer,
     redis_url: String,
-    ingest: String,
-    shutdown: CancellationToken,
+    pub(crate) ingest: String,
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// ingest, spam-scoring and routing, with limits high enough for volume.
-async fn pipeline() -> Pipeline {
+pub(crate) async fn pipeline() -> Pipeline {
     let nats = NatsServer::start();
     let redis = RedisServer::start();
     let (n, r) = (nats.url(), redis.url());
@@ -73,7 +73,7 @@ async fn pipeline() -> Pipeline {
 }
 
 /// One delivery instance with its own shutdown (to kill it alone).
-async fn delivery(p: &Pipeline) -> (String, CancellationToken, JoinHandle<()>) {
+pub(crate) async fn delivery(p: &Pipeline) -> (String, CancellationToken, JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let config = interop_delivery::Config::new(l, Arc::new(registry()));

@@ -24,6 +24,7 @@ mod mtls;
 mod observability;
 mod pipeline;
 mod provider_edge;
+mod provider_sessions;
 mod registry;
 mod repository;
 mod resend;
