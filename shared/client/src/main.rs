@@ -339,6 +339,24 @@ enum Command {
         #[arg(long, env = "INTEROP_INGEST_URL")]
         ingest_url: Option<String>,
     },
+    /// Receive messages for every user of a provider as a provider session
+    /// (server to server, in batches: docs/protocol.md, "Provider
+    /// sessions"); print each message as JSON (with its `user`, `partition`
+    /// and `batch`) and ack each batch once printed.
+    ListenProvider {
+        /// The provider id, e.g. `home` (its token from --token or the
+        /// client config).
+        #[arg(long = "for")]
+        provider: String,
+        /// Exit after this many messages (exit code 3 if the timeout came first).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        #[arg(long, env = "INTEROP_DELIVERY_URL")]
+        delivery_url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -598,6 +616,11 @@ impl Ctx {
             .provider
             .clone()
             .unwrap_or_else(|| address.provider().to_owned());
+        self.provider_creds(provider)
+    }
+
+    /// The token of `provider` (flags first, then the client config).
+    fn provider_creds(&self, provider: String) -> anyhow::Result<(String, String)> {
         let token = match (&self.token, self.file.tokens.get(&provider)) {
             (Some(t), _) | (None, Some(t)) => t.clone(),
             // The client certificate authenticates the provider.
@@ -1127,6 +1150,57 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 ctx.out.print(&v);
                 rx.ack(&[d.delivery_tag]).await?;
                 received += 1;
+            }
+            rx.close().await;
+            Ok(if count.is_some_and(|c| received < c) {
+                EXIT_TIMEOUT
+            } else {
+                EXIT_OK
+            })
+        }
+        Command::ListenProvider {
+            provider,
+            count,
+            timeout,
+            delivery_url,
+        } => {
+            let (provider, token) = ctx.provider_creds(provider)?;
+            let url = ctx.url(delivery_url, ctx.file.delivery_url.as_ref(), "delivery")?;
+            let mut rx = interop_client::provider::ProviderReceiver::connect_with(
+                &url,
+                &provider,
+                &token,
+                ctx.tls.clone(),
+            )
+            .await?;
+            eprintln!("interop: listening for every user of {provider} (a provider session)");
+            let deadline = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+            let mut received = 0u64;
+            while count.is_none_or(|c| received < c) {
+                let next = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, rx.next_batch()).await {
+                        Ok(n) => n,
+                        Err(_) => break,
+                    },
+                    None => rx.next_batch().await,
+                };
+                let batch = next?;
+                for m in &batch.messages {
+                    let mut v = describe(&m.envelope);
+                    v["user"] = json!(m.user);
+                    v["partition"] = json!(batch.partition);
+                    v["batch"] = json!(batch.batch_tag);
+                    if m.inbox != Inbox::Unspecified {
+                        v["inbox"] = json!(inbox_name(m.inbox));
+                    }
+                    ctx.out.print(&v);
+                    if batch.batch_tag != 0 {
+                        received += 1;
+                    }
+                }
+                if batch.batch_tag != 0 {
+                    rx.ack(&[batch.batch_tag]).await?;
+                }
             }
             rx.close().await;
             Ok(if count.is_some_and(|c| received < c) {

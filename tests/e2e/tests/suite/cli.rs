@@ -115,12 +115,35 @@ struct Listener {
 
 impl Listener {
     async fn start(config: &Path, user: &str, count: u32) -> Self {
-        use tokio::io::AsyncReadExt as _;
         let count = count.to_string();
-        let mut cmd = command(
-            Some(config),
+        Self::start_with(
+            config,
             &["listen", "--as", user, "--count", &count, "--timeout", "45"],
-        );
+        )
+        .await
+    }
+
+    /// `interop listen-provider --for <provider>`: every user of it.
+    async fn start_provider(config: &Path, provider: &str, count: u32) -> Self {
+        let count = count.to_string();
+        Self::start_with(
+            config,
+            &[
+                "listen-provider",
+                "--for",
+                provider,
+                "--count",
+                &count,
+                "--timeout",
+                "45",
+            ],
+        )
+        .await
+    }
+
+    async fn start_with(config: &Path, args: &[&str]) -> Self {
+        use tokio::io::AsyncReadExt as _;
+        let mut cmd = command(Some(config), args);
         let mut child = cmd.spawn().unwrap();
         // Its session is open once it says so on stderr; the rest of
         // stderr is kept for a failure's message.
@@ -132,7 +155,7 @@ impl Listener {
             let mut buf = [0u8; 256];
             while let Ok(n @ 1..) = stderr.read(&mut buf).await {
                 seen.extend_from_slice(&buf[..n]);
-                if String::from_utf8_lossy(&seen).contains("listening as") {
+                if String::from_utf8_lossy(&seen).contains("interop: listening") {
                     if let Some(tx) = open_tx.take() {
                         tx.send(()).ok();
                     }
@@ -420,6 +443,34 @@ async fn groups_are_created_changed_shown_and_sent_to_through_the_cli() {
     )
     .await;
     assert_eq!(both.code, 64, "{}", both.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_session_through_the_cli_gets_every_users_messages() {
+    let c = Cluster::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = client_config(&c, dir.path());
+    for user in [BOB, CAROL] {
+        ok(&config, &["opt-in", "--as", user, "--allow", "signal"]).await;
+    }
+    let listener = Listener::start_provider(&config, "home", 2).await;
+    for (to, text) in [(BOB, "for bob"), (CAROL, "for carol")] {
+        ok(
+            &config,
+            &["send", "--as", ALICE, "--to", to, "--text", text],
+        )
+        .await;
+    }
+    let got = listener.lines().await;
+    let seen: Vec<(&str, &str)> = got
+        .iter()
+        .map(|l| (l["user"].as_str().unwrap(), l["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen.len(), 2, "{got:?}");
+    assert!(seen.contains(&(BOB, "for bob")) && seen.contains(&(CAROL, "for carol")));
+    assert!(got
+        .iter()
+        .all(|l| l["batch"].as_u64().unwrap() > 0 && l["partition"].is_u64()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -280,3 +280,59 @@ async fn a_session_that_stopped_renewing_keeps_its_partitions_only_until_its_lea
     assert_eq!(per_user(&got), want);
     p.shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_hold_at_most_256_messages_and_at_most_4_go_unacked() {
+    let p = pipeline().await;
+    let (d, _, _) = delivery(&p).await;
+    // One user with 300 messages waiting, and five more users in five other
+    // partitions with one each.
+    let all = users(200);
+    let busy = all[0].clone();
+    let part = |u: &String| interop_bus::partition_of_key(&interop_bus::recipient_key(u));
+    let mut others: Vec<String> = Vec::new();
+    for u in &all[1..] {
+        if others.len() < 5 && part(u) != part(&busy) && others.iter().all(|o| part(o) != part(u)) {
+            others.push(u.clone());
+        }
+    }
+    assert_eq!(others.len(), 5);
+    for u in std::iter::once(&busy).chain(&others) {
+        opt_in(&p.ingest, u, &["signal"]).await;
+    }
+    let mut want = send_to_all(&p, std::slice::from_ref(&busy), 300, "many").await;
+    want.extend(send_to_all(&p, &others, 1, "one").await);
+
+    let mut rx = ProviderReceiver::connect(&d, "home", HOME_TOKEN)
+        .await
+        .unwrap();
+    // Four batches come un-acked, then nothing.
+    let held = receive(&mut rx, false, |b| b.len() >= 4).await;
+    let more = tokio::time::timeout(Duration::from_millis(1_500), rx.next_batch()).await;
+    assert!(more.is_err(), "a fifth batch came before an ack");
+    // One ack lets one more come.
+    rx.ack(&[held[0].batch_tag]).await.unwrap();
+    let fifth = tokio::time::timeout(WAIT, rx.next_batch())
+        .await
+        .expect("a batch after the ack")
+        .unwrap();
+    rx.ack(&[fifth.batch_tag]).await.unwrap();
+    let tags: Vec<u64> = held[1..].iter().map(|b| b.batch_tag).collect();
+    rx.ack(&tags).await.unwrap();
+    let mut got = held;
+    got.push(fifth);
+    let total: usize = want.values().map(Vec::len).sum();
+    let rest = receive(&mut rx, true, |b| count(&got) + count(b) >= total).await;
+    got.extend(rest);
+    assert!(
+        got.iter().all(|b| b.messages.len() <= 256),
+        "{:?}",
+        got.iter().map(|b| b.messages.len()).collect::<Vec<_>>()
+    );
+    assert!(
+        got.iter().filter(|b| b.partition == part(&busy)).count() >= 2,
+        "300 messages of one partition need two batches at least"
+    );
+    assert_eq!(per_user(&got), want);
+    p.shutdown.cancel();
+}
