@@ -180,8 +180,13 @@ impl Router {
             .ok_or_else(|| HandleError::Permanent("no envelope".into()))?;
         let verdict = pipeline::verdict(&pm);
         let (admission, sender_answered) = self
-            .contacts
-            .admission_and_reply_state(&env.to, &env.from, &pm.sender_provider)
+            .admissions
+            .admit(interop_state::contacts::AdmissionAsk {
+                recipient: env.to.clone(),
+                sender: env.from.clone(),
+                sender_provider: pm.sender_provider.clone(),
+                reply_state: true,
+            })
             .await
             .map_err(retry)?;
         let placement = self.place_counted(admission, verdict);

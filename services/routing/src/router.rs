@@ -65,6 +65,9 @@ pub(crate) struct PlacementLabel {
 pub struct Router {
     pub(crate) scorer: crate::score::ScoreClient,
     pub(crate) contacts: ContactStore,
+    /// Admissions of concurrent handlers, made together: one Redis round
+    /// trip for what is asked while one is in flight (issue 22).
+    pub(crate) admissions: interop_state::contacts::AdmissionBatcher,
     pub(crate) placements: Family<PlacementLabel, Counter>,
     pub(crate) groups: interop_state::GroupStore,
     /// Announces implicit acceptances to the accepting user's sessions.
@@ -91,6 +94,9 @@ impl Router {
         Self {
             scorer,
             groups: interop_state::GroupStore::new(records.clone()),
+            admissions: interop_state::contacts::AdmissionBatcher::new(ContactStore::new(
+                records.clone(),
+            )),
             contacts: ContactStore::new(records),
             placements,
             nats,
@@ -101,7 +107,8 @@ impl Router {
     /// The per-recipient admission path, for 1:1 messages and for each
     /// member of a group: may a message from `sender` (a user of
     /// `sender_provider`) with this spam `verdict` reach `recipient`, and
-    /// where? One Redis round trip (consent record and contact record).
+    /// where? The consent record and the contact record, read in one
+    /// Redis round trip with the admissions other handlers ask meanwhile.
     pub async fn admit(
         &self,
         recipient: &str,
@@ -109,9 +116,14 @@ impl Router {
         sender_provider: &str,
         verdict: Verdict,
     ) -> Result<Placement, StateError> {
-        let admission = self
-            .contacts
-            .admission(recipient, sender, sender_provider)
+        let (admission, _) = self
+            .admissions
+            .admit(interop_state::contacts::AdmissionAsk {
+                recipient: recipient.to_owned(),
+                sender: sender.to_owned(),
+                sender_provider: sender_provider.to_owned(),
+                reply_state: false,
+            })
             .await?;
         Ok(self.place_counted(admission, verdict))
     }

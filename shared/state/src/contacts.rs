@@ -259,6 +259,75 @@ impl ContactStore {
         Ok((decide(&consent, contact, sender_provider), known))
     }
 
+    /// [`Self::admission_and_reply_state`] for many messages in one
+    /// round trip (each recipient's consent record read once), answers in
+    /// the order asked; `reply_state` is `false` where not asked for.
+    pub async fn admissions(
+        &self,
+        asks: &[AdmissionAsk],
+    ) -> Result<Vec<(Admission, bool)>, StateError> {
+        let mut pipe = redis::pipe();
+        let mut recipients: Vec<&str> = Vec::new();
+        for a in asks {
+            if !recipients.contains(&a.recipient.as_str()) {
+                recipients.push(&a.recipient);
+                consent_read(&mut pipe, &a.recipient);
+            }
+        }
+        for a in asks {
+            answer_read(&mut pipe, &a.recipient, &a.sender);
+            if a.reply_state {
+                answer_read(&mut pipe, &a.sender, &a.recipient);
+            }
+        }
+        let replies: Vec<Vec<Option<String>>> = pipe.query_async(&mut self.conn()).await?;
+        let mut replies = replies.into_iter();
+        let mut next = |n: usize| -> Result<Vec<Option<String>>, StateError> {
+            let r = replies.next().unwrap_or_default();
+            if r.len() == n {
+                Ok(r)
+            } else {
+                Err(StateError::Records(format!(
+                    "an admission read answered {} fields, not {n}",
+                    r.len()
+                )))
+            }
+        };
+        let mut consents: Vec<(&str, Consent)> = Vec::with_capacity(recipients.len());
+        for r in recipients {
+            let mut f = next(4)?.into_iter();
+            let fields = (
+                f.next().flatten(),
+                f.next().flatten(),
+                f.next().flatten(),
+                f.next().flatten(),
+            );
+            consents.push((r, self.consent_from(r, fields).await?));
+        }
+        let mut out = Vec::with_capacity(asks.len());
+        for a in asks {
+            let mut f = next(2)?.into_iter();
+            let answer = (f.next().flatten(), f.next().flatten());
+            let contact = self.answer_from(&a.recipient, &a.sender, answer).await?;
+            let known = if a.reply_state {
+                let mut f = next(2)?.into_iter();
+                let own = (f.next().flatten(), f.next().flatten());
+                self.answer_from(&a.sender, &a.recipient, own)
+                    .await?
+                    .is_some()
+            } else {
+                false
+            };
+            let consent = consents
+                .iter()
+                .find(|(r, _)| *r == a.recipient)
+                .map(|(_, c)| c)
+                .ok_or_else(|| StateError::Records("a recipient's consent was not read".into()))?;
+            out.push((decide(consent, contact, &a.sender_provider), known));
+        }
+        Ok(out)
+    }
+
     /// The recipient's answer about `sender`, if any.
     pub async fn get(
         &self,
@@ -394,6 +463,100 @@ impl ContactStore {
             };
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+}
+
+/// One admission asked of [`ContactStore::admissions`].
+#[derive(Debug, Clone)]
+pub struct AdmissionAsk {
+    pub recipient: String,
+    pub sender: String,
+    pub sender_provider: String,
+    /// Also read whether the sender's own record answers the recipient.
+    pub reply_state: bool,
+}
+
+/// Most admissions one round trip asks.
+pub const ADMISSION_BATCH_MAX: usize = 256;
+
+/// Admissions asked one by one by concurrent callers (a stage's handlers),
+/// made together: what is asked while a round trip is in flight goes in
+/// the next one, up to [`ADMISSION_BATCH_MAX`] (no timer: a lone ask goes
+/// at once; docs/adr/0019's rule).
+#[derive(Clone)]
+pub struct AdmissionBatcher {
+    tx: tokio::sync::mpsc::Sender<PendingAdmission>,
+    round_trips: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+struct PendingAdmission {
+    ask: AdmissionAsk,
+    answer: tokio::sync::oneshot::Sender<Result<(Admission, bool), StateError>>,
+}
+
+impl AdmissionBatcher {
+    /// Starts the task that makes the round trips; it ends when every
+    /// batcher clone is dropped.
+    pub fn new(store: ContactStore) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<PendingAdmission>(4 * ADMISSION_BATCH_MAX);
+        let round_trips = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = round_trips.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < ADMISSION_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                let asks: Vec<AdmissionAsk> = batch.iter().map(|p| p.ask.clone()).collect();
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match store.admissions(&asks).await {
+                    Ok(answers) => {
+                        for (p, a) in batch.into_iter().zip(answers) {
+                            p.answer.send(Ok(a)).ok();
+                        }
+                    }
+                    Err(e) => {
+                        for p in batch {
+                            p.answer.send(Err(copy_error(&e))).ok();
+                        }
+                    }
+                }
+            }
+        });
+        Self { tx, round_trips }
+    }
+
+    /// Round trips made so far (each for one or more admissions).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// [`ContactStore::admission_and_reply_state`] (`reply_state`) or
+    /// [`ContactStore::admission`], made with whatever else is asked at
+    /// the same time.
+    pub async fn admit(&self, ask: AdmissionAsk) -> Result<(Admission, bool), StateError> {
+        let (answer, rx) = tokio::sync::oneshot::channel();
+        let gone = || StateError::Records("the admission batcher stopped".into());
+        self.tx
+            .send(PendingAdmission { ask, answer })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+/// The same failure, for each caller of a failed round trip.
+fn copy_error(e: &StateError) -> StateError {
+    match e {
+        StateError::Redis(r) => StateError::Redis(redis::RedisError::from((
+            r.kind(),
+            "a batched admission read failed",
+            r.to_string(),
+        ))),
+        StateError::Records(s) => StateError::Records(s.clone()),
     }
 }
 
