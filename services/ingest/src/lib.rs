@@ -22,6 +22,7 @@ mod key_notices;
 mod keys_frames;
 mod metrics;
 mod send;
+mod send_checks;
 mod session;
 mod transaction;
 pub mod validate;
@@ -215,6 +216,8 @@ pub(crate) struct Shared {
     pub edge: EdgeGuard,
     /// Publishes accepted sends, gathered (docs/adr/0019).
     pub accepted: accepted::Publisher,
+    /// Lone sends' Redis checks, gathered (issue 22).
+    pub send_checks: send_checks::SendChecks,
     /// The key directory (docs/adr/0025).
     pub keys: interop_keys::KeyDirectory,
     pub key_fetch_provider_limit: RateLimit,
@@ -291,6 +294,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let shared = Arc::new(Shared {
         providers,
         accepted: accepted::Publisher::start(js.clone(), metrics.clone()),
+        send_checks: send_checks::SendChecks::start(),
         js,
         redis: deps.redis.clone(),
         records,

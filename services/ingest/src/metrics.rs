@@ -26,6 +26,7 @@ pub struct IngestMetrics {
     pub transactions: Counter,
     pub transaction_items: Counter,
     pub redis_checks: Counter,
+    pub send_check_batches: Counter,
 }
 
 impl IngestMetrics {
@@ -40,6 +41,7 @@ impl IngestMetrics {
             transactions: Counter::default(),
             transaction_items: Counter::default(),
             redis_checks: Counter::default(),
+            send_check_batches: Counter::default(),
         };
         metrics.register(
             "interop_ingest_connections",
@@ -83,8 +85,13 @@ impl IngestMetrics {
         );
         metrics.register(
             "interop_ingest_redis_checks",
-            "Redis round trips for frames' checks (rate limits, consent, idempotency claims): one per send, one for all the one-to-one sends of a transaction.",
+            "Redis round trips for sends' checks (rate limits, consent, idempotency claims): one for the lone sends of a provider that waited together, one for all the one-to-one sends of a transaction.",
             m.redis_checks.clone(),
+        );
+        metrics.register(
+            "interop_ingest_send_check_batches",
+            "Round trips of lone sends' Redis checks, each for the sends of one provider that waited together (compare with interop_ingest_accepted_total).",
+            m.send_check_batches.clone(),
         );
         m
     }

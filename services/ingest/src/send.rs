@@ -264,6 +264,16 @@ pub(crate) struct SendPlan {
     fresh_id: String,
 }
 
+impl SendPlan {
+    pub(crate) fn request_id(&self) -> u64 {
+        self.request_id
+    }
+
+    pub(crate) fn cmid(&self) -> &str {
+        &self.cmid
+    }
+}
+
 /// What validation made of a `Send`.
 pub(crate) enum Planned {
     /// To a user: its checks come next.
@@ -339,7 +349,7 @@ fn add_reads(pipe: &mut redis::Pipeline, shared: &Shared, plan: &SendPlan) {
 }
 
 async fn prepare_send(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     provider: &str,
     request_id: u64,
     envelope: Option<interop_proto::v1::Envelope>,
@@ -351,23 +361,10 @@ async fn prepare_send(
         }
         Planned::Answer(answer) => return answer,
     };
-    // One round trip: rate limits, consent, and the idempotency claim.
-    let mut pipe = redis::pipe();
-    gcra::add_check(
-        &mut pipe,
-        provider,
-        plan.from.as_str(),
-        provider_limit(shared, provider),
-        shared.sender_limit,
-    );
-    add_reads(&mut pipe, shared, &plan);
-    match checks::<SendReply>(shared, &pipe).await {
-        Ok(reply) => finish_send(shared, provider, plan, reply).await,
-        Err(e) => {
-            warn!(error = %e, "Redis unavailable; refusing sends.");
-            reject(request_id, &plan.cmid, unavailable("state storage"))
-        }
-    }
+    // Rate limits, consent and the idempotency claim: one round trip, with
+    // the other sends of this replica waiting meanwhile
+    // (`crate::send_checks`).
+    shared.send_checks.check(shared, provider, plan).await
 }
 
 /// Prepares the one-to-one sends of a transaction, in order: their checks
