@@ -1,14 +1,16 @@
-//! Scoring one message.
+//! Scoring messages.
 //!
-//! Input: a `PipelineMessage` with the envelope. One Redis round trip counts
-//! the message in spam-scoring's counters ([`interop_state::spam`]); the
-//! signals ([`crate::signals`]) turn them into a verdict, which routing acts
-//! on (ALLOW, REQUEST, QUARANTINE; REJECT: a FAILED receipt with code `SPAM`
-//! to the sender).
+//! Input: the `PipelineMessage`s of one score request, each with its
+//! envelope. One Redis script call counts all of them in spam-scoring's
+//! counters ([`interop_state::spam::observe_batch`]), message after
+//! message; the signals ([`crate::signals`]) turn each one's counters into
+//! a verdict, which routing acts on (ALLOW, REQUEST, QUARANTINE; REJECT: a
+//! FAILED receipt with code `SPAM` to the sender).
 
 use std::sync::Arc;
 
-use interop_proto::v1::{envelope, PipelineMessage, SpamVerdict, Verdict};
+use interop_proto::v1::{envelope, Envelope, PipelineMessage, SpamVerdict, Verdict};
+use interop_state::spam::{Observation, ObservationInput};
 use interop_telemetry::metrics::Metrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -69,23 +71,80 @@ impl Scorer {
 
 impl Scorer {
     /// Scores one message: counts it in spam-scoring's counters (one Redis
-    /// round trip) and evaluates the signals into an explainable verdict.
+    /// script call) and evaluates the signals into an explainable verdict.
     pub async fn score(&self, pm: &PipelineMessage) -> Result<SpamVerdict, ScoreError> {
-        let env = pm
-            .envelope
-            .as_ref()
-            .ok_or_else(|| ScoreError::Permanent("no envelope".into()))?;
+        self.score_batch(std::slice::from_ref(pm), &[])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(ScoreError::Retry("no result".into())))
+    }
+
+    /// Scores the messages of one score request, each as [`Scorer::score`]
+    /// would one after another, with one Redis script call for all of them
+    /// ([`interop_state::spam::observe_batch`]): message i's counters
+    /// include messages 0..i. One result per message, in order; a message
+    /// without an envelope fails alone, Redis unavailable fails them all
+    /// (to be retried). `spans[i]`, where given, is entered while message
+    /// i's signals are evaluated.
+    pub async fn score_batch(
+        &self,
+        messages: &[PipelineMessage],
+        spans: &[tracing::Span],
+    ) -> Vec<Result<SpamVerdict, ScoreError>> {
         let p = &self.policy;
-        let hash = signals::payload_hash(env, p.identical_payload.min_text_chars);
-        let observation = interop_state::spam::observe(
-            &self.redis,
-            &env.from,
-            &pm.sender_provider,
-            &env.to,
-            hash.as_deref(),
-        )
-        .await
-        .map_err(|e| ScoreError::Retry(e.to_string()))?;
+        let hashes: Vec<Option<String>> = messages
+            .iter()
+            .map(|pm| {
+                pm.envelope
+                    .as_ref()
+                    .and_then(|env| signals::payload_hash(env, p.identical_payload.min_text_chars))
+            })
+            .collect();
+        let inputs: Vec<ObservationInput<'_>> = messages
+            .iter()
+            .zip(&hashes)
+            .filter_map(|(pm, hash)| {
+                let env = pm.envelope.as_ref()?;
+                Some(ObservationInput {
+                    from: &env.from,
+                    provider: &pm.sender_provider,
+                    to: &env.to,
+                    payload_hash: hash.as_deref(),
+                })
+            })
+            .collect();
+        let mut observed = match interop_state::spam::observe_batch(&self.redis, &inputs).await {
+            Ok(o) => o.into_iter(),
+            Err(e) => {
+                let reason = e.to_string();
+                return messages
+                    .iter()
+                    .map(|pm| match pm.envelope {
+                        Some(_) => Err(ScoreError::Retry(reason.clone())),
+                        None => Err(no_envelope()),
+                    })
+                    .collect();
+            }
+        };
+        let now_ms = interop_proto::now_ms();
+        messages
+            .iter()
+            .enumerate()
+            .map(|(i, pm)| {
+                let _entered = spans.get(i).map(tracing::Span::enter);
+                let env = pm.envelope.as_ref().ok_or_else(no_envelope)?;
+                let observation = observed
+                    .next()
+                    .ok_or_else(|| ScoreError::Retry("fewer counters than messages".into()))?;
+                Ok(self.verdict(env, &observation, now_ms))
+            })
+            .collect()
+    }
+
+    /// Evaluates the signals of one counted message into a verdict, and
+    /// counts it in the metrics.
+    fn verdict(&self, env: &Envelope, observation: &Observation, now_ms: i64) -> SpamVerdict {
+        let p = &self.policy;
         let mut content = Vec::new();
         if let Some(envelope::Content::Text(t)) = &env.content {
             content.extend(signals::content_signal(p, &self.model, &t.body));
@@ -93,9 +152,9 @@ impl Scorer {
         }
         let verdict = signals::evaluate(
             p,
-            &observation,
+            observation,
             env.sender_account_created_at_ms,
-            interop_proto::now_ms(),
+            now_ms,
             content,
         );
         let v = Verdict::try_from(verdict.verdict).unwrap_or(Verdict::Unspecified);
@@ -111,8 +170,12 @@ impl Scorer {
                 })
                 .inc();
         }
-        Ok(verdict)
+        verdict
     }
+}
+
+fn no_envelope() -> ScoreError {
+    ScoreError::Permanent("no envelope".into())
 }
 
 /// Why a message was not scored.

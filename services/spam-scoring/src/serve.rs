@@ -5,10 +5,12 @@
 //! A request is a `ScoreRequest` of at most [`SPAM_SCORE_MAX_MESSAGES`]
 //! messages (the subject's contract, beside it in `interop_bus::subjects`);
 //! the reply a `ScoreReply` with one result per message, in order. The
-//! messages of a request are scored at once (their Redis round trips
-//! overlap). Nothing here is durable: the messages stay in `INTEROP_INGEST`
-//! until routing has acted on their verdicts, and an unanswered request is
-//! retried by routing.
+//! messages of a request are counted in one Redis script call
+//! ([`Scorer::score_batch`]; issue 22: one call per batch, not per
+//! message), each seeing the counters as the messages before it in the
+//! request left them. Nothing here is durable: the messages stay in
+//! `INTEROP_INGEST` until routing has acted on their verdicts, and an
+//! unanswered request is retried by routing.
 
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use futures_util::StreamExt;
 use prost::Message as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, warn};
 
 use interop_bus::subjects::{QUEUE_SPAM_SCORING, SPAM_SCORE, SPAM_SCORE_MAX_MESSAGES};
 use interop_proto::v1::{ScoreReply, ScoreRequest, ScoreResult};
@@ -54,17 +56,20 @@ pub async fn answer(scorer: &Scorer, request: &[u8]) -> ScoreReply {
                 .collect(),
         };
     }
-    let scored =
-        futures_util::future::join_all(request.messages.iter().enumerate().map(|(i, pm)| {
+    // One span per message, in its own trace, open while the request is
+    // answered.
+    let spans: Vec<tracing::Span> = (0..request.messages.len())
+        .map(|i| {
             let span = tracing::info_span!("score", otel.name = "spam-scoring score");
             if let Some(t) = request.traces.get(i) {
                 interop_bus::trace::set_parent_from_fields(&span, &t.fields);
             }
-            scorer.score(pm).instrument(span)
-        }));
+            span
+        })
+        .collect();
+    let scored = scorer.score_batch(&request.messages, &spans).await;
     ScoreReply {
         results: scored
-            .await
             .into_iter()
             .map(|r| match r {
                 Ok(verdict) => ScoreResult {
