@@ -20,17 +20,18 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use interop_client::provider::ProviderReceiver;
 use interop_client::{
     ClientError, ConsentOutcome, Delivered, GroupOutcome, PendingSend, Receiver, RequestOutcome,
     SendOutcome, Sender,
 };
-use interop_proto::v1::{envelope, Inbox, ReceiptStatus, RejectCode, RequestAction};
+use interop_proto::v1::{envelope, server_frame, Inbox, ReceiptStatus, RejectCode, RequestAction};
 
 use crate::ceiling::CeilingReport;
 use crate::plan::{mix64, parse_client_message_id, Plan, RunId};
 use crate::recorder::{Answer, ReceiptKind, Recorder};
 use crate::report::{Report, RunFacts, TargetInfo};
-use crate::scenario::Scenario;
+use crate::scenario::{Mode, Scenario};
 use crate::schedule::{pace, Clock, Job, Sink};
 
 /// Where the gateway is and the providers' tokens.
@@ -284,7 +285,10 @@ enum Seen {
 }
 
 fn classify(run: RunId, d: &Delivered) -> Seen {
-    let env = &d.envelope;
+    classify_envelope(run, &d.envelope)
+}
+
+fn classify_envelope(run: RunId, env: &interop_proto::v1::Envelope) -> Seen {
     // Every send has a client message id; the gateway's notices have none.
     let notice = matches!(env.content, Some(envelope::Content::GroupChange(_)))
         || (!env.group_id.is_empty() && env.client_message_id.is_empty());
@@ -363,6 +367,219 @@ impl SessionLogin {
         )
         .await
     }
+}
+
+/// Who a provider session is for (`users.mode = "provider"`).
+#[derive(Clone)]
+struct ProviderLogin {
+    url: String,
+    provider: String,
+    token: String,
+    fetcher: Option<Fetcher>,
+}
+
+impl ProviderLogin {
+    async fn connect(&self) -> Result<ProviderReceiver, ClientError> {
+        ProviderReceiver::connect(&self.url, &self.provider, &self.token).await
+    }
+}
+
+/// One provider session on delivery: reads batches for every user of the
+/// provider in its partitions, records each message, acks each batch. A
+/// failed session is opened again (every [`RECONNECT_BACKOFF`]); what it
+/// had not acked comes again and is counted by the ledger as a duplicate
+/// if it was recorded. Returns the duplicates the client library dropped.
+async fn provider_session(
+    login: ProviderLogin,
+    first: ProviderReceiver,
+    recorder: Arc<Recorder>,
+    clock: Clock,
+    stop: CancellationToken,
+) -> u64 {
+    let run = recorder.plan().run;
+    let mut rx = Some(first);
+    let mut suppressed = 0;
+    let mut messages = Vec::new();
+    let mut requests = Vec::new();
+    while !stop.is_cancelled() {
+        let Some(r) = rx.as_mut() else {
+            tokio::select! {
+                () = tokio::time::sleep(RECONNECT_BACKOFF) => {}
+                () = stop.cancelled() => break,
+            }
+            match tokio::time::timeout(RECONNECT_TIMEOUT, login.connect()).await {
+                Ok(Ok(again)) => rx = Some(again),
+                _ => recorder.connection_error(),
+            }
+            continue;
+        };
+        let next = tokio::select! {
+            b = r.next_batch() => b,
+            () = stop.cancelled() => break,
+        };
+        let Ok(batch) = next else {
+            recorder.connection_error();
+            suppressed += r.duplicates();
+            rx = None;
+            continue;
+        };
+        let now = clock.now_us();
+        messages.clear();
+        requests.clear();
+        for m in &batch.messages {
+            if let (Some(f), Some(envelope::Content::Media(media))) =
+                (&login.fetcher, &m.envelope.content)
+            {
+                f.fetch(&recorder, m.user.clone(), media.media_id.clone());
+            }
+            let message = match classify_envelope(run, &m.envelope) {
+                Seen::Message(seq, sent_us) => (seq, sent_us),
+                Seen::Receipt(seq, kind) => {
+                    recorder.receipt(seq, kind, now);
+                    continue;
+                }
+                Seen::Copy(seq, sent_us) => {
+                    recorder.delivered_copy(seq, sent_us, &m.envelope.to, now);
+                    continue;
+                }
+                Seen::GroupNotice => continue,
+                Seen::Foreign => (u64::MAX, 0),
+            };
+            messages.push(message);
+            requests.push(m.inbox == Inbox::Requests);
+        }
+        if !messages.is_empty() {
+            recorder.delivered_filed(&messages, &requests, now);
+        }
+        if batch.batch_tag != 0 && r.ack(&[batch.batch_tag]).await.is_err() {
+            recorder.connection_error();
+            suppressed += r.duplicates();
+            rx = None;
+        }
+    }
+    if let Some(r) = rx {
+        suppressed += r.duplicates();
+        r.close().await;
+    }
+    suppressed
+}
+
+/// Transactions of one ingest connection in flight at once
+/// (`users.mode = "provider"`).
+const TRANSACTIONS_IN_FLIGHT: usize = 8;
+
+/// A transaction's sends: (sequence number, envelope) in item order.
+type TxItems = Vec<(u64, interop_proto::v1::Envelope)>;
+
+/// [`connection`] for provider mode: the jobs waiting when one is taken go
+/// together as one `Transaction` (up to the gateway's limit; no timer), up
+/// to [`TRANSACTIONS_IN_FLIGHT`] at once. A transaction whose answer did
+/// not come (the connection failed) is sent again, the same envelopes with
+/// the same client ids, once the connection is open again: what was
+/// accepted comes back `duplicate`.
+async fn transaction_connection(
+    sender: Sender,
+    mut jobs: mpsc::Receiver<Job>,
+    recorder: Arc<Recorder>,
+    clock: Clock,
+    give_up: CancellationToken,
+) -> ConnectionEnd {
+    let plan = recorder.plan().clone();
+    let max = sender.max_transaction_items().max(1);
+    let mut in_flight = FuturesUnordered::new();
+    let mut waiting: HashSet<u64> = HashSet::new();
+    // Transactions to send again after a reconnect, in order.
+    let mut again: VecDeque<TxItems> = VecDeque::new();
+    let mut open = true;
+    let mut resent = 0u64;
+    let transact = |items: TxItems| {
+        let frames = items
+            .iter()
+            .enumerate()
+            .map(|(i, (_, env))| interop_client::transaction::send_item(i as u64 + 1, env.clone()))
+            .collect();
+        let sender = &sender;
+        async move { (items, sender.transact(frames).await) }
+    };
+    loop {
+        if !open && in_flight.is_empty() && again.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            () = give_up.cancelled() => break,
+            Some((items, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                let items: TxItems = items;
+                let now = clock.now_us();
+                match result {
+                    Ok(interop_client::transaction::TransactionOutcome::Answered(frames)) => {
+                        for ((seq, _), frame) in items.iter().zip(frames) {
+                            waiting.remove(seq);
+                            let answer = match frame.frame {
+                                Some(server_frame::Frame::Accepted(_)) => Answer::Accepted,
+                                Some(server_frame::Frame::Rejected(r)) => Answer::Rejected(
+                                    RejectCode::try_from(r.code).unwrap_or(RejectCode::Unspecified),
+                                ),
+                                _ => Answer::Unanswered,
+                            };
+                            recorder.answered(*seq, answer, now);
+                        }
+                    }
+                    Ok(interop_client::transaction::TransactionOutcome::Rejected(r)) => {
+                        let code = RejectCode::try_from(r.code).unwrap_or(RejectCode::Unspecified);
+                        for (seq, _) in &items {
+                            waiting.remove(seq);
+                            recorder.answered(*seq, Answer::Rejected(code), now);
+                        }
+                    }
+                    Err(_) => {
+                        recorder.connection_error();
+                        again.push_back(items);
+                    }
+                }
+            }
+            () = tokio::time::sleep(RECONNECT_BACKOFF), if !again.is_empty() && in_flight.is_empty() => {
+                match tokio::time::timeout(RECONNECT_TIMEOUT, sender.reconnect()).await {
+                    Ok(Ok(_)) => {
+                        while let Some(items) = again.pop_front() {
+                            resent += items.len() as u64;
+                            in_flight.push(transact(items));
+                        }
+                    }
+                    _ => recorder.connection_error(),
+                }
+            }
+            job = jobs.recv(), if open && again.is_empty() && in_flight.len() < TRANSACTIONS_IN_FLIGHT => {
+                let Some(job) = job else {
+                    open = false;
+                    continue;
+                };
+                let mut batch = vec![job];
+                while batch.len() < max {
+                    match jobs.try_recv() {
+                        Ok(j) => batch.push(j),
+                        Err(_) => break,
+                    }
+                }
+                let now = clock.now_us();
+                let items: TxItems = batch
+                    .into_iter()
+                    .map(|job| {
+                        let planned = plan.at(job.seq);
+                        recorder.sent(job.seq, now);
+                        waiting.insert(job.seq);
+                        (job.seq, plan.envelope(job.seq, &planned, now))
+                    })
+                    .collect();
+                in_flight.push(transact(items));
+            }
+        }
+    }
+    let now = clock.now_us();
+    for seq in waiting {
+        recorder.answered(seq, Answer::Unanswered, now);
+    }
+    ConnectionEnd { resent }
 }
 
 /// One delivery session (a recipient's, or a sender's for receipts): reads,
@@ -764,7 +981,35 @@ pub async fn run_observed(
         plan.receipt_sessions()
             .map(|s| login(&u.sender_provider, &sender_token, s)),
     );
-    let sessions = open_sessions(logins, "a delivery session").await?;
+    let provider_mode = u.mode == Mode::Provider;
+    let sessions = if provider_mode {
+        Vec::new()
+    } else {
+        open_sessions(logins, "a delivery session").await?
+    };
+    // Provider mode: each provider's sessions on delivery (the recipients'
+    // provider's, and the senders' provider's for receipts).
+    let mut provider_sessions = Vec::new();
+    if provider_mode {
+        for (provider, token, fetcher) in [
+            (&u.recipient_provider, &recipient_token, fetcher.clone()),
+            (&u.sender_provider, &sender_token, None),
+        ] {
+            for _ in 0..u.provider_sessions {
+                let login = ProviderLogin {
+                    url: target.delivery_url.clone(),
+                    provider: provider.clone(),
+                    token: token.clone(),
+                    fetcher: fetcher.clone(),
+                };
+                let rx = login.connect().await.map_err(|source| RunError::Connect {
+                    what: "a provider session",
+                    source,
+                })?;
+                provider_sessions.push((login, rx));
+            }
+        }
+    }
     let mut senders = Vec::new();
     for _ in 0..u.ingest_connections {
         senders.push(
@@ -784,7 +1029,7 @@ pub async fn run_observed(
     let clock = Clock::starting_at(Instant::now() + Duration::from_millis(100));
     observe(recorder.clone(), clock);
     let sessions_stop = CancellationToken::new();
-    let session_tasks: Vec<JoinHandle<u64>> = sessions
+    let mut session_tasks: Vec<JoinHandle<u64>> = sessions
         .into_iter()
         .map(|(login, rx)| {
             tokio::spawn(session(
@@ -796,19 +1041,32 @@ pub async fn run_observed(
             ))
         })
         .collect();
+    session_tasks.extend(provider_sessions.into_iter().map(|(login, rx)| {
+        tokio::spawn(provider_session(
+            login,
+            rx,
+            recorder.clone(),
+            clock,
+            sessions_stop.clone(),
+        ))
+    }));
     let mut lanes = Vec::new();
     let mut connection_tasks = Vec::new();
     let give_up = CancellationToken::new();
     for s in senders {
         let (tx, rx) = mpsc::channel(1024);
         lanes.push(tx);
-        connection_tasks.push(tokio::spawn(connection(
-            s,
-            rx,
-            recorder.clone(),
-            clock,
-            give_up.clone(),
-        )));
+        connection_tasks.push(if provider_mode {
+            tokio::spawn(transaction_connection(
+                s,
+                rx,
+                recorder.clone(),
+                clock,
+                give_up.clone(),
+            ))
+        } else {
+            tokio::spawn(connection(s, rx, recorder.clone(), clock, give_up.clone()))
+        });
     }
     let progress_stop = CancellationToken::new();
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -122,6 +122,26 @@ pub struct UsersSection {
     /// first message to a recipient. Off by default, so a run measures first
     /// messages as well. Costs senders × recipients answers at set-up.
     pub senders_accept_contacts: bool,
+    /// How both providers talk to the gateway: `device` (a delivery
+    /// session per recipient and receipt-tracking sender, lone sends) or
+    /// `provider` (provider sessions: sends in transactions, every user's
+    /// messages in batches over `provider_sessions` sessions per provider;
+    /// docs/protocol.md, "Provider sessions").
+    pub mode: Mode,
+    /// Provider sessions on delivery per provider in `provider` mode (the
+    /// partitions are split between them).
+    pub provider_sessions: u32,
+}
+
+/// How providers connect (`users.mode`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A delivery session per user device; one frame per send.
+    #[default]
+    Device,
+    /// Provider sessions: transactions on ingest, batches on delivery.
+    Provider,
 }
 
 impl Default for UsersSection {
@@ -138,6 +158,8 @@ impl Default for UsersSection {
             groups: 0,
             members_per_group: 8,
             senders_accept_contacts: false,
+            mode: Mode::Device,
+            provider_sessions: 2,
         }
     }
 }
@@ -498,6 +520,12 @@ impl Scenario {
         }
         check_range("users.recipients", u.recipients, MAX_SESSIONS)?;
         check_range("users.ingest_connections", u.ingest_connections, 64)?;
+        // A provider's sessions share its 64 partitions.
+        check_range(
+            "users.provider_sessions",
+            u.provider_sessions,
+            interop_proto::limits::PARTITIONS,
+        )?;
         check_range("users.spam_limit_per_min", u.spam_limit_per_min, u32::MAX)?;
         check_range(
             "users.sender_budget_per_min",

@@ -413,3 +413,58 @@ async fn senders_can_accept_their_contacts_before_the_run() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_mode_run_delivers_everything_once_through_provider_sessions() {
+    let cluster = Cluster::start().await;
+    let scenario = Scenario::from_toml(
+        r#"
+        name = "provider-integration"
+        [rate]
+        msgs_per_s = 200
+        duration_s = 2
+        warmup_s = 0.5
+        drain_s = 15
+        [users]
+        recipients = 12
+        mode = "provider"
+        provider_sessions = 2
+        groups = 2
+        members_per_group = 4
+        [mix]
+        e2ee_share = 0.5
+        receipt_share = 0.5
+        group_share = 0.05
+        "#,
+    )
+    .unwrap();
+    let finished = run_against(&scenario, &cluster.gateway).await.unwrap();
+    let report = finished.report(&scenario, None);
+    eprintln!("{}", report.to_table());
+    assert_eq!(report.sent, 500);
+    assert_eq!(report.accepted, 500);
+    assert_eq!(report.unanswered, 0);
+    assert_eq!(report.lost, 0, "lost: {:?}", report.lost_sample);
+    assert_eq!(report.duplicates, 0);
+    assert!(report.generator.drained);
+    assert!(report.receipts.delivered > 0);
+    assert_eq!(report.receipts.duplicate, 0);
+    // Transactions and batches, not a frame per message.
+    let metrics = |service: &str| {
+        let url = format!("{}/metrics", cluster.gateway.admin_url(service));
+        async move { interop_e2e::http_get(&url).await.unwrap().1 }
+    };
+    let ingest = metrics("ingest").await;
+    let transactions =
+        interop_e2e::metric_value(&ingest, "interop_ingest_transactions_total").unwrap();
+    assert!(transactions > 0.0 && transactions < 500.0, "{transactions}");
+    let delivery = metrics("delivery").await;
+    let batches =
+        interop_e2e::metric_value(&delivery, "interop_delivery_provider_batches_total").unwrap();
+    let delivered =
+        interop_e2e::metric_value(&delivery, "interop_delivery_delivered_total").unwrap();
+    assert!(
+        batches > 0.0 && batches < delivered,
+        "{batches} batches for {delivered}"
+    );
+}
