@@ -4,7 +4,10 @@
 //!
 //! Every delivery instance runs it on one shared durable consumer
 //! (`delivery-expiry`) over the whole store, so each stored message is
-//! looked at by one instance. A message that is not due yet is handed back
+//! looked at by one instance; with several store streams
+//! (`--inbox-partitions`, docs/adr/0032) each stream has its own consumer
+//! of that name and its own sweeper (a message's sequence and its
+//! recipient's cursors are of one stream). A message that is not due yet is handed back
 //! with a delay until it is (`nak` with delay), so the consumer holds at most
 //! `max_ack_pending` messages, the oldest, at a time. A due message is
 //! checked against its recipient's device cursors (`INTEROP_CURSORS`): if no

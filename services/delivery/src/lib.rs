@@ -2,7 +2,9 @@
 //! messages.
 //!
 //! Every message for a recipient sits in their store: the subject
-//! `interop.v1.delivery.queued.<key>` of the `INTEROP_INBOX` stream, written
+//! `interop.v1.delivery.queued.<provider>.<partition>.<key>` of the
+//! `INTEROP_INBOX` stream (or, with `--inbox-partitions` P > 1, of the
+//! `INTEROP_INBOX_<i>` holding the partition: docs/adr/0032), written
 //! by routing, media-transcoding and delivery itself (receipts). A session
 //! (`Hello` with `user` and `device_id`) reads the store with an ordered
 //! consumer from the device's cursor, so messages that arrived while the
@@ -45,10 +47,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use interop_bus::subjects::{
-    ADMISSIONS_CHANGED_ALL, STREAM_CURSORS, STREAM_INBOX, STREAM_PROVIDER_SESSIONS,
-};
-use interop_bus::{BusError, StreamSettings};
+use interop_bus::subjects::{ADMISSIONS_CHANGED_ALL, STREAM_CURSORS, STREAM_PROVIDER_SESSIONS};
+use interop_bus::{BusError, InboxPartitions, InboxStreams, StreamSettings};
 use interop_edge::tls::Peer;
 use interop_edge::{EdgeGuard, EdgeLimits};
 use interop_providers::store::RegistryStore;
@@ -103,17 +103,19 @@ pub enum Error {
 pub(crate) struct Shared {
     /// The live registry (updated from the registry stream).
     pub providers: tokio::sync::watch::Receiver<Arc<Registry>>,
-    /// Bumped each time the NATS connection is made again, and each time
-    /// the store (`INTEROP_INBOX`) elects a leader: stored messages
-    /// republished meanwhile may not have come, so sessions not reading
-    /// their store look at it.
-    pub look_again: tokio::sync::watch::Receiver<u64>,
+    /// One per store stream, by index: bumped each time the NATS
+    /// connection is made again (all), and each time the stream elects a
+    /// leader: stored messages republished meanwhile may not have come, so
+    /// sessions of that stream not reading their store look at it.
+    pub look_again: Vec<tokio::sync::watch::Receiver<u64>>,
     /// Bumped when what many recipients admit may have changed (an
     /// erasure): every session re-checks the live messages accepted before,
     /// or within a second after, the bump (docs/adr/0018).
     pub admissions_changed: tokio::sync::watch::Receiver<u64>,
     pub js: jetstream::Context,
-    pub inbox: jetstream::stream::Stream,
+    /// The store's streams (one per `--inbox-partitions`): a user's store
+    /// and a partition are each in one of them.
+    pub inbox: InboxStreams,
     pub cursors: jetstream::stream::Stream,
     /// Provider sessions' heartbeats and partition leases
     /// (docs/adr/0031).
@@ -134,13 +136,7 @@ pub(crate) struct Shared {
 pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
     let js = jetstream::new(deps.nats.clone());
     interop_bus::ensure_streams(&js, &config.streams).await?;
-    let inbox = js
-        .get_stream(STREAM_INBOX)
-        .await
-        .map_err(|e| BusError::Stream {
-            name: STREAM_INBOX.to_owned(),
-            source: Box::new(e),
-        })?;
+    let inbox = InboxStreams::open(&js, config.streams.inbox_partitions).await?;
     let cursors = js
         .get_stream(STREAM_CURSORS)
         .await
@@ -164,7 +160,12 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let records = interop_state::Records::open(js.clone(), deps.redis.clone()).await?;
     let shared = Arc::new(Shared {
         providers,
-        look_again: watch_look_again(&deps.nats, metrics.look_again.clone(), shutdown.clone()),
+        look_again: watch_look_again(
+            &deps.nats,
+            inbox.partitions(),
+            metrics.look_again.clone(),
+            shutdown.clone(),
+        ),
         admissions_changed: watch_admissions_changed(&deps.nats, shutdown.clone()).await?,
         js,
         inbox,
@@ -181,12 +182,27 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         },
         contacts: interop_state::ContactStore::new(records),
     });
-    tokio::spawn(move_legacy_store(shared.js.clone(), shutdown.clone()));
-    let sweeper = tokio::spawn(expiry::run(
-        shared.clone(),
-        expiry::consumer(&shared.inbox).await?,
+    tokio::spawn(move_legacy_store(
+        shared.js.clone(),
+        shared.inbox.partitions(),
         shutdown.clone(),
     ));
+    if config.streams.replicas > 1 && shared.inbox.partitions().streams() > 1 {
+        tokio::spawn(keep_store_leaders_spread(
+            shared.js.clone(),
+            shared.inbox.partitions(),
+            shutdown.clone(),
+        ));
+    }
+    // One sweeper per store stream, each on its stream's durable consumer.
+    let mut sweepers = Vec::with_capacity(shared.inbox.all().len());
+    for stream in shared.inbox.all() {
+        sweepers.push(tokio::spawn(expiry::run(
+            shared.clone(),
+            expiry::consumer(stream).await?,
+            shutdown.clone(),
+        )));
+    }
     let app = Router::new()
         .route("/v1/ws", get(upgrade))
         .with_state(shared.clone());
@@ -197,16 +213,22 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         .map_err(Error::Serve)?;
     shared.sessions.close();
     shared.sessions.wait().await;
-    sweeper.await.ok();
+    for sweeper in sweepers {
+        sweeper.await.ok();
+    }
     Ok(())
 }
 
 /// Moves what an earlier version stored under the store's layout before
 /// partitions into the current one (docs/adr/0031), tried again every 10 s
 /// until it succeeds or delivery stops: the service serves meanwhile.
-async fn move_legacy_store(js: jetstream::Context, shutdown: CancellationToken) {
+async fn move_legacy_store(
+    js: jetstream::Context,
+    partitions: InboxPartitions,
+    shutdown: CancellationToken,
+) {
     loop {
-        match interop_bus::legacy_store::migrate(&js).await {
+        match interop_bus::legacy_store::migrate(&js, partitions).await {
             Ok(_) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot move stored messages of the layout before partitions yet; trying again in 10 s.");
@@ -219,31 +241,83 @@ async fn move_legacy_store(js: jetstream::Context, shutdown: CancellationToken) 
     }
 }
 
+/// How often delivery looks whether the store streams' leaders are spread
+/// over the NATS servers (each replica, at a random offset).
+const BALANCE_LEADERS_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Keeps the store streams' leaders spread over the NATS servers
+/// (`interop_bus::inbox::balance_leaders`, docs/adr/0032): 10 to 70 s after
+/// start, then every 5 minutes (plus up to a minute, so that replicas
+/// rarely look at once), until `shutdown`. JetStream places leaders at
+/// random and leaves a returning server leading nothing.
+async fn keep_store_leaders_spread(
+    js: jetstream::Context,
+    partitions: InboxPartitions,
+    shutdown: CancellationToken,
+) {
+    let jitter = || {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        std::time::Duration::from_millis(u64::from(nanos % 60_000))
+    };
+    let mut wait = std::time::Duration::from_secs(10) + jitter();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        match interop_bus::inbox::balance_leaders(&js, partitions).await {
+            Ok(0) => {}
+            Ok(stepped) => info!(
+                stepped,
+                "Store streams' leaders stepped down to spread them over the NATS servers."
+            ),
+            Err(e) => tracing::warn!(error = %e, "Cannot spread the store streams' leaders now."),
+        }
+        wait = BALANCE_LEADERS_EVERY + jitter();
+    }
+}
+
 /// How often the NATS connection count is looked at.
 const RECONNECT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A receiver bumped whenever `nats` has connected again (its connection
 /// count grew), a subscription fell behind (the client dropped messages:
-/// [`interop_bus::slow_consumer_events`]) or the store has elected a leader
-/// (JetStream's advisory), until `shutdown`. Each can lose republished
+/// [`interop_bus::slow_consumer_events`]) — all of them — or a store
+/// stream has elected a leader (JetStream's advisory) — that stream's —,
+/// until `shutdown`; one receiver per stream of `partitions`, by index. Each can lose republished
 /// messages on their way to sessions; the next one would show the gap, but
 /// a user may get no next one for a long time. Each can also lose a change
 /// announcement, so sessions re-check what they push for a while.
 fn watch_look_again(
     nats: &async_nats::Client,
+    partitions: InboxPartitions,
     counter: prometheus_client::metrics::counter::Counter,
     shutdown: CancellationToken,
-) -> tokio::sync::watch::Receiver<u64> {
+) -> Vec<tokio::sync::watch::Receiver<u64>> {
     let stats = nats.statistics();
     // Connections made, plus subscriptions that fell behind: either bumps.
     let connects = move || {
         stats.connects.load(std::sync::atomic::Ordering::Relaxed)
             + interop_bus::slow_consumer_events()
     };
-    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..partitions.streams())
+        .map(|_| tokio::sync::watch::channel(0u64))
+        .unzip();
     let nats = nats.clone();
     tokio::spawn(async move {
-        let advisory = format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{STREAM_INBOX}");
+        // One subscription for every store stream: their names share a
+        // prefix only with P > 1, so the names are told apart here.
+        let advisory = if partitions.get() == 1 {
+            format!(
+                "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{}",
+                partitions.stream_name(0)
+            )
+        } else {
+            "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*".to_owned()
+        };
+        let names = partitions.stream_names();
         // Re-subscribed if it fails (the client retries subscriptions
         // across reconnects by itself).
         let mut elected = nats.subscribe(advisory.clone()).await.ok();
@@ -262,7 +336,9 @@ fn watch_look_again(
                     let now = connects();
                     if now != seen {
                         seen = now;
-                        tx.send_modify(|n| *n += 1);
+                        for tx in &txs {
+                            tx.send_modify(|n| *n += 1);
+                        }
                         counter.inc();
                     }
                     if elected.is_none() {
@@ -270,9 +346,13 @@ fn watch_look_again(
                     }
                 }
                 event = next_election => match event {
-                    Some(_) => {
-                        info!(stream = STREAM_INBOX, "The store elected a leader; sessions look at their stores.");
-                        tx.send_modify(|n| *n += 1);
+                    Some(event) => {
+                        let stream = event.subject.as_str().rsplit('.').next().unwrap_or_default();
+                        let Some(i) = names.iter().position(|n| n == stream) else {
+                            continue;
+                        };
+                        info!(stream, "A store stream elected a leader; its sessions look at their stores.");
+                        txs[i].send_modify(|n| *n += 1);
                         counter.inc();
                     }
                     None => elected = None,
@@ -280,7 +360,7 @@ fn watch_look_again(
             }
         }
     });
-    rx
+    rxs
 }
 
 /// A receiver bumped on each announcement that what many recipients admit

@@ -779,9 +779,12 @@ impl Reader {
                 start_sequence: after + 1,
             }
         };
+        // The partition's stream (docs/adr/0032): its cursor is a
+        // sequence of that stream.
         let consumer = self
             .shared
             .inbox
+            .for_partition(self.partition)
             .create_consumer(pull::OrderedConfig {
                 filter_subject: partition_store(&self.provider, self.partition),
                 deliver_policy,

@@ -310,14 +310,24 @@ async fn flush_cursor(s: &mut Session, shared: &Shared) -> Result<(), BoxError> 
     .map_err(|_| BoxError::from("timed out"))?
 }
 
+/// The stream holding the user's store subject `subject` (docs/adr/0032).
+fn store_stream<'a>(
+    shared: &'a Shared,
+    subject: &str,
+) -> Result<&'a async_nats::jetstream::stream::Stream, BoxError> {
+    shared
+        .inbox
+        .for_subject(subject)
+        .ok_or_else(|| BoxError::from("not a store subject"))
+}
+
 /// Whether `subject` holds a message after store sequence `after`. Asks
 /// for the next message rather than the last: on nats-server 2.9, once the
 /// last message of a subject was deleted (a user erasure removes an erased
 /// sender's messages from other users' stores), "last by subject" answers
 /// "none" although earlier messages remain.
 async fn stored_after(shared: &Shared, subject: &str, after: u64) -> Result<bool, BoxError> {
-    match shared
-        .inbox
+    match store_stream(shared, subject)?
         .get_first_raw_message_by_subject(subject, after + 1)
         .await
     {
@@ -342,8 +352,7 @@ async fn open_store(
             start_sequence: after + 1,
         }
     };
-    let consumer = shared
-        .inbox
+    let consumer = store_stream(shared, subject)?
         .create_consumer(pull::OrderedConfig {
             filter_subject: subject.to_owned(),
             deliver_policy,
@@ -529,7 +538,13 @@ async fn deliver(
 ) -> Result<(), BoxError> {
     let (mut store, mut events) = Store::subscribe(s, shared).await?;
     let mut registry = shared.providers.clone();
-    let mut look_again = shared.look_again.clone();
+    // Bumped when the stream holding the user's store elected a leader.
+    let stream_index = shared
+        .inbox
+        .partitions()
+        .index_of_subject(&store.subject)
+        .unwrap_or(0);
+    let mut look_again = shared.look_again[stream_index].clone();
     let mut admissions_changed = shared.admissions_changed.clone();
     loop {
         Box::pin(store.read_if_due(s.unacked.len(), s.last_delivered)).await?;
@@ -1106,7 +1121,12 @@ async fn stored_envelope(
     store_subject: &str,
     seq: u64,
 ) -> Result<Option<Envelope>, ()> {
-    match shared.inbox.get_raw_message(seq).await {
+    // Sequences are per stream: a tag names a message of the stream
+    // holding this user's store.
+    let Some(stream) = shared.inbox.for_subject(store_subject) else {
+        return Ok(None);
+    };
+    match stream.get_raw_message(seq).await {
         Ok(m) if m.subject.as_str() == store_subject => {
             Ok(pipeline::decode(&m.payload).ok().and_then(|pm| pm.envelope))
         }

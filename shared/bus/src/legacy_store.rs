@@ -39,6 +39,15 @@
 //!   was made, together with the rest of that subject (so that order is
 //!   kept). A later run tries them again; nothing is ever removed uncopied.
 //!
+//! With more than one store stream (`--inbox-partitions`, docs/adr/0032)
+//! the legacy layout is a subject of stream 0, and only messages whose
+//! owner's partition is in stream 0 too are moved: device cursors set on
+//! the legacy subject are sequences of stream 0, which say nothing about
+//! another stream's. The others are left in place, logged and counted
+//! (`left_in_place`). A store made before partitions is `INTEROP_INBOX`,
+//! which only P = 1 uses (every service refuses a store of another P), so
+//! this is a safeguard, not a path: run with P = 1 until the move is done.
+//!
 //! Copies get new, higher store sequences: every device of the recipient
 //! whose cursor was below the original gets the message again, and so does
 //! a device that had taken it while another had not (the same server
@@ -59,7 +68,7 @@ use crate::subjects::{
     delivery_queued, store_subject_key, DELIVERY_ACKED_PREFIX, DELIVERY_QUEUED_LEGACY,
     STREAM_CURSORS, STREAM_INBOX,
 };
-use crate::{pipeline, recipient_key, recipient_path, store, BusError};
+use crate::{pipeline, recipient_key, recipient_path, store, BusError, InboxPartitions};
 
 /// Messages of one legacy subject read, copied and removed at a time.
 const BATCH: usize = 256;
@@ -85,9 +94,12 @@ pub struct MigrationReport {
 /// current store subject (see the module documentation). Safe to run
 /// concurrently from several replicas and again after a failure: a copy is
 /// stored once, an original removed only once its copy is stored.
-pub async fn migrate(js: &jetstream::Context) -> Result<MigrationReport, BusError> {
+pub async fn migrate(
+    js: &jetstream::Context,
+    partitions: InboxPartitions,
+) -> Result<MigrationReport, BusError> {
     let inbox = js
-        .get_stream_no_info(STREAM_INBOX)
+        .get_stream_no_info(partitions.legacy_stream())
         .await
         .map_err(inbox_error)?;
     let mut subjects: Vec<String> = inbox
@@ -108,7 +120,7 @@ pub async fn migrate(js: &jetstream::Context) -> Result<MigrationReport, BusErro
             continue;
         };
         report.subjects += 1;
-        migrate_subject(js, &inbox, subject, key, &mut report).await?;
+        migrate_subject(js, partitions, &inbox, subject, key, &mut report).await?;
     }
     let MigrationReport {
         subjects,
@@ -153,6 +165,7 @@ enum Outcome {
 /// Handles one legacy subject, `BATCH` messages at a time.
 async fn migrate_subject(
     js: &jetstream::Context,
+    partitions: InboxPartitions,
     inbox: &Stream<()>,
     subject: &str,
     key: &str,
@@ -218,9 +231,19 @@ async fn migrate_subject(
                 kept.push(seq);
                 continue;
             };
+            let subject = delivery_queued(&recipient_path(owner));
+            if partitions.index_of_subject(&subject) != Some(0) {
+                tracing::warn!(
+                    key,
+                    seq,
+                    "A legacy store message belongs in another store stream than the legacy layout's; left in place (move it with --inbox-partitions 1)."
+                );
+                kept.push(seq);
+                continue;
+            }
             copies.push(Republish {
                 seq,
-                subject: delivery_queued(&recipient_path(owner)),
+                subject,
                 headers: copy_headers(&m.headers, seq),
                 payload: m.payload,
             });

@@ -5,6 +5,7 @@
 
 pub mod admissions;
 pub mod handling;
+pub mod inbox;
 pub mod legacy_store;
 pub mod metrics;
 pub mod pipeline;
@@ -22,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 pub use async_nats;
 pub use handling::{HandleError, Outgoing};
+pub use inbox::{InboxPartitions, InboxStreams};
 pub use stage::{run_stage, Handler, Input, StageOptions};
 pub use streams::{ensure_streams, StreamSettings};
 
@@ -55,6 +57,17 @@ pub enum BusError {
         name: String,
         setting: &'static str,
         remedy: &'static str,
+    },
+    /// The store's streams on the server were made with another
+    /// `--inbox-partitions` than this service's (docs/adr/0032): nothing is
+    /// changed; the service stops rather than split the store two ways.
+    #[error("the store's streams on NATS ({found}) are not those of --inbox-partitions {configured} ({expected}): \
+             run every service with the value the store was made with; changing it on a running system is a \
+             procedure of its own (docs/deploy.md, \"Store partitions\")")]
+    StoreLayout {
+        found: String,
+        configured: u32,
+        expected: String,
     },
     #[error("cannot create or bind consumer {name}: {source}")]
     Consumer {

@@ -1,4 +1,5 @@
-//! A recipient's store (`INTEROP_INBOX`, one subject per recipient) at its
+//! A recipient's store (one subject per recipient, in `INTEROP_INBOX` or
+//! the `INTEROP_INBOX_<i>` holding its partition) at its
 //! count limit (`--inbox-max-per-recipient`): JetStream refuses the
 //! message (`discard: new` per subject, docs/adr/0027) rather than drop the
 //! oldest without a word. The publisher then
@@ -21,7 +22,7 @@ use interop_proto::v1::{envelope, ReceiptStatus, RejectCode};
 
 use crate::handling::Outgoing;
 use crate::pipeline;
-use crate::subjects::{DELIVERY_ACKED_PREFIX, STREAM_CURSORS, STREAM_INBOX};
+use crate::subjects::{DELIVERY_ACKED_PREFIX, STREAM_CURSORS};
 
 /// What JetStream answers a publish into a subject at its count limit
 /// (`discard_new_per_subject`; nats-server 2.9 and later, error code 10077).
@@ -105,7 +106,10 @@ async fn make_room_with(
     let purged = if furthest == 0 {
         0
     } else {
-        let inbox = js.get_stream_no_info(STREAM_INBOX).await?;
+        // The stream holding it, asked of the server: publishers know
+        // subjects only, not how many streams hold the store (docs/adr/0032).
+        let name = crate::inbox::stream_holding(js, subject).await?;
+        let inbox = js.get_stream_no_info(name).await?;
         inbox
             .purge()
             .filter(subject)

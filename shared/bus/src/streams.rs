@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 
+use crate::inbox::{is_store_stream, InboxPartitions};
 use crate::subjects::*;
 use crate::BusError;
 
@@ -22,6 +23,11 @@ pub struct StreamSettings {
     /// message is refused, room made from what was delivered, or its sender
     /// told (`RECIPIENT_STORE_FULL`; docs/adr/0027).
     pub inbox_max_per_recipient: i64,
+    /// How many streams hold the store (P, `--inbox-partitions`): 1 is
+    /// `INTEROP_INBOX`, more are `INTEROP_INBOX_<i>`, each holding 64 / P
+    /// of the recipients' partitions (docs/adr/0032). Every service of a
+    /// gateway must run with the same P.
+    pub inbox_partitions: InboxPartitions,
 }
 
 impl Default for StreamSettings {
@@ -31,6 +37,7 @@ impl Default for StreamSettings {
             pipeline_max_age: Duration::from_secs(7 * 24 * 3600),
             inbox_max_age: Duration::from_secs(30 * 24 * 3600),
             inbox_max_per_recipient: 10_000,
+            inbox_partitions: InboxPartitions::ONE,
         }
     }
 }
@@ -78,47 +85,61 @@ fn pipeline_stream(name: &str, subject: &str, s: &StreamSettings) -> stream::Con
     }
 }
 
+/// The config of store stream `index` (of `s.inbox_partitions`): all alike
+/// but for their name and subjects (docs/adr/0032).
+pub fn inbox_stream(s: &StreamSettings, index: usize) -> stream::Config {
+    let partitions = s.inbox_partitions;
+    stream::Config {
+        name: partitions.stream_name(index),
+        // One subject per partition the stream holds (all with P = 1), and
+        // the legacy layout on stream 0 until what an earlier version
+        // stored there is moved (docs/adr/0031).
+        subjects: partitions.subjects(index),
+        retention: stream::RetentionPolicy::Limits,
+        // A recipient's store at its count limit refuses a message
+        // rather than drop its oldest without a word: the publisher
+        // makes room (removes what the recipient's devices acked) or
+        // tells the sender (`store.rs`, docs/adr/0027). nats-server 2.9
+        // has both settings, and updates an existing store to them
+        // (messages kept); the stream has no max_msgs or max_bytes, so
+        // `New` applies to the per-subject count only.
+        discard: stream::DiscardPolicy::New,
+        discard_new_per_subject: true,
+        // Kept a grace period past the retention, so delivery's expiry
+        // sweeper sees every message before JetStream deletes it.
+        max_age: s.inbox_max_age + inbox_grace(s.inbox_max_age),
+        max_messages_per_subject: s.inbox_max_per_recipient,
+        storage: stream::StorageType::File,
+        num_replicas: s.replicas,
+        // JetStream refuses a duplicate window longer than max_age.
+        duplicate_window: DUPLICATE_WINDOW.min(s.inbox_max_age),
+        // Each message, once committed, goes to the recipient's open
+        // sessions with its sequence and the subject's previous one:
+        // sessions push live without a consumer (docs/adr/0016). The
+        // source is every store subject of the partitioned layout, on
+        // every stream: a stream has one republish, and JetStream takes a
+        // source that covers more than the stream's subjects as long as
+        // it overlaps them (2.9 checks that; 2.10 and later check only
+        // the transform), so a message is republished whatever stream it
+        // is in. The legacy layout's subjects (one token) do not match it
+        // and are not republished, as before.
+        republish: Some(stream::Republish {
+            source: DELIVERY_QUEUED_ALL.to_owned(),
+            destination: SESSION_STORED_REPUBLISH.to_owned(),
+            headers_only: false,
+        }),
+        ..Default::default()
+    }
+}
+
 /// The stream config of each pipeline stage and the store.
 pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
-    vec![
+    let mut configs = vec![
         pipeline_stream(STREAM_INGEST, INGEST_ACCEPTED, s),
         pipeline_stream(STREAM_MEDIA, ROUTING_MEDIA_REQUESTED, s),
-        stream::Config {
-            name: STREAM_INBOX.to_owned(),
-            // The legacy layout stays a subject of the store until what an
-            // earlier version stored there is moved (docs/adr/0031).
-            subjects: vec![
-                DELIVERY_QUEUED_ALL.to_owned(),
-                DELIVERY_QUEUED_LEGACY.to_owned(),
-            ],
-            retention: stream::RetentionPolicy::Limits,
-            // A recipient's store at its count limit refuses a message
-            // rather than drop its oldest without a word: the publisher
-            // makes room (removes what the recipient's devices acked) or
-            // tells the sender (`store.rs`, docs/adr/0027). nats-server 2.9
-            // has both settings, and updates an existing store to them
-            // (messages kept); the stream has no max_msgs or max_bytes, so
-            // `New` applies to the per-subject count only.
-            discard: stream::DiscardPolicy::New,
-            discard_new_per_subject: true,
-            // Kept a grace period past the retention, so delivery's expiry
-            // sweeper sees every message before JetStream deletes it.
-            max_age: s.inbox_max_age + inbox_grace(s.inbox_max_age),
-            max_messages_per_subject: s.inbox_max_per_recipient,
-            storage: stream::StorageType::File,
-            num_replicas: s.replicas,
-            // JetStream refuses a duplicate window longer than max_age.
-            duplicate_window: DUPLICATE_WINDOW.min(s.inbox_max_age),
-            // Each message, once committed, goes to the recipient's open
-            // sessions with its sequence and the subject's previous one:
-            // sessions push live without a consumer (docs/adr/0016).
-            republish: Some(stream::Republish {
-                source: DELIVERY_QUEUED_ALL.to_owned(),
-                destination: SESSION_STORED_REPUBLISH.to_owned(),
-                headers_only: false,
-            }),
-            ..Default::default()
-        },
+    ];
+    configs.extend((0..s.inbox_partitions.streams()).map(|i| inbox_stream(s, i)));
+    configs.extend([
         stream::Config {
             name: STREAM_QUARANTINE.to_owned(),
             subjects: vec![ROUTING_QUARANTINED.to_owned()],
@@ -255,7 +276,8 @@ pub fn stream_configs(s: &StreamSettings) -> Vec<stream::Config> {
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         },
-    ]
+    ]);
+    configs
 }
 
 /// How long each attempt at creating or updating one stream waits for an
@@ -284,8 +306,14 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// "unavailable"; both were found by the fault suite. Any other answer (an
 /// invalid config, replicas a single server cannot have) is returned at once.
 /// Cancel the future to stop.
+///
+/// First, the store's streams on the server must be those of
+/// `s.inbox_partitions` (or fewer of them, or an older version's
+/// `INTEROP_INBOX`, which is updated): a store made with another P is
+/// [`BusError::StoreLayout`], at once, never changed here (docs/adr/0032).
 pub async fn ensure_streams(js: &jetstream::Context, s: &StreamSettings) -> Result<(), BusError> {
     let mut js = js.clone();
+    check_store_layout(&js, s.inbox_partitions).await?;
     for config in stream_configs(s) {
         let name = config.name.clone();
         let mut attempt = 1;
@@ -294,6 +322,15 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &StreamSettings) -> Resu
             match js.create_or_update_stream(config.clone()).await {
                 Ok(_) => break,
                 Err(e) if is_transient(&e.kind()) => {
+                    // A store stream whose subjects overlap another's: a
+                    // race with a creator of the same stream, or a service
+                    // with another P created its streams meanwhile.
+                    if is_store_stream(&name)
+                        && matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(j)
+                            if j.error_code() == jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP)
+                    {
+                        check_store_layout(&js, s.inbox_partitions).await?;
+                    }
                     tracing::warn!(stream = %name, attempt, error = %e, "Cannot create or update the stream yet; retrying (not ready until it is done).");
                     attempt += 1;
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -316,6 +353,83 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &StreamSettings) -> Resu
         }
     }
     Ok(())
+}
+
+/// Fails with [`BusError::StoreLayout`] if the store streams on the server
+/// do not fit `partitions` ([`store_layout_mismatch`]). Listing the streams
+/// is repeated until the server answers (ADR 14), like the creation.
+pub async fn check_store_layout(
+    js: &jetstream::Context,
+    partitions: InboxPartitions,
+) -> Result<(), BusError> {
+    use futures_util::TryStreamExt;
+    let mut attempt = 1u32;
+    let existing = loop {
+        let listed: Result<Vec<(String, Vec<String>)>, _> = js
+            .streams()
+            .try_filter_map(|info| {
+                let config = info.config;
+                std::future::ready(Ok(
+                    is_store_stream(&config.name).then_some((config.name, config.subjects))
+                ))
+            })
+            .try_collect()
+            .await;
+        match listed {
+            Ok(existing) => break existing,
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "Cannot list the streams yet; retrying (not ready until it is done).");
+                attempt += 1;
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    };
+    match store_layout_mismatch(&existing, partitions) {
+        None => Ok(()),
+        Some(found) => Err(BusError::StoreLayout {
+            found,
+            configured: partitions.get(),
+            expected: partitions.stream_names().join(", "),
+        }),
+    }
+}
+
+/// What does not fit `partitions` among the store streams that exist
+/// (`(name, subjects)`), described for an operator; `None` if all fit: each
+/// is one of the layout's streams and holds none but its subjects there
+/// (an older version's `INTEROP_INBOX` holds fewer and is updated). A
+/// store made with another P does not fit: a stream of another name, or
+/// one of the same name holding other partitions (P = 4's
+/// `INTEROP_INBOX_0` holds partitions 0, 4, 8, ...; P = 8's only 0, 8,
+/// ...).
+pub fn store_layout_mismatch(
+    existing: &[(String, Vec<String>)],
+    partitions: InboxPartitions,
+) -> Option<String> {
+    let names = partitions.stream_names();
+    let misfits: Vec<String> = existing
+        .iter()
+        .filter(
+            |(name, subjects)| match names.iter().position(|n| n == name) {
+                None => true,
+                Some(i) => {
+                    let expected = partitions.subjects(i);
+                    subjects.iter().any(|s| !expected.contains(s))
+                }
+            },
+        )
+        .map(|(name, subjects)| format!("{name} with {} subjects", subjects.len()))
+        .collect();
+    if misfits.is_empty() {
+        return None;
+    }
+    let mut all: Vec<&str> = existing.iter().map(|(n, _)| n.as_str()).collect();
+    all.sort_unstable_by_key(|n| (n.len(), *n));
+    Some(format!(
+        "{} (not fitting: {})",
+        all.join(", "),
+        misfits.join(", ")
+    ))
 }
 
 /// Whether a failed create-or-update is worth repeating: a timeout, JetStream
@@ -437,5 +551,94 @@ pub async fn stage_consumer(
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn existing(p: u64) -> Vec<(String, Vec<String>)> {
+        let partitions = InboxPartitions::new(p).expect("valid");
+        (0..partitions.streams())
+            .map(|i| (partitions.stream_name(i), partitions.subjects(i)))
+            .collect()
+    }
+
+    #[test]
+    fn a_store_made_with_another_partition_count_does_not_fit() {
+        for p in [1, 2, 4, 8, 16, 32, 64] {
+            let layout = InboxPartitions::new(p).expect("valid");
+            // Its own streams, some of them, or none fit.
+            assert_eq!(store_layout_mismatch(&existing(p), layout), None, "P={p}");
+            assert_eq!(store_layout_mismatch(&existing(p)[..1], layout), None);
+            assert_eq!(store_layout_mismatch(&[], layout), None);
+            // Any other P's do not, whether the names differ (1 against
+            // more) or not (4 against 8: the same first names, other
+            // partitions).
+            for q in [1, 2, 4, 8, 16, 32, 64].into_iter().filter(|q| *q != p) {
+                let found = store_layout_mismatch(&existing(q), layout);
+                assert!(found.is_some(), "P={p} against a store of {q}");
+            }
+        }
+        // An older version's store (the layout before partitions only) is
+        // updated with P = 1, and does not fit more.
+        let old = vec![(
+            STREAM_INBOX.to_owned(),
+            vec![DELIVERY_QUEUED_LEGACY.to_owned()],
+        )];
+        assert_eq!(store_layout_mismatch(&old, InboxPartitions::ONE), None);
+        let four = InboxPartitions::new(4).expect("valid");
+        let found = store_layout_mismatch(&old, four).expect("does not fit");
+        assert!(found.contains("INTEROP_INBOX"), "{found}");
+        // The error says what was found and what was expected.
+        let e = BusError::StoreLayout {
+            found,
+            configured: 4,
+            expected: four.stream_names().join(", "),
+        }
+        .to_string();
+        assert!(
+            e.contains("--inbox-partitions 4") && e.contains("INTEROP_INBOX_3"),
+            "{e}"
+        );
+        assert!(e.contains("docs/deploy.md"), "{e}");
+    }
+
+    #[test]
+    fn every_store_stream_has_the_same_limits_and_republish() {
+        let s = StreamSettings {
+            inbox_partitions: InboxPartitions::new(8).expect("valid"),
+            ..StreamSettings::default()
+        };
+        let configs = stream_configs(&s);
+        let store: Vec<&stream::Config> = configs
+            .iter()
+            .filter(|c| is_store_stream(&c.name))
+            .collect();
+        assert_eq!(store.len(), 8);
+        for c in &store {
+            let first = store[0];
+            assert_eq!(c.max_age, first.max_age);
+            assert_eq!(c.max_messages_per_subject, first.max_messages_per_subject);
+            assert_eq!(c.discard, first.discard);
+            assert!(c.discard_new_per_subject);
+            assert_eq!(c.republish, first.republish);
+            assert_eq!(
+                c.subjects.len(),
+                8 + usize::from(c.name == "INTEROP_INBOX_0"),
+                "{}",
+                c.name
+            );
+        }
+        // With P = 1, the one store stream is today's.
+        let one = stream_configs(&StreamSettings::default());
+        let inbox: Vec<&stream::Config> = one.iter().filter(|c| is_store_stream(&c.name)).collect();
+        assert_eq!(inbox.len(), 1);
+        assert_eq!(inbox[0].name, STREAM_INBOX);
+        assert_eq!(
+            inbox[0].subjects,
+            [DELIVERY_QUEUED_ALL, DELIVERY_QUEUED_LEGACY]
+        );
     }
 }

@@ -15,7 +15,7 @@ use interop_bus::legacy_store::{migrate, MigrationReport};
 use interop_bus::subjects::{
     delivery_acked, delivery_queued, DELIVERY_QUEUED_LEGACY, DELIVERY_QUEUED_PREFIX, STREAM_INBOX,
 };
-use interop_bus::{ensure_streams, recipient_key, recipient_path, StreamSettings};
+use interop_bus::{ensure_streams, recipient_key, recipient_path, InboxPartitions, StreamSettings};
 use interop_proto::v1::{envelope, Envelope, PipelineMessage, Receipt, Text};
 use interop_test_support::NatsServer;
 
@@ -167,7 +167,10 @@ async fn legacy_messages_move_to_their_owners_store_in_order_and_what_cannot_mov
     // Nothing stored under the legacy layout: nothing done, in one request.
     let mut api = client.subscribe("$JS.API.>").await.unwrap();
     client.flush().await.unwrap();
-    assert_eq!(migrate(&js).await.unwrap(), MigrationReport::default());
+    assert_eq!(
+        migrate(&js, InboxPartitions::ONE).await.unwrap(),
+        MigrationReport::default()
+    );
     let mut requests = Vec::new();
     while let Ok(Some(m)) =
         tokio::time::timeout(std::time::Duration::from_millis(300), api.next()).await
@@ -207,7 +210,7 @@ async fn legacy_messages_move_to_their_owners_store_in_order_and_what_cannot_mov
     ack(&js, BOB, "laptop", seq["m3"]).await;
     ack(&js, CAROL, "phone", seq["n2"]).await;
 
-    let report = migrate(&js).await.unwrap();
+    let report = migrate(&js, InboxPartitions::ONE).await.unwrap();
     assert_eq!(
         report,
         MigrationReport {
@@ -250,7 +253,7 @@ async fn legacy_messages_move_to_their_owners_store_in_order_and_what_cannot_mov
     // Again: nothing more to do; the two stay and are counted.
     let before = stored(&js).await;
     assert_eq!(
-        migrate(&js).await.unwrap(),
+        migrate(&js, InboxPartitions::ONE).await.unwrap(),
         MigrationReport {
             subjects: 2,
             copied: 0,
@@ -284,7 +287,10 @@ async fn two_migrations_at_once_copy_each_message_once_in_order() {
     for a in acks {
         a.await.unwrap();
     }
-    let (a, b) = tokio::join!(migrate(&js), migrate(&other));
+    let (a, b) = tokio::join!(
+        migrate(&js, InboxPartitions::ONE),
+        migrate(&other, InboxPartitions::ONE)
+    );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.copied + b.copied, 900, "{a:?} {b:?}");
     assert_eq!(a.left_in_place + b.left_in_place, 0);
@@ -319,7 +325,7 @@ async fn a_full_store_keeps_the_rest_in_place_in_order_until_there_is_room() {
     // Room for one: m1 moves, m2 and m3 stay (nothing acked to make room
     // from).
     assert_eq!(
-        migrate(&js).await.unwrap(),
+        migrate(&js, InboxPartitions::ONE).await.unwrap(),
         MigrationReport {
             subjects: 1,
             copied: 1,
@@ -334,7 +340,7 @@ async fn a_full_store_keeps_the_rest_in_place_in_order_until_there_is_room() {
     // and moves the rest.
     ack(&js, BOB, "phone", seq["n2"]).await;
     assert_eq!(
-        migrate(&js).await.unwrap(),
+        migrate(&js, InboxPartitions::ONE).await.unwrap(),
         MigrationReport {
             subjects: 1,
             copied: 2,

@@ -16,8 +16,10 @@
 //!    is split: a new batch of the others' messages (with their traces, in
 //!    order) is published and acknowledged first, then the original is
 //!    deleted, so what other senders were told was accepted is never lost.
-//! 3. The offline store (`INTEROP_INBOX`): their own store subject
-//!    (`interop.v1.delivery.queued.<key>`: what they received, receipts about
+//! 3. The offline store (`INTEROP_INBOX`, or every `INTEROP_INBOX_<i>`
+//!    with `--inbox-partitions` above 1): their own store subject
+//!    (`interop.v1.delivery.queued.<provider>.<partition>.<key>`, or the
+//!    layout before partitions: what they received, receipts about
 //!    what they sent), every message they sent that sits in another user's
 //!    store (1:1 and group copies, their receipts and reactions), other
 //!    members' reactions to their group messages, and the gateway's group
@@ -412,60 +414,73 @@ pub async fn erase_user(
         }
     }
 
-    // 3. The offline store.
-    let mut own = Vec::new();
-    let mut elsewhere = Vec::new();
+    // 3. The offline store: every store stream on the server, whatever
+    // `--inbox-partitions` made it (docs/adr/0032; a user's own store is in
+    // one of them, what they sent in any). Sequences are per stream.
     let mut sent_ids = BTreeSet::new();
     // One-to-one messages they received (group message ids are shared with
     // the other members' copies, which stay).
     let mut received_ids = BTreeSet::new();
-    // Reactions in group copies: (seq, target message id).
-    let mut group_reactions = Vec::new();
-    scan_limits(js, STREAM_INBOX, |m| {
-        // Either store layout (docs/adr/0031).
-        let in_own = store_subject_key(&m.subject) == Some(key.as_str());
-        let Some(env) = m.env else {
-            if in_own {
-                own.push(m.seq);
-            }
-            return;
-        };
-        if in_own || env.from == a {
-            if in_own && env.group_id.is_empty() && !is_receipt(&env) {
-                received_ids.insert(env.message_id.clone());
-            }
-            let to_key = recipient_key(&env.to);
-            for id in media_ids(&env) {
-                let (to, from) = media_refs.entry(id).or_default();
-                to.insert(to_key.clone());
-                from.insert(recipient_key(&env.from));
-            }
-            if env.from == a {
-                sent_ids.insert(env.message_id.clone());
-            }
-            if in_own {
-                own.push(m.seq);
-            } else {
+    let store_streams = interop_bus::inbox::existing_store_streams(js)
+        .await
+        .map_err(|e| stream_error(STREAM_INBOX, e))?;
+    let mut doomed_in_store = Vec::with_capacity(store_streams.len());
+    for name in &store_streams {
+        let mut own = Vec::new();
+        let mut elsewhere = Vec::new();
+        // Reactions in group copies: (seq, target message id).
+        let mut group_reactions = Vec::new();
+        scan_limits(js, name, |m| {
+            // Either store layout (docs/adr/0031).
+            let in_own = store_subject_key(&m.subject) == Some(key.as_str());
+            let Some(env) = m.env else {
+                if in_own {
+                    own.push(m.seq);
+                }
+                return;
+            };
+            if in_own || env.from == a {
+                if in_own && env.group_id.is_empty() && !is_receipt(&env) {
+                    received_ids.insert(env.message_id.clone());
+                }
+                let to_key = recipient_key(&env.to);
+                for id in media_ids(&env) {
+                    let (to, from) = media_refs.entry(id).or_default();
+                    to.insert(to_key.clone());
+                    from.insert(recipient_key(&env.from));
+                }
+                if env.from == a {
+                    sent_ids.insert(env.message_id.clone());
+                }
+                if in_own {
+                    own.push(m.seq);
+                } else {
+                    elsewhere.push(m.seq);
+                }
+            } else if names(&env, a) {
                 elsewhere.push(m.seq);
+            } else if !env.group_id.is_empty() {
+                if let Some(Content::Reaction(r)) = &env.content {
+                    group_reactions.push((m.seq, r.target_message_id.clone()));
+                }
             }
-        } else if names(&env, a) {
-            elsewhere.push(m.seq);
-        } else if !env.group_id.is_empty() {
-            if let Some(Content::Reaction(r)) = &env.content {
-                group_reactions.push((m.seq, r.target_message_id.clone()));
-            }
-        }
-    })
-    .await?;
-    elsewhere.extend(
-        group_reactions
-            .into_iter()
-            .filter(|(_, target)| sent_ids.contains(target))
-            .map(|(seq, _)| seq),
-    );
-    let inbox = get_stream(js, STREAM_INBOX).await?;
-    out.inbox_messages = delete_all(&inbox, STREAM_INBOX, &own).await?;
-    out.messages_in_other_stores = delete_all(&inbox, STREAM_INBOX, &elsewhere).await?;
+        })
+        .await?;
+        doomed_in_store.push((name, own, elsewhere, group_reactions));
+    }
+    // Reactions to their group messages are known once every stream was
+    // read (the message and a reaction to it may be in different streams).
+    for (name, own, mut elsewhere, group_reactions) in doomed_in_store {
+        elsewhere.extend(
+            group_reactions
+                .into_iter()
+                .filter(|(_, target)| sent_ids.contains(target))
+                .map(|(seq, _)| seq),
+        );
+        let inbox = get_stream(js, name).await?;
+        out.inbox_messages += delete_all(&inbox, name, &own).await?;
+        out.messages_in_other_stores += delete_all(&inbox, name, &elsewhere).await?;
+    }
 
     // Other senders' idempotency keys that name messages to them.
     out.redis_keys += erase::forget_message_ids(redis, &received_ids).await?;

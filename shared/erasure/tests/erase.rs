@@ -72,13 +72,15 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with(&StreamSettings::default()).await
+}
+
+async fn world_with(settings: &StreamSettings) -> World {
     let nats = NatsServer::start();
     let redis_server = RedisServer::start();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    interop_bus::ensure_streams(&js, &StreamSettings::default())
-        .await
-        .unwrap();
+    interop_bus::ensure_streams(&js, settings).await.unwrap();
     let redis = redis::Client::open(redis_server.url())
         .unwrap()
         .get_connection_manager()
@@ -255,6 +257,45 @@ async fn an_erasure_removes_exactly_the_users_messages() {
             ..Default::default()
         }
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_reaches_every_store_stream() {
+    // With the store split into 4 streams (docs/adr/0032), Bob's store, his
+    // messages in others' stores and a reaction to his group message lie
+    // in different streams; all go, nothing else does.
+    let partitions = interop_bus::InboxPartitions::new(4).unwrap();
+    let w = world_with(&StreamSettings {
+        inbox_partitions: partitions,
+        ..Default::default()
+    })
+    .await;
+    let unrelated = fill(&w, 50, 20).await;
+    let streams = partitions.stream_names();
+    let mut before = 0;
+    for name in &streams {
+        let n = count(&w.js, name).await;
+        assert!(n > 0, "{name} holds some of the 50 users");
+        before += n;
+    }
+    let stream_of = |address: &str| partitions.stream_of_address(address);
+    // Bob's store and the stores holding what he sent: more than one.
+    let holding: std::collections::BTreeSet<String> = [BOB.to_owned(), user(0), user(1), user(3)]
+        .iter()
+        .map(|a| stream_of(a))
+        .collect();
+    assert!(holding.len() > 1, "the test's premise: {holding:?}");
+    let erased = interop_erasure::erase_user(&w.js, &w.redis, &Address::parse(BOB).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(erased.inbox_messages, 3, "{erased:?}");
+    assert_eq!(erased.messages_in_other_stores, 3, "{erased:?}");
+    let mut after = 0;
+    for name in &streams {
+        after += count(&w.js, name).await;
+    }
+    assert_eq!(after, unrelated);
+    assert_eq!(before - after, 6);
 }
 
 /// A trace context that names `id`, to tell which message it went with.

@@ -67,6 +67,13 @@ pub struct CommonArgs {
         default_value_t = 10_000
     )]
     pub inbox_max_per_recipient: i64,
+    /// How many JetStream streams hold the offline store: 1, 2, 4, 8, 16,
+    /// 32 or 64 (a divisor of the 64 recipient partitions). 1 is
+    /// `INTEROP_INBOX`; more are `INTEROP_INBOX_0` ... each holding 64/P
+    /// partitions, so their leaders spread over a cluster's nodes. Every
+    /// service must run with the value the store was made with.
+    #[arg(long, env = "INTEROP_INBOX_PARTITIONS", default_value_t = 1)]
+    pub inbox_partitions: u64,
     /// OTLP/HTTP collector base URL for traces, e.g. `http://otel-collector:4318`
     /// or `https://collector.example:4318` (verified against the system's
     /// roots and --otlp-ca-file).
@@ -358,10 +365,13 @@ impl CommonArgs {
                 "--inbox-max-age-secs and --inbox-max-per-recipient must be positive".into(),
             ));
         }
+        let inbox_partitions = interop_bus::InboxPartitions::new(self.inbox_partitions)
+            .map_err(|e| ConfigError(e.to_string()))?;
         Ok(StreamSettings {
             replicas: self.stream_replicas,
             inbox_max_age: Duration::from_secs(self.inbox_max_age_secs),
             inbox_max_per_recipient: self.inbox_max_per_recipient,
+            inbox_partitions,
             ..StreamSettings::default()
         })
     }
@@ -812,15 +822,48 @@ mod tests {
         assert_eq!(code, EXIT_CONFIG);
         assert!(!started.load(Ordering::SeqCst));
         // So is a bad common flag, with a good service configuration.
-        let flags = Flags::try_parse_from(["svc", "--stream-replicas", "9"]).expect("parses");
-        let code = run_main(
-            "svc",
-            &flags.common,
-            flags.common.stream_settings(),
-            |_, _deps, _shutdown| async { Ok::<(), String>(()) },
-        )
-        .await;
-        assert_eq!(code, EXIT_CONFIG);
+        for bad in [["--stream-replicas", "9"], ["--inbox-partitions", "3"]] {
+            let flags = Flags::try_parse_from(["svc", bad[0], bad[1]]).expect("parses");
+            let code = run_main(
+                "svc",
+                &flags.common,
+                flags.common.stream_settings(),
+                |_, _deps, _shutdown| async { Ok::<(), String>(()) },
+            )
+            .await;
+            assert_eq!(code, EXIT_CONFIG, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_store_partitions_must_divide_64() {
+        use clap::Parser as _;
+        let p = |value: &str| {
+            Flags::try_parse_from(["svc", "--inbox-partitions", value])
+                .expect("parses")
+                .common
+                .stream_settings()
+                .map(|s| s.inbox_partitions.get())
+        };
+        let defaults = Flags::try_parse_from(["svc"]).expect("the defaults parse");
+        assert_eq!(
+            defaults
+                .common
+                .stream_settings()
+                .expect("valid")
+                .inbox_partitions
+                .get(),
+            1
+        );
+        for ok in [1, 2, 4, 8, 16, 32, 64] {
+            assert_eq!(p(&ok.to_string()).expect("valid"), ok);
+        }
+        // The edges: nothing, one past the top, and what does not divide.
+        for bad in ["0", "65", "128", "3", "48", "63"] {
+            let e = p(bad).expect_err(bad);
+            assert!(e.0.contains("--inbox-partitions"), "{}", e.0);
+        }
+        assert!(Flags::try_parse_from(["svc", "--inbox-partitions", "-1"]).is_err());
     }
 
     #[tokio::test]

@@ -5,9 +5,10 @@
 //! consumers' state is read, so a failure explains itself: still in
 //! `INTEROP_INGEST` (not routed yet, or routed and its ack lost), in the
 //! store but not pushed, or nowhere (never stored). The store
-//! (`INTEROP_INBOX`, tens of thousands of messages after a few scenarios)
-//! is searched by the run's recipients' subjects, each read whole, so
-//! the search does not stop at a stream's size.
+//! (`INTEROP_INBOX`, or each `INTEROP_INBOX_<i>` with `--inbox-partitions`
+//! above 1; tens of thousands of messages after a few scenarios) is
+//! searched by the run's recipients' subjects, each read whole in the
+//! stream holding it, so the search does not stop at a stream's size.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -15,10 +16,11 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
+use interop_bus::inbox::{existing_store_streams, is_store_stream, stream_holding};
 use interop_bus::recipient_path;
 use interop_bus::subjects::{
-    delivery_queued, CONSUMER_MEDIA_TRANSCODING, CONSUMER_ROUTING, STREAM_INBOX, STREAM_INGEST,
-    STREAM_MEDIA, STREAM_QUARANTINE,
+    delivery_queued, CONSUMER_MEDIA_TRANSCODING, CONSUMER_ROUTING, STREAM_INGEST, STREAM_MEDIA,
+    STREAM_QUARANTINE,
 };
 use interop_loadtest::plan::RunId;
 
@@ -59,7 +61,15 @@ async fn inspect(
         .collect();
     let mut out = String::new();
     let mut found: Vec<(u64, String)> = Vec::new();
-    for name in [STREAM_INGEST, STREAM_MEDIA, STREAM_QUARANTINE, STREAM_INBOX] {
+    let mut names: Vec<String> = [STREAM_INGEST, STREAM_MEDIA, STREAM_QUARANTINE]
+        .map(str::to_owned)
+        .to_vec();
+    match existing_store_streams(&js).await {
+        Ok(store) => names.extend(store),
+        Err(e) => writeln!(out, "  the store's streams: cannot list ({e})")?,
+    }
+    for name in &names {
+        let name = name.as_str();
         let mut stream = match js.get_stream(name).await {
             Ok(s) => s,
             Err(e) => {
@@ -78,12 +88,16 @@ async fn inspect(
         if st.messages == 0 {
             continue;
         }
-        if name == STREAM_INBOX {
+        if is_store_stream(name) {
             // By the run's recipients' subjects: each holds only this run's
             // messages to them (and receipts), however big the stream.
             for recipient in recipients {
                 let subject = delivery_queued(&recipient_path(recipient));
-                let read = search_subject(&stream, &subject, &needles, &mut found).await;
+                match stream_holding(&js, &subject).await {
+                    Ok(holder) if holder == name => {}
+                    _ => continue,
+                }
+                let read = search_subject(&stream, name, &subject, &needles, &mut found).await;
                 match read {
                     Ok(n) => writeln!(out, "    {recipient} ({subject}): {n} messages searched")?,
                     Err(e) => writeln!(out, "    {recipient} ({subject}): cannot read ({e})")?,
@@ -161,6 +175,7 @@ async fn inspect(
 /// many it read.
 async fn search_subject(
     stream: &jetstream::stream::Stream,
+    name: &str,
     subject: &str,
     needles: &[(u64, Vec<u8>)],
     found: &mut Vec<(u64, String)>,
@@ -183,7 +198,7 @@ async fn search_subject(
                     .map_or_else(|| "none".to_owned(), |(s, t)| format!("seq {s} at {t}"));
                 found.push((
                     *lost,
-                    format!("{STREAM_INBOX} seq {seq} stored at {at} (subject {subject}; the message before on it: {before})"),
+                    format!("{name} seq {seq} stored at {at} (subject {subject}; the message before on it: {before})"),
                 ));
             }
         }

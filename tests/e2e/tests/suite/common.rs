@@ -143,15 +143,16 @@ where
     }
 }
 
-/// The messages stored for `user` (their `INTEROP_INBOX` subject), in order.
+/// The messages stored for `user` (their store subject, in whichever store
+/// stream holds it), in order.
 pub async fn store_of(nats_url: &str, user: &str) -> Vec<Envelope> {
     let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.expect("NATS"));
-    let mut stream = js
-        .get_stream(interop_bus::subjects::STREAM_INBOX)
-        .await
-        .expect("the inbox stream");
-    let state = stream.info().await.expect("stream info").state.clone();
     let subject = interop_bus::subjects::delivery_queued(&interop_bus::recipient_path(user));
+    let name = interop_bus::inbox::stream_holding(&js, &subject)
+        .await
+        .expect("the store stream holding the user");
+    let mut stream = js.get_stream(name).await.expect("the store stream");
+    let state = stream.info().await.expect("stream info").state.clone();
     let mut out = Vec::new();
     for seq in state.first_sequence..=state.last_sequence {
         if let Ok(m) = stream.get_raw_message(seq).await {

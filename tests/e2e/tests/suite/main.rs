@@ -22,6 +22,7 @@ mod media;
 mod mls;
 mod mtls;
 mod observability;
+mod partitioned_store;
 mod pipeline;
 mod provider_edge;
 mod provider_sessions;
