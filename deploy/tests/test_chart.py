@@ -266,6 +266,7 @@ def test_config_map_carries_the_common_environment(render):
         "INTEROP_STREAM_REPLICAS": "3",
         "INTEROP_INBOX_MAX_AGE_SECS": "2592000",
         "INTEROP_INBOX_MAX_PER_RECIPIENT": "10000",
+        "INTEROP_INBOX_PARTITIONS": "1",
         "INTEROP_ALLOW_PLAINTEXT": "true",
         "INTEROP_AUTH_MAX_FAILURES_PER_ADDRESS": "0",
         "INTEROP_AUTH_MAX_FAILURES_PER_PROVIDER": "100",
@@ -460,7 +461,7 @@ def test_checksum_config_changes_with_config_values_only(render):
         assert re.fullmatch(r"[0-9a-f]{64}", sums["checksum/config"])
     for change in ({"log": {"level": "debug"}}, {"jetstream": {"replicas": 3}},
                    {"externalNats": {"url": "nats://other:4222"}}, {"otel": {"endpoint": "http://otel:4318"}},
-                   {"jetstream": {"inboxMaxAgeSeconds": 86400}}):
+                   {"jetstream": {"inboxMaxAgeSeconds": 86400}}, {"jetstream": {"inboxPartitions": 8}}):
         changed = _checksums(render(merge(REQUIRED, change)))
         for c in SERVICES:
             assert changed[c]["checksum/config"] != base[c]["checksum/config"], (change, c)
@@ -489,6 +490,18 @@ def test_jetstream_replicas_reach_the_services(render):
     assert cm["data"]["INTEROP_STREAM_REPLICAS"] == "3"
     assert "WARNING: jetstream.replicas" not in r.notes
     assert "WARNING: jetstream.replicas=1" in render(REQUIRED).notes
+
+
+def test_store_partitions_reach_every_service(render):
+    r = render(merge(REQUIRED, {"jetstream": {"replicas": 3, "inboxPartitions": 8}}))
+    [cm] = [c for c in r.kind("ConfigMap") if c["metadata"]["name"].endswith("-config")]
+    assert cm["data"]["INTEROP_INBOX_PARTITIONS"] == "8"
+    for component in SERVICES:
+        assert r.container(component)["envFrom"] == [{"configMapRef": {"name": cm["metadata"]["name"]}}]
+    assert "jetstream.inboxPartitions=1" not in r.notes
+    # Replicated but one store stream: the notes say so.
+    assert "NOTE: jetstream.inboxPartitions=1" in render(merge(REQUIRED, {"jetstream": {"replicas": 3}})).notes
+    assert "jetstream.inboxPartitions=1" not in render(REQUIRED).notes
 
 
 def test_external_redis_password_from_a_secret(render):
@@ -941,6 +954,8 @@ def test_provider_registry_renders_the_toml_the_services_parse(render):
     ({"routing": {"replicaCount": "three"}}, "/routing/replicaCount"),
     ({"ingest": {"autoscaling": {"enabled": "yes"}}}, "/ingest/autoscaling/enabled"),
     ({"jetstream": {"replicas": 0}}, "/jetstream/replicas"),
+    ({"jetstream": {"inboxPartitions": 3}}, "/jetstream/inboxPartitions"),
+    ({"jetstream": {"inboxPartitions": 128}}, "/jetstream/inboxPartitions"),
     ({"log": {"format": "xml"}}, "/log/format"),
     ({"routing": {"replicas": 3}}, "additional properties 'replicas' not allowed"),
     ({"unknownTopLevel": True}, "additional properties 'unknownTopLevel' not allowed"),

@@ -530,6 +530,7 @@ INTEROP_ADMIN_LISTEN: {{ printf "0.0.0.0:%d" (int .Values.adminPort) | quote }}
 INTEROP_STREAM_REPLICAS: {{ .Values.jetstream.replicas | toString | quote }}
 INTEROP_INBOX_MAX_AGE_SECS: {{ .Values.jetstream.inboxMaxAgeSeconds | int64 | toString | quote }}
 INTEROP_INBOX_MAX_PER_RECIPIENT: {{ .Values.jetstream.inboxMaxPerRecipient | int64 | toString | quote }}
+INTEROP_INBOX_PARTITIONS: {{ .Values.jetstream.inboxPartitions | int | toString | quote }}
 INTEROP_ALLOW_PLAINTEXT: {{ .Values.tls.terminatedInFront | toString | quote }}
 {{- $perAddress := int .Values.authThrottle.maxFailuresPerAddress }}
 {{- if lt $perAddress 0 }}{{ $perAddress = ternary 20 0 (not (empty .Values.tls.existingSecret)) }}{{ end }}
