@@ -128,7 +128,9 @@ pub(crate) struct Shared {
     pub retention: std::time::Duration,
     pub edge: EdgeGuard,
     /// Consent and the recipient's answers, checked again before each push.
-    pub contacts: interop_state::ContactStore,
+    /// The re-checks of every session of this replica, made together:
+    /// one Redis round trip for what is asked while one is in flight.
+    pub contacts: interop_state::contacts::AdmissionBatcher,
 }
 
 /// Runs delivery until `shutdown`, then closes sessions (un-acked messages
@@ -180,7 +182,9 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
             edge.register_metrics(&deps.metrics, "delivery");
             edge
         },
-        contacts: interop_state::ContactStore::new(records),
+        contacts: interop_state::contacts::AdmissionBatcher::new(interop_state::ContactStore::new(
+            records,
+        )),
     });
     tokio::spawn(move_legacy_store(
         shared.js.clone(),

@@ -952,9 +952,16 @@ pub(crate) async fn still_admitted(
     let verdict = pipeline::verdict(pm);
     let mut pause = std::time::Duration::from_millis(100);
     let admission = loop {
-        let check = shared.contacts.admission(user, &env.from, sender_provider);
+        let check = shared
+            .contacts
+            .admit(interop_state::contacts::AdmissionAsk {
+                recipient: user.to_owned(),
+                sender: env.from.clone(),
+                sender_provider: sender_provider.to_owned(),
+                reply_state: false,
+            });
         match tokio::time::timeout(RECHECK_TIMEOUT, check).await {
-            Ok(Ok(a)) => break a.under(verdict),
+            Ok(Ok((a, _))) => break a.under(verdict),
             Ok(Err(e)) => {
                 warn!(error = %e, "Cannot re-check consent; the message waits and the check is tried again.");
             }
