@@ -28,6 +28,12 @@ pub struct Args {
     /// The provider registry (TOML; see docs/protocol.md).
     #[arg(long, env = "INTEROP_PROVIDERS_FILE")]
     pub providers_file: PathBuf,
+    /// Do not serve: grow the store's streams to --inbox-partitions (from
+    /// 1, or from a divisor of it), moving what they hold, then exit. Run
+    /// with routing, media-transcoding and delivery stopped
+    /// (docs/deploy.md, "Store partitions").
+    #[arg(long)]
+    pub grow_store: bool,
 }
 
 impl Config {

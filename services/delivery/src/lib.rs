@@ -98,6 +98,8 @@ pub enum Error {
     Serve(std::io::Error),
     #[error(transparent)]
     State(#[from] interop_state::StateError),
+    #[error("the store cannot grow while its readers run (consumers with waiting pull requests: {0}); stop routing, media-transcoding and delivery, wait 30 s, and run again")]
+    GrowWhileRunning(String),
 }
 
 pub(crate) struct Shared {
@@ -220,6 +222,37 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     for sweeper in sweepers {
         sweeper.await.ok();
     }
+    Ok(())
+}
+
+/// `delivery --grow-store`: grows the store to `streams.inbox_partitions`
+/// (`interop_bus::repartition::grow_store`, docs/deploy.md "Store
+/// partitions") and returns, without serving. Refuses while routing,
+/// media-transcoding or a delivery still read their streams.
+pub async fn grow_store(
+    streams: StreamSettings,
+    deps: Deps,
+    _shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let js = jetstream::new(deps.nats.clone());
+    let running = interop_bus::repartition::readers_running(&js).await?;
+    if !running.is_empty() {
+        return Err(Error::GrowWhileRunning(running.join(", ")));
+    }
+    let report = interop_bus::repartition::grow_store(&js, &streams).await?;
+    // What the services would do at start: the other streams, and a check
+    // that the store is of the layout asked for.
+    interop_bus::ensure_streams(&js, &streams).await?;
+    info!(
+        from = report.from,
+        to = report.to,
+        created = report.created.len(),
+        removed = report.removed.len(),
+        partitions_moved = report.partitions_moved,
+        copied = report.copied,
+        skipped_acked = report.skipped_acked,
+        "The store has the streams of --inbox-partitions; start the services with it."
+    );
     Ok(())
 }
 

@@ -244,7 +244,7 @@ async fn migrate_subject(
             copies.push(Republish {
                 seq,
                 subject,
-                headers: copy_headers(&m.headers, seq),
+                headers: copy_headers(&m.headers, format!("legacy-{seq}")),
                 payload: m.payload,
             });
         }
@@ -395,8 +395,8 @@ async fn remove(
 }
 
 /// The original's headers for its copy: all but its message id and any
-/// `Nats-Expected-*` condition, with the id `legacy-<seq>`.
-fn copy_headers(original: &HeaderMap, seq: u64) -> HeaderMap {
+/// `Nats-Expected-*` condition, with the message id `id`.
+pub(crate) fn copy_headers(original: &HeaderMap, id: String) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, values) in original.iter() {
         let n: &str = name.as_ref();
@@ -409,7 +409,7 @@ fn copy_headers(original: &HeaderMap, seq: u64) -> HeaderMap {
             headers.append(name.clone(), value.clone());
         }
     }
-    headers.insert(NATS_MESSAGE_ID, format!("legacy-{seq}"));
+    headers.insert(NATS_MESSAGE_ID, id);
     headers
 }
 
@@ -417,7 +417,7 @@ fn copy_headers(original: &HeaderMap, seq: u64) -> HeaderMap {
 /// be about its legacy subject `subject` (every legacy message at or before
 /// it was acked by all of them); 0 when a device's cursor is not (see the
 /// module documentation) and when there is no cursor.
-async fn lowest_cursor(
+pub(crate) async fn lowest_cursor(
     js: &jetstream::Context,
     inbox: &Stream<()>,
     subject: &str,

@@ -9,6 +9,7 @@ pub mod inbox;
 pub mod legacy_store;
 pub mod metrics;
 pub mod pipeline;
+pub mod repartition;
 pub mod stage;
 pub mod store;
 pub mod streams;

@@ -133,6 +133,20 @@ impl Gateway {
     /// The five services connected to NATS and Redis as `endpoints` say
     /// (credentials, TLS).
     pub async fn start_to(endpoints: &Endpoints, spam: interop_spam_scoring::Config) -> Self {
+        Self::start_with_streams(endpoints, spam, interop_bus::StreamSettings::default()).await
+    }
+
+    /// The five services with these stream settings (all the same, as a
+    /// deployment's common flags make them), e.g. `--inbox-partitions`.
+    pub async fn start_with_streams(
+        endpoints: &Endpoints,
+        spam: interop_spam_scoring::Config,
+        streams: interop_bus::StreamSettings,
+    ) -> Self {
+        let spam = interop_spam_scoring::Config {
+            streams: streams.clone(),
+            ..spam
+        };
         let providers = Arc::new(registry());
         let shutdown = CancellationToken::new();
         let ingest_listener = TcpListener::bind("127.0.0.1:0")
@@ -155,6 +169,7 @@ impl Gateway {
 
         let d = deps(endpoints, "ingest", &mut healths, &mut admin, &shutdown).await;
         let mut config = interop_ingest::Config::new(ingest_listener, providers.clone());
+        config.streams = streams.clone();
         let admin_listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding the admin API");
@@ -197,10 +212,13 @@ impl Gateway {
 
         let d = deps(endpoints, "routing", &mut healths, &mut admin, &shutdown).await;
         let s = shutdown.clone();
+        let routing = interop_routing::Config {
+            streams: streams.clone(),
+        };
         tasks.push((
             "routing",
             tokio::spawn(async move {
-                interop_routing::run(interop_routing::Config::default(), d, s)
+                interop_routing::run(routing, d, s)
                     .await
                     .map_err(|e| e.to_string())
             }),
@@ -218,7 +236,8 @@ impl Gateway {
             .await
             .expect("binding media-transcoding");
         let media_url = format!("http://{}", media_listener.local_addr().expect("bound"));
-        let config = interop_media_transcoding::Config::new(media_listener, providers.clone());
+        let mut config = interop_media_transcoding::Config::new(media_listener, providers.clone());
+        config.streams = streams.clone();
         let s = shutdown.clone();
         tasks.push((
             "media-transcoding",
@@ -230,7 +249,8 @@ impl Gateway {
         ));
 
         let d = deps(endpoints, "delivery", &mut healths, &mut admin, &shutdown).await;
-        let config = interop_delivery::Config::new(delivery_listener, providers);
+        let mut config = interop_delivery::Config::new(delivery_listener, providers);
+        config.streams = streams;
         let s = shutdown.clone();
         tasks.push((
             "delivery",

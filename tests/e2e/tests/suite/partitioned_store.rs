@@ -222,3 +222,104 @@ async fn four_store_streams_deliver_to_devices_and_a_provider_session_across_the
     assert_eq!(batch.messages[0].envelope.message_id, live.message_id);
     assert_eq!(next_ids(&mut b, 1).await.0, [live.message_id]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_grows_from_one_stream_to_four_and_devices_go_on_where_they_were() {
+    let nats = interop_test_support::NatsServer::start();
+    let redis = interop_test_support::RedisServer::start();
+    let endpoints = interop_service::Endpoints::plain(&nats.url(), &redis.url());
+    let four = InboxPartitions::new(4).unwrap();
+    // Two users whose stores go to different streams.
+    let bob = "home:+4915112345678";
+    let carol = (0..)
+        .map(|i| format!("home:+4915188{i:05}"))
+        .find(|c| four.stream_of_address(c) != four.stream_of_address(bob))
+        .unwrap();
+    let alice_addr = "signal:alice";
+
+    let gw = interop_e2e::Gateway::start_to(&endpoints, Default::default()).await;
+    opt_in(&gw.ingest_url, bob, &["signal"]).await;
+    opt_in(&gw.ingest_url, &carol, &["signal"]).await;
+    let alice = sender(&gw.ingest_url, "signal").await;
+    let mut to_bob = Vec::new();
+    for i in 0..4 {
+        let a = send_ok(
+            &alice,
+            text_envelope(&format!("b{i}"), alice_addr, bob, "hi"),
+        )
+        .await;
+        to_bob.push(a.message_id);
+    }
+    let mut to_carol = Vec::new();
+    for i in 0..2 {
+        let a = send_ok(
+            &alice,
+            text_envelope(&format!("c{i}"), alice_addr, &carol, "hi"),
+        )
+        .await;
+        to_carol.push(a.message_id);
+    }
+    // Bob's phone takes all four and acks the first two.
+    let mut phone = receiver(&gw.delivery_url, bob, "phone").await;
+    let (ids, tags) = next_ids(&mut phone, 4).await;
+    assert_eq!(ids, to_bob);
+    phone.ack(&tags[..2]).await.unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let cursors = js
+        .get_stream(interop_bus::subjects::STREAM_CURSORS)
+        .await
+        .unwrap();
+    let cursor_subject =
+        interop_bus::subjects::delivery_acked(&interop_bus::recipient_key(bob), "phone");
+    poll("the phone's cursor stored", WAIT, || async {
+        let m = cursors
+            .get_last_raw_message_by_subject(&cursor_subject)
+            .await
+            .ok()?;
+        (m.payload == tags[1].to_string().as_bytes()).then_some(())
+    })
+    .await;
+    phone.close().await;
+    drop(alice);
+    for (name, result) in gw.stop().await {
+        result.unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+
+    // Grown while nothing reads the store (their pull requests gone).
+    let deps = interop_e2e::connect_service(&nats.url(), &redis.url(), "delivery").await;
+    poll(
+        "the services' pull requests expired",
+        Duration::from_secs(40),
+        || async {
+            interop_bus::repartition::readers_running(&js)
+                .await
+                .unwrap()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    let settings = StreamSettings {
+        inbox_partitions: four,
+        ..Default::default()
+    };
+    interop_delivery::grow_store(settings.clone(), deps, Default::default())
+        .await
+        .unwrap();
+    assert!(js.get_stream(STREAM_INBOX).await.is_err());
+
+    // The gateway with four streams: the phone gets what it had not acked,
+    // once; Carol's first device gets hers; new messages flow.
+    let gw =
+        interop_e2e::Gateway::start_with_streams(&endpoints, Default::default(), settings).await;
+    let mut phone = receiver(&gw.delivery_url, bob, "phone").await;
+    assert_eq!(next_ids(&mut phone, 2).await.0, to_bob[2..]);
+    crate::common::nothing_within(&mut phone, 500).await;
+    let mut carols = receiver(&gw.delivery_url, &carol, "phone").await;
+    assert_eq!(next_ids(&mut carols, 2).await.0, to_carol);
+    let alice = sender(&gw.ingest_url, "signal").await;
+    let more = send_ok(&alice, text_envelope("b4", alice_addr, bob, "hi")).await;
+    assert_eq!(next_ids(&mut phone, 1).await.0, [more.message_id]);
+    assert_eq!(phone.duplicates(), 0);
+    gw.stop().await;
+}
