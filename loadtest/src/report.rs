@@ -859,8 +859,8 @@ impl Report {
                 "  redis commands         {:>8}   of them scripts {} ({} µs in scripts, {} µs in all)",
                 opt2(r.commands_per_delivered_msg),
                 opt2(r.scripts_per_delivered_msg),
-                opt2(r.script_usec_per_delivered_msg),
-                opt2(r.usec_per_delivered_msg)
+                opt0(r.script_usec_per_delivered_msg),
+                opt0(r.usec_per_delivered_msg)
             );
             let top: Vec<String> = r
                 .top
@@ -1152,6 +1152,11 @@ fn windows<S, C>(
         .filter_map(|s| pick(s).and_then(|r| r.as_ref().err()).cloned())
         .collect();
     Windows { steps, run, errors }
+}
+
+/// `x` rounded, `–` for none.
+fn opt0(x: Option<f64>) -> String {
+    x.map_or_else(|| "–".to_owned(), fmt_num)
 }
 
 /// `x` with up to two decimals, `–` for none.
