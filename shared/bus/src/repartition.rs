@@ -245,6 +245,7 @@ pub async fn grow_store(
             .sequence(floor + 1)
             .await
             .map_err(|e| error(name, e))?;
+        settle_sequence(js, &created, name).await?;
         js.update_stream(real).await.map_err(|e| error(name, e))?;
     }
 
@@ -305,6 +306,38 @@ pub async fn readers_running(js: &jetstream::Context) -> Result<Vec<String>, Bus
         }
     }
     Ok(running)
+}
+
+/// After a purge past its last sequence, a replicated stream's leader on
+/// nats-server 2.9 refuses the next publish ("expected sequence does not
+/// match store") and then corrects itself: one message is stored on the
+/// reserved subject (tried again until it is) and purged, so the stream's
+/// first real message is taken at once. Its sequence stays above the
+/// floor.
+async fn settle_sequence(
+    js: &jetstream::Context,
+    stream: &stream::Stream<()>,
+    name: &str,
+) -> Result<(), BusError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let stored = js
+            .publish(new_subject(name), bytes::Bytes::new())
+            .await
+            .map_err(|e| error(name, e))?
+            .await;
+        match stored {
+            Ok(_) => break,
+            Err(e) if tries < 20 => {
+                tracing::debug!(stream = name, error = %e, "The new stream did not take its first message yet.");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(error(name, e)),
+        }
+    }
+    stream.purge().await.map_err(|e| error(name, e))?;
+    Ok(())
 }
 
 /// The store streams on the server, with their configs and states.

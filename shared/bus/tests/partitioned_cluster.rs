@@ -338,3 +338,102 @@ async fn leaders_spread_and_a_lost_node_moves_only_the_streams_it_led() {
         started.elapsed()
     );
 }
+
+/// Publishes `n` store messages of 512 bytes to 4,096 recipients, `window`
+/// acks awaited at once; acknowledged messages per second.
+async fn store_rate(js: &jetstream::Context, n: usize, window: usize) -> f64 {
+    let users: Vec<String> = (0..4096)
+        .map(|i| delivery_queued(&recipient_path(&format!("home:+49152{i:06}"))))
+        .collect();
+    let payload = bytes::Bytes::from(vec![b'x'; 512]);
+    let started = Instant::now();
+    let mut acks = std::collections::VecDeque::with_capacity(window);
+    for i in 0..n {
+        let ack = js
+            .publish(users[i % users.len()].clone(), payload.clone())
+            .await
+            .unwrap();
+        acks.push_back(ack);
+        if acks.len() >= window {
+            acks.pop_front().unwrap().await.unwrap();
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand (docs/deploy.md, \"Store partitions\")"]
+async fn store_write_rate_by_partition_count() {
+    let n = 40_000;
+    for (nodes, replicas, p) in [(1, 1, 1), (1, 1, 4), (3, 3, 1), (3, 3, 8)] {
+        // One server alone, or a 3-node cluster.
+        let (single, cluster) = if nodes == 1 {
+            (Some(interop_test_support::NatsServer::start()), None)
+        } else {
+            (None, Some(NatsCluster::start(nodes)))
+        };
+        let urls = match (&single, &cluster) {
+            (Some(s), _) => s.url(),
+            (_, Some(c)) => c.urls(),
+            _ => unreachable!(),
+        };
+        let client = interop_bus::connect(&urls, "rate").await.unwrap();
+        let js = jetstream::new(client);
+        let partitions = InboxPartitions::new(p).unwrap();
+        let settings = StreamSettings {
+            replicas,
+            inbox_partitions: partitions,
+            ..Default::default()
+        };
+        ensure_streams(&js, &settings).await.unwrap();
+        if replicas > 1 {
+            balanced(&js, partitions).await;
+        }
+        // Warm up, then measure twice.
+        store_rate(&js, 5_000, 512).await;
+        let rates = [store_rate(&js, n, 512).await, store_rate(&js, n, 512).await];
+        eprintln!(
+            "{nodes} node(s), R{replicas}, P={p}: {:.0} and {:.0} msgs/s stored",
+            rates[0], rates[1]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand (docs/deploy.md, \"Store partitions\")"]
+async fn grow_rate() {
+    for (nodes, replicas) in [(1, 1), (3, 3)] {
+        let (single, cluster) = if nodes == 1 {
+            (Some(interop_test_support::NatsServer::start()), None)
+        } else {
+            (None, Some(NatsCluster::start(nodes)))
+        };
+        let urls = match (&single, &cluster) {
+            (Some(s), _) => s.url(),
+            (_, Some(c)) => c.urls(),
+            _ => unreachable!(),
+        };
+        let js = jetstream::new(interop_bus::connect(&urls, "grow").await.unwrap());
+        let settings = |p| StreamSettings {
+            replicas,
+            inbox_partitions: InboxPartitions::new(p).unwrap(),
+            ..Default::default()
+        };
+        ensure_streams(&js, &settings(1)).await.unwrap();
+        let n = 50_000;
+        store_rate(&js, n, 512).await;
+        let started = Instant::now();
+        let report = interop_bus::repartition::grow_store(&js, &settings(8))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(report.copied, n as u64);
+        eprintln!(
+            "{nodes} node(s), R{replicas}: {n} messages (512 bytes, 4,096 recipients) grown from 1 to 8 streams in {took:?}: {:.0} msgs/s",
+            n as f64 / took.as_secs_f64()
+        );
+    }
+}
