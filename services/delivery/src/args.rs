@@ -26,8 +26,12 @@ pub struct Args {
     #[arg(long, env = "INTEROP_LISTEN_REUSE_PORT")]
     pub listen_reuse_port: bool,
     /// The provider registry (TOML; see docs/protocol.md).
-    #[arg(long, env = "INTEROP_PROVIDERS_FILE")]
-    pub providers_file: PathBuf,
+    #[arg(
+        long,
+        env = "INTEROP_PROVIDERS_FILE",
+        required_unless_present = "grow_store"
+    )]
+    pub providers_file: Option<PathBuf>,
     /// Do not serve: grow the store's streams to --inbox-partitions (from
     /// 1, or from a divisor of it), moving what they hold, then exit. Run
     /// with routing, media-transcoding and delivery stopped
@@ -46,7 +50,9 @@ impl Config {
         let endpoint = ProviderEndpoint::open(
             args.listen,
             args.listen_reuse_port,
-            &args.providers_file,
+            args.providers_file
+                .as_deref()
+                .ok_or_else(|| ConfigError("--providers-file is required".into()))?,
             &args.tls,
         )
         .await?;
@@ -120,5 +126,18 @@ mod tests {
         ])
         .unwrap();
         assert!(Config::from_args(&args).await.is_err());
+        // The registry is needed to serve, not to grow the store.
+        assert!(Args::try_parse_from(["delivery"]).is_err());
+        let grow = Args::try_parse_from(["delivery", "--grow-store", "--inbox-partitions", "8"])
+            .expect("no registry needed");
+        assert!(grow.grow_store);
+        assert_eq!(
+            grow.common
+                .stream_settings()
+                .unwrap()
+                .inbox_partitions
+                .get(),
+            8
+        );
     }
 }
