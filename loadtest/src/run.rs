@@ -679,7 +679,15 @@ async fn opt_in(scenario: &Scenario, plan: &Plan, target: &Target) -> Result<(),
     let home = set_up_connection(target, &u.recipient_provider, HOME).await?;
     let allow = [u.sender_provider.as_str()];
     let mut answers = futures_util::stream::iter(plan.recipients())
-        .map(|user| home.set_consent(user, true, &allow))
+        .map(|user| {
+            set_up_with_retries(
+                || home.set_consent(user, true, &allow),
+                |o| match o {
+                    ConsentOutcome::Rejected(r) => unavailable_for(r),
+                    _ => None,
+                },
+            )
+        })
         .buffer_unordered(64);
     while let Some(answer) = answers.next().await {
         match answer {
@@ -714,6 +722,40 @@ async fn opt_in(scenario: &Scenario, plan: &Plan, target: &Target) -> Result<(),
     Ok(())
 }
 
+/// Set-up attempts of one frame refused `UNAVAILABLE` (a retryable code:
+/// the gateway could not store it yet) before the run gives up.
+const SET_UP_ATTEMPTS: u32 = 5;
+
+/// How long to wait before sending again a frame refused with `r`, if it
+/// is `UNAVAILABLE`.
+fn unavailable_for(r: &interop_proto::v1::Rejected) -> Option<u64> {
+    (r.code == RejectCode::Unavailable as i32).then(|| u64::from(r.retry_after_ms.max(100)))
+}
+
+/// Sends a set-up frame, again after `retry_after_ms` while `retry` says it
+/// was refused `UNAVAILABLE`, as a provider's client must
+/// (docs/protocol.md); the last answer is returned as it is.
+async fn set_up_with_retries<T, F, Fut>(
+    mut attempt: F,
+    retry: impl Fn(&T) -> Option<u64>,
+) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut tries = 1;
+    loop {
+        let answer = attempt().await?;
+        match retry(&answer) {
+            Some(wait_ms) if tries < SET_UP_ATTEMPTS => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            }
+            _ => return Ok(answer),
+        }
+    }
+}
+
 /// An ingest connection for set-up as `provider`; `what` names it in errors.
 async fn set_up_connection(
     target: &Target,
@@ -732,8 +774,16 @@ async fn accept_all<'a>(
     what: &'static str,
 ) -> Result<(), RunError> {
     let mut answers = futures_util::stream::iter(pairs)
-        .map(|(user, sender)| conn.respond_to_request(user, sender, RequestAction::Accept))
-        .buffer_unordered(256);
+        .map(|(user, sender)| {
+            set_up_with_retries(
+                move || conn.respond_to_request(user, sender, RequestAction::Accept),
+                |o| match o {
+                    RequestOutcome::Rejected(r) => unavailable_for(r),
+                    _ => None,
+                },
+            )
+        })
+        .buffer_unordered(64);
     while let Some(answer) = answers.next().await {
         match answer {
             Ok(RequestOutcome::Responded(_)) => {}
