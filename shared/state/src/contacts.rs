@@ -293,35 +293,57 @@ impl ContactStore {
                 )))
             }
         };
-        let mut consents: Vec<(&str, Consent)> = Vec::with_capacity(recipients.len());
-        for r in recipients {
+        // Parsed first, then what is not cached is loaded, all at once (a
+        // load reads the stream: one slow user must not hold up the rest).
+        let mut consent_fields = Vec::with_capacity(recipients.len());
+        for _ in &recipients {
             let mut f = next(4)?.into_iter();
-            let fields = (
+            consent_fields.push((
                 f.next().flatten(),
                 f.next().flatten(),
                 f.next().flatten(),
                 f.next().flatten(),
-            );
-            consents.push((r, self.consent_from(r, fields).await?));
+            ));
         }
-        let mut out = Vec::with_capacity(asks.len());
+        let mut answer_fields = Vec::with_capacity(asks.len());
         for a in asks {
             let mut f = next(2)?.into_iter();
             let answer = (f.next().flatten(), f.next().flatten());
-            let contact = self.answer_from(&a.recipient, &a.sender, answer).await?;
-            let known = if a.reply_state {
+            let own = if a.reply_state {
                 let mut f = next(2)?.into_iter();
-                let own = (f.next().flatten(), f.next().flatten());
-                self.answer_from(&a.sender, &a.recipient, own)
-                    .await?
-                    .is_some()
+                Some((f.next().flatten(), f.next().flatten()))
             } else {
-                false
+                None
             };
-            let consent = consents
+            answer_fields.push((answer, own));
+        }
+        let consents = futures_util::future::try_join_all(
+            recipients
                 .iter()
-                .find(|(r, _)| *r == a.recipient)
-                .map(|(_, c)| c)
+                .zip(consent_fields)
+                .map(|(r, fields)| self.consent_from(r, fields)),
+        )
+        .await?;
+        let answers = futures_util::future::try_join_all(asks.iter().zip(answer_fields).map(
+            |(a, (answer, own))| async move {
+                let contact = self.answer_from(&a.recipient, &a.sender, answer).await?;
+                let known = match own {
+                    Some(own) => self
+                        .answer_from(&a.sender, &a.recipient, own)
+                        .await?
+                        .is_some(),
+                    None => false,
+                };
+                Ok::<_, StateError>((contact, known))
+            },
+        ))
+        .await?;
+        let mut out = Vec::with_capacity(asks.len());
+        for (a, (contact, known)) in asks.iter().zip(answers) {
+            let consent = recipients
+                .iter()
+                .position(|r| *r == a.recipient)
+                .map(|i| &consents[i])
                 .ok_or_else(|| StateError::Records("a recipient's consent was not read".into()))?;
             out.push((decide(consent, contact, &a.sender_provider), known));
         }
@@ -478,6 +500,9 @@ pub struct AdmissionAsk {
 
 /// Most admissions one round trip asks.
 pub const ADMISSION_BATCH_MAX: usize = 256;
+/// Round trips of an [`AdmissionBatcher`] in flight at once (one waiting
+/// for a user loaded from the stream does not hold up the next).
+pub const ADMISSIONS_IN_FLIGHT: usize = 4;
 
 /// Admissions asked one by one by concurrent callers (a stage's handlers),
 /// made together: what is asked while a round trip is in flight goes in
@@ -502,7 +527,14 @@ impl AdmissionBatcher {
         let round_trips = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = round_trips.clone();
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+            let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(ADMISSIONS_IN_FLIGHT));
+            loop {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some(first) = rx.recv().await else {
+                    return;
+                };
                 let mut batch = vec![first];
                 while batch.len() < ADMISSION_BATCH_MAX {
                     match rx.try_recv() {
@@ -510,20 +542,45 @@ impl AdmissionBatcher {
                         Err(_) => break,
                     }
                 }
-                let asks: Vec<AdmissionAsk> = batch.iter().map(|p| p.ask.clone()).collect();
                 counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                match store.admissions(&asks).await {
-                    Ok(answers) => {
-                        for (p, a) in batch.into_iter().zip(answers) {
-                            p.answer.send(Ok(a)).ok();
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let asks: Vec<AdmissionAsk> = batch.iter().map(|p| p.ask.clone()).collect();
+                    let mut batch = batch;
+                    match store.admissions(&asks).await {
+                        Ok(answers) => {
+                            for (p, a) in batch.into_iter().zip(answers) {
+                                p.answer.send(Ok(a)).ok();
+                            }
+                        }
+                        Err(e) if batch.len() == 1 => {
+                            if let Some(p) = batch.pop() {
+                                p.answer.send(Err(e)).ok();
+                            }
+                        }
+                        // One bad record (or a load that failed) fails the
+                        // whole pipeline: each is asked again alone, so
+                        // only its own caller gets the error.
+                        Err(_) => {
+                            futures_util::future::join_all(batch.into_iter().map(|p| {
+                                let store = &store;
+                                async move {
+                                    let one = store
+                                        .admissions(std::slice::from_ref(&p.ask))
+                                        .await
+                                        .and_then(|mut a| {
+                                            a.pop().ok_or_else(|| {
+                                                StateError::Records("no admission answered".into())
+                                            })
+                                        });
+                                    p.answer.send(one).ok();
+                                }
+                            }))
+                            .await;
                         }
                     }
-                    Err(e) => {
-                        for p in batch {
-                            p.answer.send(Err(copy_error(&e))).ok();
-                        }
-                    }
-                }
+                    drop(permit);
+                });
             }
         });
         Self { tx, round_trips }
@@ -545,18 +602,6 @@ impl AdmissionBatcher {
             .await
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
-    }
-}
-
-/// The same failure, for each caller of a failed round trip.
-fn copy_error(e: &StateError) -> StateError {
-    match e {
-        StateError::Redis(r) => StateError::Redis(redis::RedisError::from((
-            r.kind(),
-            "a batched admission read failed",
-            r.to_string(),
-        ))),
-        StateError::Records(s) => StateError::Records(s.clone()),
     }
 }
 

@@ -143,3 +143,26 @@ async fn concurrent_callers_share_round_trips() {
         "{trips} round trips for 300 asks"
     );
 }
+
+#[tokio::test]
+async fn one_unreadable_record_fails_only_its_own_admission() {
+    let w = world().await;
+    // Not a hash: HMGET on it fails, and with it the shared pipeline.
+    redis::cmd("SET")
+        .arg(interop_state::keys::consent(CAROL))
+        .arg("not a hash")
+        .query_async::<()>(&mut w.c.clone())
+        .await
+        .unwrap();
+    let batcher = AdmissionBatcher::new(w.contacts.clone());
+    let mut tasks = Vec::new();
+    for a in asks() {
+        let b = batcher.clone();
+        let broken = a.recipient == CAROL;
+        tasks.push(tokio::spawn(async move { (broken, b.admit(a).await) }));
+    }
+    for t in tasks {
+        let (broken, got) = t.await.unwrap();
+        assert_eq!(got.is_err(), broken, "{got:?}");
+    }
+}
