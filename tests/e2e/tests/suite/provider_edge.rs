@@ -51,11 +51,15 @@ async fn two_ingest_replicas_keep_a_provider_within_its_limit() {
             .unwrap();
     }
     const SECS: f64 = 2.0;
+    // Connected before the clock starts: the window measured is sending.
+    let mut senders = Vec::new();
+    for url in [a, b] {
+        senders.push(Sender::connect(&url, "signal", SIGNAL_TOKEN).await.unwrap());
+    }
     let start = tokio::time::Instant::now();
     let mut tasks = Vec::new();
-    for (i, url) in [a, b].into_iter().enumerate() {
+    for (i, s) in senders.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
-            let s = Sender::connect(&url, "signal", SIGNAL_TOKEN).await.unwrap();
             let (mut accepted, mut limited, mut n) = (0u32, 0u32, 0u32);
             while start.elapsed() < Duration::from_secs_f64(SECS) {
                 let to = format!("home:+49151000000{:02}", n % 20);
