@@ -917,24 +917,10 @@ impl Reader {
             sender_info: None,
             ..env.clone()
         });
-        let caps = shared
-            .providers
-            .borrow()
-            .get(&self.provider)
-            .map(|p| p.capabilities.clone())
-            .unwrap_or_default();
-        let Some(mut env) = crate::rich::adapt(env, &caps) else {
+        let Some(mut env) = crate::session::adapt_for(shared, &self.provider, env) else {
             return skipped;
         };
-        if env.accepted_at_ms > 0 {
-            let age_ms = interop_proto::now_ms()
-                .saturating_sub(env.accepted_at_ms)
-                .max(0);
-            shared
-                .metrics
-                .end_to_end_seconds
-                .observe(age_ms as f64 / 1000.0);
-        }
+        crate::session::observe_end_to_end(shared, &env);
         env.sender_info = crate::session::sender_info(shared, &env.from);
         Item {
             seq,
@@ -955,15 +941,8 @@ impl Reader {
             return;
         };
         let Some(env) = pm.envelope else { return };
-        let caps = self
-            .shared
-            .providers
-            .borrow()
-            .get(&self.provider)
-            .map(|p| p.capabilities.clone())
-            .unwrap_or_default();
         let user = env.to.clone();
-        let Some(mut env) = crate::rich::adapt(env, &caps) else {
+        let Some(mut env) = crate::session::adapt_for(&self.shared, &self.provider, env) else {
             return;
         };
         env.sender_info = crate::session::sender_info(&self.shared, &env.from);

@@ -829,13 +829,7 @@ async fn push_checked(
             sender_info: None,
             ..env.clone()
         });
-    let caps = shared
-        .providers
-        .borrow()
-        .get(&s.provider)
-        .map(|p| p.capabilities.clone())
-        .unwrap_or_default();
-    let Some(mut env) = crate::rich::adapt(env, &caps) else {
+    let Some(mut env) = adapt_for(shared, &s.provider, env) else {
         Box::pin(skip(s, seq, shared)).await?;
         return Ok(ControlFlow::Continue(()));
     };
@@ -849,15 +843,7 @@ async fn push_checked(
     let span = tracing::info_span!("deliver", otel.name = "delivery deliver", stream_seq = seq);
     interop_bus::trace::set_parent_from(&span, headers.as_ref());
     span.in_scope(|| tracing::debug!(seq, "Delivering a message."));
-    if env.accepted_at_ms > 0 {
-        let age_ms = interop_proto::now_ms()
-            .saturating_sub(env.accepted_at_ms)
-            .max(0);
-        shared
-            .metrics
-            .end_to_end_seconds
-            .observe(age_ms as f64 / 1000.0);
-    }
+    observe_end_to_end(shared, &env);
     shared.metrics.delivered.inc();
     env.sender_info = sender_info(shared, &env.from);
     s.unacked.insert(seq, receipt_for);
@@ -1022,13 +1008,7 @@ fn push_ephemeral(s: &Session, payload: &[u8], out: &mpsc::Sender<Outbound>, sha
     if env.to != s.user.as_str() {
         return;
     }
-    let caps = shared
-        .providers
-        .borrow()
-        .get(&s.provider)
-        .map(|p| p.capabilities.clone())
-        .unwrap_or_default();
-    let Some(mut env) = crate::rich::adapt(env, &caps) else {
+    let Some(mut env) = adapt_for(shared, &s.provider, env) else {
         return;
     };
     env.sender_info = sender_info(shared, &env.from);
@@ -1198,6 +1178,32 @@ pub(crate) async fn publish_receipt(
 /// Times a receipt is published again when JetStream did not ack it
 /// (about 40 s in all).
 const RECEIPT_RETRIES: usize = 8;
+
+/// `env` as the apps of `provider` can show it (`rich::adapt` with the
+/// provider's registry capabilities); `None` when they take nothing of it.
+pub(crate) fn adapt_for(shared: &Shared, provider: &str, env: Envelope) -> Option<Envelope> {
+    let caps = shared
+        .providers
+        .borrow()
+        .get(provider)
+        .map(|p| p.capabilities.clone())
+        .unwrap_or_default();
+    crate::rich::adapt(env, &caps)
+}
+
+/// Counts a push in `interop_delivery_end_to_end_seconds` (accepted at
+/// ingest until now), when the message has an acceptance time.
+pub(crate) fn observe_end_to_end(shared: &Shared, env: &Envelope) {
+    if env.accepted_at_ms > 0 {
+        let age_ms = interop_proto::now_ms()
+            .saturating_sub(env.accepted_at_ms)
+            .max(0);
+        shared
+            .metrics
+            .end_to_end_seconds
+            .observe(age_ms as f64 / 1000.0);
+    }
+}
 
 /// Always filled: from the registry, or (a provider removed since) with
 /// the provider id alone and encryption UNSPECIFIED.
