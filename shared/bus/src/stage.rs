@@ -442,6 +442,13 @@ pub async fn run_stage<H: Handler>(
                             (msg, span, started, result, weight)
                         }));
                     }
+                    Some(Err(e)) if e.kind() == jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat => {
+                        // The server holds no pull request of ours (its
+                        // answer that one ran out was lost): the client
+                        // would ask again only after `PULL_EXPIRES` + 5 s.
+                        debug!(stage = name, "No heartbeat from the pull request; pulling again.");
+                        pull = None;
+                    }
                     Some(Err(e)) => {
                         debug!(stage = name, error = %e, "Pull request reported an error.");
                     }

@@ -48,12 +48,14 @@ fn spawn_with(
     args: &[String],
     with: impl FnOnce(&mut Command) -> &mut Command,
 ) -> Child {
-    with(&mut Command::new(binary))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    with(
+        Command::new(binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .spawn()
         .unwrap_or_else(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 panic!("`{binary}` is not installed: run `sudo apt-get install -y {package}` (or `scripts/test`, which installs it)")
@@ -274,7 +276,10 @@ impl NatsServer {
             log.display().to_string(),
         ];
         args.extend(self.extra.iter().cloned());
-        let mut child = spawn("nats-server", "nats-server", &args);
+        // A Go panic goes to stderr, not to the log: keep it beside the log.
+        let stderr = std::fs::File::create(self.dir.path().join("stderr.log"))
+            .map_err(|e| format!("creating nats-server's stderr file: {e}"))?;
+        let mut child = spawn_with("nats-server", "nats-server", &args, |c| c.stderr(stderr));
         let deadline = Instant::now() + START_TIMEOUT;
         // JetStream is ready once the server says so.
         while !read_file(&log).contains("Server is ready") {
