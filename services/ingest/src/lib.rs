@@ -165,9 +165,10 @@ pub enum Error {
 }
 
 /// Moves consent records, answers and groups that Redis held before the
-/// user-state streams existed into them, then warms the cache with every
-/// consent record and group (docs/adr/0028), retrying while Redis or NATS
-/// is unavailable. Until the move is done, such a record is moved when
+/// user-state streams existed into them, marks every user with answers
+/// written since the last start (`Records::index_answers`), then warms the
+/// cache with every consent record and group (docs/adr/0028), retrying
+/// while Redis or NATS is unavailable. Until the move is done, such a record is moved when
 /// first read; until the cache is warm, a record is loaded when first read.
 async fn migrate_and_warm(records: interop_state::Records) {
     let mut pause = Duration::from_secs(1);
@@ -177,6 +178,12 @@ async fn migrate_and_warm(records: interop_state::Records) {
                 info!(
                     moved,
                     "Moved users' records from Redis into the user-state streams."
+                );
+            }
+            if let Some(marked) = records.index_answers().await? {
+                info!(
+                    marked,
+                    "Marked every user with answers, so a user without answers costs one exact read."
                 );
             }
             if let Some((consents, groups)) = records.warm().await? {

@@ -207,6 +207,10 @@ pub const USER_STATE_PREFIX: &str = "interop.v1.state";
 pub const USER_STATE_ALL: &str = "interop.v1.state.>";
 /// The stream holding users' decisions.
 pub const STREAM_USER_STATE: &str = "INTEROP_USER_STATE";
+/// Written once every recipient with an answer in the stream has its
+/// [`user_answered`] marker: from then on a recipient without one answered
+/// nobody (before, a reader looks for their answers with a wildcard).
+pub const USER_STATE_ANSWERS_INDEXED: &str = "interop.v1.state.meta.answers-indexed";
 
 /// Groups and their members (docs/adr/0028): one message per group, the
 /// last kept, written compare-and-set; an unused group ages out.
@@ -246,6 +250,15 @@ pub const STREAM_KT_ROOTS: &str = "INTEROP_KT_ROOTS";
 /// A user's consent record: `interop.v1.state.consent.<user key>`.
 pub fn user_consent(user_key: &str) -> String {
     format!("{USER_STATE_PREFIX}.consent.{user_key}")
+}
+
+/// Whether a recipient has answered anyone: `interop.v1.state.answered.<recipient
+/// key>`, written before their first answer. A reader asks for this one
+/// subject (which the server finds in its per-subject index) instead of
+/// the wildcard over their answers, which nats-server 2.9 answers by
+/// walking every subject of the stream.
+pub fn user_answered(recipient_key: &str) -> String {
+    format!("{USER_STATE_PREFIX}.answered.{recipient_key}")
 }
 
 /// A recipient's answer about one sender:

@@ -31,7 +31,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use futures_util::StreamExt as _;
-use interop_bus::subjects::{user_consent, user_contact, STREAM_USER_STATE};
+use interop_bus::subjects::{
+    user_answered, user_consent, user_contact, STREAM_USER_STATE, USER_STATE_ANSWERS_INDEXED,
+};
 use interop_proto::v1::{ContactAnswer, StoredConsent, StoredContact};
 use interop_proto::Message as _;
 use redis::aio::ConnectionManager;
@@ -58,6 +60,15 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 const WARM_KEY: &str = "interop:state:warm";
 /// Redis key of the lock one replica holds while it warms.
 const WARMING_KEY: &str = "interop:state:warming";
+
+/// Redis key of the lock one replica holds while it writes the
+/// answered-markers of a stream from before them (the flag that it was done
+/// is a record in the stream, [`USER_STATE_ANSWERS_INDEXED`]).
+const INDEXING_KEY: &str = "interop:state:indexing-answers";
+
+/// How often a replica that found the answered-markers incomplete asks
+/// again whether they are complete now.
+const INDEXED_RECHECK: Duration = Duration::from_secs(5);
 
 /// Redis key of the flag set when the start-up migration has run.
 const MIGRATED_KEY: &str = "interop:state:migrated:v1";
@@ -160,11 +171,22 @@ pub fn cached_sequence(value: &str) -> u64 {
 /// One user's answers as loaded: sender → (answer, stream sequence).
 pub type Answers = HashMap<String, (Option<ContactState>, u64)>;
 
+/// Whether every recipient with an answer has their answered-marker
+/// ([`user_answered`]), as this process last saw it.
+#[derive(Default)]
+struct AnswersIndexed {
+    /// Seen complete (it stays so: markers are written before answers).
+    known: std::sync::atomic::AtomicBool,
+    /// When the stream was last asked, while not known complete.
+    checked_at: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
 /// The stream of users' decisions and the Redis cache in front of it.
 #[derive(Clone)]
 pub struct Records {
     js: jetstream::Context,
     stream: jetstream::stream::Stream<()>,
+    answers_indexed: std::sync::Arc<AnswersIndexed>,
     /// Groups' records (`crate::group`).
     pub(crate) groups: jetstream::stream::Stream<()>,
     redis: ConnectionManager,
@@ -187,6 +209,7 @@ impl Records {
         Ok(Self {
             js,
             stream,
+            answers_indexed: Default::default(),
             groups,
             redis,
         })
@@ -347,6 +370,9 @@ impl Records {
         state: Option<ContactState>,
         expected: Option<u64>,
     ) -> Result<bool, StateError> {
+        // The marker goes first, so a reader who finds none may trust that
+        // there is no answer (see `read_answers`).
+        self.mark_answered(recipient).await?;
         let answer = answer_of(state);
         let stored = StoredContact {
             recipient: recipient.to_owned(),
@@ -377,23 +403,174 @@ impl Records {
         Ok(true)
     }
 
+    /// Writes `recipient`'s answered-marker unless it is there (one
+    /// publish, compare-and-set on "no message yet").
+    async fn mark_answered(&self, recipient: &str) -> Result<(), StateError> {
+        self.mark_answered_key(&interop_bus::recipient_key(recipient))
+            .await
+    }
+
+    async fn mark_answered_key(&self, recipient_key: &str) -> Result<(), StateError> {
+        self.publish(user_answered(recipient_key), Vec::new(), Some(0))
+            .await?;
+        Ok(())
+    }
+
     /// Every answer of `recipient` in the stream. Most users answered
-    /// nobody: one direct get of the last message on any of their subjects
-    /// (a wildcard, which nats-server 2.9 serves) says so without creating
-    /// a consumer.
+    /// nobody: a direct get of their answered-marker (one exact subject,
+    /// found in the server's per-subject index) says so without a consumer.
+    /// While the stream's markers are incomplete (a stream from before
+    /// them, not yet indexed by [`Records::index_answers`]), a direct get
+    /// of the last message on any of their answer subjects says it instead:
+    /// a wildcard, which nats-server 2.9 answers by walking every subject
+    /// of the stream.
     async fn read_answers(&self, recipient: &str) -> Result<Answers, StateError> {
         use async_nats::jetstream::stream::DirectGetErrorKind;
-        let filter = user_contact(Some(&interop_bus::recipient_key(recipient)), None);
-        match self
-            .stream
-            .direct_get_last_for_subject(filter.clone())
-            .await
-        {
+        let key = interop_bus::recipient_key(recipient);
+        let filter = user_contact(Some(&key), None);
+        let probe = if self.answers_indexed().await {
+            user_answered(&key)
+        } else {
+            filter.clone()
+        };
+        match self.stream.direct_get_last_for_subject(probe).await {
             Ok(_) => {}
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(Answers::new()),
             Err(e) => return Err(unavailable("reading a user's answers", e)),
         }
         self.read_contacts(filter, |c| c.sender.clone()).await
+    }
+
+    /// Whether every recipient with an answer has their marker: known
+    /// once seen, asked of the stream at most every [`INDEXED_RECHECK`]
+    /// until then (an unreadable stream counts as not yet).
+    async fn answers_indexed(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let indexed = &self.answers_indexed;
+        if indexed.known.load(Ordering::Acquire) {
+            return true;
+        }
+        {
+            let mut at = indexed
+                .checked_at
+                .lock()
+                .expect("the check time is never poisoned");
+            if at.is_some_and(|t| t.elapsed() < INDEXED_RECHECK) {
+                return false;
+            }
+            *at = Some(std::time::Instant::now());
+        }
+        let complete = self.answers_indexed_in_stream().await.unwrap_or(false);
+        if complete {
+            indexed.known.store(true, Ordering::Release);
+        }
+        complete
+    }
+
+    async fn answers_indexed_in_stream(&self) -> Result<bool, StateError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        match self
+            .stream
+            .direct_get_last_for_subject(USER_STATE_ANSWERS_INDEXED)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(false),
+            Err(e) => Err(unavailable("reading whether answers are indexed", e)),
+        }
+    }
+
+    /// Writes the answered-marker of every recipient with an answer
+    /// written since the last time (all of them the first time, for a
+    /// stream from before markers), then the record saying the markers are
+    /// complete up to the stream's end as it was when this began. Run at
+    /// every ingest start: answers written without a marker by replicas of
+    /// an older version during a rolling upgrade get theirs at the next
+    /// start. One replica at a time (a lock with a TTL in Redis). Returns
+    /// how many answers it looked at, or `None` if another replica is at it.
+    pub async fn index_answers(&self) -> Result<Option<u64>, StateError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        let what = "marking users with answers";
+        let mut conn = self.redis.clone();
+        let locked: Option<String> = redis::cmd("SET")
+            .arg(INDEXING_KEY)
+            .arg("1")
+            .arg("NX")
+            .arg("EX")
+            .arg(600)
+            .query_async(&mut conn)
+            .await?;
+        if locked.is_none() {
+            return Ok(None);
+        }
+        let since = match self
+            .stream
+            .direct_get_last_for_subject(USER_STATE_ANSWERS_INDEXED)
+            .await
+        {
+            Ok(m) => std::str::from_utf8(&m.payload)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
+            Err(e) => return Err(unavailable(what, e)),
+        };
+        let until = self
+            .js
+            .get_stream(STREAM_USER_STATE)
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .cached_info()
+            .state
+            .last_sequence;
+        let mut seen = 0;
+        if until > since {
+            let mut marked = std::collections::HashSet::new();
+            let consumer = self
+                .stream
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: user_contact_all(),
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: since + 1,
+                    },
+                    headers_only: true,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| unavailable(what, e))?;
+            let mut left = consumer.cached_info().num_pending;
+            let mut messages = consumer
+                .messages()
+                .await
+                .map_err(|e| unavailable(what, e))?;
+            while left > 0 {
+                let msg = tokio::time::timeout(LOAD_TIMEOUT, messages.next())
+                    .await
+                    .map_err(|_| unavailable(what, "timed out"))?
+                    .ok_or_else(|| unavailable(what, "ended early"))?
+                    .map_err(|e| unavailable(what, e))?;
+                let info = msg.info().map_err(|e| unavailable(what, e))?;
+                let (seq, pending) = (info.stream_sequence, info.pending);
+                seen += 1;
+                if let Some(key) = answer_recipient_key(msg.subject.as_str()) {
+                    if marked.insert(key.to_owned()) {
+                        self.mark_answered_key(key).await?;
+                    }
+                }
+                left = if seq >= until { 0 } else { pending };
+            }
+        }
+        self.publish(
+            USER_STATE_ANSWERS_INDEXED.to_owned(),
+            until.max(since).to_string().into_bytes(),
+            None,
+        )
+        .await?;
+        let _: () = redis::cmd("DEL")
+            .arg(INDEXING_KEY)
+            .query_async(&mut conn)
+            .await?;
+        Ok(Some(seen))
     }
 
     /// Every answer in the stream whose subject matches `filter`, keyed by
@@ -489,6 +666,12 @@ impl Records {
                 .map_err(|e| unavailable("erasing a user's records", e))?;
             removed += r.purged;
         }
+        // Their answered-marker (no record of a decision: not counted).
+        self.stream
+            .purge()
+            .filter(user_answered(&key))
+            .await
+            .map_err(|e| unavailable("erasing a user's records", e))?;
         let about = self
             .read_contacts(user_contact(None, Some(&key)), |c| c.recipient.clone())
             .await?;
@@ -694,6 +877,21 @@ impl Records {
     }
 }
 
+/// Every answer's subject (a filter).
+fn user_contact_all() -> String {
+    user_contact(None, None)
+}
+
+/// The recipient key in an answer's subject
+/// (`interop.v1.state.contact.<recipient key>.<sender key>`).
+fn answer_recipient_key(subject: &str) -> Option<&str> {
+    // `<prefix>.contact..` less its last dot: `<prefix>.contact.`.
+    let prefix = user_contact(Some(""), Some(""));
+    let rest = subject.strip_prefix(&prefix[..prefix.len() - 1])?;
+    let (key, sender) = rest.split_once('.')?;
+    (!key.is_empty() && !sender.is_empty() && !sender.contains('.')).then_some(key)
+}
+
 /// The stored form of a consent record.
 fn stored_consent(address: &str, consent: &Consent) -> StoredConsent {
     StoredConsent {
@@ -716,6 +914,19 @@ fn consent_of(stored: &StoredConsent) -> Consent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answers_subject_names_its_recipient() {
+        let subject = user_contact(Some("r1"), Some("s2"));
+        assert_eq!(answer_recipient_key(&subject), Some("r1"));
+        assert_eq!(answer_recipient_key(&user_consent("r1")), None);
+        assert_eq!(answer_recipient_key(&user_answered("r1")), None);
+        assert_eq!(
+            answer_recipient_key(&user_contact(Some(""), Some("s"))),
+            None
+        );
+        assert_eq!(answer_recipient_key(&format!("{subject}.x")), None);
+    }
 
     #[test]
     fn cached_answers_carry_their_sequence_and_old_ones_count_as_zero() {

@@ -389,3 +389,79 @@ async fn loading_a_user_with_no_answers_needs_no_consumer() {
     // and the count never grew by more than the one read.
     assert!(consumers().await <= before + 1);
 }
+
+/// Writes an answer the way a replica from before answered-markers did: the
+/// record only.
+async fn publish_unmarked_answer(
+    js: &async_nats::jetstream::Context,
+    recipient: &str,
+    sender: &str,
+) {
+    use interop_proto::Message as _;
+    let stored = interop_proto::v1::StoredContact {
+        recipient: recipient.to_owned(),
+        sender: sender.to_owned(),
+        answer: interop_proto::v1::ContactAnswer::Blocked as i32,
+        updated_at_ms: interop_proto::now_ms(),
+    };
+    let subject = interop_bus::subjects::user_contact(
+        Some(&interop_bus::recipient_key(recipient)),
+        Some(&interop_bus::recipient_key(sender)),
+    );
+    js.publish(subject, stored.encode_to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn answers_from_before_markers_are_found_and_marked_at_each_start() {
+    let w = world().await;
+    let js = async_nats::jetstream::new(async_nats::connect(w._nats.url()).await.unwrap());
+    // A stream from before markers: answers, no marker, no index record.
+    publish_unmarked_answer(&js, BOB, "signal:old").await;
+    let before = Records::open(js.clone(), w.c.clone()).await.unwrap();
+    let answers = before.load_contacts(BOB).await.unwrap();
+    assert_eq!(
+        answers["signal:old"].0,
+        Some(ContactState::Blocked),
+        "found through the wildcard while the markers are incomplete"
+    );
+    // The first start marks every recipient with an answer.
+    assert_eq!(w.records.index_answers().await.unwrap(), Some(1));
+    // A replica of the old version answers once more, after the index.
+    publish_unmarked_answer(&js, "home:+2", "signal:late").await;
+    let after = Records::open(js.clone(), w.c.clone()).await.unwrap();
+    let answers = after.load_contacts(BOB).await.unwrap();
+    assert_eq!(answers["signal:old"].0, Some(ContactState::Blocked));
+    // Markers are trusted now: the late, unmarked answer is not seen (this
+    // is what proves the exact read replaced the wildcard)...
+    assert!(after.load_contacts("home:+2").await.unwrap().is_empty());
+    // ...until the next start marks what was written since the last one
+    // (only that: one answer looked at).
+    assert_eq!(w.records.index_answers().await.unwrap(), Some(1));
+    let answers = after.load_contacts("home:+2").await.unwrap();
+    assert_eq!(answers["signal:late"].0, Some(ContactState::Blocked));
+    // Nothing new: nothing looked at.
+    assert_eq!(w.records.index_answers().await.unwrap(), Some(0));
+    // Answers written now carry their marker, and a user without answers
+    // is empty.
+    let contacts = ContactStore::new(after.clone());
+    contacts
+        .set("home:+3", "signal:new", ContactState::Accepted)
+        .await
+        .unwrap();
+    w.flush().await;
+    let answers = after.load_contacts("home:+3").await.unwrap();
+    assert_eq!(answers["signal:new"].0, Some(ContactState::Accepted));
+    assert!(after.load_contacts("home:+4").await.unwrap().is_empty());
+    // Erasing a user takes their marker too.
+    after.erase_user("home:+3").await.unwrap();
+    let marker = interop_bus::subjects::user_answered(&interop_bus::recipient_key("home:+3"));
+    let stream = js
+        .get_stream(interop_bus::subjects::STREAM_USER_STATE)
+        .await
+        .unwrap();
+    assert!(stream.direct_get_last_for_subject(marker).await.is_err());
+}
