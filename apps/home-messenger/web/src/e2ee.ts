@@ -114,7 +114,8 @@ export class E2ee {
         fallback = Object.values(JSON.parse(this.account.unpublished_fallback_key()).curve25519)[0] as string;
       }
       const fallbackBytes = unb64(fallback);
-      const signature = unb64(this.account.sign(fallbackBytes));
+      // libolm wipes the buffers it is handed: give it copies.
+      const signature = unb64(this.account.sign(fallbackBytes.slice()));
       const oneTime = Object.values(JSON.parse(this.account.one_time_keys()).curve25519) as string[];
       let nextId = (await this.store.get<number>("kv", "olm:next-key-id")) ?? 1;
       const oneTimePrekeys = oneTime.map((k) => ({ algorithm: "curve25519", keyId: nextId++, key: unb64(k) }));
@@ -203,7 +204,7 @@ export class E2ee {
             const d = b.device;
             if (!d?.identityKey || !d.signingKey || !d.signedPrekey) continue;
             // Throws when the signed prekey is not signed by the device.
-            util.ed25519_verify(b64(d.signingKey.key), d.signedPrekey.key, b64(d.signedPrekey.signature));
+            util.ed25519_verify(b64(d.signingKey.key), d.signedPrekey.key.slice(), b64(d.signedPrekey.signature));
             const prekey = b.oneTimePrekey?.key ?? d.signedPrekey.key;
             const s = new this.olm.Session();
             try {

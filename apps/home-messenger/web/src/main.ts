@@ -75,6 +75,7 @@ const chats = new Map<string, Chat>();
 let view: { kind: "settings" } | { kind: "chat"; peer: string } | { kind: "new" } | { kind: "empty" } = { kind: "settings" };
 let connected = false;
 let lastTypingSent = 0;
+let keysPublished = false;
 
 // ---- small DOM helpers ----
 
@@ -363,6 +364,7 @@ async function setConsent(optedIn: boolean, allowed: string[], inbox: Inbox) {
 async function publishKeys() {
   try {
     await e2ee.ensurePublished(conn);
+    keysPublished = true;
   } catch (err) {
     say(`Your encryption keys could not be published: ${(err as Error).message}`);
   }
@@ -445,7 +447,7 @@ async function sendFile(peer: string, file: File) {
   }
   const u = (await up.json()) as { media_id: string; size: number; content_type: string };
   const clientMessageId = randomId("web-");
-  const m: Msg = { key: clientMessageId, messageId: "", peer, from: me.user, outgoing: true, at: Date.now(), text: `📎 ${file.name}`, e2ee: false, status: "sending" };
+  const m: Msg = { key: clientMessageId, messageId: "", peer, from: me.user, outgoing: true, at: Date.now(), media: { id: "", contentType: type, filename: file.name }, e2ee: false, status: "sending" };
   c.messages.push(m);
   await saveMsg(m);
   render();
@@ -532,6 +534,16 @@ function open(next: typeof view) {
   document.getElementById("view-title")?.focus();
 }
 
+function preview(m: Msg): string {
+  if (m.deleted) return "Deleted message";
+  if (m.problem) return "Encrypted message";
+  if (m.media) {
+    const t = m.media.contentType;
+    return t.startsWith("image/") ? "Picture" : t.startsWith("audio/") ? "Voice message" : t.startsWith("video/") ? "Video" : "File";
+  }
+  return (m.text ?? "").slice(0, 40);
+}
+
 function chatButton(c: Chat) {
   const unread = c.messages.filter((m) => !m.outgoing && !m.read).length;
   const last = c.messages[c.messages.length - 1];
@@ -544,7 +556,7 @@ function chatButton(c: Chat) {
       "button",
       { type: "button", "aria-current": current ? "true" : "false", onclick: () => open({ kind: "chat", peer: c.peer }) },
       `${c.peer}${stateText}`,
-      h("span", { class: "provider-tag" }, `${c.group ? "Group" : c.providerName}${last ? ` · ${last.problem ? "🔒 message" : (last.text ?? "📎 media").slice(0, 40)}` : ""}`),
+      h("span", { class: "provider-tag" }, `${c.group ? "Group" : c.providerName}${last ? ` · ${preview(last)}` : ""}`),
       unread && c.state !== "request" ? h("span", { class: "badge", "aria-label": `${unread} unread` }, String(unread)) : null,
     ),
   );
@@ -620,7 +632,7 @@ function renderSettings(): HTMLElement {
     { class: "card", id: "keys" },
     h("h3", {}, "End-to-end encryption"),
     h("p", {}, "This browser made its own encryption keys and keeps them; only the public keys go to the key directory. The home messenger's servers never see your messages to other apps in plain text."),
-    h("p", { id: "keys-state" }, consent.optedIn ? "Keys published for this browser." : "Your keys are published when you turn chats with other apps on."),
+    h("p", { id: "keys-state" }, keysPublished ? "This browser's public keys are published." : "Your public keys are published when you turn chats with other apps on."),
     h("p", { class: "meta" }, `Device ${e2ee.deviceId} · fingerprint ${fingerprint(ids.ed25519)}`),
   );
   const blocked = consent.blocked.length
@@ -631,7 +643,7 @@ function renderSettings(): HTMLElement {
         h("ul", {}, ...consent.blocked.map((b) => h("li", {}, `${b} `, h("button", { type: "button", onclick: () => void respond(b, RequestAction.RESET).then(loadConsent).then(render) }, `Unblock ${b}`)))),
       )
     : null;
-  return h("section", { class: "view", "aria-labelledby": "view-title" }, h("h2", { id: "view-title", tabindex: "-1" }, "Chats with other messaging apps"), form, keys, blocked);
+  return h("section", { class: "view", "aria-labelledby": "view-title" }, h("h2", { id: "view-title", tabindex: "-1" }, "Settings for other messaging apps"), form, keys, blocked);
 }
 
 function renderNew(): HTMLElement {
@@ -663,12 +675,19 @@ function renderNew(): HTMLElement {
 }
 
 function encryptionLabel(c: Chat): HTMLElement {
-  const received = c.messages.filter((m) => !m.problem);
-  const last = received.at(-1);
+  // The chat's label follows its messages (text and calls), newest first;
+  // media sent without end-to-end encryption is marked on its own.
+  const last = c.messages.filter((m) => !m.problem && !m.media && !m.deleted).at(-1);
   const e2eeChat = last ? last.e2ee : providers.find((p) => p.id === providerOf(c.peer))?.encryption === "e2ee" || !isThirdParty(c);
-  return e2eeChat
-    ? h("p", { class: "label-e2ee", id: "encryption-label" }, "🔒 End-to-end encrypted (Olm): only you and them can read these messages.")
-    : h("p", { class: "label-plain", id: "encryption-label" }, "⚠ Not end-to-end encrypted: the other app and the gateway can read these messages.");
+  const plainMedia = c.messages.some((m) => m.media && !m.e2ee);
+  return h(
+    "div",
+    { id: "encryption-label" },
+    e2eeChat
+      ? h("p", { class: "label-e2ee" }, "End-to-end encrypted (Olm): only you and them can read these messages.")
+      : h("p", { class: "label-plain" }, "Not end-to-end encrypted: the other app and the gateway can read these messages."),
+    plainMedia ? h("p", { class: "label-plain" }, "Pictures, voice notes, videos and files in this chat are not end-to-end encrypted.") : null,
+  );
 }
 
 function warnings(c: Chat): HTMLElement | null {
@@ -694,7 +713,18 @@ function warnings(c: Chat): HTMLElement | null {
   );
 }
 
+// Media elements outlive a re-render: a picture is not fetched again and a
+// voice note keeps playing when a receipt or a typing indicator comes.
+const mediaElements = new Map<string, HTMLElement>();
 function mediaView(m: Msg): HTMLElement {
+  const cached = mediaElements.get(`${m.peer}|${m.key}`);
+  if (cached) return cached;
+  const el = makeMedia(m);
+  mediaElements.set(`${m.peer}|${m.key}`, el);
+  return el;
+}
+
+function makeMedia(m: Msg): HTMLElement {
   const x = m.media!;
   const src = `/api/media/${encodeURIComponent(x.id)}`;
   const who = m.outgoing ? "you" : m.from;
@@ -708,7 +738,7 @@ function messageView(c: Chat, m: Msg): HTMLElement {
   const body: Child[] = [];
   if (m.deleted) body.push(h("em", {}, "This message was deleted."));
   else if (m.problem) body.push(h("em", {}, m.problem));
-  else if (m.media) body.push(mediaView(m));
+  else if (m.media) body.push(m.outgoing ? h("span", { class: "text" }, `You sent ${m.media.filename}`) : mediaView(m));
   if (!m.deleted && m.text !== undefined && !m.media) body.push(h("span", { class: "text" }, m.text));
   const status = m.outgoing ? (m.status === "failed" ? `Not delivered (${m.failure ?? "failed"})` : ({ sending: "Sending…", sent: "Sent", delivered: "Delivered", read: "Read" } as Record<string, string>)[m.status ?? "sent"]) : "";
   const reactions = Object.entries(m.reactions ?? {});
@@ -722,9 +752,9 @@ function messageView(c: Chat, m: Msg): HTMLElement {
     h(
       "div",
       { class: "meta" },
-      `${time} · ${m.e2ee ? "🔒 end-to-end encrypted" : "not end-to-end encrypted"}${m.edited ? " · edited" : ""}${status ? ` · ${status}` : ""}`,
+      `${time} · ${m.e2ee ? "end-to-end encrypted" : "not end-to-end encrypted"}${m.edited ? " · edited" : ""}${status ? ` · ${status}` : ""}`,
       !m.outgoing && m.messageId && c.state === "accepted" && !m.deleted
-        ? h("button", { type: "button", class: "react", "aria-label": `React with a thumbs-up to the message from ${m.from} at ${time}`, onclick: () => void react(m, "👍") }, "👍")
+        ? h("button", { type: "button", class: "react", "aria-label": `Like the message from ${m.from} at ${time}`, "aria-pressed": m.reactions?.[me.user] === "👍" ? "true" : "false", onclick: () => void react(m, "👍") }, "Like")
         : null,
     ),
   );
@@ -781,7 +811,7 @@ function renderChat(peer: string): HTMLElement {
         },
         h("div", { class: "field" }, h("label", { for: "composer-text" }, `Message to ${peer}`), input),
         h("button", { type: "submit", class: "primary", id: "send" }, "Send"),
-        h("div", { class: "field" }, h("label", { for: "composer-file" }, "Send a picture, voice note, video or file (not end-to-end encrypted)"), file),
+        h("div", { class: "field file" }, h("label", { for: "composer-file" }, "Send a picture, voice note, video or file (not end-to-end encrypted)"), file),
       ),
     );
     if (isThirdParty(c))
@@ -863,7 +893,8 @@ async function start() {
     if (!up) say("Reconnecting…");
   });
   await loadConsent();
-  if (consent.optedIn && !(await e2ee.published())) await publishKeys();
+  keysPublished = await e2ee.published();
+  if (consent.optedIn && !keysPublished) await publishKeys();
   view = consent.optedIn ? { kind: "empty" } : { kind: "settings" };
   render();
   document.body.dataset.ready = "true";

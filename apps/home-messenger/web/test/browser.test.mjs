@@ -1,0 +1,258 @@
+// The web app in a real browser (Debian's chromium, headless, driven by
+// playwright-core) against a real gateway, with the `interop` CLI as a
+// Signal user. Started by apps/home-messenger/tests/browser.rs, which runs
+// the gateway and the adapter and passes:
+//   HOME_MESSENGER_URL     the adapter
+//   INTEROP_CLI            the `interop` binary
+//   INTEROP_CLIENT_CONFIG  the CLI's config (URLs, tokens; keys beside it)
+//   SCREENSHOT_DIR         where screenshots go (default: test-results/)
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { deflateSync } from "node:zlib";
+import { chromium } from "playwright-core";
+
+const APP = process.env.HOME_MESSENGER_URL;
+const CLI = process.env.INTEROP_CLI;
+const BOB = "home:+4915112345678";
+const ALICE = "signal:alice";
+const SHOTS = process.env.SCREENSHOT_DIR ?? new URL("../test-results/", import.meta.url).pathname;
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+
+/** Runs the CLI; resolves with its exit code and output (JSON lines). */
+function cli(...args) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(CLI, ["--json", ...args], { env: process.env });
+    let stdout = "";
+    let stderr = "";
+    p.stdout.on("data", (d) => (stdout += d));
+    p.stderr.on("data", (d) => (stderr += d));
+    p.on("error", reject);
+    p.on("close", (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** `interop listen` until a line satisfies `want`; resolves with it. */
+function listenFor(user, want, timeoutS = 20) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(CLI, ["--json", "listen", "--as", user, "--timeout", String(timeoutS)], { env: process.env });
+    let buf = "";
+    let seen = [];
+    p.stdout.on("data", (d) => {
+      buf += d;
+      let i;
+      while ((i = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        let v;
+        try {
+          v = JSON.parse(line);
+        } catch {
+          continue;
+        }
+        seen.push(v);
+        if (want(v)) {
+          p.kill();
+          resolve(v);
+        }
+      }
+    });
+    p.on("close", () => reject(new Error(`listen ended without the message; saw ${JSON.stringify(seen)}`)));
+  });
+}
+
+function crc32(bytes) {
+  let c = ~0;
+  for (const b of bytes) {
+    c ^= b;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1;
+  }
+  return ~c >>> 0;
+}
+
+/** A small PNG: a 64x48 gradient. */
+function png() {
+  const w = 64, h = 48;
+  const raw = Buffer.alloc((w * 3 + 1) * h);
+  for (let y = 0; y < h; y++) {
+    raw[y * (w * 3 + 1)] = 0;
+    for (let x = 0; x < w; x++) raw.set([x * 4, y * 5, 160], y * (w * 3 + 1) + 1 + x * 3);
+  }
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const td = Buffer.concat([Buffer.from(type), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(td));
+    return Buffer.concat([len, td, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8);
+  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk("IHDR", ihdr), chunk("IDAT", deflateSync(raw)), chunk("IEND", Buffer.alloc(0))]);
+}
+
+/** A one-second voice note: a 440 Hz tone, 16-bit mono WAV. */
+function wav() {
+  const rate = 16000, n = rate;
+  const b = Buffer.alloc(44 + n * 2);
+  b.write("RIFF", 0);
+  b.writeUInt32LE(36 + n * 2, 4);
+  b.write("WAVEfmt ", 8);
+  b.writeUInt32LE(16, 16);
+  b.writeUInt16LE(1, 20);
+  b.writeUInt16LE(1, 22);
+  b.writeUInt32LE(rate, 24);
+  b.writeUInt32LE(rate * 2, 28);
+  b.writeUInt16LE(2, 32);
+  b.writeUInt16LE(16, 34);
+  b.write("data", 36);
+  b.writeUInt32LE(n * 2, 40);
+  for (let i = 0; i < n; i++) b.writeInt16LE(Math.round(8000 * Math.sin((2 * Math.PI * 440 * i) / rate)), 44 + i * 2);
+  return b;
+}
+
+/** axe-core on the page as it is: no violations at all. */
+async function accessible(page, what) {
+  await page.evaluate(axeSource);
+  const result = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
+  const problems = result.violations.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).join("; ")})`);
+  assert.deepEqual(problems, [], `${what}: accessibility violations`);
+}
+
+test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => {
+  assert.ok(APP && CLI, "run through apps/home-messenger/tests/browser.rs (HOME_MESSENGER_URL, INTEROP_CLI)");
+  mkdirSync(SHOTS, { recursive: true });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox", "--autoplay-policy=no-user-gesture-required"] });
+  t.after(() => browser.close());
+  const context = await browser.newContext({ viewport: { width: 1200, height: 860 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(15_000);
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  const shot = (name) => page.screenshot({ path: join(SHOTS, name), fullPage: true });
+
+  await t.test("sign in as a demo user", async () => {
+    await page.goto(APP);
+    await page.getByLabel("Demo user").selectOption(BOB);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.waitForSelector("body[data-ready=true]");
+    await page.getByText(`Bob (${BOB})`).waitFor();
+    const cookies = await context.cookies();
+    assert.ok(cookies.some((c) => c.name === "hm_session" && c.httpOnly), "an HttpOnly session cookie");
+  });
+
+  await t.test("interop is off until the user opts in and picks providers", async () => {
+    await page.getByText("Other apps: off").waitFor();
+    const signal = page.getByLabel("Signal", { exact: true });
+    assert.equal(await signal.isChecked(), false);
+    const policy = page.getByRole("link", { name: "Signal privacy policy" });
+    assert.equal(await policy.getAttribute("href"), "https://signal.example/privacy");
+    await accessible(page, "settings");
+    await page.getByLabel("Let people on other messaging apps reach me").check();
+    await signal.check();
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.getByText("Other apps: on (Signal)").waitFor();
+    await page.getByText("This browser's public keys are published.").waitFor();
+    await shot("settings.png");
+  });
+
+  await t.test("a CLI user's end-to-end-encrypted first message is a request, decrypted in the browser", async () => {
+    let r = await cli("opt-in", "--as", ALICE, "--allow", "home");
+    assert.equal(r.code, 0, r.stderr);
+    r = await cli("send", "--e2ee", "--as", ALICE, "--to", BOB, "--text", "hello from signal");
+    assert.equal(r.code, 0, `send --e2ee: ${r.stdout} ${r.stderr}`);
+    const request = page.locator("#requests").getByRole("button", { name: new RegExp(ALICE) });
+    await request.waitFor();
+    await request.click();
+    await page.getByRole("heading", { name: `Message request from ${ALICE}` }).waitFor();
+    await page.locator("#messages").getByText("hello from signal").waitFor();
+    assert.match(await page.locator("#encryption-label").innerText(), /End-to-end encrypted/);
+    const warnings = await page.locator("#warnings").innerText();
+    assert.match(warnings, /a different messaging app/);
+    assert.match(warnings, /spam and scams/);
+    assert.equal(await page.locator("#privacy-link").getAttribute("href"), "https://signal.example/privacy");
+    await accessible(page, "request");
+    await shot("request.png");
+  });
+
+  await t.test("accepting it opens the chat; replies go end to end both ways, by keyboard", async () => {
+    await page.getByRole("button", { name: "Accept" }).click();
+    await page.getByRole("heading", { name: ALICE, exact: true }).waitFor();
+    // The chat now sits with the other apps' chats.
+    await page.locator("#third-party").getByRole("button", { name: new RegExp(ALICE) }).waitFor();
+    // Keyboard only: Tab to the message field, type, Enter.
+    for (let i = 0; i < 60; i++) {
+      if ((await page.evaluate(() => document.activeElement?.id)) === "composer-text") break;
+      await page.keyboard.press("Tab");
+    }
+    assert.equal(await page.evaluate(() => document.activeElement?.id), "composer-text", "the message field is reachable by Tab");
+    const heard = listenFor(ALICE, (v) => v.text === "hi alice, from the browser");
+    await page.keyboard.type("hi alice, from the browser");
+    await page.keyboard.press("Enter");
+    const line = await heard;
+    assert.equal(line.e2ee_scheme, "olm.v1");
+    assert.equal(line.encryption, "E2EE");
+    // Alice's device acked it: the browser shows the receipt.
+    await page.locator("#messages li.out").getByText(/Delivered|Read/).waitFor();
+    const r = await cli("send", "--e2ee", "--as", ALICE, "--to", BOB, "--text", "second from signal");
+    assert.equal(r.code, 0, r.stderr);
+    await page.locator("#messages").getByText("second from signal").waitFor();
+    await accessible(page, "chat");
+  });
+
+  await t.test("pictures are shown and voice notes play", async () => {
+    const dir = join(tmpdir(), `home-messenger-${process.pid}`);
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, "photo.png"), png());
+    writeFileSync(join(dir, "voice.wav"), wav());
+    let r = await cli("send", "--as", ALICE, "--to", BOB, "--file", join(dir, "photo.png"));
+    assert.equal(r.code, 0, r.stderr);
+    const img = page.locator(`#messages img[alt="Image from ${ALICE}: photo.jpg"]`);
+    await img.waitFor();
+    await page.waitForFunction((sel) => document.querySelector(sel)?.naturalWidth > 0, `#messages img[alt="Image from ${ALICE}: photo.jpg"]`);
+    assert.equal(await img.evaluate((i) => i.naturalWidth), 64);
+    r = await cli("send", "--as", ALICE, "--to", BOB, "--file", join(dir, "voice.wav"));
+    assert.equal(r.code, 0, r.stderr);
+    const audio = page.getByLabel(`Voice message from ${ALICE}`);
+    await audio.waitFor();
+    const played = await audio.evaluate(async (a) => {
+      await a.play();
+      await new Promise((res) => setTimeout(res, 300));
+      return { duration: a.duration, time: a.currentTime };
+    });
+    assert.ok(played.duration > 0.5, `duration ${played.duration}`);
+    assert.ok(played.time > 0, "playback advanced");
+    await shot("chat.png");
+  });
+
+  await t.test("blocking the sender refuses their next message", async () => {
+    await page.getByRole("button", { name: `Block ${ALICE}` }).click();
+    await page.getByText(`You blocked ${ALICE}: they cannot reach you.`).waitFor();
+    const r = await cli("send", "--as", ALICE, "--to", BOB, "--text", "after the block");
+    const refusedNow = r.code === 2 && /RECIPIENT_UNAVAILABLE/.test(r.stdout);
+    let failedLater = false;
+    if (!refusedNow) {
+      assert.equal(r.code, 0, r.stderr);
+      const receipt = await listenFor(ALICE, (v) => v.receipt?.status === "FAILED" || v.status === "FAILED" || /FAILED/.test(JSON.stringify(v)));
+      failedLater = /RECIPIENT_UNAVAILABLE/.test(JSON.stringify(receipt));
+    }
+    assert.ok(refusedNow || failedLater, `the send after the block: ${r.code} ${r.stdout}`);
+    await page.waitForTimeout(500);
+    assert.equal(await page.getByText("after the block").count(), 0, "nothing from a blocked sender is shown");
+  });
+
+  await t.test("the inbox", async () => {
+    await page.getByRole("button", { name: "Other messaging apps: settings" }).click();
+    await page.getByRole("heading", { name: "Settings for other messaging apps" }).waitFor();
+    await shot("inbox.png");
+    assert.deepEqual(errors, [], "no script errors");
+  });
+});
