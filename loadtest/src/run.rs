@@ -81,6 +81,55 @@ pub enum RunError {
     NoMediaUrl,
     #[error("cannot upload the media pool: {0}")]
     Media(#[from] crate::media::MediaError),
+    #[error("provider {provider}'s {sessions} sessions did not settle which partitions each owns within {SETTLE_TIMEOUT:?}")]
+    Unsettled { provider: String, sessions: usize },
+}
+
+/// How long a provider's sessions may take to split the partitions between
+/// them before the run (moving a partition waits for its acks and leases).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until `sessions` (one provider's) own every partition between
+/// them, each exactly once, and each knows how many sessions there are:
+/// measuring while partitions move would count the move's pause as latency.
+async fn settle(
+    provider: &str,
+    sessions: &mut [(ProviderLogin, ProviderReceiver)],
+) -> Result<(), RunError> {
+    let n = sessions.len();
+    let unsettled = || RunError::Unsettled {
+        provider: provider.to_owned(),
+        sessions: n,
+    };
+    let settled = |sessions: &[(ProviderLogin, ProviderReceiver)]| {
+        let mut seen = HashSet::new();
+        sessions.iter().all(|(_, rx)| {
+            rx.sessions() as usize == n && rx.partitions().iter().all(|p| seen.insert(*p))
+        }) && seen.len() == interop_proto::limits::PARTITIONS as usize
+    };
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while !settled(sessions) {
+        // Whichever session hears of a change first.
+        let changed = futures_util::future::select_all(
+            sessions
+                .iter_mut()
+                .map(|(_, rx)| Box::pin(rx.next_assignment())),
+        );
+        let outcome = tokio::time::timeout_at(deadline, changed)
+            .await
+            .map(|(r, _, _)| r.map(|_| ()));
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => {
+                return Err(RunError::Connect {
+                    what: "a provider session",
+                    source,
+                })
+            }
+            Err(_) => return Err(unsettled()),
+        }
+    }
+    Ok(())
 }
 
 /// Sends on one ingest connection may be outstanding at most this many;
@@ -1058,6 +1107,8 @@ pub async fn run_observed(
                 })?;
                 provider_sessions.push((login, rx));
             }
+            let first = provider_sessions.len() - u.provider_sessions as usize;
+            settle(provider, &mut provider_sessions[first..]).await?;
         }
     }
     let mut senders = Vec::new();

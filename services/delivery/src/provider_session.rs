@@ -11,8 +11,10 @@
 //! server acks a whole batch (`Ack{batch_tags}`); that writes the batches'
 //! `DELIVERED` receipts and moves the partition's cursor past every batch
 //! acked with nothing un-acked before it. At most
-//! [`MAX_UNACKED_BATCHES`] are un-acked at once. Which session owns which
-//! partition: [`crate::partitions`].
+//! [`MAX_UNACKED_BATCHES_PER_PARTITION`] batches of one partition, and
+//! [`MAX_UNACKED_BATCHES`] in all, are un-acked at once; a reader waiting
+//! for its partition's window adds what comes meanwhile to its batch.
+//! Which session owns which partition: [`crate::partitions`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -36,7 +38,10 @@ use interop_bus::subjects::{
 };
 use interop_edge::ws::{self, close, Incoming, Outbound};
 use interop_edge::Admitted;
-use interop_proto::limits::{MAX_BATCH_MESSAGES, MAX_FRAME_BYTES, MAX_UNACKED_BATCHES, PARTITIONS};
+use interop_proto::limits::{
+    MAX_BATCH_MESSAGES, MAX_FRAME_BYTES, MAX_UNACKED_BATCHES, MAX_UNACKED_BATCHES_PER_PARTITION,
+    PARTITIONS,
+};
 use interop_proto::v1::{
     client_frame, server_frame, Deliver, DeliverBatch, Envelope, Hello, PartitionsAssigned,
     ReceiptStatus, RejectCode, ServerFrame, Welcome,
@@ -82,6 +87,7 @@ pub(crate) async fn opened(
             max_frame_bytes: MAX_FRAME_BYTES as u32,
             max_batch_messages: MAX_BATCH_MESSAGES as u32,
             max_unacked_batches: MAX_UNACKED_BATCHES as u32,
+            max_unacked_batches_per_partition: MAX_UNACKED_BATCHES_PER_PARTITION as u32,
             partitions: PARTITIONS,
             ..Welcome::default()
         })),
@@ -127,6 +133,9 @@ struct Owned {
     /// earlier one (before a restart or a loss) are dropped.
     generation: u64,
     cancel: CancellationToken,
+    /// The reader's window: a permit per batch it may still push un-acked
+    /// ([`MAX_UNACKED_BATCHES_PER_PARTITION`]); an ack gives one back.
+    window: Arc<tokio::sync::Semaphore>,
     /// Last store sequence of the partition acked with nothing un-acked
     /// before it.
     cursor: u64,
@@ -182,6 +191,8 @@ struct ProviderSession {
     next_generation: u64,
     members: HashMap<String, Member>,
     assigned: Vec<u32>,
+    /// The session count last told with `assigned`.
+    assigned_sessions: u32,
     last_renew: Instant,
     last_cursor_write: Instant,
 }
@@ -209,6 +220,7 @@ pub(crate) async fn serve(
         next_generation: 1,
         members: HashMap::new(),
         assigned: Vec::new(),
+        assigned_sessions: 0,
         last_renew: Instant::now(),
         last_cursor_write: Instant::now(),
     };
@@ -350,13 +362,14 @@ async fn look_after(
         let generation = s.next_generation;
         s.next_generation += 1;
         let cancel = CancellationToken::new();
-        spawn_reader(shared, s, p, generation, cursor, &cancel, tx, typing);
+        let window = spawn_reader(shared, s, p, generation, cursor, &cancel, tx, typing);
         s.owned.insert(
             p,
             Owned {
                 lease_seq,
                 generation,
                 cancel,
+                window,
                 cursor,
                 cursor_stored: cursor,
                 pending: VecDeque::new(),
@@ -377,11 +390,12 @@ async fn look_after(
         s.next_generation += 1;
         let cancel = CancellationToken::new();
         let cursor = s.owned[&p].cursor;
-        spawn_reader(shared, s, p, generation, cursor, &cancel, tx, typing);
+        let window = spawn_reader(shared, s, p, generation, cursor, &cancel, tx, typing);
         s.in_flight.retain(|_, f| f.partition != p);
         if let Some(o) = s.owned.get_mut(&p) {
             o.generation = generation;
             o.cancel = cancel;
+            o.window = window;
             o.pending.clear();
             o.restart = false;
         }
@@ -417,13 +431,16 @@ async fn look_after(
         .filter(|(_, o)| o.releasing.is_none())
         .map(|(p, _)| *p)
         .collect();
-    if assigned != s.assigned {
+    // Told again when either changes: a session whose partitions stay the
+    // same while another joins still learns how many sessions there are.
+    let sessions = u32::try_from(alive_with(&s.members, &s.opened.id).len()).unwrap_or(0);
+    if assigned != s.assigned || sessions != s.assigned_sessions {
         shared
             .metrics
             .provider_partitions
             .inc_by(assigned.len() as i64 - s.assigned.len() as i64);
         s.assigned = assigned.clone();
-        let sessions = u32::try_from(alive_with(&s.members, &s.opened.id).len()).unwrap_or(0);
+        s.assigned_sessions = sessions;
         let frame = ServerFrame {
             request_id: 0,
             frame: Some(server_frame::Frame::PartitionsAssigned(
@@ -456,6 +473,7 @@ fn lose(s: &mut ProviderSession, p: u32, shared: &Shared) {
     }
 }
 
+/// Starts a reader of `partition`; returns its window (see `Owned`).
 #[allow(clippy::too_many_arguments)]
 fn spawn_reader(
     shared: &Arc<Shared>,
@@ -466,13 +484,17 @@ fn spawn_reader(
     cancel: &CancellationToken,
     tx: &mpsc::Sender<FromReader>,
     typing: &mpsc::Sender<ServerFrame>,
-) {
+) -> Arc<tokio::sync::Semaphore> {
+    let window = Arc::new(tokio::sync::Semaphore::new(
+        MAX_UNACKED_BATCHES_PER_PARTITION,
+    ));
     let reader = Reader {
         shared: shared.clone(),
         provider: s.opened.provider.clone(),
         partition,
         generation,
         cancel: cancel.clone(),
+        window: window.clone(),
         tx: tx.clone(),
         typing: typing.clone(),
     };
@@ -489,6 +511,7 @@ fn spawn_reader(
             }
         }
     });
+    window
 }
 
 /// The partition's stored cursor (0: none).
@@ -606,6 +629,7 @@ async fn on_reader(
         // Nothing to show (all withheld or skipped): as if acked.
         o.pending.push_back((0, last, true));
         o.advance();
+        o.window.add_permits(1);
         return std::ops::ControlFlow::Continue(());
     }
     let tag = s.next_tag;
@@ -747,6 +771,7 @@ async fn on_ack(s: &mut ProviderSession, tags: &[u64], shared: &Shared) -> Resul
                     entry.2 = true;
                 }
                 o.advance();
+                o.window.add_permits(1);
             }
         }
     }
@@ -760,6 +785,8 @@ struct Reader {
     partition: u32,
     generation: u64,
     cancel: CancellationToken,
+    /// A permit per batch pushed; the session gives it back at the ack.
+    window: Arc<tokio::sync::Semaphore>,
     tx: mpsc::Sender<FromReader>,
     typing: mpsc::Sender<ServerFrame>,
 }
@@ -819,32 +846,46 @@ impl Reader {
         let mut preparing: Preparing<'_> = FuturesOrdered::new();
         let mut batch: Vec<Item> = Vec::new();
         let mut batch_bytes = 0usize;
+        // Since when a full batch waits for the window (the consumer is
+        // not polled meanwhile).
+        let mut blocked_since: Option<Instant> = None;
         loop {
             let full = batch.len() >= MAX_BATCH_MESSAGES || batch_bytes >= BATCH_BYTES;
-            if !batch.is_empty() && (preparing.is_empty() || full) {
-                let items = std::mem::take(&mut batch);
-                batch_bytes = 0;
-                let waited = Instant::now();
-                let send = self.tx.send(FromReader::Batch {
-                    partition: self.partition,
-                    generation: self.generation,
-                    items,
-                });
-                tokio::select! {
-                    () = self.cancel.cancelled() => return Ok(()),
-                    sent = send => if sent.is_err() { return Ok(()) },
+            let ready = !batch.is_empty() && (preparing.is_empty() || full);
+            if ready {
+                if let Ok(permit) = self.window.try_acquire() {
+                    permit.forget();
+                    let items = std::mem::take(&mut batch);
+                    batch_bytes = 0;
+                    let waited = Instant::now();
+                    let send = self.tx.send(FromReader::Batch {
+                        partition: self.partition,
+                        generation: self.generation,
+                        items,
+                    });
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return Ok(()),
+                        sent = send => if sent.is_err() { return Ok(()) },
+                    }
+                    let blocked = blocked_since.take().map_or(waited, |b| b.min(waited));
+                    if blocked.elapsed() >= REOPEN_AFTER_WAIT && preparing.is_empty() {
+                        messages = self.open(taken).await?;
+                    }
+                    continue;
                 }
-                if waited.elapsed() >= REOPEN_AFTER_WAIT && preparing.is_empty() {
-                    messages = self.open(taken).await?;
+                if full {
+                    blocked_since.get_or_insert_with(Instant::now);
                 }
-                continue;
             }
+            // Waiting for the window, a batch not yet full takes what
+            // comes meanwhile.
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return Ok(()),
                 Some(_) = changed.next() => changed_ms = interop_proto::now_ms(),
                 Some(event) = typing.next() => self.push_typing(&event.payload),
-                Some(item) = preparing.next(), if !preparing.is_empty() => {
+                Ok(permit) = self.window.acquire(), if ready => drop(permit),
+                Some(item) = preparing.next(), if !preparing.is_empty() && !full => {
                     batch_bytes += item.deliver.as_ref().map_or(0, |d| d.encoded_len() + 8);
                     batch.push(item);
                     // Take what is already here before the batch goes.
@@ -864,7 +905,7 @@ impl Reader {
                         preparing.push_back(Box::pin(self.prepare(m, changed_ms)));
                     }
                 }
-                next = messages.next(), if preparing.len() < crate::session::CHECK_DEPTH => {
+                next = messages.next(), if preparing.len() < crate::session::CHECK_DEPTH && !full => {
                     let m = next.ok_or("partition consumer ended")??;
                     taken = m.info()?.stream_sequence;
                     preparing.push_back(Box::pin(self.prepare(m, changed_ms)));

@@ -116,7 +116,8 @@ async fn one_provider_session_gets_every_users_messages_in_batches_and_its_acks_
         .await
         .unwrap();
     assert_eq!(rx.welcome().partitions, 64);
-    assert_eq!(rx.welcome().max_unacked_batches, 4);
+    assert_eq!(rx.welcome().max_unacked_batches, 32);
+    assert_eq!(rx.welcome().max_unacked_batches_per_partition, 2);
     let owned = tokio::time::timeout(WAIT, rx.next_assignment())
         .await
         .unwrap()
@@ -281,46 +282,64 @@ async fn a_session_that_stopped_renewing_keeps_its_partitions_only_until_its_lea
     p.shutdown.cancel();
 }
 
+/// `n` users of `all`, each in a partition of its own and none in `not_in`'s.
+fn in_distinct_partitions(all: &[String], n: usize, not_in: Option<&String>) -> Vec<String> {
+    let part = |u: &String| interop_bus::partition_of_key(&interop_bus::recipient_key(u));
+    let mut out: Vec<String> = Vec::new();
+    for u in all {
+        if out.len() < n
+            && not_in.is_none_or(|o| part(o) != part(u))
+            && out.iter().all(|o| part(o) != part(u))
+        {
+            out.push(u.clone());
+        }
+    }
+    assert_eq!(out.len(), n);
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_hold_at_most_256_messages_and_at_most_4_go_unacked() {
+async fn batches_hold_at_most_256_messages_and_at_most_2_of_a_partition_go_unacked() {
     let p = pipeline().await;
     let (d, _, _) = delivery(&p).await;
-    // One user with 300 messages waiting, and five more users in five other
-    // partitions with one each.
+    // One user with 520 messages waiting (more than two full batches), and
+    // five more users in five other partitions with one each.
     let all = users(200);
     let busy = all[0].clone();
     let part = |u: &String| interop_bus::partition_of_key(&interop_bus::recipient_key(u));
-    let mut others: Vec<String> = Vec::new();
-    for u in &all[1..] {
-        if others.len() < 5 && part(u) != part(&busy) && others.iter().all(|o| part(o) != part(u)) {
-            others.push(u.clone());
-        }
-    }
-    assert_eq!(others.len(), 5);
+    let others = in_distinct_partitions(&all[1..], 5, Some(&busy));
     for u in std::iter::once(&busy).chain(&others) {
         opt_in(&p.ingest, u, &["signal"]).await;
     }
-    let mut want = send_to_all(&p, std::slice::from_ref(&busy), 300, "many").await;
+    let mut want = send_to_all(&p, std::slice::from_ref(&busy), 520, "many").await;
     want.extend(send_to_all(&p, &others, 1, "one").await);
 
     let mut rx = ProviderReceiver::connect(&d, "home", HOME_TOKEN)
         .await
         .unwrap();
-    // Four batches come un-acked, then nothing.
-    let held = receive(&mut rx, false, |b| b.len() >= 4).await;
+    // Two batches of the busy partition and one of each other come
+    // un-acked, then nothing.
+    let held = receive(&mut rx, false, |b| b.len() >= 7).await;
     let more = tokio::time::timeout(Duration::from_millis(1_500), rx.next_batch()).await;
-    assert!(more.is_err(), "a fifth batch came before an ack");
-    // One ack lets one more come.
-    rx.ack(&[held[0].batch_tag]).await.unwrap();
-    let fifth = tokio::time::timeout(WAIT, rx.next_batch())
+    assert!(more.is_err(), "an eighth batch came before an ack");
+    let busy_held: Vec<&Batch> = held.iter().filter(|b| b.partition == part(&busy)).collect();
+    assert_eq!(busy_held.len(), 2, "two un-acked of one partition");
+    // Acking one of the busy partition lets one more of it come.
+    rx.ack(&[busy_held[0].batch_tag]).await.unwrap();
+    let third = tokio::time::timeout(WAIT, rx.next_batch())
         .await
         .expect("a batch after the ack")
         .unwrap();
-    rx.ack(&[fifth.batch_tag]).await.unwrap();
-    let tags: Vec<u64> = held[1..].iter().map(|b| b.batch_tag).collect();
+    assert_eq!(third.partition, part(&busy));
+    rx.ack(&[third.batch_tag]).await.unwrap();
+    let tags: Vec<u64> = held
+        .iter()
+        .map(|b| b.batch_tag)
+        .filter(|t| *t != busy_held[0].batch_tag)
+        .collect();
     rx.ack(&tags).await.unwrap();
     let mut got = held;
-    got.push(fifth);
+    got.push(third);
     let total: usize = want.values().map(Vec::len).sum();
     let rest = receive(&mut rx, true, |b| count(&got) + count(b) >= total).await;
     got.extend(rest);
@@ -329,10 +348,38 @@ async fn batches_hold_at_most_256_messages_and_at_most_4_go_unacked() {
         "{:?}",
         got.iter().map(|b| b.messages.len()).collect::<Vec<_>>()
     );
-    assert!(
-        got.iter().filter(|b| b.partition == part(&busy)).count() >= 2,
-        "300 messages of one partition need two batches at least"
-    );
+    assert_eq!(per_user(&got), want);
+    p.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_32_batches_go_unacked_across_partitions() {
+    let p = pipeline().await;
+    let (d, _, _) = delivery(&p).await;
+    // 40 users in 40 partitions, one message each: 40 batches are ready.
+    let spread = in_distinct_partitions(&users(400), 40, None);
+    for u in &spread {
+        opt_in(&p.ingest, u, &["signal"]).await;
+    }
+    let want = send_to_all(&p, &spread, 1, "spread").await;
+    let mut rx = ProviderReceiver::connect(&d, "home", HOME_TOKEN)
+        .await
+        .unwrap();
+    let held = receive(&mut rx, false, |b| b.len() >= 32).await;
+    let more = tokio::time::timeout(Duration::from_millis(1_500), rx.next_batch()).await;
+    assert!(more.is_err(), "a 33rd batch came before an ack");
+    rx.ack(&[held[0].batch_tag]).await.unwrap();
+    let next = tokio::time::timeout(WAIT, rx.next_batch())
+        .await
+        .expect("a batch after the ack")
+        .unwrap();
+    let mut tags: Vec<u64> = held[1..].iter().map(|b| b.batch_tag).collect();
+    tags.push(next.batch_tag);
+    rx.ack(&tags).await.unwrap();
+    let mut got = held;
+    got.push(next);
+    let rest = receive(&mut rx, true, |b| count(&got) + count(b) >= 40).await;
+    got.extend(rest);
     assert_eq!(per_user(&got), want);
     p.shutdown.cancel();
 }
