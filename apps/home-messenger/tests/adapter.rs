@@ -8,10 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http, sign_in, BOB, CAROL};
+use common::{http, sign_in, BOB, CAROL, SIGNAL_TOKEN};
 use futures_util::{SinkExt, StreamExt};
 use interop_client::{SendOutcome, Sender};
-use interop_e2e::SIGNAL_TOKEN;
 use interop_proto::v1::{
     client_frame::Frame, envelope::Content, server_frame, Ciphertext, ClientFrame, Deliver,
     DeviceCiphertext, Encryption, Envelope, Hello, Inbox, RejectCode, RequestAction,
@@ -336,5 +335,4 @@ async fn a_browser_opts_in_answers_a_request_and_gets_only_its_own_messages() {
     assert_eq!(status, 401, "no upload without a session");
 
     env.server.stop();
-    env.gateway.stop().await;
 }

@@ -40,7 +40,7 @@ async fn the_web_app_in_a_real_browser() {
         eprintln!("SKIPPED: {msg}; scripts/test installs them");
         return;
     }
-    let cli = interop_e2e::interop_cli();
+    let cli = common::binaries()["interop"].clone();
     let env = common::start().await;
     let shots = std::env::var("HOME_MESSENGER_SCREENSHOTS")
         .map(PathBuf::from)
@@ -62,5 +62,4 @@ async fn the_web_app_in_a_real_browser() {
         .expect("node runs");
     assert!(status.success(), "the browser tests failed: {status}");
     env.server.stop();
-    env.gateway.stop().await;
 }
