@@ -137,7 +137,11 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
   page.setDefaultTimeout(15_000);
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
-  const shot = (name) => page.screenshot({ path: join(SHOTS, name), fullPage: true });
+  const shot = async (name) => {
+    // Without the passing status note, which would cover the view.
+    await page.evaluate(() => (document.getElementById("status").textContent = ""));
+    await page.screenshot({ path: join(SHOTS, name), fullPage: true });
+  };
 
   await t.test("sign in as a demo user", async () => {
     await page.goto(APP);
@@ -233,7 +237,29 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     await shot("chat.png");
   });
 
+  await t.test("inboxes: other apps' chats apart, or combined by choice; a plain-text request says so", async () => {
+    const r = await cli("send", "--as", "signal:carol", "--to", BOB, "--text", "hi bob, it's carol");
+    assert.equal(r.code, 0, r.stderr);
+    const request = page.locator("#requests").getByRole("button", { name: /signal:carol/ });
+    await request.waitFor();
+    await page.locator("#third-party").getByRole("button", { name: new RegExp(ALICE) }).waitFor();
+    await request.click();
+    await page.getByRole("heading", { name: "Message request from signal:carol" }).waitFor();
+    assert.match(await page.locator("#encryption-label").innerText(), /Not end-to-end encrypted/);
+    await shot("inbox.png");
+    await page.getByRole("button", { name: "Other messaging apps: settings" }).click();
+    await page.getByLabel("With my other chats").check();
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.locator("#chats").getByRole("button", { name: new RegExp(ALICE) }).waitFor();
+    assert.equal(await page.locator("#third-party").count(), 0, "no separate section when combined");
+    await page.getByLabel("In their own section").check();
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.locator("#third-party").getByRole("button", { name: new RegExp(ALICE) }).waitFor();
+    await accessible(page, "settings, opted in");
+  });
+
   await t.test("blocking the sender refuses their next message", async () => {
+    await page.locator("#third-party").getByRole("button", { name: new RegExp(ALICE) }).click();
     await page.getByRole("button", { name: `Block ${ALICE}` }).click();
     await page.getByText(`You blocked ${ALICE}: they cannot reach you.`).waitFor();
     const r = await cli("send", "--as", ALICE, "--to", BOB, "--text", "after the block");
@@ -247,12 +273,6 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     assert.ok(refusedNow || failedLater, `the send after the block: ${r.code} ${r.stdout}`);
     await page.waitForTimeout(500);
     assert.equal(await page.getByText("after the block").count(), 0, "nothing from a blocked sender is shown");
-  });
-
-  await t.test("the inbox", async () => {
-    await page.getByRole("button", { name: "Other messaging apps: settings" }).click();
-    await page.getByRole("heading", { name: "Settings for other messaging apps" }).waitFor();
-    await shot("inbox.png");
     assert.deepEqual(errors, [], "no script errors");
   });
 });
