@@ -258,7 +258,7 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     await accessible(page, "settings, opted in");
   });
 
-  await t.test("blocking the sender refuses their next message", async () => {
+  await t.test("blocking the sender refuses their next message", async (t) => {
     await page.locator("#third-party").getByRole("button", { name: new RegExp(ALICE) }).click();
     await page.getByRole("button", { name: `Block ${ALICE}` }).click();
     await page.getByText(`You blocked ${ALICE}: they cannot reach you.`).waitFor();
@@ -271,6 +271,7 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
       failedLater = /RECIPIENT_UNAVAILABLE/.test(JSON.stringify(receipt));
     }
     assert.ok(refusedNow || failedLater, `the send after the block: ${r.code} ${r.stdout}`);
+    t.diagnostic(refusedNow ? "refused at once (exit 2, RECIPIENT_UNAVAILABLE)" : "accepted, then a FAILED receipt (RECIPIENT_UNAVAILABLE)");
     await page.waitForTimeout(500);
     assert.equal(await page.getByText("after the block").count(), 0, "nothing from a blocked sender is shown");
     assert.deepEqual(errors, [], "no script errors");
