@@ -49,12 +49,15 @@ interface Msg {
 type ChatState = "request" | "accepted" | "declined" | "blocked";
 interface ChatMeta {
   peer: string;
+  name?: string;
   state: ChatState;
   providerName: string;
   privacyPolicyUrl: string;
   group?: boolean;
 }
 interface Chat extends ChatMeta {
+  /** Who a request in this chat is from (the group's admin, for a group). */
+  sender?: string;
   messages: Msg[];
   typingUntil?: number;
 }
@@ -72,7 +75,9 @@ let conn: Connection;
 let providers: Provider[] = [];
 let consent: Consent = { optedIn: false, allowed: [], inbox: Inbox.THIRD_PARTY, blocked: [] };
 const chats = new Map<string, Chat>();
-let view: { kind: "settings" } | { kind: "chat"; peer: string } | { kind: "new" } | { kind: "empty" } = { kind: "settings" };
+let view: { kind: "settings" } | { kind: "chat"; peer: string } | { kind: "new" } | { kind: "group" } | { kind: "empty" } = { kind: "settings" };
+// What the composer does with its text: a new message, a reply, an edit.
+let composing: { peer: string; replyTo?: Msg; editing?: Msg } | null = null;
 let connected = false;
 let lastTypingSent = 0;
 let keysPublished = false;
@@ -169,7 +174,7 @@ async function saveMsg(m: Msg) {
   await store.put("messages", `${m.peer}|${m.key}`, m);
 }
 async function saveChat(c: Chat) {
-  const meta: ChatMeta = { peer: c.peer, state: c.state, providerName: c.providerName, privacyPolicyUrl: c.privacyPolicyUrl, group: c.group };
+  const meta: ChatMeta = { peer: c.peer, name: c.name, state: c.state, providerName: c.providerName, privacyPolicyUrl: c.privacyPolicyUrl, group: c.group };
   await store.put("kv", `chat:${c.peer}`, meta);
 }
 
@@ -240,7 +245,10 @@ async function handleDeliver(d: Deliver) {
     c.providerName = e.senderInfo.displayName || c.providerName;
     c.privacyPolicyUrl = e.senderInfo.privacyPolicyUrl || c.privacyPolicyUrl;
   }
-  if (e.groupId) c.group = true;
+  if (e.groupId) {
+    c.group = true;
+    if (!c.name) void groupInfo(c);
+  }
   if (content.case === "reaction" || content.case === "edit" || content.case === "delete") {
     const target = findMsg(peer, content.value.targetMessageId);
     if (target) {
@@ -281,7 +289,10 @@ async function handleDeliver(d: Deliver) {
     replyTo: e.inReplyTo || undefined,
   };
   await describe(e, m);
-  if (d.inbox === Inbox.REQUESTS && c.state !== "blocked" && c.state !== "declined") c.state = "request";
+  if (d.inbox === Inbox.REQUESTS && c.state !== "blocked" && c.state !== "declined") {
+    c.state = "request";
+    c.sender = e.from;
+  }
   else if ((d.inbox === Inbox.THIRD_PARTY || d.inbox === Inbox.COMBINED) && c.state === "request") c.state = "accepted";
   c.messages.push(m);
   await saveMsg(m);
@@ -318,9 +329,15 @@ async function describe(e: Envelope, m: Msg) {
     case "call":
       m.text = "📞 tried to call you. Calls don't work between different messaging apps yet.";
       break;
-    case "groupChange":
-      m.text = `Group: ${content.value.name || "changed"}; members: ${content.value.members.join(", ")}`;
+    case "groupChange": {
+      const g = content.value;
+      const c = chat(m.peer);
+      c.group = true;
+      if (g.name || g.renamed) c.name = g.name;
+      const what = g.created ? `created the group “${g.name}”` : g.renamed ? `renamed the group to “${g.name}”` : "changed the group";
+      m.text = `${e.from} ${what}. Members: ${g.members.join(", ")}`;
       break;
+    }
     case "keyNotice":
       m.text = "🔒 Their security code changed.";
       break;
@@ -374,7 +391,9 @@ async function publishKeys() {
 // ---- actions ----
 
 async function respond(peer: string, action: RequestAction) {
-  const a = await conn.request({ case: "respondToRequest", value: { user: me.user, sender: peer, action } });
+  // A group's request is answered about its sender.
+  const sender = chats.get(peer)?.group ? (chats.get(peer)?.sender ?? peer) : peer;
+  const a = await conn.request({ case: "respondToRequest", value: { user: me.user, sender, action } });
   if (a.frame.case !== "requestResponded") {
     say(`Not done: ${rejectText(a)}`);
     return;
@@ -395,7 +414,7 @@ async function respond(peer: string, action: RequestAction) {
   render();
 }
 
-async function sendText(peer: string, text: string) {
+async function sendText(peer: string, text: string, replyTo?: Msg) {
   const c = chat(peer);
   const clientMessageId = randomId("web-");
   let devices: { deviceId: string; payload: Uint8Array }[] = [];
@@ -407,7 +426,7 @@ async function sendText(peer: string, text: string) {
       return;
     }
   }
-  const m: Msg = { key: clientMessageId, messageId: "", peer, from: me.user, outgoing: true, at: Date.now(), text, e2ee: devices.length > 0, status: "sending" };
+  const m: Msg = { key: clientMessageId, messageId: "", peer, from: me.user, outgoing: true, at: Date.now(), text, e2ee: devices.length > 0, status: "sending", replyTo: replyTo?.messageId };
   c.messages.push(m);
   if (c.state === "request") c.state = "accepted";
   await saveChat(c);
@@ -419,6 +438,7 @@ async function sendText(peer: string, text: string) {
     to: c.group ? "" : peer,
     groupId: c.group ? peer : "",
     sentAtMs: BigInt(m.at),
+    inReplyTo: replyTo?.messageId ?? "",
     ...(devices.length
       ? { encryption: Encryption.E2EE, content: { case: "ciphertext" as const, value: { scheme: SCHEME, devices } } }
       : { encryption: Encryption.TRANSPORT_ONLY, content: { case: "text" as const, value: { body: text } } }),
@@ -434,6 +454,80 @@ async function sendText(peer: string, text: string) {
   }
   await saveMsg(m);
   render();
+}
+
+/** Replaces the text of a message this user sent (server-visible ones). */
+async function editText(m: Msg, text: string) {
+  const c = chat(m.peer);
+  const a = await conn.request({
+    case: "send",
+    value: {
+      envelope: {
+        clientMessageId: randomId("web-"),
+        from: me.user,
+        to: c.group ? "" : m.peer,
+        groupId: c.group ? m.peer : "",
+        encryption: Encryption.TRANSPORT_ONLY,
+        sentAtMs: BigInt(Date.now()),
+        content: { case: "edit", value: { targetMessageId: m.messageId, text: { body: text } } },
+      },
+    },
+  });
+  if (a.frame.case !== "accepted") return say(`Not edited: ${rejectText(a)}`);
+  m.text = text;
+  m.edited = true;
+  await saveMsg(m);
+  render();
+}
+
+/** Deletes a message this user sent, for everyone. */
+async function deleteMessage(m: Msg) {
+  const c = chat(m.peer);
+  const a = await conn.request({
+    case: "send",
+    value: {
+      envelope: {
+        clientMessageId: randomId("web-"),
+        from: me.user,
+        to: c.group ? "" : m.peer,
+        groupId: c.group ? m.peer : "",
+        encryption: Encryption.TRANSPORT_ONLY,
+        sentAtMs: BigInt(Date.now()),
+        content: { case: "delete", value: { targetMessageId: m.messageId } },
+      },
+    },
+  });
+  if (a.frame.case !== "accepted") return say(`Not deleted: ${rejectText(a)}`);
+  m.deleted = true;
+  m.text = undefined;
+  await saveMsg(m);
+  say("Deleted for everyone.");
+  render();
+}
+
+/** A group's name, asked of the gateway (members only may). */
+const askedGroups = new Set<string>();
+async function groupInfo(c: Chat) {
+  if (askedGroups.has(c.peer)) return;
+  askedGroups.add(c.peer);
+  const a = await conn.request({ case: "getGroup", value: { groupId: c.peer, user: me.user } });
+  if (a.frame.case !== "groupUpdated") return;
+  c.name = a.frame.value.name || c.name;
+  await saveChat(c);
+  render();
+}
+
+async function createGroup(name: string, members: string[]) {
+  const a = await conn.request({ case: "createGroup", value: { creator: me.user, members, name } });
+  if (a.frame.case !== "groupUpdated") return say(`No group: ${rejectText(a)}`);
+  const g = a.frame.value;
+  const c = chat(g.groupId);
+  c.group = true;
+  c.name = g.name;
+  c.state = "accepted";
+  await saveChat(c);
+  say(`Group “${g.name}” created with ${g.members.filter((x) => x !== me.user).join(", ")}.`);
+  open({ kind: "chat", peer: g.groupId });
 }
 
 async function sendFile(peer: string, file: File) {
@@ -555,7 +649,7 @@ function chatButton(c: Chat) {
     h(
       "button",
       { type: "button", "aria-current": current ? "true" : "false", onclick: () => open({ kind: "chat", peer: c.peer }) },
-      `${c.peer}${stateText}`,
+      `${c.name || c.peer}${stateText}`,
       h("span", { class: "provider-tag" }, `${c.group ? "Group" : c.providerName}${last ? ` · ${preview(last)}` : ""}`),
       unread && c.state !== "request" ? h("span", { class: "badge", "aria-label": `${unread} unread` }, String(unread)) : null,
     ),
@@ -580,6 +674,7 @@ function renderNav(): HTMLElement {
       { class: "actions" },
       h("button", { type: "button", id: "open-settings", onclick: () => open({ kind: "settings" }) }, "Other messaging apps: settings"),
       h("button", { type: "button", id: "new-chat", onclick: () => open({ kind: "new" }) }, "New chat"),
+      h("button", { type: "button", id: "new-group", onclick: () => open({ kind: "group" }) }, "New group"),
     ),
     h("p", { class: "meta", id: "interop-state" }, consent.optedIn ? `Other apps: on (${consent.allowed.map(providerName).join(", ") || "none chosen"})` : "Other apps: off"),
     ...list("requests", `Message requests${requests.length ? ` (${requests.length})` : ""}`, requests, "No message requests."),
@@ -674,6 +769,31 @@ function renderNew(): HTMLElement {
   );
 }
 
+function renderNewGroup(): HTMLElement {
+  const name = h("input", { type: "text", id: "group-name", autocomplete: "off", required: true });
+  const members = h("input", { type: "text", id: "group-members", autocomplete: "off", required: true, placeholder: "signal:alice, home:+49…" });
+  return h(
+    "section",
+    { class: "view", "aria-labelledby": "view-title" },
+    h("h2", { id: "view-title", tabindex: "-1" }, "New group"),
+    h(
+      "form",
+      {
+        class: "card",
+        onsubmit: (e: Event) => {
+          e.preventDefault();
+          const list = members.value.split(",").map((x) => x.trim()).filter(Boolean);
+          void createGroup(name.value.trim(), list);
+        },
+      },
+      h("p", {}, "Members may be on other messaging apps that allow it. Group messages in this app are not end-to-end encrypted."),
+      h("div", {}, h("label", { for: "group-name" }, "Group name"), " ", name),
+      h("div", {}, h("label", { for: "group-members" }, "Members (addresses, separated by commas)"), " ", members),
+      h("button", { type: "submit", class: "primary" }, "Create group"),
+    ),
+  );
+}
+
 function encryptionLabel(c: Chat): HTMLElement {
   // The chat's label follows its messages (text and calls), newest first;
   // media sent without end-to-end encryption is marked on its own.
@@ -736,6 +856,10 @@ function makeMedia(m: Msg): HTMLElement {
 
 function messageView(c: Chat, m: Msg): HTMLElement {
   const body: Child[] = [];
+  if (m.replyTo) {
+    const target = c.messages.find((x) => x.messageId === m.replyTo);
+    body.push(h("div", { class: "quote" }, `↩ ${target ? `${target.outgoing ? "you" : target.from}: ${preview(target)}` : "a message"}`));
+  }
   if (m.deleted) body.push(h("em", {}, "This message was deleted."));
   else if (m.problem) body.push(h("em", {}, m.problem));
   else if (m.media) body.push(m.outgoing ? h("span", { class: "text" }, `You sent ${m.media.filename}`) : mediaView(m));
@@ -753,20 +877,47 @@ function messageView(c: Chat, m: Msg): HTMLElement {
       "div",
       { class: "meta" },
       `${time} · ${m.e2ee ? "end-to-end encrypted" : "not end-to-end encrypted"}${m.edited ? " · edited" : ""}${status ? ` · ${status}` : ""}`,
-      !m.outgoing && m.messageId && c.state === "accepted" && !m.deleted
-        ? h("button", { type: "button", class: "react", "aria-label": `Like the message from ${m.from} at ${time}`, "aria-pressed": m.reactions?.[me.user] === "👍" ? "true" : "false", onclick: () => void react(m, "👍") }, "Like")
-        : null,
+      ...messageActions(c, m, time),
     ),
   );
 }
 
+function messageActions(c: Chat, m: Msg, time: string): HTMLElement[] {
+  if (!m.messageId || c.state !== "accepted" || m.deleted || m.problem) return [];
+  const who = m.outgoing ? "your message" : `the message from ${m.from}`;
+  const button = (cls: string, label: string, text: string, f: () => void, pressed?: boolean) =>
+    h("button", { type: "button", class: `react ${cls}`, "aria-label": `${label} ${who} at ${time}`, ...(pressed === undefined ? {} : { "aria-pressed": String(pressed) }), onclick: f }, text);
+  const out = [
+    button("reply", "Reply to", "Reply", () => {
+      composing = { peer: c.peer, replyTo: m };
+      render();
+      document.getElementById("composer-text")?.focus();
+    }),
+  ];
+  if (!m.outgoing) out.push(button("like", "Like", "Like", () => void react(m, "👍"), m.reactions?.[me.user] === "👍"));
+  if (m.outgoing && !m.e2ee && !m.media && m.text !== undefined)
+    out.push(
+      button("edit", "Edit", "Edit", () => {
+        composing = { peer: c.peer, editing: m };
+        render();
+        const input = document.getElementById("composer-text") as HTMLInputElement | null;
+        if (input) {
+          input.value = m.text ?? "";
+          input.focus();
+        }
+      }),
+    );
+  if (m.outgoing) out.push(button("delete", "Delete", "Delete", () => void deleteMessage(m)));
+  return out;
+}
+
 function renderChat(peer: string): HTMLElement {
   const c = chat(peer);
-  const title = c.state === "request" ? `Message request from ${peer}` : peer;
+  const title = c.state === "request" ? `Message request from ${c.name || peer}` : c.name || peer;
   const parts: Child[] = [
     h("h2", { id: "view-title", tabindex: "-1" }, title),
-    h("p", { class: "meta" }, c.group ? "A group" : `On ${c.providerName}${isThirdParty(c) ? ", a different messaging app" : ""}`),
-    encryptionLabel(c),
+    h("p", { class: "meta" }, c.group ? "A group; members may be on other messaging apps" : `On ${c.providerName}${isThirdParty(c) ? ", a different messaging app" : ""}`),
+    c.group ? h("p", { class: "label-plain", id: "encryption-label" }, "Not end-to-end encrypted: group messages in this app are readable by the apps of its members and the gateway.") : encryptionLabel(c),
     warnings(c),
   ];
   if (c.state === "request") {
@@ -806,11 +957,22 @@ function renderChat(peer: string): HTMLElement {
             const text = input.value.trim();
             if (!text) return;
             input.value = "";
-            void sendText(peer, text);
+            const now = composing?.peer === peer ? composing : null;
+            composing = null;
+            if (now?.editing) void editText(now.editing, text);
+            else void sendText(peer, text, now?.replyTo);
           },
         },
-        h("div", { class: "field" }, h("label", { for: "composer-text" }, `Message to ${peer}`), input),
-        h("button", { type: "submit", class: "primary", id: "send" }, "Send"),
+        composing?.peer === peer && (composing.replyTo || composing.editing)
+          ? h(
+              "div",
+              { class: "field file", id: "composing" },
+              composing.editing ? `Editing your message` : `Replying to ${composing.replyTo!.outgoing ? "your message" : composing.replyTo!.from}: ${preview(composing.replyTo!)}`,
+              h("button", { type: "button", id: "cancel-composing", onclick: () => ((composing = null), render()) }, composing.editing ? "Cancel edit" : "Cancel reply"),
+            )
+          : null,
+        h("div", { class: "field" }, h("label", { for: "composer-text" }, `Message to ${c.name || peer}`), input),
+        h("button", { type: "submit", class: "primary", id: "send" }, composing?.peer === peer && composing.editing ? "Save edit" : "Send"),
         h("div", { class: "field file" }, h("label", { for: "composer-file" }, "Send a picture, voice note, video or file (not end-to-end encrypted)"), file),
       ),
     );
@@ -844,6 +1006,9 @@ function render() {
       break;
     case "new":
       v = renderNew();
+      break;
+    case "group":
+      v = renderNewGroup();
       break;
     case "chat":
       v = renderChat(view.peer);

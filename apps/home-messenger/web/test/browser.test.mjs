@@ -38,33 +38,45 @@ function cli(...args) {
   });
 }
 
-/** `interop listen` until a line satisfies `want`; resolves with it. */
-function listenFor(user, want, timeoutS = 20) {
-  return new Promise((resolve, reject) => {
-    const p = spawn(CLI, ["--json", "listen", "--as", user, "--timeout", String(timeoutS)], { env: process.env });
+/**
+ * `interop listen` until `done(lines)` holds for the lines so far (or a
+ * line satisfies it, given a one-line predicate); resolves with the lines.
+ * `ready` resolves once the listener's session is open.
+ */
+function listen(user, done, timeoutS = 20) {
+  const p = spawn(CLI, ["--json", "listen", "--as", user, "--timeout", String(timeoutS)], { env: process.env });
+  let ready;
+  const opened = new Promise((r) => (ready = r));
+  p.stderr.on("data", (d) => /listening as/.test(String(d)) && ready());
+  const lines = new Promise((resolve, reject) => {
     let buf = "";
-    let seen = [];
+    const seen = [];
     p.stdout.on("data", (d) => {
       buf += d;
       let i;
       while ((i = buf.indexOf("\n")) >= 0) {
         const line = buf.slice(0, i);
         buf = buf.slice(i + 1);
-        let v;
         try {
-          v = JSON.parse(line);
+          seen.push(JSON.parse(line));
         } catch {
           continue;
         }
-        seen.push(v);
-        if (want(v)) {
+        if (done(seen)) {
           p.kill();
-          resolve(v);
+          resolve(seen);
         }
       }
     });
-    p.on("close", () => reject(new Error(`listen ended without the message; saw ${JSON.stringify(seen)}`)));
+    p.on("close", () => reject(new Error(`listen ended first; saw ${JSON.stringify(seen)}`)));
   });
+  return { opened, lines };
+}
+
+/** The first line `interop listen` prints that satisfies `want`. */
+async function listenFor(user, want, timeoutS = 20) {
+  const seen = await listen(user, (lines) => lines.some(want), timeoutS).lines;
+  return seen.find(want);
 }
 
 function crc32(bytes) {
@@ -235,6 +247,54 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     assert.ok(played.duration > 0.5, `duration ${played.duration}`);
     assert.ok(played.time > 0, "playback advanced");
     await shot("chat.png");
+  });
+
+  await t.test("typing, replies, likes, deletes and read receipts reach the Signal user", async () => {
+    const second = page.locator("#messages li.in", { hasText: "second from signal" });
+    const secondId = await second.getAttribute("data-message-id");
+    const mine = page.locator("#messages li.out", { hasText: "hi alice, from the browser" });
+    const mineId = await mine.getAttribute("data-message-id");
+    const want = {
+      typing: (v) => v.typing?.active === true,
+      reply: (v) => v.text === "a reply, end to end" && v.in_reply_to === secondId && v.e2ee_scheme === "olm.v1",
+      like: (v) => v.reaction?.target_message_id === secondId && v.reaction.emoji === "👍",
+      deleted: (v) => v.delete?.target_message_id === mineId,
+      read: (v) => v.receipt?.message_id === secondId && v.receipt.status === "READ",
+    };
+    const alice = listen(ALICE, (lines) => Object.values(want).every((w) => lines.some(w)));
+    await alice.opened;
+    await second.getByRole("button", { name: /^Reply to the message from signal:alice/ }).click();
+    await page.getByText("Replying to signal:alice: second from signal").waitFor();
+    await page.keyboard.type("a reply, end to end");
+    await page.keyboard.press("Enter");
+    await page.locator("#messages li.out", { hasText: "a reply, end to end" }).getByText("↩ signal:alice: second from signal").waitFor();
+    await second.getByRole("button", { name: /^Like the message from signal:alice/ }).click();
+    await page.locator("#messages li.in", { hasText: "second from signal" }).getByText("👍 you").waitFor();
+    await mine.getByRole("button", { name: /^Delete your message/ }).click();
+    await page.getByText("This message was deleted.").waitFor();
+    const lines = await alice.lines;
+    for (const [what, w] of Object.entries(want)) assert.ok(lines.some(w), `${what} did not reach signal:alice`);
+  });
+
+  await t.test("a group with a Signal user: its notice, its messages, a reply to the group", async () => {
+    let r = await cli("group", "create", "--creator", ALICE, "--member", BOB, "--name", "Ski trip");
+    assert.equal(r.code, 0, r.stderr);
+    const groupId = /"group_id":"([^"]+)"/.exec(r.stdout)?.[1];
+    assert.ok(groupId, r.stdout);
+    r = await cli("send", "--as", ALICE, "--group", groupId, "--text", "see you at the lift");
+    assert.equal(r.code, 0, r.stderr);
+    const group = page.getByRole("button", { name: /^Ski trip/ });
+    await group.waitFor();
+    await group.click();
+    await page.getByRole("heading", { name: "Ski trip" }).waitFor();
+    await page.locator("#messages").getByText("see you at the lift").waitFor();
+    await page.locator("#messages").getByText(/created the group “Ski trip”/).waitFor();
+    assert.match(await page.locator("#encryption-label").innerText(), /Not end-to-end encrypted/);
+    const heard = listenFor(ALICE, (v) => v.group_id === groupId && v.text === "count me in");
+    await page.getByLabel("Message to Ski trip").fill("count me in");
+    await page.getByRole("button", { name: "Send", exact: true }).click();
+    await heard;
+    await accessible(page, "group");
   });
 
   await t.test("inboxes: other apps' chats apart, or combined by choice; a plain-text request says so", async () => {
