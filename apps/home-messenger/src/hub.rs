@@ -17,7 +17,7 @@ use std::time::Duration;
 use interop_client::provider::ProviderReceiver;
 use interop_client::{SendOutcome, Sender};
 use interop_proto::v1::{
-    client_frame::Frame, server_frame, Deliver, Inbox, RejectCode, ServerFrame,
+    client_frame::Frame, server_frame, Deliver, Inbox, RejectCode, Rejected, ServerFrame,
 };
 use tokio::sync::mpsc;
 
@@ -215,8 +215,6 @@ fn unavailable() -> server_frame::Frame {
         ..Default::default()
     })
 }
-
-use interop_proto::v1::Rejected;
 
 /// The provider session: files each batch, then acks it; carries read
 /// reports; reconnects after a lost connection. Ends when the hub is gone.

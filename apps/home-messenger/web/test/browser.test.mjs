@@ -224,7 +224,7 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     await accessible(page, "chat");
   });
 
-  await t.test("pictures are shown and voice notes play", async () => {
+  await t.test("pictures are shown, voice notes play, files download", async () => {
     const dir = join(tmpdir(), `home-messenger-${process.pid}`);
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, "photo.png"), png());
@@ -246,6 +246,13 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     });
     assert.ok(played.duration > 0.5, `duration ${played.duration}`);
     assert.ok(played.time > 0, "playback advanced");
+    writeFileSync(join(dir, "notes.txt"), "the packing list\n");
+    r = await cli("send", "--as", ALICE, "--to", BOB, "--file", join(dir, "notes.txt"));
+    assert.equal(r.code, 0, r.stderr);
+    const link = page.getByRole("link", { name: "Download notes.txt" });
+    await link.waitFor();
+    const href = await link.getAttribute("href");
+    assert.equal(await page.evaluate(async (u) => (await fetch(u)).text(), href), "the packing list\n");
     await shot("chat.png");
   });
 
@@ -316,6 +323,9 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     await page.getByRole("button", { name: "Save" }).click();
     await page.locator("#third-party").getByRole("button", { name: new RegExp(ALICE) }).waitFor();
     await accessible(page, "settings, opted in");
+    await page.locator("#requests").getByRole("button", { name: /signal:carol/ }).click();
+    await page.getByRole("button", { name: "Report as spam" }).click();
+    await page.locator("#third-party").getByRole("button", { name: /signal:carol \(blocked\)/ }).waitFor();
   });
 
   await t.test("blocking the sender refuses their next message", async (t) => {
@@ -334,6 +344,15 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     t.diagnostic(refusedNow ? "refused at once (exit 2, RECIPIENT_UNAVAILABLE)" : "accepted, then a FAILED receipt (RECIPIENT_UNAVAILABLE)");
     await page.waitForTimeout(500);
     assert.equal(await page.getByText("after the block").count(), 0, "nothing from a blocked sender is shown");
+  });
+
+  await t.test("opting out stops every other app at once", async () => {
+    await page.getByRole("button", { name: "Other messaging apps: settings" }).click();
+    await page.getByRole("button", { name: "Turn off now" }).click();
+    await page.getByText("Other apps: off").waitFor();
+    const r = await cli("send", "--as", "signal:dave", "--to", BOB, "--text", "anyone there?");
+    assert.equal(r.code, 2, `refused at once: ${r.stdout} ${r.stderr}`);
+    assert.match(r.stdout, /RECIPIENT_UNAVAILABLE/);
     assert.deepEqual(errors, [], "no script errors");
   });
 });
