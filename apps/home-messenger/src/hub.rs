@@ -78,8 +78,15 @@ pub struct Hub {
 impl Hub {
     /// Connects to ingest, then starts the provider session on delivery in
     /// a task that reconnects by itself.
+    ///
+    /// A gateway that cannot be reached yet is retried (with back-off, up
+    /// to 5 s between tries, a warning each time) rather than given up on;
+    /// a refused `Hello` (a wrong token) is an error at once.
     pub async fn start(config: GatewayConfig) -> anyhow::Result<Arc<Self>> {
-        let sender = Sender::connect(&config.ingest_url, &config.provider, &config.token).await?;
+        let sender = retry("ingest", || {
+            Sender::connect(&config.ingest_url, &config.provider, &config.token)
+        })
+        .await?;
         let (reads_tx, reads_rx) = mpsc::channel(1024);
         let hub = Arc::new(Self {
             config,
@@ -88,11 +95,13 @@ impl Hub {
             reads: reads_tx,
             next_conn: AtomicU64::new(1),
         });
-        let first = ProviderReceiver::connect(
-            &hub.config.delivery_url,
-            &hub.config.provider,
-            &hub.config.token,
-        )
+        let first = retry("delivery", || {
+            ProviderReceiver::connect(
+                &hub.config.delivery_url,
+                &hub.config.provider,
+                &hub.config.token,
+            )
+        })
         .await?;
         tokio::spawn(receive(Arc::downgrade(&hub), first, reads_rx));
         Ok(hub)
@@ -203,6 +212,26 @@ impl Hub {
                     unavailable()
                 }
             },
+        }
+    }
+}
+
+/// Connects with `connect` until it succeeds; a refused `Hello` ends it.
+async fn retry<T, F, Fut>(what: &str, mut connect: F) -> Result<T, interop_client::ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, interop_client::ClientError>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match connect().await {
+            Ok(t) => return Ok(t),
+            Err(e @ interop_client::ClientError::HelloRefused(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the gateway's {what} yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
         }
     }
 }
