@@ -319,8 +319,8 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &StreamSettings) -> Resu
         let mut attempt = 1;
         loop {
             js.set_timeout(ENSURE_TIMEOUTS[(attempt - 1).min(ENSURE_TIMEOUTS.len() - 1)]);
-            match js.create_or_update_stream(config.clone()).await {
-                Ok(_) => break,
+            match create_or_update(&js, &config).await {
+                Ok(()) => break,
                 Err(e) if is_transient(&e.kind()) => {
                     // A store stream whose subjects overlap another's: a
                     // race with a creator of the same stream, or a service
@@ -353,6 +353,38 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &StreamSettings) -> Resu
         }
     }
     Ok(())
+}
+
+/// How long a service that finds a stream existing with another config
+/// waits before updating it (see [`create_or_update`]).
+const UPDATE_AFTER_EXISTS: Duration = Duration::from_millis(250);
+
+/// Creates the stream, or, if it exists with another config, updates it.
+///
+/// Creation first (async-nats's `create_or_update_stream` updates first):
+/// nats-server 2.9.10 crashed (a nil pointer in `updateWithAdvisory`) when
+/// an update reached a stream another service was creating at that moment,
+/// which services starting together on a new server did (seen in a test
+/// and in `scripts/up`). A create of a stream that exists with the same
+/// config succeeds without touching it; one that exists with another config
+/// (an older version's, or one being created right now) is refused, and
+/// the update comes a moment later.
+async fn create_or_update(
+    js: &jetstream::Context,
+    config: &stream::Config,
+) -> Result<(), jetstream::context::CreateStreamError> {
+    use jetstream::context::CreateStreamErrorKind as K;
+    match js.create_stream(config.clone()).await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(e.kind(), K::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST) =>
+        {
+            tokio::time::sleep(UPDATE_AFTER_EXISTS).await;
+            js.update_stream(config).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Fails with [`BusError::StoreLayout`] if the store streams on the server
