@@ -13,6 +13,8 @@ import type { Store } from "./db";
 
 export const SCHEME = "olm.v1";
 const FIRST_ONE_TIME_KEYS = 20;
+// Below this many unclaimed one-time keys the directory calls a device low.
+const LOW_ONE_TIME_KEYS = 10;
 
 let olm: OlmImpl | null = null;
 async function lib(): Promise<OlmImpl> {
@@ -106,42 +108,64 @@ export class E2ee {
   ensurePublished(conn: Connection): Promise<void> {
     return this.serial(async () => {
       if (await this.published()) return;
-      const ids = this.identity();
-      this.account.generate_one_time_keys(FIRST_ONE_TIME_KEYS);
-      let fallback = Object.values(JSON.parse(this.account.unpublished_fallback_key()).curve25519 ?? {})[0] as string | undefined;
-      if (!fallback) {
-        this.account.generate_fallback_key();
-        fallback = Object.values(JSON.parse(this.account.unpublished_fallback_key()).curve25519)[0] as string;
-      }
-      const fallbackBytes = unb64(fallback);
-      // libolm wipes the buffers it is handed: give it copies.
-      const signature = unb64(this.account.sign(fallbackBytes.slice()));
-      const oneTime = Object.values(JSON.parse(this.account.one_time_keys()).curve25519) as string[];
-      let nextId = (await this.store.get<number>("kv", "olm:next-key-id")) ?? 1;
-      const oneTimePrekeys = oneTime.map((k) => ({ algorithm: "curve25519", keyId: nextId++, key: unb64(k) }));
-      // Saved before publishing: an id is never handed out twice.
-      await this.store.put("kv", "olm:next-key-id", nextId);
-      const answer = await conn.request({
-        case: "publishKeys",
-        value: {
-          user: this.user,
-          device: {
-            deviceId: this.deviceId,
-            identityKey: { algorithm: "curve25519", key: unb64(ids.curve25519) },
-            signingKey: { algorithm: "ed25519", key: unb64(ids.ed25519) },
-            signedPrekey: { algorithm: "curve25519", key: fallbackBytes, signature },
-            lastResortPrekey: { algorithm: "curve25519", key: fallbackBytes },
-          },
-          oneTimePrekeys,
-        },
-      });
-      if (answer.frame.case !== "keysPublished") {
-        throw new Error(answer.frame.case === "rejected" ? answer.frame.value.detail : "no answer");
-      }
-      this.account.mark_keys_as_published();
-      await this.saveAccount();
+      await this.publish(conn, FIRST_ONE_TIME_KEYS);
       await this.store.put("kv", "olm:published", true);
     });
+  }
+
+  /**
+   * Publishes more one-time keys when the directory holds fewer than
+   * `LOW_ONE_TIME_KEYS` for this device (each new session from another
+   * device claims one; without them, senders use the fallback key).
+   */
+  topUp(conn: Connection): Promise<void> {
+    return this.serial(async () => {
+      if (!(await this.published())) return;
+      const list = await conn.request({ case: "listDevices", value: { requester: this.user, user: this.user } });
+      if (list.frame.case !== "deviceList") return;
+      const mine = list.frame.value.devices.find((d) => d.deviceId === this.deviceId);
+      if (mine && mine.oneTimePrekeys < LOW_ONE_TIME_KEYS) await this.publish(conn, FIRST_ONE_TIME_KEYS);
+    });
+  }
+
+  /** Publishes the device's keys with `count` new one-time keys. */
+  private async publish(conn: Connection, count: number) {
+    const ids = this.identity();
+    this.account.generate_one_time_keys(count);
+    const first = (json: string) => Object.values(JSON.parse(json).curve25519 ?? {})[0] as string | undefined;
+    // The fallback key stays until it is replaced: publish the same one.
+    let fallback = first(this.account.unpublished_fallback_key()) ?? first(this.account.fallback_key());
+    if (!fallback) {
+      this.account.generate_fallback_key();
+      fallback = first(this.account.unpublished_fallback_key())!;
+    }
+    const fallbackBytes = unb64(fallback);
+    // libolm wipes the buffers it is handed: give it copies.
+    const signature = unb64(this.account.sign(fallbackBytes.slice()));
+    const oneTime = Object.values(JSON.parse(this.account.one_time_keys()).curve25519) as string[];
+    let nextId = (await this.store.get<number>("kv", "olm:next-key-id")) ?? 1;
+    const oneTimePrekeys = oneTime.map((k) => ({ algorithm: "curve25519", keyId: nextId++, key: unb64(k) }));
+    // Saved before publishing: an id is never handed out twice.
+    await this.store.put("kv", "olm:next-key-id", nextId);
+    const answer = await conn.request({
+      case: "publishKeys",
+      value: {
+        user: this.user,
+        device: {
+          deviceId: this.deviceId,
+          identityKey: { algorithm: "curve25519", key: unb64(ids.curve25519) },
+          signingKey: { algorithm: "ed25519", key: unb64(ids.ed25519) },
+          signedPrekey: { algorithm: "curve25519", key: fallbackBytes, signature },
+          lastResortPrekey: { algorithm: "curve25519", key: fallbackBytes },
+        },
+        oneTimePrekeys,
+      },
+    });
+    if (answer.frame.case !== "keysPublished") {
+      throw new Error(answer.frame.case === "rejected" ? answer.frame.value.detail : "no answer");
+    }
+    this.account.mark_keys_as_published();
+    await this.saveAccount();
   }
 
   private sessionKey(peer: string) {
@@ -264,6 +288,9 @@ export class E2ee {
           this.account.remove_one_time_keys(s);
           await this.saveAccount();
           await this.saveSession(from, identity, s);
+          // A one-time key was claimed: publish more when few are left
+          // (after this operation, in the same queue).
+          void this.topUp(conn).catch(() => undefined);
           return text;
         } finally {
           s.free();

@@ -7,7 +7,10 @@ import { Connection } from "./conn";
 import { openStore, type Store } from "./db";
 import { E2ee, fingerprint, SCHEME } from "./e2ee";
 import { RequestAction, type ServerFrame } from "./gen/interop/v1/client_pb";
-import { Encryption, Inbox, ReceiptStatus, RejectCode, type Envelope } from "./gen/interop/v1/envelope_pb";
+import { Encryption, Inbox, ReceiptStatus, RejectCode, type Envelope, EnvelopeSchema } from "./gen/interop/v1/envelope_pb";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+
+type EnvelopeInit = MessageInitShape<typeof EnvelopeSchema>;
 import type { Deliver } from "./gen/interop/v1/client_pb";
 
 interface Me {
@@ -79,7 +82,8 @@ let view: { kind: "settings" } | { kind: "chat"; peer: string } | { kind: "new" 
 // What the composer does with its text: a new message, a reply, an edit.
 let composing: { peer: string; replyTo?: Msg; editing?: Msg } | null = null;
 let connected = false;
-let lastTypingSent = 0;
+// When this user last told each chat they are typing (0: not since their last message).
+const lastTypingSent = new Map<string, number>();
 let keysPublished = false;
 
 // ---- small DOM helpers ----
@@ -414,8 +418,25 @@ async function respond(peer: string, action: RequestAction) {
   render();
 }
 
+/**
+ * Sends an envelope; a refusal that says "try again" (UNAVAILABLE: nothing
+ * was stored; RATE_LIMITED) is sent again, unchanged (the same client
+ * message id), after the time the gateway asks, up to three tries.
+ */
+async function send(envelope: EnvelopeInit): Promise<ServerFrame> {
+  for (let attempt = 1; ; attempt++) {
+    const a = await conn.request({ case: "send", value: { envelope } });
+    const again = a.frame.case === "rejected" && (a.frame.value.code === RejectCode.UNAVAILABLE || a.frame.value.code === RejectCode.RATE_LIMITED);
+    if (!again || attempt === 3) return a;
+    const wait = a.frame.case === "rejected" ? Math.max(500, a.frame.value.retryAfterMs) : 500;
+    await new Promise((r) => setTimeout(r, Math.min(wait, 5000)));
+  }
+}
+
 async function sendText(peer: string, text: string, replyTo?: Msg) {
   const c = chat(peer);
+  // The message ends this burst of typing: the next keystroke says so again.
+  lastTypingSent.delete(peer);
   const clientMessageId = randomId("web-");
   let devices: { deviceId: string; payload: Uint8Array }[] = [];
   if (!c.group) {
@@ -443,7 +464,7 @@ async function sendText(peer: string, text: string, replyTo?: Msg) {
       ? { encryption: Encryption.E2EE, content: { case: "ciphertext" as const, value: { scheme: SCHEME, devices } } }
       : { encryption: Encryption.TRANSPORT_ONLY, content: { case: "text" as const, value: { body: text } } }),
   };
-  const a = await conn.request({ case: "send", value: { envelope } });
+  const a = await send(envelope);
   if (a.frame.case === "accepted") {
     m.messageId = a.frame.value.messageId;
     if (m.status === "sending") m.status = "sent";
@@ -459,19 +480,14 @@ async function sendText(peer: string, text: string, replyTo?: Msg) {
 /** Replaces the text of a message this user sent (server-visible ones). */
 async function editText(m: Msg, text: string) {
   const c = chat(m.peer);
-  const a = await conn.request({
-    case: "send",
-    value: {
-      envelope: {
-        clientMessageId: randomId("web-"),
-        from: me.user,
-        to: c.group ? "" : m.peer,
-        groupId: c.group ? m.peer : "",
-        encryption: Encryption.TRANSPORT_ONLY,
-        sentAtMs: BigInt(Date.now()),
-        content: { case: "edit", value: { targetMessageId: m.messageId, text: { body: text } } },
-      },
-    },
+  const a = await send({
+    clientMessageId: randomId("web-"),
+    from: me.user,
+    to: c.group ? "" : m.peer,
+    groupId: c.group ? m.peer : "",
+    encryption: Encryption.TRANSPORT_ONLY,
+    sentAtMs: BigInt(Date.now()),
+    content: { case: "edit", value: { targetMessageId: m.messageId, text: { body: text } } },
   });
   if (a.frame.case !== "accepted") return say(`Not edited: ${rejectText(a)}`);
   m.text = text;
@@ -483,19 +499,14 @@ async function editText(m: Msg, text: string) {
 /** Deletes a message this user sent, for everyone. */
 async function deleteMessage(m: Msg) {
   const c = chat(m.peer);
-  const a = await conn.request({
-    case: "send",
-    value: {
-      envelope: {
-        clientMessageId: randomId("web-"),
-        from: me.user,
-        to: c.group ? "" : m.peer,
-        groupId: c.group ? m.peer : "",
-        encryption: Encryption.TRANSPORT_ONLY,
-        sentAtMs: BigInt(Date.now()),
-        content: { case: "delete", value: { targetMessageId: m.messageId } },
-      },
-    },
+  const a = await send({
+    clientMessageId: randomId("web-"),
+    from: me.user,
+    to: c.group ? "" : m.peer,
+    groupId: c.group ? m.peer : "",
+    encryption: Encryption.TRANSPORT_ONLY,
+    sentAtMs: BigInt(Date.now()),
+    content: { case: "delete", value: { targetMessageId: m.messageId } },
   });
   if (a.frame.case !== "accepted") return say(`Not deleted: ${rejectText(a)}`);
   m.deleted = true;
@@ -545,19 +556,14 @@ async function sendFile(peer: string, file: File) {
   c.messages.push(m);
   await saveMsg(m);
   render();
-  const a = await conn.request({
-    case: "send",
-    value: {
-      envelope: {
-        clientMessageId,
-        from: me.user,
-        to: c.group ? "" : peer,
-        groupId: c.group ? peer : "",
-        encryption: Encryption.TRANSPORT_ONLY,
-        sentAtMs: BigInt(m.at),
-        content: { case: "media", value: { mediaId: u.media_id, contentType: u.content_type, size: BigInt(u.size), filename: file.name } },
-      },
-    },
+  const a = await send({
+    clientMessageId,
+    from: me.user,
+    to: c.group ? "" : peer,
+    groupId: c.group ? peer : "",
+    encryption: Encryption.TRANSPORT_ONLY,
+    sentAtMs: BigInt(m.at),
+    content: { case: "media", value: { mediaId: u.media_id, contentType: u.content_type, size: BigInt(u.size), filename: file.name } },
   });
   if (a.frame.case === "accepted") {
     m.messageId = a.frame.value.messageId;
@@ -573,19 +579,14 @@ async function sendFile(peer: string, file: File) {
 async function react(m: Msg, emoji: string) {
   const c = chat(m.peer);
   const mine = m.reactions?.[me.user] === emoji ? "" : emoji;
-  const a = await conn.request({
-    case: "send",
-    value: {
-      envelope: {
-        clientMessageId: randomId("web-"),
-        from: me.user,
-        to: c.group ? "" : m.peer,
-        groupId: c.group ? m.peer : "",
-        encryption: Encryption.TRANSPORT_ONLY,
-        sentAtMs: BigInt(Date.now()),
-        content: { case: "reaction", value: { targetMessageId: m.messageId, emoji: mine } },
-      },
-    },
+  const a = await send({
+    clientMessageId: randomId("web-"),
+    from: me.user,
+    to: c.group ? "" : m.peer,
+    groupId: c.group ? m.peer : "",
+    encryption: Encryption.TRANSPORT_ONLY,
+    sentAtMs: BigInt(Date.now()),
+    content: { case: "reaction", value: { targetMessageId: m.messageId, emoji: mine } },
   });
   if (a.frame.case !== "accepted") return say(`Reaction not sent: ${rejectText(a)}`);
   m.reactions = { ...(m.reactions ?? {}) };
@@ -597,8 +598,8 @@ async function react(m: Msg, emoji: string) {
 
 function sendTyping(peer: string) {
   const c = chat(peer);
-  if (c.state !== "accepted" || Date.now() - lastTypingSent < 3000) return;
-  lastTypingSent = Date.now();
+  if (c.state !== "accepted" || Date.now() - (lastTypingSent.get(peer) ?? 0) < 3000) return;
+  lastTypingSent.set(peer, Date.now());
   void conn.request({
     case: "send",
     value: {

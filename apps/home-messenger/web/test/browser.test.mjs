@@ -25,8 +25,8 @@ const SHOTS = process.env.SCREENSHOT_DIR ?? new URL("../test-results/", import.m
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 
-/** Runs the CLI; resolves with its exit code and output (JSON lines). */
-function cli(...args) {
+/** Runs the CLI once; resolves with its exit code and output (JSON lines). */
+function cliOnce(args) {
   return new Promise((resolve, reject) => {
     const p = spawn(CLI, ["--json", ...args], { env: process.env });
     let stdout = "";
@@ -39,9 +39,26 @@ function cli(...args) {
 }
 
 /**
- * `interop listen` until `done(lines)` holds for the lines so far (or a
- * line satisfies it, given a one-line predicate); resolves with the lines.
- * `ready` resolves once the listener's session is open.
+ * Runs the CLI. A refusal that says "try again" (UNAVAILABLE: the gateway
+ * stored nothing; RATE_LIMITED) is retried, as docs/protocol.md tells
+ * clients to, up to 3 times; each retry is logged.
+ */
+async function cli(...args) {
+  for (let attempt = 1; ; attempt++) {
+    const r = await cliOnce(args);
+    const retry = r.code === 2 && /"code":"(UNAVAILABLE|RATE_LIMITED)"/.test(r.stdout);
+    if (!retry || attempt === 3) return r;
+    console.log(`# interop ${args.join(" ")}: ${r.stdout.trim()}; retrying`);
+    await new Promise((res) => setTimeout(res, 1000));
+  }
+}
+
+/**
+ * `interop listen` until `done(lines)` holds for the lines it printed;
+ * `lines` resolves with them. `opened` resolves once its session is open.
+ * The CLI acks each message right after printing it, and a message whose
+ * ack is lost comes again (and its DELIVERED receipt is not sent): so the
+ * process is stopped only a moment after the last line it printed.
  */
 function listen(user, done, timeoutS = 20) {
   const p = spawn(CLI, ["--json", "listen", "--as", user, "--timeout", String(timeoutS)], { env: process.env });
@@ -63,14 +80,15 @@ function listen(user, done, timeoutS = 20) {
           continue;
         }
         if (done(seen)) {
-          p.kill();
+          setTimeout(() => p.kill(), 500);
           resolve(seen);
         }
       }
     });
     p.on("close", () => reject(new Error(`listen ended first; saw ${JSON.stringify(seen)}`)));
   });
-  return { opened, lines };
+  const closed = new Promise((r) => p.on("close", r));
+  return { opened, lines: lines.then(async (l) => (await closed, l)) };
 }
 
 /** The first line `interop listen` prints that satisfies `want`. */
@@ -182,7 +200,7 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
 
   await t.test("a CLI user's end-to-end-encrypted first message is a request, decrypted in the browser", async () => {
     let r = await cli("opt-in", "--as", ALICE, "--allow", "home");
-    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.code, 0, `${r.stdout} ${r.stderr}`);
     r = await cli("send", "--e2ee", "--as", ALICE, "--to", BOB, "--text", "hello from signal");
     assert.equal(r.code, 0, `send --e2ee: ${r.stdout} ${r.stderr}`);
     const request = page.locator("#requests").getByRole("button", { name: new RegExp(ALICE) });
@@ -219,7 +237,7 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     // Alice's device acked it: the browser shows the receipt.
     await page.locator("#messages li.out").getByText(/Delivered|Read/).waitFor();
     const r = await cli("send", "--e2ee", "--as", ALICE, "--to", BOB, "--text", "second from signal");
-    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.code, 0, `${r.stdout} ${r.stderr}`);
     await page.locator("#messages").getByText("second from signal").waitFor();
     await accessible(page, "chat");
   });
@@ -230,13 +248,13 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     writeFileSync(join(dir, "photo.png"), png());
     writeFileSync(join(dir, "voice.wav"), wav());
     let r = await cli("send", "--as", ALICE, "--to", BOB, "--file", join(dir, "photo.png"));
-    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.code, 0, `${r.stdout} ${r.stderr}`);
     const img = page.locator(`#messages img[alt="Image from ${ALICE}: photo.jpg"]`);
     await img.waitFor();
     await page.waitForFunction((sel) => document.querySelector(sel)?.naturalWidth > 0, `#messages img[alt="Image from ${ALICE}: photo.jpg"]`);
     assert.equal(await img.evaluate((i) => i.naturalWidth), 64);
     r = await cli("send", "--as", ALICE, "--to", BOB, "--file", join(dir, "voice.wav"));
-    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.code, 0, `${r.stdout} ${r.stderr}`);
     const audio = page.getByLabel(`Voice message from ${ALICE}`);
     await audio.waitFor();
     const played = await audio.evaluate(async (a) => {
@@ -248,7 +266,7 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     assert.ok(played.time > 0, "playback advanced");
     writeFileSync(join(dir, "notes.txt"), "the packing list\n");
     r = await cli("send", "--as", ALICE, "--to", BOB, "--file", join(dir, "notes.txt"));
-    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.code, 0, `${r.stdout} ${r.stderr}`);
     const link = page.getByRole("link", { name: "Download notes.txt" });
     await link.waitFor();
     const href = await link.getAttribute("href");
@@ -285,11 +303,11 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
 
   await t.test("a group with a Signal user: its notice, its messages, a reply to the group", async () => {
     let r = await cli("group", "create", "--creator", ALICE, "--member", BOB, "--name", "Ski trip");
-    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.code, 0, `${r.stdout} ${r.stderr}`);
     const groupId = /"group_id":"([^"]+)"/.exec(r.stdout)?.[1];
     assert.ok(groupId, r.stdout);
     r = await cli("send", "--as", ALICE, "--group", groupId, "--text", "see you at the lift");
-    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.code, 0, `${r.stdout} ${r.stderr}`);
     const group = page.getByRole("button", { name: /^Ski trip/ });
     await group.waitFor();
     await group.click();
@@ -306,7 +324,7 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
 
   await t.test("inboxes: other apps' chats apart, or combined by choice; a plain-text request says so", async () => {
     const r = await cli("send", "--as", "signal:carol", "--to", BOB, "--text", "hi bob, it's carol");
-    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.code, 0, `${r.stdout} ${r.stderr}`);
     const request = page.locator("#requests").getByRole("button", { name: /signal:carol/ });
     await request.waitFor();
     await page.locator("#third-party").getByRole("button", { name: new RegExp(ALICE) }).waitFor();
@@ -336,7 +354,7 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     const refusedNow = r.code === 2 && /RECIPIENT_UNAVAILABLE/.test(r.stdout);
     let failedLater = false;
     if (!refusedNow) {
-      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.code, 0, `${r.stdout} ${r.stderr}`);
       const receipt = await listenFor(ALICE, (v) => v.receipt?.status === "FAILED" || v.status === "FAILED" || /FAILED/.test(JSON.stringify(v)));
       failedLater = /RECIPIENT_UNAVAILABLE/.test(JSON.stringify(receipt));
     }
