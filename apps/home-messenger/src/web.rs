@@ -407,17 +407,66 @@ async fn download(
         .download(&config.provider, &config.token, &user, &id, &mut body)
         .await
     {
-        Ok(d) => (
-            [
-                (header::CONTENT_TYPE, d.content_type),
-                (header::CACHE_CONTROL, "private, no-store".to_owned()),
-                (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
-            ],
-            body,
-        )
-            .into_response(),
+        Ok(d) => {
+            let total = body.len();
+            let range = headers
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .map(|r| byte_range(r, total));
+            let (status, part, content_range) = match range {
+                None => (StatusCode::OK, body, None),
+                Some(Some((start, end))) => (
+                    StatusCode::PARTIAL_CONTENT,
+                    body[start..=end].to_vec(),
+                    Some(format!("bytes {start}-{end}/{total}")),
+                ),
+                Some(None) => (
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    Vec::new(),
+                    Some(format!("bytes */{total}")),
+                ),
+            };
+            let mut res = (
+                status,
+                [
+                    (header::CONTENT_TYPE, d.content_type),
+                    (header::CACHE_CONTROL, "private, no-store".to_owned()),
+                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+                    (header::ACCEPT_RANGES, "bytes".to_owned()),
+                ],
+                part,
+            )
+                .into_response();
+            if let Some(v) = content_range.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                res.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            res
+        }
         Err(e) => media_error(e),
     }
+}
+
+/// The one byte range a `Range` header asks of `total` bytes (players ask
+/// for parts of voice notes and videos to find their length), as inclusive
+/// offsets; `None` when it cannot be served (then the answer is 416).
+pub fn byte_range(header: &str, total: usize) -> Option<(usize, usize)> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') || total == 0 {
+        return None;
+    }
+    let (start, end) = spec.split_once('-')?;
+    let (start, end) = match (start.trim(), end.trim()) {
+        ("", suffix) => {
+            let n: usize = suffix.parse().ok()?;
+            if n == 0 {
+                return None;
+            }
+            (total.saturating_sub(n), total - 1)
+        }
+        (s, "") => (s.parse().ok()?, total - 1),
+        (s, e) => (s.parse().ok()?, e.parse::<usize>().ok()?.min(total - 1)),
+    };
+    (start <= end && end < total).then_some((start, end))
 }
 
 async fn ws(
@@ -585,6 +634,19 @@ async fn browser_session(app: Arc<App>, user: String, socket: WebSocket) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_ranges() {
+        assert_eq!(byte_range("bytes=0-", 10), Some((0, 9)));
+        assert_eq!(byte_range("bytes=2-4", 10), Some((2, 4)));
+        assert_eq!(byte_range("bytes=5-100", 10), Some((5, 9)));
+        assert_eq!(byte_range("bytes=-3", 10), Some((7, 9)));
+        assert_eq!(byte_range("bytes=10-", 10), None);
+        assert_eq!(byte_range("bytes=4-2", 10), None);
+        assert_eq!(byte_range("bytes=0-1,3-4", 10), None);
+        assert_eq!(byte_range("items=0-1", 10), None);
+        assert_eq!(byte_range("bytes=0-", 0), None);
+    }
 
     #[test]
     fn cookies_origins_and_demo_users() {
