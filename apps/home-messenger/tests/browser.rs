@@ -61,5 +61,42 @@ async fn the_web_app_in_a_real_browser() {
         .expect("the browser tests finish within 150 s")
         .expect("node runs");
     assert!(status.success(), "the browser tests failed: {status}");
+
+    // End to end means the gateway's store never held the plaintext of the
+    // encrypted messages, in either direction; the server-visible message
+    // sent in the same run is there, so the search does find what is stored.
+    let stored = files_under(&env.nats.dir().join("jetstream"));
+    let holds = |needle: &str| stored.iter().any(|f| contains(f, needle.as_bytes()));
+    assert!(
+        holds("hi bob, it's carol"),
+        "the server-visible message is in the store"
+    );
+    for secret in [
+        "hello from signal",
+        "hi alice, from the browser",
+        "a reply, end to end",
+    ] {
+        assert!(!holds(secret), "{secret:?} reached the gateway's store");
+    }
     env.server.stop();
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push(bytes);
+            }
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
