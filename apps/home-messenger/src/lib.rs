@@ -47,15 +47,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// Connects to the gateway and serves on `listener`.
+    /// Connects to the gateway and serves on `listener`; `secure_cookie`
+    /// marks the session cookie `Secure` (when served over HTTPS).
     pub async fn start(
         gateway: GatewayConfig,
         users: Vec<DemoUser>,
         web_dir: PathBuf,
+        secure_cookie: bool,
         listener: TcpListener,
     ) -> anyhow::Result<Self> {
         let hub = Hub::start(gateway).await?;
-        let app = Arc::new(web::App::new(hub.clone(), users, web_dir)?);
+        let mut app = web::App::new(hub.clone(), users, web_dir)?;
+        app.secure_cookie = secure_cookie;
+        let app = Arc::new(app);
         let addr = listener.local_addr()?;
         let router = web::router(app);
         let task = tokio::spawn(async move {

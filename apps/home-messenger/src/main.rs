@@ -37,6 +37,10 @@ struct Args {
     /// (home:+4915112345678) and Carol (home:+4915112345679).
     #[arg(long = "demo-user")]
     demo_users: Vec<DemoUser>,
+    /// Mark the session cookie `Secure`: set it when users reach the
+    /// adapter over HTTPS (behind a TLS ingress).
+    #[arg(long, env = "INTEROP_HOME_SECURE_COOKIE")]
+    secure_cookie: bool,
 }
 
 #[tokio::main]
@@ -70,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
         args.demo_users
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
-    let server = Server::start(gateway, users, args.web_dir, listener).await?;
+    let server = Server::start(gateway, users, args.web_dir, args.secure_cookie, listener).await?;
     tracing::info!(url = %server.url(), "home messenger ready");
     tokio::select! {
         _ = server.wait() => {}

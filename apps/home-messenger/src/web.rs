@@ -57,6 +57,8 @@ impl std::str::FromStr for DemoUser {
 
 /// The cookie that names a browser's session.
 pub const COOKIE: &str = "hm_session";
+/// How long a sign-in lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Largest upload the adapter takes from a browser.
 pub const MAX_UPLOAD: usize = 32 * 1024 * 1024;
 
@@ -65,7 +67,10 @@ pub struct App {
     pub hub: Arc<Hub>,
     pub users: Vec<DemoUser>,
     pub web_dir: PathBuf,
-    sessions: Mutex<HashMap<String, String>>,
+    /// Session id (the cookie) to the user and when they signed in.
+    sessions: Mutex<HashMap<String, (String, Instant)>>,
+    /// `Secure` on the session cookie (behind HTTPS).
+    pub secure_cookie: bool,
     media: MediaClient,
     providers: Mutex<Option<(Instant, Value)>>,
 }
@@ -78,19 +83,28 @@ impl App {
             users,
             web_dir,
             sessions: Mutex::new(HashMap::new()),
+            secure_cookie: false,
             media,
             providers: Mutex::new(None),
         })
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The signed-in user of a request, from its session cookie.
     fn user(&self, headers: &HeaderMap) -> Option<String> {
         let id = session_cookie(headers)?;
-        self.sessions().get(id).cloned()
+        self.user_of(id)
+    }
+
+    /// The user of session `id`, while it lasts ([`SESSION_TTL`]).
+    fn user_of(&self, id: &str) -> Option<String> {
+        self.sessions()
+            .get(id)
+            .filter(|(_, at)| at.elapsed() < SESSION_TTL)
+            .map(|(user, _)| user.clone())
     }
 }
 
@@ -233,9 +247,17 @@ async fn sign_in(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
         return error(StatusCode::FORBIDDEN, "UNKNOWN_USER", "not a demo user");
     };
     let id = hex::encode(rand::random::<[u8; 32]>());
-    app.sessions().insert(id.clone(), user.address.clone());
+    {
+        let mut sessions = app.sessions();
+        sessions.retain(|_, (_, at)| at.elapsed() < SESSION_TTL);
+        sessions.insert(id.clone(), (user.address.clone(), Instant::now()));
+    }
     tracing::info!(user = %masked(&user.address), "signed in");
-    let cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict");
+    let secure = if app.secure_cookie { "; Secure" } else { "" };
+    let cookie = format!(
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        SESSION_TTL.as_secs()
+    );
     let mut res = ok_json(&json!({"user": user.address, "name": user.name}));
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         res.headers_mut().insert(header::SET_COOKIE, v);
@@ -477,12 +499,15 @@ async fn ws(
     if !same_origin(&headers) {
         return error(StatusCode::FORBIDDEN, "FORBIDDEN", "another site's page");
     }
-    let Some(user) = app.user(&headers) else {
+    let Some(session) = session_cookie(&headers).map(str::to_owned) else {
+        return unauthorized();
+    };
+    let Some(user) = app.user_of(&session) else {
         return unauthorized();
     };
     upgrade
         .max_message_size(1024 * 1024)
-        .on_upgrade(move |socket| browser_session(app, user, socket))
+        .on_upgrade(move |socket| browser_session(app, session, user, socket))
 }
 
 fn frame_bytes(f: &ServerFrame) -> Message {
@@ -498,7 +523,7 @@ fn answer(request_id: u64, frame: server_frame::Frame) -> ServerFrame {
 
 /// One browser tab's connection: first a `Hello` naming its device, then
 /// the gateway's frames both ways.
-async fn browser_session(app: Arc<App>, user: String, socket: WebSocket) {
+async fn browser_session(app: Arc<App>, session: String, user: String, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     // The first frame names the browser's device (its Olm keys are its
     // own); everything else waits for it.
@@ -575,6 +600,10 @@ async fn browser_session(app: Arc<App>, user: String, socket: WebSocket) {
         })
     };
     while let Some(Ok(msg)) = stream.next().await {
+        // Signed out (or expired): the connection ends with the session.
+        if app.user_of(&session).is_none() {
+            break;
+        }
         let bytes = match msg {
             Message::Binary(b) => b,
             Message::Close(_) => break,

@@ -334,5 +334,30 @@ async fn a_browser_opts_in_answers_a_request_and_gets_only_its_own_messages() {
     .await;
     assert_eq!(status, 401, "no upload without a session");
 
+    // Signing out ends the session and the connections it opened.
+    let (status, _, _) = http(addr, "DELETE", "/api/session", &[("Cookie", &cookie)], b"").await;
+    assert_eq!(status, 204);
+    let (status, _, _) = http(addr, "GET", "/api/session", &[("Cookie", &cookie)], b"").await;
+    assert_eq!(status, 401);
+    write(
+        &mut ws,
+        7,
+        Frame::GetConsent(interop_proto::v1::GetConsent { user: BOB.into() }),
+    )
+    .await;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("the connection ends within 10 s")
+        {
+            None | Some(Err(_)) | Some(Ok(tungstenite::Message::Close(_))) => break,
+            Some(Ok(tungstenite::Message::Binary(b))) => {
+                let f = ServerFrame::decode(b).unwrap();
+                assert_ne!(f.request_id, 7, "answered after sign-out: {f:?}");
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+
     env.server.stop();
 }

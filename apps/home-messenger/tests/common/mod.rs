@@ -201,7 +201,7 @@ pub async fn start() -> Env {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binding the adapter");
-    let server = Server::start(config, default_demo_users(), web_dir(), listener)
+    let server = Server::start(config, default_demo_users(), web_dir(), false, listener)
         .await
         .expect("starting the adapter");
     Env {
