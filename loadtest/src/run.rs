@@ -83,6 +83,12 @@ pub enum RunError {
     Media(#[from] crate::media::MediaError),
     #[error("provider {provider}'s {sessions} sessions did not settle which partitions each owns within {SETTLE_TIMEOUT:?}")]
     Unsettled { provider: String, sessions: usize },
+    #[error("provider {provider} has {seen} provider sessions on the gateway and the run opened {sessions}: another client (the home messenger `scripts/up` starts is one) would receive some of its users' messages; stop it, or give the scenario another provider")]
+    OtherSessions {
+        provider: String,
+        sessions: usize,
+        seen: usize,
+    },
 }
 
 /// How long a provider's sessions may take to split the partitions between
@@ -97,10 +103,6 @@ async fn settle(
     sessions: &mut [(ProviderLogin, ProviderReceiver)],
 ) -> Result<(), RunError> {
     let n = sessions.len();
-    let unsettled = || RunError::Unsettled {
-        provider: provider.to_owned(),
-        sessions: n,
-    };
     let settled = |sessions: &[(ProviderLogin, ProviderReceiver)]| {
         let mut seen = HashSet::new();
         sessions.iter().all(|(_, rx)| {
@@ -126,7 +128,26 @@ async fn settle(
                     source,
                 })
             }
-            Err(_) => return Err(unsettled()),
+            Err(_) => {
+                let seen = sessions
+                    .iter()
+                    .map(|(_, rx)| rx.sessions())
+                    .max()
+                    .unwrap_or(0) as usize;
+                let provider = provider.to_owned();
+                return Err(if seen > n {
+                    RunError::OtherSessions {
+                        provider,
+                        sessions: n,
+                        seen,
+                    }
+                } else {
+                    RunError::Unsettled {
+                        provider,
+                        sessions: n,
+                    }
+                });
+            }
         }
     }
     Ok(())
