@@ -47,6 +47,12 @@ export function fingerprint(key: string): string {
 
 export class E2ee {
   private queue: Promise<unknown> = Promise.resolve();
+  /**
+   * Called when a contact's devices show an identity key this browser has
+   * not seen for them before, after it had seen others: their security
+   * code changed (a new device, or a reinstall, or someone else's key).
+   */
+  onSecurityChange: (peer: string) => void = () => undefined;
 
   private constructor(
     private olm: OlmImpl,
@@ -168,6 +174,16 @@ export class E2ee {
     await this.saveAccount();
   }
 
+  /** Remembers `peer`'s identity keys; true when one is new after others. */
+  private async noteIdentities(peer: string, identities: string[]): Promise<boolean> {
+    const key = `olm:known:${peer}`;
+    const known = (await this.store.get<string[]>("kv", key)) ?? [];
+    const fresh = identities.filter((i) => !known.includes(i));
+    if (!fresh.length) return false;
+    await this.store.put("kv", key, [...known, ...fresh]);
+    return known.length > 0;
+  }
+
   private sessionKey(peer: string) {
     return `olm:sessions:${peer}`;
   }
@@ -200,6 +216,8 @@ export class E2ee {
         if (list.frame.case === "rejected") return [];
         throw new Error("no device list");
       }
+      const identities = list.frame.value.devices.flatMap((d) => (d.identityKey ? [b64(d.identityKey.key)] : []));
+      if (await this.noteIdentities(to, identities)) this.onSecurityChange(to);
       const out: { deviceId: string; payload: Uint8Array }[] = [];
       const missing: string[] = [];
       const existing = await this.sessions(to);
@@ -288,6 +306,7 @@ export class E2ee {
           this.account.remove_one_time_keys(s);
           await this.saveAccount();
           await this.saveSession(from, identity, s);
+          if (await this.noteIdentities(from, [identity])) this.onSecurityChange(from);
           // A one-time key was claimed: publish more when few are left
           // (after this operation, in the same queue).
           void this.topUp(conn).catch(() => undefined);

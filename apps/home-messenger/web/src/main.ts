@@ -48,6 +48,8 @@ interface Msg {
   edited?: boolean;
   deleted?: boolean;
   replyTo?: string;
+  /** Written by this app, not sent by anyone (a security code change). */
+  notice?: boolean;
 }
 type ChatState = "request" | "accepted" | "declined" | "blocked";
 interface ChatMeta {
@@ -431,6 +433,26 @@ async function send(envelope: EnvelopeInit): Promise<ServerFrame> {
     const wait = a.frame.case === "rejected" ? Math.max(500, a.frame.value.retryAfterMs) : 500;
     await new Promise((r) => setTimeout(r, Math.min(wait, 5000)));
   }
+}
+
+/** Tells the user, in the chat, that a contact's security code changed. */
+async function securityChanged(peer: string) {
+  const c = chat(peer);
+  const m: Msg = {
+    key: randomId("notice-"),
+    messageId: "",
+    peer,
+    from: "",
+    outgoing: false,
+    at: Date.now(),
+    e2ee: true,
+    read: true,
+    notice: true,
+    text: `Your security code with ${peer} changed: they have a new or another device (or reinstalled the app). If you did not expect this, check with them some other way.`,
+  };
+  c.messages.push(m);
+  await saveMsg(m);
+  render();
 }
 
 async function sendText(peer: string, text: string, replyTo?: Msg) {
@@ -856,6 +878,7 @@ function makeMedia(m: Msg): HTMLElement {
 }
 
 function messageView(c: Chat, m: Msg): HTMLElement {
+  if (m.notice) return h("li", { class: "notice" }, h("strong", {}, "Security code changed. "), m.text ?? "");
   const body: Child[] = [];
   if (m.replyTo) {
     const target = c.messages.find((x) => x.messageId === m.replyTo);
@@ -1052,6 +1075,7 @@ async function start() {
   else say("The list of other messaging apps is not available now.");
   store = await openStore(me.user);
   e2ee = await E2ee.open(store, me.user);
+  e2ee.onSecurityChange = (peer) => void securityChanged(peer);
   await loadChats();
   conn = new Connection(e2ee.deviceId, onDeliver, (up) => {
     connected = up;

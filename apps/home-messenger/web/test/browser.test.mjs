@@ -60,8 +60,8 @@ async function cli(...args) {
  * ack is lost comes again (and its DELIVERED receipt is not sent): so the
  * process is stopped only a moment after the last line it printed.
  */
-function listen(user, done, timeoutS = 20) {
-  const p = spawn(CLI, ["--json", "listen", "--as", user, "--timeout", String(timeoutS)], { env: process.env });
+function listen(user, done, timeoutS = 20, device = "cli") {
+  const p = spawn(CLI, ["--json", "listen", "--as", user, "--device", device, "--timeout", String(timeoutS)], { env: process.env });
   let ready;
   const opened = new Promise((r) => (ready = r));
   p.stderr.on("data", (d) => /listening as/.test(String(d)) && ready());
@@ -92,8 +92,8 @@ function listen(user, done, timeoutS = 20) {
 }
 
 /** The first line `interop listen` prints that satisfies `want`. */
-async function listenFor(user, want, timeoutS = 20) {
-  const seen = await listen(user, (lines) => lines.some(want), timeoutS).lines;
+async function listenFor(user, want, timeoutS = 20, device = "cli") {
+  const seen = await listen(user, (lines) => lines.some(want), timeoutS, device).lines;
   return seen.find(want);
 }
 
@@ -316,6 +316,19 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     await page.getByText("This message was deleted.").waitFor();
     const lines = await alice.lines;
     for (const [what, w] of Object.entries(want)) assert.ok(lines.some(w), `${what} did not reach signal:alice`);
+  });
+
+  await t.test("a new device of the contact changes the security code, and gets its own ciphertext", async () => {
+    const r = await cli("keys", "publish", "--as", ALICE, "--device", "tablet");
+    assert.equal(r.code, 0, `${r.stdout} ${r.stderr}`);
+    const phone = listenFor(ALICE, (v) => v.text === "to both your devices" && v.e2ee_scheme === "olm.v1");
+    await page.getByLabel(`Message to ${ALICE}`).fill("to both your devices");
+    await page.getByRole("button", { name: "Send", exact: true }).click();
+    await page.getByText(`Your security code with ${ALICE} changed`).waitFor();
+    await phone;
+    // The new device decrypts its own copy.
+    await listenFor(ALICE, (v) => v.text === "to both your devices" && v.e2ee_scheme === "olm.v1", 20, "tablet");
+    await accessible(page, "chat with a security notice");
   });
 
   await t.test("a group with a Signal user: its notice, its messages, a reply to the group", async () => {
