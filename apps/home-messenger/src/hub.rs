@@ -66,47 +66,23 @@ struct Mailbox {
     live: Vec<(u64, Outbox)>,
 }
 
-/// The gateway connections and every user's mailbox.
-pub struct Hub {
-    pub config: GatewayConfig,
-    sender: Sender,
+/// Every user's mailbox: what waits for their browsers, and the browsers
+/// they have open.
+#[derive(Default)]
+pub struct Mailboxes {
     boxes: Mutex<HashMap<String, Mailbox>>,
-    reads: mpsc::Sender<(String, Vec<u64>)>,
     next_conn: AtomicU64,
 }
 
-impl Hub {
-    /// Connects to ingest, then starts the provider session on delivery in
-    /// a task that reconnects by itself.
-    ///
-    /// A gateway that cannot be reached yet is retried (with back-off, up
-    /// to 5 s between tries, a warning each time) rather than given up on;
-    /// a refused `Hello` (a wrong token) is an error at once.
-    pub async fn start(config: GatewayConfig) -> anyhow::Result<Arc<Self>> {
-        let sender = retry("ingest", || {
-            Sender::connect(&config.ingest_url, &config.provider, &config.token)
-        })
-        .await?;
-        let (reads_tx, reads_rx) = mpsc::channel(1024);
-        let hub = Arc::new(Self {
-            config,
-            sender,
-            boxes: Mutex::new(HashMap::new()),
-            reads: reads_tx,
-            next_conn: AtomicU64::new(1),
-        });
-        let first = retry("delivery", || {
-            ProviderReceiver::connect(
-                &hub.config.delivery_url,
-                &hub.config.provider,
-                &hub.config.token,
-            )
-        })
-        .await?;
-        tokio::spawn(receive(Arc::downgrade(&hub), first, reads_rx));
-        Ok(hub)
-    }
+/// The gateway connections and every user's mailbox.
+pub struct Hub {
+    pub config: GatewayConfig,
+    pub mailboxes: Mailboxes,
+    sender: Sender,
+    reads: mpsc::Sender<(String, Vec<u64>)>,
+}
 
+impl Mailboxes {
     fn boxes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Mailbox>> {
         // A panic while holding the lock left the maps consistent enough
         // (each change is one insert or remove): go on with them.
@@ -117,7 +93,7 @@ impl Hub {
     /// messages waiting for it, in store order; from now on new ones go to
     /// `out` (taken under one lock: nothing is missed or sent twice).
     pub fn attach(&self, user: &str, out: Outbox) -> (u64, Vec<Deliver>) {
-        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
         let mut boxes = self.boxes();
         let b = boxes.entry(user.to_owned()).or_default();
         b.live.push((id, out));
@@ -146,17 +122,9 @@ impl Hub {
         self.boxes().get(user).map_or(0, |b| b.pending.len())
     }
 
-    /// The user read these messages: READ receipts to their senders, sent
-    /// on the provider session.
-    pub async fn mark_read(&self, user: &str, tags: Vec<u64>) {
-        if self.reads.send((user.to_owned(), tags)).await.is_err() {
-            tracing::warn!("the provider session is gone; a read report was dropped");
-        }
-    }
-
     /// Files one delivered message: into the mailbox (unless it is a typing
     /// indicator, which is never stored) and out to the user's browsers.
-    fn file(&self, d: Deliver, typing: bool) {
+    pub fn file(&self, d: Deliver, typing: bool) {
         let mut boxes = self.boxes();
         let b = boxes.entry(d.user.clone()).or_default();
         if !typing {
@@ -172,10 +140,51 @@ impl Hub {
             request_id: 0,
             frame: Some(server_frame::Frame::Deliver(d)),
         };
-        // A browser that does not keep up is dropped; it gets everything
+        // A browser that does not keep up is let go: its connection ends
+        // (the writer sees its channel closed) and it gets everything
         // pending again when it reconnects.
         b.live
             .retain(|(_, out)| out.try_send(frame.clone()).is_ok());
+    }
+}
+
+impl Hub {
+    /// Connects to ingest, then starts the provider session on delivery in
+    /// a task that reconnects by itself.
+    ///
+    /// A gateway that cannot be reached yet is retried (with back-off, up
+    /// to 5 s between tries, a warning each time) rather than given up on;
+    /// a refused `Hello` (a wrong token) is an error at once.
+    pub async fn start(config: GatewayConfig) -> anyhow::Result<Arc<Self>> {
+        let sender = retry("ingest", || {
+            Sender::connect(&config.ingest_url, &config.provider, &config.token)
+        })
+        .await?;
+        let (reads_tx, reads_rx) = mpsc::channel(1024);
+        let hub = Arc::new(Self {
+            config,
+            mailboxes: Mailboxes::default(),
+            sender,
+            reads: reads_tx,
+        });
+        let first = retry("delivery", || {
+            ProviderReceiver::connect(
+                &hub.config.delivery_url,
+                &hub.config.provider,
+                &hub.config.token,
+            )
+        })
+        .await?;
+        tokio::spawn(receive(Arc::downgrade(&hub), first, reads_rx));
+        Ok(hub)
+    }
+
+    /// The user read these messages: READ receipts to their senders, sent
+    /// on the provider session.
+    pub async fn mark_read(&self, user: &str, tags: Vec<u64>) {
+        if self.reads.send((user.to_owned(), tags)).await.is_err() {
+            tracing::warn!("the provider session is gone; a read report was dropped");
+        }
     }
 
     /// Sends a checked frame on as the provider and returns the gateway's
@@ -270,7 +279,7 @@ async fn receive(
                         let Some(hub) = hub.upgrade() else { return Ok(()) };
                         let typing = batch.batch_tag == 0;
                         for m in batch.messages {
-                            hub.file(
+                            hub.mailboxes.file(
                                 Deliver {
                                     delivery_tag: m.delivery_tag,
                                     envelope: Some(m.envelope),
@@ -316,4 +325,87 @@ async fn receive(
 /// `Inbox` of a delivered message, for logs and tests.
 pub fn inbox_of(d: &Deliver) -> Inbox {
     Inbox::try_from(d.inbox).unwrap_or(Inbox::Unspecified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use interop_proto::v1::Envelope;
+
+    fn deliver(user: &str, tag: u64) -> Deliver {
+        Deliver {
+            delivery_tag: tag,
+            envelope: Some(Envelope {
+                message_id: format!("m{tag}"),
+                ..Default::default()
+            }),
+            inbox: Inbox::Requests as i32,
+            user: user.into(),
+        }
+    }
+
+    fn tags(frames: &mut mpsc::Receiver<ServerFrame>) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Ok(f) = frames.try_recv() {
+            if let Some(server_frame::Frame::Deliver(d)) = f.frame {
+                out.push(d.delivery_tag);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_message_waits_until_a_browser_acks_it_and_goes_live_to_open_ones() {
+        let m = Mailboxes::default();
+        m.file(deliver("u", 2), false);
+        m.file(deliver("u", 1), false);
+        m.file(deliver("v", 7), false);
+        let (tx, mut rx) = mpsc::channel(16);
+        let (id, waiting) = m.attach("u", tx);
+        // Store order, this user's only.
+        assert_eq!(
+            waiting.iter().map(|d| d.delivery_tag).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        m.file(deliver("u", 3), false);
+        m.file(deliver("u", 0), true);
+        assert_eq!(tags(&mut rx), [3, 0], "live, typing too");
+        assert_eq!(m.pending("u"), 3, "typing is not kept");
+        m.ack("u", &[1, 3]);
+        assert_eq!(m.pending("u"), 1);
+        m.detach("u", id);
+        m.file(deliver("u", 4), false);
+        assert!(tags(&mut rx).is_empty(), "a detached browser gets nothing");
+        let (tx, _rx) = mpsc::channel(16);
+        let (_, waiting) = m.attach("u", tx);
+        assert_eq!(
+            waiting.iter().map(|d| d.delivery_tag).collect::<Vec<_>>(),
+            [2, 4]
+        );
+    }
+
+    #[test]
+    fn a_browser_that_does_not_keep_up_is_let_go_and_a_full_mailbox_drops_the_oldest() {
+        let m = Mailboxes::default();
+        let (tx, mut rx) = mpsc::channel(1);
+        m.attach("u", tx);
+        m.file(deliver("u", 1), false);
+        m.file(deliver("u", 2), false);
+        // Its channel was full: the mailbox dropped its sender, so the
+        // browser's writer sees the channel end after what it holds.
+        assert_eq!(rx.try_recv().ok().map(|_| ()), Some(()));
+        assert!(matches!(
+            rx.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+        assert_eq!(m.pending("u"), 2, "what it missed still waits");
+
+        for tag in 3..=(MAILBOX_LIMIT as u64 + 1) {
+            m.file(deliver("u", tag), false);
+        }
+        assert_eq!(m.pending("u"), MAILBOX_LIMIT);
+        let (tx, _rx) = mpsc::channel(1);
+        let (_, waiting) = m.attach("u", tx);
+        assert_eq!(waiting.first().map(|d| d.delivery_tag), Some(2));
+    }
 }

@@ -566,8 +566,12 @@ async fn browser_session(app: Arc<App>, session: String, user: String, socket: W
             Err(_) => return,
         }
     };
+    // Deliveries come on one channel (the mailbox lets go of a browser that
+    // does not keep up by dropping its sender: the connection then ends),
+    // answers to the browser's own frames on another.
+    let (live_tx, mut live_rx) = mpsc::channel::<ServerFrame>(1024);
     let (out_tx, mut out_rx) = mpsc::channel::<ServerFrame>(1024);
-    let (conn, waiting) = app.hub.attach(&user, out_tx.clone());
+    let (conn, waiting) = app.hub.mailboxes.attach(&user, live_tx);
     tracing::info!(user = %masked(&user), waiting = waiting.len(), "browser connected");
     let writer = {
         let user = user.clone();
@@ -591,7 +595,12 @@ async fn browser_session(app: Arc<App>, session: String, user: String, socket: W
                     return;
                 }
             }
-            while let Some(f) = out_rx.recv().await {
+            loop {
+                let f = tokio::select! {
+                    f = live_rx.recv() => f,
+                    f = out_rx.recv() => f,
+                };
+                let Some(f) = f else { break };
                 if sink.send(send(f)).await.is_err() {
                     return;
                 }
@@ -624,7 +633,7 @@ async fn browser_session(app: Arc<App>, session: String, user: String, socket: W
         };
         let request_id = frame.request_id;
         match frame.frame {
-            Some(Frame::Ack(a)) => app.hub.ack(&user, &a.delivery_tags),
+            Some(Frame::Ack(a)) => app.hub.mailboxes.ack(&user, &a.delivery_tags),
             Some(Frame::MarkRead(m))
                 if !m.delivery_tags.is_empty() && m.delivery_tags.len() <= 256 =>
             {
@@ -654,7 +663,7 @@ async fn browser_session(app: Arc<App>, session: String, user: String, socket: W
             None => {}
         }
     }
-    app.hub.detach(&user, conn);
+    app.hub.mailboxes.detach(&user, conn);
     drop(out_tx);
     writer.abort();
     tracing::info!(user = %masked(&user), "browser disconnected");

@@ -226,7 +226,7 @@ async fn a_browser_opts_in_answers_a_request_and_gets_only_its_own_messages() {
     )
     .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while env.server.hub.pending(BOB) > 0 {
+    while env.server.hub.mailboxes.pending(BOB) > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the ack did not take"
