@@ -118,6 +118,11 @@ async function api(path: string, init?: RequestInit): Promise<Response> {
   return fetch(path, { credentials: "same-origin", ...init });
 }
 
+/** A link only if it is a web address (a provider's registry entry is not trusted to be one). */
+function webUrl(u: string): string {
+  return /^https?:\/\//i.test(u) ? u : "";
+}
+
 function providerOf(address: string): string {
   return address.split(":")[0] ?? "";
 }
@@ -715,7 +720,7 @@ function renderSettings(): HTMLElement {
       h("input", { type: "checkbox", id: `allow-${p.id}`, name: "allow", value: p.id, checked: consent.allowed.includes(p.id) }),
       h("label", { for: `allow-${p.id}` }, p.display_name),
       h("span", { class: "meta" }, p.encryption === "e2ee" ? "end-to-end encrypted app" : "not end-to-end encrypted"),
-      p.privacy_policy_url ? h("a", { href: p.privacy_policy_url, target: "_blank", rel: "noopener noreferrer" }, `${p.display_name} privacy policy`) : null,
+      webUrl(p.privacy_policy_url) ? h("a", { href: webUrl(p.privacy_policy_url), target: "_blank", rel: "noopener noreferrer" }, `${p.display_name} privacy policy`) : null,
     ),
   );
   const radio = (id: string, value: Inbox, text: string) =>
@@ -849,7 +854,7 @@ function warnings(c: Chat): HTMLElement | null {
         "li",
         {},
         `${app} handles your messages under its own privacy policy: `,
-        c.privacyPolicyUrl ? h("a", { href: c.privacyPolicyUrl, target: "_blank", rel: "noopener noreferrer", id: "privacy-link" }, `${app} privacy policy`) : "not given",
+        webUrl(c.privacyPolicyUrl) ? h("a", { href: webUrl(c.privacyPolicyUrl), target: "_blank", rel: "noopener noreferrer", id: "privacy-link" }, `${app} privacy policy`) : "not given",
         ".",
       ),
     ),

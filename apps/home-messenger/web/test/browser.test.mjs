@@ -22,6 +22,7 @@ const CLI = process.env.INTEROP_CLI;
 const BOB = "home:+4915112345678";
 const ALICE = "signal:alice";
 const SHOTS = process.env.SCREENSHOT_DIR ?? new URL("../test-results/", import.meta.url).pathname;
+const SIGNAL_POLICY = process.env.SIGNAL_PRIVACY_URL ?? "https://signal.example/privacy";
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 
@@ -188,7 +189,7 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     const signal = page.getByLabel("Signal", { exact: true });
     assert.equal(await signal.isChecked(), false);
     const policy = page.getByRole("link", { name: "Signal privacy policy" });
-    assert.equal(await policy.getAttribute("href"), "https://signal.example/privacy");
+    assert.equal(await policy.getAttribute("href"), SIGNAL_POLICY);
     await accessible(page, "settings");
     await page.getByLabel("Let people on other messaging apps reach me").check();
     await signal.check();
@@ -212,7 +213,7 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     const warnings = await page.locator("#warnings").innerText();
     assert.match(warnings, /a different messaging app/);
     assert.match(warnings, /spam and scams/);
-    assert.equal(await page.locator("#privacy-link").getAttribute("href"), "https://signal.example/privacy");
+    assert.equal(await page.locator("#privacy-link").getAttribute("href"), SIGNAL_POLICY);
     await accessible(page, "request");
     await shot("request.png");
   });
