@@ -126,10 +126,18 @@ async fn a_browser_opts_in_answers_a_request_and_gets_only_its_own_messages() {
     assert_eq!(status, 200);
     let me: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(me["user"], BOB);
-    assert!(
-        !String::from_utf8_lossy(&body).contains("token"),
-        "no token reaches a browser"
-    );
+    // No token reaches a browser: not the provider's, not the admin API's.
+    for path in ["/api/session", "/api/providers", "/api/demo-users", "/"] {
+        let (_, head, body) = http(addr, "GET", path, &[("Cookie", &cookie)], b"").await;
+        let text = format!("{head}{}", String::from_utf8_lossy(&body));
+        for secret in [
+            common::HOME_TOKEN,
+            common::SIGNAL_TOKEN,
+            common::ADMIN_TOKEN,
+        ] {
+            assert!(!text.contains(secret), "{path} shows a token");
+        }
+    }
     // Another site's page cannot use the cookie.
     let (status, _, _) = http(
         addr,
