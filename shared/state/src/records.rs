@@ -525,39 +525,25 @@ impl Records {
             .last_sequence;
         let mut seen = 0;
         if until > since {
-            let mut marked = std::collections::HashSet::new();
-            let consumer = self
-                .stream
-                .create_consumer(pull::OrderedConfig {
-                    filter_subject: user_contact_all(),
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: since + 1,
-                    },
-                    headers_only: true,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| unavailable(what, e))?;
-            let mut left = consumer.cached_info().num_pending;
-            let mut messages = consumer
-                .messages()
-                .await
-                .map_err(|e| unavailable(what, e))?;
-            while left > 0 {
-                let msg = tokio::time::timeout(LOAD_TIMEOUT, messages.next())
-                    .await
-                    .map_err(|_| unavailable(what, "timed out"))?
-                    .ok_or_else(|| unavailable(what, "ended early"))?
-                    .map_err(|e| unavailable(what, e))?;
-                let info = msg.info().map_err(|e| unavailable(what, e))?;
-                let (seq, pending) = (info.stream_sequence, info.pending);
+            let mut recipients = std::collections::HashSet::new();
+            let config = pull::OrderedConfig {
+                filter_subject: user_contact_all(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: since + 1,
+                },
+                headers_only: true,
+                ..Default::default()
+            };
+            self.read_ordered(&self.stream, config, what, |msg, seq| {
                 seen += 1;
                 if let Some(key) = answer_recipient_key(msg.subject.as_str()) {
-                    if marked.insert(key.to_owned()) {
-                        self.mark_answered_key(key).await?;
-                    }
+                    recipients.insert(key.to_owned());
                 }
-                left = if seq >= until { 0 } else { pending };
+                seq < until
+            })
+            .await?;
+            for key in &recipients {
+                self.mark_answered_key(key).await?;
             }
         }
         self.publish(
@@ -798,13 +784,35 @@ impl Records {
         filter: String,
         mut visit: impl FnMut(bytes::Bytes, u64),
     ) -> Result<(), StateError> {
-        let what = "reading the user-state streams";
+        let config = pull::OrderedConfig {
+            filter_subject: filter,
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        };
+        self.read_ordered(
+            stream,
+            config,
+            "reading the user-state streams",
+            |msg, seq| {
+                visit(msg.payload.clone(), seq);
+                true
+            },
+        )
+        .await
+    }
+
+    /// Reads `stream` through an ordered consumer made with `config`, each
+    /// message with its sequence, until none is pending or `visit` says stop
+    /// (`false`). Each message may take [`LOAD_TIMEOUT`].
+    async fn read_ordered(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        config: pull::OrderedConfig,
+        what: &'static str,
+        mut visit: impl FnMut(&jetstream::Message, u64) -> bool,
+    ) -> Result<(), StateError> {
         let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: filter,
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
+            .create_consumer(config)
             .await
             .map_err(|e| unavailable(what, e))?;
         let mut left = consumer.cached_info().num_pending;
@@ -823,8 +831,7 @@ impl Records {
                 .map_err(|e| unavailable(what, e))?;
             let info = msg.info().map_err(|e| unavailable(what, e))?;
             let (seq, pending) = (info.stream_sequence, info.pending);
-            visit(msg.payload.clone(), seq);
-            left = pending;
+            left = if visit(&msg, seq) { pending } else { 0 };
         }
         Ok(())
     }
