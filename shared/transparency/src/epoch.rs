@@ -16,6 +16,7 @@
 //! to it alone checks the directory's history (`audit`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use akd::ecvrf::{VRFKeyStorage, VrfError};
@@ -100,6 +101,10 @@ pub struct Transparency {
     /// Proofs made for the latest epoch, by user: (epoch, value, proof).
     /// A storm of fetches of one user's keys makes one proof an epoch.
     proofs: std::sync::Mutex<HashMap<String, CachedProof>>,
+    /// Every epoch up to this one is known to have its root and its
+    /// append-only proof published (checked at open, and again before an
+    /// epoch is published when a later epoch was committed since).
+    roots_published: AtomicU64,
 }
 
 /// A proof made at an epoch for a user's value: (epoch, value, proof).
@@ -132,8 +137,9 @@ impl Transparency {
             vrf,
             inner: RwLock::new(loaded),
             proofs: Default::default(),
+            roots_published: AtomicU64::new(0),
         };
-        t.publish_roots().await?;
+        t.catch_up_roots().await?;
         Ok(t)
     }
 
@@ -242,7 +248,13 @@ impl Transparency {
     /// Publishes the next epoch from the key directory's writes since the
     /// last one; `None` if no user's value changed. If another instance
     /// published first, this one reloads and tries again once.
+    ///
+    /// Committed epochs whose root or append-only proof are not published
+    /// yet (a publisher, this one included, failed between its commit and
+    /// them: an election, a lost ack) are published first, so a caller that
+    /// retries a failed call leaves no epoch without its root.
     pub async fn publish_epoch(&self) -> Result<Option<EpochHash>, KtError> {
+        self.catch_up_roots().await?;
         match self.try_publish_epoch().await {
             Err(KtError::Storage(e)) if e.to_string().contains(STALE) => {
                 self.reload().await?;
@@ -296,6 +308,16 @@ impl Transparency {
         if meta.epoch >= 2 {
             self.publish_audit_proof(meta.epoch).await?;
         }
+        // Only if every epoch before is known published too (another
+        // instance's epoch in between is checked at the next call).
+        self.roots_published
+            .compare_exchange(
+                meta.epoch - 1,
+                meta.epoch,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .ok();
         Ok(Some(hash))
     }
 
@@ -391,11 +413,16 @@ impl Transparency {
     }
 
     /// Publishes the roots and append-only proofs of committed epochs the
-    /// roots stream lacks (a publisher stopped between its commit and
-    /// them).
-    async fn publish_roots(&self) -> Result<(), KtError> {
+    /// roots stream lacks (a publisher stopped or failed between its commit
+    /// and them), if an epoch was committed since the last check.
+    async fn catch_up_roots(&self) -> Result<(), KtError> {
+        let epochs = self.epochs().await;
+        let latest = epochs.last().map_or(0, |m| m.epoch);
+        if latest <= self.roots_published.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let (roots, proofs) = crate::audit::read_public(&self.js).await?;
-        for meta in self.epochs().await {
+        for meta in epochs {
             if !roots.contains_key(&meta.epoch) {
                 self.publish_root(&meta).await?;
             }
@@ -403,6 +430,7 @@ impl Transparency {
                 self.publish_audit_proof(meta.epoch).await?;
             }
         }
+        self.roots_published.fetch_max(latest, Ordering::AcqRel);
         Ok(())
     }
 }

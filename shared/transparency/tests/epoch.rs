@@ -178,6 +178,55 @@ async fn two_instances_publishing_make_one_history() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epoch_committed_without_its_root_gets_it_at_the_next_call() {
+    use interop_bus::subjects::{KT_AUDIT, STREAM_KT_ROOTS};
+    let nats = NatsServer::start();
+    let js = js(&nats).await;
+    let keys = KeyDirectory::open(js.clone()).await.unwrap();
+    let kt = Transparency::open(js.clone(), VrfKey::from_bytes([7; 32]))
+        .await
+        .unwrap();
+    keys.publish(BOB, &publish(BOB, "phone", 1, 1))
+        .await
+        .unwrap();
+    assert_eq!(kt.publish_epoch().await.unwrap().unwrap().epoch(), 1);
+    // The roots stream stops taking roots (as in an election): epoch 2 is
+    // committed, its root cannot be published, the call fails.
+    let mut config = js
+        .get_stream(STREAM_KT_ROOTS)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    config.subjects = vec![KT_AUDIT.to_owned()];
+    js.update_stream(&config).await.unwrap();
+    keys.publish(ALICE, &publish(ALICE, "phone", 6, 1))
+        .await
+        .unwrap();
+    let failed = kt.publish_epoch().await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(kt.epochs().await.last().unwrap().epoch, 2);
+    // Back: the retry has nothing new to commit, and publishes the root.
+    interop_bus::ensure_streams(&js, &interop_bus::StreamSettings::default())
+        .await
+        .unwrap();
+    assert!(kt.publish_epoch().await.unwrap().is_none());
+    let roots: Vec<u64> = read_roots(&js)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.epoch)
+        .collect();
+    assert_eq!(roots, [1, 2]);
+    let report = interop_transparency::audit(&js, 1, 2).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.verified, [2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_accepts_committed_keys_and_refuses_any_other_with_a_typed_error() {
     use interop_transparency::{check_keys, verify, VerifyError};
     let nats = NatsServer::start();
