@@ -43,8 +43,9 @@ const MAX_IN_HAND: i64 = 1024;
 pub(crate) async fn consumer(
     inbox: &jetstream::stream::Stream,
 ) -> Result<async_nats::jetstream::consumer::PullConsumer, BusError> {
-    inbox
-        .create_consumer(pull::Config {
+    interop_bus::streams::create_consumer(
+        inbox,
+        pull::Config {
             durable_name: Some(CONSUMER_EXPIRY.to_owned()),
             description: Some("interop delivery expiry sweeper".to_owned()),
             filter_subject: DELIVERY_QUEUED_ALL.to_owned(),
@@ -55,12 +56,9 @@ pub(crate) async fn consumer(
             max_deliver: -1,
             max_ack_pending: MAX_IN_HAND,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| BusError::Consumer {
-            name: CONSUMER_EXPIRY.to_owned(),
-            source: Box::new(e),
-        })
+        },
+    )
+    .await
 }
 
 /// Runs the sweeper until `shutdown`.

@@ -141,20 +141,8 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let js = jetstream::new(deps.nats.clone());
     interop_bus::ensure_streams(&js, &config.streams).await?;
     let inbox = InboxStreams::open(&js, config.streams.inbox_partitions).await?;
-    let cursors = js
-        .get_stream(STREAM_CURSORS)
-        .await
-        .map_err(|e| BusError::Stream {
-            name: STREAM_CURSORS.to_owned(),
-            source: Box::new(e),
-        })?;
-    let provider_sessions =
-        js.get_stream(STREAM_PROVIDER_SESSIONS)
-            .await
-            .map_err(|e| BusError::Stream {
-                name: STREAM_PROVIDER_SESSIONS.to_owned(),
-                source: Box::new(e),
-            })?;
+    let cursors = interop_bus::open_stream(&js, STREAM_CURSORS).await?;
+    let provider_sessions = interop_bus::open_stream(&js, STREAM_PROVIDER_SESSIONS).await?;
     let addr: Option<SocketAddr> = config.listener.local_addr().ok();
     let store = RegistryStore::new(js.clone());
     let providers = store

@@ -137,26 +137,13 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
 
     // The shared durable consumer, with an ack wait that outlasts a
     // transcode (the stage loop cannot send progress acks).
-    let stream = js
-        .get_stream(STREAM_MEDIA)
-        .await
-        .map_err(|e| BusError::Stream {
-            name: STREAM_MEDIA.into(),
-            source: Box::new(e),
-        })?;
+    let stream = interop_bus::open_stream(&js, STREAM_MEDIA).await?;
     let mut consumer_config = interop_bus::streams::stage_consumer_config(
         CONSUMER_MEDIA_TRANSCODING,
         ROUTING_MEDIA_REQUESTED,
     );
     consumer_config.ack_wait = ack_wait(&config.transcode);
-    let consumer =
-        stream
-            .create_consumer(consumer_config)
-            .await
-            .map_err(|e| BusError::Consumer {
-                name: CONSUMER_MEDIA_TRANSCODING.into(),
-                source: Box::new(e),
-            })?;
+    let consumer = interop_bus::streams::create_consumer(&stream, consumer_config).await?;
 
     let slots = config.transcode.concurrency.max(1);
     let mut options = StageOptions::new("media-transcoding", &deps.metrics);

@@ -217,10 +217,7 @@ impl InboxStreams {
     ) -> Result<Self, BusError> {
         let mut streams = Vec::with_capacity(partitions.streams());
         for name in partitions.stream_names() {
-            streams.push(js.get_stream(&name).await.map_err(|e| BusError::Stream {
-                name,
-                source: Box::new(e),
-            })?);
+            streams.push(crate::open_stream(js, &name).await?);
         }
         Ok(Self {
             partitions,

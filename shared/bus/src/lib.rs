@@ -26,7 +26,7 @@ pub use async_nats;
 pub use handling::{HandleError, Outgoing};
 pub use inbox::{InboxPartitions, InboxStreams};
 pub use stage::{run_stage, Handler, Input, StageOptions};
-pub use streams::{ensure_streams, StreamSettings};
+pub use streams::{ensure_streams, open_stream, StreamSettings};
 
 /// Errors of bus set-up.
 #[derive(Debug, thiserror::Error)]

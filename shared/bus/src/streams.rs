@@ -395,8 +395,10 @@ pub async fn check_store_layout(
     partitions: InboxPartitions,
 ) -> Result<(), BusError> {
     use futures_util::TryStreamExt;
-    let mut attempt = 1u32;
+    let mut js = js.clone();
+    let mut attempt = 1usize;
     let existing = loop {
+        js.set_timeout(ENSURE_TIMEOUTS[(attempt - 1).min(ENSURE_TIMEOUTS.len() - 1)]);
         let listed: Result<Vec<(String, Vec<String>)>, _> = js
             .streams()
             .try_filter_map(|info| {
@@ -527,6 +529,41 @@ pub fn stage_consumer_config(name: &str, subject: &str) -> consumer::pull::Confi
 /// messages in a long outage.
 pub const MAX_DELIVER: i64 = -1;
 
+/// The stream `name`, as a service opens it at start: a request that fails
+/// for a reason that passes (a timeout, no answer, a cluster electing the
+/// stream's leader: a replica of a stream whose leader was just lost cannot
+/// answer until a new one is elected) is repeated until it succeeds, each
+/// attempt waiting longer (2, 4, 8, then 10 s) with a pause of 1 s between
+/// and a warning each time; the service stays not ready meanwhile. Any other
+/// answer (no such stream) is returned at once.
+pub async fn open_stream(js: &jetstream::Context, name: &str) -> Result<stream::Stream, BusError> {
+    use jetstream::context::GetStreamErrorKind as G;
+    let mut js = js.clone();
+    let mut attempt = 1usize;
+    loop {
+        js.set_timeout(ENSURE_TIMEOUTS[(attempt - 1).min(ENSURE_TIMEOUTS.len() - 1)]);
+        match js.get_stream(name).await {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                let transient = match e.kind() {
+                    G::Request => true,
+                    G::JetStream(j) => is_transient_code(j.error_code()),
+                    _ => false,
+                };
+                if !transient {
+                    return Err(BusError::Stream {
+                        name: name.to_owned(),
+                        source: Box::new(e),
+                    });
+                }
+                tracing::warn!(stream = name, attempt, error = %e, "Cannot read the stream yet; retrying (not ready until it is done).");
+                attempt += 1;
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
 /// Binds (creating if needed) the durable consumer of a stage. Like
 /// [`ensure_streams`], a request that fails for a reason that passes (a
 /// timeout, no answer, a cluster without a leader) is repeated until it
@@ -537,31 +574,23 @@ pub async fn stage_consumer(
     name: &str,
     subject: &str,
 ) -> Result<consumer::PullConsumer, BusError> {
-    use jetstream::context::GetStreamErrorKind as G;
+    let stream = open_stream(js, stream_name).await?;
+    create_consumer(&stream, stage_consumer_config(name, subject)).await
+}
+
+/// Creates (or binds to, or updates) the durable pull consumer `config`
+/// names on `stream`; like [`open_stream`], a request that fails for a
+/// reason that passes (a timeout, no answer, a cluster electing the
+/// stream's leader) is repeated until it succeeds, with a warning each
+/// time, and any other answer is returned.
+pub async fn create_consumer(
+    stream: &stream::Stream,
+    config: consumer::pull::Config,
+) -> Result<consumer::PullConsumer, BusError> {
     use jetstream::stream::ConsumerErrorKind as C;
-    let config = stage_consumer_config(name, subject);
+    let name = config.durable_name.clone().unwrap_or_default();
     let mut attempt = 1u32;
     loop {
-        let stream = match js.get_stream(stream_name).await {
-            Ok(s) => s,
-            Err(e) => {
-                let transient = match e.kind() {
-                    G::Request => true,
-                    G::JetStream(j) => is_transient_code(j.error_code()),
-                    _ => false,
-                };
-                if !transient {
-                    return Err(BusError::Stream {
-                        name: stream_name.to_owned(),
-                        source: Box::new(e),
-                    });
-                }
-                tracing::warn!(stream = stream_name, attempt, error = %e, "Cannot read the stream yet; retrying (not ready until it is done).");
-                attempt += 1;
-                tokio::time::sleep(RETRY_PAUSE).await;
-                continue;
-            }
-        };
         // create_consumer is idempotent for an identical config and updates
         // the updatable fields otherwise.
         match stream.create_consumer(config.clone()).await {
@@ -574,11 +603,11 @@ pub async fn stage_consumer(
                 };
                 if !transient {
                     return Err(BusError::Consumer {
-                        name: name.to_owned(),
+                        name,
                         source: Box::new(e),
                     });
                 }
-                tracing::warn!(consumer = name, attempt, error = %e, "Cannot create or bind the consumer yet; retrying (not ready until it is done).");
+                tracing::warn!(consumer = %name, attempt, error = %e, "Cannot create or bind the consumer yet; retrying (not ready until it is done).");
                 attempt += 1;
                 tokio::time::sleep(RETRY_PAUSE).await;
             }

@@ -234,12 +234,10 @@ impl DeviceCache {
 impl KeyDirectory {
     /// The directory on the streams `interop_bus::ensure_streams` made.
     pub async fn open(js: jetstream::Context) -> Result<Self, KeysError> {
-        let devices = js
-            .get_stream(STREAM_KEYS_DEVICES)
+        let devices = interop_bus::open_stream(&js, STREAM_KEYS_DEVICES)
             .await
             .map_err(|e| unavailable("opening the key directory's devices stream", e))?;
-        let pool = js
-            .get_stream(STREAM_KEYS_POOL)
+        let pool = interop_bus::open_stream(&js, STREAM_KEYS_POOL)
             .await
             .map_err(|e| unavailable("opening the key pool stream", e))?;
         // Subscribed before the first read, so no change is missed after.
