@@ -124,21 +124,9 @@ pub struct Args {
 
 /// The VRF key in `path`: 64 hex digits (surrounding whitespace allowed).
 fn vrf_key(path: &std::path::Path) -> Result<interop_transparency::VrfKey, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-    let bytes: [u8; 32] = hex::decode(text.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| {
-            ConfigError(format!(
-                "{}: the key transparency VRF key must be 64 hex digits (32 bytes)",
-                path.display()
-            ))
-        })?;
-    Ok(interop_transparency::VrfKey::from_bytes(bytes))
+    interop_transparency::VrfKey::from_file(path).map_err(ConfigError)
 }
 
-/// A rate limit from its two flags: both positive.
 fn rate_limit(flag: &str, per_second: f64, burst: u32) -> Result<RateLimit, ConfigError> {
     if !(per_second > 0.0 && per_second.is_finite()) || burst == 0 {
         return Err(ConfigError(format!(

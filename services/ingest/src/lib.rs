@@ -287,6 +287,9 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
             let t = Arc::new(
                 interop_transparency::Transparency::open(js.clone(), kt.vrf_key.clone()).await?,
             );
+            // Public: what providers' apps pin (docs/security.md).
+            let vrf_public_key = hex::encode(kt.vrf_key.public_key().await?);
+            info!(%vrf_public_key, "Key transparency is on.");
             tokio::spawn(publish_epochs(
                 t.clone(),
                 kt.epoch_interval,

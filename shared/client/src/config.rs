@@ -6,6 +6,7 @@
 //! ingest_url = "ws://127.0.0.1:8080/v1/ws"
 //! delivery_url = "ws://127.0.0.1:8081/v1/ws"
 //! media_url = "http://127.0.0.1:8082"
+//! kt_vrf_public_key = "<64 hex digits>"
 //! [tokens]
 //! home = "<token>"
 //! signal = "<token>"
@@ -30,6 +31,9 @@ pub struct ClientConfig {
     /// The provider admin API, e.g. `http://127.0.0.1:8090`.
     pub admin_url: Option<String>,
     pub admin_token: Option<String>,
+    /// The gateway's key transparency VRF public key (64 hex digits): apps
+    /// refuse proofs under another key (`interop_client::trust`).
+    pub kt_vrf_public_key: Option<String>,
     #[serde(default)]
     pub tokens: HashMap<String, String>,
 }

@@ -36,6 +36,53 @@ pub fn verify_bundles(bundles: &Bundles, pinned_vrf_key: Option<&[u8]>) -> Resul
     )
 }
 
+/// [`verify_bundles`] against what `trust` pinned (its configured VRF key,
+/// or the one seen first) and the roots it saw: an answer without a proof
+/// is accepted only while nothing is pinned (a gateway without key
+/// transparency).
+pub fn check_bundles(
+    trust: &mut crate::trust::Trust,
+    bundles: &Bundles,
+) -> Result<(), crate::trust::TrustError> {
+    let Some(value) = trust.check(bundles.transparency.as_ref(), &bundles.user)? else {
+        return Ok(());
+    };
+    Ok(interop_transparency::check_keys(
+        &value,
+        bundles
+            .bundles
+            .iter()
+            .filter_map(|b| b.device.as_ref())
+            .map(|d| {
+                (
+                    d.device_id.as_str(),
+                    d.identity_key.as_ref(),
+                    d.signing_key.as_ref(),
+                )
+            }),
+    )?)
+}
+
+/// [`check_bundles`] for a device list.
+pub fn check_device_list(
+    trust: &mut crate::trust::Trust,
+    list: &DeviceList,
+) -> Result<(), crate::trust::TrustError> {
+    let Some(value) = trust.check(list.transparency.as_ref(), &list.user)? else {
+        return Ok(());
+    };
+    Ok(interop_transparency::check_keys(
+        &value,
+        list.devices.iter().map(|d| {
+            (
+                d.device_id.as_str(),
+                d.identity_key.as_ref(),
+                d.signing_key.as_ref(),
+            )
+        }),
+    )?)
+}
+
 /// [`verify_bundles`] for a device list.
 pub fn verify_device_list(
     list: &DeviceList,

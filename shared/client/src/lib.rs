@@ -34,6 +34,7 @@ pub mod media;
 pub mod olm;
 pub mod provider;
 pub mod transaction;
+pub mod trust;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

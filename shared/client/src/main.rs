@@ -125,6 +125,13 @@ struct Cli {
     /// i.e. `.run/keys`).
     #[arg(long, env = "INTEROP_KEYS_DIR", global = true)]
     keys_dir: Option<PathBuf>,
+    /// The gateway's key transparency VRF public key (64 hex digits, from
+    /// its operator; `interop keys vrf-public-key` derives it). Proofs under
+    /// another key, and answers without a proof, are refused. Default: the
+    /// client config's `kt_vrf_public_key`, else the first key seen is
+    /// pinned in the keys directory (trust on first use).
+    #[arg(long, env = "INTEROP_KT_VRF_PUBLIC_KEY", global = true)]
+    kt_vrf_public_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -470,6 +477,12 @@ enum KeysCommand {
         #[arg(long, env = "INTEROP_NATS_URL")]
         nats_url: String,
     },
+    /// Print the key transparency VRF public key of the secret key in
+    /// --secret-file (ingest's --kt-vrf-key-file): what providers' apps pin.
+    VrfPublicKey {
+        #[arg(long)]
+        secret_file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -594,9 +607,31 @@ struct Ctx {
     provider: Option<String>,
     keys_dir: Option<PathBuf>,
     config_path: Option<PathBuf>,
+    /// The configured VRF public key to pin (flag, then client config).
+    kt_vrf_public_key: Option<Vec<u8>>,
 }
 
 impl Ctx {
+    /// What this machine trusts of key transparency, with the configured
+    /// VRF key pinned.
+    fn trust(&self) -> anyhow::Result<interop_client::trust::Trust> {
+        let mut trust = interop_client::trust::Trust::open(&self.keys_dir()?)?;
+        if let Some(k) = &self.kt_vrf_public_key {
+            trust.configure(k.clone());
+        }
+        Ok(trust)
+    }
+
+    /// `user`'s device `device` on this machine, with the configured VRF
+    /// key pinned.
+    fn open_device(&self, user: &str, device: &str) -> anyhow::Result<LocalDevice> {
+        let mut me = LocalDevice::open(&self.keys_dir()?, user, device)?;
+        if let Some(k) = &self.kt_vrf_public_key {
+            me.trust.configure(k.clone());
+        }
+        Ok(me)
+    }
+
     /// Where this machine's devices' Olm accounts and sessions live.
     fn keys_dir(&self) -> anyhow::Result<PathBuf> {
         if let Some(d) = &self.keys_dir {
@@ -839,6 +874,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         (Some(ca), _, _) => Some(interop_client::tls_config(ca).map_err(|e| usage(e.to_string()))?),
         _ => None,
     };
+    let kt_vrf_public_key = match cli
+        .kt_vrf_public_key
+        .as_deref()
+        .or(file.kt_vrf_public_key.as_deref())
+    {
+        Some(hex_key) => Some(
+            hex::decode(hex_key.trim())
+                .ok()
+                .filter(|k| k.len() == 32)
+                .ok_or_else(|| {
+                    usage("the key transparency VRF public key must be 64 hex digits")
+                })?,
+        ),
+        None => None,
+    };
     let ctx = Ctx {
         out,
         file,
@@ -848,6 +898,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         provider: cli.provider,
         keys_dir: cli.keys_dir,
         config_path,
+        kt_vrf_public_key,
     };
     match cli.command {
         Command::OptIn {
@@ -1122,7 +1173,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 if let Some(Content::Ciphertext(c)) = &d.envelope.content {
                     if c.scheme == olm::SCHEME && !c.payload.is_empty() {
                         if e2ee.is_none() {
-                            let me = LocalDevice::open(&ctx.keys_dir()?, &user, &device)?;
+                            let me = ctx.open_device(&user, &device)?;
                             let ingest = ctx.url(
                                 ingest_url.clone(),
                                 ctx.file.ingest_url.as_ref(),
@@ -1374,6 +1425,12 @@ async fn keys(ctx: &Ctx, command: KeysCommand, ingest_url: Option<String>) -> an
         KeysCommand::Audit { from, to, nats_url } => {
             return audit_keys(ctx, *from, *to, nats_url).await
         }
+        KeysCommand::VrfPublicKey { secret_file } => {
+            let key = interop_transparency::VrfKey::from_file(secret_file).map_err(usage)?;
+            ctx.out
+                .print(&json!({"vrf_public_key": hex::encode(key.public_key().await?)}));
+            return Ok(EXIT_OK);
+        }
     };
     let (provider, token) = ctx.creds(&user)?;
     let url = ctx.url(ingest_url, ctx.file.ingest_url.as_ref(), "ingest")?;
@@ -1390,7 +1447,7 @@ async fn keys(ctx: &Ctx, command: KeysCommand, ingest_url: Option<String>) -> an
             device,
             count,
         } => {
-            let mut me = LocalDevice::open(&ctx.keys_dir()?, &user, &device)?;
+            let mut me = ctx.open_device(&user, &device)?;
             let (keys, otks) = me.keys_to_publish(&device, count)?;
             match sender.publish_keys(&user, keys, otks, vec![]).await? {
                 interop_client::keys::KeysOutcome::Done(p) => {
@@ -1406,6 +1463,8 @@ async fn keys(ctx: &Ctx, command: KeysCommand, ingest_url: Option<String>) -> an
         KeysCommand::Devices { requester, user } => {
             match sender.list_devices(&requester, &user).await? {
                 interop_client::keys::KeysOutcome::Done(list) => {
+                    // Keys key transparency does not vouch for are not shown.
+                    interop_client::keys::check_device_list(&mut ctx.trust()?, &list)?;
                     let devices: Vec<_> = list
                         .devices
                         .iter()
@@ -1424,7 +1483,9 @@ async fn keys(ctx: &Ctx, command: KeysCommand, ingest_url: Option<String>) -> an
                 interop_client::keys::KeysOutcome::Rejected(r) => refused(r),
             }
         }
-        KeysCommand::Audit { .. } => unreachable!("answered before connecting to ingest"),
+        KeysCommand::Audit { .. } | KeysCommand::VrfPublicKey { .. } => {
+            unreachable!("answered before connecting to ingest")
+        }
     }
 }
 
@@ -1672,7 +1733,7 @@ async fn e2ee_ciphertext(
     to: &str,
     text: &str,
 ) -> anyhow::Result<Ciphertext> {
-    let mut me = LocalDevice::open(&ctx.keys_dir()?, from, device)?;
+    let mut me = ctx.open_device(from, device)?;
     olm::ensure_published(sender, &mut me, from, device).await?;
     let per_device = olm::encrypt_for(sender, &mut me, from, to, text.as_bytes()).await?;
     let own = olm::encrypt_for_own_devices(sender, &mut me, from, device, text.as_bytes()).await?;

@@ -174,6 +174,8 @@ pub enum StoreError {
     },
     #[error("{path}: cannot unpickle ({detail}); was it written with another pickle key?")]
     Pickle { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -212,6 +214,9 @@ pub struct LocalDevice {
     pickle_key: [u8; 32],
     pub account: Account,
     next_key_id: u32,
+    /// What this store trusts of key transparency (`<root>/kt-trust.json`,
+    /// shared by its devices): see [`crate::trust`].
+    pub trust: crate::trust::Trust,
 }
 
 fn user_dir_name(user: &str) -> String {
@@ -271,11 +276,13 @@ impl LocalDevice {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(1);
+        let trust = crate::trust::Trust::open(root)?;
         let device = Self {
             dir,
             pickle_key,
             account,
             next_key_id,
+            trust,
         };
         device.save()?;
         Ok(device)
@@ -409,7 +416,7 @@ pub enum E2eeError {
     /// The gateway's key transparency proof does not vouch for the keys it
     /// served (docs/adr/0029): none of them is used.
     #[error("key transparency refuses {0}'s keys: {1}")]
-    Transparency(String, crate::keys::VerifyError),
+    Transparency(String, crate::trust::TrustError),
     #[error("the sender's identity key is not one of {0}'s devices in the key directory")]
     UnknownSender(String),
     #[error("no session with {0} decrypts this message")]
@@ -504,12 +511,10 @@ async fn encrypt_for_devices(
     plaintext: &[u8],
 ) -> Result<Vec<(String, Ciphertext)>, E2eeError> {
     let mut devices = done("ListDevices", s.list_devices(from, to).await?)?;
-    // With key transparency, only committed identity keys are used (the
-    // proof's own VRF key: a configured pin is not supported yet).
-    if devices.transparency.is_some() {
-        crate::keys::verify_device_list(&devices, None)
-            .map_err(|e| E2eeError::Transparency(to.to_owned(), e))?;
-    }
+    // With key transparency, only committed identity keys are used, under
+    // the pinned VRF key (crate::trust).
+    crate::keys::check_device_list(&mut me.trust, &devices)
+        .map_err(|e| E2eeError::Transparency(to.to_owned(), e))?;
     devices
         .devices
         .retain(|d| Some(d.device_id.as_str()) != skip);
@@ -530,10 +535,8 @@ async fn encrypt_for_devices(
     }
     if !missing.is_empty() {
         let bundles = done("FetchBundles", s.fetch_bundles(from, to, &missing).await?)?;
-        if bundles.transparency.is_some() {
-            crate::keys::verify_bundles(&bundles, None)
-                .map_err(|e| E2eeError::Transparency(to.to_owned(), e))?;
-        }
+        crate::keys::check_bundles(&mut me.trust, &bundles)
+            .map_err(|e| E2eeError::Transparency(to.to_owned(), e))?;
         for b in &bundles.bundles {
             let Some(device) = &b.device else { continue };
             let identity = identity_key(device)?;
@@ -572,6 +575,8 @@ pub async fn decrypt_from(
     };
     let identity = pre.identity_key();
     let devices = done("ListDevices", s.list_devices(user, from).await?)?;
+    crate::keys::check_device_list(&mut me.trust, &devices)
+        .map_err(|e| E2eeError::Transparency(from.to_owned(), e))?;
     let known = devices
         .devices
         .iter()

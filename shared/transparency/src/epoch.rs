@@ -58,6 +58,34 @@ impl VrfKey {
     pub fn from_bytes(secret: [u8; 32]) -> Self {
         Self(Arc::new(secret))
     }
+
+    /// The key in the file at `path`: 64 hex digits (surrounding
+    /// whitespace allowed). The error says what is wrong, never the key.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes: [u8; 32] = hex::decode(text.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                format!(
+                    "{}: the key transparency VRF key must be 64 hex digits (32 bytes)",
+                    path.display()
+                )
+            })?;
+        Ok(Self::from_bytes(bytes))
+    }
+
+    /// The public key every proof carries, which apps pin (not secret:
+    /// publish it to the providers, e.g. in their client configuration).
+    pub async fn public_key(&self) -> Result<Vec<u8>, KtError> {
+        Ok(self
+            .get_vrf_public_key()
+            .await
+            .map_err(|e| unavailable("deriving the VRF public key", e))?
+            .as_bytes()
+            .to_vec())
+    }
 }
 
 impl std::fmt::Debug for VrfKey {

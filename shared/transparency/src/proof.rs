@@ -25,6 +25,10 @@ pub enum VerifyError {
     /// The root is not the one published for the epoch.
     #[error("the root of epoch {0} is not the published one")]
     UnpublishedRoot(u64),
+    /// The proof's root differs from the root the app saw before for the
+    /// same epoch: the directory showed it two histories (a fork).
+    #[error("epoch {0} has another root than the one seen before for it (a fork)")]
+    SeenOtherRoot(u64),
     /// A key in the answer is not in the committed value.
     #[error("device {0}'s identity keys are not the committed ones")]
     KeyNotCommitted(String),

@@ -24,13 +24,10 @@ pub const KT_VRF_SECRET: [u8; 32] = [7; 32];
 
 /// The VRF public key a test's app pins for the test gateway.
 pub async fn kt_vrf_public_key() -> Vec<u8> {
-    use akd::ecvrf::VRFKeyStorage as _;
     interop_transparency::VrfKey::from_bytes(KT_VRF_SECRET)
-        .get_vrf_public_key()
+        .public_key()
         .await
         .expect("a valid VRF key")
-        .as_bytes()
-        .to_vec()
 }
 
 /// The bearer token of the [`Gateway`]'s admin API.

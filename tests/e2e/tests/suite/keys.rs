@@ -880,3 +880,101 @@ async fn the_cli_audits_key_transparency_from_the_published_roots_and_finds_a_fo
         "{json}"
     );
 }
+
+/// An app's trust in key transparency (`interop_client::trust`): the VRF
+/// key is pinned on first use (or configured) and kept; then an answer
+/// under another key, an answer without a proof, and a second root for an
+/// epoch (another gateway with the same VRF key showing another history)
+/// are each refused with their typed error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_pins_the_vrf_key_on_first_use_and_refuses_another_key_no_proof_and_a_fork() {
+    use interop_client::keys::{check_bundles, VerifyError};
+    use interop_client::trust::{Trust, TrustError};
+    let refused = |r: Result<(), TrustError>| match r {
+        Err(TrustError::Verify(e)) => e,
+        other => panic!("not refused by verification: {other:?}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start().await;
+    let (home, signal) = (
+        sender(&c, "home", HOME_TOKEN).await,
+        sender(&c, "signal", SIGNAL_TOKEN).await,
+    );
+    home.set_consent(BOB, true, &["signal"]).await.unwrap();
+    signal.set_consent(ALICE, true, &["home"]).await.unwrap();
+    publish(&home, BOB, &mut Account::new(), "phone", 3, 1).await;
+    let bundles = signal
+        .fetch_bundles(ALICE, BOB, &[])
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
+
+    let mut trust = Trust::open(dir.path()).unwrap();
+    assert_eq!(trust.pinned(), None);
+    check_bundles(&mut trust, &bundles).unwrap();
+    let pinned = interop_e2e::kt_vrf_public_key().await;
+    assert_eq!(trust.pinned(), Some(pinned.clone()));
+
+    // Kept: a new process of the app has it pinned.
+    let mut trust = Trust::open(dir.path()).unwrap();
+    assert_eq!(trust.pinned(), Some(pinned));
+    let mut stripped = bundles.clone();
+    stripped.transparency = None;
+    assert_eq!(
+        refused(check_bundles(&mut trust, &stripped)),
+        VerifyError::Missing
+    );
+    let mut other_key = bundles.clone();
+    if let Some(p) = other_key.transparency.as_mut() {
+        p.vrf_public_key = vec![1; 32].into();
+    }
+    assert_eq!(
+        refused(check_bundles(&mut trust, &other_key)),
+        VerifyError::WrongVrfKey
+    );
+    // A configured key wins over the one pinned on first use.
+    let mut configured = Trust::open(dir.path()).unwrap();
+    configured.configure(vec![2; 32]);
+    assert_eq!(
+        refused(check_bundles(&mut configured, &bundles)),
+        VerifyError::WrongVrfKey
+    );
+
+    // Another gateway with the same VRF key and its own history: its proof
+    // for the same epoch verifies alone, and has another root.
+    let fork = Cluster::start().await;
+    let (fork_home, fork_signal) = (
+        sender(&fork, "home", HOME_TOKEN).await,
+        sender(&fork, "signal", SIGNAL_TOKEN).await,
+    );
+    fork_home.set_consent(BOB, true, &["signal"]).await.unwrap();
+    fork_signal
+        .set_consent(ALICE, true, &["home"])
+        .await
+        .unwrap();
+    publish(&fork_home, BOB, &mut Account::new(), "phone", 3, 1).await;
+    let forked = fork_signal
+        .fetch_bundles(ALICE, BOB, &[])
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
+    let (ours, theirs) = (
+        bundles.transparency.as_ref().unwrap(),
+        forked.transparency.as_ref().unwrap(),
+    );
+    assert_eq!(ours.epoch, theirs.epoch, "both gateways at the same epoch");
+    assert_ne!(ours.root_hash, theirs.root_hash);
+    check_bundles(
+        &mut Trust::open(tempfile::tempdir().unwrap().path()).unwrap(),
+        &forked,
+    )
+    .unwrap();
+    assert_eq!(
+        refused(check_bundles(&mut trust, &forked)),
+        VerifyError::SeenOtherRoot(ours.epoch)
+    );
+    // What it saw before still passes.
+    check_bundles(&mut trust, &bundles).unwrap();
+}
