@@ -48,8 +48,18 @@ pub fn build_bins(packages: &[&str]) -> Result<HashMap<String, PathBuf>, String>
         .find(|d| d.join("CACHEDIR.TAG").is_file())
         .map(Path::to_path_buf)
         .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from));
-    // This crate is `tests/support`.
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // The workspace of the running test: Cargo gives a test process its
+    // package's directory. (This crate's own directory, fixed when it was
+    // compiled, is only the fallback: a build reused from another checkout
+    // of the repository names that checkout.)
+    let workspace = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .and_then(|dir| {
+            dir.ancestors()
+                .find(|d| d.join("Cargo.lock").is_file())
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     // Cargo gives a test process the variables of the test's own package
