@@ -48,15 +48,20 @@ pub struct Server {
 
 impl Server {
     /// Connects to the gateway and serves on `listener`; `secure_cookie`
-    /// marks the session cookie `Secure` (when served over HTTPS).
+    /// marks the session cookie `Secure` (when served over HTTPS). The
+    /// users' mailboxes are kept in `data_dir`.
     pub async fn start(
         gateway: GatewayConfig,
         users: Vec<DemoUser>,
         web_dir: PathBuf,
+        data_dir: &std::path::Path,
         secure_cookie: bool,
         listener: TcpListener,
     ) -> anyhow::Result<Self> {
-        let hub = Hub::start(gateway).await?;
+        let mailboxes = hub::Mailboxes::open(data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot open the mailboxes in {}: {e}", data_dir.display())
+        })?;
+        let hub = Hub::start(gateway, mailboxes).await?;
         let mut app = web::App::new(hub.clone(), users, web_dir)?;
         app.secure_cookie = secure_cookie;
         let app = Arc::new(app);

@@ -33,6 +33,14 @@ struct Args {
         default_value = "apps/home-messenger/web/dist"
     )]
     web_dir: PathBuf,
+    /// Where the users' mailboxes are kept (what the gateway delivered and
+    /// their browsers have not taken yet).
+    #[arg(
+        long,
+        env = "INTEROP_HOME_DATA_DIR",
+        default_value = ".run/home-messenger"
+    )]
+    data_dir: PathBuf,
     /// A user one may sign in as, ADDRESS=NAME (repeat); default Bob
     /// (home:+4915112345678) and Carol (home:+4915112345679).
     #[arg(long = "demo-user")]
@@ -74,7 +82,15 @@ async fn main() -> anyhow::Result<()> {
         args.demo_users
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
-    let server = Server::start(gateway, users, args.web_dir, args.secure_cookie, listener).await?;
+    let server = Server::start(
+        gateway,
+        users,
+        args.web_dir,
+        &args.data_dir,
+        args.secure_cookie,
+        listener,
+    )
+    .await?;
     tracing::info!(url = %server.url(), "home messenger ready");
     tokio::select! {
         _ = server.wait() => {}

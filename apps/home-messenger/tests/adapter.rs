@@ -369,3 +369,53 @@ async fn a_browser_opts_in_answers_a_request_and_gets_only_its_own_messages() {
 
     env.server.stop();
 }
+
+/// What the adapter took from the gateway (and acked) is on disk before the
+/// ack: a restarted adapter still has it for the browser, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_adapter_took_survives_its_restart_and_arrives_once() {
+    let env = common::start().await;
+    let home = Sender::connect(&env.gateway.ingest_url, "home", common::HOME_TOKEN)
+        .await
+        .unwrap();
+    home.set_consent(BOB, true, &["signal"]).await.unwrap();
+    let signal = Sender::connect(&env.gateway.ingest_url, "signal", SIGNAL_TOKEN)
+        .await
+        .unwrap();
+    signal
+        .set_consent("signal:alice", true, &["home"])
+        .await
+        .unwrap();
+    let id = accepted(&signal, text_from_alice("r1", "kept")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while env.server.hub.mailboxes.pending(BOB) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never filed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let common::Env {
+        server,
+        gateway,
+        dir,
+        redis: _redis,
+        nats: _nats,
+    } = env;
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let data = dir.path().join("mailboxes");
+    // On disk, without the gateway's help.
+    assert_eq!(
+        interop_home_messenger::hub::Mailboxes::open(&data)
+            .unwrap()
+            .pending(BOB),
+        1
+    );
+    let server = common::adapter(&gateway, &data).await;
+    let cookie = sign_in(server.addr, BOB).await;
+    let mut ws = browser(server.addr, &cookie, "web-test").await;
+    let mut seen = Vec::new();
+    let d = next_delivery(&mut ws, &mut seen).await;
+    assert_eq!(d.envelope.as_ref().unwrap().message_id, id);
+    // Once: whatever the gateway delivers again is the same tag.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(server.hub.mailboxes.pending(BOB), 1);
+}

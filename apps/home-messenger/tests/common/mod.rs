@@ -176,6 +176,32 @@ pub fn web_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("web/dist")
 }
 
+/// An adapter on `gateway` keeping its mailboxes in `data_dir`.
+pub async fn adapter(gateway: &Gateway, data_dir: &Path) -> Server {
+    let config = GatewayConfig {
+        ingest_url: gateway.ingest_url.clone(),
+        delivery_url: gateway.delivery_url.clone(),
+        media_url: gateway.media_url.clone(),
+        admin_url: Some(gateway.admin_api_url.clone()),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        provider: "home".into(),
+        token: HOME_TOKEN.into(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding the adapter");
+    Server::start(
+        config,
+        default_demo_users(),
+        web_dir(),
+        data_dir,
+        false,
+        listener,
+    )
+    .await
+    .expect("starting the adapter")
+}
+
 pub async fn start() -> Env {
     let nats = NatsServer::start();
     let redis = RedisServer::start();
@@ -189,21 +215,7 @@ pub async fn start() -> Env {
         ),
     )
     .expect("writing client.toml");
-    let config = GatewayConfig {
-        ingest_url: gateway.ingest_url.clone(),
-        delivery_url: gateway.delivery_url.clone(),
-        media_url: gateway.media_url.clone(),
-        admin_url: Some(gateway.admin_api_url.clone()),
-        admin_token: Some(ADMIN_TOKEN.into()),
-        provider: "home".into(),
-        token: HOME_TOKEN.into(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding the adapter");
-    let server = Server::start(config, default_demo_users(), web_dir(), false, listener)
-        .await
-        .expect("starting the adapter");
+    let server = adapter(&gateway, &dir.path().join("mailboxes")).await;
     Env {
         server,
         gateway,
