@@ -54,11 +54,12 @@ impl std::fmt::Debug for GatewayConfig {
     }
 }
 
-/// At most this many messages wait for one user's browsers. A batch with a
-/// message for a user whose mailbox is full is not taken (nor acked to the
-/// gateway) until their browsers take some: the gateway keeps it meanwhile
-/// (back-pressure, never a dropped message; other users of the same
-/// partition wait too).
+/// A user's mailbox is full with this many messages waiting for their
+/// browsers. A batch with a message for a user whose mailbox is full is not
+/// taken (nor acked to the gateway) until their browsers take some: the
+/// gateway keeps it meanwhile (back-pressure, never a dropped message;
+/// other users of the same partition wait too). So a mailbox holds at most
+/// this many plus one batch (256).
 pub const MAILBOX_LIMIT: usize = 10_000;
 
 /// A mailbox file is rewritten with its waiting messages only once it
