@@ -140,6 +140,16 @@ function rejectText(f: ServerFrame): string {
   return "no answer";
 }
 
+/**
+ * An element id for `value` (an address, a message id): the same value
+ * always gives the same id, so focus comes back to it after a redraw, and
+ * different values give different ids (every character outside
+ * [A-Za-z0-9-] is written as `_<hex code point>_`).
+ */
+function domId(prefix: string, value: string): string {
+  return `${prefix}-${value.replace(/[^A-Za-z0-9-]/gu, (ch) => `_${ch.codePointAt(0)!.toString(16)}_`)}`;
+}
+
 function randomId(prefix: string): string {
   return prefix + Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0")).join("");
 }
@@ -676,7 +686,7 @@ function chatButton(c: Chat) {
     {},
     h(
       "button",
-      { type: "button", "aria-current": current ? "true" : "false", onclick: () => open({ kind: "chat", peer: c.peer }) },
+      { type: "button", id: domId("chat", c.peer), "aria-current": current ? "true" : "false", onclick: () => open({ kind: "chat", peer: c.peer }) },
       `${c.name || c.peer}${stateText}`,
       h("span", { class: "provider-tag" }, `${c.group ? "Group" : c.providerName}${last ? ` · ${preview(last)}` : ""}`),
       unread && c.state !== "request" ? h("span", { class: "badge", "aria-label": `${unread} unread` }, String(unread)) : null,
@@ -915,7 +925,7 @@ function messageActions(c: Chat, m: Msg, time: string): HTMLElement[] {
   if (!m.messageId || c.state !== "accepted" || m.deleted || m.problem) return [];
   const who = m.outgoing ? "your message" : `the message from ${m.from}`;
   const button = (cls: string, label: string, text: string, f: () => void, pressed?: boolean) =>
-    h("button", { type: "button", class: `react ${cls}`, "aria-label": `${label} ${who} at ${time}`, ...(pressed === undefined ? {} : { "aria-pressed": String(pressed) }), onclick: f }, text);
+    h("button", { type: "button", id: domId(cls, m.messageId), class: `react ${cls}`, "aria-label": `${label} ${who} at ${time}`, ...(pressed === undefined ? {} : { "aria-pressed": String(pressed) }), onclick: f }, text);
   const out = [
     button("reply", "Reply to", "Reply", () => {
       composing = { peer: c.peer, replyTo: m };
@@ -1048,9 +1058,11 @@ function render() {
   main.replaceChildren(h("div", { class: "layout" }, renderNav(), v));
   const composer = document.getElementById("composer-text") as HTMLInputElement | null;
   if (composer && draft) composer.value = draft;
-  if (focused) document.getElementById(focused)?.focus();
+  const refocused = focused ? document.getElementById(focused) : null;
+  refocused?.focus();
+  // The newest message shows, unless that would scroll a focused message's button out of sight.
   const list = document.getElementById("messages");
-  if (list) list.lastElementChild?.scrollIntoView({ block: "end" });
+  if (list && !(refocused && list.contains(refocused))) list.lastElementChild?.scrollIntoView({ block: "end" });
   document.body.dataset.connected = String(connected);
 }
 

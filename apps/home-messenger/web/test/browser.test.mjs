@@ -292,6 +292,28 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     await shot("chat.png");
   });
 
+  await t.test("keyboard focus stays on a message's button when a message arrives, and Enter acts", async () => {
+    const reply = page.locator("#messages li.in", { hasText: "hello from signal" }).getByRole("button", { name: /^Reply to the message from signal:alice/ });
+    const id = await reply.getAttribute("id");
+    assert.match(id ?? "", /^reply-/, "the Reply button has an id");
+    // Keyboard only, from the chat's heading: Tab to the Reply button.
+    await page.locator("#view-title").focus();
+    for (let i = 0; i < 60; i++) {
+      if ((await page.evaluate(() => document.activeElement?.id)) === id) break;
+      await page.keyboard.press("Tab");
+    }
+    assert.equal(await page.evaluate(() => document.activeElement?.id), id, "the Reply button is reachable by Tab");
+    const r = await cli("send", "--e2ee", "--as", ALICE, "--to", BOB, "--text", "third from signal");
+    assert.equal(r.code, 0, `${r.stdout} ${r.stderr}`);
+    await page.locator("#messages").getByText("third from signal").waitFor();
+    assert.equal(await page.evaluate(() => document.activeElement?.id), id, "focus stays on the Reply button when the page redraws");
+    await page.keyboard.press("Enter");
+    await page.locator("#composing", { hasText: "Replying to signal:alice: hello from signal" }).waitFor();
+    assert.equal(await page.evaluate(() => document.activeElement?.id), "composer-text", "Enter on Reply moves to the message field");
+    await page.getByRole("button", { name: "Cancel reply" }).click();
+    await page.locator("#composing").waitFor({ state: "detached" });
+  });
+
   await t.test("typing, replies, likes, deletes and read receipts reach the Signal user", async () => {
     const second = page.locator("#messages li.in", { hasText: "second from signal" });
     const secondId = await second.getAttribute("data-message-id");
