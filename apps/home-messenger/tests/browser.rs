@@ -75,6 +75,7 @@ async fn the_web_app_in_a_real_browser() {
         "hello from signal",
         "hi alice, from the browser",
         "a reply, end to end",
+        "an edited reply, end to end",
     ] {
         assert!(!holds(secret), "{secret:?} reached the gateway's store");
     }

@@ -514,17 +514,31 @@ async function sendText(peer: string, text: string, replyTo?: Msg) {
   render();
 }
 
-/** Replaces the text of a message this user sent (server-visible ones). */
+/**
+ * Replaces the text of a message this user sent: end to end encrypted,
+ * for every device of the recipient, if the message was.
+ */
 async function editText(m: Msg, text: string) {
   const c = chat(m.peer);
+  let devices: { deviceId: string; payload: Uint8Array }[] = [];
+  if (m.e2ee) {
+    try {
+      devices = await e2ee.encryptFor(conn, m.peer, text);
+    } catch (err) {
+      return say(`Not edited: cannot encrypt for ${m.peer} (${(err as Error).message})`);
+    }
+    // What was sent end to end is never replaced by server-visible text.
+    if (!devices.length) return say(`Not edited: ${m.peer} has no devices to encrypt for.`);
+  }
   const a = await send({
     clientMessageId: randomId("web-"),
     from: me.user,
     to: c.group ? "" : m.peer,
     groupId: c.group ? m.peer : "",
-    encryption: Encryption.TRANSPORT_ONLY,
     sentAtMs: BigInt(Date.now()),
-    content: { case: "edit", value: { targetMessageId: m.messageId, text: { body: text } } },
+    ...(devices.length
+      ? { encryption: Encryption.E2EE, content: { case: "edit" as const, value: { targetMessageId: m.messageId, ciphertext: { scheme: SCHEME, devices } } } }
+      : { encryption: Encryption.TRANSPORT_ONLY, content: { case: "edit" as const, value: { targetMessageId: m.messageId, text: { body: text } } } }),
   });
   if (a.frame.case !== "accepted") return say(`Not edited: ${rejectText(a)}`);
   m.text = text;
@@ -934,7 +948,7 @@ function messageActions(c: Chat, m: Msg, time: string): HTMLElement[] {
     }),
   ];
   if (!m.outgoing) out.push(button("like", "Like", "Like", () => void react(m, "👍"), m.reactions?.[me.user] === "👍"));
-  if (m.outgoing && !m.e2ee && !m.media && m.text !== undefined)
+  if (m.outgoing && !m.media && m.text !== undefined)
     out.push(
       button("edit", "Edit", "Edit", () => {
         composing = { peer: c.peer, editing: m };

@@ -314,14 +314,19 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     await page.locator("#composing").waitFor({ state: "detached" });
   });
 
-  await t.test("typing, replies, likes, deletes and read receipts reach the Signal user", async () => {
+  await t.test("typing, replies, end-to-end-encrypted edits, likes, deletes and read receipts reach the Signal user", async () => {
     const second = page.locator("#messages li.in", { hasText: "second from signal" });
     const secondId = await second.getAttribute("data-message-id");
     const mine = page.locator("#messages li.out", { hasText: "hi alice, from the browser" });
     const mineId = await mine.getAttribute("data-message-id");
+    // The reply's id, once the gateway accepted it.
+    let replyId = "";
     const want = {
       typing: (v) => v.typing?.active === true,
       reply: (v) => v.text === "a reply, end to end" && v.in_reply_to === secondId && v.e2ee_scheme === "olm.v1",
+      // `interop listen` decrypts messages, not edits: an edit of an
+      // encrypted message comes encrypted, with no server-visible text.
+      edited: (v) => replyId !== "" && v.edit?.target_message_id === replyId && v.encryption === "E2EE" && typeof v.edit.ciphertext_b64 === "string" && v.edit.text === undefined,
       like: (v) => v.reaction?.target_message_id === secondId && v.reaction.emoji === "👍",
       deleted: (v) => v.delete?.target_message_id === mineId,
       read: (v) => v.receipt?.message_id === secondId && v.receipt.status === "READ",
@@ -333,6 +338,17 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     await page.keyboard.type("a reply, end to end");
     await page.keyboard.press("Enter");
     await page.locator("#messages li.out", { hasText: "a reply, end to end" }).getByText("↩ signal:alice: second from signal").waitFor();
+    await page.locator('#messages li.out:not([data-message-id=""])', { hasText: "a reply, end to end" }).waitFor();
+    replyId = await page.locator("#messages li.out", { hasText: "a reply, end to end" }).getAttribute("data-message-id");
+    const reply = page.locator(`#messages li[data-message-id="${replyId}"]`);
+    await reply.getByRole("button", { name: /^Edit your message/ }).click();
+    await page.locator("#composing", { hasText: "Editing your message" }).waitFor();
+    const field = page.getByLabel(`Message to ${ALICE}`);
+    assert.equal(await field.inputValue(), "a reply, end to end", "the message field holds the text to edit");
+    await field.fill("an edited reply, end to end");
+    await page.keyboard.press("Enter");
+    await reply.getByText("an edited reply, end to end").waitFor();
+    assert.match(await reply.innerText(), /· edited/);
     await second.getByRole("button", { name: /^Like the message from signal:alice/ }).click();
     await page.locator("#messages li.in", { hasText: "second from signal" }).getByText("👍 you").waitFor();
     await mine.getByRole("button", { name: /^Delete your message/ }).click();
