@@ -50,6 +50,8 @@ interface Msg {
   replyTo?: string;
   /** Written by this app, not sent by anyone (a security code change). */
   notice?: boolean;
+  /** A notice's heading (none: "Security code changed."). */
+  noticeLabel?: string;
 }
 type ChatState = "request" | "accepted" | "declined" | "blocked";
 interface ChatMeta {
@@ -294,7 +296,7 @@ async function handleDeliver(d: Deliver) {
       }
       await saveMsg(target);
       render();
-    }
+    } else await targetMissing(c, d, e);
     return void (await ack());
   }
   if (c.messages.some((m) => m.messageId === e.messageId)) return void (await ack());
@@ -310,16 +312,58 @@ async function handleDeliver(d: Deliver) {
     replyTo: e.inReplyTo || undefined,
   };
   await describe(e, m);
-  if (d.inbox === Inbox.REQUESTS && c.state !== "blocked" && c.state !== "declined") {
-    c.state = "request";
-    c.sender = e.from;
-  }
-  else if ((d.inbox === Inbox.THIRD_PARTY || d.inbox === Inbox.COMBINED) && c.state === "request") c.state = "accepted";
+  place(c, d, e);
   c.messages.push(m);
   await saveMsg(m);
   await saveChat(c);
   await ack();
   if (view.kind === "chat" && view.peer === peer) markRead(c);
+  render();
+}
+
+/** A delivery from the requests inbox makes its chat a request; one from the other inboxes, an accepted chat. */
+function place(c: Chat, d: Deliver, e: Envelope) {
+  if (d.inbox === Inbox.REQUESTS && c.state !== "blocked" && c.state !== "declined") {
+    c.state = "request";
+    c.sender = e.from;
+  }
+  else if ((d.inbox === Inbox.THIRD_PARTY || d.inbox === Inbox.COMBINED) && c.state === "request") c.state = "accepted";
+}
+
+/**
+ * Says in the chat that someone reacted to, edited or deleted a message
+ * this browser does not have (sent before it was set up, or to another
+ * device), rather than dropping it unseen.
+ */
+async function targetMissing(c: Chat, d: Deliver, e: Envelope) {
+  const key = `missing-${e.messageId}`;
+  if (c.messages.some((m) => m.key === key)) return; // delivered again
+  const content = e.content;
+  const did =
+    content.case === "reaction"
+      ? content.value.emoji
+        ? `reacted ${content.value.emoji} to`
+        : "took back a reaction to"
+      : content.case === "edit"
+        ? "edited"
+        : "deleted";
+  const m: Msg = {
+    key,
+    messageId: "",
+    peer: c.peer,
+    from: e.from,
+    outgoing: false,
+    at: Number(e.acceptedAtMs || e.sentAtMs) || Date.now(),
+    e2ee: e.encryption === Encryption.E2EE,
+    read: true,
+    notice: true,
+    noticeLabel: "Message not on this device.",
+    text: `${e.from === me.user ? "You" : e.from} ${did} a message not on this device.`,
+  };
+  place(c, d, e);
+  c.messages.push(m);
+  await saveMsg(m);
+  await saveChat(c);
   render();
 }
 
@@ -849,7 +893,7 @@ function renderNewGroup(): HTMLElement {
 function encryptionLabel(c: Chat): HTMLElement {
   // The chat's label follows its messages (text and calls), newest first;
   // media sent without end-to-end encryption is marked on its own.
-  const last = c.messages.filter((m) => !m.problem && !m.media && !m.deleted).at(-1);
+  const last = c.messages.filter((m) => !m.notice && !m.problem && !m.media && !m.deleted).at(-1);
   const e2eeChat = last ? last.e2ee : providers.find((p) => p.id === providerOf(c.peer))?.encryption === "e2ee" || !isThirdParty(c);
   const plainMedia = c.messages.some((m) => m.media && !m.e2ee);
   return h(
@@ -907,7 +951,7 @@ function makeMedia(m: Msg): HTMLElement {
 }
 
 function messageView(c: Chat, m: Msg): HTMLElement {
-  if (m.notice) return h("li", { class: "notice" }, h("strong", {}, "Security code changed. "), m.text ?? "");
+  if (m.notice) return h("li", { class: "notice" }, h("strong", {}, `${m.noticeLabel ?? "Security code changed."} `), m.text ?? "");
   const body: Child[] = [];
   if (m.replyTo) {
     const target = c.messages.find((x) => x.messageId === m.replyTo);
