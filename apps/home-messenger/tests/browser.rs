@@ -56,9 +56,9 @@ async fn the_web_app_in_a_real_browser() {
         .env("SCREENSHOT_DIR", &shots)
         .env("CHROMIUM", &chromium)
         .kill_on_drop(true);
-    let status = tokio::time::timeout(Duration::from_secs(150), node.status())
+    let status = tokio::time::timeout(Duration::from_secs(180), node.status())
         .await
-        .expect("the browser tests finish within 150 s")
+        .expect("the browser tests finish within 180 s")
         .expect("node runs");
     assert!(status.success(), "the browser tests failed: {status}");
 

@@ -158,7 +158,7 @@ async function accessible(page, what) {
   assert.deepEqual(problems, [], `${what}: accessibility violations`);
 }
 
-test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => {
+test("the home messenger in a real browser", { timeout: 150_000 }, async (t) => {
   assert.ok(APP && CLI, "run through apps/home-messenger/tests/browser.rs (HOME_MESSENGER_URL, INTEROP_CLI)");
   mkdirSync(SHOTS, { recursive: true });
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox", "--autoplay-policy=no-user-gesture-required"] });
@@ -176,6 +176,8 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
 
   await t.test("sign in as a demo user", async () => {
     await page.goto(APP);
+    await page.getByLabel("Demo user").waitFor();
+    await accessible(page, "sign-in");
     await page.getByLabel("Demo user").selectOption(BOB);
     await page.getByRole("button", { name: "Sign in" }).click();
     await page.waitForSelector("body[data-ready=true]");
@@ -197,6 +199,15 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     await page.getByText("Other apps: on (Signal)").waitFor();
     await page.getByText("This browser's public keys are published.").waitFor();
     await shot("settings.png");
+  });
+
+  await t.test("the New chat and New group views are accessible", async () => {
+    await page.getByRole("button", { name: "New chat", exact: true }).click();
+    await page.getByRole("heading", { name: "New chat", exact: true }).waitFor();
+    await accessible(page, "new chat");
+    await page.getByRole("button", { name: "New group", exact: true }).click();
+    await page.getByRole("heading", { name: "New group", exact: true }).waitFor();
+    await accessible(page, "new group");
   });
 
   await t.test("a CLI user's end-to-end-encrypted first message is a request, decrypted in the browser", async () => {
@@ -413,6 +424,31 @@ test("the home messenger in a real browser", { timeout: 120_000 }, async (t) => 
     await page.locator("#requests").getByRole("button", { name: /signal:carol/ }).click();
     await page.getByRole("button", { name: "Report as spam" }).click();
     await page.locator("#third-party").getByRole("button", { name: /signal:carol \(blocked\)/ }).waitFor();
+  });
+
+  await t.test("declining a message request: the sender cannot reach the user", async (t) => {
+    const ERIN = "signal:erin";
+    let r = await cli("send", "--as", ERIN, "--to", BOB, "--text", "hi bob, it's erin");
+    assert.equal(r.code, 0, `${r.stdout} ${r.stderr}`);
+    const request = page.locator("#requests").getByRole("button", { name: /signal:erin/ });
+    await request.waitFor();
+    await request.click();
+    await page.getByRole("heading", { name: `Message request from ${ERIN}` }).waitFor();
+    await page.getByRole("button", { name: "Decline", exact: true }).click();
+    await page.getByText(`You declined ${ERIN}: they cannot reach you.`).waitFor();
+    await page.locator("#third-party").getByRole("button", { name: /signal:erin \(declined\)/ }).waitFor();
+    assert.equal(await page.locator("#requests").getByRole("button", { name: /signal:erin/ }).count(), 0, "no longer a request");
+    await accessible(page, "declined request");
+    r = await cli("send", "--as", ERIN, "--to", BOB, "--text", "after the decline");
+    const refusedNow = r.code === 2 && /RECIPIENT_UNAVAILABLE/.test(r.stdout);
+    if (!refusedNow) {
+      assert.equal(r.code, 0, `${r.stdout} ${r.stderr}`);
+      const receipt = await listenFor(ERIN, (v) => v.receipt?.status === "FAILED");
+      assert.equal(receipt.receipt.code, "RECIPIENT_UNAVAILABLE", JSON.stringify(receipt));
+    }
+    t.diagnostic(refusedNow ? "refused at once (exit 2, RECIPIENT_UNAVAILABLE)" : "accepted, then a FAILED receipt (RECIPIENT_UNAVAILABLE)");
+    await page.waitForTimeout(500);
+    assert.equal(await page.getByText("after the decline").count(), 0, "nothing from a declined sender is shown");
   });
 
   await t.test("blocking the sender refuses their next message", async (t) => {
