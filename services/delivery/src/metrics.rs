@@ -16,6 +16,9 @@ pub struct DeliveryMetrics {
     pub acked: Counter,
     /// `delivered` receipts written into senders' stores.
     pub receipts: Counter,
+    /// Receipts dropped because the sender's store is full of messages
+    /// their apps never took (docs/adr/0027).
+    pub receipts_dropped_store_full: Counter,
     /// Time from ingest accepting a message to its delivery to a device.
     pub end_to_end_seconds: Histogram,
     /// Times a session stopped reading its store at the un-acked limit.
@@ -56,6 +59,7 @@ impl DeliveryMetrics {
             delivered: Counter::default(),
             acked: Counter::default(),
             receipts: Counter::default(),
+            receipts_dropped_store_full: Counter::default(),
             end_to_end_seconds: latency_histogram(),
             pauses: Counter::default(),
             ephemeral: Counter::default(),
@@ -155,6 +159,11 @@ impl DeliveryMetrics {
             "interop_delivery_receipts",
             "Delivered receipts written.",
             m.receipts.clone(),
+        );
+        metrics.register(
+            "interop_delivery_receipts_dropped_store_full",
+            "Receipts dropped: the sender's store is full of messages their apps never took.",
+            m.receipts_dropped_store_full.clone(),
         );
         metrics.register(
             "interop_delivery_end_to_end_seconds",
