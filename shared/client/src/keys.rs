@@ -20,8 +20,52 @@ pub use interop_transparency::VerifyError;
 pub fn verify_bundles(bundles: &Bundles, pinned_vrf_key: Option<&[u8]>) -> Result<(), VerifyError> {
     let value =
         interop_transparency::verify(bundles.transparency.as_ref(), &bundles.user, pinned_vrf_key)?;
+    bundle_keys_committed(&value, bundles)
+}
+
+/// [`verify_bundles`] against what `trust` pinned (its configured VRF key,
+/// or the one seen first) and the roots it saw: an answer without a proof
+/// is accepted only while nothing is pinned (a gateway without key
+/// transparency).
+pub fn check_bundles(
+    trust: &mut crate::trust::Trust,
+    bundles: &Bundles,
+) -> Result<(), crate::trust::TrustError> {
+    let Some(value) = trust.check(bundles.transparency.as_ref(), &bundles.user)? else {
+        return Ok(());
+    };
+    Ok(bundle_keys_committed(&value, bundles)?)
+}
+
+/// [`check_bundles`] for a device list.
+pub fn check_device_list(
+    trust: &mut crate::trust::Trust,
+    list: &DeviceList,
+) -> Result<(), crate::trust::TrustError> {
+    let Some(value) = trust.check(list.transparency.as_ref(), &list.user)? else {
+        return Ok(());
+    };
+    Ok(list_keys_committed(&value, list)?)
+}
+
+/// [`verify_bundles`] for a device list.
+pub fn verify_device_list(
+    list: &DeviceList,
+    pinned_vrf_key: Option<&[u8]>,
+) -> Result<(), VerifyError> {
+    let value =
+        interop_transparency::verify(list.transparency.as_ref(), &list.user, pinned_vrf_key)?;
+    list_keys_committed(&value, list)
+}
+
+/// Every bundle's identity (and signing) key is in `value`, the committed
+/// value of the bundles' user.
+fn bundle_keys_committed(
+    value: &interop_proto::v1::TransparencyValue,
+    bundles: &Bundles,
+) -> Result<(), VerifyError> {
     interop_transparency::check_keys(
-        &value,
+        value,
         bundles
             .bundles
             .iter()
@@ -36,62 +80,13 @@ pub fn verify_bundles(bundles: &Bundles, pinned_vrf_key: Option<&[u8]>) -> Resul
     )
 }
 
-/// [`verify_bundles`] against what `trust` pinned (its configured VRF key,
-/// or the one seen first) and the roots it saw: an answer without a proof
-/// is accepted only while nothing is pinned (a gateway without key
-/// transparency).
-pub fn check_bundles(
-    trust: &mut crate::trust::Trust,
-    bundles: &Bundles,
-) -> Result<(), crate::trust::TrustError> {
-    let Some(value) = trust.check(bundles.transparency.as_ref(), &bundles.user)? else {
-        return Ok(());
-    };
-    Ok(interop_transparency::check_keys(
-        &value,
-        bundles
-            .bundles
-            .iter()
-            .filter_map(|b| b.device.as_ref())
-            .map(|d| {
-                (
-                    d.device_id.as_str(),
-                    d.identity_key.as_ref(),
-                    d.signing_key.as_ref(),
-                )
-            }),
-    )?)
-}
-
-/// [`check_bundles`] for a device list.
-pub fn check_device_list(
-    trust: &mut crate::trust::Trust,
+/// [`bundle_keys_committed`] for a device list.
+fn list_keys_committed(
+    value: &interop_proto::v1::TransparencyValue,
     list: &DeviceList,
-) -> Result<(), crate::trust::TrustError> {
-    let Some(value) = trust.check(list.transparency.as_ref(), &list.user)? else {
-        return Ok(());
-    };
-    Ok(interop_transparency::check_keys(
-        &value,
-        list.devices.iter().map(|d| {
-            (
-                d.device_id.as_str(),
-                d.identity_key.as_ref(),
-                d.signing_key.as_ref(),
-            )
-        }),
-    )?)
-}
-
-/// [`verify_bundles`] for a device list.
-pub fn verify_device_list(
-    list: &DeviceList,
-    pinned_vrf_key: Option<&[u8]>,
 ) -> Result<(), VerifyError> {
-    let value =
-        interop_transparency::verify(list.transparency.as_ref(), &list.user, pinned_vrf_key)?;
     interop_transparency::check_keys(
-        &value,
+        value,
         list.devices.iter().map(|d| {
             (
                 d.device_id.as_str(),

@@ -55,6 +55,16 @@ async fn js(nats: &NatsServer) -> async_nats::jetstream::Context {
     js
 }
 
+/// The epochs of every published root, in stream order.
+async fn root_epochs(js: &async_nats::jetstream::Context) -> Vec<u64> {
+    read_roots(js)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.epoch)
+        .collect()
+}
+
 /// What the key directory holds for `user`, as transparency commits it.
 async fn committed_value(keys: &KeyDirectory, user: &str) -> Vec<u8> {
     value_of(&StoredDevices {
@@ -168,13 +178,7 @@ async fn two_instances_publishing_make_one_history() {
         a.directory().await.get_epoch_hash().await.unwrap().1,
         by_b.hash()
     );
-    let roots: Vec<u64> = read_roots(&js)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.epoch)
-        .collect();
-    assert_eq!(roots, [1, 2]);
+    assert_eq!(root_epochs(&js).await, [1, 2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,13 +218,7 @@ async fn an_epoch_committed_without_its_root_gets_it_at_the_next_call() {
         .await
         .unwrap();
     assert!(kt.publish_epoch().await.unwrap().is_none());
-    let roots: Vec<u64> = read_roots(&js)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.epoch)
-        .collect();
-    assert_eq!(roots, [1, 2]);
+    assert_eq!(root_epochs(&js).await, [1, 2]);
     let report = interop_transparency::audit(&js, 1, 2).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(report.verified, [2]);
