@@ -636,6 +636,25 @@ impl Drop for Stack {
     }
 }
 
+/// A command running the [`interop_cli`] with an empty client config, so a
+/// developer's `.run/client.toml` (found beside the binary's checkout: URLs,
+/// tokens, a pinned key transparency key of their local gateway) never
+/// reaches a test: only the test's flags count.
+pub fn interop_command() -> tokio::process::Command {
+    static EMPTY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let config = EMPTY.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!(
+            "interop-e2e-empty-client-{}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, "").expect("writing an empty client config");
+        path
+    });
+    let mut cmd = tokio::process::Command::new(interop_cli());
+    cmd.env("INTEROP_CLIENT_CONFIG", config);
+    cmd
+}
+
 /// The `interop` CLI, built by Cargo for the running test's profile (once
 /// per test process).
 pub fn interop_cli() -> std::path::PathBuf {

@@ -14,10 +14,8 @@ const BOB: &str = "home:+4915112345678";
 
 /// Runs `interop` with `args`; the exit code and stdout as JSON.
 async fn interop(args: &[&str]) -> (i32, serde_json::Value) {
-    let out = tokio::process::Command::new(interop_e2e::interop_cli())
+    let out = interop_e2e::interop_command()
         .args(args)
-        // No client config from the developer's checkout: only the flags.
-        .env_remove("INTEROP_CLIENT_CONFIG")
         .env_remove("INTEROP_ADMIN_URL")
         .env_remove("INTEROP_ADMIN_TOKEN")
         .current_dir(std::env::temp_dir())

@@ -623,11 +623,10 @@ async fn interop(
     keys: &std::path::Path,
     args: &[&str],
 ) -> (i32, Vec<serde_json::Value>) {
-    let out = tokio::process::Command::new(interop_e2e::interop_cli())
+    let out = interop_e2e::interop_command()
         .args(args)
         .args(["--ingest-url", &c.gateway.ingest_url, "--keys-dir"])
         .arg(keys)
-        .env_remove("INTEROP_CLIENT_CONFIG")
         .output()
         .await
         .unwrap();
@@ -666,7 +665,7 @@ async fn the_cli_sends_olm_encrypted_text_and_the_plaintext_is_nowhere_in_the_ga
     );
 
     // Bob listens (the CLI decrypts), Alice sends with --e2ee.
-    let listen = tokio::process::Command::new(interop_e2e::interop_cli())
+    let listen = interop_e2e::interop_command()
         .args([
             "listen",
             "--as",
@@ -686,7 +685,6 @@ async fn the_cli_sends_olm_encrypted_text_and_the_plaintext_is_nowhere_in_the_ga
             "--keys-dir",
         ])
         .arg(k)
-        .env_remove("INTEROP_CLIENT_CONFIG")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -836,9 +834,8 @@ async fn the_cli_audits_key_transparency_from_the_published_roots_and_finds_a_fo
         RejectCode::SenderNotOwned
     );
     let audit = || async {
-        let out = tokio::process::Command::new(interop_e2e::interop_cli())
+        let out = interop_e2e::interop_command()
             .args(["--json", "keys", "audit", "--nats-url", &c.nats.url()])
-            .env_remove("INTEROP_CLIENT_CONFIG")
             .output()
             .await
             .unwrap();

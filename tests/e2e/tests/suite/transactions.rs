@@ -424,7 +424,7 @@ async fn send_many_sends_json_lines_in_transactions_and_prints_one_answer_per_li
     }
     let file = dir.path().join("items.jsonl");
     std::fs::write(&file, lines.join("\n")).unwrap();
-    let out = tokio::process::Command::new(interop_e2e::interop_cli())
+    let out = interop_e2e::interop_command()
         .args(["send-many", "--file"])
         .arg(&file)
         .args([
@@ -433,7 +433,6 @@ async fn send_many_sends_json_lines_in_transactions_and_prints_one_answer_per_li
             "--token",
             interop_e2e::SIGNAL_TOKEN,
         ])
-        .env_remove("INTEROP_CLIENT_CONFIG")
         .env_remove("INTEROP_PROVIDER")
         .current_dir(dir.path())
         .stdin(std::process::Stdio::null())
