@@ -283,13 +283,21 @@ impl Transparency {
     /// retries a failed call leaves no epoch without its root.
     pub async fn publish_epoch(&self) -> Result<Option<EpochHash>, KtError> {
         self.catch_up_roots().await?;
-        match self.try_publish_epoch().await {
+        let published = match self.try_publish_epoch().await {
             Err(KtError::Storage(e)) if e.to_string().contains(STALE) => {
                 self.reload().await?;
-                self.try_publish_epoch().await
+                self.try_publish_epoch().await?
             }
-            other => other,
+            other => other?,
+        };
+        if published.is_none() {
+            // Nothing left to commit: the writes are in an epoch committed
+            // since the check above (this instance's own, whose commit was
+            // stored after its ack was lost, or another instance's), which
+            // may lack its root.
+            self.catch_up_roots().await?;
         }
+        Ok(published)
     }
 
     async fn try_publish_epoch(&self) -> Result<Option<EpochHash>, KtError> {

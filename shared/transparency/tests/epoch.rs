@@ -225,6 +225,46 @@ async fn an_epoch_committed_without_its_root_gets_it_at_the_next_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epoch_another_instance_committed_without_its_root_gets_it_from_this_one() {
+    use interop_bus::subjects::{KT_AUDIT, STREAM_KT_ROOTS};
+    let nats = NatsServer::start();
+    let js = js(&nats).await;
+    let keys = KeyDirectory::open(js.clone()).await.unwrap();
+    let a = Transparency::open(js.clone(), VrfKey::from_bytes([7; 32]))
+        .await
+        .unwrap();
+    let b = Transparency::open(js.clone(), VrfKey::from_bytes([7; 32]))
+        .await
+        .unwrap();
+    keys.publish(BOB, &publish(BOB, "phone", 1, 1))
+        .await
+        .unwrap();
+    assert_eq!(a.publish_epoch().await.unwrap().unwrap().epoch(), 1);
+    // B commits epoch 2 while the roots stream takes no roots, and fails.
+    let roots = js
+        .get_stream(STREAM_KT_ROOTS)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    let mut broken = roots.clone();
+    broken.subjects = vec![KT_AUDIT.to_owned()];
+    js.update_stream(&broken).await.unwrap();
+    keys.publish(ALICE, &publish(ALICE, "phone", 6, 1))
+        .await
+        .unwrap();
+    assert!(b.publish_epoch().await.is_err());
+    js.update_stream(&roots).await.unwrap();
+    // A has nothing to commit (whether it saw epoch 2 before its own try
+    // or only when its commit conflicted) and publishes B's root.
+    assert!(a.publish_epoch().await.unwrap().is_none());
+    assert_eq!(root_epochs(&js).await, [1, 2]);
+    let report = interop_transparency::audit(&js, 1, 2).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_accepts_committed_keys_and_refuses_any_other_with_a_typed_error() {
     use interop_transparency::{check_keys, verify, VerifyError};
     let nats = NatsServer::start();
