@@ -23,6 +23,11 @@
 //!   it was acknowledged: nothing acknowledged can be lost. A send not
 //!   stored by its deadline is refused `UNAVAILABLE` (retryable; the re-send
 //!   gets the same message id).
+//! - Nothing is published while the NATS connection is down: the client
+//!   would buffer it and write it at the reconnection, so a send refused
+//!   meanwhile would be stored after all, ahead of the re-sends of the
+//!   sends before it. The sends wait for the connection until their
+//!   deadline, then are refused.
 
 use std::collections::HashMap;
 
@@ -123,10 +128,14 @@ fn front_is_full(pending: &[Queued]) -> bool {
     false
 }
 
+/// How often the task looks at the connection again while it is down and
+/// sends wait.
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Answers the sends of `pending` whose deadline passed (their connection
 /// refused them already) instead of publishing them: a send refused
 /// `UNAVAILABLE` is not stored after all.
-fn drop_expired(pending: &mut Vec<Queued>) {
+fn drop_expired(pending: &mut Vec<Queued>, reason: &str) {
     let now = Instant::now();
     if pending.iter().all(|q| q.deadline > now) {
         return;
@@ -136,7 +145,7 @@ fn drop_expired(pending: &mut Vec<Queued>) {
         .partition(|q| q.deadline <= now);
     *pending = live;
     for q in expired {
-        q.reply.send(Err("not stored in time".to_owned())).ok();
+        q.reply.send(Err(reason.to_owned())).ok();
     }
 }
 
@@ -144,11 +153,21 @@ async fn run(js: jetstream::Context, mut rx: mpsc::Receiver<Queued>, metrics: In
     let mut pending: Vec<Queued> = Vec::new();
     let mut in_flight = FuturesUnordered::new();
     let mut open = true;
+    let client = js.client();
     loop {
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        drop_expired(
+            &mut pending,
+            if connected {
+                "not stored in time"
+            } else {
+                "not connected to NATS"
+            },
+        );
         // Publish what waits when nothing is unacknowledged, or when it
         // is a full batch and the window has room.
-        drop_expired(&mut pending);
-        while !pending.is_empty()
+        while connected
+            && !pending.is_empty()
             && in_flight.len() < MAX_IN_FLIGHT
             && (in_flight.is_empty() || front_is_full(&pending))
         {
@@ -175,6 +194,7 @@ async fn run(js: jetstream::Context, mut rx: mpsc::Receiver<Queued>, metrics: In
                 }
                 None => open = false,
             },
+            () = tokio::time::sleep(RECHECK), if !connected && !pending.is_empty() => {}
         }
     }
 }
@@ -317,7 +337,7 @@ mod tests {
         let mut live = queued(2, false);
         live.deadline = Instant::now() + std::time::Duration::from_secs(60);
         let mut pending = vec![expired, live];
-        drop_expired(&mut pending);
+        drop_expired(&mut pending, "not stored in time");
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].payload.len(), 2);
         assert!(matches!(answer.try_recv(), Ok(Err(_))));
