@@ -623,6 +623,10 @@ async fn start_ingest(
     config.sender_limit = unlimited;
     config.default_provider_limit = unlimited;
     config.streams = streams.clone();
+    config.key_transparency = Some(interop_ingest::KeyTransparency {
+        vrf_key: interop_transparency::VrfKey::from_bytes(KT_VRF_SECRET),
+        epoch_interval: std::time::Duration::from_secs(5),
+    });
     let d = connect_service(nats_url, redis_url, "ingest").await;
     let s = shutdown.clone();
     tokio::spawn(async move { interop_ingest::run(config, d, s).await });

@@ -203,3 +203,28 @@ pub async fn until_session_listens(nats_url: &str, user: &str) {
     })
     .await
 }
+
+/// A fetch's bundles, checked as an app must check them (key transparency,
+/// docs/adr/0029): each identity key is the one the directory committed
+/// for the user, proved under the test gateway's VRF key. Panics on a
+/// rejection or a failed check.
+pub async fn verified_bundles(
+    outcome: interop_client::keys::KeysOutcome<interop_proto::v1::Bundles>,
+) -> interop_proto::v1::Bundles {
+    let bundles = outcome.done().expect("bundles, not a rejection");
+    let pinned = interop_e2e::kt_vrf_public_key().await;
+    interop_client::keys::verify_bundles(&bundles, Some(&pinned))
+        .unwrap_or_else(|e| panic!("bundles of {} do not verify: {e}", bundles.user));
+    bundles
+}
+
+/// [`verified_bundles`] for a device list.
+pub async fn verified_devices(
+    outcome: interop_client::keys::KeysOutcome<interop_proto::v1::DeviceList>,
+) -> interop_proto::v1::DeviceList {
+    let list = outcome.done().expect("a device list, not a rejection");
+    let pinned = interop_e2e::kt_vrf_public_key().await;
+    interop_client::keys::verify_device_list(&list, Some(&pinned))
+        .unwrap_or_else(|e| panic!("devices of {} do not verify: {e}", list.user));
+    list
+}

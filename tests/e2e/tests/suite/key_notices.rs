@@ -4,6 +4,7 @@
 //! identity keys change, as a `KeyNotice` or, for an app that does not
 //! declare key notices, as text; nobody else does.
 
+use crate::common::verified_bundles;
 use interop_client::olm;
 use interop_client::{Receiver, Sender};
 use interop_e2e::{registry, Stack, HOME_TOKEN, SIGNAL_TOKEN, TELEGRAM_TOKEN};
@@ -56,12 +57,7 @@ fn notice(e: &Envelope) -> KeyNotice {
 }
 
 async fn fetch(s: &Sender, requester: &str) -> bool {
-    let b = s
-        .fetch_bundles(requester, BOB, &[])
-        .await
-        .unwrap()
-        .done()
-        .unwrap();
+    let b = verified_bundles(s.fetch_bundles(requester, BOB, &[]).await.unwrap()).await;
     b.bundles[0].one_time_prekey.is_some()
 }
 
@@ -226,12 +222,7 @@ async fn a_thousand_fetches_through_two_ingest_replicas_share_no_key_and_tell_th
         let conn = conns[i % conns.len()].clone();
         tasks.push(tokio::spawn(async move {
             let requester = format!("signal:req{}", i % 40);
-            let b = conn
-                .fetch_bundles(&requester, BOB, &[])
-                .await
-                .unwrap()
-                .done()
-                .unwrap();
+            let b = verified_bundles(conn.fetch_bundles(&requester, BOB, &[]).await.unwrap()).await;
             b.bundles[0].one_time_prekey.as_ref().map(|k| k.key_id)
         }));
     }

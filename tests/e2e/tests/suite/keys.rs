@@ -3,6 +3,7 @@
 //! user and a `home:` user whose keys travel through it. The gateway sees
 //! public keys and ciphertext only.
 
+use crate::common::{verified_bundles, verified_devices};
 use std::time::Duration;
 
 use interop_client::keys::KeysOutcome;
@@ -103,12 +104,7 @@ async fn an_olm_session_is_set_up_through_the_key_directory_and_carries_messages
     publish(&signal, ALICE, &mut alice_account, "laptop", 5, 1).await;
 
     // Alice fetches Bob's bundle and starts a session with a one-time key.
-    let bundles = signal
-        .fetch_bundles(ALICE, BOB, &[])
-        .await
-        .unwrap()
-        .done()
-        .unwrap();
+    let bundles = verified_bundles(signal.fetch_bundles(ALICE, BOB, &[]).await.unwrap()).await;
     assert_eq!(bundles.bundles.len(), 1);
     assert!(bundles.bundles[0].one_time_prekey.is_some());
     // Key transparency: Bob's identity key is the committed one, against
@@ -132,13 +128,7 @@ async fn an_olm_session_is_set_up_through_the_key_directory_and_carries_messages
         interop_client::keys::verify_bundles(&bundles, Some(&[1; 32])),
         Err(interop_client::keys::VerifyError::WrongVrfKey)
     );
-    let devices = signal
-        .list_devices(ALICE, BOB)
-        .await
-        .unwrap()
-        .done()
-        .unwrap();
-    interop_client::keys::verify_device_list(&devices, Some(&pinned)).unwrap();
+    verified_devices(signal.list_devices(ALICE, BOB).await.unwrap()).await;
     let mut alice_session = olm::outbound_session(&alice_account, &bundles.bundles[0]).unwrap();
     let first = alice_session.encrypt("hello bob").unwrap();
     assert!(matches!(first, OlmMessage::PreKey(_)));
@@ -155,7 +145,7 @@ async fn an_olm_session_is_set_up_through_the_key_directory_and_carries_messages
     assert_eq!(got.envelope.encryption, Encryption::E2ee as i32);
     // Bob's app checks the sender's identity key (from the directory) and
     // decrypts the pre-key message.
-    let alice_devices = home.list_devices(BOB, ALICE).await.unwrap().done().unwrap();
+    let alice_devices = verified_devices(home.list_devices(BOB, ALICE).await.unwrap()).await;
     let alice_identity = olm::identity_key(&DeviceKeys {
         identity_key: alice_devices.devices[0].identity_key.clone(),
         ..Default::default()
@@ -207,14 +197,9 @@ async fn an_olm_session_is_set_up_through_the_key_directory_and_carries_messages
 
     // The claimed one-time key is gone from Bob's pool: 4 left, which only
     // Bob's own provider sees.
-    let own = home.list_devices(BOB, BOB).await.unwrap().done().unwrap();
+    let own = verified_devices(home.list_devices(BOB, BOB).await.unwrap()).await;
     assert_eq!(own.devices[0].one_time_prekeys, 4);
-    let theirs = signal
-        .list_devices(ALICE, BOB)
-        .await
-        .unwrap()
-        .done()
-        .unwrap();
+    let theirs = verified_devices(signal.list_devices(ALICE, BOB).await.unwrap()).await;
     assert_eq!(theirs.devices[0].one_time_prekeys, 0);
 }
 
@@ -239,12 +224,7 @@ async fn keys_are_visible_only_as_consent_allows_and_every_hidden_user_looks_the
     home.set_consent(carol, false, &[]).await.unwrap();
 
     // Visible: signal sees Bob's device.
-    let seen = signal
-        .list_devices(ALICE, BOB)
-        .await
-        .unwrap()
-        .done()
-        .unwrap();
+    let seen = verified_devices(signal.list_devices(ALICE, BOB).await.unwrap()).await;
     assert_eq!(seen.devices.len(), 1);
     // Hidden for three reasons; the answers cannot be told apart.
     let tg = "telegram:dave";
@@ -282,12 +262,7 @@ async fn keys_are_visible_only_as_consent_allows_and_every_hidden_user_looks_the
         .unwrap();
     assert!(kps.key_packages.is_empty());
     // Hidden users' one-time keys were not claimed by those attempts.
-    let own = home
-        .list_devices(carol, carol)
-        .await
-        .unwrap()
-        .done()
-        .unwrap();
+    let own = verified_devices(home.list_devices(carol, carol).await.unwrap()).await;
     assert_eq!(own.devices[0].one_time_prekeys, 2);
 }
 
@@ -355,8 +330,10 @@ async fn hostile_publishes_get_typed_codes_and_store_nothing() {
         assert_eq!(r.code(), want, "{r:?}");
     }
     // Nothing of those was stored.
+    // (A user without devices has nothing to prove: no proof.)
     let listed = home.list_devices(BOB, BOB).await.unwrap().done().unwrap();
     assert!(listed.devices.is_empty(), "{listed:?}");
+    assert!(listed.transparency.is_none(), "{listed:?}");
 
     // The real publish, then its replay: refused, the pool unchanged.
     home.publish_keys(BOB, good.clone(), otks.clone(), vec![])
@@ -366,16 +343,11 @@ async fn hostile_publishes_get_typed_codes_and_store_nothing() {
         .unwrap();
     let r = rejection(home.publish_keys(BOB, good, otks, vec![]).await.unwrap());
     assert_eq!(r.code(), RejectCode::KeyIdReused);
-    let listed = home.list_devices(BOB, BOB).await.unwrap().done().unwrap();
+    let listed = verified_devices(home.list_devices(BOB, BOB).await.unwrap()).await;
     assert_eq!(listed.devices[0].one_time_prekeys, 3);
     // The connections go on working.
     signal.set_consent(ALICE, true, &["home"]).await.unwrap();
-    let ok = signal
-        .list_devices(ALICE, BOB)
-        .await
-        .unwrap()
-        .done()
-        .unwrap();
+    let ok = verified_devices(signal.list_devices(ALICE, BOB).await.unwrap()).await;
     assert_eq!(ok.devices.len(), 1);
 }
 
@@ -397,7 +369,10 @@ async fn a_user_cannot_drain_anothers_one_time_keys_past_the_fetch_limit() {
     let mut allowed = 0u32;
     let refusal = loop {
         match signal.fetch_bundles(ALICE, BOB, &[]).await.unwrap() {
-            KeysOutcome::Done(_) => allowed += 1,
+            done @ KeysOutcome::Done(_) => {
+                verified_bundles(done).await;
+                allowed += 1;
+            }
             KeysOutcome::Rejected(r) => break r,
         }
         assert!(allowed <= 90, "never refused: {allowed} fetches");
@@ -411,9 +386,8 @@ async fn a_user_cannot_drain_anothers_one_time_keys_past_the_fetch_limit() {
     assert_eq!(refusal.code(), RejectCode::RateLimited);
     assert!(refusal.retry_after_ms > 0);
     // Another user of the same provider still may.
-    let other = signal.fetch_bundles("signal:erin", BOB, &[]).await.unwrap();
-    assert!(matches!(other, KeysOutcome::Done(_)), "{other:?}");
-    let own = home.list_devices(BOB, BOB).await.unwrap().done().unwrap();
+    verified_bundles(signal.fetch_bundles("signal:erin", BOB, &[]).await.unwrap()).await;
+    let own = verified_devices(home.list_devices(BOB, BOB).await.unwrap()).await;
     assert_eq!(own.devices[0].one_time_prekeys, 100 - allowed - 1);
 }
 
@@ -808,12 +782,7 @@ async fn the_cli_audits_key_transparency_from_the_published_roots_and_finds_a_fo
     for round in 0..3u32 {
         let mut account = Account::new();
         publish(&home, BOB, &mut account, "phone", 2, 1 + 10 * round).await;
-        let bundles = signal
-            .fetch_bundles(ALICE, BOB, &[])
-            .await
-            .unwrap()
-            .done()
-            .unwrap();
+        let bundles = verified_bundles(signal.fetch_bundles(ALICE, BOB, &[]).await.unwrap()).await;
         interop_client::keys::verify_bundles(
             &bundles,
             Some(&interop_e2e::kt_vrf_public_key().await),
@@ -900,12 +869,7 @@ async fn an_app_pins_the_vrf_key_on_first_use_and_refuses_another_key_no_proof_a
     home.set_consent(BOB, true, &["signal"]).await.unwrap();
     signal.set_consent(ALICE, true, &["home"]).await.unwrap();
     publish(&home, BOB, &mut Account::new(), "phone", 3, 1).await;
-    let bundles = signal
-        .fetch_bundles(ALICE, BOB, &[])
-        .await
-        .unwrap()
-        .done()
-        .unwrap();
+    let bundles = verified_bundles(signal.fetch_bundles(ALICE, BOB, &[]).await.unwrap()).await;
 
     let mut trust = Trust::open(dir.path()).unwrap();
     assert_eq!(trust.pinned(), None);
@@ -951,12 +915,7 @@ async fn an_app_pins_the_vrf_key_on_first_use_and_refuses_another_key_no_proof_a
         .await
         .unwrap();
     publish(&fork_home, BOB, &mut Account::new(), "phone", 3, 1).await;
-    let forked = fork_signal
-        .fetch_bundles(ALICE, BOB, &[])
-        .await
-        .unwrap()
-        .done()
-        .unwrap();
+    let forked = verified_bundles(fork_signal.fetch_bundles(ALICE, BOB, &[]).await.unwrap()).await;
     let (ours, theirs) = (
         bundles.transparency.as_ref().unwrap(),
         forked.transparency.as_ref().unwrap(),
