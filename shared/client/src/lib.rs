@@ -29,6 +29,7 @@
 
 pub mod admin;
 pub mod config;
+mod files;
 pub mod keys;
 pub mod media;
 pub mod olm;

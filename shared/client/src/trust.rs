@@ -151,14 +151,6 @@ impl Trust {
             detail,
         };
         let bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| store(e.to_string()))?;
-        // A name of its own, so two processes saving at once each rename a
-        // whole file (the last one wins).
-        let tmp = self.path.with_extension(format!(
-            "{}.{:08x}.tmp",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::write(&tmp, bytes).map_err(|e| store(e.to_string()))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| store(e.to_string()))
+        crate::files::write_private(&self.path, &bytes).map_err(|e| store(e.to_string()))
     }
 }
