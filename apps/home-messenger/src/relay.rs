@@ -8,7 +8,7 @@
 //! `home` provider. Deliveries come from the provider session with every
 //! device's ciphertext; [`for_device`] keeps the browser's own.
 
-use interop_proto::v1::{client_frame::Frame, envelope::Content, Envelope, RejectCode, Rejected};
+use interop_proto::v1::{client_frame::Frame, Envelope, RejectCode, Rejected};
 
 /// Why a frame from a browser is not sent on.
 pub fn refusal(code: RejectCode, detail: &str) -> Rejected {
@@ -71,10 +71,11 @@ pub fn valid_device_id(id: &str) -> bool {
 /// sender's own copy `sender_devices`); this device gets only its own, as
 /// `payload`, or `missing_for_device` when none was made for it, as the
 /// gateway does for a device's own session (docs/protocol.md, "One
-/// ciphertext per device").
+/// ciphertext per device"). Also for an edit's ciphertext.
 pub fn for_device(mut envelope: Envelope, user: &str, device: &str) -> Envelope {
-    if let Some(Content::Ciphertext(c)) = envelope.content.as_mut() {
-        let list = if envelope.from == user && !c.sender_devices.is_empty() {
+    let own = envelope.from == user;
+    if let Some(c) = interop_proto::ciphertext_mut(&mut envelope) {
+        let list = if own && !c.sender_devices.is_empty() {
             std::mem::take(&mut c.sender_devices)
         } else {
             std::mem::take(&mut c.devices)
@@ -108,6 +109,7 @@ pub fn masked(address: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use interop_proto::v1::envelope::Content;
     use interop_proto::v1::{
         Ciphertext, DeviceCiphertext, FetchBundles, GetConsent, Hello, ListDevices, PublishKeys,
         RespondToRequest, Send, SetConsent, Transaction,
@@ -235,6 +237,26 @@ mod tests {
             &ciphertext(&for_device(shared, BOB, "x")).payload[..],
             b"all"
         );
+    }
+
+    #[test]
+    fn an_edits_ciphertext_is_kept_for_its_device_too() {
+        let mut e = e2ee(&[("phone", b"p"), ("web-1", b"w")], &[]);
+        let Some(Content::Ciphertext(c)) = e.content.take() else {
+            unreachable!()
+        };
+        e.content = Some(Content::Edit(interop_proto::v1::Edit {
+            target_message_id: "m-1".into(),
+            text: None,
+            ciphertext: Some(c),
+        }));
+        let mine = for_device(e, BOB, "web-1");
+        let Some(Content::Edit(edit)) = &mine.content else {
+            panic!("not an edit: {mine:?}")
+        };
+        let c = edit.ciphertext.as_ref().unwrap();
+        assert_eq!(&c.payload[..], b"w");
+        assert!(c.devices.is_empty() && !c.missing_for_device);
     }
 
     #[test]

@@ -66,14 +66,7 @@ pub fn to_recipient_store(pm: &PipelineMessage) -> Outgoing {
     }
 }
 
-/// The ciphertext of an envelope's content: a ciphertext, or an edit's.
-pub fn ciphertext_mut(env: &mut Envelope) -> Option<&mut interop_proto::v1::Ciphertext> {
-    match env.content.as_mut()? {
-        envelope::Content::Ciphertext(c) => Some(c),
-        envelope::Content::Edit(e) => e.ciphertext.as_mut(),
-        _ => None,
-    }
-}
+pub use interop_proto::ciphertext_mut;
 
 /// Takes the sender's other devices' ciphertexts (`sender_devices`) out of
 /// `pm`, so the recipient's copy goes without them, and returns the copy

@@ -36,6 +36,16 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The provider id of the gatekeeper's own users.
 pub const HOME_PROVIDER: &str = "home";
 
+/// The ciphertext of an envelope's content: a ciphertext, or an edit's
+/// (both may carry one ciphertext per device).
+pub fn ciphertext_mut(env: &mut v1::Envelope) -> Option<&mut v1::Ciphertext> {
+    match env.content.as_mut()? {
+        v1::envelope::Content::Ciphertext(c) => Some(c),
+        v1::envelope::Content::Edit(e) => e.ciphertext.as_mut(),
+        _ => None,
+    }
+}
+
 /// Current time as Unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
