@@ -136,6 +136,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Opt a user in to interoperability and choose who may reach them.
@@ -192,7 +194,7 @@ enum Command {
     },
     /// Send a message (text, ciphertext or media) to a user or a group and
     /// print the gateway's answer.
-    #[command(group(clap::ArgGroup::new("content").required(true).args(["text", "ciphertext_b64", "media", "file"])))]
+    #[command(group(clap::ArgGroup::new("content").required(true).args(["text", "ciphertext_b64", "media", "file", "typing", "react_to", "delete"])))]
     Send {
         /// The sender, e.g. signal:alice.
         #[arg(long = "as")]
@@ -240,6 +242,25 @@ enum Command {
         /// This machine's device id for --e2ee.
         #[arg(long, default_value = "cli")]
         device: String,
+        /// Instead of a message: tell the recipient's open sessions the
+        /// sender is typing (`true`) or stopped (`false`); not stored.
+        #[arg(long)]
+        typing: Option<bool>,
+        /// Instead of a message: react to this message id with --emoji
+        /// (an empty --emoji takes the reaction back).
+        #[arg(long, requires = "emoji")]
+        react_to: Option<String>,
+        /// The reaction of --react-to, e.g. 👍.
+        #[arg(long, requires = "react_to")]
+        emoji: Option<String>,
+        /// Instead of a message: delete this message (one the sender sent)
+        /// for everyone.
+        #[arg(long)]
+        delete: Option<String>,
+        /// Send --text (with --e2ee: encrypted) or --ciphertext-b64 as the
+        /// new content of this message (one the sender sent).
+        #[arg(long)]
+        edit: Option<String>,
         /// Client message id (default: a fresh UUID). Re-use it to retry.
         #[arg(long)]
         client_message_id: Option<String>,
@@ -934,6 +955,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             filename,
             e2ee,
             device,
+            typing,
+            react_to,
+            emoji,
+            delete,
+            edit,
             client_message_id,
             ingest_url,
             media_url,
@@ -946,74 +972,133 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     "--e2ee --text to a group is not supported: Olm is one to one (groups use MLS)",
                 ));
             }
+            if edit.is_some() && text.is_none() && ciphertext_b64.is_none() {
+                return Err(usage(
+                    "--edit takes the new content as --text or --ciphertext-b64",
+                ));
+            }
             let sender = ctx.sender(&from, ingest_url).await?;
-            let (encryption, content) = match (text, ciphertext_b64, media, file) {
-                (Some(t), ..) if e2ee => (
-                    Encryption::E2ee,
-                    Content::Ciphertext(
-                        e2ee_ciphertext(&ctx, &sender, &device, &from, &to, &t).await?,
-                    ),
-                ),
-                (Some(t), ..) => (
+            let (encryption, content) = if let Some(active) = typing {
+                // Typing and deletes go with either encryption; the
+                // chat's is kept.
+                (
+                    if e2ee {
+                        Encryption::E2ee
+                    } else {
+                        Encryption::TransportOnly
+                    },
+                    Content::Typing(interop_proto::v1::Typing { active }),
+                )
+            } else if let Some(target_message_id) = react_to {
+                (
                     Encryption::TransportOnly,
-                    Content::Text(interop_proto::v1::Text { body: t }),
-                ),
-                (None, Some(b64), ..) => {
-                    let payload = base64::engine::general_purpose::STANDARD
-                        .decode(b64.trim())
-                        .map_err(|_| usage("--ciphertext-b64 is not base64"))?;
-                    (
+                    Content::Reaction(interop_proto::v1::Reaction {
+                        target_message_id,
+                        emoji: emoji.unwrap_or_default(),
+                    }),
+                )
+            } else if let Some(target_message_id) = delete {
+                (
+                    if e2ee {
+                        Encryption::E2ee
+                    } else {
+                        Encryption::TransportOnly
+                    },
+                    Content::Delete(interop_proto::v1::Delete { target_message_id }),
+                )
+            } else {
+                let (encryption, content) = match (text, ciphertext_b64, media, file) {
+                    (Some(t), ..) if e2ee => (
                         Encryption::E2ee,
-                        Content::Ciphertext(Ciphertext {
-                            scheme: "opaque".into(),
-                            payload: payload.into(),
-                            ..Default::default()
-                        }),
-                    )
-                }
-                (None, None, Some(media_id), _) => {
-                    let sha256 = match sha256 {
-                        Some(h) => hex::decode(h.trim())
-                            .ok()
-                            .filter(|b| b.len() == 32)
-                            .ok_or_else(|| usage("--sha256 is not 64 hex digits"))?,
-                        None => Vec::new(),
-                    };
-                    let media = interop_proto::v1::Media {
-                        media_id,
-                        content_type: content_type.unwrap_or_default(),
-                        size: size.unwrap_or_default(),
-                        sha256: sha256.into(),
-                        filename: filename.unwrap_or_default(),
-                        ..Default::default()
-                    };
-                    (media_encryption(e2ee), Content::Media(media))
-                }
-                (None, None, None, Some(path)) => {
-                    let uploaded =
-                        match upload(&ctx, media_url, &from, &path, content_type, e2ee, false)
-                            .await?
-                        {
-                            Ok(u) => u,
-                            Err(code) => return Ok(code),
+                        Content::Ciphertext(
+                            e2ee_ciphertext(&ctx, &sender, &device, &from, &to, &t).await?,
+                        ),
+                    ),
+                    (Some(t), ..) => (
+                        Encryption::TransportOnly,
+                        Content::Text(interop_proto::v1::Text { body: t }),
+                    ),
+                    (None, Some(b64), ..) => {
+                        let payload = base64::engine::general_purpose::STANDARD
+                            .decode(b64.trim())
+                            .map_err(|_| usage("--ciphertext-b64 is not base64"))?;
+                        (
+                            Encryption::E2ee,
+                            Content::Ciphertext(Ciphertext {
+                                scheme: "opaque".into(),
+                                payload: payload.into(),
+                                ..Default::default()
+                            }),
+                        )
+                    }
+                    (None, None, Some(media_id), _) => {
+                        let sha256 = match sha256 {
+                            Some(h) => hex::decode(h.trim())
+                                .ok()
+                                .filter(|b| b.len() == 32)
+                                .ok_or_else(|| usage("--sha256 is not 64 hex digits"))?,
+                            None => Vec::new(),
                         };
-                    let filename = filename.unwrap_or_else(|| {
-                        path.file_name()
-                            .map(|n| n.to_string_lossy().into_owned())
-                            .unwrap_or_default()
-                    });
-                    let media = interop_proto::v1::Media {
-                        media_id: uploaded.media_id,
-                        content_type: uploaded.content_type,
-                        size: uploaded.size,
-                        sha256: hex::decode(&uploaded.sha256).unwrap_or_default().into(),
-                        filename,
-                        ..Default::default()
-                    };
-                    (media_encryption(e2ee), Content::Media(media))
-                }
-                (None, None, None, None) => {
-                    return Err(usage("pass --text, --ciphertext-b64, --media or --file"))
+                        let media = interop_proto::v1::Media {
+                            media_id,
+                            content_type: content_type.unwrap_or_default(),
+                            size: size.unwrap_or_default(),
+                            sha256: sha256.into(),
+                            filename: filename.unwrap_or_default(),
+                            ..Default::default()
+                        };
+                        (media_encryption(e2ee), Content::Media(media))
+                    }
+                    (None, None, None, Some(path)) => {
+                        let uploaded =
+                            match upload(&ctx, media_url, &from, &path, content_type, e2ee, false)
+                                .await?
+                            {
+                                Ok(u) => u,
+                                Err(code) => return Ok(code),
+                            };
+                        let filename = filename.unwrap_or_else(|| {
+                            path.file_name()
+                                .map(|n| n.to_string_lossy().into_owned())
+                                .unwrap_or_default()
+                        });
+                        let media = interop_proto::v1::Media {
+                            media_id: uploaded.media_id,
+                            content_type: uploaded.content_type,
+                            size: uploaded.size,
+                            sha256: hex::decode(&uploaded.sha256).unwrap_or_default().into(),
+                            filename,
+                            ..Default::default()
+                        };
+                        (media_encryption(e2ee), Content::Media(media))
+                    }
+                    (None, None, None, None) => {
+                        return Err(usage("pass --text, --ciphertext-b64, --media or --file"))
+                    }
+                };
+                match (edit, content) {
+                    (None, content) => (encryption, content),
+                    (Some(target_message_id), Content::Text(text)) => (
+                        encryption,
+                        Content::Edit(interop_proto::v1::Edit {
+                            target_message_id,
+                            text: Some(text),
+                            ciphertext: None,
+                        }),
+                    ),
+                    (Some(target_message_id), Content::Ciphertext(ciphertext)) => (
+                        encryption,
+                        Content::Edit(interop_proto::v1::Edit {
+                            target_message_id,
+                            text: None,
+                            ciphertext: Some(ciphertext),
+                        }),
+                    ),
+                    (Some(_), _) => {
+                        return Err(usage(
+                            "--edit takes the new content as --text or --ciphertext-b64",
+                        ))
+                    }
                 }
             };
             let envelope = Envelope {
@@ -1170,7 +1255,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 };
                 let d = next?;
                 let mut v = describe(&d.envelope);
-                if let Some(Content::Ciphertext(c)) = &d.envelope.content {
+                // A message's ciphertext, or an edit's (`edit`).
+                let ciphertext = match &d.envelope.content {
+                    Some(Content::Ciphertext(c)) => Some((c, false)),
+                    Some(Content::Edit(e)) => e.ciphertext.as_ref().map(|c| (c, true)),
+                    _ => None,
+                };
+                if let Some((c, edit)) = ciphertext {
                     if c.scheme == olm::SCHEME && !c.payload.is_empty() {
                         if e2ee.is_none() {
                             let me = ctx.open_device(&user, &device)?;
@@ -1187,7 +1278,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         if let Some((me, s)) = e2ee.as_mut() {
                             match olm::decrypt_from(s, me, &user, &d.envelope.from, c).await {
                                 Ok(plain) => {
-                                    v["text"] = json!(String::from_utf8_lossy(&plain));
+                                    let text = json!(String::from_utf8_lossy(&plain));
+                                    if edit {
+                                        v["edit"]["text"] = text;
+                                    } else {
+                                        v["text"] = text;
+                                    }
                                     v["e2ee_scheme"] = json!(c.scheme);
                                 }
                                 Err(e) => v["decrypt_error"] = json!(e.to_string()),
@@ -1853,6 +1949,29 @@ mod tests {
         ])
         .is_err());
         assert!(with(&["--to", "home:+1", "--text", "hi", "--file", "x.jpg"]).is_err());
+        // Typing, a reaction and a delete are content of their own; an edit
+        // carries text or ciphertext.
+        assert!(matches!(
+            with(&["--to", "home:+1", "--typing", "true"])
+                .unwrap()
+                .command,
+            Command::Send {
+                typing: Some(true),
+                ..
+            }
+        ));
+        assert!(with(&["--to", "home:+1", "--typing", "yes"]).is_err());
+        assert!(with(&["--to", "home:+1", "--typing", "true", "--text", "hi"]).is_err());
+        assert!(with(&["--to", "home:+1", "--react-to", "m-1", "--emoji", "👍"]).is_ok());
+        assert!(
+            with(&["--to", "home:+1", "--react-to", "m-1"]).is_err(),
+            "no emoji"
+        );
+        assert!(with(&["--to", "home:+1", "--delete", "m-1", "--text", "hi"]).is_err());
+        assert!(matches!(
+            with(&["--to", "home:+1", "--edit", "m-1", "--text", "new"]).unwrap().command,
+            Command::Send { edit: Some(ref m), text: Some(_), .. } if m == "m-1"
+        ));
         // --media needs what the upload said.
         assert!(with(&["--to", "home:+1", "--media", "m-1"]).is_err());
         assert!(with(&[

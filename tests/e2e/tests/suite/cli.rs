@@ -474,6 +474,93 @@ async fn a_provider_session_through_the_cli_gets_every_users_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_a_reaction_an_encrypted_edit_and_a_delete_go_through_the_cli() {
+    let c = Cluster::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = client_config(&c, dir.path());
+    let keys = dir.path().join("keys");
+    let keys = keys.to_str().unwrap();
+    ok(&config, &["opt-in", "--as", BOB, "--allow", "signal"]).await;
+    ok(&config, &["opt-in", "--as", ALICE, "--allow", "home"]).await;
+    ok(
+        &config,
+        &["keys", "publish", "--as", BOB, "--keys-dir", keys],
+    )
+    .await;
+    let listener = Listener::start_with(
+        &config,
+        &[
+            "listen",
+            "--as",
+            BOB,
+            "--count",
+            "5",
+            "--timeout",
+            "45",
+            "--keys-dir",
+            keys,
+        ],
+    )
+    .await;
+    let send = |extra: &[&str]| {
+        let mut args = vec!["send", "--as", ALICE, "--to", BOB, "--keys-dir", keys];
+        args.extend_from_slice(extra);
+        args.iter()
+            .map(|a| (*a).to_owned())
+            .collect::<Vec<String>>()
+    };
+    let run = |args: Vec<String>| {
+        let config = config.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ok(&config, &args).await
+        }
+    };
+    let sent = run(send(&["--e2ee", "--text", "meet at noon"])).await;
+    let id = sent["accepted"]["message_id"].as_str().unwrap().to_owned();
+    ok(
+        &config,
+        &["request", "accept", "--as", BOB, "--sender", ALICE],
+    )
+    .await;
+    for extra in [
+        &["--typing", "true"][..],
+        &["--react-to", &id, "--emoji", "👍"],
+        &["--e2ee", "--edit", &id, "--text", "meet at one"],
+        &["--delete", &id],
+    ] {
+        run(send(extra)).await;
+    }
+    let lines = listener.lines().await;
+    let has = |what: &str, f: &dyn Fn(&Value) -> bool| {
+        assert!(lines.iter().any(f), "no {what} in {lines:#?}");
+    };
+    has("message", &|l| l["text"] == "meet at noon");
+    has("typing", &|l| l["typing"]["active"] == true);
+    has("reaction", &|l| {
+        l["reaction"]["target_message_id"] == id.as_str() && l["reaction"]["emoji"] == "👍"
+    });
+    // The edit is end-to-end encrypted: the gateway had only ciphertext,
+    // and `listen` decrypts it with Bob's device keys.
+    has("encrypted edit", &|l| {
+        l["edit"]["target_message_id"] == id.as_str()
+            && l["encryption"] == "E2EE"
+            && l["edit"]["text"] == "meet at one"
+            && l["e2ee_scheme"] == "olm.v1"
+    });
+    has("delete", &|l| {
+        l["delete"]["target_message_id"] == id.as_str()
+    });
+    // Each flag stands alone: an edit needs its new text.
+    let refused = interop(
+        Some(&config),
+        &["send", "--as", ALICE, "--to", BOB, "--edit", &id],
+    )
+    .await;
+    assert_eq!(refused.code, 64, "{}{}", refused.stdout, refused.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn piped_output_is_the_json_of_json_and_each_exit_code_means_what_help_says() {
     let c = Cluster::start().await;
     let dir = tempfile::tempdir().unwrap();
