@@ -978,34 +978,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 ));
             }
             let sender = ctx.sender(&from, ingest_url).await?;
-            let (encryption, content) = if let Some(active) = typing {
-                // Typing and deletes go with either encryption; the
-                // chat's is kept.
-                (
-                    if e2ee {
-                        Encryption::E2ee
-                    } else {
-                        Encryption::TransportOnly
-                    },
-                    Content::Typing(interop_proto::v1::Typing { active }),
-                )
-            } else if let Some(target_message_id) = react_to {
-                (
-                    Encryption::TransportOnly,
-                    Content::Reaction(interop_proto::v1::Reaction {
-                        target_message_id,
-                        emoji: emoji.unwrap_or_default(),
-                    }),
-                )
-            } else if let Some(target_message_id) = delete {
-                (
-                    if e2ee {
-                        Encryption::E2ee
-                    } else {
-                        Encryption::TransportOnly
-                    },
-                    Content::Delete(interop_proto::v1::Delete { target_message_id }),
-                )
+            let control = control_content(typing, react_to, emoji, delete, e2ee);
+            let (encryption, content) = if let Some(control) = control {
+                control
             } else {
                 let (encryption, content) = match (text, ciphertext_b64, media, file) {
                     (Some(t), ..) if e2ee => (
@@ -1076,30 +1051,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         return Err(usage("pass --text, --ciphertext-b64, --media or --file"))
                     }
                 };
-                match (edit, content) {
-                    (None, content) => (encryption, content),
-                    (Some(target_message_id), Content::Text(text)) => (
-                        encryption,
-                        Content::Edit(interop_proto::v1::Edit {
-                            target_message_id,
-                            text: Some(text),
-                            ciphertext: None,
-                        }),
-                    ),
-                    (Some(target_message_id), Content::Ciphertext(ciphertext)) => (
-                        encryption,
-                        Content::Edit(interop_proto::v1::Edit {
-                            target_message_id,
-                            text: None,
-                            ciphertext: Some(ciphertext),
-                        }),
-                    ),
-                    (Some(_), _) => {
-                        return Err(usage(
-                            "--edit takes the new content as --text or --ciphertext-b64",
-                        ))
-                    }
-                }
+                as_edit(edit, encryption, content)?
             };
             let envelope = Envelope {
                 client_message_id: cmid,
@@ -1817,6 +1769,68 @@ fn guess_content_type(path: &std::path::Path) -> &'static str {
         "zip" => "application/zip",
         _ => "application/octet-stream",
     }
+}
+
+/// The content of `send --typing`, `--react-to` or `--delete` (`None`
+/// for a message). Typing and deletes go with either encryption (the
+/// chat's, `--e2ee`); a reaction is server-visible.
+fn control_content(
+    typing: Option<bool>,
+    react_to: Option<String>,
+    emoji: Option<String>,
+    delete: Option<String>,
+    e2ee: bool,
+) -> Option<(Encryption, Content)> {
+    let chat = if e2ee {
+        Encryption::E2ee
+    } else {
+        Encryption::TransportOnly
+    };
+    if let Some(active) = typing {
+        return Some((chat, Content::Typing(interop_proto::v1::Typing { active })));
+    }
+    if let Some(target_message_id) = react_to {
+        let reaction = interop_proto::v1::Reaction {
+            target_message_id,
+            emoji: emoji.unwrap_or_default(),
+        };
+        return Some((Encryption::TransportOnly, Content::Reaction(reaction)));
+    }
+    delete.map(|target_message_id| {
+        (
+            chat,
+            Content::Delete(interop_proto::v1::Delete { target_message_id }),
+        )
+    })
+}
+
+/// `content` as the new content of message `edit` (`send --edit`), or as
+/// it is without one.
+fn as_edit(
+    edit: Option<String>,
+    encryption: Encryption,
+    content: Content,
+) -> anyhow::Result<(Encryption, Content)> {
+    let Some(target_message_id) = edit else {
+        return Ok((encryption, content));
+    };
+    let (text, ciphertext) = match content {
+        Content::Text(t) => (Some(t), None),
+        Content::Ciphertext(c) => (None, Some(c)),
+        _ => {
+            return Err(usage(
+                "--edit takes the new content as --text or --ciphertext-b64",
+            ))
+        }
+    };
+    Ok((
+        encryption,
+        Content::Edit(interop_proto::v1::Edit {
+            target_message_id,
+            text,
+            ciphertext,
+        }),
+    ))
 }
 
 /// `text` encrypted end to end from `from` (this machine's device `device`)
