@@ -325,6 +325,26 @@ test("the home messenger in a real browser", { timeout: 150_000 }, async (t) => 
     await page.locator("#composing").waitFor({ state: "detached" });
   });
 
+  await t.test("the Signal user's typing, reaction and edit show in the chat, and a reaction to a message not on this device says so", async () => {
+    const second = page.locator("#messages li.in", { hasText: "second from signal" });
+    const secondId = await second.getAttribute("data-message-id");
+    const typing = await cli("send", "--as", ALICE, "--to", BOB, "--typing", "true");
+    assert.equal(typing.code, 0, `${typing.stdout} ${typing.stderr}`);
+    await page.locator("p.typing", { hasText: `${ALICE} is typing…` }).waitFor();
+    const like = await cli("send", "--as", ALICE, "--to", BOB, "--react-to", secondId, "--emoji", "🎉");
+    assert.equal(like.code, 0, `${like.stdout} ${like.stderr}`);
+    await second.locator(".reactions", { hasText: `🎉 ${ALICE}` }).waitFor();
+    // Alice's own message, edited end to end (Olm, for this browser).
+    const first = page.locator("#messages li.in", { hasText: "hello from signal" });
+    const firstId = await first.getAttribute("data-message-id");
+    const edit = await cli("send", "--e2ee", "--as", ALICE, "--to", BOB, "--edit", firstId, "--text", "hello again from signal");
+    assert.equal(edit.code, 0, `${edit.stdout} ${edit.stderr}`);
+    await page.locator(`#messages li[data-message-id="${firstId}"]`, { hasText: "hello again from signal" }).waitFor();
+    const elsewhere = await cli("send", "--as", ALICE, "--to", BOB, "--react-to", "0192aaaa-0000-7000-8000-000000000000", "--emoji", "👍");
+    assert.equal(elsewhere.code, 0, `${elsewhere.stdout} ${elsewhere.stderr}`);
+    await page.locator("#messages li.notice", { hasText: `${ALICE} reacted 👍 to a message not on this device.` }).waitFor();
+  });
+
   await t.test("typing, replies, end-to-end-encrypted edits, likes, deletes and read receipts reach the Signal user", async () => {
     const second = page.locator("#messages li.in", { hasText: "second from signal" });
     const secondId = await second.getAttribute("data-message-id");
@@ -335,9 +355,9 @@ test("the home messenger in a real browser", { timeout: 150_000 }, async (t) => 
     const want = {
       typing: (v) => v.typing?.active === true,
       reply: (v) => v.text === "a reply, end to end" && v.in_reply_to === secondId && v.e2ee_scheme === "olm.v1",
-      // `interop listen` decrypts messages, not edits: an edit of an
-      // encrypted message comes encrypted, with no server-visible text.
-      edited: (v) => replyId !== "" && v.edit?.target_message_id === replyId && v.encryption === "E2EE" && typeof v.edit.ciphertext_b64 === "string" && v.edit.text === undefined,
+      // An edit of an encrypted message comes encrypted (no server-visible
+      // text); `interop listen` decrypts it.
+      edited: (v) => replyId !== "" && v.edit?.target_message_id === replyId && v.encryption === "E2EE" && typeof v.edit.ciphertext_b64 === "string" && v.edit.text === "an edited reply, end to end" && v.e2ee_scheme === "olm.v1",
       like: (v) => v.reaction?.target_message_id === secondId && v.reaction.emoji === "👍",
       deleted: (v) => v.delete?.target_message_id === mineId,
       read: (v) => v.receipt?.message_id === secondId && v.receipt.status === "READ",
