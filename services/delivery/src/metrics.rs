@@ -32,6 +32,9 @@ pub struct DeliveryMetrics {
     pub withheld: Counter,
     /// Store consumers opened (at connect with a backlog, after a gap, after a pause).
     pub consumers_opened: Counter,
+    /// Stored messages read from the store's leader because a store
+    /// consumer (on a replica behind the leader) had nothing to give.
+    pub read_from_leader: Counter,
     /// Stored messages taken live, as the store republished them, without
     /// a consumer (docs/adr/0016).
     pub live: Counter,
@@ -65,6 +68,7 @@ impl DeliveryMetrics {
             ephemeral: Counter::default(),
             expired: Counter::default(),
             consumers_opened: Counter::default(),
+            read_from_leader: Counter::default(),
             live: Counter::default(),
             look_again: Counter::default(),
             withheld: Counter::default(),
@@ -114,6 +118,11 @@ impl DeliveryMetrics {
             "interop_delivery_consumers_opened",
             "Store consumers opened by sessions.",
             m.consumers_opened.clone(),
+        );
+        metrics.register(
+            "interop_delivery_read_from_leader",
+            "Stored messages read from the store's leader because a store consumer, on a replica behind it, had nothing to give.",
+            m.read_from_leader.clone(),
         );
         metrics.register(
             "interop_delivery_live",

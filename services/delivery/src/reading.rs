@@ -16,6 +16,16 @@
 //!   at [`MAX_UNACKED`] un-acked deliveries (a pause: the consumer is
 //!   dropped rather than left unpolled, the buffer with it).
 //!
+//! A look asks the store's leader; a consumer reads whichever replica of
+//! the stream the server placed it on (nats-server before 2.12 places an
+//! ephemeral consumer on any of them), which may be behind the leader
+//! after a node restarted. So a consumer's "nothing (more) to give" is
+//! checked with a look before the session goes live: when a consumer
+//! closes with nothing come live meanwhile (what comes live is the
+//! leader's, and shows a gap), and when it had nothing although the leader
+//! or a gap said the store holds more (the session then takes the
+//! leader's message itself).
+//!
 //! Generic over the consumer `C` and the live message `M` so tests need no
 //! NATS.
 
@@ -60,6 +70,9 @@ pub(crate) struct CatchingUp<C, M> {
     buffered: VecDeque<M>,
     /// Whether some were dropped because the buffer was full.
     overflow: bool,
+    /// Told to look again meanwhile: republished messages may have been
+    /// lost after what was buffered, so the store is looked at on close.
+    look_again: bool,
 }
 
 /// What came live while a consumer was open, handed back when it closes.
@@ -101,7 +114,8 @@ impl<C, M> Reading<C, M> {
     /// Whether the session should read its store now: `Some(known)` when
     /// it is behind and the un-acked deliveries allow (`known`: open a
     /// consumer without looking first). The session then reports
-    /// [`Reading::opened`] (or [`Reading::nothing_stored`]).
+    /// [`Reading::opened`] (or [`Reading::nothing_stored`], or
+    /// [`Reading::consumer_had_nothing`]).
     pub(crate) fn wants_to_read(&self, unacked: usize) -> Option<bool> {
         match self {
             Self::Behind { known } if unacked <= RESUME_AT => Some(*known),
@@ -109,10 +123,18 @@ impl<C, M> Reading<C, M> {
         }
     }
 
-    /// The look found nothing past what was taken, or the consumer had
-    /// nothing to give: live.
+    /// The look (the store's leader) found nothing past what was taken:
+    /// live.
     pub(crate) fn nothing_stored(&mut self) {
         *self = Self::Live;
+    }
+
+    /// A consumer opened because the leader or a gap said the store holds
+    /// more had nothing to give: it reads a replica behind the leader, or
+    /// what it was opened for was erased meanwhile. Look again (the
+    /// leader answers) rather than go live on its word.
+    pub(crate) fn consumer_had_nothing(&mut self) {
+        *self = Self::Behind { known: false };
     }
 
     /// A consumer was opened at `now`.
@@ -122,6 +144,7 @@ impl<C, M> Reading<C, M> {
             idle_at: now + CLOSE_IDLE_CONSUMER_AFTER,
             buffered: VecDeque::new(),
             overflow: false,
+            look_again: false,
         });
     }
 
@@ -168,22 +191,35 @@ impl<C, M> Reading<C, M> {
     }
 
     /// Republished messages may have been lost (NATS reconnected, the store
-    /// elected a leader): unless a consumer is open, look at the store.
+    /// elected a leader): look at the store. An open consumer reads on; the
+    /// store is looked at when it closes.
     pub(crate) fn look_again(&mut self) {
-        if let Self::Live = self {
-            *self = Self::Behind { known: false };
+        match self {
+            Self::Live => *self = Self::Behind { known: false },
+            Self::CatchingUp(c) => c.look_again = true,
+            Self::Behind { .. } => {}
         }
     }
 
     /// Closes the open consumer (caught up or idle) and hands back what came
     /// live meanwhile, to be taken; the session is live until it reports a
-    /// [`Reading::gap`] or [`Reading::look_again`]. `None` if none was open.
+    /// [`Reading::gap`] or [`Reading::look_again`]. What came live is the
+    /// leader's word (each names the message before it), so taking it shows
+    /// any gap; if nothing came (or the session was told to look again
+    /// meanwhile), the consumer's replica may be behind the leader: the
+    /// session looks at the store once, then goes live if the leader has
+    /// nothing more. `None` if none was open.
     pub(crate) fn close(&mut self) -> Option<Buffered<M>> {
         match std::mem::replace(self, Self::Live) {
-            Self::CatchingUp(c) => Some(Buffered {
-                messages: c.buffered,
-                overflow: c.overflow,
-            }),
+            Self::CatchingUp(c) => {
+                if (c.buffered.is_empty() || c.look_again) && !c.overflow {
+                    *self = Self::Behind { known: false };
+                }
+                Some(Buffered {
+                    messages: c.buffered,
+                    overflow: c.overflow,
+                })
+            }
             other => {
                 *self = other;
                 None
@@ -269,6 +305,8 @@ mod tests {
 
     #[test]
     fn closing_hands_back_the_buffer_in_order_and_goes_live() {
+        // What came live names the message before it: taking it shows a
+        // gap if the consumer's replica was behind.
         let mut r = catching_up(Instant::now());
         r.live(7);
         r.live(8);
@@ -277,6 +315,44 @@ mod tests {
         assert!(!b.overflow);
         assert!(matches!(r, Reading::Live));
         assert!(r.close().is_none(), "nothing left to close");
+    }
+
+    #[test]
+    fn closing_with_nothing_live_looks_at_the_leader_before_going_live() {
+        // The consumer's replica may be behind the store's leader and
+        // nothing came live to show it: one look first.
+        let mut r = catching_up(Instant::now());
+        let b = r.close().expect("a consumer was open");
+        assert!(b.messages.is_empty());
+        assert!(is_behind(&r, false));
+        assert_eq!(r.wants_to_read(0), Some(false));
+        r.nothing_stored();
+        assert!(matches!(r, Reading::Live));
+    }
+
+    #[test]
+    fn a_look_again_while_catching_up_is_not_lost() {
+        // Told to look (an election) while a consumer reads a replica: a
+        // republish after what was buffered may be lost, so the look
+        // happens when it closes.
+        let mut r = catching_up(Instant::now());
+        r.live(7);
+        r.look_again();
+        assert!(r.consumer().is_some(), "the open consumer reads on");
+        let b = r.close().expect("a consumer was open");
+        assert_eq!(Vec::from(b.messages), vec![7]);
+        assert_eq!(r.wants_to_read(0), Some(false));
+    }
+
+    #[test]
+    fn a_consumer_with_nothing_where_the_store_holds_more_means_look_again() {
+        // A gap said the store holds more, or the leader did; the consumer
+        // (on a replica behind the leader) has nothing: not live.
+        for mut r in [R::Behind { known: true }, R::Behind { known: false }] {
+            r.consumer_had_nothing();
+            assert!(is_behind(&r, false));
+            assert_eq!(r.wants_to_read(0), Some(false));
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 
 use async_nats::jetstream::consumer::pull::Ordered;
@@ -321,18 +322,24 @@ fn store_stream<'a>(
         .ok_or_else(|| BoxError::from("not a store subject"))
 }
 
-/// Whether `subject` holds a message after store sequence `after`. Asks
-/// for the next message rather than the last: on nats-server 2.9, once the
-/// last message of a subject was deleted (a user erasure removes an erased
-/// sender's messages from other users' stores), "last by subject" answers
-/// "none" although earlier messages remain.
-async fn stored_after(shared: &Shared, subject: &str, after: u64) -> Result<bool, BoxError> {
+/// The first message `subject` holds after store sequence `after`, as the
+/// stream's leader answers (`STREAM.MSG.GET` is answered by the leader
+/// only, unlike a consumer, which reads whichever replica it was placed
+/// on). Asks for the next message rather than the last: on nats-server
+/// 2.9, once the last message of a subject was deleted (a user erasure
+/// removes an erased sender's messages from other users' stores), "last by
+/// subject" answers "none" although earlier messages remain.
+async fn stored_after(
+    shared: &Shared,
+    subject: &str,
+    after: u64,
+) -> Result<Option<StreamMessage>, BoxError> {
     match store_stream(shared, subject)?
         .get_first_raw_message_by_subject(subject, after + 1)
         .await
     {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -547,7 +554,7 @@ async fn deliver(
     let mut look_again = shared.look_again[stream_index].clone();
     let mut admissions_changed = shared.admissions_changed.clone();
     loop {
-        Box::pin(store.read_if_due(s.unacked.len(), s.last_delivered)).await?;
+        Box::pin(store.read_if_due(s)).await?;
         schedule_cursor_write(s);
         let write_cursor = sleep_until_or_never(s.cursor_due);
         let idle = sleep_until_or_never(store.reading.idle_at());
@@ -603,6 +610,9 @@ async fn deliver(
                     return Ok(());
                 }
             }
+            // A read left the store to be looked at again (a consumer on a
+            // replica behind the leader): round again at once.
+            () = std::future::ready(()), if store.reading.wants_to_read(s.unacked.len()).is_some() => {}
         }
     }
 }
@@ -648,27 +658,61 @@ impl<'a> Store<'a> {
     /// delivered message, so there is no gap and no duplicate.
     /// (`unacked`: the session's un-acked deliveries; `last_delivered`: the
     /// last store sequence it took.)
-    async fn read_if_due(&mut self, unacked: usize, last_delivered: u64) -> Result<(), BoxError> {
-        if self.reading.pause_if_full(unacked) {
+    async fn read_if_due(&mut self, s: &mut Session) -> Result<(), BoxError> {
+        if self.reading.pause_if_full(s.unacked.len()) {
             self.shared.metrics.pauses.inc();
         }
-        let Some(known) = self.reading.wants_to_read(unacked) else {
+        let Some(known) = self.reading.wants_to_read(s.unacked.len()) else {
             return Ok(());
         };
-        // Boxed: large futures, so they do not size every idle session.
-        let stored =
-            known || Box::pin(stored_after(self.shared, &self.subject, last_delivered)).await?;
-        let consumer = if stored {
-            Box::pin(open_store(self.shared, &self.subject, last_delivered)).await?
-        } else {
+        let after = s.last_delivered;
+        // The leader's next message after what was taken (boxed: large
+        // futures, so they do not size every idle session). A known gap
+        // opens a consumer without asking.
+        let next = if known {
             None
+        } else {
+            match Box::pin(stored_after(self.shared, &self.subject, after)).await? {
+                Some(next) => Some(next),
+                None => {
+                    self.reading.nothing_stored();
+                    return Ok(());
+                }
+            }
         };
-        match consumer {
+        match Box::pin(open_store(self.shared, &self.subject, after)).await? {
             Some(consumer) => {
                 self.shared.metrics.consumers_opened.inc();
                 self.reading.opened(consumer, Instant::now());
             }
-            None => self.reading.nothing_stored(),
+            None => {
+                // The consumer's replica is behind the leader (it was just
+                // restarted, say), or what the store held was erased
+                // meanwhile: take the leader's message, then look again.
+                // Going live on the consumer's word left a user's last
+                // message unpushed until their next one.
+                if let Some(next) = next {
+                    self.shared.metrics.read_from_leader.inc();
+                    info!(
+                        seq = next.sequence,
+                        "A store consumer had nothing though the store's leader holds a message after the cursor (its replica is behind); taking it from the leader."
+                    );
+                    let stored_ms =
+                        i64::try_from(next.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+                    intake(
+                        s,
+                        self.shared,
+                        &mut self.checking,
+                        next.sequence,
+                        &next.payload,
+                        Some(next.headers),
+                        stored_ms,
+                        None,
+                    )
+                    .await?;
+                }
+                self.reading.consumer_had_nothing();
+            }
         }
         Ok(())
     }
