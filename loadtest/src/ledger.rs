@@ -173,6 +173,11 @@ impl Ledger {
         out
     }
 
+    /// Whether the send numbered `seq` was answered `Accepted`.
+    pub fn was_accepted(&self, seq: u64) -> bool {
+        self.accepted.contains(seq)
+    }
+
     pub fn tally(&self) -> Tally {
         let mut t = self.tally_range(0, self.accepted.len);
         t.duplicates_seen_by_apps = self.duplicates_seen_by_apps();

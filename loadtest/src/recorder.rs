@@ -108,9 +108,16 @@ pub struct Stats {
     /// delivered so far: a sender's messages to one recipient are numbered
     /// in the order they were sent, on one ingest connection.
     pub last_delivered: HashMap<(u64, u32), u64>,
-    /// First deliveries of a message after a later one of the same sender
-    /// to the same recipient: what a user would see out of order.
+    /// First deliveries of an accepted message after a later one of the
+    /// same sender to the same recipient: what a user would see out of
+    /// order, against the order the gateway promises (that of its
+    /// `Accepted` answers, docs/protocol.md).
     pub out_of_order: u64,
+    /// The same for a send that was not accepted (refused `UNAVAILABLE`
+    /// when the store did not acknowledge in time, yet stored):
+    /// docs/protocol.md says such a send may have been stored, and it has
+    /// no place in the order of the `Accepted` answers.
+    pub out_of_order_unaccepted: u64,
 }
 
 /// The sender of `from`, as a key for the per-pair order check (group
@@ -254,6 +261,7 @@ impl Recorder {
                 connection_errors: 0,
                 last_delivered: HashMap::new(),
                 out_of_order: 0,
+                out_of_order_unaccepted: 0,
             }),
         }
     }
@@ -362,7 +370,11 @@ impl Recorder {
                 let pair = (sender, planned.to);
                 if s.last_delivered.get(&pair).is_some_and(|&last| last > seq) {
                     // A later message of this pair reached the app first.
-                    s.out_of_order += 1;
+                    if self.ledger.was_accepted(seq) {
+                        s.out_of_order += 1;
+                    } else {
+                        s.out_of_order_unaccepted += 1;
+                    }
                 } else {
                     s.last_delivered.insert(pair, seq);
                 }
@@ -631,13 +643,21 @@ mod tests {
         assert_eq!(pair.len(), 3, "the plan repeats a pair within 30 messages");
         let other = (0..30).find(|&s| key(s) != key(0)).expect("another pair");
         let (a, b, c) = (pair[0], pair[1], pair[2]);
+        for seq in [a, c, other] {
+            r.answered(seq, Answer::Accepted, 5);
+        }
         // c before b: b is out of order; a after c too; the other pair is
-        // not affected, and a duplicate of c is not counted again.
+        // not affected, and a duplicate of c is not counted again. b was
+        // refused (UNAVAILABLE) and stored after all: counted apart, since
+        // the promised order is that of the Accepted answers.
+        r.answered(b, Answer::Rejected(RejectCode::Unavailable), 5);
         r.delivered(&[(c, 0), (other, 0)], 10);
         r.delivered(&[(b, 0), (c, 0)], 20);
-        assert_eq!(r.stats().out_of_order, 1);
+        assert_eq!(r.stats().out_of_order, 0);
+        assert_eq!(r.stats().out_of_order_unaccepted, 1);
         r.delivered(&[(a, 0)], 30);
-        assert_eq!(r.stats().out_of_order, 2);
+        assert_eq!(r.stats().out_of_order, 1);
+        assert_eq!(r.stats().out_of_order_unaccepted, 1);
         // In order: a fresh recorder sees none.
         let r = recorder("[users]\nrecipients=2");
         r.delivered(&[(a, 0), (b, 0), (other, 0), (c, 0)], 10);

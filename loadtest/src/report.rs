@@ -206,8 +206,13 @@ pub struct Report {
     pub delivered_unacknowledged: u64,
     /// First deliveries that reached the app after a later message of the
     /// same sender to the same recipient (one device per recipient): what
-    /// a user would see out of order. Must be 0.
+    /// a user would see out of order, among accepted sends (the order the
+    /// gateway promises is that of its `Accepted` answers). Must be 0.
     pub out_of_order: u64,
+    /// The same for sends refused (`UNAVAILABLE` at the store's deadline)
+    /// and stored after all, which docs/protocol.md allows: reported, not
+    /// a broken promise.
+    pub out_of_order_unaccepted: u64,
     /// First deliveries per second over the measured window (stepped runs:
     /// the best step's).
     pub throughput_msgs_per_s: f64,
@@ -486,6 +491,7 @@ impl Report {
             duplicates_dropped_by_client: facts.duplicates_suppressed_by_client,
             delivered_unacknowledged: tally.delivered_unacknowledged,
             out_of_order: stats.out_of_order,
+            out_of_order_unaccepted: stats.out_of_order_unaccepted,
             throughput_msgs_per_s: throughput,
             measured_delivered: delivered_in_windows,
             offered_msgs_per_s: scenario.max_rate(),
@@ -759,9 +765,17 @@ impl Report {
         }
         if self.out_of_order > 0 {
             w.push(format!(
-                "{} messages reached apps after a later message of the same sender \
+                "{} accepted messages reached apps after a later message of the same sender \
                  (users would see them out of order).",
                 self.out_of_order
+            ));
+        }
+        if self.out_of_order_unaccepted > 0 {
+            w.push(format!(
+                "{} sends refused UNAVAILABLE (the store did not acknowledge in time) were \
+                 stored after all and reached apps after a later message of the same sender \
+                 (docs/protocol.md: such a send may have been stored).",
+                self.out_of_order_unaccepted
             ));
         }
         if self.receipts.missing > 0 {

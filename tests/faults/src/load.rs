@@ -88,7 +88,7 @@ impl Outcome {
             .collect::<Vec<_>>()
             .join(" / ");
         format!(
-            "FAULT {name}: recovery_s {recoveries} | sent {} accepted {} rejected {:?} unanswered {} resent_after_reconnect {} delivered {} failed {:?} lost {} duplicates_seen_by_apps {} (on the wire {}, dropped by the client {}) out_of_order {} receipts {} missing {} delivered_unacknowledged {} drained {} drain_s {:.1}",
+            "FAULT {name}: recovery_s {recoveries} | sent {} accepted {} rejected {:?} unanswered {} resent_after_reconnect {} delivered {} failed {:?} lost {} duplicates_seen_by_apps {} (on the wire {}, dropped by the client {}) out_of_order {} (refused and stored after all: {}) receipts {} missing {} delivered_unacknowledged {} drained {} drain_s {:.1}",
             r.sent,
             r.accepted,
             r.rejected,
@@ -101,6 +101,7 @@ impl Outcome {
             r.duplicates,
             r.duplicates_dropped_by_client,
             r.out_of_order,
+            r.out_of_order_unaccepted,
             r.receipts.delivered,
             r.receipts.missing,
             r.delivered_unacknowledged,

@@ -174,7 +174,7 @@ async fn assert_guarantees(
     );
     if r.out_of_order > 0 {
         let what = format!(
-            "{name}: {} messages reached apps after a later message of the same sender to the same recipient",
+            "{name}: {} accepted messages reached apps after a later message of the same sender to the same recipient",
             r.out_of_order
         );
         match known(KNOWN_REORDERING, name) {
