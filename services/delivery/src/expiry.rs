@@ -115,7 +115,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn handle(shared: &Shared, msg: &jetstream::Message) -> Result<AckKind, BoxError> {
     let info = msg.info()?;
     let seq = info.stream_sequence;
-    let stored_ms = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let stored_ms = crate::session::unix_ms(info.published.unix_timestamp_nanos());
     let retention_ms = i64::try_from(shared.retention.as_millis()).unwrap_or(i64::MAX);
     let due_ms = stored_ms.saturating_add(retention_ms);
     let now = interop_proto::now_ms();

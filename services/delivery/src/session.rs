@@ -344,6 +344,12 @@ async fn stored_after(
     }
 }
 
+/// Milliseconds since the Unix epoch of a time in nanoseconds (when the
+/// store took a message).
+pub(crate) fn unix_ms(nanos: i128) -> i64 {
+    i64::try_from(nanos / 1_000_000).unwrap_or(0)
+}
+
 /// Opens an ordered consumer on the user's store, starting after `after`
 /// (a store sequence; 0 = from the start); `None` when it has nothing to
 /// give (what it was opened for was erased or aged out meanwhile).
@@ -655,9 +661,9 @@ impl<'a> Store<'a> {
     /// consumer is dropped rather than left unpolled (an unpolled ordered
     /// consumer misses its idle heartbeats and, polled again, resets
     /// itself: a stall of seconds). It is reopened right after the last
-    /// delivered message, so there is no gap and no duplicate.
-    /// (`unacked`: the session's un-acked deliveries; `last_delivered`: the
-    /// last store sequence it took.)
+    /// delivered message, so there is no gap and no duplicate. Reads
+    /// `s.unacked` (flow control) and from `s.last_delivered`; a message
+    /// taken from the leader is taken into `s`.
     async fn read_if_due(&mut self, s: &mut Session) -> Result<(), BoxError> {
         if self.reading.pause_if_full(s.unacked.len()) {
             self.shared.metrics.pauses.inc();
@@ -672,13 +678,12 @@ impl<'a> Store<'a> {
         let next = if known {
             None
         } else {
-            match Box::pin(stored_after(self.shared, &self.subject, after)).await? {
-                Some(next) => Some(next),
-                None => {
-                    self.reading.nothing_stored();
-                    return Ok(());
-                }
-            }
+            let Some(next) = Box::pin(stored_after(self.shared, &self.subject, after)).await?
+            else {
+                self.reading.nothing_stored();
+                return Ok(());
+            };
+            Some(next)
         };
         match Box::pin(open_store(self.shared, &self.subject, after)).await? {
             Some(consumer) => {
@@ -687,18 +692,18 @@ impl<'a> Store<'a> {
             }
             None => {
                 // The consumer's replica is behind the leader (it was just
-                // restarted, say), or what the store held was erased
-                // meanwhile: take the leader's message, then look again.
-                // Going live on the consumer's word left a user's last
-                // message unpushed until their next one.
+                // restarted, say): take the leader's message, then look
+                // again. Going live on the consumer's word left a user's
+                // last message unpushed until their next one. (If instead
+                // the message was erased between the look and the open, it
+                // is taken all the same: a race of milliseconds.)
                 if let Some(next) = next {
                     self.shared.metrics.read_from_leader.inc();
                     info!(
                         seq = next.sequence,
                         "A store consumer had nothing though the store's leader holds a message after the cursor (its replica is behind); taking it from the leader."
                     );
-                    let stored_ms =
-                        i64::try_from(next.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+                    let stored_ms = unix_ms(next.time.unix_timestamp_nanos());
                     intake(
                         s,
                         self.shared,
@@ -748,8 +753,7 @@ impl<'a> Store<'a> {
         let info = msg.info()?;
         let seq = info.stream_sequence;
         let caught_up = info.pending == 0;
-        let stored_ms =
-            i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let stored_ms = unix_ms(info.published.unix_timestamp_nanos());
         self.reading.gave(Instant::now());
         let headers = msg.headers.clone();
         let checking = &mut self.checking;
