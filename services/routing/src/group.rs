@@ -60,10 +60,7 @@ pub(crate) async fn fan_out(
             .groups
             .members(&env.group_id)
             .await
-            .map_err(|e| HandleError::Retry {
-                reason: e.to_string(),
-                after: std::time::Duration::from_millis(500),
-            })?,
+            .map_err(crate::router::retry)?,
     };
     let is_media = matches!(env.content, Some(envelope::Content::Media(_)));
     let verdict = pipeline::verdict(&pm);

@@ -54,7 +54,9 @@ impl Router {
     /// - If every message must be retried (a dependency is down), the batch
     ///   is, by the stage (in place, keeping its place; docs/adr/0030).
     /// - If only some must, those are tried again here (for up to
-    ///   `PARTIAL_RETRY_FOR`, keeping their place); if some still must,
+    ///   `PARTIAL_RETRY_FOR`, keeping their place). If one still fails on an
+    ///   outage (`HandleError::Unavailable`), the whole batch goes back to
+    ///   the stage, as above. If some still fail otherwise,
     ///   the others' outputs are published and each of those is stored
     ///   again alone (`Nats-Msg-Id` `retry-<seq>-<index>`,
     ///   so a redelivered batch stores it once), to be retried on its own:
@@ -97,7 +99,7 @@ impl Router {
         let since = tokio::time::Instant::now();
         while since.elapsed() < PARTIAL_RETRY_FOR {
             let again: Vec<usize> = (0..routed.len())
-                .filter(|&i| matches!(routed[i], Err(HandleError::Retry { .. })))
+                .filter(|&i| routed[i].as_ref().is_err_and(HandleError::is_retry))
                 .collect();
             if again.is_empty() || again.len() == routed.len() {
                 break;
@@ -110,7 +112,18 @@ impl Router {
             }
         }
         // Nothing routed: a dependency is down; a message to retry makes the
-        // whole batch wait for the stage's delay.
+        // whole batch wait for the stage's delay. One still failing on an
+        // outage (Redis, spam-scoring) does too, though others were routed:
+        // those need less (a receipt needs no Redis), and storing it again
+        // alone would put it behind its sender's later messages; the routed
+        // ones are routed again with it (their outputs' ids are the same).
+        let outage = routed
+            .iter()
+            .position(|r| matches!(r, Err(HandleError::Unavailable { .. })));
+        if let Some(i) = outage {
+            // The failure itself (an `Err`): the stage retries the batch.
+            return routed.swap_remove(i);
+        }
         let none_routed = routed.iter().all(Result::is_err);
         let mut retry_all = None;
         let mut out = Vec::new();

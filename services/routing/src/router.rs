@@ -140,10 +140,17 @@ impl Router {
     }
 }
 
+/// A state failure as the stage sees it: an outage of Redis or the
+/// user-state stream is everybody's ([`HandleError::Unavailable`]: the
+/// message keeps its place however long it lasts), anything else this
+/// message's own.
 pub(crate) fn retry(e: StateError) -> HandleError {
-    HandleError::Retry {
-        reason: e.to_string(),
-        after: Duration::from_millis(500),
+    let reason = e.to_string();
+    let after = Duration::from_millis(500);
+    if e.is_unavailable() {
+        HandleError::Unavailable { reason, after }
+    } else {
+        HandleError::Retry { reason, after }
     }
 }
 

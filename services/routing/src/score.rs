@@ -78,8 +78,13 @@ impl ScoreClient {
     }
 }
 
+/// A message not scored now. spam-scoring scores every message alike and
+/// fails one it can never score as permanent, so a message it cannot score
+/// now (no answer, or its Redis down) is an outage, everybody's
+/// ([`HandleError::Unavailable`]): the message keeps its place while it
+/// lasts.
 fn retry(reason: String) -> HandleError {
-    HandleError::Retry {
+    HandleError::Unavailable {
         reason,
         after: RETRY_AFTER,
     }

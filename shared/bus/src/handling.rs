@@ -25,11 +25,39 @@ pub struct Outgoing {
 /// Why a handler could not finish a message.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
-    /// A dependency is down or slow: the message is redelivered after `after`.
+    /// This message could not be handled now (a call made for it failed):
+    /// it is tried again, in place, and if it keeps failing while other
+    /// messages pass it is let go and redelivered after `after`
+    /// (`stage::HOLD_FOR`).
     #[error("retry later: {reason}")]
     Retry { reason: String, after: Duration },
+    /// A dependency every message of its kind needs does not answer (Redis
+    /// unreachable, timing out or loading its data; spam-scoring silent;
+    /// the user-state stream unreadable): everybody's failure, not the
+    /// message's. It is tried again in place for as long as the outage
+    /// lasts: messages of other kinds that pass meanwhile (receipts need no
+    /// Redis) say nothing about this one, and letting it go would put it
+    /// behind its sender's later messages. See `stage::HOLD_FOR` for when
+    /// it is let go all the same.
+    #[error("dependency unavailable: {reason}")]
+    Unavailable { reason: String, after: Duration },
     /// The message can never be handled (e.g. it does not decode): it is
     /// terminated and logged as dead-lettered.
     #[error("permanent failure: {0}")]
     Permanent(String),
+}
+
+impl HandleError {
+    /// The delay a retry asks for; `None` for a permanent failure.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Retry { after, .. } | Self::Unavailable { after, .. } => Some(*after),
+            Self::Permanent(_) => None,
+        }
+    }
+
+    /// Whether the message is to be tried again (either kind of retry).
+    pub fn is_retry(&self) -> bool {
+        self.retry_after().is_some()
+    }
 }

@@ -11,7 +11,10 @@
 //!   the failure is everybody's (a dependency down, or coming back). Only
 //!   a message that keeps failing for [`HOLD_FOR`] while others are
 //!   handled is let go: it is nak'd with a delay, as before, so it cannot stall the
-//!   stage for good;
+//!   stage for good. A failure the handler calls an outage
+//!   ([`HandleError::Unavailable`]) is held until the dependency is back
+//!   for others (or [`HOLD_OUTAGE_FOR`]): receipts, which need no Redis,
+//!   pass during a Redis outage and must not get messages let go;
 //! - a publish that was not acknowledged is published again in place, after
 //!   every input before it is settled, so re-publishes keep input order too;
 //! - on shutdown, what was pulled and not taken in hand is nak'd at once,
@@ -109,7 +112,20 @@ impl StageOptions {
 /// its own, not a dependency's. Long enough for a dependency coming back
 /// (a Redis reconnect fails some calls and not others for seconds). A
 /// message let go once is let go at its next failure.
+///
+/// A message failing on an outage ([`HandleError::Unavailable`]) is held
+/// longer: messages that need less pass meanwhile (receipts need no Redis),
+/// so others passing says nothing of it. It is let go `HOLD_FOR` after
+/// messages that had failed as unavailable started to pass again (the
+/// dependency is back for them, so the failure is now its own), or after
+/// [`HOLD_OUTAGE_FOR`] while any message passes: an outage up to that long
+/// (Redis loading a large data set) reorders nothing.
 pub const HOLD_FOR: Duration = Duration::from_secs(10);
+
+/// The longest a message failing on an outage is held in place while other
+/// messages pass (see [`HOLD_FOR`]): the bound on how long a failure that
+/// only looks like an outage can stall the stage.
+pub const HOLD_OUTAGE_FOR: Duration = Duration::from_secs(600);
 
 /// The longest wait between two tries of a message retried in place.
 pub const HOLD_MAX_DELAY: Duration = Duration::from_secs(5);
@@ -133,6 +149,9 @@ struct Tally {
     /// Messages handled successfully (by this instance): tells a message
     /// failing alone from a dependency failing everybody.
     successes: AtomicU64,
+    /// Of those, messages that had failed as unavailable first: the
+    /// dependency came back for them.
+    recovered: AtomicU64,
     /// Stream sequences of messages let go (`HOLD_FOR`), the latest ones.
     let_go: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
@@ -360,7 +379,7 @@ pub async fn run_stage<H: Handler>(
                             previous.await.ok();
                         }
                     }
-                    if shutdown.is_cancelled() && matches!(outcome, Err(HandleError::Retry { .. })) {
+                    if shutdown.is_cancelled() && outcome.as_ref().is_err_and(HandleError::is_retry) {
                         // Nak'd once the pull stream is ended (the server
                         // would hand it straight back to it), with what it
                         // brought after the stop.
@@ -480,8 +499,14 @@ impl Held<'_> {
         let name = self.name;
         let seq = input.stream_sequence;
         let mut tries = 0u32;
-        let seen = self.successes.successes.load(Ordering::Acquire);
+        let tally = self.successes;
+        let seen = tally.successes.load(Ordering::Acquire);
+        let recovered_seen = tally.recovered.load(Ordering::Acquire);
         let mut first_failure: Option<Instant> = None;
+        // When this handling first saw a message that had failed on the
+        // same outage pass (the dependency back for others).
+        let mut back_since: Option<Instant> = None;
+        let mut outage = false;
         loop {
             let again = Input {
                 subject: input.subject,
@@ -490,35 +515,49 @@ impl Held<'_> {
                 delivered: input.delivered,
                 stream_sequence: seq,
             };
-            let (reason, after) = match handler.handle(again).await {
+            let failure = match handler.handle(again).await {
                 Ok(out) => {
-                    self.successes.successes.fetch_add(1, Ordering::AcqRel);
+                    tally.successes.fetch_add(1, Ordering::AcqRel);
+                    if outage {
+                        tally.recovered.fetch_add(1, Ordering::AcqRel);
+                    }
                     return Ok(out);
                 }
-                Err(HandleError::Retry { reason, after }) => (reason, after),
+                Err(e) if e.is_retry() => e,
                 Err(e) => return Err(e),
             };
+            let after = failure.retry_after().unwrap_or(Duration::ZERO);
+            outage = matches!(failure, HandleError::Unavailable { .. });
             tries += 1;
-            if self.successes.was_let_go(seq) {
-                return Err(HandleError::Retry { reason, after });
+            if tally.was_let_go(seq) {
+                return Err(failure);
             }
             let first = *first_failure.get_or_insert_with(Instant::now);
-            if first.elapsed() >= HOLD_FOR
-                && self.successes.successes.load(Ordering::Acquire) > seen
-            {
-                warn!(stage = name, seq, tries, %reason, "A message keeps failing while others pass; it is let go, to be retried after the others.");
-                self.successes.remember_let_go(seq);
-                return Err(HandleError::Retry { reason, after });
+            let others_pass = tally.successes.load(Ordering::Acquire) > seen;
+            let let_go = if outage {
+                if back_since.is_none() && tally.recovered.load(Ordering::Acquire) > recovered_seen
+                {
+                    back_since = Some(Instant::now());
+                }
+                back_since.is_some_and(|at| at.elapsed() >= HOLD_FOR)
+                    || (first.elapsed() >= HOLD_OUTAGE_FOR && others_pass)
+            } else {
+                first.elapsed() >= HOLD_FOR && others_pass
+            };
+            if let_go {
+                warn!(stage = name, seq, tries, reason = %failure, "A message keeps failing while others pass; it is let go, to be retried after the others.");
+                tally.remember_let_go(seq);
+                return Err(failure);
             }
             if self.shutdown.is_cancelled() {
-                return Err(HandleError::Retry { reason, after });
+                return Err(failure);
             }
             self.metrics.retries.inc();
             let wait = retry_delay(after, i64::from(tries)).min(HOLD_MAX_DELAY);
             if tries == 1 {
-                warn!(stage = name, seq, ?wait, %reason, "Will retry the message in place; the ones behind it wait.");
+                warn!(stage = name, seq, ?wait, reason = %failure, "Will retry the message in place; the ones behind it wait.");
             } else {
-                debug!(stage = name, seq, tries, ?wait, %reason, "Will retry the message in place.");
+                debug!(stage = name, seq, tries, ?wait, reason = %failure, "Will retry the message in place.");
             }
             if let Some(msg) = self.msg {
                 if let Err(e) = msg.ack_with(AckKind::Progress).await {
@@ -527,7 +566,7 @@ impl Held<'_> {
             }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = self.shutdown.cancelled() => return Err(HandleError::Retry { reason, after }),
+                () = self.shutdown.cancelled() => return Err(failure),
             }
         }
     }
@@ -867,7 +906,7 @@ async fn settle(
         .unwrap_or((0, 1));
     let kind = match outcome {
         Ok(()) => AckKind::Ack,
-        Err(HandleError::Retry { reason, after }) => {
+        Err(HandleError::Retry { reason, after } | HandleError::Unavailable { reason, after }) => {
             metrics.retries.inc();
             if stopping {
                 // Another instance takes it now, not after a delay.

@@ -51,3 +51,33 @@ pub enum StateError {
     #[error("user-state stream: {0}")]
     Records(String),
 }
+
+impl StateError {
+    /// Whether the failure is an outage of the store rather than something
+    /// about this call: Redis unreachable, its connection dropped or timing
+    /// out, loading its data (`LOADING`) or without a master; the
+    /// user-state stream not read. A Redis error about the call itself (a
+    /// wrong type, a script error) is not one.
+    pub fn is_unavailable(&self) -> bool {
+        use redis::{ErrorKind, ServerErrorKind};
+        match self {
+            Self::Records(_) => true,
+            Self::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || matches!(
+                        e.kind(),
+                        ErrorKind::Server(
+                            ServerErrorKind::BusyLoading
+                                | ServerErrorKind::TryAgain
+                                | ServerErrorKind::MasterDown
+                                | ServerErrorKind::ClusterDown
+                                | ServerErrorKind::ReadOnly
+                        ) | ErrorKind::ClusterConnectionNotFound
+                    )
+            }
+        }
+    }
+}

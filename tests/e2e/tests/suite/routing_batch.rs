@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use interop_bus::pipeline::BATCH_HEADER;
 use interop_bus::subjects::INGEST_ACCEPTED;
 use interop_bus::{HandleError, Handler, Input, Outgoing};
-use interop_proto::v1::{envelope, AcceptedBatch, Envelope, PipelineMessage, Text};
+use interop_proto::v1::{
+    envelope, AcceptedBatch, Envelope, PipelineMessage, SpamVerdict, Text, Verdict,
+};
 use interop_routing::score::ScoreClient;
 use interop_routing::Router;
 use interop_spam_scoring::serve::ServeMetrics;
@@ -41,6 +43,8 @@ fn message(i: usize, to: &str) -> PipelineMessage {
 struct World {
     _nats: NatsServer,
     _redis: RedisServer,
+    /// spam-scoring's own Redis, when it has one (`world_with_spam_redis`).
+    spam_redis: Option<RedisServer>,
     redis: redis::aio::ConnectionManager,
     router: Router,
     dead_lettered: Counter,
@@ -48,17 +52,35 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with(false).await
+}
+
+/// spam-scoring on a Redis of its own, which a test can stop while
+/// routing's keeps answering.
+async fn world_with_spam_redis() -> World {
+    world_with(true).await
+}
+
+async fn connect(server: &RedisServer) -> redis::aio::ConnectionManager {
+    redis::aio::ConnectionManager::new(redis::Client::open(server.url()).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn world_with(spam_redis_apart: bool) -> World {
     let nats = NatsServer::start();
     let redis_server = RedisServer::start();
     let client = async_nats::connect(nats.url()).await.unwrap();
-    let redis =
-        redis::aio::ConnectionManager::new(redis::Client::open(redis_server.url()).unwrap())
-            .await
-            .unwrap();
+    let redis = connect(&redis_server).await;
+    let spam_redis = spam_redis_apart.then(RedisServer::start);
+    let spam_conn = match &spam_redis {
+        Some(server) => connect(server).await,
+        None => redis.clone(),
+    };
     let metrics = Metrics::default();
     let stop = CancellationToken::new();
     let scorer = Arc::new(Scorer::new(
-        redis.clone(),
+        spam_conn,
         Arc::new(Policy::default()),
         Arc::new(interop_spam_classifier::embedded_model().unwrap()),
         &metrics,
@@ -88,6 +110,7 @@ async fn world() -> World {
     World {
         _nats: nats,
         _redis: redis_server,
+        spam_redis,
         redis,
         router,
         dead_lettered,
@@ -126,6 +149,33 @@ async fn route(w: &World, messages: Vec<PipelineMessage>) -> Result<Vec<Outgoing
             stream_sequence: 7,
         })
         .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_a_message_failing_on_an_outage_goes_back_whole() {
+    // spam-scoring's Redis is down: a message still to be scored fails on
+    // the outage while the messages scored before are routed. Storing it
+    // again alone would put it behind its sender's later messages; the
+    // whole batch goes back to the stage instead, to keep its place.
+    let mut w = world_with_spam_redis().await;
+    w.spam_redis.as_mut().expect("its own Redis").stop();
+    let scored = |i: usize| PipelineMessage {
+        verdict: Some(SpamVerdict {
+            verdict: Verdict::Allow as i32,
+            ..Default::default()
+        }),
+        ..message(i, "home:+4915100000001")
+    };
+    let batch = vec![scored(1), message(2, "home:+4915100000001"), scored(3)];
+    let out = route(&w, batch).await;
+    assert!(
+        matches!(out, Err(HandleError::Unavailable { .. })),
+        "{out:?}"
+    );
+    // The scored ones alone are routed (a FAILED receipt each: nobody
+    // opted in): routing's own Redis answers.
+    let out = route(&w, vec![scored(1), scored(3)]).await;
+    assert_eq!(out.expect("routed").len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,7 +52,7 @@ async fn without_spam_scoring_a_message_is_retried_and_with_it_scored_in_batches
     // Nobody answers: a retry, never a verdict or a dead letter.
     let out = scores.score(message(0)).await;
     assert!(
-        matches!(out, Err(HandleError::Retry { .. })),
+        matches!(out, Err(HandleError::Unavailable { .. })),
         "{:?}",
         out.map(|v| v.verdict)
     );
