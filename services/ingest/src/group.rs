@@ -171,10 +171,8 @@ async fn within_rate(
             Some(limited) => Err(reject(request_id, "", limited)),
             None => Ok(()),
         },
-        Err(e) => {
-            warn!(error = %e, "Redis unavailable; refusing group changes.");
-            Err(reject(request_id, "", unavailable("state storage")))
-        }
+        // Logged by `checks`.
+        Err(_) => Err(reject(request_id, "", unavailable("state storage"))),
     }
 }
 
@@ -413,10 +411,8 @@ pub(crate) async fn prepare_group_send(
     type Reply = ((i64, i64, i64), i64, Option<String>);
     let (rate, member, existing) = match checks::<Reply>(shared, &pipe).await {
         Ok(r) => r,
-        Err(e) => {
-            warn!(error = %e, "Redis unavailable; refusing group sends.");
-            return reject(request_id, &cmid, unavailable("state storage"));
-        }
+        // Logged by `checks`.
+        Err(_) => return reject(request_id, &cmid, unavailable("state storage")),
     };
     if let Some(limited) = rate_limited(rate) {
         return reject(request_id, &cmid, limited);

@@ -16,6 +16,7 @@ pub mod accepted;
 pub mod args;
 pub use args::Args;
 pub mod admin;
+mod breaker;
 mod consent_frames;
 mod group;
 mod key_notices;
@@ -225,6 +226,8 @@ pub(crate) struct Shared {
     pub accepted: accepted::Publisher,
     /// Lone sends' Redis checks, gathered (issue 22).
     pub send_checks: send_checks::SendChecks,
+    /// Whether Redis is out (sends' checks refused at once meanwhile).
+    pub redis_breaker: breaker::Breaker,
     /// The key directory (docs/adr/0025).
     pub keys: interop_keys::KeyDirectory,
     pub key_fetch_provider_limit: RateLimit,
@@ -305,6 +308,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         providers,
         accepted: accepted::Publisher::start(js.clone(), metrics.clone()),
         send_checks: send_checks::SendChecks::start(),
+        redis_breaker: breaker::Breaker::default(),
         js,
         redis: deps.redis.clone(),
         records,

@@ -26,6 +26,7 @@ pub struct IngestMetrics {
     pub transactions: Counter,
     pub transaction_items: Counter,
     pub redis_checks: Counter,
+    pub redis_refused_at_once: Counter,
     pub send_check_batches: Counter,
 }
 
@@ -41,6 +42,7 @@ impl IngestMetrics {
             transactions: Counter::default(),
             transaction_items: Counter::default(),
             redis_checks: Counter::default(),
+            redis_refused_at_once: Counter::default(),
             send_check_batches: Counter::default(),
         };
         metrics.register(
@@ -87,6 +89,11 @@ impl IngestMetrics {
             "interop_ingest_redis_checks",
             "Redis round trips for sends' checks (rate limits, consent, idempotency claims): one for the lone sends of a provider that waited together, one for all the one-to-one sends of a transaction.",
             m.redis_checks.clone(),
+        );
+        metrics.register(
+            "interop_ingest_redis_refused_at_once",
+            "Round trips of send checks not made because Redis was out (the breaker open: their sends refused UNAVAILABLE at once; one probe every 250 ms).",
+            m.redis_refused_at_once.clone(),
         );
         metrics.register(
             "interop_ingest_send_check_batches",

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message as _;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use interop_edge::ws::rejected;
 use interop_proto::v1::{
@@ -113,31 +113,63 @@ pub(crate) fn unavailable(what: &str) -> Rejection {
 
 /// Runs the checks in `pipe` (they include a rate-limit script) in one
 /// round trip, bounded like the store: a slow or absent Redis means
-/// `UNAVAILABLE`, fast. Reloads the scripts once if Redis lost them.
+/// `UNAVAILABLE`, fast. Reloads the scripts once if Redis lost them. While
+/// Redis is out, refuses at once without a round trip but for one probe
+/// every 250 ms (`crate::breaker`). Logs failures itself (a round trip
+/// that failed; the breaker opening and closing), so callers only answer.
 pub(crate) async fn checks<T: redis::FromRedisValue>(
     shared: &Shared,
     pipe: &redis::Pipeline,
 ) -> Result<T, String> {
+    use crate::breaker::{Outcome, Pass};
+    let pass = shared.redis_breaker.pass(std::time::Instant::now());
+    if pass == Pass::Refuse {
+        shared.metrics.redis_refused_at_once.inc();
+        return Err("Redis is out".to_owned());
+    }
     let mut conn = shared.redis.clone();
     let query = async {
         shared.metrics.redis_checks.inc();
-        let mut reply: Result<T, redis::RedisError> = pipe.query_async(&mut conn).await;
-        if reply.as_ref().err().is_some_and(gcra::is_noscript) {
+        let mut reply: Result<T, interop_state::StateError> =
+            pipe.query_async(&mut conn).await.map_err(Into::into);
+        if reply.as_ref().err().is_some_and(
+            |e| matches!(e, interop_state::StateError::Redis(r) if gcra::is_noscript(r)),
+        ) {
             // Redis restarted and lost its script cache: load and try again.
             reply = match load_scripts(&mut conn).await {
                 Ok(()) => {
                     shared.metrics.redis_checks.inc();
-                    pipe.query_async(&mut conn).await
+                    pipe.query_async(&mut conn).await.map_err(Into::into)
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => Err(e),
             };
         }
-        reply.map_err(|e| e.to_string())
+        reply
     };
-    match tokio::time::timeout(shared.store_timeout, query).await {
-        Ok(r) => r,
-        Err(_) => Err("timed out".to_owned()),
+    let (reply, outcome) = match tokio::time::timeout(shared.store_timeout, query).await {
+        Ok(Ok(v)) => (Ok(v), Outcome::Answered),
+        Ok(Err(e)) if e.is_unavailable() => (Err(e.to_string()), Outcome::Outage),
+        Ok(Err(e)) => (Err(e.to_string()), Outcome::Answered),
+        Err(_) => (Err("timed out".to_owned()), Outcome::Outage),
+    };
+    let was_open = shared.redis_breaker.is_open();
+    shared
+        .redis_breaker
+        .record(pass == Pass::Probe, outcome, std::time::Instant::now());
+    match (&reply, outcome, was_open) {
+        (Ok(_), _, true) => info!("Redis answers again: sends are checked again."),
+        (Ok(_), _, false) => {}
+        (Err(e), Outcome::Outage, false) => warn!(
+            error = %e,
+            "Redis is out: refusing sends (UNAVAILABLE) at once, looking every 250 ms whether it is back."
+        ),
+        (Err(e), Outcome::Outage, true) => debug!(error = %e, "Redis is still out."),
+        // Redis answered with an error about the call itself.
+        (Err(e), Outcome::Answered, _) => {
+            warn!(error = %e, "Redis refused a round trip of send checks.")
+        }
     }
+    reply
 }
 
 /// Loads the rate-limit scripts (one send's, and a transaction's sends').
@@ -407,8 +439,8 @@ pub(crate) async fn prepare_sends(
             )
             .await
         }
-        Err(e) => {
-            warn!(error = %e, "Redis unavailable; refusing sends.");
+        Err(_) => {
+            // Logged by `checks`.
             plans
                 .iter()
                 .map(|p| reject(p.request_id, &p.cmid, unavailable("state storage")))

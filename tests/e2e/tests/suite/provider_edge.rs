@@ -187,6 +187,76 @@ async fn with_nats_down_sends_get_a_retryable_rejection_fast_and_resends_arrive_
     assert_eq!(rx.duplicates(), 0, "duplicates before client de-dup");
 }
 
+/// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) a process: a server that
+/// holds its connections open and answers nothing, as one stuck loading
+/// its data or swapping does.
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill {sig} {pid} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_not_answering_sends_are_refused_at_once_after_the_first_timeout() {
+    // Each round trip to a Redis that answers nothing waits the store
+    // timeout (1.5 s); before, every send did, and at 1,000 sends a second
+    // the queue grew for as long as Redis was out (the soak's Redis
+    // restart: answers after up to 50 s). After the first, sends are
+    // refused at once until a probe finds Redis back.
+    let c = Cluster::start().await;
+    let bob = "home:+4915112345678";
+    let home = Sender::connect(&c.gateway.ingest_url, "home", HOME_TOKEN)
+        .await
+        .unwrap();
+    home.set_consent(bob, true, &["signal"]).await.unwrap();
+    let alice = Sender::connect(&c.gateway.ingest_url, "signal", SIGNAL_TOKEN)
+        .await
+        .unwrap();
+    let pid = c.redis.pid().expect("redis runs");
+    signal(pid, "-STOP");
+    let refused = |out: &SendOutcome| matches!(out, SendOutcome::Rejected(r) if r.code() == RejectCode::Unavailable);
+    let first = alice
+        .send(text_envelope("frozen-0", "signal:alice", bob, "hi"))
+        .await
+        .unwrap();
+    assert!(refused(&first), "{first:?}");
+    let started = tokio::time::Instant::now();
+    for i in 1..=10 {
+        let out = alice
+            .send(text_envelope(
+                &format!("frozen-{i}"),
+                "signal:alice",
+                bob,
+                "hi",
+            ))
+            .await
+            .unwrap();
+        assert!(refused(&out), "{out:?}");
+    }
+    let took = started.elapsed();
+    signal(pid, "-CONT");
+    // Ten round trips would have taken 15 s; a probe every 250 ms may make
+    // a few of them wait 1.5 s.
+    assert!(took < Duration::from_secs(6), "10 refusals took {took:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let sent = alice
+            .send(text_envelope("thawed", "signal:alice", bob, "hi"))
+            .await
+            .unwrap();
+        if matches!(sent, SendOutcome::Accepted(_)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no recovery: {sent:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_sends_get_a_retryable_rejection_fast_and_recover() {
     let mut c = Cluster::start().await;
