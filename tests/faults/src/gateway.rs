@@ -38,6 +38,9 @@ pub struct GatewayOptions {
     /// `scripts/up --replicas` names them. Replicas of a service with a
     /// port share it (`--listen-reuse-port`).
     pub replicas: usize,
+    /// `--inbox-max-per-recipient` for every service (the stores' count
+    /// limit); `None`: the services' default.
+    pub inbox_max_per_recipient: Option<i64>,
 }
 
 impl GatewayOptions {
@@ -48,6 +51,7 @@ impl GatewayOptions {
             stream_replicas: 1,
             log: "info".into(),
             replicas: 1,
+            inbox_max_per_recipient: None,
         }
     }
 }
@@ -141,6 +145,9 @@ impl Gateway {
                     "--shutdown-grace-secs".into(),
                     "5".into(),
                 ];
+                if let Some(n) = options.inbox_max_per_recipient {
+                    args.extend(["--inbox-max-per-recipient".into(), n.to_string()]);
+                }
                 if let Some(port) = listen.get(service) {
                     args.extend([
                         "--listen".into(),

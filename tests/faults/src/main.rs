@@ -37,6 +37,46 @@ struct Args {
     /// Also write the samples here as CSV.
     #[arg(long)]
     csv: Option<PathBuf>,
+    /// Which faults to rotate through, comma-separated: service names
+    /// (`ingest`, `spam-scoring`, `routing`, `media-transcoding`,
+    /// `delivery`), `nats` and `redis`. Default: all, in that order.
+    #[arg(long, value_delimiter = ',', value_parser = parse_fault)]
+    faults: Vec<Fault>,
+    /// Make each Redis restart load its data for about this long (Redis's
+    /// `key-load-delay`, set from the key count at the restart), as a
+    /// production data set of many gigabytes does. `0`: the soak's own data
+    /// at full speed.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    redis_load: Duration,
+    /// The stores' count limit (`--inbox-max-per-recipient` of every
+    /// service): a small one fills the stores of senders that never read
+    /// within minutes, as the default 10,000 does in half an hour.
+    #[arg(long)]
+    inbox_max_per_recipient: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Service(&'static str),
+    Nats,
+    Redis,
+}
+
+fn parse_fault(s: &str) -> Result<Fault, String> {
+    match s {
+        "nats" => Ok(Fault::Nats),
+        "redis" => Ok(Fault::Redis),
+        _ => SERVICES
+            .iter()
+            .find(|name| **name == s)
+            .map(|name| Fault::Service(name))
+            .ok_or_else(|| {
+                format!(
+                    "unknown fault {s:?}: one of {}, nats, redis",
+                    SERVICES.join(", ")
+                )
+            }),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -83,19 +123,22 @@ receipt_share = 0.2
     )
 }
 
-const FAULTS: usize = SERVICES.len() + 2;
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.faults.is_empty() {
+        args.faults = SERVICES.iter().map(|s| Fault::Service(s)).collect();
+        args.faults.extend([Fault::Nats, Fault::Redis]);
+    }
     let text = builtin_scenario(args.rate, args.duration);
     let scenario = Scenario::from_toml(&text)?;
 
     let binaries = Binaries::beside_current_exe()?;
     let mut nats = NatsServer::start();
     let mut redis = RedisServer::start_persistent();
-    let mut gateway =
-        Gateway::start(&binaries, &GatewayOptions::new(nats.url(), redis.url())).await;
+    let mut options = GatewayOptions::new(nats.url(), redis.url());
+    options.inbox_max_per_recipient = args.inbox_max_per_recipient;
+    let mut gateway = Gateway::start(&binaries, &options).await;
     eprintln!(
         "soak: gateway up (logs in {}); load for {:?}, a fault every {:?}",
         gateway.dir().display(),
@@ -132,24 +175,28 @@ async fn main() -> anyhow::Result<()> {
         // after the fault, so the load must still be running.
         let room = end.saturating_duration_since(Instant::now()) > Duration::from_secs(30);
         if room && next_fault.is_some_and(|t| Instant::now() >= t) {
-            let what = match fault_index % FAULTS {
-                i if i < SERVICES.len() => {
-                    let s = SERVICES[i];
+            let what = match args.faults[fault_index % args.faults.len()] {
+                Fault::Service(s) => {
                     gateway.kill(s);
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     gateway.spawn(s);
                     format!("kill -9 {s}")
                 }
-                i if i == SERVICES.len() => {
+                Fault::Nats => {
                     nats.stop();
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     nats.restart();
                     "kill -9 nats-server".to_owned()
                 }
-                _ => {
+                Fault::Redis => {
+                    // Blocking calls (an AOF rewrite, a start): off the
+                    // load generator's worker threads.
+                    if !args.redis_load.is_zero() {
+                        tokio::task::block_in_place(|| redis.slow_next_load(args.redis_load));
+                    }
                     redis.stop();
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    redis.restart();
+                    tokio::task::block_in_place(|| redis.restart());
                     "restart redis-server (AOF)".to_owned()
                 }
             };

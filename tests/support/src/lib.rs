@@ -358,6 +358,8 @@ pub struct RedisServer {
     /// TLS-only with these files, and a password if any.
     tls: Option<ServerTls>,
     password: Option<String>,
+    /// Redis's `key-load-delay` (microseconds a key) for the next start.
+    key_load_delay_us: Option<u64>,
 }
 
 impl RedisServer {
@@ -397,6 +399,7 @@ impl RedisServer {
             child: None,
             tls,
             password,
+            key_load_delay_us: None,
         };
         for attempt in 0.. {
             let port = free_port();
@@ -451,6 +454,9 @@ impl RedisServer {
         }
         if let Some(p) = &self.password {
             args.extend(["--requirepass".into(), p.clone()]);
+        }
+        if let Some(us) = self.key_load_delay_us {
+            args.extend(["--key-load-delay".into(), us.to_string()]);
         }
         let log = self.dir.path().join("redis.log");
         std::fs::remove_file(&log).ok();
@@ -508,6 +514,47 @@ impl RedisServer {
         kill(&mut self.child);
     }
 
+    /// Makes the next start (a [`restart`](Self::restart) of a persistent
+    /// server) take about `total` to load the keys the server holds now, as
+    /// a large production data set does: Redis answers `LOADING` meanwhile.
+    /// Rewrites the AOF first (its base is then an RDB snapshot of every
+    /// key) and sets Redis's `key-load-delay`, which slows the loading of
+    /// that snapshot key by key; writes after the rewrite load at full
+    /// speed. Plain-text servers only.
+    pub fn slow_next_load(&mut self, total: Duration) {
+        assert!(self.persistence, "only a persistent server loads data");
+        let command = |cmd: &str| -> String {
+            use std::io::Write;
+            let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connecting to redis");
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            s.write_all(format!("{cmd}\r\n").as_bytes())
+                .expect("writing to redis");
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = s.read(&mut buf).expect("reading from redis");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        let reply = command("BGREWRITEAOF");
+        assert!(reply.starts_with('+'), "BGREWRITEAOF refused: {reply}");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let info = command("INFO persistence");
+            if info.contains("aof_rewrite_in_progress:0")
+                && info.contains("aof_rewrite_scheduled:0")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the AOF rewrite took over 120 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let keys: u64 = command("DBSIZE")
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .expect("DBSIZE answers an integer");
+        let total_us = u64::try_from(total.as_micros()).unwrap_or(u64::MAX);
+        self.key_load_delay_us = Some(total_us / keys.max(1));
+    }
+
     /// Starts it again on the same port and dir (with the AOF, if persistent).
     pub fn restart(&mut self) {
         self.stop();
@@ -516,6 +563,9 @@ impl RedisServer {
             self.spawn_on_port(port),
             "redis-server did not restart on port {port}"
         );
+        // The slow load was for this start only (Redis keeps the setting
+        // while it runs; the next start goes at full speed).
+        self.key_load_delay_us = None;
     }
 }
 
