@@ -118,6 +118,26 @@ pub struct Stats {
     /// docs/protocol.md says such a send may have been stored, and it has
     /// no place in the order of the `Accepted` answers.
     pub out_of_order_unaccepted: u64,
+    /// The first few of `out_of_order` (at most [`ORDER_SAMPLE`]), to look
+    /// up in the services' logs.
+    pub out_of_order_sample: Vec<OrderBreak>,
+}
+
+/// How many out-of-order deliveries a report shows in detail.
+pub const ORDER_SAMPLE: usize = 10;
+
+/// An accepted message that reached its app after a later one of the same
+/// sender to the same recipient. Times are milliseconds since the run's
+/// start: when each was planned to be sent, and when the first came.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct OrderBreak {
+    pub seq: u64,
+    /// The later message delivered before it (the highest of the pair so
+    /// far).
+    pub after_seq: u64,
+    pub planned_ms: u64,
+    pub after_planned_ms: u64,
+    pub delivered_ms: u64,
 }
 
 /// The sender of `from`, as a key for the per-pair order check (group
@@ -262,6 +282,7 @@ impl Recorder {
                 last_delivered: HashMap::new(),
                 out_of_order: 0,
                 out_of_order_unaccepted: 0,
+                out_of_order_sample: Vec::new(),
             }),
         }
     }
@@ -368,10 +389,21 @@ impl Recorder {
             let planned = self.plan.at(seq);
             if let Some(sender) = order_key(planned.from) {
                 let pair = (sender, planned.to);
-                if s.last_delivered.get(&pair).is_some_and(|&last| last > seq) {
+                let last = s.last_delivered.get(&pair).copied();
+                if let Some(last) = last.filter(|&last| last > seq) {
                     // A later message of this pair reached the app first.
                     if self.ledger.was_accepted(seq) {
                         s.out_of_order += 1;
+                        if s.out_of_order_sample.len() < ORDER_SAMPLE {
+                            let ms = |seq| self.schedule.offset_us(seq).unwrap_or(0) / 1000;
+                            s.out_of_order_sample.push(OrderBreak {
+                                seq,
+                                after_seq: last,
+                                planned_ms: ms(seq),
+                                after_planned_ms: ms(last),
+                                delivered_ms: now_us / 1000,
+                            });
+                        }
                     } else {
                         s.out_of_order_unaccepted += 1;
                     }
@@ -658,6 +690,12 @@ mod tests {
         r.delivered(&[(a, 0)], 30);
         assert_eq!(r.stats().out_of_order, 1);
         assert_eq!(r.stats().out_of_order_unaccepted, 1);
+        // The accepted one is shown in detail: a, after c, delivered at 30 µs.
+        let sample = r.stats().out_of_order_sample.clone();
+        assert_eq!(sample.len(), 1, "{sample:?}");
+        assert_eq!((sample[0].seq, sample[0].after_seq), (a, c));
+        assert_eq!(sample[0].delivered_ms, 0);
+        assert!(sample[0].planned_ms <= sample[0].after_planned_ms);
         // In order: a fresh recorder sees none.
         let r = recorder("[users]\nrecipients=2");
         r.delivered(&[(a, 0), (b, 0), (other, 0), (c, 0)], 10);

@@ -213,6 +213,8 @@ pub struct Report {
     /// and stored after all, which docs/protocol.md allows: reported, not
     /// a broken promise.
     pub out_of_order_unaccepted: u64,
+    /// The first few of `out_of_order`, in detail.
+    pub out_of_order_sample: Vec<crate::recorder::OrderBreak>,
     /// First deliveries per second over the measured window (stepped runs:
     /// the best step's).
     pub throughput_msgs_per_s: f64,
@@ -492,6 +494,7 @@ impl Report {
             delivered_unacknowledged: tally.delivered_unacknowledged,
             out_of_order: stats.out_of_order,
             out_of_order_unaccepted: stats.out_of_order_unaccepted,
+            out_of_order_sample: stats.out_of_order_sample.clone(),
             throughput_msgs_per_s: throughput,
             measured_delivered: delivered_in_windows,
             offered_msgs_per_s: scenario.max_rate(),
@@ -769,6 +772,13 @@ impl Report {
                  (users would see them out of order).",
                 self.out_of_order
             ));
+            for b in &self.out_of_order_sample {
+                w.push(format!(
+                    "  message {} (planned at {} ms) reached its app at {} ms, after message {} \
+                     (planned at {} ms)",
+                    b.seq, b.planned_ms, b.delivered_ms, b.after_seq, b.after_planned_ms
+                ));
+            }
         }
         if self.out_of_order_unaccepted > 0 {
             w.push(format!(
