@@ -143,6 +143,21 @@ const RETURN_IDLE: Duration = Duration::from_millis(100);
 /// consumer's pending messages at start.
 const TAKE_OVER_MAX: u64 = 65_536;
 
+/// The stream sequences a take-over looks at, given the consumer's ack
+/// floor and the last sequence it delivered: everything in between, or the
+/// latest [`TAKE_OVER_MAX`] of it. The latest, not the earliest: what a
+/// dead instance had in hand is what was delivered last, while an ack floor
+/// far behind is one message that is stuck. (After nats-server 2.9 was
+/// killed, its consumer came back with an older state that held a message
+/// the stream had already removed: the floor stayed there, a take-over five
+/// minutes later looked only at the 65,536 sequences above it, missed the
+/// 43 messages actually pending, and those came back 30 s later, after
+/// later ones.)
+fn take_over_range(ack_floor: u64, delivered: u64) -> (u64, u64) {
+    let first = (ack_floor + 1).max(delivered.saturating_sub(TAKE_OVER_MAX - 1));
+    (first, delivered)
+}
+
 /// What the stage's handlings know of each other.
 #[derive(Default)]
 struct Tally {
@@ -669,11 +684,13 @@ async fn take_over_pending<H: Handler>(
     if info.num_ack_pending == 0 {
         return;
     }
-    let first = info.ack_floor.stream_sequence + 1;
-    let last = info
-        .delivered
-        .stream_sequence
-        .min(first.saturating_add(TAKE_OVER_MAX));
+    let (first, last) = take_over_range(
+        info.ack_floor.stream_sequence,
+        info.delivered.stream_sequence,
+    );
+    if first > info.ack_floor.stream_sequence + 1 {
+        warn!(stage = name, ack_floor = info.ack_floor.stream_sequence, first, "The consumer's ack floor is far behind; only the latest pending messages are taken over (older ones come back after ack_wait).");
+    }
     let filter = info.config.filter_subject.clone();
     let stream = match js.get_stream_no_info(&info.stream_name).await {
         Ok(s) => s,
@@ -968,6 +985,16 @@ pub fn retry_delay(after: Duration, delivered: i64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_take_over_looks_at_the_latest_pending_sequences() {
+        assert_eq!(take_over_range(100, 180), (101, 180));
+        assert_eq!(take_over_range(0, TAKE_OVER_MAX), (1, TAKE_OVER_MAX));
+        // An ack floor stuck far behind: the latest TAKE_OVER_MAX.
+        let (first, last) = take_over_range(112_509, 300_000);
+        assert_eq!(last, 300_000);
+        assert_eq!(last - first + 1, TAKE_OVER_MAX);
+    }
 
     #[test]
     fn retries_back_off_to_thirty_seconds() {
