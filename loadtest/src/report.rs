@@ -758,6 +758,13 @@ impl Report {
                 "{} accepted messages were neither delivered nor failed within the {:.0} s drain.",
                 self.lost, self.generator.drain_s
             ));
+            if !self.lost_sample.is_empty() {
+                let seqs: Vec<String> = self.lost_sample.iter().map(u64::to_string).collect();
+                w.push(format!(
+                    "  the first of them, by message number (the order they were planned): {}",
+                    seqs.join(", ")
+                ));
+            }
         }
         if self.duplicates_seen_by_apps > 0 {
             w.push(format!(
