@@ -105,19 +105,28 @@ pub(crate) async fn read_public(
         .map_err(|e| unavailable(what, e))?;
     let mut roots: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
     let mut parts: HashMap<u64, (usize, BTreeMap<usize, Vec<u8>>)> = HashMap::new();
-    let mut left = consumer.cached_info().num_pending;
-    if left > 0 {
+    // Read up to the last sequence as the stream's leader gave it (in the
+    // stream info), not until the consumer says nothing is pending: before
+    // nats-server 2.12 an ephemeral consumer may sit on a replica still
+    // catching up, which reported the latest root missing in a cluster
+    // test after a node came back.
+    let last = stream.cached_info().state.last_sequence;
+    if last > 0 {
         let mut messages = consumer
             .messages()
             .await
             .map_err(|e| unavailable(what, e))?;
-        while left > 0 {
+        let mut seq = 0;
+        while seq < last {
             let msg = tokio::time::timeout(Duration::from_secs(30), messages.next())
                 .await
                 .map_err(|_| unavailable(what, "timed out"))?
                 .ok_or_else(|| unavailable(what, "ended"))?
                 .map_err(|e| unavailable(what, e))?;
-            left = msg.info().map_err(|e| unavailable(what, e))?.pending;
+            seq = msg
+                .info()
+                .map_err(|e| unavailable(what, e))?
+                .stream_sequence;
             if msg.subject.as_str() == KT_ROOTS {
                 let root: Root = ciborium::from_reader(&msg.payload[..])
                     .map_err(|e| unavailable("decoding a root", e))?;

@@ -387,7 +387,10 @@ impl Transparency {
             .await
             .map_err(|e| unavailable(what, e))?;
         if consumer.cached_info().num_pending == 0 {
-            return Ok((out, last));
+            // Nothing after `from` for this consumer: none written, or a
+            // consumer on a replica still catching up (before nats-server
+            // 2.12). Claim nothing read; the next epoch looks again.
+            return Ok((out, from));
         }
         let mut messages = consumer
             .messages()
@@ -495,21 +498,31 @@ pub async fn read_roots(js: &jetstream::Context) -> Result<Vec<Root>, KtError> {
         .await
         .map_err(|e| unavailable(what, e))?;
     let mut out = Vec::new();
-    let mut left = consumer.cached_info().num_pending;
-    if left == 0 {
-        return Ok(out);
-    }
+    // Up to the last root as the stream's leader has it, not until the
+    // consumer says nothing is pending (it may sit on a replica still
+    // catching up; see `audit::read_public`).
+    let last = match stream.get_last_raw_message_by_subject(KT_ROOTS).await {
+        Ok(m) => m.sequence,
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            return Ok(out)
+        }
+        Err(e) => return Err(unavailable(what, e)),
+    };
     let mut messages = consumer
         .messages()
         .await
         .map_err(|e| unavailable(what, e))?;
-    while left > 0 {
+    let mut seq = 0;
+    while seq < last {
         let msg = tokio::time::timeout(std::time::Duration::from_secs(30), messages.next())
             .await
             .map_err(|_| unavailable(what, "timed out"))?
             .ok_or_else(|| unavailable(what, "ended"))?
             .map_err(|e| unavailable(what, e))?;
-        left = msg.info().map_err(|e| unavailable(what, e))?.pending;
+        seq = msg
+            .info()
+            .map_err(|e| unavailable(what, e))?
+            .stream_sequence;
         out.push(
             ciborium::from_reader(&msg.payload[..])
                 .map_err(|e| unavailable("decoding a root", e))?,

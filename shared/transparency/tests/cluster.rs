@@ -37,10 +37,13 @@ fn publish(user: &str, identity: u8) -> PublishKeys {
 }
 
 /// Retries `f` while the cluster elects (a request may fail meanwhile).
+/// Two minutes: a read whose ephemeral consumer sat on the stopped node
+/// waits 30 s before it is tried again, and it failed twice in one run
+/// beside other tests on two cores.
 async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
     mut f: impl FnMut() -> F,
 ) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         match f().await {
             Ok(t) => return t,
