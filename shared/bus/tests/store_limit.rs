@@ -145,6 +145,19 @@ async fn an_existing_store_refuses_at_its_count_keeps_its_messages_and_frees_wha
     assert_eq!(left[0], seqs[2]);
 }
 
+/// Waits until the consumer has nothing pending and nothing unacked.
+async fn all_acked(mut consumer: jetstream::consumer::PullConsumer, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let info = consumer.info().await.unwrap().clone();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{info:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Files each accepted message into its recipient's store, as routing does.
 struct File;
 
@@ -207,16 +220,7 @@ async fn a_stage_tells_the_sender_when_the_store_is_full_and_does_not_retry() {
         .collect();
     assert_eq!(bob, ["m1", "m2"]);
     // Every input acked, none handed back for a retry.
-    let mut consumer = consumer;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let info = consumer.info().await.unwrap().clone();
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{info:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_acked(consumer, Duration::from_secs(10)).await;
     assert_eq!(metrics.retries.get(), 0);
     shutdown.cancel();
     stage.await.unwrap().unwrap();
@@ -285,16 +289,7 @@ async fn a_stage_keeps_input_order_into_a_store_at_its_limit() {
         shutdown.clone(),
     ));
     // Every input handled (acked), then what was stored and who was told.
-    let mut consumer = consumer;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let info = consumer.info().await.unwrap().clone();
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{info:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_acked(consumer, Duration::from_secs(30)).await;
     let stored: Vec<String> = store_of(&js, dave)
         .await
         .into_iter()

@@ -187,6 +187,26 @@ async fn with_nats_down_sends_get_a_retryable_rejection_fast_and_resends_arrive_
     assert_eq!(rx.duplicates(), 0, "duplicates before client de-dup");
 }
 
+/// Sends `cmid` from alice to `to` until it is accepted (the gateway
+/// recovered), failing after 20 s.
+async fn accepted_within_20_s(alice: &Sender, cmid: &str, to: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let sent = alice
+            .send(text_envelope(cmid, "signal:alice", to, "hi"))
+            .await
+            .unwrap();
+        if matches!(sent, SendOutcome::Accepted(_)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no recovery: {sent:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) a process: a server that
 /// holds its connections open and answers nothing, as one stuck loading
 /// its data or swapping does.
@@ -240,21 +260,7 @@ async fn with_redis_not_answering_sends_are_refused_at_once_after_the_first_time
     // Ten round trips would have taken 15 s; a probe every 250 ms may make
     // a few of them wait 1.5 s.
     assert!(took < Duration::from_secs(6), "10 refusals took {took:?}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let sent = alice
-            .send(text_envelope("thawed", "signal:alice", bob, "hi"))
-            .await
-            .unwrap();
-        if matches!(sent, SendOutcome::Accepted(_)) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no recovery: {sent:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    accepted_within_20_s(&alice, "thawed", bob).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,19 +293,5 @@ async fn with_redis_down_sends_get_a_retryable_rejection_fast_and_recover() {
     // the user-state stream (ADR 28), and sends work with no restart of the
     // gateway and without opting in again.
     c.redis.restart();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let sent = alice
-            .send(text_envelope("r-down", "signal:alice", bob, "hi"))
-            .await
-            .unwrap();
-        if matches!(sent, SendOutcome::Accepted(_)) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no recovery: {sent:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    accepted_within_20_s(&alice, "r-down", bob).await;
 }
