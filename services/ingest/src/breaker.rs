@@ -67,19 +67,25 @@ impl Breaker {
 
     /// The outcome of a round trip let through (`probe`: it was the
     /// probe). An answer closes the breaker; an outage opens it (again)
-    /// from `now`.
-    pub(crate) fn record(&self, probe: bool, outcome: Outcome, now: Instant) {
-        *self.open_since.lock().expect("never poisoned") = match outcome {
-            Outcome::Answered => None,
-            Outcome::Outage => Some(now),
-        };
+    /// from `now`. Returns whether it was open before.
+    pub(crate) fn record(&self, probe: bool, outcome: Outcome, now: Instant) -> bool {
+        let was_open = std::mem::replace(
+            &mut *self.open_since.lock().expect("never poisoned"),
+            match outcome {
+                Outcome::Answered => None,
+                Outcome::Outage => Some(now),
+            },
+        )
+        .is_some();
         if probe {
             self.probing.store(false, Ordering::Release);
         }
+        was_open
     }
 
     /// Whether it is open (sends refused without a round trip).
-    pub(crate) fn is_open(&self) -> bool {
+    #[cfg(test)]
+    fn is_open(&self) -> bool {
         self.open_since.lock().expect("never poisoned").is_some()
     }
 }

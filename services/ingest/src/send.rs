@@ -152,10 +152,10 @@ pub(crate) async fn checks<T: redis::FromRedisValue>(
         Ok(Err(e)) => (Err(e.to_string()), Outcome::Answered),
         Err(_) => (Err("timed out".to_owned()), Outcome::Outage),
     };
-    let was_open = shared.redis_breaker.is_open();
-    shared
-        .redis_breaker
-        .record(pass == Pass::Probe, outcome, std::time::Instant::now());
+    let was_open =
+        shared
+            .redis_breaker
+            .record(pass == Pass::Probe, outcome, std::time::Instant::now());
     match (&reply, outcome, was_open) {
         (Ok(_), _, true) => info!("Redis answers again: sends are checked again."),
         (Ok(_), _, false) => {}
