@@ -145,6 +145,82 @@ async fn an_existing_store_refuses_at_its_count_keeps_its_messages_and_frees_wha
     assert_eq!(left[0], seqs[2]);
 }
 
+/// The sequences of `subject`'s messages in the store.
+async fn seqs_of(js: &jetstream::Context, subject: &str) -> Vec<u64> {
+    let mut inbox = js.get_stream(STREAM_INBOX).await.unwrap();
+    let state = inbox.info().await.unwrap().state.clone();
+    let mut v = Vec::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(m) = inbox.get_raw_message(seq).await {
+            if m.subject.as_str() == subject {
+                v.push(seq);
+            }
+        }
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_is_made_from_the_oldest_acked_at_most_make_room_at_once_at_a_time() {
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let at_once = store::MAKE_ROOM_AT_ONCE;
+    let limit = at_once + 30;
+    ensure_streams(&js, &settings(limit as i64)).await.unwrap();
+    let dave = "home:+4915100000002";
+    let subject = delivery_queued(&recipient_path(dave));
+    // Another recipient's messages in between, as in a shared stream.
+    let other = delivery_queued(&recipient_path("home:+4915100000003"));
+    let mut seqs = Vec::new();
+    for i in 0..limit {
+        let ack = js
+            .publish(subject.clone(), format!("m{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        seqs.push(ack.sequence);
+        js.publish(other.clone(), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // A device acked all but the last 10: more than can go at once.
+    let acked = limit - 10;
+    js.publish(
+        delivery_acked(&recipient_key(dave), "phone"),
+        seqs[acked - 1].to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    assert_eq!(
+        store::make_room_now(&js, &subject).await.unwrap(),
+        at_once as u64
+    );
+    assert_eq!(
+        seqs_of(&js, &subject).await,
+        &seqs[at_once..],
+        "the oldest went"
+    );
+    // The next making of room takes the rest of what was acked, and stops
+    // at the first undelivered message.
+    assert_eq!(
+        store::make_room_now(&js, &subject).await.unwrap(),
+        (acked - at_once) as u64
+    );
+    assert_eq!(
+        seqs_of(&js, &subject).await,
+        &seqs[acked..],
+        "the undelivered stay"
+    );
+    assert_eq!(store::make_room_now(&js, &subject).await.unwrap(), 0);
+    // The other recipient's messages were not touched.
+    assert_eq!(seqs_of(&js, &other).await.len(), limit);
+}
+
 /// Waits until the consumer has nothing pending and nothing unacked.
 async fn all_acked(mut consumer: jetstream::consumer::PullConsumer, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
