@@ -8,6 +8,8 @@
 //!   killed with SIGKILL and started again with the same flags.
 //! - [`load`]: the load generator (`interop-loadtest`) running while a
 //!   fault happens, recovery measured, and its loss/duplicate ledger.
+//! - [`impact`]: what each fault of a soak run cost the messages sent
+//!   around it (from the load report's per-second latency).
 //! - [`inspect`]: where lost messages are (which stream), for failure
 //!   messages.
 //! - [`rss`]: resident memory of a process, from `/proc`.
@@ -18,6 +20,7 @@
 
 pub mod binaries;
 pub mod gateway;
+pub mod impact;
 pub mod inspect;
 pub mod load;
 pub mod rss;

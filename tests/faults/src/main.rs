@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::time::Instant;
 
+use interop_faults::impact::{self, FaultAt};
 use interop_faults::load::Load;
 use interop_faults::rss::rss_kib;
 use interop_faults::{Binaries, Gateway, GatewayOptions, SERVICES};
@@ -53,6 +54,10 @@ struct Args {
     /// within minutes, as the default 10,000 does in half an hour.
     #[arg(long)]
     inbox_max_per_recipient: Option<i64>,
+    /// Also write the load report (with its per-second timeline) here as
+    /// JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -169,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
     let mut next_fault = (!args.fault_every.is_zero()).then(|| start + args.fault_every);
     let mut fault_index = 0usize;
     let mut recoveries = Vec::new();
+    let mut faults = Vec::new();
     let mut event = String::new();
     while Instant::now() < end {
         // No fault in the last 30 s: recovery is measured on messages sent
@@ -212,6 +218,10 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => eprintln!("soak: {what}: NOT flowing again within 120 s"),
             }
+            faults.push(FaultAt {
+                what: what.clone(),
+                at_s: fault_end / 1_000_000,
+            });
             event = what;
             fault_index += 1;
             next_fault = Some(Instant::now() + args.fault_every);
@@ -248,7 +258,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let outcome = load.finish(recoveries).await;
     eprintln!("{}", outcome.report.to_table());
+    eprintln!("{}", impact::table(&outcome.report.timeline, &faults));
     eprintln!("{}", outcome.summary("soak"));
+    if let Some(p) = &args.json {
+        std::fs::write(p, outcome.report.to_json())?;
+    }
     if outcome.report.lost > 0 {
         anyhow::bail!("{} accepted messages were lost", outcome.report.lost);
     }
