@@ -12,7 +12,10 @@
 //!   (removes the oldest);
 //! - **find and purge 256**: the subject's 256 oldest messages read by an
 //!   ordered consumer (headers only), then a purge up to the last of them,
-//!   again and again (what `make_room` does since).
+//!   again and again;
+//! - **oldest + window purge**: the subject's oldest message got (one
+//!   request), then a purge up to `MAKE_ROOM_WINDOW` stream sequences past
+//!   it, again and again (what `make_room` does since).
 //!
 //! Each removes `--remove` messages of one subject. Meanwhile a probe
 //! publishes into another store subject every 2 ms; the slowest probe
@@ -186,8 +189,9 @@ async fn main() -> anyhow::Result<()> {
             .purged)
     })
     .await?;
-    // Subject 2: what `make_room` does now: find the 256 oldest and purge
-    // up to the last of them, again and again (the finding is timed too).
+    // Subject 2: find the 256 oldest (an ordered consumer, headers only)
+    // and purge up to the last of them, again and again (the finding is
+    // timed too).
     let s2 = subject(2);
     measure(&js, "find and purge 256", async {
         let mut removed = 0;
@@ -199,11 +203,35 @@ async fn main() -> anyhow::Result<()> {
         Ok(removed)
     })
     .await?;
-    // Subject 3: purge by sequence again, the blocks now read once.
+    // Subject 3: what `make_room` does now: the oldest message found (one
+    // request), then a purge up to at most `MAKE_ROOM_WINDOW` stream
+    // sequences past it, again and again.
     let s3 = subject(3);
-    let upto = *oldest(&stream, &s3, remove).await?.last().unwrap_or(&0);
+    let mut rounds = 0;
+    measure(&js, "oldest + window purge", async {
+        let mut removed = 0;
+        while removed < remove {
+            let first = stream
+                .get_first_raw_message_by_subject(&s3, 1)
+                .await?
+                .sequence;
+            removed += stream
+                .purge()
+                .filter(&s3)
+                .sequence(first + interop_bus::store::MAKE_ROOM_WINDOW)
+                .await?
+                .purged;
+            rounds += 1;
+        }
+        Ok(removed)
+    })
+    .await?;
+    println!("    ({rounds} rounds)");
+    // Subject 4: purge by sequence again, the blocks now read once.
+    let s4 = subject(4);
+    let upto = *oldest(&stream, &s4, remove).await?.last().unwrap_or(&0);
     measure(&js, "purge by sequence (2)", async {
-        Ok(stream.purge().filter(&s3).sequence(upto + 1).await?.purged)
+        Ok(stream.purge().filter(&s4).sequence(upto + 1).await?.purged)
     })
     .await?;
     Ok(())

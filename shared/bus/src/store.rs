@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use futures_util::{StreamExt as _, TryStreamExt};
+use futures_util::TryStreamExt;
 use interop_proto::v1::{envelope, ReceiptStatus, RejectCode};
 
 use crate::handling::Outgoing;
@@ -68,10 +68,10 @@ const NO_ROOM_MAX: usize = 10_000;
 /// Removes from the store subject `subject` the oldest messages at or
 /// before the furthest cursor of the recipient's devices
 /// (`INTEROP_CURSORS`): messages a device took and acked (the rule
-/// `DELIVERED` and `EXPIRED` receipts follow), at most
-/// [`MAKE_ROOM_AT_ONCE`], so a store that stays full costs one making of
-/// room per that many messages. Returns how many were removed (0: all
-/// undelivered).
+/// `DELIVERED` and `EXPIRED` receipts follow), those within
+/// [`MAKE_ROOM_WINDOW`] stream sequences of the oldest, so a store that
+/// stays full makes room once per that many. Returns how many were removed
+/// (0: all undelivered).
 ///
 /// For a receipt or notice; a subject found without room is not looked at
 /// again for 2 s (see `NO_ROOM`). A message from a sender uses
@@ -129,95 +129,48 @@ async fn make_room_with(
     Ok(purged)
 }
 
-/// At most this many messages are removed to make room in a full store at
-/// a time (the oldest ones a device acked): the store refuses again after
-/// that many more, and room is made again.
-pub const MAKE_ROOM_AT_ONCE: usize = 256;
-
-/// How long finding the oldest messages may take before making room fails
-/// (and is tried again as a failed publish is).
-const FIND_OLDEST_WITHIN: Duration = Duration::from_secs(5);
-
-/// How long the consumer finding them may give nothing before what it gave
-/// is taken as all there is.
-const NEXT_WITHIN: Duration = Duration::from_millis(500);
+/// Room in a full store is made from its oldest message up to at most this
+/// many stream sequences past it (and never past the furthest cursor): a
+/// purge reads the blocks of that range that hold the recipient's messages,
+/// with the stream's lock held, so the range bounds how long everybody's
+/// writes wait. 32,768 sequences are about 40 MB of the store stream at
+/// 1.3 KB a message; for a recipient receiving 2 % of all messages they
+/// hold about 650 of theirs.
+pub const MAKE_ROOM_WINDOW: u64 = 32_768;
 
 /// Removes from the store `subject` of `inbox` its oldest messages at or
-/// before `furthest` (acked by a device), at most [`MAKE_ROOM_AT_ONCE`]:
-/// a consumer reads the subject from its start (headers only) to find
-/// them, and one purge of the subject up to the last of them removes them.
-/// Every message of the subject below that sequence is one of those read
-/// (sequences only grow), so only what is certainly acked is removed,
-/// whoever else makes room at the same moment. Returns how many it
-/// removed.
+/// before `furthest` (acked by a device) that lie within
+/// [`MAKE_ROOM_WINDOW`] stream sequences of its oldest one: one request
+/// finds the oldest, one purge of the subject below
+/// `min(furthest + 1, oldest + window)` removes them. Only what is
+/// certainly acked goes, whoever else makes room at the same moment.
+/// Returns how many it removed.
 ///
-/// Not a purge up to `furthest`, which removed everything acked in one
-/// request: nats-server reads every block of the stream holding the
-/// subject's messages in the purged range, with the stream's lock held,
-/// and a store full of acked messages has them from one end of the stream
-/// to the other. On a 1.6 GB stream such a purge held every write to the
-/// store 310-710 ms (`examples/purge_cost.rs`); in a soak, purges on a
-/// 1.7 GB stream held writes for 3 to 37 s when the stores of 50
-/// recipients filled at the same moment (docs/adr/0027). The oldest
-/// messages of a subject sit in the oldest few blocks.
+/// Not a purge up to `furthest` alone, which removed everything acked in
+/// one request: nats-server reads every block holding the subject's
+/// messages in the purged range with the stream's lock held, and a store
+/// full of acked messages has them from one end of the stream to the
+/// other. On a 1.6 GB stream such a purge held every write to the store
+/// 330-710 ms (`examples/purge_cost.rs`); in a soak, purges on a 1.7 GB
+/// stream held writes for 3 to 37 s when the stores of 50 recipients
+/// filled at the same moment (docs/adr/0027).
 async fn remove_oldest_acked<I>(
     inbox: &jetstream::stream::Stream<I>,
     subject: &str,
     furthest: u64,
 ) -> Result<u64, BoxError> {
-    let seqs = tokio::time::timeout(FIND_OLDEST_WITHIN, oldest_acked(inbox, subject, furthest))
-        .await
-        .map_err(|_| "finding the oldest messages of a full store timed out")??;
-    let Some(&last) = seqs.last() else {
-        return Ok(0);
-    };
-    Ok(inbox
-        .purge()
-        .filter(subject)
-        .sequence(last + 1)
-        .await?
-        .purged)
-}
-
-/// The sequences of the oldest messages of `subject` at or before
-/// `furthest`, at most [`MAKE_ROOM_AT_ONCE`]; the consumer that read them
-/// is deleted after.
-async fn oldest_acked<I>(
-    inbox: &jetstream::stream::Stream<I>,
-    subject: &str,
-    furthest: u64,
-) -> Result<Vec<u64>, BoxError> {
-    let consumer = inbox
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subject.to_owned(),
-            headers_only: true,
-            max_batch: MAKE_ROOM_AT_ONCE as i64,
-            ..Default::default()
-        })
-        .await?;
-    let name = consumer.cached_info().name.clone();
-    let pending = consumer.cached_info().num_pending;
-    let mut seqs = Vec::new();
-    if pending > 0 {
-        let mut messages = consumer.messages().await?;
-        while seqs.len() < MAKE_ROOM_AT_ONCE && (seqs.len() as u64) < pending {
-            // Fewer than counted when some went meanwhile (another
-            // instance made room, they aged out): what came is enough.
-            let Ok(Some(m)) = tokio::time::timeout(NEXT_WITHIN, messages.next()).await else {
-                break;
-            };
-            let seq = m?.info()?.stream_sequence;
-            if seq > furthest {
-                break;
-            }
-            seqs.push(seq);
+    let oldest = match inbox.get_first_raw_message_by_subject(subject, 1).await {
+        Ok(m) => m.sequence,
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            return Ok(0)
         }
+        Err(e) => return Err(e.into()),
+    };
+    if oldest > furthest {
+        return Ok(0);
     }
-    // Ephemeral, but left alone it would stay 30 s.
-    if let Err(e) = inbox.delete_consumer(&name).await {
-        tracing::debug!(error = %e, "The consumer that found a full store's oldest messages was not deleted; it goes in 30 s.");
-    }
-    Ok(seqs)
+    let below = (furthest + 1).min(oldest.saturating_add(MAKE_ROOM_WINDOW));
+    Ok(inbox.purge().filter(subject).sequence(below).await?.purged)
 }
 
 /// The furthest any reader of the store `subject` (whose key is `key`) got:
