@@ -14,8 +14,11 @@
 //!   ordered consumer (headers only), then a purge up to the last of them,
 //!   again and again;
 //! - **oldest + window purge**: the subject's oldest message got (one
-//!   request), then a purge up to `MAKE_ROOM_WINDOW` stream sequences past
-//!   it, again and again (what `make_room` does since).
+//!   request), then a purge up to 32,768 stream sequences past it, again
+//!   and again.
+//!
+//! `make_room` still purges everything acked at once: both bounded designs
+//! were tried in a soak and failed there (docs/adr/0027, amended).
 //!
 //! Each removes `--remove` messages of one subject. Meanwhile a probe
 //! publishes into another store subject every 2 ms; the slowest probe
@@ -29,6 +32,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use interop_bus::subjects::{delivery_queued, STREAM_INBOX};
+
+/// The window of the window purge, in stream sequences.
+const WINDOW: u64 = 32_768;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -203,9 +209,8 @@ async fn main() -> anyhow::Result<()> {
         Ok(removed)
     })
     .await?;
-    // Subject 3: what `make_room` does now: the oldest message found (one
-    // request), then a purge up to at most `MAKE_ROOM_WINDOW` stream
-    // sequences past it, again and again.
+    // Subject 3: the oldest message found (one request), then a purge up
+    // to at most `WINDOW` stream sequences past it, again and again.
     let s3 = subject(3);
     let mut rounds = 0;
     measure(&js, "oldest + window purge", async {
@@ -218,7 +223,7 @@ async fn main() -> anyhow::Result<()> {
             removed += stream
                 .purge()
                 .filter(&s3)
-                .sequence(first + interop_bus::store::MAKE_ROOM_WINDOW)
+                .sequence(first + WINDOW)
                 .await?
                 .purged;
             rounds += 1;

@@ -3,10 +3,9 @@
 //! count limit (`--inbox-max-per-recipient`): JetStream refuses the
 //! message (`discard: new` per subject, docs/adr/0027) rather than drop the
 //! oldest without a word. The publisher then
-//! 1. makes room: removes the oldest messages of that subject a device of
-//!    the recipient has acked already ([`make_room`]: they were delivered,
-//!    their senders have their `DELIVERED` receipts), and stores the message
-//!    again;
+//! 1. makes room: removes the messages of that subject a device of the
+//!    recipient has acked already ([`make_room`]: they were delivered, their
+//!    senders have their `DELIVERED` receipts), and stores the message again;
 //! 2. if no room can be made (everything in the store is undelivered), the
 //!    store is full: a message's sender gets a `FAILED` receipt with code
 //!    `RECIPIENT_STORE_FULL` ([`full_store_receipt`]); a receipt or a
@@ -65,13 +64,12 @@ static NO_ROOM: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
 const NO_ROOM_FOR: Duration = Duration::from_secs(2);
 const NO_ROOM_MAX: usize = 10_000;
 
-/// Removes from the store subject `subject` the oldest messages at or
-/// before the furthest cursor of the recipient's devices
-/// (`INTEROP_CURSORS`): messages a device took and acked (the rule
-/// `DELIVERED` and `EXPIRED` receipts follow), those within
-/// [`MAKE_ROOM_WINDOW`] stream sequences of the oldest, so a store that
-/// stays full makes room once per that many. Returns how many were removed
-/// (0: all undelivered).
+/// Removes from the store subject `subject` every message at or before the
+/// furthest cursor of the recipient's devices (`INTEROP_CURSORS`): the
+/// messages a device took and acked (the rule `DELIVERED` and `EXPIRED`
+/// receipts follow). One purge frees what was delivered since the store was
+/// last full, so a full store costs one purge per that many messages, not
+/// one per message. Returns how many were removed (0: all undelivered).
 ///
 /// For a receipt or notice; a subject found without room is not looked at
 /// again for 2 s (see `NO_ROOM`). A message from a sender uses
@@ -112,7 +110,12 @@ async fn make_room_with(
         // subjects only, not how many streams hold the store (docs/adr/0032).
         let name = crate::inbox::stream_holding(js, subject).await?;
         let inbox = js.get_stream_no_info(name).await?;
-        remove_oldest_acked(&inbox, subject, furthest).await?
+        inbox
+            .purge()
+            .filter(subject)
+            .sequence(furthest + 1)
+            .await?
+            .purged
     };
     let mut guard = NO_ROOM.lock().expect("the no-room cache is never poisoned");
     let map = guard.get_or_insert_with(HashMap::new);
@@ -127,50 +130,6 @@ async fn make_room_with(
         map.remove(subject);
     }
     Ok(purged)
-}
-
-/// Room in a full store is made from its oldest message up to at most this
-/// many stream sequences past it (and never past the furthest cursor): a
-/// purge reads the blocks of that range that hold the recipient's messages,
-/// with the stream's lock held, so the range bounds how long everybody's
-/// writes wait. 32,768 sequences are about 40 MB of the store stream at
-/// 1.3 KB a message; for a recipient receiving 2 % of all messages they
-/// hold about 650 of theirs.
-pub const MAKE_ROOM_WINDOW: u64 = 32_768;
-
-/// Removes from the store `subject` of `inbox` its oldest messages at or
-/// before `furthest` (acked by a device) that lie within
-/// [`MAKE_ROOM_WINDOW`] stream sequences of its oldest one: one request
-/// finds the oldest, one purge of the subject below
-/// `min(furthest + 1, oldest + window)` removes them. Only what is
-/// certainly acked goes, whoever else makes room at the same moment.
-/// Returns how many it removed.
-///
-/// Not a purge up to `furthest` alone, which removed everything acked in
-/// one request: nats-server reads every block holding the subject's
-/// messages in the purged range with the stream's lock held, and a store
-/// full of acked messages has them from one end of the stream to the
-/// other. On a 1.6 GB stream such a purge held every write to the store
-/// 330-710 ms (`examples/purge_cost.rs`); in a soak, purges on a 1.7 GB
-/// stream held writes for 3 to 37 s when the stores of 50 recipients
-/// filled at the same moment (docs/adr/0027).
-async fn remove_oldest_acked<I>(
-    inbox: &jetstream::stream::Stream<I>,
-    subject: &str,
-    furthest: u64,
-) -> Result<u64, BoxError> {
-    let oldest = match inbox.get_first_raw_message_by_subject(subject, 1).await {
-        Ok(m) => m.sequence,
-        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-            return Ok(0)
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if oldest > furthest {
-        return Ok(0);
-    }
-    let below = (furthest + 1).min(oldest.saturating_add(MAKE_ROOM_WINDOW));
-    Ok(inbox.purge().filter(subject).sequence(below).await?.purged)
 }
 
 /// The furthest any reader of the store `subject` (whose key is `key`) got:
