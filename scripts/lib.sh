@@ -24,6 +24,15 @@ ensure_packages() {
   fi
 }
 
+# Whether cargo-nextest 0.9.91 or later (test priorities) is installed.
+# Optional: scripts/test falls back to `cargo test` without it.
+nextest_recent() {
+  local v
+  v=$(cargo nextest --version 2>/dev/null | sed -n 's/^cargo-nextest \([0-9.]*\).*/\1/p' | head -n1)
+  [[ -n "$v" ]] || return 1
+  printf '%s\n%s\n' 0.9.91 "$v" | sort -V -C
+}
+
 ensure_rust() {
   if ! command -v cargo >/dev/null 2>&1; then
     if [[ -x "$HOME/.cargo/bin/cargo" ]]; then
