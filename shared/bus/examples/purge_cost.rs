@@ -18,7 +18,7 @@
 //!   and again.
 //!
 //! `make_room` still purges everything acked at once: both bounded designs
-//! were tried in a soak and failed there (docs/adr/0027, amended).
+//! were tried in a soak and failed there (docs/adr/0027, "Finding").
 //!
 //! Each removes `--remove` messages of one subject. Meanwhile a probe
 //! publishes into another store subject every 2 ms; the slowest probe
