@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
-use futures_util::StreamExt as _;
 use interop_bus::subjects::{KT_AUDIT, KT_ROOTS, STREAM_KT_ROOTS};
 use protobuf::Message as _;
 
@@ -112,21 +111,7 @@ pub(crate) async fn read_public(
     // test after a node came back.
     let last = stream.cached_info().state.last_sequence;
     if last > 0 {
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| unavailable(what, e))?;
-        let mut seq = 0;
-        while seq < last {
-            let msg = tokio::time::timeout(Duration::from_secs(30), messages.next())
-                .await
-                .map_err(|_| unavailable(what, "timed out"))?
-                .ok_or_else(|| unavailable(what, "ended"))?
-                .map_err(|e| unavailable(what, e))?;
-            seq = msg
-                .info()
-                .map_err(|e| unavailable(what, e))?
-                .stream_sequence;
+        crate::epoch::read_through(consumer, last, what, |msg| {
             if msg.subject.as_str() == KT_ROOTS {
                 let root: Root = ciborium::from_reader(&msg.payload[..])
                     .map_err(|e| unavailable("decoding a root", e))?;
@@ -150,7 +135,9 @@ pub(crate) async fn read_public(
                     entry.1.insert(part, msg.payload.to_vec());
                 }
             }
-        }
+            Ok(())
+        })
+        .await?;
     }
     let proofs = parts
         .into_iter()

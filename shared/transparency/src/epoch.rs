@@ -508,6 +508,28 @@ pub async fn read_roots(js: &jetstream::Context) -> Result<Vec<Root>, KtError> {
         }
         Err(e) => return Err(unavailable(what, e)),
     };
+    read_through(consumer, last, what, |msg| {
+        out.push(
+            ciborium::from_reader(&msg.payload[..])
+                .map_err(|e| unavailable("decoding a root", e))?,
+        );
+        Ok(())
+    })
+    .await?;
+    Ok(out)
+}
+
+/// Reads `consumer` in stream order until the message at stream sequence
+/// `last` (the leader's last, not the consumer's "nothing pending": before
+/// nats-server 2.12 an ephemeral consumer may sit on a replica still
+/// catching up), giving each message to `take`; each must come within
+/// 30 s.
+pub(crate) async fn read_through(
+    consumer: jetstream::consumer::Consumer<pull::OrderedConfig>,
+    last: u64,
+    what: &str,
+    mut take: impl FnMut(&jetstream::Message) -> Result<(), KtError>,
+) -> Result<(), KtError> {
     let mut messages = consumer
         .messages()
         .await
@@ -523,10 +545,7 @@ pub async fn read_roots(js: &jetstream::Context) -> Result<Vec<Root>, KtError> {
             .info()
             .map_err(|e| unavailable(what, e))?
             .stream_sequence;
-        out.push(
-            ciborium::from_reader(&msg.payload[..])
-                .map_err(|e| unavailable("decoding a root", e))?,
-        );
+        take(&msg)?;
     }
-    Ok(out)
+    Ok(())
 }
