@@ -157,22 +157,26 @@ async fn handle(shared: &Shared, msg: &jetstream::Message) -> Result<AckKind, Bo
     let publish = jetstream::message::PublishMessage::build()
         .payload(r.payload)
         .headers(headers);
-    // Awaited: the input is acked only once the receipt is stored.
-    if let Err(e) = shared
-        .js
-        .send_publish(r.subject.clone(), publish)
-        .await?
-        .await
-    {
-        // The sender's store at its count limit (docs/adr/0027): room is
-        // made from what their devices acked and the receipt stored on the
-        // next look; with none, it is dropped.
-        if !interop_bus::store::is_full(&e) {
-            return Err(e.into());
+    // Awaited: the input is acked only once the receipt is stored. Into
+    // the sender's store only if it is not full of undelivered messages
+    // (docs/adr/0027).
+    let stored = match interop_bus::store::admit(&shared.js, &r.subject).await? {
+        Some(_admitted) => shared
+            .js
+            .send_publish(r.subject.clone(), publish)
+            .await?
+            .await
+            .map(|_| ())
+            .map_err(BoxError::from),
+        None => Err(Box::new(interop_bus::store::Full) as BoxError),
+    };
+    if let Err(e) = stored {
+        if !interop_bus::store::is_full(&*e) {
+            return Err(e);
         }
-        // Looked at again (room made here, or by another publisher at the
-        // same time) twice before it is dropped.
-        if interop_bus::store::make_room(&shared.js, &r.subject).await? > 0 || info.delivered < 3 {
+        // Counted again (their devices may have read meanwhile) twice
+        // before it is dropped.
+        if interop_bus::store::room(&shared.js, &r.subject).await? > 0 || info.delivered < 3 {
             return Ok(AckKind::Nak(Some(Duration::from_millis(200))));
         }
         warn!(seq, "An EXPIRED receipt was dropped: its recipient's store is full of undelivered messages.");

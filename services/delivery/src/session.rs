@@ -1183,10 +1183,20 @@ pub(crate) async fn publish_receipt(
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", r.msg_id.as_str());
     interop_bus::trace::inject_current(&mut headers);
-    let publish = async_nats::jetstream::message::PublishMessage::build()
-        .payload(r.payload.clone())
-        .headers(headers.clone());
-    let ack = shared.js.send_publish(r.subject.clone(), publish).await?;
+    // Into the sender's store, if it is not full of undelivered messages
+    // (interop_bus::store::admit).
+    let first = match interop_bus::store::admit(&shared.js, &r.subject).await? {
+        Some(admitted) => {
+            let publish = async_nats::jetstream::message::PublishMessage::build()
+                .payload(r.payload.clone())
+                .headers(headers.clone());
+            Ok((
+                shared.js.send_publish(r.subject.clone(), publish).await?,
+                admitted,
+            ))
+        }
+        None => Err(interop_bus::store::Full.to_string()),
+    };
     shared.metrics.receipts.inc();
     let js = shared.js.clone();
     let dropped = shared.metrics.receipts_dropped_store_full.clone();
@@ -1194,22 +1204,25 @@ pub(crate) async fn publish_receipt(
         // Not acked (the NATS connection dropped, a cluster elected a new
         // leader): published again, a little later each time; the store's
         // duplicate window keeps one copy (same Nats-Msg-Id).
-        let mut outcome = ack.await.map(|_| ()).map_err(|e| e.to_string());
+        let mut outcome = match first {
+            Ok((ack, _admitted)) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(full) => Err(full),
+        };
         let mut wait = std::time::Duration::from_millis(500);
         let mut full_since: Option<std::time::Instant> = None;
         for _ in 0..RECEIPT_RETRIES {
             let Err(e) = &outcome else { return };
-            // The sender's store at its count limit (docs/adr/0027): room is
-            // made from what their devices acked, then it is published
-            // again. A store that stays full of undelivered messages (no
-            // room for NO_ROOM_FOR: longer than a device's cursor takes to
-            // be written plus the time make_room remembers a full store)
+            // The sender's store full of undelivered messages
+            // (docs/adr/0027): counted again (their devices may have read
+            // meanwhile), then it is published again. A store that stays
+            // full (no room for NO_ROOM_FOR: longer than a device's cursor
+            // takes to be written plus the time a full store is remembered)
             // drops the receipt, as routing drops one: a sender whose apps
             // never read would otherwise cost 8 retries over 40 s per
             // receipt, which at 1,000 receipts a second held 40,000 tasks
             // in delivery (the soak).
             if interop_bus::store::is_full_message(e) {
-                match interop_bus::store::make_room(&js, &r.subject).await {
+                match interop_bus::store::room(&js, &r.subject).await {
                     Ok(0) => {
                         let since = *full_since.get_or_insert_with(std::time::Instant::now);
                         if since.elapsed() >= NO_ROOM_FOR {
@@ -1228,8 +1241,12 @@ pub(crate) async fn publish_receipt(
             let again = async_nats::jetstream::message::PublishMessage::build()
                 .payload(r.payload.clone())
                 .headers(headers.clone());
-            outcome = match js.send_publish(r.subject.clone(), again).await {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            outcome = match interop_bus::store::admit(&js, &r.subject).await {
+                Ok(Some(_admitted)) => match js.send_publish(r.subject.clone(), again).await {
+                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Ok(None) => Err(interop_bus::store::Full.to_string()),
                 Err(e) => Err(e.to_string()),
             };
         }

@@ -60,19 +60,32 @@ fn stored(from: &str, to: &str, notice: KeyNotice) -> (String, Bytes) {
 async fn store(shared: &Shared, notices: Vec<(String, String, Bytes)>) -> usize {
     let mut acks = Vec::with_capacity(notices.len());
     for (to, msg_id, payload) in notices {
+        let subject = delivery_queued(&recipient_path(&to));
+        // Not into a store full of undelivered messages (docs/adr/0027).
+        let admitted = match interop_bus::store::admit(&shared.js, &subject).await {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                warn!("Cannot store a key notice: its recipient's store is full of undelivered messages.");
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "Cannot store a key notice.");
+                continue;
+            }
+        };
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
         match shared
             .js
-            .publish_with_headers(delivery_queued(&recipient_path(&to)), headers, payload)
+            .publish_with_headers(subject, headers, payload)
             .await
         {
-            Ok(ack) => acks.push(ack),
+            Ok(ack) => acks.push((ack, admitted)),
             Err(e) => warn!(error = %e, "Cannot store a key notice."),
         }
     }
     let mut stored = 0;
-    for ack in acks {
+    for (ack, _admitted) in acks {
         match ack.await {
             Ok(_) => stored += 1,
             Err(e) => warn!(error = %e, "Cannot store a key notice."),

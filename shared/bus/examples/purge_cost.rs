@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
     let recipients = arg("--recipients", 50);
     let remove = arg("--remove", 1_000);
     let size = arg("--size", 1_200) as usize;
-    let nats = interop_test_support::NatsServer::start();
+    let mut nats = interop_test_support::NatsServer::start();
     let client = async_nats::connect(nats.url()).await?;
     let js = jetstream::new(client);
     let settings = interop_bus::StreamSettings {
@@ -239,5 +239,126 @@ async fn main() -> anyhow::Result<()> {
         Ok(stream.purge().filter(&s4).sequence(upto + 1).await?.purged)
     })
     .await?;
+
+    // Subject 5: JetStream's own per-subject limit with `discard: old`
+    // (the server removes the subject's oldest on each write past the
+    // limit). First `remove` writes with no limit reached (the baseline),
+    // then the limit set to the subject's count and `remove` more, each
+    // removing one; then the same after a restart (cold blocks).
+    let s5 = subject(5);
+    measure(&js, "writes, no limit", write_n(&js, &s5, &payload, remove)).await?;
+    let mut config = stream.cached_info().config.clone();
+    config.discard = jetstream::stream::DiscardPolicy::Old;
+    config.discard_new_per_subject = false;
+    config.max_messages_per_subject = (count + remove) as i64;
+    let t = Instant::now();
+    js.update_stream(&config).await?;
+    println!(
+        "    (limit set in {:.1} ms)",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let before = first_of(&stream, &s5).await?;
+    measure(
+        &js,
+        "writes, discard old",
+        write_n(&js, &s5, &payload, remove),
+    )
+    .await?;
+    let after = first_of(&stream, &s5).await?;
+    println!("    (first of the subject {before} -> {after})");
+    // What a publisher's count of a store's undelivered messages costs
+    // (`store::room_now`: the cursors, then the undelivered read one by
+    // one, or past 16 a consumer's pending count): with the device's
+    // cursor 5 of the subject's messages behind (a recipient online), 100
+    // behind, and far behind (one offline for long). The stream's last
+    // sequences are subject 5's (the writes above) but for the probe's.
+    let last = stream.get_last_raw_message_by_subject(&s5).await?.sequence;
+    for (name, cursor) in [
+        ("count, 5 undelivered", last - 5),
+        ("count, ~100 undelivered", last - 100),
+        ("count, cursor far back", after + 1),
+    ] {
+        set_cursor(&js, 5, cursor).await?;
+        measure(&js, name, async {
+            let n = 50;
+            let t = Instant::now();
+            let mut slowest = Duration::ZERO;
+            let mut room = 0;
+            for _ in 0..n {
+                let one = Instant::now();
+                room = interop_bus::store::room_now(&js, &s5)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                slowest = slowest.max(one.elapsed());
+            }
+            println!(
+                "    ({n} counts, {:.2} ms each, slowest {:.1} ms; room {room})",
+                t.elapsed().as_secs_f64() * 1e3 / n as f64,
+                slowest.as_secs_f64() * 1e3
+            );
+            Ok(0)
+        })
+        .await?;
+    }
+    nats.restart();
+    let client = async_nats::connect(nats.url()).await?;
+    let js = jetstream::new(client);
+    let t = Instant::now();
+    let room = interop_bus::store::room_now(&js, &s5)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "  first count after the restart (cursor far back) {:.1} ms, room {room}",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    measure(
+        &js,
+        "discard old, restarted",
+        write_n(&js, &s5, &payload, remove),
+    )
+    .await?;
     Ok(())
+}
+
+/// Sets device "phone" of recipient `i`'s cursor to `seq`.
+async fn set_cursor(js: &jetstream::Context, i: u64, seq: u64) -> anyhow::Result<()> {
+    let key = interop_bus::recipient_key(&format!("home:+4915100{i:06}"));
+    js.publish(
+        interop_bus::subjects::delivery_acked(&key, "phone"),
+        seq.to_string().into(),
+    )
+    .await?
+    .await?;
+    Ok(())
+}
+
+/// The sequence of the oldest message of `subject`.
+async fn first_of(stream: &jetstream::stream::Stream, subject: &str) -> anyhow::Result<u64> {
+    Ok(stream
+        .get_first_raw_message_by_subject(subject, 1)
+        .await?
+        .sequence)
+}
+
+/// Writes `n` messages into `subject` one after the other; prints the
+/// slowest acknowledgement. Returns 0 (it removes nothing itself).
+async fn write_n(
+    js: &jetstream::Context,
+    subject: &str,
+    payload: &bytes::Bytes,
+    n: u64,
+) -> anyhow::Result<u64> {
+    let mut slowest = Duration::ZERO;
+    for _ in 0..n {
+        let t = Instant::now();
+        js.publish(subject.to_owned(), payload.clone())
+            .await?
+            .await?;
+        slowest = slowest.max(t.elapsed());
+    }
+    println!(
+        "    (slowest of these writes {:.1} ms)",
+        slowest.as_secs_f64() * 1e3
+    );
+    Ok(0)
 }

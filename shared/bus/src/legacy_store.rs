@@ -35,8 +35,8 @@
 //! - a message that does not decode, or whose owner cannot be told (neither
 //!   address has the key), is left in place, logged with only the key and
 //!   its sequence, and counted (`left_in_place`); so is a message whose
-//!   owner's store is full (`discard: new`, docs/adr/0027) even after room
-//!   was made, together with the rest of that subject (so that order is
+//!   owner's store is full of undelivered messages (`store::admit`,
+//!   docs/adr/0027) even when counted again, together with the rest of that subject (so that order is
 //!   kept). A later run tries them again; nothing is ever removed uncopied.
 //!
 //! With more than one store stream (`--inbox-partitions`, docs/adr/0032)
@@ -295,14 +295,29 @@ async fn migrate_subject(
 /// one by one, in order, once room was made; the first still refused
 /// blocks the rest.
 async fn store_copies(js: &jetstream::Context, copies: &[Republish]) -> Vec<Outcome> {
-    let mut acks = Vec::with_capacity(copies.len());
+    let mut sent = Vec::with_capacity(copies.len());
     let mut send_error = None;
     for c in copies {
+        // A store full of undelivered messages takes no copy (store.rs).
+        let admitted = match store::admit(js, &c.subject).await {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                sent.push(None);
+                continue;
+            }
+            Err(e) => {
+                send_error = Some(BusError::Stream {
+                    name: STREAM_INBOX.to_owned(),
+                    source: e,
+                });
+                break;
+            }
+        };
         match js
             .publish_with_headers(c.subject.clone(), c.headers.clone(), c.payload.clone())
             .await
         {
-            Ok(ack) => acks.push(ack),
+            Ok(ack) => sent.push(Some((ack, admitted))),
             Err(e) => {
                 send_error = Some(inbox_error(e));
                 break;
@@ -310,13 +325,16 @@ async fn store_copies(js: &jetstream::Context, copies: &[Republish]) -> Vec<Outc
         }
     }
     let mut outcomes = Vec::with_capacity(copies.len());
-    for ack in acks {
-        outcomes.push(match ack.await {
-            Ok(ack) => Outcome::Stored {
-                duplicate: ack.duplicate,
+    for s in sent {
+        outcomes.push(match s {
+            None => Outcome::Full,
+            Some((ack, _admitted)) => match ack.await {
+                Ok(ack) => Outcome::Stored {
+                    duplicate: ack.duplicate,
+                },
+                Err(e) if store::is_full(&e) => Outcome::Full,
+                Err(e) => Outcome::Failed(inbox_error(e)),
             },
-            Err(e) if store::is_full(&e) => Outcome::Full,
-            Err(e) => Outcome::Failed(inbox_error(e)),
         });
     }
     if let Some(e) = send_error {
@@ -326,9 +344,9 @@ async fn store_copies(js: &jetstream::Context, copies: &[Republish]) -> Vec<Outc
     let Some(first_full) = outcomes.iter().position(|o| matches!(o, Outcome::Full)) else {
         return outcomes;
     };
-    // Room is made from what the recipient's devices acked under the
-    // current layout; then the refused copies go again, in order.
-    if let Err(e) = store::make_room_now(js, &copies[first_full].subject).await {
+    // The recipient's devices may have read meanwhile: counted again, then
+    // the refused copies go again, in order.
+    if let Err(e) = store::room_now(js, &copies[first_full].subject).await {
         outcomes[first_full] = Outcome::Failed(BusError::Stream {
             name: STREAM_INBOX.to_owned(),
             source: e,
@@ -340,6 +358,20 @@ async fn store_copies(js: &jetstream::Context, copies: &[Republish]) -> Vec<Outc
         if !matches!(outcome, Outcome::Full) || blocked {
             continue;
         }
+        let admitted = match store::admit(js, &c.subject).await {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                blocked = true;
+                continue;
+            }
+            Err(e) => {
+                *outcome = Outcome::Failed(BusError::Stream {
+                    name: STREAM_INBOX.to_owned(),
+                    source: e,
+                });
+                continue;
+            }
+        };
         let stored = match js
             .publish_with_headers(c.subject.clone(), c.headers.clone(), c.payload.clone())
             .await
@@ -350,6 +382,7 @@ async fn store_copies(js: &jetstream::Context, copies: &[Republish]) -> Vec<Outc
                 continue;
             }
         };
+        drop(admitted);
         *outcome = match stored {
             Ok(ack) => Outcome::Stored {
                 duplicate: ack.duplicate,

@@ -784,7 +784,13 @@ struct Published {
     unawaited: Vec<Unacked>,
 }
 
-type Unacked = (jetstream::context::PublishAckFuture, usize);
+/// A publish's ack, its output's index, and its admission into a store
+/// (dropped once the ack is in).
+type Unacked = (
+    jetstream::context::PublishAckFuture,
+    usize,
+    crate::store::Admitted,
+);
 
 impl Published {
     fn len(&self) -> usize {
@@ -812,6 +818,23 @@ async fn publish_all(
             }
             None => span.in_scope(|| crate::trace::inject_current(&mut headers)),
         }
+        // A store full of undelivered messages (store.rs): handled as the
+        // refusal in `await_acks` is, in input order.
+        let admitted = match crate::store::admit(js, &out.subject).await {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                return Err(HandleError::Retry {
+                    reason: STORE_FULL.to_owned(),
+                    after: Duration::ZERO,
+                })
+            }
+            Err(e) => {
+                return Err(HandleError::Retry {
+                    reason: format!("cannot count a store's undelivered messages: {e}"),
+                    after: Duration::from_secs(1),
+                })
+            }
+        };
         let publish = jetstream::message::PublishMessage::build()
             .payload(out.payload.clone())
             .headers(headers);
@@ -822,13 +845,13 @@ async fn publish_all(
                 reason: format!("publish failed: {e}"),
                 after: Duration::from_secs(1),
             })?;
-        acks.push((ack, i));
+        acks.push((ack, i, admitted));
     }
     Ok(Published { unawaited: acks })
 }
 
 async fn await_acks(acks: Vec<Unacked>, outputs: &[Outgoing]) -> Result<(), HandleError> {
-    for (ack, i) in acks {
+    for (ack, i, _admitted) in acks {
         match ack.await {
             Ok(_) => {}
             // A recipient's store at its count limit: room is made or the
@@ -863,9 +886,10 @@ async fn await_acks(acks: Vec<Unacked>, outputs: &[Outgoing]) -> Result<(), Hand
 /// for its count limit (see `await_acks`).
 const STORE_FULL: &str = "a recipient's store is at its count limit";
 
-/// `out` was refused by its recipient's full store (docs/adr/0027): room is
-/// made (what the recipient's devices acked goes) and it is stored again;
-/// if there is none, its sender gets `FAILED`/`RECIPIENT_STORE_FULL`
+/// `out` was refused by its recipient's full store (docs/adr/0027): the
+/// store's undelivered messages are counted again (the recipient may have
+/// read meanwhile) and, if there is room, it is stored; if there is none,
+/// its sender gets `FAILED`/`RECIPIENT_STORE_FULL`
 /// (stored the same way), and a receipt or notice is dropped with a
 /// warning. `Err` (retry the input) only when JetStream does not answer.
 async fn store_full(js: &jetstream::Context, out: Outgoing) -> Result<(), HandleError> {
@@ -879,17 +903,17 @@ async fn store_full(js: &jetstream::Context, out: Outgoing) -> Result<(), Handle
         let tell = crate::store::full_store_receipt(&out, None);
         // A message from a sender looks at the cursors every time; a
         // receipt or notice may go by a recent "no room" (store.rs).
-        let freed = if tell.is_some() {
-            crate::store::make_room_now(js, &out.subject).await
+        let room = if tell.is_some() {
+            crate::store::room_now(js, &out.subject).await
         } else {
-            crate::store::make_room(js, &out.subject).await
+            crate::store::room(js, &out.subject).await
         }
         .map_err(|e| retry(e.to_string()))?;
-        // Again even when nothing was freed here: another publisher refused
-        // at the same time may just have made room.
+        // Without room, `publish_one` refuses it at once (the count just
+        // made is remembered).
         match publish_one(js, &out).await {
             Ok(()) => {
-                debug!(subject = %out.subject, freed, "Stored into a store that was full.");
+                debug!(subject = %out.subject, room, "Stored into a store that was full.");
                 return Ok(());
             }
             Err(e) if crate::store::is_full(&*e) => {}
@@ -921,6 +945,9 @@ async fn publish_one(
     for (k, v) in out.trace.iter().flatten() {
         headers.insert(k.as_str(), v.as_str());
     }
+    let Some(_admitted) = crate::store::admit(js, &out.subject).await? else {
+        return Err(Box::new(crate::store::Full));
+    };
     let publish = jetstream::message::PublishMessage::build()
         .payload(out.payload.clone())
         .headers(headers);

@@ -96,15 +96,15 @@ pub fn inbox_stream(s: &StreamSettings, index: usize) -> stream::Config {
         // stored there is moved (docs/adr/0031).
         subjects: partitions.subjects(index),
         retention: stream::RetentionPolicy::Limits,
-        // A recipient's store at its count limit refuses a message
-        // rather than drop its oldest without a word: the publisher
-        // makes room (removes what the recipient's devices acked) or
-        // tells the sender (`store.rs`, docs/adr/0027). nats-server 2.9
-        // has both settings, and updates an existing store to them
-        // (messages kept); the stream has no max_msgs or max_bytes, so
-        // `New` applies to the per-subject count only.
-        discard: stream::DiscardPolicy::New,
-        discard_new_per_subject: true,
+        // Past a recipient's count limit JetStream removes the oldest
+        // message of the subject, in place (cheap, unlike a purge); every
+        // publisher first makes sure that oldest was delivered, and
+        // refuses while the store is full of undelivered messages
+        // (`store::admit`, docs/adr/0027). Stores of earlier versions
+        // (`discard: new` per subject, refusing at the limit) are updated
+        // in place, their messages kept.
+        discard: stream::DiscardPolicy::Old,
+        discard_new_per_subject: false,
         // Kept a grace period past the retention, so delivery's expiry
         // sweeper sees every message before JetStream deletes it.
         max_age: s.inbox_max_age + inbox_grace(s.inbox_max_age),
@@ -683,7 +683,8 @@ mod tests {
             assert_eq!(c.max_age, first.max_age);
             assert_eq!(c.max_messages_per_subject, first.max_messages_per_subject);
             assert_eq!(c.discard, first.discard);
-            assert!(c.discard_new_per_subject);
+            assert_eq!(c.discard, stream::DiscardPolicy::Old);
+            assert!(!c.discard_new_per_subject);
             assert_eq!(c.republish, first.republish);
             assert_eq!(
                 c.subjects.len(),

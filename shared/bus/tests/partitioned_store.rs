@@ -152,8 +152,8 @@ async fn with_four_streams_each_message_lands_in_its_partitions_stream_and_is_re
         );
     }
 
-    // A full store makes room in its stream: a recipient's limit is per
-    // subject, the purge goes to the stream holding it.
+    // A recipient's limit is per subject: its undelivered messages are
+    // counted in the stream holding it.
     let carol = "signal:+4915100000099";
     let subject = delivery_queued(&recipient_path(carol));
     let mut seqs = Vec::new();
@@ -175,10 +175,17 @@ async fn with_four_streams_each_message_lands_in_its_partitions_stream_and_is_re
     .unwrap()
     .await
     .unwrap();
-    assert_eq!(store::make_room(&js, &subject).await.unwrap(), 2);
+    // One undelivered message (c2) in the stream holding Carol's store.
+    let limit = interop_bus::StreamSettings::default().inbox_max_per_recipient as u64;
+    assert_eq!(
+        store::room(&js, &subject).await.unwrap(),
+        store::undelivered_limit(limit) - 1
+    );
     let holder = inbox.for_subject(&subject).unwrap();
-    assert!(holder.get_raw_message(seqs[1]).await.is_err());
-    assert!(holder.get_raw_message(seqs[2]).await.is_ok());
+    assert!(
+        holder.get_raw_message(seqs[0]).await.is_ok(),
+        "nothing removed"
+    );
 
     // The legacy layout is stream 0's subject.
     let legacy = format!("{DELIVERY_QUEUED_PREFIX}.{}", recipient_key(carol));

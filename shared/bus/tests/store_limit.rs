@@ -1,7 +1,8 @@
 //! A recipient's store at its count limit, against the real nats-server
-//! (docs/adr/0027): an existing store is updated to refuse rather than drop
-//! its oldest; room is made from what a device acked; a stage turns a
-//! refusal into a FAILED receipt to the sender, not a retry loop.
+//! (docs/adr/0027): an existing store is updated in place; a store full of
+//! undelivered messages admits nothing more, and what a device acked makes
+//! room; a stage turns a refusal into a FAILED receipt to the sender, not a
+//! retry loop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,58 +63,57 @@ async fn store_of(js: &jetstream::Context, user: &str) -> Vec<Envelope> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_existing_store_refuses_at_its_count_keeps_its_messages_and_frees_what_was_acked() {
+async fn an_existing_store_is_updated_keeps_its_messages_and_takes_no_more_undelivered_than_its_limit(
+) {
     let nats = NatsServer::start();
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let s = settings(3);
-    // The store as earlier versions made it: discard old, so a full
-    // recipient's oldest message was dropped without a word.
+    // The store as the previous version made it: refusing at the limit.
     let mut old = interop_bus::streams::stream_configs(&s)
         .into_iter()
         .find(|c| c.name == STREAM_INBOX)
         .unwrap();
-    old.discard = stream::DiscardPolicy::Old;
-    old.discard_new_per_subject = false;
+    old.discard = stream::DiscardPolicy::New;
+    old.discard_new_per_subject = true;
     js.create_stream(old).await.unwrap();
-    // Not BOB: the no-room memory is per process, and the other test fills
-    // BOB's store.
     let carol = "home:+4915100000001";
     let bob = delivery_queued(&recipient_path(carol));
+    let publish = |subject: String, body: &'static str| {
+        let js = js.clone();
+        async move {
+            let _admitted = store::admit(&js, &subject).await.unwrap()?;
+            Some(
+                js.publish(subject, body.into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap()
+                    .sequence,
+            )
+        }
+    };
     let mut seqs = Vec::new();
-    for i in 0..3 {
-        let ack = js
-            .publish(bob.clone(), format!("m{i}").into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        seqs.push(ack.sequence);
+    for body in ["m0", "m1", "m2"] {
+        let ack = js.publish(bob.clone(), body.into()).await.unwrap();
+        seqs.push(ack.await.unwrap().sequence);
     }
     // Start-up updates it in place (nats-server 2.9 allows it); nothing
     // stored is lost.
     ensure_streams(&js, &s).await.unwrap();
     let mut inbox = js.get_stream(STREAM_INBOX).await.unwrap();
     let info = inbox.info().await.unwrap();
-    assert_eq!(info.config.discard, stream::DiscardPolicy::New);
-    assert!(info.config.discard_new_per_subject);
+    assert_eq!(info.config.discard, stream::DiscardPolicy::Old);
+    assert!(!info.config.discard_new_per_subject);
     assert_eq!(info.state.messages, 3);
-    // A fourth is refused, recognisably; another recipient is not.
-    let e = js
-        .publish(bob.clone(), "m3".into())
+    // Three undelivered: a fourth is not admitted; another recipient's is.
+    assert!(publish(bob.clone(), "m3").await.is_none());
+    assert!(publish(delivery_queued(&recipient_path(ALICE)), "a")
         .await
-        .unwrap()
-        .await
-        .unwrap_err();
-    assert!(store::is_full(&e), "{e}");
-    js.publish(delivery_queued(&recipient_path(ALICE)), "a".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    // No device has acked anything: no room, nothing removed.
-    assert_eq!(store::make_room(&js, &bob).await.unwrap(), 0);
-    // A device acked the first two: room is made by removing them (once
-    // the no-room answer above is forgotten, 2 s later).
+        .is_some());
+    assert_eq!(store::room(&js, &bob).await.unwrap(), 0);
+    // A device acked the first two: two more fit (once the full answer
+    // above is forgotten, 2 s later), each pushing out the oldest, which
+    // was delivered.
     js.publish(
         delivery_acked(&recipient_key(carol), "phone"),
         seqs[1].to_string().into(),
@@ -123,12 +123,11 @@ async fn an_existing_store_refuses_at_its_count_keeps_its_messages_and_frees_wha
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(store::make_room(&js, &bob).await.unwrap(), 2);
-    js.publish(bob.clone(), "m3".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    assert_eq!(store::room(&js, &bob).await.unwrap(), 2);
+    let m3 = publish(bob.clone(), "m3").await.expect("room");
+    let m4 = publish(bob.clone(), "m4").await.expect("room");
+    // Full again: m2, m3, m4 undelivered.
+    assert!(publish(bob.clone(), "m5").await.is_none());
     let left: Vec<u64> = {
         let mut v = Vec::new();
         let state = inbox.info().await.unwrap().state.clone();
@@ -141,11 +140,9 @@ async fn an_existing_store_refuses_at_its_count_keeps_its_messages_and_frees_wha
         }
         v
     };
-    assert_eq!(left.len(), 2, "the undelivered m2 and the new m3");
-    assert_eq!(left[0], seqs[2]);
+    assert_eq!(left, [seqs[2], m3, m4], "the delivered m0 and m1 went");
 }
 
-/// Waits until the consumer has nothing pending and nothing unacked.
 async fn all_acked(mut consumer: jetstream::consumer::PullConsumer, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
     loop {
@@ -229,8 +226,8 @@ async fn a_stage_tells_the_sender_when_the_store_is_full_and_does_not_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_keeps_input_order_into_a_store_at_its_limit() {
     // Dave's store is at its limit (10) with messages his device acked.
-    // Sixty messages come: the first ones are refused, room is made, and
-    // they are stored; the rest find the store full of undelivered ones and
+    // Sixty messages come: the first ones are stored, each pushing out a
+    // read one; the rest find the store full of undelivered ones and
     // their sender is told. Before, each refused output made room and was
     // stored again on its own, in whatever order those finished: a later
     // message could be stored before an earlier one (a soak at 1,000
@@ -307,9 +304,67 @@ async fn a_stage_keeps_input_order_into_a_store_at_its_limit() {
                 }),
         );
     }
-    assert_eq!(stored, ids[..10], "the store holds the first ten, in order");
+    // The ten Dave read make room for as many undelivered as the store
+    // takes (its limit less the headroom), the oldest first.
+    let fit = store::undelivered_limit(10) as usize;
+    let stored: Vec<String> = stored
+        .into_iter()
+        .filter(|id| id.starts_with('d'))
+        .collect();
+    assert_eq!(
+        stored,
+        ids[..fit],
+        "the store holds the first {fit}, in order"
+    );
     told.sort();
-    assert_eq!(told, ids[10..], "the senders of the others are told");
+    assert_eq!(told, ids[fit..], "the senders of the others are told");
     shutdown.cancel();
     stage.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undelivered_messages_are_counted_alike_one_by_one_and_by_a_consumer() {
+    // Limit 64: at most 56 undelivered (an eighth is headroom).
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    ensure_streams(&js, &settings(64)).await.unwrap();
+    let erin = "home:+4915100000005";
+    let subject = delivery_queued(&recipient_path(erin));
+    let mut seqs = Vec::new();
+    for i in 0..40 {
+        let ack = js
+            .publish(subject.clone(), format!("e{i}").into())
+            .await
+            .unwrap();
+        seqs.push(ack.await.unwrap().sequence);
+        // Another recipient's in between: sequences are the stream's.
+        js.publish(delivery_queued(&recipient_path(ALICE)), "a".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(store::undelivered_limit(64), 56);
+    // Nothing read: 40 undelivered, more than are read one by one.
+    assert_eq!(store::room_now(&js, &subject).await.unwrap(), 56 - 40);
+    // A device read 30: 10 left, read one by one.
+    js.publish(
+        delivery_acked(&recipient_key(erin), "phone"),
+        seqs[29].to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    assert_eq!(store::room_now(&js, &subject).await.unwrap(), 56 - 10);
+    // All read: the whole undelivered limit.
+    js.publish(
+        delivery_acked(&recipient_key(erin), "tablet"),
+        seqs[39].to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    assert_eq!(store::room_now(&js, &subject).await.unwrap(), 56);
 }
