@@ -1232,7 +1232,9 @@ pub(crate) async fn publish_receipt(
                         }
                     }
                     Ok(_) => full_since = None,
-                    Err(e) => debug!(error = %e, "Cannot make room for a receipt yet."),
+                    Err(e) => {
+                        debug!(error = %e, "Cannot count the undelivered messages of the store for a receipt yet.")
+                    }
                 }
             }
             debug!(error = %e, "A receipt was not acked; publishing it again.");

@@ -1,13 +1,13 @@
 //! What removing one recipient's oldest messages from the store stream costs
 //! on this machine's nats-server, and how long it holds up everybody else's
 //! writes meanwhile (docs/adr/0027, docs/benchmarks.md). A full store's
-//! room is made by removing what the recipient's devices acked
-//! (`store::make_room`); this measures the mechanisms it could use, on a
-//! store stream of `--messages` messages interleaved over `--recipients`
-//! subjects (as many recipients receiving at once do):
+//! room is made by removing what the recipient's devices acked; this
+//! measures the mechanisms it could use, on a store stream of `--messages`
+//! messages interleaved over `--recipients` subjects (as many recipients
+//! receiving at once do):
 //!
 //! - **purge by sequence**: a subject-filtered purge up to a sequence (what
-//!   `make_room` sends: everything acked);
+//!   `make_room` sent until 2026-12-08: everything acked);
 //! - **purge keeping**: a subject-filtered purge keeping the newest `n`
 //!   (removes the oldest);
 //! - **find and purge 256**: the subject's 256 oldest messages read by an
@@ -17,8 +17,17 @@
 //!   request), then a purge up to 32,768 stream sequences past it, again
 //!   and again.
 //!
-//! `make_room` still purges everything acked at once: both bounded designs
-//! were tried in a soak and failed there (docs/adr/0027, "Finding").
+//! - **discard old**: the stream's own per-subject limit with `discard:
+//!   old`, JetStream removing the subject's oldest inside each write past
+//!   it (what the store does now), against as many writes below the limit,
+//!   warm and after a restart;
+//! - **count**: `store::room_now`, what a publisher does before writing
+//!   into a store (its undelivered messages counted), with a device's
+//!   cursor 5, about 100 and all of the subject's messages behind.
+//!
+//! `make_room`'s purge is gone: it held every write to the stream, and
+//! both bounded designs failed in a soak (docs/adr/0027, "Finding" and
+//! "Decision 2, amended").
 //!
 //! Each removes `--remove` messages of one subject. Meanwhile a probe
 //! publishes into another store subject every 2 ms; the slowest probe
@@ -101,7 +110,7 @@ async fn measure<F: std::future::Future<Output = anyhow::Result<u64>>>(
 }
 
 /// The sequences of the `n` oldest messages of `subject`, read as
-/// `make_room` reads them: an ordered consumer, headers only, deleted
+/// the first bounded design read them: an ordered consumer, headers only, deleted
 /// after.
 async fn oldest(
     stream: &jetstream::stream::Stream,

@@ -190,7 +190,7 @@ pub async fn existing_store_streams(js: &jetstream::Context) -> Result<Vec<Strin
 /// The stream that holds the store subject `subject` on the server, asked
 /// of the server (one JetStream API request), whatever the layout.
 /// Publishers, which address subjects only, use it where they must name
-/// the stream (a full store's purge, `store::make_room`).
+/// the stream (a count of a store's undelivered messages, `store::admit`).
 pub async fn stream_holding(js: &jetstream::Context, subject: &str) -> Result<String, BusError> {
     js.stream_by_subject(subject)
         .await

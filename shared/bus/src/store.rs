@@ -112,9 +112,10 @@ pub fn budget_max(limit: u64) -> u64 {
 /// ([`admit`] and [`room`]; [`room_now`] always counts).
 pub const NO_ROOM_FOR: Duration = Duration::from_secs(2);
 
-/// Stores this process knows of, at most; past it those not in use are
-/// forgotten (which only costs a count when next published into).
-const KNOWN_MAX: usize = 100_000;
+/// Stores this process knows of, at most (about 250 bytes each); past it
+/// those not in use are forgotten (which only costs a count when next
+/// published into).
+const KNOWN_MAX: usize = 20_000;
 
 /// What a process knows of one store.
 #[derive(Default)]

@@ -322,8 +322,8 @@ async fn a_full_store_keeps_the_rest_in_place_in_order_until_there_is_room() {
     for id in ["n1", "n2"] {
         seq.insert(id, put(&js, &current(BOB), id, text(id, ALICE, BOB)).await);
     }
-    // Room for one: m1 moves, m2 and m3 stay (nothing acked to make room
-    // from).
+    // Room for one undelivered: m1 moves, m2 and m3 stay (nothing acked,
+    // so the store is full of undelivered messages).
     assert_eq!(
         migrate(&js, InboxPartitions::ONE).await.unwrap(),
         MigrationReport {
