@@ -25,6 +25,9 @@ pub struct StageMetrics {
     pub redeliveries: Counter,
     /// Messages given up on: terminated, or past max deliveries.
     pub dead_lettered: Counter,
+    /// Outputs not stored because the recipient's store was full of
+    /// undelivered messages (the sender told, or a receipt dropped).
+    pub store_full: Counter,
     /// Time from taking a message to acking it.
     pub handle_seconds: Histogram,
     /// Messages waiting in the stream for this consumer (consumer lag).
@@ -43,6 +46,7 @@ impl StageMetrics {
             retries: Counter::default(),
             redeliveries: Counter::default(),
             dead_lettered: Counter::default(),
+            store_full: Counter::default(),
             handle_seconds: latency_histogram(),
             consumer_pending: Gauge::default(),
             consumer_ack_pending: Gauge::default(),
@@ -71,6 +75,11 @@ impl StageMetrics {
             &format!("{p}_dead_lettered"),
             "Messages given up on (dead letters).",
             m.dead_lettered.clone(),
+        );
+        metrics.register(
+            &format!("{p}_store_full"),
+            "Outputs not stored: the recipient's store was full of undelivered messages (the sender told, or a receipt dropped).",
+            m.store_full.clone(),
         );
         metrics.register(
             &format!("{p}_handle_seconds"),

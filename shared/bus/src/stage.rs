@@ -621,7 +621,7 @@ async fn publish_again(
             return Err(error);
         }
         // At once the first time: those before it are stored now.
-        let outcome = republish(js, outputs).await;
+        let outcome = republish(js, outputs, metrics).await;
         let Err(HandleError::Retry { reason, after }) = &outcome else {
             return outcome;
         };
@@ -641,14 +641,18 @@ async fn publish_again(
 
 /// Publishes `outputs` one at a time, each awaiting its ack (a full store
 /// handled as in [`await_acks`]).
-async fn republish(js: &jetstream::Context, outputs: &[Outgoing]) -> Result<(), HandleError> {
+async fn republish(
+    js: &jetstream::Context,
+    outputs: &[Outgoing],
+    metrics: &StageMetrics,
+) -> Result<(), HandleError> {
     for out in outputs {
         match publish_one(js, out).await {
             Ok(()) => {}
             Err(e)
                 if crate::store::is_store_subject(&out.subject) && crate::store::is_full(&*e) =>
             {
-                store_full(js, out.clone()).await?;
+                store_full(js, out.clone(), metrics).await?;
             }
             Err(e) => {
                 return Err(HandleError::Retry {
@@ -738,7 +742,7 @@ async fn take_over_pending<H: Handler>(
     while let Some(result) = results.next().await {
         // Not found: acked since; a failure: left to its redelivery.
         let Some(Ok(outputs)) = result else { continue };
-        let mut outcome = republish(js, &outputs).await;
+        let mut outcome = republish(js, &outputs, &options.metrics).await;
         let mut tries = 1i64;
         while let Err(HandleError::Retry { after, .. }) = &outcome {
             let wait = retry_delay(*after, tries).min(HOLD_MAX_DELAY);
@@ -746,7 +750,7 @@ async fn take_over_pending<H: Handler>(
                 () = tokio::time::sleep(wait) => {}
                 () = shutdown.cancelled() => return,
             }
-            outcome = republish(js, &outputs).await;
+            outcome = republish(js, &outputs, &options.metrics).await;
             tries += 1;
         }
         taken += 1;
@@ -892,14 +896,18 @@ const STORE_FULL: &str = "a recipient's store is at its count limit";
 /// its sender gets `FAILED`/`RECIPIENT_STORE_FULL`
 /// (stored the same way), and a receipt or notice is dropped with a
 /// warning. `Err` (retry the input) only when JetStream does not answer.
-async fn store_full(js: &jetstream::Context, out: Outgoing) -> Result<(), HandleError> {
+async fn store_full(
+    js: &jetstream::Context,
+    out: Outgoing,
+    metrics: &StageMetrics,
+) -> Result<(), HandleError> {
     let retry = |e: String| HandleError::Retry {
         reason: format!("a full store: {e}"),
         after: Duration::from_secs(1),
     };
     let mut out = out;
     // At most twice: the message, then the receipt telling its sender.
-    for _ in 0..2 {
+    for attempt in 0..2 {
         let tell = crate::store::full_store_receipt(&out, None);
         // A message from a sender looks at the cursors every time; a
         // receipt or notice may go by a recent "no room" (store.rs).
@@ -918,6 +926,9 @@ async fn store_full(js: &jetstream::Context, out: Outgoing) -> Result<(), Handle
             }
             Err(e) if crate::store::is_full(&*e) => {}
             Err(e) => return Err(retry(e.to_string())),
+        }
+        if attempt == 0 {
+            metrics.store_full.inc();
         }
         match tell {
             Some(receipt) => {

@@ -219,6 +219,8 @@ async fn a_stage_tells_the_sender_when_the_store_is_full_and_does_not_retry() {
     // Every input acked, none handed back for a retry.
     all_acked(consumer, Duration::from_secs(10)).await;
     assert_eq!(metrics.retries.get(), 0);
+    // Counted, once: m3.
+    assert_eq!(metrics.store_full.get(), 1);
     shutdown.cancel();
     stage.await.unwrap().unwrap();
 }
