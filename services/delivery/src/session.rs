@@ -1184,9 +1184,10 @@ pub(crate) async fn publish_receipt(
     headers.insert("Nats-Msg-Id", r.msg_id.as_str());
     interop_bus::trace::inject_current(&mut headers);
     // Into the sender's store, if it is not full of undelivered messages
-    // (interop_bus::store::admit).
-    let first = match interop_bus::store::admit(&shared.js, &r.subject).await? {
-        Some(admitted) => {
+    // (interop_bus::store::admit). A count that fails (an election) is
+    // retried below like a publish that was not acked, not a session's end.
+    let first = match interop_bus::store::admit(&shared.js, &r.subject).await {
+        Ok(Some(admitted)) => {
             let publish = async_nats::jetstream::message::PublishMessage::build()
                 .payload(r.payload.clone())
                 .headers(headers.clone());
@@ -1195,7 +1196,10 @@ pub(crate) async fn publish_receipt(
                 admitted,
             ))
         }
-        None => Err(interop_bus::store::Full.to_string()),
+        Ok(None) => Err(interop_bus::store::Full.to_string()),
+        Err(e) => Err(format!(
+            "cannot count the store's undelivered messages: {e}"
+        )),
     };
     shared.metrics.receipts.inc();
     let js = shared.js.clone();
