@@ -799,13 +799,7 @@ impl Reader {
         &self,
         after: u64,
     ) -> Result<async_nats::jetstream::consumer::pull::Ordered, BoxError> {
-        let deliver_policy = if after == 0 {
-            DeliverPolicy::All
-        } else {
-            DeliverPolicy::ByStartSequence {
-                start_sequence: after + 1,
-            }
-        };
+        let deliver_policy = interop_bus::store::deliver_after(after);
         // The partition's stream (docs/adr/0032): its cursor is a
         // sequence of that stream.
         let consumer = self

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::consumer::pull;
 use axum::extract::ws::WebSocket;
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
@@ -358,13 +358,7 @@ async fn open_store(
     subject: &str,
     after: u64,
 ) -> Result<Option<Ordered>, BoxError> {
-    let deliver_policy = if after == 0 {
-        DeliverPolicy::All
-    } else {
-        DeliverPolicy::ByStartSequence {
-            start_sequence: after + 1,
-        }
-    };
+    let deliver_policy = interop_bus::store::deliver_after(after);
     let consumer = store_stream(shared, subject)?
         .create_consumer(pull::OrderedConfig {
             filter_subject: subject.to_owned(),

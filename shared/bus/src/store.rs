@@ -294,6 +294,20 @@ async fn undelivered(
     stored_after(stream, subject, after).await
 }
 
+/// Where a consumer reading a store after sequence `after` starts: the
+/// next sequence, or the beginning for 0 (a start sequence of 0 is not
+/// one JetStream takes).
+pub fn deliver_after(after: u64) -> jetstream::consumer::DeliverPolicy {
+    use jetstream::consumer::DeliverPolicy;
+    if after == 0 {
+        DeliverPolicy::All
+    } else {
+        DeliverPolicy::ByStartSequence {
+            start_sequence: after + 1,
+        }
+    }
+}
+
 /// How many messages of `subject` the stream holds after sequence `after`:
 /// the pending count of a consumer starting there (which JetStream works
 /// out from its per-subject index and the blocks after `after`, or before
@@ -303,14 +317,7 @@ async fn stored_after(
     subject: &str,
     after: u64,
 ) -> Result<u64, BoxError> {
-    use jetstream::consumer::DeliverPolicy;
-    let deliver_policy = if after == 0 {
-        DeliverPolicy::All
-    } else {
-        DeliverPolicy::ByStartSequence {
-            start_sequence: after + 1,
-        }
-    };
+    let deliver_policy = deliver_after(after);
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             filter_subject: subject.to_owned(),

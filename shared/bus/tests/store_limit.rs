@@ -114,14 +114,7 @@ async fn an_existing_store_is_updated_keeps_its_messages_and_takes_no_more_undel
     // A device acked the first two: two more fit (once the full answer
     // above is forgotten, 2 s later), each pushing out the oldest, which
     // was delivered.
-    js.publish(
-        delivery_acked(&recipient_key(carol), "phone"),
-        seqs[1].to_string().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    acked(&js, carol, "phone", seqs[1]).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(store::room(&js, &bob).await.unwrap(), 2);
     let m3 = publish(bob.clone(), "m3").await.expect("room");
@@ -141,6 +134,18 @@ async fn an_existing_store_is_updated_keeps_its_messages_and_takes_no_more_undel
         v
     };
     assert_eq!(left, [seqs[2], m3, m4], "the delivered m0 and m1 went");
+}
+
+/// Device `device` of `user` acked the store up to `seq` (its cursor).
+async fn acked(js: &jetstream::Context, user: &str, device: &str, seq: u64) {
+    js.publish(
+        delivery_acked(&recipient_key(user), device),
+        seq.to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
 }
 
 async fn all_acked(mut consumer: jetstream::consumer::PullConsumer, within: Duration) {
@@ -350,23 +355,9 @@ async fn undelivered_messages_are_counted_alike_one_by_one_and_by_a_consumer() {
     // Nothing read: 40 undelivered, more than are read one by one.
     assert_eq!(store::room_now(&js, &subject).await.unwrap(), 56 - 40);
     // A device read 30: 10 left, read one by one.
-    js.publish(
-        delivery_acked(&recipient_key(erin), "phone"),
-        seqs[29].to_string().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    acked(&js, erin, "phone", seqs[29]).await;
     assert_eq!(store::room_now(&js, &subject).await.unwrap(), 56 - 10);
     // All read: the whole undelivered limit.
-    js.publish(
-        delivery_acked(&recipient_key(erin), "tablet"),
-        seqs[39].to_string().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    acked(&js, erin, "tablet", seqs[39]).await;
     assert_eq!(store::room_now(&js, &subject).await.unwrap(), 56);
 }

@@ -59,7 +59,7 @@ async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "quarantined, open defect: after the log leader's kill the publisher often does not see the key directory's newest write (a consumer on a replica catching up, nats-server 2.9), publish_epoch() returns no epoch and the audit reports MissingRoot(6); failed 2 tries of 3 in CI. Run by hand: cargo test -p interop-transparency --test cluster -- --ignored"]
+#[ignore = "quarantined, open defect: after the log leader's kill the publisher often does not see the key directory's newest write (cause not found: reading the writes from the stream leader when the consumer saw none still failed 1 run in 3), publish_epoch() returns no epoch and the audit reports MissingRoot(6); failed 2 tries of 3 in CI. Not covered in CI meanwhile; a single-node epoch history is (tests/epoch.rs). Run by hand: cargo test -p interop-transparency --test cluster -- --ignored"]
 async fn epochs_keep_one_history_across_instances_and_a_log_leader_killed() {
     let mut cluster = NatsCluster::start(3);
     let client = interop_bus::connect(&cluster.urls(), "kt-test")
