@@ -311,6 +311,37 @@ pub fn check_version(version: &str) -> Result<(), BusError> {
     }
 }
 
+/// What a clustered deployment (streams with more than one replica) must
+/// know about compare-and-set writes on this nats-server (docs/adr/0034):
+/// the key directory's device lists, groups and users' records and provider
+/// partition leases are written with
+/// `Nats-Expected-Last-Subject-Sequence`, which nats-server checks before
+/// the write goes through Raft. Before 2.9.21 two such writes in flight at
+/// once can both be accepted (nats-io/nats-server#4320); before 2.11 a new
+/// stream leader can accept one right after an election before it applied
+/// its log (nats-io/nats-server#6194). `None` for one replica (a single
+/// server checks each write in order) or 2.11 and newer.
+pub fn compare_and_set_caveat(version: &str, replicas: usize) -> Option<&'static str> {
+    if replicas <= 1 || version.is_empty() {
+        return None;
+    }
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let v = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    if v < (2, 9, 21) {
+        Some("compare-and-set writes on replicated streams are not serialized by this nats-server (before 2.9.21): two concurrent writes can both be accepted and one update lost; run 2.11 or newer (docs/adr/0034)")
+    } else if v < (2, 11, 0) {
+        Some("compare-and-set writes on replicated streams can be accepted twice right after a stream leader election on this nats-server (before 2.11); run 2.11 or newer (docs/adr/0034)")
+    } else {
+        None
+    }
+}
+
 /// The key under which a recipient's messages are stored: 32 hex digits of
 /// the SHA-256 of the address. Subjects and stream state never contain
 /// phone numbers.
@@ -389,6 +420,27 @@ mod tests {
             redact_urls("nats://u:p@a:4222,nats://b:4222"),
             "nats://***@a:4222,nats://b:4222"
         );
+    }
+
+    #[test]
+    fn compare_and_set_caveat_by_version_and_replicas() {
+        assert_eq!(compare_and_set_caveat("2.9.10", 1), None);
+        assert_eq!(compare_and_set_caveat("2.10.4", 1), None);
+        assert!(compare_and_set_caveat("2.9.10", 3)
+            .unwrap()
+            .contains("2.9.21"));
+        assert!(compare_and_set_caveat("2.9.20", 3)
+            .unwrap()
+            .contains("2.9.21"));
+        assert!(compare_and_set_caveat("2.9.21", 3)
+            .unwrap()
+            .contains("election"));
+        assert!(compare_and_set_caveat("2.10.22", 3)
+            .unwrap()
+            .contains("election"));
+        assert!(compare_and_set_caveat("2.11.0-RC.1", 3).is_none());
+        assert!(compare_and_set_caveat("2.11.0", 3).is_none());
+        assert!(compare_and_set_caveat("2.12.1", 3).is_none());
     }
 
     #[test]

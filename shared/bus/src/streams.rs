@@ -313,6 +313,15 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// [`BusError::StoreLayout`], at once, never changed here (docs/adr/0032).
 pub async fn ensure_streams(js: &jetstream::Context, s: &StreamSettings) -> Result<(), BusError> {
     let mut js = js.clone();
+    if let Some(caveat) =
+        crate::compare_and_set_caveat(&js.client().server_info().version, s.replicas)
+    {
+        tracing::warn!(
+            version = %js.client().server_info().version,
+            replicas = s.replicas,
+            "{caveat}"
+        );
+    }
     check_store_layout(&js, s.inbox_partitions).await?;
     for config in stream_configs(s) {
         let name = config.name.clone();

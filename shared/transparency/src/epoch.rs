@@ -16,7 +16,7 @@
 //! to it alone checks the directory's history (`audit`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use akd::ecvrf::{VRFKeyStorage, VrfError};
@@ -30,7 +30,7 @@ use interop_proto::v1::{StoredDevices, TransparencyDevice, TransparencyProof, Tr
 use interop_proto::Message as _;
 use tokio::sync::RwLock;
 
-use crate::storage::{CommitMeta, JetStreamDatabase, STALE};
+use crate::storage::{CommitMeta, JetStreamDatabase, READ_TIMEOUT, STALE};
 use crate::Config;
 
 /// Why an epoch was not published.
@@ -133,6 +133,14 @@ pub struct Transparency {
     /// append-only proof published (checked at open, and again before an
     /// epoch is published when a later epoch was committed since).
     roots_published: AtomicU64,
+    /// The loaded directory may be ahead of the log: an epoch was applied
+    /// in memory and its commit failed (another instance committed first,
+    /// an election, a lost ack), and the reload that followed failed too.
+    /// Until a reload succeeds nothing is published or proved from it: it
+    /// would take its uncommitted values for committed ones (an epoch never
+    /// published, found by the cluster test) and prove values against a
+    /// root nobody can audit.
+    diverged: AtomicBool,
 }
 
 /// A proof made at an epoch for a user's value: (epoch, value, proof).
@@ -166,6 +174,7 @@ impl Transparency {
             inner: RwLock::new(loaded),
             proofs: Default::default(),
             roots_published: AtomicU64::new(0),
+            diverged: AtomicBool::new(false),
         };
         t.catch_up_roots().await?;
         Ok(t)
@@ -188,9 +197,26 @@ impl Transparency {
         })
     }
 
+    /// Replaces the loaded directory with one replayed from the log.
     async fn reload(&self) -> Result<(), KtError> {
         let loaded = Self::load(&self.js, &self.vrf).await?;
         *self.inner.write().await = loaded;
+        self.diverged.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Marks the loaded directory as possibly ahead of the log and reloads
+    /// it; if the reload fails, the next operation tries again first.
+    async fn diverged_reload(&self) -> Result<(), KtError> {
+        self.diverged.store(true, Ordering::Release);
+        self.reload().await
+    }
+
+    /// Reloads first if an earlier reload after a failed commit failed.
+    async fn ensure_not_diverged(&self) -> Result<(), KtError> {
+        if self.diverged.load(Ordering::Acquire) {
+            self.reload().await?;
+        }
         Ok(())
     }
 
@@ -209,6 +235,7 @@ impl Transparency {
         user: &str,
         expected: &[u8],
     ) -> Result<interop_proto::v1::TransparencyProof, KtError> {
+        self.ensure_not_diverged().await?;
         let label = AkdLabel::from(user);
         let latest = self.epochs().await.last().map_or(0, |m| m.epoch);
         if let Some((epoch, value, proof)) = self
@@ -250,6 +277,7 @@ impl Transparency {
     /// `user`'s complete key history, proved against the latest epoch (for
     /// the owner's apps: [`crate::proof::verify_history`]).
     pub async fn history(&self, user: &str) -> Result<interop_proto::v1::KeyHistory, KtError> {
+        self.ensure_not_diverged().await?;
         let dir = self.directory().await;
         let (proof, at) = dir
             .key_history(&AkdLabel::from(user), akd::HistoryParams::Complete)
@@ -282,10 +310,11 @@ impl Transparency {
     /// them: an election, a lost ack) are published first, so a caller that
     /// retries a failed call leaves no epoch without its root.
     pub async fn publish_epoch(&self) -> Result<Option<EpochHash>, KtError> {
+        self.ensure_not_diverged().await?;
         self.catch_up_roots().await?;
         let published = match self.try_publish_epoch().await {
+            // Reloaded already (`try_publish_epoch`): try once more.
             Err(KtError::Storage(e)) if e.to_string().contains(STALE) => {
-                self.reload().await?;
                 self.try_publish_epoch().await?
             }
             other => other?,
@@ -325,7 +354,7 @@ impl Transparency {
             Err(e) => {
                 // Applied in memory but never committed: reload.
                 drop(inner);
-                self.reload().await?;
+                self.diverged_reload().await?;
                 return Err(e.into());
             }
         };
@@ -336,7 +365,7 @@ impl Transparency {
         };
         if let Err(e) = db.commit_epoch(meta.clone()).await {
             drop(inner);
-            self.reload().await?;
+            self.diverged_reload().await?;
             return Err(e.into());
         }
         drop(inner);
@@ -397,7 +426,7 @@ impl Transparency {
             .await
             .map_err(|e| unavailable(what, e))?;
         loop {
-            let msg = tokio::time::timeout(std::time::Duration::from_secs(30), messages.next())
+            let msg = tokio::time::timeout(READ_TIMEOUT, messages.next())
                 .await
                 .map_err(|_| unavailable(what, "timed out"))?
                 .ok_or_else(|| unavailable(what, "ended"))?
@@ -523,7 +552,7 @@ pub async fn read_roots(js: &jetstream::Context) -> Result<Vec<Root>, KtError> {
 /// `last` (the leader's last, not the consumer's "nothing pending": before
 /// nats-server 2.12 an ephemeral consumer may sit on a replica still
 /// catching up), giving each message to `take`; each must come within
-/// 30 s.
+/// [`READ_TIMEOUT`].
 pub(crate) async fn read_through(
     consumer: jetstream::consumer::Consumer<pull::OrderedConfig>,
     last: u64,
@@ -536,7 +565,7 @@ pub(crate) async fn read_through(
         .map_err(|e| unavailable(what, e))?;
     let mut seq = 0;
     while seq < last {
-        let msg = tokio::time::timeout(std::time::Duration::from_secs(30), messages.next())
+        let msg = tokio::time::timeout(READ_TIMEOUT, messages.next())
             .await
             .map_err(|_| unavailable(what, "timed out"))?
             .ok_or_else(|| unavailable(what, "ended"))?

@@ -12,6 +12,17 @@
 //!   latest commit is refused ([`StorageError`] naming it) and must reopen,
 //!   so two writers (two replicas, or one across a NATS leader change)
 //!   cannot fork the directory's history.
+//! - **A chain the server cannot break.** nats-server may accept two
+//!   compare-and-set writes that expected the same predecessor (before
+//!   2.9.21 when they are in flight at once, before 2.11 right after a
+//!   leader election; docs/adr/0034). So each commit also names its
+//!   predecessor (the commit message it expected to follow), a reader
+//!   applies a commit only if that is the commit message before it in the
+//!   log (otherwise it was the second of two accepted on one predecessor:
+//!   skipped, by every reader alike), and a writer, once acknowledged,
+//!   checks that no other commit came between its predecessor and its
+//!   own; if one did, its commit is one readers skip, and it fails as
+//!   stale and reopens instead of publishing that epoch.
 //! - **Opening.** A new instance replays the log from its start and applies
 //!   each committed batch in commit order; chunks of a batch that was never
 //!   committed (a writer that stopped half way) are ignored.
@@ -46,9 +57,18 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 const BATCH: &str = "Interop-Kt-Batch";
 /// The header with a chunk's index in its batch, or a commit's chunk count.
 const PART: &str = "Interop-Kt-Part";
+/// The header naming a commit's predecessor: the stream sequence of the
+/// commit message it was written to follow (0: the first). Commits written
+/// before it was added have none and are applied as they come.
+const AFTER: &str = "Interop-Kt-After";
 
-/// How long one read of the log may wait for its next message.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one read of the log (or of the key directory's writes, or of
+/// the roots) may wait for its next message before it fails as
+/// unavailable and the caller retries. A healthy consumer delivers in
+/// milliseconds; one that waits is usually an ephemeral consumer nats-server
+/// placed on a node that was just killed (it places them there until the
+/// cluster notices the node is gone), and a retry places it again.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn storage_error(what: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::Other(format!("{what}: {e}"))
@@ -67,7 +87,8 @@ pub struct CommitMeta {
 /// What the instance has applied, guarded together.
 #[derive(Default)]
 struct Applied {
-    /// The stream sequence of the last commit applied (0: none).
+    /// The stream sequence of the last commit message read or written, be
+    /// it applied or skipped (0: none): what the next commit follows.
     last_commit: u64,
     /// Chunks of batches not committed yet, by batch: (index, payload).
     pending: HashMap<String, Vec<(u32, Bytes)>>,
@@ -221,6 +242,22 @@ impl JetStreamDatabase {
             applied.pending.remove(&batch);
             return Ok(());
         }
+        if let Some(after) = header(AFTER) {
+            if after.parse::<u64>().ok() != Some(applied.last_commit) {
+                // Accepted by the server on a predecessor another commit
+                // had already followed (see the module doc): not part of
+                // the history.
+                tracing::warn!(
+                    commit = seq,
+                    after = %after,
+                    previous = applied.last_commit,
+                    "Skipping a transparency log commit written on a superseded predecessor (a compare-and-set the server let through twice)."
+                );
+                applied.pending.remove(&batch);
+                applied.last_commit = seq;
+                return Ok(());
+            }
+        }
         let mut chunks = applied.pending.remove(&batch).unwrap_or_default();
         chunks.sort_by_key(|(i, _)| *i);
         if chunks.len() != part as usize {
@@ -330,12 +367,14 @@ impl JetStreamDatabase {
         parts: usize,
         payload: Bytes,
     ) -> Result<(), StorageError> {
+        let after = applied.last_commit;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(BATCH, batch);
         headers.insert(PART, parts.to_string().as_str());
+        headers.insert(AFTER, after.to_string().as_str());
         headers.insert(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            applied.last_commit.to_string().as_str(),
+            after.to_string().as_str(),
         );
         let ack = self
             .js
@@ -345,7 +384,13 @@ impl JetStreamDatabase {
             .await;
         match ack {
             Ok(ack) => {
+                let first = self.first_commit_after(after).await?;
                 applied.last_commit = ack.sequence;
+                if first != ack.sequence {
+                    // Another commit on the same predecessor came first:
+                    // readers skip this one.
+                    return Err(StorageError::Other(STALE.to_owned()));
+                }
                 Ok(())
             }
             Err(e)
@@ -356,6 +401,25 @@ impl JetStreamDatabase {
             }
             Err(e) => Err(storage_error("committing to the transparency log", e)),
         }
+    }
+}
+
+impl JetStreamDatabase {
+    /// The stream sequence of the first commit message after `after`, as
+    /// the log stream's leader has it (a get, not a direct get a replica
+    /// may answer).
+    async fn first_commit_after(&self, after: u64) -> Result<u64, StorageError> {
+        let what = "checking the transparency log's commit";
+        let stream = self
+            .js
+            .get_stream(STREAM_KT_LOG)
+            .await
+            .map_err(|e| storage_error(what, e))?;
+        stream
+            .get_first_raw_message_by_subject(KT_LOG_COMMIT, after + 1)
+            .await
+            .map(|m| m.sequence)
+            .map_err(|e| storage_error(what, e))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The directory's storage against a real nats-server: what one instance
 //! commits, a new instance replays to the same root hash and proofs; two
-//! writers cannot fork the history; a batch never committed is ignored.
+//! writers cannot fork the history, not even through a server that lets
+//! two compare-and-set commits through; a batch never committed is ignored.
 
 use akd::ecvrf::HardCodedAkdVRF;
 use akd::storage::StorageManager;
@@ -139,4 +140,74 @@ async fn chunks_of_a_batch_never_committed_are_ignored() {
     .unwrap();
     let second = directory(&js).await;
     assert_eq!(second.get_epoch_hash().await.unwrap().1, root.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_the_server_accepted_on_a_superseded_predecessor_is_skipped() {
+    use interop_bus::subjects::{KT_LOG_CHUNK, KT_LOG_COMMIT, STREAM_KT_LOG};
+    let nats = NatsServer::start();
+    let js = js(&nats).await;
+    let a = directory(&js).await;
+    a.publish(vec![update("home:+1", "k1")]).await.unwrap();
+    let log = js.get_stream(STREAM_KT_LOG).await.unwrap();
+    let first = log
+        .get_last_raw_message_by_subject(KT_LOG_COMMIT)
+        .await
+        .unwrap()
+        .sequence;
+    // B read the log at epoch 1; A commits epoch 2 first.
+    let b = directory(&js).await;
+    let root = a.publish(vec![update("home:+2", "k2")]).await.unwrap();
+    // B's epoch 2 is refused (a single server checks in order), but its
+    // chunks are in the log: commit them as a server that let the second
+    // compare-and-set through would have (nats-io/nats-server#4320),
+    // naming the same predecessor as A's commit.
+    assert!(b
+        .publish(vec![update("home:+3", "k3")])
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains(STALE));
+    let chunk = log
+        .get_last_raw_message_by_subject(KT_LOG_CHUNK)
+        .await
+        .unwrap();
+    let batch = chunk.headers.get("Interop-Kt-Batch").unwrap().to_string();
+    let parts = chunk
+        .headers
+        .get("Interop-Kt-Part")
+        .unwrap()
+        .as_str()
+        .parse::<u32>()
+        .unwrap()
+        + 1;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Interop-Kt-Batch", batch.as_str());
+    headers.insert("Interop-Kt-Part", parts.to_string().as_str());
+    headers.insert("Interop-Kt-After", first.to_string().as_str());
+    js.publish_with_headers(KT_LOG_COMMIT, headers, bytes::Bytes::new())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // Every reader replays A's history, without B's batch.
+    let c = directory(&js).await;
+    let replayed = c.get_epoch_hash().await.unwrap();
+    assert_eq!((replayed.0, replayed.1), (root.0, root.1));
+    let (proof, hash) = c.lookup(AkdLabel::from("home:+2")).await.unwrap();
+    let vrf_key = c.get_public_key().await.unwrap();
+    akd::client::lookup_verify::<Config>(
+        vrf_key.as_bytes(),
+        root.1,
+        hash.epoch(),
+        AkdLabel::from("home:+2"),
+        proof,
+    )
+    .unwrap();
+    assert!(c.lookup(AkdLabel::from("home:+3")).await.is_err());
+    // The history goes on after the skipped commit.
+    let next = c.publish(vec![update("home:+3", "k3")]).await.unwrap();
+    assert_eq!(next.epoch(), 3);
+    let d = directory(&js).await;
+    assert_eq!(d.get_epoch_hash().await.unwrap().1, next.1);
 }
