@@ -1,8 +1,11 @@
 //! The bare mechanisms under a key claim, measured on this machine against a
 //! `nats-server` started for the purpose (ADR 25, docs/benchmarks.md):
 //! concurrent JetStream message deletes, prefix purges of one subject
-//! (what a claim does since the batch claims), direct gets, and whole claims
-//! through `KeyDirectory::fetch_bundles`, each as operations per second.
+//! (what a claim does since the batch claims), direct gets, compare-and-set
+//! cursor writes (a claim design measured and rejected: not serialized by
+//! nats-server before 2.11 across a leader change, ADR 25 and ADR 34), and
+//! whole claims through `KeyDirectory::fetch_bundles`, each as operations
+//! per second.
 //!
 //! `cargo run --release -p interop-keys --example claim_mechanisms`
 
@@ -153,6 +156,66 @@ async fn main() -> anyhow::Result<()> {
     })
     .await;
 
+    // Claim cursors (a design measured against deletes, and rejected): a
+    // claim would append
+    // the claimed key's sequence to the pool's cursor subject with
+    // `Nats-Expected-Last-Subject-Sequence` instead of removing the key.
+    // 1,000 cursor subjects, each written by one task in turn (no lost
+    // compare-and-set), in a stream keeping every cursor and in one keeping
+    // the last per subject (each write then removes the one before).
+    let mut cursors = Vec::new();
+    for keep_one in [false, true] {
+        let name = if keep_one {
+            "BENCH_CURSOR_LAST"
+        } else {
+            "BENCH_CURSOR_ALL"
+        };
+        let prefix = if keep_one {
+            "bench.cursor.last"
+        } else {
+            "bench.cursor.all"
+        };
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.into(),
+            subjects: vec![format!("{prefix}.>")],
+            max_messages_per_subject: if keep_one { 1 } else { -1 },
+            ..Default::default()
+        })
+        .await?;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for t in 0..IN_FLIGHT as u64 {
+            let js = js.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut last = [0u64; 4];
+                for round in 0..N / IN_FLIGHT as u64 {
+                    let k = (round % 4) as usize;
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(
+                        "Nats-Expected-Last-Subject-Sequence",
+                        last[k].to_string().as_str(),
+                    );
+                    let ack = js
+                        .publish_with_headers(
+                            format!("{prefix}.{t}.{k}"),
+                            headers,
+                            round.to_string().into(),
+                        )
+                        .await
+                        .expect("publish")
+                        .await
+                        .expect("compare-and-set");
+                    last[k] = ack.sequence;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        let done = (N / IN_FLIGHT as u64) * IN_FLIGHT as u64;
+        cursors.push((done as f64 / start.elapsed().as_secs_f64()).round());
+    }
+
     // Whole claims: 100 users × 200 keys, half of them claimed by 256 tasks
     // at once (pools are topped up long before they run dry).
     let dir = KeyDirectory::open(js.clone()).await?;
@@ -193,6 +256,8 @@ async fn main() -> anyhow::Result<()> {
             "direct_gets_next_for_subject_per_s": nexts.round(),
             "deletes_per_s": deletes.round(),
             "prefix_purges_per_s": purges.round(),
+            "cursor_appends_per_s": cursors[0],
+            "cursor_replaces_per_s": cursors[1],
             "claims_per_s": claims.round(),
             "in_flight": IN_FLIGHT,
         })
