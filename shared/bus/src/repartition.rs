@@ -422,6 +422,12 @@ async fn move_out(
                 .unwrap_or(&async_nats::HeaderMap::new()),
             format!("moved-{name}-{seq}"),
         );
+        // Not counted first (`store::admit`, ADR 27): nothing else writes
+        // the store during the move, and a subject's copies are at most
+        // what its old stream held, under the same per-subject limit, so
+        // they fit. A rerun after the duplicate window copies again: the
+        // oldest JetStream then removes are the first run's copies, each
+        // also stored again after them.
         let ack = js
             .publish_with_headers(subject, headers, msg.payload.clone())
             .await
