@@ -143,6 +143,14 @@ const HOLDER_FOR: Duration = Duration::from_secs(60);
 /// consumer counts them instead.
 const WALK_MAX: u64 = 16;
 
+/// How long a count may take before it fails (the caller retries: the
+/// stage publishes again in place after its wait). A count is a few
+/// requests, milliseconds on a loaded 2-core machine; one that waits is
+/// asking a stream with no leader, and would otherwise wait for the
+/// JetStream context's request timeout (10 s seen in the fault suite's
+/// `INTEROP_INBOX` leader kill) while the election is over in a few.
+pub const COUNT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Per NATS cluster (its name; a server's id when it is none: tests run
 /// several servers in one process) and store subject. Not per server of a
 /// cluster: a client that moves to another node after a fault keeps what it
@@ -233,8 +241,21 @@ async fn room_with(
 }
 
 /// Counts the undelivered messages of store `subject`, sets this
-/// process's budget for it, and returns how many more it takes.
+/// process's budget for it, and returns how many more it takes; fails
+/// after [`COUNT_TIMEOUT`] (the budget then stays as it was).
 async fn count(
+    js: &jetstream::Context,
+    subject: &str,
+    key: &str,
+    k: &Known,
+    budget: &mut Budget,
+) -> Result<u64, BoxError> {
+    tokio::time::timeout(COUNT_TIMEOUT, count_within(js, subject, key, k, budget))
+        .await
+        .map_err(|_| format!("counting the store took over {COUNT_TIMEOUT:?}"))?
+}
+
+async fn count_within(
     js: &jetstream::Context,
     subject: &str,
     key: &str,

@@ -361,3 +361,29 @@ async fn undelivered_messages_are_counted_alike_one_by_one_and_by_a_consumer() {
     acked(&js, erin, "tablet", seqs[39]).await;
     assert_eq!(store::room_now(&js, &subject).await.unwrap(), 56);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_nobody_answers_fails_after_the_count_timeout_not_the_request_timeout() {
+    use interop_test_support::{ChaosProxy, Mode};
+    let nats = NatsServer::start();
+    let proxy = ChaosProxy::start(nats.port());
+    let mut js = jetstream::new(async_nats::connect(proxy.url("nats")).await.unwrap());
+    // Requests wait far longer than a count may (a stream without a leader
+    // answers nothing until the election is over).
+    js.set_timeout(Duration::from_secs(30));
+    ensure_streams(&js, &settings(100)).await.unwrap();
+    let subject = delivery_queued(&recipient_path(BOB));
+    assert_eq!(store::room_now(&js, &subject).await.unwrap(), 88);
+    proxy.set_mode(Mode::Blackhole);
+    let started = std::time::Instant::now();
+    let e = store::room_now(&js, &subject).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        e.to_string().contains("counting the store took over"),
+        "{e}"
+    );
+    assert!(
+        took >= store::COUNT_TIMEOUT && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+}
